@@ -1,0 +1,53 @@
+"""edgellama: Llama-family models on phones, laptops and small boards, through ONNX Runtime.
+
+    import edgellama
+    model = edgellama.load("smollm2-int4")                      # a package from `edgellama convert`
+    result = model.generate("The capital of France is", max_new_tokens=32)
+    for piece in model.stream("Tell me a story", sampling=edgellama.SamplingParams(temperature=0.7)):
+        print(piece, end="")
+    chat = model.new_chat(system="You are concise.")
+    print(chat.send("What is ONNX?").text)
+
+Attributes are imported on first use, so `import edgellama` stays light (no ONNX Runtime until a
+model is loaded, never torch).
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import (CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
+                     InvalidParameterError, ModelNotFoundError, NativeError, NotBuiltError, NumericalError,
+                     PackageError, ProviderError, UnsupportedConfigError)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "load": "model",
+    "Model": "model",
+    "SamplingParams": "sampling",
+    "GenerationResult": "generation",
+    "Timings": "generation",
+    "Chat": "chat",
+    "ModelConfig": "config",
+    "PackageInfo": "package",
+}
+
+__all__ = sorted(list(_LAZY) + [
+    "EdgeLlamaError", "ModelNotFoundError", "PackageError", "FormatVersionError", "CheckpointError",
+    "UnsupportedConfigError", "InvalidParameterError", "ContextOverflowError", "NumericalError",
+    "ProviderError", "NativeError", "NotBuiltError", "__version__",
+])
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgellama' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,41 @@
+"""`edgellama info PACKAGE`: print a package's metadata and verify its checksums."""
+from __future__ import annotations
+
+from pathlib import Path
+
+def add_arguments(parser) -> None:
+    parser.add_argument("package", help="model package folder")
+    parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
+
+def main(args) -> int:
+    from ..package import read_info, verify
+
+    folder = Path(args.package)
+    info = read_info(folder)
+    if not args.no_verify:
+        verify(folder, info)
+    if args.json:
+        print(info.to_json())
+        return 0
+    cfg, q = info.config, info.quantization
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    rows = [
+        ("source", info.source),
+        ("format version", info.format_version),
+        ("layers / hidden / ffn", f"{cfg.num_layers} / {cfg.hidden_size} / {cfg.intermediate_size}"),
+        ("heads / kv heads / head dim", f"{cfg.num_heads} / {cfg.num_kv_heads} / {cfg.head_dim}"),
+        ("vocabulary", cfg.vocab_size),
+        ("rope", f"theta {cfg.rope_theta:g}, scaling {cfg.rope_scaling.type if cfg.rope_scaling else 'none'}"),
+        ("quantization", q.method if q.method in ("fp16", "fp32") else
+            f"{q.method}, block {q.block_size}, {'symmetric' if q.symmetric else 'asymmetric'}"),
+        ("max length", info.max_length),
+        ("providers", ", ".join(info.providers)),
+        ("size", f"{size / 2**20:.1f} MiB"),
+        ("checksums", "not checked" if args.no_verify else f"{len(info.files)} files verified"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+

@@ -1,0 +1,165 @@
+"""The model package: a folder that the converter writes and the runtime loads.
+
+    PACKAGE/
+      model.onnx          decoder graph, weights in external data
+      model.onnx.data     external data (every initializer of the graph)
+      tokenizer.json      `tokenizers` tokenizer
+      tokenizer_config.json   chat template and special tokens
+      genai_config.json   so onnxruntime-genai runs the same package
+      edgellama.json      this module's `PackageInfo`: format version, architecture,
+                          quantization, max_length, special tokens, source, sha256 per file
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import ModelConfig
+from .errors import FormatVersionError, ModelNotFoundError, PackageError, UnsupportedConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "edgellama.json"
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENAI_CONFIG_FILE = "genai_config.json"
+REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
+QUANT_METHODS = ("int4", "int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    method: str = "int4"            # int4 | int8 | fp16 | fp32
+    block_size: int = 32            # weights per scale (int4/int8)
+    symmetric: bool = True          # False: a zero point per block
+    accuracy_level: int = 4         # MatMulNBits: 4 = int8 activations on CPU
+
+    def __post_init__(self):
+        if self.method not in QUANT_METHODS:
+            raise UnsupportedConfigError(f"quantization method {self.method!r} is not one of {QUANT_METHODS}")
+        if self.method in ("int4", "int8"):
+            bs = self.block_size
+            if not (16 <= bs <= 256 and bs & (bs - 1) == 0):
+                raise UnsupportedConfigError(f"block_size={bs} must be a power of two in 16..256")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos_token_id: Optional[int] = None
+    eos_token_ids: tuple = ()
+    pad_token_id: Optional[int] = None
+    add_bos_token: bool = False     # prepend BOS to plain-text prompts
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    config: ModelConfig
+    quantization: Quantization
+    max_length: int
+    special_tokens: SpecialTokens
+    source: str = ""
+    providers: tuple = ("cpu",)     # execution providers the graph was built for
+    io_dtype: str = "float32"       # dtype of activations, logits and KV cache
+    last_token_logits: bool = True  # `logits` holds the last position only
+    files: dict = field(default_factory=dict)   # file name -> sha256 hex
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["special_tokens"]["eos_token_ids"] = list(self.special_tokens.eos_token_ids)
+        data["providers"] = list(self.providers)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST) -> "PackageInfo":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PackageError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise PackageError(f"{where}: expected a JSON object")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise FormatVersionError(f"{where}: field format_version is missing or not an integer")
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{where}: format_version {version} is newer than this edgellama reads ({FORMAT_VERSION}); "
+                "upgrade edgellama or convert the model again")
+        if version < 1:
+            raise FormatVersionError(f"{where}: unknown format_version {version}")
+        try:
+            st = dict(data["special_tokens"])
+            st["eos_token_ids"] = tuple(st.get("eos_token_ids", ()))
+            return cls(
+                config=ModelConfig.from_dict(data["config"]),
+                quantization=Quantization(**data["quantization"]),
+                max_length=int(data["max_length"]),
+                special_tokens=SpecialTokens(**st),
+                source=data.get("source", ""),
+                providers=tuple(data.get("providers", ("cpu",))),
+                io_dtype=data.get("io_dtype", "float32"),
+                last_token_logits=bool(data.get("last_token_logits", True)),
+                files=dict(data.get("files", {})),
+                format_version=version,
+            )
+        except KeyError as exc:
+            raise PackageError(f"{where}: required field {exc.args[0]!r} is missing") from None
+        except (TypeError, UnsupportedConfigError) as exc:
+            raise PackageError(f"{where}: {exc}") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+
+
+def checksums(folder: Path, names) -> dict:
+    return {name: sha256_file(Path(folder) / name) for name in sorted(names)}
+
+
+def read_info(folder) -> PackageInfo:
+    """Read and validate `edgellama.json` of the package at `folder` (files are not hashed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model package {str(folder)!r} does not exist or is not a folder; "
+                                 "create one with `edgellama convert`")
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise PackageError(f"{folder}: no {MANIFEST}; this folder is not an edgellama package "
+                           "(convert the checkpoint with `edgellama convert`)")
+    info = PackageInfo.from_json(manifest.read_text(encoding="utf-8"), where=str(manifest))
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise PackageError(f"{folder}: required file {name} is missing")
+    if info.max_length <= 0:
+        raise PackageError(f"{manifest}: max_length={info.max_length} must be positive")
+    return info
+
+
+def verify(folder, info: PackageInfo) -> None:
+    """Check every file listed in `info.files` against its sha256; raise PackageError on a mismatch."""
+    folder = Path(folder)
+    if not info.files:
+        raise PackageError(f"{folder / MANIFEST}: no checksums recorded (field 'files' is empty)")
+    for name, expected in sorted(info.files.items()):
+        path = (folder / name)
+        if os.path.sep in name or name.startswith(".") or not path.is_file():
+            raise PackageError(f"{folder}: file {name!r} listed in {MANIFEST} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PackageError(f"{path}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...); "
+                               "the file is corrupted or was modified: convert the model again")
+    log.debug("verified %d files of %s", len(info.files), folder)

@@ -1,0 +1,45 @@
+"""Build script: the Python packages plus the Cython extension compiled from native/.
+
+`converters/` is installed as the subpackage `edgellama.converters` so that no generic
+top-level name lands in site-packages.
+"""
+import os
+
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError:  # building from a tree that already holds the generated C file
+    cythonize = None
+
+NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c"]
+# Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
+extra_compile = ["-O3", "-std=c99", "-Wall", "-Wextra"] + os.environ.get("EDGELLAMA_CFLAGS", "").split()
+extra_link = os.environ.get("EDGELLAMA_LDFLAGS", "").split()
+
+
+def native_extensions():
+    if os.environ.get("EDGELLAMA_SKIP_NATIVE", "") not in ("", "0"):
+        # For platforms without a C compiler: the NumPy twin of the native routines is used.
+        return []
+    pyx = "native/_native.pyx"
+    src = pyx if cythonize else "native/_native.c"
+    ext = Extension(
+        "edgellama._native",
+        sources=[src] + NATIVE_SOURCES,
+        include_dirs=["native"],
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+    )
+    if cythonize:
+        return cythonize([ext], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
+    return [ext]
+
+
+setup(
+    packages=["edgellama", "edgellama.cli", "edgellama.converters", "edgellama.converters.sources",
+              "edgellama.converters.graph"],
+    package_dir={"edgellama": "edgellama", "edgellama.converters": "converters"},
+    ext_modules=native_extensions(),
+    zip_safe=False,
+)
