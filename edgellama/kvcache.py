@@ -1,0 +1,209 @@
+"""The KV cache of one sequence: preallocated per-layer buffers and their bookkeeping.
+
+Each layer owns a key and a value array of shape [1, num_kv_heads, capacity, head_dim]
+(float32 or float16, C-contiguous): the past_key_values.N.key/value buffers that GroupQueryAttention
+reads and writes in place. Keys are stored already rotated by RoPE, so a context shift
+re-rotates the moved keys by -n_discard positions. For float32 caches copies and rotations
+run in `edgellama.native.backend` (the compiled extension or its NumPy twin); float16 caches
+(for float16 graphs) use the NumPy twin, which works in any float dtype.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError
+from . import _twin
+from .native import backend
+from .rope import inv_frequencies
+
+# Saved cache file: header, then per layer the keys and the values of `length` positions.
+_MAGIC = b"ELKV"
+_VERSION = 1
+_HEADER = struct.Struct("<4sI8sIIIIQ")  # magic, version, dtype, layers, kv heads, head_dim, 0, length
+_ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): _twin}
+
+
+@dataclass
+class KVSnapshot:
+    """A copy of the first `length` positions of every layer (buffers may hold more)."""
+    keys: list
+    values: list
+    length: int
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+
+def _position_count(name: str, value, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise InvalidParameterError(f"{name}={value!r} is out of range: {what} must be in [{low}, {high}]")
+    return int(value)
+
+
+class KVCache:
+    """Per-layer key/value buffers of `capacity` positions and the count of valid ones."""
+
+    def __init__(self, config: ModelConfig, capacity: int, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _ROUTINES:
+            raise InvalidParameterError(f"KVCache dtype={self.dtype.name} is not supported; use float32 or float16")
+        self._ops = _ROUTINES[self.dtype]
+        self.config = config
+        self._capacity = _position_count("capacity", capacity, 1, 2 ** 31 - 1, "the cache capacity")
+        shape = (1, config.num_kv_heads, self._capacity, config.head_dim)
+        self.keys = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
+        self.values = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def free(self) -> int:
+        return self._capacity - self.length
+
+    # ---- length bookkeeping ----
+
+    def advance(self, n: int) -> None:
+        """Counts `n` more positions as valid (the graph just wrote them)."""
+        n = _position_count("advance(n)", n, 0, 2 ** 31 - 1, "the number of new positions")
+        if n > self.free:
+            raise ContextOverflowError(
+                f"advance({n}) needs {self.length + n} positions but the KV cache holds {self._capacity}; "
+                "shift or rewind the cache, or create it with a larger capacity")
+        self.length += n
+
+    def rewind(self, n: int) -> None:
+        """Keeps the first `n` positions and drops the rest (n <= length)."""
+        self.length = _position_count("rewind(n)", n, 0, self.length, "the new length")
+
+    # ---- copies ----
+
+    def snapshot(self, n: Optional[int] = None, into: Optional[KVSnapshot] = None) -> KVSnapshot:
+        """Copies the first `n` positions (default: all valid) of every layer, into `into`'s
+        buffers when given (their capacity must be >= n), else into new ones."""
+        n = self.length if n is None else _position_count("snapshot(n)", n, 0, self.length, "n")
+        if into is None:
+            shape = (1, self.config.num_kv_heads, max(n, 1), self.config.head_dim)
+            into = KVSnapshot([np.empty(shape, self.dtype) for _ in self.keys],
+                              [np.empty(shape, self.dtype) for _ in self.values], 0)
+        self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=False)
+        self._check_buffers(into.keys + into.values, "snapshot buffer", n, writable=True)
+        for layer in range(self.config.num_layers):
+            self._ops.kv_copy(self.keys[layer], into.keys[layer], n)
+            self._ops.kv_copy(self.values[layer], into.values[layer], n)
+        into.length = n
+        return into
+
+    def restore(self, snapshot: KVSnapshot) -> None:
+        """Copies a snapshot back into the cache; the cache length becomes the snapshot's."""
+        n = _position_count("snapshot.length", snapshot.length, 0, self._capacity, "the snapshot length")
+        self._check_buffers(snapshot.keys + snapshot.values, "snapshot buffer", n, writable=False)
+        self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
+        for layer in range(self.config.num_layers):
+            self._ops.kv_copy(snapshot.keys[layer], self.keys[layer], n)
+            self._ops.kv_copy(snapshot.values[layer], self.values[layer], n)
+        self.length = n
+
+    # ---- files ----
+
+    def save(self, path, n: Optional[int] = None) -> None:
+        """Writes the first `n` positions (default: all valid) to `path`."""
+        n = self.length if n is None else _position_count("save(n)", n, 0, self.length, "n")
+        stored = self.dtype.newbyteorder("<")
+        header = _HEADER.pack(_MAGIC, _VERSION, stored.str.encode().ljust(8, b"\0"),
+                              self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, 0, n)
+        with open(path, "wb") as f:
+            f.write(header)
+            for keys, values in zip(self.keys, self.values):
+                f.write(np.ascontiguousarray(keys[:, :, :n, :], dtype=stored).tobytes())
+                f.write(np.ascontiguousarray(values[:, :, :n, :], dtype=stored).tobytes())
+
+    def load(self, path) -> None:
+        """Reads a file written by `save`; refuses one made for another shape or dtype."""
+        if not os.path.isfile(path):
+            raise ModelNotFoundError(f"KV cache file {os.fspath(path)!r} does not exist")
+        with open(path, "rb") as f:
+            n = self._read_header(path, f.read(_HEADER.size))
+            per_layer = self.config.num_kv_heads * n * self.config.head_dim
+            data = np.fromfile(f, dtype=self.dtype.newbyteorder("<"))
+        if data.size != 2 * self.config.num_layers * per_layer:
+            raise InvalidParameterError(
+                f"KV cache file {os.fspath(path)!r} holds {data.size} values after its header; the "
+                f"header promises {2 * self.config.num_layers * per_layer} (truncated or corrupt file)")
+        self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
+        shape = (1, self.config.num_kv_heads, n, self.config.head_dim)
+        for layer in range(self.config.num_layers):
+            for kind, buffers in enumerate((self.keys, self.values)):
+                start = (2 * layer + kind) * per_layer
+                buffers[layer][:, :, :n, :] = data[start:start + per_layer].reshape(shape)
+        self.length = n
+
+    def _read_header(self, path, raw: bytes) -> int:
+        """The length recorded in a saved file's header, after checking it fits this cache."""
+        name = os.fspath(path)
+        if len(raw) < _HEADER.size:
+            raise InvalidParameterError(f"KV cache file {name!r} is too short to hold a header")
+        magic, version, dtype, layers, heads, head_dim, _, n = _HEADER.unpack(raw)
+        if magic != _MAGIC or version != _VERSION:
+            raise InvalidParameterError(
+                f"{name!r} is not a KV cache file of format version {_VERSION} (magic {magic!r}, version {version})")
+        found = {"dtype": dtype.rstrip(b"\0").decode("ascii", "replace"), "num_layers": layers,
+                 "num_kv_heads": heads, "head_dim": head_dim}
+        wanted = {"dtype": self.dtype.newbyteorder("<").str, "num_layers": self.config.num_layers,
+                  "num_kv_heads": self.config.num_kv_heads, "head_dim": self.config.head_dim}
+        for field, value in found.items():
+            if value != wanted[field]:
+                raise InvalidParameterError(
+                    f"KV cache file {name!r} has {field}={value}, this cache has {wanted[field]}; "
+                    "it was saved for another model")
+        if n > self._capacity:
+            raise ContextOverflowError(
+                f"KV cache file {name!r} holds {n} positions; this cache has capacity {self._capacity}")
+        return int(n)
+
+    # ---- context shift ----
+
+    def shift(self, n_keep: int, n_discard: int, inv_freq: Optional[np.ndarray] = None) -> None:
+        """Drops positions [n_keep, n_keep + n_discard), moves the rest down and re-rotates
+        the moved keys by -n_discard positions (inv_freq: float64[head_dim / 2], default from
+        the config's RoPE settings)."""
+        n_keep = _position_count("shift n_keep", n_keep, 0, self.length, "n_keep")
+        n_discard = _position_count("shift n_discard", n_discard, 0, self.length - n_keep,
+                                    "n_discard (n_keep + n_discard <= length)")
+        if inv_freq is None:
+            inv_freq = inv_frequencies(self.config)
+        inv_freq = np.asarray(inv_freq, dtype=np.float64)
+        if inv_freq.shape != (self.config.head_dim // 2,) or not np.isfinite(inv_freq).all():
+            raise InvalidParameterError(
+                f"inv_freq has shape {inv_freq.shape}; expected ({self.config.head_dim // 2},) finite values")
+        self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
+        angle = -float(n_discard) * inv_freq
+        cos_a, sin_a = np.ascontiguousarray(np.cos(angle)), np.ascontiguousarray(np.sin(angle))
+        for keys, values in zip(self.keys, self.values):
+            self._ops.kv_shift(keys, values, n_keep, n_discard, self.length, cos_a, sin_a)
+        self.length -= n_discard
+
+    def _check_buffers(self, buffers: list, what: str, min_capacity: int, writable: bool) -> None:
+        """Every buffer: the cache dtype, C-contiguous, [1, kv heads, >= min_capacity, head_dim],
+        and writable when it is written to."""
+        if len(buffers) != 2 * self.config.num_layers:
+            raise InvalidParameterError(
+                f"{what}s: {len(buffers)} arrays for {self.config.num_layers} layers of keys and values")
+        for buf in buffers:
+            if (not isinstance(buf, np.ndarray) or buf.dtype != self.dtype or not buf.flags.c_contiguous
+                    or buf.ndim != 4 or buf.shape[:2] != (1, self.config.num_kv_heads)
+                    or buf.shape[3] != self.config.head_dim or buf.shape[2] < min_capacity):
+                raise InvalidParameterError(
+                    f"{what} must be C-contiguous {self.dtype.name} [1, {self.config.num_kv_heads}, >= {min_capacity}, "
+                    f"{self.config.head_dim}]; got {getattr(buf, 'dtype', type(buf))} {getattr(buf, 'shape', '')}")
+            if writable and not buf.flags.writeable:
+                raise InvalidParameterError(f"{what} is read-only; it is written to")

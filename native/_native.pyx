@@ -1,0 +1,143 @@
+# cython: language_level=3
+"""Compiled sampling and KV-cache routines (C in sampler.c and kvcache.c).
+
+This module only turns memoryviews into pointers, runs the C routines without the GIL and
+turns their return codes into exceptions. Argument checks with friendly messages live in
+edgellama.sampling and edgellama.kvcache; `edgellama._twin` is the NumPy twin of this module.
+"""
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+import numpy as np
+
+from edgellama.errors import InvalidParameterError, NativeError, NumericalError
+
+from sampler cimport *
+from kvcache cimport *
+
+OK = EL_OK
+ERR_NOMEM = EL_ERR_NOMEM
+ERR_NONFINITE = EL_ERR_NONFINITE
+ERR_TOKEN = EL_ERR_TOKEN
+ERR_SIZE = EL_ERR_SIZE
+ERR_RANGE = EL_KV_ERR_RANGE
+
+
+def error_for(int code, str context):
+    """The exception for a return code of the native routines."""
+    if code == ERR_NONFINITE:
+        return NumericalError(f"{context}: logits contain NaN or infinity (after logit bias and "
+                              "penalties); check the model output and the penalty settings")
+    if code == ERR_NOMEM:
+        return NativeError(f"{context}: out of memory")
+    if code == ERR_TOKEN:
+        return InvalidParameterError(f"{context}: a token id is outside [0, vocab_size)")
+    if code == ERR_SIZE or code == ERR_RANGE:
+        return InvalidParameterError(f"{context}: a size or position is outside the buffer")
+    return NativeError(f"{context}: unknown native error code {code}")
+
+
+cdef inline void _check(int code, str context) except *:
+    if code != EL_OK:
+        raise error_for(code, context)
+
+
+def random_u64(uint64_t seed, int64_t n):
+    """uint64[n]: the sampler's random stream (splitmix64) started at `seed`."""
+    out = np.empty(max(n, 0), dtype=np.uint64)
+    cdef uint64_t[::1] view = out
+    if n > 0:
+        with nogil:
+            el_rng_fill(seed, &view[0], n)
+    return out
+
+
+cdef class Sampler:
+    """Sampler state for one sequence: settings, logit bias, random stream and scratch memory."""
+    cdef el_sampler *_s
+    cdef readonly int32_t vocab_size
+
+    def __cinit__(self, int32_t vocab_size, params, uint64_t seed):
+        cdef el_sampling_params p
+        cdef int32_t[::1] bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int32)
+        cdef float[::1] bias_values = np.array([v for _, v in params.logit_bias], dtype=np.float32)
+        cdef int32_t n_bias = <int32_t>bias_ids.shape[0]
+        cdef int code
+        p.temperature = params.temperature
+        p.top_k = params.top_k
+        p.top_p = params.top_p
+        p.min_p = params.min_p
+        p.typical_p = params.typical_p
+        p.repeat_penalty = params.repeat_penalty
+        p.frequency_penalty = params.frequency_penalty
+        p.presence_penalty = params.presence_penalty
+        self.vocab_size = vocab_size
+        code = el_sampler_create(vocab_size, &p, &bias_ids[0] if n_bias > 0 else NULL,
+                                 &bias_values[0] if n_bias > 0 else NULL, n_bias, seed, &self._s)
+        _check(code, "Sampler")
+
+    def __dealloc__(self):
+        el_sampler_free(self._s)
+
+    def reseed(self, uint64_t seed):
+        el_sampler_seed(self._s, seed)
+
+    def sample(self, float[::1] logits not None, const int32_t[::1] window not None):
+        """One token id; `logits` is modified in place (bias, penalties)."""
+        cdef int32_t token = 0
+        cdef int code
+        cdef int64_t n_window = window.shape[0]
+        cdef const int32_t *window_ptr = &window[0] if n_window > 0 else NULL
+        if logits.shape[0] != self.vocab_size:
+            raise error_for(ERR_SIZE, "Sampler.sample")
+        with nogil:
+            code = el_sampler_sample(self._s, &logits[0], window_ptr, n_window, &token)
+        _check(code, "Sampler.sample")
+        return token
+
+
+def kv_copy(const float[:, :, :, ::1] src not None, float[:, :, :, ::1] dst not None, int64_t n):
+    """Copies positions [0, n) of every head from `src` to `dst` (both [1, heads, capacity, dim])."""
+    cdef int code
+    if src.shape[0] * src.shape[1] != dst.shape[0] * dst.shape[1] or src.shape[3] != dst.shape[3]:
+        raise error_for(ERR_RANGE, "kv_copy")
+    with nogil:
+        code = el_kv_copy(&src[0, 0, 0, 0], src.shape[2], &dst[0, 0, 0, 0], dst.shape[2],
+                          src.shape[0] * src.shape[1], src.shape[3], n)
+    _check(code, "kv_copy")
+
+
+def kv_move(float[:, :, :, ::1] buf not None, int64_t dst, int64_t src, int64_t n):
+    """Moves positions [src, src + n) to [dst, dst + n) in every head."""
+    cdef int code
+    with nogil:
+        code = el_kv_move(&buf[0, 0, 0, 0], buf.shape[2], buf.shape[0] * buf.shape[1], buf.shape[3],
+                          dst, src, n)
+    _check(code, "kv_move")
+
+
+def kv_rotate(float[:, :, :, ::1] keys not None, int64_t start, int64_t n,
+              const double[::1] cos_a not None, const double[::1] sin_a not None):
+    """Rotates positions [start, start + n) by the per-pair angle given by cos_a/sin_a."""
+    cdef int code
+    if cos_a.shape[0] * 2 != keys.shape[3] or sin_a.shape[0] != cos_a.shape[0]:
+        raise error_for(ERR_RANGE, "kv_rotate")
+    with nogil:
+        code = el_kv_rotate(&keys[0, 0, 0, 0], keys.shape[2], keys.shape[0] * keys.shape[1],
+                            keys.shape[3], start, n, &cos_a[0], &sin_a[0])
+    _check(code, "kv_rotate")
+
+
+def kv_shift(float[:, :, :, ::1] keys not None, float[:, :, :, ::1] values not None,
+             int64_t n_keep, int64_t n_discard, int64_t length,
+             const double[::1] cos_a not None, const double[::1] sin_a not None):
+    """Context shift of one layer (see kvcache.h); the moved keys are rotated by cos_a/sin_a."""
+    cdef int code
+    if (keys.shape[0] != values.shape[0] or keys.shape[1] != values.shape[1]
+            or keys.shape[2] != values.shape[2] or keys.shape[3] != values.shape[3]
+            or cos_a.shape[0] * 2 != keys.shape[3] or sin_a.shape[0] != cos_a.shape[0]):
+        raise error_for(ERR_RANGE, "kv_shift")
+    with nogil:
+        code = el_kv_shift(&keys[0, 0, 0, 0], &values[0, 0, 0, 0], keys.shape[2],
+                           keys.shape[0] * keys.shape[1], keys.shape[3], n_keep, n_discard, length,
+                           &cos_a[0], &sin_a[0])
+    _check(code, "kv_shift")

@@ -1,0 +1,141 @@
+"""The compiled routines and their NumPy twin agree bit for bit; the loader falls back."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgellama import _twin
+from edgellama.sampling import SamplingParams
+
+try:
+    from edgellama import _native
+except ImportError:
+    _native = None
+
+needs_native = pytest.mark.skipif(_native is None, reason="edgellama._native is not built")
+BOTH = [pytest.param(_twin, id="twin"), pytest.param(_native, id="native", marks=needs_native)]
+
+
+def random_params(rng):
+    return SamplingParams(
+        temperature=float(rng.choice([0.0, 0.3, 1.0, 1.7])),
+        top_k=int(rng.choice([0, 1, 3, 40, 400])),
+        top_p=float(rng.choice([1.0, rng.uniform(0.05, 1.0)])),
+        min_p=float(rng.choice([0.0, rng.uniform(0.0, 0.5)])),
+        typical_p=float(rng.choice([1.0, rng.uniform(0.05, 1.0)])),
+        repeat_penalty=float(rng.choice([1.0, rng.uniform(0.5, 2.0)])),
+        frequency_penalty=float(rng.choice([0.0, rng.uniform(-1.0, 1.0)])),
+        presence_penalty=float(rng.choice([0.0, rng.uniform(-1.0, 1.0)])),
+        logit_bias={int(t): float(rng.normal(0, 3)) for t in rng.integers(0, 50, rng.integers(0, 4))},
+        seed=int(rng.integers(0, 2 ** 63)))
+
+
+@pytest.mark.parametrize("module", BOTH)
+def test_random_stream_is_splitmix64(module):
+    # first output of splitmix64 from state 0, as published with the algorithm
+    assert int(module.random_u64(0, 1)[0]) == 0xE220A8397B1DCDAF
+    assert len(set(module.random_u64(99, 1000).tolist())) == 1000
+
+
+@needs_native
+def test_random_streams_are_identical():
+    for seed in (0, 1, 2 ** 64 - 1, 0x123456789ABCDEF):
+        np.testing.assert_array_equal(_native.random_u64(seed, 257), _twin.random_u64(seed, 257))
+
+
+@needs_native
+def test_same_tokens_and_logits_for_random_settings_and_inputs():
+    rng = np.random.default_rng(2024)
+    for _ in range(60):
+        vocab = int(rng.integers(50, 2000))
+        params = random_params(rng)
+        compiled = _native.Sampler(vocab, params, params.seed)
+        twin = _twin.Sampler(vocab, params, params.seed)
+        for _ in range(25):
+            logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
+            if rng.random() < 0.3:
+                logits = np.round(logits)  # many ties
+            window = rng.integers(0, vocab, int(rng.integers(0, 80))).astype(np.int32)
+            a, b = logits.copy(), logits.copy()
+            assert compiled.sample(a, window) == twin.sample(b, window)
+            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_same_error_types(bad):
+    params = SamplingParams(seed=0, repeat_penalty=1.5)
+    errors = []
+    for module in (_native, _twin):
+        sampler = module.Sampler(10, params, 0)
+        logits = np.zeros(10, np.float32)
+        logits[3] = bad
+        with pytest.raises(Exception) as nonfinite:
+            sampler.sample(logits, np.zeros(0, np.int32))
+        with pytest.raises(Exception) as token:
+            sampler.sample(np.zeros(10, np.float32), np.array([10], np.int32))
+        with pytest.raises(Exception) as size:
+            sampler.sample(np.zeros(9, np.float32), np.zeros(0, np.int32))
+        errors.append((type(nonfinite.value), type(token.value), type(size.value), str(token.value)))
+    assert errors[0] == errors[1]
+
+
+@needs_native
+def test_kv_routines_agree():
+    rng = np.random.default_rng(3)
+    shape = (1, 3, 20, 16)
+    keys, values = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    angle = -5 * rng.uniform(0.001, 1.0, 8)
+    cos_a, sin_a = np.cos(angle), np.sin(angle)
+    calls = [
+        ("kv_rotate", lambda k, v: (k, 2, 11, cos_a, sin_a)),
+        ("kv_move", lambda k, v: (v, 1, 6, 12)),
+        ("kv_move", lambda k, v: (v, 9, 3, 10)),
+        ("kv_shift", lambda k, v: (k, v, 3, 5, 17, cos_a, sin_a)),
+    ]
+    results = []
+    for module in (_native, _twin):
+        k, v = keys.copy(), values.copy()
+        for name, args in calls:
+            getattr(module, name)(*args(k, v))
+        dst = np.zeros((1, 3, 7, 16), np.float32)
+        module.kv_copy(k, dst, 7)
+        results.append((k, v, dst))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+    assert not np.array_equal(results[0][0], keys)
+
+
+@pytest.mark.parametrize("module", BOTH)
+@pytest.mark.parametrize("call", [
+    lambda m, k, c: m.kv_move(k, 0, 15, 6),
+    lambda m, k, c: m.kv_move(k, -1, 0, 2),
+    lambda m, k, c: m.kv_copy(k, np.zeros((1, 2, 4, 8), np.float32), 5),
+    lambda m, k, c: m.kv_rotate(k, 18, 3, c, c),
+    lambda m, k, c: m.kv_shift(k, k.copy(), 4, 8, 10, c, c),
+    lambda m, k, c: m.kv_shift(k, k.copy(), 1, 1, 10, c[:3], c[:3]),
+])
+def test_kv_routines_refuse_out_of_range(module, call):
+    from edgellama.errors import InvalidParameterError
+    keys = np.zeros((1, 2, 20, 8), np.float32)
+    with pytest.raises(InvalidParameterError):
+        call(module, keys, np.ones(4))
+
+
+def _backend_in_subprocess(**env):
+    out = subprocess.run([sys.executable, "-c", "import edgellama.native as n; print(n.BACKEND)"],
+                         env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_pure_python_switch_selects_the_twin():
+    assert _backend_in_subprocess(EDGELLAMA_PUREPYTHON="1") == "numpy"
+
+
+@needs_native
+def test_compiled_module_is_the_default_when_built():
+    assert _backend_in_subprocess(EDGELLAMA_PUREPYTHON="0") == "native"
