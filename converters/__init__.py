@@ -1,0 +1,91 @@
+"""Convert a Llama-family checkpoint into an edgellama model package.
+
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+    report = convert("path/to/hf-folder", "out/model-int4", ConvertOptions(quantization=Quantization("int4")))
+    print(report.summary())
+
+Steps: open the source (HF folder, GGUF file, hub id or the default model) -> build the decoder
+graph tensor by tensor, writing each initializer to model.onnx.data as it is made -> write
+model.onnx, tokenizer files, genai_config.json -> hash everything into edgellama.json -> move
+the finished package into place.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
+from edgellama.errors import CheckpointError
+
+from .options import ConvertOptions
+from .report import ConvertReport, folder_bytes, peak_rss_bytes
+
+__all__ = ["ConvertOptions", "ConvertReport", "convert"]
+
+log = logging.getLogger(__name__)
+
+
+def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo, dict, int]:
+    """Everything that lands in the package folder; returns (info, error summary, tensor count)."""
+    from .graph.context import BuildContext
+    from .graph.decoder import build_decoder
+    from .graph.genai_config import genai_config_json
+    from .graph.ops import ExternalData, Graph, save_model
+    from .progress import ProgressBar
+
+    config = source.config
+    max_length = options.resolved_max_length(config)
+    if max_length > config.max_position_embeddings:
+        log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
+                    max_length, config.max_position_embeddings)
+    data = ExternalData(writer.path / DATA_FILE)
+    bar = None
+    try:
+        graph = Graph(data, name=f"edgellama-{source.name}")
+        ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, source)
+        if options.progress:
+            bar = ProgressBar(ctx.tensor_count)
+            ctx.on_tensor = bar.update
+        build_decoder(ctx)
+    finally:
+        data.close()
+        if bar is not None:
+            bar.close()
+    save_model(graph.model(), writer.path / MODEL_FILE)
+    for name, content in source.tokenizer_files().items():
+        writer.write_bytes(name, content)
+    missing = [name for name in REQUIRED_FILES if not (writer.path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{source.name}: the source provides no {missing[0]}")
+    writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
+        config, source.special_tokens, max_length, options.providers).encode("utf-8"))
+    info = PackageInfo(config=config, quantization=options.quantization, max_length=max_length,
+                       special_tokens=source.special_tokens, source=source.name, providers=options.providers,
+                       io_dtype=options.io_dtype, last_token_logits=True)
+    return info, ctx.stats.summary(), ctx.tensor_count
+
+
+def convert(source, output, options: ConvertOptions = ConvertOptions()) -> ConvertReport:
+    """Convert `source` (a Source, a folder, a .gguf file, a hub id, "smollm2-135m" or None)
+    into a model package at `output`; an existing `output` is replaced only with options.force."""
+    from .sources import open_source
+    from .writer import PackageWriter
+
+    start = time.monotonic()
+    writer = PackageWriter(output, options.force)     # refuses an existing output before any work
+    owned = not hasattr(source, "read")
+    src = open_source(source) if owned else source
+    try:
+        with writer:
+            info, errors, tensors = _write_package(src, writer, options)
+            info = writer.commit(info)
+    finally:
+        if owned:
+            src.close()
+    report = ConvertReport(output=writer.destination, info=info, seconds=time.monotonic() - start,
+                           peak_rss_bytes=peak_rss_bytes(), package_bytes=folder_bytes(writer.destination),
+                           tensors=tensors, quantization_error=errors)
+    log.info("%s", report.summary())
+    return report

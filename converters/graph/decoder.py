@@ -1,0 +1,122 @@
+"""The whole decoder: inputs, embedding, the layer loop, final norm, LM head, outputs.
+
+Inputs                                          Outputs
+  input_ids        int64 [batch, seq]             logits            [batch, 1, vocab] (last position)
+  attention_mask   int64 [batch, total_seq]       present.{i}.key   [batch, kv_heads, total_seq, head_dim]
+  past_key_values.{i}.key / .value                present.{i}.value
+                   [batch, kv_heads, past_seq, head_dim]
+Past and present may be bound to the same buffers of capacity length (shared, in place).
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from edgellama.rope import cos_sin_tables
+
+from .context import BuildContext
+from .layers import AttentionInputs, attention, mlp, rms_norm, skip_rms_norm
+from .linear import (QuantizedRefs, embedding_quantized, float_table, gather_rows, is_quantized,
+                     lm_head_float, matmul_nbits, quantized_weight)
+
+EMBED = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+
+
+def _declare_io(ctx: BuildContext) -> None:
+    g, cfg, dt = ctx.graph, ctx.config, ctx.onnx_dtype
+    g.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+    g.input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+    kv_shape = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
+    present_shape = ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim]
+    for i in range(cfg.num_layers):
+        for kind in ("key", "value"):
+            g.input(f"past_key_values.{i}.{kind}", dt, kv_shape)
+    g.output("logits", dt, ["batch_size", 1, cfg.vocab_size])
+    for i in range(cfg.num_layers):
+        for kind in ("key", "value"):
+            g.output(f"present.{i}.{kind}", dt, present_shape)
+
+
+def attention_inputs(ctx: BuildContext) -> AttentionInputs:
+    """seqlens_k and total_length from the attention mask, and the rotary caches.
+
+        attention_mask -> ReduceSum(axis 1) -> Sub 1 -> Cast int32 -> seqlens_k       [batch]
+        attention_mask -> Shape -> Gather(1) -> Cast int32 -> total_length             scalar
+    """
+    g, scope = ctx.graph, "/model/attn_mask"
+    axes = g.constant("/model/constants/axes_1", [1])
+    one = g.constant("/model/constants/one_i64", 1)
+    summed = g.op("ReduceSum", ["attention_mask", axes], f"{scope}/seqlens", keepdims=0)
+    last = g.op("Sub", [summed, one], f"{scope}/seqlens")
+    seqlens = g.op("Cast", [last], f"{scope}/seqlens", to=TensorProto.INT32)
+    shape = g.op("Shape", ["attention_mask"], f"{scope}/total_length")
+    total = g.op("Gather", [shape, one], f"{scope}/total_length", axis=0)
+    total32 = g.op("Cast", [total], f"{scope}/total_length", to=TensorProto.INT32)
+    cos, sin = cos_sin_tables(ctx.config, ctx.max_length, dtype=ctx.np_dtype)
+    return AttentionInputs(seqlens, total32, g.initializer("model.rotary.cos_cache", cos),
+                           g.initializer("model.rotary.sin_cache", sin))
+
+
+def _embedding(ctx: BuildContext):
+    """Token embeddings; returns (hidden states, what the LM head can reuse when tied)."""
+    scope = "/model/embed_tokens"
+    table = ctx.read(EMBED)
+    if is_quantized(ctx):
+        head_scope = "/lm_head" if ctx.config.tie_word_embeddings else scope
+        refs = quantized_weight(ctx, head_scope, table, "lm_head" if ctx.config.tie_word_embeddings else "embed")
+        return embedding_quantized(ctx, scope, "input_ids", refs), refs
+    name = float_table(ctx, "/lm_head" if ctx.config.tie_word_embeddings else scope, table)
+    return gather_rows(ctx, scope, "input_ids", name), name
+
+
+def _lm_head(ctx: BuildContext, x: str, tied) -> str:
+    """Logits from the last position's normed hidden state (`tied`: the embedding's weight, or None)."""
+    scope = "/lm_head"
+    if tied is None:
+        table = ctx.read(LM_HEAD)
+        tied = (quantized_weight(ctx, scope, table, "lm_head") if is_quantized(ctx)
+                else float_table(ctx, scope, table))
+        del table
+    if isinstance(tied, QuantizedRefs):
+        return matmul_nbits(ctx, scope, x, tied, output="logits")
+    return lm_head_float(ctx, scope, x, tied, output="logits")
+
+
+def _last_position(ctx: BuildContext, x: str, name: str) -> str:
+    """x [B, S, H] -> x[:, -1:, :]."""
+    g = ctx.graph
+    starts = g.constant("/model/constants/minus_one", [-1])
+    ends = g.constant("/model/constants/int64_max", [np.iinfo(np.int64).max])
+    axes = g.constant("/model/constants/axes_1", [1])
+    return g.op("Slice", [x, starts, ends, axes], f"/model/last_position/{name}")
+
+
+def build_decoder(ctx: BuildContext) -> None:
+    """Emit the decoder graph into ctx.graph, reading each weight once.
+
+        input_ids -> embed -> [layer 0 .. n-1] -> last position -> final norm -> lm_head -> logits
+        layer i:  (x, residual) -> SkipRMSNorm -> attention -> SkipRMSNorm -> mlp -> (x, residual)
+    """
+    cfg = ctx.config
+    _declare_io(ctx)
+    shared = attention_inputs(ctx)
+    hidden, tied = _embedding(ctx)
+    if not cfg.tie_word_embeddings:
+        tied = None
+    residual, x = hidden, None
+    for i in range(cfg.num_layers):
+        scope, hf = f"/model/layers.{i}", f"model.layers.{i}"
+        if x is None:
+            normed = rms_norm(ctx, f"{scope}/input_layernorm", hidden, f"{hf}.input_layernorm.weight")
+        else:
+            normed, residual = skip_rms_norm(ctx, f"{scope}/input_layernorm", x, residual,
+                                             f"{hf}.input_layernorm.weight")
+        attn = attention(ctx, i, normed, shared)
+        normed, residual = skip_rms_norm(ctx, f"{scope}/post_attention_layernorm", attn, residual,
+                                         f"{hf}.post_attention_layernorm.weight")
+        x = mlp(ctx, i, normed)
+    x_last = _last_position(ctx, x, "hidden")
+    residual_last = _last_position(ctx, residual, "residual")
+    normed, _ = skip_rms_norm(ctx, "/model/norm", x_last, residual_last, "model.norm.weight")
+    _lm_head(ctx, normed, tied)

@@ -1,0 +1,46 @@
+"""Settings of one conversion, validated once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgellama.config import ModelConfig
+from edgellama.errors import InvalidParameterError
+from edgellama.package import Quantization
+
+PROVIDERS = ("cpu", "cuda")
+DEFAULT_MAX_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """quantization: how weights are stored (int4 default); max_length: context the package
+    supports (default min(4096, the model's context)); providers: ("cpu",) builds float32
+    activations, ("cuda",) float16 ones; force: replace an existing destination; progress:
+    draw a progress bar over tensors on stderr."""
+    quantization: Quantization = field(default_factory=Quantization)
+    max_length: Optional[int] = None
+    providers: tuple = ("cpu",)
+    force: bool = False
+    progress: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.quantization, Quantization):
+            raise InvalidParameterError(f"quantization must be an edgellama.package.Quantization, "
+                                        f"got {type(self.quantization).__name__}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length <= 0):
+            raise InvalidParameterError(f"max_length={self.max_length!r} must be a positive integer")
+        providers = tuple(self.providers)
+        if not providers or any(p not in PROVIDERS for p in providers):
+            raise InvalidParameterError(f"providers={providers!r}: each must be one of {PROVIDERS}")
+        object.__setattr__(self, "providers", providers)
+
+    @property
+    def io_dtype(self) -> str:
+        """Activation, logits and KV-cache dtype of the graph."""
+        return "float16" if "cuda" in self.providers else "float32"
+
+    def resolved_max_length(self, config: ModelConfig) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)

@@ -1,0 +1,114 @@
+"""Checkpoint sources: every format the converter reads looks the same to the graph builder.
+
+A source yields Hugging Face Llama tensor names and float32 arrays in Hugging Face layout
+([out_features, in_features] for linear layers), one tensor at a time, so that a checkpoint
+never has to be held in memory whole.
+
+    open_source(spec)
+      folder with config.json       -> hf.HFSource
+      *.gguf file                   -> gguf.GGUFSource
+      None or "smollm2-135m"        -> the bundled default GGUF (edgellama.defaults)
+      "org/name" (not a local path) -> hub.download(...) then hf.HFSource
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+from edgellama.config import ModelConfig
+from edgellama.defaults import DEFAULT_MODEL, DEFAULT_MODELS
+from edgellama.errors import ModelNotFoundError, UnsupportedConfigError
+from edgellama.package import SpecialTokens
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What every checkpoint reader provides.
+
+    Tensor names (Hugging Face Llama):
+        model.embed_tokens.weight
+        model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
+        model.layers.{i}.mlp.{gate,up,down}_proj.weight
+        model.layers.{i}.{input,post_attention}_layernorm.weight
+        model.norm.weight
+        lm_head.weight                  (only when the embeddings are not tied)
+    """
+
+    name: str                       # recorded as PackageInfo.source
+    config: ModelConfig
+    special_tokens: SpecialTokens
+
+    def tensor_names(self) -> list[str]:
+        """Every tensor the source holds, by Hugging Face name."""
+        ...
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor as float32 in Hugging Face layout; CheckpointError if it cannot be read."""
+        ...
+
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """File name -> content: at least tokenizer.json and tokenizer_config.json
+        (the latter with chat_template when the checkpoint has one)."""
+        ...
+
+    def close(self) -> None:
+        """Release open files; the source is not used afterwards."""
+        ...
+
+
+def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple]:
+    """Hugging Face name -> shape of every tensor the graph needs from a source."""
+    h, q, kv, ff = config.hidden_size, config.q_size, config.kv_size, config.intermediate_size
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.self_attn.q_proj.weight": (q, h),
+            f"{p}.self_attn.k_proj.weight": (kv, h),
+            f"{p}.self_attn.v_proj.weight": (kv, h),
+            f"{p}.self_attn.o_proj.weight": (h, q),
+            f"{p}.mlp.gate_proj.weight": (ff, h),
+            f"{p}.mlp.up_proj.weight": (ff, h),
+            f"{p}.mlp.down_proj.weight": (h, ff),
+            f"{p}.input_layernorm.weight": (h,),
+            f"{p}.post_attention_layernorm.weight": (h,),
+        })
+    return shapes
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return (len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+            and os.sep not in spec.replace("/", "") and not Path(spec).exists())
+
+
+def open_source(spec: Union[str, os.PathLike, None] = None, *, revision: Optional[str] = None) -> Source:
+    """Open the checkpoint that `spec` names (see the module docstring for what it may be)."""
+    if spec is None or (isinstance(spec, str) and spec.lower() in DEFAULT_MODELS):
+        from edgellama.defaults import default_model_path
+        from .gguf import GGUFSource
+        return GGUFSource(default_model_path(spec.lower() if spec else None))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            from .hf import HFSource
+            return HFSource(path)
+        raise ModelNotFoundError(f"{path}: folder has no config.json; expected a Hugging Face checkpoint folder")
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            from .gguf import GGUFSource
+            return GGUFSource(path)
+        raise UnsupportedConfigError(
+            f"{path}: unsupported checkpoint file; pass a .gguf file or a folder with config.json")
+    if isinstance(spec, str) and _looks_like_hub_id(spec):
+        from .hub import download
+        from .hf import HFSource
+        return HFSource(download(spec, revision=revision), name=spec)
+    raise ModelNotFoundError(
+        f"checkpoint {str(spec)!r} not found: pass a folder with config.json, a .gguf file, "
+        f"a Hugging Face hub id (org/name) or {DEFAULT_MODEL!r}")

@@ -1,0 +1,29 @@
+"""Download a Hugging Face hub checkpoint (org/name) into the local hub cache."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from edgellama.errors import CheckpointError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Only what the converter reads; other weight formats are left on the hub.
+ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def download(repo_id: str, revision: Optional[str] = None) -> Path:
+    """Local folder holding `repo_id` (downloaded on first use)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelNotFoundError(
+            f"{repo_id!r} looks like a Hugging Face hub id, and downloading it needs huggingface_hub: "
+            "`pip install huggingface_hub` (or pass a local checkpoint folder)") from None
+    log.info("downloading %s from the Hugging Face hub", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
+    except Exception as exc:  # network, authentication and missing-repository errors alike
+        raise CheckpointError(f"cannot download {repo_id!r} from the Hugging Face hub: {exc}") from None

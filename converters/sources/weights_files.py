@@ -1,0 +1,176 @@
+"""Tensor-by-tensor readers of checkpoint weight files: safetensors (single or sharded) and
+PyTorch `.bin`/`.pth` (only when torch is importable).
+
+A reader maps tensor names to files and returns one float32 array per call; nothing else of
+the checkpoint is held in memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+
+from edgellama.errors import CheckpointError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+TORCH_SINGLES = ("pytorch_model.bin", "consolidated.00.pth", "model.pth")
+
+
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+class SafetensorsFile:
+    """One .safetensors file; float tensors come back as float32 (bf16 is widened by hand,
+    since NumPy has no bfloat16)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+        self.path = path
+        self.header = self._read_header(path)
+        try:
+            self._handle = safe_open(str(path), framework="numpy")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: cannot open safetensors file ({exc}); the file is "
+                                  "truncated or corrupt: download it again") from None
+
+    @staticmethod
+    def _read_header(path: Path) -> dict:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: file is truncated ({size} bytes); download it again")
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                raise CheckpointError(f"{path}: header length {length} exceeds the file size {size}; "
+                                      "the file is truncated: download it again")
+            try:
+                header = json.loads(fh.read(length))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise CheckpointError(f"{path}: header is not valid JSON; the file is corrupt") from None
+        header.pop("__metadata__", None)
+        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        if 8 + length + end > size:
+            raise CheckpointError(f"{path}: file holds {size} bytes but its header describes "
+                                  f"{8 + length + end}; the file is truncated: download it again")
+        header["__data_start__"] = 8 + length
+        return header
+
+    def names(self) -> list:
+        return [k for k in self.header if not k.startswith("__")]
+
+    def read(self, name: str) -> np.ndarray:
+        meta = self.header[name]
+        if meta["dtype"] == "BF16":
+            begin, end = meta["data_offsets"]
+            count = (end - begin) // 2
+            raw = np.fromfile(self.path, dtype="<u2", count=count, offset=self.header["__data_start__"] + begin)
+            return _bf16_to_f32(raw).reshape(meta["shape"])
+        try:
+            return np.asarray(self._handle.get_tensor(name), dtype=np.float32)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path}: cannot read tensor {name!r} ({exc})") from None
+
+    def close(self) -> None:
+        self._handle = None
+
+
+class TorchFile:
+    """One PyTorch pickle checkpoint, loaded with weights_only=True and memory-mapped."""
+
+    def __init__(self, path: Path):
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{path}: PyTorch checkpoints need torch to read; install it with "
+                "`pip install edgellama[torch]`, or convert the checkpoint to safetensors") from None
+        self.path = path
+        try:
+            self._tensors = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot load PyTorch checkpoint ({exc})") from None
+
+    def names(self) -> list:
+        return list(self._tensors)
+
+    def read(self, name: str) -> np.ndarray:
+        return self._tensors[name].float().numpy()
+
+    def close(self) -> None:
+        self._tensors = None
+
+
+class ShardedWeights:
+    """name -> file map over one or more weight files, opened lazily."""
+
+    def __init__(self, files: Dict[str, Path], opener: Callable[[Path], object]):
+        self._where = files
+        self._opener = opener
+        self._open: Dict[Path, object] = {}
+
+    def names(self) -> list:
+        return list(self._where)
+
+    def files(self) -> list:
+        return sorted(set(self._where.values()))
+
+    def _file(self, path: Path):
+        if path not in self._open:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: weight file listed in the index is missing")
+            self._open[path] = self._opener(path)
+        return self._open[path]
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._where:
+            raise CheckpointError(f"tensor {name!r} is not in the checkpoint")
+        return self._file(self._where[name]).read(name)
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()
+
+
+def _from_index(index_path: Path, opener) -> ShardedWeights:
+    from .hf_config import read_json
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: field weight_map is missing or empty")
+    return ShardedWeights({k: index_path.parent / v for k, v in weight_map.items()}, opener)
+
+
+def _from_single(path: Path, opener) -> ShardedWeights:
+    handle = opener(path)
+    weights = ShardedWeights({name: path for name in handle.names()}, opener)
+    weights._open[path] = handle
+    return weights
+
+
+def open_weights(folder: Path) -> ShardedWeights:
+    """The weights of a Hugging Face checkpoint folder, preferring safetensors."""
+    if (folder / SAFETENSORS_INDEX).is_file():
+        return _from_index(folder / SAFETENSORS_INDEX, SafetensorsFile)
+    if (folder / SAFETENSORS_SINGLE).is_file():
+        return _from_single(folder / SAFETENSORS_SINGLE, SafetensorsFile)
+    singles = sorted(folder.glob("*.safetensors"))
+    if len(singles) == 1:
+        return _from_single(singles[0], SafetensorsFile)
+    if (folder / TORCH_INDEX).is_file():
+        return _from_index(folder / TORCH_INDEX, TorchFile)
+    for name in TORCH_SINGLES:
+        if (folder / name).is_file():
+            return _from_single(folder / name, TorchFile)
+    raise ModelNotFoundError(
+        f"{folder}: no weights found (expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, "
+        f"{TORCH_INDEX} or {TORCH_SINGLES[0]})")

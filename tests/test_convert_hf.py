@@ -1,0 +1,238 @@
+"""Hugging Face checkpoint -> package: the ONNX graph driven through its shared KV cache matches
+transformers' LlamaForCausalLM step by step, for every architecture variant the converter accepts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgellama.converters import ConvertOptions, convert
+from edgellama.package import Quantization, read_info, verify
+
+from tiny import make_tiny_llama
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+
+FP32_TOLERANCE = 1e-4
+
+
+class OrtStepper:
+    def __init__(self, package, capacity: int = 64, batch: int = 1):
+        import onnxruntime as ort
+        from edgellama.package import read_info
+        self.info = read_info(package)
+        cfg = self.info.config
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(package / "model.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+        self.layers = cfg.num_layers
+        dtype = np.float16 if self.info.io_dtype == "float16" else np.float32
+        self.buffers = [np.zeros((batch, cfg.num_kv_heads, capacity, cfg.head_dim), dtype)
+                        for _ in range(2 * cfg.num_layers)]
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.buffers]
+        self.total = 0
+        self.batch = batch
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids` [batch, n]; returns last-position logits [batch, vocab]."""
+        self.total += ids.shape[1]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids, dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", np.ones((self.batch, self.total), np.int64))
+        binding.bind_output("logits")
+        for i in range(self.layers):
+            for j, kind in enumerate(("key", "value")):
+                value = self.values[2 * i + j]
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+        self.session.run_with_iobinding(binding)
+        logits = binding.copy_outputs_to_cpu()[0]
+        written = self.buffers[0][:, :, self.total - ids.shape[1]:self.total]
+        assert np.abs(written).sum() > 0, "present.0.key was not written into the shared past buffer"
+        assert logits.shape == (self.batch, 1, self.info.config.vocab_size)
+        return logits[:, 0].astype(np.float32)
+
+
+def compare_with_reference(package, model, prompt_len: int = 7, decode_steps: int = 20, seed: int = 0,
+                           capacity: int = 64) -> list[float]:
+    """Max |logits difference| at the prompt and at each greedy decode step (reference tokens)."""
+    import torch
+    stepper = OrtStepper(package, capacity)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, stepper.info.config.vocab_size, (1, prompt_len))
+    diffs, past = [], None
+    with torch.no_grad():
+        for _ in range(decode_steps + 1):
+            out = model(torch.tensor(ids), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            ref = out.logits[:, -1].float().numpy()
+            got = stepper.step(ids)
+            diffs.append(float(np.abs(got - ref).max()))
+            ids = ref.argmax(-1).reshape(1, 1)
+    return diffs
+
+
+def load_reference(folder):
+    return transformers.LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+VARIANTS = {
+    "gqa_tied": {},
+    "mha_untied": dict(num_key_value_heads=4, tie_word_embeddings=False),
+    "llama3_rope": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+                        rope_theta=500000.0),
+    "linear_rope": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "head_dim_64": dict(num_attention_heads=2, num_key_value_heads=1),
+    "head_dim_128": dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1),
+    "explicit_head_dim": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    "odd_vocab": dict(vocab_size=397, tie_word_embeddings=False),
+    "bf16_weights": dict(dtype="bfloat16"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fp32_matches_transformers(tmp_path, variant):
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=len(variant), **VARIANTS[variant])
+    out = tmp_path / "pkg"
+    report = convert(folder, out, ConvertOptions(quantization=Quantization("fp32")))
+    info = read_info(out)
+    verify(out, info)
+    assert report.info == info
+    model = load_reference(folder)
+    assert info.config.head_dim == model.config.head_dim
+    rope = VARIANTS[variant].get("rope_scaling")
+    assert (info.config.rope_scaling.type if info.config.rope_scaling else None) == (rope or {}).get("rope_type")
+    diffs = compare_with_reference(out, model)
+    assert max(diffs) < FP32_TOLERANCE, diffs
+
+
+def test_package_contents(tmp_path):
+    folder = make_tiny_llama(tmp_path / "ckpt")
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=100))
+    info = read_info(out)
+    assert info.max_length == 100 and info.last_token_logits and info.io_dtype == "float32"
+    assert info.special_tokens.eos_token_ids == (2,) and info.special_tokens.bos_token_id == 0
+    assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert genai["model"]["context_length"] == 100
+    assert genai["search"]["past_present_share_buffer"] is True
+    import onnx
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    names = [n.name for n in graph.node]
+    assert len(names) == len(set(names))
+    assert "/model/layers.1/attn/qkv_proj/MatMul" in names
+    assert "/model/layers.0/attn/GroupQueryAttention" in names
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer if t.ByteSize() > 4096)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def dequantized_reference(folder, quant: Quantization):
+    """transformers' model with every weight the package quantizes replaced by its dequantized value."""
+    from edgellama.converters.quantize import dequantize, quantize
+    model = load_reference(folder)
+    bits = {"int4": 4, "int8": 8}[quant.method]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2:
+                w = param.numpy()
+                param.copy_(torch.from_numpy(dequantize(quantize(w, bits, quant.block_size, quant.symmetric))))
+    return model
+
+
+QUANT_CASES = {
+    "int4_sym_tied": (Quantization("int4", accuracy_level=0), {}),
+    "int4_asym_untied": (Quantization("int4", symmetric=False, accuracy_level=0), dict(tie_word_embeddings=False)),
+    "int8_sym_tied": (Quantization("int8", accuracy_level=0), {}),
+    "int8_asym_tied": (Quantization("int8", symmetric=False, accuracy_level=0), {}),
+    "int4_padded_k": (Quantization("int4", block_size=32, accuracy_level=0),
+                      dict(hidden_size=80, num_attention_heads=5, num_key_value_heads=1, head_dim=16,
+                           intermediate_size=144)),
+    "int4_block128": (Quantization("int4", block_size=128, accuracy_level=0), dict(vocab_size=397)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(QUANT_CASES))
+def test_quantized_graph_matches_dequantized_weights(tmp_path, case):
+    """With float compute (accuracy_level 0) the only error left is the weights' own quantization,
+    so the graph must match a reference running on the dequantized weights: this pins the
+    MatMulNBits / GatherBlockQuantized layout (nibble order, zero points, padding)."""
+    quant, overrides = QUANT_CASES[case]
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=7, **overrides)
+    out = tmp_path / "pkg"
+    report = convert(folder, out, ConvertOptions(quantization=quant))
+    assert report.quantization_error["qkv_proj"]["worst"] > 0
+    diffs = compare_with_reference(out, dequantized_reference(folder, quant))
+    assert max(diffs) < 2e-4, diffs
+
+
+@pytest.mark.parametrize("method", ["int4", "int8"])
+def test_default_quantization_error_bound(tmp_path, method):
+    """Against the fp32 model, with the default int8-activation compute (accuracy_level 4).
+
+    Bound on the relative RMS error of the logits (centred), from the measured weight error e:
+    each logit depends on n = 4 * layers + 2 quantized weights (qkv, o, gate_up, down, embedding,
+    LM head); independent relative errors add in quadrature, sqrt(n) * e, and a random network
+    amplifies them at most about twice; the int8 activations add about 1/127 per matmul likewise.
+    Measured on these checkpoints: about 0.44 (int4, e ~ 0.083) and 0.04 (int8, e ~ 0.005), against
+    bounds of about 0.58 and 0.08; a wrong layout gives errors above 1."""
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=8)
+    out = tmp_path / "pkg"
+    report = convert(folder, out, ConvertOptions(quantization=Quantization(method)))
+    e = max(v["mean"] for v in report.quantization_error.values())
+    n = 4 * report.info.config.num_layers + 2
+    bound = 2 * np.sqrt(n) * (e + 1 / 127)
+    model = load_reference(folder)
+    stepper = OrtStepper(out)
+    ids = np.random.default_rng(0).integers(3, report.info.config.vocab_size, (1, 7))
+    past, worst = None, 0.0
+    with torch.no_grad():
+        for _ in range(21):
+            o = model(torch.tensor(ids), past_key_values=past, use_cache=True)
+            past, ref = o.past_key_values, o.logits[:, -1].numpy()
+            got = stepper.step(ids)
+            worst = max(worst, float(np.linalg.norm(got - ref) / np.linalg.norm(ref - ref.mean())))
+            ids = ref.argmax(-1).reshape(1, 1)
+    assert worst < bound, (worst, bound)
+
+
+def test_onnxruntime_genai_generates_like_transformers(tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=5)
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=32))
+    model = og.Model(str(out))
+    prompt = list(og.Tokenizer(model).encode("Hello world"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=24)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    reference = load_reference(folder)
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([prompt]), max_length=24, do_sample=False, eos_token_id=None,
+                                      pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(tokens) >= 8
+    assert tokens == expected[:len(tokens)]
+
+
+@pytest.mark.parametrize("method, providers, tolerance", [
+    ("fp16", ("cpu",), 2e-2),     # fp16 weights cast to float32 on load
+    ("fp16", ("cuda",), 5e-2),    # float16 activations and KV cache throughout
+])
+def test_fp16_packages_run_on_cpu(tmp_path, method, providers, tolerance):
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=4)
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization(method), providers=providers))
+    info = read_info(out)
+    assert info.io_dtype == ("float16" if "cuda" in providers else "float32")
+    diffs = compare_with_reference(out, load_reference(folder), decode_steps=8)
+    assert max(diffs) < tolerance, diffs
