@@ -1,0 +1,285 @@
+"""Chat: the package's chat template, rendered in a Jinja sandbox, and a conversation object.
+
+Message contents are never parsed for special tokens. The template is rendered with a unique
+sentinel in place of each content; the rendered text is split at the sentinels, the template's
+own text is tokenized with special tokens and each content as plain text:
+
+    "<|im_start|>user\\n" + @@S_1@@ + "<|im_end|>\\n<|im_start|>assistant\\n"
+     '---- specials ----'   '-plain-'   '------------- specials ------------'
+
+A `Chat` owns a context, so the KV cache survives between turns: a new turn runs only the
+tokens after the previous answer (the end of that answer, the user's message, the prompt for
+the next answer).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from dataclasses import replace
+from datetime import datetime
+from typing import Iterable, Mapping, Optional, Sequence
+
+from .errors import InvalidParameterError, PackageError
+from .generation import GenerationOptions, GenerationResult
+from .package import TOKENIZER_CONFIG_FILE
+
+log = logging.getLogger(__name__)
+
+
+def _sandbox():
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class StrictSandbox(ImmutableSandboxedEnvironment):
+        """Unsafe attribute access raises at once instead of rendering as empty."""
+
+        def unsafe_undefined(self, obj, attribute):
+            raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def raise_exception(message):
+        from jinja2.exceptions import TemplateError
+        raise TemplateError(message)
+
+    env = StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def _token_text(value) -> str:
+    if isinstance(value, Mapping):
+        return str(value.get("content", ""))
+    return "" if value is None else str(value)
+
+
+def _check_messages(messages) -> list[dict]:
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise InvalidParameterError(f"message {i} must be a mapping with 'role' and 'content'")
+        if not isinstance(message["content"], str):
+            raise InvalidParameterError(f"message {i}: content must be a str")
+        out.append(dict(message))
+    return out
+
+
+class ChatTemplate:
+    """The package's chat template, compiled once in a sandbox."""
+
+    def __init__(self, source: str, tokenizer, where: str = TOKENIZER_CONFIG_FILE):
+        from jinja2.exceptions import TemplateSyntaxError
+
+        self.where = where
+        self.tokenizer = tokenizer
+        try:
+            self._template = _sandbox().from_string(source)
+        except TemplateSyntaxError as exc:
+            raise PackageError(f"{where}: chat_template does not compile ({exc})") from None
+        config = tokenizer.config
+        self._variables = {name: _token_text(config.get(name))
+                           for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        self._specials = [t for t in (tokenizer.token_text(i) for i in tokenizer.special_ids) if t]
+
+    def render(self, messages: Sequence[Mapping], add_generation_prompt: bool = True, **extra) -> str:
+        """The prompt text (special tokens as strings), as the template writes it."""
+        from jinja2.exceptions import SecurityError, TemplateError
+
+        try:
+            return self._template.render(messages=_check_messages(messages),
+                                         add_generation_prompt=add_generation_prompt,
+                                         **self._variables, **extra)
+        except SecurityError as exc:
+            raise PackageError(f"{self.where}: chat_template tried an unsafe operation ({exc})") from None
+        except TemplateError as exc:
+            raise PackageError(f"{self.where}: chat_template failed to render ({exc})") from None
+
+    def segments(self, messages, add_generation_prompt: bool = True) -> list[tuple]:
+        """[(text, message index or None)]: template text (None) and message contents, in order."""
+        messages = _check_messages(messages)
+        nonce = secrets.token_hex(6)
+        marks = [f"@@EDGELLAMA_{nonce}_{i}@@" for i in range(len(messages))]
+        masked = [dict(m, content=mark) for m, mark in zip(messages, marks)]
+        text = self.render(masked, add_generation_prompt)
+        pattern = re.compile(f"@@EDGELLAMA_{nonce}_(\\d+)@@")
+        parts, pos = [], 0
+        for match in pattern.finditer(text):
+            parts.append((text[pos:match.start()], None))
+            index = int(match.group(1))
+            parts.append((messages[index]["content"], index))
+            pos = match.end()
+        parts.append((text[pos:], None))
+        seen = [i for _, i in parts if i is not None]
+        if sorted(seen) != list(range(len(messages))):
+            return self._unmasked(messages, add_generation_prompt)
+        return parts
+
+    def _unmasked(self, messages, add_generation_prompt) -> list[tuple]:
+        # The template transforms contents (so the sentinels did not survive): render the real text,
+        # which is safe to parse for specials only when no content spells a special token.
+        for i, message in enumerate(messages):
+            for special in self._specials:
+                if special in message["content"]:
+                    raise InvalidParameterError(
+                        f"message {i} contains the special token {special!r} and the chat template in "
+                        f"{self.where} rewrites contents, so it cannot be kept as plain text; remove it")
+        return [(self.render(messages, add_generation_prompt), None)]
+
+    def encode_segments(self, messages, add_generation_prompt: bool = True,
+                        content_ids: Optional[Mapping[int, Sequence[int]]] = None) -> list[tuple]:
+        """[(ids, message index or None)]; `content_ids` replaces the tokens of given messages."""
+        out = []
+        for text, index in self.segments(messages, add_generation_prompt):
+            if index is None:
+                ids = self.tokenizer.encode(text, add_bos=False, parse_special=True)
+            elif content_ids and index in content_ids:
+                ids = list(content_ids[index])
+            else:
+                ids = self.tokenizer.encode(text, add_bos=False, parse_special=False)
+            out.append((ids, index))
+        return out
+
+    def encode(self, messages, add_generation_prompt: bool = True,
+               content_ids: Optional[Mapping[int, Sequence[int]]] = None) -> list[int]:
+        """Token ids of the rendered conversation (contents as plain text)."""
+        return [t for ids, _ in self.encode_segments(messages, add_generation_prompt, content_ids) for t in ids]
+
+
+def template_for(model) -> ChatTemplate:
+    """The compiled chat template of a loaded model (compiled on first use)."""
+    cached = model.__dict__.get("_chat_template")
+    if cached is not None:
+        return cached
+    source = model.tokenizer.config.get("chat_template")
+    if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {item.get("name"): item.get("template") for item in source if isinstance(item, Mapping)}
+        source = named.get("default")
+    if not isinstance(source, str) or not source:
+        raise PackageError(f"{model.path / TOKENIZER_CONFIG_FILE}: no chat_template; this model has no chat "
+                           "format (use generate() with a plain prompt)")
+    template = ChatTemplate(source, model.tokenizer, str(model.path / TOKENIZER_CONFIG_FILE))
+    model.__dict__["_chat_template"] = template
+    return template
+
+
+class Chat:
+    """A conversation that keeps its KV cache between turns.
+
+        chat = model.new_chat(system="You are terse.")
+        print(chat.send("Hi!").text)
+        for piece in chat.stream("And then?"):
+            ...
+        chat.reset()            # back to the system message, cache emptied
+    """
+
+    def __init__(self, model, system: Optional[str] = None, max_new_tokens: int = 256, sampling=None,
+                 stop: Iterable[str] = (), context: str = "error"):
+        self.model = model
+        self.template = template_for(model)
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context)
+        self.sampling = sampling
+        self.system = system
+        self.messages: list[dict] = []
+        self.context = model.new_context()
+        self.last_result: Optional[GenerationResult] = None
+        self._base: Optional[list[int]] = None  # ids of the conversation through the last answer
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays) and empty the cache."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system is not None else []
+        self._base = None
+        self.last_result = None
+        self.context.reset()
+
+    def _prompt(self) -> tuple[list[int], int]:
+        """Ids for the next answer, and how many leading ids a context shift keeps."""
+        segments = self.template.encode_segments(self.messages, add_generation_prompt=True)
+        n_keep = 0
+        if self.messages and self.messages[0]["role"] == "system":
+            n_keep = sum(len(ids) for ids, _ in segments[:3])  # template head, system text, its closing
+        if self._base is None:
+            return [t for ids, _ in segments for t in ids], n_keep
+        last_answer = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
+        return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
+
+    def stream(self, text: str, cancel=None):
+        """Send a user message; yield the answer as text pieces (`.result` when done)."""
+        if not isinstance(text, str):
+            raise InvalidParameterError(f"chat message must be a str, got {type(text).__name__}")
+        self.messages.append({"role": "user", "content": text})
+        try:
+            ids, n_keep = self._prompt()
+            options = replace(self.options, n_keep=n_keep)
+            stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context)
+        except BaseException:
+            self.messages.pop()
+            raise
+        return _TurnStream(self, stream)
+
+    def send(self, text: str, cancel=None) -> GenerationResult:
+        """Send a user message; return the whole answer."""
+        return self.stream(text, cancel).consume()
+
+    def _finish(self, result: GenerationResult) -> None:
+        self.messages.append({"role": "assistant", "content": result.text})
+        generated = list(result.token_ids)
+        if result.finish_reason == "stop" or not generated and result.finish_reason == "length":
+            # the text was cut (or nothing ran): continue from the plain tokens of the answer
+            self._base = list(result.prompt_token_ids) + self.model.tokenizer.encode(result.text, add_bos=False)
+        else:
+            # the cache holds everything but a last token that ended the turn by length
+            unfed = generated[-1:] if result.finish_reason == "length" else []
+            self._base = self.context.history().tolist() + unfed
+        self.last_result = result
+
+    def _abandon(self) -> None:
+        self.messages.pop()
+
+
+class _TurnStream:
+    """A turn's TextStream that records the answer in the Chat when it completes."""
+
+    def __init__(self, chat: Chat, stream):
+        self._chat = chat
+        self._stream = stream
+        self._done = False
+
+    @property
+    def result(self):
+        return self._stream.result
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._stream)
+        except StopIteration:
+            self._complete(ok=True)
+            raise
+        except BaseException:
+            self._complete(ok=False)
+            raise
+
+    def _complete(self, ok: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if ok:
+            self._chat._finish(self._stream.result)
+        else:
+            self._chat._abandon()
+
+    def close(self) -> None:
+        self._stream.close()
+        if not self._done:
+            self._complete(ok=False)
+
+    def consume(self) -> GenerationResult:
+        for _ in self:
+            pass
+        return self.result

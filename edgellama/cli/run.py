@@ -1,0 +1,76 @@
+"""`edgellama run MODEL PROMPT`: stream generated text to stdout, timings to stderr (or one JSON object)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `run` and `chat`: the package, its context and the sampler."""
+    parser.add_argument("model", help="model package folder (from `edgellama convert`)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N", help="tokens to generate at most")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 = greedy (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=40, metavar="K", help="0 = off (default 40)")
+    parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1 = off (default 0.95)")
+    parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 = off (default 0.05)")
+    parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 = off (default)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default: random)")
+    parser.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop strings (cut from the text)")
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="KV-cache capacity (default: the package's max_length)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
+    parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP",
+                        help="execution providers to try in order (cpu, cuda, coreml, ...)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("prompt", help="prompt text ('-' reads it from stdin)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (text, token_ids, finish_reason, timings) instead of streaming")
+
+
+def sampling_from(args):
+    from ..sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repeat_penalty=args.repeat_penalty, seed=args.seed)
+
+
+def load_from(args):
+    from ..model import load
+
+    return load(args.model, providers=tuple(args.provider), threads=args.threads, max_length=args.max_length)
+
+
+def timings_line(timings) -> str:
+    return (f"ttft {timings.ttft_s * 1000:.0f} ms, prefill {timings.prefill_tokens_per_s:.0f} tok/s, "
+            f"decode {timings.decode_tokens_per_s:.0f} tok/s")
+
+
+def result_json(result) -> str:
+    t = result.timings
+    return json.dumps({
+        "text": result.text, "token_ids": list(result.token_ids), "finish_reason": result.finish_reason,
+        "ttft_ms": round(t.ttft_s * 1000, 3), "prefill_tokens_per_s": round(t.prefill_tokens_per_s, 3),
+        "decode_tokens_per_s": round(t.decode_tokens_per_s, 3), "prompt_tokens": t.prompt_tokens,
+        "generated_tokens": t.generated_tokens,
+    }, ensure_ascii=False)
+
+
+def main(args) -> int:
+    sampling = sampling_from(args)   # invalid settings fail before the model loads
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model = load_from(args)
+    stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop)
+    if args.json:
+        print(result_json(stream.consume()))
+        return 0
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(timings_line(stream.result.timings), file=sys.stderr)
+    return 0

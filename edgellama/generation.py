@@ -1,0 +1,292 @@
+"""The token-level generation loop: prefill, sample, decode, stop, cancel, shift, time.
+
+A `Context` is the mutable state of one conversation with the model: the KV cache, the IO
+binding over it, the ids whose keys and values the cache holds, and the sampler's scratch.
+`run_generation` drives one context through one request and yields text pieces; its return
+value (the generator's StopIteration value) is the `GenerationResult`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Generator, Optional, Sequence
+
+import numpy as np
+
+from .errors import ContextOverflowError, InvalidParameterError
+from .kvcache import KVCache
+from .rope import inv_frequencies
+from .session import IO_DTYPES, StepBinding
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = ("length", "stop", "eos", "cancelled")
+CONTEXT_POLICIES = ("error", "shift")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How one request runs (sampling has its own `SamplingParams`)."""
+    max_new_tokens: int = 256
+    stop: tuple = ()              # strings that end the text (cut before them)
+    context: str = "error"        # "error": a prompt over capacity raises; "shift": drop old tokens
+    n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, if any)
+    parse_special: bool = False   # parse special-token strings in a str prompt
+    prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop or ()))
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise InvalidParameterError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise InvalidParameterError(f"stop={self.stop!r} must be non-empty strings")
+        if self.context not in CONTEXT_POLICIES:
+            raise InvalidParameterError(f"context={self.context!r} must be one of {CONTEXT_POLICIES}")
+        if self.n_keep is not None and (not isinstance(self.n_keep, int) or self.n_keep < 0):
+            raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
+        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+            raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class Timings:
+    load_s: float = 0.0               # loading the model (session creation), once per Model
+    ttft_s: float = 0.0               # request start to the first sampled token
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    sampling_s: float = 0.0           # total time inside the sampler
+    prompt_tokens: int = 0            # tokens in the prompt
+    prefilled_tokens: int = 0         # prompt tokens run through the model (the rest came from the cache)
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0             # first token to the end
+    decode_run_s: float = 0.0         # of decode_s, time inside ONNX Runtime
+    decode_steps: int = 0             # single-token runs
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple
+    finish_reason: str
+    timings: Timings = field(default_factory=Timings)
+    prompt_token_ids: tuple = ()
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops = tuple(stops)
+        self._pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Add text; return what can be emitted now. Sets `stopped` when a stop string appears."""
+        if not self._stops:
+            return text
+        if self.stopped or not text:
+            return ""
+        buf = self._pending + text
+        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._pending = ""
+            return buf[:min(hits)]
+        keep = max((n for s in self._stops for n in range(min(len(s) - 1, len(buf)), 0, -1)
+                    if buf.endswith(s[:n])), default=0)
+        self._pending = buf[len(buf) - keep:] if keep else ""
+        return buf[:len(buf) - keep]
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+class Context:
+    """KV cache + IO binding + cached token ids + sampler of one conversation.
+
+    Invariant: `tokens[:kv.length]` are the ids whose keys and values are in the cache.
+    """
+
+    def __init__(self, session, info, capacity: int):
+        config = info.config
+        self.config = config
+        self.capacity = capacity
+        self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
+        self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype)
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.inv_freq = inv_frequencies(config)
+        self._sampler = None
+        self._sampler_params = None
+        self._consistent = True
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def history(self) -> np.ndarray:
+        return self.tokens[:self.kv.length]
+
+    def sampler(self, params):
+        from .sampling import Sampler
+
+        if self._sampler is None or self._sampler_params != params:
+            self._sampler = Sampler(params, self.config.vocab_size)
+            self._sampler_params = params
+        # a fixed seed restarts its stream per request; no seed means a fresh one per request
+        self._sampler.reset(None if params.seed is not None else int.from_bytes(os.urandom(8), "little"))
+        return self._sampler
+
+    def common_prefix(self, ids: np.ndarray) -> int:
+        n = min(len(ids), self.kv.length)
+        differ = np.flatnonzero(self.tokens[:n] != ids[:n])
+        return int(differ[0]) if differ.size else n
+
+    def reuse_prefix(self, ids: np.ndarray) -> int:
+        """Rewind the cache to its longest common prefix with `ids` (leaving >= 1 id to run)."""
+        keep = min(self.common_prefix(ids), len(ids) - 1)
+        if self.kv.length > keep:
+            self.kv.rewind(keep)
+        return keep
+
+    def feed(self, ids) -> np.ndarray:
+        """Run `ids` after the cached ones; return the logits of the last (float32 [vocab])."""
+        past = self.kv.length
+        n = len(ids)
+        if past + n > self.capacity:
+            raise ContextOverflowError(f"{past} cached + {n} new tokens exceed the context of {self.capacity}")
+        logits = self.binding.run(ids, past)
+        self.tokens[past:past + n] = ids
+        self.kv.advance(n)
+        return logits
+
+    def shift(self, n_keep: int, n_discard: int) -> None:
+        """Drop `n_discard` cached tokens after the first `n_keep` (keys are re-rotated)."""
+        self._consistent = False
+        length = self.kv.length
+        self.kv.shift(n_keep, n_discard, self.inv_freq)
+        self.tokens[n_keep:length - n_discard] = self.tokens[n_keep + n_discard:length].copy()
+        self._consistent = True
+
+    def reset(self) -> None:
+        self.kv.rewind(0)
+        self._consistent = True
+
+    def recover(self) -> None:
+        """After an interruption: keep the cache if it is consistent, else empty it."""
+        if not self._consistent:
+            log.debug("generation interrupted during a cache shift: emptying the context")
+            self.reset()
+
+
+def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: GenerationOptions,
+                   n_keep: int) -> np.ndarray:
+    """Validate prompt ids; under context='shift', cut a prompt that is too long in its middle."""
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if arr.size == 0:
+        raise InvalidParameterError("the prompt is empty and the model adds no BOS token; give at least one token")
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab_size}); got {int(arr.min())}.."
+                                    f"{int(arr.max())}")
+    if arr.size < capacity or (arr.size == capacity and options.max_new_tokens <= 1):
+        return arr.astype(np.int32)
+    if options.context != "shift":
+        raise ContextOverflowError(
+            f"the prompt has {arr.size} tokens but the context holds {capacity} (max_length) including the "
+            "answer; shorten the prompt, load with a larger max_length, or pass context='shift'")
+    tail = (capacity - n_keep) // 2
+    log.warning("prompt of %d tokens cut to %d (first %d and last %d kept)", arr.size, n_keep + tail, n_keep, tail)
+    return np.concatenate([arr[:n_keep], arr[arr.size - tail:]]).astype(np.int32)
+
+
+def shift_keep(options: GenerationOptions, prompt: np.ndarray, bos: Optional[int], capacity: int) -> int:
+    n_keep = options.n_keep
+    if n_keep is None:
+        n_keep = 1 if bos is not None and len(prompt) and prompt[0] == bos else 0
+    return min(n_keep, capacity // 2)
+
+
+def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: GenerationOptions, sampling,
+                   cancel=None, n_keep: int = 0, load_s: float = 0.0,
+                   ) -> Generator[str, None, GenerationResult]:
+    """Generate from `prompt` (validated by `prepare_prompt`) on `ctx`; yield text pieces."""
+    t_start = time.perf_counter()
+    eos = frozenset(tokenizer.special_tokens.eos_token_ids)
+    prompt_ids = tuple(int(t) for t in prompt)
+    if options.max_new_tokens == 0:
+        return GenerationResult("", (), "length", Timings(load_s=load_s, prompt_tokens=len(prompt)), prompt_ids)
+    sampler = ctx.sampler(sampling)
+
+    # 1. prefill what the cache does not hold yet
+    reused = ctx.reuse_prefix(prompt)
+    rest = prompt[reused:]
+    chunk = options.prefill_chunk or len(rest)
+    for start in range(0, len(rest), chunk):
+        logits = ctx.feed(rest[start:start + chunk])
+    t_prefilled = time.perf_counter()
+
+    # 2. sample, emit, feed back, one token per run
+    decoder = tokenizer.stream_decoder()
+    stops = StopMatcher(options.stop)
+    generated: list[int] = []
+    pieces: list[str] = []
+    steps = 0
+    sampling_s = run_s = 0.0
+    t_first = None
+    finish = "length"
+    while True:
+        if cancel is not None and cancel.is_set():
+            finish = "cancelled"
+            break
+        t0 = time.perf_counter()
+        token = int(sampler.sample(logits, ctx.history()))
+        t1 = time.perf_counter()
+        sampling_s += t1 - t0
+        if t_first is None:
+            t_first = t1
+        if token in eos:
+            finish = "eos"
+            break
+        generated.append(token)
+        piece = stops.push(decoder.push(token))
+        if piece:
+            pieces.append(piece)
+            yield piece
+        if stops.stopped:
+            finish = "stop"
+            break
+        if len(generated) >= options.max_new_tokens:
+            break
+        if ctx.length >= ctx.capacity:
+            if options.context != "shift":
+                break
+            ctx.shift(n_keep, (ctx.length - n_keep) // 2)
+        t0 = time.perf_counter()
+        logits = ctx.feed((token,))
+        run_s += time.perf_counter() - t0
+        steps += 1
+
+    # 3. text still held back by the decoder or the stop matcher
+    if not stops.stopped:
+        tail = stops.push(decoder.flush())
+        tail += stops.flush()
+        if stops.stopped:
+            finish = "stop"
+        if tail:
+            pieces.append(tail)
+            yield tail
+    t_end = time.perf_counter()
+    t_first = t_first or t_end
+    timings = Timings(
+        load_s=load_s, ttft_s=t_first - t_start,
+        prefill_tokens_per_s=len(rest) / max(t_prefilled - t_start, 1e-9),
+        decode_tokens_per_s=steps / (t_end - t_first) if steps and t_end > t_first else 0.0,
+        sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=len(rest),
+        generated_tokens=len(generated), prefill_s=t_prefilled - t_start, decode_s=t_end - t_first,
+        decode_run_s=run_s, decode_steps=steps)
+    return GenerationResult("".join(pieces), tuple(generated), finish, timings, prompt_ids)

@@ -1,0 +1,204 @@
+"""Load a model package and generate from it.
+
+    model = edgellama.load("smollm2-int4", max_length=1024)
+    result = model.generate("Once upon a time", max_new_tokens=32)
+    for piece in model.stream("Tell me a story"):
+        print(piece, end="", flush=True)
+
+`Model` is read-only after loading and may be shared between threads: each request borrows a
+`Context` (KV cache + IO binding) from a pool, preferring the idle context whose cache shares the
+longest prefix with the prompt, so a repeated prefix is not computed again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InvalidParameterError
+from .generation import (Context, GenerationOptions, GenerationResult, prepare_prompt, run_generation,
+                         shift_keep)
+from .package import MODEL_FILE, read_info, verify
+from .session import IO_DTYPES, check_graph, check_memory, create_session, default_threads
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE_CONTEXTS = 4
+Prompt = Union[str, Sequence[int]]
+
+
+def load(path, providers=("cpu",), threads: Optional[int] = None, max_length: Optional[int] = None,
+         verify: bool = False) -> "Model":
+    """Load the model package at `path`.
+
+    providers   execution providers to try in order ("cpu", "cuda", "coreml", ...); CPU is the fallback
+    threads     intra-op threads (default: physical cores)
+    max_length  KV-cache capacity per context (default and upper bound: the package's max_length)
+    verify      check every file's sha256 against edgellama.json first
+    """
+    return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify)
+
+
+class TextStream:
+    """Iterator of text pieces; `.result` holds the GenerationResult once it is exhausted."""
+
+    def __init__(self, generator):
+        self._generator = generator
+        self.result: Optional[GenerationResult] = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._generator)
+        except StopIteration as stop:
+            self.result = stop.value
+            raise
+
+    def close(self) -> None:
+        self._generator.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def consume(self) -> GenerationResult:
+        for _ in self:
+            pass
+        return self.result
+
+
+class Model:
+    """A loaded model package; see `load`."""
+
+    def __init__(self, path, providers=("cpu",), threads=None, max_length=None, verify=False):
+        t0 = time.perf_counter()
+        self.path = Path(path)
+        self.info = read_info(self.path)
+        if verify:
+            _verify(self.path, self.info)
+        self.config = self.info.config
+        self.max_length = self._capacity(max_length)
+        if self.info.io_dtype not in IO_DTYPES:
+            raise InvalidParameterError(f"{self.path}: io_dtype {self.info.io_dtype!r} is not supported")
+        check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
+        self.threads = default_threads() if threads is None else threads
+        self.tokenizer = Tokenizer.from_package(self.path, self.info.special_tokens)
+        self.session, self.provider = create_session(self.path / MODEL_FILE, providers, self.threads)
+        check_graph(self.session, self.config, self.path / MODEL_FILE)
+        self._idle: list[Context] = []
+        self._lock = threading.Lock()
+        self.load_s = time.perf_counter() - t0
+
+    def _capacity(self, max_length) -> int:
+        if max_length is None:
+            return self.info.max_length
+        if not isinstance(max_length, int) or not 0 < max_length <= self.info.max_length:
+            raise InvalidParameterError(
+                f"max_length={max_length!r} must be an integer in 1..{self.info.max_length} "
+                f"(the package's max_length)")
+        return max_length
+
+    def __repr__(self):
+        return f"Model({str(self.path)!r}, provider={self.provider!r}, max_length={self.max_length})"
+
+    # -- contexts -----------------------------------------------------------------------------
+    def new_context(self) -> Context:
+        """A fresh context (its own KV cache of max_length positions)."""
+        check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
+        return Context(self.session, self.info, self.max_length)
+
+    def _acquire(self, prompt: np.ndarray) -> Context:
+        with self._lock:
+            if self._idle:
+                best = max(range(len(self._idle)), key=lambda i: self._idle[i].common_prefix(prompt))
+                return self._idle.pop(best)
+        return self.new_context()
+
+    def _release(self, ctx: Context) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_CONTEXTS:
+                self._idle.append(ctx)
+
+    # -- requests -----------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt, parse_special: bool = False) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, parse_special=parse_special)
+        if isinstance(prompt, np.ndarray) or isinstance(prompt, (list, tuple)):
+            return [int(t) for t in prompt]
+        raise InvalidParameterError(f"prompt must be a str or a sequence of token ids, got {type(prompt).__name__}")
+
+    def _sampling(self, sampling):
+        from .sampling import SamplingParams
+
+        if sampling is None:
+            return SamplingParams()
+        if not isinstance(sampling, SamplingParams):
+            raise InvalidParameterError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        return sampling
+
+    def start(self, prompt: Prompt, options: GenerationOptions, sampling=None, cancel=None,
+              ctx: Optional[Context] = None) -> TextStream:
+        """Begin one request; on `ctx` when given (the caller owns it), else on a pooled context."""
+        sampling = self._sampling(sampling)
+        ids = self.encode_prompt(prompt, options.parse_special)
+        n_keep = shift_keep(options, np.asarray(ids), self.info.special_tokens.bos_token_id, self.max_length)
+        arr = prepare_prompt(ids, self.max_length, self.config.vocab_size, options, n_keep)
+        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx))
+
+    def _drive(self, prompt, options, sampling, cancel, n_keep, owned):
+        ctx = owned if owned is not None else self._acquire(prompt)
+        try:
+            return (yield from run_generation(ctx, self.tokenizer, prompt, options, sampling, cancel,
+                                              n_keep=n_keep, load_s=self.load_s))
+        except BaseException:
+            ctx.recover()
+            raise
+        finally:
+            if owned is None:
+                self._release(ctx)
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
+                 cancel=None, context: str = "error", parse_special: bool = False) -> GenerationResult:
+        """Generate from `prompt` (text or token ids) until EOS, a stop string, max_new_tokens or `cancel`.
+
+        context="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
+        is kept). parse_special=True reads special-token strings in a str prompt as control tokens."""
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context,
+                                    parse_special=parse_special)
+        return self.start(prompt, options, sampling, cancel).consume()
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
+               cancel=None, context: str = "error", parse_special: bool = False) -> TextStream:
+        """Like `generate`, but yields the text as it is produced (each piece is whole characters)."""
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context,
+                                    parse_special=parse_special)
+        return self.start(prompt, options, sampling, cancel)
+
+    def chat(self, messages, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
+             cancel=None) -> GenerationResult:
+        """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template."""
+        from .chat import template_for
+
+        ids = template_for(self).encode(messages, add_generation_prompt=True)
+        return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel)
+
+    def new_chat(self, system: Optional[str] = None, **settings):
+        """A `Chat` that keeps its own KV cache between turns (see `edgellama.chat.Chat`)."""
+        from .chat import Chat
+
+        return Chat(self, system=system, **settings)
+
+
+def _verify(path: Path, info) -> None:
+    t0 = time.perf_counter()
+    verify(path, info)
+    log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)

@@ -1,0 +1,204 @@
+"""ONNX Runtime plumbing: execution providers, threads, memory check, and the IO binding of one context.
+
+    input_ids [1, S] ----------.                      .---> logits [1, 1, vocab]   (bound, preallocated)
+    attention_mask [1, T] -----+--> model.onnx ------+
+    past_key_values.i.key ----'        (GQA)          '---> present.i.key          (bound to the SAME
+    past_key_values.i.value                                present.i.value          OrtValues as past)
+
+Everything a step touches is allocated once per context: the KV arrays (wrapped, not copied, as
+OrtValues), an input-id buffer, an all-ones mask buffer and the logits buffer. A step writes the
+new ids into the id buffer and rebinds two raw pointers with the step's shapes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import ContextOverflowError, InvalidParameterError, PackageError, ProviderError
+
+log = logging.getLogger(__name__)
+
+# short name -> ONNX Runtime execution provider
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+}
+IO_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def default_threads() -> int:
+    """Physical cores available to this process (logical cores when that cannot be told)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:
+        physical = os.cpu_count() or logical
+    return max(1, min(logical, physical))
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def kv_cache_bytes(config, capacity: int, dtype) -> int:
+    return 2 * config.num_layers * config.num_kv_heads * capacity * config.head_dim * np.dtype(dtype).itemsize
+
+
+def check_memory(config, capacity: int, dtype, available: Optional[int] = None) -> None:
+    """Raise ContextOverflowError when a KV cache of `capacity` positions does not fit in free RAM."""
+    available = available_memory() if available is None else available
+    needed = kv_cache_bytes(config, capacity, dtype)
+    if available is None or needed <= available:
+        return
+    fits = (available * 9 // 10) // kv_cache_bytes(config, 1, dtype)
+    raise ContextOverflowError(
+        f"a KV cache of max_length={capacity} needs {needed / 2**20:.0f} MiB but only "
+        f"{available / 2**20:.0f} MiB of memory is available; load with max_length={max(fits, 0)} or less")
+
+
+def resolve_providers(requested: Sequence[str]) -> list[str]:
+    """ONNX Runtime provider names for `requested` (short or full names), in order, CPU always last."""
+    import onnxruntime as ort
+
+    if isinstance(requested, str):
+        requested = (requested,)
+    available = set(ort.get_available_providers())
+    names = []
+    for item in requested:
+        full = PROVIDERS.get(str(item).lower(), item)
+        if full not in PROVIDERS.values():
+            raise InvalidParameterError(
+                f"unknown execution provider {item!r}; known: {', '.join(PROVIDERS)}")
+        if full not in available:
+            log.info("execution provider %s is not available in this onnxruntime build; skipping it", full)
+            continue
+        if full not in names:
+            names.append(full)
+    if PROVIDERS["cpu"] in names:
+        names.remove(PROVIDERS["cpu"])
+    return names + [PROVIDERS["cpu"]]
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    if not isinstance(threads, int) or threads < 1:
+        raise InvalidParameterError(f"threads={threads!r} must be a positive integer")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(model_path: Path, providers: Sequence[str], threads: int):
+    """An InferenceSession on the first provider (in the requested order) that accepts the model.
+
+    Returns (session, provider name actually used)."""
+    import onnxruntime as ort
+
+    options = session_options(threads)
+    candidates = resolve_providers(providers)
+    errors = []
+    for start in range(len(candidates)):
+        chosen = candidates[start:]
+        try:
+            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
+            errors.append(f"{chosen[0]}: {exc}")
+            log.warning("could not create a session on %s (%s); trying the next provider", chosen[0], exc)
+            continue
+        provider = session.get_providers()[0]
+        log.info("model %s runs on %s with %d threads", model_path, provider, threads)
+        return session, provider
+    raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
+
+
+def check_graph(session, config, where) -> None:
+    """The graph's inputs and outputs must be the contract's (see the module docstring)."""
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    want_in = {"input_ids", "attention_mask"}
+    want_out = {"logits"}
+    for i in range(config.num_layers):
+        for kind in ("key", "value"):
+            want_in.add(f"past_key_values.{i}.{kind}")
+            want_out.add(f"present.{i}.{kind}")
+    missing = sorted(want_in - inputs) + sorted(want_out - outputs)
+    if missing:
+        raise PackageError(f"{where}: the graph lacks {', '.join(missing[:4])}"
+                           f"{' ...' if len(missing) > 4 else ''}; convert the model again")
+    extra = sorted(inputs - want_in)
+    if extra:
+        raise PackageError(f"{where}: the graph has inputs this runtime does not feed: {', '.join(extra)}")
+
+
+class StepBinding:
+    """The IO binding of one context: KV arrays shared in place, ids/mask/logits preallocated."""
+
+    def __init__(self, session, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
+                 vocab_size: int, io_dtype: str = "float32"):
+        import onnxruntime as ort
+
+        self._session = session
+        capacity = keys[0].shape[2]
+        self.capacity = capacity
+        self._ids = np.zeros((1, capacity), dtype=np.int64)
+        self._mask = np.ones((1, capacity), dtype=np.int64)
+        dtype = IO_DTYPES[io_dtype]
+        self._raw_logits = np.zeros((1, 1, vocab_size), dtype=dtype)
+        # the sampler always reads float32; a float16 graph gets its logits converted into this
+        self._convert = dtype != np.float32
+        self.logits = np.zeros(vocab_size, np.float32) if self._convert else self._raw_logits[0, 0]
+        self._binding = session.io_binding()
+        self._kv = []   # keeps the OrtValues (and through them the arrays) alive
+        for i, (k, v) in enumerate(zip(keys, values)):
+            for kind, array in (("key", k), ("value", v)):
+                value = ort.OrtValue.ortvalue_from_numpy(array)
+                self._binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
+                self._binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+                self._kv.append(value)
+        self._binding.bind_output("logits", "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
+        self._run_options = ort.RunOptions()
+
+    def run(self, tokens, past_length: int) -> np.ndarray:
+        """Feed `tokens` at positions past_length.. ; return the float32 logits of the last one."""
+        n = len(tokens)
+        self._ids[0, :n] = tokens
+        self._binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
+        self._binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, past_length + n],
+                                 self._mask.ctypes.data)
+        self._session.run_with_iobinding(self._binding, self._run_options)
+        if self._convert:
+            np.copyto(self.logits, self._raw_logits[0, 0], casting="same_kind")
+        return self.logits

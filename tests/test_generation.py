@@ -1,0 +1,398 @@
+"""Generation on tiny converted packages: greedy against transformers, cache reuse, streaming,
+stop strings, cancellation, limits, threads and interruptions."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from edgellama.errors import ContextOverflowError, InvalidParameterError
+from edgellama.generation import GenerationOptions, StopMatcher
+from edgellama.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embeddings"]
+
+
+def _package(tmp_path_factory, folder, method, max_length=256):
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    out = tmp_path_factory.mktemp("pkg") / method
+    convert(str(folder), out, ConvertOptions(quantization=Quantization(method=method), max_length=max_length))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tiny import make_tiny_llama
+    return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def fp32_package(tmp_path_factory, tiny_folder):
+    return _package(tmp_path_factory, tiny_folder, "fp32")
+
+
+@pytest.fixture(scope="module")
+def model(fp32_package):
+    import edgellama
+    return edgellama.load(fp32_package, threads=1)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_folder):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoModelForCausalLM.from_pretrained(str(tiny_folder)).eval()
+
+
+def hf_logits(hf, ids):
+    import torch
+    with torch.no_grad():
+        return hf(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+def hf_greedy(hf, ids, n):
+    """Step-by-step greedy reference: the whole sequence is run again for every token."""
+    out = []
+    for _ in range(n):
+        out.append(int(hf_logits(hf, list(ids) + out)[-1].argmax()))
+    return out
+
+
+def assert_greedy_prefix(result, reference, eos=2):
+    got = list(result.token_ids)
+    assert got == reference[:len(got)]
+    if result.finish_reason == "eos":
+        assert reference[len(got)] == eos
+    else:
+        assert len(got) == len(reference)
+
+
+# -- agreement with transformers ------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_fp32_greedy_equals_transformers(model, hf_model, prompt):
+    ids = model.tokenizer.encode(prompt)
+    result = model.generate(prompt, max_new_tokens=24, sampling=GREEDY)
+    assert list(result.prompt_token_ids) == ids
+    assert_greedy_prefix(result, hf_greedy(hf_model, ids, 24))
+
+
+def _fake_quantized(hf, torch):
+    """A copy of `hf` whose linear and embedding weights went through int4 block quantization."""
+    import copy
+
+    from edgellama.converters.quantize import dequantize, quantize
+
+    ref = copy.deepcopy(hf)
+    with torch.no_grad():
+        for name, param in ref.named_parameters():
+            if param.ndim == 2:
+                w = param.detach().float().numpy()
+                param.copy_(torch.from_numpy(dequantize(quantize(w, 4, 32, True))))
+    return ref
+
+
+def test_int4_greedy_follows_quantized_transformers(tmp_path_factory, tiny_folder, hf_model):
+    """Each int4 greedy token is the reference's argmax, or within a small margin of it (the
+    int4 kernel quantizes activations to int8, so near-ties may break either way)."""
+    import torch
+
+    import edgellama
+
+    package = _package(tmp_path_factory, tiny_folder, "int4")
+    model = edgellama.load(package, threads=1)
+    ref = _fake_quantized(hf_model, torch)
+    for prompt in PROMPTS:
+        ids = model.tokenizer.encode(prompt)
+        result = model.generate(ids, max_new_tokens=24, sampling=GREEDY)
+        assert result.token_ids
+        logits = hf_logits(ref, ids + list(result.token_ids))
+        for step, token in enumerate(result.token_ids):
+            row = logits[len(ids) - 1 + step]
+            assert row.max() - row[token] < 0.05 * (row.max() - row.min()), (prompt, step)
+
+
+# -- cache reuse ----------------------------------------------------------------------------
+
+def test_rewind_and_restore_mid_way_gives_same_tokens(model):
+    ids = model.tokenizer.encode(PROMPTS[0])
+    ctx = model.new_context()
+    options = GenerationOptions(max_new_tokens=16)
+    first = model.start(ids, options, GREEDY, ctx=ctx).consume()
+    assert first.finish_reason == "length" and len(first.token_ids) == 16
+    middle = len(ids) + 8
+    snapshot = ctx.kv.snapshot(middle)
+    saved = ctx.tokens[:middle].copy()
+
+    other = model.start(model.tokenizer.encode("Edge devices run"), options, GREEDY, ctx=ctx).consume()
+    assert other.timings.prefilled_tokens > 1          # the cache was overwritten
+    ctx.kv.restore(snapshot)
+    ctx.tokens[:middle] = saved
+
+    resumed = model.start(ids + list(first.token_ids[:8]), GenerationOptions(max_new_tokens=8), GREEDY,
+                          ctx=ctx).consume()
+    assert resumed.timings.prefilled_tokens == 1       # only the last prompt token ran again
+    assert resumed.token_ids == first.token_ids[8:]
+
+
+def test_shorter_prompt_rewinds_to_common_prefix(model):
+    ids = model.tokenizer.encode(PROMPTS[1])
+    ctx = model.new_context()
+    full = model.start(ids, GenerationOptions(max_new_tokens=12), GREEDY, ctx=ctx).consume()
+    fresh = model.start(ids[:3], GenerationOptions(max_new_tokens=12), GREEDY, ctx=model.new_context()).consume()
+    reused = model.start(ids[:3], GenerationOptions(max_new_tokens=12), GREEDY, ctx=ctx).consume()
+    assert reused.timings.prefilled_tokens == 1
+    assert reused.token_ids == fresh.token_ids
+    assert full.timings.prefilled_tokens == len(ids)
+
+
+# -- streaming and stop strings -------------------------------------------------------------
+
+def test_stream_pieces_join_to_text_and_are_whole_characters(model):
+    for prompt in PROMPTS:
+        stream = model.stream(prompt, max_new_tokens=40, sampling=SamplingParams(temperature=1.5, seed=7))
+        pieces = list(stream)
+        result = stream.result
+        assert "".join(pieces) == result.text == model.tokenizer.decode(result.token_ids)
+        for piece in pieces:
+            assert piece
+            piece.encode("utf-8")     # no lone surrogates
+        # a replacement character only where the model itself emitted an invalid byte sequence
+        assert sum(p.count("\ufffd") for p in pieces) == result.text.count("\ufffd")
+
+
+def test_stop_string_spanning_tokens_cuts_the_text(model):
+    base = model.generate(PROMPTS[0], max_new_tokens=30, sampling=GREEDY)
+    tokens = list(base.token_ids)
+    pieces = [model.tokenizer.decode(tokens[:i]) for i in range(len(tokens) + 1)]
+    # a stop string made of the end of token 4 and the start of token 5
+    start = len(pieces[4]) - 1
+    stop = base.text[start:len(pieces[5]) + 1]
+    assert len(stop) >= 2 and base.text.find(stop) >= 0
+    cut = base.text.find(stop)
+    stream = model.stream(PROMPTS[0], max_new_tokens=30, sampling=GREEDY, stop=[stop, "@@never@@"])
+    text = "".join(stream)
+    assert stream.result.finish_reason == "stop"
+    assert text == stream.result.text == base.text[:cut]
+    assert stop not in text
+
+
+@pytest.mark.parametrize("stops,chunks,expected", [
+    (["abc"], ["xa", "b", "cz"], "x"),
+    (["abc"], ["xa", "b", "d"], "xabd"),
+    (["ab", "bcd"], ["zb", "c", "d"], "z"),
+    (["\n\n"], ["one\n", "\ntwo"], "one"),
+])
+def test_stop_matcher_holds_back_possible_starts(stops, chunks, expected):
+    matcher = StopMatcher(stops)
+    out = "".join(matcher.push(c) for c in chunks)
+    if not matcher.stopped:
+        out += matcher.flush()
+    assert out == expected
+
+
+# -- cancellation and limits ----------------------------------------------------------------
+
+def test_cancel_from_another_thread(model):
+    cancel = threading.Event()
+    got_first = threading.Event()
+
+    def canceller():
+        got_first.wait(30)
+        cancel.set()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    stream = model.stream(PROMPTS[0], max_new_tokens=200, sampling=SamplingParams(temperature=1.0, seed=1,
+                                                                                   logit_bias={2: -100.0}),
+                          cancel=cancel)
+    pieces = []
+    for piece in stream:
+        pieces.append(piece)
+        if not got_first.is_set():
+            got_first.set()
+            assert cancel.wait(30)
+    thread.join()
+    result = stream.result
+    assert result.finish_reason == "cancelled"
+    assert 1 <= len(result.token_ids) < 200
+
+
+def test_max_new_tokens_zero(model):
+    result = model.generate(PROMPTS[0], max_new_tokens=0)
+    assert (result.text, result.token_ids, result.finish_reason) == ("", (), "length")
+
+
+def test_negative_max_new_tokens_is_rejected(model):
+    with pytest.raises(InvalidParameterError, match="max_new_tokens"):
+        model.generate(PROMPTS[0], max_new_tokens=-1)
+
+
+def test_empty_prompt_is_an_error_without_bos(model):
+    with pytest.raises(InvalidParameterError, match="empty"):
+        model.generate("", max_new_tokens=4)
+    with pytest.raises(InvalidParameterError, match="empty"):
+        model.generate([], max_new_tokens=4)
+
+
+def test_empty_prompt_is_fine_when_the_model_adds_bos(fp32_package, tmp_path):
+    import edgellama
+
+    folder = tmp_path / "bos"
+    shutil.copytree(fp32_package, folder)
+    info = json.loads((folder / "edgellama.json").read_text())
+    info["special_tokens"]["add_bos_token"] = True
+    (folder / "edgellama.json").write_text(json.dumps(info))
+    model = edgellama.load(folder, threads=1)
+    result = model.generate("", max_new_tokens=3, sampling=GREEDY)
+    assert result.prompt_token_ids == (0,)
+    assert model.generate("Hi", max_new_tokens=1).prompt_token_ids[0] == 0
+
+
+def test_prompt_over_capacity(fp32_package):
+    import edgellama
+
+    model = edgellama.load(fp32_package, threads=1, max_length=16)
+    long_prompt = " ".join(["fox"] * 40)
+    assert len(model.tokenizer.encode(long_prompt)) > 16
+    with pytest.raises(ContextOverflowError, match="16"):
+        model.generate(long_prompt, max_new_tokens=4)
+    # generation that reaches the end of the context stops with "length"
+    result = model.generate("The quick", max_new_tokens=100, sampling=SamplingParams(temperature=0, logit_bias={2: -100.0}))
+    assert result.finish_reason == "length"
+    assert len(result.prompt_token_ids) + len(result.token_ids) == 17
+
+
+def test_generate_with_shift_runs_past_capacity(fp32_package):
+    import edgellama
+
+    model = edgellama.load(fp32_package, threads=1, max_length=24)
+    sampling = SamplingParams(temperature=0, logit_bias={2: -100.0})
+    result = model.generate("The quick brown fox", max_new_tokens=60, sampling=sampling, context="shift")
+    assert result.finish_reason == "length" and len(result.token_ids) == 60
+    over = model.generate(" ".join(["fox"] * 40), max_new_tokens=8, sampling=sampling, context="shift")
+    assert len(over.token_ids) == 8
+
+
+def test_max_length_above_package_is_rejected(fp32_package):
+    import edgellama
+
+    with pytest.raises(InvalidParameterError, match="max_length"):
+        edgellama.load(fp32_package, max_length=100000)
+
+
+# -- threads and interruptions --------------------------------------------------------------
+
+def test_two_threads_match_sequential_runs(model):
+    sampling = SamplingParams(temperature=0.9, seed=11)
+    expected = [model.generate(p, max_new_tokens=24, sampling=sampling).token_ids for p in PROMPTS[:2]]
+    results = [None, None]
+    barrier = threading.Barrier(2)
+
+    def work(i):
+        barrier.wait()
+        results[i] = model.generate(PROMPTS[i], max_new_tokens=24, sampling=sampling).token_ids
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
+    from edgellama import generation
+
+    expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
+    calls = {"n": 0}
+    real_feed = generation.Context.feed
+
+    def interrupted_feed(self, ids):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_feed(self, ids)
+
+    monkeypatch.setattr(generation.Context, "feed", interrupted_feed)
+    with pytest.raises(KeyboardInterrupt):
+        model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY)
+    monkeypatch.undo()
+    assert model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids == expected
+
+
+def test_timings_are_filled(model):
+    result = model.generate(PROMPTS[0], max_new_tokens=8, sampling=GREEDY, stop=())
+    t = result.timings
+    assert t.prompt_tokens == len(result.prompt_token_ids)
+    assert t.generated_tokens == len(result.token_ids)
+    assert t.ttft_s > 0 and t.load_s > 0 and t.sampling_s > 0
+    assert t.decode_steps == len(result.token_ids) - 1
+    assert t.decode_tokens_per_s > 0 and t.prefill_tokens_per_s > 0
+
+
+# -- the real model -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_fp32_greedy_equals_transformers(smollm2_fp32_package, smollm2_hf_model):
+    import torch
+
+    import edgellama
+
+    model = edgellama.load(smollm2_fp32_package)
+    for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]:
+        ids = model.tokenizer.encode(prompt)
+        with torch.no_grad():
+            out = smollm2_hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                            max_new_tokens=64, do_sample=False)
+        reference = out[0, len(ids):].tolist()
+        result = model.generate(ids, max_new_tokens=64, sampling=GREEDY)
+        assert list(result.token_ids) == reference[:len(result.token_ids)], prompt
+        assert len(result.token_ids) == len(reference) or result.finish_reason == "eos"
+
+
+# -- loading --------------------------------------------------------------------------------
+
+def test_chunked_prefill_gives_the_same_tokens(model):
+    ids = model.tokenizer.encode("Hello world! How are you today? I am fine")
+    whole = model.start(ids, GenerationOptions(max_new_tokens=10), GREEDY, ctx=model.new_context()).consume()
+    chunked = model.start(ids, GenerationOptions(max_new_tokens=10, prefill_chunk=3), GREEDY,
+                          ctx=model.new_context()).consume()
+    assert chunked.token_ids == whole.token_ids
+
+
+def test_missing_provider_falls_back_to_cpu(fp32_package):
+    import edgellama
+
+    model = edgellama.load(fp32_package, providers=("cuda", "cpu"), threads=1)
+    assert model.provider == "CPUExecutionProvider"
+    with pytest.raises(InvalidParameterError, match="execution provider"):
+        edgellama.load(fp32_package, providers=("warpdrive",))
+
+
+def test_memory_check_names_what_fits(model):
+    from edgellama.session import check_memory, kv_cache_bytes
+
+    per_position = kv_cache_bytes(model.config, 1, np.float32)
+    check_memory(model.config, 100, np.float32, available=per_position * 200)
+    with pytest.raises(ContextOverflowError, match=r"max_length=90 or less"):
+        check_memory(model.config, 1000, np.float32, available=per_position * 100)
+
+
+def test_verify_detects_a_modified_file(fp32_package, tmp_path):
+    import edgellama
+    from edgellama.errors import PackageError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(fp32_package, folder)
+    edgellama.load(folder, verify=True, threads=1)
+    with open(folder / "model.onnx.data", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x01\x02\x03\x04")
+    with pytest.raises(PackageError, match="checksum"):
+        edgellama.load(folder, verify=True, threads=1)
