@@ -28,6 +28,7 @@ _LAZY = {
     "SamplingParams": "sampling",
     "GenerationResult": "generation",
     "Timings": "generation",
+    "GenerationOptions": "generation",
     "Chat": "chat",
     "ModelConfig": "config",
     "PackageInfo": "package",

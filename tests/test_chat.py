@@ -15,15 +15,10 @@ IM_START, IM_END = 1, 2
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import make_tiny_llama
-
-    from edgellama.converters import ConvertOptions, convert
-    from edgellama.package import Quantization
+    from tiny import convert_tiny, make_tiny_llama
 
     folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-    out = tmp_path_factory.mktemp("pkg") / "fp32"
-    convert(str(folder), out, ConvertOptions(quantization=Quantization(method="fp32"), max_length=256))
-    return out
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,10 @@ from edgellama.sampling import SamplingParams
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import make_tiny_llama
-
-    from edgellama.converters import ConvertOptions, convert
-    from edgellama.package import Quantization
+    from tiny import convert_tiny, make_tiny_llama
 
     folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-    out = tmp_path_factory.mktemp("pkg") / "int4"
-    convert(str(folder), out, ConvertOptions(quantization=Quantization(method="int4"), max_length=128))
-    return out
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "int4", "int4", max_length=128)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,9 @@ PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embed
 
 
 def _package(tmp_path_factory, folder, method, max_length=256):
-    from edgellama.converters import ConvertOptions, convert
-    from edgellama.package import Quantization
+    from tiny import convert_tiny
 
-    out = tmp_path_factory.mktemp("pkg") / method
-    convert(str(folder), out, ConvertOptions(quantization=Quantization(method=method), max_length=max_length))
-    return out
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / method, method, max_length)
 
 
 @pytest.fixture(scope="module")

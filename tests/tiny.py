@@ -100,3 +100,12 @@ def make_tiny_llama(folder, *, seed: int = 0, dtype: str = "float32", **override
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     return folder
+
+
+def convert_tiny(folder, out, method: str = "fp32", max_length: int = 256) -> Path:
+    """Convert a checkpoint from `make_tiny_llama` into a package at `out` (quantization `method`)."""
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    convert(str(folder), out, ConvertOptions(quantization=Quantization(method=method), max_length=max_length))
+    return Path(out)
