@@ -6,7 +6,7 @@ of the architecture differ by these values, never by code paths.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from .errors import UnsupportedConfigError

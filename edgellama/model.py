@@ -22,6 +22,7 @@ import numpy as np
 from .errors import InvalidParameterError
 from .generation import (Context, GenerationOptions, GenerationResult, prepare_prompt, run_generation,
                          shift_keep)
+from .external_data import check_external_data
 from .package import MODEL_FILE, read_info, verify
 from .session import IO_DTYPES, check_graph, check_memory, create_session, default_threads
 from .tokenizer import Tokenizer
@@ -92,8 +93,9 @@ class Model:
         check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
         self.threads = default_threads() if threads is None else threads
         self.tokenizer = Tokenizer.from_package(self.path, self.info.special_tokens)
+        check_external_data(self.path)
         self.session, self.provider = create_session(self.path / MODEL_FILE, providers, self.threads)
-        check_graph(self.session, self.config, self.path / MODEL_FILE)
+        check_graph(self.session, self.config, self.path / MODEL_FILE, self.info.io_dtype)
         self._idle: list[Context] = []
         self._lock = threading.Lock()
         self.load_s = time.perf_counter() - t0
@@ -131,7 +133,11 @@ class Model:
     # -- requests -----------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt, parse_special: bool = False) -> list[int]:
         if isinstance(prompt, str):
+            _check_utf8(prompt)
             return self.tokenizer.encode(prompt, parse_special=parse_special)
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise InvalidParameterError(
+                "prompt is bytes; decode it to str first (for example prompt.decode('utf-8', 'replace'))")
         if isinstance(prompt, np.ndarray) or isinstance(prompt, (list, tuple)):
             return [int(t) for t in prompt]
         raise InvalidParameterError(f"prompt must be a str or a sequence of token ids, got {type(prompt).__name__}")
@@ -188,6 +194,10 @@ class Model:
         """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template."""
         from .chat import template_for
 
+        for message in messages if isinstance(messages, (list, tuple)) else ():
+            for value in message.values() if isinstance(message, dict) else ():
+                if isinstance(value, str):
+                    _check_utf8(value, "message")
         ids = template_for(self).encode(messages, add_generation_prompt=True)
         return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel)
 
@@ -196,6 +206,16 @@ class Model:
         from .chat import Chat
 
         return Chat(self, system=system, **settings)
+
+
+def _check_utf8(text: str, what: str = "prompt") -> None:
+    """A str prompt or message must be encodable as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(
+            f"{what} is not valid Unicode: {exc.reason} at position {exc.start} "
+            f"({text[exc.start:exc.end]!r}); decode input bytes with errors='replace'") from None
 
 
 def _verify(path: Path, info) -> None:

@@ -80,8 +80,15 @@ def check_memory(config, capacity: int, dtype, available: Optional[int] = None) 
         return
     fits = (available * 9 // 10) // kv_cache_bytes(config, 1, dtype)
     raise ContextOverflowError(
-        f"a KV cache of max_length={capacity} needs {needed / 2**20:.0f} MiB but only "
-        f"{available / 2**20:.0f} MiB of memory is available; load with max_length={max(fits, 0)} or less")
+        f"a KV cache of max_length={capacity} needs {needed} bytes ({_size(needed)}) but only {available} bytes "
+        f"({_size(available)}) of memory are available; load with max_length={max(fits, 0)} or less")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def resolve_providers(requested: Sequence[str]) -> list[str]:
@@ -144,23 +151,49 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int):
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
 
 
-def check_graph(session, config, where) -> None:
-    """The graph's inputs and outputs must be the contract's (see the module docstring)."""
-    inputs = {i.name for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
+def check_graph(session, config, where, io_dtype: str = "float32") -> None:
+    """The graph's inputs and outputs must be the contract's (see the module docstring), with the
+    layer count, KV shapes, vocabulary and dtype that edgellama.json states."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
+    if layers != config.num_layers:
+        raise PackageError(f"{where}: edgellama.json says num_layers={config.num_layers} but the graph has "
+                           f"{layers} layers of past_key_values; the metadata does not match the graph: "
+                           "convert the model again")
     want_in = {"input_ids", "attention_mask"}
     want_out = {"logits"}
     for i in range(config.num_layers):
         for kind in ("key", "value"):
             want_in.add(f"past_key_values.{i}.{kind}")
             want_out.add(f"present.{i}.{kind}")
-    missing = sorted(want_in - inputs) + sorted(want_out - outputs)
+    missing = sorted(want_in - set(inputs)) + sorted(want_out - set(outputs))
     if missing:
         raise PackageError(f"{where}: the graph lacks {', '.join(missing[:4])}"
                            f"{' ...' if len(missing) > 4 else ''}; convert the model again")
-    extra = sorted(inputs - want_in)
+    extra = sorted(set(inputs) - want_in)
     if extra:
         raise PackageError(f"{where}: the graph has inputs this runtime does not feed: {', '.join(extra)}")
+    expected = {"num_kv_heads": (1, config.num_kv_heads), "head_dim": (3, config.head_dim)}
+    for name in sorted(want_in - {"input_ids", "attention_mask"}) + sorted(want_out - {"logits"}):
+        node = inputs.get(name) or outputs[name]
+        _check_dims(node, expected, where)
+    _check_dims(outputs["logits"], {"vocab_size": (2, config.vocab_size)}, where)
+    element = {"float32": "tensor(float)", "float16": "tensor(float16)"}.get(io_dtype)
+    if element is not None and outputs["logits"].type != element:
+        raise PackageError(f"{where}: edgellama.json says io_dtype={io_dtype!r} but the graph's logits are "
+                           f"{outputs['logits'].type}; the metadata does not match the graph")
+
+
+def _check_dims(node, expected: dict, where) -> None:
+    """Each fixed dimension of `node` named in `expected` (field -> (axis, value)) must match."""
+    shape = list(node.shape or ())
+    for field, (axis, value) in expected.items():
+        dim = shape[axis] if axis < len(shape) else None
+        if isinstance(dim, int) and dim != value:
+            raise PackageError(f"{where}: edgellama.json says {field}={value} but the graph's {node.name} has "
+                               f"{dim} at axis {axis}; the metadata does not match the graph: convert the "
+                               "model again")
 
 
 class StepBinding:

@@ -1,0 +1,177 @@
+"""External-data references of a package's model.onnx, read without onnx or ONNX Runtime.
+
+The runtime refuses, before ONNX Runtime opens anything, a data file that is missing or
+shorter than the graph needs, and any location that leaves the package folder.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import PackageError
+from .package import MODEL_FILE
+
+log = logging.getLogger(__name__)
+
+# Only the fields that lead to a TensorProto are followed (numbers from onnx.proto):
+#   message kind -> {field number: kind of the sub-message}
+_PROTO_CHILDREN = {
+    "model": {7: "graph", 25: "function"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "function": {7: "node"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 1, 2, 8, 13, 14
+_EXTERNAL = 1                   # TensorProto.DataLocation.EXTERNAL
+# TensorProto.DataType -> bits per element (types of unknown or variable size are absent)
+_TYPE_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
+              14: 64, 15: 128, 16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4}
+
+
+@dataclass(frozen=True)
+class ExternalTensor:
+    """One tensor of model.onnx whose bytes live in another file."""
+    name: str
+    location: str
+    offset: int
+    length: Optional[int]       # None: not recorded (computed from dims and type when known)
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _fields(buf: bytes):
+    """(field number, wire type, value) of one protobuf message; value is bytes for wire type 2."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = int.from_bytes(buf[pos:pos + size], "little"), pos + size
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("message ends inside a field")
+        yield number, wire, value
+
+
+def _external_tensor(buf: bytes) -> Optional[ExternalTensor]:
+    name, entries, location, dims, dtype = "", {}, 0, [], 0
+    for number, wire, value in _fields(buf):
+        if number == _TENSOR_NAME and wire == 2:
+            name = value.decode("utf-8", "replace")
+        elif number == _TENSOR_EXTERNAL and wire == 2:
+            entry = {n: v.decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
+            entries[entry.get(1, "")] = entry.get(2, "")
+        elif number == _TENSOR_LOCATION and wire == 0:
+            location = value
+        elif number == _TENSOR_TYPE and wire == 0:
+            dtype = value
+        elif number == _TENSOR_DIMS:
+            dims += [value] if wire == 0 else _packed(value)
+    if location != _EXTERNAL and not entries:
+        return None
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else None
+    except ValueError:
+        raise ValueError(f"tensor {name!r} has a non-numeric external data offset or length") from None
+    if length is None and dtype in _TYPE_BITS:
+        count = 1
+        for d in dims:
+            count *= d
+        length = (count * _TYPE_BITS[dtype] + 7) // 8
+    return ExternalTensor(name, entries.get("location", ""), offset, length)
+
+
+def _packed(buf: bytes) -> list:
+    out, pos = [], 0
+    while pos < len(buf):
+        value, pos = _varint(buf, pos)
+        out.append(value)
+    return out
+
+
+def external_tensors(model_path) -> list:
+    """Every tensor of the ONNX file at `model_path` stored as external data (graph, subgraphs,
+    node attributes, functions), read from the protobuf directly: nothing is loaded."""
+    found, stack = [], [("model", Path(model_path).read_bytes())]
+    while stack:
+        kind, buf = stack.pop()
+        children = _PROTO_CHILDREN[kind]
+        for number, wire, value in _fields(buf):
+            child = children.get(number)
+            if wire != 2 or child is None:
+                continue
+            if child == "tensor":
+                tensor = _external_tensor(value)
+                if tensor is not None:
+                    found.append(tensor)
+            else:
+                stack.append((child, value))
+    return found
+
+
+def check_external_data(folder) -> None:
+    """Refuse a package whose model.onnx reads data from outside the folder, from a missing
+    file, or past the end of a file; run before ONNX Runtime opens the model."""
+    folder = Path(folder)
+    model = folder / MODEL_FILE
+    try:
+        tensors = external_tensors(model)
+    except (ValueError, IndexError) as exc:
+        raise PackageError(f"{model}: not a readable ONNX model ({exc}); convert the model again") from None
+    root = folder.resolve()
+    sizes: dict = {}
+    for tensor in tensors:
+        path = _external_path(model, root, tensor)
+        if path not in sizes:
+            sizes[path] = path.stat().st_size
+        end = tensor.offset + (tensor.length or 0)
+        if tensor.offset < 0 or (tensor.length is not None and tensor.length < 0) or end > sizes[path]:
+            raise PackageError(
+                f"{path}: truncated or damaged: tensor {tensor.name!r} needs bytes {tensor.offset}..{end} but the "
+                f"file has {sizes[path]} bytes; copy the package again or convert the model again")
+    log.debug("%s: %d external tensors checked", model, len(tensors))
+
+
+def _external_path(model: Path, root: Path, tensor: ExternalTensor) -> Path:
+    """The file `tensor` reads, after checking that it lies inside the package folder and exists."""
+    location = tensor.location
+    if not location:
+        raise PackageError(f"{model}: tensor {tensor.name!r} is marked external but names no location")
+    relative = Path(location)
+    if relative.is_absolute() or location.startswith(("/", "\\")) or ":" in location or ".." in relative.parts:
+        raise PackageError(
+            f"{model}: tensor {tensor.name!r} reads external data from {location!r}, outside the package "
+            "folder; refusing to load it (external data must be a file inside the package)")
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise PackageError(
+            f"{model}: tensor {tensor.name!r} reads external data from {location!r}, which resolves to "
+            f"{str(path)!r} outside the package folder; refusing to load it")
+    if not path.is_file():
+        raise PackageError(
+            f"{model}: tensor {tensor.name!r} reads its data from {location!r}, which is missing from "
+            f"{root}; copy the whole package folder (or convert the model again)")
+    return path

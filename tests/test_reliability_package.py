@@ -1,0 +1,248 @@
+"""Damaged, edited and foreign model packages are refused with a PackageError that names the
+cause, before ONNX Runtime reads anything it should not."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgellama.errors import (ContextOverflowError, FormatVersionError, ModelNotFoundError, PackageError,
+                              ProviderError)
+from edgellama.external_data import external_tensors
+from edgellama.package import DATA_FILE, MANIFEST, MODEL_FILE
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    from tiny import make_tiny_llama
+
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", num_hidden_layers=2)
+    out = tmp_path_factory.mktemp("pkg") / "fp32"
+    convert(str(ckpt), out, ConvertOptions(quantization=Quantization(method="fp32"), max_length=64))
+    return out
+
+
+@pytest.fixture
+def copy(package, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(package, folder)
+    return folder
+
+
+def load(folder, **kw):
+    import edgellama
+    return edgellama.load(folder, threads=1, **kw)
+
+
+def edit_manifest(folder, change):
+    data = json.loads((folder / MANIFEST).read_text())
+    change(data)
+    (folder / MANIFEST).write_text(json.dumps(data))
+
+
+def set_locations(folder, location):
+    import onnx
+
+    model = onnx.load(str(folder / MODEL_FILE), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, str(folder / MODEL_FILE))
+
+
+def refuse_session(monkeypatch):
+    """Make any attempt to open the graph in ONNX Runtime fail the test."""
+    from edgellama import model
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("ONNX Runtime was asked to open a package that should have been refused")
+    monkeypatch.setattr(model, "create_session", no_session)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def test_intact_copy_loads_and_verifies(copy):
+    assert load(copy, verify=True).generate("The quick", max_new_tokens=2).token_ids
+
+
+def test_missing_external_data_file(copy, monkeypatch):
+    (copy / DATA_FILE).unlink()
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match=rf"{DATA_FILE}.*missing"):
+        load(copy)
+
+
+def test_truncated_external_data_file(copy, monkeypatch):
+    size = (copy / DATA_FILE).stat().st_size
+    with open(copy / DATA_FILE, "r+b") as fh:
+        fh.truncate(size - 100)
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match=rf"truncated.*{size - 100} bytes"):
+        load(copy)
+
+
+def test_missing_tokenizer_is_named(copy):
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(PackageError, match="tokenizer.json is missing"):
+        load(copy)
+
+
+@pytest.mark.parametrize("name", [DATA_FILE, MODEL_FILE, "tokenizer.json"])
+def test_checksum_mismatch_on_load_and_in_info(copy, name, capsys):
+    from edgellama.cli import main
+
+    with open(copy / name, "r+b") as fh:
+        fh.seek(7)
+        byte = fh.read(1)
+        fh.seek(7)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(PackageError, match=rf"{name}: checksum mismatch"):
+        load(copy, verify=True)
+    assert main(["info", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and name in err
+
+
+def test_info_verifies_an_intact_package(copy, capsys):
+    from edgellama.cli import main
+
+    assert main(["info", str(copy)]) == 0
+    assert "files verified" in capsys.readouterr().out
+
+
+def test_file_listed_in_manifest_but_missing(copy):
+    edit_manifest(copy, lambda d: d["files"].update({"extra.bin": "0" * 64}))
+    with pytest.raises(PackageError, match="extra.bin.*missing"):
+        load(copy, verify=True)
+
+
+# -- metadata -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version,words", [(2, "newer"), (99, "newer"), (0, "unknown"), ("1", "not an integer"),
+                                           (None, "missing")])
+def test_unknown_format_version(copy, version, words):
+    edit_manifest(copy, lambda d: d.update(format_version=version))
+    with pytest.raises(FormatVersionError, match=f"format_version.*{words}|{words}.*format_version"):
+        load(copy)
+
+
+def test_manifest_that_is_not_json(copy):
+    (copy / MANIFEST).write_text("{ not json")
+    with pytest.raises(PackageError, match=f"{MANIFEST}: not valid JSON"):
+        load(copy)
+
+
+def test_manifest_without_a_required_field(copy):
+    edit_manifest(copy, lambda d: d.pop("max_length"))
+    with pytest.raises(PackageError, match="max_length"):
+        load(copy)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_layers", 3), ("num_layers", 1), ("vocab_size", 500), ("vocab_size", 513),
+    ("num_kv_heads", 4), ("head_dim", 16),
+])
+def test_edited_numbers_that_do_not_match_the_graph(copy, field, value):
+    edit_manifest(copy, lambda d: d["config"].update({field: value}))
+    with pytest.raises(PackageError, match=rf"{field}={value}.*graph"):
+        load(copy)
+
+
+def test_edited_io_dtype_does_not_match_the_graph(copy):
+    edit_manifest(copy, lambda d: d.update(io_dtype="float16"))
+    with pytest.raises(PackageError, match="io_dtype"):
+        load(copy)
+
+
+def test_folder_from_another_tool(copy, tmp_path):
+    (copy / MANIFEST).unlink()
+    with pytest.raises(PackageError, match=f"no {MANIFEST}.*not an edgellama package.*edgellama convert"):
+        load(copy)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="nowhere.*does not exist"):
+        load(tmp_path / "nowhere")
+
+
+# -- external data locations --------------------------------------------------------------------
+
+def test_external_tensors_match_onnx(package):
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(package / MODEL_FILE), load_external_data=False)
+    expected = {t.name for t in model.graph.initializer if uses_external_data(t)}
+    found = external_tensors(package / MODEL_FILE)
+    assert {t.name for t in found} == expected and expected
+    assert {t.location for t in found} == {DATA_FILE}
+    size = (package / DATA_FILE).stat().st_size
+    assert max(t.offset + t.length for t in found) <= size
+
+
+@pytest.mark.parametrize("location", ["../model.onnx.data", "sub/../../model.onnx.data", "/etc/passwd",
+                                      "/tmp/../etc/passwd"])
+def test_external_data_outside_the_folder_is_refused(copy, location, monkeypatch):
+    set_locations(copy, location)
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match="outside the package folder"):
+        load(copy)
+
+
+def test_symlink_out_of_the_folder_is_refused(copy, tmp_path, monkeypatch):
+    outside = tmp_path / "elsewhere.data"
+    shutil.move(copy / DATA_FILE, outside)
+    (copy / DATA_FILE).symlink_to(outside)
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match="outside the package folder"):
+        load(copy)
+
+
+def test_garbage_model_file(copy, monkeypatch):
+    (copy / MODEL_FILE).write_bytes(b"\xff" * 64)
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match="not a readable ONNX model"):
+        load(copy)
+
+
+def test_graph_ort_cannot_run_is_a_provider_error(copy):
+    import onnx
+
+    model = onnx.load(str(copy / MODEL_FILE), load_external_data=False)
+    model.graph.node[0].op_type = "NoSuchOperator"
+    onnx.save(model, str(copy / MODEL_FILE))
+    with pytest.raises(ProviderError, match="NoSuchOperator"):
+        load(copy)
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def test_kv_cache_that_does_not_fit_fails_before_allocating(package, monkeypatch):
+    from edgellama import generation, session
+    from edgellama.session import kv_cache_bytes
+
+    import edgellama
+
+    info = edgellama.package.read_info(package)
+    per_position = kv_cache_bytes(info.config, 1, np.float32)
+    monkeypatch.setattr(session, "available_memory", lambda: per_position * 40)
+    refuse_session(monkeypatch)
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("a KV cache was allocated")
+    monkeypatch.setattr(generation, "KVCache", no_cache)
+    needed = kv_cache_bytes(info.config, 64, np.float32)
+    with pytest.raises(ContextOverflowError) as err:
+        load(package, max_length=64)
+    message = str(err.value)
+    assert f"needs {needed} bytes" in message and f"only {per_position * 40} bytes" in message
+    assert "max_length=64" in message
+    assert "max_length=36 or less" in message      # 90 % of 40 positions
+    monkeypatch.undo()
+    assert load(package, max_length=36).max_length == 36
