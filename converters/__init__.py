@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
@@ -44,7 +45,8 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
     bar = None
     try:
         graph = Graph(data, name=f"edgellama-{source.name}")
-        ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, source)
+        ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, source,
+                           gguf_blocks=options.gguf_blocks)
         if options.progress:
             bar = ProgressBar(ctx.tensor_count)
             ctx.on_tensor = bar.update
@@ -61,7 +63,8 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
         raise CheckpointError(f"{source.name}: the source provides no {missing[0]}")
     writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
         config, source.special_tokens, max_length, options.providers).encode("utf-8"))
-    info = PackageInfo(config=config, quantization=options.quantization, max_length=max_length,
+    quantization = replace(options.quantization, layout=dict(sorted(ctx.layout.items())))
+    info = PackageInfo(config=config, quantization=quantization, max_length=max_length,
                        special_tokens=source.special_tokens, source=source.name, providers=options.providers,
                        io_dtype=options.io_dtype, last_token_logits=True)
     return info, ctx.stats.summary(), ctx.tensor_count

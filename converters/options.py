@@ -9,6 +9,7 @@ from edgellama.errors import InvalidParameterError
 from edgellama.package import Quantization
 
 PROVIDERS = ("cpu", "cuda")
+GGUF_BLOCK_MODES = ("carry", "zero_point", "requantize")    # see converters/carry.py
 DEFAULT_MAX_LENGTH = 4096
 
 
@@ -17,12 +18,16 @@ class ConvertOptions:
     """quantization: how weights are stored (int4 default); max_length: context the package
     supports (default min(4096, the model's context)); providers: ("cpu",) builds float32
     activations, ("cuda",) float16 ones; force: replace an existing destination; progress:
-    draw a progress bar over tensors on stderr."""
+    draw a progress bar over tensors on stderr; gguf_blocks: what an int4/int8 conversion of a
+    GGUF file does with its Q8_0/Q4_0/Q4_1 blocks: "carry" them as they are (exact, the
+    default), "zero_point" (Q4_1 minimum rounded to an integer zero point: faster, inexact) or
+    "requantize" (dequantize and quantize again); see converters/carry.py."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
     force: bool = False
     progress: bool = False
+    gguf_blocks: str = "carry"
 
     def __post_init__(self):
         if not isinstance(self.quantization, Quantization):
@@ -34,6 +39,8 @@ class ConvertOptions:
         if not providers or any(p not in PROVIDERS for p in providers):
             raise InvalidParameterError(f"providers={providers!r}: each must be one of {PROVIDERS}")
         object.__setattr__(self, "providers", providers)
+        if self.gguf_blocks not in GGUF_BLOCK_MODES:
+            raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
 
     @property
     def io_dtype(self) -> str:

@@ -42,6 +42,8 @@ class BuildContext:
     source: Source
     stats: QuantStats = field(default_factory=QuantStats)
     on_tensor: Optional[Callable[[str], None]] = None    # progress callback, one call per tensor read
+    gguf_blocks: str = "carry"         # ConvertOptions.gguf_blocks
+    layout: dict = field(default_factory=dict)           # weight kind -> how it is stored
     _shapes: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,6 +66,18 @@ class BuildContext:
     @property
     def tensor_count(self) -> int:
         return len(self._shapes)
+
+    def read_raw(self, name: str) -> Optional[tuple]:
+        """(GGML type name, stored bytes uint8 [rows, bytes per row], shape) of one weight, or None when
+        the source keeps no quantized blocks (only GGUF sources do); not counted by `on_tensor`."""
+        raw = getattr(self.source, "raw", None)
+        if raw is None:
+            return None
+        ggml_type, data, shape = raw(name)
+        if tuple(shape) != self._shapes[name]:
+            raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(shape)}, "
+                                  f"the config implies {self._shapes[name]}; the checkpoint does not match its config")
+        return ggml_type, data, tuple(shape)
 
     def read(self, name: str) -> np.ndarray:
         """One float32 weight from the source, shape-checked against the config."""

@@ -16,8 +16,8 @@ from edgellama.rope import cos_sin_tables
 
 from .context import BuildContext
 from .layers import AttentionInputs, attention, mlp, rms_norm, skip_rms_norm
-from .linear import (QuantizedRefs, embedding_quantized, float_table, gather_rows, is_quantized,
-                     lm_head_float, matmul_nbits, quantized_weight)
+from .linear import (QuantizedRefs, carried_weight, embedding_quantized, float_table, gather_rows, is_quantized,
+                     linear, lm_head_float, matmul_nbits, quantized_weight, write_quantized)
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -58,15 +58,22 @@ def attention_inputs(ctx: BuildContext) -> AttentionInputs:
                            g.initializer("model.rotary.sin_cache", sin))
 
 
+def _quantized_table(ctx: BuildContext, scope: str, kind: str) -> QuantizedRefs:
+    """The embedding table in MatMulNBits layout: GGML blocks carried when allowed, else quantized."""
+    cw = carried_weight(ctx, [EMBED], kind, table=True, gathered=True)
+    if cw is not None:
+        return write_quantized(ctx, scope, cw.quantized)
+    return quantized_weight(ctx, scope, ctx.read(EMBED), kind)
+
+
 def _embedding(ctx: BuildContext):
     """Token embeddings; returns (hidden states, what the LM head can reuse when tied)."""
     scope = "/model/embed_tokens"
-    table = ctx.read(EMBED)
+    tied = ctx.config.tie_word_embeddings
     if is_quantized(ctx):
-        head_scope = "/lm_head" if ctx.config.tie_word_embeddings else scope
-        refs = quantized_weight(ctx, head_scope, table, "lm_head" if ctx.config.tie_word_embeddings else "embed")
+        refs = _quantized_table(ctx, "/lm_head" if tied else scope, "lm_head" if tied else "embed")
         return embedding_quantized(ctx, scope, "input_ids", refs), refs
-    name = float_table(ctx, "/lm_head" if ctx.config.tie_word_embeddings else scope, table)
+    name = float_table(ctx, "/lm_head" if tied else scope, ctx.read(EMBED))
     return gather_rows(ctx, scope, "input_ids", name), name
 
 
@@ -74,10 +81,9 @@ def _lm_head(ctx: BuildContext, x: str, tied) -> str:
     """Logits from the last position's normed hidden state (`tied`: the embedding's weight, or None)."""
     scope = "/lm_head"
     if tied is None:
-        table = ctx.read(LM_HEAD)
-        tied = (quantized_weight(ctx, scope, table, "lm_head") if is_quantized(ctx)
-                else float_table(ctx, scope, table))
-        del table
+        if is_quantized(ctx):
+            return linear(ctx, scope, x, [LM_HEAD], "lm_head", output="logits", table=True)
+        tied = float_table(ctx, scope, ctx.read(LM_HEAD))
     if isinstance(tied, QuantizedRefs):
         return matmul_nbits(ctx, scope, x, tied, output="logits")
     return lm_head_float(ctx, scope, x, tied, output="logits")

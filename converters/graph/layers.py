@@ -4,8 +4,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from .context import BuildContext
 from .linear import linear
 
@@ -54,16 +52,14 @@ def attention(ctx: BuildContext, layer: int, x: str, shared: AttentionInputs) ->
     """
     cfg, g = ctx.config, ctx.graph
     scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
-    qkv_weight = np.concatenate([ctx.read(f"{hf}.{p}_proj.weight") for p in "qkv"], axis=0)
-    qkv = linear(ctx, f"{scope}/qkv_proj", x, qkv_weight, "qkv_proj")
-    del qkv_weight
+    qkv = linear(ctx, f"{scope}/qkv_proj", x, [f"{hf}.{p}_proj.weight" for p in "qkv"], "qkv_proj")
     inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
               shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
     outputs = [f"{scope}/GroupQueryAttention/output_0", f"present.{layer}.key", f"present.{layer}.value"]
     attn = g.node("GroupQueryAttention", inputs, f"{scope}", outputs=outputs, domain=MS,
                   num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
                   do_rotary=1, rotary_interleaved=0, local_window_size=-1)[0]
-    return linear(ctx, f"{scope}/o_proj", attn, ctx.read(f"{hf}.o_proj.weight"), "o_proj")
+    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj")
 
 
 def mlp(ctx: BuildContext, layer: int, x: str) -> str:
@@ -75,11 +71,10 @@ def mlp(ctx: BuildContext, layer: int, x: str) -> str:
     g = ctx.graph
     scope, hf = f"/model/layers.{layer}/mlp", f"model.layers.{layer}.mlp"
     ff = ctx.config.intermediate_size
-    gate_up_weight = np.concatenate([ctx.read(f"{hf}.gate_proj.weight"), ctx.read(f"{hf}.up_proj.weight")])
-    gate_up = linear(ctx, f"{scope}/gate_up_proj", x, gate_up_weight, "gate_up_proj")
-    del gate_up_weight
+    gate_up = linear(ctx, f"{scope}/gate_up_proj", x, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"],
+                     "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
     gate, up = g.node("Split", [gate_up, sizes], f"{scope}/gate_up_split", outputs=2, axis=-1)
     act = g.op("QuickGelu", [gate], f"{scope}/act", domain=MS, alpha=1.0)
     prod = g.op("Mul", [act, up], f"{scope}/act_mul")
-    return linear(ctx, f"{scope}/down_proj", prod, ctx.read(f"{hf}.down_proj.weight"), "down_proj")
+    return linear(ctx, f"{scope}/down_proj", prod, [f"{hf}.down_proj.weight"], "down_proj")

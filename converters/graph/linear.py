@@ -1,6 +1,8 @@
 """Linear layers and the embedding, in the storage the quantization method asks for.
 
     int4 / int8:  MatMulNBits(x, B, scales[, zero_points])       weights in MatMulNBits layout
+                  (GGUF Q8_0/Q4_0/Q4_1 blocks carried over as they are, see ../carry.py;
+                  Q4_1 adds its per-block offsets through the block sums of x)
     fp32 / fp16:  MatMul(x, W^T)                                  W^T [K, N] in the weight dtype
                   (fp16 weights under float32 activations get a Cast to float first)
 
@@ -10,10 +12,11 @@ when quantized, ".weight.scales" / ".weight.zero_points" beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
+from ..carry import GGML_BLOCK, CarriedWeight, carries, carry, relative_error, stack
 from ..quantize import QuantizedWeight, quantize, unpack_nibbles
 from .context import BuildContext
 
@@ -38,17 +41,60 @@ def is_quantized(ctx: BuildContext) -> bool:
     return ctx.quantization.method in QUANT_BITS
 
 
-def quantized_weight(ctx: BuildContext, scope: str, weight: np.ndarray, kind: str) -> QuantizedRefs:
-    """Quantize `weight` [N, K] and write its MatMulNBits initializers."""
-    q = ctx.quantization
-    qw = quantize(weight, QUANT_BITS[q.method], q.block_size, q.symmetric)
-    ctx.stats.add(kind, qw.relative_error)
+def write_quantized(ctx: BuildContext, scope: str, qw: QuantizedWeight) -> QuantizedRefs:
+    """Write the MatMulNBits initializers of `qw` under the scope's name."""
     prefix = _initializer_prefix(scope) + ".weight"
     g = ctx.graph
     w = g.initializer(prefix, qw.packed)
     s = g.initializer(prefix + ".scales", qw.scales.astype(ctx.np_dtype))
     z = g.initializer(prefix + ".zero_points", qw.zero_points) if qw.zero_points is not None else None
     return QuantizedRefs(w, s, z, qw)
+
+
+def quantized_weight(ctx: BuildContext, scope: str, weight: np.ndarray, kind: str) -> QuantizedRefs:
+    """Quantize `weight` [N, K] and write its MatMulNBits initializers."""
+    q = ctx.quantization
+    qw = quantize(weight, QUANT_BITS[q.method], q.block_size, q.symmetric)
+    ctx.stats.add(kind, qw.relative_error)
+    _record(ctx, kind, f"{q.method} block {q.block_size} {'' if q.symmetric else 'a'}symmetric, quantized")
+    return write_quantized(ctx, scope, qw)
+
+
+def _record(ctx: BuildContext, kind: str, how: str) -> None:
+    """Count one tensor of `kind` stored `how` (edgellama.json's quantization.layout)."""
+    counts = ctx.layout.setdefault(kind, {})
+    counts[how] = counts.get(how, 0) + 1
+
+
+def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bool = False,
+                   gathered: bool = False) -> Optional[CarriedWeight]:
+    """The named source weights (stacked along N) as GGML blocks carried into MatMulNBits layout,
+    or None when the source, the settings or the block types do not allow it. `table`: the
+    embedding or LM head (see carry.CARRIED_TABLE_TYPES); `gathered`: rows are also gathered
+    by the embedding, which could not add Q4_1 offsets."""
+    q = ctx.quantization
+    if (ctx.gguf_blocks == "requantize" or q.method not in QUANT_BITS or q.block_size != GGML_BLOCK
+            or not q.symmetric):
+        return None
+    raws = [ctx.read_raw(name) for name in names]
+    if any(r is None for r in raws) or len({r[0] for r in raws}) != 1:
+        return None
+    ggml_type = raws[0][0]
+    if not carries(ctx.gguf_blocks, q.method, ggml_type, table):
+        return None
+    parts = [carry(ggml_type, data, shape[1], q.method, ctx.gguf_blocks) for _, data, shape in raws]
+    cw = stack(parts)
+    if cw.offsets is not None and gathered:
+        return None
+    for name in names:
+        if ctx.on_tensor is not None:
+            ctx.on_tensor(name)
+    exact = cw if cw.exact else stack([carry(ggml_type, data, shape[1], q.method) for _, data, shape in raws])
+    ctx.stats.add(kind, relative_error(cw, exact))
+    offsets = " + block offsets" if cw.offsets is not None else ""
+    how = "exact" if cw.exact else "integer zero points, inexact"
+    _record(ctx, kind, f"GGUF {ggml_type} blocks carried: int{cw.quantized.bits} block {GGML_BLOCK}{offsets} ({how})")
+    return cw
 
 
 def float_weight(ctx: BuildContext, scope: str, array: np.ndarray) -> str:
@@ -67,12 +113,56 @@ def matmul_nbits(ctx: BuildContext, scope: str, x: str, refs: QuantizedRefs, out
                         bits=qw.bits, block_size=qw.block_size, accuracy_level=ctx.quantization.accuracy_level)
 
 
-def linear(ctx: BuildContext, scope: str, x: str, weight: np.ndarray, kind: str) -> str:
-    """y = x @ weight^T for a Hugging Face weight [out_features, in_features]."""
+def block_sums(ctx: BuildContext, scope: str, x: str, k: int) -> str:
+    """S(x) [..., K/32]: the sum of x over each block of 32 inputs.
+
+        x [B, S, K] -> Reshape [B, S, K/32, 32] -> ReduceSum(axis -1) -> [B, S, K/32]
+    """
+    g = ctx.graph
+    shape = g.constant(f"/model/constants/blocks_{k}", [0, 0, k // GGML_BLOCK, GGML_BLOCK])
+    axes = g.constant("/model/constants/axes_minus_1", [-1])
+    blocks = g.op("Reshape", [x, shape], f"{scope}/block_sums")
+    return g.op("ReduceSum", [blocks, axes], f"{scope}/block_sums", keepdims=0)
+
+
+def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None) -> str:
+    """y = x @ W^T for a weight carried from GGML blocks.
+
+        x -+-> MatMulNBits(B, scales) --------------------------------------------> y
+           |                                  (Q4_1 only:)                    Add -^
+           +-> block sums S(x) [.., K/32] -> MatMul(offsets [K/32, N]) ------/
+    """
+    refs = write_quantized(ctx, scope, cw.quantized)
+    if cw.offsets is None:
+        return matmul_nbits(ctx, scope, x, refs, output=output)
+    g = ctx.graph
+    main = matmul_nbits(ctx, scope, x, refs)
+    offsets = g.initializer(_initializer_prefix(scope) + ".weight.block_offsets", cw.offsets.astype(ctx.np_dtype))
+    sums = block_sums(ctx, scope, x, cw.quantized.k)
+    correction = g.op("MatMul", [sums, offsets], f"{scope}/block_offsets")
+    return g.op("Add", [main, correction], f"{scope}/block_offsets", output=output)
+
+
+def read_stacked(ctx: BuildContext, names: Sequence[str]) -> np.ndarray:
+    """The named float weights concatenated along N (out features)."""
+    parts = [ctx.read(name) for name in names]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def linear(ctx: BuildContext, scope: str, x: str, names: Sequence[str], kind: str,
+           output: Optional[str] = None, table: bool = False) -> str:
+    """y = x @ W^T with W the named source weights [out_features, in_features] stacked along
+    out_features (q|k|v, gate|up): one matmul whose output holds each part in turn
+    (`table`: W is the LM head)."""
     if is_quantized(ctx):
-        return matmul_nbits(ctx, scope, x, quantized_weight(ctx, scope, weight, kind))
+        cw = carried_weight(ctx, names, kind, table)
+        if cw is not None:
+            return carried_linear(ctx, scope, x, cw, output)
+        weight = read_stacked(ctx, names)
+        return matmul_nbits(ctx, scope, x, quantized_weight(ctx, scope, weight, kind), output=output)
+    weight = read_stacked(ctx, names)
     w = float_weight(ctx, scope, np.ascontiguousarray(weight.T))
-    return ctx.graph.op("MatMul", [x, w], scope)
+    return ctx.graph.op("MatMul", [x, w], scope, output=output)
 
 
 def lm_head_float(ctx: BuildContext, scope: str, x: str, table: str, output: Optional[str] = None) -> str:

@@ -1,11 +1,13 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--force]`: a checkpoint (HF folder, GGUF file, hub id, default model) to a package."""
+[--ep cpu|cuda] [--gguf-blocks carry|zero_point|requantize] [--force]`: a checkpoint (HF folder,
+GGUF file, hub id, default model) to a package."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
+GGUF_BLOCK_MODES = ("carry", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length of the package (default min(4096, the model's))")
     parser.add_argument("--ep", choices=("cpu", "cuda"), default="cpu",
                         help="execution provider to build for: cpu (float32) or cuda (float16)")
+    parser.add_argument("--gguf-blocks", choices=GGUF_BLOCK_MODES, default="carry",
+                        help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks exactly (default), "
+                             "round Q4_1 minimums to integer zero points, or requantize")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -33,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         providers=(args.ep,),
         force=args.force,
+        gguf_blocks=args.gguf_blocks,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)

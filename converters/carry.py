@@ -1,0 +1,151 @@
+"""llama.cpp's quantized blocks carried into MatMulNBits layout without dequantizing.
+
+A GGML tensor of type Q8_0, Q4_0 or Q4_1 stores a weight W [N, K] row by row in blocks of 32
+along K. Each maps onto a symmetric MatMulNBits weight with block size 32 and the same scales,
+so the package computes with exactly the numbers llama.cpp computes with:
+
+    GGML   block bytes                    weight                 MatMulNBits (default zero point)
+    Q8_0   fp16 d | 32 x int8 q           d * q                  bits 8: uint8 q + 128, scale d
+    Q4_0   fp16 d | 16 bytes              d * (q - 8)            bits 4: q repacked, scale d
+    Q4_1   fp16 d | fp16 m | 16 bytes     d * q + m              bits 4: q repacked, scale d,
+                                          = d * (q - 8) + (m + 8d)    plus a per-block offset
+
+GGML nibble order: element j is the low nibble of byte j, element j + 16 the high nibble.
+MatMulNBits: element 2i is the low nibble of byte i, element 2i + 1 the high nibble.
+
+A 4-bit integer zero point cannot hold Q4_1's per-block minimum, so the offset o = m + 8d
+is kept as a float matrix C [K/32, N] and added through the block sums of the input:
+y = x @ W^T = MatMulNBits(x) + S(x) @ C, with S(x)[b] the sum of x over block b.
+
+Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
+    "carry"        the mapping above (exact)
+    "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
+                   (no extra nodes, not exact); the other types as in "carry"
+    "requantize"   dequantize and quantize again with the converter's own quantizer
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from edgellama.errors import CheckpointError
+
+from .quantize import QuantizedWeight, dequantize, pack_nibbles
+
+GGML_BLOCK = 32
+BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+# Types each package method takes over as they are (others are dequantized and requantized).
+# An int4 package keeps a Q8_0 embedding / LM head at 8 bits (the file chose more precision
+# for them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for.
+CARRIED_TYPES = {"int4": ("Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0")}
+CARRIED_TABLE_TYPES = {"int4": ("Q8_0", "Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0")}
+
+
+@dataclass(frozen=True)
+class CarriedWeight:
+    """A GGML weight in MatMulNBits layout; `offsets` [K/32, N] float32 is added per block
+    (y += S(x) @ offsets) when the source type has a block minimum, else None."""
+    quantized: QuantizedWeight
+    offsets: Optional[np.ndarray]
+    ggml_type: str
+    exact: bool
+
+
+def _blocks(raw: np.ndarray, ggml_type: str, k: int) -> np.ndarray:
+    """uint8 [N, bytes per row] -> [N, K/32, block bytes], checked against K."""
+    size = BLOCK_BYTES[ggml_type]
+    if k % GGML_BLOCK or raw.shape[-1] != k // GGML_BLOCK * size:
+        raise CheckpointError(f"a {ggml_type} row of {k} weights should take {k // GGML_BLOCK * size} bytes, "
+                              f"the file holds {raw.shape[-1]}; the tensor is damaged")
+    return np.ascontiguousarray(raw).reshape(raw.shape[0], k // GGML_BLOCK, size)
+
+
+def _fp16(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The fp16 field at byte `start` of every block, as float32 [N, nb]."""
+    return np.ascontiguousarray(blocks[..., start:start + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibbles(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The 32 4-bit values of every block in element order, uint8 [N, nb, 32]."""
+    qs = blocks[..., start:start + GGML_BLOCK // 2]
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _weight(q: np.ndarray, scales: np.ndarray, bits: int, zero_points=None) -> QuantizedWeight:
+    packed = pack_nibbles(q) if bits == 4 else q
+    return QuantizedWeight(packed, scales, zero_points, bits, GGML_BLOCK, q.shape[1] * GGML_BLOCK, 0.0)
+
+
+def from_q8_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    q = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    return CarriedWeight(_weight(q, _fp16(blocks, 0), 8), None, "Q8_0", True)
+
+
+def from_q4_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    q = _nibbles(blocks, 2)
+    if bits == 8:   # q - 8 + 128: the same integers on the 8-bit grid
+        q = q + np.uint8(120)
+    return CarriedWeight(_weight(q, _fp16(blocks, 0), bits), None, "Q4_0", True)
+
+
+def from_q4_1(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    d, m = _fp16(blocks, 0), _fp16(blocks, 2)
+    offsets = (m.astype(np.float64) + 8.0 * d).astype(np.float32)
+    return CarriedWeight(_weight(_nibbles(blocks, 4), d, 4), np.ascontiguousarray(offsets.T), "Q4_1", True)
+
+
+def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    """Q4_1 with the block minimum rounded onto the integer grid: w ~= d * (q - round(-m / d))."""
+    d, m = _fp16(blocks, 0), _fp16(blocks, 2)
+    zero = np.clip(np.rint(np.divide(-m, d, out=np.zeros_like(m), where=d != 0)), 0, 15).astype(np.uint8)
+    weight = _weight(_nibbles(blocks, 4), d, 4, pack_nibbles(zero))
+    return CarriedWeight(weight, None, "Q4_1", False)
+
+
+CONVERTERS = {"Q8_0": from_q8_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}
+MODE_CONVERTERS = {"carry": CONVERTERS, "zero_point": {**CONVERTERS, "Q4_1": from_q4_1_zero_point}}
+
+
+def carries(mode: str, method: str, ggml_type: str, table: bool = False) -> bool:
+    """Whether `mode` takes a `ggml_type` tensor over into a `method` package as it is
+    (`table`: the embedding / LM head)."""
+    types = (CARRIED_TABLE_TYPES if table else CARRIED_TYPES).get(method, ())
+    return mode in MODE_CONVERTERS and ggml_type in types
+
+
+def carry(ggml_type: str, raw: np.ndarray, k: int, method: str, mode: str = "carry") -> CarriedWeight:
+    """Map the stored bytes of a GGML weight (uint8 [N, bytes per row]) with K inputs to MatMulNBits
+    for a `method` ("int4" | "int8") package; the caller checks `carries` first."""
+    bits = 4 if method == "int4" else 8
+    return MODE_CONVERTERS[mode][ggml_type](_blocks(raw, ggml_type, k), bits)
+
+
+def carried_dequantize(cw: CarriedWeight) -> np.ndarray:
+    """The float32 [N, K] weight that a carried weight computes with (offsets included)."""
+    w = dequantize(cw.quantized)
+    if cw.offsets is not None:
+        w = w + np.repeat(cw.offsets.T, GGML_BLOCK, axis=1)
+    return w
+
+
+def relative_error(cw: CarriedWeight, exact: CarriedWeight) -> float:
+    """||W_cw - W_exact|| / ||W_exact|| (0 when `cw` is the exact mapping itself)."""
+    if cw is exact:
+        return 0.0
+    ref = carried_dequantize(exact).astype(np.float64)
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(carried_dequantize(cw) - ref)) / norm if norm > 0 else 0.0
+
+
+def stack(parts: list) -> CarriedWeight:
+    """Carried weights of one input stacked along N (q|k|v, gate|up); all of one type."""
+    if len(parts) == 1:
+        return parts[0]
+    qws = [p.quantized for p in parts]
+    zps = None if qws[0].zero_points is None else np.concatenate([q.zero_points for q in qws])
+    weight = QuantizedWeight(np.concatenate([q.packed for q in qws]), np.concatenate([q.scales for q in qws]),
+                             zps, qws[0].bits, GGML_BLOCK, qws[0].k, 0.0)
+    offsets = None if parts[0].offsets is None else np.concatenate([p.offsets for p in parts], axis=1)
+    return CarriedWeight(weight, offsets, parts[0].ggml_type, all(p.exact for p in parts))

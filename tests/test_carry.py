@@ -1,0 +1,264 @@
+"""GGUF Q8_0 / Q4_0 / Q4_1 blocks carried into MatMulNBits layout: the weights each mapping stands
+for equal gguf's own dequantization, the Q4_1 offset correction computes x @ W^T in ONNX Runtime,
+and a converted package records what was done."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType  # noqa: E402
+from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize  # noqa: E402
+
+from edgellama.converters.carry import (CARRIED_TYPES, carried_dequantize, carries, carry,  # noqa: E402
+                                        stack)
+from edgellama.converters.quantize import unpack_nibbles  # noqa: E402
+from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
+from edgellama.package import Quantization  # noqa: E402
+from test_gguf import TINY, llama_cpp_permute, tiny_hf_weights, to_gguf_name, write_tiny_gguf  # noqa: E402
+
+Q = GGMLQuantizationType
+CARRIED = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
+
+
+def assert_same_weights(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Equal up to one float32 rounding of the Q4_1 offset sum (m + 8d, then + d(q - 8))."""
+    tol = 4 * np.finfo(np.float32).eps * float(np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol, err_msg=what)
+
+
+def raw_blocks(weight: np.ndarray, qtype) -> np.ndarray:
+    """A float [N, K] weight stored as GGML blocks, uint8 [N, bytes per row]."""
+    return np.asarray(gguf_quantize(weight, qtype)).view(np.uint8).reshape(weight.shape[0], -1)
+
+
+# --- the block mappings ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["int4", "int8"])
+@pytest.mark.parametrize("qtype", CARRIED)
+def test_mapping_equals_gguf_dequantize(qtype, method):
+    weight = np.random.default_rng(1).standard_normal((24, 96)).astype(np.float32) * 0.1
+    weight[3, :32] += 0.5        # a block far from zero: Q4_1's minimum matters
+    raw = raw_blocks(weight, qtype)
+    if not carries("carry", method, qtype.name, table=True):
+        assert method == "int8" and qtype == Q.Q4_1
+        return
+    assert carries("carry", method, qtype.name) == (method == "int8" or qtype != Q.Q8_0)
+    cw = carry(qtype.name, raw, 96, method)
+    expected = gguf_dequantize(raw, qtype).reshape(weight.shape)
+    assert_same_weights(carried_dequantize(cw), expected, qtype.name)
+    qw = cw.quantized
+    assert qw.block_size == 32 and qw.zero_points is None and qw.k == 96 and cw.exact
+    assert qw.bits == (8 if qtype == Q.Q8_0 or method == "int8" else 4)
+    assert (cw.offsets is not None) == (qtype == Q.Q4_1)
+    if cw.offsets is not None:
+        assert cw.offsets.shape == (3, 24) and cw.offsets.dtype == np.float32
+
+
+def test_nibbles_are_reordered_into_matmulnbits_order():
+    """GGML: element j low nibble of byte j, j + 16 high nibble; MatMulNBits: 2i low, 2i + 1 high."""
+    block = np.zeros((1, 18), np.uint8)
+    block[0, :2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+    block[0, 2:] = np.arange(16, dtype=np.uint8) | ((15 - np.arange(16, dtype=np.uint8)) << 4)
+    qw = carry("Q4_0", block, 32, "int4").quantized
+    elements = unpack_nibbles(qw.packed, 32)[0, 0]
+    assert elements.tolist() == list(range(16)) + list(range(15, -1, -1))
+    assert qw.packed[0, 0, 0] == (0 | (1 << 4))
+
+
+def test_q8_0_signed_bytes_shift_to_the_default_zero_point():
+    block = np.zeros((1, 34), np.uint8)
+    block[0, :2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
+    block[0, 2:] = np.arange(-128, 128, 8, dtype=np.int8).view(np.uint8)
+    cw = carry("Q8_0", block, 32, "int4")
+    assert cw.quantized.packed[0, 0].tolist() == list(range(0, 256, 8))
+    np.testing.assert_array_equal(carried_dequantize(cw)[0], 0.5 * np.arange(-128, 128, 8))
+
+
+def test_zero_point_mode_rounds_the_minimum():
+    weight = np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32)
+    raw = raw_blocks(weight, Q.Q4_1)
+    zp = carry("Q4_1", raw, 64, "int4", mode="zero_point")
+    exact = gguf_dequantize(raw, Q.Q4_1).reshape(weight.shape)
+    got = carried_dequantize(zp)
+    assert not zp.exact and zp.offsets is None and zp.quantized.zero_points is not None
+    blocks = (exact - got).reshape(8, 2, 32)
+    # the error is one constant per block, at most half a step
+    np.testing.assert_allclose(blocks, np.repeat(blocks[..., :1], 32, axis=-1), atol=1e-5)
+    steps = zp.quantized.scales
+    assert np.all(np.abs(blocks[..., 0]) <= 0.5 * steps + 1e-6)
+    assert np.abs(blocks).max() > 0
+
+
+def test_stacked_parts_keep_their_rows():
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((n, 64)).astype(np.float32) for n in (16, 8, 8)]
+    carried = stack([carry("Q4_1", raw_blocks(p, Q.Q4_1), 64, "int4") for p in parts])
+    expected = np.concatenate([gguf_dequantize(raw_blocks(p, Q.Q4_1), Q.Q4_1).reshape(p.shape) for p in parts])
+    assert_same_weights(carried_dequantize(carried), expected, "q|k|v")
+
+
+def test_damaged_row_length_is_refused():
+    from edgellama.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="Q4_1 row of 64 weights"):
+        carry("Q4_1", np.zeros((2, 41), np.uint8), 64, "int4")
+
+
+def test_types_without_an_exact_mapping_are_not_carried():
+    assert not carries("carry", "int4", "Q4_K") and not carries("carry", "int4", "F16")
+    assert not carries("requantize", "int4", "Q4_1")
+    assert set(CARRIED_TYPES["int8"]) == {"Q8_0", "Q4_0"}
+    assert not carries("carry", "int4", "Q8_0") and carries("carry", "int4", "Q8_0", table=True)
+
+
+# --- tensors of the real file ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                                  "model.layers.7.self_attn.k_proj.weight",
+                                  "model.layers.29.mlp.down_proj.weight"])
+def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
+    with GGUFSource(smollm2_gguf) as source:
+        ggml_type, data, shape = source.raw(name)
+        assert ggml_type in ("Q8_0", "Q4_1")
+        cw = carry(ggml_type, data, shape[1], "int4")
+        assert_same_weights(carried_dequantize(cw), source.read(name), name)
+
+
+# --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
+
+def _linear_model(tmp_path, source, names, quantization, mode="carry"):
+    """A graph x -> linear(names) -> y, built with the converter's own functions."""
+    from onnx import TensorProto
+
+    from edgellama.converters.graph.context import BuildContext
+    from edgellama.converters.graph.linear import linear
+    from edgellama.converters.graph.ops import ExternalData, Graph, save_model
+
+    data = ExternalData(tmp_path / "model.onnx.data")
+    graph = Graph(data)
+    ctx = BuildContext(graph, source.config, quantization, "float32", 64, source, gguf_blocks=mode)
+    k = source.read(names[0]).shape[1]
+    graph.input("x", TensorProto.FLOAT, [1, "s", k])
+    linear(ctx, "/probe", "x", names, "probe", output="y")
+    graph.output("y", TensorProto.FLOAT, [1, "s", None])
+    data.close()
+    save_model(graph.model(), tmp_path / "model.onnx")
+    return ctx, graph
+
+
+@pytest.mark.parametrize("names", [["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                                    "model.layers.0.self_attn.v_proj.weight"],
+                                   ["model.layers.1.mlp.down_proj.weight"]])
+def test_q4_1_correction_graph_equals_matmul(tmp_path, names):
+    import onnxruntime as ort
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    with GGUFSource(path) as source:
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
+        weight = np.concatenate([source.read(n) for n in names])
+    ops = [n.op_type for n in graph.nodes]
+    assert ops == ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add"]
+    assert list(ctx.layout["probe"]) == ["GGUF Q4_1 blocks carried: int4 block 32 + block offsets (exact)"]
+    assert ctx.stats.summary()["probe"]["worst"] == 0.0
+    x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = session.run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(y, x @ weight.T, rtol=1e-5, atol=1e-5 * float(np.abs(x @ weight.T).max()))
+
+
+def test_requantize_mode_writes_plain_matmulnbits(tmp_path):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    with GGUFSource(path) as source:
+        ctx, graph = _linear_model(tmp_path, source, ["model.layers.0.mlp.up_proj.weight"],
+                                   Quantization("int4", accuracy_level=0), mode="requantize")
+    assert [n.op_type for n in graph.nodes] == ["MatMulNBits"]
+    assert ctx.layout["probe"] == {"int4 block 32 symmetric, quantized": 1} and ctx.stats.summary()["probe"]["worst"] > 0
+
+
+def write_mixed_gguf(path, weights: dict, matrices, tables):
+    """A tiny Llama GGUF with the layer matrices in one GGML type and embedding/LM head in another,
+    as llama.cpp's Q4_1 files store them."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(TINY["layers"])
+    writer.add_context_length(256)
+    writer.add_embedding_length(TINY["hidden"])
+    writer.add_feed_forward_length(TINY["ff"])
+    writer.add_head_count(TINY["heads"])
+    writer.add_head_count_kv(TINY["kv_heads"])
+    writer.add_rope_freq_base(50000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, TINY["vocab"])])
+    writer.add_token_types([1] * TINY["vocab"])
+    writer.add_token_merges(["a b"])
+    for hf_name, array in weights.items():
+        if ".q_proj." in hf_name or ".k_proj." in hf_name:
+            array = llama_cpp_permute(array, TINY["heads" if ".q_proj." in hf_name else "kv_heads"])
+        if array.ndim == 1:
+            writer.add_tensor(to_gguf_name(hf_name), array)
+            continue
+        qtype = tables if hf_name.startswith(("model.embed_tokens", "lm_head")) else matrices
+        writer.add_tensor(to_gguf_name(hf_name), gguf_quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# --- a whole package -------------------------------------------------------------------------------
+
+def _logits(package, ids):
+    """Logits after each token, fed one at a time through the KV cache with ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edgellama.package import read_info
+
+    cfg = read_info(package).config
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [f"{i}.{k}" for i in range(cfg.num_layers) for k in ("key", "value")]
+    past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32) for n in names}
+    rows = []
+    for t in range(ids.size):
+        feed = {"input_ids": ids[None, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64)}
+        feed.update({f"past_key_values.{n}": v for n, v in past.items()})
+        out = session.run(["logits"] + [f"present.{n}" for n in names], feed)
+        rows.append(out[0][0, -1])
+        past = dict(zip(names, out[1:]))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("untied", [False, True])
+def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied):
+    """Q4_1 layers and a Q8_0 table carried: the int4 package computes what the fp32 one does."""
+    from edgellama.converters import ConvertOptions, convert
+
+    weights = tiny_hf_weights(seed=6, untied=untied)
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", weights, Q.Q4_1, Q.Q8_0)
+    int4 = convert(str(path), tmp_path / "int4",
+                   ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64))
+    fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    layout = json.loads((tmp_path / "int4" / "edgellama.json").read_text())["quantization"]["layout"]
+    carried = "GGUF Q4_1 blocks carried: int4 block 32 + block offsets (exact)"
+    for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+        assert layout[kind] == {carried: TINY["layers"]}, kind
+    assert layout["lm_head"] == {"GGUF Q8_0 blocks carried: int8 block 32 (exact)": 1}
+    assert all(v["worst"] == 0.0 for v in int4.quantization_error.values())
+    assert fp32.info.quantization.layout == {}
+    ids = np.random.default_rng(7).integers(0, 40, 12)
+    a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_q8_0_layers_are_requantized_for_int4_but_the_table_is_kept(tmp_path):
+    from edgellama.converters import ConvertOptions, convert
+
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=8), Q.Q8_0, Q.Q8_0)
+    report = convert(str(path), tmp_path / "int4", ConvertOptions(max_length=64))
+    layout = report.info.quantization.layout
+    assert layout["down_proj"] == {"int4 block 32 symmetric, quantized": TINY["layers"]}
+    assert layout["lm_head"] == {"GGUF Q8_0 blocks carried: int8 block 32 (exact)": 1}
+    assert report.quantization_error["down_proj"]["worst"] > 0 and report.quantization_error["lm_head"]["worst"] == 0
