@@ -1,0 +1,101 @@
+"""llama.cpp through llama-cpp-python: the source Q4_1 GGUF and requantizations made by llama.cpp itself.
+
+    Q4_1 source --llama_model_quantize (allow_requantize)--> Q4_0 / Q4_K_M / Q8_0
+    speed:      Llama(n_ctx=capacity, n_threads, flash attention off) -> eval(prompt) -> argmax -> eval([t]) ...
+    perplexity: Llama(n_ctx=len(ids), logits_all=True) -> eval(ids) -> every row of scores
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .reference import source_gguf
+
+VARIANTS = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0")
+FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+
+
+def prepare(variant: str, work: Path) -> Path:
+    """The GGUF of `variant` (the source itself for Q4_1; otherwise requantized once into work/)."""
+    src = source_gguf()
+    if variant == "Q4_1":
+        return src
+    out = Path(work) / f"smollm2-135m-{variant}.gguf"
+    if out.is_file():
+        return out
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, FTYPES[variant])
+    params.allow_requantize = True
+    params.nthread = 2
+    tmp = out.with_suffix(".partial")
+    code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0:
+        raise RuntimeError(f"llama_model_quantize to {variant} failed with code {code}")
+    tmp.rename(out)
+    return out
+
+
+def _open(path: Path, n_ctx: int, threads: int, logits_all: bool = False):
+    import llama_cpp
+
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                           n_batch=512, logits_all=logits_all, flash_attn=False, verbose=False)
+
+
+class Runner:
+    """Greedy generation from token ids, end-of-text banned so every run makes the same number of tokens."""
+
+    def __init__(self, artifact: Path, settings):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.llm = _open(artifact, settings.capacity, settings.threads)
+        self.eos = self.llm.token_eos()
+        self.vocab = self.llm.n_vocab()
+
+    def _argmax(self) -> int:
+        logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.vocab,))
+        row = logits.copy()
+        row[self.eos] = -np.inf
+        return int(row.argmax())
+
+    def generate(self, prompt, n_tokens: int):
+        """(generated ids, seconds to the first token, seconds from the first token to the last)."""
+        t0 = time.perf_counter()
+        self.llm.reset()
+        self.llm.eval(prompt)
+        token = self._argmax()
+        out = [token]
+        t1 = time.perf_counter()
+        for _ in range(n_tokens - 1):
+            self.llm.eval([token])
+            token = self._argmax()
+            out.append(token)
+        return out, t1 - t0, time.perf_counter() - t1
+
+
+def logits_rows(artifact: Path, ids, settings) -> np.ndarray:
+    """Logits of every position of `ids` in one window."""
+    llm = _open(artifact, len(ids), settings.threads, logits_all=True)
+    llm.eval(list(ids))
+    return np.asarray(llm.scores[:len(ids)], dtype=np.float32)
+
+
+def weight_files(artifact: Path) -> list:
+    return [Path(artifact)]
+
+
+def weight_bytes_per_token(artifact: Path) -> int:
+    """Bytes of the tensors a decode step reads in full: all but the token embedding table, unless
+    the embedding doubles as the output matrix (tied, no separate output.weight)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(str(artifact)).tensors}
+    if "output.weight" in tensors:
+        tensors.pop("token_embd.weight", None)
+    return sum(tensors.values())

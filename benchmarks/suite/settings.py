@@ -1,0 +1,54 @@
+"""Settings of one suite run, validated once."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DATA_TEXT = Path(__file__).resolve().parents[1] / "data" / "gpl-3.0.txt"
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    """What every engine is asked to do; the same for all of them.
+
+    work          folder for converted / requantized / built models (reused between runs)
+    results       folder for results.json and results.png
+    engines       engine/variant keys to run ("edgellama/int4", "llamacpp/Q4_0", ...); empty = all
+    processes     child processes per engine (runs alternate between engines)
+    runs          timed generations per process (after one warm-up)
+    threads       intra-op threads of every engine
+    capacity      KV capacity (context) of the speed runs
+    prompt_tokens prompt length of a speed run; gen_tokens: greedy tokens generated after it
+    ppl_tokens    tokens of the evaluation text scored in one window
+    """
+    work: Path
+    results: Path
+    engines: tuple = ()
+    processes: int = 3
+    runs: int = 3
+    threads: int = 2
+    capacity: int = 512
+    prompt_tokens: int = 128
+    gen_tokens: int = 128
+    ppl_tokens: int = 2048
+    text: Path = DATA_TEXT
+
+    def __post_init__(self):
+        for name in ("processes", "runs", "threads", "capacity", "prompt_tokens", "gen_tokens", "ppl_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"suite setting {name}={value!r} must be a positive integer")
+        if self.prompt_tokens + self.gen_tokens > self.capacity:
+            raise ValueError(f"prompt_tokens + gen_tokens = {self.prompt_tokens + self.gen_tokens} exceed "
+                             f"capacity={self.capacity}")
+        if self.gen_tokens < 2:
+            raise ValueError("gen_tokens must be at least 2 (decode speed is measured after the first token)")
+        object.__setattr__(self, "work", Path(self.work))
+        object.__setattr__(self, "results", Path(self.results))
+        object.__setattr__(self, "text", Path(self.text))
+        object.__setattr__(self, "engines", tuple(self.engines))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in data.items()}

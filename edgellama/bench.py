@@ -1,0 +1,261 @@
+"""Speed of a model package, measured the way llama-bench measures llama.cpp.
+
+    from edgellama.bench import BenchSettings, run_bench
+    report = run_bench("smollm2-int4", BenchSettings(threads=(1, 2, 4)))
+    for row in report.rows:
+        print(row.test, row.threads, row.mean, row.stdev)
+
+Tests (per thread count; tokenization and sampling excluded, ids are synthetic):
+  ppN         prompt processing: N random token ids in one run on an empty cache (tokens/s)
+  tgN         text generation: N single-token runs from an empty cache (tokens/s)
+  tgN@dD      the same after D tokens are in the cache (filled untimed); skipped, with a note,
+              when D + N does not fit the KV capacity
+Each test runs once to warm up, then `repetitions` times: mean +/- sample stdev.
+Once, on the first thread count: load time, TTFT of a real prompt and end-to-end tokens/s through
+`Model.generate` with the default sampler. Peak RSS, size on disk, execution provider, ONNX
+Runtime version and CPU features go in the header.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import InvalidParameterError
+from .package import read_info
+
+log = logging.getLogger(__name__)
+
+REAL_PROMPT = ("Explain in a few sentences why the sky looks blue during the day and red at sunset, "
+               "as you would to a curious ten-year-old.")
+# /proc/cpuinfo flags (x86) and Features (ARM) worth knowing for ONNX Runtime's int4/int8 kernels
+CPU_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+             "amx_int8": "AMX-INT8", "asimddp": "NEON-dotprod", "i8mm": "NEON-i8mm", "sve": "SVE"}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """n_prompt / n_gen: tokens of the pp and tg tests (0 skips one); repetitions: timed runs per
+    test; threads: thread counts to sweep (None = physical cores); depths: cache depths for extra
+    tg tests; max_length: KV capacity (default: the smallest that fits every test, at most the
+    package's); e2e_tokens: tokens of the TTFT / end-to-end test (0 skips it)."""
+    n_prompt: int = 512
+    n_gen: int = 128
+    repetitions: int = 5
+    threads: tuple = (None,)
+    depths: tuple = (512, 2048)
+    max_length: Optional[int] = None
+    providers: tuple = ("cpu",)
+    e2e_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_prompt", "n_gen", "e2e_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise InvalidParameterError(f"{name}={value!r} must be an integer >= 0")
+        if not isinstance(self.repetitions, int) or self.repetitions < 1:
+            raise InvalidParameterError(f"repetitions={self.repetitions!r} must be a positive integer")
+        object.__setattr__(self, "threads", tuple(self.threads) or (None,))
+        object.__setattr__(self, "depths", tuple(self.depths))
+        object.__setattr__(self, "providers", tuple(self.providers))
+        if any(t is not None and (not isinstance(t, int) or t < 1) for t in self.threads):
+            raise InvalidParameterError(f"threads={self.threads!r} must be positive integers")
+        if any(not isinstance(d, int) or d < 0 for d in self.depths):
+            raise InvalidParameterError(f"depths={self.depths!r} must be integers >= 0")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise InvalidParameterError(f"max_length={self.max_length!r} must be a positive integer")
+
+    def needed_length(self) -> int:
+        """KV capacity that every requested test fits in."""
+        return max([self.n_prompt, self.n_gen, 256 + self.e2e_tokens] + [d + self.n_gen for d in self.depths])
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    test: str            # "pp512", "tg128", "tg128@d512", "ttft", "e2e"
+    threads: int
+    unit: str            # "t/s" or "ms"
+    mean: float
+    stdev: float
+    samples: tuple
+
+
+@dataclass
+class BenchReport:
+    model: str
+    quantization: str
+    provider: str = ""
+    onnxruntime: str = ""
+    cpu: str = ""
+    cpu_features: tuple = ()
+    max_length: int = 0
+    size_bytes: int = 0
+    load_s: float = 0.0
+    peak_rss_bytes: int = 0
+    rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_description(cpuinfo: str = "") -> tuple[str, tuple]:
+    """(CPU model name, the CPU_FLAGS present) from /proc/cpuinfo text (read when not given)."""
+    if not cpuinfo:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return platform.processor() or platform.machine(), ()
+    name, flags = platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and name == platform.machine():
+            name = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    return name, tuple(label for flag, label in CPU_FLAGS.items() if flag in flags)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (VmHWM on Linux; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if platform.system() == "Darwin" else 1024     # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def package_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def _repeat(fn, repetitions: int) -> list:
+    """One untimed warm-up call, then `repetitions` timed calls of fn() -> seconds."""
+    fn()
+    return [fn() for _ in range(repetitions)]
+
+
+def _row(test: str, threads: int, tokens: int, seconds: list) -> BenchRow:
+    rates = [tokens / s for s in seconds]
+    stdev = statistics.stdev(rates) if len(rates) > 1 else 0.0
+    return BenchRow(test, threads, "t/s", statistics.fmean(rates), stdev, tuple(rates))
+
+
+def _time_prompt(ctx, ids: np.ndarray) -> float:
+    ctx.reset()
+    t0 = time.perf_counter()
+    ctx.feed(ids)
+    return time.perf_counter() - t0
+
+
+def _time_decode(ctx, ids: np.ndarray, fill: np.ndarray) -> float:
+    """Fill the cache with `fill` (untimed), then feed `ids` one token per run."""
+    ctx.reset()
+    if len(fill):
+        ctx.feed(fill)
+    t0 = time.perf_counter()
+    for i in range(len(ids)):
+        ctx.feed(ids[i:i + 1])
+    return time.perf_counter() - t0
+
+
+def speed_tests(model, settings: BenchSettings, threads: int, notes: list) -> list:
+    """pp, tg and tg-at-depth rows for one loaded model."""
+    rng = np.random.default_rng(settings.seed)
+    vocab = model.config.vocab_size
+    ctx = model.new_context()
+    rows = []
+    if settings.n_prompt:
+        ids = rng.integers(0, vocab, settings.n_prompt).astype(np.int32)
+        rows.append(_row(f"pp{settings.n_prompt}", threads, settings.n_prompt,
+                         _repeat(lambda: _time_prompt(ctx, ids), settings.repetitions)))
+    if settings.n_gen:
+        ids = rng.integers(0, vocab, settings.n_gen).astype(np.int32)
+        for depth in (0,) + settings.depths:
+            if depth + settings.n_gen > model.max_length:
+                note = f"tg{settings.n_gen}@d{depth} skipped: {depth} + {settings.n_gen} > max_length {model.max_length}"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            fill = rng.integers(0, vocab, depth).astype(np.int32)
+            name = f"tg{settings.n_gen}" + (f"@d{depth}" if depth else "")
+            rows.append(_row(name, threads, settings.n_gen,
+                             _repeat(lambda: _time_decode(ctx, ids, fill), settings.repetitions)))
+    return rows
+
+
+def request_tests(model, settings: BenchSettings, threads: int) -> list:
+    """TTFT of a real prompt and end-to-end tokens/s with the default sampler (EOS banned)."""
+    from .generation import GenerationOptions
+    from .sampling import SamplingParams
+
+    eos = model.info.special_tokens.eos_token_ids
+    sampling = SamplingParams(seed=settings.seed, logit_bias={t: -1e9 for t in eos})
+    options = GenerationOptions(max_new_tokens=settings.e2e_tokens)
+    ttft, e2e = [], []
+
+    def once() -> float:
+        ctx = model.new_context()    # cold: no cached prefix
+        t0 = time.perf_counter()
+        result = model.start(REAL_PROMPT, options, sampling, ctx=ctx).consume()
+        seconds = time.perf_counter() - t0
+        ttft.append(result.timings.ttft_s)
+        e2e.append(result.timings.generated_tokens / seconds)
+        return seconds
+
+    _repeat(once, settings.repetitions)
+    ttft, e2e = ttft[1:], e2e[1:]          # drop the warm-up
+    sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    ms = [t * 1000 for t in ttft]
+    return [BenchRow("ttft", threads, "ms", statistics.fmean(ms), sd(ms), tuple(ms)),
+            BenchRow(f"e2e{settings.e2e_tokens}", threads, "t/s", statistics.fmean(e2e), sd(e2e), tuple(e2e))]
+
+
+def _capacity(info, settings: BenchSettings) -> int:
+    if settings.max_length is not None:
+        if settings.max_length > info.max_length:
+            raise InvalidParameterError(f"max_length={settings.max_length} exceeds the package's {info.max_length}")
+        return settings.max_length
+    return min(info.max_length, settings.needed_length())
+
+
+def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
+    """Load the package once per thread count and run every test; see the module docstring."""
+    import onnxruntime
+
+    from .model import load
+    from .session import default_threads
+
+    path = Path(path)
+    info = read_info(path)
+    cpu, features = cpu_description()
+    report = BenchReport(model=str(path), quantization=info.quantization.method, onnxruntime=onnxruntime.__version__,
+                         cpu=cpu, cpu_features=features, max_length=_capacity(info, settings),
+                         size_bytes=package_bytes(path))
+    for i, threads in enumerate(settings.threads):
+        threads = threads or default_threads()
+        model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length)
+        if i == 0:
+            report.load_s, report.provider = model.load_s, model.provider
+        log.info("benchmarking %s on %s with %d threads", path, model.provider, threads)
+        report.rows.extend(speed_tests(model, settings, threads, report.notes))
+        if i == 0 and settings.e2e_tokens:
+            report.rows.extend(request_tests(model, settings, threads))
+        del model
+        gc.collect()
+    report.peak_rss_bytes = peak_rss_bytes()
+    return report

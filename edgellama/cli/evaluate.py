@@ -1,0 +1,42 @@
+"""`edgellama eval MODEL --text FILE [--ctx N] [--stride N] [--method graph|stepwise] [--json]`:
+perplexity of a model package over a text file (see edgellama.evaluate)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ModelNotFoundError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model package folder (from `edgellama convert`)")
+    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
+    parser.add_argument("--ctx", type=int, default=None, metavar="N",
+                        help="tokens per window (default: the package's max_length, at most the text)")
+    parser.add_argument("--stride", type=int, default=None, metavar="N",
+                        help="tokens between window starts (default: --ctx, disjoint windows)")
+    parser.add_argument("--max-tokens", type=int, default=0, metavar="N", help="score only the first N tokens")
+    parser.add_argument("--method", choices=("graph", "stepwise"), default="graph",
+                        help="graph: all positions per run (default); stepwise: one token per run")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
+    parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP", help="execution providers to try")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..evaluate import EvalSettings, evaluate_text
+
+    settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
+                            threads=args.threads, providers=tuple(args.provider))
+    path = Path(args.text)
+    if not path.is_file():
+        raise ModelNotFoundError(f"--text {args.text!r}: no such file")
+    result = evaluate_text(args.model, path.read_text(encoding="utf-8"), settings)
+    if args.json:
+        print(json.dumps({"model": args.model, "text": str(path), **result.to_dict()}))
+        return 0
+    print(f"perplexity {result.perplexity:.4f} over {result.scored_tokens} scored tokens "
+          f"({result.tokens} read, {result.windows} windows of {result.ctx}, stride {result.stride})")
+    print(f"{result.method} scoring: {result.seconds:.1f} s, {result.tokens_per_s:.0f} tokens/s")
+    return 0

@@ -1,0 +1,160 @@
+"""`edgellama bench` and `edgellama eval` on a tiny converted package: well-formed output, and
+perplexity equal to one computed with transformers on the same checkpoint."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from edgellama.cli import main
+from edgellama.evaluate import EvalSettings, evaluate_ids, windows
+
+MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tiny import make_tiny_llama
+    return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory, tiny_folder):
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    out = tmp_path_factory.mktemp("pkg") / "fp32"
+    convert(str(tiny_folder), out, ConvertOptions(quantization=Quantization(method="fp32"), max_length=MAX_LENGTH))
+    return out
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    from tiny import SENTENCES
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(" ".join(SENTENCES[i % len(SENTENCES)] for i in range(7, 40)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ids(tiny_folder, text_file):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(tiny_folder / "tokenizer.json")).encode(text_file.read_text()).ids
+
+
+def reference_perplexity(tiny_folder, ids, ctx, stride):
+    """transformers' log-probabilities, each token scored in the first window that holds it with
+    at least one token before it (the HF strided-perplexity recipe)."""
+    import torch
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_folder)).eval()
+    total, count, scored_to = 0.0, 0, 1
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + ctx, len(ids))
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([ids[begin:end]])).logits[0].double(), dim=-1)
+        for t in range(max(scored_to, begin + 1), end):
+            total -= float(logp[t - 1 - begin, ids[t]])
+            count += 1
+        scored_to = max(scored_to, end)
+        if end == len(ids):
+            break
+    return math.exp(total / count), count
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("ctx,stride", [(48, 48), (64, 24)])
+def test_eval_perplexity_equals_transformers(capsys, package, text_file, tiny_folder, ids, ctx, stride):
+    assert len(ids) > 2 * ctx    # several windows
+    got = run_json(capsys, "eval", str(package), "--text", str(text_file), "--ctx", str(ctx),
+                   "--stride", str(stride), "--threads", "1", "--json")
+    want, count = reference_perplexity(tiny_folder, ids, ctx, stride)
+    assert got["tokens"] == len(ids)
+    assert got["scored_tokens"] == count
+    assert got["perplexity"] == pytest.approx(want, rel=1e-3)
+    assert got["windows"] > 1 and got["ctx"] == ctx and got["stride"] == stride
+
+
+def test_graph_and_stepwise_scoring_agree(package, ids):
+    graph = evaluate_ids(package, ids, EvalSettings(ctx=40, stride=20, method="graph", threads=1))
+    step = evaluate_ids(package, ids, EvalSettings(ctx=40, stride=20, method="stepwise", threads=1))
+    assert graph.scored_tokens == step.scored_tokens
+    assert graph.mean_nll == pytest.approx(step.mean_nll, rel=1e-4)
+
+
+@pytest.mark.parametrize("n,ctx,stride", [(100, 32, 32), (100, 32, 10), (33, 32, 16), (5, 8, 8), (64, 16, 1)])
+def test_windows_score_each_token_at_most_once(n, ctx, stride):
+    plan = windows(n, ctx, stride)
+    scored = [t for w in plan for t in range(w.first, w.end)]
+    assert len(scored) == len(set(scored))
+    assert all(w.begin < w.first < w.end <= w.begin + ctx for w in plan)
+    assert plan[-1].end == n
+    if stride < ctx:
+        assert scored == list(range(1, n))
+
+
+def test_eval_text_output_and_errors(capsys, package, text_file, tmp_path):
+    assert main(["eval", str(package), "--text", str(text_file), "--ctx", "32", "--threads", "1"]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["eval", str(package), "--text", str(text_file), "--ctx", str(MAX_LENGTH + 1)]) == 1
+    assert "max_length" in capsys.readouterr().err
+    assert main(["eval", str(package), "--text", str(tmp_path / "missing.txt")]) == 1
+    assert "missing.txt" in capsys.readouterr().err
+
+
+BENCH_ARGS = ["-p", "16", "-n", "8", "-r", "2", "-d", "32,1000", "--e2e-tokens", "6"]
+
+
+def test_bench_json_has_the_fields(capsys, package):
+    report = run_json(capsys, "bench", str(package), *BENCH_ARGS, "-t", "1,2", "--json")
+    for key in ("model", "quantization", "provider", "onnxruntime", "cpu", "cpu_features", "max_length",
+                "size_bytes", "load_s", "peak_rss_bytes", "rows", "notes"):
+        assert key in report
+    assert report["provider"] == "CPUExecutionProvider"
+    assert report["size_bytes"] > 0 and report["load_s"] > 0 and report["peak_rss_bytes"] > 0
+    tests = {(row["test"], row["threads"]) for row in report["rows"]}
+    for threads in (1, 2):
+        assert {("pp16", threads), ("tg8", threads), ("tg8@d32", threads)} <= tests
+    assert ("ttft", 1) in tests and ("e2e6", 1) in tests
+    assert not any(test.endswith("@d1000") for test, _ in tests)
+    assert any("d1000" in note and "skipped" in note for note in report["notes"])
+    for row in report["rows"]:
+        assert len(row["samples"]) == 2 and row["mean"] > 0 and row["stdev"] >= 0
+        assert np.isclose(row["mean"], np.mean(row["samples"]))
+
+
+def test_bench_table_and_csv(capsys, package):
+    assert main(["bench", str(package), *BENCH_ARGS, "-t", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "pp16" in out and "tg8@d32" in out and "t/s" in out
+    assert main(["bench", str(package), *BENCH_ARGS, "-t", "1", "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["test"] for r in rows} >= {"pp16", "tg8", "tg8@d32", "ttft", "e2e6"}
+    assert all(float(r["mean"]) > 0 for r in rows)
+
+
+def test_bench_plot_without_matplotlib_is_a_clear_error(capsys, package, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code = main(["bench", str(package), "-p", "8", "-n", "4", "-r", "1", "-d", "", "--e2e-tokens", "0",
+                 "-t", "1", "--plot", str(tmp_path / "out.png")])
+    assert code == 1
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_cpu_features_from_cpuinfo():
+    from edgellama.bench import cpu_description
+
+    name, features = cpu_description("model name\t: Test CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert name == "Test CPU" and features == ("AVX2", "AVX-512", "AVX512-VNNI")
+    _, arm = cpu_description("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n")
+    assert arm == ("NEON-dotprod", "NEON-i8mm")
