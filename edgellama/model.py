@@ -133,7 +133,6 @@ class Model:
     # -- requests -----------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt, parse_special: bool = False) -> list[int]:
         if isinstance(prompt, str):
-            _check_utf8(prompt)
             return self.tokenizer.encode(prompt, parse_special=parse_special)
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             raise InvalidParameterError(
@@ -194,10 +193,6 @@ class Model:
         """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template."""
         from .chat import template_for
 
-        for message in messages if isinstance(messages, (list, tuple)) else ():
-            for value in message.values() if isinstance(message, dict) else ():
-                if isinstance(value, str):
-                    _check_utf8(value, "message")
         ids = template_for(self).encode(messages, add_generation_prompt=True)
         return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel)
 
@@ -206,16 +201,6 @@ class Model:
         from .chat import Chat
 
         return Chat(self, system=system, **settings)
-
-
-def _check_utf8(text: str, what: str = "prompt") -> None:
-    """A str prompt or message must be encodable as UTF-8 (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidParameterError(
-            f"{what} is not valid Unicode: {exc.reason} at position {exc.start} "
-            f"({text[exc.start:exc.end]!r}); decode input bytes with errors='replace'") from None
 
 
 def _verify(path: Path, info) -> None:

@@ -74,6 +74,7 @@ class Tokenizer:
         """Token ids of `text`. `add_bos` defaults to the package's add_bos_token."""
         if not isinstance(text, str):
             raise InvalidParameterError(f"text to encode must be a str, got {type(text).__name__}")
+        _check_unicode(text)
         backend = self._special if parse_special else self._plain
         ids = backend.encode(text, add_special_tokens=False).ids if text else []
         if add_bos is None:
@@ -140,3 +141,13 @@ class StreamDecoder:
         current = self._decode(self._ids[self._prefix:])
         self._prefix = self._read = len(self._ids)
         return current[len(emitted):] if current.startswith(emitted) else ""
+
+
+def _check_unicode(text: str) -> None:
+    """Text must be encodable as UTF-8: a lone surrogate is the caller's decoding error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(
+            f"text is not valid Unicode: {exc.reason} at position {exc.start} "
+            f"({text[exc.start:exc.end]!r}); decode input bytes with errors='replace'") from None

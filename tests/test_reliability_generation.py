@@ -113,6 +113,10 @@ def test_invalid_utf8_input(model, prompt, words):
 def test_lone_surrogate_in_a_chat_message(model):
     with pytest.raises(InvalidParameterError, match="not valid Unicode"):
         model.chat([{"role": "user", "content": "hi \udcff"}], max_new_tokens=2)
+    chat = model.new_chat(max_new_tokens=2)
+    with pytest.raises(InvalidParameterError, match="not valid Unicode"):
+        chat.send("hi \udcff")
+    assert chat.send("hi").token_ids          # the refused turn left the chat usable
 
 
 def test_max_new_tokens_zero_runs_nothing(model, monkeypatch):
