@@ -127,7 +127,8 @@ def cpu_description(cpuinfo: str = "") -> tuple[str, tuple]:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (VmHWM on Linux; ru_maxrss elsewhere)."""
+    """Peak resident memory of this process: VmHWM on Linux, which starts afresh at exec
+    (ru_maxrss would carry over the parent's peak); ru_maxrss elsewhere."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:

@@ -9,25 +9,16 @@ Prints one JSON object on its last stdout line:
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgellama.bench import peak_rss_bytes
+
 from .engines import engine_module
 from .settings import SuiteSettings
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process: VmHWM, which starts afresh at exec (ru_maxrss would
-    carry over the parent's peak on Linux)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_speed(engine, artifact: Path, settings: SuiteSettings, prompt) -> dict:
