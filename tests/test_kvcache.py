@@ -4,22 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellama import _twin, kvcache
+from backends import BACKENDS
+
+from edgellama import kvcache
 from edgellama.config import ModelConfig, RopeScaling
 from edgellama.errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from edgellama.kvcache import KVCache
 from edgellama.rope import cos_sin_tables
 
-try:
-    from edgellama import _native
-except ImportError:  # extension not built: only the twin can run
-    _native = None
-
-BACKENDS = [
-    pytest.param(_twin, id="twin"),
-    pytest.param(_native, id="native",
-                 marks=pytest.mark.skipif(_native is None, reason="edgellama._native is not built")),
-]
 CONFIG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=3, num_heads=4,
                      num_kv_heads=2, head_dim=8, rope_theta=10000.0)
 LLAMA3 = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_layers=2, num_heads=4,

@@ -8,16 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from backends import BACKENDS, _native, needs_native
+
 from edgellama import _twin
 from edgellama.sampling import SamplingParams
 
-try:
-    from edgellama import _native
-except ImportError:
-    _native = None
-
-needs_native = pytest.mark.skipif(_native is None, reason="edgellama._native is not built")
-BOTH = [pytest.param(_twin, id="twin"), pytest.param(_native, id="native", marks=needs_native)]
 
 
 def random_params(rng):
@@ -34,7 +29,7 @@ def random_params(rng):
         seed=int(rng.integers(0, 2 ** 63)))
 
 
-@pytest.mark.parametrize("module", BOTH)
+@pytest.mark.parametrize("module", BACKENDS)
 def test_random_stream_is_splitmix64(module):
     # first output of splitmix64 from state 0, as published with the algorithm
     assert int(module.random_u64(0, 1)[0]) == 0xE220A8397B1DCDAF
@@ -110,7 +105,7 @@ def test_kv_routines_agree():
     assert not np.array_equal(results[0][0], keys)
 
 
-@pytest.mark.parametrize("module", BOTH)
+@pytest.mark.parametrize("module", BACKENDS)
 @pytest.mark.parametrize("call", [
     lambda m, k, c: m.kv_move(k, 0, 15, 6),
     lambda m, k, c: m.kv_move(k, -1, 0, 2),

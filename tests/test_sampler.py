@@ -7,20 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from edgellama import _twin, sampling
+from backends import BACKENDS
+
+from edgellama import sampling
 from edgellama.errors import InvalidParameterError, NumericalError
 from edgellama.sampling import GREEDY, Sampler, SamplingParams
 
-try:
-    from edgellama import _native
-except ImportError:  # extension not built: only the twin can run
-    _native = None
-
-BACKENDS = [
-    pytest.param(_twin, id="twin"),
-    pytest.param(_native, id="native",
-                 marks=pytest.mark.skipif(_native is None, reason="edgellama._native is not built")),
-]
 # Every filter off: plain softmax at temperature 1.
 PLAIN = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
 
