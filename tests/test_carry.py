@@ -17,7 +17,7 @@ from edgellama.converters.carry import (CARRIED_TYPES, carried_dequantize, carri
 from edgellama.converters.quantize import unpack_nibbles  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
-from test_gguf import TINY, llama_cpp_permute, tiny_hf_weights, to_gguf_name, write_tiny_gguf  # noqa: E402
+from test_gguf import TINY, tiny_hf_weights, write_tiny_gguf  # noqa: E402
 
 Q = GGMLQuantizationType
 CARRIED = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
@@ -180,33 +180,11 @@ def test_requantize_mode_writes_plain_matmulnbits(tmp_path):
 def write_mixed_gguf(path, weights: dict, matrices, tables):
     """A tiny Llama GGUF with the layer matrices in one GGML type and embedding/LM head in another,
     as llama.cpp's Q4_1 files store them."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(TINY["layers"])
-    writer.add_context_length(256)
-    writer.add_embedding_length(TINY["hidden"])
-    writer.add_feed_forward_length(TINY["ff"])
-    writer.add_head_count(TINY["heads"])
-    writer.add_head_count_kv(TINY["kv_heads"])
-    writer.add_rope_freq_base(50000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(["a", "b", "ab"] + [f"t{i}" for i in range(3, TINY["vocab"])])
-    writer.add_token_types([1] * TINY["vocab"])
-    writer.add_token_merges(["a b"])
-    for hf_name, array in weights.items():
-        if ".q_proj." in hf_name or ".k_proj." in hf_name:
-            array = llama_cpp_permute(array, TINY["heads" if ".q_proj." in hf_name else "kv_heads"])
-        if array.ndim == 1:
-            writer.add_tensor(to_gguf_name(hf_name), array)
-            continue
-        qtype = tables if hf_name.startswith(("model.embed_tokens", "lm_head")) else matrices
-        writer.add_tensor(to_gguf_name(hf_name), gguf_quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    def type_of(hf_name):
+        return tables if hf_name.startswith(("model.embed_tokens", "lm_head")) else matrices
+
+    tokens = ["a", "b", "ab"] + [f"t{i}" for i in range(3, TINY["vocab"])]
+    return write_tiny_gguf(path, weights, qtype=type_of, tokens=tokens, merges=["a b"])
 
 
 # --- a whole package -------------------------------------------------------------------------------

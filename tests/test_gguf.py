@@ -66,8 +66,12 @@ def to_gguf_name(hf_name: str) -> str:
 
 
 def write_tiny_gguf(path, weights: dict, *, arch: str = "llama", qtype=GGMLQuantizationType.F32,
-                    extra_kv: dict = None, extra_tensors: dict = None):
-    """Write `weights` (HF names and layout) the way llama.cpp's converter would."""
+                    extra_kv: dict = None, extra_tensors: dict = None, tokens=None, merges=()):
+    """Write `weights` (HF names and layout) the way llama.cpp's converter would.
+
+    `qtype` is the GGML type of every matrix, or a function from the HF name to it; `tokens`
+    and `merges` default to a vocabulary of plain "t<i>" entries without merges."""
+    type_of = qtype if callable(qtype) else (lambda name: qtype)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(TINY["layers"])
     writer.add_context_length(256)
@@ -79,9 +83,9 @@ def write_tiny_gguf(path, weights: dict, *, arch: str = "llama", qtype=GGMLQuant
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
-    writer.add_token_list([f"t{i}" for i in range(TINY["vocab"])])
+    writer.add_token_list(tokens or [f"t{i}" for i in range(TINY["vocab"])])
     writer.add_token_types([1] * TINY["vocab"])
-    writer.add_token_merges([])
+    writer.add_token_merges(list(merges))
     for key, (kind, value) in (extra_kv or {}).items():
         getattr(writer, f"add_{kind}")(key, value)
     for hf_name, array in weights.items():
@@ -89,8 +93,9 @@ def write_tiny_gguf(path, weights: dict, *, arch: str = "llama", qtype=GGMLQuant
             array = llama_cpp_permute(array, TINY["heads"])
         elif ".k_proj." in hf_name:
             array = llama_cpp_permute(array, TINY["kv_heads"])
-        if array.ndim == 2 and qtype != GGMLQuantizationType.F32:
-            writer.add_tensor(to_gguf_name(hf_name), quantize(array, qtype), raw_dtype=qtype)
+        kind = type_of(hf_name)
+        if array.ndim == 2 and kind != GGMLQuantizationType.F32:
+            writer.add_tensor(to_gguf_name(hf_name), quantize(array, kind), raw_dtype=kind)
         else:
             writer.add_tensor(to_gguf_name(hf_name), array)
     for name, array in (extra_tensors or {}).items():
