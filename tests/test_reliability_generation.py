@@ -20,15 +20,10 @@ PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embed
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import make_tiny_llama
-
-    from edgellama.converters import ConvertOptions, convert
-    from edgellama.package import Quantization
+    from tiny import convert_tiny, make_tiny_llama
 
     ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
-    out = tmp_path_factory.mktemp("pkg") / "fp32"
-    convert(str(ckpt), out, ConvertOptions(quantization=Quantization(method="fp32"), max_length=96))
-    return out
+    return convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=96)
 
 
 @pytest.fixture(scope="module")
