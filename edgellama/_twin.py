@@ -11,34 +11,13 @@ import math
 
 import numpy as np
 
-from .errors import InvalidParameterError, NativeError, NumericalError
-
-# Return codes, as in native/sampler.h and native/kvcache.h.
-OK = 0
-ERR_NOMEM = 1
-ERR_NONFINITE = 2
-ERR_TOKEN = 3
-ERR_SIZE = 4
-ERR_RANGE = 5
+from .native_codes import (ERR_NOMEM, ERR_NONFINITE, ERR_RANGE, ERR_SIZE, ERR_TOKEN, OK,  # noqa: F401
+                           error_for)
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
 _MIX2 = 0x94D049BB133111EB
-
-
-def error_for(code: int, context: str) -> Exception:
-    """The exception for a return code of the native routines."""
-    if code == ERR_NONFINITE:
-        return NumericalError(f"{context}: logits contain NaN or infinity (after logit bias and "
-                              "penalties); check the model output and the penalty settings")
-    if code == ERR_NOMEM:
-        return NativeError(f"{context}: out of memory")
-    if code == ERR_TOKEN:
-        return InvalidParameterError(f"{context}: a token id is outside [0, vocab_size)")
-    if code in (ERR_SIZE, ERR_RANGE):
-        return InvalidParameterError(f"{context}: a size or position is outside the buffer")
-    return NativeError(f"{context}: unknown native error code {code}")
 
 
 # ---- random numbers: splitmix64 on Python integers ----

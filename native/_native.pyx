@@ -9,7 +9,7 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 
 import numpy as np
 
-from edgellama.errors import InvalidParameterError, NativeError, NumericalError
+from edgellama.native_codes import error_for
 
 from sampler cimport *
 from kvcache cimport *
@@ -20,20 +20,6 @@ ERR_NONFINITE = EL_ERR_NONFINITE
 ERR_TOKEN = EL_ERR_TOKEN
 ERR_SIZE = EL_ERR_SIZE
 ERR_RANGE = EL_KV_ERR_RANGE
-
-
-def error_for(int code, str context):
-    """The exception for a return code of the native routines."""
-    if code == ERR_NONFINITE:
-        return NumericalError(f"{context}: logits contain NaN or infinity (after logit bias and "
-                              "penalties); check the model output and the penalty settings")
-    if code == ERR_NOMEM:
-        return NativeError(f"{context}: out of memory")
-    if code == ERR_TOKEN:
-        return InvalidParameterError(f"{context}: a token id is outside [0, vocab_size)")
-    if code == ERR_SIZE or code == ERR_RANGE:
-        return InvalidParameterError(f"{context}: a size or position is outside the buffer")
-    return NativeError(f"{context}: unknown native error code {code}")
 
 
 cdef inline void _check(int code, str context) except *:

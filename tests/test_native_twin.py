@@ -134,3 +134,11 @@ def test_pure_python_switch_selects_the_twin():
 @needs_native
 def test_compiled_module_is_the_default_when_built():
     assert _backend_in_subprocess(EDGELLAMA_PUREPYTHON="0") == "native"
+
+
+@needs_native
+def test_return_codes_of_the_c_headers_are_the_shared_ones():
+    """error_for (edgellama.native_codes) dispatches on the numbers the C headers define."""
+    from edgellama import native_codes
+    for name in ("OK", "ERR_NOMEM", "ERR_NONFINITE", "ERR_TOKEN", "ERR_SIZE", "ERR_RANGE"):
+        assert getattr(_native, name) == getattr(native_codes, name), name
