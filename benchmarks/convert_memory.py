@@ -65,7 +65,9 @@ def write_random_1b(folder: Path) -> None:
         if shard_bytes > 2 * 2**30:
             flush()
     flush()
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    total = sum((folder / name).stat().st_size for name in set(weight_map.values()))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     (folder / "config.json").write_text(json.dumps(LLAMA_1B, indent=2))
     train_tokenizer(512).save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text("{}")

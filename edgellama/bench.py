@@ -53,7 +53,7 @@ class BenchSettings:
     threads: tuple = (None,)
     depths: tuple = (512, 2048)
     max_length: Optional[int] = None
-    providers: tuple = ("cpu",)
+    providers: Optional[tuple] = None     # None: those the package was built for
     e2e_tokens: int = 128
     seed: int = 0
 
@@ -66,7 +66,8 @@ class BenchSettings:
             raise InvalidParameterError(f"repetitions={self.repetitions!r} must be a positive integer")
         object.__setattr__(self, "threads", tuple(self.threads) or (None,))
         object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "providers", tuple(self.providers))
+        if self.providers is not None:
+            object.__setattr__(self, "providers", tuple(self.providers))
         if any(t is not None and (not isinstance(t, int) or t < 1) for t in self.threads):
             raise InvalidParameterError(f"threads={self.threads!r} must be positive integers")
         if any(not isinstance(d, int) or d < 0 for d in self.depths):

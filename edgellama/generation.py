@@ -113,12 +113,13 @@ class Context:
     Invariant: `tokens[:kv.length]` are the ids whose keys and values are in the cache.
     """
 
-    def __init__(self, session, info, capacity: int):
+    def __init__(self, session, info, capacity: int, device: Optional[str] = None):
         config = info.config
         self.config = config
         self.capacity = capacity
         self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
-        self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype)
+        self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
+                                   device)
         self.tokens = np.zeros(capacity, dtype=np.int32)
         self.inv_freq = inv_frequencies(config)
         self._sampler = None
@@ -169,7 +170,9 @@ class Context:
         """Drop `n_discard` cached tokens after the first `n_keep` (keys are re-rotated)."""
         self._consistent = False
         length = self.kv.length
+        self.binding.pull()     # a cache on a device is shifted on the host (a rare event)
         self.kv.shift(n_keep, n_discard, self.inv_freq)
+        self.binding.push()
         self.tokens[n_keep:length - n_discard] = self.tokens[n_keep + n_discard:length].copy()
         self._consistent = True
 

@@ -24,7 +24,8 @@ from .generation import (Context, GenerationOptions, GenerationResult, prepare_p
                          shift_keep)
 from .external_data import check_external_data
 from .package import MODEL_FILE, read_info, verify
-from .session import IO_DTYPES, check_graph, check_memory, create_session, default_threads
+from .session import (DEVICES, IO_DTYPES, check_graph, check_memory, choose_providers, create_session,
+                      default_threads)
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,12 @@ MAX_IDLE_CONTEXTS = 4
 Prompt = Union[str, Sequence[int]]
 
 
-def load(path, providers=("cpu",), threads: Optional[int] = None, max_length: Optional[int] = None,
+def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, max_length: Optional[int] = None,
          verify: bool = False) -> "Model":
     """Load the model package at `path`.
 
-    providers   execution providers to try in order ("cpu", "cuda", "coreml", ...); CPU is the fallback
+    providers   execution providers to try in order ("cuda", "cpu", ...); default: those the package
+                was built for (edgellama.json). CPU is the fallback when it is named or the package lists it
     threads     intra-op threads (default: physical cores)
     max_length  KV-cache capacity per context (default and upper bound: the package's max_length)
     verify      check every file's sha256 against edgellama.json first
@@ -80,7 +82,7 @@ class TextStream:
 class Model:
     """A loaded model package; see `load`."""
 
-    def __init__(self, path, providers=("cpu",), threads=None, max_length=None, verify=False):
+    def __init__(self, path, providers=None, threads=None, max_length=None, verify=False):
         t0 = time.perf_counter()
         self.path = Path(path)
         self.info = read_info(self.path)
@@ -94,7 +96,10 @@ class Model:
         self.threads = default_threads() if threads is None else threads
         self.tokenizer = Tokenizer.from_package(self.path, self.info.special_tokens)
         check_external_data(self.path)
-        self.session, self.provider = create_session(self.path / MODEL_FILE, providers, self.threads)
+        providers, cpu_fallback = choose_providers(providers, self.info.providers, self.path)
+        self.session, self.provider = create_session(self.path / MODEL_FILE, providers, self.threads,
+                                                     cpu_fallback, self.info.providers)
+        self.device = DEVICES.get(self.provider)    # None: the KV cache is in host memory
         check_graph(self.session, self.config, self.path / MODEL_FILE, self.info.io_dtype)
         self._idle: list[Context] = []
         self._lock = threading.Lock()
@@ -116,7 +121,7 @@ class Model:
     def new_context(self) -> Context:
         """A fresh context (its own KV cache of max_length positions)."""
         check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
-        return Context(self.session, self.info, self.max_length)
+        return Context(self.session, self.info, self.max_length, self.device)
 
     def _acquire(self, prompt: np.ndarray) -> Context:
         with self._lock:

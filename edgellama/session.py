@@ -91,8 +91,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def resolve_providers(requested: Sequence[str]) -> list[str]:
-    """ONNX Runtime provider names for `requested` (short or full names), in order, CPU always last."""
+def resolve_providers(requested: Sequence[str], cpu_fallback: bool = True) -> list[str]:
+    """ONNX Runtime provider names for `requested` (short or full names), in order, that this
+    onnxruntime build has; CPU last, added when `cpu_fallback`."""
     import onnxruntime as ort
 
     if isinstance(requested, str):
@@ -100,18 +101,56 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     available = set(ort.get_available_providers())
     names = []
     for item in requested:
-        full = PROVIDERS.get(str(item).lower(), item)
-        if full not in PROVIDERS.values():
-            raise InvalidParameterError(
-                f"unknown execution provider {item!r}; known: {', '.join(PROVIDERS)}")
+        full = _full_name(item)
         if full not in available:
             log.info("execution provider %s is not available in this onnxruntime build; skipping it", full)
             continue
         if full not in names:
             names.append(full)
-    if PROVIDERS["cpu"] in names:
-        names.remove(PROVIDERS["cpu"])
-    return names + [PROVIDERS["cpu"]]
+    cpu = PROVIDERS["cpu"]
+    if cpu in names:
+        names.remove(cpu)
+        cpu_fallback = True
+    return names + [cpu] if cpu_fallback else names
+
+
+def _full_name(item) -> str:
+    full = PROVIDERS.get(str(item).lower(), item)
+    if full not in PROVIDERS.values():
+        raise InvalidParameterError(f"unknown execution provider {item!r}; known: {', '.join(PROVIDERS)}")
+    return full
+
+
+def _short_name(full: str) -> str:
+    return next(short for short, name in PROVIDERS.items() if name == full)
+
+
+def choose_providers(requested: Optional[Sequence[str]], built_for: Sequence[str], where) -> tuple:
+    """The providers to try for a package built for `built_for`, and whether CPU may run it.
+
+    requested=None: the package's own providers, CPU only when the package lists it. A request
+    for a non-CPU provider the package was not built for is refused (its graph's dtypes and
+    operators target another provider); CPU runs any package when it is asked for by name."""
+    built = {_full_name(p) for p in built_for}
+    if requested is None:
+        return tuple(_short_name(p) for p in sorted(built, key=list(PROVIDERS.values()).index)), False
+    if isinstance(requested, str):
+        requested = (requested,)
+    for item in requested:
+        full = _full_name(item)
+        if full != PROVIDERS["cpu"] and full not in built:
+            raise ProviderError(
+                f"{where} was built for {', '.join(sorted(built_for))}, not for {_short_name(full)}; convert the "
+                f"checkpoint again with `edgellama convert ... --ep {_short_name(full)}` to run it there")
+    return tuple(requested), True
+
+
+def _built_for_message(where, built_for, available) -> str:
+    wanted = ", ".join(built_for)
+    hint = ("install onnxruntime-gpu (`pip install onnxruntime-gpu`)" if "cuda" in built_for
+            else "install an onnxruntime build that has it")
+    return (f"{where} was built for {wanted}, but this onnxruntime offers {', '.join(available)}: {hint}, or "
+            "load it with providers=['cpu'] to run it on the CPU anyway (slower)")
 
 
 def session_options(threads: int):
@@ -128,19 +167,23 @@ def session_options(threads: int):
     return options
 
 
-def create_session(model_path: Path, providers: Sequence[str], threads: int):
+def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu_fallback: bool = True,
+                   built_for: Sequence[str] = ("cpu",)):
     """An InferenceSession on the first provider (in the requested order) that accepts the model.
 
     Returns (session, provider name actually used)."""
     import onnxruntime as ort
 
     options = session_options(threads)
-    candidates = resolve_providers(providers)
+    candidates = resolve_providers(providers, cpu_fallback)
+    if not candidates:
+        raise ProviderError(_built_for_message(model_path.parent, built_for, ort.get_available_providers()))
     errors = []
     for start in range(len(candidates)):
         chosen = candidates[start:]
         try:
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen,
+                                           provider_options=[_provider_options(p) for p in chosen])
         except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
             errors.append(f"{chosen[0]}: {exc}")
             log.warning("could not create a session on %s (%s); trying the next provider", chosen[0], exc)
@@ -149,6 +192,13 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int):
         log.info("model %s runs on %s with %d threads", model_path, provider, threads)
         return session, provider
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
+
+
+def _provider_options(provider: str) -> dict:
+    """Per-provider settings: CUDA works on its default stream with the cache already on the device."""
+    if provider == PROVIDERS["cuda"]:
+        return {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
+    return {}
 
 
 def check_graph(session, config, where, io_dtype: str = "float32") -> None:
@@ -196,16 +246,28 @@ def _check_dims(node, expected: dict, where) -> None:
                                "model again")
 
 
+# execution providers whose KV cache lives in device memory, and the OrtValue device name for it
+DEVICES = {"CUDAExecutionProvider": "cuda"}
+
+
 class StepBinding:
-    """The IO binding of one context: KV arrays shared in place, ids/mask/logits preallocated."""
+    """The IO binding of one context: KV arrays bound in place, ids/mask/logits preallocated.
+
+    device=None: the KV OrtValues wrap the NumPy arrays themselves (CPU; nothing is copied).
+    device="cuda" (or "cpu"): the KV lives in OrtValues of its own on that device, so a step
+    moves no cache between host and device; only the last logits row comes back. The NumPy
+    arrays are then a host mirror that `pull` fills and `push` sends back, for the rare
+    operations that rewrite the cache on the host (a context shift).
+    """
 
     def __init__(self, session, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
-                 vocab_size: int, io_dtype: str = "float32"):
+                 vocab_size: int, io_dtype: str = "float32", device: Optional[str] = None):
         import onnxruntime as ort
 
         self._session = session
         capacity = keys[0].shape[2]
         self.capacity = capacity
+        self.device = device
         self._ids = np.zeros((1, capacity), dtype=np.int64)
         self._mask = np.ones((1, capacity), dtype=np.int64)
         dtype = IO_DTYPES[io_dtype]
@@ -214,10 +276,14 @@ class StepBinding:
         self._convert = dtype != np.float32
         self.logits = np.zeros(vocab_size, np.float32) if self._convert else self._raw_logits[0, 0]
         self._binding = session.io_binding()
+        self._host = [a for pair in zip(keys, values) for a in pair]   # k0, v0, k1, v1, ...
         self._kv = []   # keeps the OrtValues (and through them the arrays) alive
         for i, (k, v) in enumerate(zip(keys, values)):
             for kind, array in (("key", k), ("value", v)):
-                value = ort.OrtValue.ortvalue_from_numpy(array)
+                if device is None:
+                    value = ort.OrtValue.ortvalue_from_numpy(array)
+                else:
+                    value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, 0)
                 self._binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
                 self._binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
                 self._kv.append(value)
@@ -235,3 +301,15 @@ class StepBinding:
         if self._convert:
             np.copyto(self.logits, self._raw_logits[0, 0], casting="same_kind")
         return self.logits
+
+    def pull(self) -> None:
+        """Copy the device KV into the host arrays (nothing to do when they are shared)."""
+        if self.device is not None:
+            for host, value in zip(self._host, self._kv):
+                np.copyto(host, value.numpy())
+
+    def push(self) -> None:
+        """Copy the host arrays back into the device KV (nothing to do when they are shared)."""
+        if self.device is not None:
+            for host, value in zip(self._host, self._kv):
+                value.update_inplace(host)

@@ -363,15 +363,6 @@ def test_chunked_prefill_gives_the_same_tokens(model):
     assert chunked.token_ids == whole.token_ids
 
 
-def test_missing_provider_falls_back_to_cpu(fp32_package):
-    import edgellama
-
-    model = edgellama.load(fp32_package, providers=("cuda", "cpu"), threads=1)
-    assert model.provider == "CPUExecutionProvider"
-    with pytest.raises(InvalidParameterError, match="execution provider"):
-        edgellama.load(fp32_package, providers=("warpdrive",))
-
-
 def test_memory_check_names_what_fits(model):
     from edgellama.session import check_memory, kv_cache_bytes
 

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of the TTFT / end-to-end test with the sampler (0 skips it)")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the smallest that fits every test)")
-    parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP", help="execution providers to try")
+    parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
+                        help="execution providers to try in order (default: those the package was built for)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV rows")
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
-                             providers=tuple(args.provider), e2e_tokens=args.e2e_tokens)
+                             providers=args.provider and tuple(args.provider), e2e_tokens=args.e2e_tokens)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
     report = run_bench(args.model, settings)

@@ -20,8 +20,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
-    parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP",
-                        help="execution providers to try in order (cpu, cuda, coreml, ...)")
+    parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
+                        help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
+                             "package was built for)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,8 @@ def sampling_from(args):
 def load_from(args):
     from ..model import load
 
-    return load(args.model, providers=tuple(args.provider), threads=args.threads, max_length=args.max_length)
+    providers = tuple(args.provider) if args.provider else None
+    return load(args.model, providers=providers, threads=args.threads, max_length=args.max_length)
 
 
 def timings_line(timings) -> str:

@@ -1,0 +1,95 @@
+"""Which execution provider runs a package: the package says what it was built for, and the KV
+cache may live in OrtValues of its own (device memory on CUDA) instead of wrapping NumPy arrays.
+
+The device-resident path is exercised here on the CPU (OrtValues allocated by ONNX Runtime, not
+shared with NumPy), so the copy-in/copy-out around a context shift runs in every CI job; the same
+path on CUDA is tested in test_cuda.py on a GPU machine."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgellama
+from edgellama.errors import InvalidParameterError, ProviderError
+from edgellama.generation import Context, GenerationOptions
+from edgellama.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0, logit_bias={2: -100.0})   # no EOS: every run goes the full length
+
+
+def _cuda_available() -> bool:
+    import onnxruntime as ort
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from tiny import make_tiny_llama
+    return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
+
+
+@pytest.fixture(scope="module")
+def cpu_package(tmp_path_factory, tiny_folder):
+    from tiny import convert_tiny
+    return convert_tiny(tiny_folder, tmp_path_factory.mktemp("pkg") / "cpu", "fp32", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def cuda_package(tmp_path_factory, tiny_folder):
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    out = tmp_path_factory.mktemp("pkg") / "cuda"
+    convert(str(tiny_folder), out, ConvertOptions(quantization=Quantization("fp16"), max_length=64,
+                                                   providers=("cuda",)))
+    return out
+
+
+def test_a_package_loads_on_the_providers_it_was_built_for(cpu_package, cuda_package):
+    assert edgellama.load(cpu_package, threads=1).provider == "CPUExecutionProvider"
+    if _cuda_available():
+        assert edgellama.load(cuda_package, threads=1).provider == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(ProviderError, match=r"built for cuda.*onnxruntime-gpu.*providers=\['cpu'\]"):
+            edgellama.load(cuda_package, threads=1)
+
+
+def test_cpu_runs_any_package_when_asked_by_name(cuda_package):
+    model = edgellama.load(cuda_package, providers=("cpu",), threads=1)
+    assert model.provider == "CPUExecutionProvider"
+    assert len(model.generate("abc", max_new_tokens=4, sampling=GREEDY).token_ids) == 4
+
+
+def test_a_missing_provider_falls_back_to_cpu_when_cpu_is_named(cuda_package):
+    model = edgellama.load(cuda_package, providers=("cuda", "cpu"), threads=1)
+    expected = "CUDAExecutionProvider" if _cuda_available() else "CPUExecutionProvider"
+    assert model.provider == expected
+
+
+def test_a_provider_the_package_was_not_built_for_is_refused(cpu_package):
+    with pytest.raises(ProviderError, match=r"built for cpu, not for cuda.*--ep cuda"):
+        edgellama.load(cpu_package, providers=("cuda", "cpu"), threads=1)
+    with pytest.raises(InvalidParameterError, match="unknown execution provider 'warpdrive'"):
+        edgellama.load(cpu_package, providers=("warpdrive",))
+
+
+def _greedy(model, ctx, prompt, n):
+    return model.start(prompt, GenerationOptions(max_new_tokens=n, context="shift"), GREEDY, ctx=ctx).consume()
+
+
+@pytest.mark.parametrize("package", ["cpu_package", "cuda_package"])
+def test_a_kv_cache_of_its_own_gives_the_same_tokens(request, package):
+    """Shared NumPy KV vs OrtValues of their own, through a context shift (capacity 24, 40 tokens)."""
+    model = edgellama.load(request.getfixturevalue(package), providers=("cpu",), threads=1, max_length=24)
+    info, cap = model.info, model.max_length
+    shared = Context(model.session, info, cap)
+    own = Context(model.session, info, cap, device="cpu")
+    assert own.binding.device == "cpu" and shared.binding.device is None
+    a = _greedy(model, shared, "The quick brown fox", 40)
+    b = _greedy(model, own, "The quick brown fox", 40)
+    assert len(a.token_ids) == 40 and a.token_ids == b.token_ids
+    # the host mirror is only a mirror: after a pull it holds what the device cache holds
+    own.binding.pull()
+    n = own.length
+    for host, ref in zip(own.kv.keys + own.kv.values, shared.kv.keys + shared.kv.values):
+        np.testing.assert_array_equal(host[:, :, :n], ref[:, :, :n])
