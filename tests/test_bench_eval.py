@@ -158,3 +158,37 @@ def test_cpu_features_from_cpuinfo():
     assert name == "Test CPU" and features == ("AVX2", "AVX-512", "AVX512-VNNI")
     _, arm = cpu_description("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n")
     assert arm == ("NEON-dotprod", "NEON-i8mm")
+
+
+@pytest.fixture
+def suite(monkeypatch):
+    """The side-by-side suite's package (benchmarks/ is not installed: importable from the repository root)."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import benchmarks.suite.__main__ as suite_main
+    return suite_main
+
+
+def test_suite_optimum_config_has_top_level_rope_fields(suite):
+    from benchmarks.suite.engine_optimum import legacy_config
+
+    new_style = {"model_type": "llama", "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}
+    assert legacy_config(new_style)["rope_theta"] == 100000.0
+    assert "rope_scaling" not in legacy_config(new_style)
+    llama3 = {"rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}}
+    assert legacy_config(llama3)["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0}
+    assert legacy_config({"rope_theta": 10000.0}) == {"rope_theta": 10000.0}
+
+
+def test_suite_without_optimum_python_reports_the_row_as_not_measured(suite, tmp_path, capsys):
+    from benchmarks.suite.engines import interpreter
+    from benchmarks.suite.settings import SuiteSettings
+
+    missing = tmp_path / "venv" / "bin" / "python"
+    settings = SuiteSettings(work=tmp_path / "work", results=tmp_path / "results", optimum_python=missing)
+    assert interpreter("optimum", settings) == str(missing)
+    assert interpreter("edgellama", settings) == sys.executable
+    artifacts, skipped = suite.prepare_all(settings, ["optimum/fp32"])
+    assert artifacts == {} and str(missing) in skipped["optimum/fp32"]
+    assert suite.show([], tmp_path / "results.png", skipped) == 0
+    assert "optimum/fp32: not measured" in capsys.readouterr().out

@@ -7,7 +7,9 @@ Steps:
   4. speed: --processes rounds; in each, every engine runs in its own child process (the order
      rotates between rounds), one warm-up generation then --runs timed ones
   5. perplexity: one child per engine over --ppl-tokens tokens in one window
-  6. the table (ratio of every figure to the best peer), results.json and results.png in --results
+  6. the table (ratio of every figure to the best peer), results.json and results.png in --results;
+     an engine that could not be prepared is listed under the table as not measured, with why
+Optimum runs in its own interpreter (--optimum-python; README.md, "Optimum").
 `--from-json RESULTS.json` prints the table and draws the plot of an earlier run again.
 """
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path
 
 from . import report
 from .bandwidth import read_bandwidth
-from .engines import all_keys, engine_module, split_key
+from .engines import all_keys, engine_module, interpreter, split_key
 from .reference import token_ids
-from .settings import SuiteSettings
+from .settings import OPTIMUM_PYTHON_ENV, SuiteSettings
 
 log = logging.getLogger("benchmarks.suite")
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,32 +40,37 @@ def parse_args(argv=None) -> SuiteSettings:
     parser.add_argument("--engines", nargs="+", default=[], metavar="KEY", help=f"subset of {', '.join(all_keys())}")
     parser.add_argument("--from-json", default=None, metavar="RESULTS.json",
                         help="measure nothing: print the table and draw the plot of an earlier run")
+    parser.add_argument("--optimum-python", default=None, metavar="PATH",
+                        help=f"Python of the Optimum virtual environment (default: ${OPTIMUM_PYTHON_ENV}, "
+                             "else ../venv-optimum/bin/python from the repository root)")
     for name, default in (("processes", 3), ("runs", 3), ("threads", 2), ("capacity", 512),
                           ("prompt-tokens", 128), ("gen-tokens", 128), ("ppl-tokens", 2048)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k != "from_json"}
+    values = {k: v for k, v in vars(args).items() if k != "from_json" and v is not None}
     return SuiteSettings(**values), args.from_json
 
 
-def prepare_all(settings: SuiteSettings, keys: list) -> dict:
-    """key -> artifact path; an engine that cannot be prepared is reported and left out."""
-    artifacts = {}
+def prepare_all(settings: SuiteSettings, keys: list) -> tuple[dict, dict]:
+    """(key -> artifact path, key -> why it is not measured); an engine that cannot be prepared is left out."""
+    artifacts, skipped = {}, {}
     for key in keys:
         name, variant = split_key(key)
         t0 = time.perf_counter()
         try:
-            artifacts[key] = engine_module(name).prepare(variant, settings.work)
+            artifacts[key] = engine_module(name).prepare(variant, settings)
         except Exception as exc:  # a peer that is not installed or fails to build is skipped, not fatal
-            print(f"[prepare] {key}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+            skipped[key] = f"{type(exc).__name__}: {exc}"
+            print(f"[prepare] {key}: not measured ({skipped[key]})", file=sys.stderr)
             continue
         print(f"[prepare] {key}: {artifacts[key]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    return artifacts
+    return artifacts, skipped
 
 
-def child(mode: str, key: str, artifact: Path, settings_file: Path, ids_file: Path) -> dict:
+def child(mode: str, key: str, artifact: Path, settings: SuiteSettings, ids_file: Path) -> dict:
     name, variant = split_key(key)
-    cmd = [sys.executable, "-m", "benchmarks.suite.child", mode, name, variant, str(artifact),
+    settings_file = settings.results / "settings.json"
+    cmd = [interpreter(name, settings), "-m", "benchmarks.suite.child", mode, name, variant, str(artifact),
            str(settings_file), str(ids_file)]
     load_before = os.getloadavg()[0]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -83,26 +90,27 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings, earlier = parse_args(argv)
     if earlier:
-        return show(json.loads(Path(earlier).read_text())["rows"], Path(earlier).with_suffix(".png"))
+        data = json.loads(Path(earlier).read_text())
+        return show(data["rows"], Path(earlier).with_suffix(".png"), data.get("not_measured", {}))
     keys = list(settings.engines) or all_keys()
     for key in keys:
         split_key(key)
     settings.work.mkdir(parents=True, exist_ok=True)
     settings.results.mkdir(parents=True, exist_ok=True)
 
-    artifacts = prepare_all(settings, keys)
+    artifacts, skipped = prepare_all(settings, keys)
     ids = token_ids(settings.work, settings.text, settings.prompt_tokens, settings.ppl_tokens)
-    settings_file, ids_file = settings.results / "settings.json", settings.results / "ids.json"
-    settings_file.write_text(json.dumps(settings.to_dict()))
+    ids_file = settings.results / "ids.json"
+    (settings.results / "settings.json").write_text(json.dumps(settings.to_dict()))
     ids_file.write_text(json.dumps(ids))
     bandwidths = [read_bandwidth(settings.threads)]
 
     speed = {key: [] for key in artifacts}
     order = list(artifacts)
-    for round_ in range(settings.processes):
+    for round_ in range(settings.processes if order else 0):
         for key in order[round_ % len(order):] + order[:round_ % len(order)]:
             try:
-                result = child("speed", key, artifacts[key], settings_file, ids_file)
+                result = child("speed", key, artifacts[key], settings, ids_file)
             except RuntimeError as exc:
                 print(f"[speed] {exc}", file=sys.stderr)
                 continue
@@ -118,7 +126,7 @@ def main(argv=None) -> int:
     ppl = {}
     for key in artifacts:
         try:
-            ppl[key] = child("ppl", key, artifacts[key], settings_file, ids_file)
+            ppl[key] = child("ppl", key, artifacts[key], settings, ids_file)
             print(f"[perplexity] {key}: {ppl[key]['perplexity']:.3f}", file=sys.stderr)
         except RuntimeError as exc:
             print(f"[perplexity] {exc}", file=sys.stderr)
@@ -129,17 +137,19 @@ def main(argv=None) -> int:
         rows.append(report.summarize(key, speed[key], ppl.get(key), files_bytes(module.weight_files(artifact)),
                                      module.weight_bytes_per_token(artifact), bandwidth))
     payload = {"settings": settings.to_dict(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_passes": bandwidths,
-               "rows": rows,
+               "rows": rows, "not_measured": skipped,
                "text_tokens_total": ids.get("text_tokens_total"), "raw": {"speed": speed, "perplexity": ppl}}
     report.save_json(settings.results / "results.json", payload)
-    show(rows, settings.results / "results.png")
+    show(rows, settings.results / "results.png", skipped)
     print(f"results in {settings.results}", file=sys.stderr)
     return 0
 
 
-def show(rows: list, png: Path) -> int:
-    """Print the table and draw the plot."""
+def show(rows: list, png: Path, skipped: dict) -> int:
+    """Print the table (and the engines not measured, with why) and draw the plot."""
     print(report.table(rows))
+    for key, why in skipped.items():
+        print(f"- {key}: not measured ({why})")
     if not report.plot(png, rows):
         print("[plot] matplotlib is not installed: no results.png (pip install matplotlib)", file=sys.stderr)
     return 0

@@ -12,8 +12,9 @@ from .reference import source_gguf
 VARIANTS = ("int4", "int8", "fp32")
 
 
-def prepare(variant: str, work: Path) -> Path:
+def prepare(variant: str, settings) -> Path:
     """A package of `variant` converted from the source GGUF once into work/."""
+    work = settings.work
     out = Path(work) / f"edgellama-{variant}"
     if (out / "edgellama.json").is_file():
         return out

@@ -20,7 +20,8 @@ from .reference import dequantized_folder
 VARIANTS = ("int4", "int8", "fp32")
 
 
-def prepare(variant: str, work: Path) -> Path:
+def prepare(variant: str, settings) -> Path:
+    work = settings.work
     out = Path(work) / f"genai-{variant}"
     if (out / "genai_config.json").is_file():
         return out

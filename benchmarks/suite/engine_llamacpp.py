@@ -18,8 +18,9 @@ VARIANTS = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0")
 FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 
 
-def prepare(variant: str, work: Path) -> Path:
+def prepare(variant: str, settings) -> Path:
     """The GGUF of `variant` (the source itself for Q4_1; otherwise requantized once into work/)."""
+    work = settings.work
     src = source_gguf()
     if variant == "Q4_1":
         return src

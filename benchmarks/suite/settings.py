@@ -1,10 +1,18 @@
 """Settings of one suite run, validated once."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DATA_TEXT = Path(__file__).resolve().parents[1] / "data" / "gpl-3.0.txt"
+# Optimum needs an older transformers, so its own virtual environment (README.md, "Optimum")
+OPTIMUM_PYTHON_ENV = "EDGELLAMA_OPTIMUM_PYTHON"
+OPTIMUM_PYTHON_DEFAULT = Path(__file__).resolve().parents[3] / "venv-optimum" / "bin" / "python"
+
+
+def default_optimum_python() -> Path:
+    return Path(os.environ.get(OPTIMUM_PYTHON_ENV) or OPTIMUM_PYTHON_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,8 @@ class SuiteSettings:
     capacity      KV capacity (context) of the speed runs
     prompt_tokens prompt length of a speed run; gen_tokens: greedy tokens generated after it
     ppl_tokens    tokens of the evaluation text scored in one window
+    optimum_python interpreter of the Optimum engine (default: $EDGELLAMA_OPTIMUM_PYTHON, else
+                  venv-optimum/bin/python next to the repository)
     """
     work: Path
     results: Path
@@ -32,6 +42,7 @@ class SuiteSettings:
     gen_tokens: int = 128
     ppl_tokens: int = 2048
     text: Path = DATA_TEXT
+    optimum_python: Path = field(default_factory=default_optimum_python)
 
     def __post_init__(self):
         for name in ("processes", "runs", "threads", "capacity", "prompt_tokens", "gen_tokens", "ppl_tokens"):
@@ -46,6 +57,7 @@ class SuiteSettings:
         object.__setattr__(self, "work", Path(self.work))
         object.__setattr__(self, "results", Path(self.results))
         object.__setattr__(self, "text", Path(self.text))
+        object.__setattr__(self, "optimum_python", Path(self.optimum_python))
         object.__setattr__(self, "engines", tuple(self.engines))
 
     def to_dict(self) -> dict:

@@ -1,10 +1,21 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--gguf-blocks carry|zero_point|requantize] [--force]`: a checkpoint (HF folder,
-GGUF file, hub id, default model) to a package."""
+[--ep cpu|cuda] [--gguf-blocks carry|zero_point|requantize] [--force] [--eval FILE]`: a checkpoint
+(HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
+
+With --eval FILE the source is also converted to a float32 package in a temporary folder (the
+reference: a GGUF's blocks dequantized exactly, float weights as stored) unless OUT is that
+already (--quant fp32 --ep cpu). Both packages score the same token ids of FILE (OUT's tokenizer)
+with the settings of `edgellama eval OUT --text FILE`, so OUT's figure equals that command's.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import ModelNotFoundError
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
 GGUF_BLOCK_MODES = ("carry", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
@@ -27,12 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "round Q4_1 minimums to integer zero points, or requantize")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--eval", default=None, metavar="FILE",
+                        help="then print the perplexity of OUT over the UTF-8 text FILE next to the source's, with "
+                             "the token count. The source is scored as a float32 package converted from it into a "
+                             "temporary folder (a GGUF's blocks dequantized exactly; float weights as stored), or as "
+                             "OUT itself with --quant fp32 --ep cpu. Both score the same token ids with the defaults "
+                             "of `edgellama eval OUT --text FILE` (disjoint windows of OUT's max_length)")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..converters import ConvertOptions, convert
     from ..package import Quantization
 
+    text = read_eval_text(args.eval) if args.eval else None   # a missing FILE fails before any work
     options = ConvertOptions(
         quantization=Quantization(method=args.quant, block_size=args.block_size, symmetric=not args.asymmetric),
         max_length=args.max_length,
@@ -43,4 +61,46 @@ def main(args: argparse.Namespace) -> int:
     )
     report = convert(args.source, args.output, options)
     print(report.summary())
+    if text is not None:
+        print(compare_perplexity(args.source, report, options, text, args.eval))
     return 0
+
+
+def read_eval_text(path: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise ModelNotFoundError(f"--eval {path!r}: no such file; give a UTF-8 text file to score")
+    return file.read_text(encoding="utf-8")
+
+
+def compare_perplexity(source, report, options, text: str, text_name: str) -> str:
+    """Lines: OUT's perplexity and the float32 reference's over the same token ids of `text`.
+
+    Steps: tokenize with OUT's tokenizer -> score OUT -> the reference: OUT itself when it is a
+    float32 CPU package, else the source converted to fp32 (same max_length) in a temporary
+    folder, scored on the CPU -> both figures with the relative change."""
+    from ..converters import convert
+    from ..evaluate import EvalSettings, evaluate_ids, tokenize_text
+    from ..package import Quantization
+
+    ids = tokenize_text(report.output, text)
+    converted = evaluate_ids(report.output, ids, EvalSettings(providers=options.providers))
+    method = report.info.quantization.method
+    if method == "fp32" and options.io_dtype == "float32":
+        reference, how = converted, "the converted package itself"
+    else:
+        ref_options = dataclasses.replace(options, quantization=Quantization(method="fp32"),
+                                          max_length=report.info.max_length, providers=("cpu",),
+                                          force=False, progress=False)
+        with tempfile.TemporaryDirectory(prefix="edgellama-reference-") as tmp:
+            reference_package = convert(source, Path(tmp) / "fp32", ref_options).output
+            reference = evaluate_ids(reference_package, ids, EvalSettings())
+        how = "the source converted to fp32"
+    change = converted.perplexity / reference.perplexity - 1.0
+    return "\n".join([
+        f"perplexity over {text_name}: {converted.tokens} tokens, {converted.scored_tokens} scored "
+        f"({converted.windows} windows of {converted.ctx})",
+        f"  {f'converted ({method})':<18} {converted.perplexity:.4f}",
+        f"  {'source (fp32)':<18} {reference.perplexity:.4f}  ({how})",
+        f"  {'change':<18} {change:+.2%}",
+    ])
