@@ -209,3 +209,12 @@ def kv_shift(keys: np.ndarray, values: np.ndarray, n_keep: int, n_discard: int, 
     key_heads, value_heads = _heads(keys), _heads(values)
     key_heads[:, n_keep:n_keep + moved] = _rotated(key_heads[:, src:length], cos_a, sin_a)
     value_heads[:, n_keep:n_keep + moved] = value_heads[:, src:length].copy()
+
+
+# ---- float16 ----
+
+def f16_to_f32(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst[:] = the float32 values of the float16 bit patterns in src (uint16, same length)."""
+    if src.shape != dst.shape or src.ndim != 1:
+        raise error_for(ERR_SIZE, "f16_to_f32")
+    dst[:] = src.view(np.float16)

@@ -1,5 +1,5 @@
-"""Return codes of the native routines (native/sampler.h, native/kvcache.h) and the exception
-each one becomes; shared by the compiled module and its NumPy twin."""
+"""Return codes of the native routines (native/sampler.h, native/kvcache.h, native/halfconv.h)
+and the exception each one becomes; shared by the compiled module and its NumPy twin."""
 from __future__ import annotations
 
 from .errors import InvalidParameterError, NativeError, NumericalError

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import ContextOverflowError, InvalidParameterError, PackageError, ProviderError
+from .native import backend
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ class StepBinding:
                                  self._mask.ctypes.data)
         self._session.run_with_iobinding(self._binding, self._run_options)
         if self._convert:
-            np.copyto(self.logits, self._raw_logits[0, 0], casting="same_kind")
+            backend.f16_to_f32(self._raw_logits.reshape(-1).view(np.uint16), self.logits)
         return self.logits
 
     def pull(self) -> None:

@@ -1,11 +1,11 @@
 # cython: language_level=3
-"""Compiled sampling and KV-cache routines (C in sampler.c and kvcache.c).
+"""Compiled sampling, KV-cache and float16 routines (C in sampler.c, kvcache.c and halfconv.c).
 
 This module only turns memoryviews into pointers, runs the C routines without the GIL and
 turns their return codes into exceptions. Argument checks with friendly messages live in
 edgellama.sampling and edgellama.kvcache; `edgellama._twin` is the NumPy twin of this module.
 """
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from edgellama.native_codes import error_for
 
 from sampler cimport *
 from kvcache cimport *
+from halfconv cimport *
 
 OK = EL_OK
 ERR_NOMEM = EL_ERR_NOMEM
@@ -127,3 +128,15 @@ def kv_shift(float[:, :, :, ::1] keys not None, float[:, :, :, ::1] values not N
                            keys.shape[0] * keys.shape[1], keys.shape[3], n_keep, n_discard, length,
                            &cos_a[0], &sin_a[0])
     _check(code, "kv_shift")
+
+
+def f16_to_f32(const uint16_t[::1] src not None, float[::1] dst not None):
+    """dst[:] = the float32 values of the float16 bit patterns in src (same length)."""
+    cdef int code
+    if src.shape[0] != dst.shape[0]:
+        raise error_for(ERR_SIZE, "f16_to_f32")
+    if src.shape[0] == 0:
+        return
+    with nogil:
+        code = el_f16_to_f32(&src[0], &dst[0], src.shape[0])
+    _check(code, "f16_to_f32")

@@ -121,6 +121,25 @@ def test_kv_routines_refuse_out_of_range(module, call):
         call(module, keys, np.ones(4))
 
 
+@pytest.mark.parametrize("module", BACKENDS)
+def test_every_float16_value_converts_like_numpy(module):
+    """All 65536 bit patterns: the exact float32 value (zeros, subnormals, infinities); NaN stays NaN."""
+    bits = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
+    out = np.full(bits.size, 7.0, np.float32)
+    module.f16_to_f32(bits, out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert nan.sum() == 2 * 1023 and np.isnan(out[nan]).all()
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_float16_conversion_refuses_unequal_lengths(module):
+    from edgellama.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="f16_to_f32"):
+        module.f16_to_f32(np.zeros(4, np.uint16), np.zeros(5, np.float32))
+
+
 def _backend_in_subprocess(**env):
     out = subprocess.run([sys.executable, "-c", "import edgellama.native as n; print(n.BACKEND)"],
                          env={**os.environ, **env}, capture_output=True, text=True, check=True)
