@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
 from edgellama.errors import CheckpointError

@@ -128,8 +128,9 @@ def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
 
 # --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
 
-def _linear_model(tmp_path, source, names, quantization, mode="carry"):
-    """A graph x -> linear(names) -> y, built with the converter's own functions."""
+def _linear_model(tmp_path, source, names, quantization, mode="carry", rows=False):
+    """A graph x -> linear(names) -> y, built with the converter's own functions
+    (`rows`: x is [tokens, K] as in the decoder layers, else [1, tokens, K])."""
     from onnx import TensorProto
 
     from edgellama.converters.graph.context import BuildContext
@@ -140,29 +141,33 @@ def _linear_model(tmp_path, source, names, quantization, mode="carry"):
     graph = Graph(data)
     ctx = BuildContext(graph, source.config, quantization, "float32", 64, source, gguf_blocks=mode)
     k = source.read(names[0]).shape[1]
-    graph.input("x", TensorProto.FLOAT, [1, "s", k])
-    linear(ctx, "/probe", "x", names, "probe", output="y")
-    graph.output("y", TensorProto.FLOAT, [1, "s", None])
+    lead = ["s"] if rows else [1, "s"]
+    graph.input("x", TensorProto.FLOAT, lead + [k])
+    linear(ctx, "/probe", "x", names, "probe", output="y", rows=rows)
+    graph.output("y", TensorProto.FLOAT, lead + [None])
     data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
     return ctx, graph
 
 
+@pytest.mark.parametrize("rows, expected_ops", [(False, ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add"]),
+                                                (True, ["MatMulNBits", "Reshape", "ReduceSum", "Gemm"])])
 @pytest.mark.parametrize("names", [["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
                                     "model.layers.0.self_attn.v_proj.weight"],
                                    ["model.layers.1.mlp.down_proj.weight"]])
-def test_q4_1_correction_graph_equals_matmul(tmp_path, names):
+def test_q4_1_correction_graph_equals_matmul(tmp_path, names, rows, expected_ops):
     import onnxruntime as ort
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0), rows=rows)
         weight = np.concatenate([source.read(n) for n in names])
     ops = [n.op_type for n in graph.nodes]
-    assert ops == ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add"]
+    assert ops == expected_ops
     assert list(ctx.layout["probe"]) == ["GGUF Q4_1 blocks carried: int4 block 32 + block offsets (exact)"]
     assert ctx.stats.summary()["probe"]["worst"] == 0.0
-    x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float32)
+    shape = (3, weight.shape[1]) if rows else (1, 3, weight.shape[1])
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     y = session.run(["y"], {"x": x})[0]
     np.testing.assert_allclose(y, x @ weight.T, rtol=1e-5, atol=1e-5 * float(np.abs(x @ weight.T).max()))

@@ -113,24 +113,30 @@ def matmul_nbits(ctx: BuildContext, scope: str, x: str, refs: QuantizedRefs, out
                         bits=qw.bits, block_size=qw.block_size, accuracy_level=ctx.quantization.accuracy_level)
 
 
-def block_sums(ctx: BuildContext, scope: str, x: str, k: int) -> str:
+def block_sums(ctx: BuildContext, scope: str, x: str, k: int, rows: bool) -> str:
     """S(x) [..., K/32]: the sum of x over each block of 32 inputs.
 
-        x [B, S, K] -> Reshape [B, S, K/32, 32] -> ReduceSum(axis -1) -> [B, S, K/32]
+        x [.., K] -> Reshape [.., K/32, 32] -> ReduceSum(axis -1) -> [.., K/32]
+    (`rows`: x is [tokens, K], else [batch, seq, K])
     """
     g = ctx.graph
-    shape = g.constant(f"/model/constants/blocks_{k}", [0, 0, k // GGML_BLOCK, GGML_BLOCK])
+    lead = [0] if rows else [0, 0]
+    shape = g.constant(f"/model/constants/blocks_{len(lead)}d_{k}", lead + [k // GGML_BLOCK, GGML_BLOCK])
     axes = g.constant("/model/constants/axes_minus_1", [-1])
     blocks = g.op("Reshape", [x, shape], f"{scope}/block_sums")
     return g.op("ReduceSum", [blocks, axes], f"{scope}/block_sums", keepdims=0)
 
 
-def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None) -> str:
+def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None,
+                   rows: bool = False) -> str:
     """y = x @ W^T for a weight carried from GGML blocks.
 
-        x -+-> MatMulNBits(B, scales) --------------------------------------------> y
-           |                                  (Q4_1 only:)                    Add -^
-           +-> block sums S(x) [.., K/32] -> MatMul(offsets [K/32, N]) ------/
+        x -+-> MatMulNBits(B, scales) -----------------------------------------------> y
+           |                                     (Q4_1 only:)                   Add -^
+           +-> block sums S(x) [.., K/32] -> MatMul(offsets [K/32, N]) ---------/
+
+    `rows`: x is 2-D [tokens, K], and the offset product and the Add are one node:
+        S(x) -> Gemm(offsets, C = MatMulNBits output) -> y
     """
     refs = write_quantized(ctx, scope, cw.quantized)
     if cw.offsets is None:
@@ -138,7 +144,9 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
     g = ctx.graph
     main = matmul_nbits(ctx, scope, x, refs)
     offsets = g.initializer(_initializer_prefix(scope) + ".weight.block_offsets", cw.offsets.astype(ctx.np_dtype))
-    sums = block_sums(ctx, scope, x, cw.quantized.k)
+    sums = block_sums(ctx, scope, x, cw.quantized.k, rows)
+    if rows:
+        return g.op("Gemm", [sums, offsets, main], f"{scope}/block_offsets", output=output)
     correction = g.op("MatMul", [sums, offsets], f"{scope}/block_offsets")
     return g.op("Add", [main, correction], f"{scope}/block_offsets", output=output)
 
@@ -150,14 +158,14 @@ def read_stacked(ctx: BuildContext, names: Sequence[str]) -> np.ndarray:
 
 
 def linear(ctx: BuildContext, scope: str, x: str, names: Sequence[str], kind: str,
-           output: Optional[str] = None, table: bool = False) -> str:
+           output: Optional[str] = None, table: bool = False, rows: bool = False) -> str:
     """y = x @ W^T with W the named source weights [out_features, in_features] stacked along
     out_features (q|k|v, gate|up): one matmul whose output holds each part in turn
-    (`table`: W is the LM head)."""
+    (`table`: W is the LM head; `rows`: x is 2-D [tokens, in_features])."""
     if is_quantized(ctx):
         cw = carried_weight(ctx, names, kind, table)
         if cw is not None:
-            return carried_linear(ctx, scope, x, cw, output)
+            return carried_linear(ctx, scope, x, cw, output, rows)
         weight = read_stacked(ctx, names)
         return matmul_nbits(ctx, scope, x, quantized_weight(ctx, scope, weight, kind), output=output)
     weight = read_stacked(ctx, names)
