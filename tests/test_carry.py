@@ -128,23 +128,21 @@ def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
 
 # --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
 
-def _linear_model(tmp_path, source, names, quantization, mode="carry", rows=False):
+def _linear_model(tmp_path, source, names, quantization, mode="carry", rows=False, io_dtype="float32"):
     """A graph x -> linear(names) -> y, built with the converter's own functions
     (`rows`: x is [tokens, K] as in the decoder layers, else [1, tokens, K])."""
-    from onnx import TensorProto
-
-    from edgellama.converters.graph.context import BuildContext
+    from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
     from edgellama.converters.graph.linear import linear
     from edgellama.converters.graph.ops import ExternalData, Graph, save_model
 
     data = ExternalData(tmp_path / "model.onnx.data")
     graph = Graph(data)
-    ctx = BuildContext(graph, source.config, quantization, "float32", 64, source, gguf_blocks=mode)
+    ctx = BuildContext(graph, source.config, quantization, io_dtype, 64, source, gguf_blocks=mode)
     k = source.read(names[0]).shape[1]
     lead = ["s"] if rows else [1, "s"]
-    graph.input("x", TensorProto.FLOAT, lead + [k])
+    graph.input("x", ONNX_DTYPES[io_dtype], lead + [k])
     linear(ctx, "/probe", "x", names, "probe", output="y", rows=rows)
-    graph.output("y", TensorProto.FLOAT, lead + [None])
+    graph.output("y", ONNX_DTYPES[io_dtype], lead + [None])
     data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
     return ctx, graph
@@ -171,6 +169,29 @@ def test_q4_1_correction_graph_equals_matmul(tmp_path, names, rows, expected_ops
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     y = session.run(["y"], {"x": x})[0]
     np.testing.assert_allclose(y, x @ weight.T, rtol=1e-5, atol=1e-5 * float(np.abs(x @ weight.T).max()))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_path, rows):
+    """CUDA packages (float16 graphs) hold the block minimums as float16 zero points: d * (q - z)."""
+    import onnxruntime as ort
+
+    names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    with GGUFSource(path) as source:
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0), rows=rows,
+                                   io_dtype="float16")
+        weight = np.concatenate([source.read(n) for n in names])
+    assert [n.op_type for n in graph.nodes] == ["MatMulNBits"] and len(graph.nodes[0].input) == 4
+    assert list(ctx.layout["probe"]) == [
+        "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)"]
+    shape = (3, weight.shape[1]) if rows else (1, 3, weight.shape[1])
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float16)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = session.run(["y"], {"x": x})[0].astype(np.float32)
+    expected = x.astype(np.float32) @ weight.T
+    # float16 activations and output: a few units of float16 rounding of the largest output
+    np.testing.assert_allclose(y, expected, rtol=0, atol=4e-3 * float(np.abs(expected).max()))
 
 
 def test_requantize_mode_writes_plain_matmulnbits(tmp_path):
@@ -200,16 +221,17 @@ def _logits(package, ids):
 
     from edgellama.package import read_info
 
-    cfg = read_info(package).config
+    info = read_info(package)
+    cfg, dtype = info.config, np.float16 if info.io_dtype == "float16" else np.float32
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [f"{i}.{k}" for i in range(cfg.num_layers) for k in ("key", "value")]
-    past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32) for n in names}
+    past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype) for n in names}
     rows = []
     for t in range(ids.size):
         feed = {"input_ids": ids[None, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64)}
         feed.update({f"past_key_values.{n}": v for n, v in past.items()})
         out = session.run(["logits"] + [f"present.{n}" for n in names], feed)
-        rows.append(out[0][0, -1])
+        rows.append(out[0][0, -1].astype(np.float32))
         past = dict(zip(names, out[1:]))
     return np.stack(rows)
 
@@ -234,6 +256,24 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied):
     ids = np.random.default_rng(7).integers(0, 40, 12)
     a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+
+
+def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
+    """The float16 (CUDA) build: float16 zero points instead of offsets, run here on the CPU provider."""
+    from edgellama.converters import ConvertOptions, convert
+
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
+    convert(str(path), tmp_path / "cuda", ConvertOptions(quantization=Quantization("int4", accuracy_level=0),
+                                                         max_length=64, providers=("cuda",)))
+    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    layout = json.loads((tmp_path / "cuda" / "edgellama.json").read_text())["quantization"]["layout"]
+    assert layout["down_proj"] == {
+        "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)": TINY["layers"]}
+    ids = np.random.default_rng(7).integers(0, 40, 12)
+    a, b = _logits(tmp_path / "cuda", ids), _logits(tmp_path / "fp32", ids)
+    # float16 activations alone (an fp16 --ep cuda package of the same file) differ from fp32 by
+    # about 1.2% of the largest logit on this random model; the int4 package stays within twice that
+    np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-2 * float(np.abs(b).max()))
 
 
 def test_q8_0_layers_are_requantized_for_int4_but_the_table_is_kept(tmp_path):
