@@ -29,6 +29,7 @@ import edgellama
 
 DEFAULT_PACKAGE = "models/smollm2-135m-int4"
 POLL_MS = 30
+MAX_EVENTS_PER_TICK = 512   # messages handled per poll; the rest wait for the next one
 
 
 class ChatApp:
@@ -149,12 +150,23 @@ class ChatApp:
 
     # -- the worker's messages, read on the UI thread -------------------------------------------
     def _poll(self) -> None:
-        try:
-            while True:
+        """Handle at most MAX_EVENTS_PER_TICK messages, consecutive pieces in one insert: a model
+        that writes faster than the window draws must not keep the UI thread here."""
+        pieces = []
+        for _ in range(MAX_EVENTS_PER_TICK):
+            try:
                 kind, value = self.events.get_nowait()
-                getattr(self, f"_on_{kind}")(value)
-        except queue.Empty:
-            pass
+            except queue.Empty:
+                break
+            if kind == "piece":
+                pieces.append(value)
+                continue
+            if pieces:
+                self._on_piece("".join(pieces))
+                pieces = []
+            getattr(self, f"_on_{kind}")(value)
+        if pieces:
+            self._on_piece("".join(pieces))
         self.root.after(POLL_MS, self._poll)
 
     def _on_model(self, model) -> None:
