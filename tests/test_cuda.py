@@ -30,7 +30,7 @@ def cuda_packages(tmp_path_factory):
     from edgellama.package import Quantization
 
     out = {}
-    for method in ("fp16", "int4"):
+    for method in ("fp16", "int4", "int8"):
         out[method] = tmp_path_factory.mktemp("cuda") / method
         convert("smollm2-135m", out[method], ConvertOptions(quantization=Quantization(method), max_length=1024,
                                                             providers=("cuda",)))
@@ -51,7 +51,7 @@ def _greedy_with_margins(model, prompt):
     return tokens, margins
 
 
-@pytest.mark.parametrize("method", ["fp16", "int4"])
+@pytest.mark.parametrize("method", ["fp16", "int4", "int8"])
 def test_cuda_greedy_tokens_follow_the_cpu_fp32_package(method, cuda_packages, smollm2_fp32_package):
     cpu = edgellama.load(smollm2_fp32_package, threads=4, max_length=256)
     gpu = edgellama.load(cuda_packages[method], max_length=256)
