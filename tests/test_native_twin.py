@@ -127,7 +127,8 @@ def test_every_float16_value_converts_like_numpy(module):
     bits = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
     out = np.full(bits.size, 7.0, np.float32)
     module.f16_to_f32(bits, out)
-    expected = bits.view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore"):      # NumPy on aarch64 flags the NaN patterns while casting
+        expected = bits.view(np.float16).astype(np.float32)
     nan = np.isnan(expected)
     assert nan.sum() == 2 * 1023 and np.isnan(out[nan]).all()
     np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
