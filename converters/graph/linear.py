@@ -93,9 +93,11 @@ def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bo
     exact = cw if cw.exact else stack([carry(ggml_type, data, shape[1], q.method) for _, data, shape in raws])
     ctx.stats.add(kind, relative_error(cw, exact))
     offsets, how = "", "exact" if cw.exact else "integer zero points, inexact"
-    if cw.offsets is not None:
-        offsets = " + float16 zero points" if ctx.io_dtype == "float16" else " + block offsets"
-        how = "minimums to float16 precision" if ctx.io_dtype == "float16" else how
+    folded = float_zero_points(cw) if cw.offsets is not None and ctx.io_dtype == "float16" else None
+    if folded is not None:
+        cw, offsets, how = folded, " + float16 zero points", "minimums to float16 precision"
+    elif cw.offsets is not None:
+        offsets = " + block offsets"
     _record(ctx, kind, f"GGUF {ggml_type} blocks carried: int{cw.quantized.bits} block {GGML_BLOCK}{offsets} ({how})")
     return cw
 
@@ -141,9 +143,6 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
     `rows`: x is 2-D [tokens, K], and the offset product and the Add are one node:
         S(x) -> Gemm(offsets, C = MatMulNBits output) -> y
     """
-    folded = float_zero_points(cw) if cw.offsets is not None and ctx.io_dtype == "float16" else None
-    if folded is not None:
-        return matmul_nbits(ctx, scope, x, write_quantized(ctx, scope, folded), output=output)
     refs = write_quantized(ctx, scope, cw.quantized)
     if cw.offsets is None:
         return matmul_nbits(ctx, scope, x, refs, output=output)
@@ -157,7 +156,7 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
     return g.op("Add", [main, correction], f"{scope}/block_offsets", output=output)
 
 
-def float_zero_points(cw: CarriedWeight) -> Optional[QuantizedWeight]:
+def float_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:
     """A Q4_1 weight d * (q - 8) + o with the offsets o folded into float16 zero points:
     d * (q - z), z = 8 - o / d = -m / d. In a float16 graph this is one MatMulNBits instead of
     four nodes (twice as fast per linear on CUDA) and as precise as float16 offsets would be;
@@ -169,7 +168,8 @@ def float_zero_points(cw: CarriedWeight) -> Optional[QuantizedWeight]:
         zero_points = np.where(qw.scales == 0, 8.0, 8.0 - offsets / qw.scales).astype(np.float16)
     if not np.isfinite(zero_points).all() or np.any((qw.scales == 0) & (offsets != 0)):
         return None
-    return QuantizedWeight(qw.packed, qw.scales, zero_points, qw.bits, qw.block_size, qw.k, qw.relative_error)
+    folded = QuantizedWeight(qw.packed, qw.scales, zero_points, qw.bits, qw.block_size, qw.k, qw.relative_error)
+    return CarriedWeight(folded, None, cw.ggml_type, cw.exact)
 
 
 def read_stacked(ctx: BuildContext, names: Sequence[str]) -> np.ndarray:
