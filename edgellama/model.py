@@ -34,8 +34,8 @@ MAX_IDLE_CONTEXTS = 4
 Prompt = Union[str, Sequence[int]]
 
 
-def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, max_length: Optional[int] = None,
-         verify: bool = False) -> "Model":
+def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+         max_length: Optional[int] = None, verify: bool = False) -> "Model":
     """Load the model package at `path`.
 
     providers   execution providers to try in order ("cuda", "cpu", ...); default: those the package

@@ -134,7 +134,7 @@ def choose_providers(requested: Optional[Sequence[str]], built_for: Sequence[str
     operators target another provider); CPU runs any package when it is asked for by name."""
     built = {_full_name(p) for p in built_for}
     if requested is None:
-        return tuple(_short_name(p) for p in sorted(built, key=list(PROVIDERS.values()).index)), False
+        return tuple(built_for), False
     if isinstance(requested, str):
         requested = (requested,)
     for item in requested:
@@ -196,7 +196,8 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
 
 
 def _provider_options(provider: str) -> dict:
-    """Per-provider settings: CUDA works on its default stream with the cache already on the device."""
+    """Per-provider settings. CUDA: device 0, and its memory arena grows by what a run asks for
+    rather than by doubling (the KV cache lives outside it, in OrtValues of its own)."""
     if provider == PROVIDERS["cuda"]:
         return {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
     return {}
@@ -276,6 +277,7 @@ class StepBinding:
         # the sampler always reads float32; a float16 graph gets its logits converted into this
         self._convert = dtype != np.float32
         self.logits = np.zeros(vocab_size, np.float32) if self._convert else self._raw_logits[0, 0]
+        self._raw_bits = self._raw_logits.reshape(-1).view(np.uint16) if self._convert else None
         self._binding = session.io_binding()
         self._host = [a for pair in zip(keys, values) for a in pair]   # k0, v0, k1, v1, ...
         self._kv = []   # keeps the OrtValues (and through them the arrays) alive
@@ -300,7 +302,7 @@ class StepBinding:
                                  self._mask.ctypes.data)
         self._session.run_with_iobinding(self._binding, self._run_options)
         if self._convert:
-            backend.f16_to_f32(self._raw_logits.reshape(-1).view(np.uint16), self.logits)
+            backend.f16_to_f32(self._raw_bits, self.logits)
         return self.logits
 
     def pull(self) -> None:

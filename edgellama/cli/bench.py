@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
-                             providers=args.provider and tuple(args.provider), e2e_tokens=args.e2e_tokens)
+                             providers=args.provider, e2e_tokens=args.e2e_tokens)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
     report = run_bench(args.model, settings)
