@@ -35,6 +35,26 @@ REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
 QUANT_METHODS = ("int4", "int8", "fp16", "fp32")
 
 
+def json_object(text: str, where, error=PackageError) -> dict:
+    """`text` parsed as a JSON object; `error` (naming `where`) when it is not one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{where}: expected a JSON object")
+    return data
+
+
+def read_json_object(path: Path, error=PackageError) -> dict:
+    """The JSON object in the UTF-8 file `path`; `error` (naming the file) when it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    return json_object(text, path, error)
+
+
 @dataclass(frozen=True)
 class Quantization:
     method: str = "int4"            # int4 | int8 | fp16 | fp32
@@ -81,12 +101,7 @@ class PackageInfo:
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST) -> "PackageInfo":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PackageError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise PackageError(f"{where}: expected a JSON object")
+        data = json_object(text, where)
         version = data.get("format_version")
         if not isinstance(version, int):
             raise FormatVersionError(f"{where}: field format_version is missing or not an integer")

@@ -10,13 +10,12 @@ keeps `Tokenizer` safe to share between threads.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from .errors import InvalidParameterError, PackageError
-from .package import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, SpecialTokens
+from .package import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, SpecialTokens, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +38,7 @@ def _load_tokenizers(path: Path):
 def read_tokenizer_config(folder) -> dict:
     """tokenizer_config.json of a package as a dict ({} when the file is absent)."""
     path = Path(folder) / TOKENIZER_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise PackageError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else {}
 
 
 class Tokenizer:

@@ -6,13 +6,12 @@ from the checkpoint it came from.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from edgellama.config import ROPE_SCALING_TYPES, ModelConfig, RopeScaling
 from edgellama.errors import CheckpointError, UnsupportedConfigError
-from edgellama.package import SpecialTokens
+from edgellama.package import SpecialTokens, read_json_object
 
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM",)
 # field -> the only value the graph implements
@@ -29,13 +28,7 @@ def read_json(path: Path, required: bool = True) -> Optional[dict]:
         if required:
             raise CheckpointError(f"{path}: file is missing")
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 def _rope_scaling(raw: Optional[Mapping[str, Any]], where: str) -> Optional[RopeScaling]:
