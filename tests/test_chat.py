@@ -133,21 +133,12 @@ def test_stream_and_reset(model):
 
 
 def test_interrupted_turn_keeps_the_conversation(model, monkeypatch):
-    from edgellama import generation
+    from faults import interrupt, on_nth_feed
 
     chat = model.new_chat(system="S", max_new_tokens=8, sampling=GREEDY)
     chat.send("one")
     before = [dict(m) for m in chat.messages]
-    real_feed = generation.Context.feed
-    calls = {"n": 0}
-
-    def interrupted(self, ids):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_feed(self, ids)
-
-    monkeypatch.setattr(generation.Context, "feed", interrupted)
+    on_nth_feed(monkeypatch, 3, interrupt)
     with pytest.raises(KeyboardInterrupt):
         chat.send("two")
     monkeypatch.undo()

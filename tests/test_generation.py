@@ -304,19 +304,10 @@ def test_two_threads_match_sequential_runs(model):
 
 
 def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
-    from edgellama import generation
+    from faults import interrupt, on_nth_feed
 
     expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
-    calls = {"n": 0}
-    real_feed = generation.Context.feed
-
-    def interrupted_feed(self, ids):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_feed(self, ids)
-
-    monkeypatch.setattr(generation.Context, "feed", interrupted_feed)
+    on_nth_feed(monkeypatch, 5, interrupt)
     with pytest.raises(KeyboardInterrupt):
         model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY)
     monkeypatch.undo()

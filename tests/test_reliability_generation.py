@@ -202,26 +202,23 @@ def test_four_threads_give_the_sequential_greedy_tokens(model):
 
 
 def test_cancel_set_by_another_thread_during_generate(model):
+    from faults import on_nth_feed
+
     cancel = threading.Event()
     started = threading.Event()
-    real_feed = type(model.new_context()).feed
-    calls = {"n": 0}
 
     def watcher():
         started.wait(30)
         cancel.set()
 
-    def counting_feed(self, ids):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            started.set()
-            assert cancel.wait(30)
-        return real_feed(self, ids)
+    def wait_for_cancel():
+        started.set()
+        assert cancel.wait(30)
 
     thread = threading.Thread(target=watcher)
     thread.start()
     mp = pytest.MonkeyPatch()
-    mp.setattr(type(model.new_context()), "feed", counting_feed)
+    on_nth_feed(mp, 4, wait_for_cancel)
     try:
         result = model.generate(PROMPTS[0], max_new_tokens=80, sampling=NO_EOS, cancel=cancel)
     finally:
