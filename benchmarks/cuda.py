@@ -1,7 +1,8 @@
 """Speed on a CUDA GPU: edgellama's CUDA packages (fp16, int4) against onnxruntime-genai's CUDA
 models built by its own builder from the same weights, and PyTorch fp16 as the floor.
 
-    python -m benchmarks.cuda --work DIR [--model smollm2|llama-1b] [--reps 5] [--json FILE]
+    python -m benchmarks.cuda --work DIR [--model smollm2|llama-1b] [--reps 5] [--engines edgellama,genai,torch]
+                              [--json FILE]
 
     smollm2   the default model's GGUF: edgellama converts it directly; genai and PyTorch read it
               dequantized into a Hugging Face folder (benchmarks/suite/reference.py)
