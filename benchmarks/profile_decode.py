@@ -1,6 +1,7 @@
 """Where the time of one decode step goes, for one or more ONNX decoders side by side.
 
     python benchmarks/profile_decode.py PKG [PKG ...] [--threads 2] [--past 128] [--steps 64] [--rounds 3]
+                                        [--no-profile] [--offsets-bound]
 
 PKG is an edgellama package, an onnxruntime-genai model folder (genai_config.json names the graph
 and its shapes; edgellama packages carry one too) or a model.onnx beside such a config.
@@ -13,6 +14,10 @@ per model, made with edgellama.session.session_options:
 
 Printed: ms/token (median round) and tokens/s, weight bytes read per token, nodes per step, and
 two tables of profiled kernel time per step (node groups, op types) with each model's share.
+
+--offsets-bound adds, for each graph that keeps GGUF Q4_1 block minimums as offset nodes, a copy
+with those nodes dropped. That copy computes wrong logits: it is timed only, as the speed an exact
+Q4_1 would reach if its offsets cost nothing.
 """
 from __future__ import annotations
 
@@ -78,6 +83,38 @@ def open_decoder(path: Path) -> Decoder:
                    dec["head_size"], config["vocab_size"])
 
 
+def without_offsets(dec: Decoder, folder: Path):
+    """A copy of dec's graph in `folder` whose Q4_1 offset products are dropped (timing only), or None.
+
+        x -> MatMulNBits -> y -> Gemm(S, M, C=y) -> out        becomes        x -> MatMulNBits -> out
+        x -> Reshape -> ReduceSum -> S                                         (pruned)
+    """
+    import onnx
+
+    model = onnx.load(str(dec.model))
+    graph = model.graph
+    bypass = {n.output[0]: n.input[2] for n in graph.node if re.search(r"block_offsets", n.name)}
+    if not bypass:
+        return None
+    for node in graph.node:
+        node.input[:] = [bypass.get(name, name) for name in node.input]
+    for out in graph.output:
+        out.name = bypass.get(out.name, out.name)
+    needed, live = {o.name for o in graph.output}, []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed.update(node.input)
+    graph.ClearField("node")
+    graph.node.extend(reversed(live))
+    kept = [t for t in graph.initializer if t.name in needed]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    path = folder / f"{dec.label.replace('/', '_')}-no-offsets.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return Decoder(f"{dec.label} (no offsets: bound)", path, dec.layers, dec.kv_heads, dec.head_dim, dec.vocab)
+
+
 def make_session(dec: Decoder, threads: int, profile_dir=None):
     import onnxruntime as ort
 
@@ -101,7 +138,7 @@ def make_binding(session, dec: Decoder, capacity: int):
 
 def run_steps(binding, past: int, steps: int, rng) -> float:
     """Seconds for `steps` single-token runs starting at position `past`."""
-    ids = rng.integers(100, 1000, size=steps)
+    ids = rng.integers(0, min(1000, binding.logits.size), size=steps)
     start = time.perf_counter()
     for i in range(steps):
         binding.run([int(ids[i])], past + i)
@@ -167,8 +204,18 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per model, alternating")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps before each measurement")
     parser.add_argument("--no-profile", action="store_true", help="time only")
+    parser.add_argument("--offsets-bound", action="store_true",
+                        help="also time each Q4_1 graph with its offset nodes dropped (wrong logits; a bound)")
     args = parser.parse_args(argv)
-    decoders = [open_decoder(p) for p in args.models]
+    with tempfile.TemporaryDirectory() as scratch:
+        decoders = [open_decoder(p) for p in args.models]
+        if args.offsets_bound:
+            bounds = [without_offsets(d, Path(scratch)) for d in decoders]
+            decoders += [b for b in bounds if b is not None]
+        return measure(decoders, args)
+
+
+def measure(decoders: list, args) -> int:
     capacity = args.past + args.warmup + args.steps + 1
     timed = [(d, make_binding(make_session(d, args.threads), d, capacity)) for d in decoders]
     rng = np.random.default_rng(0)
@@ -185,7 +232,8 @@ def main(argv=None) -> int:
         ms = statistics.median(d.rounds_ms)
         rounds = ", ".join(f"{r:.2f}" for r in d.rounds_ms)
         print(f"{d.label:<24} {ms:7.3f} ms/token ({1000 / ms:6.1f} tok/s; rounds {rounds})  "
-              f"weights read {weight_bytes(d) / 2 ** 20:6.1f} MiB/token  nodes/step {d.nodes_per_step:.0f}")
+              f"weights read {weight_bytes(d) / 2 ** 20:6.1f} MiB/token"
+              + ("" if args.no_profile else f"  nodes/step {d.nodes_per_step:.0f}"))
     if not args.no_profile:
         print_table("node groups", decoders, "by_group")
         print_table("op types", decoders, "by_op")

@@ -258,6 +258,45 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
 
 
+def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypatch, capsys):
+    """benchmarks/profile_decode.py --offsets-bound: the copy loses the 3 offset nodes of each Q4_1 linear,
+    still runs, and computes other logits (the offsets carry the block minimums)."""
+    from pathlib import Path
+
+    from edgellama.converters import ConvertOptions, convert
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import profile_decode
+
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
+    convert(str(path), tmp_path / "int4", ConvertOptions(quantization=Quantization("int4"), max_length=64))
+    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    (tmp_path / "bound").mkdir()
+    dec = profile_decode.open_decoder(tmp_path / "int4")
+    bound = profile_decode.without_offsets(dec, tmp_path / "bound")
+    assert profile_decode.without_offsets(profile_decode.open_decoder(tmp_path / "fp32"), tmp_path / "bound") is None
+
+    import onnx
+    before = onnx.load(str(dec.model), load_external_data=False).graph.node
+    after = onnx.load(str(bound.model), load_external_data=False).graph.node
+    assert len(before) - len(after) == 3 * 4 * TINY["layers"]
+    assert not [n.name for n in after if "block_" in n.name]
+    for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+        assert any(n.op_type == "MatMulNBits" and kind in n.name for n in after), kind
+
+    (tmp_path / "int4" / "model.onnx").unlink()          # the bound in the package's place, for _logits
+    for f in bound.model.parent.iterdir():
+        f.rename(tmp_path / "int4" / f.name)
+    (tmp_path / "int4" / bound.model.name).rename(tmp_path / "int4" / "model.onnx")
+    ids = np.random.default_rng(7).integers(0, 40, 6)
+    a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
+    assert np.abs(a - b).max() > 1e-2 * np.abs(b).max()
+
+    assert profile_decode.main([str(tmp_path / "fp32"), "--offsets-bound", "--no-profile",
+                                "--rounds", "1", "--steps", "2", "--past", "4"]) == 0
+    assert "no offsets" not in capsys.readouterr().out
+
+
 def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
     """The float16 (CUDA) build: float16 zero points instead of offsets, run here on the CPU provider."""
     from edgellama.converters import ConvertOptions, convert
