@@ -15,9 +15,9 @@ per model, made with edgellama.session.session_options:
 Printed: ms/token (median round) and tokens/s, weight bytes read per token, nodes per step, and
 two tables of profiled kernel time per step (node groups, op types) with each model's share.
 
---offsets-bound adds, for each graph that keeps GGUF Q4_1 block minimums as offset nodes, a copy
-with those nodes dropped. That copy computes wrong logits: it is timed only, as the speed an exact
-Q4_1 would reach if its offsets cost nothing.
+--offsets-bound adds, for each graph that keeps GGUF Q4_1 block offsets as extra input columns, a
+copy with those columns and the nodes that feed them dropped. That copy computes wrong logits: it
+is timed only, as the speed Q4_1 would reach if its offsets cost nothing.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/suite, f
 
 # node name -> group, first match wins
 GROUPS = (
-    ("q4_1 offsets", r"block_(sums|offsets)"),
+    ("q4_1 offsets", r"block_sums|offset_columns"),
     ("lm_head", r"^/lm_head"),
     ("embed", r"embed_tokens"),
     ("attn/qkv", r"/attn/(qkv|q|k|v)_proj"),
@@ -84,22 +84,36 @@ def open_decoder(path: Path) -> Decoder:
 
 
 def without_offsets(dec: Decoder, folder: Path):
-    """A copy of dec's graph in `folder` whose Q4_1 offset products are dropped (timing only), or None.
+    """A copy of dec's graph in `folder` whose Q4_1 offset columns are dropped (timing only), or None.
 
-        x -> MatMulNBits -> y -> Gemm(S, M, C=y) -> out        becomes        x -> MatMulNBits -> out
         x -> Reshape -> ReduceSum -> S                                         (pruned)
+        [x | S | S ..] -> Concat -> MatMulNBits(K') -> y      becomes      x -> MatMulNBits(K) -> y
+    (the weight and scales keep their first K / 32 blocks)
     """
     import onnx
+    from onnx import numpy_helper
 
     model = onnx.load(str(dec.model))
     graph = model.graph
-    bypass = {n.output[0]: n.input[2] for n in graph.node if "/block_offsets/" in n.name}
-    if not bypass:
+    producer = {out: node for node in graph.node for out in node.output}
+    inits = {t.name: t for t in graph.initializer}
+    widened = [(n, producer[n.input[0]]) for n in graph.node
+               if n.op_type == "MatMulNBits" and n.input[0] in producer
+               and "/offset_columns/" in producer[n.input[0]].name]
+    if not widened:
         return None
-    for node in graph.node:
-        node.input[:] = [bypass.get(name, name) for name in node.input]
-    for out in graph.output:
-        out.name = bypass.get(out.name, out.name)
+    for node, concat in widened:
+        copies = len(concat.input) - 1
+        attrs = {a.name: a for a in node.attribute}
+        k = attrs["K"].i * 32 // (32 + copies)
+        attrs["K"].i = k
+        node.input[0] = concat.input[0]
+        for index in (1, 2):   # B [N, blocks, 16] and scales [N * blocks]: the first K / 32 blocks of each row
+            array = numpy_helper.to_array(inits[node.input[index]])
+            rows = attrs["N"].i
+            kept = array.reshape(rows, -1, *array.shape[2:])[:, :k // 32]
+            kept = kept if index == 1 else kept.reshape(-1)
+            inits[node.input[index]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(kept), node.input[index]))
     needed, live = {o.name for o in graph.output}, []
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):
@@ -107,9 +121,9 @@ def without_offsets(dec: Decoder, folder: Path):
             needed.update(node.input)
     graph.ClearField("node")
     graph.node.extend(reversed(live))
-    kept = [t for t in graph.initializer if t.name in needed]
+    kept_inits = [t for t in graph.initializer if t.name in needed]
     graph.ClearField("initializer")
-    graph.initializer.extend(kept)
+    graph.initializer.extend(kept_inits)
     path = folder / f"{dec.label.replace('/', '_')}-no-offsets.onnx"
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
     return Decoder(f"{dec.label} (no offsets: bound)", path, dec.layers, dec.kv_heads, dec.head_dim, dec.vocab)

@@ -15,10 +15,12 @@ MatMulNBits: element 2i is the low nibble of byte i, element 2i + 1 the high nib
 
 A 4-bit integer zero point cannot hold Q4_1's per-block minimum, so the offset o = m + 8d
 is kept as a float matrix C [K/32, N] and added through the block sums of the input:
-y = x @ W^T = MatMulNBits(x) + S(x) @ C, with S(x)[b] the sum of x over block b.
+y = x @ W^T = MatMulNBits(x) + S(x) @ C, with S(x)[b] the sum of x over block b. A float32 graph
+appends C to the weight as extra input columns fed with copies of S(x) (offset_columns.py).
 
 Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
-    "carry"        the mapping above (exact)
+    "carry"        the mapping above (exact; a float32 graph keeps the Q4_1 offsets to two
+                   base-14 digits per row, see offset_columns.py)
     "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
                    (no extra nodes, not exact); the other types as in "carry"
     "requantize"   dequantize and quantize again with the converter's own quantizer
@@ -46,11 +48,19 @@ CARRIED_TABLE_TYPES = {"int4": ("Q8_0", "Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0"
 @dataclass(frozen=True)
 class CarriedWeight:
     """A GGML weight in MatMulNBits layout; `offsets` [K/32, N] float32 is added per block
-    (y += S(x) @ offsets) when the source type has a block minimum, else None."""
+    (y += S(x) @ offsets) when the source type has a block minimum, else None. `sum_copies` > 0:
+    the offsets are already inside `quantized` as extra input columns, and the input must be
+    x' = [x | S(x) x sum_copies] (offset_columns.py)."""
     quantized: QuantizedWeight
     offsets: Optional[np.ndarray]
     ggml_type: str
     exact: bool
+    sum_copies: int = 0
+
+    @property
+    def k(self) -> int:
+        """Input features of x (the quantized weight is wider by the appended block sums)."""
+        return self.quantized.k * GGML_BLOCK // (GGML_BLOCK + self.sum_copies)
 
 
 def _blocks(raw: np.ndarray, ggml_type: str, k: int) -> np.ndarray:
@@ -125,6 +135,11 @@ def carry(ggml_type: str, raw: np.ndarray, k: int, method: str, mode: str = "car
 def carried_dequantize(cw: CarriedWeight) -> np.ndarray:
     """The float32 [N, K] weight that a carried weight computes with (offsets included)."""
     w = dequantize(cw.quantized)
+    k = cw.k
+    if cw.sum_copies:   # column k + c * nb + b multiplies S(x)[b]: it adds to every weight of block b
+        nb = k // GGML_BLOCK
+        per_block = w[:, k:].reshape(w.shape[0], cw.sum_copies, nb).sum(axis=1)
+        w = w[:, :k] + np.repeat(per_block, GGML_BLOCK, axis=1)
     if cw.offsets is not None:
         w = w + np.repeat(cw.offsets.T, GGML_BLOCK, axis=1)
     return w

@@ -19,8 +19,8 @@ class ConvertOptions:
     supports (default min(4096, the model's context)); providers: ("cpu",) builds float32
     activations, ("cuda",) float16 ones; force: replace an existing destination; progress:
     draw a progress bar over tensors on stderr; gguf_blocks: what an int4/int8 conversion of a
-    GGUF file does with its Q8_0/Q4_0/Q4_1 blocks: "carry" them as they are (exact, the
-    default), "zero_point" (Q4_1 minimum rounded to an integer zero point: faster, inexact) or
+    GGUF file does with its Q8_0/Q4_0/Q4_1 blocks: "carry" them as they are (the default;
+    Q8_0/Q4_0 exact, Q4_1 offsets to two digits per row), "zero_point" (Q4_1 minimum rounded to an integer zero point: faster, inexact) or
     "requantize" (dequantize and quantize again); see converters/carry.py."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None

@@ -128,9 +128,8 @@ def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
 
 # --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
 
-def _linear_model(tmp_path, source, names, quantization, mode="carry", rows=False, io_dtype="float32"):
-    """A graph x -> linear(names) -> y, built with the converter's own functions
-    (`rows`: x is [tokens, K] as in the decoder layers, else [1, tokens, K])."""
+def _linear_model(tmp_path, source, names, quantization, mode="carry", io_dtype="float32"):
+    """A graph x [1, tokens, K] -> linear(names) -> y, built with the converter's own functions."""
     from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
     from edgellama.converters.graph.linear import linear
     from edgellama.converters.graph.ops import ExternalData, Graph, save_model
@@ -139,54 +138,58 @@ def _linear_model(tmp_path, source, names, quantization, mode="carry", rows=Fals
     graph = Graph(data)
     ctx = BuildContext(graph, source.config, quantization, io_dtype, 64, source, gguf_blocks=mode)
     k = source.read(names[0]).shape[1]
-    lead = ["s"] if rows else [1, "s"]
-    graph.input("x", ONNX_DTYPES[io_dtype], lead + [k])
-    linear(ctx, "/probe", "x", names, "probe", output="y", rows=rows)
-    graph.output("y", ONNX_DTYPES[io_dtype], lead + [None])
+    graph.input("x", ONNX_DTYPES[io_dtype], [1, "s", k])
+    linear(ctx, "/probe", "x", names, "probe", output="y")
+    graph.output("y", ONNX_DTYPES[io_dtype], [1, "s", None])
     data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
     return ctx, graph
 
 
-@pytest.mark.parametrize("rows, expected_ops", [(False, ["MatMulNBits", "Reshape", "ReduceSum", "MatMul", "Add"]),
-                                                (True, ["MatMulNBits", "Reshape", "ReduceSum", "Gemm"])])
 @pytest.mark.parametrize("names", [["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
                                     "model.layers.0.self_attn.v_proj.weight"],
                                    ["model.layers.1.mlp.down_proj.weight"]])
-def test_q4_1_correction_graph_equals_matmul(tmp_path, names, rows, expected_ops):
+def test_q4_1_offsets_ride_in_the_matmulnbits_input(tmp_path, names):
+    """x -> block sums -> Concat [x | S | ...] -> one MatMulNBits: what the widened weight stands for is
+    computed to float32 rounding, and it is the Q4_1 weight to within the digits' precision."""
     import onnxruntime as ort
+
+    from edgellama.converters.graph.linear import offsets_as_columns
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0), rows=rows)
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
         weight = np.concatenate([source.read(n) for n in names])
+        parts = [carry(*source.raw(n)[:2], weight.shape[1], "int4") for n in names]
     ops = [n.op_type for n in graph.nodes]
-    assert ops == expected_ops
-    assert list(ctx.layout["probe"]) == ["GGUF Q4_1 blocks carried: int4 block 32 + block offsets (exact)"]
-    assert ctx.stats.summary()["probe"]["worst"] == 0.0
-    shape = (3, weight.shape[1]) if rows else (1, 3, weight.shape[1])
-    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    assert ops == ["Reshape", "ReduceSum", "Concat", "MatMulNBits"]
+    assert list(ctx.layout["probe"]) == [
+        "GGUF Q4_1 blocks carried: int4 block 32 + block offsets as input columns (offsets to 2 base-14 digits)"]
+    effective = carried_dequantize(offsets_as_columns(stack(parts))[0])
+    error = np.linalg.norm(effective - weight) / np.linalg.norm(weight)
+    assert 0.0 < error < 0.01 and ctx.stats.summary()["probe"]["worst"] == pytest.approx(error, rel=1e-3)
+    x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float32)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     y = session.run(["y"], {"x": x})[0]
-    np.testing.assert_allclose(y, x @ weight.T, rtol=1e-5, atol=1e-5 * float(np.abs(x @ weight.T).max()))
+    scale = float(np.abs(x @ weight.T).max())
+    np.testing.assert_allclose(y, x @ effective.T, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(y, x @ weight.T, rtol=0, atol=2e-2 * scale)
 
 
-@pytest.mark.parametrize("rows", [False, True])
-def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_path, rows):
+def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_path):
     """CUDA packages (float16 graphs) hold the block minimums as float16 zero points: d * (q - z)."""
     import onnxruntime as ort
 
     names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0), rows=rows,
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0),
                                    io_dtype="float16")
         weight = np.concatenate([source.read(n) for n in names])
     assert [n.op_type for n in graph.nodes] == ["MatMulNBits"] and len(graph.nodes[0].input) == 4
     assert list(ctx.layout["probe"]) == [
         "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)"]
-    shape = (3, weight.shape[1]) if rows else (1, 3, weight.shape[1])
-    x = np.random.default_rng(5).standard_normal(shape).astype(np.float16)
+    x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float16)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     y = session.run(["y"], {"x": x})[0].astype(np.float32)
     expected = x.astype(np.float32) @ weight.T
@@ -237,9 +240,13 @@ def _logits(package, ids):
 
 
 @pytest.mark.parametrize("untied", [False, True])
-def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied):
-    """Q4_1 layers and a Q8_0 table carried: the int4 package computes what the fp32 one does."""
-    from edgellama.converters import ConvertOptions, convert
+def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
+    """Q4_1 layers and a Q8_0 table carried: the int4 package computes what the fp32 one does. The
+    offsets are written with 4 digits here, so that what is compared is the graph, not their rounding
+    (a tiny random model turns the default 2 digits' 0.1% weight error into 2% of its logits)."""
+    from edgellama.converters import ConvertOptions, convert, offset_columns
+
+    monkeypatch.setattr(offset_columns, "DIGITS", 4)
 
     weights = tiny_hf_weights(seed=6, untied=untied)
     path = write_mixed_gguf(tmp_path / "tiny.gguf", weights, Q.Q4_1, Q.Q8_0)
@@ -247,15 +254,16 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied):
                    ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64))
     fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
     layout = json.loads((tmp_path / "int4" / "edgellama.json").read_text())["quantization"]["layout"]
-    carried = "GGUF Q4_1 blocks carried: int4 block 32 + block offsets (exact)"
+    carried = "GGUF Q4_1 blocks carried: int4 block 32 + block offsets as input columns (offsets to 4 base-14 digits)"
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
         assert layout[kind] == {carried: TINY["layers"]}, kind
+        assert 0.0 < int4.quantization_error[kind]["worst"] < 1e-4, kind
     assert layout["lm_head"] == {"GGUF Q8_0 blocks carried: int8 block 32 (exact)": 1}
-    assert all(v["worst"] == 0.0 for v in int4.quantization_error.values())
+    assert int4.quantization_error["lm_head"]["worst"] == 0.0
     assert fp32.info.quantization.layout == {}
     ids = np.random.default_rng(7).integers(0, 40, 12)
     a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+    np.testing.assert_allclose(a, b, rtol=0, atol=3e-4 * float(np.abs(b).max()))
 
 
 def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypatch, capsys):

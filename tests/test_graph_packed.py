@@ -1,6 +1,6 @@
-"""The decoder layers on 2-D rows [tokens, hidden]: each Q4_1 linear is MatMulNBits plus one Gemm for
-its block offsets, attention alone sees [batch, seq, hidden], and a prompt run at once or a batch
-of prompts gives the logits that feeding one token at a time gives."""
+"""The decoder graph of a Q4_1 package: each linear is one MatMulNBits whose input carries the block
+sums for its offsets, activations stay [batch, seq, hidden] (no reshapes around attention), and a
+prompt run at once or a batch of prompts gives the logits that feeding one token at a time gives."""
 from __future__ import annotations
 
 import collections
@@ -20,7 +20,7 @@ from test_gguf import TINY, tiny_hf_weights  # noqa: E402
 def q4_1_package(tmp_path_factory):
     from edgellama.converters import ConvertOptions, convert
 
-    tmp = tmp_path_factory.mktemp("rows")
+    tmp = tmp_path_factory.mktemp("packed")
     path = write_mixed_gguf(tmp / "tiny.gguf", tiny_hf_weights(seed=11), Q.Q4_1, Q.Q8_0)
     convert(str(path), tmp / "int4", ConvertOptions(quantization=Quantization("int4", accuracy_level=0),
                                                    max_length=64))
@@ -49,15 +49,20 @@ def _run(package, ids: np.ndarray) -> np.ndarray:
     return session.run(["logits"], feed)[0][:, -1]
 
 
-def test_each_q4_1_linear_is_matmulnbits_and_one_gemm(q4_1_package):
+def test_each_q4_1_linear_is_one_matmulnbits_fed_by_its_block_sums(q4_1_package):
     graph = _graph(q4_1_package)
+    producer = {out: node for node in graph.node for out in node.output}
     layer_ops = collections.Counter(n.op_type for n in graph.node if n.name.startswith("/model/layers.0/"))
-    assert layer_ops["MatMulNBits"] == 4 and layer_ops["Gemm"] == 4 and layer_ops["ReduceSum"] == 4
-    assert layer_ops["Add"] == 0 and layer_ops["MatMul"] == 0
+    assert layer_ops["MatMulNBits"] == 4 and layer_ops["Concat"] == 4 and layer_ops["ReduceSum"] == 4
+    assert layer_ops["Reshape"] == 4 and layer_ops["Gemm"] == layer_ops["Add"] == layer_ops["MatMul"] == 0
     for node in graph.node:
-        if node.op_type == "Gemm":
-            main = next(n for n in graph.node if node.input[2] in n.output)
-            assert main.op_type == "MatMulNBits" and main.name.rsplit("/", 1)[0] == node.name.rsplit("/", 2)[0]
+        if node.op_type == "MatMulNBits" and node.name.startswith("/model/layers."):
+            concat = producer[node.input[0]]
+            sums = producer[concat.input[1]]
+            assert concat.op_type == "Concat" and sums.op_type == "ReduceSum"
+            assert set(concat.input[1:]) == {sums.output[0]} and producer[sums.input[0]].input[0] == concat.input[0]
+        if node.op_type == "GroupQueryAttention":   # the packed q|k|v straight from its matmul
+            assert producer[node.input[0]].op_type == "MatMulNBits"
         if node.op_type == "SkipSimplifiedLayerNormalization":   # statistics outputs not asked for
             assert list(node.output[1:3]) == ["", ""] and node.output[0] and node.output[3]
 

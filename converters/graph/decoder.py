@@ -15,7 +15,7 @@ from onnx import TensorProto
 from edgellama.rope import cos_sin_tables
 
 from .context import BuildContext
-from .layers import AttentionInputs, attention, mlp, rms_norm, rows_shape, skip_rms_norm
+from .layers import AttentionInputs, attention, mlp, rms_norm, skip_rms_norm
 from .linear import (QuantizedRefs, carried_weight, embedding_quantized, float_table, gather_rows, is_quantized,
                      linear, lm_head_float, matmul_nbits, quantized_weight, write_quantized)
 
@@ -39,11 +39,10 @@ def _declare_io(ctx: BuildContext) -> None:
 
 
 def attention_inputs(ctx: BuildContext) -> AttentionInputs:
-    """seqlens_k and total_length from the attention mask, the rotary caches, the token shape.
+    """seqlens_k and total_length from the attention mask, and the rotary caches.
 
         attention_mask -> ReduceSum(axis 1) -> Sub 1 -> Cast int32 -> seqlens_k       [batch]
         attention_mask -> Shape -> Gather(1) -> Cast int32 -> total_length             scalar
-        input_ids -> Shape -> Concat(-1) -> token_shape                                (batch, seq, -1)
     """
     g, scope = ctx.graph, "/model/attn_mask"
     axes = g.constant("/model/constants/axes_1", [1])
@@ -54,12 +53,9 @@ def attention_inputs(ctx: BuildContext) -> AttentionInputs:
     shape = g.op("Shape", ["attention_mask"], f"{scope}/total_length")
     total = g.op("Gather", [shape, one], f"{scope}/total_length", axis=0)
     total32 = g.op("Cast", [total], f"{scope}/total_length", to=TensorProto.INT32)
-    ids_shape = g.op("Shape", ["input_ids"], "/model/token_shape")
-    minus_one = g.constant("/model/constants/minus_one", [-1])
-    token_shape = g.op("Concat", [ids_shape, minus_one], "/model/token_shape", axis=0)
     cos, sin = cos_sin_tables(ctx.config, ctx.max_length, dtype=ctx.np_dtype)
     return AttentionInputs(seqlens, total32, g.initializer("model.rotary.cos_cache", cos),
-                           g.initializer("model.rotary.sin_cache", sin), token_shape)
+                           g.initializer("model.rotary.sin_cache", sin))
 
 
 def _quantized_table(ctx: BuildContext, scope: str, kind: str) -> QuantizedRefs:
@@ -93,10 +89,9 @@ def _lm_head(ctx: BuildContext, x: str, tied) -> str:
     return lm_head_float(ctx, scope, x, tied, output="logits")
 
 
-def _last_position(ctx: BuildContext, rows: str, token_shape: str, name: str) -> str:
-    """rows [B*S, H] -> Reshape [B, S, H] -> Slice x[:, -1:, :]."""
+def _last_position(ctx: BuildContext, x: str, name: str) -> str:
+    """x [B, S, H] -> Slice x[:, -1:, :]."""
     g = ctx.graph
-    x = g.op("Reshape", [rows, token_shape], f"/model/last_position/{name}")
     starts = g.constant("/model/constants/minus_one", [-1])
     ends = g.constant("/model/constants/int64_max", [np.iinfo(np.int64).max])
     axes = g.constant("/model/constants/axes_1", [1])
@@ -106,16 +101,13 @@ def _last_position(ctx: BuildContext, rows: str, token_shape: str, name: str) ->
 def build_decoder(ctx: BuildContext) -> None:
     """Emit the decoder graph into ctx.graph, reading each weight once.
 
-        input_ids -> embed -> Reshape rows -> [layer 0 .. n-1] -> last position -> final norm -> lm_head -> logits
+        input_ids -> embed -> [layer 0 .. n-1] -> last position -> final norm -> lm_head -> logits
         layer i:  (x, residual) -> SkipRMSNorm -> attention -> SkipRMSNorm -> mlp -> (x, residual)
-    The layers work on rows [tokens, hidden]; the last position is taken from [batch, seq, hidden].
     """
     cfg = ctx.config
     _declare_io(ctx)
     shared = attention_inputs(ctx)
     hidden, tied = _embedding(ctx)
-    hidden = ctx.graph.op("Reshape", [hidden, rows_shape(ctx, cfg.hidden_size)],
-                            "/model/embed_tokens/rows_2d")
     if not cfg.tie_word_embeddings:
         tied = None
     residual, x = hidden, None
@@ -130,7 +122,7 @@ def build_decoder(ctx: BuildContext) -> None:
         normed, residual = skip_rms_norm(ctx, f"{scope}/post_attention_layernorm", attn, residual,
                                          f"{hf}.post_attention_layernorm.weight")
         x = mlp(ctx, i, normed)
-    x_last = _last_position(ctx, x, shared.token_shape, "hidden")
-    residual_last = _last_position(ctx, residual, shared.token_shape, "residual")
+    x_last = _last_position(ctx, x, "hidden")
+    residual_last = _last_position(ctx, residual, "residual")
     normed, _ = skip_rms_norm(ctx, "/model/norm", x_last, residual_last, "model.norm.weight")
     _lm_head(ctx, normed, tied)

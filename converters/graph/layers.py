@@ -1,7 +1,6 @@
 """One decoder layer: RMS norms fused with the residual adds, attention, MLP.
 
-The layers keep activations as 2-D rows [tokens, hidden] (batch and sequence flattened), so that
-a linear's Q4_1 offset product and its Add are one Gemm; attention alone sees [batch, seq, hidden].
+Activations are [batch, seq, features] throughout, the shape GroupQueryAttention takes.
 """
 from __future__ import annotations
 
@@ -21,12 +20,6 @@ class AttentionInputs:
     total_length: str       # int32 scalar: past + current sequence length
     cos_cache: str          # [max_length, head_dim / 2]
     sin_cache: str
-    token_shape: str        # int64 [3]: (batch, seq, -1), to turn rows back into [batch, seq, features]
-
-
-def rows_shape(ctx: BuildContext, width: int) -> str:
-    """int64 [2]: (-1, width), to flatten [batch, seq, width] into rows."""
-    return ctx.graph.constant(f"/model/constants/rows_{width}", [-1, width])
 
 
 def norm_weight(ctx: BuildContext, name: str) -> str:
@@ -58,29 +51,26 @@ def skip_rms_norm(ctx: BuildContext, scope: str, x: str, residual: str, weight_n
 
 
 def attention(ctx: BuildContext, layer: int, x: str, shared: AttentionInputs) -> str:
-    """Self-attention of one layer with its KV cache; x and the result are rows [tokens, hidden].
+    """Self-attention of one layer with its KV cache.
 
-        x -> qkv_proj (q|k|v packed) -> Reshape [batch, seq, q|k|v] -> GroupQueryAttention (rotary) -\
-                  seqlens_k, total_length, cos/sin caches, past/present KV ---^                          |
-        o_proj <- Reshape rows [tokens, heads * head_dim] <--------------------------------------------/
+        x -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
+                  seqlens_k, total_length, cos/sin caches, past/present KV -^
     """
     cfg, g = ctx.config, ctx.graph
     scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
     names = [f"{hf}.{p}_proj.weight" for p in "qkv"]
-    qkv = linear(ctx, f"{scope}/qkv_proj", x, names, "qkv_proj", rows=True)
-    qkv = g.op("Reshape", [qkv, shared.token_shape], f"{scope}/qkv_tokens")
+    qkv = linear(ctx, f"{scope}/qkv_proj", x, names, "qkv_proj")
     inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
               shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
     outputs = [f"{scope}/GroupQueryAttention/output_0", f"present.{layer}.key", f"present.{layer}.value"]
     attn = g.node("GroupQueryAttention", inputs, f"{scope}", outputs=outputs, domain=MS,
                   num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
                   do_rotary=1, rotary_interleaved=0, local_window_size=-1)[0]
-    attn = g.op("Reshape", [attn, rows_shape(ctx, cfg.num_heads * cfg.head_dim)], f"{scope}/rows")
-    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj", rows=True)
+    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj")
 
 
 def mlp(ctx: BuildContext, layer: int, x: str) -> str:
-    """SwiGLU feed-forward with gate and up in one matmul; x and the result are rows [tokens, hidden].
+    """SwiGLU feed-forward with gate and up in one matmul.
 
         x -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
                                    \\-> up ---------------------------- Mul -> down_proj
@@ -89,9 +79,9 @@ def mlp(ctx: BuildContext, layer: int, x: str) -> str:
     scope, hf = f"/model/layers.{layer}/mlp", f"model.layers.{layer}.mlp"
     ff = ctx.config.intermediate_size
     gate_up = linear(ctx, f"{scope}/gate_up_proj", x, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"],
-                     "gate_up_proj", rows=True)
+                     "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
     gate, up = g.node("Split", [gate_up, sizes], f"{scope}/gate_up_split", outputs=2, axis=-1)
     act = g.op("QuickGelu", [gate], f"{scope}/act", domain=MS, alpha=1.0)
     prod = g.op("Mul", [act, up], f"{scope}/act_mul")
-    return linear(ctx, f"{scope}/down_proj", prod, [f"{hf}.down_proj.weight"], "down_proj", rows=True)
+    return linear(ctx, f"{scope}/down_proj", prod, [f"{hf}.down_proj.weight"], "down_proj")

@@ -2,8 +2,9 @@
 
     int4 / int8:  MatMulNBits(x, B, scales[, zero_points])       weights in MatMulNBits layout
                   (GGUF Q8_0/Q4_0/Q4_1 blocks carried over as they are, see ../carry.py;
-                  Q4_1 adds its per-block offsets through the block sums of x in float32
-                  graphs, and holds its minimums as float16 zero points in float16 graphs)
+                  Q4_1 adds its per-block offsets through the block sums of x, appended to x
+                  as extra input columns in float32 graphs (../offset_columns.py), and holds
+                  its minimums as float16 zero points in float16 graphs)
     fp32 / fp16:  MatMul(x, W^T)                                  W^T [K, N] in the weight dtype
                   (fp16 weights under float32 activations get a Cast to float first)
 
@@ -18,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..carry import GGML_BLOCK, CarriedWeight, carries, carry, relative_error, stack
+from ..offset_columns import append_offset_columns
 from ..quantize import QuantizedWeight, quantize, unpack_nibbles
 from .context import BuildContext
 
@@ -91,13 +93,14 @@ def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bo
         if ctx.on_tensor is not None:
             ctx.on_tensor(name)
     exact = cw if cw.exact else stack([carry(ggml_type, data, shape[1], q.method) for _, data, shape in raws])
-    ctx.stats.add(kind, relative_error(cw, exact))
     offsets, how = "", "exact" if cw.exact else "integer zero points, inexact"
     folded = float_zero_points(cw) if cw.offsets is not None and ctx.io_dtype == "float16" else None
+    if cw.offsets is not None and folded is None:
+        cw, digits = offsets_as_columns(cw)
+        offsets, how = " + block offsets as input columns", f"offsets to {digits} base-14 digits"
+    ctx.stats.add(kind, relative_error(cw, exact))
     if folded is not None:
         cw, offsets, how = folded, " + float16 zero points", "minimums to float16 precision"
-    elif cw.offsets is not None:
-        offsets = " + block offsets"
     _record(ctx, kind, f"GGUF {ggml_type} blocks carried: int{cw.quantized.bits} block {GGML_BLOCK}{offsets} ({how})")
     return cw
 
@@ -118,42 +121,39 @@ def matmul_nbits(ctx: BuildContext, scope: str, x: str, refs: QuantizedRefs, out
                         bits=qw.bits, block_size=qw.block_size, accuracy_level=ctx.quantization.accuracy_level)
 
 
-def block_sums(ctx: BuildContext, scope: str, x: str, k: int, rows: bool) -> str:
-    """S(x) [..., K/32]: the sum of x over each block of 32 inputs.
+def block_sums(ctx: BuildContext, scope: str, x: str, k: int) -> str:
+    """S(x) [batch, seq, K/32]: the sum of x [batch, seq, K] over each block of 32 inputs.
 
-        x [.., K] -> Reshape [.., K/32, 32] -> ReduceSum(axis -1) -> [.., K/32]
-    (`rows`: x is [tokens, K], else [batch, seq, K])
+        x -> Reshape [batch, seq, K/32, 32] -> ReduceSum(axis -1) -> S(x)
     """
     g = ctx.graph
-    lead = [0] if rows else [0, 0]
-    shape = g.constant(f"/model/constants/blocks_{len(lead)}d_{k}", lead + [k // GGML_BLOCK, GGML_BLOCK])
+    shape = g.constant(f"/model/constants/blocks_{k}", [0, 0, k // GGML_BLOCK, GGML_BLOCK])
     axes = g.constant("/model/constants/axes_minus_1", [-1])
     blocks = g.op("Reshape", [x, shape], f"{scope}/block_sums")
     return g.op("ReduceSum", [blocks, axes], f"{scope}/block_sums", keepdims=0)
 
 
-def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None,
-                   rows: bool = False) -> str:
+def offsets_as_columns(cw: CarriedWeight) -> tuple:
+    """(a Q4_1 weight with its block offsets appended as digit blocks, the digits used);
+    see ../offset_columns.py."""
+    columns = append_offset_columns(cw.quantized, cw.offsets)
+    return CarriedWeight(columns.quantized, None, cw.ggml_type, False, sum_copies=columns.copies), columns.digits
+
+
+def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None) -> str:
     """y = x @ W^T for a weight carried from GGML blocks.
 
-        x -+-> MatMulNBits(B, scales) -----------------------------------------------> y
-           |                                     (Q4_1 only:)                   Add -^
-           +-> block sums S(x) [.., K/32] -> MatMul(offsets [K/32, N]) ---------/
+        x -----------------------------------------------------------------> MatMulNBits(B, scales) -> y
 
-    `rows`: x is 2-D [tokens, K], and the offset product and the Add are one node:
-        S(x) -> Gemm(offsets, C = MatMulNBits output) -> y
+    Q4_1 in a float32 graph (cw.sum_copies > 0), the block offsets as extra input columns:
+        x --------------------------------------------------\
+        x -> Reshape [.., K/32, 32] -> ReduceSum -> S(x) ---- Concat [x | S x copies] -> MatMulNBits -> y
     """
     refs = write_quantized(ctx, scope, cw.quantized)
-    if cw.offsets is None:
-        return matmul_nbits(ctx, scope, x, refs, output=output)
-    g = ctx.graph
-    main = matmul_nbits(ctx, scope, x, refs)
-    offsets = g.initializer(_initializer_prefix(scope) + ".weight.block_offsets", cw.offsets.astype(ctx.np_dtype))
-    sums = block_sums(ctx, scope, x, cw.quantized.k, rows)
-    if rows:
-        return g.op("Gemm", [sums, offsets, main], f"{scope}/block_offsets", output=output)
-    correction = g.op("MatMul", [sums, offsets], f"{scope}/block_offsets")
-    return g.op("Add", [main, correction], f"{scope}/block_offsets", output=output)
+    if cw.sum_copies:
+        sums = block_sums(ctx, scope, x, cw.k)
+        x = ctx.graph.op("Concat", [x] + [sums] * cw.sum_copies, f"{scope}/offset_columns", axis=-1)
+    return matmul_nbits(ctx, scope, x, refs, output=output)
 
 
 def float_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:
@@ -179,14 +179,14 @@ def read_stacked(ctx: BuildContext, names: Sequence[str]) -> np.ndarray:
 
 
 def linear(ctx: BuildContext, scope: str, x: str, names: Sequence[str], kind: str,
-           output: Optional[str] = None, table: bool = False, rows: bool = False) -> str:
+           output: Optional[str] = None, table: bool = False) -> str:
     """y = x @ W^T with W the named source weights [out_features, in_features] stacked along
     out_features (q|k|v, gate|up): one matmul whose output holds each part in turn
-    (`table`: W is the LM head; `rows`: x is 2-D [tokens, in_features])."""
+    (`table`: W is the LM head)."""
     if is_quantized(ctx):
         cw = carried_weight(ctx, names, kind, table)
         if cw is not None:
-            return carried_linear(ctx, scope, x, cw, output, rows)
+            return carried_linear(ctx, scope, x, cw, output)
         weight = read_stacked(ctx, names)
         return matmul_nbits(ctx, scope, x, quantized_weight(ctx, scope, weight, kind), output=output)
     weight = read_stacked(ctx, names)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ep", choices=("cpu", "cuda"), default="cpu",
                         help="execution provider to build for: cpu (float32) or cuda (float16)")
     parser.add_argument("--gguf-blocks", choices=GGUF_BLOCK_MODES, default="carry",
-                        help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks exactly (default), "
+                        help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks as they are (default), "
                              "round Q4_1 minimums to integer zero points, or requantize")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
