@@ -145,8 +145,9 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
 
         x -----------------------------------------------------------------> MatMulNBits(B, scales) -> y
 
-    Q4_1 in a float32 graph (cw.sum_copies > 0), the block offsets as extra input columns:
-        x --------------------------------------------------\
+    Q4_1 with its block offsets as extra input columns (cw.sum_copies > 0; float16 graphs hold
+    the minimums as zero points instead):
+        x --------------------------------------------------\\
         x -> Reshape [.., K/32, 32] -> ReduceSum -> S(x) ---- Concat [x | S x copies] -> MatMulNBits -> y
     """
     refs = write_quantized(ctx, scope, cw.quantized)
