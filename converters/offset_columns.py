@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .carry import GGML_BLOCK
 from .quantize import QuantizedWeight, pack_nibbles
 
-BLOCK = 32
 DIGITS = 2           # offset digits per output row, read when a weight is converted
 BASE = 14.0          # a residual of at most half a digit step is at most 7 steps of the next digit
 MAX_DIGIT = 7
@@ -44,12 +44,17 @@ class OffsetColumns:
     offsets: np.ndarray            # float32 [nb, N]: the offsets the digits stand for
 
 
+def copy_blocks(copy: int, n_blocks: int) -> set:
+    """The blocks of 32 appended columns (0-based, after x) that copy `copy` of S(x) [n_blocks] spans."""
+    return {(copy * n_blocks + j) // GGML_BLOCK for j in range(n_blocks)}
+
+
 def digit_copies(n_blocks: int, digits: int) -> list:
     """Which copies of S (0-based, after x) hold digit 0, 1, ...: the first copies whose blocks of
     32 columns share no block with an earlier chosen copy."""
     chosen, taken, copy = [], set(), 0
     while len(chosen) < digits:
-        blocks = {(copy * n_blocks + j) // BLOCK for j in range(n_blocks)}
+        blocks = copy_blocks(copy, n_blocks)
         if not blocks & taken:
             chosen.append(copy)
             taken |= blocks
@@ -78,17 +83,16 @@ def append_offset_columns(qw: QuantizedWeight, offsets: np.ndarray) -> OffsetCol
     nb, n = offsets.shape
     copies = digit_copies(nb, digits)
     width = (copies[-1] + 1) * nb                                  # appended input columns
-    extra_blocks = -(-width // BLOCK)
+    extra_blocks = -(-width // GGML_BLOCK)
     values, steps = split_digits(offsets, digits)
-    q = np.full((n, extra_blocks * BLOCK), 8, np.uint8)            # weight 0 where no digit lies
+    q = np.full((n, extra_blocks * GGML_BLOCK), 8, np.uint8)            # weight 0 where no digit lies
     scales = np.zeros((n, extra_blocks), np.float32)
     for digit, copy in enumerate(copies):
         q[:, copy * nb:(copy + 1) * nb] = (values[digit].T + 8).astype(np.uint8)
-        blocks = sorted({(copy * nb + j) // BLOCK for j in range(nb)})
-        scales[:, blocks] = steps[digit][:, None]
-    packed = pack_nibbles(q.reshape(n, extra_blocks, BLOCK))
+        scales[:, sorted(copy_blocks(copy, nb))] = steps[digit][:, None]
+    packed = pack_nibbles(q.reshape(n, extra_blocks, GGML_BLOCK))
     kept = (values * steps[:, None, :]).sum(axis=0).astype(np.float32)
     widened = QuantizedWeight(np.concatenate([qw.packed, packed], axis=1),
                               np.concatenate([qw.scales, scales], axis=1).astype(np.float32),
-                              None, 4, BLOCK, qw.k + width, qw.relative_error)
+                              None, 4, GGML_BLOCK, qw.k + width, qw.relative_error)
     return OffsetColumns(widened, copies[-1] + 1, digits, kept)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellama.converters.carry import CarriedWeight, carried_dequantize
-from edgellama.converters.offset_columns import (BASE, BLOCK, MAX_DIGIT, append_offset_columns, digit_copies,
+from edgellama.converters.carry import GGML_BLOCK as BLOCK, CarriedWeight, carried_dequantize
+from edgellama.converters.offset_columns import (BASE, MAX_DIGIT, append_offset_columns, copy_blocks, digit_copies,
                                                  split_digits)
 from edgellama.converters.quantize import QuantizedWeight, dequantize, pack_nibbles
 
@@ -15,7 +15,7 @@ def test_each_digit_gets_blocks_of_its_own(digits):
     for nb in range(1, 100):
         copies = digit_copies(nb, digits)
         assert copies[0] == 0 and copies == sorted(set(copies)) and len(copies) == digits
-        blocks = [{(c * nb + j) // BLOCK for j in range(nb)} for c in copies]
+        blocks = [copy_blocks(c, nb) for c in copies]
         assert all(not (a & b) for i, a in enumerate(blocks) for b in blocks[i + 1:]), nb
 
 
