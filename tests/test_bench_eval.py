@@ -192,3 +192,28 @@ def test_suite_without_optimum_python_reports_the_row_as_not_measured(suite, tmp
     assert artifacts == {} and str(missing) in skipped["optimum/fp32"]
     assert suite.show([], tmp_path / "results.png", skipped) == 0
     assert "optimum/fp32: not measured" in capsys.readouterr().out
+
+
+def test_head_precision_study_scores_the_stored_head_as_the_package_does(tmp_path, tiny_folder, text_file,
+                                                                         ids, capsys):
+    """benchmarks/head_precision.py: its 'stored' row is the package's own perplexity (the package
+    applies the head at int8 activations, the study in float), keeping every row stored changes
+    nothing, and requantizing the head to int4 changes the perplexity."""
+    from benchmarks.head_precision import main as study
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    pkg = tmp_path / "int8"
+    convert(str(tiny_folder), pkg, ConvertOptions(quantization=Quantization(method="int8"), max_length=MAX_LENGTH))
+    vocab = json.loads((pkg / "edgellama.json").read_text())["config"]["vocab_size"]
+    n = 96
+    assert study([str(pkg), "--text", str(text_file), "--tokens", str(n), "--rows", f"0,{vocab}",
+                  "--rescore", f"0,{vocab - 1}", "--threads", "1", "--json"]) == 0
+    rows = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    stored = rows["stored (8-bit)"]
+    own = evaluate_ids(pkg, ids[:n], EvalSettings(ctx=n, threads=1)).perplexity
+    assert stored["change"] == 0 and stored["perplexity"] == pytest.approx(own, rel=2e-2)
+    kept = next(r for name, r in rows.items() if f"ids < {vocab} stored" in name and "rescored" not in name)
+    assert kept["perplexity"] == stored["perplexity"] and kept["greedy_agreement"] == 1.0
+    assert rows["int4 sym"]["change"] != 0 and rows["int4 asym"]["change"] != 0
+    assert rows[f"int4 asym, top {vocab - 1} rescored"]["greedy_agreement"] == 1.0

@@ -1,0 +1,159 @@
+"""What a cheaper LM head would cost: perplexity over one window with the package's head replaced,
+computed from the same final hidden states (nothing else in the model changes).
+
+    python benchmarks/head_precision.py PKG [--text FILE] [--tokens 2048] [--rows 0,8192,16384] [--rescore 0,64]
+
+The package's all-positions graph (edgellama.evaluate) runs once over the first `tokens` tokens of
+the text and returns the LM head's input; every variant is then a float product in NumPy:
+
+    stored            the package's head weight (MatMulNBits), dequantized
+    int4 sym          every row requantized to 4 bits in blocks of 32, symmetric with scale search
+    int4 asym         the same with a zero point per block (min-max)
+    rows < N          the N lowest token ids keep their stored rows, the rest are int4 asym
+                      (BPE assigns ids in merge order, so low ids are the frequent tokens)
+    + top K           the K largest logits of each position recomputed from the stored rows
+
+Printed for each: perplexity, its change against the stored head, greedy agreement with the
+stored head, and the head's weight bytes read per token.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEXT = ROOT / "benchmarks" / "data" / "gpl-3.0.txt"
+CHUNK = 256          # positions whose logits are held at once
+
+
+def head_inputs(package: Path, ids: list, threads: int):
+    """(final hidden states [T, H], the LM head MatMulNBits node, the graph) for one window of `ids`."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgellama.evaluate import all_positions_graph
+    from edgellama.package import read_info
+    from edgellama.session import session_options
+
+    model = all_positions_graph(package)
+    head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"), None)
+    if head is None:
+        raise SystemExit(f"{package}: the logits do not come from a MatMulNBits node; this study needs a "
+                         "quantized package (int4 or int8)")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
+    options = session_options(threads)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(package))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    cfg = read_info(package).config
+    empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
+    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    feed.update({f"past_key_values.{i}.{k}": empty for i in range(cfg.num_layers) for k in ("key", "value")})
+    hidden = session.run([head.input[0]], feed)[0]
+    return hidden.reshape(len(ids), -1), head, model.graph
+
+
+def stored_head(package: Path, head, graph):
+    """The head's QuantizedWeight as the package stores it (values read from the external data)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgellama.converters.quantize import QuantizedWeight
+
+    names = set(head.input[1:4])
+    tensors = {t.name: t for t in graph.initializer if t.name in names}
+    for t in tensors.values():
+        onnx.external_data_helper.load_external_data_for_tensor(t, str(package))
+    attrs = {a.name: a.i for a in head.attribute}
+    packed = numpy_helper.to_array(tensors[head.input[1]])
+    scales = numpy_helper.to_array(tensors[head.input[2]]).reshape(packed.shape[0], packed.shape[1])
+    zp = numpy_helper.to_array(tensors[head.input[3]]) if len(head.input) > 3 and head.input[3] else None
+    if zp is not None:
+        zp = zp.reshape(packed.shape[0], -1)
+    return QuantizedWeight(packed, scales, zp, attrs["bits"], attrs["block_size"], attrs["K"], 0.0)
+
+
+def head_bytes(rows: int, k: int, bits: int, zero_points: bool) -> int:
+    """Weight bytes of `rows` rows in MatMulNBits blocks of 32: data, a float32 scale, a 4-bit zero point."""
+    blocks = -(-k // 32)
+    return rows * blocks * (32 * bits // 8 + 4) + (rows * blocks + 1) // 2 * zero_points
+
+
+def score(hidden, targets, w_ref, w_alt, keep_rows: int, top_k: int) -> tuple:
+    """(mean NLL, greedy agreement) of the variant: w_alt's logits with the first keep_rows columns
+    and the top_k largest of each position taken from w_ref."""
+    from edgellama.evaluate import token_nll
+
+    nll, agree = [], 0
+    for s in range(0, len(targets), CHUNK):
+        x = hidden[s:s + CHUNK]
+        ref = x @ w_ref.T
+        alt = x @ w_alt.T if w_alt is not None else ref.copy()
+        alt[:, :keep_rows] = ref[:, :keep_rows]
+        if top_k:
+            idx = np.argpartition(-alt, top_k, axis=1)[:, :top_k]
+            np.put_along_axis(alt, idx, np.take_along_axis(ref, idx, 1), 1)
+        nll.append(token_nll(alt, targets[s:s + CHUNK]))
+        agree += int((alt.argmax(1) == ref.argmax(1)).sum())
+    return float(np.concatenate(nll).mean()), agree / len(targets)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("package", type=Path)
+    parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--rows", default="0,8192,16384", help="token ids kept at the stored precision")
+    parser.add_argument("--rescore", default="0,64", help="largest logits recomputed from the stored rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from edgellama.converters.quantize import dequantize, quantize
+    from edgellama.evaluate import tokenize_text
+
+    ids = tokenize_text(args.package, args.text.read_text(encoding="utf-8"))[:args.tokens]
+    hidden, head, graph = head_inputs(args.package, ids, args.threads)
+    stored = stored_head(args.package, head, graph)
+    w_ref = dequantize(stored)
+    vocab, k = w_ref.shape
+    targets = np.asarray(ids[1:])
+    hidden = hidden[:-1]
+    base, _ = score(hidden, targets, w_ref, None, 0, 0)
+    rows = []
+
+    def add(name, w_alt, keep, top_k, nbytes):
+        nll, agree = score(hidden, targets, w_ref, w_alt, keep, top_k)
+        rows.append({"variant": name, "perplexity": round(float(np.exp(nll)), 4),
+                     "change": round(float(np.exp(nll - base)) - 1.0, 5), "greedy_agreement": round(agree, 4),
+                     "head_mib_per_token": round(nbytes / 2**20, 1)})
+
+    add(f"stored ({stored.bits}-bit)", None, 0, 0, head_bytes(vocab, k, stored.bits, stored.zero_points is not None))
+    add("int4 sym", dequantize(quantize(w_ref, 4, 32, True)), 0, 0, head_bytes(vocab, k, 4, False))
+    w_asym = dequantize(quantize(w_ref, 4, 32, False))
+    low_ids = np.asarray(ids)
+    for keep in (min(int(v), vocab) for v in args.rows.split(",")):
+        for top_k in (int(v) for v in args.rescore.split(",")):
+            nbytes = head_bytes(keep, k, stored.bits, False) + head_bytes(vocab - keep, k, 4, True)
+            name = "int4 asym"
+            if keep:
+                name += f", ids < {keep} stored ({np.mean(low_ids < keep):.0%} of tokens)"
+            if top_k:
+                name += f", top {top_k} rescored"
+            add(name, w_asym, keep, top_k, nbytes)
+    if args.json:
+        print(json.dumps({"package": str(args.package), "tokens": len(ids), "rows": rows}, indent=2))
+        return 0
+    print(f"{args.package}: {len(ids)} tokens of {args.text.name}, hidden states from the package's graph")
+    print(f"{'variant':<62} {'ppl':>8} {'change':>8} {'greedy':>7} {'MiB/tok':>8}")
+    for r in rows:
+        print(f"{r['variant']:<62} {r['perplexity']:>8.3f} {r['change']:>+8.2%} {r['greedy_agreement']:>7.1%} "
+              f"{r['head_mib_per_token']:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
