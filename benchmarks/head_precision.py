@@ -9,7 +9,7 @@ the text and returns the LM head's input; every variant is then a float product 
     stored            the package's head weight (MatMulNBits), dequantized
     int4 sym          every row requantized to 4 bits in blocks of 32, symmetric with scale search
     int4 asym         the same with a zero point per block (min-max)
-    rows < N          the N lowest token ids keep their stored rows, the rest are int4 asym
+    ids < N           the N lowest token ids keep their stored rows, the rest are int4 asym
                       (BPE assigns ids in merge order, so low ids are the frequent tokens)
     + top K           the K largest logits of each position recomputed from the stored rows
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -33,11 +35,9 @@ CHUNK = 256          # positions whose logits are held at once
 def head_inputs(package: Path, ids: list, threads: int):
     """(final hidden states [T, H], the LM head MatMulNBits node, the graph) for one window of `ids`."""
     import onnx
-    import onnxruntime as ort
 
-    from edgellama.evaluate import all_positions_graph
+    from edgellama.evaluate import EvalSettings, all_positions_graph, empty_past, graph_session
     from edgellama.package import read_info
-    from edgellama.session import session_options
 
     model = all_positions_graph(package)
     head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"), None)
@@ -45,13 +45,9 @@ def head_inputs(package: Path, ids: list, threads: int):
         raise SystemExit(f"{package}: the logits do not come from a MatMulNBits node; this study needs a "
                          "quantized package (int4 or int8)")
     model.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
-    options = session_options(threads)
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(package))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    cfg = read_info(package).config
-    empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
-    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-    feed.update({f"past_key_values.{i}.{k}": empty for i in range(cfg.num_layers) for k in ("key", "value")})
+    session, _ = graph_session(package, EvalSettings(threads=threads), model)
+    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+            **empty_past(read_info(package))}
     hidden = session.run([head.input[0]], feed)[0]
     return hidden.reshape(len(ids), -1), head, model.graph
 
@@ -82,23 +78,41 @@ def head_bytes(rows: int, k: int, bits: int, zero_points: bool) -> int:
     return rows * blocks * (32 * bits // 8 + 4) + (rows * blocks + 1) // 2 * zero_points
 
 
-def score(hidden, targets, w_ref, w_alt, keep_rows: int, top_k: int) -> tuple:
-    """(mean NLL, greedy agreement) of the variant: w_alt's logits with the first keep_rows columns
-    and the top_k largest of each position taken from w_ref."""
+@dataclass(frozen=True)
+class Variant:
+    """w_alt's logits (None: the stored head's) with the first keep_rows columns and the top_k
+    largest of each position taken from the stored head."""
+    name: str
+    w_alt: Optional[np.ndarray]
+    keep_rows: int
+    top_k: int
+    head_bytes: int
+
+
+def score(hidden, targets, w_ref, variants: list) -> list:
+    """[(mean NLL, greedy agreement with the stored head)] of each variant, in one pass over the
+    positions: the stored head's logits and each distinct w_alt's are computed once per chunk."""
     from edgellama.evaluate import token_nll
 
-    nll, agree = [], 0
+    nll, agree = [[] for _ in variants], [0] * len(variants)
     for s in range(0, len(targets), CHUNK):
-        x = hidden[s:s + CHUNK]
+        x, chunk_targets = hidden[s:s + CHUNK], targets[s:s + CHUNK]
         ref = x @ w_ref.T
-        alt = x @ w_alt.T if w_alt is not None else ref.copy()
-        alt[:, :keep_rows] = ref[:, :keep_rows]
-        if top_k:
-            idx = np.argpartition(-alt, top_k, axis=1)[:, :top_k]
-            np.put_along_axis(alt, idx, np.take_along_axis(ref, idx, 1), 1)
-        nll.append(token_nll(alt, targets[s:s + CHUNK]))
-        agree += int((alt.argmax(1) == ref.argmax(1)).sum())
-    return float(np.concatenate(nll).mean()), agree / len(targets)
+        products = {}
+        for i, v in enumerate(variants):
+            if v.w_alt is None:
+                alt = ref.copy()
+            else:
+                if id(v.w_alt) not in products:
+                    products[id(v.w_alt)] = x @ v.w_alt.T
+                alt = products[id(v.w_alt)].copy()
+            alt[:, :v.keep_rows] = ref[:, :v.keep_rows]
+            if v.top_k:
+                idx = np.argpartition(-alt, v.top_k, axis=1)[:, :v.top_k]
+                np.put_along_axis(alt, idx, np.take_along_axis(ref, idx, 1), 1)
+            nll[i].append(token_nll(alt, chunk_targets))
+            agree[i] += int((alt.argmax(1) == ref.argmax(1)).sum())
+    return [(float(np.concatenate(n).mean()), a / len(targets)) for n, a in zip(nll, agree)]
 
 
 def main(argv=None) -> int:
@@ -122,28 +136,25 @@ def main(argv=None) -> int:
     vocab, k = w_ref.shape
     targets = np.asarray(ids[1:])
     hidden = hidden[:-1]
-    base, _ = score(hidden, targets, w_ref, None, 0, 0)
-    rows = []
-
-    def add(name, w_alt, keep, top_k, nbytes):
-        nll, agree = score(hidden, targets, w_ref, w_alt, keep, top_k)
-        rows.append({"variant": name, "perplexity": round(float(np.exp(nll)), 4),
-                     "change": round(float(np.exp(nll - base)) - 1.0, 5), "greedy_agreement": round(agree, 4),
-                     "head_mib_per_token": round(nbytes / 2**20, 1)})
-
-    add(f"stored ({stored.bits}-bit)", None, 0, 0, head_bytes(vocab, k, stored.bits, stored.zero_points is not None))
-    add("int4 sym", dequantize(quantize(w_ref, 4, 32, True)), 0, 0, head_bytes(vocab, k, 4, False))
+    variants = [Variant(f"stored ({stored.bits}-bit)", None, 0, 0,
+                        head_bytes(vocab, k, stored.bits, stored.zero_points is not None)),
+                Variant("int4 sym", dequantize(quantize(w_ref, 4, 32, True)), 0, 0, head_bytes(vocab, k, 4, False))]
     w_asym = dequantize(quantize(w_ref, 4, 32, False))
     low_ids = np.asarray(ids)
     for keep in (min(int(v), vocab) for v in args.rows.split(",")):
         for top_k in (int(v) for v in args.rescore.split(",")):
-            nbytes = head_bytes(keep, k, stored.bits, False) + head_bytes(vocab - keep, k, 4, True)
             name = "int4 asym"
             if keep:
                 name += f", ids < {keep} stored ({np.mean(low_ids < keep):.0%} of tokens)"
             if top_k:
                 name += f", top {top_k} rescored"
-            add(name, w_asym, keep, top_k, nbytes)
+            nbytes = head_bytes(keep, k, stored.bits, False) + head_bytes(vocab - keep, k, 4, True)
+            variants.append(Variant(name, w_asym, keep, top_k, nbytes))
+    scores = score(hidden, targets, w_ref, variants)
+    base = scores[0][0]
+    rows = [{"variant": v.name, "perplexity": round(float(np.exp(nll)), 4),
+             "change": round(float(np.exp(nll - base)) - 1.0, 5), "greedy_agreement": round(agree, 4),
+             "head_mib_per_token": round(v.head_bytes / 2**20, 1)} for v, (nll, agree) in zip(variants, scores)]
     if args.json:
         print(json.dumps({"package": str(args.package), "tokens": len(ids), "rows": rows}, indent=2))
         return 0

@@ -167,8 +167,9 @@ def all_positions_graph(package: Path):
     return model
 
 
-def _graph_session(package: Path, settings: EvalSettings):
-    """A session over the all-positions graph, loaded from memory with its weights read from the package.
+def graph_session(package: Path, settings: EvalSettings, model=None):
+    """A session over `model` (default: the package's all-positions graph), loaded from memory with
+    its weights read from the package. Returns (session, provider).
 
     (ONNX Runtime refuses external data reached through a link that leaves the model's folder, so
     the edited graph is not written next to a link; the folder of the weights is named instead.)"""
@@ -179,7 +180,7 @@ def _graph_session(package: Path, settings: EvalSettings):
     options = session_options(settings.threads or default_threads())
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(package))
     providers = resolve_providers(settings.providers)
-    model = all_positions_graph(package).SerializeToString()
+    model = (all_positions_graph(package) if model is None else model).SerializeToString()
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
@@ -188,16 +189,21 @@ def _graph_session(package: Path, settings: EvalSettings):
     return session, session.get_providers()[0]
 
 
+def empty_past(info) -> dict:
+    """The past_key_values feed of a run without past: every layer's key and value with 0 positions."""
+    from .session import IO_DTYPES
+
+    cfg = info.config
+    empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype=IO_DTYPES[info.io_dtype])
+    return {f"past_key_values.{i}.{kind}": empty for i in range(cfg.num_layers) for kind in ("key", "value")}
+
+
 class _GraphScorer:
     """Scores a window with one run of the all-positions graph (no past)."""
 
     def __init__(self, package: Path, info, settings: EvalSettings):
-        from .session import IO_DTYPES
-
-        self.session, self.provider = _graph_session(package, settings)
-        cfg = info.config
-        empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype=IO_DTYPES[info.io_dtype])
-        self.past = {f"past_key_values.{i}.{kind}": empty for i in range(cfg.num_layers) for kind in ("key", "value")}
+        self.session, self.provider = graph_session(package, settings)
+        self.past = empty_past(info)
 
     def score(self, ids: np.ndarray, w: Window) -> np.ndarray:
         feed = ids[w.begin:w.end].astype(np.int64)[None, :]
