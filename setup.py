@@ -12,7 +12,9 @@ try:
 except ImportError:  # building from a tree that already holds the generated C file
     cythonize = None
 
-NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c"]
+NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/q4_1.c"]
+# The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
+OPS_SOURCES = ["native/ort_ops.c", "native/q4_1.c", "native/halfconv.c"]
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
 extra_compile = ["-O3", "-std=c99", "-Wall", "-Wextra"] + os.environ.get("EDGELLAMA_CFLAGS", "").split()
 extra_link = os.environ.get("EDGELLAMA_LDFLAGS", "").split()
@@ -31,9 +33,17 @@ def native_extensions():
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
     )
+    ops = Extension(
+        "edgellama._ops",
+        sources=OPS_SOURCES,
+        include_dirs=["native"],
+        extra_compile_args=extra_compile,
+        extra_link_args=extra_link,
+    )
     if cythonize:
-        return cythonize([ext], language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
-    return [ext]
+        return cythonize([ext], language_level=3,
+                         compiler_directives={"boundscheck": False, "wraparound": False}) + [ops]
+    return [ext, ops]
 
 
 setup(

@@ -23,11 +23,15 @@ Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
                    base-14 digits per row, see offset_columns.py)
     "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
                    (no extra nodes, not exact); the other types as in "carry"
+    "native"       as "carry", but a float32 graph computes Q4_1 from the file's own blocks with
+                   edgellama's ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/q4_1.h):
+                   no offset columns and no extra nodes; the package then needs edgellama's
+                   operator library to load (edgellama.ops)
     "requantize"   dequantize and quantize again with the converter's own quantizer
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -46,16 +50,27 @@ CARRIED_TABLE_TYPES = {"int4": ("Q8_0", "Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0"
 
 
 @dataclass(frozen=True)
+class Q41Blocks:
+    """Q4_1 blocks as the file stores them, field by field (the inputs of ai.edgellama:MatMulQ4_1):
+    qs uint8 [N, K/32, 16] nibbles, d and m uint16 [N, K/32] float16 bit patterns."""
+    qs: np.ndarray
+    d: np.ndarray
+    m: np.ndarray
+
+
+@dataclass(frozen=True)
 class CarriedWeight:
     """A GGML weight in MatMulNBits layout; `offsets` [K/32, N] float32 is added per block
     (y += S(x) @ offsets) when the source type has a block minimum, else None. `sum_copies` > 0:
     the offsets are already inside `quantized` as extra input columns, and the input must be
-    x' = [x | S(x) x sum_copies] (offset_columns.py)."""
+    x' = [x | S(x) x sum_copies] (offset_columns.py). `blocks`: Q4_1 kept as the file's blocks
+    for MatMulQ4_1 (mode "native"); `quantized` and `offsets` then describe the same numbers."""
     quantized: QuantizedWeight
     offsets: Optional[np.ndarray]
     ggml_type: str
     exact: bool
     sum_copies: int = 0
+    blocks: Optional[Q41Blocks] = None
 
     @property
     def k(self) -> int:
@@ -106,6 +121,14 @@ def from_q4_1(blocks: np.ndarray, bits: int) -> CarriedWeight:
     return CarriedWeight(_weight(_nibbles(blocks, 4), d, 4), np.ascontiguousarray(offsets.T), "Q4_1", True)
 
 
+def from_q4_1_native(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    """Q4_1 as from_q4_1, with the file's blocks kept for MatMulQ4_1."""
+    fields = Q41Blocks(np.ascontiguousarray(blocks[..., 4:]),
+                       np.ascontiguousarray(blocks[..., 0:2]).view(np.uint16)[..., 0],
+                       np.ascontiguousarray(blocks[..., 2:4]).view(np.uint16)[..., 0])
+    return replace(from_q4_1(blocks, bits), blocks=fields)
+
+
 def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:
     """Q4_1 with the block minimum rounded onto the integer grid: w ~= d * (q - round(-m / d))."""
     d, m = _fp16(blocks, 0), _fp16(blocks, 2)
@@ -115,7 +138,8 @@ def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:
 
 
 CONVERTERS = {"Q8_0": from_q8_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}
-MODE_CONVERTERS = {"carry": CONVERTERS, "zero_point": {**CONVERTERS, "Q4_1": from_q4_1_zero_point}}
+MODE_CONVERTERS = {"carry": CONVERTERS, "zero_point": {**CONVERTERS, "Q4_1": from_q4_1_zero_point},
+                   "native": {**CONVERTERS, "Q4_1": from_q4_1_native}}
 
 
 def carries(mode: str, method: str, ggml_type: str, table: bool = False) -> bool:
@@ -163,4 +187,7 @@ def stack(parts: list) -> CarriedWeight:
     weight = QuantizedWeight(np.concatenate([q.packed for q in qws]), np.concatenate([q.scales for q in qws]),
                              zps, qws[0].bits, GGML_BLOCK, qws[0].k, 0.0)
     offsets = None if parts[0].offsets is None else np.concatenate([p.offsets for p in parts], axis=1)
-    return CarriedWeight(weight, offsets, parts[0].ggml_type, all(p.exact for p in parts))
+    blocks = None
+    if all(p.blocks is not None for p in parts):
+        blocks = Q41Blocks(*(np.concatenate([getattr(p.blocks, f) for p in parts]) for f in ("qs", "d", "m")))
+    return CarriedWeight(weight, offsets, parts[0].ggml_type, all(p.exact for p in parts), blocks=blocks)

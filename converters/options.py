@@ -9,7 +9,7 @@ from edgellama.errors import InvalidParameterError
 from edgellama.package import Quantization
 
 PROVIDERS = ("cpu", "cuda")
-GGUF_BLOCK_MODES = ("carry", "zero_point", "requantize")    # see converters/carry.py
+GGUF_BLOCK_MODES = ("carry", "native", "zero_point", "requantize")    # see converters/carry.py
 DEFAULT_MAX_LENGTH = 4096
 
 
@@ -41,6 +41,9 @@ class ConvertOptions:
         object.__setattr__(self, "providers", providers)
         if self.gguf_blocks not in GGUF_BLOCK_MODES:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
+        if self.gguf_blocks == "native" and "cuda" in providers:
+            raise InvalidParameterError("gguf_blocks='native' runs on the CPU only (float32 graphs); "
+                                        "use gguf_blocks='carry' for a CUDA package")
 
     @property
     def io_dtype(self) -> str:

@@ -218,3 +218,38 @@ def f16_to_f32(src: np.ndarray, dst: np.ndarray) -> None:
     if src.shape != dst.shape or src.ndim != 1:
         raise error_for(ERR_SIZE, "f16_to_f32")
     dst[:] = src.view(np.float16)
+
+
+# ---- Q4_1 products ----
+
+def q41_vector_path() -> bool:
+    """The twin has one path: NumPy's."""
+    return False
+
+
+def _q8_blocks(x: np.ndarray) -> tuple:
+    """x [M, nb, 32] float32 -> (xq int32, xd, xs, xr [M, nb]) as native/q4_1.h rounds them."""
+    amax = np.abs(x).max(axis=-1)
+    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    xq = np.rint(x * inv[..., None]).astype(np.int32)
+    xd = (amax / np.float32(127.0)).astype(np.float32)
+    xs = x.sum(axis=-1, dtype=np.float32)
+    xr = (xs - xd * xq.sum(axis=-1).astype(np.float32)).astype(np.float32)
+    return xq, xd, xs, xr
+
+
+def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, portable: bool = False) -> np.ndarray:
+    """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16
+    bits), x rounded per block as native/q4_1.h says (the sums are taken in another order)."""
+    rows, n, nb = x.shape[0], qs.shape[0], qs.shape[1]
+    if (qs.ndim != 3 or qs.shape[2] != 16 or d.shape != (n, nb) or m.shape != (n, nb)
+            or x.ndim != 2 or x.shape[1] != nb * 32):
+        raise error_for(ERR_SIZE, "q41_matmul")
+    xq, xd, xs, xr = _q8_blocks(np.ascontiguousarray(x, np.float32).reshape(rows, nb, 32))
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)            # [N, nb, 32]
+    dw = d.view(np.float16).astype(np.float32)
+    mw = m.view(np.float16).astype(np.float32)
+    dots = np.einsum("nbj,mbj->mnb", q, xq).astype(np.float32)                    # [M, N, nb]
+    products = (dw[None] * xd[:, None, :]) * dots
+    offsets = mw[None] * xs[:, None, :] + np.float32(8.0) * dw[None] * xr[:, None, :]
+    return (products.sum(axis=-1) + offsets.sum(axis=-1)).astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import ops
 from .errors import ContextOverflowError, InvalidParameterError, PackageError, ProviderError
 from .native import backend
 
@@ -165,6 +166,7 @@ def session_options(threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    ops.register(options)   # packages converted with gguf_blocks="native" compute with it
     return options
 
 
@@ -176,6 +178,8 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     import onnxruntime as ort
 
     options = session_options(threads)
+    if ops.library_path() is None:
+        ops.check_available(model_path)
     candidates = resolve_providers(providers, cpu_fallback)
     if not candidates:
         raise ProviderError(_built_for_message(model_path.parent, built_for, ort.get_available_providers()))

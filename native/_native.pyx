@@ -1,11 +1,11 @@
 # cython: language_level=3
-"""Compiled sampling, KV-cache and float16 routines (C in sampler.c, kvcache.c and halfconv.c).
+"""Compiled sampling, KV-cache, float16 and Q4_1 routines (C in sampler.c, kvcache.c, halfconv.c, q4_1.c).
 
 This module only turns memoryviews into pointers, runs the C routines without the GIL and
 turns their return codes into exceptions. Argument checks with friendly messages live in
 edgellama.sampling and edgellama.kvcache; `edgellama._twin` is the NumPy twin of this module.
 """
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from edgellama.native_codes import error_for
 from sampler cimport *
 from kvcache cimport *
 from halfconv cimport *
+from q4_1 cimport *
 
 OK = EL_OK
 ERR_NOMEM = EL_ERR_NOMEM
@@ -140,3 +141,47 @@ def f16_to_f32(const uint16_t[::1] src not None, float[::1] dst not None):
     with nogil:
         code = el_f16_to_f32(&src[0], &dst[0], src.shape[0])
     _check(code, "f16_to_f32")
+
+
+def q41_vector_path():
+    """Whether this CPU runs the Q4_1 products on the AVX2 path."""
+    return bool(el_q41_vector_path())
+
+
+def q41_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] qs not None,
+               const uint16_t[:, ::1] d not None, const uint16_t[:, ::1] m not None, bint portable=False):
+    """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits),
+    with x rounded per block as q4_1.h says; `portable` takes the plain C path on any CPU."""
+    cdef int64_t rows = x.shape[0], n = qs.shape[0], nb = qs.shape[1], i
+    cdef int code = EL_Q41_OK
+    if (qs.shape[2] != 16 or d.shape[0] != n or d.shape[1] != nb or m.shape[0] != n or m.shape[1] != nb
+            or x.shape[1] != nb * 32):
+        raise error_for(ERR_SIZE, "q41_matmul")
+    y = np.zeros((rows, n), dtype=np.float32)
+    if rows == 0 or n == 0 or nb == 0:
+        return y
+    cdef int8_t[::1] q = np.empty(nb * 32, dtype=np.int8)
+    cdef float[:, ::1] stats = np.empty((3, nb), dtype=np.float32)
+    cdef float[:, ::1] out = y
+    cdef el_q8_act act
+    cdef el_q41_weight w
+    act.q = &q[0]
+    act.scale = &stats[0, 0]
+    act.sum = &stats[1, 0]
+    act.rest = &stats[2, 0]
+    act.nb = nb
+    w.qs = &qs[0, 0, 0]
+    w.d = &d[0, 0]
+    w.m = &m[0, 0]
+    w.n = n
+    w.nb = nb
+    with nogil:
+        for i in range(rows):
+            code = el_q8_quantize(&x[i, 0], &act, portable)
+            if code != EL_Q41_OK:
+                break
+            code = el_q41_rows(&w, &act, 0, n, &out[i, 0], portable)
+            if code != EL_Q41_OK:
+                break
+    _check(code, "q41_matmul")
+    return y

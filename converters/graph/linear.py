@@ -4,7 +4,8 @@
                   (GGUF Q8_0/Q4_0/Q4_1 blocks carried over as they are, see ../carry.py;
                   Q4_1 adds its per-block offsets through the block sums of x, appended to x
                   as extra input columns in float32 graphs (../offset_columns.py), and holds
-                  its minimums as float16 zero points in float16 graphs)
+                  its minimums as float16 zero points in float16 graphs; with gguf_blocks
+                  "native" a float32 graph computes Q4_1 with ai.edgellama:MatMulQ4_1 instead)
     fp32 / fp16:  MatMul(x, W^T)                                  W^T [K, N] in the weight dtype
                   (fp16 weights under float32 activations get a Cast to float first)
 
@@ -22,6 +23,9 @@ from ..carry import GGML_BLOCK, CarriedWeight, carries, carry, relative_error, s
 from ..offset_columns import append_offset_columns
 from ..quantize import QuantizedWeight, quantize, unpack_nibbles
 from .context import BuildContext
+from .ops import EDGELLAMA_DOMAIN
+
+Q41_OP = f"{EDGELLAMA_DOMAIN}:MatMulQ4_1"
 
 QUANT_BITS = {"int4": 4, "int8": 8}
 WEIGHT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -92,6 +96,10 @@ def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bo
     for name in names:
         if ctx.on_tensor is not None:
             ctx.on_tensor(name)
+    if cw.blocks is not None and ctx.io_dtype == "float32":
+        ctx.stats.add(kind, 0.0)
+        _record(ctx, kind, f"GGUF {ggml_type} blocks carried: the file's blocks, computed by {Q41_OP} (exact)")
+        return cw
     exact = cw if cw.exact else stack([carry(ggml_type, data, shape[1], q.method) for _, data, shape in raws])
     offsets, how = "", "exact" if cw.exact else "integer zero points, inexact"
     folded = float_zero_points(cw) if cw.offsets is not None and ctx.io_dtype == "float16" else None
@@ -150,11 +158,24 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
         x --------------------------------------------------\\
         x -> Reshape [.., K/32, 32] -> ReduceSum -> S(x) ---- Concat [x | S x copies] -> MatMulNBits -> y
     """
+    if cw.blocks is not None:
+        return q41_linear(ctx, scope, x, cw, output)
     refs = write_quantized(ctx, scope, cw.quantized)
     if cw.sum_copies:
         sums = block_sums(ctx, scope, x, cw.k)
         x = ctx.graph.op("Concat", [x] + [sums] * cw.sum_copies, f"{scope}/offset_columns", axis=-1)
     return matmul_nbits(ctx, scope, x, refs, output=output)
+
+
+def q41_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None) -> str:
+    """y = x @ W^T from the file's Q4_1 blocks in one node of edgellama's operator library:
+    x -> ai.edgellama:MatMulQ4_1(qs, d, m) -> y  (native/ort_ops.c)."""
+    prefix = _initializer_prefix(scope) + ".weight"
+    g, blocks = ctx.graph, cw.blocks
+    inputs = [x, g.initializer(prefix, blocks.qs), g.initializer(prefix + ".scales", blocks.d.view(np.float16)),
+              g.initializer(prefix + ".minimums", blocks.m.view(np.float16))]
+    return g.op(Q41_OP.split(":")[1], inputs, scope, domain=EDGELLAMA_DOMAIN, output=output,
+                K=cw.k, N=blocks.qs.shape[0])
 
 
 def float_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:

@@ -18,6 +18,8 @@ from onnx import TensorProto, helper
 MS_DOMAIN = "com.microsoft"
 OPSET = 21
 MS_OPSET = 1
+EDGELLAMA_DOMAIN = "ai.edgellama"   # operators of edgellama's own library (native/ort_ops.c)
+EDGELLAMA_OPSET = 1
 IR_VERSION = 10
 ALIGNMENT = 4096           # offsets of large initializers, so that ONNX Runtime can map them
 SMALL_TENSOR = 1 << 16
@@ -111,10 +113,10 @@ class Graph:
 
     def model(self, producer: str = "edgellama") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, producer_name=producer, ir_version=IR_VERSION,
-                                  opset_imports=[helper.make_opsetid("", OPSET),
-                                                 helper.make_opsetid(MS_DOMAIN, MS_OPSET)])
-        return model
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
+        if any(n.domain == EDGELLAMA_DOMAIN for n in self.nodes):
+            opsets.append(helper.make_opsetid(EDGELLAMA_DOMAIN, EDGELLAMA_OPSET))
+        return helper.make_model(graph, producer_name=producer, ir_version=IR_VERSION, opset_imports=opsets)
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

@@ -1,0 +1,48 @@
+"""edgellama's ONNX Runtime operator library (native/ort_ops.c, built as edgellama/_ops*.so).
+
+Packages converted with gguf_blocks="native" compute GGUF Q4_1 weights with the operator
+ai.edgellama:MatMulQ4_1 from this library; every session edgellama creates registers it when it
+is built, so those packages load like any other. Other ONNX Runtime users register the file
+that `library_path()` names with SessionOptions.register_custom_ops_library.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+from pathlib import Path
+from typing import Optional
+
+from .errors import PackageError
+
+DOMAIN = "ai.edgellama"
+
+
+def library_path() -> Optional[Path]:
+    """The built operator library, or None (a build without a C compiler, EDGELLAMA_SKIP_NATIVE)."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_ops{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def register(options) -> bool:
+    """Register the library with onnxruntime SessionOptions `options`; False when it is not built."""
+    path = library_path()
+    if path is None:
+        return False
+    options.register_custom_ops_library(str(path))
+    return True
+
+
+def check_available(model_path: Path) -> None:
+    """Raise PackageError when the graph at `model_path` needs the operator library and this
+    install has none."""
+    import onnx
+
+    domains = {o.domain for o in onnx.load(str(model_path), load_external_data=False).opset_import}
+    if DOMAIN in domains and library_path() is None:
+        raise PackageError(f"{model_path}: the graph computes with edgellama's operator library ({DOMAIN}, "
+                           "a package converted with --gguf-blocks native), which this install did not build; "
+                           "reinstall edgellama with a C compiler, or convert the model again with "
+                           "--gguf-blocks carry")

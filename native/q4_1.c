@@ -1,0 +1,259 @@
+/*
+ * Q4_1 products (see q4_1.h): a plain C path and an AVX2 path over the same buffers.
+ *
+ * Buffers of one call (nb blocks of 32 inputs, rows [lo, hi) of W):
+ *     x      [nb * 32]      float32 activation row
+ *     act.q  [nb * 32]      int8, pair layout of q4_1.h
+ *     act.scale/sum/rest [nb]
+ *     w.qs   [n, nb, 16]    uint8 nibbles;  w.d, w.m [n, nb] binary16
+ *     y      [n]            float32, rows lo .. hi - 1 written
+ * Scratch lives on the stack: per weight row, the products d * xd of CHUNK blocks at a time.
+ *
+ * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the functions compiled for AVX2).
+ */
+#include "q4_1.h"
+#include "halfconv.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#define CHUNK 64   /* blocks whose scale products are precomputed at once (even) */
+
+/* Where block b's first and second halves of 16 go in the pair layout. */
+static int64_t half_at(int64_t b, int64_t nb, int second)
+{
+    if ((b ^ 1) >= nb)                     /* an odd last block, as it is */
+        return b * 32 + 16 * second;
+    return (b >> 1) * 64 + 32 * second + 16 * (b & 1);
+}
+
+static float half_to_float(uint16_t h)
+{
+    float f;
+    el_f16_to_f32(&h, &f, 1);
+    return f;
+}
+
+/* ---- plain C --------------------------------------------------------------------------- */
+
+static void quantize_portable(const float *x, el_q8_act *act)
+{
+    for (int64_t b = 0; b < act->nb; b++) {
+        const float *xb = x + b * 32;
+        float amax = 0.0f, sum = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+            sum += xb[j];
+        }
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int8_t block[32];
+        int32_t isum = 0;
+        for (int j = 0; j < 32; j++) {
+            block[j] = (int8_t)lrintf(xb[j] * inv);
+            isum += block[j];
+        }
+        memcpy(act->q + half_at(b, act->nb, 0), block, 16);
+        memcpy(act->q + half_at(b, act->nb, 1), block + 16, 16);
+        act->scale[b] = amax / 127.0f;
+        act->sum[b] = sum;
+        act->rest[b] = sum - act->scale[b] * (float)isum;
+    }
+}
+
+static void rows_portable(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+{
+    int64_t nb = w->nb;
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *qs = w->qs + r * nb * 16;
+        float acc = 0.0f, off = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *lo16 = act->q + half_at(b, nb, 0), *hi16 = act->q + half_at(b, nb, 1);
+            int32_t dot = 0;
+            for (int j = 0; j < 16; j++)
+                dot += (qs[b * 16 + j] & 0x0F) * lo16[j] + (qs[b * 16 + j] >> 4) * hi16[j];
+            float d = half_to_float(w->d[r * nb + b]), m = half_to_float(w->m[r * nb + b]);
+            acc += d * act->scale[b] * (float)dot;
+            off += m * act->sum[b] + 8.0f * d * act->rest[b];
+        }
+        y[r] = acc + off;
+    }
+}
+
+/* ---- AVX2 + FMA + F16C ------------------------------------------------------------------- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define VECTOR __attribute__((target("avx2,fma,f16c")))
+#define HAVE_VECTOR 1
+
+VECTOR static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+VECTOR static void quantize_vector(const float *x, el_q8_act *act)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < act->nb; b++) {
+        const float *xb = x + b * 32;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
+        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                  _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+        __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, inv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, inv));
+        __m256i isum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i i4 = _mm_add_epi32(_mm256_castsi256_si128(isum), _mm256_extracti128_si256(isum, 1));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0x4E));
+        i4 = _mm_add_epi32(i4, _mm_shuffle_epi32(i4, 0xB1));
+        /* packs work within 128-bit lanes: the permutation restores element order */
+        __m256i q = _mm256_permutevar8x32_epi32(
+            _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3)), order);
+        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 0)), _mm256_castsi256_si128(q));
+        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 1)), _mm256_extracti128_si256(q, 1));
+        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
+        act->scale[b] = amax / 127.0f;
+        act->sum[b] = sum;
+        act->rest[b] = sum - act->scale[b] * (float)_mm_cvtsi128_si32(i4);
+    }
+}
+
+/* For blocks [b0, b0 + count) of one row (count even, or the row's odd tail): sp[p] = d xd of the
+ * pair's two blocks, four lanes each; returns the row's offset terms m xs + 8 d xr over them. */
+VECTOR static float pair_scales(const uint16_t *d, const uint16_t *m, const el_q8_act *act, int64_t b0,
+                                int64_t count, __m256 *sp)
+{
+    const __m256i lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), mid = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256i hi = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), top = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
+    __m256 offv = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        int64_t b = b0 + i;
+        __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b)));
+        __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + b)));
+        __m256 sv = _mm256_mul_ps(dv, _mm256_loadu_ps(act->scale + b));
+        sp[i / 2] = _mm256_permutevar8x32_ps(sv, lo);
+        sp[i / 2 + 1] = _mm256_permutevar8x32_ps(sv, mid);
+        sp[i / 2 + 2] = _mm256_permutevar8x32_ps(sv, hi);
+        sp[i / 2 + 3] = _mm256_permutevar8x32_ps(sv, top);
+        offv = _mm256_fmadd_ps(mv, _mm256_loadu_ps(act->sum + b), offv);
+        offv = _mm256_fmadd_ps(_mm256_mul_ps(dv, _mm256_set1_ps(8.0f)), _mm256_loadu_ps(act->rest + b), offv);
+    }
+    float off = hsum8(offv);
+    for (; i < count; i++) {
+        int64_t b = b0 + i;
+        float db = _cvtsh_ss(d[b]), s = db * act->scale[b];
+        if (i % 2 == 0)
+            sp[i / 2] = _mm256_set1_ps(s);
+        else
+            sp[i / 2] = _mm256_set_m128(_mm_set1_ps(s), _mm256_castps256_ps128(sp[i / 2]));
+        off += _cvtsh_ss(m[b]) * act->sum[b] + 8.0f * db * act->rest[b];
+    }
+    return off;
+}
+
+/* sum over pairs [0, pairs) of (nibbles of qs) x (activations xq), scaled per block by sp */
+VECTOR static inline __m256 pair_products(const uint8_t *qs, const int8_t *xq, const __m256 *sp, int64_t pairs,
+                                          __m256 acc)
+{
+    const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int64_t p = 0; p < pairs; p++) {
+        __m256i xl = _mm256_loadu_si256((const __m256i *)(xq + p * 64));
+        __m256i xh = _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32));
+        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + p * 32));
+        __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, mask), xl),
+                                     _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), xh));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones)), sp[p], acc);
+    }
+    return acc;
+}
+
+/* the odd last block: its 16 bytes against the activations in element order */
+VECTOR static inline __m256 tail_product(const uint8_t *qs, const int8_t *xq, __m256 scale, __m256 acc)
+{
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i p = _mm_loadu_si128((const __m128i *)qs);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), mask), _mm_and_si128(p, mask));
+    __m256i s = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i *)xq));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))), scale, acc);
+}
+
+VECTOR static void rows_vector(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+{
+    __m256 sp[CHUNK / 2];
+    int64_t nb = w->nb;
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *qs = w->qs + r * nb * 16;
+        __m256 acc = _mm256_setzero_ps();
+        float off = 0.0f;
+        for (int64_t b0 = 0; b0 < nb; b0 += CHUNK) {
+            int64_t count = nb - b0 < CHUNK ? nb - b0 : CHUNK;
+            off += pair_scales(w->d + r * nb, w->m + r * nb, act, b0, count, sp);
+            acc = pair_products(qs + b0 * 16, act->q + b0 * 32, sp, count / 2, acc);
+            if (count % 2)   /* only the row's last chunk can be odd */
+                acc = tail_product(qs + (nb - 1) * 16, act->q + (nb - 1) * 32, sp[count / 2], acc);
+        }
+        y[r] = hsum8(acc) + off;
+    }
+}
+
+static int vector_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#else
+#define HAVE_VECTOR 0
+static int vector_supported(void) { return 0; }
+#endif
+
+/* ---- entry points ------------------------------------------------------------------------- */
+
+int el_q41_vector_path(void)
+{
+    static int known = -1;
+    if (known < 0)
+        known = vector_supported();
+    return known;
+}
+
+int el_q8_quantize(const float *x, el_q8_act *act, int portable)
+{
+    if (x == NULL || act == NULL || act->q == NULL || act->scale == NULL || act->sum == NULL ||
+        act->rest == NULL || act->nb <= 0)
+        return EL_Q41_ERR_SIZE;
+#if HAVE_VECTOR
+    if (!portable && el_q41_vector_path()) {
+        quantize_vector(x, act);
+        return EL_Q41_OK;
+    }
+#endif
+    (void)portable;
+    quantize_portable(x, act);
+    return EL_Q41_OK;
+}
+
+int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+{
+    if (w == NULL || act == NULL || y == NULL || w->qs == NULL || w->d == NULL || w->m == NULL ||
+        w->nb <= 0 || w->nb != act->nb || lo < 0 || hi > w->n || lo > hi)
+        return EL_Q41_ERR_SIZE;
+#if HAVE_VECTOR
+    if (!portable && el_q41_vector_path()) {
+        rows_vector(w, act, lo, hi, y);
+        return EL_Q41_OK;
+    }
+#endif
+    (void)portable;
+    rows_portable(w, act, lo, hi, y);
+    return EL_Q41_OK;
+}

@@ -1,0 +1,60 @@
+/*
+ * Products of float32 activations with GGML Q4_1 weights, computed from the blocks as the file
+ * stores them; ort_ops.c runs them as the ONNX Runtime operator ai.edgellama:MatMulQ4_1.
+ *
+ * Weight W [N, K], K = 32 * nb, one block per (row n, block b) of 32 inputs:
+ *     w = d * q + m,   q in [0, 15]
+ *     qs [N, nb, 16]   uint8: element j < 16 is the low nibble of qs[j], j >= 16 the high nibble of qs[j - 16]
+ *     d, m [N, nb]     IEEE binary16 bit patterns
+ * Activations x [K] are rounded per block of 32 to int8, as llama.cpp rounds them for its Q4_1 products:
+ *     xd = max|x| / 127,  xq = round(x / xd) (to nearest even),  xs = sum(x),  xr = xs - xd * sum(xq)
+ * and each output is
+ *     y[n] = sum_b ( d xd sum_j q_j xq_j  +  m xs  +  8 d xr )
+ *          = sum_b ( d xd sum_j (q_j - 8) xq_j  +  (m + 8 d) xs )
+ * the centred nibbles meet the rounded activations, the block's offset m + 8d meets its exact sum.
+ *
+ * x86-64 CPUs with AVX2, FMA and F16C take a vector path, chosen at run time; every other CPU (and
+ * `portable` = 1) a plain C loop with the same arithmetic, summed in another order.
+ * Routines report errors by return code and never allocate.
+ */
+#ifndef EDGELLAMA_Q4_1_H
+#define EDGELLAMA_Q4_1_H
+
+#include <stdint.h>
+
+#define EL_Q41_OK 0
+#define EL_Q41_ERR_SIZE 4      /* a size is zero or negative, or a buffer is missing */
+
+#define EL_Q41_BLOCK 32
+
+/* One activation row rounded for Q4_1 products; buffers owned by the caller.
+ * q [nb * 32]: blocks in pairs (2i, 2i + 1) laid out as x_2i[0:16] x_2i+1[0:16] x_2i[16:32] x_2i+1[16:32]
+ *              (the order of the nibbles of two weight blocks read together); an odd last block as it is.
+ * scale, sum, rest [nb]: xd, xs and xr above. */
+typedef struct el_q8_act {
+    int8_t *q;
+    float *scale;
+    float *sum;
+    float *rest;
+    int64_t nb;
+} el_q8_act;
+
+/* A Q4_1 weight [n, 32 * nb] as described above. */
+typedef struct el_q41_weight {
+    const uint8_t *qs;
+    const uint16_t *d;
+    const uint16_t *m;
+    int64_t n;
+    int64_t nb;
+} el_q41_weight;
+
+/* Whether this CPU takes the vector path. */
+int el_q41_vector_path(void);
+
+/* Round x [32 * act->nb] into act. */
+int el_q8_quantize(const float *x, el_q8_act *act, int portable);
+
+/* y[r] = row r of W times the activation row, for rows r in [lo, hi) (y is indexed by r). */
+int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
+
+#endif

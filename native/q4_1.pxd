@@ -1,0 +1,25 @@
+# Declarations of q4_1.h for the extension module.
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
+
+cdef extern from "q4_1.h" nogil:
+    enum:
+        EL_Q41_OK
+        EL_Q41_ERR_SIZE
+
+    ctypedef struct el_q8_act:
+        int8_t *q
+        float *scale
+        float *sum
+        float *rest
+        int64_t nb
+
+    ctypedef struct el_q41_weight:
+        const uint8_t *qs
+        const uint16_t *d
+        const uint16_t *m
+        int64_t n
+        int64_t nb
+
+    int el_q41_vector_path()
+    int el_q8_quantize(const float *x, el_q8_act *act, int portable)
+    int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)

@@ -1,0 +1,246 @@
+"""Q4_1 computed from the file's blocks (native/q4_1.c): the vector path, the plain C path and the
+NumPy twin agree; the ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/ort_ops.c) computes
+the same numbers inside a graph; gguf_blocks="native" packages load, generate and say what they need."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from backends import BACKENDS, _native, needs_native
+
+from edgellama import _twin, ops
+from edgellama.errors import InvalidParameterError, PackageError
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType as Q  # noqa: E402
+
+from edgellama.converters.carry import carry  # noqa: E402
+from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
+from edgellama.package import Quantization  # noqa: E402
+from test_carry import _linear_model, _logits, raw_blocks, write_mixed_gguf  # noqa: E402
+from test_gguf import TINY, tiny_hf_weights, write_tiny_gguf  # noqa: E402
+
+needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
+
+
+def random_blocks(rng, n: int, nb: int):
+    """Q4_1 fields of a weight [n, 32 nb] as llama.cpp writes them: d > 0, m near -8d."""
+    qs = rng.integers(0, 256, (n, nb, 16)).astype(np.uint8)
+    d = rng.uniform(0.001, 0.05, (n, nb)).astype(np.float16)
+    m = (-8 * d.astype(np.float32) * rng.uniform(0.7, 1.3, (n, nb))).astype(np.float16)
+    return qs, d.view(np.uint16), m.view(np.uint16)
+
+
+def dequantized(qs, d, m) -> np.ndarray:
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
+    w = q * d.view(np.float16).astype(np.float32)[..., None] + m.view(np.float16).astype(np.float32)[..., None]
+    return w.reshape(qs.shape[0], -1)
+
+
+# --- the kernels ------------------------------------------------------------------------------------
+
+# nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail)
+SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129)]
+
+
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q4_1_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
+    rng = np.random.default_rng(nb)
+    qs, d, m = random_blocks(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    if rows * nb > 1:
+        x[0, :32] = 0.0                                     # an all-zero block: scale 0, no division
+    y = module.q41_matmul(x, qs, d, m)
+    exact = x.astype(np.float64) @ dequantized(qs, d, m).T.astype(np.float64)
+    scale = float(np.abs(exact).max())
+    # int8 activations: each term off by at most half a step of its block, |w| <= 16 d
+    assert y.shape == (rows, n) and y.dtype == np.float32
+    np.testing.assert_allclose(y, exact, rtol=0, atol=0.02 * scale)
+    assert np.abs(y - exact).max() > 1e-7 * scale          # the rounding is there: not a float product
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+def test_vector_path_plain_c_and_twin_agree(rows, n, nb):
+    rng = np.random.default_rng(100 + nb)
+    qs, d, m = random_blocks(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32) * 3
+    twin = _twin.q41_matmul(x, qs, d, m)
+    scale = float(np.abs(twin).max())
+    for portable in (False, True):    # on a CPU without AVX2 both calls take the plain C path
+        got = _native.q41_matmul(x, qs, d, m, portable)
+        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * scale, err_msg=f"portable={portable}")
+
+
+@needs_native
+def test_the_file_nibble_order_is_read():
+    """Byte 4 of block 1 holds element 4 (low nibble, 5) and element 20 (high nibble, 3); x is
+    nonzero at element 20 only, where its int8 rounding is exact."""
+    qs = np.zeros((1, 2, 16), np.uint8)
+    qs[0, 1, 4] = 0x35
+    d = np.ones((1, 2), np.float16).view(np.uint16)
+    m = np.zeros((1, 2), np.float16).view(np.uint16)
+    x = np.zeros((1, 64), np.float32)
+    x[0, 32 + 20] = 2.0
+    for portable in (False, True):
+        assert _native.q41_matmul(x, qs, d, m, portable)[0, 0] == pytest.approx(6.0, rel=1e-6)
+    assert _twin.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q4_1_product_refuses_mismatched_shapes(module):
+    qs, d, m = random_blocks(np.random.default_rng(0), 4, 2)
+    with pytest.raises(InvalidParameterError, match="q41_matmul"):
+        module.q41_matmul(np.zeros((1, 96), np.float32), qs, d, m)
+    with pytest.raises(InvalidParameterError, match="q41_matmul"):
+        module.q41_matmul(np.zeros((1, 64), np.float32), qs, d[:3], m)
+
+
+# --- the operator in ONNX Runtime -------------------------------------------------------------------
+
+def _ops_session(path):
+    import onnxruntime as ort
+
+    from edgellama.session import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(2), providers=["CPUExecutionProvider"])
+
+
+@needs_ops
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_native_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
+    """x -> ai.edgellama:MatMulQ4_1 -> y over the stacked q|k|v blocks, equal to the twin's product
+    of the same blocks, for one token (decode) and several (prefill)."""
+    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+             "model.layers.0.self_attn.v_proj.weight"]
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    with GGUFSource(path) as source:
+        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4"), mode="native")
+        raws = [source.raw(n) for n in names]
+    [node] = graph.nodes
+    assert (node.op_type, node.domain) == ("MatMulQ4_1", "ai.edgellama")
+    assert list(ctx.layout["probe"]) == [
+        "GGUF Q4_1 blocks carried: the file's blocks, computed by ai.edgellama:MatMulQ4_1 (exact)"]
+    parts = [carry(t, data, shape[1], "int4", "native").blocks for t, data, shape in raws]
+    qs, d, m = (np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m"))
+    x = np.random.default_rng(5).standard_normal((1, tokens, qs.shape[1] * 32)).astype(np.float32)
+    y = _ops_session(tmp_path / "model.onnx").run(["y"], {"x": x})[0]
+    expected = _twin.q41_matmul(x[0], qs, d, m)
+    np.testing.assert_allclose(y[0], expected, rtol=0, atol=2e-6 * float(np.abs(expected).max()))
+
+
+@needs_ops
+def test_the_operator_reports_a_wrong_input_width(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    qs, d, m = random_blocks(np.random.default_rng(1), 4, 2)
+    node = helper.make_node("MatMulQ4_1", ["x", "qs", "d", "m"], ["y"], domain="ai.edgellama", K=64, N=4)
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in
+             ((qs, "qs"), (d.view(np.float16), "d"), (m.view(np.float16), "m"))]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.edgellama", 1)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    session = _ops_session(tmp_path / "m.onnx")
+    assert session.run(["y"], {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 4)
+    with pytest.raises(Exception, match="last dimension of x differs from attribute K"):
+        session.run(["y"], {"x": np.ones((1, 96), np.float32)})
+
+
+# --- packages ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_packages(tmp_path_factory):
+    """The same tiny Q4_1 GGUF as a native, a carry (int8 activations too) and an fp32 package."""
+    from edgellama.converters import ConvertOptions, convert
+
+    tmp = tmp_path_factory.mktemp("native")
+    path = write_mixed_gguf(tmp / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
+    modes = {"native": dict(quantization=Quantization("int4"), gguf_blocks="native"),
+             "carry": dict(quantization=Quantization("int4")),
+             "fp32": dict(quantization=Quantization("fp32"))}
+    for name, kw in modes.items():
+        convert(str(path), tmp / name, ConvertOptions(max_length=64, **kw))
+    return {name: tmp / name for name in modes}
+
+
+@needs_ops
+def test_native_package_computes_what_the_carry_package_does(tiny_packages, monkeypatch):
+    """Both round activations to int8 per block of 32 (MatMulNBits at accuracy level 4 too), so
+    both sit at the same distance from the fp32 package; a wrong product would be far off."""
+    import onnx
+
+    from edgellama import session
+
+    monkeypatch.setattr("onnxruntime.InferenceSession", _registering(session))
+    layout = json.loads((tiny_packages["native"] / "edgellama.json").read_text())["quantization"]["layout"]
+    native_op = "GGUF Q4_1 blocks carried: the file's blocks, computed by ai.edgellama:MatMulQ4_1 (exact)"
+    for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+        assert layout[kind] == {native_op: TINY["layers"]}, kind
+    graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
+    ops_used = [n.op_type for n in graph.node]
+    assert ops_used.count("MatMulQ4_1") == 4 * TINY["layers"] and "ReduceSum" not in ops_used[1:]
+    ids = np.random.default_rng(7).integers(0, 40, 12)
+    native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
+    scale = float(np.abs(fp32).max())
+    err_native, err_carry = np.abs(native - fp32).max() / scale, np.abs(carried - fp32).max() / scale
+    assert err_native < 1.5 * err_carry and err_native < 0.2
+    assert (native.argmax(-1) == fp32.argmax(-1)).mean() >= (carried.argmax(-1) == fp32.argmax(-1)).mean() - 0.1
+
+
+def _registering(session_module):
+    """onnxruntime.InferenceSession with edgellama's session options (the library registered)."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def make(path, sess_options=None, providers=None, **kw):
+        return real(path, sess_options=sess_options or session_module.session_options(1), providers=providers, **kw)
+    return make
+
+
+@needs_ops
+def test_native_package_generates_through_the_api(tiny_packages, monkeypatch):
+    """edgellama.load registers the library itself; greedy decoding follows the graph's own logits."""
+    import edgellama
+    from edgellama import session
+
+    model = edgellama.load(tiny_packages["native"], threads=1)
+    prompt = [3, 17, 5, 22]
+    result = model.generate(prompt, max_new_tokens=6, sampling=edgellama.SamplingParams(temperature=0.0))
+    assert 1 <= len(result.token_ids) <= 6 and all(0 <= t < TINY["vocab"] for t in result.token_ids)
+    monkeypatch.setattr("onnxruntime.InferenceSession", _registering(session))
+    ids = np.array(prompt + list(result.token_ids[:-1]))
+    assert list(_logits(tiny_packages["native"], ids)[len(prompt) - 1:].argmax(-1)) == list(result.token_ids)
+
+
+def test_a_native_package_without_the_library_says_what_to_do(tiny_packages, monkeypatch):
+    import edgellama
+
+    monkeypatch.setattr(ops, "library_path", lambda: None)
+    with pytest.raises(PackageError, match="--gguf-blocks carry") as info:
+        edgellama.load(tiny_packages["native"], threads=1)
+    assert isinstance(info.value, PackageError) and "model.onnx" in str(info.value)
+    edgellama.load(tiny_packages["carry"], threads=1)       # other packages do not need it
+
+
+def test_native_mode_is_refused_for_cuda():
+    from edgellama.converters import ConvertOptions
+
+    with pytest.raises(InvalidParameterError, match="CPU only"):
+        ConvertOptions(gguf_blocks="native", providers=("cuda",))
+
+
+def test_carried_weight_keeps_the_file_fields():
+    weight = np.random.default_rng(2).standard_normal((6, 64)).astype(np.float32)
+    raw = raw_blocks(weight, Q.Q4_1)
+    blocks = raw.reshape(6, 2, 20)
+    cw = carry("Q4_1", raw, 64, "int4", "native")
+    np.testing.assert_array_equal(cw.blocks.qs, blocks[..., 4:])
+    np.testing.assert_array_equal(cw.blocks.d, blocks[..., :2].copy().view(np.uint16)[..., 0])
+    np.testing.assert_array_equal(cw.blocks.m, blocks[..., 2:4].copy().view(np.uint16)[..., 0])
+    assert cw.exact and cw.offsets is not None        # the MatMulNBits description stays beside it
