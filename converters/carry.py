@@ -24,7 +24,7 @@ Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
     "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
                    (no extra nodes, not exact); the other types as in "carry"
     "native"       as "carry", but a float32 graph computes Q4_1 from the file's own blocks with
-                   edgellama's ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/q4_1.h):
+                   edgellama's ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/blocks.h):
                    no offset columns and no extra nodes; the package then needs edgellama's
                    operator library to load (edgellama.ops)
     "requantize"   dequantize and quantize again with the converter's own quantizer

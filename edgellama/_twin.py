@@ -220,7 +220,7 @@ def f16_to_f32(src: np.ndarray, dst: np.ndarray) -> None:
     dst[:] = src.view(np.float16)
 
 
-# ---- Q4_1 products ----
+# ---- block products (native/blocks.h) ----
 
 def q41_vector_path() -> bool:
     """The twin has one path: NumPy's."""
@@ -228,7 +228,7 @@ def q41_vector_path() -> bool:
 
 
 def _q8_blocks(x: np.ndarray) -> tuple:
-    """x [M, nb, 32] float32 -> (xq int32, xd, xs, xr [M, nb]) as native/q4_1.h rounds them."""
+    """x [M, nb, 32] float32 -> (xq int32, xd, xs, xr [M, nb]) as native/blocks.h rounds them."""
     amax = np.abs(x).max(axis=-1)
     inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
     xq = np.rint(x * inv[..., None]).astype(np.int32)
@@ -240,7 +240,7 @@ def _q8_blocks(x: np.ndarray) -> tuple:
 
 def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, portable: bool = False) -> np.ndarray:
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16
-    bits), x rounded per block as native/q4_1.h says (the sums are taken in another order)."""
+    bits), x rounded per block as native/blocks.h says (the sums are taken in another order)."""
     rows, n, nb = x.shape[0], qs.shape[0], qs.shape[1]
     if (qs.ndim != 3 or qs.shape[2] != 16 or d.shape != (n, nb) or m.shape != (n, nb)
             or x.ndim != 2 or x.shape[1] != nb * 32):
@@ -253,3 +253,14 @@ def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, port
     products = (dw[None] * xd[:, None, :]) * dots
     offsets = mw[None] * xs[:, None, :] + np.float32(8.0) * dw[None] * xr[:, None, :]
     return (products.sum(axis=-1) + offsets.sum(axis=-1)).astype(np.float32)
+
+
+def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, portable: bool = False) -> np.ndarray:
+    """y [M, N] = x [M, K] times the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]),
+    x rounded per block as native/blocks.h says."""
+    rows, n, nb = x.shape[0], q.shape[0], q.shape[1]
+    if q.ndim != 3 or q.shape[2] != 32 or scale.shape != (n, nb) or x.ndim != 2 or x.shape[1] != nb * 32:
+        raise error_for(ERR_SIZE, "q8_matmul")
+    xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, np.float32).reshape(rows, nb, 32))
+    dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32) - 128, xq).astype(np.float32)     # [M, N, nb]
+    return ((scale.astype(np.float32)[None] * xd[:, None, :]) * dots).sum(axis=-1).astype(np.float32)

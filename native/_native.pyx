@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Compiled sampling, KV-cache, float16 and Q4_1 routines (C in sampler.c, kvcache.c, halfconv.c, q4_1.c).
+"""Compiled sampling, KV-cache, float16 and block-product routines (C in sampler.c, kvcache.c,
+halfconv.c and blocks.c).
 
 This module only turns memoryviews into pointers, runs the C routines without the GIL and
 turns their return codes into exceptions. Argument checks with friendly messages live in
@@ -14,7 +15,7 @@ from edgellama.native_codes import error_for
 from sampler cimport *
 from kvcache cimport *
 from halfconv cimport *
-from q4_1 cimport *
+from blocks cimport *
 
 OK = EL_OK
 ERR_NOMEM = EL_ERR_NOMEM
@@ -151,7 +152,7 @@ def q41_vector_path():
 def q41_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] qs not None,
                const uint16_t[:, ::1] d not None, const uint16_t[:, ::1] m not None, bint portable=False):
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits),
-    with x rounded per block as q4_1.h says; `portable` takes the plain C path on any CPU."""
+    with x rounded per block as blocks.h says; `portable` takes the plain C path on any CPU."""
     cdef int64_t rows = x.shape[0], n = qs.shape[0], nb = qs.shape[1], i
     cdef int code = EL_Q41_OK
     if (qs.shape[2] != 16 or d.shape[0] != n or d.shape[1] != nb or m.shape[0] != n or m.shape[1] != nb
@@ -184,4 +185,41 @@ def q41_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] qs not N
             if code != EL_Q41_OK:
                 break
     _check(code, "q41_matmul")
+    return y
+
+
+def q8_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] q not None,
+              const float[:, ::1] scale not None, bint portable=False):
+    """y [M, N] = x [M, K] times the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]),
+    with x rounded per block as blocks.h says; `portable` takes the plain C path on any CPU."""
+    cdef int64_t rows = x.shape[0], n = q.shape[0], nb = q.shape[1], i
+    cdef int code = EL_Q41_OK
+    if q.shape[2] != 32 or scale.shape[0] != n or scale.shape[1] != nb or x.shape[1] != nb * 32:
+        raise error_for(ERR_SIZE, "q8_matmul")
+    y = np.zeros((rows, n), dtype=np.float32)
+    if rows == 0 or n == 0 or nb == 0:
+        return y
+    cdef int8_t[::1] xq = np.empty(nb * 32, dtype=np.int8)
+    cdef float[:, ::1] stats = np.empty((3, nb), dtype=np.float32)
+    cdef float[:, ::1] out = y
+    cdef el_q8_act act
+    cdef el_q8_weight w
+    act.q = &xq[0]
+    act.scale = &stats[0, 0]
+    act.sum = &stats[1, 0]
+    act.rest = &stats[2, 0]
+    act.nb = nb
+    w.q = &q[0, 0, 0]
+    w.scale = &scale[0, 0]
+    w.n = n
+    w.nb = nb
+    with nogil:
+        for i in range(rows):
+            code = el_q8_quantize(&x[i, 0], &act, portable)
+            if code != EL_Q41_OK:
+                break
+            code = el_q8_rows(&w, &act, 0, n, &out[i, 0], portable)
+            if code != EL_Q41_OK:
+                break
+    _check(code, "q8_matmul")
     return y

@@ -1,5 +1,5 @@
 /*
- * ONNX Runtime operator library: ai.edgellama:MatMulQ4_1, the Q4_1 product of q4_1.h inside a graph.
+ * ONNX Runtime operator library: the Q4_1 products of blocks.h inside a graph, domain ai.edgellama.
  *
  *     MatMulQ4_1(x, qs, d, m) -> y        attributes K, N (int)
  *         x  [..., K]        float32
@@ -8,23 +8,33 @@
  *         m  [N, K/32]       float16    the file's minimums
  *         y  [..., N]        float32
  *
+ *     MatMulQ8(x, q, scales) -> y         attributes K, N (int)
+ *         q      [N, K/32, 32]  uint8      weight = scale * (q - 128): MatMulNBits' 8-bit layout
+ *         scales [N, K/32]      float32    (a GGUF Q8_0 table, shared with the embedding's gather)
+ *
+ *     MlpQ4_1(x, gate_up qs, d, m, down qs, d, m) -> y        attributes K (hidden), N (intermediate)
+ *         gate_up [2N, K] (gate rows, then up rows), down [K, N], both as above
+ *         y = down(SiLU(gate x) * up x)
+ *             x -> gate_up -> [g | u] -> g / (1 + exp(-g)) * u -> down -> y
+ *
  * ONNX Runtime loads this file with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
  * release (new entries are only appended), so this file names the few it calls by their index in
  * that table instead of including onnxruntime_c_api.h, which the Python wheel does not ship.
  * Every call that can fail hands its status back to ONNX Runtime.
  *
- * One call: the M = prod(x.shape[:-1]) activation rows are rounded to int8 (q4_1.h), then the N
+ * One product: the M = prod(x.shape[:-1]) activation rows are rounded to int8 (blocks.h), then the N
  * weight rows are split into tiles of TILE_ROWS, run on ONNX Runtime's intra-op threads; a tile's
  * weights (TILE_ROWS x K/32 x 20 bytes) stay in cache while every activation row passes over them.
  */
-#include "q4_1.h"
+#include "blocks.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
-#define TILE_ROWS 16
+#define TILE_ROWS 16   /* 8, 32 and 64 measured no faster on SmolLM2 decode */
 #define MAX_DIMS 8
 
 typedef struct OrtStatus OrtStatus;
@@ -105,16 +115,17 @@ typedef struct OrtCustomOp {
 
 /* ---- MatMulQ4_1 --------------------------------------------------------------------------- */
 
-typedef struct { int64_t k, n; } Q41Kernel;
+typedef struct { int64_t k, n; } Kernel;      /* attributes K and N of every operator here */
 
-typedef struct {          /* one call, shared by the tiles */
-    el_q41_weight w;
+typedef struct {          /* one product, shared by the tiles */
+    el_q41_weight w;      /* Q4_1, or */
+    el_q8_weight w8;      /* 8-bit when w8.q is set */
     el_q8_act *acts;      /* [rows] */
     int64_t rows;
     float *y;             /* [rows, n] */
-} Q41Call;
+} Product;
 
-static OrtStatus *q41_create(const void *op, const void *unused, const void *info, void **kernel)
+static OrtStatus *create_kernel(const void *op, const void *unused, const void *info, void **kernel)
 {
     (void)op; (void)unused;
     int64_t k = 0, n = 0;
@@ -124,22 +135,27 @@ static OrtStatus *q41_create(const void *op, const void *unused, const void *inf
     if (status != NULL)
         return status;
     if (k <= 0 || k % EL_Q41_BLOCK || n <= 0)
-        return fail(ORT_INVALID_ARGUMENT, "MatMulQ4_1: attribute K must be a positive multiple of 32 and N positive");
-    Q41Kernel *kern = malloc(sizeof *kern);
+        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: attribute K must be a positive multiple of 32 and N positive");
+    Kernel *kern = malloc(sizeof *kern);
     if (kern == NULL)
-        return fail(ORT_FAIL, "MatMulQ4_1: out of memory");
+        return fail(ORT_FAIL, "edgellama operator: out of memory");
     kern->k = k;
     kern->n = n;
     *kernel = kern;
     return NULL;
 }
 
-static void q41_tile(void *data, size_t tile)
+static void product_tile(void *data, size_t tile)
 {
-    const Q41Call *call = data;
-    int64_t lo = (int64_t)tile * TILE_ROWS, hi = lo + TILE_ROWS < call->w.n ? lo + TILE_ROWS : call->w.n;
-    for (int64_t i = 0; i < call->rows; i++)   /* sizes were checked: the kernel cannot fail here */
-        el_q41_rows(&call->w, &call->acts[i], lo, hi, call->y + i * call->w.n, 0);
+    const Product *call = data;
+    int64_t n = call->w8.q ? call->w8.n : call->w.n;
+    int64_t lo = (int64_t)tile * TILE_ROWS, hi = lo + TILE_ROWS < n ? lo + TILE_ROWS : n;
+    for (int64_t i = 0; i < call->rows; i++) {   /* sizes were checked: the kernels cannot fail here */
+        if (call->w8.q)
+            el_q8_rows(&call->w8, &call->acts[i], lo, hi, call->y + i * n, 0);
+        else
+            el_q41_rows(&call->w, &call->acts[i], lo, hi, call->y + i * n, 0);
+    }
 }
 
 /* The shape of input `index`: *count dims into dims[MAX_DIMS], and its data. */
@@ -154,7 +170,7 @@ static OrtStatus *input_at(void *context, size_t index, int64_t *dims, size_t *c
         return status;
     status = API(API_GetDimensionsCount, dims_count_fn)(info, count);
     if (status == NULL && *count > MAX_DIMS)
-        status = fail(ORT_INVALID_ARGUMENT, "MatMulQ4_1: an input has more than 8 dimensions");
+        status = fail(ORT_INVALID_ARGUMENT, "edgellama operator: an input has more than 8 dimensions");
     if (status == NULL)
         status = API(API_GetDimensions, dims_fn)(info, dims, *count);
     API(API_ReleaseTensorTypeAndShapeInfo, release_info_fn)(info);
@@ -171,55 +187,155 @@ static int64_t elements(const int64_t *dims, size_t count)
     return total;
 }
 
-static OrtStatus *q41_compute(void *kernel, void *context)
+/* y [rows, n] = x [rows, 32 nb] times call.w (or call.w8), the weight tiles on ONNX Runtime's threads */
+static OrtStatus *product(void *context, const float *x, Product call)
 {
-    const Q41Kernel *kern = kernel;
-    int64_t nb = kern->k / EL_Q41_BLOCK, dims[4][MAX_DIMS];
-    size_t count[4];
-    void *data[4];
-    for (size_t i = 0; i < 4; i++) {
-        OrtStatus *status = input_at(context, i, dims[i], &count[i], &data[i]);
-        if (status != NULL)
-            return status;
-    }
-    if (count[0] < 1 || dims[0][count[0] - 1] != kern->k)
-        return fail(ORT_INVALID_ARGUMENT, "MatMulQ4_1: the last dimension of x differs from attribute K");
-    if (elements(dims[1], count[1]) != kern->n * nb * 16 || elements(dims[2], count[2]) != kern->n * nb ||
-        elements(dims[3], count[3]) != kern->n * nb)
-        return fail(ORT_INVALID_ARGUMENT, "MatMulQ4_1: qs, d or m does not hold N x K/32 blocks");
-
-    int64_t rows = elements(dims[0], count[0] - 1);
-    dims[0][count[0] - 1] = kern->n;
-    void *out;
-    float *y;
-    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, 0, dims[0], count[0], &out);
-    if (status == NULL)
-        status = API(API_GetTensorMutableData, mutable_data_fn)(out, (void **)&y);
-    if (status != NULL || rows == 0)
-        return status;
-
     /* scratch: per activation row, nb * 32 int8 and 3 * nb floats */
+    int64_t nb = call.w8.q ? call.w8.nb : call.w.nb, n = call.w8.q ? call.w8.n : call.w.n, rows = call.rows;
     el_q8_act *acts = malloc((size_t)rows * sizeof *acts);
     float *floats = malloc((size_t)(rows * nb * 3) * sizeof(float));
     int8_t *q = malloc((size_t)(rows * nb * EL_Q41_BLOCK));
     if (acts == NULL || floats == NULL || q == NULL) {
         free(acts); free(floats); free(q);
-        return fail(ORT_FAIL, "MatMulQ4_1: out of memory");
+        return fail(ORT_FAIL, "edgellama operator: out of memory");
     }
-    const float *x = data[0];
     for (int64_t i = 0; i < rows; i++) {
         float *f = floats + i * nb * 3;
         acts[i] = (el_q8_act){q + i * nb * EL_Q41_BLOCK, f, f + nb, f + 2 * nb, nb};
-        el_q8_quantize(x + i * kern->k, &acts[i], 0);
+        el_q8_quantize(x + i * nb * EL_Q41_BLOCK, &acts[i], 0);
     }
-    Q41Call call = {{data[1], data[2], data[3], kern->n, nb}, acts, rows, y};
-    size_t tiles = (size_t)((kern->n + TILE_ROWS - 1) / TILE_ROWS);
-    status = API(API_KernelContext_ParallelFor, parallel_for_fn)(context, q41_tile, tiles, 0, &call);
+    call.acts = acts;
+    size_t tiles = (size_t)((n + TILE_ROWS - 1) / TILE_ROWS);
+    OrtStatus *status = API(API_KernelContext_ParallelFor, parallel_for_fn)(context, product_tile, tiles, 0, &call);
     free(acts); free(floats); free(q);
     return status;
 }
 
-static void q41_destroy(void *kernel) { free(kernel); }
+/* The inputs of one call, shapes and data; input 0 is x, rows = prod(x.shape[:-1]). */
+typedef struct {
+    int64_t dims[8][MAX_DIMS];
+    size_t count[8];
+    void *data[8];
+    int64_t rows;
+} Inputs;
+
+static OrtStatus *read_inputs(void *context, size_t count, int64_t k, Inputs *in)
+{
+    for (size_t i = 0; i < count; i++) {
+        OrtStatus *status = input_at(context, i, in->dims[i], &in->count[i], &in->data[i]);
+        if (status != NULL)
+            return status;
+    }
+    if (in->count[0] < 1 || in->dims[0][in->count[0] - 1] != k)
+        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: the last dimension of x differs from attribute K");
+    in->rows = elements(in->dims[0], in->count[0] - 1);
+    return NULL;
+}
+
+static OrtStatus *output_like_x(void *context, Inputs *in, int64_t last, float **y)
+{
+    int64_t dims[MAX_DIMS];
+    for (size_t i = 0; i < in->count[0]; i++)
+        dims[i] = in->dims[0][i];
+    dims[in->count[0] - 1] = last;
+    void *out;
+    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, 0, dims, in->count[0], &out);
+    if (status == NULL)
+        status = API(API_GetTensorMutableData, mutable_data_fn)(out, (void **)y);
+    return status;
+}
+
+/* The Q4_1 weight [n, k] in inputs first .. first + 2, checked against its sizes. */
+static OrtStatus *weight_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q41_weight *w)
+{
+    int64_t nb = k / EL_Q41_BLOCK;
+    if (elements(in->dims[first], in->count[first]) != n * nb * 16 ||
+        elements(in->dims[first + 1], in->count[first + 1]) != n * nb ||
+        elements(in->dims[first + 2], in->count[first + 2]) != n * nb)
+        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d or m does not hold the blocks K and N say");
+    *w = (el_q41_weight){in->data[first], in->data[first + 1], in->data[first + 2], n, nb};
+    return NULL;
+}
+
+static OrtStatus *q41_product(void *context, const float *x, int64_t rows, el_q41_weight w, float *y)
+{
+    return product(context, x, (Product){w, {NULL, NULL, 0, 0}, NULL, rows, y});
+}
+
+static OrtStatus *q41_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q41_weight w;
+    float *y;
+    OrtStatus *status = read_inputs(context, 4, kern->k, &in);
+    if (status == NULL)
+        status = weight_at(&in, 1, kern->n, kern->k, &w);
+    if (status == NULL)
+        status = output_like_x(context, &in, kern->n, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    return q41_product(context, in.data[0], in.rows, w, y);
+}
+
+/* ---- MatMulQ8 ------------------------------------------------------------------------------ */
+
+static OrtStatus *q8_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    int64_t nb = kern->k / EL_Q41_BLOCK;
+    Inputs in;
+    float *y;
+    OrtStatus *status = read_inputs(context, 3, kern->k, &in);
+    if (status == NULL && (elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
+                           elements(in.dims[2], in.count[2]) != kern->n * nb))
+        status = fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
+    if (status == NULL)
+        status = output_like_x(context, &in, kern->n, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    el_q8_weight w8 = {in.data[1], in.data[2], kern->n, nb};
+    return product(context, in.data[0], (Product){{NULL, NULL, NULL, 0, 0}, w8, NULL, in.rows, y});
+}
+
+/* ---- MlpQ4_1 ------------------------------------------------------------------------------ */
+
+static OrtStatus *mlp_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;        /* k: hidden, n: intermediate */
+    int64_t hidden = kern->k, inter = kern->n;
+    Inputs in;
+    el_q41_weight gate_up, down;
+    float *y;
+    if (inter % EL_Q41_BLOCK)
+        return fail(ORT_INVALID_ARGUMENT, "MlpQ4_1: attribute N must be a multiple of 32");
+    OrtStatus *status = read_inputs(context, 7, hidden, &in);
+    if (status == NULL)
+        status = weight_at(&in, 1, 2 * inter, hidden, &gate_up);
+    if (status == NULL)
+        status = weight_at(&in, 4, hidden, inter, &down);
+    if (status == NULL)
+        status = output_like_x(context, &in, hidden, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    float *gu = malloc((size_t)(in.rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
+    if (gu == NULL)
+        return fail(ORT_FAIL, "MlpQ4_1: out of memory");
+    status = q41_product(context, in.data[0], in.rows, gate_up, gu);
+    if (status == NULL) {
+        /* SiLU(gate) * up, compacted in place to [rows, inter]: each write lands at or before its reads */
+        for (int64_t r = 0; r < in.rows; r++)
+            for (int64_t i = 0; i < inter; i++) {
+                float g = gu[r * 2 * inter + i];
+                gu[r * inter + i] = g / (1.0f + expf(-g)) * gu[r * 2 * inter + inter + i];
+            }
+        status = q41_product(context, gu, in.rows, down, y);
+    }
+    free(gu);
+    return status;
+}
+
+static void destroy_kernel(void *kernel) { free(kernel); }
 static const char *q41_name(const void *op) { (void)op; return "MatMulQ4_1"; }
 static int q41_input_type(const void *op, size_t i)
 {
@@ -228,6 +344,23 @@ static int q41_input_type(const void *op, size_t i)
     return types[i];
 }
 static size_t q41_input_count(const void *op) { (void)op; return 4; }
+static const char *q8_name(const void *op) { (void)op; return "MatMulQ8"; }
+static int q8_input_type(const void *op, size_t i)
+{
+    static const int types[] = {TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT};
+    (void)op;
+    return types[i];
+}
+static size_t q8_input_count(const void *op) { (void)op; return 3; }
+static const char *mlp_name(const void *op) { (void)op; return "MlpQ4_1"; }
+static int mlp_input_type(const void *op, size_t i)
+{
+    static const int types[] = {TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16,
+                                TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
+    (void)op;
+    return types[i];
+}
+static size_t mlp_input_count(const void *op) { (void)op; return 7; }
 
 /* ---- shared by the operators -------------------------------------------------------------- */
 
@@ -242,8 +375,20 @@ static int any_opset(const void *op) { (void)op; return 1 << 30; }
 
 static const OrtCustomOp matmul_q4_1 = {
     ORT_API_VERSION_USED, NULL, q41_name, cpu, q41_input_type, q41_input_count, float_output, one_output,
-    NULL, q41_destroy, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
-    q41_create, q41_compute, NULL, first_opset, any_opset,
+    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
+    create_kernel, q41_compute, NULL, first_opset, any_opset,
+};
+
+static const OrtCustomOp matmul_q8 = {
+    ORT_API_VERSION_USED, NULL, q8_name, cpu, q8_input_type, q8_input_count, float_output, one_output,
+    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
+    create_kernel, q8_compute, NULL, first_opset, any_opset,
+};
+
+static const OrtCustomOp mlp_q4_1 = {
+    ORT_API_VERSION_USED, NULL, mlp_name, cpu, mlp_input_type, mlp_input_count, float_output, one_output,
+    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
+    create_kernel, mlp_compute, NULL, first_opset, any_opset,
 };
 
 /* Called by ONNX Runtime when a session's options register this library. */
@@ -256,6 +401,10 @@ OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
     if (status == NULL)
         status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &matmul_q4_1);
+    if (status == NULL)
+        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &matmul_q8);
+    if (status == NULL)
+        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &mlp_q4_1);
     if (status == NULL)
         status = API(API_AddCustomOpDomain, add_domain_fn)(options, domain);
     return status;

@@ -1,4 +1,4 @@
-"""Q4_1 computed from the file's blocks (native/q4_1.c): the vector path, the plain C path and the
+"""Q4_1 computed from the file's blocks (native/blocks.c): the vector path, the plain C path and the
 NumPy twin agree; the ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/ort_ops.c) computes
 the same numbers inside a graph; gguf_blocks="native" packages load, generate and say what they need."""
 from __future__ import annotations
@@ -90,6 +90,41 @@ def test_the_file_nibble_order_is_read():
     assert _twin.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
 
 
+def random_q8(rng, n: int, nb: int):
+    """8-bit blocks with the extremes present: q = 0 (weight -128 scale) and 255."""
+    q = rng.integers(0, 256, (n, nb, 32)).astype(np.uint8)
+    q[0] = 0
+    q[-1, :, ::2] = 255
+    return q, rng.uniform(0.001, 0.05, (n, nb)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
+    rng = np.random.default_rng(200 + nb)
+    q, scale = random_q8(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    x[-1] = 1.0                      # every activation at +127 against -128: the largest int16 pairs
+    y = module.q8_matmul(x, q, scale)
+    w = (q.astype(np.float64) - 128) * scale[..., None]
+    exact = x.astype(np.float64) @ w.reshape(n, -1).T
+    np.testing.assert_allclose(y, exact, rtol=0, atol=0.01 * float(np.abs(exact).max()))
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+def test_q8_vector_path_plain_c_and_twin_agree(rows, n, nb):
+    rng = np.random.default_rng(300 + nb)
+    q, scale = random_q8(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    x[0] = 1.0
+    twin = _twin.q8_matmul(x, q, scale)
+    for portable in (False, True):
+        got = _native.q8_matmul(x, q, scale, portable)
+        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * float(np.abs(twin).max()),
+                                   err_msg=f"portable={portable}")
+
+
 @pytest.mark.parametrize("module", BACKENDS)
 def test_q4_1_product_refuses_mismatched_shapes(module):
     qs, d, m = random_blocks(np.random.default_rng(0), 4, 2)
@@ -97,6 +132,9 @@ def test_q4_1_product_refuses_mismatched_shapes(module):
         module.q41_matmul(np.zeros((1, 96), np.float32), qs, d, m)
     with pytest.raises(InvalidParameterError, match="q41_matmul"):
         module.q41_matmul(np.zeros((1, 64), np.float32), qs, d[:3], m)
+    q, scale = random_q8(np.random.default_rng(0), 4, 2)
+    with pytest.raises(InvalidParameterError, match="q8_matmul"):
+        module.q8_matmul(np.zeros((1, 64), np.float32), q, np.ascontiguousarray(scale[:, :1]))
 
 
 # --- the operator in ONNX Runtime -------------------------------------------------------------------
@@ -130,6 +168,60 @@ def test_native_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
     y = _ops_session(tmp_path / "model.onnx").run(["y"], {"x": x})[0]
     expected = _twin.q41_matmul(x[0], qs, d, m)
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=2e-6 * float(np.abs(expected).max()))
+
+
+def _mlp_model(tmp_path, source, layer: int):
+    """A graph x [1, tokens, H] -> the converter's MLP of `layer` -> y, in gguf_blocks "native"."""
+    from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
+    from edgellama.converters.graph.layers import mlp
+    from edgellama.converters.graph.ops import ExternalData, Graph, save_model
+
+    data = ExternalData(tmp_path / "model.onnx.data")
+    graph = Graph(data)
+    ctx = BuildContext(graph, source.config, Quantization("int4"), "float32", 64, source, gguf_blocks="native")
+    graph.input("x", ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
+    graph.output(mlp(ctx, layer, "x"), ONNX_DTYPES["float32"], [1, "s", None])
+    data.close()
+    save_model(graph.model(), tmp_path / "model.onnx")
+    return graph
+
+
+def _blocks_of(source, names):
+    parts = [carry(t, data, shape[1], "int4", "native").blocks for t, data, shape in map(source.raw, names)]
+    return [np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m")]
+
+
+@needs_ops
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, tokens):
+    hf = "model.layers.1.mlp"
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    with GGUFSource(path) as source:
+        graph = _mlp_model(tmp_path, source, 1)
+        gate_up = _blocks_of(source, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"])
+        down = _blocks_of(source, [f"{hf}.down_proj.weight"])
+    [node] = graph.nodes
+    assert (node.op_type, node.domain, node.name) == ("MlpQ4_1", "ai.edgellama", "/model/layers.1/mlp/MlpQ4_1")
+    x = np.random.default_rng(6).standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32)
+    y = _ops_session(tmp_path / "model.onnx").run(None, {"x": x})[0]
+    gu = _twin.q41_matmul(x[0], *gate_up)
+    ff = gu.shape[1] // 2
+    act = gu[:, :ff] / (1 + np.exp(-gu[:, :ff])) * gu[:, ff:]
+    expected = _twin.q41_matmul(act.astype(np.float32), *down)
+    np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+@needs_ops
+def test_an_8_bit_head_is_one_operator_reading_the_embedding_table(tiny_packages):
+    """The tied Q8_0 table: gathered by the embedding, multiplied by ai.edgellama:MatMulQ8."""
+    import onnx
+
+    graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
+    head = [n for n in graph.node if n.op_type == "MatMulQ8"]
+    gather = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(head) == 1 and head[0].domain == "ai.edgellama" and head[0].output[0] == "logits"
+    assert head[0].input[1] == gather[0].input[0]
+    assert not [n for n in graph.node if n.op_type == "MatMulNBits"]
 
 
 @needs_ops
@@ -183,7 +275,8 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
         assert layout[kind] == {native_op: TINY["layers"]}, kind
     graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
     ops_used = [n.op_type for n in graph.node]
-    assert ops_used.count("MatMulQ4_1") == 4 * TINY["layers"] and "ReduceSum" not in ops_used[1:]
+    assert ops_used.count("MatMulQ4_1") == 2 * TINY["layers"] and ops_used.count("MlpQ4_1") == TINY["layers"]
+    assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
     native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
     scale = float(np.abs(fp32).max())

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 
 from .context import BuildContext
-from .linear import linear
+from .linear import carried_weight, computes_q4_1_natively, linear, q41_initializers
+from .ops import EDGELLAMA_DOMAIN
 
 MS = "com.microsoft"
 
@@ -74,14 +75,29 @@ def mlp(ctx: BuildContext, layer: int, x: str) -> str:
 
         x -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
                                    \\-> up ---------------------------- Mul -> down_proj
+    (Q4_1 weights under gguf_blocks "native": one node, see native_mlp)
     """
     g = ctx.graph
     scope, hf = f"/model/layers.{layer}/mlp", f"model.layers.{layer}.mlp"
     ff = ctx.config.intermediate_size
-    gate_up = linear(ctx, f"{scope}/gate_up_proj", x, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"],
-                     "gate_up_proj")
+    gate_up_names, down_names = [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"], [f"{hf}.down_proj.weight"]
+    if computes_q4_1_natively(ctx, gate_up_names + down_names):
+        return native_mlp(ctx, scope, x, gate_up_names, down_names)
+    gate_up = linear(ctx, f"{scope}/gate_up_proj", x, gate_up_names, "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
     gate, up = g.node("Split", [gate_up, sizes], f"{scope}/gate_up_split", outputs=2, axis=-1)
     act = g.op("QuickGelu", [gate], f"{scope}/act", domain=MS, alpha=1.0)
     prod = g.op("Mul", [act, up], f"{scope}/act_mul")
-    return linear(ctx, f"{scope}/down_proj", prod, [f"{hf}.down_proj.weight"], "down_proj")
+    return linear(ctx, f"{scope}/down_proj", prod, down_names, "down_proj")
+
+
+def native_mlp(ctx: BuildContext, scope: str, x: str, gate_up_names: list, down_names: list) -> str:
+    """The whole SwiGLU feed-forward of Q4_1 weights in one node of edgellama's operator library:
+
+        x -> ai.edgellama:MlpQ4_1(gate|up blocks, down blocks) -> down(SiLU(gate x) * up x)
+    """
+    gate_up = carried_weight(ctx, gate_up_names, "gate_up_proj")
+    down = carried_weight(ctx, down_names, "down_proj")
+    inputs = [x] + q41_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + q41_initializers(
+        ctx, f"{scope}/down_proj", down)
+    return ctx.graph.op("MlpQ4_1", inputs, scope, domain=EDGELLAMA_DOMAIN, K=gate_up.k, N=down.k)

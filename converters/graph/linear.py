@@ -5,7 +5,8 @@
                   Q4_1 adds its per-block offsets through the block sums of x, appended to x
                   as extra input columns in float32 graphs (../offset_columns.py), and holds
                   its minimums as float16 zero points in float16 graphs; with gguf_blocks
-                  "native" a float32 graph computes Q4_1 with ai.edgellama:MatMulQ4_1 instead)
+                  "native" a float32 graph computes Q4_1 with ai.edgellama:MatMulQ4_1 and 8-bit
+                  blocks with ai.edgellama:MatMulQ8 instead)
     fp32 / fp16:  MatMul(x, W^T)                                  W^T [K, N] in the weight dtype
                   (fp16 weights under float32 activations get a Cast to float first)
 
@@ -25,7 +26,7 @@ from ..quantize import QuantizedWeight, quantize, unpack_nibbles
 from .context import BuildContext
 from .ops import EDGELLAMA_DOMAIN
 
-Q41_OP = f"{EDGELLAMA_DOMAIN}:MatMulQ4_1"
+Q41_OP = f"{EDGELLAMA_DOMAIN}:MatMulQ4_1"   # the layout record names it
 
 QUANT_BITS = {"int4": 4, "int8": 8}
 WEIGHT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -73,6 +74,22 @@ def _record(ctx: BuildContext, kind: str, how: str) -> None:
     counts[how] = counts.get(how, 0) + 1
 
 
+def _settings_carry(ctx: BuildContext) -> bool:
+    """Whether the conversion settings let GGML blocks be carried over at all."""
+    q = ctx.quantization
+    return (ctx.gguf_blocks != "requantize" and q.method in QUANT_BITS and q.block_size == GGML_BLOCK
+            and q.symmetric)
+
+
+def computes_q4_1_natively(ctx: BuildContext, names: Sequence[str]) -> bool:
+    """Whether the named source weights will be Q4_1 blocks computed by edgellama's operators
+    (gguf_blocks "native", a float32 graph, every weight stored as Q4_1)."""
+    if ctx.gguf_blocks != "native" or ctx.io_dtype != "float32" or not _settings_carry(ctx):
+        return False
+    raws = [ctx.read_raw(name) for name in names]
+    return all(r is not None and r[0] == "Q4_1" for r in raws) and carries("native", ctx.quantization.method, "Q4_1")
+
+
 def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bool = False,
                    gathered: bool = False) -> Optional[CarriedWeight]:
     """The named source weights (stacked along N) as GGML blocks carried into MatMulNBits layout,
@@ -80,8 +97,7 @@ def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bo
     embedding or LM head (see carry.CARRIED_TABLE_TYPES); `gathered`: rows are also gathered
     by the embedding, which could not add Q4_1 offsets."""
     q = ctx.quantization
-    if (ctx.gguf_blocks == "requantize" or q.method not in QUANT_BITS or q.block_size != GGML_BLOCK
-            or not q.symmetric):
+    if not _settings_carry(ctx):
         return None
     raws = [ctx.read_raw(name) for name in names]
     if any(r is None for r in raws) or len({r[0] for r in raws}) != 1:
@@ -123,7 +139,13 @@ def float_weight(ctx: BuildContext, scope: str, array: np.ndarray) -> str:
 
 
 def matmul_nbits(ctx: BuildContext, scope: str, x: str, refs: QuantizedRefs, output: Optional[str] = None) -> str:
+    """x -> MatMulNBits -> y; under gguf_blocks "native" an 8-bit symmetric weight in blocks of 32
+    (a Q8_0 LM head) goes to ai.edgellama:MatMulQ8 instead, which reads the same initializers."""
     qw = refs.quantized
+    if (ctx.gguf_blocks == "native" and ctx.io_dtype == "float32" and qw.bits == 8 and qw.block_size == GGML_BLOCK
+            and qw.zero_points is None and qw.k % GGML_BLOCK == 0):
+        return ctx.graph.op("MatMulQ8", [x, refs.weight, refs.scales], scope, domain=EDGELLAMA_DOMAIN,
+                            output=output, K=qw.k, N=qw.n)
     inputs = [x, refs.weight, refs.scales] + ([refs.zero_points] if refs.zero_points else [])
     return ctx.graph.op("MatMulNBits", inputs, scope, domain="com.microsoft", output=output, K=qw.k, N=qw.n,
                         bits=qw.bits, block_size=qw.block_size, accuracy_level=ctx.quantization.accuracy_level)
@@ -170,12 +192,16 @@ def carried_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, out
 def q41_linear(ctx: BuildContext, scope: str, x: str, cw: CarriedWeight, output: Optional[str] = None) -> str:
     """y = x @ W^T from the file's Q4_1 blocks in one node of edgellama's operator library:
     x -> ai.edgellama:MatMulQ4_1(qs, d, m) -> y  (native/ort_ops.c)."""
+    return ctx.graph.op("MatMulQ4_1", [x] + q41_initializers(ctx, scope, cw), scope, domain=EDGELLAMA_DOMAIN,
+                        output=output, K=cw.k, N=cw.blocks.qs.shape[0])
+
+
+def q41_initializers(ctx: BuildContext, scope: str, cw: CarriedWeight) -> list:
+    """The file's Q4_1 fields as initializers named after `scope`: nibbles, scales, minimums."""
     prefix = _initializer_prefix(scope) + ".weight"
     g, blocks = ctx.graph, cw.blocks
-    inputs = [x, g.initializer(prefix, blocks.qs), g.initializer(prefix + ".scales", blocks.d.view(np.float16)),
-              g.initializer(prefix + ".minimums", blocks.m.view(np.float16))]
-    return g.op(Q41_OP.split(":")[1], inputs, scope, domain=EDGELLAMA_DOMAIN, output=output,
-                K=cw.k, N=blocks.qs.shape[0])
+    return [g.initializer(prefix, blocks.qs), g.initializer(prefix + ".scales", blocks.d.view(np.float16)),
+            g.initializer(prefix + ".minimums", blocks.m.view(np.float16))]
 
 
 def float_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:

@@ -1,7 +1,9 @@
 /*
- * Products of float32 activations with GGML Q4_1 weights, computed from the blocks as the file
- * stores them; ort_ops.c runs them as the ONNX Runtime operator ai.edgellama:MatMulQ4_1.
+ * Products of float32 activations with weights stored in blocks of 32 inputs: GGML Q4_1 as the
+ * file stores it, and 8-bit blocks in MatMulNBits' layout; ort_ops.c runs them as the ONNX Runtime
+ * operators of domain ai.edgellama.
  *
+ * Q4_1:
  * Weight W [N, K], K = 32 * nb, one block per (row n, block b) of 32 inputs:
  *     w = d * q + m,   q in [0, 15]
  *     qs [N, nb, 16]   uint8: element j < 16 is the low nibble of qs[j], j >= 16 the high nibble of qs[j - 16]
@@ -13,12 +15,16 @@
  *          = sum_b ( d xd sum_j (q_j - 8) xq_j  +  (m + 8 d) xs )
  * the centred nibbles meet the rounded activations, the block's offset m + 8d meets its exact sum.
  *
+ * 8-bit (bits 8, default zero point 128: a GGUF Q8_0 table carried as it is, converters/carry.py):
+ *     q [N, nb, 32]   uint8, weight = scale * (q - 128);   scale [N, nb] float32
+ *     y[n] = sum_b scale xd sum_j (q_j - 128) xq_j
+ *
  * x86-64 CPUs with AVX2, FMA and F16C take a vector path, chosen at run time; every other CPU (and
  * `portable` = 1) a plain C loop with the same arithmetic, summed in another order.
  * Routines report errors by return code and never allocate.
  */
-#ifndef EDGELLAMA_Q4_1_H
-#define EDGELLAMA_Q4_1_H
+#ifndef EDGELLAMA_BLOCKS_H
+#define EDGELLAMA_BLOCKS_H
 
 #include <stdint.h>
 
@@ -48,13 +54,27 @@ typedef struct el_q41_weight {
     int64_t nb;
 } el_q41_weight;
 
+/* Offset in act.q of the first (second = 0) or last (second = 1) 16 values of block b. */
+int64_t el_q8_half_at(int64_t b, int64_t nb, int second);
+
 /* Whether this CPU takes the vector path. */
 int el_q41_vector_path(void);
+
+/* An 8-bit weight [n, 32 * nb] as described above. */
+typedef struct el_q8_weight {
+    const uint8_t *q;
+    const float *scale;
+    int64_t n;
+    int64_t nb;
+} el_q8_weight;
 
 /* Round x [32 * act->nb] into act. */
 int el_q8_quantize(const float *x, el_q8_act *act, int portable);
 
 /* y[r] = row r of W times the activation row, for rows r in [lo, hi) (y is indexed by r). */
 int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
+
+/* The same for an 8-bit weight. */
+int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
 
 #endif

@@ -1,7 +1,7 @@
-# Declarations of q4_1.h for the extension module.
+# Declarations of blocks.h for the extension module.
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
 
-cdef extern from "q4_1.h" nogil:
+cdef extern from "blocks.h" nogil:
     enum:
         EL_Q41_OK
         EL_Q41_ERR_SIZE
@@ -20,6 +20,13 @@ cdef extern from "q4_1.h" nogil:
         int64_t n
         int64_t nb
 
+    ctypedef struct el_q8_weight:
+        const uint8_t *q
+        const float *scale
+        int64_t n
+        int64_t nb
+
     int el_q41_vector_path()
     int el_q8_quantize(const float *x, el_q8_act *act, int portable)
     int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+    int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)

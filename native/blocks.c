@@ -1,17 +1,18 @@
 /*
- * Q4_1 products (see q4_1.h): a plain C path and an AVX2 path over the same buffers.
+ * Block products (see blocks.h): a plain C path and an AVX2 path over the same buffers.
  *
  * Buffers of one call (nb blocks of 32 inputs, rows [lo, hi) of W):
  *     x      [nb * 32]      float32 activation row
- *     act.q  [nb * 32]      int8, pair layout of q4_1.h
+ *     act.q  [nb * 32]      int8, pair layout of blocks.h
  *     act.scale/sum/rest [nb]
- *     w.qs   [n, nb, 16]    uint8 nibbles;  w.d, w.m [n, nb] binary16
+ *     w.qs   [n, nb, 16]    uint8 nibbles;  w.d, w.m [n, nb] binary16    (Q4_1)
+ *     w.q    [n, nb, 32]    uint8;  w.scale [n, nb] float32                (8-bit)
  *     y      [n]            float32, rows lo .. hi - 1 written
  * Scratch lives on the stack: per weight row, the products d * xd of CHUNK blocks at a time.
  *
  * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the functions compiled for AVX2).
  */
-#include "q4_1.h"
+#include "blocks.h"
 #include "halfconv.h"
 
 #include <math.h>
@@ -20,8 +21,8 @@
 
 #define CHUNK 64   /* blocks whose scale products are precomputed at once (even) */
 
-/* Where block b's first and second halves of 16 go in the pair layout. */
-static int64_t half_at(int64_t b, int64_t nb, int second)
+/* pairs of blocks interleaved by halves, an odd last block as it is (blocks.h) */
+int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
 {
     if ((b ^ 1) >= nb)                     /* an odd last block, as it is */
         return b * 32 + 16 * second;
@@ -54,8 +55,8 @@ static void quantize_portable(const float *x, el_q8_act *act)
             block[j] = (int8_t)lrintf(xb[j] * inv);
             isum += block[j];
         }
-        memcpy(act->q + half_at(b, act->nb, 0), block, 16);
-        memcpy(act->q + half_at(b, act->nb, 1), block + 16, 16);
+        memcpy(act->q + el_q8_half_at(b, act->nb, 0), block, 16);
+        memcpy(act->q + el_q8_half_at(b, act->nb, 1), block + 16, 16);
         act->scale[b] = amax / 127.0f;
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)isum;
@@ -69,7 +70,7 @@ static void rows_portable(const el_q41_weight *w, const el_q8_act *act, int64_t 
         const uint8_t *qs = w->qs + r * nb * 16;
         float acc = 0.0f, off = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
-            const int8_t *lo16 = act->q + half_at(b, nb, 0), *hi16 = act->q + half_at(b, nb, 1);
+            const int8_t *lo16 = act->q + el_q8_half_at(b, nb, 0), *hi16 = act->q + el_q8_half_at(b, nb, 1);
             int32_t dot = 0;
             for (int j = 0; j < 16; j++)
                 dot += (qs[b * 16 + j] & 0x0F) * lo16[j] + (qs[b * 16 + j] >> 4) * hi16[j];
@@ -78,6 +79,23 @@ static void rows_portable(const el_q41_weight *w, const el_q8_act *act, int64_t 
             off += m * act->sum[b] + 8.0f * d * act->rest[b];
         }
         y[r] = acc + off;
+    }
+}
+
+static void rows8_portable(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+{
+    int64_t nb = w->nb;
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *q = w->q + r * nb * 32;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *lo16 = act->q + el_q8_half_at(b, nb, 0), *hi16 = act->q + el_q8_half_at(b, nb, 1);
+            int32_t dot = 0;
+            for (int j = 0; j < 16; j++)
+                dot += (q[b * 32 + j] - 128) * lo16[j] + (q[b * 32 + 16 + j] - 128) * hi16[j];
+            acc += w->scale[r * nb + b] * act->scale[b] * (float)dot;
+        }
+        y[r] = acc;
     }
 }
 
@@ -118,8 +136,8 @@ VECTOR static void quantize_vector(const float *x, el_q8_act *act)
         /* packs work within 128-bit lanes: the permutation restores element order */
         __m256i q = _mm256_permutevar8x32_epi32(
             _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3)), order);
-        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 0)), _mm256_castsi256_si128(q));
-        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 1)), _mm256_extracti128_si256(q, 1));
+        _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, act->nb, 0)), _mm256_castsi256_si128(q));
+        _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, act->nb, 1)), _mm256_extracti128_si256(q, 1));
         float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         act->scale[b] = amax / 127.0f;
         act->sum[b] = sum;
@@ -206,6 +224,45 @@ VECTOR static void rows_vector(const el_q41_weight *w, const el_q8_act *act, int
     }
 }
 
+/* signed bytes a times signed bytes b, summed in pairs to int16 (|a| <= 128, |b| <= 127: at most 32512) */
+VECTOR static inline __m256i signed_pairs(__m256i a, __m256i b)
+{
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+}
+
+VECTOR static void rows8_vector(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    int64_t nb = w->nb;
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *q = w->q + r * nb * 32;
+        const float *scale = w->scale + r * nb;
+        __m256 acc = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            /* q - 128 as signed bytes; halves regrouped to the pair layout of the activations */
+            __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32)), flip);
+            __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32 + 32)), flip);
+            __m256i wl = _mm256_permute2x128_si256(w0, w1, 0x20), wh = _mm256_permute2x128_si256(w0, w1, 0x31);
+            __m256i xl = _mm256_loadu_si256((const __m256i *)(act->q + b * 32));
+            __m256i xh = _mm256_loadu_si256((const __m256i *)(act->q + b * 32 + 32));
+            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(signed_pairs(wl, xl), ones),   /* int16 pairs can reach */
+                                         _mm256_madd_epi16(signed_pairs(wh, xh), ones));  /* 32512: add in int32 */
+            __m128 sv = _mm_mul_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(scale + b))),
+                                   _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(act->scale + b))));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sv), first), acc);
+        }
+        if (b < nb) {   /* an odd last block, in element order */
+            __m256i wv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32)), flip);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(act->q + b * 32));
+            __m256i s = _mm256_madd_epi16(signed_pairs(wv, xv), ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale[b] * act->scale[b]), acc);
+        }
+        y[r] = hsum8(acc);
+    }
+}
+
 static int vector_supported(void)
 {
     __builtin_cpu_init();
@@ -255,5 +312,21 @@ int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_
 #endif
     (void)portable;
     rows_portable(w, act, lo, hi, y);
+    return EL_Q41_OK;
+}
+
+int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+{
+    if (w == NULL || act == NULL || y == NULL || w->q == NULL || w->scale == NULL || w->nb <= 0 ||
+        w->nb != act->nb || lo < 0 || hi > w->n || lo > hi)
+        return EL_Q41_ERR_SIZE;
+#if HAVE_VECTOR
+    if (!portable && el_q41_vector_path()) {
+        rows8_vector(w, act, lo, hi, y);
+        return EL_Q41_OK;
+    }
+#endif
+    (void)portable;
+    rows8_portable(w, act, lo, hi, y);
     return EL_Q41_OK;
 }
