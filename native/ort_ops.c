@@ -17,6 +17,12 @@
  *         y = down(SiLU(gate x) * up x)
  *             x -> gate_up -> [g | u] -> g / (1 + exp(-g)) * u -> down -> y
  *
+ *     NormMatMulQ4_1(x, residual, gamma, qs, d, m) -> (y, sum)           attributes K, N, epsilon
+ *     NormMlpQ4_1(x, residual, gamma, gate_up qs, d, m, down qs, d, m) -> (y, sum)
+ *         the residual add and RMS norm of the layer before the product, as ONNX Runtime's
+ *         SkipSimplifiedLayerNormalization computes them (gamma [K] float32):
+ *             x + residual -> sum (output 1) -> sum / sqrt(mean(sum^2) + epsilon) * gamma -> product -> y
+ *
  * ONNX Runtime loads this file with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
  * release (new entries are only appended), so this file names the few it calls by their index in
@@ -36,6 +42,7 @@
 #define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
 #define TILE_ROWS 16   /* 8, 32 and 64 measured no faster on SmolLM2 decode */
 #define MAX_DIMS 8
+#define MAX_INPUTS 9
 
 typedef struct OrtStatus OrtStatus;
 typedef void *ort_fn;
@@ -54,6 +61,7 @@ enum {
     API_GetDimensionsCount = 61,
     API_GetDimensions = 62,
     API_GetTensorTypeAndShape = 65,
+    API_KernelInfoGetAttribute_float = 85,
     API_KernelInfoGetAttribute_int64 = 86,
     API_KernelContext_GetInput = 90,
     API_KernelContext_GetOutput = 91,
@@ -74,6 +82,7 @@ typedef OrtStatus *(*dims_count_fn)(const void *info, size_t *count);
 typedef OrtStatus *(*dims_fn)(const void *info, int64_t *dims, size_t count);
 typedef void (*release_info_fn)(void *info);
 typedef OrtStatus *(*attribute_fn)(const void *info, const char *name, int64_t *value);
+typedef OrtStatus *(*float_attribute_fn)(const void *info, const char *name, float *value);
 typedef OrtStatus *(*parallel_for_fn)(void *context, void (*fn)(void *, size_t), size_t total, size_t batch,
                                       void *data);
 typedef OrtStatus *(*create_domain_fn)(const char *name, void **domain);
@@ -115,7 +124,7 @@ typedef struct OrtCustomOp {
 
 /* ---- MatMulQ4_1 --------------------------------------------------------------------------- */
 
-typedef struct { int64_t k, n; } Kernel;      /* attributes K and N of every operator here */
+typedef struct { int64_t k, n; float eps; } Kernel;   /* attributes K, N (every operator), epsilon (Norm*) */
 
 typedef struct {          /* one product, shared by the tiles */
     el_q41_weight w;      /* Q4_1, or */
@@ -141,8 +150,21 @@ static OrtStatus *create_kernel(const void *op, const void *unused, const void *
         return fail(ORT_FAIL, "edgellama operator: out of memory");
     kern->k = k;
     kern->n = n;
+    kern->eps = 0.0f;
     *kernel = kern;
     return NULL;
+}
+
+static OrtStatus *create_norm_kernel(const void *op, const void *unused, const void *info, void **kernel)
+{
+    OrtStatus *status = create_kernel(op, unused, info, kernel);
+    if (status == NULL)
+        status = API(API_KernelInfoGetAttribute_float, float_attribute_fn)(info, "epsilon", &((Kernel *)*kernel)->eps);
+    if (status != NULL && *kernel != NULL) {
+        free(*kernel);
+        *kernel = NULL;
+    }
+    return status;
 }
 
 static void product_tile(void *data, size_t tile)
@@ -213,9 +235,9 @@ static OrtStatus *product(void *context, const float *x, Product call)
 
 /* The inputs of one call, shapes and data; input 0 is x, rows = prod(x.shape[:-1]). */
 typedef struct {
-    int64_t dims[8][MAX_DIMS];
-    size_t count[8];
-    void *data[8];
+    int64_t dims[MAX_INPUTS][MAX_DIMS];
+    size_t count[MAX_INPUTS];
+    void *data[MAX_INPUTS];
     int64_t rows;
 } Inputs;
 
@@ -232,14 +254,14 @@ static OrtStatus *read_inputs(void *context, size_t count, int64_t k, Inputs *in
     return NULL;
 }
 
-static OrtStatus *output_like_x(void *context, Inputs *in, int64_t last, float **y)
+static OrtStatus *output_like_x(void *context, Inputs *in, size_t index, int64_t last, float **y)
 {
     int64_t dims[MAX_DIMS];
     for (size_t i = 0; i < in->count[0]; i++)
         dims[i] = in->dims[0][i];
     dims[in->count[0] - 1] = last;
     void *out;
-    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, 0, dims, in->count[0], &out);
+    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, index, dims, in->count[0], &out);
     if (status == NULL)
         status = API(API_GetTensorMutableData, mutable_data_fn)(out, (void **)y);
     return status;
@@ -272,7 +294,7 @@ static OrtStatus *q41_compute(void *kernel, void *context)
     if (status == NULL)
         status = weight_at(&in, 1, kern->n, kern->k, &w);
     if (status == NULL)
-        status = output_like_x(context, &in, kern->n, &y);
+        status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
         return status;
     return q41_product(context, in.data[0], in.rows, w, y);
@@ -291,7 +313,7 @@ static OrtStatus *q8_compute(void *kernel, void *context)
                            elements(in.dims[2], in.count[2]) != kern->n * nb))
         status = fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
     if (status == NULL)
-        status = output_like_x(context, &in, kern->n, &y);
+        status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
         return status;
     el_q8_weight w8 = {in.data[1], in.data[2], kern->n, nb};
@@ -300,38 +322,119 @@ static OrtStatus *q8_compute(void *kernel, void *context)
 
 /* ---- MlpQ4_1 ------------------------------------------------------------------------------ */
 
-static OrtStatus *mlp_compute(void *kernel, void *context)
+/* y [rows, hidden] = down(SiLU(gate x) * up x) for x [rows, hidden] */
+static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_weight gate_up, el_q41_weight down,
+                           float *y)
 {
-    const Kernel *kern = kernel;        /* k: hidden, n: intermediate */
-    int64_t hidden = kern->k, inter = kern->n;
-    Inputs in;
-    el_q41_weight gate_up, down;
-    float *y;
-    if (inter % EL_Q41_BLOCK)
-        return fail(ORT_INVALID_ARGUMENT, "MlpQ4_1: attribute N must be a multiple of 32");
-    OrtStatus *status = read_inputs(context, 7, hidden, &in);
-    if (status == NULL)
-        status = weight_at(&in, 1, 2 * inter, hidden, &gate_up);
-    if (status == NULL)
-        status = weight_at(&in, 4, hidden, inter, &down);
-    if (status == NULL)
-        status = output_like_x(context, &in, hidden, &y);
-    if (status != NULL || in.rows == 0)
-        return status;
-    float *gu = malloc((size_t)(in.rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
+    int64_t inter = down.nb * EL_Q41_BLOCK;
+    float *gu = malloc((size_t)(rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
     if (gu == NULL)
         return fail(ORT_FAIL, "MlpQ4_1: out of memory");
-    status = q41_product(context, in.data[0], in.rows, gate_up, gu);
+    OrtStatus *status = q41_product(context, x, rows, gate_up, gu);
     if (status == NULL) {
         /* SiLU(gate) * up, compacted in place to [rows, inter]: each write lands at or before its reads */
-        for (int64_t r = 0; r < in.rows; r++)
+        for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < inter; i++) {
                 float g = gu[r * 2 * inter + i];
                 gu[r * inter + i] = g / (1.0f + expf(-g)) * gu[r * 2 * inter + inter + i];
             }
-        status = q41_product(context, gu, in.rows, down, y);
+        status = q41_product(context, gu, rows, down, y);
     }
     free(gu);
+    return status;
+}
+
+/* Inputs 0 .. first - 1 read; the MLP weights at `first` (gate_up) and first + 3 (down) checked. */
+static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q41_weight *gate_up,
+                              el_q41_weight *down)
+{
+    if (kern->n % EL_Q41_BLOCK)
+        return fail(ORT_INVALID_ARGUMENT, "MlpQ4_1: attribute N must be a multiple of 32");
+    OrtStatus *status = weight_at(in, first, 2 * kern->n, kern->k, gate_up);
+    return status != NULL ? status : weight_at(in, first + 3, kern->k, kern->n, down);
+}
+
+static OrtStatus *mlp_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;        /* k: hidden, n: intermediate */
+    Inputs in;
+    el_q41_weight gate_up, down;
+    float *y;
+    OrtStatus *status = read_inputs(context, 7, kern->k, &in);
+    if (status == NULL)
+        status = mlp_weights(kern, &in, 1, &gate_up, &down);
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->k, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    return mlp_rows(context, in.data[0], in.rows, gate_up, down, y);
+}
+
+/* ---- NormMatMulQ4_1, NormMlpQ4_1 ---------------------------------------------------------- */
+
+/* Inputs 0 .. count - 1 read, output 1 = x + residual, and *normed [rows, K] (freed by the caller)
+ * the RMS norm of that sum times gamma. */
+static OrtStatus *skip_norm(void *context, const Kernel *kern, size_t count, Inputs *in, float **normed)
+{
+    float *sum;
+    *normed = NULL;
+    OrtStatus *status = read_inputs(context, count, kern->k, in);
+    if (status == NULL && (elements(in->dims[1], in->count[1]) != in->rows * kern->k ||
+                           elements(in->dims[2], in->count[2]) != kern->k))
+        status = fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
+    if (status == NULL)
+        status = output_like_x(context, in, 1, kern->k, &sum);
+    if (status != NULL || in->rows == 0)
+        return status;
+    *normed = malloc((size_t)(in->rows * kern->k) * sizeof(float));
+    if (*normed == NULL)
+        return fail(ORT_FAIL, "edgellama norm operator: out of memory");
+    const float *x = in->data[0], *residual = in->data[1], *gamma = in->data[2];
+    for (int64_t r = 0; r < in->rows; r++) {
+        const int64_t at = r * kern->k;
+        double squares = 0.0;
+        for (int64_t i = 0; i < kern->k; i++) {
+            sum[at + i] = x[at + i] + residual[at + i];
+            squares += (double)sum[at + i] * sum[at + i];
+        }
+        float scale = 1.0f / sqrtf((float)(squares / (double)kern->k) + kern->eps);
+        for (int64_t i = 0; i < kern->k; i++)
+            (*normed)[at + i] = sum[at + i] * scale * gamma[i];
+    }
+    return NULL;
+}
+
+static OrtStatus *norm_q41_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q41_weight w;
+    float *normed, *y;
+    OrtStatus *status = skip_norm(context, kern, 6, &in, &normed);
+    if (status == NULL)
+        status = weight_at(&in, 3, kern->n, kern->k, &w);
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->n, &y);
+    if (status == NULL && in.rows > 0)
+        status = q41_product(context, normed, in.rows, w, y);
+    free(normed);
+    return status;
+}
+
+static OrtStatus *norm_mlp_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q41_weight gate_up, down;
+    float *normed, *y;
+    OrtStatus *status = skip_norm(context, kern, 9, &in, &normed);
+    if (status == NULL)
+        status = mlp_weights(kern, &in, 3, &gate_up, &down);
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->k, &y);
+    if (status == NULL && in.rows > 0)
+        status = mlp_rows(context, normed, in.rows, gate_up, down, y);
+    free(normed);
     return status;
 }
 
@@ -361,12 +464,30 @@ static int mlp_input_type(const void *op, size_t i)
     return types[i];
 }
 static size_t mlp_input_count(const void *op) { (void)op; return 7; }
+static const char *norm_q41_name(const void *op) { (void)op; return "NormMatMulQ4_1"; }
+static int norm_q41_input_type(const void *op, size_t i)
+{
+    static const int types[] = {TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
+    (void)op;
+    return types[i];
+}
+static size_t norm_q41_input_count(const void *op) { (void)op; return 6; }
+static const char *norm_mlp_name(const void *op) { (void)op; return "NormMlpQ4_1"; }
+static int norm_mlp_input_type(const void *op, size_t i)
+{
+    static const int types[] = {TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16,
+                                TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
+    (void)op;
+    return types[i];
+}
+static size_t norm_mlp_input_count(const void *op) { (void)op; return 9; }
 
 /* ---- shared by the operators -------------------------------------------------------------- */
 
 static const char *cpu(const void *op) { (void)op; return "CPUExecutionProvider"; }
 static int float_output(const void *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
 static size_t one_output(const void *op) { (void)op; return 1; }
+static size_t two_outputs(const void *op) { (void)op; return 2; }
 static int required(const void *op, size_t i) { (void)op; (void)i; return 0; }   /* INPUT_OUTPUT_REQUIRED */
 static int default_memory(const void *op, size_t i) { (void)op; (void)i; return 0; }
 static int arity_one(const void *op) { (void)op; return 1; }
@@ -391,6 +512,18 @@ static const OrtCustomOp mlp_q4_1 = {
     create_kernel, mlp_compute, NULL, first_opset, any_opset,
 };
 
+static const OrtCustomOp norm_matmul_q4_1 = {
+    ORT_API_VERSION_USED, NULL, norm_q41_name, cpu, norm_q41_input_type, norm_q41_input_count, float_output,
+    two_outputs, NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one,
+    arity_one, create_norm_kernel, norm_q41_compute, NULL, first_opset, any_opset,
+};
+
+static const OrtCustomOp norm_mlp_q4_1 = {
+    ORT_API_VERSION_USED, NULL, norm_mlp_name, cpu, norm_mlp_input_type, norm_mlp_input_count, float_output,
+    two_outputs, NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one,
+    arity_one, create_norm_kernel, norm_mlp_compute, NULL, first_opset, any_opset,
+};
+
 /* Called by ONNX Runtime when a session's options register this library. */
 OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
 {
@@ -399,12 +532,9 @@ OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
         return NULL;
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
-    if (status == NULL)
-        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &matmul_q4_1);
-    if (status == NULL)
-        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &matmul_q8);
-    if (status == NULL)
-        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &mlp_q4_1);
+    const OrtCustomOp *all[] = {&matmul_q4_1, &matmul_q8, &mlp_q4_1, &norm_matmul_q4_1, &norm_mlp_q4_1};
+    for (size_t i = 0; status == NULL && i < sizeof all / sizeof all[0]; i++)
+        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, all[i]);
     if (status == NULL)
         status = API(API_AddCustomOpDomain, add_domain_fn)(options, domain);
     return status;

@@ -170,8 +170,13 @@ def test_native_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=2e-6 * float(np.abs(expected).max()))
 
 
+def rms_normed(s: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
+    return (s / np.sqrt((s.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * gamma).astype(np.float32)
+
+
 def _mlp_model(tmp_path, source, layer: int):
-    """A graph x [1, tokens, H] -> the converter's MLP of `layer` -> y, in gguf_blocks "native"."""
+    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` -> (y, x + residual),
+    in gguf_blocks "native"."""
     from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
     from edgellama.converters.graph.layers import mlp
     from edgellama.converters.graph.ops import ExternalData, Graph, save_model
@@ -179,8 +184,10 @@ def _mlp_model(tmp_path, source, layer: int):
     data = ExternalData(tmp_path / "model.onnx.data")
     graph = Graph(data)
     ctx = BuildContext(graph, source.config, Quantization("int4"), "float32", 64, source, gguf_blocks="native")
-    graph.input("x", ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
-    graph.output(mlp(ctx, layer, "x"), ONNX_DTYPES["float32"], [1, "s", None])
+    for name in ("x", "residual"):
+        graph.input(name, ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
+    for out in mlp(ctx, layer, "x", "residual"):
+        graph.output(out, ONNX_DTYPES["float32"], [1, "s", None])
     data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
     return graph
@@ -200,11 +207,16 @@ def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, 
         graph = _mlp_model(tmp_path, source, 1)
         gate_up = _blocks_of(source, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"])
         down = _blocks_of(source, [f"{hf}.down_proj.weight"])
+        gamma = source.read("model.layers.1.post_attention_layernorm.weight")
+        eps = source.config.rms_norm_eps
     [node] = graph.nodes
-    assert (node.op_type, node.domain, node.name) == ("MlpQ4_1", "ai.edgellama", "/model/layers.1/mlp/MlpQ4_1")
-    x = np.random.default_rng(6).standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32)
-    y = _ops_session(tmp_path / "model.onnx").run(None, {"x": x})[0]
-    gu = _twin.q41_matmul(x[0], *gate_up)
+    assert (node.op_type, node.domain, node.name) == ("NormMlpQ4_1", "ai.edgellama", "/model/layers.1/mlp/NormMlpQ4_1")
+    rng = np.random.default_rng(6)
+    x, residual = (rng.standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32) for _ in "xr")
+    y, total = _ops_session(tmp_path / "model.onnx").run(None, {"x": x, "residual": residual})
+    np.testing.assert_array_equal(total, x + residual)
+    assert [a.f for a in node.attribute if a.name == "epsilon"] == [pytest.approx(eps)]
+    gu = _twin.q41_matmul(rms_normed(x[0] + residual[0], gamma, eps), *gate_up)
     ff = gu.shape[1] // 2
     act = gu[:, :ff] / (1 + np.exp(-gu[:, :ff])) * gu[:, ff:]
     expected = _twin.q41_matmul(act.astype(np.float32), *down)
@@ -222,6 +234,35 @@ def test_an_8_bit_head_is_one_operator_reading_the_embedding_table(tiny_packages
     assert len(head) == 1 and head[0].domain == "ai.edgellama" and head[0].output[0] == "logits"
     assert head[0].input[1] == gather[0].input[0]
     assert not [n for n in graph.node if n.op_type == "MatMulNBits"]
+
+
+@needs_ops
+def test_norm_then_product_is_skip_rms_norm_then_the_product(tmp_path):
+    """NormMatMulQ4_1 against ONNX Runtime's own SkipSimplifiedLayerNormalization + the twin's product."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(8)
+    qs, d, m = random_blocks(rng, 24, 3)
+    gamma = rng.uniform(0.5, 1.5, 96).astype(np.float32)
+    fused = helper.make_node("NormMatMulQ4_1", ["x", "r", "gamma", "qs", "d", "m"], ["y", "sum"],
+                             domain="ai.edgellama", K=96, N=24, epsilon=1e-5)
+    plain = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "r", "gamma"], ["normed", "", "", "sum_ort"],
+                             domain="com.microsoft", epsilon=1e-5)
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in
+             ((qs, "qs"), (d.view(np.float16), "d"), (m.view(np.float16), "m"), (gamma, "gamma"))]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "sum", "normed", "sum_ort")]
+    graph = helper.make_graph([fused, plain], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, 96])
+                                                     for n in ("x", "r")], io, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.edgellama", 1),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x, r = (rng.standard_normal((1, 3, 96)).astype(np.float32) * 2 for _ in "xr")
+    y, total, normed, total_ort = _ops_session(tmp_path / "m.onnx").run(None, {"x": x, "r": r})
+    np.testing.assert_array_equal(total, total_ort)
+    np.testing.assert_allclose(normed[0], rms_normed(x[0] + r[0], gamma, 1e-5), rtol=1e-5, atol=1e-6)
+    expected = _twin.q41_matmul(normed[0], qs, d, m)
+    np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
 @needs_ops
@@ -275,7 +316,10 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
         assert layout[kind] == {native_op: TINY["layers"]}, kind
     graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
     ops_used = [n.op_type for n in graph.node]
-    assert ops_used.count("MatMulQ4_1") == 2 * TINY["layers"] and ops_used.count("MlpQ4_1") == TINY["layers"]
+    # per layer: (residual add + norm + qkv) | attention | o_proj | (residual add + norm + MLP);
+    # layer 0's input norm has no residual to add and stays SimplifiedLayerNormalization
+    assert ops_used.count("NormMatMulQ4_1") == TINY["layers"] - 1 and ops_used.count("MatMulQ4_1") == TINY["layers"] + 1
+    assert ops_used.count("NormMlpQ4_1") == TINY["layers"] and ops_used.count("SkipSimplifiedLayerNormalization") == 1
     assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
     native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))

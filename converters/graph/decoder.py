@@ -15,7 +15,7 @@ from onnx import TensorProto
 from edgellama.rope import cos_sin_tables
 
 from .context import BuildContext
-from .layers import AttentionInputs, attention, mlp, rms_norm, skip_rms_norm
+from .layers import AttentionInputs, attention, mlp, skip_rms_norm
 from .linear import (QuantizedRefs, carried_weight, embedding_quantized, float_table, gather_rows, is_quantized,
                      linear, lm_head_float, matmul_nbits, quantized_weight, write_quantized)
 
@@ -112,16 +112,8 @@ def build_decoder(ctx: BuildContext) -> None:
         tied = None
     residual, x = hidden, None
     for i in range(cfg.num_layers):
-        scope, hf = f"/model/layers.{i}", f"model.layers.{i}"
-        if x is None:
-            normed = rms_norm(ctx, f"{scope}/input_layernorm", hidden, f"{hf}.input_layernorm.weight")
-        else:
-            normed, residual = skip_rms_norm(ctx, f"{scope}/input_layernorm", x, residual,
-                                             f"{hf}.input_layernorm.weight")
-        attn = attention(ctx, i, normed, shared)
-        normed, residual = skip_rms_norm(ctx, f"{scope}/post_attention_layernorm", attn, residual,
-                                         f"{hf}.post_attention_layernorm.weight")
-        x = mlp(ctx, i, normed)
+        attn, residual = attention(ctx, i, x, residual, shared)
+        x, residual = mlp(ctx, i, attn, residual)
     x_last = _last_position(ctx, x, "hidden")
     residual_last = _last_position(ctx, residual, "residual")
     normed, _ = skip_rms_norm(ctx, "/model/norm", x_last, residual_last, "model.norm.weight")

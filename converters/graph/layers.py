@@ -51,53 +51,80 @@ def skip_rms_norm(ctx: BuildContext, scope: str, x: str, residual: str, weight_n
     return outs[0], outs[3]
 
 
-def attention(ctx: BuildContext, layer: int, x: str, shared: AttentionInputs) -> str:
-    """Self-attention of one layer with its KV cache.
+def input_norm(ctx: BuildContext, scope: str, x, residual: str, weight_name: str) -> tuple[str, str]:
+    """The norm before a block: of `residual` alone in the first layer (x None), else of x + residual
+    (skip_rms_norm). Returns (normed, new residual)."""
+    if x is None:
+        return rms_norm(ctx, scope, residual, weight_name), residual
+    return skip_rms_norm(ctx, scope, x, residual, weight_name)
 
-        x -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
-                  seqlens_k, total_length, cos/sin caches, past/present KV -^
+
+def native_norm(ctx: BuildContext, op: str, scope: str, x: str, residual: str, weight_name: str,
+                weights: list, n: int) -> tuple[str, str]:
+    """Residual add, RMS norm and the product (N = n) in one node of edgellama's operator library:
+
+        x --------\\
+                   ai.edgellama:{op}(gamma, weights) -> y (output 0)
+        residual -/                                \\-> x + residual (output 1)
+    """
+    name = f"{scope}/{op}"
+    outs = ctx.graph.node(op, [x, residual, norm_weight(ctx, weight_name)] + weights, scope,
+                          outputs=[f"{name}/output_0", f"{name}/output_1"], domain=EDGELLAMA_DOMAIN,
+                          K=ctx.config.hidden_size, N=n, epsilon=ctx.config.rms_norm_eps)
+    return outs[0], outs[1]
+
+
+def attention(ctx: BuildContext, layer: int, x, residual: str, shared: AttentionInputs) -> tuple[str, str]:
+    """Input norm and self-attention of one layer with its KV cache; returns (output, residual).
+
+        (x, residual) -> input norm -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
+                                           seqlens_k, total_length, cos/sin caches, past/present KV -^
+    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm)
     """
     cfg, g = ctx.config, ctx.graph
     scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
+    norm_scope, gamma = f"/model/layers.{layer}/input_layernorm", f"model.layers.{layer}.input_layernorm.weight"
     names = [f"{hf}.{p}_proj.weight" for p in "qkv"]
-    qkv = linear(ctx, f"{scope}/qkv_proj", x, names, "qkv_proj")
+    if x is not None and computes_q4_1_natively(ctx, names):
+        cw = carried_weight(ctx, names, "qkv_proj")
+        qkv, residual = native_norm(ctx, "NormMatMulQ4_1", f"{scope}/qkv_proj", x, residual, gamma,
+                                    q41_initializers(ctx, f"{scope}/qkv_proj", cw), cw.blocks.qs.shape[0])
+    else:
+        normed, residual = input_norm(ctx, norm_scope, x, residual, gamma)
+        qkv = linear(ctx, f"{scope}/qkv_proj", normed, names, "qkv_proj")
     inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
               shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
     outputs = [f"{scope}/GroupQueryAttention/output_0", f"present.{layer}.key", f"present.{layer}.value"]
     attn = g.node("GroupQueryAttention", inputs, f"{scope}", outputs=outputs, domain=MS,
                   num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
                   do_rotary=1, rotary_interleaved=0, local_window_size=-1)[0]
-    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj")
+    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj"), residual
 
 
-def mlp(ctx: BuildContext, layer: int, x: str) -> str:
-    """SwiGLU feed-forward with gate and up in one matmul.
+def mlp(ctx: BuildContext, layer: int, x: str, residual: str) -> tuple[str, str]:
+    """Post-attention norm and SwiGLU feed-forward with gate and up in one matmul; returns
+    (output, residual).
 
-        x -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
-                                   \\-> up ---------------------------- Mul -> down_proj
-    (Q4_1 weights under gguf_blocks "native": one node, see native_mlp)
+        (x, residual) -> SkipRMSNorm -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
+                                                             \\-> up ---------------------------- Mul -> down_proj
+    (Q4_1 weights under gguf_blocks "native": all of it is one node, see native_norm)
     """
     g = ctx.graph
     scope, hf = f"/model/layers.{layer}/mlp", f"model.layers.{layer}.mlp"
+    norm_scope = f"/model/layers.{layer}/post_attention_layernorm"
+    gamma = f"model.layers.{layer}.post_attention_layernorm.weight"
     ff = ctx.config.intermediate_size
     gate_up_names, down_names = [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"], [f"{hf}.down_proj.weight"]
     if computes_q4_1_natively(ctx, gate_up_names + down_names):
-        return native_mlp(ctx, scope, x, gate_up_names, down_names)
-    gate_up = linear(ctx, f"{scope}/gate_up_proj", x, gate_up_names, "gate_up_proj")
+        gate_up = carried_weight(ctx, gate_up_names, "gate_up_proj")
+        down = carried_weight(ctx, down_names, "down_proj")
+        weights = q41_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + q41_initializers(
+            ctx, f"{scope}/down_proj", down)
+        return native_norm(ctx, "NormMlpQ4_1", scope, x, residual, gamma, weights, down.k)
+    normed, residual = skip_rms_norm(ctx, norm_scope, x, residual, gamma)
+    gate_up = linear(ctx, f"{scope}/gate_up_proj", normed, gate_up_names, "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
     gate, up = g.node("Split", [gate_up, sizes], f"{scope}/gate_up_split", outputs=2, axis=-1)
     act = g.op("QuickGelu", [gate], f"{scope}/act", domain=MS, alpha=1.0)
     prod = g.op("Mul", [act, up], f"{scope}/act_mul")
-    return linear(ctx, f"{scope}/down_proj", prod, down_names, "down_proj")
-
-
-def native_mlp(ctx: BuildContext, scope: str, x: str, gate_up_names: list, down_names: list) -> str:
-    """The whole SwiGLU feed-forward of Q4_1 weights in one node of edgellama's operator library:
-
-        x -> ai.edgellama:MlpQ4_1(gate|up blocks, down blocks) -> down(SiLU(gate x) * up x)
-    """
-    gate_up = carried_weight(ctx, gate_up_names, "gate_up_proj")
-    down = carried_weight(ctx, down_names, "down_proj")
-    inputs = [x] + q41_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + q41_initializers(
-        ctx, f"{scope}/down_proj", down)
-    return ctx.graph.op("MlpQ4_1", inputs, scope, domain=EDGELLAMA_DOMAIN, K=gate_up.k, N=down.k)
+    return linear(ctx, f"{scope}/down_proj", prod, down_names, "down_proj"), residual
