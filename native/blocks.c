@@ -8,7 +8,7 @@
  *     w.qs   [n, nb, 16]    uint8 nibbles;  w.d, w.m [n, nb] binary16    (Q4_1)
  *     w.q    [n, nb, 32]    uint8;  w.scale [n, nb] float32                (8-bit)
  *     y      [n]            float32, rows lo .. hi - 1 written
- * Scratch lives on the stack: per weight row, the products d * xd of CHUNK blocks at a time.
+ * Scratch lives on the stack: the scale products of the last (fewer than 8) blocks of a row.
  *
  * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the functions compiled for AVX2).
  */
@@ -19,7 +19,6 @@
 #include <stddef.h>
 #include <string.h>
 
-#define CHUNK 64   /* blocks whose scale products are precomputed at once (even) */
 
 /* pairs of blocks interleaved by halves, an odd last block as it is (blocks.h) */
 int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
@@ -205,22 +204,77 @@ VECTOR static inline __m256 tail_product(const uint8_t *qs, const int8_t *xq, __
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))), scale, acc);
 }
 
+/* int32 dot products of one pair of blocks: lanes 0-3 sum to block 2i's, lanes 4-7 to block 2i+1's */
+VECTOR static inline __m256i pair_dot(const uint8_t *qs, const int8_t *xq)
+{
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i s = _mm256_add_epi16(
+        _mm256_maddubs_epi16(_mm256_and_si256(v, mask), _mm256_loadu_si256((const __m256i *)xq)),
+        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                             _mm256_loadu_si256((const __m256i *)(xq + 32))));
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
+/* the per-block sums of 8 blocks (four pair_dot results), in block order, as floats */
+VECTOR static inline __m256 group_sums(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+{
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);   /* hadd lanes -> block order */
+    __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    return _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sums, order));
+}
+
+/* acc, offs, rest of one row over its groups of 8 blocks, given their dot sums */
+typedef struct { __m256 acc, offs, rest; } RowSums;
+
+VECTOR static inline void group_scale(RowSums *t, __m256 dots, const uint16_t *d, const uint16_t *m,
+                                      const el_q8_act *act, int64_t b)
+{
+    __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b)));
+    __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + b)));
+    t->acc = _mm256_fmadd_ps(dots, _mm256_mul_ps(dv, _mm256_loadu_ps(act->scale + b)), t->acc);
+    t->offs = _mm256_fmadd_ps(mv, _mm256_loadu_ps(act->sum + b), t->offs);
+    t->rest = _mm256_fmadd_ps(dv, _mm256_loadu_ps(act->rest + b), t->rest);
+}
+
+/* y of one row from its group sums, plus the blocks after the last group of 8 (pair path) */
+VECTOR static float finish_row(const el_q41_weight *w, const el_q8_act *act, int64_t r, RowSums t)
+{
+    __m256 sp[4];
+    int64_t nb = w->nb, grouped = nb / 8 * 8;
+    const uint8_t *qs = w->qs + r * nb * 16;
+    __m256 total = _mm256_add_ps(_mm256_add_ps(t.acc, t.offs), _mm256_mul_ps(t.rest, _mm256_set1_ps(8.0f)));
+    float off = 0.0f;
+    if (grouped < nb) {
+        int64_t count = nb - grouped;
+        off = pair_scales(w->d + r * nb, w->m + r * nb, act, grouped, count, sp);
+        total = pair_products(qs + grouped * 16, act->q + grouped * 32, sp, count / 2, total);
+        if (count % 2)
+            total = tail_product(qs + (nb - 1) * 16, act->q + (nb - 1) * 32, sp[count / 2], total);
+    }
+    return hsum8(total) + off;
+}
+
+/* One row at a time (two at a time measured slower: register spills), blocks in groups of 8: the
+ * four pairs' int32 sums are folded to one lane per block (three hadds), so the scales d xd of 8
+ * blocks are one multiplication with no lane shuffling:
+ *     acc  += dots[8] * d[8] * xd[8]
+ *     offs += m[8] * xs[8],   rest += d[8] * xr[8]        y = sum(acc + offs + 8 rest)
+ * blocks after the last group of 8 take the pair path (pair_scales). */
 VECTOR static void rows_vector(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
 {
-    __m256 sp[CHUNK / 2];
-    int64_t nb = w->nb;
+    int64_t nb = w->nb, grouped = nb / 8 * 8;
     for (int64_t r = lo; r < hi; r++) {
         const uint8_t *qs = w->qs + r * nb * 16;
-        __m256 acc = _mm256_setzero_ps();
-        float off = 0.0f;
-        for (int64_t b0 = 0; b0 < nb; b0 += CHUNK) {
-            int64_t count = nb - b0 < CHUNK ? nb - b0 : CHUNK;
-            off += pair_scales(w->d + r * nb, w->m + r * nb, act, b0, count, sp);
-            acc = pair_products(qs + b0 * 16, act->q + b0 * 32, sp, count / 2, acc);
-            if (count % 2)   /* only the row's last chunk can be odd */
-                acc = tail_product(qs + (nb - 1) * 16, act->q + (nb - 1) * 32, sp[count / 2], acc);
+        RowSums t = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t b = 0; b < grouped; b += 8) {
+            const uint8_t *q = qs + b * 16;
+            const int8_t *x = act->q + b * 32;
+            __m256 dots = group_sums(pair_dot(q, x), pair_dot(q + 32, x + 64), pair_dot(q + 64, x + 128),
+                                     pair_dot(q + 96, x + 192));
+            group_scale(&t, dots, w->d + r * nb, w->m + r * nb, act, b);
         }
-        y[r] = hsum8(acc) + off;
+        y[r] = finish_row(w, act, r, t);
     }
 }
 
