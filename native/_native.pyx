@@ -6,6 +6,7 @@ This module only turns memoryviews into pointers, runs the C routines without th
 turns their return codes into exceptions. Argument checks with friendly messages live in
 edgellama.sampling and edgellama.kvcache; `edgellama._twin` is the NumPy twin of this module.
 """
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
 
 import numpy as np
@@ -161,29 +162,33 @@ def q41_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] qs not N
     y = np.zeros((rows, n), dtype=np.float32)
     if rows == 0 or n == 0 or nb == 0:
         return y
-    cdef int8_t[::1] q = np.empty(nb * 32, dtype=np.int8)
-    cdef float[:, ::1] stats = np.empty((3, nb), dtype=np.float32)
+    cdef int8_t[:, ::1] q = np.empty((rows, nb * 32), dtype=np.int8)
+    cdef float[:, :, ::1] stats = np.empty((rows, 3, nb), dtype=np.float32)
     cdef float[:, ::1] out = y
-    cdef el_q8_act act
     cdef el_q41_weight w
-    act.q = &q[0]
-    act.scale = &stats[0, 0]
-    act.sum = &stats[1, 0]
-    act.rest = &stats[2, 0]
-    act.nb = nb
+    cdef el_q8_act *acts = <el_q8_act *>malloc(rows * sizeof(el_q8_act))
+    if acts == NULL:
+        raise error_for(ERR_NOMEM, "q41_matmul")
     w.qs = &qs[0, 0, 0]
     w.d = &d[0, 0]
     w.m = &m[0, 0]
     w.n = n
     w.nb = nb
-    with nogil:
-        for i in range(rows):
-            code = el_q8_quantize(&x[i, 0], &act, portable)
-            if code != EL_Q41_OK:
-                break
-            code = el_q41_rows(&w, &act, 0, n, &out[i, 0], portable)
-            if code != EL_Q41_OK:
-                break
+    try:
+        with nogil:
+            for i in range(rows):
+                acts[i].q = &q[i, 0]
+                acts[i].scale = &stats[i, 0, 0]
+                acts[i].sum = &stats[i, 1, 0]
+                acts[i].rest = &stats[i, 2, 0]
+                acts[i].nb = nb
+                code = el_q8_quantize(&x[i, 0], &acts[i], portable)
+                if code != EL_Q41_OK:
+                    break
+            if code == EL_Q41_OK:
+                code = el_q41_rows(&w, acts, rows, 0, n, &out[0, 0], n, portable)
+    finally:
+        free(acts)
     _check(code, "q41_matmul")
     return y
 

@@ -63,7 +63,7 @@ static void quantize_portable(const float *x, el_q8_act *act)
 }
 
 static void rows_portable(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
-{
+{  /* y indexed by row */
     int64_t nb = w->nb;
     for (int64_t r = lo; r < hi; r++) {
         const uint8_t *qs = w->qs + r * nb * 16;
@@ -102,6 +102,7 @@ static void rows8_portable(const el_q8_weight *w, const el_q8_act *act, int64_t 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define VECTOR __attribute__((target("avx2,fma,f16c")))
+#define INLINE __attribute__((always_inline)) inline   /* small helpers of the row loops */
 #define HAVE_VECTOR 1
 
 VECTOR static inline float hsum8(__m256 v)
@@ -146,7 +147,7 @@ VECTOR static void quantize_vector(const float *x, el_q8_act *act)
 
 /* For blocks [b0, b0 + count) of one row (count even, or the row's odd tail): sp[p] = d xd of the
  * pair's two blocks, four lanes each; returns the row's offset terms m xs + 8 d xr over them. */
-VECTOR static float pair_scales(const uint16_t *d, const uint16_t *m, const el_q8_act *act, int64_t b0,
+VECTOR static INLINE float pair_scales(const uint16_t *d, const uint16_t *m, const el_q8_act *act, int64_t b0,
                                 int64_t count, __m256 *sp)
 {
     const __m256i lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), mid = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
@@ -179,7 +180,7 @@ VECTOR static float pair_scales(const uint16_t *d, const uint16_t *m, const el_q
 }
 
 /* sum over pairs [0, pairs) of (nibbles of qs) x (activations xq), scaled per block by sp */
-VECTOR static inline __m256 pair_products(const uint8_t *qs, const int8_t *xq, const __m256 *sp, int64_t pairs,
+VECTOR static INLINE __m256 pair_products(const uint8_t *qs, const int8_t *xq, const __m256 *sp, int64_t pairs,
                                           __m256 acc)
 {
     const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -195,7 +196,7 @@ VECTOR static inline __m256 pair_products(const uint8_t *qs, const int8_t *xq, c
 }
 
 /* the odd last block: its 16 bytes against the activations in element order */
-VECTOR static inline __m256 tail_product(const uint8_t *qs, const int8_t *xq, __m256 scale, __m256 acc)
+VECTOR static INLINE __m256 tail_product(const uint8_t *qs, const int8_t *xq, __m256 scale, __m256 acc)
 {
     const __m128i mask = _mm_set1_epi8(0x0F);
     __m128i p = _mm_loadu_si128((const __m128i *)qs);
@@ -205,7 +206,7 @@ VECTOR static inline __m256 tail_product(const uint8_t *qs, const int8_t *xq, __
 }
 
 /* int32 dot products of one pair of blocks: lanes 0-3 sum to block 2i's, lanes 4-7 to block 2i+1's */
-VECTOR static inline __m256i pair_dot(const uint8_t *qs, const int8_t *xq)
+VECTOR static INLINE __m256i pair_dot(const uint8_t *qs, const int8_t *xq)
 {
     const __m256i mask = _mm256_set1_epi8(0x0F);
     __m256i v = _mm256_loadu_si256((const __m256i *)qs);
@@ -217,7 +218,7 @@ VECTOR static inline __m256i pair_dot(const uint8_t *qs, const int8_t *xq)
 }
 
 /* the per-block sums of 8 blocks (four pair_dot results), in block order, as floats */
-VECTOR static inline __m256 group_sums(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+VECTOR static INLINE __m256 group_sums(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
 {
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);   /* hadd lanes -> block order */
     __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
@@ -227,7 +228,7 @@ VECTOR static inline __m256 group_sums(__m256i p0, __m256i p1, __m256i p2, __m25
 /* acc, offs, rest of one row over its groups of 8 blocks, given their dot sums */
 typedef struct { __m256 acc, offs, rest; } RowSums;
 
-VECTOR static inline void group_scale(RowSums *t, __m256 dots, const uint16_t *d, const uint16_t *m,
+VECTOR static INLINE void group_scale(RowSums *t, __m256 dots, const uint16_t *d, const uint16_t *m,
                                       const el_q8_act *act, int64_t b)
 {
     __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b)));
@@ -238,7 +239,7 @@ VECTOR static inline void group_scale(RowSums *t, __m256 dots, const uint16_t *d
 }
 
 /* y of one row from its group sums, plus the blocks after the last group of 8 (pair path) */
-VECTOR static float finish_row(const el_q41_weight *w, const el_q8_act *act, int64_t r, RowSums t)
+VECTOR static INLINE float finish_row(const el_q41_weight *w, const el_q8_act *act, int64_t r, RowSums t)
 {
     __m256 sp[4];
     int64_t nb = w->nb, grouped = nb / 8 * 8;
@@ -255,26 +256,77 @@ VECTOR static float finish_row(const el_q41_weight *w, const el_q8_act *act, int
     return hsum8(total) + off;
 }
 
-/* One row at a time (two at a time measured slower: register spills), blocks in groups of 8: the
- * four pairs' int32 sums are folded to one lane per block (three hadds), so the scales d xd of 8
- * blocks are one multiplication with no lane shuffling:
+/* Blocks in groups of 8: the four pairs' int32 sums are folded to one lane per block (three hadds),
+ * so the scales d xd of 8 blocks are one multiplication with no lane shuffling:
  *     acc  += dots[8] * d[8] * xd[8]
  *     offs += m[8] * xs[8],   rest += d[8] * xr[8]        y = sum(acc + offs + 8 rest)
  * blocks after the last group of 8 take the pair path (pair_scales). */
-VECTOR static void rows_vector(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+VECTOR static INLINE float row_one(const el_q41_weight *w, const el_q8_act *act, int64_t r)
 {
     int64_t nb = w->nb, grouped = nb / 8 * 8;
+    const uint8_t *qs = w->qs + r * nb * 16;
+    RowSums t = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < grouped; b += 8) {
+        const uint8_t *q = qs + b * 16;
+        const int8_t *x = act->q + b * 32;
+        __m256 dots = group_sums(pair_dot(q, x), pair_dot(q + 32, x + 64), pair_dot(q + 64, x + 128),
+                                 pair_dot(q + 96, x + 192));
+        group_scale(&t, dots, w->d + r * nb, w->m + r * nb, act, b);
+    }
+    return finish_row(w, act, r, t);
+}
+
+/* pair_dot of one weight pair against two activation rows: the nibbles are unpacked once */
+VECTOR static INLINE void pair_dot_two(const uint8_t *qs, const int8_t *xa, const int8_t *xb, __m256i *da,
+                                       __m256i *db)
+{
+    const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256i v = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i lo = _mm256_and_si256(v, mask), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    *da = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
+        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xa + 32)))), ones);
+    *db = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xb)),
+        _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 32)))), ones);
+}
+
+/* weight row r against activation rows a and b (prefill): y_a, y_b */
+VECTOR static void row_two(const el_q41_weight *w, const el_q8_act *a, const el_q8_act *b, int64_t r, float *ya,
+                           float *yb)
+{
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int64_t nb = w->nb, grouped = nb / 8 * 8;
+    const uint8_t *qs = w->qs + r * nb * 16;
+    RowSums ta = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}, tb = ta;
+    for (int64_t g = 0; g < grouped; g += 8) {
+        const uint8_t *q = qs + g * 16;
+        const int8_t *xa = a->q + g * 32, *xb = b->q + g * 32;
+        __m256i a0, b0, a1, b1;
+        pair_dot_two(q, xa, xb, &a0, &b0);
+        pair_dot_two(q + 32, xa + 64, xb + 64, &a1, &b1);
+        __m256i ha = _mm256_hadd_epi32(a0, a1), hb = _mm256_hadd_epi32(b0, b1);
+        pair_dot_two(q + 64, xa + 128, xb + 128, &a0, &b0);
+        pair_dot_two(q + 96, xa + 192, xb + 192, &a1, &b1);
+        __m256 da = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(
+            _mm256_hadd_epi32(ha, _mm256_hadd_epi32(a0, a1)), order));
+        __m256 db = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(
+            _mm256_hadd_epi32(hb, _mm256_hadd_epi32(b0, b1)), order));
+        group_scale(&ta, da, w->d + r * nb, w->m + r * nb, a, g);
+        group_scale(&tb, db, w->d + r * nb, w->m + r * nb, b, g);
+    }
+    *ya = finish_row(w, a, r, ta);
+    *yb = finish_row(w, b, r, tb);
+}
+
+/* Every weight row once, against every activation row (two at a time): the row stays in L1. */
+VECTOR static void rows_vector(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                               float *y, int64_t stride)
+{
     for (int64_t r = lo; r < hi; r++) {
-        const uint8_t *qs = w->qs + r * nb * 16;
-        RowSums t = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int64_t b = 0; b < grouped; b += 8) {
-            const uint8_t *q = qs + b * 16;
-            const int8_t *x = act->q + b * 32;
-            __m256 dots = group_sums(pair_dot(q, x), pair_dot(q + 32, x + 64), pair_dot(q + 64, x + 128),
-                                     pair_dot(q + 96, x + 192));
-            group_scale(&t, dots, w->d + r * nb, w->m + r * nb, act, b);
-        }
-        y[r] = finish_row(w, act, r, t);
+        int64_t i = 0;
+        for (; i + 2 <= count; i += 2)
+            row_two(w, &acts[i], &acts[i + 1], r, &y[i * stride + r], &y[(i + 1) * stride + r]);
+        if (i < count)
+            y[i * stride + r] = row_one(w, &acts[i], r);
     }
 }
 
@@ -353,19 +405,24 @@ int el_q8_quantize(const float *x, el_q8_act *act, int portable)
     return EL_Q41_OK;
 }
 
-int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+int el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                int64_t stride, int portable)
 {
-    if (w == NULL || act == NULL || y == NULL || w->qs == NULL || w->d == NULL || w->m == NULL ||
-        w->nb <= 0 || w->nb != act->nb || lo < 0 || hi > w->n || lo > hi)
+    if (w == NULL || acts == NULL || y == NULL || w->qs == NULL || w->d == NULL || w->m == NULL || w->nb <= 0 ||
+        count < 0 || stride < hi || lo < 0 || hi > w->n || lo > hi)
         return EL_Q41_ERR_SIZE;
+    for (int64_t i = 0; i < count; i++)
+        if (acts[i].nb != w->nb)
+            return EL_Q41_ERR_SIZE;
 #if HAVE_VECTOR
     if (!portable && el_q41_vector_path()) {
-        rows_vector(w, act, lo, hi, y);
+        rows_vector(w, acts, count, lo, hi, y, stride);
         return EL_Q41_OK;
     }
 #endif
     (void)portable;
-    rows_portable(w, act, lo, hi, y);
+    for (int64_t i = 0; i < count; i++)
+        rows_portable(w, &acts[i], lo, hi, y + i * stride);
     return EL_Q41_OK;
 }
 

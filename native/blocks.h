@@ -71,10 +71,12 @@ typedef struct el_q8_weight {
 /* Round x [32 * act->nb] into act. */
 int el_q8_quantize(const float *x, el_q8_act *act, int portable);
 
-/* y[r] = row r of W times the activation row, for rows r in [lo, hi) (y is indexed by r). */
-int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
+/* y[i * stride + r] = row r of W times activation row i, for the `count` rows acts[i] and the rows
+ * r in [lo, hi) of W (stride >= hi). Each weight row is read once for all activation rows. */
+int el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                int64_t stride, int portable);
 
-/* The same for an 8-bit weight. */
+/* y[r] = row r of an 8-bit W times one activation row, for rows r in [lo, hi) (y is indexed by r). */
 int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
 
 #endif

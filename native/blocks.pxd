@@ -28,5 +28,6 @@ cdef extern from "blocks.h" nogil:
 
     int el_q41_vector_path()
     int el_q8_quantize(const float *x, el_q8_act *act, int portable)
-    int el_q41_rows(const el_q41_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+    int el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                    int64_t stride, int portable)
     int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)

@@ -172,12 +172,12 @@ static void product_tile(void *data, size_t tile)
     const Product *call = data;
     int64_t n = call->w8.q ? call->w8.n : call->w.n;
     int64_t lo = (int64_t)tile * TILE_ROWS, hi = lo + TILE_ROWS < n ? lo + TILE_ROWS : n;
-    for (int64_t i = 0; i < call->rows; i++) {   /* sizes were checked: the kernels cannot fail here */
-        if (call->w8.q)
-            el_q8_rows(&call->w8, &call->acts[i], lo, hi, call->y + i * n, 0);
-        else
-            el_q41_rows(&call->w, &call->acts[i], lo, hi, call->y + i * n, 0);
+    if (call->w8.q == NULL) {   /* sizes were checked: the kernels cannot fail here */
+        el_q41_rows(&call->w, call->acts, call->rows, lo, hi, call->y, n, 0);
+        return;
     }
+    for (int64_t i = 0; i < call->rows; i++)
+        el_q8_rows(&call->w8, &call->acts[i], lo, hi, call->y + i * n, 0);
 }
 
 /* The shape of input `index`: *count dims into dims[MAX_DIMS], and its data. */
