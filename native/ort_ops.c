@@ -12,16 +12,19 @@
  *         q      [N, K/32, 32]  uint8      weight = scale * (q - 128): MatMulNBits' 8-bit layout
  *         scales [N, K/32]      float32    (a GGUF Q8_0 table, shared with the embedding's gather)
  *
- *     MlpQ4_1(x, gate_up qs, d, m, down qs, d, m) -> y        attributes K (hidden), N (intermediate)
- *         gate_up [2N, K] (gate rows, then up rows), down [K, N], both as above
- *         y = down(SiLU(gate x) * up x)
- *             x -> gate_up -> [g | u] -> g / (1 + exp(-g)) * u -> down -> y
- *
  *     NormMatMulQ4_1(x, residual, gamma, qs, d, m) -> (y, sum)           attributes K, N, epsilon
- *     NormMlpQ4_1(x, residual, gamma, gate_up qs, d, m, down qs, d, m) -> (y, sum)
  *         the residual add and RMS norm of the layer before the product, as ONNX Runtime's
  *         SkipSimplifiedLayerNormalization computes them (gamma [K] float32):
  *             x + residual -> sum (output 1) -> sum / sqrt(mean(sum^2) + epsilon) * gamma -> product -> y
+ *
+ *     NormMlpQ4_1(x, residual, gamma, gate_up qs, d, m, down qs, d, m) -> (y, sum)
+ *         attributes K (hidden), N (intermediate), epsilon; the same norm, then the SwiGLU MLP
+ *         gate_up [2N, K] (gate rows, then up rows), down [K, N]:
+ *             normed -> gate_up -> [g | u] -> g / (1 + exp(-g)) * u -> down -> y
+ *
+ *     ProjectNormMlpQ4_1(x, residual, gamma, o qs, d, m, gate_up qs, d, m, down qs, d, m) -> (y, sum)
+ *         the attention's output projection o [K, K] of x first, then as NormMlpQ4_1:
+ *             x -> o -> + residual -> sum (output 1) -> RMS norm * gamma -> MLP -> y
  *
  * ONNX Runtime loads this file with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
@@ -42,7 +45,7 @@
 #define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
 #define TILE_ROWS 16   /* 8, 32 and 64 measured no faster on SmolLM2 decode */
 #define MAX_DIMS 8
-#define MAX_INPUTS 9
+#define MAX_INPUTS 12
 
 typedef struct OrtStatus OrtStatus;
 typedef void *ort_fn;
@@ -320,7 +323,7 @@ static OrtStatus *q8_compute(void *kernel, void *context)
     return product(context, in.data[0], (Product){{NULL, NULL, NULL, 0, 0}, w8, NULL, in.rows, y});
 }
 
-/* ---- MlpQ4_1 ------------------------------------------------------------------------------ */
+/* ---- the SwiGLU MLP (NormMlpQ4_1, ProjectNormMlpQ4_1) ------------------------------------- */
 
 /* y [rows, hidden] = down(SiLU(gate x) * up x) for x [rows, hidden] */
 static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_weight gate_up, el_q41_weight down,
@@ -329,7 +332,7 @@ static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_w
     int64_t inter = down.nb * EL_Q41_BLOCK;
     float *gu = malloc((size_t)(rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
     if (gu == NULL)
-        return fail(ORT_FAIL, "MlpQ4_1: out of memory");
+        return fail(ORT_FAIL, "edgellama MLP operator: out of memory");
     OrtStatus *status = q41_product(context, x, rows, gate_up, gu);
     if (status == NULL) {
         /* SiLU(gate) * up, compacted in place to [rows, inter]: each write lands at or before its reads */
@@ -349,57 +352,38 @@ static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q
                               el_q41_weight *down)
 {
     if (kern->n % EL_Q41_BLOCK)
-        return fail(ORT_INVALID_ARGUMENT, "MlpQ4_1: attribute N must be a multiple of 32");
+        return fail(ORT_INVALID_ARGUMENT, "edgellama MLP operator: attribute N must be a multiple of 32");
     OrtStatus *status = weight_at(in, first, 2 * kern->n, kern->k, gate_up);
     return status != NULL ? status : weight_at(in, first + 3, kern->k, kern->n, down);
 }
 
-static OrtStatus *mlp_compute(void *kernel, void *context)
-{
-    const Kernel *kern = kernel;        /* k: hidden, n: intermediate */
-    Inputs in;
-    el_q41_weight gate_up, down;
-    float *y;
-    OrtStatus *status = read_inputs(context, 7, kern->k, &in);
-    if (status == NULL)
-        status = mlp_weights(kern, &in, 1, &gate_up, &down);
-    if (status == NULL)
-        status = output_like_x(context, &in, 0, kern->k, &y);
-    if (status != NULL || in.rows == 0)
-        return status;
-    return mlp_rows(context, in.data[0], in.rows, gate_up, down, y);
-}
-
 /* ---- NormMatMulQ4_1, NormMlpQ4_1 ---------------------------------------------------------- */
 
-/* Inputs 0 .. count - 1 read, output 1 = x + residual, and *normed [rows, K] (freed by the caller)
- * the RMS norm of that sum times gamma. */
-static OrtStatus *skip_norm(void *context, const Kernel *kern, size_t count, Inputs *in, float **normed)
+/* sum = x + residual (output 1) and *normed [rows, K] = its RMS norm times gamma (freed by the caller),
+ * for inputs read into `in`; residual and gamma are inputs `at` and at + 1. */
+static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const float *x, size_t at, float **normed)
 {
     float *sum;
     *normed = NULL;
-    OrtStatus *status = read_inputs(context, count, kern->k, in);
-    if (status == NULL && (elements(in->dims[1], in->count[1]) != in->rows * kern->k ||
-                           elements(in->dims[2], in->count[2]) != kern->k))
-        status = fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
-    if (status == NULL)
-        status = output_like_x(context, in, 1, kern->k, &sum);
+    if (elements(in->dims[at], in->count[at]) != in->rows * kern->k || elements(in->dims[at + 1], in->count[at + 1]) != kern->k)
+        return fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
+    OrtStatus *status = output_like_x(context, in, 1, kern->k, &sum);
     if (status != NULL || in->rows == 0)
         return status;
     *normed = malloc((size_t)(in->rows * kern->k) * sizeof(float));
     if (*normed == NULL)
         return fail(ORT_FAIL, "edgellama norm operator: out of memory");
-    const float *x = in->data[0], *residual = in->data[1], *gamma = in->data[2];
+    const float *residual = in->data[at], *gamma = in->data[at + 1];
     for (int64_t r = 0; r < in->rows; r++) {
-        const int64_t at = r * kern->k;
+        const int64_t row = r * kern->k;
         double squares = 0.0;
         for (int64_t i = 0; i < kern->k; i++) {
-            sum[at + i] = x[at + i] + residual[at + i];
-            squares += (double)sum[at + i] * sum[at + i];
+            sum[row + i] = x[row + i] + residual[row + i];
+            squares += (double)sum[row + i] * sum[row + i];
         }
         float scale = 1.0f / sqrtf((float)(squares / (double)kern->k) + kern->eps);
         for (int64_t i = 0; i < kern->k; i++)
-            (*normed)[at + i] = sum[at + i] * scale * gamma[i];
+            (*normed)[row + i] = sum[row + i] * scale * gamma[i];
     }
     return NULL;
 }
@@ -409,8 +393,10 @@ static OrtStatus *norm_q41_compute(void *kernel, void *context)
     const Kernel *kern = kernel;
     Inputs in;
     el_q41_weight w;
-    float *normed, *y;
-    OrtStatus *status = skip_norm(context, kern, 6, &in, &normed);
+    float *normed = NULL, *y;
+    OrtStatus *status = read_inputs(context, 6, kern->k, &in);
+    if (status == NULL)
+        status = skip_norm(context, kern, &in, in.data[0], 1, &normed);
     if (status == NULL)
         status = weight_at(&in, 3, kern->n, kern->k, &w);
     if (status == NULL)
@@ -426,8 +412,10 @@ static OrtStatus *norm_mlp_compute(void *kernel, void *context)
     const Kernel *kern = kernel;
     Inputs in;
     el_q41_weight gate_up, down;
-    float *normed, *y;
-    OrtStatus *status = skip_norm(context, kern, 9, &in, &normed);
+    float *normed = NULL, *y;
+    OrtStatus *status = read_inputs(context, 9, kern->k, &in);
+    if (status == NULL)
+        status = skip_norm(context, kern, &in, in.data[0], 1, &normed);
     if (status == NULL)
         status = mlp_weights(kern, &in, 3, &gate_up, &down);
     if (status == NULL)
@@ -438,90 +426,71 @@ static OrtStatus *norm_mlp_compute(void *kernel, void *context)
     return status;
 }
 
+static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q41_weight o, gate_up, down;
+    float *projected = NULL, *normed = NULL, *y;
+    OrtStatus *status = read_inputs(context, 12, kern->k, &in);
+    if (status == NULL)
+        status = weight_at(&in, 3, kern->k, kern->k, &o);
+    if (status == NULL)
+        status = mlp_weights(kern, &in, 6, &gate_up, &down);
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->k, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    projected = malloc((size_t)(in.rows * kern->k) * sizeof(float));
+    if (projected == NULL)
+        return fail(ORT_FAIL, "ProjectNormMlpQ4_1: out of memory");
+    status = q41_product(context, in.data[0], in.rows, o, projected);
+    if (status == NULL)
+        status = skip_norm(context, kern, &in, projected, 1, &normed);
+    if (status == NULL)
+        status = mlp_rows(context, normed, in.rows, gate_up, down, y);
+    free(projected);
+    free(normed);
+    return status;
+}
+
+/* ---- the operators' descriptions ------------------------------------------------------------ */
+
+typedef struct {
+    OrtCustomOp base;           /* first: ONNX Runtime hands &base to the callbacks below */
+    const char *name;
+    int inputs[MAX_INPUTS];     /* ONNX element types */
+    size_t n_inputs, n_outputs;
+} OpInfo;
+
 static void destroy_kernel(void *kernel) { free(kernel); }
-static const char *q41_name(const void *op) { (void)op; return "MatMulQ4_1"; }
-static int q41_input_type(const void *op, size_t i)
-{
-    static const int types[] = {TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
-    (void)op;
-    return types[i];
-}
-static size_t q41_input_count(const void *op) { (void)op; return 4; }
-static const char *q8_name(const void *op) { (void)op; return "MatMulQ8"; }
-static int q8_input_type(const void *op, size_t i)
-{
-    static const int types[] = {TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT};
-    (void)op;
-    return types[i];
-}
-static size_t q8_input_count(const void *op) { (void)op; return 3; }
-static const char *mlp_name(const void *op) { (void)op; return "MlpQ4_1"; }
-static int mlp_input_type(const void *op, size_t i)
-{
-    static const int types[] = {TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16,
-                                TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
-    (void)op;
-    return types[i];
-}
-static size_t mlp_input_count(const void *op) { (void)op; return 7; }
-static const char *norm_q41_name(const void *op) { (void)op; return "NormMatMulQ4_1"; }
-static int norm_q41_input_type(const void *op, size_t i)
-{
-    static const int types[] = {TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
-    (void)op;
-    return types[i];
-}
-static size_t norm_q41_input_count(const void *op) { (void)op; return 6; }
-static const char *norm_mlp_name(const void *op) { (void)op; return "NormMlpQ4_1"; }
-static int norm_mlp_input_type(const void *op, size_t i)
-{
-    static const int types[] = {TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT, TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16,
-                                TYPE_UINT8, TYPE_FLOAT16, TYPE_FLOAT16};
-    (void)op;
-    return types[i];
-}
-static size_t norm_mlp_input_count(const void *op) { (void)op; return 9; }
-
-/* ---- shared by the operators -------------------------------------------------------------- */
-
+static const char *op_name(const void *op) { return ((const OpInfo *)op)->name; }
+static int op_input_type(const void *op, size_t i) { return ((const OpInfo *)op)->inputs[i]; }
+static size_t op_input_count(const void *op) { return ((const OpInfo *)op)->n_inputs; }
+static size_t op_output_count(const void *op) { return ((const OpInfo *)op)->n_outputs; }
 static const char *cpu(const void *op) { (void)op; return "CPUExecutionProvider"; }
 static int float_output(const void *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
-static size_t one_output(const void *op) { (void)op; return 1; }
-static size_t two_outputs(const void *op) { (void)op; return 2; }
 static int required(const void *op, size_t i) { (void)op; (void)i; return 0; }   /* INPUT_OUTPUT_REQUIRED */
 static int default_memory(const void *op, size_t i) { (void)op; (void)i; return 0; }
 static int arity_one(const void *op) { (void)op; return 1; }
 static int first_opset(const void *op) { (void)op; return 1; }
 static int any_opset(const void *op) { (void)op; return 1 << 30; }
 
-static const OrtCustomOp matmul_q4_1 = {
-    ORT_API_VERSION_USED, NULL, q41_name, cpu, q41_input_type, q41_input_count, float_output, one_output,
-    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
-    create_kernel, q41_compute, NULL, first_opset, any_opset,
-};
+#define F TYPE_FLOAT
+#define U8 TYPE_UINT8
+#define H TYPE_FLOAT16
+#define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
+    {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, float_output, op_output_count,  \
+      NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one, \
+      CREATE, COMPUTE, NULL, first_opset, any_opset},                                                    \
+     NAME, {__VA_ARGS__}, sizeof((int[]){__VA_ARGS__}) / sizeof(int), OUTPUTS}
 
-static const OrtCustomOp matmul_q8 = {
-    ORT_API_VERSION_USED, NULL, q8_name, cpu, q8_input_type, q8_input_count, float_output, one_output,
-    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
-    create_kernel, q8_compute, NULL, first_opset, any_opset,
-};
-
-static const OrtCustomOp mlp_q4_1 = {
-    ORT_API_VERSION_USED, NULL, mlp_name, cpu, mlp_input_type, mlp_input_count, float_output, one_output,
-    NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one,
-    create_kernel, mlp_compute, NULL, first_opset, any_opset,
-};
-
-static const OrtCustomOp norm_matmul_q4_1 = {
-    ORT_API_VERSION_USED, NULL, norm_q41_name, cpu, norm_q41_input_type, norm_q41_input_count, float_output,
-    two_outputs, NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one,
-    arity_one, create_norm_kernel, norm_q41_compute, NULL, first_opset, any_opset,
-};
-
-static const OrtCustomOp norm_mlp_q4_1 = {
-    ORT_API_VERSION_USED, NULL, norm_mlp_name, cpu, norm_mlp_input_type, norm_mlp_input_count, float_output,
-    two_outputs, NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one,
-    arity_one, create_norm_kernel, norm_mlp_compute, NULL, first_opset, any_opset,
+static const OpInfo OPS[] = {
+    OP("MatMulQ4_1", create_kernel, q41_compute, 1, F, U8, H, H),
+    OP("MatMulQ8", create_kernel, q8_compute, 1, F, U8, F),
+    OP("NormMatMulQ4_1", create_norm_kernel, norm_q41_compute, 2, F, F, F, U8, H, H),
+    OP("NormMlpQ4_1", create_norm_kernel, norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H),
+    OP("ProjectNormMlpQ4_1", create_norm_kernel, project_norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H, U8, H, H),
 };
 
 /* Called by ONNX Runtime when a session's options register this library. */
@@ -532,9 +501,8 @@ OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
         return NULL;
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
-    const OrtCustomOp *all[] = {&matmul_q4_1, &matmul_q8, &mlp_q4_1, &norm_matmul_q4_1, &norm_mlp_q4_1};
-    for (size_t i = 0; status == NULL && i < sizeof all / sizeof all[0]; i++)
-        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, all[i]);
+    for (size_t i = 0; status == NULL && i < sizeof OPS / sizeof OPS[0]; i++)
+        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &OPS[i].base);
     if (status == NULL)
         status = API(API_AddCustomOpDomain, add_domain_fn)(options, domain);
     return status;

@@ -174,9 +174,9 @@ def rms_normed(s: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
     return (s / np.sqrt((s.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * gamma).astype(np.float32)
 
 
-def _mlp_model(tmp_path, source, layer: int):
-    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` -> (y, x + residual),
-    in gguf_blocks "native"."""
+def _mlp_model(tmp_path, source, layer: int, project: bool):
+    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` (with o_proj in front
+    when `project`) -> (y, sum), in gguf_blocks "native"."""
     from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
     from edgellama.converters.graph.layers import mlp
     from edgellama.converters.graph.ops import ExternalData, Graph, save_model
@@ -186,7 +186,7 @@ def _mlp_model(tmp_path, source, layer: int):
     ctx = BuildContext(graph, source.config, Quantization("int4"), "float32", 64, source, gguf_blocks="native")
     for name in ("x", "residual"):
         graph.input(name, ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
-    for out in mlp(ctx, layer, "x", "residual"):
+    for out in mlp(ctx, layer, "x", "residual", project=project):
         graph.output(out, ONNX_DTYPES["float32"], [1, "s", None])
     data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
@@ -200,23 +200,29 @@ def _blocks_of(source, names):
 
 @needs_ops
 @pytest.mark.parametrize("tokens", [1, 4])
-def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, tokens):
+@pytest.mark.parametrize("project", [False, True])
+def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, tokens, project):
+    """(o_proj, when the node also projects the attention output,) residual add, RMS norm, then
+    down(SiLU(gate x) * up x), against the twin's products."""
     hf = "model.layers.1.mlp"
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        graph = _mlp_model(tmp_path, source, 1)
+        graph = _mlp_model(tmp_path, source, 1, project)
         gate_up = _blocks_of(source, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"])
         down = _blocks_of(source, [f"{hf}.down_proj.weight"])
+        o = _blocks_of(source, ["model.layers.1.self_attn.o_proj.weight"])
         gamma = source.read("model.layers.1.post_attention_layernorm.weight")
         eps = source.config.rms_norm_eps
     [node] = graph.nodes
-    assert (node.op_type, node.domain, node.name) == ("NormMlpQ4_1", "ai.edgellama", "/model/layers.1/mlp/NormMlpQ4_1")
+    op = "ProjectNormMlpQ4_1" if project else "NormMlpQ4_1"
+    assert (node.op_type, node.domain, node.name) == (op, "ai.edgellama", f"/model/layers.1/mlp/{op}")
     rng = np.random.default_rng(6)
     x, residual = (rng.standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32) for _ in "xr")
     y, total = _ops_session(tmp_path / "model.onnx").run(None, {"x": x, "residual": residual})
-    np.testing.assert_array_equal(total, x + residual)
+    added = (_twin.q41_matmul(x[0], *o) if project else x[0]) + residual[0]
+    np.testing.assert_allclose(total[0], added, rtol=0, atol=1e-5 * float(np.abs(added).max()))
     assert [a.f for a in node.attribute if a.name == "epsilon"] == [pytest.approx(eps)]
-    gu = _twin.q41_matmul(rms_normed(x[0] + residual[0], gamma, eps), *gate_up)
+    gu = _twin.q41_matmul(rms_normed(total[0], gamma, eps), *gate_up)
     ff = gu.shape[1] // 2
     act = gu[:, :ff] / (1 + np.exp(-gu[:, :ff])) * gu[:, ff:]
     expected = _twin.q41_matmul(act.astype(np.float32), *down)
@@ -316,10 +322,10 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
         assert layout[kind] == {native_op: TINY["layers"]}, kind
     graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
     ops_used = [n.op_type for n in graph.node]
-    # per layer: (residual add + norm + qkv) | attention | o_proj | (residual add + norm + MLP);
+    # per layer: (residual add + norm + qkv) | attention | (o_proj + residual add + norm + MLP);
     # layer 0's input norm has no residual to add and stays SimplifiedLayerNormalization
-    assert ops_used.count("NormMatMulQ4_1") == TINY["layers"] - 1 and ops_used.count("MatMulQ4_1") == TINY["layers"] + 1
-    assert ops_used.count("NormMlpQ4_1") == TINY["layers"] and ops_used.count("SkipSimplifiedLayerNormalization") == 1
+    assert ops_used.count("NormMatMulQ4_1") == TINY["layers"] - 1 and ops_used.count("MatMulQ4_1") == 1
+    assert ops_used.count("ProjectNormMlpQ4_1") == TINY["layers"] and ops_used.count("SkipSimplifiedLayerNormalization") == 1
     assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
     native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))

@@ -15,7 +15,7 @@ from onnx import TensorProto
 from edgellama.rope import cos_sin_tables
 
 from .context import BuildContext
-from .layers import AttentionInputs, attention, mlp, skip_rms_norm
+from .layers import AttentionInputs, attention, mlp, projects_in_mlp, skip_rms_norm
 from .linear import (QuantizedRefs, carried_weight, embedding_quantized, float_table, gather_rows, is_quantized,
                      linear, lm_head_float, matmul_nbits, quantized_weight, write_quantized)
 
@@ -112,8 +112,9 @@ def build_decoder(ctx: BuildContext) -> None:
         tied = None
     residual, x = hidden, None
     for i in range(cfg.num_layers):
-        attn, residual = attention(ctx, i, x, residual, shared)
-        x, residual = mlp(ctx, i, attn, residual)
+        fused = projects_in_mlp(ctx, i)        # o_proj inside the MLP's native node
+        attn, residual = attention(ctx, i, x, residual, shared, project=not fused)
+        x, residual = mlp(ctx, i, attn, residual, project=fused)
     x_last = _last_position(ctx, x, "hidden")
     residual_last = _last_position(ctx, residual, "residual")
     normed, _ = skip_rms_norm(ctx, "/model/norm", x_last, residual_last, "model.norm.weight")

@@ -74,12 +74,14 @@ def native_norm(ctx: BuildContext, op: str, scope: str, x: str, residual: str, w
     return outs[0], outs[1]
 
 
-def attention(ctx: BuildContext, layer: int, x, residual: str, shared: AttentionInputs) -> tuple[str, str]:
+def attention(ctx: BuildContext, layer: int, x, residual: str, shared: AttentionInputs,
+              project: bool = True) -> tuple[str, str]:
     """Input norm and self-attention of one layer with its KV cache; returns (output, residual).
 
         (x, residual) -> input norm -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
                                            seqlens_k, total_length, cos/sin caches, past/present KV -^
-    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm)
+    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm;
+    project=False leaves o_proj to the MLP's node, see mlp)
     """
     cfg, g = ctx.config, ctx.graph
     scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
@@ -98,29 +100,52 @@ def attention(ctx: BuildContext, layer: int, x, residual: str, shared: Attention
     attn = g.node("GroupQueryAttention", inputs, f"{scope}", outputs=outputs, domain=MS,
                   num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
                   do_rotary=1, rotary_interleaved=0, local_window_size=-1)[0]
-    return linear(ctx, f"{scope}/o_proj", attn, [f"{hf}.o_proj.weight"], "o_proj"), residual
+    if not project:
+        return attn, residual
+    return linear(ctx, f"{scope}/o_proj", attn, o_proj_names(layer), "o_proj"), residual
 
 
-def mlp(ctx: BuildContext, layer: int, x: str, residual: str) -> tuple[str, str]:
+def o_proj_names(layer: int) -> list:
+    return [f"model.layers.{layer}.self_attn.o_proj.weight"]
+
+
+def mlp_names(layer: int) -> list:
+    """gate and up (stacked into one product), then down."""
+    hf = f"model.layers.{layer}.mlp"
+    return [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight", f"{hf}.down_proj.weight"]
+
+
+def projects_in_mlp(ctx: BuildContext, layer: int) -> bool:
+    """Whether the layer's o_proj, residual add, norm and MLP are one native node (ProjectNormMlpQ4_1)."""
+    return computes_q4_1_natively(ctx, o_proj_names(layer) + mlp_names(layer))
+
+
+def mlp(ctx: BuildContext, layer: int, x: str, residual: str, project: bool = False) -> tuple[str, str]:
     """Post-attention norm and SwiGLU feed-forward with gate and up in one matmul; returns
     (output, residual).
 
         (x, residual) -> SkipRMSNorm -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
                                                              \\-> up ---------------------------- Mul -> down_proj
-    (Q4_1 weights under gguf_blocks "native": all of it is one node, see native_norm)
+    (Q4_1 weights under gguf_blocks "native": all of it is one node, see native_norm; with project=True
+    x is the attention's output before o_proj, and o_proj is in that node too: ProjectNormMlpQ4_1)
     """
     g = ctx.graph
-    scope, hf = f"/model/layers.{layer}/mlp", f"model.layers.{layer}.mlp"
+    scope = f"/model/layers.{layer}/mlp"
     norm_scope = f"/model/layers.{layer}/post_attention_layernorm"
     gamma = f"model.layers.{layer}.post_attention_layernorm.weight"
     ff = ctx.config.intermediate_size
-    gate_up_names, down_names = [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"], [f"{hf}.down_proj.weight"]
-    if computes_q4_1_natively(ctx, gate_up_names + down_names):
+    names = mlp_names(layer)
+    gate_up_names, down_names = names[:2], names[2:]
+    if project or computes_q4_1_natively(ctx, names):
         gate_up = carried_weight(ctx, gate_up_names, "gate_up_proj")
         down = carried_weight(ctx, down_names, "down_proj")
         weights = q41_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + q41_initializers(
             ctx, f"{scope}/down_proj", down)
-        return native_norm(ctx, "NormMlpQ4_1", scope, x, residual, gamma, weights, down.k)
+        if not project:
+            return native_norm(ctx, "NormMlpQ4_1", scope, x, residual, gamma, weights, down.k)
+        o_scope = f"/model/layers.{layer}/attn/o_proj"
+        o = q41_initializers(ctx, o_scope, carried_weight(ctx, o_proj_names(layer), "o_proj"))
+        return native_norm(ctx, "ProjectNormMlpQ4_1", scope, x, residual, gamma, o + weights, down.k)
     normed, residual = skip_rms_norm(ctx, norm_scope, x, residual, gamma)
     gate_up = linear(ctx, f"{scope}/gate_up_proj", normed, gate_up_names, "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
