@@ -1,9 +1,10 @@
 """edgellama's ONNX Runtime operator library (native/ort_ops.c, built as edgellama/_ops*.so).
 
-Packages converted with gguf_blocks="native" compute GGUF Q4_1 weights with the operator
-ai.edgellama:MatMulQ4_1 from this library; every session edgellama creates registers it when it
-is built, so those packages load like any other. Other ONNX Runtime users register the file
-that `library_path()` names with SessionOptions.register_custom_ops_library.
+Packages converted with gguf_blocks="native" compute GGUF Q4_1 and Q8_0 weights with the operators
+of domain ai.edgellama from this library (MatMulQ4_1, MatMulQ8, NormMatMulQ4_1, NormMlpQ4_1,
+ProjectNormMlpQ4_1); every session edgellama creates registers it when it is built, so those
+packages load like any other. Other ONNX Runtime users register the file that `library_path()`
+names with SessionOptions.register_custom_ops_library.
 """
 from __future__ import annotations
 

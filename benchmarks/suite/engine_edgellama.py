@@ -1,4 +1,5 @@
-"""edgellama packages converted from the source GGUF (int4 / int8 / fp32).
+"""edgellama packages converted from the source GGUF (int4 / int4-native / int8 / fp32; int4-native
+computes the file's Q4_1 and Q8_0 blocks with edgellama's own operators, gguf_blocks="native").
 
     speed:      load(max_length=capacity) -> fresh context -> prefill -> greedy sampler (native) -> decode
     perplexity: edgellama.evaluate over one window of the ids (the all-positions graph)
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .reference import source_gguf
 
-VARIANTS = ("int4", "int8", "fp32")
+VARIANTS = ("int4", "int4-native", "int8", "fp32")
 
 
 def prepare(variant: str, settings) -> Path:
@@ -21,7 +22,9 @@ def prepare(variant: str, settings) -> Path:
     from edgellama.converters import ConvertOptions, convert
     from edgellama.package import Quantization
 
-    convert(source_gguf(), out, ConvertOptions(quantization=Quantization(method=variant), max_length=4096))
+    method, _, blocks = variant.partition("-")
+    convert(source_gguf(), out, ConvertOptions(quantization=Quantization(method=method), max_length=4096,
+                                               gguf_blocks=blocks or "carry"))
     return out
 
 

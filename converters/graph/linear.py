@@ -26,7 +26,6 @@ from ..quantize import QuantizedWeight, quantize, unpack_nibbles
 from .context import BuildContext
 from .ops import EDGELLAMA_DOMAIN
 
-Q41_OP = f"{EDGELLAMA_DOMAIN}:MatMulQ4_1"   # the layout record names it
 
 QUANT_BITS = {"int4": 4, "int8": 8}
 WEIGHT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -114,7 +113,8 @@ def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bo
             ctx.on_tensor(name)
     if cw.blocks is not None and ctx.io_dtype == "float32":
         ctx.stats.add(kind, 0.0)
-        _record(ctx, kind, f"GGUF {ggml_type} blocks carried: the file's blocks, computed by {Q41_OP} (exact)")
+        _record(ctx, kind, f"GGUF {ggml_type} blocks carried: the file's blocks, computed by {EDGELLAMA_DOMAIN} "
+                           "operators (exact)")
         return cw
     exact = cw if cw.exact else stack([carry(ggml_type, data, shape[1], q.method) for _, data, shape in raws])
     offsets, how = "", "exact" if cw.exact else "integer zero points, inexact"

@@ -1,0 +1,124 @@
+"""Block products (native/blocks.c): Q4_1 from the file's blocks and 8-bit blocks in MatMulNBits'
+layout. The vector path, the plain C path and the NumPy twin agree, and each is the weight times x
+to the rounding of x to int8 per block. (The operators that run them: tests/test_q4_1_native.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import BACKENDS, _native, needs_native
+
+from edgellama import _twin
+from edgellama.errors import InvalidParameterError
+
+
+def random_blocks(rng, n: int, nb: int):
+    """Q4_1 fields of a weight [n, 32 nb] as llama.cpp writes them: d > 0, m near -8d."""
+    qs = rng.integers(0, 256, (n, nb, 16)).astype(np.uint8)
+    d = rng.uniform(0.001, 0.05, (n, nb)).astype(np.float16)
+    m = (-8 * d.astype(np.float32) * rng.uniform(0.7, 1.3, (n, nb))).astype(np.float16)
+    return qs, d.view(np.uint16), m.view(np.uint16)
+
+
+def dequantized(qs, d, m) -> np.ndarray:
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
+    w = q * d.view(np.float16).astype(np.float32)[..., None] + m.view(np.float16).astype(np.float32)[..., None]
+    return w.reshape(qs.shape[0], -1)
+
+
+# nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail)
+SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129)]
+
+
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q4_1_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
+    rng = np.random.default_rng(nb)
+    qs, d, m = random_blocks(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    if rows * nb > 1:
+        x[0, :32] = 0.0                                     # an all-zero block: scale 0, no division
+    y = module.q41_matmul(x, qs, d, m)
+    exact = x.astype(np.float64) @ dequantized(qs, d, m).T.astype(np.float64)
+    scale = float(np.abs(exact).max())
+    # int8 activations: each term off by at most half a step of its block, |w| <= 16 d
+    assert y.shape == (rows, n) and y.dtype == np.float32
+    np.testing.assert_allclose(y, exact, rtol=0, atol=0.02 * scale)
+    assert np.abs(y - exact).max() > 1e-7 * scale          # the rounding is there: not a float product
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+def test_vector_path_plain_c_and_twin_agree(rows, n, nb):
+    rng = np.random.default_rng(100 + nb)
+    qs, d, m = random_blocks(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32) * 3
+    twin = _twin.q41_matmul(x, qs, d, m)
+    scale = float(np.abs(twin).max())
+    for portable in (False, True):    # on a CPU without AVX2 both calls take the plain C path
+        got = _native.q41_matmul(x, qs, d, m, portable)
+        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * scale, err_msg=f"portable={portable}")
+
+
+@needs_native
+def test_the_file_nibble_order_is_read():
+    """Byte 4 of block 1 holds element 4 (low nibble, 5) and element 20 (high nibble, 3); x is
+    nonzero at element 20 only, where its int8 rounding is exact."""
+    qs = np.zeros((1, 2, 16), np.uint8)
+    qs[0, 1, 4] = 0x35
+    d = np.ones((1, 2), np.float16).view(np.uint16)
+    m = np.zeros((1, 2), np.float16).view(np.uint16)
+    x = np.zeros((1, 64), np.float32)
+    x[0, 32 + 20] = 2.0
+    for portable in (False, True):
+        assert _native.q41_matmul(x, qs, d, m, portable)[0, 0] == pytest.approx(6.0, rel=1e-6)
+    assert _twin.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
+
+
+def random_q8(rng, n: int, nb: int):
+    """8-bit blocks with the extremes present: q = 0 (weight -128 scale) and 255."""
+    q = rng.integers(0, 256, (n, nb, 32)).astype(np.uint8)
+    q[0] = 0
+    q[-1, :, ::2] = 255
+    return q, rng.uniform(0.001, 0.05, (n, nb)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
+    rng = np.random.default_rng(200 + nb)
+    q, scale = random_q8(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    x[-1] = 1.0                      # every activation at +127 against -128: the largest int16 pairs
+    y = module.q8_matmul(x, q, scale)
+    w = (q.astype(np.float64) - 128) * scale[..., None]
+    exact = x.astype(np.float64) @ w.reshape(n, -1).T
+    np.testing.assert_allclose(y, exact, rtol=0, atol=0.01 * float(np.abs(exact).max()))
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,nb", SHAPES)
+def test_q8_vector_path_plain_c_and_twin_agree(rows, n, nb):
+    rng = np.random.default_rng(300 + nb)
+    q, scale = random_q8(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    x[0] = 1.0
+    twin = _twin.q8_matmul(x, q, scale)
+    for portable in (False, True):
+        got = _native.q8_matmul(x, q, scale, portable)
+        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * float(np.abs(twin).max()),
+                                   err_msg=f"portable={portable}")
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q4_1_product_refuses_mismatched_shapes(module):
+    qs, d, m = random_blocks(np.random.default_rng(0), 4, 2)
+    with pytest.raises(InvalidParameterError, match="q41_matmul"):
+        module.q41_matmul(np.zeros((1, 96), np.float32), qs, d, m)
+    with pytest.raises(InvalidParameterError, match="q41_matmul"):
+        module.q41_matmul(np.zeros((1, 64), np.float32), qs, d[:3], m)
+    q, scale = random_q8(np.random.default_rng(0), 4, 2)
+    with pytest.raises(InvalidParameterError, match="q8_matmul"):
+        module.q8_matmul(np.zeros((1, 64), np.float32), q, np.ascontiguousarray(scale[:, :1]))
+
+
