@@ -264,3 +264,14 @@ def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, portable: bool = 
     xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, np.float32).reshape(rows, nb, 32))
     dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32) - 128, xq).astype(np.float32)     # [M, N, nb]
     return ((scale.astype(np.float32)[None] * xd[:, None, :]) * dots).sum(axis=-1).astype(np.float32)
+
+
+# ---- activation (native/activation.h) ----
+
+def swiglu(gate: np.ndarray, up: np.ndarray, portable: bool = False) -> np.ndarray:
+    """SiLU(gate) * up, elementwise, in float32."""
+    if gate.shape != up.shape or gate.ndim != 1:
+        raise error_for(ERR_SIZE, "swiglu")
+    g = gate.astype(np.float32)
+    with np.errstate(over="ignore"):
+        return (g / (np.float32(1) + np.exp(-g)) * up).astype(np.float32)

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Compiled sampling, KV-cache, float16 and block-product routines (C in sampler.c, kvcache.c,
-halfconv.c and blocks.c).
+"""Compiled sampling, KV-cache, float16, block-product and activation routines (C in sampler.c,
+kvcache.c, halfconv.c, blocks.c and activation.c).
 
 This module only turns memoryviews into pointers, runs the C routines without the GIL and
 turns their return codes into exceptions. Argument checks with friendly messages live in
@@ -17,6 +17,7 @@ from sampler cimport *
 from kvcache cimport *
 from halfconv cimport *
 from blocks cimport *
+from activation cimport *
 
 OK = EL_OK
 ERR_NOMEM = EL_ERR_NOMEM
@@ -228,3 +229,18 @@ def q8_matmul(const float[:, ::1] x not None, const uint8_t[:, :, ::1] q not Non
                 break
     _check(code, "q8_matmul")
     return y
+
+
+def swiglu(const float[::1] gate not None, const float[::1] up not None, bint portable=False):
+    """SiLU(gate) * up, elementwise (activation.h); `portable` takes the expf path on any CPU."""
+    cdef int code
+    if gate.shape[0] != up.shape[0]:
+        raise error_for(ERR_SIZE, "swiglu")
+    out = np.empty(gate.shape[0], dtype=np.float32)
+    cdef float[::1] view = out
+    if gate.shape[0] == 0:
+        return out
+    with nogil:
+        code = el_swiglu(&gate[0], &up[0], gate.shape[0], &view[0], portable)
+    _check(code, "swiglu")
+    return out

@@ -36,6 +36,7 @@
  * weight rows are split into tiles of TILE_ROWS, run on ONNX Runtime's intra-op threads; a tile's
  * weights (TILE_ROWS x K/32 x 20 bytes) stay in cache while every activation row passes over them.
  */
+#include "activation.h"
 #include "blocks.h"
 
 #include <math.h>
@@ -335,12 +336,10 @@ static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_w
         return fail(ORT_FAIL, "edgellama MLP operator: out of memory");
     OrtStatus *status = q41_product(context, x, rows, gate_up, gu);
     if (status == NULL) {
-        /* SiLU(gate) * up, compacted in place to [rows, inter]: each write lands at or before its reads */
+        /* SiLU(gate) * up, compacted in place to [rows, inter]: row r's output lies before its inputs
+         * (row 0's over its gate, element by element) */
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t i = 0; i < inter; i++) {
-                float g = gu[r * 2 * inter + i];
-                gu[r * inter + i] = g / (1.0f + expf(-g)) * gu[r * 2 * inter + inter + i];
-            }
+            el_swiglu(gu + r * 2 * inter, gu + r * 2 * inter + inter, inter, gu + r * inter, 0);
         status = q41_product(context, gu, rows, down, y);
     }
     free(gu);

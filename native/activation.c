@@ -1,0 +1,75 @@
+/*
+ * SwiGLU (see activation.h). Buffers: gate, up, out [n] float32; out may alias gate.
+ *
+ * Vector exp, for x clamped to [-87.3, 88.3] (2^n stays a normal float): n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts,
+ * so r is exact to float rounding), e^r by its degree-6 Taylor polynomial (|r| <= ln 2 / 2: the
+ * first term left out is below 1e-8 relative), then times 2^n through the exponent bits.
+ *
+ * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the function compiled for AVX2).
+ */
+#include "activation.h"
+#include "blocks.h"
+
+#include <math.h>
+#include <stddef.h>
+
+static void swiglu_portable(const float *gate, const float *up, int64_t n, float *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma"))) static inline __m256 exp_vector(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);        /* ln 2, high part */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-06f), r);            /* ln 2, low part */
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+__attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate, const float *up, int64_t n,
+                                                              float *out)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_vector(_mm256_xor_ps(g, sign))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+    swiglu_portable(gate + i, up + i, n - i, out + i);
+}
+#define HAVE_VECTOR 1
+#else
+#define HAVE_VECTOR 0
+#endif
+
+int el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable)
+{
+    if (n < 0 || (n > 0 && (gate == NULL || up == NULL || out == NULL)))
+        return EL_ACT_ERR_SIZE;
+#if HAVE_VECTOR
+    if (!portable && el_q41_vector_path()) {
+        swiglu_vector(gate, up, n, out);
+        return EL_ACT_OK;
+    }
+#endif
+    (void)portable;
+    swiglu_portable(gate, up, n, out);
+    return EL_ACT_OK;
+}
