@@ -103,6 +103,7 @@ static void rows8_portable(const el_q8_weight *w, const el_q8_act *act, int64_t 
 #include <immintrin.h>
 #define VECTOR __attribute__((target("avx2,fma,f16c")))
 #define INLINE __attribute__((always_inline)) inline   /* small helpers of the row loops */
+#define CHUNK8 64   /* blocks of activations copied to element order at a time (8-bit rows) */
 #define HAVE_VECTOR 1
 
 VECTOR static inline float hsum8(__m256 v)
@@ -336,36 +337,50 @@ VECTOR static inline __m256i signed_pairs(__m256i a, __m256i b)
     return _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
 }
 
+/* dots of one 8-bit block (32 bytes, element order) with 32 activations: 8 int32 partial sums */
+VECTOR static INLINE __m256i block8_dot(const uint8_t *q, const int8_t *x)
+{
+    __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)q), _mm256_set1_epi8((char)0x80));
+    return _mm256_madd_epi16(signed_pairs(w, _mm256_loadu_si256((const __m256i *)x)), _mm256_set1_epi16(1));
+}
+
+/* 8-bit rows. The activations of a chunk of up to CHUNK8 blocks are copied once into element order;
+ * then per row, groups of 8 blocks have their sums folded to one lane per block (hadds) and scaled by
+ * one multiply, as the Q4_1 rows do; the blocks after the last group go one by one. */
 VECTOR static void rows8_vector(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
 {
-    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    const __m256i first = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    int8_t x[CHUNK8 * 32];
     int64_t nb = w->nb;
-    for (int64_t r = lo; r < hi; r++) {
-        const uint8_t *q = w->q + r * nb * 32;
-        const float *scale = w->scale + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        int64_t b = 0;
-        for (; b + 2 <= nb; b += 2) {
-            /* q - 128 as signed bytes; halves regrouped to the pair layout of the activations */
-            __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32)), flip);
-            __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32 + 32)), flip);
-            __m256i wl = _mm256_permute2x128_si256(w0, w1, 0x20), wh = _mm256_permute2x128_si256(w0, w1, 0x31);
-            __m256i xl = _mm256_loadu_si256((const __m256i *)(act->q + b * 32));
-            __m256i xh = _mm256_loadu_si256((const __m256i *)(act->q + b * 32 + 32));
-            __m256i s = _mm256_add_epi32(_mm256_madd_epi16(signed_pairs(wl, xl), ones),   /* int16 pairs can reach */
-                                         _mm256_madd_epi16(signed_pairs(wh, xh), ones));  /* 32512: add in int32 */
-            __m128 sv = _mm_mul_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(scale + b))),
-                                   _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(act->scale + b))));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(sv), first), acc);
+    for (int64_t c0 = 0; c0 < nb; c0 += CHUNK8) {
+        int64_t count = nb - c0 < CHUNK8 ? nb - c0 : CHUNK8, grouped = count / 8 * 8;
+        for (int64_t b = 0; b < count; b++) {
+            memcpy(x + b * 32, act->q + el_q8_half_at(c0 + b, nb, 0), 16);
+            memcpy(x + b * 32 + 16, act->q + el_q8_half_at(c0 + b, nb, 1), 16);
         }
-        if (b < nb) {   /* an odd last block, in element order */
-            __m256i wv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + b * 32)), flip);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(act->q + b * 32));
-            __m256i s = _mm256_madd_epi16(signed_pairs(wv, xv), ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale[b] * act->scale[b]), acc);
+        for (int64_t r = lo; r < hi; r++) {
+            const uint8_t *q = w->q + (r * nb + c0) * 32;
+            const float *scale = w->scale + r * nb + c0, *xd = act->scale + c0;
+            __m256 acc = _mm256_setzero_ps();
+            int64_t b = 0;
+            for (; b < grouped; b += 8) {
+                const uint8_t *qb = q + b * 32;
+                const int8_t *xb = x + b * 32;
+                __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(block8_dot(qb, xb), block8_dot(qb + 32, xb + 32)),
+                                               _mm256_hadd_epi32(block8_dot(qb + 64, xb + 64),
+                                                                 block8_dot(qb + 96, xb + 96)));
+                __m256i u1 = _mm256_hadd_epi32(
+                    _mm256_hadd_epi32(block8_dot(qb + 128, xb + 128), block8_dot(qb + 160, xb + 160)),
+                    _mm256_hadd_epi32(block8_dot(qb + 192, xb + 192), block8_dot(qb + 224, xb + 224)));
+                __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                                                _mm256_permute2x128_si256(u0, u1, 0x31));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums),
+                                      _mm256_mul_ps(_mm256_loadu_ps(scale + b), _mm256_loadu_ps(xd + b)), acc);
+            }
+            for (; b < count; b++)
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block8_dot(q + b * 32, x + b * 32)),
+                                      _mm256_set1_ps(scale[b] * xd[b]), acc);
+            y[r] = (c0 == 0 ? 0.0f : y[r]) + hsum8(acc);
         }
-        y[r] = hsum8(acc);
     }
 }
 
