@@ -20,8 +20,9 @@
 #include <string.h>
 
 
-/* pairs of blocks interleaved by halves, an odd last block as it is (blocks.h) */
-int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
+/* Offset in act.q of the first (second = 0) or last (second = 1) 16 values of block b: pairs of
+ * blocks interleaved by halves, an odd last block as it is (blocks.h). */
+static int64_t half_at(int64_t b, int64_t nb, int second)
 {
     if ((b ^ 1) >= nb)                     /* an odd last block, as it is */
         return b * 32 + 16 * second;
@@ -54,8 +55,8 @@ static void quantize_portable(const float *x, el_q8_act *act)
             block[j] = (int8_t)lrintf(xb[j] * inv);
             isum += block[j];
         }
-        memcpy(act->q + el_q8_half_at(b, act->nb, 0), block, 16);
-        memcpy(act->q + el_q8_half_at(b, act->nb, 1), block + 16, 16);
+        memcpy(act->q + half_at(b, act->nb, 0), block, 16);
+        memcpy(act->q + half_at(b, act->nb, 1), block + 16, 16);
         act->scale[b] = amax / 127.0f;
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)isum;
@@ -69,7 +70,7 @@ static void rows_portable(const el_q41_weight *w, const el_q8_act *act, int64_t 
         const uint8_t *qs = w->qs + r * nb * 16;
         float acc = 0.0f, off = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
-            const int8_t *lo16 = act->q + el_q8_half_at(b, nb, 0), *hi16 = act->q + el_q8_half_at(b, nb, 1);
+            const int8_t *lo16 = act->q + half_at(b, nb, 0), *hi16 = act->q + half_at(b, nb, 1);
             int32_t dot = 0;
             for (int j = 0; j < 16; j++)
                 dot += (qs[b * 16 + j] & 0x0F) * lo16[j] + (qs[b * 16 + j] >> 4) * hi16[j];
@@ -88,7 +89,7 @@ static void rows8_portable(const el_q8_weight *w, const el_q8_act *act, int64_t 
         const uint8_t *q = w->q + r * nb * 32;
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
-            const int8_t *lo16 = act->q + el_q8_half_at(b, nb, 0), *hi16 = act->q + el_q8_half_at(b, nb, 1);
+            const int8_t *lo16 = act->q + half_at(b, nb, 0), *hi16 = act->q + half_at(b, nb, 1);
             int32_t dot = 0;
             for (int j = 0; j < 16; j++)
                 dot += (q[b * 32 + j] - 128) * lo16[j] + (q[b * 32 + 16 + j] - 128) * hi16[j];
@@ -137,8 +138,8 @@ VECTOR static void quantize_vector(const float *x, el_q8_act *act)
         /* packs work within 128-bit lanes: the permutation restores element order */
         __m256i q = _mm256_permutevar8x32_epi32(
             _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3)), order);
-        _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, act->nb, 0)), _mm256_castsi256_si128(q));
-        _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, act->nb, 1)), _mm256_extracti128_si256(q, 1));
+        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 0)), _mm256_castsi256_si128(q));
+        _mm_storeu_si128((__m128i *)(act->q + half_at(b, act->nb, 1)), _mm256_extracti128_si256(q, 1));
         float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
         act->scale[b] = amax / 127.0f;
         act->sum[b] = sum;
@@ -146,29 +147,14 @@ VECTOR static void quantize_vector(const float *x, el_q8_act *act)
     }
 }
 
-/* For blocks [b0, b0 + count) of one row (count even, or the row's odd tail): sp[p] = d xd of the
- * pair's two blocks, four lanes each; returns the row's offset terms m xs + 8 d xr over them. */
+/* For the fewer than 8 blocks [b0, b0 + count) after a row's last group of 8: sp[p] = d xd of pair
+ * p's two blocks, four lanes each (an odd last block in all eight); returns the offset terms
+ * m xs + 8 d xr over them. */
 VECTOR static INLINE float pair_scales(const uint16_t *d, const uint16_t *m, const el_q8_act *act, int64_t b0,
-                                int64_t count, __m256 *sp)
+                                       int64_t count, __m256 *sp)
 {
-    const __m256i lo = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), mid = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256i hi = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), top = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
-    __m256 offv = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= count; i += 8) {
-        int64_t b = b0 + i;
-        __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + b)));
-        __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + b)));
-        __m256 sv = _mm256_mul_ps(dv, _mm256_loadu_ps(act->scale + b));
-        sp[i / 2] = _mm256_permutevar8x32_ps(sv, lo);
-        sp[i / 2 + 1] = _mm256_permutevar8x32_ps(sv, mid);
-        sp[i / 2 + 2] = _mm256_permutevar8x32_ps(sv, hi);
-        sp[i / 2 + 3] = _mm256_permutevar8x32_ps(sv, top);
-        offv = _mm256_fmadd_ps(mv, _mm256_loadu_ps(act->sum + b), offv);
-        offv = _mm256_fmadd_ps(_mm256_mul_ps(dv, _mm256_set1_ps(8.0f)), _mm256_loadu_ps(act->rest + b), offv);
-    }
-    float off = hsum8(offv);
-    for (; i < count; i++) {
+    float off = 0.0f;
+    for (int64_t i = 0; i < count; i++) {
         int64_t b = b0 + i;
         float db = _cvtsh_ss(d[b]), s = db * act->scale[b];
         if (i % 2 == 0)
@@ -178,32 +164,6 @@ VECTOR static INLINE float pair_scales(const uint16_t *d, const uint16_t *m, con
         off += _cvtsh_ss(m[b]) * act->sum[b] + 8.0f * db * act->rest[b];
     }
     return off;
-}
-
-/* sum over pairs [0, pairs) of (nibbles of qs) x (activations xq), scaled per block by sp */
-VECTOR static INLINE __m256 pair_products(const uint8_t *qs, const int8_t *xq, const __m256 *sp, int64_t pairs,
-                                          __m256 acc)
-{
-    const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    for (int64_t p = 0; p < pairs; p++) {
-        __m256i xl = _mm256_loadu_si256((const __m256i *)(xq + p * 64));
-        __m256i xh = _mm256_loadu_si256((const __m256i *)(xq + p * 64 + 32));
-        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + p * 32));
-        __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v, mask), xl),
-                                     _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), xh));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones)), sp[p], acc);
-    }
-    return acc;
-}
-
-/* the odd last block: its 16 bytes against the activations in element order */
-VECTOR static INLINE __m256 tail_product(const uint8_t *qs, const int8_t *xq, __m256 scale, __m256 acc)
-{
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m128i p = _mm_loadu_si128((const __m128i *)qs);
-    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), mask), _mm_and_si128(p, mask));
-    __m256i s = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i *)xq));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))), scale, acc);
 }
 
 /* int32 dot products of one pair of blocks: lanes 0-3 sum to block 2i's, lanes 4-7 to block 2i+1's */
@@ -218,12 +178,31 @@ VECTOR static INLINE __m256i pair_dot(const uint8_t *qs, const int8_t *xq)
     return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
 }
 
-/* the per-block sums of 8 blocks (four pair_dot results), in block order, as floats */
-VECTOR static INLINE __m256 group_sums(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+/* sum over pairs [0, pairs) of (nibbles of qs) x (activations xq), scaled per block by sp */
+VECTOR static INLINE __m256 pair_products(const uint8_t *qs, const int8_t *xq, const __m256 *sp, int64_t pairs,
+                                          __m256 acc)
+{
+    for (int64_t p = 0; p < pairs; p++)
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair_dot(qs + p * 32, xq + p * 64)), sp[p], acc);
+    return acc;
+}
+
+/* the odd last block: its 16 bytes against the activations in element order */
+VECTOR static INLINE __m256 tail_product(const uint8_t *qs, const int8_t *xq, __m256 scale, __m256 acc)
+{
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i p = _mm_loadu_si128((const __m128i *)qs);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), mask), _mm_and_si128(p, mask));
+    __m256i s = _mm256_maddubs_epi16(v, _mm256_loadu_si256((const __m256i *)xq));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s, _mm256_set1_epi16(1))), scale, acc);
+}
+
+/* The per-block sums of 8 blocks, in block order, as floats, from the hadds of their four pair_dot
+ * results taken two by two: h01 = hadd(p0, p1), h23 = hadd(p2, p3). */
+VECTOR static INLINE __m256 group_sums(__m256i h01, __m256i h23)
 {
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);   /* hadd lanes -> block order */
-    __m256i sums = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-    return _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sums, order));
+    return _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h01, h23), order));
 }
 
 /* acc, offs, rest of one row over its groups of 8 blocks, given their dot sums */
@@ -270,8 +249,8 @@ VECTOR static INLINE float row_one(const el_q41_weight *w, const el_q8_act *act,
     for (int64_t b = 0; b < grouped; b += 8) {
         const uint8_t *q = qs + b * 16;
         const int8_t *x = act->q + b * 32;
-        __m256 dots = group_sums(pair_dot(q, x), pair_dot(q + 32, x + 64), pair_dot(q + 64, x + 128),
-                                 pair_dot(q + 96, x + 192));
+        __m256 dots = group_sums(_mm256_hadd_epi32(pair_dot(q, x), pair_dot(q + 32, x + 64)),
+                                 _mm256_hadd_epi32(pair_dot(q + 64, x + 128), pair_dot(q + 96, x + 192)));
         group_scale(&t, dots, w->d + r * nb, w->m + r * nb, act, b);
     }
     return finish_row(w, act, r, t);
@@ -294,7 +273,6 @@ VECTOR static INLINE void pair_dot_two(const uint8_t *qs, const int8_t *xa, cons
 VECTOR static void row_two(const el_q41_weight *w, const el_q8_act *a, const el_q8_act *b, int64_t r, float *ya,
                            float *yb)
 {
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     int64_t nb = w->nb, grouped = nb / 8 * 8;
     const uint8_t *qs = w->qs + r * nb * 16;
     RowSums ta = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}, tb = ta;
@@ -307,12 +285,8 @@ VECTOR static void row_two(const el_q41_weight *w, const el_q8_act *a, const el_
         __m256i ha = _mm256_hadd_epi32(a0, a1), hb = _mm256_hadd_epi32(b0, b1);
         pair_dot_two(q + 64, xa + 128, xb + 128, &a0, &b0);
         pair_dot_two(q + 96, xa + 192, xb + 192, &a1, &b1);
-        __m256 da = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(
-            _mm256_hadd_epi32(ha, _mm256_hadd_epi32(a0, a1)), order));
-        __m256 db = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(
-            _mm256_hadd_epi32(hb, _mm256_hadd_epi32(b0, b1)), order));
-        group_scale(&ta, da, w->d + r * nb, w->m + r * nb, a, g);
-        group_scale(&tb, db, w->d + r * nb, w->m + r * nb, b, g);
+        group_scale(&ta, group_sums(ha, _mm256_hadd_epi32(a0, a1)), w->d + r * nb, w->m + r * nb, a, g);
+        group_scale(&tb, group_sums(hb, _mm256_hadd_epi32(b0, b1)), w->d + r * nb, w->m + r * nb, b, g);
     }
     *ya = finish_row(w, a, r, ta);
     *yb = finish_row(w, b, r, tb);
@@ -354,8 +328,8 @@ VECTOR static void rows8_vector(const el_q8_weight *w, const el_q8_act *act, int
     for (int64_t c0 = 0; c0 < nb; c0 += CHUNK8) {
         int64_t count = nb - c0 < CHUNK8 ? nb - c0 : CHUNK8, grouped = count / 8 * 8;
         for (int64_t b = 0; b < count; b++) {
-            memcpy(x + b * 32, act->q + el_q8_half_at(c0 + b, nb, 0), 16);
-            memcpy(x + b * 32 + 16, act->q + el_q8_half_at(c0 + b, nb, 1), 16);
+            memcpy(x + b * 32, act->q + half_at(c0 + b, nb, 0), 16);
+            memcpy(x + b * 32 + 16, act->q + half_at(c0 + b, nb, 1), 16);
         }
         for (int64_t r = lo; r < hi; r++) {
             const uint8_t *q = w->q + (r * nb + c0) * 32;

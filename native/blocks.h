@@ -54,9 +54,6 @@ typedef struct el_q41_weight {
     int64_t nb;
 } el_q41_weight;
 
-/* Offset in act.q of the first (second = 0) or last (second = 1) 16 values of block b. */
-int64_t el_q8_half_at(int64_t b, int64_t nb, int second);
-
 /* Whether this CPU takes the vector path. */
 int el_q41_vector_path(void);
 

@@ -359,12 +359,13 @@ static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q
 /* ---- NormMatMulQ4_1, NormMlpQ4_1 ---------------------------------------------------------- */
 
 /* sum = x + residual (output 1) and *normed [rows, K] = its RMS norm times gamma (freed by the caller),
- * for inputs read into `in`; residual and gamma are inputs `at` and at + 1. */
-static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const float *x, size_t at, float **normed)
+ * for inputs read into `in`: residual and gamma are inputs 1 and 2 of every Norm* operator; x is
+ * input 0, or what the operator made of it. */
+static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const float *x, float **normed)
 {
     float *sum;
     *normed = NULL;
-    if (elements(in->dims[at], in->count[at]) != in->rows * kern->k || elements(in->dims[at + 1], in->count[at + 1]) != kern->k)
+    if (elements(in->dims[1], in->count[1]) != in->rows * kern->k || elements(in->dims[2], in->count[2]) != kern->k)
         return fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
     OrtStatus *status = output_like_x(context, in, 1, kern->k, &sum);
     if (status != NULL || in->rows == 0)
@@ -372,7 +373,7 @@ static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const
     *normed = malloc((size_t)(in->rows * kern->k) * sizeof(float));
     if (*normed == NULL)
         return fail(ORT_FAIL, "edgellama norm operator: out of memory");
-    const float *residual = in->data[at], *gamma = in->data[at + 1];
+    const float *residual = in->data[1], *gamma = in->data[2];
     for (int64_t r = 0; r < in->rows; r++) {
         const int64_t row = r * kern->k;
         double squares = 0.0;
@@ -395,7 +396,7 @@ static OrtStatus *norm_q41_compute(void *kernel, void *context)
     float *normed = NULL, *y;
     OrtStatus *status = read_inputs(context, 6, kern->k, &in);
     if (status == NULL)
-        status = skip_norm(context, kern, &in, in.data[0], 1, &normed);
+        status = skip_norm(context, kern, &in, in.data[0], &normed);
     if (status == NULL)
         status = weight_at(&in, 3, kern->n, kern->k, &w);
     if (status == NULL)
@@ -414,7 +415,7 @@ static OrtStatus *norm_mlp_compute(void *kernel, void *context)
     float *normed = NULL, *y;
     OrtStatus *status = read_inputs(context, 9, kern->k, &in);
     if (status == NULL)
-        status = skip_norm(context, kern, &in, in.data[0], 1, &normed);
+        status = skip_norm(context, kern, &in, in.data[0], &normed);
     if (status == NULL)
         status = mlp_weights(kern, &in, 3, &gate_up, &down);
     if (status == NULL)
@@ -445,7 +446,7 @@ static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
         return fail(ORT_FAIL, "ProjectNormMlpQ4_1: out of memory");
     status = q41_product(context, in.data[0], in.rows, o, projected);
     if (status == NULL)
-        status = skip_norm(context, kern, &in, projected, 1, &normed);
+        status = skip_norm(context, kern, &in, projected, &normed);
     if (status == NULL)
         status = mlp_rows(context, normed, in.rows, gate_up, down, y);
     free(projected);
