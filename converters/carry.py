@@ -23,10 +23,10 @@ Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
                    base-14 digits per row, see offset_columns.py)
     "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
                    (no extra nodes, not exact); the other types as in "carry"
-    "native"       as "carry", but a float32 graph computes Q4_1 from the file's own blocks with
-                   edgellama's ONNX Runtime operator ai.edgellama:MatMulQ4_1 (native/blocks.h):
-                   no offset columns and no extra nodes; the package then needs edgellama's
-                   operator library to load (edgellama.ops)
+    "native"       as "carry", but a float32 graph computes Q4_1 (and 8-bit blocks) from the file's
+                   own blocks with edgellama's ONNX Runtime operators, domain ai.edgellama
+                   (native/blocks.h, native/ort_ops.c): no offset columns; the package then needs
+                   edgellama's operator library to load (edgellama.ops)
     "requantize"   dequantize and quantize again with the converter's own quantizer
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ CARRIED_TABLE_TYPES = {"int4": ("Q8_0", "Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0"
 
 @dataclass(frozen=True)
 class Q41Blocks:
-    """Q4_1 blocks as the file stores them, field by field (the inputs of ai.edgellama:MatMulQ4_1):
+    """Q4_1 blocks as the file stores them, field by field (the weight inputs of the ai.edgellama operators):
     qs uint8 [N, K/32, 16] nibbles, d and m uint16 [N, K/32] float16 bit patterns."""
     qs: np.ndarray
     d: np.ndarray
@@ -64,7 +64,7 @@ class CarriedWeight:
     (y += S(x) @ offsets) when the source type has a block minimum, else None. `sum_copies` > 0:
     the offsets are already inside `quantized` as extra input columns, and the input must be
     x' = [x | S(x) x sum_copies] (offset_columns.py). `blocks`: Q4_1 kept as the file's blocks
-    for MatMulQ4_1 (mode "native"); `quantized` and `offsets` then describe the same numbers."""
+    for the ai.edgellama operators (mode "native"); `quantized` and `offsets` then describe the same numbers."""
     quantized: QuantizedWeight
     offsets: Optional[np.ndarray]
     ggml_type: str
@@ -122,7 +122,7 @@ def from_q4_1(blocks: np.ndarray, bits: int) -> CarriedWeight:
 
 
 def from_q4_1_native(blocks: np.ndarray, bits: int) -> CarriedWeight:
-    """Q4_1 as from_q4_1, with the file's blocks kept for MatMulQ4_1."""
+    """Q4_1 as from_q4_1, with the file's blocks kept for the ai.edgellama operators."""
     fields = Q41Blocks(np.ascontiguousarray(blocks[..., 4:]),
                        np.ascontiguousarray(blocks[..., 0:2]).view(np.uint16)[..., 0],
                        np.ascontiguousarray(blocks[..., 2:4]).view(np.uint16)[..., 0])

@@ -38,11 +38,13 @@ def register(options) -> bool:
 
 def check_available(model_path: Path) -> None:
     """Raise PackageError when the graph at `model_path` needs the operator library and this
-    install has none."""
+    install has none (the graph is read only when the library is missing)."""
+    if library_path() is not None:
+        return
     import onnx
 
     domains = {o.domain for o in onnx.load(str(model_path), load_external_data=False).opset_import}
-    if DOMAIN in domains and library_path() is None:
+    if DOMAIN in domains:
         raise PackageError(f"{model_path}: the graph computes with edgellama's operator library ({DOMAIN}, "
                            "a package converted with --gguf-blocks native), which this install did not build; "
                            "reinstall edgellama with a C compiler, or convert the model again with "

@@ -178,8 +178,7 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     import onnxruntime as ort
 
     options = session_options(threads)
-    if ops.library_path() is None:
-        ops.check_available(model_path)
+    ops.check_available(model_path)
     candidates = resolve_providers(providers, cpu_fallback)
     if not candidates:
         raise ProviderError(_built_for_message(model_path.parent, built_for, ort.get_available_providers()))

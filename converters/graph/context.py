@@ -79,6 +79,11 @@ class BuildContext:
                                   f"the config implies {self._shapes[name]}; the checkpoint does not match its config")
         return ggml_type, data, tuple(shape)
 
+    def ggml_type(self, name: str) -> Optional[str]:
+        """The GGML type name of one weight, or None when the source keeps no quantized blocks."""
+        ggml_type = getattr(self.source, "ggml_type", None)
+        return None if ggml_type is None else ggml_type(name)
+
     def read(self, name: str) -> np.ndarray:
         """One float32 weight from the source, shape-checked against the config."""
         array = self.source.read(name)

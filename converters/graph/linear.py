@@ -85,8 +85,8 @@ def computes_q4_1_natively(ctx: BuildContext, names: Sequence[str]) -> bool:
     (gguf_blocks "native", a float32 graph, every weight stored as Q4_1)."""
     if ctx.gguf_blocks != "native" or ctx.io_dtype != "float32" or not _settings_carry(ctx):
         return False
-    raws = [ctx.read_raw(name) for name in names]
-    return all(r is not None and r[0] == "Q4_1" for r in raws) and carries("native", ctx.quantization.method, "Q4_1")
+    return (carries("native", ctx.quantization.method, "Q4_1")
+            and all(ctx.ggml_type(name) == "Q4_1" for name in names))
 
 
 def carried_weight(ctx: BuildContext, names: Sequence[str], kind: str, table: bool = False,

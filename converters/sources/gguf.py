@@ -328,6 +328,10 @@ class GGUFSource:
         order = self._row_order(name)
         return values if order is None else np.ascontiguousarray(values[order])
 
+    def ggml_type(self, name: str) -> str:
+        """The GGML type name of one tensor ("Q4_1", "Q8_0", ...), without reading its data."""
+        return self._tensor(name).tensor_type.name
+
     def raw(self, name: str) -> tuple[str, np.ndarray, tuple]:
         """(GGML type name, the stored bytes as uint8[rows, bytes_per_row], HF shape) of one tensor.
 
