@@ -304,7 +304,10 @@ class StepBinding:
         """Feed `tokens` at positions past_length.. ; return the float32 logits of the last one."""
         n = len(tokens)
         self._ids[0, :n] = tokens
-        if n != self._bound_ids:   # decode feeds one token a step: bound once, rewritten in place
+        # on the CPU a bound host buffer is read at run time, so decode (one token a step) binds it
+        # once and rewrites it in place; a device provider copies a host input when it is bound,
+        # so there every step binds again
+        if n != self._bound_ids or self.device is not None:
             self._binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
             self._bound_ids = n
         self._binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, past_length + n],
