@@ -44,7 +44,7 @@ GROUPS = (
     ("lm_head", r"^/lm_head"),
     ("embed", r"embed_tokens"),
     ("attn/qkv", r"/attn/(qkv|q|k|v)_proj"),
-    ("attn/gqa", r"GroupQueryAttention"),
+    ("attn/gqa", r"GroupQueryAttention|RotaryAttention"),
     ("attn/o_proj", r"/attn/o_proj"),
     ("mlp/gate_up", r"/mlp/(gate_up|gate|up)_proj"),
     ("mlp/down", r"/mlp/down_proj"),

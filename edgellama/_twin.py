@@ -275,3 +275,32 @@ def swiglu(gate: np.ndarray, up: np.ndarray, portable: bool = False) -> np.ndarr
     g = gate.astype(np.float32)
     with np.errstate(over="ignore"):
         return (g / (np.float32(1) + np.exp(-g)) * up).astype(np.float32)
+
+
+# ---- attention ----
+
+def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.ndarray, sin: np.ndarray, p0: int,
+              heads: int, scale: float, portable: bool = False) -> np.ndarray:
+    """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..;
+    their rotated keys and their values are written into rows p0 .. of keys and values [G, C, D]."""
+    kv_heads, capacity, d = keys.shape
+    s = qkv.shape[0]
+    if (heads <= 0 or heads % kv_heads or d % 2 or values.shape != keys.shape
+            or qkv.shape[1] != (heads + 2 * kv_heads) * d or cos.shape[1] * 2 != d or sin.shape != cos.shape
+            or p0 < 0 or p0 + s > capacity or p0 + s > cos.shape[0]):
+        raise error_for(ERR_SIZE, "attention")
+    angles = (cos[p0:p0 + s, None, :], sin[p0:p0 + s, None, :])
+    q = _rotated(qkv[:, :heads * d].reshape(s, heads, d), *angles)
+    keys[:, p0:p0 + s] = _rotated(qkv[:, heads * d:(heads + kv_heads) * d].reshape(s, kv_heads, d),
+                                  *angles).transpose(1, 0, 2)
+    values[:, p0:p0 + s] = qkv[:, (heads + kv_heads) * d:].reshape(s, kv_heads, d).transpose(1, 0, 2)
+    group = heads // kv_heads
+    out = np.empty((s, heads, d), dtype=np.float32)
+    for t in range(s):
+        n = p0 + t + 1
+        k = np.repeat(keys[:, :n], group, axis=0).astype(np.float64)     # [H, n, D]
+        v = np.repeat(values[:, :n], group, axis=0).astype(np.float64)
+        scores = np.einsum("hd,hnd->hn", q[t].astype(np.float64), k) * scale
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out[t] = np.einsum("hn,hnd->hd", weights / weights.sum(axis=1, keepdims=True), v)
+    return out.reshape(s, heads * d)

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Compiled sampling, KV-cache, float16, block-product and activation routines (C in sampler.c,
-kvcache.c, halfconv.c, blocks.c and activation.c).
+"""Compiled sampling, KV-cache, float16, block-product, activation and attention routines (C in
+sampler.c, kvcache.c, halfconv.c, blocks.c, activation.c and attention.c).
 
 This module only turns memoryviews into pointers, runs the C routines without the GIL and
 turns their return codes into exceptions. Argument checks with friendly messages live in
@@ -18,6 +18,7 @@ from kvcache cimport *
 from halfconv cimport *
 from blocks cimport *
 from activation cimport *
+from attention cimport *
 
 OK = EL_OK
 ERR_NOMEM = EL_ERR_NOMEM
@@ -244,3 +245,38 @@ def swiglu(const float[::1] gate not None, const float[::1] up not None, bint po
         code = el_swiglu(&gate[0], &up[0], gate.shape[0], &view[0], portable)
     _check(code, "swiglu")
     return out
+
+
+def attention(const float[:, ::1] qkv not None, float[:, :, ::1] keys not None, float[:, :, ::1] values not None,
+              const float[:, ::1] cos not None, const float[:, ::1] sin not None, int64_t p0, int64_t heads,
+              float scale, bint portable=False):
+    """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..
+    (attention.h); their rotated keys and their values are written into rows p0 .. of keys and
+    values [G, C, D]. `portable` takes the plain build on any CPU."""
+    cdef el_attention a
+    cdef int64_t s = qkv.shape[0], units
+    cdef int code = EL_ATT_OK
+    a.heads = heads
+    a.kv_heads = keys.shape[0]
+    a.capacity = keys.shape[1]
+    a.head_dim = keys.shape[2]
+    a.positions = cos.shape[0]
+    a.scale = scale
+    units = el_attention_units(&a, s)
+    if (units < 0 or values.shape[0] != keys.shape[0] or values.shape[1] != keys.shape[1]
+            or values.shape[2] != keys.shape[2] or qkv.shape[1] != (heads + 2 * a.kv_heads) * a.head_dim
+            or cos.shape[1] * 2 != a.head_dim or sin.shape[0] != cos.shape[0] or sin.shape[1] != cos.shape[1]):
+        raise error_for(ERR_SIZE, "attention")
+    result = np.zeros((s, heads * a.head_dim), dtype=np.float32)
+    if s == 0:
+        return result
+    cdef float[::1] q = np.empty(s * heads * a.head_dim, dtype=np.float32)
+    cdef float[:, ::1] out = result
+    with nogil:
+        code = el_attention_store(&a, &qkv[0, 0], s, p0, &cos[0, 0], &sin[0, 0], &q[0], &keys[0, 0, 0],
+                                  &values[0, 0, 0])
+        if code == EL_ATT_OK:
+            code = el_attention_rows(&a, &q[0], p0, &keys[0, 0, 0], &values[0, 0, 0], 0, units, &out[0, 0],
+                                     portable)
+    _check(code, "attention")
+    return result

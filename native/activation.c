@@ -1,5 +1,6 @@
 /*
- * SwiGLU (see activation.h). Buffers: gate, up, out [n] float32; out may alias gate.
+ * SwiGLU and shifted exponentials (see activation.h). Buffers: gate, up, out, x [n] float32; out may
+ * alias gate.
  *
  * Vector exp, for x clamped to [-87.3, 88.3] (2^n stays a normal float): n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts,
  * so r is exact to float rounding), e^r by its degree-6 Taylor polynomial (|r| <= ln 2 / 2: the
@@ -19,6 +20,16 @@ static void swiglu_portable(const float *gate, const float *up, int64_t n, float
         float g = gate[i];
         out[i] = g / (1.0f + expf(-g)) * up[i];
     }
+}
+
+static float exp_shifted_portable(float *x, int64_t n, float shift)
+{
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - shift);
+        sum += x[i];
+    }
+    return sum;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -54,6 +65,22 @@ __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate,
     }
     swiglu_portable(gate + i, up + i, n - i, out + i);
 }
+
+__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
+{
+    const __m256 by = _mm256_set1_ps(shift);
+    __m256 total = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), by));
+        _mm256_storeu_ps(x + i, e);
+        total = _mm256_add_ps(total, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, total);
+    float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    return sum + exp_shifted_portable(x + i, n - i, shift);
+}
 #define HAVE_VECTOR 1
 #else
 #define HAVE_VECTOR 0
@@ -71,5 +98,20 @@ int el_swiglu(const float *gate, const float *up, int64_t n, float *out, int por
 #endif
     (void)portable;
     swiglu_portable(gate, up, n, out);
+    return EL_ACT_OK;
+}
+
+int el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable)
+{
+    if (n < 0 || sum == NULL || (n > 0 && x == NULL))
+        return EL_ACT_ERR_SIZE;
+#if HAVE_VECTOR
+    if (!portable && el_q41_vector_path()) {
+        *sum = exp_shifted_vector(x, n, shift);
+        return EL_ACT_OK;
+    }
+#endif
+    (void)portable;
+    *sum = exp_shifted_portable(x, n, shift);
     return EL_ACT_OK;
 }

@@ -3,6 +3,8 @@
  * SiLU(g) = g / (1 + exp(-g)). x86-64 CPUs with AVX2 and FMA take a vector path (exp as 2^n times a
  * polynomial, SiLU within 3e-6 relative of its float64 value), chosen at run time; other CPUs, and
  * `portable` = 1, call expf. ort_ops.c runs it between the MLP's two products.
+ *
+ * The same exp serves the softmax of attention.c: x[i] -> exp(x[i] - shift).
  */
 #ifndef EDGELLAMA_ACTIVATION_H
 #define EDGELLAMA_ACTIVATION_H
@@ -14,5 +16,8 @@
 
 /* out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] for i in [0, n); out may be gate. */
 int el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable);
+
+/* x[i] = exp(x[i] - shift) for i in [0, n), *sum = their sum (x[i] <= shift keeps them in [0, 1]). */
+int el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable);
 
 #endif

@@ -26,11 +26,10 @@
  *         the attention's output projection o [K, K] of x first, then as NormMlpQ4_1:
  *             x -> o -> + residual -> sum (output 1) -> RMS norm * gamma -> MLP -> y
  *
- * ONNX Runtime loads this file with SessionOptions.register_custom_ops_library and calls
- * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
- * release (new entries are only appended), so this file names the few it calls by their index in
- * that table instead of including onnxruntime_c_api.h, which the Python wheel does not ship.
- * Every call that can fail hands its status back to ONNX Runtime.
+ *     RotaryAttention: ort_attention.c.
+ *
+ * ONNX Runtime reaches the library through RegisterCustomOps at the end of this file; ort_api.h says
+ * how the library calls ONNX Runtime back. Every call that can fail hands its status back to it.
  *
  * One product: the M = prod(x.shape[:-1]) activation rows are rounded to int8 (blocks.h), then the N
  * weight rows are split into tiles of TILE_ROWS, run on ONNX Runtime's intra-op threads; a tile's
@@ -38,93 +37,14 @@
  */
 #include "activation.h"
 #include "blocks.h"
+#include "ort_api.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-#define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
 #define TILE_ROWS 16   /* 8, 32 and 64 measured no faster on SmolLM2 decode */
-#define MAX_DIMS 8
 #define MAX_INPUTS 12
-
-typedef struct OrtStatus OrtStatus;
-typedef void *ort_fn;
-typedef struct OrtApiBase {
-    const ort_fn *(*GetApi)(uint32_t version);
-    const char *(*GetVersionString)(void);
-} OrtApiBase;
-
-/* indices in the OrtApi table (onnxruntime_c_api.h, struct OrtApi) */
-enum {
-    API_CreateStatus = 0,
-    API_CreateCustomOpDomain = 26,
-    API_CustomOpDomain_Add = 27,
-    API_AddCustomOpDomain = 28,
-    API_GetTensorMutableData = 51,
-    API_GetDimensionsCount = 61,
-    API_GetDimensions = 62,
-    API_GetTensorTypeAndShape = 65,
-    API_KernelInfoGetAttribute_float = 85,
-    API_KernelInfoGetAttribute_int64 = 86,
-    API_KernelContext_GetInput = 90,
-    API_KernelContext_GetOutput = 91,
-    API_ReleaseTensorTypeAndShapeInfo = 99,
-    API_KernelContext_ParallelFor = 274,
-};
-enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
-
-static const ort_fn *api;
-
-typedef OrtStatus *(*create_status_fn)(int code, const char *message);
-typedef OrtStatus *(*get_input_fn)(void *context, size_t index, const void **value);
-typedef OrtStatus *(*get_output_fn)(void *context, size_t index, const int64_t *dims, size_t count, void **value);
-typedef OrtStatus *(*mutable_data_fn)(const void *value, void **data);
-typedef OrtStatus *(*type_and_shape_fn)(const void *value, void **info);
-typedef OrtStatus *(*dims_count_fn)(const void *info, size_t *count);
-typedef OrtStatus *(*dims_fn)(const void *info, int64_t *dims, size_t count);
-typedef void (*release_info_fn)(void *info);
-typedef OrtStatus *(*attribute_fn)(const void *info, const char *name, int64_t *value);
-typedef OrtStatus *(*float_attribute_fn)(const void *info, const char *name, float *value);
-typedef OrtStatus *(*parallel_for_fn)(void *context, void (*fn)(void *, size_t), size_t total, size_t batch,
-                                      void *data);
-typedef OrtStatus *(*create_domain_fn)(const char *name, void **domain);
-typedef OrtStatus *(*domain_add_fn)(void *domain, const void *op);
-typedef OrtStatus *(*add_domain_fn)(void *options, void *domain);
-
-#define API(index, type) ((type)api[index])
-
-static OrtStatus *fail(int code, const char *message)
-{
-    return API(API_CreateStatus, create_status_fn)(code, message);
-}
-
-/* The public struct OrtCustomOp, as far as version ORT_API_VERSION_USED reads it. */
-typedef struct OrtCustomOp {
-    uint32_t version;
-    void *(*CreateKernel)(const void *op, const void *api, const void *info);
-    const char *(*GetName)(const void *op);
-    const char *(*GetExecutionProviderType)(const void *op);
-    int (*GetInputType)(const void *op, size_t index);
-    size_t (*GetInputTypeCount)(const void *op);
-    int (*GetOutputType)(const void *op, size_t index);
-    size_t (*GetOutputTypeCount)(const void *op);
-    void (*KernelCompute)(void *kernel, void *context);
-    void (*KernelDestroy)(void *kernel);
-    int (*GetInputCharacteristic)(const void *op, size_t index);
-    int (*GetOutputCharacteristic)(const void *op, size_t index);
-    int (*GetInputMemoryType)(const void *op, size_t index);
-    int (*GetVariadicInputMinArity)(const void *op);
-    int (*GetVariadicInputHomogeneity)(const void *op);
-    int (*GetVariadicOutputMinArity)(const void *op);
-    int (*GetVariadicOutputHomogeneity)(const void *op);
-    OrtStatus *(*CreateKernelV2)(const void *op, const void *api, const void *info, void **kernel);
-    OrtStatus *(*KernelComputeV2)(void *kernel, void *context);
-    void *InferOutputShapeFn;
-    int (*GetStartVersion)(const void *op);
-    int (*GetEndVersion)(const void *op);
-} OrtCustomOp;
 
 /* ---- MatMulQ4_1 --------------------------------------------------------------------------- */
 
@@ -148,10 +68,10 @@ static OrtStatus *create_kernel(const void *op, const void *unused, const void *
     if (status != NULL)
         return status;
     if (k <= 0 || k % EL_Q41_BLOCK || n <= 0)
-        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: attribute K must be a positive multiple of 32 and N positive");
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: attribute K must be a positive multiple of 32 and N positive");
     Kernel *kern = malloc(sizeof *kern);
     if (kern == NULL)
-        return fail(ORT_FAIL, "edgellama operator: out of memory");
+        return el_ort_fail(ORT_FAIL, "edgellama operator: out of memory");
     kern->k = k;
     kern->n = n;
     kern->eps = 0.0f;
@@ -184,8 +104,16 @@ static void product_tile(void *data, size_t tile)
         el_q8_rows(&call->w8, &call->acts[i], lo, hi, call->y + i * n, 0);
 }
 
-/* The shape of input `index`: *count dims into dims[MAX_DIMS], and its data. */
-static OrtStatus *input_at(void *context, size_t index, int64_t *dims, size_t *count, void **data)
+/* ---- the plumbing of ort_api.h ----------------------------------------------------------- */
+
+const ort_fn *el_ort_api;
+
+OrtStatus *el_ort_fail(int code, const char *message)
+{
+    return API(API_CreateStatus, create_status_fn)(code, message);
+}
+
+OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data)
 {
     const void *value;
     void *info;
@@ -196,7 +124,7 @@ static OrtStatus *input_at(void *context, size_t index, int64_t *dims, size_t *c
         return status;
     status = API(API_GetDimensionsCount, dims_count_fn)(info, count);
     if (status == NULL && *count > MAX_DIMS)
-        status = fail(ORT_INVALID_ARGUMENT, "edgellama operator: an input has more than 8 dimensions");
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: an input has more than 8 dimensions");
     if (status == NULL)
         status = API(API_GetDimensions, dims_fn)(info, dims, *count);
     API(API_ReleaseTensorTypeAndShapeInfo, release_info_fn)(info);
@@ -205,7 +133,14 @@ static OrtStatus *input_at(void *context, size_t index, int64_t *dims, size_t *c
     return status;
 }
 
-static int64_t elements(const int64_t *dims, size_t count)
+OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data)
+{
+    void *out;
+    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, index, dims, count, &out);
+    return status != NULL ? status : API(API_GetTensorMutableData, mutable_data_fn)(out, data);
+}
+
+int64_t el_ort_elements(const int64_t *dims, size_t count)
 {
     int64_t total = 1;
     for (size_t i = 0; i < count; i++)
@@ -223,7 +158,7 @@ static OrtStatus *product(void *context, const float *x, Product call)
     int8_t *q = malloc((size_t)(rows * nb * EL_Q41_BLOCK));
     if (acts == NULL || floats == NULL || q == NULL) {
         free(acts); free(floats); free(q);
-        return fail(ORT_FAIL, "edgellama operator: out of memory");
+        return el_ort_fail(ORT_FAIL, "edgellama operator: out of memory");
     }
     for (int64_t i = 0; i < rows; i++) {
         float *f = floats + i * nb * 3;
@@ -248,13 +183,13 @@ typedef struct {
 static OrtStatus *read_inputs(void *context, size_t count, int64_t k, Inputs *in)
 {
     for (size_t i = 0; i < count; i++) {
-        OrtStatus *status = input_at(context, i, in->dims[i], &in->count[i], &in->data[i]);
+        OrtStatus *status = el_ort_input(context, i, in->dims[i], &in->count[i], &in->data[i]);
         if (status != NULL)
             return status;
     }
     if (in->count[0] < 1 || in->dims[0][in->count[0] - 1] != k)
-        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: the last dimension of x differs from attribute K");
-    in->rows = elements(in->dims[0], in->count[0] - 1);
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: the last dimension of x differs from attribute K");
+    in->rows = el_ort_elements(in->dims[0], in->count[0] - 1);
     return NULL;
 }
 
@@ -264,21 +199,17 @@ static OrtStatus *output_like_x(void *context, Inputs *in, size_t index, int64_t
     for (size_t i = 0; i < in->count[0]; i++)
         dims[i] = in->dims[0][i];
     dims[in->count[0] - 1] = last;
-    void *out;
-    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, index, dims, in->count[0], &out);
-    if (status == NULL)
-        status = API(API_GetTensorMutableData, mutable_data_fn)(out, (void **)y);
-    return status;
+    return el_ort_output(context, index, dims, in->count[0], (void **)y);
 }
 
 /* The Q4_1 weight [n, k] in inputs first .. first + 2, checked against its sizes. */
 static OrtStatus *weight_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q41_weight *w)
 {
     int64_t nb = k / EL_Q41_BLOCK;
-    if (elements(in->dims[first], in->count[first]) != n * nb * 16 ||
-        elements(in->dims[first + 1], in->count[first + 1]) != n * nb ||
-        elements(in->dims[first + 2], in->count[first + 2]) != n * nb)
-        return fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d or m does not hold the blocks K and N say");
+    if (el_ort_elements(in->dims[first], in->count[first]) != n * nb * 16 ||
+        el_ort_elements(in->dims[first + 1], in->count[first + 1]) != n * nb ||
+        el_ort_elements(in->dims[first + 2], in->count[first + 2]) != n * nb)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d or m does not hold the blocks K and N say");
     *w = (el_q41_weight){in->data[first], in->data[first + 1], in->data[first + 2], n, nb};
     return NULL;
 }
@@ -292,7 +223,7 @@ static OrtStatus *q41_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
     Inputs in;
-    el_q41_weight w;
+    el_q41_weight w = {NULL, NULL, NULL, 0, 0};
     float *y;
     OrtStatus *status = read_inputs(context, 4, kern->k, &in);
     if (status == NULL)
@@ -313,9 +244,9 @@ static OrtStatus *q8_compute(void *kernel, void *context)
     Inputs in;
     float *y;
     OrtStatus *status = read_inputs(context, 3, kern->k, &in);
-    if (status == NULL && (elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
-                           elements(in.dims[2], in.count[2]) != kern->n * nb))
-        status = fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
+    if (status == NULL && (el_ort_elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
+                           el_ort_elements(in.dims[2], in.count[2]) != kern->n * nb))
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
     if (status == NULL)
         status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
@@ -333,7 +264,7 @@ static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_w
     int64_t inter = down.nb * EL_Q41_BLOCK;
     float *gu = malloc((size_t)(rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
     if (gu == NULL)
-        return fail(ORT_FAIL, "edgellama MLP operator: out of memory");
+        return el_ort_fail(ORT_FAIL, "edgellama MLP operator: out of memory");
     OrtStatus *status = q41_product(context, x, rows, gate_up, gu);
     if (status == NULL) {
         /* SiLU(gate) * up, compacted in place to [rows, inter]: row r's output lies before its inputs
@@ -351,7 +282,7 @@ static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q
                               el_q41_weight *down)
 {
     if (kern->n % EL_Q41_BLOCK)
-        return fail(ORT_INVALID_ARGUMENT, "edgellama MLP operator: attribute N must be a multiple of 32");
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama MLP operator: attribute N must be a multiple of 32");
     OrtStatus *status = weight_at(in, first, 2 * kern->n, kern->k, gate_up);
     return status != NULL ? status : weight_at(in, first + 3, kern->k, kern->n, down);
 }
@@ -365,14 +296,14 @@ static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const
 {
     float *sum;
     *normed = NULL;
-    if (elements(in->dims[1], in->count[1]) != in->rows * kern->k || elements(in->dims[2], in->count[2]) != kern->k)
-        return fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
+    if (el_ort_elements(in->dims[1], in->count[1]) != in->rows * kern->k || el_ort_elements(in->dims[2], in->count[2]) != kern->k)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
     OrtStatus *status = output_like_x(context, in, 1, kern->k, &sum);
     if (status != NULL || in->rows == 0)
         return status;
     *normed = malloc((size_t)(in->rows * kern->k) * sizeof(float));
     if (*normed == NULL)
-        return fail(ORT_FAIL, "edgellama norm operator: out of memory");
+        return el_ort_fail(ORT_FAIL, "edgellama norm operator: out of memory");
     const float *residual = in->data[1], *gamma = in->data[2];
     for (int64_t r = 0; r < in->rows; r++) {
         const int64_t row = r * kern->k;
@@ -392,7 +323,7 @@ static OrtStatus *norm_q41_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
     Inputs in;
-    el_q41_weight w;
+    el_q41_weight w = {NULL, NULL, NULL, 0, 0};
     float *normed = NULL, *y;
     OrtStatus *status = read_inputs(context, 6, kern->k, &in);
     if (status == NULL)
@@ -411,7 +342,7 @@ static OrtStatus *norm_mlp_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
     Inputs in;
-    el_q41_weight gate_up, down;
+    el_q41_weight gate_up = {NULL, NULL, NULL, 0, 0}, down = gate_up;
     float *normed = NULL, *y;
     OrtStatus *status = read_inputs(context, 9, kern->k, &in);
     if (status == NULL)
@@ -430,7 +361,7 @@ static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
     Inputs in;
-    el_q41_weight o, gate_up, down;
+    el_q41_weight o = {NULL, NULL, NULL, 0, 0}, gate_up = o, down = o;
     float *projected = NULL, *normed = NULL, *y;
     OrtStatus *status = read_inputs(context, 12, kern->k, &in);
     if (status == NULL)
@@ -443,7 +374,7 @@ static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
         return status;
     projected = malloc((size_t)(in.rows * kern->k) * sizeof(float));
     if (projected == NULL)
-        return fail(ORT_FAIL, "ProjectNormMlpQ4_1: out of memory");
+        return el_ort_fail(ORT_FAIL, "ProjectNormMlpQ4_1: out of memory");
     status = q41_product(context, in.data[0], in.rows, o, projected);
     if (status == NULL)
         status = skip_norm(context, kern, &in, projected, &normed);
@@ -479,6 +410,7 @@ static int any_opset(const void *op) { (void)op; return 1 << 30; }
 #define F TYPE_FLOAT
 #define U8 TYPE_UINT8
 #define H TYPE_FLOAT16
+#define I32 TYPE_INT32
 #define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
     {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, float_output, op_output_count,  \
       NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one, \
@@ -491,13 +423,14 @@ static const OpInfo OPS[] = {
     OP("NormMatMulQ4_1", create_norm_kernel, norm_q41_compute, 2, F, F, F, U8, H, H),
     OP("NormMlpQ4_1", create_norm_kernel, norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H),
     OP("ProjectNormMlpQ4_1", create_norm_kernel, project_norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H, U8, H, H),
+    OP("RotaryAttention", el_attention_create, el_attention_compute, 3, F, F, F, I32, I32, F, F),
 };
 
 /* Called by ONNX Runtime when a session's options register this library. */
 OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
 {
-    api = base->GetApi(ORT_API_VERSION_USED);
-    if (api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
+    el_ort_api = base->GetApi(ORT_API_VERSION_USED);
+    if (el_ort_api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
         return NULL;
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);

@@ -215,6 +215,7 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
     assert ops_used.count("NormMatMulQ4_1") == TINY["layers"] - 1 and ops_used.count("MatMulQ4_1") == 1
     assert ops_used.count("ProjectNormMlpQ4_1") == TINY["layers"] and ops_used.count("SkipSimplifiedLayerNormalization") == 1
     assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
+    assert ops_used.count("RotaryAttention") == TINY["layers"] and "GroupQueryAttention" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
     native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
     scale = float(np.abs(fp32).max())

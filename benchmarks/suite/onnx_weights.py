@@ -2,7 +2,7 @@
 
 An initializer counts when at least one node reads all of it (a MatMul, MatMulNBits, norm, ...).
 Lookup tables read a row per token and do not count: embeddings behind Gather /
-GatherBlockQuantized and the rotary cos/sin caches behind GroupQueryAttention /
+GatherBlockQuantized and the rotary cos/sin caches behind GroupQueryAttention, RotaryAttention and
 RotaryEmbedding. A tied int4 table that feeds both the embedding Gather and the LM-head
 MatMulNBits counts once.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROW_READERS = {"Gather", "GatherBlockQuantized", "GroupQueryAttention", "RotaryEmbedding"}
+ROW_READERS = {"Gather", "GatherBlockQuantized", "GroupQueryAttention", "RotaryAttention", "RotaryEmbedding"}
 
 
 def _tensor_bytes(tensor) -> int:

@@ -80,26 +80,32 @@ def attention(ctx: BuildContext, layer: int, x, residual: str, shared: Attention
 
         (x, residual) -> input norm -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
                                            seqlens_k, total_length, cos/sin caches, past/present KV -^
-    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm;
-    project=False leaves o_proj to the MLP's node, see mlp)
+    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm, and
+    attention is edgellama's RotaryAttention, native/ort_attention.c; project=False leaves o_proj to the
+    MLP's node, see mlp)
     """
     cfg, g = ctx.config, ctx.graph
     scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
     norm_scope, gamma = f"/model/layers.{layer}/input_layernorm", f"model.layers.{layer}.input_layernorm.weight"
     names = [f"{hf}.{p}_proj.weight" for p in "qkv"]
-    if x is not None and computes_q4_1_natively(ctx, names):
+    native = computes_q4_1_natively(ctx, names)
+    if x is not None and native:
         cw = carried_weight(ctx, names, "qkv_proj")
         qkv, residual = native_norm(ctx, "NormMatMulQ4_1", f"{scope}/qkv_proj", x, residual, gamma,
                                     q41_initializers(ctx, f"{scope}/qkv_proj", cw), cw.blocks.qs.shape[0])
     else:
         normed, residual = input_norm(ctx, norm_scope, x, residual, gamma)
         qkv = linear(ctx, f"{scope}/qkv_proj", normed, names, "qkv_proj")
-    inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value",
-              shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
-    outputs = [f"{scope}/GroupQueryAttention/output_0", f"present.{layer}.key", f"present.{layer}.value"]
-    attn = g.node("GroupQueryAttention", inputs, f"{scope}", outputs=outputs, domain=MS,
-                  num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
-                  do_rotary=1, rotary_interleaved=0, local_window_size=-1)[0]
+    past = [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+    rest = [shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
+    if native:   # the same computation, without GroupQueryAttention's unused separate key and value
+        op, domain, inputs, options = "RotaryAttention", EDGELLAMA_DOMAIN, [qkv] + past + rest, {}
+    else:
+        op, domain, inputs = "GroupQueryAttention", MS, [qkv, "", ""] + past + rest
+        options = dict(do_rotary=1, rotary_interleaved=0, local_window_size=-1)
+    outputs = [f"{scope}/{op}/output_0", f"present.{layer}.key", f"present.{layer}.value"]
+    attn = g.node(op, inputs, f"{scope}", outputs=outputs, domain=domain, num_heads=cfg.num_heads,
+                  kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim), **options)[0]
     if not project:
         return attn, residual
     return linear(ctx, f"{scope}/o_proj", attn, o_proj_names(layer), "o_proj"), residual

@@ -1,0 +1,105 @@
+/*
+ * The part of ONNX Runtime's C API that the operator library of this folder calls, and the plumbing
+ * its operator files share (ort_ops.c: the block products and the registration; ort_attention.c).
+ *
+ * ONNX Runtime loads the library with SessionOptions.register_custom_ops_library and calls
+ * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
+ * release (new entries are only appended), so the library names the few it calls by their index in
+ * that table instead of including onnxruntime_c_api.h, which the Python wheel does not ship.
+ * Nothing here is called from Python, so this header has no .pxd.
+ */
+#ifndef EDGELLAMA_ORT_API_H
+#define EDGELLAMA_ORT_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
+#define MAX_DIMS 8
+
+typedef struct OrtStatus OrtStatus;
+typedef void *ort_fn;
+typedef struct OrtApiBase {
+    const ort_fn *(*GetApi)(uint32_t version);
+    const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+/* indices in the OrtApi table (onnxruntime_c_api.h, struct OrtApi) */
+enum {
+    API_CreateStatus = 0,
+    API_CreateCustomOpDomain = 26,
+    API_CustomOpDomain_Add = 27,
+    API_AddCustomOpDomain = 28,
+    API_GetTensorMutableData = 51,
+    API_GetDimensionsCount = 61,
+    API_GetDimensions = 62,
+    API_GetTensorTypeAndShape = 65,
+    API_KernelInfoGetAttribute_float = 85,
+    API_KernelInfoGetAttribute_int64 = 86,
+    API_KernelContext_GetInput = 90,
+    API_KernelContext_GetOutput = 91,
+    API_ReleaseTensorTypeAndShapeInfo = 99,
+    API_KernelContext_ParallelFor = 274,
+};
+enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
+enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
+
+extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_ops.c) */
+
+typedef OrtStatus *(*create_status_fn)(int code, const char *message);
+typedef OrtStatus *(*get_input_fn)(void *context, size_t index, const void **value);
+typedef OrtStatus *(*get_output_fn)(void *context, size_t index, const int64_t *dims, size_t count, void **value);
+typedef OrtStatus *(*mutable_data_fn)(const void *value, void **data);
+typedef OrtStatus *(*type_and_shape_fn)(const void *value, void **info);
+typedef OrtStatus *(*dims_count_fn)(const void *info, size_t *count);
+typedef OrtStatus *(*dims_fn)(const void *info, int64_t *dims, size_t count);
+typedef void (*release_info_fn)(void *info);
+typedef OrtStatus *(*attribute_fn)(const void *info, const char *name, int64_t *value);
+typedef OrtStatus *(*float_attribute_fn)(const void *info, const char *name, float *value);
+typedef OrtStatus *(*parallel_for_fn)(void *context, void (*fn)(void *, size_t), size_t total, size_t batch,
+                                      void *data);
+typedef OrtStatus *(*create_domain_fn)(const char *name, void **domain);
+typedef OrtStatus *(*domain_add_fn)(void *domain, const void *op);
+typedef OrtStatus *(*add_domain_fn)(void *options, void *domain);
+
+#define API(index, type) ((type)el_ort_api[index])
+
+/* The plumbing of every operator (ort_ops.c) */
+OrtStatus *el_ort_fail(int code, const char *message);
+/* input `index`: its *count dims into dims[MAX_DIMS], and its data */
+OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data);
+/* output `index` shaped dims[count], and its data */
+OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data);
+int64_t el_ort_elements(const int64_t *dims, size_t count);
+
+/* The public struct OrtCustomOp, as far as version ORT_API_VERSION_USED reads it. */
+typedef struct OrtCustomOp {
+    uint32_t version;
+    void *(*CreateKernel)(const void *op, const void *api, const void *info);
+    const char *(*GetName)(const void *op);
+    const char *(*GetExecutionProviderType)(const void *op);
+    int (*GetInputType)(const void *op, size_t index);
+    size_t (*GetInputTypeCount)(const void *op);
+    int (*GetOutputType)(const void *op, size_t index);
+    size_t (*GetOutputTypeCount)(const void *op);
+    void (*KernelCompute)(void *kernel, void *context);
+    void (*KernelDestroy)(void *kernel);
+    int (*GetInputCharacteristic)(const void *op, size_t index);
+    int (*GetOutputCharacteristic)(const void *op, size_t index);
+    int (*GetInputMemoryType)(const void *op, size_t index);
+    int (*GetVariadicInputMinArity)(const void *op);
+    int (*GetVariadicInputHomogeneity)(const void *op);
+    int (*GetVariadicOutputMinArity)(const void *op);
+    int (*GetVariadicOutputHomogeneity)(const void *op);
+    OrtStatus *(*CreateKernelV2)(const void *op, const void *api, const void *info, void **kernel);
+    OrtStatus *(*KernelComputeV2)(void *kernel, void *context);
+    void *InferOutputShapeFn;
+    int (*GetStartVersion)(const void *op);
+    int (*GetEndVersion)(const void *op);
+} OrtCustomOp;
+
+/* RotaryAttention (ort_attention.c) */
+OrtStatus *el_attention_create(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_attention_compute(void *kernel, void *context);
+
+#endif
