@@ -178,13 +178,26 @@ static int apply_penalties(el_sampler *s, float *logits, const int32_t *window, 
     return status;
 }
 
+/* The first index of the largest logit (all finite: apply_bias_and_check saw to it). Two passes:
+ * the maximum over 8 independent lanes, a loop that compilers vectorize, then its first index. */
 static int32_t argmax(const float *logits, int32_t n)
 {
-    int32_t i, best = 0;
-    for (i = 1; i < n; i++)
-        if (logits[i] > logits[best])
-            best = i;
-    return best;
+    float lane[8], top = logits[0];
+    int32_t i = 0;
+    if (n >= 8) {
+        for (int k = 0; k < 8; k++)
+            lane[k] = logits[k];
+        for (i = 8; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; k++)
+                lane[k] = logits[i + k] > lane[k] ? logits[i + k] : lane[k];
+        for (int k = 0; k < 8; k++)
+            top = lane[k] > top ? lane[k] : top;
+    }
+    for (; i < n; i++)
+        top = logits[i] > top ? logits[i] : top;
+    for (i = 0; logits[i] != top; i++)
+        ;
+    return i;
 }
 
 /* ---- top-k: a min-heap of the k best, then heap-sorted best first ---- */
