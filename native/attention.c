@@ -112,6 +112,8 @@ typedef struct {
     void (*weigh)(float *out, const float *w, const float *values, int64_t n, int64_t d);
 } Loops;
 
+static const Loops PLAIN = {scores_plain, weigh_plain};
+
 /* out [count, d] = softmax(scale * q . keys[0 .. n)) values[0 .. n) for the `count` queries q [count, d]
  * of one key/value head, chunk by chunk: a chunk's keys and values are read from memory once and
  * stay in the first-level cache for the other queries */
@@ -187,8 +189,7 @@ INLINE void rows_body(const el_attention *a, const float *q, int64_t p0, const f
 static void rows_plain(const el_attention *a, const float *q, int64_t p0, const float *keys, const float *values,
                        int64_t lo, int64_t hi, float *out, int portable)
 {
-    static const Loops plain = {scores_plain, weigh_plain};
-    rows_body(a, q, p0, keys, values, lo, hi, out, &plain, portable);
+    rows_body(a, q, p0, keys, values, lo, hi, out, &PLAIN, portable);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -249,12 +250,13 @@ __attribute__((target("avx2,fma"))) static void weigh_vector(float *out, const f
         _mm256_storeu_ps(out + i, a);
     }
 }
+
 __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t p0,
                                                             const float *keys, const float *values, int64_t lo,
                                                             int64_t hi, float *out)
 {
-    static const Loops plain = {scores_plain, weigh_plain}, vector = {scores_vector, weigh_vector};
-    rows_body(a, q, p0, keys, values, lo, hi, out, a->head_dim % 8 ? &plain : &vector, 0);
+    static const Loops vector = {scores_vector, weigh_vector};
+    rows_body(a, q, p0, keys, values, lo, hi, out, a->head_dim % 8 ? &PLAIN : &vector, 0);
 }
 #define HAVE_VECTOR 1
 #else

@@ -15,8 +15,8 @@
  *
  * When present_key is bound to past_key's own buffer (the runtime's shared KV cache) only the S new
  * rows are written; otherwise the past rows are copied first. The new rows' positions are
- * seqlens_k[b] + 1 - S ...; the units of step 2 (a token's
- * query heads of one key/value head) run on ONNX Runtime's threads.
+ * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a token's query heads of one key/value
+ * head) run on ONNX Runtime's threads.
  */
 #include "attention.h"
 #include "ort_api.h"
