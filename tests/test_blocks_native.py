@@ -26,8 +26,12 @@ def dequantized(qs, d, m) -> np.ndarray:
     return w.reshape(qs.shape[0], -1)
 
 
-# nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail)
-SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129)]
+# nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail);
+# one activation row (decode) takes four weight rows at a time for an even nb from 8 to 128: groups
+# of 8 blocks that cross rows at every offset (nb = 10, 14, 18, 22 mod 8), weight rows left over
+# after the last four (n = 7, 13, 9), and an even nb too wide for that path (130)
+SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129),
+          (1, 7, 8), (1, 13, 10), (1, 12, 14), (1, 9, 22), (1, 8, 48), (1, 6, 130)]
 
 
 @pytest.mark.parametrize("rows,n,nb", SHAPES)
