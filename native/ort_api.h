@@ -1,6 +1,7 @@
 /*
  * The part of ONNX Runtime's C API that the operator library of this folder calls, and the plumbing
- * its operator files share (ort_ops.c: the block products and the registration; ort_attention.c).
+ * its operator files share (ort_api.c), for ort_ops.c (the block products and the registration)
+ * and ort_attention.c.
  *
  * ONNX Runtime loads the library with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
@@ -10,6 +11,8 @@
  */
 #ifndef EDGELLAMA_ORT_API_H
 #define EDGELLAMA_ORT_API_H
+
+#include "phases.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -44,7 +47,7 @@ enum {
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
 
-extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_ops.c) */
+extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_ops.c), defined in ort_api.c */
 
 typedef OrtStatus *(*create_status_fn)(int code, const char *message);
 typedef OrtStatus *(*get_input_fn)(void *context, size_t index, const void **value);
@@ -64,13 +67,19 @@ typedef OrtStatus *(*add_domain_fn)(void *options, void *domain);
 
 #define API(index, type) ((type)el_ort_api[index])
 
-/* The plumbing of every operator (ort_ops.c) */
+/* The plumbing of every operator (ort_api.c) */
 OrtStatus *el_ort_fail(int code, const char *message);
 /* input `index`: its *count dims into dims[MAX_DIMS], and its data */
 OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data);
 /* output `index` shaped dims[count], and its data */
 OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data);
 int64_t el_ort_elements(const int64_t *dims, size_t count);
+
+/* Tasks asked of ONNX Runtime's thread pool for one chain: at least as many as it has threads (a
+ * task on a thread that joins after the chain is done returns at once). */
+#define EL_ORT_CHAIN_TASKS 64
+/* Run `chain` (phases.h) on the intra-op threads of `context`: one ParallelFor for all its phases. */
+OrtStatus *el_ort_run_chain(void *context, el_phases *chain);
 
 /* The public struct OrtCustomOp, as far as version ORT_API_VERSION_USED reads it. */
 typedef struct OrtCustomOp {

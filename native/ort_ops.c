@@ -31,9 +31,17 @@
  * ONNX Runtime reaches the library through RegisterCustomOps at the end of this file; ort_api.h says
  * how the library calls ONNX Runtime back. Every call that can fail hands its status back to it.
  *
- * One product: the M = prod(x.shape[:-1]) activation rows are rounded to int8 (blocks.h), then the N
- * weight rows are split into tiles of TILE_ROWS, run on ONNX Runtime's intra-op threads; a tile's
- * weights (TILE_ROWS x K/32 x 20 bytes) stay in cache while every activation row passes over them.
+ * An operator call is one chain of phases (phases.h), handed to ONNX Runtime's intra-op threads in
+ * one ParallelFor. With M = prod(x.shape[:-1]) activation rows, ProjectNormMlpQ4_1 for example:
+ *
+ *     round x        items: the M rows of x, rounded to int8 per block (blocks.h)
+ *     o              items: o's weight rows, each against every rounded row   -> projected
+ *     add + norm     items: the M rows: + residual -> sum (output 1), RMS norm, rounded
+ *     gate_up        items: gate_up's weight rows                             -> [g | u]
+ *     SwiGLU         items: the M rows: g / (1 + exp(-g)) * u, rounded
+ *     down           items: down's weight rows                                -> y
+ *
+ * A weight row is read once for all M activation rows, so a prompt reads each weight once.
  */
 #include "activation.h"
 #include "blocks.h"
@@ -43,20 +51,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define TILE_ROWS 16   /* 8, 32 and 64 measured no faster on SmolLM2 decode */
 #define MAX_INPUTS 12
-
-/* ---- MatMulQ4_1 --------------------------------------------------------------------------- */
+/* Weight rows claimed at a time: a 1/CLAIMS share of a product rounded up to a multiple of 4 (the
+ * decode kernel takes four rows at a time), at least MIN_ROWS rows. Few large claims keep each
+ * thread's rows contiguous, which the kernels' prefetching needs: 16 claims per product instead of 4
+ * cost SmolLM2 decode 0.4-0.9 ms per token on two threads. */
+#define CLAIMS 4
+#define MIN_ROWS 8
 
 typedef struct { int64_t k, n; float eps; } Kernel;   /* attributes K, N (every operator), epsilon (Norm*) */
-
-typedef struct {          /* one product, shared by the tiles */
-    el_q41_weight w;      /* Q4_1, or */
-    el_q8_weight w8;      /* 8-bit when w8.q is set */
-    el_q8_act *acts;      /* [rows] */
-    int64_t rows;
-    float *y;             /* [rows, n] */
-} Product;
 
 static OrtStatus *create_kernel(const void *op, const void *unused, const void *info, void **kernel)
 {
@@ -91,86 +94,180 @@ static OrtStatus *create_norm_kernel(const void *op, const void *unused, const v
     return status;
 }
 
-static void product_tile(void *data, size_t tile)
+/* ---- the steps of a call, as items of phases ------------------------------------------------ */
+
+/* Rounding: rows of x [rows, 32 nb] into acts */
+typedef struct { const float *x; el_q8_act *acts; } Rounding;
+
+static void round_rows(void *data, int64_t lo, int64_t hi)
 {
-    const Product *call = data;
-    int64_t n = call->w8.q ? call->w8.n : call->w.n;
-    int64_t lo = (int64_t)tile * TILE_ROWS, hi = lo + TILE_ROWS < n ? lo + TILE_ROWS : n;
-    if (call->w8.q == NULL) {   /* sizes were checked: the kernels cannot fail here */
-        el_q41_rows(&call->w, call->acts, call->rows, lo, hi, call->y, n, 0);
+    const Rounding *r = data;
+    for (int64_t i = lo; i < hi; i++)
+        el_q8_quantize(r->x + i * r->acts[i].nb * EL_Q41_BLOCK, &r->acts[i], 0);
+}
+
+/* Norm: sum = x + residual, then its RMS norm times gamma, rounded into acts (rows of [k]) */
+typedef struct { const float *x, *residual, *gamma; float eps; int64_t k; float *sum, *normed; el_q8_act *acts; } Norm;
+
+static void norm_rows(void *data, int64_t lo, int64_t hi)
+{
+    const Norm *n = data;
+    for (int64_t r = lo; r < hi; r++) {
+        const int64_t row = r * n->k;
+        double squares = 0.0;
+        for (int64_t i = 0; i < n->k; i++) {
+            n->sum[row + i] = n->x[row + i] + n->residual[row + i];
+            squares += (double)n->sum[row + i] * n->sum[row + i];
+        }
+        float scale = 1.0f / sqrtf((float)(squares / (double)n->k) + n->eps);
+        for (int64_t i = 0; i < n->k; i++)
+            n->normed[row + i] = n->sum[row + i] * scale * n->gamma[i];
+        el_q8_quantize(n->normed + row, &n->acts[r], 0);
+    }
+}
+
+/* Gating: rows of gu [rows, gate | up] -> SiLU(gate) * up over the gate half, rounded into acts */
+typedef struct { float *gu; int64_t inter; el_q8_act *acts; } Gating;
+
+static void gate_rows(void *data, int64_t lo, int64_t hi)
+{
+    const Gating *g = data;
+    for (int64_t r = lo; r < hi; r++) {
+        float *gate = g->gu + r * 2 * g->inter;
+        el_swiglu(gate, gate + g->inter, g->inter, gate, 0);
+        el_q8_quantize(gate, &g->acts[r], 0);
+    }
+}
+
+/* Product: y [rows, n] = rounded rows times W (Q4_1 w, or 8-bit w8 when w8.q is set), over W's rows */
+typedef struct {
+    el_q41_weight w;
+    el_q8_weight w8;
+    const el_q8_act *acts;   /* [rows] */
+    int64_t rows;
+    float *y;
+} Product;
+
+static void product_rows(void *data, int64_t lo, int64_t hi)
+{
+    const Product *p = data;   /* sizes were checked: the kernels cannot fail here */
+    if (p->w8.q == NULL) {
+        el_q41_rows(&p->w, p->acts, p->rows, lo, hi, p->y, p->w.n, 0);
         return;
     }
-    for (int64_t i = 0; i < call->rows; i++)
-        el_q8_rows(&call->w8, &call->acts[i], lo, hi, call->y + i * n, 0);
+    for (int64_t i = 0; i < p->rows; i++)
+        el_q8_rows(&p->w8, &p->acts[i], lo, hi, p->y + i * p->w8.n, 0);
 }
 
-/* ---- the plumbing of ort_api.h ----------------------------------------------------------- */
+/* ---- one call: its scratch, its phases ---------------------------------------------------------- */
 
-const ort_fn *el_ort_api;
+typedef struct {
+    el_phases chain;
+    Rounding rounding;
+    Norm norm;
+    Gating gating;
+    Product product[3];
+    int products;
+    void *scratch;     /* every buffer below, one allocation */
+    el_q8_act *acts;   /* [rows] of k/32 blocks: x, then the normed rows */
+    el_q8_act *acts_h; /* [rows] of n/32 blocks: the gated rows (MLP) */
+    float *normed;     /* [rows, k] */
+    float *projected;  /* [rows, k] (ProjectNormMlpQ4_1) */
+    float *gu;         /* [rows, 2 n] (MLP) */
+} Call;
 
-OrtStatus *el_ort_fail(int code, const char *message)
+/* bytes of rows rounded activations of nb blocks: the structs, then int8 values and 3 floats per block */
+static size_t acts_bytes(int64_t rows, int64_t nb)
 {
-    return API(API_CreateStatus, create_status_fn)(code, message);
+    return (size_t)rows * (sizeof(el_q8_act) + (size_t)nb * (EL_Q41_BLOCK + 3 * sizeof(float)));
 }
 
-OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data)
+static el_q8_act *carve_acts(char **at, int64_t rows, int64_t nb)
 {
-    const void *value;
-    void *info;
-    OrtStatus *status = API(API_KernelContext_GetInput, get_input_fn)(context, index, &value);
-    if (status == NULL)
-        status = API(API_GetTensorTypeAndShape, type_and_shape_fn)(value, &info);
-    if (status != NULL)
-        return status;
-    status = API(API_GetDimensionsCount, dims_count_fn)(info, count);
-    if (status == NULL && *count > MAX_DIMS)
-        status = el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: an input has more than 8 dimensions");
-    if (status == NULL)
-        status = API(API_GetDimensions, dims_fn)(info, dims, *count);
-    API(API_ReleaseTensorTypeAndShapeInfo, release_info_fn)(info);
-    if (status == NULL)
-        status = API(API_GetTensorMutableData, mutable_data_fn)(value, data);
-    return status;
+    el_q8_act *acts = (el_q8_act *)*at;
+    float *floats = (float *)(*at + rows * sizeof *acts);
+    int8_t *q = (int8_t *)(floats + rows * nb * 3);
+    for (int64_t i = 0; i < rows; i++)
+        acts[i] = (el_q8_act){q + i * nb * EL_Q41_BLOCK, floats + i * nb * 3, floats + i * nb * 3 + nb,
+                              floats + i * nb * 3 + 2 * nb, nb};
+    *at += acts_bytes(rows, nb);
+    return acts;
 }
 
-OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data)
+/* The scratch of a call over `rows` rows of width k; `mlp`: the MLP's of intermediate size inter;
+ * `project`: the projected rows. NULL status or out of memory. */
+static OrtStatus *call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int mlp, int project)
 {
-    void *out;
-    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, index, dims, count, &out);
-    return status != NULL ? status : API(API_GetTensorMutableData, mutable_data_fn)(out, data);
-}
-
-int64_t el_ort_elements(const int64_t *dims, size_t count)
-{
-    int64_t total = 1;
-    for (size_t i = 0; i < count; i++)
-        total *= dims[i];
-    return total;
-}
-
-/* y [rows, n] = x [rows, 32 nb] times call.w (or call.w8), the weight tiles on ONNX Runtime's threads */
-static OrtStatus *product(void *context, const float *x, Product call)
-{
-    /* scratch: per activation row, nb * 32 int8 and 3 * nb floats */
-    int64_t nb = call.w8.q ? call.w8.nb : call.w.nb, n = call.w8.q ? call.w8.n : call.w.n, rows = call.rows;
-    el_q8_act *acts = malloc((size_t)rows * sizeof *acts);
-    float *floats = malloc((size_t)(rows * nb * 3) * sizeof(float));
-    int8_t *q = malloc((size_t)(rows * nb * EL_Q41_BLOCK));
-    if (acts == NULL || floats == NULL || q == NULL) {
-        free(acts); free(floats); free(q);
+    size_t floats = (size_t)(rows * k) * (1 + (project ? 1 : 0)) + (mlp ? (size_t)(rows * 2 * inter) : 0);
+    size_t bytes = floats * sizeof(float) + acts_bytes(rows, k / EL_Q41_BLOCK) +
+                   (mlp ? acts_bytes(rows, inter / EL_Q41_BLOCK) : 0);
+    el_phases_init(&call->chain);
+    call->products = 0;
+    call->projected = call->gu = NULL;
+    call->acts_h = NULL;
+    call->scratch = malloc(bytes);
+    if (call->scratch == NULL)
         return el_ort_fail(ORT_FAIL, "edgellama operator: out of memory");
+    float *f = call->scratch;   /* floats first: every carve below stays aligned */
+    call->normed = f;
+    f += rows * k;
+    if (project) {
+        call->projected = f;
+        f += rows * k;
     }
-    for (int64_t i = 0; i < rows; i++) {
-        float *f = floats + i * nb * 3;
-        acts[i] = (el_q8_act){q + i * nb * EL_Q41_BLOCK, f, f + nb, f + 2 * nb, nb};
-        el_q8_quantize(x + i * nb * EL_Q41_BLOCK, &acts[i], 0);
+    if (mlp) {
+        call->gu = f;
+        f += rows * 2 * inter;
     }
-    call.acts = acts;
-    size_t tiles = (size_t)((n + TILE_ROWS - 1) / TILE_ROWS);
-    OrtStatus *status = API(API_KernelContext_ParallelFor, parallel_for_fn)(context, product_tile, tiles, 0, &call);
-    free(acts); free(floats); free(q);
+    char *at = (char *)f;
+    call->acts = carve_acts(&at, rows, k / EL_Q41_BLOCK);
+    if (mlp)
+        call->acts_h = carve_acts(&at, rows, inter / EL_Q41_BLOCK);
+    return NULL;
+}
+
+/* Phases of the call (their data live in `call`, which must not move) */
+static void add_rounding(Call *call, const float *x, int64_t rows)
+{
+    call->rounding = (Rounding){x, call->acts};
+    el_phases_add(&call->chain, (el_phase){round_rows, &call->rounding, rows, 1});
+}
+
+static void add_norm(Call *call, const Kernel *kern, const float *x, const float *residual, const float *gamma,
+                     float *sum, int64_t rows)
+{
+    call->norm = (Norm){x, residual, gamma, kern->eps, kern->k, sum, call->normed, call->acts};
+    el_phases_add(&call->chain, (el_phase){norm_rows, &call->norm, rows, 1});
+}
+
+static void add_gating(Call *call, int64_t inter, int64_t rows)
+{
+    call->gating = (Gating){call->gu, inter, call->acts_h};
+    el_phases_add(&call->chain, (el_phase){gate_rows, &call->gating, rows, 1});
+}
+
+static void add_product(Call *call, Product p)
+{
+    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + CLAIMS - 1) / CLAIMS + 3) / 4 * 4;
+    call->product[call->products] = p;
+    el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
+                                           step > MIN_ROWS ? step : MIN_ROWS});
+}
+
+static void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y)
+{
+    add_product(call, (Product){w, {NULL, NULL, 0, 0}, acts, rows, y});
+}
+
+/* Run the phases on ONNX Runtime's threads, free the scratch */
+static OrtStatus *call_run(void *context, Call *call)
+{
+    OrtStatus *status = el_ort_run_chain(context, &call->chain);
+    free(call->scratch);
     return status;
 }
+
+/* ---- inputs and outputs ------------------------------------------------------------------------ */
 
 /* The inputs of one call, shapes and data; input 0 is x, rows = prod(x.shape[:-1]). */
 typedef struct {
@@ -214,70 +311,15 @@ static OrtStatus *weight_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q
     return NULL;
 }
 
-static OrtStatus *q41_product(void *context, const float *x, int64_t rows, el_q41_weight w, float *y)
+/* Norm* operators: residual and gamma (inputs 1 and 2) checked; the sum (output 1) */
+static OrtStatus *norm_io(void *context, const Kernel *kern, Inputs *in, float **sum)
 {
-    return product(context, x, (Product){w, {NULL, NULL, 0, 0}, NULL, rows, y});
+    if (el_ort_elements(in->dims[1], in->count[1]) != in->rows * kern->k || el_ort_elements(in->dims[2], in->count[2]) != kern->k)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
+    return output_like_x(context, in, 1, kern->k, sum);
 }
 
-static OrtStatus *q41_compute(void *kernel, void *context)
-{
-    const Kernel *kern = kernel;
-    Inputs in;
-    el_q41_weight w = {NULL, NULL, NULL, 0, 0};
-    float *y;
-    OrtStatus *status = read_inputs(context, 4, kern->k, &in);
-    if (status == NULL)
-        status = weight_at(&in, 1, kern->n, kern->k, &w);
-    if (status == NULL)
-        status = output_like_x(context, &in, 0, kern->n, &y);
-    if (status != NULL || in.rows == 0)
-        return status;
-    return q41_product(context, in.data[0], in.rows, w, y);
-}
-
-/* ---- MatMulQ8 ------------------------------------------------------------------------------ */
-
-static OrtStatus *q8_compute(void *kernel, void *context)
-{
-    const Kernel *kern = kernel;
-    int64_t nb = kern->k / EL_Q41_BLOCK;
-    Inputs in;
-    float *y;
-    OrtStatus *status = read_inputs(context, 3, kern->k, &in);
-    if (status == NULL && (el_ort_elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
-                           el_ort_elements(in.dims[2], in.count[2]) != kern->n * nb))
-        status = el_ort_fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
-    if (status == NULL)
-        status = output_like_x(context, &in, 0, kern->n, &y);
-    if (status != NULL || in.rows == 0)
-        return status;
-    el_q8_weight w8 = {in.data[1], in.data[2], kern->n, nb};
-    return product(context, in.data[0], (Product){{NULL, NULL, NULL, 0, 0}, w8, NULL, in.rows, y});
-}
-
-/* ---- the SwiGLU MLP (NormMlpQ4_1, ProjectNormMlpQ4_1) ------------------------------------- */
-
-/* y [rows, hidden] = down(SiLU(gate x) * up x) for x [rows, hidden] */
-static OrtStatus *mlp_rows(void *context, const float *x, int64_t rows, el_q41_weight gate_up, el_q41_weight down,
-                           float *y)
-{
-    int64_t inter = down.nb * EL_Q41_BLOCK;
-    float *gu = malloc((size_t)(rows * 2 * inter) * sizeof(float));   /* [rows, gate | up] */
-    if (gu == NULL)
-        return el_ort_fail(ORT_FAIL, "edgellama MLP operator: out of memory");
-    OrtStatus *status = q41_product(context, x, rows, gate_up, gu);
-    if (status == NULL) {
-        /* SiLU(gate) * up, compacted in place to [rows, inter]: row r's output lies before its inputs
-         * (row 0's over its gate, element by element) */
-        for (int64_t r = 0; r < rows; r++)
-            el_swiglu(gu + r * 2 * inter, gu + r * 2 * inter + inter, inter, gu + r * inter, 0);
-        status = q41_product(context, gu, rows, down, y);
-    }
-    free(gu);
-    return status;
-}
-
-/* Inputs 0 .. first - 1 read; the MLP weights at `first` (gate_up) and first + 3 (down) checked. */
+/* MLP operators: the weights at `first` (gate_up [2N, K]) and first + 3 (down [K, N]) */
 static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q41_weight *gate_up,
                               el_q41_weight *down)
 {
@@ -287,36 +329,50 @@ static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q
     return status != NULL ? status : weight_at(in, first + 3, kern->k, kern->n, down);
 }
 
-/* ---- NormMatMulQ4_1, NormMlpQ4_1 ---------------------------------------------------------- */
+/* ---- the operators ------------------------------------------------------------------------------ */
 
-/* sum = x + residual (output 1) and *normed [rows, K] = its RMS norm times gamma (freed by the caller),
- * for inputs read into `in`: residual and gamma are inputs 1 and 2 of every Norm* operator; x is
- * input 0, or what the operator made of it. */
-static OrtStatus *skip_norm(void *context, const Kernel *kern, Inputs *in, const float *x, float **normed)
+static OrtStatus *q41_compute(void *kernel, void *context)
 {
-    float *sum;
-    *normed = NULL;
-    if (el_ort_elements(in->dims[1], in->count[1]) != in->rows * kern->k || el_ort_elements(in->dims[2], in->count[2]) != kern->k)
-        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama norm operator: residual must be shaped as x, gamma [K]");
-    OrtStatus *status = output_like_x(context, in, 1, kern->k, &sum);
-    if (status != NULL || in->rows == 0)
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q41_weight w = {NULL, NULL, NULL, 0, 0};
+    float *y;
+    Call call;
+    OrtStatus *status = read_inputs(context, 4, kern->k, &in);
+    if (status == NULL)
+        status = weight_at(&in, 1, kern->n, kern->k, &w);
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->n, &y);
+    if (status != NULL || in.rows == 0)
         return status;
-    *normed = malloc((size_t)(in->rows * kern->k) * sizeof(float));
-    if (*normed == NULL)
-        return el_ort_fail(ORT_FAIL, "edgellama norm operator: out of memory");
-    const float *residual = in->data[1], *gamma = in->data[2];
-    for (int64_t r = 0; r < in->rows; r++) {
-        const int64_t row = r * kern->k;
-        double squares = 0.0;
-        for (int64_t i = 0; i < kern->k; i++) {
-            sum[row + i] = x[row + i] + residual[row + i];
-            squares += (double)sum[row + i] * sum[row + i];
-        }
-        float scale = 1.0f / sqrtf((float)(squares / (double)kern->k) + kern->eps);
-        for (int64_t i = 0; i < kern->k; i++)
-            (*normed)[row + i] = sum[row + i] * scale * gamma[i];
-    }
-    return NULL;
+    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
+        return status;
+    add_rounding(&call, in.data[0], in.rows);
+    add_q41_product(&call, w, call.acts, in.rows, y);
+    return call_run(context, &call);
+}
+
+static OrtStatus *q8_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    int64_t nb = kern->k / EL_Q41_BLOCK;
+    Inputs in;
+    float *y;
+    Call call;
+    OrtStatus *status = read_inputs(context, 3, kern->k, &in);
+    if (status == NULL && (el_ort_elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
+                           el_ort_elements(in.dims[2], in.count[2]) != kern->n * nb))
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
+    if (status == NULL)
+        status = output_like_x(context, &in, 0, kern->n, &y);
+    if (status != NULL || in.rows == 0)
+        return status;
+    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
+        return status;
+    add_rounding(&call, in.data[0], in.rows);
+    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {in.data[1], in.data[2], kern->n, nb}, call.acts,
+                                 in.rows, y});
+    return call_run(context, &call);
 }
 
 static OrtStatus *norm_q41_compute(void *kernel, void *context)
@@ -324,65 +380,66 @@ static OrtStatus *norm_q41_compute(void *kernel, void *context)
     const Kernel *kern = kernel;
     Inputs in;
     el_q41_weight w = {NULL, NULL, NULL, 0, 0};
-    float *normed = NULL, *y;
+    float *y, *sum;
+    Call call;
     OrtStatus *status = read_inputs(context, 6, kern->k, &in);
     if (status == NULL)
-        status = skip_norm(context, kern, &in, in.data[0], &normed);
+        status = norm_io(context, kern, &in, &sum);
     if (status == NULL)
         status = weight_at(&in, 3, kern->n, kern->k, &w);
     if (status == NULL)
         status = output_like_x(context, &in, 0, kern->n, &y);
-    if (status == NULL && in.rows > 0)
-        status = q41_product(context, normed, in.rows, w, y);
-    free(normed);
-    return status;
+    if (status != NULL || in.rows == 0)
+        return status;
+    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
+        return status;
+    add_norm(&call, kern, in.data[0], in.data[1], in.data[2], sum, in.rows);
+    add_q41_product(&call, w, call.acts, in.rows, y);
+    return call_run(context, &call);
 }
 
-static OrtStatus *norm_mlp_compute(void *kernel, void *context)
-{
-    const Kernel *kern = kernel;
-    Inputs in;
-    el_q41_weight gate_up = {NULL, NULL, NULL, 0, 0}, down = gate_up;
-    float *normed = NULL, *y;
-    OrtStatus *status = read_inputs(context, 9, kern->k, &in);
-    if (status == NULL)
-        status = skip_norm(context, kern, &in, in.data[0], &normed);
-    if (status == NULL)
-        status = mlp_weights(kern, &in, 3, &gate_up, &down);
-    if (status == NULL)
-        status = output_like_x(context, &in, 0, kern->k, &y);
-    if (status == NULL && in.rows > 0)
-        status = mlp_rows(context, normed, in.rows, gate_up, down, y);
-    free(normed);
-    return status;
-}
-
-static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
+/* NormMlpQ4_1 (project = 0: MLP weights at input 3) and ProjectNormMlpQ4_1 (o at 3, MLP at 6) */
+static OrtStatus *mlp_compute(void *kernel, void *context, int project)
 {
     const Kernel *kern = kernel;
     Inputs in;
     el_q41_weight o = {NULL, NULL, NULL, 0, 0}, gate_up = o, down = o;
-    float *projected = NULL, *normed = NULL, *y;
-    OrtStatus *status = read_inputs(context, 12, kern->k, &in);
+    float *y, *sum;
+    Call call;
+    OrtStatus *status = read_inputs(context, project ? 12 : 9, kern->k, &in);
     if (status == NULL)
+        status = norm_io(context, kern, &in, &sum);
+    if (status == NULL && project)
         status = weight_at(&in, 3, kern->k, kern->k, &o);
     if (status == NULL)
-        status = mlp_weights(kern, &in, 6, &gate_up, &down);
+        status = mlp_weights(kern, &in, project ? 6 : 3, &gate_up, &down);
     if (status == NULL)
         status = output_like_x(context, &in, 0, kern->k, &y);
     if (status != NULL || in.rows == 0)
         return status;
-    projected = malloc((size_t)(in.rows * kern->k) * sizeof(float));
-    if (projected == NULL)
-        return el_ort_fail(ORT_FAIL, "ProjectNormMlpQ4_1: out of memory");
-    status = q41_product(context, in.data[0], in.rows, o, projected);
-    if (status == NULL)
-        status = skip_norm(context, kern, &in, projected, &normed);
-    if (status == NULL)
-        status = mlp_rows(context, normed, in.rows, gate_up, down, y);
-    free(projected);
-    free(normed);
-    return status;
+    if ((status = call_begin(&call, in.rows, kern->k, kern->n, 1, project)) != NULL)
+        return status;
+    const float *x = in.data[0];
+    if (project) {
+        add_rounding(&call, x, in.rows);
+        add_q41_product(&call, o, call.acts, in.rows, call.projected);
+        x = call.projected;
+    }
+    add_norm(&call, kern, x, in.data[1], in.data[2], sum, in.rows);
+    add_q41_product(&call, gate_up, call.acts, in.rows, call.gu);
+    add_gating(&call, kern->n, in.rows);
+    add_q41_product(&call, down, call.acts_h, in.rows, y);
+    return call_run(context, &call);
+}
+
+static OrtStatus *norm_mlp_compute(void *kernel, void *context)
+{
+    return mlp_compute(kernel, context, 0);
+}
+
+static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
+{
+    return mlp_compute(kernel, context, 1);
 }
 
 /* ---- the operators' descriptions ------------------------------------------------------------ */

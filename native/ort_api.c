@@ -1,0 +1,61 @@
+/*
+ * The plumbing that the operator files share (ort_api.h): ONNX Runtime's API table, statuses, the
+ * inputs and outputs of a call, and running a chain of phases (phases.h) on ONNX Runtime's threads.
+ *
+ * Includes: libc.
+ */
+#include "ort_api.h"
+
+const ort_fn *el_ort_api;
+
+OrtStatus *el_ort_fail(int code, const char *message)
+{
+    return API(API_CreateStatus, create_status_fn)(code, message);
+}
+
+OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data)
+{
+    const void *value;
+    void *info;
+    OrtStatus *status = API(API_KernelContext_GetInput, get_input_fn)(context, index, &value);
+    if (status == NULL)
+        status = API(API_GetTensorTypeAndShape, type_and_shape_fn)(value, &info);
+    if (status != NULL)
+        return status;
+    status = API(API_GetDimensionsCount, dims_count_fn)(info, count);
+    if (status == NULL && *count > MAX_DIMS)
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: an input has more than 8 dimensions");
+    if (status == NULL)
+        status = API(API_GetDimensions, dims_fn)(info, dims, *count);
+    API(API_ReleaseTensorTypeAndShapeInfo, release_info_fn)(info);
+    if (status == NULL)
+        status = API(API_GetTensorMutableData, mutable_data_fn)(value, data);
+    return status;
+}
+
+OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data)
+{
+    void *out;
+    OrtStatus *status = API(API_KernelContext_GetOutput, get_output_fn)(context, index, dims, count, &out);
+    return status != NULL ? status : API(API_GetTensorMutableData, mutable_data_fn)(out, data);
+}
+
+int64_t el_ort_elements(const int64_t *dims, size_t count)
+{
+    int64_t total = 1;
+    for (size_t i = 0; i < count; i++)
+        total *= dims[i];
+    return total;
+}
+
+/* one task of ONNX Runtime's ParallelFor: join the chain */
+static void join_task(void *chain, size_t task)
+{
+    (void)task;
+    el_phases_join(chain);
+}
+
+OrtStatus *el_ort_run_chain(void *context, el_phases *chain)
+{
+    return API(API_KernelContext_ParallelFor, parallel_for_fn)(context, join_task, EL_ORT_CHAIN_TASKS, 0, chain);
+}

@@ -1,0 +1,55 @@
+/*
+ * The work of one operator call as a chain of phases, run by every thread that joins it.
+ *
+ *     phase 0: items [0, n0) --> phase 1: items [0, n1) --> ... --> phase count - 1
+ *
+ * A phase's items (weight rows, activation rows, ...) are claimed `step` at a time by whichever
+ * joined thread comes first; a phase starts once every item of the phase before it is done. So
+ * the threads of a thread pool are handed one call, not one call per phase, and the hand-over
+ * between phases costs an atomic add per thread instead of a round trip through the pool.
+ *
+ * Any number of threads may join, in any order, one after another or together: a thread that finds
+ * a phase fully claimed waits only for items that running threads hold, so a single thread (or a
+ * pool that runs its tasks one after another) completes every phase by itself.
+ *
+ * Used by the operator library only (ort_ops.c); nothing here is called from Python, so this header
+ * has no .pxd. Tested through the operators (tests/test_q4_1_native.py).
+ */
+#ifndef EDGELLAMA_PHASES_H
+#define EDGELLAMA_PHASES_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define EL_PHASES_MAX 8
+#define EL_PHASES_OK 0
+#define EL_PHASES_ERR 4   /* too many phases, or a phase without items or without a function */
+
+/* items [lo, hi) of one phase */
+typedef void (*el_items_fn)(void *data, int64_t lo, int64_t hi);
+
+typedef struct el_phase {
+    el_items_fn run;
+    void *data;
+    int64_t count;    /* items, >= 1 */
+    int64_t step;     /* items claimed at a time, >= 1 */
+} el_phase;
+
+typedef struct el_phases {
+    el_phase phase[EL_PHASES_MAX];
+    int count;
+    atomic_int_fast64_t claimed[EL_PHASES_MAX];   /* items handed out */
+    atomic_int_fast64_t done[EL_PHASES_MAX];      /* items finished */
+    atomic_int ready;                             /* phases completed */
+} el_phases;
+
+/* An empty chain. */
+void el_phases_init(el_phases *chain);
+
+/* Append a phase; EL_PHASES_ERR when the chain is full or the phase is empty. */
+int el_phases_add(el_phases *chain, el_phase phase);
+
+/* Run as one thread of the chain until every phase is done. */
+void el_phases_join(el_phases *chain);
+
+#endif
