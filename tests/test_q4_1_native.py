@@ -159,6 +159,56 @@ def test_norm_then_product_is_skip_rms_norm_then_the_product(tmp_path):
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
+def _project_mlp_graph(path, rng, k: int, inter: int):
+    """A graph (x, r) [1, S, k] -> ProjectNormMlpQ4_1 -> (y, sum) with random blocks; returns its weights."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = {"o": random_blocks(rng, k, k // 32), "gu": random_blocks(rng, 2 * inter, k // 32),
+               "down": random_blocks(rng, k, inter // 32)}
+    gamma = rng.uniform(0.5, 1.5, k).astype(np.float32)
+    names = [f"{w}.{f}" for w in weights for f in ("qs", "d", "m")]
+    node = helper.make_node("ProjectNormMlpQ4_1", ["x", "r", "gamma"] + names, ["y", "sum"], domain="ai.edgellama",
+                            K=k, N=inter, epsilon=1e-5)
+    inits = [onnx.numpy_helper.from_array(gamma, "gamma")]
+    for w, (qs, d, m) in weights.items():
+        inits += [onnx.numpy_helper.from_array(qs, f"{w}.qs"), onnx.numpy_helper.from_array(d.view(np.float16), f"{w}.d"),
+                  onnx.numpy_helper.from_array(m.view(np.float16), f"{w}.m")]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, k])
+                                            for n in ("x", "r")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "sum")], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.edgellama", 1)]),
+              str(path))
+    return weights, gamma
+
+
+@needs_ops
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_a_call_gives_the_same_bits_on_any_number_of_threads(tmp_path, tokens):
+    """One call's phases (o, norm, gate_up, SwiGLU, down) are claimed by however many threads join,
+    from 1 to more than the CPU has: the outputs are the same bits, and the twin's within rounding.
+    Widths of 10 and 12 blocks put decode's groups of 8 blocks across row ends."""
+    import onnxruntime as ort
+
+    from edgellama.session import session_options
+
+    rng = np.random.default_rng(12)
+    weights, gamma = _project_mlp_graph(tmp_path / "m.onnx", rng, 320, 384)
+    x, r = (rng.standard_normal((1, tokens, 320)).astype(np.float32) for _ in "xr")
+    runs = [ort.InferenceSession(str(tmp_path / "m.onnx"), sess_options=session_options(threads),
+                                 providers=["CPUExecutionProvider"]).run(None, {"x": x, "r": r})
+            for threads in (1, 2, 3, 8)]
+    for y, total in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0][0])
+        np.testing.assert_array_equal(total, runs[0][1])
+    added = _twin.q41_matmul(x[0], *weights["o"]) + r[0]
+    gu = _twin.q41_matmul(rms_normed(runs[0][1][0], gamma, 1e-5), *weights["gu"])
+    act = (gu[:, :384] / (1 + np.exp(-gu[:, :384])) * gu[:, 384:]).astype(np.float32)
+    expected = _twin.q41_matmul(act, *weights["down"])
+    np.testing.assert_allclose(runs[0][1][0], added, rtol=0, atol=1e-5 * float(np.abs(added).max()))
+    np.testing.assert_allclose(runs[0][0][0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
 @needs_ops
 def test_the_operator_reports_a_wrong_input_width(tmp_path):
     import onnx
