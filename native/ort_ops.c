@@ -48,16 +48,21 @@
 #include "ort_api.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #define MAX_INPUTS 12
-/* Weight rows claimed at a time: a 1/CLAIMS share of a product rounded up to a multiple of 4 (the
- * decode kernel takes four rows at a time), at least MIN_ROWS rows. Few large claims keep each
- * thread's rows contiguous, which the kernels' prefetching needs: 16 claims per product instead of 4
- * cost SmolLM2 decode 0.4-0.9 ms per token on two threads. */
-#define CLAIMS 4
+/* Weight rows claimed at a time: a share of a product rounded up to a multiple of 4 (the decode
+ * kernel takes four rows at a time), at least MIN_ROWS rows; CLAIMS_PER_THREAD shares per thread that
+ * joined the previous call, and at least MIN_CLAIMS. Few large claims keep each thread's rows
+ * contiguous, which the kernels' prefetching needs: 16 claims per product instead of 4 cost SmolLM2
+ * decode 0.4-0.9 ms per token on two threads. */
+#define CLAIMS_PER_THREAD 2
+#define MIN_CLAIMS 4
 #define MIN_ROWS 8
+
+static atomic_int threads_seen = 1;   /* threads that joined the latest call */
 
 typedef struct { int64_t k, n; float eps; } Kernel;   /* attributes K, N (every operator), epsilon (Norm*) */
 
@@ -248,7 +253,9 @@ static void add_gating(Call *call, int64_t inter, int64_t rows)
 
 static void add_product(Call *call, Product p)
 {
-    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + CLAIMS - 1) / CLAIMS + 3) / 4 * 4;
+    int64_t claims = CLAIMS_PER_THREAD * (int64_t)atomic_load_explicit(&threads_seen, memory_order_relaxed);
+    claims = claims > MIN_CLAIMS ? claims : MIN_CLAIMS;
+    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 3) / 4 * 4;
     call->product[call->products] = p;
     el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
                                            step > MIN_ROWS ? step : MIN_ROWS});
@@ -263,6 +270,7 @@ static void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, 
 static OrtStatus *call_run(void *context, Call *call)
 {
     OrtStatus *status = el_ort_run_chain(context, &call->chain);
+    atomic_store_explicit(&threads_seen, el_phases_threads(&call->chain), memory_order_relaxed);
     free(call->scratch);
     return status;
 }

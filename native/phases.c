@@ -22,9 +22,13 @@ static inline void relax(void)
 #endif
 }
 
+static atomic_uint_fast64_t next_id = 1;
+
 void el_phases_init(el_phases *chain)
 {
     chain->count = 0;
+    chain->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+    atomic_init(&chain->threads, 0);
     for (int p = 0; p < EL_PHASES_MAX; p++) {
         atomic_init(&chain->claimed[p], 0);
         atomic_init(&chain->done[p], 0);
@@ -42,6 +46,11 @@ int el_phases_add(el_phases *chain, el_phase phase)
 
 void el_phases_join(el_phases *chain)
 {
+    static _Thread_local uint64_t joined = 0;   /* the chain this thread joined last */
+    if (joined != chain->id) {
+        joined = chain->id;
+        atomic_fetch_add_explicit(&chain->threads, 1, memory_order_relaxed);
+    }
     for (int p = 0; p < chain->count; p++) {
         const el_phase *phase = &chain->phase[p];
         /* 1. wait for the phase before (its items are held by running threads) */
@@ -61,4 +70,9 @@ void el_phases_join(el_phases *chain)
         if (mine > 0 && atomic_fetch_add_explicit(&chain->done[p], mine, memory_order_acq_rel) + mine == phase->count)
             atomic_store_explicit(&chain->ready, p + 1, memory_order_release);
     }
+}
+
+int el_phases_threads(el_phases *chain)
+{
+    return atomic_load_explicit(&chain->threads, memory_order_relaxed);
 }

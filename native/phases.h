@@ -41,6 +41,8 @@ typedef struct el_phases {
     atomic_int_fast64_t claimed[EL_PHASES_MAX];   /* items handed out */
     atomic_int_fast64_t done[EL_PHASES_MAX];      /* items finished */
     atomic_int ready;                             /* phases completed */
+    uint64_t id;                                  /* tells chains apart, to count the threads that join */
+    atomic_int threads;                           /* threads that joined */
 } el_phases;
 
 /* An empty chain. */
@@ -51,5 +53,8 @@ int el_phases_add(el_phases *chain, el_phase phase);
 
 /* Run as one thread of the chain until every phase is done. */
 void el_phases_join(el_phases *chain);
+
+/* Threads that have joined the chain so far (each thread counted once). */
+int el_phases_threads(el_phases *chain);
 
 #endif
