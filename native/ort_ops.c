@@ -339,25 +339,41 @@ static OrtStatus *mlp_weights(const Kernel *kern, Inputs *in, size_t first, el_q
 
 /* ---- the operators ------------------------------------------------------------------------------ */
 
-static OrtStatus *q41_compute(void *kernel, void *context)
+/* MatMulQ4_1 (norm = 0: weight at input 1) and NormMatMulQ4_1 (residual and gamma at 1 and 2, weight at 3) */
+static OrtStatus *product_compute(void *kernel, void *context, int norm)
 {
     const Kernel *kern = kernel;
     Inputs in;
     el_q41_weight w = {NULL, NULL, NULL, 0, 0};
-    float *y;
+    float *y, *sum;
     Call call;
-    OrtStatus *status = read_inputs(context, 4, kern->k, &in);
+    OrtStatus *status = read_inputs(context, norm ? 6 : 4, kern->k, &in);
+    if (status == NULL && norm)
+        status = norm_io(context, kern, &in, &sum);
     if (status == NULL)
-        status = weight_at(&in, 1, kern->n, kern->k, &w);
+        status = weight_at(&in, norm ? 3 : 1, kern->n, kern->k, &w);
     if (status == NULL)
         status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
         return status;
     if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
         return status;
-    add_rounding(&call, in.data[0], in.rows);
+    if (norm)
+        add_norm(&call, kern, in.data[0], in.data[1], in.data[2], sum, in.rows);
+    else
+        add_rounding(&call, in.data[0], in.rows);
     add_q41_product(&call, w, call.acts, in.rows, y);
     return call_run(context, &call);
+}
+
+static OrtStatus *q41_compute(void *kernel, void *context)
+{
+    return product_compute(kernel, context, 0);
+}
+
+static OrtStatus *norm_q41_compute(void *kernel, void *context)
+{
+    return product_compute(kernel, context, 1);
 }
 
 static OrtStatus *q8_compute(void *kernel, void *context)
@@ -380,29 +396,6 @@ static OrtStatus *q8_compute(void *kernel, void *context)
     add_rounding(&call, in.data[0], in.rows);
     add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {in.data[1], in.data[2], kern->n, nb}, call.acts,
                                  in.rows, y});
-    return call_run(context, &call);
-}
-
-static OrtStatus *norm_q41_compute(void *kernel, void *context)
-{
-    const Kernel *kern = kernel;
-    Inputs in;
-    el_q41_weight w = {NULL, NULL, NULL, 0, 0};
-    float *y, *sum;
-    Call call;
-    OrtStatus *status = read_inputs(context, 6, kern->k, &in);
-    if (status == NULL)
-        status = norm_io(context, kern, &in, &sum);
-    if (status == NULL)
-        status = weight_at(&in, 3, kern->n, kern->k, &w);
-    if (status == NULL)
-        status = output_like_x(context, &in, 0, kern->n, &y);
-    if (status != NULL || in.rows == 0)
-        return status;
-    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
-        return status;
-    add_norm(&call, kern, in.data[0], in.data[1], in.data[2], sum, in.rows);
-    add_q41_product(&call, w, call.acts, in.rows, y);
     return call_run(context, &call);
 }
 
