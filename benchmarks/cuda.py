@@ -1,8 +1,8 @@
 """Speed on a CUDA GPU: edgellama's CUDA packages (fp16, int4) against onnxruntime-genai's CUDA
 models built by its own builder from the same weights, and PyTorch fp16 as the floor.
 
-    python -m benchmarks.cuda --work DIR [--model smollm2|llama-1b] [--reps 5] [--engines edgellama,genai,torch]
-                              [--json FILE]
+    python -m benchmarks.cuda --work DIR [--model smollm2|llama-1b] [--reps 5]
+                              [--engines edgellama,edgellama-nograph,genai,torch] [--json FILE]
 
     smollm2   the default model's GGUF: edgellama converts it directly; genai and PyTorch read it
               dequantized into a Hugging Face folder (benchmarks/suite/reference.py)
@@ -58,22 +58,30 @@ def sources(model: str, work: Path) -> tuple[str, Path]:
 
 # -- engines ---------------------------------------------------------------------------------
 
-def edgellama_rows(source: str, work: Path, ids, reps: int) -> list:
+def edgellama_rows(source: str, work: Path, ids, reps: int, graphs: bool = True) -> list:
+    """`graphs`: decode steps captured as CUDA graphs and replayed (the default), or run node by node."""
+    import os
+
     from edgellama.bench import BenchSettings, run_bench
     from edgellama.converters import ConvertOptions, convert
     from edgellama.package import Quantization
 
     rows = []
-    for method in ("fp16", "int4"):
-        out = work / f"edgellama-cuda-{method}"
-        if not (out / "edgellama.json").is_file():
-            convert(source, out, ConvertOptions(quantization=Quantization(method), providers=("cuda",),
-                                                max_length=1024, force=True))
-        report = run_bench(out, BenchSettings(n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=reps, depths=(),
-                                              e2e_tokens=0, providers=("cuda",)))
-        got = {r.test: {"mean": r.mean, "stdev": r.stdev} for r in report.rows}
-        rows.append({"engine": f"edgellama {method}", "provider": report.provider, "load_s": report.load_s,
-                     "pp512": got[f"pp{N_PROMPT}"], "tg128": got[f"tg{N_GEN}"]})
+    os.environ["EDGELLAMA_CUDA_GRAPH"] = "1" if graphs else "0"
+    try:
+        for method in ("fp16", "int4"):
+            out = work / f"edgellama-cuda-{method}"
+            if not (out / "edgellama.json").is_file():
+                convert(source, out, ConvertOptions(quantization=Quantization(method), providers=("cuda",),
+                                                    max_length=1024, force=True))
+            report = run_bench(out, BenchSettings(n_prompt=N_PROMPT, n_gen=N_GEN, repetitions=reps, depths=(),
+                                                  e2e_tokens=0, providers=("cuda",)))
+            got = {r.test: {"mean": r.mean, "stdev": r.stdev} for r in report.rows}
+            rows.append({"engine": f"edgellama {method}" + ("" if graphs else " (no CUDA graph)"),
+                         "provider": report.provider, "load_s": report.load_s,
+                         "pp512": got[f"pp{N_PROMPT}"], "tg128": got[f"tg{N_GEN}"]})
+    finally:
+        os.environ.pop("EDGELLAMA_CUDA_GRAPH", None)
     return rows
 
 
@@ -154,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="folder for the converted models")
     parser.add_argument("--model", choices=("smollm2", "llama-1b"), default="smollm2")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--engines", default="edgellama,genai,torch", help="comma-separated subset")
+    parser.add_argument("--engines", default="edgellama,edgellama-nograph,genai,torch", help="comma-separated subset")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -164,6 +172,7 @@ def main(argv=None) -> int:
     engines = args.engines.split(",")
     rows = []
     for name, run in (("edgellama", lambda: edgellama_rows(source, args.work, ids, args.reps)),
+                      ("edgellama-nograph", lambda: edgellama_rows(source, args.work, ids, args.reps, graphs=False)),
                       ("genai", lambda: genai_rows(hf_dir, args.work, ids, args.reps)),
                       ("torch", lambda: torch_rows(hf_dir, ids, args.reps))):
         if name in engines:

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import ContextOverflowError, InvalidParameterError
 from .kvcache import KVCache
 from .rope import inv_frequencies
-from .session import IO_DTYPES, StepBinding
+from .session import IO_DTYPES, StepBinding, captures_graphs
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Context:
         self.capacity = capacity
         self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
         self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
-                                   device)
+                                   device, graphs=device == "cuda" and captures_graphs(session))
         self.tokens = np.zeros(capacity, dtype=np.int32)
         self.inv_freq = inv_frequencies(config)
         self._sampler = None

@@ -11,8 +11,11 @@ new ids into the id buffer and rebinds two raw pointers with the step's shapes.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -183,12 +186,17 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     if not candidates:
         raise ProviderError(_built_for_message(model_path.parent, built_for, ort.get_available_providers()))
     errors = []
-    for start in range(len(candidates)):
-        chosen = candidates[start:]
+    attempts = [(candidates[start:], graphs) for start in range(len(candidates))
+                for graphs in ((True, False) if candidates[start] == PROVIDERS["cuda"] and cuda_graphs_wanted()
+                               else (False,))]
+    for chosen, graphs in attempts:
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen,
-                                           provider_options=[_provider_options(p) for p in chosen])
+                                           provider_options=[_provider_options(p, graphs) for p in chosen])
         except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
+            if graphs:
+                log.warning("%s: CUDA graph capture refused (%s); decoding without it", model_path, exc)
+                continue
             errors.append(f"{chosen[0]}: {exc}")
             log.warning("could not create a session on %s (%s); trying the next provider", chosen[0], exc)
             continue
@@ -198,12 +206,27 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
 
 
-def _provider_options(provider: str) -> dict:
-    """Per-provider settings. CUDA: device 0, and its memory arena grows by what a run asks for
-    rather than by doubling (the KV cache lives outside it, in OrtValues of its own)."""
+def cuda_graphs_wanted() -> bool:
+    """Whether CUDA sessions capture decode steps as CUDA graphs (EDGELLAMA_CUDA_GRAPH=0 turns it off)."""
+    return os.environ.get("EDGELLAMA_CUDA_GRAPH", "1") != "0"
+
+
+def _provider_options(provider: str, graphs: bool = False) -> dict:
+    """Per-provider settings. CUDA: device 0, its memory arena grows by what a run asks for rather
+    than by doubling (the KV cache lives outside it, in OrtValues of its own), and with `graphs`
+    a decode step is captured once per context and replayed (see StepBinding)."""
     if provider == PROVIDERS["cuda"]:
-        return {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
+        options = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
+        if graphs:
+            options["enable_cuda_graph"] = "1"
+        return options
     return {}
+
+
+def captures_graphs(session) -> bool:
+    """Whether `session` runs on CUDA with graph capture enabled."""
+    options = session.get_provider_options().get(PROVIDERS["cuda"], {})
+    return options.get("enable_cuda_graph") == "1"
 
 
 def check_graph(session, config, where, io_dtype: str = "float32") -> None:
@@ -253,6 +276,10 @@ def _check_dims(node, expected: dict, where) -> None:
 
 # execution providers whose KV cache lives in device memory, and the OrtValue device name for it
 DEVICES = {"CUDAExecutionProvider": "cuda"}
+_graph_ids = itertools.count(1)   # one CUDA graph per context: it records that context's buffer addresses
+# A captured graph writes its intermediate tensors at the addresses they had when it was recorded,
+# which the session's memory arena counts as free between runs: runs on such a session never overlap.
+_GRAPH_RUNS = threading.Lock()
 
 
 class StepBinding:
@@ -263,10 +290,21 @@ class StepBinding:
     moves no cache between host and device; only the last logits row comes back. The NumPy
     arrays are then a host mirror that `pull` fills and `push` sends back, for the rare
     operations that rewrite the cache on the host (a context shift).
+
+    On a device, a decode step (one token) has the same shapes and addresses every time:
+
+        input_ids       [1, 1]         device buffer, the token copied in
+        attention_mask  [1, capacity]  device buffer: ones for the cached tokens and the new one, zeros after
+        logits          [1, 1, vocab]  device buffer, copied out after the run
+
+    GroupQueryAttention reads the positions from the mask's sum, so the zeros change nothing, and
+    with `graphs` (a CUDA session with graph capture) ONNX Runtime records the step's kernels once
+    per context and replays them. Prompts (several tokens) run as ordinary steps.
     """
 
     def __init__(self, session, keys: Sequence[np.ndarray], values: Sequence[np.ndarray],
-                 vocab_size: int, io_dtype: str = "float32", device: Optional[str] = None):
+                 vocab_size: int, io_dtype: str = "float32", device: Optional[str] = None,
+                 graphs: bool = False):
         import onnxruntime as ort
 
         self._session = session
@@ -293,29 +331,64 @@ class StepBinding:
                 self._binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
                 self._binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
                 self._kv.append(value)
-        self._binding.bind_output("logits", "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
-        self._bound_ids = 0   # length of the input_ids view bound last (the buffer never moves)
+        self._bound_ids = 0   # length of the input_ids view bound last (the buffer never moves); -1: device ids
         self._run_options = ort.RunOptions()
         # onnxruntime's Python wrapper looks this key up on every run and, when it is unset, pays for
         # a raised and caught exception (about 75 us, 1% of a decode step); "0" is its default value
-        self._run_options.add_run_config_entry("gpu_graph_id", "0")
+        self._run_options.add_run_config_entry("gpu_graph_id", "-1" if graphs else "0")
+        self._serial = contextlib.nullcontext()
+        if device is None:
+            self._binding.bind_output("logits", "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
+            return
+        self._step_id = np.zeros((1, 1), dtype=np.int64)
+        self._step_ids = ort.OrtValue.ortvalue_from_shape_and_type([1, 1], np.int64, device, 0)
+        self._step_mask = ort.OrtValue.ortvalue_from_shape_and_type([1, capacity], np.int64, device, 0)
+        self._mask_host = np.zeros((1, capacity), dtype=np.int64)   # what _step_mask holds
+        self._mask_length = 0
+        self._dev_logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, vocab_size], dtype, device, 0)
+        self._binding.bind_ortvalue_output("logits", self._dev_logits)
+        self._serial = _GRAPH_RUNS if graphs else contextlib.nullcontext()
+        self._step_options = ort.RunOptions()
+        self._step_options.add_run_config_entry("gpu_graph_id", str(next(_graph_ids)) if graphs else "0")
 
     def run(self, tokens, past_length: int) -> np.ndarray:
         """Feed `tokens` at positions past_length.. ; return the float32 logits of the last one."""
         n = len(tokens)
-        self._ids[0, :n] = tokens
-        # on the CPU a bound host buffer is read at run time, so decode (one token a step) binds it
-        # once and rewrites it in place; a device provider copies a host input when it is bound,
-        # so there every step binds again
-        if n != self._bound_ids or self.device is not None:
-            self._binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
-            self._bound_ids = n
-        self._binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, past_length + n],
-                                 self._mask.ctypes.data)
-        self._session.run_with_iobinding(self._binding, self._run_options)
+        if self.device is not None and n == 1:
+            self._decode_step(tokens[0], past_length)
+        else:
+            self._ids[0, :n] = tokens
+            # a bound host buffer is read at run time, so the CPU binds it once per length and rewrites
+            # it in place; a device provider copies a host input when it is bound, so it binds again
+            if n != self._bound_ids or self.device is not None:
+                self._binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
+                self._bound_ids = n
+            self._binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, past_length + n],
+                                     self._mask.ctypes.data)
+            with self._serial:
+                self._session.run_with_iobinding(self._binding, self._run_options)
+        if self.device is not None:
+            np.copyto(self._raw_logits, self._dev_logits.numpy())
         if self._convert:
             backend.f16_to_f32(self._raw_bits, self.logits)
         return self.logits
+
+    def _decode_step(self, token, past_length: int) -> None:
+        """One token through the fixed-shape decode binding (see the class docstring)."""
+        self._step_id[0, 0] = token
+        self._step_ids.update_inplace(self._step_id)
+        length = past_length + 1
+        if length != self._mask_length:
+            self._mask_host[0, :length] = 1
+            self._mask_host[0, length:] = 0
+            self._step_mask.update_inplace(self._mask_host)
+            self._mask_length = length
+        if self._bound_ids != -1:
+            self._binding.bind_ortvalue_input("input_ids", self._step_ids)
+            self._binding.bind_ortvalue_input("attention_mask", self._step_mask)
+            self._bound_ids = -1
+        with self._serial:
+            self._session.run_with_iobinding(self._binding, self._step_options)
 
     def pull(self) -> None:
         """Copy the device KV into the host arrays (nothing to do when they are shared)."""

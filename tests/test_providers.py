@@ -93,3 +93,25 @@ def test_a_kv_cache_of_its_own_gives_the_same_tokens(request, package):
     n = own.length
     for host, ref in zip(own.kv.keys + own.kv.values, shared.kv.keys + shared.kv.values):
         np.testing.assert_array_equal(host[:, :, :n], ref[:, :, :n])
+
+
+def test_fixed_shape_decode_steps_match_the_growing_mask(cpu_package):
+    """A device binding decodes through [1, capacity] buffers (ones then zeros in the mask); its logits
+    equal the host binding's, whose mask grows with the context, also after a rewind shortens it."""
+    model = edgellama.load(cpu_package, providers=("cpu",), threads=1, max_length=32)
+    shared = Context(model.session, model.info, model.max_length)
+    own = Context(model.session, model.info, model.max_length, device="cpu")
+    prompt = np.asarray(model.tokenizer.encode("The quick brown fox"), dtype=np.int32)
+    steps = [7, 11, 13, 17, 19, 23]
+    for ctx in (shared, own):
+        ctx.feed(prompt)
+    for cut in (None, len(prompt) + 2):
+        if cut is not None:
+            shared.kv.rewind(cut)
+            own.kv.rewind(cut)
+        for token in steps:
+            ids = np.asarray([token], dtype=np.int32)
+            a = shared.feed(ids).copy()
+            b = own.feed(ids)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert own.binding._mask_length == own.length
