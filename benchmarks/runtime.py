@@ -11,7 +11,6 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -21,11 +20,9 @@ PROMPT = ("The history of computing is a story of machines that became smaller, 
 
 
 def rss_mib() -> float:
-    with open(f"/proc/{os.getpid()}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of this process now, in MiB."""
+    from edgellama.memory import current_rss_bytes
+    return current_rss_bytes() / 2**20
 
 
 def parse_args(argv=None):

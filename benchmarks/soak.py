@@ -52,13 +52,9 @@ class Usage:
 
 
 def usage() -> Usage:
-    """Resident memory and open file descriptors of this process (Linux /proc)."""
-    rss = 0
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return Usage(rss, len(os.listdir("/proc/self/fd")) - 1)   # minus the listing's own descriptor
+    """Resident memory now and open file descriptors of this process (Linux /proc)."""
+    from edgellama.memory import current_rss_bytes
+    return Usage(current_rss_bytes(), len(os.listdir("/proc/self/fd")) - 1)   # minus the listing's own descriptor
 
 
 def soak(settings: SoakSettings, out=sys.stdout) -> tuple[Usage, Usage]:

@@ -18,9 +18,10 @@ from dataclasses import replace
 
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
 from edgellama.errors import CheckpointError
+from edgellama.memory import peak_rss_bytes
 
 from .options import ConvertOptions
-from .report import ConvertReport, folder_bytes, peak_rss_bytes
+from .report import ConvertReport, folder_bytes
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 

@@ -1,18 +1,10 @@
 """What a conversion reports: where, how long, how much memory and disk, how much error."""
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgellama.package import PackageInfo
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def folder_bytes(folder: Path) -> int:
@@ -24,7 +16,7 @@ class ConvertReport:
     output: Path
     info: PackageInfo
     seconds: float
-    peak_rss_bytes: int
+    peak_rss_bytes: int          # edgellama.memory.peak_rss_bytes() once the package is written
     package_bytes: int
     tensors: int
     quantization_error: dict = field(default_factory=dict)   # kind -> {"mean", "worst", "count"}

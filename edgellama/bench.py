@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import logging
 import platform
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InvalidParameterError
+from .memory import peak_rss_bytes
 from .package import read_info
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class BenchReport:
     max_length: int = 0
     size_bytes: int = 0
     load_s: float = 0.0
-    peak_rss_bytes: int = 0
+    peak_rss_bytes: int = 0      # edgellama.memory.peak_rss_bytes() after the last test
     rows: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
@@ -125,20 +125,6 @@ def cpu_description(cpuinfo: str = "") -> tuple[str, tuple]:
         elif key in ("flags", "features"):
             flags.update(value.split())
     return name, tuple(label for flag, label in CPU_FLAGS.items() if flag in flags)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process: VmHWM on Linux, which starts afresh at exec
-    (ru_maxrss would carry over the parent's peak); ru_maxrss elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    scale = 1 if platform.system() == "Darwin" else 1024     # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def package_bytes(folder: Path) -> int:

@@ -1,4 +1,5 @@
-"""One measurement in its own process, so that peak RSS belongs to one engine alone.
+"""One measurement in its own process, so that peak RSS belongs to one engine alone (read here, in the
+child, with edgellama.memory.peak_rss_bytes: the peak resident set of this process since it started).
 
     python -m benchmarks.suite.child speed|ppl ENGINE VARIANT ARTIFACT SETTINGS.json IDS.json
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgellama.bench import peak_rss_bytes
+from edgellama.memory import peak_rss_bytes
 
 from .engines import engine_module
 from .settings import SuiteSettings
