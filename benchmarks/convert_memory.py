@@ -5,7 +5,7 @@
     python benchmarks/convert_memory.py llama-1b --checkpoint /data/llama1b-random [--quant int4]
 
 `llama-1b` writes (once) a random-weight float32 safetensors checkpoint of the Llama-3.2-1B
-shape (about 5 GB, tokenizer borrowed from the tiny test helper) at --checkpoint. Each
+shape (about 5 GB, tokenizer borrowed from tests/helpers/tiny_llama.py) at --checkpoint. Each
 conversion runs in a child process so that its peak RSS is its own.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def write_random_1b(folder: Path) -> None:
     import numpy as np
     from safetensors.numpy import save_file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny import train_tokenizer
+    from helpers.tiny_llama import train_tokenizer
     from edgellama.converters.sources import expected_tensor_shapes
     from edgellama.converters.sources.hf_config import model_config
 

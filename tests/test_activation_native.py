@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import BACKENDS, _native, needs_native
+from helpers.backends import BACKENDS, _native, needs_native
 
 from edgellama import _twin
 from edgellama.errors import InvalidParameterError

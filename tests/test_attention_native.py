@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from backends import BACKENDS, _native, needs_native
+from helpers.backends import BACKENDS, _native, needs_native
 
 from edgellama import _twin, ops
 from edgellama.errors import InvalidParameterError

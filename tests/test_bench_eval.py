@@ -19,7 +19,7 @@ MAX_LENGTH = 128
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from tiny import make_tiny_llama
+    from helpers.tiny_llama import make_tiny_llama
     return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
@@ -35,7 +35,7 @@ def package(tmp_path_factory, tiny_folder):
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    from tiny import SENTENCES
+    from helpers.tiny_llama import SENTENCES
     path = tmp_path_factory.mktemp("text") / "text.txt"
     path.write_text(" ".join(SENTENCES[i % len(SENTENCES)] for i in range(7, 40)), encoding="utf-8")
     return path

@@ -6,18 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import BACKENDS, _native, needs_native
+from helpers.backends import BACKENDS, _native, needs_native
+from helpers.blocks import random_blocks
 
 from edgellama import _twin
 from edgellama.errors import InvalidParameterError
-
-
-def random_blocks(rng, n: int, nb: int):
-    """Q4_1 fields of a weight [n, 32 nb] as llama.cpp writes them: d > 0, m near -8d."""
-    qs = rng.integers(0, 256, (n, nb, 16)).astype(np.uint8)
-    d = rng.uniform(0.001, 0.05, (n, nb)).astype(np.float16)
-    m = (-8 * d.astype(np.float32) * rng.uniform(0.7, 1.3, (n, nb))).astype(np.float16)
-    return qs, d.view(np.uint16), m.view(np.uint16)
 
 
 def dequantized(qs, d, m) -> np.ndarray:

@@ -10,14 +10,15 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType  # noqa: E402
-from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize  # noqa: E402
+from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
 
 from edgellama.converters.carry import (CARRIED_TYPES, carried_dequantize, carries, carry,  # noqa: E402
                                         stack)
 from edgellama.converters.quantize import unpack_nibbles  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
-from test_gguf import TINY, tiny_hf_weights, write_tiny_gguf  # noqa: E402
+from helpers.graph_runs import linear_model, stepwise_logits  # noqa: E402
+from helpers.tiny_gguf import TINY, raw_blocks, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
 Q = GGMLQuantizationType
 CARRIED = [Q.Q8_0, Q.Q4_0, Q.Q4_1]
@@ -27,11 +28,6 @@ def assert_same_weights(got: np.ndarray, expected: np.ndarray, what: str) -> Non
     """Equal up to one float32 rounding of the Q4_1 offset sum (m + 8d, then + d(q - 8))."""
     tol = 4 * np.finfo(np.float32).eps * float(np.abs(expected).max())
     np.testing.assert_allclose(got, expected, rtol=0, atol=tol, err_msg=what)
-
-
-def raw_blocks(weight: np.ndarray, qtype) -> np.ndarray:
-    """A float [N, K] weight stored as GGML blocks, uint8 [N, bytes per row]."""
-    return np.asarray(gguf_quantize(weight, qtype)).view(np.uint8).reshape(weight.shape[0], -1)
 
 
 # --- the block mappings ---------------------------------------------------------------------------
@@ -128,24 +124,6 @@ def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
 
 # --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
 
-def _linear_model(tmp_path, source, names, quantization, mode="carry", io_dtype="float32"):
-    """A graph x [1, tokens, K] -> linear(names) -> y, built with the converter's own functions."""
-    from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
-    from edgellama.converters.graph.linear import linear
-    from edgellama.converters.graph.ops import ExternalData, Graph, save_model
-
-    data = ExternalData(tmp_path / "model.onnx.data")
-    graph = Graph(data)
-    ctx = BuildContext(graph, source.config, quantization, io_dtype, 64, source, gguf_blocks=mode)
-    k = source.read(names[0]).shape[1]
-    graph.input("x", ONNX_DTYPES[io_dtype], [1, "s", k])
-    linear(ctx, "/probe", "x", names, "probe", output="y")
-    graph.output("y", ONNX_DTYPES[io_dtype], [1, "s", None])
-    data.close()
-    save_model(graph.model(), tmp_path / "model.onnx")
-    return ctx, graph
-
-
 @pytest.mark.parametrize("names", [["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
                                     "model.layers.0.self_attn.v_proj.weight"],
                                    ["model.layers.1.mlp.down_proj.weight"]])
@@ -158,7 +136,7 @@ def test_q4_1_offsets_ride_in_the_matmulnbits_input(tmp_path, names):
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
+        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
         weight = np.concatenate([source.read(n) for n in names])
         parts = [carry(*source.raw(n)[:2], weight.shape[1], "int4") for n in names]
     ops = [n.op_type for n in graph.nodes]
@@ -183,7 +161,7 @@ def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_p
     names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0),
+        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0),
                                    io_dtype="float16")
         weight = np.concatenate([source.read(n) for n in names])
     assert [n.op_type for n in graph.nodes] == ["MatMulNBits"] and len(graph.nodes[0].input) == 4
@@ -200,44 +178,13 @@ def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_p
 def test_requantize_mode_writes_plain_matmulnbits(tmp_path):
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, ["model.layers.0.mlp.up_proj.weight"],
+        ctx, graph = linear_model(tmp_path, source, ["model.layers.0.mlp.up_proj.weight"],
                                    Quantization("int4", accuracy_level=0), mode="requantize")
     assert [n.op_type for n in graph.nodes] == ["MatMulNBits"]
     assert ctx.layout["probe"] == {"int4 block 32 symmetric, quantized": 1} and ctx.stats.summary()["probe"]["worst"] > 0
 
 
-def write_mixed_gguf(path, weights: dict, matrices, tables):
-    """A tiny Llama GGUF with the layer matrices in one GGML type and embedding/LM head in another,
-    as llama.cpp's Q4_1 files store them."""
-    def type_of(hf_name):
-        return tables if hf_name.startswith(("model.embed_tokens", "lm_head")) else matrices
-
-    tokens = ["a", "b", "ab"] + [f"t{i}" for i in range(3, TINY["vocab"])]
-    return write_tiny_gguf(path, weights, qtype=type_of, tokens=tokens, merges=["a b"])
-
-
 # --- a whole package -------------------------------------------------------------------------------
-
-def _logits(package, ids):
-    """Logits after each token, fed one at a time through the KV cache with ONNX Runtime."""
-    import onnxruntime as ort
-
-    from edgellama.package import read_info
-
-    info = read_info(package)
-    cfg, dtype = info.config, np.float16 if info.io_dtype == "float16" else np.float32
-    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [f"{i}.{k}" for i in range(cfg.num_layers) for k in ("key", "value")]
-    past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype) for n in names}
-    rows = []
-    for t in range(ids.size):
-        feed = {"input_ids": ids[None, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64)}
-        feed.update({f"past_key_values.{n}": v for n, v in past.items()})
-        out = session.run(["logits"] + [f"present.{n}" for n in names], feed)
-        rows.append(out[0][0, -1].astype(np.float32))
-        past = dict(zip(names, out[1:]))
-    return np.stack(rows)
-
 
 @pytest.mark.parametrize("untied", [False, True])
 def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
@@ -262,7 +209,7 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
     assert int4.quantization_error["lm_head"]["worst"] == 0.0
     assert fp32.info.quantization.layout == {}
     ids = np.random.default_rng(7).integers(0, 40, 12)
-    a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
+    a, b = stepwise_logits(tmp_path / "int4", ids), stepwise_logits(tmp_path / "fp32", ids)
     np.testing.assert_allclose(a, b, rtol=0, atol=3e-4 * float(np.abs(b).max()))
 
 
@@ -291,9 +238,9 @@ def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypa
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
         assert any(n.op_type == "MatMulNBits" and kind in n.name for n in after), kind
 
-    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside), for _logits
+    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside), for stepwise_logits
     ids = np.random.default_rng(7).integers(0, 40, 6)
-    a, b = _logits(tmp_path / "int4", ids), _logits(tmp_path / "fp32", ids)
+    a, b = stepwise_logits(tmp_path / "int4", ids), stepwise_logits(tmp_path / "fp32", ids)
     assert np.abs(a - b).max() > 1e-2 * np.abs(b).max()
 
     assert profile_decode.main([str(tmp_path / "fp32"), "--offsets-bound", "--no-profile",
@@ -313,7 +260,7 @@ def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
     assert layout["down_proj"] == {
         "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)": TINY["layers"]}
     ids = np.random.default_rng(7).integers(0, 40, 12)
-    a, b = _logits(tmp_path / "cuda", ids), _logits(tmp_path / "fp32", ids)
+    a, b = stepwise_logits(tmp_path / "cuda", ids), stepwise_logits(tmp_path / "fp32", ids)
     # float16 activations alone (an fp16 --ep cuda package of the same file) differ from fp32 by
     # about 1.2% of the largest logit on this random model; the int4 package stays within twice that
     np.testing.assert_allclose(a, b, rtol=0, atol=2.5e-2 * float(np.abs(b).max()))

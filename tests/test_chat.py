@@ -15,7 +15,7 @@ IM_START, IM_END = 1, 2
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
     folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
     return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
@@ -133,7 +133,7 @@ def test_stream_and_reset(model):
 
 
 def test_interrupted_turn_keeps_the_conversation(model, monkeypatch):
-    from faults import interrupt, on_nth_feed
+    from helpers.faults import interrupt, on_nth_feed
 
     chat = model.new_chat(system="S", max_new_tokens=8, sampling=GREEDY)
     chat.send("one")

@@ -10,7 +10,7 @@ from edgellama.converters import ConvertOptions, convert
 from edgellama.errors import CheckpointError, InvalidParameterError, ModelNotFoundError, UnsupportedConfigError
 from edgellama.package import Quantization
 
-from tiny import make_tiny_llama
+from helpers.tiny_llama import make_tiny_llama
 
 pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")

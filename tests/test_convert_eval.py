@@ -14,13 +14,13 @@ LINE = re.compile(r"^\s*(converted \((\w+)\)|source \(fp32\))\s+([0-9.]+)", re.M
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from tiny import make_tiny_llama
+    from helpers.tiny_llama import make_tiny_llama
     return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    from tiny import SENTENCES
+    from helpers.tiny_llama import SENTENCES
     path = tmp_path_factory.mktemp("text") / "text.txt"
     path.write_text(" ".join(SENTENCES[i % len(SENTENCES)] for i in range(3, 30)), encoding="utf-8")
     return path

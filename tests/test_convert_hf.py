@@ -10,7 +10,7 @@ import pytest
 from edgellama.converters import ConvertOptions, convert
 from edgellama.package import Quantization, read_info, verify
 
-from tiny import make_tiny_llama
+from helpers.tiny_llama import make_tiny_llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

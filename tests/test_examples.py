@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiny import convert_tiny, make_tiny_llama
+from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
 import edgellama
 

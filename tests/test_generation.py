@@ -18,14 +18,14 @@ PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embed
 
 
 def _package(tmp_path_factory, folder, method, max_length=256):
-    from tiny import convert_tiny
+    from helpers.tiny_llama import convert_tiny
 
     return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / method, method, max_length)
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from tiny import make_tiny_llama
+    from helpers.tiny_llama import make_tiny_llama
     return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
@@ -304,7 +304,7 @@ def test_two_threads_match_sequential_runs(model):
 
 
 def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
-    from faults import interrupt, on_nth_feed
+    from helpers.faults import interrupt, on_nth_feed
 
     expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
     on_nth_feed(monkeypatch, 5, interrupt)

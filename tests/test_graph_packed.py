@@ -12,8 +12,8 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from edgellama.package import Quantization  # noqa: E402
-from test_carry import _logits, write_mixed_gguf  # noqa: E402
-from test_gguf import TINY, tiny_hf_weights  # noqa: E402
+from helpers.graph_runs import stepwise_logits  # noqa: E402
+from helpers.tiny_gguf import TINY, tiny_hf_weights, write_mixed_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_each_q4_1_linear_is_one_matmulnbits_fed_by_its_block_sums(q4_1_package)
 
 def test_prompt_run_matches_token_by_token(q4_1_package):
     ids = np.random.default_rng(12).integers(0, TINY["vocab"], 7)
-    stepwise = _logits(q4_1_package, ids)[-1]
+    stepwise = stepwise_logits(q4_1_package, ids)[-1]
     at_once = _run(q4_1_package, ids[None, :])[0]
     np.testing.assert_allclose(at_once, stepwise, rtol=0, atol=1e-4 * float(np.abs(stepwise).max()))
 

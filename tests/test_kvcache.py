@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends import BACKENDS
+from helpers.backends import BACKENDS
 
 from edgellama import kvcache
 from edgellama.config import ModelConfig, RopeScaling

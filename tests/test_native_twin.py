@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from backends import BACKENDS, _native, needs_native
+from helpers.backends import BACKENDS, _native, needs_native
 
 from edgellama import _twin
 from edgellama.sampling import SamplingParams

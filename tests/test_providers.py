@@ -24,13 +24,13 @@ def _cuda_available() -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from tiny import make_tiny_llama
+    from helpers.tiny_llama import make_tiny_llama
     return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
 
 
 @pytest.fixture(scope="module")
 def cpu_package(tmp_path_factory, tiny_folder):
-    from tiny import convert_tiny
+    from helpers.tiny_llama import convert_tiny
     return convert_tiny(tiny_folder, tmp_path_factory.mktemp("pkg") / "cpu", "fp32", max_length=64)
 
 

@@ -18,9 +18,9 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 from edgellama.converters.carry import carry  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
-from test_blocks_native import random_blocks  # noqa: E402
-from test_carry import _linear_model, _logits, raw_blocks, write_mixed_gguf  # noqa: E402
-from test_gguf import TINY, tiny_hf_weights, write_tiny_gguf  # noqa: E402
+from helpers.blocks import random_blocks  # noqa: E402
+from helpers.graph_runs import linear_model, stepwise_logits  # noqa: E402
+from helpers.tiny_gguf import TINY, raw_blocks, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
 needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
 
@@ -44,7 +44,7 @@ def test_native_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
              "model.layers.0.self_attn.v_proj.weight"]
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = _linear_model(tmp_path, source, names, Quantization("int4"), mode="native")
+        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4"), mode="native")
         raws = [source.raw(n) for n in names]
     [node] = graph.nodes
     assert (node.op_type, node.domain) == ("MatMulQ4_1", "ai.edgellama")
@@ -267,7 +267,7 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
     assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
     assert ops_used.count("RotaryAttention") == TINY["layers"] and "GroupQueryAttention" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
-    native, carried, fp32 = (_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
+    native, carried, fp32 = (stepwise_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
     scale = float(np.abs(fp32).max())
     err_native, err_carry = np.abs(native - fp32).max() / scale, np.abs(carried - fp32).max() / scale
     assert err_native < 1.5 * err_carry and err_native < 0.2
@@ -297,7 +297,7 @@ def test_native_package_generates_through_the_api(tiny_packages, monkeypatch):
     assert 1 <= len(result.token_ids) <= 6 and all(0 <= t < TINY["vocab"] for t in result.token_ids)
     monkeypatch.setattr("onnxruntime.InferenceSession", _registering(session))
     ids = np.array(prompt + list(result.token_ids[:-1]))
-    assert list(_logits(tiny_packages["native"], ids)[len(prompt) - 1:].argmax(-1)) == list(result.token_ids)
+    assert list(stepwise_logits(tiny_packages["native"], ids)[len(prompt) - 1:].argmax(-1)) == list(result.token_ids)
 
 
 def test_a_native_package_without_the_library_says_what_to_do(tiny_packages, monkeypatch):

@@ -20,7 +20,7 @@ PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embed
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
     ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=5)
     return convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=96)
@@ -202,7 +202,7 @@ def test_four_threads_give_the_sequential_greedy_tokens(model):
 
 
 def test_cancel_set_by_another_thread_during_generate(model):
-    from faults import on_nth_feed
+    from helpers.faults import on_nth_feed
 
     cancel = threading.Event()
     started = threading.Event()

@@ -16,7 +16,7 @@ from edgellama.package import DATA_FILE, MANIFEST, MODEL_FILE
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from tiny import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
     ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", num_hidden_layers=2)
     return convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=64)

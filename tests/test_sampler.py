@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from backends import BACKENDS
+from helpers.backends import BACKENDS
 
 from edgellama import sampling
 from edgellama.errors import InvalidParameterError, NumericalError

@@ -14,7 +14,7 @@ MULTIBYTE = "héllo wörld — 日本語のテキスト, emoji 🦙🚀 done"
 
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory):
-    from tiny import train_tokenizer
+    from helpers.tiny_llama import train_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     train_tokenizer(512, seed=0).save(str(path))

@@ -1,7 +1,7 @@
 """Tiny random Llama checkpoints for tests: a transformers LlamaForCausalLM saved with
 safetensors, a small byte-level BPE tokenizer trained on the spot, and a ChatML chat template.
 
-    from tiny import make_tiny_llama          # tests/ is on sys.path under pytest
+    from helpers.tiny_llama import make_tiny_llama   # tests/ is on sys.path under pytest
     folder = make_tiny_llama(tmp_path / "ckpt")                      # GQA, tied, vocab 512
     folder = make_tiny_llama(tmp_path / "ckpt", num_key_value_heads=2, tie_word_embeddings=False,
                              vocab_size=397, seed=3, dtype="bfloat16")

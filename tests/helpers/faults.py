@@ -1,4 +1,8 @@
-"""Faults the tests inject into the generation loop."""
+"""Faults the tests inject into the generation loop.
+
+    from helpers.faults import interrupt, on_nth_feed
+    on_nth_feed(monkeypatch, 5, interrupt)     # the 5th model run raises KeyboardInterrupt
+"""
 from __future__ import annotations
 
 from edgellama.generation import Context
