@@ -1,5 +1,7 @@
 """`edgellama bench` and `edgellama eval` on a tiny converted package: well-formed output, and
-perplexity equal to one computed with transformers on the same checkpoint."""
+perplexity equal to one computed with transformers on the same checkpoint. The scripts in
+benchmarks/ that run without other engines: the suite's settings, the head precision study and a
+short soak (no memory or file descriptor leak over many requests)."""
 from __future__ import annotations
 
 import csv
@@ -217,3 +219,25 @@ def test_head_precision_study_scores_the_stored_head_as_the_package_does(tmp_pat
     assert kept["perplexity"] == stored["perplexity"] and kept["greedy_agreement"] == 1.0
     assert rows["int4 sym"]["change"] != 0 and rows["int4 asym"]["change"] != 0
     assert rows[f"int4 asym, top {vocab - 1} rescored"]["greedy_agreement"] == 1.0
+
+
+def test_short_soak_does_not_leak(package, monkeypatch):
+    import importlib.util
+    import io
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+    spec = importlib.util.spec_from_file_location("soak", path)
+    soak = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "soak", soak)    # dataclasses look their module up there
+    spec.loader.exec_module(soak)
+    out = io.StringIO()
+    settings = soak.SoakSettings(str(package), generations=300, chats=3, turns=20, max_new_tokens=6,
+                                 max_length=96, threads=1)
+    start, end = soak.soak(settings, out=out)
+    assert end.rss_bytes - start.rss_bytes < 20 * 2 ** 20, out.getvalue()
+    assert end.open_fds == start.open_fds, out.getvalue()
+    text = out.getvalue()
+    assert text.startswith("start: RSS") and "end:   RSS" in text and "360 requests" in text
+    with pytest.raises(ValueError, match="turns"):
+        soak.SoakSettings(str(package), turns=-1)

@@ -83,6 +83,15 @@ def test_bad_messages_are_rejected(model):
         template_for(model).encode([{"role": "user"}])
 
 
+def test_lone_surrogate_in_a_chat_message(model):
+    with pytest.raises(InvalidParameterError, match="not valid Unicode"):
+        model.chat([{"role": "user", "content": "hi \udcff"}], max_new_tokens=2)
+    chat = model.new_chat(max_new_tokens=2)
+    with pytest.raises(InvalidParameterError, match="not valid Unicode"):
+        chat.send("hi \udcff")
+    assert chat.send("hi").token_ids          # the refused turn left the chat usable
+
+
 def test_second_turn_prefills_only_new_tokens(model):
     chat = model.new_chat(system="You are terse.", max_new_tokens=8, sampling=GREEDY)
     first = chat.send("Hello there")

@@ -234,6 +234,21 @@ def test_invalid_settings_name_the_field(field, value):
     assert field in str(info.value)
 
 
+INVALID = {
+    "temperature": -1.0, "top_k": -1, "top_p": 0.0, "min_p": 2.0, "typical_p": 0.0, "repeat_penalty": 0.0,
+    "frequency_penalty": float("nan"), "presence_penalty": float("inf"), "penalty_last_n": -5,
+    "logit_bias": {-3: 1.0}, "seed": -1,
+}
+
+
+def test_every_sampling_field_has_a_checked_range():
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    assert names == set(INVALID), "a SamplingParams field has no invalid value in this test"
+    for name, value in INVALID.items():
+        with pytest.raises(InvalidParameterError, match=name):
+            SamplingParams(**{name: value})
+
+
 def test_settings_are_frozen_and_bias_is_stored_as_pairs():
     params = SamplingParams(logit_bias={7: 1, 2: -3.5})
     assert params.logit_bias == ((2, -3.5), (7, 1.0))

@@ -1,19 +1,18 @@
-"""Generation on tiny converted packages: greedy against transformers, cache reuse, streaming,
-stop strings, cancellation, limits, threads and interruptions."""
+"""Generation on a tiny converted package: greedy against transformers, cache reuse, streaming,
+stop strings, timings, chunked prefill and the memory check. Requests that are refused or bounded:
+test_generation_requests.py; threads, cancellation and interruptions: test_generation_threads.py;
+the package and model they share: conftest.py in this folder."""
 from __future__ import annotations
-
-import json
-import shutil
-import threading
 
 import numpy as np
 import pytest
 
-from edgellama.errors import ContextOverflowError, InvalidParameterError
+from edgellama.errors import ContextOverflowError
 from edgellama.generation import GenerationOptions, StopMatcher
 from edgellama.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
+NO_EOS = SamplingParams(temperature=0.0, logit_bias={2: -100.0})
 PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embeddings"]
 
 
@@ -21,23 +20,6 @@ def _package(tmp_path_factory, folder, method, max_length=256):
     from helpers.tiny_llama import convert_tiny
 
     return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / method, method, max_length)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from helpers.tiny_llama import make_tiny_llama
-    return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def fp32_package(tmp_path_factory, tiny_folder):
-    return _package(tmp_path_factory, tiny_folder, "fp32")
-
-
-@pytest.fixture(scope="module")
-def model(fp32_package):
-    import edgellama
-    return edgellama.load(fp32_package, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +161,21 @@ def test_stop_string_spanning_tokens_cuts_the_text(model):
     assert stop not in text
 
 
+@pytest.mark.parametrize("first", [1, 3, 6])
+def test_stop_string_spanning_tokens(model, first):
+    base = model.generate(PROMPTS[1], max_new_tokens=24, sampling=NO_EOS)
+    prefix = [model.tokenizer.decode(base.token_ids[:i]) for i in range(len(base.token_ids) + 1)]
+    assert all(prefix[i + 1].startswith(prefix[i]) for i in range(len(prefix) - 1))
+    # the last character of token `first`, all of the next token and the first of the one after
+    stop = base.text[len(prefix[first]) - 1:len(prefix[first + 2]) + 1]
+    assert len(stop) >= 3
+    cut = base.text.find(stop)
+    for run in (model.generate, lambda *a, **k: model.stream(*a, **k).consume()):
+        result = run(PROMPTS[1], max_new_tokens=24, sampling=NO_EOS, stop=["\x00never", stop])
+        assert result.finish_reason == "stop"
+        assert result.text == base.text[:cut] and stop not in result.text
+
+
 @pytest.mark.parametrize("stops,chunks,expected", [
     (["abc"], ["xa", "b", "cz"], "x"),
     (["abc"], ["xa", "b", "d"], "xabd"),
@@ -193,126 +190,7 @@ def test_stop_matcher_holds_back_possible_starts(stops, chunks, expected):
     assert out == expected
 
 
-# -- cancellation and limits ----------------------------------------------------------------
-
-def test_cancel_from_another_thread(model):
-    cancel = threading.Event()
-    got_first = threading.Event()
-
-    def canceller():
-        got_first.wait(30)
-        cancel.set()
-
-    thread = threading.Thread(target=canceller)
-    thread.start()
-    stream = model.stream(PROMPTS[0], max_new_tokens=200, sampling=SamplingParams(temperature=1.0, seed=1,
-                                                                                   logit_bias={2: -100.0}),
-                          cancel=cancel)
-    pieces = []
-    for piece in stream:
-        pieces.append(piece)
-        if not got_first.is_set():
-            got_first.set()
-            assert cancel.wait(30)
-    thread.join()
-    result = stream.result
-    assert result.finish_reason == "cancelled"
-    assert 1 <= len(result.token_ids) < 200
-
-
-def test_max_new_tokens_zero(model):
-    result = model.generate(PROMPTS[0], max_new_tokens=0)
-    assert (result.text, result.token_ids, result.finish_reason) == ("", (), "length")
-
-
-def test_negative_max_new_tokens_is_rejected(model):
-    with pytest.raises(InvalidParameterError, match="max_new_tokens"):
-        model.generate(PROMPTS[0], max_new_tokens=-1)
-
-
-def test_empty_prompt_is_an_error_without_bos(model):
-    with pytest.raises(InvalidParameterError, match="empty"):
-        model.generate("", max_new_tokens=4)
-    with pytest.raises(InvalidParameterError, match="empty"):
-        model.generate([], max_new_tokens=4)
-
-
-def test_empty_prompt_is_fine_when_the_model_adds_bos(fp32_package, tmp_path):
-    import edgellama
-
-    folder = tmp_path / "bos"
-    shutil.copytree(fp32_package, folder)
-    info = json.loads((folder / "edgellama.json").read_text())
-    info["special_tokens"]["add_bos_token"] = True
-    (folder / "edgellama.json").write_text(json.dumps(info))
-    model = edgellama.load(folder, threads=1)
-    result = model.generate("", max_new_tokens=3, sampling=GREEDY)
-    assert result.prompt_token_ids == (0,)
-    assert model.generate("Hi", max_new_tokens=1).prompt_token_ids[0] == 0
-
-
-def test_prompt_over_capacity(fp32_package):
-    import edgellama
-
-    model = edgellama.load(fp32_package, threads=1, max_length=16)
-    long_prompt = " ".join(["fox"] * 40)
-    assert len(model.tokenizer.encode(long_prompt)) > 16
-    with pytest.raises(ContextOverflowError, match="16"):
-        model.generate(long_prompt, max_new_tokens=4)
-    # generation that reaches the end of the context stops with "length"
-    result = model.generate("The quick", max_new_tokens=100, sampling=SamplingParams(temperature=0, logit_bias={2: -100.0}))
-    assert result.finish_reason == "length"
-    assert len(result.prompt_token_ids) + len(result.token_ids) == 17
-
-
-def test_generate_with_shift_runs_past_capacity(fp32_package):
-    import edgellama
-
-    model = edgellama.load(fp32_package, threads=1, max_length=24)
-    sampling = SamplingParams(temperature=0, logit_bias={2: -100.0})
-    result = model.generate("The quick brown fox", max_new_tokens=60, sampling=sampling, context="shift")
-    assert result.finish_reason == "length" and len(result.token_ids) == 60
-    over = model.generate(" ".join(["fox"] * 40), max_new_tokens=8, sampling=sampling, context="shift")
-    assert len(over.token_ids) == 8
-
-
-def test_max_length_above_package_is_rejected(fp32_package):
-    import edgellama
-
-    with pytest.raises(InvalidParameterError, match="max_length"):
-        edgellama.load(fp32_package, max_length=100000)
-
-
-# -- threads and interruptions --------------------------------------------------------------
-
-def test_two_threads_match_sequential_runs(model):
-    sampling = SamplingParams(temperature=0.9, seed=11)
-    expected = [model.generate(p, max_new_tokens=24, sampling=sampling).token_ids for p in PROMPTS[:2]]
-    results = [None, None]
-    barrier = threading.Barrier(2)
-
-    def work(i):
-        barrier.wait()
-        results[i] = model.generate(PROMPTS[i], max_new_tokens=24, sampling=sampling).token_ids
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == expected
-
-
-def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
-    from helpers.faults import interrupt, on_nth_feed
-
-    expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
-    on_nth_feed(monkeypatch, 5, interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY)
-    monkeypatch.undo()
-    assert model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids == expected
-
+# -- timings --------------------------------------------------------------------------------
 
 def test_timings_are_filled(model):
     result = model.generate(PROMPTS[0], max_new_tokens=8, sampling=GREEDY, stop=())
@@ -363,15 +241,3 @@ def test_memory_check_names_what_fits(model):
         check_memory(model.config, 1000, np.float32, available=per_position * 100)
 
 
-def test_verify_detects_a_modified_file(fp32_package, tmp_path):
-    import edgellama
-    from edgellama.errors import PackageError
-
-    folder = tmp_path / "copy"
-    shutil.copytree(fp32_package, folder)
-    edgellama.load(folder, verify=True, threads=1)
-    with open(folder / "model.onnx.data", "r+b") as fh:
-        fh.seek(100)
-        fh.write(b"\x01\x02\x03\x04")
-    with pytest.raises(PackageError, match="checksum"):
-        edgellama.load(folder, verify=True, threads=1)

@@ -1,5 +1,6 @@
-"""Damaged, edited and foreign model packages are refused with a PackageError that names the
-cause, before ONNX Runtime reads anything it should not."""
+"""Loading a model package: damaged, edited and foreign packages are refused with a PackageError
+that names the cause, before ONNX Runtime reads anything it should not; `edgellama info` verifies
+the checksums; a KV cache that does not fit in memory is refused before it is allocated."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,167 @@
+"""Generation from several threads, cancelled and interrupted, on the tiny model of conftest.py:
+concurrent runs give the tokens of sequential ones, a cancel Event ends a run with "cancelled", and
+a KeyboardInterrupt anywhere (a model run, a stream consumer, a context shift) leaves the model usable."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from edgellama.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+NO_EOS = SamplingParams(temperature=0.0, logit_bias={2: -100.0})
+PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embeddings", "A model package holds"]
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+def test_two_threads_match_sequential_runs(model):
+    sampling = SamplingParams(temperature=0.9, seed=11)
+    expected = [model.generate(p, max_new_tokens=24, sampling=sampling).token_ids for p in PROMPTS[:2]]
+    results = [None, None]
+    barrier = threading.Barrier(2)
+
+    def work(i):
+        barrier.wait()
+        results[i] = model.generate(PROMPTS[i], max_new_tokens=24, sampling=sampling).token_ids
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+def test_four_threads_give_the_sequential_greedy_tokens(model):
+    expected = [model.generate(p, max_new_tokens=20, sampling=NO_EOS).token_ids for p in PROMPTS]
+    results: dict = {}
+    errors: list = []
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        try:
+            barrier.wait(30)
+            results[i] = [model.generate(PROMPTS[(i + r) % 4], max_new_tokens=20, sampling=NO_EOS).token_ids
+                          for r in range(3)]
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for i in range(4):
+        assert results[i] == [expected[(i + r) % 4] for r in range(3)]
+
+
+# -- cancellation --------------------------------------------------------------------------------
+
+def test_cancel_from_another_thread(model):
+    cancel = threading.Event()
+    got_first = threading.Event()
+
+    def canceller():
+        got_first.wait(30)
+        cancel.set()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    stream = model.stream(PROMPTS[0], max_new_tokens=200, sampling=SamplingParams(temperature=1.0, seed=1,
+                                                                                   logit_bias={2: -100.0}),
+                          cancel=cancel)
+    pieces = []
+    for piece in stream:
+        pieces.append(piece)
+        if not got_first.is_set():
+            got_first.set()
+            assert cancel.wait(30)
+    thread.join()
+    result = stream.result
+    assert result.finish_reason == "cancelled"
+    assert 1 <= len(result.token_ids) < 200
+
+
+def test_cancel_set_by_another_thread_during_generate(model):
+    from helpers.faults import on_nth_feed
+
+    cancel = threading.Event()
+    started = threading.Event()
+
+    def watcher():
+        started.wait(30)
+        cancel.set()
+
+    def wait_for_cancel():
+        started.set()
+        assert cancel.wait(30)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    mp = pytest.MonkeyPatch()
+    on_nth_feed(mp, 4, wait_for_cancel)
+    try:
+        result = model.generate(PROMPTS[0], max_new_tokens=80, sampling=NO_EOS, cancel=cancel)
+    finally:
+        mp.undo()
+        thread.join()
+    assert result.finish_reason == "cancelled"
+    assert 1 <= len(result.token_ids) < 80
+
+
+def test_cancel_before_start_generates_nothing(model):
+    cancel = threading.Event()
+    cancel.set()
+    result = model.generate(PROMPTS[0], max_new_tokens=10, cancel=cancel)
+    assert (result.token_ids, result.finish_reason) == ((), "cancelled")
+
+
+# -- interruptions -------------------------------------------------------------------------------
+
+def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
+    from helpers.faults import interrupt, on_nth_feed
+
+    expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
+    on_nth_feed(monkeypatch, 5, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY)
+    monkeypatch.undo()
+    assert model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids == expected
+
+
+def test_keyboard_interrupt_from_a_stream_consumer(model):
+    from edgellama.model import MAX_IDLE_CONTEXTS
+
+    expected = model.generate(PROMPTS[3], max_new_tokens=24, sampling=NO_EOS)
+    for _ in range(MAX_IDLE_CONTEXTS + 2):
+        seen = []
+        with pytest.raises(KeyboardInterrupt):
+            for piece in model.stream(PROMPTS[3], max_new_tokens=24, sampling=NO_EOS):
+                seen.append(piece)
+                if len(seen) == 3:
+                    raise KeyboardInterrupt
+        assert "".join(seen) == expected.text[:len("".join(seen))]
+    again = model.generate(PROMPTS[3], max_new_tokens=24, sampling=NO_EOS)
+    assert again.token_ids == expected.token_ids
+    assert len(model._idle) <= MAX_IDLE_CONTEXTS
+
+
+def test_keyboard_interrupt_during_a_context_shift(fp32_package, monkeypatch):
+    import edgellama
+    from edgellama.kvcache import KVCache
+
+    small = edgellama.load(fp32_package, threads=1, max_length=16)
+    expected = small.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS).token_ids
+    real_shift = KVCache.shift
+
+    def interrupted_shift(self, *args, **kwargs):
+        real_shift(self, *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(KVCache, "shift", interrupted_shift)
+    with pytest.raises(KeyboardInterrupt):
+        small.generate(PROMPTS[0], max_new_tokens=40, sampling=NO_EOS, context="shift")
+    monkeypatch.undo()
+    assert small.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS).token_ids == expected
