@@ -238,7 +238,7 @@ def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypa
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
         assert any(n.op_type == "MatMulNBits" and kind in n.name for n in after), kind
 
-    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside), for stepwise_logits
+    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside)
     ids = np.random.default_rng(7).integers(0, 40, 6)
     a, b = stepwise_logits(tmp_path / "int4", ids), stepwise_logits(tmp_path / "fp32", ids)
     assert np.abs(a - b).max() > 1e-2 * np.abs(b).max()

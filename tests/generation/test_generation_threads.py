@@ -9,6 +9,8 @@ import pytest
 
 from edgellama.sampling import SamplingParams
 
+from helpers.faults import canceller, interrupt, on_nth_feed
+
 GREEDY = SamplingParams(temperature=0.0)
 NO_EOS = SamplingParams(temperature=0.0, logit_bias={2: -100.0})
 PROMPTS = ["The quick brown fox", "Hello world! How are", "Rotary position embeddings", "A model package holds"]
@@ -61,15 +63,8 @@ def test_four_threads_give_the_sequential_greedy_tokens(model):
 # -- cancellation --------------------------------------------------------------------------------
 
 def test_cancel_from_another_thread(model):
-    cancel = threading.Event()
     got_first = threading.Event()
-
-    def canceller():
-        got_first.wait(30)
-        cancel.set()
-
-    thread = threading.Thread(target=canceller)
-    thread.start()
+    cancel, thread = canceller(got_first)
     stream = model.stream(PROMPTS[0], max_new_tokens=200, sampling=SamplingParams(temperature=1.0, seed=1,
                                                                                    logit_bias={2: -100.0}),
                           cancel=cancel)
@@ -86,21 +81,13 @@ def test_cancel_from_another_thread(model):
 
 
 def test_cancel_set_by_another_thread_during_generate(model):
-    from helpers.faults import on_nth_feed
-
-    cancel = threading.Event()
     started = threading.Event()
-
-    def watcher():
-        started.wait(30)
-        cancel.set()
+    cancel, thread = canceller(started)
 
     def wait_for_cancel():
         started.set()
         assert cancel.wait(30)
 
-    thread = threading.Thread(target=watcher)
-    thread.start()
     mp = pytest.MonkeyPatch()
     on_nth_feed(mp, 4, wait_for_cancel)
     try:
@@ -122,8 +109,6 @@ def test_cancel_before_start_generates_nothing(model):
 # -- interruptions -------------------------------------------------------------------------------
 
 def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
-    from helpers.faults import interrupt, on_nth_feed
-
     expected = model.generate(PROMPTS[2], max_new_tokens=16, sampling=GREEDY).token_ids
     on_nth_feed(monkeypatch, 5, interrupt)
     with pytest.raises(KeyboardInterrupt):

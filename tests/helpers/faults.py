@@ -2,8 +2,11 @@
 
     from helpers.faults import interrupt, on_nth_feed
     on_nth_feed(monkeypatch, 5, interrupt)     # the 5th model run raises KeyboardInterrupt
+    cancel, thread = canceller(signal)         # another thread sets `cancel` once `signal` is set
 """
 from __future__ import annotations
+
+import threading
 
 from edgellama.generation import Context
 
@@ -24,3 +27,17 @@ def on_nth_feed(monkeypatch, n: int, action) -> None:
 
 def interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def canceller(signal: threading.Event) -> tuple[threading.Event, threading.Thread]:
+    """A cancel Event and a started thread that sets it once `signal` is set (after at most 30 s),
+    as a Stop button on another thread would; the caller joins the thread."""
+    cancel = threading.Event()
+
+    def run():
+        signal.wait(30)
+        cancel.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return cancel, thread
