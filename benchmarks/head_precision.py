@@ -36,19 +36,20 @@ def head_inputs(package: Path, ids: list, threads: int):
     """(final hidden states [T, H], the LM head MatMulNBits node, the graph) for one window of `ids`."""
     import onnx
 
-    from edgellama.evaluate import EvalSettings, all_positions_graph, empty_past, graph_session
-    from edgellama.package import read_info
+    from edgellama.evaluate import all_positions_graph, empty_past
+    from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, LOGITS
+    from edgellama.session import open_package
 
     model = all_positions_graph(package)
-    head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"), None)
+    head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == LOGITS), None)
     if head is None:
         raise SystemExit(f"{package}: the logits do not come from a MatMulNBits node; this study needs a "
                          "quantized package (int4 or int8)")
     model.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
-    session, _ = graph_session(package, EvalSettings(threads=threads), model)
-    feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
-            **empty_past(read_info(package))}
-    hidden = session.run([head.input[0]], feed)[0]
+    opened = open_package(package, providers=("cpu",), threads=threads, graph=model)
+    feed = {INPUT_IDS: np.array([ids], np.int64), ATTENTION_MASK: np.ones((1, len(ids)), np.int64),
+            **empty_past(opened.info)}
+    hidden = opened.session.run([head.input[0]], feed)[0]
     return hidden.reshape(len(ids), -1), head, model.graph
 
 

@@ -7,7 +7,7 @@ PKG is an edgellama package, an onnxruntime-genai model folder (genai_config.jso
 and its shapes; edgellama packages carry one too) or a model.onnx beside such a config.
 
 Each step feeds one token at positions past, past + 1, ... with the KV cache shared in place
-between past and present, as the runtime binds it (edgellama.session.StepBinding). Two sessions
+between past and present, as the runtime binds it (edgellama.binding.StepBinding). Two sessions
 per model, made with edgellama.session.session_options:
     timing     plain runs, `rounds` x `steps` steps, models alternating round by round: ms/token
     profiled   ONNX Runtime's profiler on: kernel time per op type and per node group, nodes/step
@@ -144,7 +144,7 @@ def make_session(dec: Decoder, threads: int, profile_dir=None):
 
 
 def make_binding(session, dec: Decoder, capacity: int):
-    from edgellama.session import StepBinding
+    from edgellama.binding import StepBinding
 
     shape = (1, dec.kv_heads, capacity, dec.head_dim)
     keys = [np.zeros(shape, np.float32) for _ in range(dec.layers)]

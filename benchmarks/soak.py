@@ -6,7 +6,7 @@ memory and open file descriptors for leaks.
 
 Prints RSS (VmRSS) and the number of open file descriptors (/proc/self/fd) at the start (after
 loading and one warm-up generation) and at the end, with progress every tenth of the run. Chats
-use context="shift", so long conversations keep running once the context is full.
+use on_overflow="shift", so long conversations keep running once the context is full.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def soak(settings: SoakSettings, out=sys.stdout) -> tuple[Usage, Usage]:
     # 2. chats, each with its own context kept across turns
     for c in range(settings.chats):
         chat = model.new_chat(system="You are brief.", max_new_tokens=settings.max_new_tokens,
-                              sampling=sampling, context="shift")
+                              sampling=sampling, on_overflow="shift")
         for t in range(settings.turns):
             chat.send(TURNS[(c + t) % len(TURNS)])
             done += 1

@@ -10,6 +10,17 @@
 
 Attributes are imported on first use, so `import edgellama` stays light (no ONNX Runtime until a
 model is loaded, never torch).
+
+The runtime, from the API down:
+
+    model.py, chat.py     Model (load, generate, stream, chat) and Chat (a conversation kept between turns)
+    generation.py         the request loop (prefill, sample, stop, cancel, shift, timings) and TextStream
+    context.py            the step layer: Context.append / next_token / rewind / tokens over one KV cache
+    kvcache.py, binding.py    the KV buffers, and their IO binding to the session (bound in place)
+    session.py            open_package: a package opened in ONNX Runtime in one call
+    providers.py, memory.py, graph_contract.py   execution providers, the memory check, the graph's names
+    package.py, tokenizer.py, sampling.py        the package folder, its tokenizer, SamplingParams and Sampler
+    evaluate.py, bench.py, cli/                   perplexity, llama-bench style speed, the `edgellama` command
 """
 from __future__ import annotations
 
@@ -30,6 +41,7 @@ _LAZY = {
     "Timings": "generation",
     "GenerationOptions": "generation",
     "Chat": "chat",
+    "Context": "context",
     "ModelConfig": "config",
     "PackageInfo": "package",
 }

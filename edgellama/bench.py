@@ -146,18 +146,18 @@ def _row(test: str, threads: int, tokens: int, seconds: list) -> BenchRow:
 def _time_prompt(ctx, ids: np.ndarray) -> float:
     ctx.reset()
     t0 = time.perf_counter()
-    ctx.feed(ids)
+    ctx.append(ids)
     return time.perf_counter() - t0
 
 
 def _time_decode(ctx, ids: np.ndarray, fill: np.ndarray) -> float:
-    """Fill the cache with `fill` (untimed), then feed `ids` one token per run."""
+    """Fill the cache with `fill` (untimed), then run `ids` one token per run."""
     ctx.reset()
     if len(fill):
-        ctx.feed(fill)
+        ctx.append(fill)
     t0 = time.perf_counter()
     for i in range(len(ids)):
-        ctx.feed(ids[i:i + 1])
+        ctx.append(ids[i:i + 1])
     return time.perf_counter() - t0
 
 
@@ -226,7 +226,6 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
     import onnxruntime
 
     from .model import load
-    from .session import default_threads
 
     path = Path(path)
     info = read_info(path)
@@ -235,8 +234,8 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
                          cpu=cpu, cpu_features=features, max_length=_capacity(info, settings),
                          size_bytes=package_bytes(path))
     for i, threads in enumerate(settings.threads):
-        threads = threads or default_threads()
         model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length)
+        threads = model.threads
         if i == 0:
             report.load_s, report.provider = model.load_s, model.provider
         log.info("benchmarking %s on %s with %d threads", path, model.provider, threads)

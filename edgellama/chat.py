@@ -19,10 +19,11 @@ import re
 import secrets
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .errors import InvalidParameterError, PackageError
-from .generation import GenerationOptions, GenerationResult
+from .generation import GenerationOptions, GenerationResult, TextStream
 from .package import TOKENIZER_CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -147,21 +148,17 @@ class ChatTemplate:
         return [t for ids, _ in self.encode_segments(messages, add_generation_prompt, content_ids) for t in ids]
 
 
-def template_for(model) -> ChatTemplate:
-    """The compiled chat template of a loaded model (compiled on first use)."""
-    cached = model.__dict__.get("_chat_template")
-    if cached is not None:
-        return cached
-    source = model.tokenizer.config.get("chat_template")
+def load_template(tokenizer, folder) -> ChatTemplate:
+    """The chat template of the package at `folder` (tokenizer_config.json), compiled."""
+    where = Path(folder) / TOKENIZER_CONFIG_FILE
+    source = tokenizer.config.get("chat_template")
     if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {item.get("name"): item.get("template") for item in source if isinstance(item, Mapping)}
         source = named.get("default")
     if not isinstance(source, str) or not source:
-        raise PackageError(f"{model.path / TOKENIZER_CONFIG_FILE}: no chat_template; this model has no chat "
+        raise PackageError(f"{where}: no chat_template; this model has no chat "
                            "format (use generate() with a plain prompt)")
-    template = ChatTemplate(source, model.tokenizer, str(model.path / TOKENIZER_CONFIG_FILE))
-    model.__dict__["_chat_template"] = template
-    return template
+    return ChatTemplate(source, tokenizer, str(where))
 
 
 class Chat:
@@ -175,10 +172,10 @@ class Chat:
     """
 
     def __init__(self, model, system: Optional[str] = None, max_new_tokens: int = 256, sampling=None,
-                 stop: Iterable[str] = (), context: str = "error"):
+                 stop: Iterable[str] = (), on_overflow: str = "error"):
         self.model = model
-        self.template = template_for(model)
-        self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context)
+        self.template = model.chat_template
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow)
         self.sampling = sampling
         self.system = system
         self.messages: list[dict] = []
@@ -206,7 +203,7 @@ class Chat:
         at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
         return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
 
-    def stream(self, text: str, cancel=None):
+    def stream(self, text: str, cancel=None) -> TextStream:
         """Send a user message; yield the answer as text pieces (`.result` when done)."""
         if not isinstance(text, str):
             raise InvalidParameterError(f"chat message must be a str, got {type(text).__name__}")
@@ -214,72 +211,24 @@ class Chat:
         try:
             ids, n_keep = self._prompt()
             options = replace(self.options, n_keep=n_keep)
-            stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context)
+            return self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
         except BaseException:
             self.messages.pop()
             raise
-        return _TurnStream(self, stream)
 
     def send(self, text: str, cancel=None) -> GenerationResult:
         """Send a user message; return the whole answer."""
         return self.stream(text, cancel).consume()
 
-    def _finish(self, result: GenerationResult) -> None:
+    def _end_turn(self, result: Optional[GenerationResult]) -> None:
+        """Record the answer of a completed turn; forget the user message of one that failed."""
+        if result is None:
+            self.messages.pop()
+            return
         self.messages.append({"role": "assistant", "content": result.text})
-        generated = list(result.token_ids)
-        if result.finish_reason == "stop" or not generated and result.finish_reason == "length":
-            # the text was cut (or nothing ran): continue from the plain tokens of the answer
+        if result.finish_reason == "stop" or self.options.max_new_tokens == 0:
+            # the text was cut (or nothing ran): go on from the plain tokens of the answer
             self._base = list(result.prompt_token_ids) + self.model.tokenizer.encode(result.text, add_bos=False)
         else:
-            # the cache holds everything but a last token that ended the turn by length
-            unfed = generated[-1:] if result.finish_reason == "length" else []
-            self._base = self.context.history().tolist() + unfed
+            self._base = self.context.tokens.tolist()   # the context recorded the prompt and the answer
         self.last_result = result
-
-    def _abandon(self) -> None:
-        self.messages.pop()
-
-
-class _TurnStream:
-    """A turn's TextStream that records the answer in the Chat when it completes."""
-
-    def __init__(self, chat: Chat, stream):
-        self._chat = chat
-        self._stream = stream
-        self._done = False
-
-    @property
-    def result(self):
-        return self._stream.result
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._stream)
-        except StopIteration:
-            self._complete(ok=True)
-            raise
-        except BaseException:
-            self._complete(ok=False)
-            raise
-
-    def _complete(self, ok: bool) -> None:
-        if self._done:
-            return
-        self._done = True
-        if ok:
-            self._chat._finish(self._stream.result)
-        else:
-            self._chat._abandon()
-
-    def close(self) -> None:
-        self._stream.close()
-        if not self._done:
-            self._complete(ok=False)
-
-    def consume(self) -> GenerationResult:
-        for _ in self:
-            pass
-        return self.result

@@ -29,7 +29,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError, PackageError
+from .graph_contract import ATTENTION_MASK, INPUT_IDS, IO_DTYPES, LOGITS, kv_names
 from .package import MODEL_FILE, read_info
+from .session import open_package
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def _head_path(producer: dict, where) -> tuple:
     """(nodes from the final norm's consumer to `logits`, the final norm, its Slice inputs)."""
-    path, node = [], producer.get("logits")
+    path, node = [], producer.get(LOGITS)
     while node is not None and len(path) < 8:
         slices = [producer[name] for name in node.input
                   if name in producer and producer[name].op_type == "Slice"]
@@ -162,53 +164,30 @@ def all_positions_graph(package: Path):
         for node in reshapes:
             node.input[1] = "/eval/axes_0"
     for output in graph.output:
-        if output.name == "logits":
+        if output.name == LOGITS:
             output.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
     return model
 
 
-def graph_session(package: Path, settings: EvalSettings, model=None):
-    """A session over `model` (default: the package's all-positions graph), loaded from memory with
-    its weights read from the package. Returns (session, provider).
-
-    (ONNX Runtime refuses external data reached through a link that leaves the model's folder, so
-    the edited graph is not written next to a link; the folder of the weights is named instead.)"""
-    import onnxruntime as ort
-
-    from .session import default_threads, resolve_providers, session_options
-
-    options = session_options(settings.threads or default_threads())
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(package))
-    providers = resolve_providers(settings.providers)
-    model = (all_positions_graph(package) if model is None else model).SerializeToString()
-    try:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail / RuntimeException types
-        raise PackageError(f"{package}: the all-positions graph could not be loaded ({exc}); "
-                           "use method='stepwise'") from None
-    return session, session.get_providers()[0]
-
-
 def empty_past(info) -> dict:
     """The past_key_values feed of a run without past: every layer's key and value with 0 positions."""
-    from .session import IO_DTYPES
-
     cfg = info.config
     empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype=IO_DTYPES[info.io_dtype])
-    return {f"past_key_values.{i}.{kind}": empty for i in range(cfg.num_layers) for kind in ("key", "value")}
+    return {past: empty for past, _ in kv_names(cfg.num_layers)}
 
 
 class _GraphScorer:
     """Scores a window with one run of the all-positions graph (no past)."""
 
-    def __init__(self, package: Path, info, settings: EvalSettings):
-        self.session, self.provider = graph_session(package, settings)
-        self.past = empty_past(info)
+    def __init__(self, package: Path, settings: EvalSettings):
+        opened = open_package(package, settings.providers, settings.threads, graph=all_positions_graph(package))
+        self.session, self.provider = opened.session, opened.provider
+        self.past = empty_past(opened.info)
 
     def score(self, ids: np.ndarray, w: Window) -> np.ndarray:
         feed = ids[w.begin:w.end].astype(np.int64)[None, :]
-        inputs = {"input_ids": feed, "attention_mask": np.ones_like(feed), **self.past}
-        logits = self.session.run(["logits"], inputs)[0][0]
+        inputs = {INPUT_IDS: feed, ATTENTION_MASK: np.ones_like(feed), **self.past}
+        logits = self.session.run([LOGITS], inputs)[0][0]
         rows = logits[w.first - 1 - w.begin:w.end - 1 - w.begin]
         return token_nll(rows, ids[w.first:w.end])
 
@@ -217,20 +196,18 @@ class _StepwiseScorer:
     """Scores a window through the KV cache: the unscored prefix at once, then one token per run."""
 
     def __init__(self, package: Path, settings: EvalSettings, ctx: int):
-        from .model import load
-
-        self.model = load(package, providers=settings.providers, threads=settings.threads, max_length=ctx)
-        self.provider = self.model.provider
-        self.context = self.model.new_context()
+        opened = open_package(package, settings.providers, settings.threads, max_length=ctx)
+        self.provider = opened.provider
+        self.context = opened.new_context()
 
     def score(self, ids: np.ndarray, w: Window) -> np.ndarray:
         self.context.reset()
-        logits = self.context.feed(ids[w.begin:w.first])
+        logits = self.context.append(ids[w.begin:w.first])
         out = np.empty(w.end - w.first, dtype=np.float64)
         for t in range(w.first, w.end):
             out[t - w.first] = token_nll(logits[None, :], ids[t:t + 1])[0]
             if t + 1 < w.end:
-                logits = self.context.feed(ids[t:t + 1])
+                logits = self.context.append(ids[t:t + 1])
         return out
 
 
@@ -254,7 +231,7 @@ def evaluate_ids(package, ids: Sequence[int], settings: EvalSettings = EvalSetti
         raise InvalidParameterError(f"stride={stride} must not exceed ctx={ctx}")
     plan = windows(int(ids.size), ctx, stride)
     t0 = time.perf_counter()
-    scorer = (_GraphScorer(package, info, settings) if settings.method == "graph"
+    scorer = (_GraphScorer(package, settings) if settings.method == "graph"
               else _StepwiseScorer(package, settings, ctx))
     t1 = time.perf_counter()
     nll = np.concatenate([scorer.score(ids, w) for w in plan])

@@ -1,29 +1,25 @@
 """The token-level generation loop: prefill, sample, decode, stop, cancel, shift, time.
 
-A `Context` is the mutable state of one conversation with the model: the KV cache, the IO
-binding over it, the ids whose keys and values the cache holds, and the sampler's scratch.
-`run_generation` drives one context through one request and yields text pieces; its return
-value (the generator's StopIteration value) is the `GenerationResult`.
+`run_generation` drives one `Context` (edgellama.context, the step layer) through one request
+and yields text pieces; its return value (the generator's StopIteration value) is the
+`GenerationResult`. `TextStream` is what callers iterate.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Generator, Optional, Sequence
+from typing import Callable, Generator, Optional, Sequence
 
 import numpy as np
 
+from .context import Context
 from .errors import ContextOverflowError, InvalidParameterError
-from .kvcache import KVCache
-from .rope import inv_frequencies
-from .session import IO_DTYPES, StepBinding, captures_graphs
 
 log = logging.getLogger(__name__)
 
 FINISH_REASONS = ("length", "stop", "eos", "cancelled")
-CONTEXT_POLICIES = ("error", "shift")
+OVERFLOW_POLICIES = ("error", "shift")   # what a request does when the context is full
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,7 @@ class GenerationOptions:
     """How one request runs (sampling has its own `SamplingParams`)."""
     max_new_tokens: int = 256
     stop: tuple = ()              # strings that end the text (cut before them)
-    context: str = "error"        # "error": a prompt over capacity raises; "shift": drop old tokens
+    on_overflow: str = "error"    # "error": a prompt over capacity raises; "shift": drop old tokens
     n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, if any)
     parse_special: bool = False   # parse special-token strings in a str prompt
     prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
@@ -44,8 +40,8 @@ class GenerationOptions:
             raise InvalidParameterError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidParameterError(f"stop={self.stop!r} must be non-empty strings")
-        if self.context not in CONTEXT_POLICIES:
-            raise InvalidParameterError(f"context={self.context!r} must be one of {CONTEXT_POLICIES}")
+        if self.on_overflow not in OVERFLOW_POLICIES:
+            raise InvalidParameterError(f"on_overflow={self.on_overflow!r} must be one of {OVERFLOW_POLICIES}")
         if self.n_keep is not None and (not isinstance(self.n_keep, int) or self.n_keep < 0):
             raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
@@ -107,89 +103,55 @@ class StopMatcher:
         return out
 
 
-class Context:
-    """KV cache + IO binding + cached token ids + sampler of one conversation.
+class TextStream:
+    """Iterator of text pieces; `.result` holds the GenerationResult once it is exhausted.
 
-    Invariant: `tokens[:kv.length]` are the ids whose keys and values are in the cache.
-    """
+    on_end(result) runs once when the stream ends: with the GenerationResult when generation
+    completed, with None when it raised or was closed before its end."""
 
-    def __init__(self, session, info, capacity: int, device: Optional[str] = None):
-        config = info.config
-        self.config = config
-        self.capacity = capacity
-        self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
-        self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
-                                   device, graphs=device == "cuda" and captures_graphs(session))
-        self.tokens = np.zeros(capacity, dtype=np.int32)
-        self.inv_freq = inv_frequencies(config)
-        self._sampler = None
-        self._sampler_params = None
-        self._consistent = True
+    def __init__(self, generator, on_end: Optional[Callable] = None):
+        self._generator = generator
+        self._on_end = on_end
+        self.result: Optional[GenerationResult] = None
 
-    @property
-    def length(self) -> int:
-        return self.kv.length
+    def __iter__(self):
+        return self
 
-    def history(self) -> np.ndarray:
-        return self.tokens[:self.kv.length]
+    def __next__(self) -> str:
+        try:
+            return next(self._generator)
+        except StopIteration as stop:
+            self.result = stop.value
+            self._end()
+            raise
+        except BaseException:
+            self._end()
+            raise
 
-    def sampler(self, params):
-        from .sampling import Sampler
+    def _end(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self.result)
 
-        if self._sampler is None or self._sampler_params != params:
-            self._sampler = Sampler(params, self.config.vocab_size)
-            self._sampler_params = params
-        # a fixed seed restarts its stream per request; no seed means a fresh one per request
-        self._sampler.reset(None if params.seed is not None else int.from_bytes(os.urandom(8), "little"))
-        return self._sampler
+    def close(self) -> None:
+        self._generator.close()
+        self._end()
 
-    def common_prefix(self, ids: np.ndarray) -> int:
-        n = min(len(ids), self.kv.length)
-        differ = np.flatnonzero(self.tokens[:n] != ids[:n])
-        return int(differ[0]) if differ.size else n
+    def __enter__(self):
+        return self
 
-    def reuse_prefix(self, ids: np.ndarray) -> int:
-        """Rewind the cache to its longest common prefix with `ids` (leaving >= 1 id to run)."""
-        keep = min(self.common_prefix(ids), len(ids) - 1)
-        if self.kv.length > keep:
-            self.kv.rewind(keep)
-        return keep
+    def __exit__(self, *exc):
+        self.close()
 
-    def feed(self, ids) -> np.ndarray:
-        """Run `ids` after the cached ones; return the logits of the last (float32 [vocab])."""
-        past = self.kv.length
-        n = len(ids)
-        if past + n > self.capacity:
-            raise ContextOverflowError(f"{past} cached + {n} new tokens exceed the context of {self.capacity}")
-        logits = self.binding.run(ids, past)
-        self.tokens[past:past + n] = ids
-        self.kv.advance(n)
-        return logits
-
-    def shift(self, n_keep: int, n_discard: int) -> None:
-        """Drop `n_discard` cached tokens after the first `n_keep` (keys are re-rotated)."""
-        self._consistent = False
-        length = self.kv.length
-        self.binding.pull()     # a cache on a device is shifted on the host (a rare event)
-        self.kv.shift(n_keep, n_discard, self.inv_freq)
-        self.binding.push()
-        self.tokens[n_keep:length - n_discard] = self.tokens[n_keep + n_discard:length].copy()
-        self._consistent = True
-
-    def reset(self) -> None:
-        self.kv.rewind(0)
-        self._consistent = True
-
-    def recover(self) -> None:
-        """After an interruption: keep the cache if it is consistent, else empty it."""
-        if not self._consistent:
-            log.debug("generation interrupted during a cache shift: emptying the context")
-            self.reset()
+    def consume(self) -> GenerationResult:
+        for _ in self:
+            pass
+        return self.result
 
 
 def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: GenerationOptions,
                    n_keep: int) -> np.ndarray:
-    """Validate prompt ids; under context='shift', cut a prompt that is too long in its middle."""
+    """Validate prompt ids; under on_overflow='shift', cut a prompt that is too long in its middle."""
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     if arr.size == 0:
         raise InvalidParameterError("the prompt is empty and the model adds no BOS token; give at least one token")
@@ -198,10 +160,10 @@ def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: 
                                     f"{int(arr.max())}")
     if arr.size < capacity or (arr.size == capacity and options.max_new_tokens <= 1):
         return arr.astype(np.int32)
-    if options.context != "shift":
+    if options.on_overflow != "shift":
         raise ContextOverflowError(
             f"the prompt has {arr.size} tokens but the context holds {capacity} (max_length) including the "
-            "answer; shorten the prompt, load with a larger max_length, or pass context='shift'")
+            "answer; shorten the prompt, load with a larger max_length, or pass on_overflow='shift'")
     tail = (capacity - n_keep) // 2
     log.warning("prompt of %d tokens cut to %d (first %d and last %d kept)", arr.size, n_keep + tail, n_keep, tail)
     return np.concatenate([arr[:n_keep], arr[arr.size - tail:]]).astype(np.int32)
@@ -217,7 +179,10 @@ def shift_keep(options: GenerationOptions, prompt: np.ndarray, bos: Optional[int
 def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: GenerationOptions, sampling,
                    cancel=None, n_keep: int = 0, load_s: float = 0.0,
                    ) -> Generator[str, None, GenerationResult]:
-    """Generate from `prompt` (validated by `prepare_prompt`) on `ctx`; yield text pieces."""
+    """Generate from `prompt` (validated by `prepare_prompt`) on `ctx`; yield text pieces.
+
+    The context then records the prompt and the answer (EOS excluded); when the request ends on its
+    length, the last token is recorded but not run (it runs first in the next request)."""
     t_start = time.perf_counter()
     eos = frozenset(tokenizer.special_tokens.eos_token_ids)
     prompt_ids = tuple(int(t) for t in prompt)
@@ -226,14 +191,14 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     sampler = ctx.sampler(sampling)
 
     # 1. prefill what the cache does not hold yet
-    reused = ctx.reuse_prefix(prompt)
-    rest = prompt[reused:]
+    rest = prompt[ctx.reuse_prefix(prompt):]
+    prefilled = len(prompt) - ctx.cached        # with a pending token the record held
     chunk = options.prefill_chunk or len(rest)
     for start in range(0, len(rest), chunk):
-        logits = ctx.feed(rest[start:start + chunk])
+        ctx.append(rest[start:start + chunk])
     t_prefilled = time.perf_counter()
 
-    # 2. sample, emit, feed back, one token per run
+    # 2. sample, emit, run it, one token per run
     decoder = tokenizer.stream_decoder()
     stops = StopMatcher(options.stop)
     generated: list[int] = []
@@ -247,12 +212,13 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             finish = "cancelled"
             break
         t0 = time.perf_counter()
-        token = int(sampler.sample(logits, ctx.history()))
+        token = ctx.next_token(sampler)     # nothing is pending here: this only samples
         t1 = time.perf_counter()
         sampling_s += t1 - t0
         if t_first is None:
             t_first = t1
         if token in eos:
+            ctx.rewind(ctx.length - 1)       # the end of sequence is no part of the text
             finish = "eos"
             break
         generated.append(token)
@@ -265,12 +231,12 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             break
         if len(generated) >= options.max_new_tokens:
             break
-        if ctx.length >= ctx.capacity:
-            if options.context != "shift":
+        if ctx.cached >= ctx.capacity:
+            if options.on_overflow != "shift":
                 break
-            ctx.shift(n_keep, (ctx.length - n_keep) // 2)
+            ctx.shift(n_keep, (ctx.cached - n_keep) // 2)
         t0 = time.perf_counter()
-        logits = ctx.feed((token,))
+        ctx.append()
         run_s += time.perf_counter() - t0
         steps += 1
 
@@ -287,9 +253,9 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     t_first = t_first or t_end
     timings = Timings(
         load_s=load_s, ttft_s=t_first - t_start,
-        prefill_tokens_per_s=len(rest) / max(t_prefilled - t_start, 1e-9),
+        prefill_tokens_per_s=prefilled / max(t_prefilled - t_start, 1e-9),
         decode_tokens_per_s=steps / (t_end - t_first) if steps and t_end > t_first else 0.0,
-        sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=len(rest),
+        sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=prefilled,
         generated_tokens=len(generated), prefill_s=t_prefilled - t_start, decode_s=t_end - t_first,
         decode_run_s=run_s, decode_steps=steps)
     return GenerationResult("".join(pieces), tuple(generated), finish, timings, prompt_ids)

@@ -1,14 +1,17 @@
-"""Resident memory of this process, in bytes: the one place the benchmarks, `edgellama bench` and
-the converter's report read it.
+"""Memory: what this process holds, and whether a KV cache fits before a context allocates one.
 
-    from edgellama.memory import current_rss_bytes, peak_rss_bytes
+    from edgellama.memory import current_rss_bytes, peak_rss_bytes, check_memory
     peak_rss_bytes()      # the most resident memory this process has held since it started
     current_rss_bytes()   # what it holds now
+    check_memory(config, capacity, dtype)   # ContextOverflowError naming the largest max_length that fits
 
-Both count the pages of this process that are in RAM (anonymous memory, and file pages it has
-mapped and touched, such as a memory-mapped model.onnx.data), not its children's. A number for a
-child process (a conversion or an engine run in a subprocess) is read by that child itself and
-passed back, so it has the same meaning.
+The resident-set readers are the one place the benchmarks, `edgellama bench` and the converter's
+report read memory. They count the pages of this process that are in RAM (anonymous memory, and file
+pages it has mapped and touched, such as a memory-mapped model.onnx.data), not its children's. A
+number for a child process (a conversion or an engine run in a subprocess) is read by that child
+itself and passed back, so it has the same meaning. The KV check runs before a context allocates its
+cache, so a max_length too large for the device fails with the largest one that fits instead of
+swapping or an OOM kill.
 """
 from __future__ import annotations
 
@@ -16,15 +19,17 @@ import platform
 import resource
 from typing import Optional
 
-STATUS = "/proc/self/status"
+import numpy as np
+
+from .errors import ContextOverflowError
 
 
-def _status_bytes(field: str) -> Optional[int]:
-    """A `kB` field of /proc/self/status in bytes; None where there is no /proc (not Linux)."""
+def proc_bytes(path: str, key: str) -> Optional[int]:
+    """The value of the `key:` line of a /proc file (in kB there) in bytes; None where there is none."""
     try:
-        with open(STATUS, encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith(field + ":"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -39,7 +44,7 @@ def peak_rss_bytes() -> int:
     ru_maxrss (bytes on macOS, KiB on other systems), which on some systems also keeps the peak of
     the process image exec replaced.
     """
-    peak = _status_bytes("VmHWM")
+    peak = proc_bytes("/proc/self/status", "VmHWM")
     if peak is not None:
         return peak
     scale = 1 if platform.system() == "Darwin" else 1024
@@ -48,4 +53,39 @@ def peak_rss_bytes() -> int:
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now, in bytes (Linux VmRSS; 0 where there is no /proc)."""
-    return _status_bytes("VmRSS") or 0
+    return proc_bytes("/proc/self/status", "VmRSS") or 0
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (MemAvailable), None when unknown."""
+    available = proc_bytes("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return None
+
+
+def kv_cache_bytes(config, capacity: int, dtype) -> int:
+    return 2 * config.num_layers * config.num_kv_heads * capacity * config.head_dim * np.dtype(dtype).itemsize
+
+
+def check_memory(config, capacity: int, dtype, available: Optional[int] = None) -> None:
+    """Raise ContextOverflowError when a KV cache of `capacity` positions does not fit in free RAM."""
+    available = available_memory() if available is None else available
+    needed = kv_cache_bytes(config, capacity, dtype)
+    if available is None or needed <= available:
+        return
+    fits = (available * 9 // 10) // kv_cache_bytes(config, 1, dtype)
+    raise ContextOverflowError(
+        f"a KV cache of max_length={capacity} needs {needed} bytes ({_size(needed)}) but only {available} bytes "
+        f"({_size(available)}) of memory are available; load with max_length={max(fits, 0)} or less")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -6,26 +6,23 @@
         print(piece, end="", flush=True)
 
 `Model` is read-only after loading and may be shared between threads: each request borrows a
-`Context` (KV cache + IO binding) from a pool, preferring the idle context whose cache shares the
-longest prefix with the prompt, so a repeated prefix is not computed again.
+`Context` (KV cache, IO binding, the record of its tokens) from a pool, preferring the idle context
+whose tokens share the longest prefix with the prompt, so a repeated prefix is not computed again.
+The package is opened by edgellama.session.open_package; `new_context` gives the step layer.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from .context import Context
 from .errors import InvalidParameterError
-from .generation import (Context, GenerationOptions, GenerationResult, prepare_prompt, run_generation,
-                         shift_keep)
-from .external_data import check_external_data
-from .package import MODEL_FILE, read_info, verify
-from .session import (DEVICES, IO_DTYPES, check_graph, check_memory, choose_providers, create_session,
-                      default_threads)
+from .generation import GenerationOptions, GenerationResult, TextStream, prepare_prompt, run_generation, shift_keep
+from .session import open_package
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -47,81 +44,28 @@ def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int]
     return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify)
 
 
-class TextStream:
-    """Iterator of text pieces; `.result` holds the GenerationResult once it is exhausted."""
-
-    def __init__(self, generator):
-        self._generator = generator
-        self.result: Optional[GenerationResult] = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._generator)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        self._generator.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def consume(self) -> GenerationResult:
-        for _ in self:
-            pass
-        return self.result
-
-
 class Model:
     """A loaded model package; see `load`."""
 
     def __init__(self, path, providers=None, threads=None, max_length=None, verify=False):
         t0 = time.perf_counter()
-        self.path = Path(path)
-        self.info = read_info(self.path)
-        if verify:
-            _verify(self.path, self.info)
-        self.config = self.info.config
-        self.max_length = self._capacity(max_length)
-        if self.info.io_dtype not in IO_DTYPES:
-            raise InvalidParameterError(f"{self.path}: io_dtype {self.info.io_dtype!r} is not supported")
-        check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
-        self.threads = default_threads() if threads is None else threads
+        self.package = open_package(path, providers, threads, max_length, verify)
+        self.path, self.info, self.config = self.package.path, self.package.info, self.package.config
+        self.session, self.provider, self.device = self.package.session, self.package.provider, self.package.device
+        self.threads, self.max_length = self.package.threads, self.package.max_length
         self.tokenizer = Tokenizer.from_package(self.path, self.info.special_tokens)
-        check_external_data(self.path)
-        providers, cpu_fallback = choose_providers(providers, self.info.providers, self.path)
-        self.session, self.provider = create_session(self.path / MODEL_FILE, providers, self.threads,
-                                                     cpu_fallback, self.info.providers)
-        self.device = DEVICES.get(self.provider)    # None: the KV cache is in host memory
-        check_graph(self.session, self.config, self.path / MODEL_FILE, self.info.io_dtype)
         self._idle: list[Context] = []
         self._lock = threading.Lock()
+        self._chat_template = None
         self.load_s = time.perf_counter() - t0
-
-    def _capacity(self, max_length) -> int:
-        if max_length is None:
-            return self.info.max_length
-        if not isinstance(max_length, int) or not 0 < max_length <= self.info.max_length:
-            raise InvalidParameterError(
-                f"max_length={max_length!r} must be an integer in 1..{self.info.max_length} "
-                f"(the package's max_length)")
-        return max_length
 
     def __repr__(self):
         return f"Model({str(self.path)!r}, provider={self.provider!r}, max_length={self.max_length})"
 
     # -- contexts -----------------------------------------------------------------------------
     def new_context(self) -> Context:
-        """A fresh context (its own KV cache of max_length positions)."""
-        check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
-        return Context(self.session, self.info, self.max_length, self.device)
+        """A fresh context (its own KV cache of max_length positions): the step layer, see edgellama.context."""
+        return self.package.new_context()
 
     def _acquire(self, prompt: np.ndarray) -> Context:
         with self._lock:
@@ -156,13 +100,14 @@ class Model:
         return sampling
 
     def start(self, prompt: Prompt, options: GenerationOptions, sampling=None, cancel=None,
-              ctx: Optional[Context] = None) -> TextStream:
-        """Begin one request; on `ctx` when given (the caller owns it), else on a pooled context."""
+              ctx: Optional[Context] = None, on_end=None) -> TextStream:
+        """Begin one request; on `ctx` when given (the caller owns it), else on a pooled context.
+        on_end: see `TextStream`."""
         sampling = self._sampling(sampling)
         ids = self.encode_prompt(prompt, options.parse_special)
         n_keep = shift_keep(options, np.asarray(ids), self.info.special_tokens.bos_token_id, self.max_length)
         arr = prepare_prompt(ids, self.max_length, self.config.vocab_size, options, n_keep)
-        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx))
+        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx), on_end)
 
     def _drive(self, prompt, options, sampling, cancel, n_keep, owned):
         ctx = owned if owned is not None else self._acquire(prompt)
@@ -177,29 +122,37 @@ class Model:
                 self._release(ctx)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
-                 cancel=None, context: str = "error", parse_special: bool = False) -> GenerationResult:
+                 cancel=None, on_overflow: str = "error", parse_special: bool = False) -> GenerationResult:
         """Generate from `prompt` (text or token ids) until EOS, a stop string, max_new_tokens or `cancel`.
 
-        context="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
+        on_overflow="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
         is kept). parse_special=True reads special-token strings in a str prompt as control tokens."""
-        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context,
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow,
                                     parse_special=parse_special)
         return self.start(prompt, options, sampling, cancel).consume()
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
-               cancel=None, context: str = "error", parse_special: bool = False) -> TextStream:
+               cancel=None, on_overflow: str = "error", parse_special: bool = False) -> TextStream:
         """Like `generate`, but yields the text as it is produced (each piece is whole characters)."""
-        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), context=context,
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow,
                                     parse_special=parse_special)
         return self.start(prompt, options, sampling, cancel)
 
     def chat(self, messages, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
              cancel=None) -> GenerationResult:
         """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template."""
-        from .chat import template_for
-
-        ids = template_for(self).encode(messages, add_generation_prompt=True)
+        ids = self.chat_template.encode(messages, add_generation_prompt=True)
         return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel)
+
+    @property
+    def chat_template(self):
+        """The package's `ChatTemplate` (edgellama.chat), compiled on first use."""
+        from .chat import load_template
+
+        with self._lock:
+            if self._chat_template is None:
+                self._chat_template = load_template(self.tokenizer, self.path)
+            return self._chat_template
 
     def new_chat(self, system: Optional[str] = None, **settings):
         """A `Chat` that keeps its own KV cache between turns (see `edgellama.chat.Chat`)."""
@@ -207,8 +160,3 @@ class Model:
 
         return Chat(self, system=system, **settings)
 
-
-def _verify(path: Path, info) -> None:
-    t0 = time.perf_counter()
-    verify(path, info)
-    log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)

@@ -70,7 +70,7 @@ class SamplingParams:
     presence_penalty: float = 0.0   # 0: off
     penalty_last_n: int = 64        # tokens the penalties look back on; 0: off, -1: whole history
     logit_bias: tuple = ()          # token id -> added logit; a mapping is stored as sorted pairs
-    seed: Optional[int] = None      # None: a random seed drawn when a Sampler is created
+    seed: Optional[int] = None      # None: a random seed drawn for each request
 
     def __post_init__(self):
         fields = {
@@ -129,14 +129,23 @@ class Sampler:
                     f"[0, {vocab_size})")
         self.params = params
         self.vocab_size = int(vocab_size)
-        self.seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+        self.seed = self._request_seed()
         self._state = backend.Sampler(self.vocab_size, params, self.seed)
+
+    def _request_seed(self) -> int:
+        """params.seed, or a newly drawn random seed when it is None (the one place a seed is drawn)."""
+        return self.params.seed if self.params.seed is not None else int.from_bytes(os.urandom(8), "little")
 
     def reset(self, seed: Optional[int] = None) -> None:
         """Restarts the random stream at `seed`, or at this sampler's seed when None."""
         if seed is not None:
             self.seed = _integer("seed", seed, 0, 2 ** 64 - 1, allowed="None or 0 <= seed < 2**64")
         self._state.reseed(self.seed)
+
+    def restart(self) -> None:
+        """Restarts the random stream for a new request: a fixed seed starts it over, no seed
+        (SamplingParams.seed=None) starts it at a newly drawn one."""
+        self.reset(self._request_seed())
 
     def sample(self, logits: np.ndarray, history: Any = ()) -> int:
         """The next token id from `logits` (float32[vocab_size]); `history` holds every

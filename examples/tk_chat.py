@@ -100,7 +100,7 @@ class ChatApp:
     def attach(self, model) -> None:
         """Use an already loaded model."""
         self.chat = model.new_chat(system=self.system, max_new_tokens=self.max_new_tokens,
-                                   sampling=self.sampling, context="shift")
+                                   sampling=self.sampling, on_overflow="shift")
         self.send_button.configure(state="normal")
         self.status.configure(text=f"ready: {model.path.name} on {model.provider}")
         if self._pending_prompt is not None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import edgellama
-from edgellama.generation import Context, GenerationOptions
+from edgellama.context import Context
+from edgellama.generation import GenerationOptions
 from edgellama.sampling import SamplingParams
 
 
@@ -41,13 +42,13 @@ def _greedy_with_margins(model, prompt):
     """Greedy ids and, per step, the gap between the two largest logits."""
     ctx = model.new_context()
     ids = np.asarray(model.tokenizer.encode(prompt), dtype=np.int32)
-    logits = ctx.feed(ids)
+    logits = ctx.append(ids)
     tokens, margins = [], []
     for _ in range(N_TOKENS):
         top2 = np.sort(logits)[-2:]
         tokens.append(int(np.argmax(logits)))
         margins.append(float(top2[1] - top2[0]))
-        logits = ctx.feed(np.asarray(tokens[-1:], dtype=np.int32))
+        logits = ctx.append(np.asarray(tokens[-1:], dtype=np.int32))
     return tokens, margins
 
 
@@ -78,7 +79,7 @@ def test_a_context_shift_on_the_device_matches_the_cpu(cuda_packages):
     gpu = edgellama.load(cuda_packages["fp16"], max_length=48)
     cpu = edgellama.load(cuda_packages["fp16"], providers=("cpu",), threads=4, max_length=48)
     greedy = SamplingParams(temperature=0.0)
-    options = GenerationOptions(max_new_tokens=100, context="shift")
+    options = GenerationOptions(max_new_tokens=100, on_overflow="shift")
     ref = cpu.start(PROMPTS[1], options, greedy, ctx=cpu.new_context()).consume()
     ids = list(ref.prompt_token_ids) + list(ref.token_ids)
     contexts = [Context(m.session, m.info, 48, m.device) for m in (cpu, gpu)]
@@ -87,7 +88,7 @@ def test_a_context_shift_on_the_device_matches_the_cpu(cuda_packages):
         for ctx in contexts:
             if ctx.length >= ctx.capacity:
                 ctx.shift(1, (ctx.length - 1) // 2)
-        a, b = (ctx.feed(np.asarray(ids[start:start + 1], dtype=np.int32)).copy() for ctx in contexts)
+        a, b = (ctx.append(np.asarray(ids[start:start + 1], dtype=np.int32)).copy() for ctx in contexts)
         worst = max(worst, float(np.abs(a - b).max()))
     print(f"max |logits cpu - cuda| over {len(ids) - 1} steps with shifts: {worst:.4f}")
     assert worst < 0.25
@@ -97,7 +98,7 @@ def test_a_context_shift_on_the_device_matches_the_cpu(cuda_packages):
 def test_decode_steps_replay_cuda_graphs_with_the_plain_runs_logits(method, cuda_packages, monkeypatch):
     """Two contexts on a capturing session (one graph each, steps interleaved) against the same steps on a
     session that runs node by node, through a rewind: a replay reads the new id and mask every step."""
-    from edgellama.session import captures_graphs
+    from edgellama.providers import captures_graphs
 
     graphs = edgellama.load(cuda_packages[method], max_length=64)
     monkeypatch.setenv("EDGELLAMA_CUDA_GRAPH", "0")
@@ -106,18 +107,18 @@ def test_decode_steps_replay_cuda_graphs_with_the_plain_runs_logits(method, cuda
     prompts = [np.asarray(graphs.tokenizer.encode(p), dtype=np.int32) for p in PROMPTS[:2]]
     pairs = [(graphs.new_context(), plain.new_context()) for _ in prompts]
     for (g, p), ids in zip(pairs, prompts):
-        g.feed(ids)
-        p.feed(ids)
+        g.append(ids)
+        p.append(ids)
     rng = np.random.default_rng(3)
     worst = 0.0
     for rewind in (False, True):
         for step in range(12):
             for (g, p), ids in zip(pairs, prompts):
                 if rewind and step == 0:
-                    g.kv.rewind(len(ids) + 2)
-                    p.kv.rewind(len(ids) + 2)
+                    g.rewind(len(ids) + 2)
+                    p.rewind(len(ids) + 2)
                 token = np.asarray([rng.integers(0, graphs.config.vocab_size)], dtype=np.int32)
-                a, b = g.feed(token).copy(), p.feed(token)
+                a, b = g.append(token).copy(), p.append(token)
                 worst = max(worst, float(np.abs(a - b).max()))
                 assert int(np.argmax(a)) == int(np.argmax(b)) or np.sort(b)[-1] - np.sort(b)[-2] < NEAR_TIE
     print(f"{method}: max |logits graph - plain| over 48 interleaved steps: {worst:.4f}")

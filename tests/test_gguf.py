@@ -192,9 +192,9 @@ def test_fp32_package_greedy_tokens_match_transformers(smollm2, smollm2_fp32_pac
     assert len(expected) == 64
 
     context = load(smollm2_fp32_package).new_context()
-    logits = context.feed(prompt)
+    logits = context.append(prompt)
     got = []
     for _ in range(64):
         got.append(int(np.argmax(logits)))
-        logits = context.feed([got[-1]])
+        logits = context.append([got[-1]])
     assert got == expected

@@ -54,11 +54,11 @@ def set_locations(folder, location):
 
 def refuse_session(monkeypatch):
     """Make any attempt to open the graph in ONNX Runtime fail the test."""
-    from edgellama import model
+    from edgellama import session
 
     def no_session(*args, **kwargs):
         raise AssertionError("ONNX Runtime was asked to open a package that should have been refused")
-    monkeypatch.setattr(model, "create_session", no_session)
+    monkeypatch.setattr(session, "create_session", no_session)
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -220,19 +220,19 @@ def test_graph_ort_cannot_run_is_a_provider_error(copy):
 # -- memory -------------------------------------------------------------------------------------
 
 def test_kv_cache_that_does_not_fit_fails_before_allocating(package, monkeypatch):
-    from edgellama import generation, session
-    from edgellama.session import kv_cache_bytes
+    from edgellama import context, memory
+    from edgellama.memory import kv_cache_bytes
 
     import edgellama
 
     info = edgellama.package.read_info(package)
     per_position = kv_cache_bytes(info.config, 1, np.float32)
-    monkeypatch.setattr(session, "available_memory", lambda: per_position * 40)
+    monkeypatch.setattr(memory, "available_memory", lambda: per_position * 40)
     refuse_session(monkeypatch)
 
     def no_cache(*args, **kwargs):
         raise AssertionError("a KV cache was allocated")
-    monkeypatch.setattr(generation, "KVCache", no_cache)
+    monkeypatch.setattr(context, "KVCache", no_cache)
     needed = kv_cache_bytes(info.config, 64, np.float32)
     with pytest.raises(ContextOverflowError) as err:
         load(package, max_length=64)

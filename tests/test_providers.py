@@ -11,7 +11,8 @@ import pytest
 
 import edgellama
 from edgellama.errors import InvalidParameterError, ProviderError
-from edgellama.generation import Context, GenerationOptions
+from edgellama.context import Context
+from edgellama.generation import GenerationOptions
 from edgellama.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, logit_bias={2: -100.0})   # no EOS: every run goes the full length
@@ -74,7 +75,7 @@ def test_a_provider_the_package_was_not_built_for_is_refused(cpu_package):
 
 
 def _greedy(model, ctx, prompt, n):
-    return model.start(prompt, GenerationOptions(max_new_tokens=n, context="shift"), GREEDY, ctx=ctx).consume()
+    return model.start(prompt, GenerationOptions(max_new_tokens=n, on_overflow="shift"), GREEDY, ctx=ctx).consume()
 
 
 @pytest.mark.parametrize("package", ["cpu_package", "cuda_package"])
@@ -90,7 +91,7 @@ def test_a_kv_cache_of_its_own_gives_the_same_tokens(request, package):
     assert len(a.token_ids) == 40 and a.token_ids == b.token_ids
     # the host mirror is only a mirror: after a pull it holds what the device cache holds
     own.binding.pull()
-    n = own.length
+    n = own.cached
     for host, ref in zip(own.kv.keys + own.kv.values, shared.kv.keys + shared.kv.values):
         np.testing.assert_array_equal(host[:, :, :n], ref[:, :, :n])
 
@@ -104,14 +105,14 @@ def test_fixed_shape_decode_steps_match_the_growing_mask(cpu_package):
     prompt = np.asarray(model.tokenizer.encode("The quick brown fox"), dtype=np.int32)
     steps = [7, 11, 13, 17, 19, 23]
     for ctx in (shared, own):
-        ctx.feed(prompt)
+        ctx.append(prompt)
     for cut in (None, len(prompt) + 2):
         if cut is not None:
-            shared.kv.rewind(cut)
-            own.kv.rewind(cut)
+            shared.rewind(cut)
+            own.rewind(cut)
         for token in steps:
             ids = np.asarray([token], dtype=np.int32)
-            a = shared.feed(ids).copy()
-            b = own.feed(ids)
+            a = shared.append(ids).copy()
+            b = own.append(ids)
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-    assert own.binding._mask_length == own.length
+    assert own.binding._mask_length == own.cached

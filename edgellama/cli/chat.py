@@ -66,7 +66,7 @@ def main(args) -> int:
     sampling = sampling_from(args)
     model = load_from(args)
     chat = model.new_chat(system=args.system, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                          stop=args.stop, context="shift" if args.context_shift else "error")
+                          stop=args.stop, on_overflow="shift" if args.context_shift else "error")
     interactive = sys.stdin.isatty()
     if interactive:
         print("/reset starts over, Ctrl-C stops an answer, Ctrl-D quits", file=sys.stderr)

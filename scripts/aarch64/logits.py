@@ -17,7 +17,7 @@ import edgellama
 def prompt_logits(package: str, prompt: str) -> np.ndarray:
     model = edgellama.load(package)
     ids = np.asarray(model.encode_prompt(prompt), dtype=np.int32)
-    return model.new_context().feed(ids).astype(np.float32)
+    return model.new_context().append(ids).astype(np.float32)
 
 
 def main() -> int:

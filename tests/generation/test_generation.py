@@ -105,13 +105,13 @@ def test_rewind_and_restore_mid_way_gives_same_tokens(model):
     first = model.start(ids, options, GREEDY, ctx=ctx).consume()
     assert first.finish_reason == "length" and len(first.token_ids) == 16
     middle = len(ids) + 8
-    snapshot = ctx.kv.snapshot(middle)
-    saved = ctx.tokens[:middle].copy()
+    snapshot = ctx.snapshot(middle)
+    assert list(snapshot.tokens) == ids + list(first.token_ids[:8])
 
     other = model.start(model.tokenizer.encode("Edge devices run"), options, GREEDY, ctx=ctx).consume()
     assert other.timings.prefilled_tokens > 1          # the cache was overwritten
-    ctx.kv.restore(snapshot)
-    ctx.tokens[:middle] = saved
+    ctx.restore(snapshot)
+    assert ctx.length == ctx.cached == middle
 
     resumed = model.start(ids + list(first.token_ids[:8]), GenerationOptions(max_new_tokens=8), GREEDY,
                           ctx=ctx).consume()
@@ -233,7 +233,7 @@ def test_chunked_prefill_gives_the_same_tokens(model):
 
 
 def test_memory_check_names_what_fits(model):
-    from edgellama.session import check_memory, kv_cache_bytes
+    from edgellama.memory import check_memory, kv_cache_bytes
 
     per_position = kv_cache_bytes(model.config, 1, np.float32)
     check_memory(model.config, 100, np.float32, available=per_position * 200)

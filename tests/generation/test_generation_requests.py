@@ -32,7 +32,7 @@ def test_sampling_of_the_wrong_type(model, sampling):
 
 @pytest.mark.parametrize("kwargs,field", [
     ({"max_new_tokens": -1}, "max_new_tokens"), ({"max_new_tokens": 2.0}, "max_new_tokens"),
-    ({"stop": [""]}, "stop"), ({"stop": [3]}, "stop"), ({"context": "wrap"}, "context"),
+    ({"stop": [""]}, "stop"), ({"stop": [3]}, "stop"), ({"on_overflow": "wrap"}, "on_overflow"),
 ])
 def test_invalid_options_name_the_field(model, kwargs, field):
     with pytest.raises(InvalidParameterError, match=field):
@@ -90,11 +90,11 @@ def test_max_length_above_package_is_rejected(fp32_package):
 # -- limits --------------------------------------------------------------------------------------
 
 def test_max_new_tokens_zero_runs_nothing(model, monkeypatch):
-    from edgellama import generation
+    from edgellama.context import Context
 
-    def no_feed(*args):
+    def no_run(*args):
         raise AssertionError("the model ran")
-    monkeypatch.setattr(generation.Context, "feed", no_feed)
+    monkeypatch.setattr(Context, "append", no_run)
     result = model.generate(PROMPTS[0], max_new_tokens=0)
     assert (result.text, result.token_ids, result.finish_reason) == ("", (), "length")
     assert result.prompt_token_ids == tuple(model.tokenizer.encode(PROMPTS[0]))
@@ -129,9 +129,9 @@ def test_generate_with_shift_runs_past_capacity(fp32_package):
 
     model = edgellama.load(fp32_package, threads=1, max_length=24)
     sampling = SamplingParams(temperature=0, logit_bias={2: -100.0})
-    result = model.generate("The quick brown fox", max_new_tokens=60, sampling=sampling, context="shift")
+    result = model.generate("The quick brown fox", max_new_tokens=60, sampling=sampling, on_overflow="shift")
     assert result.finish_reason == "length" and len(result.token_ids) == 60
-    over = model.generate(" ".join(["fox"] * 40), max_new_tokens=8, sampling=sampling, context="shift")
+    over = model.generate(" ".join(["fox"] * 40), max_new_tokens=8, sampling=sampling, on_overflow="shift")
     assert len(over.token_ids) == 8
 
 

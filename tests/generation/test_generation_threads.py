@@ -147,6 +147,6 @@ def test_keyboard_interrupt_during_a_context_shift(fp32_package, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(KVCache, "shift", interrupted_shift)
     with pytest.raises(KeyboardInterrupt):
-        small.generate(PROMPTS[0], max_new_tokens=40, sampling=NO_EOS, context="shift")
+        small.generate(PROMPTS[0], max_new_tokens=40, sampling=NO_EOS, on_overflow="shift")
     monkeypatch.undo()
     assert small.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS).token_ids == expected

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import threading
 
-from edgellama.generation import Context
+from edgellama.context import Context
 
 
 def on_nth_feed(monkeypatch, n: int, action) -> None:
-    """Run `action()` at the start of the n-th call of Context.feed from now (then feed as usual)."""
-    real_feed = Context.feed
+    """Run `action()` at the start of the n-th model run (Context.append) from now (then run as usual)."""
+    real_append = Context.append
     calls = {"n": 0}
 
-    def feed(self, ids):
+    def append(self, ids=()):
         calls["n"] += 1
         if calls["n"] == n:
             action()
-        return real_feed(self, ids)
+        return real_append(self, ids)
 
-    monkeypatch.setattr(Context, "feed", feed)
+    monkeypatch.setattr(Context, "append", append)
 
 
 def interrupt() -> None:

@@ -1,0 +1,183 @@
+"""The step layer: one conversation with the model, token by token.
+
+    ctx = model.new_context()
+    logits = ctx.append(prompt_ids)      # run ids after the context's tokens: float32 logits of the last
+    sampler = ctx.sampler(edgellama.SamplingParams(temperature=0.7, seed=1))
+    token = ctx.next_token(sampler)      # drawn from those logits and recorded; it runs on the next step
+    ctx.rewind(n)                        # keep the first n tokens (and their cache)
+    ctx.tokens                           # every token recorded, in order
+
+A `Context` owns the conversation's state: the KV cache, the IO binding over it, the record of
+its tokens and the sampler's scratch. `Model.generate` is a loop over these steps
+(edgellama.generation.run_generation); a request reuses the longest prefix of the record it
+shares with its prompt. Record and cache:
+
+    tokens  t0 t1 ... t(c-1) | tc         c = cached: the ids whose keys and values the cache holds;
+            '---- cached ----' pending    a pending id (the token drawn last) runs at the next step
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .binding import StepBinding
+from .errors import ContextOverflowError, InvalidParameterError
+from .graph_contract import IO_DTYPES
+from .kvcache import KVCache, KVSnapshot
+from .providers import captures_graphs
+from .rope import inv_frequencies
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContextSnapshot:
+    """A copy of a context's first `length` tokens and their keys and values (see `Context.snapshot`)."""
+    kv: KVSnapshot
+    tokens: np.ndarray
+
+
+class Context:
+    """KV cache + IO binding + the record of its tokens + sampler, of one conversation.
+
+    Invariant: `tokens[:cached]` are the ids whose keys and values are in the cache; the ids
+    after them (at most the token drawn last, when the cache is full) run at the next step.
+    """
+
+    def __init__(self, session, info, capacity: int, device: Optional[str] = None):
+        config = info.config
+        self.config = config
+        self.capacity = capacity
+        self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
+        self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
+                                   device, graphs=device == "cuda" and captures_graphs(session))
+        self._ids = np.zeros(capacity + 1, dtype=np.int32)   # + the token drawn when the cache is full
+        self._length = 0
+        self._logits_at = -1     # the record length the binding's logits follow (-1: none)
+        self.inv_freq = inv_frequencies(config)
+        self._sampler = None
+        self._consistent = True
+
+    # -- the record ---------------------------------------------------------------------------
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token recorded, in order (int32, read-only view)."""
+        view = self._ids[:self._length]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def length(self) -> int:
+        """Tokens recorded."""
+        return self._length
+
+    @property
+    def cached(self) -> int:
+        """Tokens whose keys and values are in the cache (`length`, or one less while a token is pending)."""
+        return self.kv.length
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The float32 logits [vocab] after the last token recorded (sampling may change them in place)."""
+        if self._logits_at != self._length or self._length == 0:
+            raise InvalidParameterError("this context has no logits for its last token; append a token first")
+        return self.binding.logits
+
+    # -- steps --------------------------------------------------------------------------------
+    def append(self, ids: Sequence[int] = ()) -> np.ndarray:
+        """Record `ids` after the context's tokens and run every token not in the cache yet (a
+        pending one, then `ids`) in one run; return the float32 logits of the last, [vocab]."""
+        past, end = self.kv.length, self._length + len(ids)
+        if end > self.capacity:
+            raise ContextOverflowError(f"{past} cached + {end - past} new tokens exceed the context of "
+                                       f"{self.capacity}")
+        self._ids[self._length:end] = ids
+        self._length = end
+        if end == past:
+            return self.logits
+        logits = self.binding.run(self._ids[past:end], past)
+        self.kv.advance(end - past)
+        self._logits_at = end
+        return logits
+
+    def next_token(self, sampler) -> int:
+        """Run the pending token if there is one, draw the next token from the logits with the
+        record as history (for the penalties), record it and return it. It runs at the next step."""
+        if self._length > self.kv.length:
+            self.append()
+        token = int(sampler.sample(self.logits, self.tokens))
+        self._ids[self._length] = token
+        self._length += 1
+        return token
+
+    def rewind(self, n: int) -> None:
+        """Keep the first `n` tokens (0 <= n <= length) and the cache of those it holds."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self._length:
+            raise InvalidParameterError(f"rewind({n!r}): n must be an integer in [0, {self._length}]")
+        self._length = int(n)
+        if n < self._logits_at:
+            self._logits_at = -1
+        if self.kv.length > n:
+            self.kv.rewind(int(n))
+
+    def sampler(self, params):
+        """The context's sampler for `params` (SamplingParams), its random stream restarted for a new
+        request (see `Sampler.restart`)."""
+        from .sampling import Sampler
+
+        if self._sampler is None or self._sampler.params != params:
+            self._sampler = Sampler(params, self.config.vocab_size)
+        else:
+            self._sampler.restart()
+        return self._sampler
+
+    # -- prefix reuse -------------------------------------------------------------------------
+    def common_prefix(self, ids: np.ndarray) -> int:
+        """How many leading `ids` equal the record's."""
+        n = min(len(ids), self._length)
+        differ = np.flatnonzero(self._ids[:n] != ids[:n])
+        return int(differ[0]) if differ.size else n
+
+    def reuse_prefix(self, ids: np.ndarray) -> int:
+        """Rewind to the longest common prefix with `ids`, leaving >= 1 id to run; return its length."""
+        keep = min(self.common_prefix(ids), len(ids) - 1)
+        self.rewind(keep)
+        return keep
+
+    # -- whole state ----------------------------------------------------------------------------
+    def shift(self, n_keep: int, n_discard: int) -> None:
+        """Drop `n_discard` cached tokens after the first `n_keep` (keys are re-rotated)."""
+        self._consistent = False
+        length = self._length
+        self.binding.pull()     # a cache on a device is shifted on the host (a rare event)
+        self.kv.shift(n_keep, n_discard, self.inv_freq)
+        self.binding.push()
+        self._ids[n_keep:length - n_discard] = self._ids[n_keep + n_discard:length].copy()
+        self._length = length - n_discard
+        self._logits_at = self._length if self._logits_at == length else -1
+        self._consistent = True
+
+    def snapshot(self, n: Optional[int] = None) -> ContextSnapshot:
+        """A copy of the first `n` cached tokens (default: all) and their keys and values."""
+        kv = self.kv.snapshot(n)
+        return ContextSnapshot(kv, self._ids[:kv.length].copy())
+
+    def restore(self, snapshot: ContextSnapshot) -> None:
+        """Make the context hold what `snapshot` holds."""
+        self.kv.restore(snapshot.kv)
+        self._ids[:snapshot.kv.length] = snapshot.tokens
+        self._length = snapshot.kv.length
+        self._logits_at = -1
+
+    def reset(self) -> None:
+        self.rewind(0)
+        self._consistent = True
+
+    def recover(self) -> None:
+        """After an interruption: keep the cache if it is consistent, else empty it."""
+        if not self._consistent:
+            log.debug("generation interrupted during a cache shift: emptying the context")
+            self.reset()

@@ -1,0 +1,83 @@
+"""The decoder graph's contract: the names, shapes and dtypes that the converter writes and the runtime feeds.
+
+    input_ids [1, S] ----------.                      .---> logits [1, 1, vocab]   (last position)
+    attention_mask [1, T] -----+--> model.onnx ------+
+    past_key_values.i.key ----'                       '---> present.i.key
+    past_key_values.i.value                                present.i.value
+
+S: the tokens of one run; T: the positions in the cache after it. past_key_values.i.* and
+present.i.* are [1, num_kv_heads, positions, head_dim] in the package's io_dtype; the runtime
+binds each present to the same buffer as its past, so the graph writes the cache in place.
+These names are written here only: the converter declares them, the runtime binds and checks them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import PackageError
+
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+LOGITS = "logits"
+KV_KINDS = ("key", "value")
+PAST = "past_key_values.{layer}.{kind}"
+PRESENT = "present.{layer}.{kind}"
+IO_DTYPES = {"float32": np.float32, "float16": np.float16}    # io_dtype -> activations, logits and cache
+ELEMENT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}   # io_dtype -> ONNX Runtime's name
+
+
+def past_name(layer, kind: str) -> str:
+    """The input that carries layer `layer`'s cached keys or values (`layer` may be a pattern such as "%d")."""
+    return PAST.format(layer=layer, kind=kind)
+
+
+def present_name(layer, kind: str) -> str:
+    """The output the graph writes layer `layer`'s keys or values to."""
+    return PRESENT.format(layer=layer, kind=kind)
+
+
+def kv_names(num_layers: int) -> list[tuple[str, str]]:
+    """(past, present) per layer and kind, in the order key 0, value 0, key 1, value 1, ..."""
+    return [(past_name(i, kind), present_name(i, kind)) for i in range(num_layers) for kind in KV_KINDS]
+
+
+def check_graph(session, config, where, io_dtype: str = "float32") -> None:
+    """The graph's inputs and outputs must be the contract's, with the layer count, KV shapes,
+    vocabulary and dtype that edgellama.json states."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    head, tail = PAST.split("{layer}")
+    layers = sum(1 for name in inputs if name.startswith(head) and name.endswith(tail.format(kind="key")))
+    if layers != config.num_layers:
+        raise PackageError(f"{where}: edgellama.json says num_layers={config.num_layers} but the graph has "
+                           f"{layers} layers of past_key_values; the metadata does not match the graph: "
+                           "convert the model again")
+    kv = kv_names(config.num_layers)
+    want_in = {INPUT_IDS, ATTENTION_MASK} | {past for past, _ in kv}
+    want_out = {LOGITS} | {present for _, present in kv}
+    missing = sorted(want_in - set(inputs)) + sorted(want_out - set(outputs))
+    if missing:
+        raise PackageError(f"{where}: the graph lacks {', '.join(missing[:4])}"
+                           f"{' ...' if len(missing) > 4 else ''}; convert the model again")
+    extra = sorted(set(inputs) - want_in)
+    if extra:
+        raise PackageError(f"{where}: the graph has inputs this runtime does not feed: {', '.join(extra)}")
+    expected = {"num_kv_heads": (1, config.num_kv_heads), "head_dim": (3, config.head_dim)}
+    for name in sorted(past for past, _ in kv) + sorted(present for _, present in kv):
+        _check_dims(inputs.get(name) or outputs[name], expected, where)
+    _check_dims(outputs[LOGITS], {"vocab_size": (2, config.vocab_size)}, where)
+    element = ELEMENT_TYPES.get(io_dtype)
+    if element is not None and outputs[LOGITS].type != element:
+        raise PackageError(f"{where}: edgellama.json says io_dtype={io_dtype!r} but the graph's logits are "
+                           f"{outputs[LOGITS].type}; the metadata does not match the graph")
+
+
+def _check_dims(node, expected: dict, where) -> None:
+    """Each fixed dimension of `node` named in `expected` (field -> (axis, value)) must match."""
+    shape = list(node.shape or ())
+    for field, (axis, value) in expected.items():
+        dim = shape[axis] if axis < len(shape) else None
+        if isinstance(dim, int) and dim != value:
+            raise PackageError(f"{where}: edgellama.json says {field}={value} but the graph's {node.name} has "
+                               f"{dim} at axis {axis}; the metadata does not match the graph: convert the "
+                               "model again")
