@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
+from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, past_name, present_name
 from edgellama.rope import cos_sin_tables
 
 from .context import BuildContext
@@ -25,17 +26,17 @@ LM_HEAD = "lm_head.weight"
 
 def _declare_io(ctx: BuildContext) -> None:
     g, cfg, dt = ctx.graph, ctx.config, ctx.onnx_dtype
-    g.input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-    g.input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+    g.input(INPUT_IDS, TensorProto.INT64, ["batch_size", "sequence_length"])
+    g.input(ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])
     kv_shape = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
     present_shape = ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim]
     for i in range(cfg.num_layers):
-        for kind in ("key", "value"):
-            g.input(f"past_key_values.{i}.{kind}", dt, kv_shape)
-    g.output("logits", dt, ["batch_size", 1, cfg.vocab_size])
+        for kind in KV_KINDS:
+            g.input(past_name(i, kind), dt, kv_shape)
+    g.output(LOGITS, dt, ["batch_size", 1, cfg.vocab_size])
     for i in range(cfg.num_layers):
-        for kind in ("key", "value"):
-            g.output(f"present.{i}.{kind}", dt, present_shape)
+        for kind in KV_KINDS:
+            g.output(present_name(i, kind), dt, present_shape)
 
 
 def attention_inputs(ctx: BuildContext) -> AttentionInputs:
@@ -47,10 +48,10 @@ def attention_inputs(ctx: BuildContext) -> AttentionInputs:
     g, scope = ctx.graph, "/model/attn_mask"
     axes = g.constant("/model/constants/axes_1", [1])
     one = g.constant("/model/constants/one_i64", 1)
-    summed = g.op("ReduceSum", ["attention_mask", axes], f"{scope}/seqlens", keepdims=0)
+    summed = g.op("ReduceSum", [ATTENTION_MASK, axes], f"{scope}/seqlens", keepdims=0)
     last = g.op("Sub", [summed, one], f"{scope}/seqlens")
     seqlens = g.op("Cast", [last], f"{scope}/seqlens", to=TensorProto.INT32)
-    shape = g.op("Shape", ["attention_mask"], f"{scope}/total_length")
+    shape = g.op("Shape", [ATTENTION_MASK], f"{scope}/total_length")
     total = g.op("Gather", [shape, one], f"{scope}/total_length", axis=0)
     total32 = g.op("Cast", [total], f"{scope}/total_length", to=TensorProto.INT32)
     cos, sin = cos_sin_tables(ctx.config, ctx.max_length, dtype=ctx.np_dtype)
@@ -72,9 +73,9 @@ def _embedding(ctx: BuildContext):
     tied = ctx.config.tie_word_embeddings
     if is_quantized(ctx):
         refs = _quantized_table(ctx, "/lm_head" if tied else scope, "lm_head" if tied else "embed")
-        return embedding_quantized(ctx, scope, "input_ids", refs), refs
+        return embedding_quantized(ctx, scope, INPUT_IDS, refs), refs
     name = float_table(ctx, "/lm_head" if tied else scope, ctx.read(EMBED))
-    return gather_rows(ctx, scope, "input_ids", name), name
+    return gather_rows(ctx, scope, INPUT_IDS, name), name
 
 
 def _lm_head(ctx: BuildContext, x: str, tied) -> str:
@@ -82,11 +83,11 @@ def _lm_head(ctx: BuildContext, x: str, tied) -> str:
     scope = "/lm_head"
     if tied is None:
         if is_quantized(ctx):
-            return linear(ctx, scope, x, [LM_HEAD], "lm_head", output="logits", table=True)
+            return linear(ctx, scope, x, [LM_HEAD], "lm_head", output=LOGITS, table=True)
         tied = float_table(ctx, scope, ctx.read(LM_HEAD))
     if isinstance(tied, QuantizedRefs):
-        return matmul_nbits(ctx, scope, x, tied, output="logits")
-    return lm_head_float(ctx, scope, x, tied, output="logits")
+        return matmul_nbits(ctx, scope, x, tied, output=LOGITS)
+    return lm_head_float(ctx, scope, x, tied, output=LOGITS)
 
 
 def _last_position(ctx: BuildContext, x: str, name: str) -> str:

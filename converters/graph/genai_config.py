@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from edgellama.config import ModelConfig
+from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name
 from edgellama.package import MODEL_FILE, SpecialTokens
 
 SEARCH_DEFAULTS = {
@@ -27,10 +28,10 @@ def genai_config(config: ModelConfig, tokens: SpecialTokens, max_length: int, pr
         "num_attention_heads": config.num_heads,
         "num_key_value_heads": config.num_kv_heads,
         "num_hidden_layers": config.num_layers,
-        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value"},
+        "inputs": {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK,
+                   "past_key_names": past_name("%d", "key"), "past_value_names": past_name("%d", "value")},
+        "outputs": {"logits": LOGITS, "present_key_names": present_name("%d", "key"),
+                    "present_value_names": present_name("%d", "value")},
     }
     model = {
         "type": "llama",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edgellama.graph_contract import past_name, present_name
+
 from .context import BuildContext
 from .linear import carried_weight, computes_q4_1_natively, linear, q41_initializers
 from .ops import EDGELLAMA_DOMAIN
@@ -96,14 +98,14 @@ def attention(ctx: BuildContext, layer: int, x, residual: str, shared: Attention
     else:
         normed, residual = input_norm(ctx, norm_scope, x, residual, gamma)
         qkv = linear(ctx, f"{scope}/qkv_proj", normed, names, "qkv_proj")
-    past = [f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"]
+    past = [past_name(layer, "key"), past_name(layer, "value")]
     rest = [shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
     if native:   # the same computation, without GroupQueryAttention's unused separate key and value
         op, domain, inputs, options = "RotaryAttention", EDGELLAMA_DOMAIN, [qkv] + past + rest, {}
     else:
         op, domain, inputs = "GroupQueryAttention", MS, [qkv, "", ""] + past + rest
         options = dict(do_rotary=1, rotary_interleaved=0, local_window_size=-1)
-    outputs = [f"{scope}/{op}/output_0", f"present.{layer}.key", f"present.{layer}.value"]
+    outputs = [f"{scope}/{op}/output_0", present_name(layer, "key"), present_name(layer, "value")]
     attn = g.node(op, inputs, f"{scope}", outputs=outputs, domain=domain, num_heads=cfg.num_heads,
                   kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim), **options)[0]
     if not project:
