@@ -7,7 +7,8 @@
 
 Tests (per thread count; tokenization and sampling excluded, ids are synthetic):
   ppN         prompt processing: N random token ids in one run on an empty cache (tokens/s)
-  tgN         text generation: N single-token runs from an empty cache (tokens/s)
+  tgN         text generation: N single-token runs from an empty cache, each ending in its greedy
+              next id (on a device, found there as greedy generation does) (tokens/s)
   tgN@dD      the same after D tokens are in the cache (filled untimed); skipped, with a note,
               when D + N does not fit the KV capacity
 Each test runs once to warm up, then `repetitions` times: mean +/- sample stdev.
@@ -151,13 +152,15 @@ def _time_prompt(ctx, ids: np.ndarray) -> float:
 
 
 def _time_decode(ctx, ids: np.ndarray, fill: np.ndarray) -> float:
-    """Fill the cache with `fill` (untimed), then run `ids` one token per run."""
+    """Fill the cache with `fill` (untimed), then run `ids` one token per run, each step ending in its
+    greedy next id as a generation loop takes it (found on the device when the cache lives there)."""
     ctx.reset()
     if len(fill):
         ctx.append(fill)
     t0 = time.perf_counter()
     for i in range(len(ids)):
-        ctx.append(ids[i:i + 1])
+        ctx.advance(ids[i:i + 1])
+        ctx.argmax()
     return time.perf_counter() - t0
 
 

@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .device_argmax import DeviceArgmax, argmax_session
 from .graph_contract import IO_DTYPES
+from .providers import PROVIDERS, provider_options
 from .native import backend
 
 _graph_ids = itertools.count(1)   # one CUDA graph per context: it records that context's buffer addresses
@@ -79,6 +81,8 @@ class StepBinding:
         # a raised and caught exception (about 75 us, 1% of a decode step); "0" is its default value
         self._run_options.add_run_config_entry("gpu_graph_id", "-1" if graphs else "0")
         self._serial = contextlib.nullcontext()
+        self._fetched = False     # whether `logits` holds the last run's row
+        self._argmax = None       # the device argmax of this context's logits, when there is one
         if device is None:
             self._binding.bind_output("logits", "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
             return
@@ -90,11 +94,40 @@ class StepBinding:
         self._dev_logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, vocab_size], dtype, device, 0)
         self._binding.bind_ortvalue_output("logits", self._dev_logits)
         self._serial = _GRAPH_RUNS if graphs else contextlib.nullcontext()
+        graph_id = str(next(_graph_ids)) if graphs else "0"
         self._step_options = ort.RunOptions()
-        self._step_options.add_run_config_entry("gpu_graph_id", str(next(_graph_ids)) if graphs else "0")
+        self._step_options.add_run_config_entry("gpu_graph_id", graph_id)
+        provider = PROVIDERS["cuda"] if device == "cuda" else PROVIDERS["cpu"]
+        options = ((provider, tuple(sorted(provider_options(provider, graphs).items()))),)
+        argmax = argmax_session(options, dtype, vocab_size)
+        self._argmax = argmax and DeviceArgmax(argmax, self._dev_logits, device, graph_id)
 
     def run(self, tokens, past_length: int) -> np.ndarray:
         """Feed `tokens` at positions past_length.. ; return the float32 logits of the last one."""
+        self.forward(tokens, past_length)
+        return self.fetch()
+
+    def fetch(self) -> np.ndarray:
+        """The float32 logits of the last token run, brought to the host and converted once per run."""
+        if not self._fetched:
+            if self.device is not None:
+                np.copyto(self._raw_logits, self._dev_logits.numpy())
+            if self._convert:
+                backend.f16_to_f32(self._raw_bits, self.logits)
+            self._fetched = True
+        return self.logits
+
+    def argmax(self) -> int:
+        """The index of the last token's largest logit (the first such index); on a device it is found
+        there, and the logits row stays there."""
+        if self._fetched or self._argmax is None:
+            return int(np.argmax(self.fetch()))
+        with self._serial:
+            return self._argmax()
+
+    def forward(self, tokens, past_length: int) -> None:
+        """Feed `tokens` at positions past_length.. ; the logits stay where the run left them."""
+        self._fetched = False
         n = len(tokens)
         if self.device is not None and n == 1:
             self._decode_step(tokens[0], past_length)
@@ -109,11 +142,6 @@ class StepBinding:
                                      self._mask.ctypes.data)
             with self._serial:
                 self._session.run_with_iobinding(self._binding, self._run_options)
-        if self.device is not None:
-            np.copyto(self._raw_logits, self._dev_logits.numpy())
-        if self._convert:
-            backend.f16_to_f32(self._raw_bits, self.logits)
-        return self.logits
 
     def _decode_step(self, token, past_length: int) -> None:
         """One token through the fixed-shape decode binding (see the class docstring)."""

@@ -5,6 +5,7 @@
     sampler = ctx.sampler(edgellama.SamplingParams(temperature=0.7, seed=1))
     token = ctx.next_token(sampler)      # drawn from those logits and recorded; it runs on the next step
     ctx.rewind(n)                        # keep the first n tokens (and their cache)
+    ctx.advance(ids); ctx.argmax()       # a run without bringing the logits to the host; the greedy id
     ctx.tokens                           # every token recorded, in order
 
 A `Context` owns the conversation's state: the KV cache, the IO binding over it, the record of
@@ -82,14 +83,29 @@ class Context:
     @property
     def logits(self) -> np.ndarray:
         """The float32 logits [vocab] after the last token recorded (sampling may change them in place)."""
+        self._check_logits()
+        return self.binding.fetch()
+
+    def argmax(self) -> int:
+        """The id of the largest logit after the last token recorded (the first such id). When the
+        cache lives on a device the argmax is found there and no logits row comes to the host."""
+        self._check_logits()
+        return self.binding.argmax()
+
+    def _check_logits(self) -> None:
         if self._logits_at != self._length or self._length == 0:
             raise InvalidParameterError("this context has no logits for its last token; append a token first")
-        return self.binding.logits
 
     # -- steps --------------------------------------------------------------------------------
     def append(self, ids: Sequence[int] = ()) -> np.ndarray:
         """Record `ids` after the context's tokens and run every token not in the cache yet (a
         pending one, then `ids`) in one run; return the float32 logits of the last, [vocab]."""
+        self.advance(ids)
+        return self.logits
+
+    def advance(self, ids: Sequence[int] = ()) -> None:
+        """`append` without bringing the logits to the host: read `logits`, `argmax()` or call
+        `next_token` after it."""
         past, end = self.kv.length, self._length + len(ids)
         if end > self.capacity:
             raise ContextOverflowError(f"{past} cached + {end - past} new tokens exceed the context of "
@@ -97,18 +113,21 @@ class Context:
         self._ids[self._length:end] = ids
         self._length = end
         if end == past:
-            return self.logits
-        logits = self.binding.run(self._ids[past:end], past)
+            return
+        self.binding.forward(self._ids[past:end], past)
         self.kv.advance(end - past)
         self._logits_at = end
-        return logits
 
     def next_token(self, sampler) -> int:
         """Run the pending token if there is one, draw the next token from the logits with the
-        record as history (for the penalties), record it and return it. It runs at the next step."""
+        record as history (for the penalties), record it and return it. It runs at the next step.
+        A greedy sampler without bias or penalties on a device takes `argmax()` there."""
         if self._length > self.kv.length:
-            self.append()
-        token = int(sampler.sample(self.logits, self.tokens))
+            self.advance()
+        if sampler.params.picks_argmax and self.binding.device is not None:
+            token = self.argmax()
+        else:
+            token = int(sampler.sample(self.logits, self.tokens))
         self._ids[self._length] = token
         self._length += 1
         return token

@@ -195,7 +195,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     prefilled = len(prompt) - ctx.cached        # with a pending token the record held
     chunk = options.prefill_chunk or len(rest)
     for start in range(0, len(rest), chunk):
-        ctx.append(rest[start:start + chunk])
+        ctx.advance(rest[start:start + chunk])
     t_prefilled = time.perf_counter()
 
     # 2. sample, emit, run it, one token per run
@@ -236,7 +236,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
                 break
             ctx.shift(n_keep, (ctx.cached - n_keep) // 2)
         t0 = time.perf_counter()
-        ctx.append()
+        ctx.advance()
         run_s += time.perf_counter() - t0
         steps += 1
 

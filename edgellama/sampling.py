@@ -103,6 +103,12 @@ class SamplingParams:
         return cls(temperature=0.0)
 
     @property
+    def picks_argmax(self) -> bool:
+        """Whether every pick is the largest raw logit (greedy, no bias, no penalties), so that a
+        device may find it where the logits are."""
+        return self.temperature == 0.0 and not self.logit_bias and not self.uses_penalties
+
+    @property
     def uses_penalties(self) -> bool:
         return self.penalty_last_n != 0 and (
             self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0)

@@ -17,7 +17,7 @@ PROMPT = "The quick brown fox"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     import edgellama
-    from tiny import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
     ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=3)
     return edgellama.load(convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=32),

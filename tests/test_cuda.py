@@ -123,3 +123,15 @@ def test_decode_steps_replay_cuda_graphs_with_the_plain_runs_logits(method, cuda
                 assert int(np.argmax(a)) == int(np.argmax(b)) or np.sort(b)[-1] - np.sort(b)[-2] < NEAR_TIE
     print(f"{method}: max |logits graph - plain| over 48 interleaved steps: {worst:.4f}")
     assert worst < 0.1
+
+
+@pytest.mark.parametrize("method", ["fp16", "int4"])
+def test_greedy_generation_picks_on_the_device_what_the_host_would(method, cuda_packages):
+    """Greedy generation takes each argmax on the device (only the id comes back); the tokens equal the
+    host's argmax of the full logits rows of the same model, step by step."""
+    gpu = edgellama.load(cuda_packages[method], max_length=256)
+    for prompt in PROMPTS:
+        host, _ = _greedy_with_margins(gpu, prompt)
+        got = gpu.generate(prompt, max_new_tokens=N_TOKENS, sampling=SamplingParams(temperature=0.0))
+        n = len(got.token_ids)
+        assert got.token_ids == tuple(host[:n]) and (n == N_TOKENS or got.finish_reason == "eos"), (prompt, n)

@@ -116,3 +116,27 @@ def test_fixed_shape_decode_steps_match_the_growing_mask(cpu_package):
             b = own.append(ids)
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     assert own.binding._mask_length == own.cached
+
+
+def test_the_argmax_of_a_device_binding_is_the_hosts(cpu_package):
+    """argmax() after a run on a device binding (an ArgMax session reading the logits where they are)
+    picks what the host's argmax of the same step's logits picks, prompt and decode steps alike; greedy
+    generation through it gives the host path's tokens."""
+    model = edgellama.load(cpu_package, providers=("cpu",), threads=1, max_length=40)
+    host = Context(model.session, model.info, model.max_length)
+    own = Context(model.session, model.info, model.max_length, device="cpu")
+    prompt = np.asarray(model.tokenizer.encode("The quick brown fox"), dtype=np.int32)
+    picks = []
+    for ids in [prompt] + [np.asarray([t], dtype=np.int32) for t in (5, 9, 31, 2, 17)]:
+        want = int(np.argmax(host.append(ids)))
+        own.advance(ids)
+        picks.append(own.argmax())
+        assert picks[-1] == want
+        assert not own.binding._fetched          # the logits row stayed where the run left it
+    assert len(set(picks)) > 1
+    greedy = SamplingParams(temperature=0.0)
+    options = GenerationOptions(max_new_tokens=20)
+    a = model.start("Once upon a time", options, greedy, ctx=Context(model.session, model.info, 40)).consume()
+    b = model.start("Once upon a time", options, greedy, ctx=Context(model.session, model.info, 40,
+                                                                     device="cpu")).consume()
+    assert a.token_ids == b.token_ids and len(a.token_ids) > 0

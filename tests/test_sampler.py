@@ -267,3 +267,11 @@ def test_sampler_refuses_bad_sizes_and_ids(backend):
         sampler.sample(np.zeros(9, np.float32))
     with pytest.raises(InvalidParameterError, match="history"):
         sampler.sample(np.zeros(10, np.float32), [3, 10])
+
+
+def test_picks_argmax_only_when_nothing_but_the_largest_logit_decides():
+    assert SamplingParams(temperature=0.0).picks_argmax
+    assert not SamplingParams(temperature=0.5).picks_argmax
+    assert not SamplingParams(temperature=0.0, logit_bias={3: -1.0}).picks_argmax
+    assert not SamplingParams(temperature=0.0, repeat_penalty=1.3).picks_argmax
+    assert SamplingParams(temperature=0.0, repeat_penalty=1.3, penalty_last_n=0).picks_argmax

@@ -94,7 +94,7 @@ def test_max_new_tokens_zero_runs_nothing(model, monkeypatch):
 
     def no_run(*args):
         raise AssertionError("the model ran")
-    monkeypatch.setattr(Context, "append", no_run)
+    monkeypatch.setattr(Context, "advance", no_run)
     result = model.generate(PROMPTS[0], max_new_tokens=0)
     assert (result.text, result.token_ids, result.finish_reason) == ("", (), "length")
     assert result.prompt_token_ids == tuple(model.tokenizer.encode(PROMPTS[0]))

@@ -12,17 +12,18 @@ from edgellama.context import Context
 
 
 def on_nth_feed(monkeypatch, n: int, action) -> None:
-    """Run `action()` at the start of the n-th model run (Context.append) from now (then run as usual)."""
-    real_append = Context.append
+    """Run `action()` at the start of the n-th call of Context.advance (every model run passes there)
+    from now, then run as usual."""
+    real_advance = Context.advance
     calls = {"n": 0}
 
-    def append(self, ids=()):
+    def advance(self, ids=()):
         calls["n"] += 1
         if calls["n"] == n:
             action()
-        return real_append(self, ids)
+        return real_advance(self, ids)
 
-    monkeypatch.setattr(Context, "append", append)
+    monkeypatch.setattr(Context, "advance", advance)
 
 
 def interrupt() -> None:
