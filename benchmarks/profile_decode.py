@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/suite, f
 
 # node name -> group, first match wins
 GROUPS = (
-    ("native o+norm+mlp", r"ProjectNormMlpQ4_1"),         # --gguf-blocks native: one node each
-    ("native norm+qkv", r"NormMatMulQ4_1"),
+    ("ops o+norm+mlp", r"ProjectNormMlpQ4_1"),            # --gguf-blocks ops: one node each
+    ("ops norm+qkv", r"NormMatMulQ4_1"),
     ("q4_1 offsets", r"block_sums|offset_columns"),
     ("lm_head", r"^/lm_head"),
     ("embed", r"embed_tokens"),

@@ -5,10 +5,20 @@
     report = convert("path/to/hf-folder", "out/model-int4", ConvertOptions(quantization=Quantization("int4")))
     print(report.summary())
 
-Steps: open the source (HF folder, GGUF file, hub id or the default model) -> build the decoder
-graph tensor by tensor, writing each initializer to model.onnx.data as it is made -> write
-model.onnx, tokenizer files, genai_config.json -> hash everything into edgellama.json -> move
-the finished package into place.
+Steps: open the source (HF folder, GGUF file, hub id or the default model) -> plan the
+conversion (plan.py: per weight, its format and operator; per layer, which nodes; from the
+options, the source's tensor types and shapes and the providers) -> emit the decoder graph
+as planned (graph/), tensor by tensor, writing each initializer to model.onnx.data as it is
+made -> write model.onnx, tokenizer files, genai_config.json -> hash everything into
+edgellama.json, whose quantization.layout is the plan -> move the finished package into place.
+
+    sources/        checkpoint readers (HF, GGUF, hub) behind one Source protocol; tensors.py checks them
+    plan.py         the conversion plan: frozen dataclasses and plan_conversion
+    formats.py      the weight formats (one row each) and the GGUF block types they take over
+    carry.py        GGUF Q8_0 / Q4_0 / Q4_1 blocks mapped to MatMulNBits without dequantizing
+    offset_columns.py, quantize.py   Q4_1 offsets as input columns; the converter's own quantizer
+    graph/          ONNX nodes and initializers, emitted from the plan
+    options.py, writer.py, report.py, progress.py   settings, atomic package writing, the report
 """
 from __future__ import annotations
 
@@ -34,22 +44,23 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
     from .graph.decoder import build_decoder
     from .graph.genai_config import genai_config_json
     from .graph.ops import ExternalData, Graph, save_model
+    from .plan import plan_conversion
     from .progress import ProgressBar
+    from .sources.tensors import SourceTensors
 
     config = source.config
     max_length = options.resolved_max_length(config)
     if max_length > config.max_position_embeddings:
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
+    tensors = SourceTensors(source)
+    plan = plan_conversion(options, tensors)
     data = ExternalData(writer.path / DATA_FILE)
-    bar = None
+    bar = ProgressBar(tensors.count) if options.progress else None
+    tensors.on_tensor = bar.update if bar is not None else None
     try:
         graph = Graph(data, name=f"edgellama-{source.name}")
-        ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, source,
-                           gguf_blocks=options.gguf_blocks)
-        if options.progress:
-            bar = ProgressBar(ctx.tensor_count)
-            ctx.on_tensor = bar.update
+        ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, tensors, plan)
         build_decoder(ctx)
     finally:
         data.close()
@@ -63,11 +74,11 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
         raise CheckpointError(f"{source.name}: the source provides no {missing[0]}")
     writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
         config, source.special_tokens, max_length, options.providers).encode("utf-8"))
-    quantization = replace(options.quantization, layout=dict(sorted(ctx.layout.items())))
+    quantization = replace(options.quantization, layout=plan.to_dict())
     info = PackageInfo(config=config, quantization=quantization, max_length=max_length,
                        special_tokens=source.special_tokens, source=source.name, providers=options.providers,
                        io_dtype=options.io_dtype, last_token_logits=True)
-    return info, ctx.stats.summary(), ctx.tensor_count
+    return info, ctx.stats.summary(), tensors.count
 
 
 def convert(source, output, options: ConvertOptions = ConvertOptions()) -> ConvertReport:

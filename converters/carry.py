@@ -18,16 +18,14 @@ is kept as a float matrix C [K/32, N] and added through the block sums of the in
 y = x @ W^T = MatMulNBits(x) + S(x) @ C, with S(x)[b] the sum of x over block b. A float32 graph
 appends C to the weight as extra input columns fed with copies of S(x) (offset_columns.py).
 
-Modes (ConvertOptions.gguf_blocks) for a GGUF source quantized to int4/int8:
-    "carry"        the mapping above (exact; a float32 graph keeps the Q4_1 offsets to two
-                   base-14 digits per row, see offset_columns.py)
-    "zero_point"   Q4_1 with an integer zero point round(-m / d) instead of the offsets
-                   (no extra nodes, not exact); the other types as in "carry"
-    "native"       as "carry", but a float32 graph computes Q4_1 (and 8-bit blocks) from the file's
-                   own blocks with edgellama's ONNX Runtime operators, domain ai.edgellama
-                   (native/blocks.h, native/ort_ops.c): no offset columns; the package then needs
-                   edgellama's operator library to load (edgellama.ops)
-    "requantize"   dequantize and quantize again with the converter's own quantizer
+Which mapping a conversion uses for which tensor is decided by converters/plan.py (the
+formats are in converters/formats.py); this module only maps blocks:
+    from_q8_0, from_q4_0, from_q4_1   the exact mappings above (EXACT)
+    from_q4_1_zero_point              Q4_1 with an integer zero point round(-m / d) instead of the
+                                      offsets (no extra nodes, not exact)
+    from_q4_1_blocks                  Q4_1 as from_q4_1, with the file's blocks kept for edgellama's
+                                      ONNX Runtime operators (domain ai.edgellama, native/ort_ops.c)
+    float16_zero_points               Q4_1 offsets folded into float16 zero points (float16 graphs)
 """
 from __future__ import annotations
 
@@ -42,11 +40,6 @@ from .quantize import QuantizedWeight, dequantize, pack_nibbles
 
 GGML_BLOCK = 32
 BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
-# Types each package method takes over as they are (others are dequantized and requantized).
-# An int4 package keeps a Q8_0 embedding / LM head at 8 bits (the file chose more precision
-# for them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for.
-CARRIED_TYPES = {"int4": ("Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0")}
-CARRIED_TABLE_TYPES = {"int4": ("Q8_0", "Q4_0", "Q4_1"), "int8": ("Q8_0", "Q4_0")}
 
 
 @dataclass(frozen=True)
@@ -57,6 +50,10 @@ class Q41Blocks:
     d: np.ndarray
     m: np.ndarray
 
+    def initializers(self) -> list:
+        """(name suffix, array) of each field as the operators read it: nibbles, scales, minimums."""
+        return [("", self.qs), (".scales", self.d.view(np.float16)), (".minimums", self.m.view(np.float16))]
+
 
 @dataclass(frozen=True)
 class CarriedWeight:
@@ -64,7 +61,7 @@ class CarriedWeight:
     (y += S(x) @ offsets) when the source type has a block minimum, else None. `sum_copies` > 0:
     the offsets are already inside `quantized` as extra input columns, and the input must be
     x' = [x | S(x) x sum_copies] (offset_columns.py). `blocks`: Q4_1 kept as the file's blocks
-    for the ai.edgellama operators (mode "native"); `quantized` and `offsets` then describe the same numbers."""
+    for the ai.edgellama operators (from_q4_1_blocks); `quantized` and `offsets` then describe the same numbers."""
     quantized: QuantizedWeight
     offsets: Optional[np.ndarray]
     ggml_type: str
@@ -115,13 +112,18 @@ def from_q4_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
     return CarriedWeight(_weight(q, _fp16(blocks, 0), bits), None, "Q4_0", True)
 
 
+def _q4_1_offsets(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """o = m + 8d per block, float32 [N, nb]."""
+    return (m.astype(np.float64) + 8.0 * d).astype(np.float32)
+
+
 def from_q4_1(blocks: np.ndarray, bits: int) -> CarriedWeight:
     d, m = _fp16(blocks, 0), _fp16(blocks, 2)
-    offsets = (m.astype(np.float64) + 8.0 * d).astype(np.float32)
+    offsets = _q4_1_offsets(d, m)
     return CarriedWeight(_weight(_nibbles(blocks, 4), d, 4), np.ascontiguousarray(offsets.T), "Q4_1", True)
 
 
-def from_q4_1_native(blocks: np.ndarray, bits: int) -> CarriedWeight:
+def from_q4_1_blocks(blocks: np.ndarray, bits: int) -> CarriedWeight:
     """Q4_1 as from_q4_1, with the file's blocks kept for the ai.edgellama operators."""
     fields = Q41Blocks(np.ascontiguousarray(blocks[..., 4:]),
                        np.ascontiguousarray(blocks[..., 0:2]).view(np.uint16)[..., 0],
@@ -137,23 +139,45 @@ def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:
     return CarriedWeight(weight, None, "Q4_1", False)
 
 
-CONVERTERS = {"Q8_0": from_q8_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}
-MODE_CONVERTERS = {"carry": CONVERTERS, "zero_point": {**CONVERTERS, "Q4_1": from_q4_1_zero_point},
-                   "native": {**CONVERTERS, "Q4_1": from_q4_1_native}}
+EXACT = {"Q8_0": from_q8_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}     # the exact mapping of each type
 
 
-def carries(mode: str, method: str, ggml_type: str, table: bool = False) -> bool:
-    """Whether `mode` takes a `ggml_type` tensor over into a `method` package as it is
-    (`table`: the embedding / LM head)."""
-    types = (CARRIED_TABLE_TYPES if table else CARRIED_TYPES).get(method, ())
-    return mode in MODE_CONVERTERS and ggml_type in types
+def carry(ggml_type: str, raw: np.ndarray, k: int, bits: int, mapping=None) -> CarriedWeight:
+    """Map the stored bytes of a GGML weight (uint8 [N, bytes per row]) with K inputs to a `bits`-bit
+    MatMulNBits weight with `mapping` (a from_* function of this module; default the type's exact one)."""
+    return (mapping or EXACT[ggml_type])(_blocks(raw, ggml_type, k), bits)
 
 
-def carry(ggml_type: str, raw: np.ndarray, k: int, method: str, mode: str = "carry") -> CarriedWeight:
-    """Map the stored bytes of a GGML weight (uint8 [N, bytes per row]) with K inputs to MatMulNBits
-    for a `method` ("int4" | "int8") package; the caller checks `carries` first."""
-    bits = 4 if method == "int4" else 8
-    return MODE_CONVERTERS[mode][ggml_type](_blocks(raw, ggml_type, k), bits)
+def _float16_zero_points(scales: np.ndarray, offsets: np.ndarray) -> Optional[np.ndarray]:
+    """z = 8 - o / d per block (scales d and offsets o [N, nb]) as float16, or None when a block
+    cannot be written so (a zero scale under a nonzero offset, or z beyond float16)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zero_points = np.where(scales == 0, 8.0, 8.0 - offsets / scales).astype(np.float16)
+    if not np.isfinite(zero_points).all() or np.any((scales == 0) & (offsets != 0)):
+        return None
+    return zero_points
+
+
+def float16_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:
+    """A Q4_1 weight d * (q - 8) + o with the offsets o folded into float16 zero points:
+    d * (q - z), z = 8 - o / d = -m / d. In a float16 graph this is one MatMulNBits instead of
+    four nodes (twice as fast per linear on CUDA) and as precise as float16 offsets would be;
+    CPU kernels take float zero points on a slow path, so float32 graphs keep the offsets.
+    None when a block cannot be written so (see fits_float16_zero_points)."""
+    qw = cw.quantized
+    zero_points = _float16_zero_points(qw.scales, cw.offsets.T)
+    if zero_points is None:
+        return None
+    folded = QuantizedWeight(qw.packed, qw.scales, zero_points, qw.bits, qw.block_size, qw.k, qw.relative_error)
+    return CarriedWeight(folded, None, cw.ggml_type, cw.exact)
+
+
+def fits_float16_zero_points(raw: np.ndarray, k: int) -> bool:
+    """Whether every block of a stored Q4_1 weight (uint8 [N, bytes per row]) can hold its minimum
+    as a float16 zero point; reads the scales and minimums only."""
+    blocks = _blocks(raw, "Q4_1", k)
+    d = _fp16(blocks, 0)
+    return _float16_zero_points(d, _q4_1_offsets(d, _fp16(blocks, 2))) is not None
 
 
 def carried_dequantize(cw: CarriedWeight) -> np.ndarray:

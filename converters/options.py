@@ -9,7 +9,7 @@ from edgellama.errors import InvalidParameterError
 from edgellama.package import Quantization
 
 PROVIDERS = ("cpu", "cuda")
-GGUF_BLOCK_MODES = ("carry", "native", "zero_point", "requantize")    # see converters/carry.py
+GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see converters/formats.py
 DEFAULT_MAX_LENGTH = 4096
 
 
@@ -20,8 +20,11 @@ class ConvertOptions:
     activations, ("cuda",) float16 ones; force: replace an existing destination; progress:
     draw a progress bar over tensors on stderr; gguf_blocks: what an int4/int8 conversion of a
     GGUF file does with its Q8_0/Q4_0/Q4_1 blocks: "carry" them as they are (the default;
-    Q8_0/Q4_0 exact, Q4_1 offsets to two digits per row), "zero_point" (Q4_1 minimum rounded to an integer zero point: faster, inexact) or
-    "requantize" (dequantize and quantize again); see converters/carry.py."""
+    Q8_0/Q4_0 exact, Q4_1 offsets to two digits per row), "ops" (carry them, and compute Q4_1
+    blocks and 8-bit weights with edgellama's own ONNX Runtime operator library, edgellama._ops,
+    domain ai.edgellama: exact, CPU only), "zero_point" (Q4_1 minimum rounded to an integer zero
+    point: faster, inexact) or "requantize" (dequantize and quantize again); converters/plan.py
+    turns them into a plan per weight and layer."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
@@ -41,8 +44,8 @@ class ConvertOptions:
         object.__setattr__(self, "providers", providers)
         if self.gguf_blocks not in GGUF_BLOCK_MODES:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
-        if self.gguf_blocks == "native" and "cuda" in providers:
-            raise InvalidParameterError("gguf_blocks='native' runs on the CPU only (float32 graphs); "
+        if self.gguf_blocks == "ops" and "cuda" in providers:
+            raise InvalidParameterError("gguf_blocks='ops' runs on the CPU only (float32 graphs); "
                                         "use gguf_blocks='carry' for a CUDA package")
 
     @property

@@ -61,7 +61,9 @@ class Quantization:
     block_size: int = 32            # weights per scale (int4/int8)
     symmetric: bool = True          # False: a zero point per block
     accuracy_level: int = 4         # MatMulNBits: 4 = int8 activations on CPU
-    layout: dict = field(default_factory=dict, compare=False)   # weight kind -> how the converter stored it
+    # the converter's plan (converters/plan.py ConversionPlan.to_dict); packages converted before it was
+    # recorded hold weight kind -> {description: count}; read as data, never interpreted by the runtime
+    layout: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.method not in QUANT_METHODS:

@@ -55,7 +55,7 @@ def session_options(threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    ops.register(options)   # packages converted with gguf_blocks="native" compute with it
+    ops.register(options)   # packages converted with gguf_blocks="ops" compute with it
     return options
 
 

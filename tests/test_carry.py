@@ -10,14 +10,15 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType  # noqa: E402
-from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
+from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize  # noqa: E402
 
-from edgellama.converters.carry import (CARRIED_TYPES, carried_dequantize, carries, carry,  # noqa: E402
+from edgellama.converters.carry import (carried_dequantize, carry, from_q4_1_zero_point,  # noqa: E402
                                         stack)
+from edgellama.converters.formats import BLOCK_TYPES  # noqa: E402
 from edgellama.converters.quantize import unpack_nibbles  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
-from helpers.graph_runs import linear_model, stepwise_logits  # noqa: E402
+from helpers.graph_runs import build_context, linear_model, stepwise_logits  # noqa: E402
 from helpers.tiny_gguf import TINY, raw_blocks, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
 Q = GGMLQuantizationType
@@ -38,11 +39,12 @@ def test_mapping_equals_gguf_dequantize(qtype, method):
     weight = np.random.default_rng(1).standard_normal((24, 96)).astype(np.float32) * 0.1
     weight[3, :32] += 0.5        # a block far from zero: Q4_1's minimum matters
     raw = raw_blocks(weight, qtype)
-    if not carries("carry", method, qtype.name, table=True):
+    block = BLOCK_TYPES[qtype.name]
+    if method not in block.tables:
         assert method == "int8" and qtype == Q.Q4_1
         return
-    assert carries("carry", method, qtype.name) == (method == "int8" or qtype != Q.Q8_0)
-    cw = carry(qtype.name, raw, 96, method)
+    assert (method in block.layers) == (method == "int8" or qtype != Q.Q8_0)
+    cw = carry(qtype.name, raw, 96, 4 if method == "int4" else 8)
     expected = gguf_dequantize(raw, qtype).reshape(weight.shape)
     assert_same_weights(carried_dequantize(cw), expected, qtype.name)
     qw = cw.quantized
@@ -58,7 +60,7 @@ def test_nibbles_are_reordered_into_matmulnbits_order():
     block = np.zeros((1, 18), np.uint8)
     block[0, :2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
     block[0, 2:] = np.arange(16, dtype=np.uint8) | ((15 - np.arange(16, dtype=np.uint8)) << 4)
-    qw = carry("Q4_0", block, 32, "int4").quantized
+    qw = carry("Q4_0", block, 32, 4).quantized
     elements = unpack_nibbles(qw.packed, 32)[0, 0]
     assert elements.tolist() == list(range(16)) + list(range(15, -1, -1))
     assert qw.packed[0, 0, 0] == (0 | (1 << 4))
@@ -68,7 +70,7 @@ def test_q8_0_signed_bytes_shift_to_the_default_zero_point():
     block = np.zeros((1, 34), np.uint8)
     block[0, :2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
     block[0, 2:] = np.arange(-128, 128, 8, dtype=np.int8).view(np.uint8)
-    cw = carry("Q8_0", block, 32, "int4")
+    cw = carry("Q8_0", block, 32, 4)
     assert cw.quantized.packed[0, 0].tolist() == list(range(0, 256, 8))
     np.testing.assert_array_equal(carried_dequantize(cw)[0], 0.5 * np.arange(-128, 128, 8))
 
@@ -76,7 +78,7 @@ def test_q8_0_signed_bytes_shift_to_the_default_zero_point():
 def test_zero_point_mode_rounds_the_minimum():
     weight = np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32)
     raw = raw_blocks(weight, Q.Q4_1)
-    zp = carry("Q4_1", raw, 64, "int4", mode="zero_point")
+    zp = carry("Q4_1", raw, 64, 4, from_q4_1_zero_point)
     exact = gguf_dequantize(raw, Q.Q4_1).reshape(weight.shape)
     got = carried_dequantize(zp)
     assert not zp.exact and zp.offsets is None and zp.quantized.zero_points is not None
@@ -91,7 +93,7 @@ def test_zero_point_mode_rounds_the_minimum():
 def test_stacked_parts_keep_their_rows():
     rng = np.random.default_rng(3)
     parts = [rng.standard_normal((n, 64)).astype(np.float32) for n in (16, 8, 8)]
-    carried = stack([carry("Q4_1", raw_blocks(p, Q.Q4_1), 64, "int4") for p in parts])
+    carried = stack([carry("Q4_1", raw_blocks(p, Q.Q4_1), 64, 4) for p in parts])
     expected = np.concatenate([gguf_dequantize(raw_blocks(p, Q.Q4_1), Q.Q4_1).reshape(p.shape) for p in parts])
     assert_same_weights(carried_dequantize(carried), expected, "q|k|v")
 
@@ -99,14 +101,14 @@ def test_stacked_parts_keep_their_rows():
 def test_damaged_row_length_is_refused():
     from edgellama.errors import CheckpointError
     with pytest.raises(CheckpointError, match="Q4_1 row of 64 weights"):
-        carry("Q4_1", np.zeros((2, 41), np.uint8), 64, "int4")
+        carry("Q4_1", np.zeros((2, 41), np.uint8), 64, 4)
 
 
 def test_types_without_an_exact_mapping_are_not_carried():
-    assert not carries("carry", "int4", "Q4_K") and not carries("carry", "int4", "F16")
-    assert not carries("requantize", "int4", "Q4_1")
-    assert set(CARRIED_TYPES["int8"]) == {"Q8_0", "Q4_0"}
-    assert not carries("carry", "int4", "Q8_0") and carries("carry", "int4", "Q8_0", table=True)
+    assert "Q4_K" not in BLOCK_TYPES and "F16" not in BLOCK_TYPES
+    assert all("requantize" not in block.formats for block in BLOCK_TYPES.values())
+    assert {t for t, block in BLOCK_TYPES.items() if "int8" in block.layers} == {"Q8_0", "Q4_0"}
+    assert "int4" not in BLOCK_TYPES["Q8_0"].layers and "int4" in BLOCK_TYPES["Q8_0"].tables
 
 
 # --- tensors of the real file ----------------------------------------------------------------------
@@ -118,32 +120,33 @@ def test_real_file_tensors_are_carried_exactly(smollm2_gguf, name):
     with GGUFSource(smollm2_gguf) as source:
         ggml_type, data, shape = source.raw(name)
         assert ggml_type in ("Q8_0", "Q4_1")
-        cw = carry(ggml_type, data, shape[1], "int4")
+        cw = carry(ggml_type, data, shape[1], 4)
         assert_same_weights(carried_dequantize(cw), source.read(name), name)
 
 
 # --- the Q4_1 correction in ONNX Runtime ------------------------------------------------------------
 
-@pytest.mark.parametrize("names", [["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                                    "model.layers.0.self_attn.v_proj.weight"],
-                                   ["model.layers.1.mlp.down_proj.weight"]])
-def test_q4_1_offsets_ride_in_the_matmulnbits_input(tmp_path, names):
+@pytest.mark.parametrize("layer, kind", [(0, "qkv_proj"), (1, "down_proj")])
+def test_q4_1_offsets_ride_in_the_matmulnbits_input(tmp_path, layer, kind):
     """x -> block sums -> Concat [x | S | ...] -> one MatMulNBits: what the widened weight stands for is
     computed to float32 rounding, and it is the Q4_1 weight to within the digits' precision."""
     import onnxruntime as ort
 
-    from edgellama.converters.graph.linear import offsets_as_columns
+    from edgellama.converters.carry import CarriedWeight
+    from edgellama.converters.offset_columns import append_offset_columns
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0))
+        ctx, graph, planned, names = linear_model(tmp_path, source, layer, kind,
+                                                   Quantization("int4", accuracy_level=0))
         weight = np.concatenate([source.read(n) for n in names])
-        parts = [carry(*source.raw(n)[:2], weight.shape[1], "int4") for n in names]
+        parts = [carry(*source.raw(n)[:2], weight.shape[1], 4) for n in names]
     ops = [n.op_type for n in graph.nodes]
     assert ops == ["Reshape", "ReduceSum", "Concat", "MatMulNBits"]
-    assert list(ctx.layout["probe"]) == [
-        "GGUF Q4_1 blocks carried: int4 block 32 + block offsets as input columns (offsets to 2 base-14 digits)"]
-    effective = carried_dequantize(offsets_as_columns(stack(parts))[0])
+    assert (planned.format, planned.operator, planned.exact) == ("Q4_1 offset columns", "MatMulNBits", False)
+    exact = stack(parts)
+    columns = append_offset_columns(exact.quantized, exact.offsets)
+    effective = carried_dequantize(CarriedWeight(columns.quantized, None, "Q4_1", False, sum_copies=columns.copies))
     error = np.linalg.norm(effective - weight) / np.linalg.norm(weight)
     assert 0.0 < error < 0.01 and ctx.stats.summary()["probe"]["worst"] == pytest.approx(error, rel=1e-3)
     x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float32)
@@ -158,15 +161,13 @@ def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_p
     """CUDA packages (float16 graphs) hold the block minimums as float16 zero points: d * (q - z)."""
     import onnxruntime as ort
 
-    names = ["model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight"]
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4", accuracy_level=0),
-                                   io_dtype="float16")
+        ctx, graph, planned, names = linear_model(tmp_path, source, 0, "gate_up_proj",
+                                                   Quantization("int4", accuracy_level=0), providers=("cuda",))
         weight = np.concatenate([source.read(n) for n in names])
     assert [n.op_type for n in graph.nodes] == ["MatMulNBits"] and len(graph.nodes[0].input) == 4
-    assert list(ctx.layout["probe"]) == [
-        "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)"]
+    assert (planned.format, planned.bits, planned.source_types) == ("Q4_1 float16 zero points", 4, ("Q4_1",))
     x = np.random.default_rng(5).standard_normal((1, 3, weight.shape[1])).astype(np.float16)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     y = session.run(["y"], {"x": x})[0].astype(np.float32)
@@ -178,10 +179,11 @@ def test_q4_1_in_a_float16_graph_is_one_matmulnbits_with_float_zero_points(tmp_p
 def test_requantize_mode_writes_plain_matmulnbits(tmp_path):
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = linear_model(tmp_path, source, ["model.layers.0.mlp.up_proj.weight"],
-                                   Quantization("int4", accuracy_level=0), mode="requantize")
+        ctx, graph, planned, _ = linear_model(tmp_path, source, 0, "down_proj", Quantization("int4", accuracy_level=0),
+                                               mode="requantize")
     assert [n.op_type for n in graph.nodes] == ["MatMulNBits"]
-    assert ctx.layout["probe"] == {"int4 block 32 symmetric, quantized": 1} and ctx.stats.summary()["probe"]["worst"] > 0
+    assert (planned.format, planned.bits, planned.block_size, planned.exact) == ("quantized", 4, 32, False)
+    assert ctx.stats.summary()["probe"]["worst"] > 0
 
 
 # --- a whole package -------------------------------------------------------------------------------
@@ -192,6 +194,7 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
     offsets are written with 4 digits here, so that what is compared is the graph, not their rounding
     (a tiny random model turns the default 2 digits' 0.1% weight error into 2% of its logits)."""
     from edgellama.converters import ConvertOptions, convert, offset_columns
+    from edgellama.converters.plan import ConversionPlan
 
     monkeypatch.setattr(offset_columns, "DIGITS", 4)
 
@@ -200,14 +203,17 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
     int4 = convert(str(path), tmp_path / "int4",
                    ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64))
     fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
-    layout = json.loads((tmp_path / "int4" / "edgellama.json").read_text())["quantization"]["layout"]
-    carried = "GGUF Q4_1 blocks carried: int4 block 32 + block offsets as input columns (offsets to 4 base-14 digits)"
-    for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
-        assert layout[kind] == {carried: TINY["layers"]}, kind
-        assert 0.0 < int4.quantization_error[kind]["worst"] < 1e-4, kind
-    assert layout["lm_head"] == {"GGUF Q8_0 blocks carried: int8 block 32 (exact)": 1}
+    manifest = json.loads((tmp_path / "int4" / "edgellama.json").read_text())
+    plan = ConversionPlan.from_dict(manifest["quantization"]["layout"])
+    assert len(plan.layers) == TINY["layers"] and plan.tied == (not untied)
+    for layer in plan.layers:
+        for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+            assert getattr(layer.weights, kind).format == "Q4_1 offset columns", kind
+            assert 0.0 < int4.quantization_error[kind]["worst"] < 1e-4, kind
+    assert (plan.lm_head.format, plan.lm_head.operator, plan.lm_head.exact) == ("Q8_0", "MatMulNBits", True)
     assert int4.quantization_error["lm_head"]["worst"] == 0.0
-    assert fp32.info.quantization.layout == {}
+    fp32_plan = ConversionPlan.from_dict(fp32.info.quantization.layout)
+    assert {fp32_plan.layers[0].weights.down_proj.format, fp32_plan.embedding.format} == {"float32"}
     ids = np.random.default_rng(7).integers(0, 40, 12)
     a, b = stepwise_logits(tmp_path / "int4", ids), stepwise_logits(tmp_path / "fp32", ids)
     np.testing.assert_allclose(a, b, rtol=0, atol=3e-4 * float(np.abs(b).max()))
@@ -238,7 +244,7 @@ def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypa
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
         assert any(n.op_type == "MatMulNBits" and kind in n.name for n in after), kind
 
-    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside)
+    bound.model.replace(dec.model)          # the bound in the package's place (its data file beside), for _logits
     ids = np.random.default_rng(7).integers(0, 40, 6)
     a, b = stepwise_logits(tmp_path / "int4", ids), stepwise_logits(tmp_path / "fp32", ids)
     assert np.abs(a - b).max() > 1e-2 * np.abs(b).max()
@@ -257,8 +263,8 @@ def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
                                                          max_length=64, providers=("cuda",)))
     convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
     layout = json.loads((tmp_path / "cuda" / "edgellama.json").read_text())["quantization"]["layout"]
-    assert layout["down_proj"] == {
-        "GGUF Q4_1 blocks carried: int4 block 32 + float16 zero points (minimums to float16 precision)": TINY["layers"]}
+    assert [run["weights"]["down_proj"]["format"] for run in layout["layers"]] == ["Q4_1 float16 zero points"]
+    assert (layout["layers"][0]["first"], layout["layers"][0]["last"]) == (0, TINY["layers"] - 1)
     ids = np.random.default_rng(7).integers(0, 40, 12)
     a, b = stepwise_logits(tmp_path / "cuda", ids), stepwise_logits(tmp_path / "fp32", ids)
     # float16 activations alone (an fp16 --ep cuda package of the same file) differ from fp32 by
@@ -268,10 +274,11 @@ def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
 
 def test_q8_0_layers_are_requantized_for_int4_but_the_table_is_kept(tmp_path):
     from edgellama.converters import ConvertOptions, convert
+    from edgellama.converters.plan import ConversionPlan
 
     path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=8), Q.Q8_0, Q.Q8_0)
     report = convert(str(path), tmp_path / "int4", ConvertOptions(max_length=64))
-    layout = report.info.quantization.layout
-    assert layout["down_proj"] == {"int4 block 32 symmetric, quantized": TINY["layers"]}
-    assert layout["lm_head"] == {"GGUF Q8_0 blocks carried: int8 block 32 (exact)": 1}
+    plan = ConversionPlan.from_dict(report.info.quantization.layout)
+    assert {layer.weights.down_proj.format for layer in plan.layers} == {"quantized"}
+    assert (plan.lm_head.format, plan.lm_head.bits, plan.embedding.operator) == ("Q8_0", 8, "GatherBlockQuantized")
     assert report.quantization_error["down_proj"]["worst"] > 0 and report.quantization_error["lm_head"]["worst"] == 0

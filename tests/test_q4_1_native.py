@@ -1,6 +1,6 @@
 """The ONNX Runtime operators of ai.edgellama (native/ort_ops.c: MatMulQ4_1, MatMulQ8 and the Norm*
 forms with the residual add and RMS norm in front) compute inside a graph what the NumPy twin of
-the block products computes (tests/test_blocks_native.py); gguf_blocks="native" packages load,
+the block products computes (tests/test_blocks_native.py); gguf_blocks="ops" packages load,
 generate and say what they need."""
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from edgellama.errors import InvalidParameterError, PackageError
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
-from edgellama.converters.carry import carry  # noqa: E402
+from edgellama.converters.carry import carry, from_q4_1_blocks  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
 from helpers.blocks import random_blocks  # noqa: E402
-from helpers.graph_runs import linear_model, stepwise_logits  # noqa: E402
+from helpers.graph_runs import build_context, linear_model, stepwise_logits  # noqa: E402
 from helpers.tiny_gguf import TINY, raw_blocks, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
 needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
@@ -37,20 +37,18 @@ def _ops_session(path):
 
 @needs_ops
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_native_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
+def test_ops_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
     """x -> ai.edgellama:MatMulQ4_1 -> y over the stacked q|k|v blocks, equal to the twin's product
     of the same blocks, for one token (decode) and several (prefill)."""
-    names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-             "model.layers.0.self_attn.v_proj.weight"]
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
     with GGUFSource(path) as source:
-        ctx, graph = linear_model(tmp_path, source, names, Quantization("int4"), mode="native")
+        ctx, graph, planned, names = linear_model(tmp_path, source, 0, "qkv_proj", Quantization("int4"), mode="ops")
         raws = [source.raw(n) for n in names]
     [node] = graph.nodes
     assert (node.op_type, node.domain) == ("MatMulQ4_1", "ai.edgellama")
-    assert list(ctx.layout["probe"]) == [
-        "GGUF Q4_1 blocks carried: the file's blocks, computed by ai.edgellama operators (exact)"]
-    parts = [carry(t, data, shape[1], "int4", "native").blocks for t, data, shape in raws]
+    assert (planned.format, planned.operator, planned.exact) == ("Q4_1 blocks", "MatMulQ4_1", True)
+    assert ctx.stats.summary()["probe"]["worst"] == 0.0
+    parts = [carry(t, data, shape[1], 4, from_q4_1_blocks).blocks for t, data, shape in raws]
     qs, d, m = (np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m"))
     x = np.random.default_rng(5).standard_normal((1, tokens, qs.shape[1] * 32)).astype(np.float32)
     y = _ops_session(tmp_path / "model.onnx").run(["y"], {"x": x})[0]
@@ -62,27 +60,26 @@ def rms_normed(s: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
     return (s / np.sqrt((s.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * gamma).astype(np.float32)
 
 
-def _mlp_model(tmp_path, source, layer: int, project: bool):
-    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` (with o_proj in front
-    when `project`) -> (y, sum), in gguf_blocks "native"."""
-    from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
+def _mlp_model(tmp_path, source, layer: int):
+    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` as gguf_blocks "ops"
+    plans it -> (y, sum); returns (graph, the layer's plan)."""
+    from edgellama.converters.graph.context import ONNX_DTYPES
     from edgellama.converters.graph.layers import mlp
-    from edgellama.converters.graph.ops import ExternalData, Graph, save_model
+    from edgellama.converters.graph.ops import save_model
 
-    data = ExternalData(tmp_path / "model.onnx.data")
-    graph = Graph(data)
-    ctx = BuildContext(graph, source.config, Quantization("int4"), "float32", 64, source, gguf_blocks="native")
+    ctx = build_context(tmp_path, source, Quantization("int4"), "ops")
+    graph = ctx.graph
     for name in ("x", "residual"):
         graph.input(name, ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
-    for out in mlp(ctx, layer, "x", "residual", project=project):
+    for out in mlp(ctx, layer, "x", "residual", ctx.plan.layers[layer]):
         graph.output(out, ONNX_DTYPES["float32"], [1, "s", None])
-    data.close()
+    graph.data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
-    return graph
+    return graph, ctx.plan.layers[layer]
 
 
 def _blocks_of(source, names):
-    parts = [carry(t, data, shape[1], "int4", "native").blocks for t, data, shape in map(source.raw, names)]
+    parts = [carry(t, data, shape[1], 4, from_q4_1_blocks).blocks for t, data, shape in map(source.raw, names)]
     return [np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m")]
 
 
@@ -91,18 +88,22 @@ def _blocks_of(source, names):
 @pytest.mark.parametrize("project", [False, True])
 def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, tokens, project):
     """(o_proj, when the node also projects the attention output,) residual add, RMS norm, then
-    down(SiLU(gate x) * up x), against the twin's products."""
+    down(SiLU(gate x) * up x), against the twin's products. The node takes o_proj when the plan
+    computes o_proj with the same operator (here: unless o_proj is a Q8_0 tensor, requantized)."""
     hf = "model.layers.1.mlp"
-    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4), qtype=Q.Q4_1)
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4),
+                           qtype=lambda name: Q.Q4_1 if project or ".o_proj." not in name else Q.Q8_0)
     with GGUFSource(path) as source:
-        graph = _mlp_model(tmp_path, source, 1, project)
+        graph, plan = _mlp_model(tmp_path, source, 1)
         gate_up = _blocks_of(source, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"])
         down = _blocks_of(source, [f"{hf}.down_proj.weight"])
-        o = _blocks_of(source, ["model.layers.1.self_attn.o_proj.weight"])
+        o = _blocks_of(source, ["model.layers.1.self_attn.o_proj.weight"]) if project else None
         gamma = source.read("model.layers.1.post_attention_layernorm.weight")
         eps = source.config.rms_norm_eps
     [node] = graph.nodes
     op = "ProjectNormMlpQ4_1" if project else "NormMlpQ4_1"
+    assert (plan.mlp, plan.o_proj) == (op, "mlp" if project else "attention")
+    assert plan.weights.o_proj.operator == ("MatMulQ4_1" if project else "MatMulNBits")
     assert (node.op_type, node.domain, node.name) == (op, "ai.edgellama", f"/model/layers.1/mlp/{op}")
     rng = np.random.default_rng(6)
     x, residual = (rng.standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32) for _ in "xr")
@@ -122,7 +123,7 @@ def test_an_8_bit_head_is_one_operator_reading_the_embedding_table(tiny_packages
     """The tied Q8_0 table: gathered by the embedding, multiplied by ai.edgellama:MatMulQ8."""
     import onnx
 
-    graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(tiny_packages["ops"] / "model.onnx"), load_external_data=False).graph
     head = [n for n in graph.node if n.op_type == "MatMulQ8"]
     gather = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
     assert len(head) == 1 and head[0].domain == "ai.edgellama" and head[0].output[0] == "logits"
@@ -232,12 +233,12 @@ def test_the_operator_reports_a_wrong_input_width(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_packages(tmp_path_factory):
-    """The same tiny Q4_1 GGUF as a native, a carry (int8 activations too) and an fp32 package."""
+    """The same tiny Q4_1 GGUF as an ops, a carry (int8 activations too) and an fp32 package."""
     from edgellama.converters import ConvertOptions, convert
 
-    tmp = tmp_path_factory.mktemp("native")
+    tmp = tmp_path_factory.mktemp("ops")
     path = write_mixed_gguf(tmp / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
-    modes = {"native": dict(quantization=Quantization("int4"), gguf_blocks="native"),
+    modes = {"ops": dict(quantization=Quantization("int4"), gguf_blocks="ops"),
              "carry": dict(quantization=Quantization("int4")),
              "fp32": dict(quantization=Quantization("fp32"))}
     for name, kw in modes.items():
@@ -246,19 +247,24 @@ def tiny_packages(tmp_path_factory):
 
 
 @needs_ops
-def test_native_package_computes_what_the_carry_package_does(tiny_packages, monkeypatch):
+def test_ops_package_computes_what_the_carry_package_does(tiny_packages, monkeypatch):
     """Both round activations to int8 per block of 32 (MatMulNBits at accuracy level 4 too), so
     both sit at the same distance from the fp32 package; a wrong product would be far off."""
     import onnx
 
     from edgellama import session
+    from edgellama.converters.plan import ConversionPlan
 
     monkeypatch.setattr("onnxruntime.InferenceSession", _registering(session))
-    layout = json.loads((tiny_packages["native"] / "edgellama.json").read_text())["quantization"]["layout"]
-    native_op = "GGUF Q4_1 blocks carried: the file's blocks, computed by ai.edgellama operators (exact)"
+    manifest = json.loads((tiny_packages["ops"] / "edgellama.json").read_text())
+    plan = ConversionPlan.from_dict(manifest["quantization"]["layout"])
+    assert [(layer.qkv, layer.attention, layer.o_proj, layer.mlp) for layer in plan.layers] == [
+        ("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
+        ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (TINY["layers"] - 1)
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
-        assert layout[kind] == {native_op: TINY["layers"]}, kind
-    graph = onnx.load(str(tiny_packages["native"] / "model.onnx"), load_external_data=False).graph
+        assert {getattr(layer.weights, kind).format for layer in plan.layers} == {"Q4_1 blocks"}, kind
+    assert (plan.gguf_blocks, plan.lm_head.operator, plan.lm_head.format) == ("ops", "MatMulQ8", "Q8_0")
+    graph = onnx.load(str(tiny_packages["ops"] / "model.onnx"), load_external_data=False).graph
     ops_used = [n.op_type for n in graph.node]
     # per layer: (residual add + norm + qkv) | attention | (o_proj + residual add + norm + MLP);
     # layer 0's input norm has no residual to add and stays SimplifiedLayerNormalization
@@ -267,11 +273,11 @@ def test_native_package_computes_what_the_carry_package_does(tiny_packages, monk
     assert "ReduceSum" not in ops_used[1:] and "QuickGelu" not in ops_used
     assert ops_used.count("RotaryAttention") == TINY["layers"] and "GroupQueryAttention" not in ops_used
     ids = np.random.default_rng(7).integers(0, 40, 12)
-    native, carried, fp32 = (stepwise_logits(tiny_packages[k], ids) for k in ("native", "carry", "fp32"))
+    computed, carried, fp32 = (stepwise_logits(tiny_packages[k], ids) for k in ("ops", "carry", "fp32"))
     scale = float(np.abs(fp32).max())
-    err_native, err_carry = np.abs(native - fp32).max() / scale, np.abs(carried - fp32).max() / scale
-    assert err_native < 1.5 * err_carry and err_native < 0.2
-    assert (native.argmax(-1) == fp32.argmax(-1)).mean() >= (carried.argmax(-1) == fp32.argmax(-1)).mean() - 0.1
+    err_ops, err_carry = np.abs(computed - fp32).max() / scale, np.abs(carried - fp32).max() / scale
+    assert err_ops < 1.5 * err_carry and err_ops < 0.2
+    assert (computed.argmax(-1) == fp32.argmax(-1)).mean() >= (carried.argmax(-1) == fp32.argmax(-1)).mean() - 0.1
 
 
 def _registering(session_module):
@@ -286,42 +292,44 @@ def _registering(session_module):
 
 
 @needs_ops
-def test_native_package_generates_through_the_api(tiny_packages, monkeypatch):
+def test_ops_package_generates_through_the_api(tiny_packages, monkeypatch):
     """edgellama.load registers the library itself; greedy decoding follows the graph's own logits."""
     import edgellama
     from edgellama import session
 
-    model = edgellama.load(tiny_packages["native"], threads=1)
+    model = edgellama.load(tiny_packages["ops"], threads=1)
     prompt = [3, 17, 5, 22]
     result = model.generate(prompt, max_new_tokens=6, sampling=edgellama.SamplingParams(temperature=0.0))
     assert 1 <= len(result.token_ids) <= 6 and all(0 <= t < TINY["vocab"] for t in result.token_ids)
     monkeypatch.setattr("onnxruntime.InferenceSession", _registering(session))
     ids = np.array(prompt + list(result.token_ids[:-1]))
-    assert list(stepwise_logits(tiny_packages["native"], ids)[len(prompt) - 1:].argmax(-1)) == list(result.token_ids)
+    assert list(stepwise_logits(tiny_packages["ops"], ids)[len(prompt) - 1:].argmax(-1)) == list(result.token_ids)
 
 
-def test_a_native_package_without_the_library_says_what_to_do(tiny_packages, monkeypatch):
+def test_an_ops_package_without_the_library_says_what_to_do(tiny_packages, monkeypatch):
     import edgellama
 
     monkeypatch.setattr(ops, "library_path", lambda: None)
     with pytest.raises(PackageError, match="--gguf-blocks carry") as info:
-        edgellama.load(tiny_packages["native"], threads=1)
+        edgellama.load(tiny_packages["ops"], threads=1)
     assert isinstance(info.value, PackageError) and "model.onnx" in str(info.value)
     edgellama.load(tiny_packages["carry"], threads=1)       # other packages do not need it
 
 
-def test_native_mode_is_refused_for_cuda():
+def test_ops_mode_is_refused_for_cuda():
     from edgellama.converters import ConvertOptions
 
     with pytest.raises(InvalidParameterError, match="CPU only"):
-        ConvertOptions(gguf_blocks="native", providers=("cuda",))
+        ConvertOptions(gguf_blocks="ops", providers=("cuda",))
+    with pytest.raises(InvalidParameterError, match="must be one of"):
+        ConvertOptions(gguf_blocks="native")
 
 
 def test_carried_weight_keeps_the_file_fields():
     weight = np.random.default_rng(2).standard_normal((6, 64)).astype(np.float32)
     raw = raw_blocks(weight, Q.Q4_1)
     blocks = raw.reshape(6, 2, 20)
-    cw = carry("Q4_1", raw, 64, "int4", "native")
+    cw = carry("Q4_1", raw, 64, 4, from_q4_1_blocks)
     np.testing.assert_array_equal(cw.blocks.qs, blocks[..., 4:])
     np.testing.assert_array_equal(cw.blocks.d, blocks[..., :2].copy().view(np.uint16)[..., 0])
     np.testing.assert_array_equal(cw.blocks.m, blocks[..., 2:4].copy().view(np.uint16)[..., 0])

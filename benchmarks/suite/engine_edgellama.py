@@ -1,5 +1,5 @@
-"""edgellama packages converted from the source GGUF (int4 / int4-native / int8 / fp32; int4-native
-computes the file's Q4_1 and Q8_0 blocks with edgellama's own operators, gguf_blocks="native").
+"""edgellama packages converted from the source GGUF (int4 / int4-ops / int8 / fp32; int4-ops
+computes the file's Q4_1 and Q8_0 blocks with edgellama's own operator library, gguf_blocks="ops").
 
     speed:      load(max_length=capacity) -> fresh context -> prefill -> greedy sampler (native) -> decode
     perplexity: edgellama.evaluate over one window of the ids (the all-positions graph)
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .reference import source_gguf
 
-VARIANTS = ("int4", "int4-native", "int8", "fp32")
+VARIANTS = ("int4", "int4-ops", "int8", "fp32")
 
 
 def prepare(variant: str, settings) -> Path:

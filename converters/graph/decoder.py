@@ -15,13 +15,11 @@ from onnx import TensorProto
 from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, past_name, present_name
 from edgellama.rope import cos_sin_tables
 
+from ..plan import EMBED, LM_HEAD
 from .context import BuildContext
-from .layers import AttentionInputs, attention, mlp, projects_in_mlp, skip_rms_norm
-from .linear import (QuantizedRefs, carried_weight, embedding_quantized, float_table, gather_rows, is_quantized,
-                     linear, lm_head_float, matmul_nbits, quantized_weight, write_quantized)
-
-EMBED = "model.embed_tokens.weight"
-LM_HEAD = "lm_head.weight"
+from .layers import AttentionInputs, attention, mlp, skip_rms_norm
+from .linear import (embedding_quantized, float_weight, gather_rows, lm_head_float, load,
+                     matmul_nbits, product, write_quantized)
 
 
 def _declare_io(ctx: BuildContext) -> None:
@@ -59,35 +57,30 @@ def attention_inputs(ctx: BuildContext) -> AttentionInputs:
                            g.initializer("model.rotary.sin_cache", sin))
 
 
-def _quantized_table(ctx: BuildContext, scope: str, kind: str) -> QuantizedRefs:
-    """The embedding table in MatMulNBits layout: GGML blocks carried when allowed, else quantized."""
-    cw = carried_weight(ctx, [EMBED], kind, table=True, gathered=True)
-    if cw is not None:
-        return write_quantized(ctx, scope, cw.quantized)
-    return quantized_weight(ctx, scope, ctx.read(EMBED), kind)
-
-
 def _embedding(ctx: BuildContext):
-    """Token embeddings; returns (hidden states, what the LM head can reuse when tied)."""
-    scope = "/model/embed_tokens"
-    tied = ctx.config.tie_word_embeddings
-    if is_quantized(ctx):
-        refs = _quantized_table(ctx, "/lm_head" if tied else scope, "lm_head" if tied else "embed")
-        return embedding_quantized(ctx, scope, INPUT_IDS, refs), refs
-    name = float_table(ctx, "/lm_head" if tied else scope, ctx.read(EMBED))
-    return gather_rows(ctx, scope, INPUT_IDS, name), name
+    """Token embeddings; returns (hidden states, the table's initializers, which a tied LM head reuses).
+    A tied table is stored once, under the LM head's name."""
+    scope, plan = "/model/embed_tokens", ctx.plan
+    table_scope, kind = ("/lm_head", "lm_head") if plan.tied else (scope, "embed")
+    stored = load(ctx, [EMBED], plan.embedding, kind)
+    if plan.embedding.operator == "Gather":
+        name = float_weight(ctx, table_scope, stored.array, plan.embedding.bits)
+        return gather_rows(ctx, scope, INPUT_IDS, name), name
+    refs = write_quantized(ctx, table_scope, stored.quantized)
+    return embedding_quantized(ctx, scope, INPUT_IDS, refs), refs
 
 
-def _lm_head(ctx: BuildContext, x: str, tied) -> str:
-    """Logits from the last position's normed hidden state (`tied`: the embedding's weight, or None)."""
-    scope = "/lm_head"
-    if tied is None:
-        if is_quantized(ctx):
-            return linear(ctx, scope, x, [LM_HEAD], "lm_head", output=LOGITS, table=True)
-        tied = float_table(ctx, scope, ctx.read(LM_HEAD))
-    if isinstance(tied, QuantizedRefs):
-        return matmul_nbits(ctx, scope, x, tied, output=LOGITS)
-    return lm_head_float(ctx, scope, x, tied, output=LOGITS)
+def _lm_head(ctx: BuildContext, x: str, table) -> str:
+    """Logits from the last position's normed hidden state (`table`: the embedding's initializers,
+    which a tied head multiplies by)."""
+    scope, head = "/lm_head", ctx.plan.lm_head
+    if not ctx.plan.tied:
+        if head.operator != "Gemm":
+            return product(ctx, scope, x, [LM_HEAD], head, "lm_head", output=LOGITS)
+        table = float_weight(ctx, scope, load(ctx, [LM_HEAD], head, "lm_head").array, head.bits)
+    if head.operator == "Gemm":
+        return lm_head_float(ctx, scope, x, table, output=LOGITS)
+    return matmul_nbits(ctx, scope, x, table, head.operator, output=LOGITS)
 
 
 def _last_position(ctx: BuildContext, x: str, name: str) -> str:
@@ -100,23 +93,19 @@ def _last_position(ctx: BuildContext, x: str, name: str) -> str:
 
 
 def build_decoder(ctx: BuildContext) -> None:
-    """Emit the decoder graph into ctx.graph, reading each weight once.
+    """Emit the decoder graph into ctx.graph as ctx.plan says, reading each weight once.
 
         input_ids -> embed -> [layer 0 .. n-1] -> last position -> final norm -> lm_head -> logits
         layer i:  (x, residual) -> SkipRMSNorm -> attention -> SkipRMSNorm -> mlp -> (x, residual)
     """
-    cfg = ctx.config
     _declare_io(ctx)
     shared = attention_inputs(ctx)
-    hidden, tied = _embedding(ctx)
-    if not cfg.tie_word_embeddings:
-        tied = None
+    hidden, table = _embedding(ctx)
     residual, x = hidden, None
-    for i in range(cfg.num_layers):
-        fused = projects_in_mlp(ctx, i)        # o_proj inside the MLP's native node
-        attn, residual = attention(ctx, i, x, residual, shared, project=not fused)
-        x, residual = mlp(ctx, i, attn, residual, project=fused)
+    for i, layer in enumerate(ctx.plan.layers):
+        attn, residual = attention(ctx, i, x, residual, shared, layer)
+        x, residual = mlp(ctx, i, attn, residual, layer)
     x_last = _last_position(ctx, x, "hidden")
     residual_last = _last_position(ctx, residual, "residual")
     normed, _ = skip_rms_norm(ctx, "/model/norm", x_last, residual_last, "model.norm.weight")
-    _lm_head(ctx, normed, tied)
+    _lm_head(ctx, normed, table)

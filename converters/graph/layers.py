@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from edgellama.graph_contract import past_name, present_name
 
+from ..plan import LayerPlan, layer_tensors
 from .context import BuildContext
-from .linear import carried_weight, computes_q4_1_natively, linear, q41_initializers
+from .linear import block_initializers, load, product
 from .ops import EDGELLAMA_DOMAIN
 
 MS = "com.microsoft"
@@ -61,8 +62,8 @@ def input_norm(ctx: BuildContext, scope: str, x, residual: str, weight_name: str
     return skip_rms_norm(ctx, scope, x, residual, weight_name)
 
 
-def native_norm(ctx: BuildContext, op: str, scope: str, x: str, residual: str, weight_name: str,
-                weights: list, n: int) -> tuple[str, str]:
+def fused_norm(ctx: BuildContext, op: str, scope: str, x: str, residual: str, weight_name: str,
+               weights: list, n: int) -> tuple[str, str]:
     """Residual add, RMS norm and the product (N = n) in one node of edgellama's operator library:
 
         x --------\\
@@ -76,88 +77,72 @@ def native_norm(ctx: BuildContext, op: str, scope: str, x: str, residual: str, w
     return outs[0], outs[1]
 
 
+# attention operator -> (domain, inputs between q|k|v and the cache, attributes)
+ATTENTION = {"GroupQueryAttention": (MS, ["", ""], dict(do_rotary=1, rotary_interleaved=0, local_window_size=-1)),
+             "RotaryAttention": (EDGELLAMA_DOMAIN, [], {})}   # the same, without GQA's unused separate k and v
+
+
 def attention(ctx: BuildContext, layer: int, x, residual: str, shared: AttentionInputs,
-              project: bool = True) -> tuple[str, str]:
+              plan: LayerPlan) -> tuple[str, str]:
     """Input norm and self-attention of one layer with its KV cache; returns (output, residual).
 
         (x, residual) -> input norm -> qkv_proj (q|k|v packed) -> GroupQueryAttention (rotary) -> o_proj
                                            seqlens_k, total_length, cos/sin caches, past/present KV -^
-    (Q4_1 weights under gguf_blocks "native": the norm and qkv_proj are one node, see native_norm, and
-    attention is edgellama's RotaryAttention, native/ort_attention.c; project=False leaves o_proj to the
+    (plan.qkv a fused norm: the norm and qkv_proj are one node, see fused_norm; plan.attention
+    RotaryAttention: edgellama's, native/ort_attention.c; plan.o_proj "mlp": o_proj is in the
     MLP's node, see mlp)
     """
-    cfg, g = ctx.config, ctx.graph
-    scope, hf = f"/model/layers.{layer}/attn", f"model.layers.{layer}.self_attn"
-    norm_scope, gamma = f"/model/layers.{layer}/input_layernorm", f"model.layers.{layer}.input_layernorm.weight"
-    names = [f"{hf}.{p}_proj.weight" for p in "qkv"]
-    native = computes_q4_1_natively(ctx, names)
-    if x is not None and native:
-        cw = carried_weight(ctx, names, "qkv_proj")
-        qkv, residual = native_norm(ctx, "NormMatMulQ4_1", f"{scope}/qkv_proj", x, residual, gamma,
-                                    q41_initializers(ctx, f"{scope}/qkv_proj", cw), cw.blocks.qs.shape[0])
+    cfg, g, weights = ctx.config, ctx.graph, plan.weights
+    scope, gamma = f"/model/layers.{layer}/attn", f"model.layers.{layer}.input_layernorm.weight"
+    names = layer_tensors(layer, "qkv_proj")
+    if plan.qkv != weights.qkv_proj.operator:
+        stored = load(ctx, names, weights.qkv_proj, "qkv_proj")
+        qkv, residual = fused_norm(ctx, plan.qkv, f"{scope}/qkv_proj", x, residual, gamma,
+                                   block_initializers(ctx, f"{scope}/qkv_proj", stored), stored.n)
     else:
-        normed, residual = input_norm(ctx, norm_scope, x, residual, gamma)
-        qkv = linear(ctx, f"{scope}/qkv_proj", normed, names, "qkv_proj")
+        normed, residual = input_norm(ctx, f"/model/layers.{layer}/input_layernorm", x, residual, gamma)
+        qkv = product(ctx, f"{scope}/qkv_proj", normed, names, weights.qkv_proj, "qkv_proj")
     past = [past_name(layer, "key"), past_name(layer, "value")]
     rest = [shared.seqlens_k, shared.total_length, shared.cos_cache, shared.sin_cache]
-    if native:   # the same computation, without GroupQueryAttention's unused separate key and value
-        op, domain, inputs, options = "RotaryAttention", EDGELLAMA_DOMAIN, [qkv] + past + rest, {}
-    else:
-        op, domain, inputs = "GroupQueryAttention", MS, [qkv, "", ""] + past + rest
-        options = dict(do_rotary=1, rotary_interleaved=0, local_window_size=-1)
+    op = plan.attention
+    domain, between, options = ATTENTION[op]
     outputs = [f"{scope}/{op}/output_0", present_name(layer, "key"), present_name(layer, "value")]
-    attn = g.node(op, inputs, f"{scope}", outputs=outputs, domain=domain, num_heads=cfg.num_heads,
-                  kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim), **options)[0]
-    if not project:
+    attn = g.node(op, [qkv] + between + past + rest, f"{scope}", outputs=outputs, domain=domain,
+                  num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, scale=1.0 / math.sqrt(cfg.head_dim),
+                  **options)[0]
+    if plan.o_proj == "mlp":
         return attn, residual
-    return linear(ctx, f"{scope}/o_proj", attn, o_proj_names(layer), "o_proj"), residual
+    return product(ctx, f"{scope}/o_proj", attn, layer_tensors(layer, "o_proj"), weights.o_proj, "o_proj"), residual
 
 
-def o_proj_names(layer: int) -> list:
-    return [f"model.layers.{layer}.self_attn.o_proj.weight"]
-
-
-def mlp_names(layer: int) -> list:
-    """gate and up (stacked into one product), then down."""
-    hf = f"model.layers.{layer}.mlp"
-    return [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight", f"{hf}.down_proj.weight"]
-
-
-def projects_in_mlp(ctx: BuildContext, layer: int) -> bool:
-    """Whether the layer's o_proj, residual add, norm and MLP are one native node (ProjectNormMlpQ4_1)."""
-    return computes_q4_1_natively(ctx, o_proj_names(layer) + mlp_names(layer))
-
-
-def mlp(ctx: BuildContext, layer: int, x: str, residual: str, project: bool = False) -> tuple[str, str]:
+def mlp(ctx: BuildContext, layer: int, x: str, residual: str, plan: LayerPlan) -> tuple[str, str]:
     """Post-attention norm and SwiGLU feed-forward with gate and up in one matmul; returns
     (output, residual).
 
         (x, residual) -> SkipRMSNorm -> gate_up_proj -> Split -> gate -> QuickGelu(alpha=1) = SiLU -\\
                                                              \\-> up ---------------------------- Mul -> down_proj
-    (Q4_1 weights under gguf_blocks "native": all of it is one node, see native_norm; with project=True
-    x is the attention's output before o_proj, and o_proj is in that node too: ProjectNormMlpQ4_1)
+    (plan.mlp a fused operator: all of it is one node, see fused_norm; with plan.o_proj "mlp" x is
+    the attention's output before o_proj, and o_proj is in that node too: ProjectNormMlpQ4_1)
     """
-    g = ctx.graph
+    g, weights = ctx.graph, plan.weights
     scope = f"/model/layers.{layer}/mlp"
-    norm_scope = f"/model/layers.{layer}/post_attention_layernorm"
     gamma = f"model.layers.{layer}.post_attention_layernorm.weight"
     ff = ctx.config.intermediate_size
-    names = mlp_names(layer)
-    gate_up_names, down_names = names[:2], names[2:]
-    if project or computes_q4_1_natively(ctx, names):
-        gate_up = carried_weight(ctx, gate_up_names, "gate_up_proj")
-        down = carried_weight(ctx, down_names, "down_proj")
-        weights = q41_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + q41_initializers(
+    if plan.mlp != "SwiGLU":
+        gate_up = load(ctx, layer_tensors(layer, "gate_up_proj"), weights.gate_up_proj, "gate_up_proj")
+        down = load(ctx, layer_tensors(layer, "down_proj"), weights.down_proj, "down_proj")
+        inputs = block_initializers(ctx, f"{scope}/gate_up_proj", gate_up) + block_initializers(
             ctx, f"{scope}/down_proj", down)
-        if not project:
-            return native_norm(ctx, "NormMlpQ4_1", scope, x, residual, gamma, weights, down.k)
-        o_scope = f"/model/layers.{layer}/attn/o_proj"
-        o = q41_initializers(ctx, o_scope, carried_weight(ctx, o_proj_names(layer), "o_proj"))
-        return native_norm(ctx, "ProjectNormMlpQ4_1", scope, x, residual, gamma, o + weights, down.k)
-    normed, residual = skip_rms_norm(ctx, norm_scope, x, residual, gamma)
-    gate_up = linear(ctx, f"{scope}/gate_up_proj", normed, gate_up_names, "gate_up_proj")
+        if plan.o_proj == "mlp":
+            o = load(ctx, layer_tensors(layer, "o_proj"), weights.o_proj, "o_proj")
+            inputs = block_initializers(ctx, f"/model/layers.{layer}/attn/o_proj", o) + inputs
+        return fused_norm(ctx, plan.mlp, scope, x, residual, gamma, inputs, down.k)
+    normed, residual = skip_rms_norm(ctx, f"/model/layers.{layer}/post_attention_layernorm", x, residual, gamma)
+    gate_up = product(ctx, f"{scope}/gate_up_proj", normed, layer_tensors(layer, "gate_up_proj"),
+                      weights.gate_up_proj, "gate_up_proj")
     sizes = g.constant(f"/model/constants/split_{ff}_{ff}", [ff, ff])
     gate, up = g.node("Split", [gate_up, sizes], f"{scope}/gate_up_split", outputs=2, axis=-1)
     act = g.op("QuickGelu", [gate], f"{scope}/act", domain=MS, alpha=1.0)
     prod = g.op("Mul", [act, up], f"{scope}/act_mul")
-    return linear(ctx, f"{scope}/down_proj", prod, down_names, "down_proj"), residual
+    return product(ctx, f"{scope}/down_proj", prod, layer_tensors(layer, "down_proj"), weights.down_proj,
+                   "down_proj"), residual

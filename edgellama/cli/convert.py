@@ -1,5 +1,5 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--gguf-blocks carry|native|zero_point|requantize] [--force] [--eval FILE]`: a checkpoint
+[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--force] [--eval FILE]`: a checkpoint
 (HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
 
 With --eval FILE the source is also converted to a float32 package in a temporary folder (the
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import ModelNotFoundError
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
-GGUF_BLOCK_MODES = ("carry", "native", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
+GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="execution provider to build for: cpu (float32) or cuda (float16)")
     parser.add_argument("--gguf-blocks", choices=GGUF_BLOCK_MODES, default="carry",
                         help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks as they are (default), "
-                             "carry them and compute Q4_1 with edgellama's own CPU operator (native: faster "
-                             "decode; the package then loads with edgellama only), round Q4_1 minimums to "
-                             "integer zero points, or requantize")
+                             "carry them and compute Q4_1 and 8-bit blocks with edgellama's own ONNX Runtime "
+                             "operator library (ops: exact, faster decode, CPU only; the package then loads with "
+                             "edgellama only), round Q4_1 minimums to integer zero points, or requantize")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",

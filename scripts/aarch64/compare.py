@@ -8,7 +8,7 @@ logits of the prompt for the "int4" and "fp32" packages). Exit code 1 when:
 - the fp32 logits differ by more than FP32_TOLERANCE (both machines run the same float graph: only
   the summation order differs);
 - the int4 next-token distribution of aarch64 is farther than INT4_MAX_KL from the host's;
-- the emulated logits hold a "native" package (--gguf-blocks native: edgellama's operator library on
+- the emulated logits hold an "ops" package (--gguf-blocks ops: edgellama's operator library on
   its plain C path) whose distribution is farther than INT4_MAX_KL from the host's fp32 one (the host
   run uses no compiled code, so it cannot load that package itself).
 The int4 kernels (MatMulNBits with int8 activations) are not the same code on the two machines, so
@@ -76,12 +76,12 @@ def check_logits(emu: dict, host: dict) -> list[str]:
           f"host {kl(host['fp32'], host['int4']):.4f}, aarch64 {kl(emu['fp32'], emu['int4']):.4f}")
     if not int4_kl <= INT4_MAX_KL:
         problems.append(f"int4 next-token KL {int4_kl:.3g} > {INT4_MAX_KL:g}")
-    if "native" in emu:
-        native_kl = kl(host["fp32"], emu["native"])
-        print(f"native int4 (operator library) next-token KL(host fp32 || aarch64) = {native_kl:.4f} "
+    if "ops" in emu:
+        ops_kl = kl(host["fp32"], emu["ops"])
+        print(f"ops int4 (operator library) next-token KL(host fp32 || aarch64) = {ops_kl:.4f} "
               f"(limit {INT4_MAX_KL:g}); host int4 against host fp32: {kl(host['fp32'], host['int4']):.4f}")
-        if not native_kl <= INT4_MAX_KL:
-            problems.append(f"native int4 next-token KL {native_kl:.3g} > {INT4_MAX_KL:g}")
+        if not ops_kl <= INT4_MAX_KL:
+            problems.append(f"ops int4 next-token KL {ops_kl:.3g} > {INT4_MAX_KL:g}")
     return problems
 
 

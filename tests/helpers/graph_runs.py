@@ -1,12 +1,13 @@
 """ONNX graphs and packages run directly in ONNX Runtime, below the edgellama runtime, for the
 converter and native-operator tests.
 
-    from helpers.graph_runs import linear_model, stepwise_logits
-    ctx, graph = linear_model(tmp_path, source, ["model.layers.0.mlp.up_proj.weight"], Quantization("int4"))
+    from helpers.graph_runs import build_context, linear_model, stepwise_logits
+    ctx = build_context(tmp_path, source, Quantization("int4"))    # the plan and an empty graph
+    ctx, graph, weight, names = linear_model(tmp_path, source, 0, "gate_up_proj", Quantization("int4"))
     logits = stepwise_logits(package_folder, ids)      # [len(ids), vocab], one token per run
 
-`linear_model` writes tmp_path/model.onnx: x [1, tokens, K] -> the converter's `linear` of the named
-weights -> y, and returns the build context (layout, error statistics) and the graph.
+`linear_model` writes tmp_path/model.onnx: x [1, tokens, K] -> the planned product of one weight of
+one layer -> y, and returns the build context, the graph, that weight's plan and its tensor names.
 `stepwise_logits` feeds a package's model.onnx one token at a time through its KV cache.
 """
 from __future__ import annotations
@@ -14,22 +15,38 @@ from __future__ import annotations
 import numpy as np
 
 
-def linear_model(tmp_path, source, names, quantization, mode="carry", io_dtype="float32"):
-    """A graph x [1, tokens, K] -> linear(names) -> y, built with the converter's own functions."""
-    from edgellama.converters.graph.context import ONNX_DTYPES, BuildContext
-    from edgellama.converters.graph.linear import linear
-    from edgellama.converters.graph.ops import ExternalData, Graph, save_model
+def build_context(tmp_path, source, quantization, mode="carry", providers=("cpu",)):
+    """The converter's plan for `source` and a BuildContext over an empty graph that writes to tmp_path."""
+    from edgellama.converters import ConvertOptions
+    from edgellama.converters.graph.context import BuildContext
+    from edgellama.converters.graph.ops import ExternalData, Graph
+    from edgellama.converters.plan import plan_conversion
+    from edgellama.converters.sources.tensors import SourceTensors
 
-    data = ExternalData(tmp_path / "model.onnx.data")
-    graph = Graph(data)
-    ctx = BuildContext(graph, source.config, quantization, io_dtype, 64, source, gguf_blocks=mode)
-    k = source.read(names[0]).shape[1]
-    graph.input("x", ONNX_DTYPES[io_dtype], [1, "s", k])
-    linear(ctx, "/probe", "x", names, "probe", output="y")
-    graph.output("y", ONNX_DTYPES[io_dtype], [1, "s", None])
-    data.close()
+    options = ConvertOptions(quantization=quantization, providers=providers, gguf_blocks=mode)
+    tensors = SourceTensors(source)
+    graph = Graph(ExternalData(tmp_path / "model.onnx.data"))
+    return BuildContext(graph, source.config, quantization, options.io_dtype, 64, tensors,
+                        plan_conversion(options, tensors))
+
+
+def linear_model(tmp_path, source, layer, kind, quantization, mode="carry", providers=("cpu",)):
+    """A graph x [1, tokens, K] -> the planned product of weight `kind` of `layer` -> y, built with the
+    converter's own functions; returns (context, graph, that weight's plan, its source tensor names)."""
+    from edgellama.converters.graph.context import ONNX_DTYPES
+    from edgellama.converters.graph.linear import product
+    from edgellama.converters.graph.ops import save_model
+    from edgellama.converters.plan import layer_tensors
+
+    ctx = build_context(tmp_path, source, quantization, mode, providers)
+    names, weight = layer_tensors(layer, kind), getattr(ctx.plan.layers[layer].weights, kind)
+    graph, dtype = ctx.graph, ONNX_DTYPES[ctx.io_dtype]
+    graph.input("x", dtype, [1, "s", source.read(names[0]).shape[1]])
+    product(ctx, "/probe", "x", names, weight, "probe", output="y")
+    graph.output("y", dtype, [1, "s", None])
+    graph.data.close()
     save_model(graph.model(), tmp_path / "model.onnx")
-    return ctx, graph
+    return ctx, graph, weight, names
 
 
 def stepwise_logits(package, ids):

@@ -1,0 +1,206 @@
+"""The conversion plan: every decision about how the package stores and computes each weight and
+how each layer is built, made once from the options, the source's tensor types and shapes and
+the target providers, before any node is emitted. converters/graph/ only emits what it says, and
+edgellama.json's quantization.layout is the plan itself (ConversionPlan.to_dict).
+
+    plan = plan_conversion(options, tensors)
+    plan.layers[3].attention             "GroupQueryAttention" | "RotaryAttention"
+    plan.layers[3].weights.qkv_proj      WeightPlan(format="Q4_1 blocks", operator="MatMulQ4_1", ...)
+
+Per weight (WeightPlan): a format of converters/formats.py (GGUF blocks taken over where the mode,
+the method and the block type allow, else quantized or float values) and the operator that
+multiplies by it; "ops" mode computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
+Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
+library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4_1, not in layer
+0, which has no residual to add) and attention is RotaryAttention; when gate|up and down are, the
+MLP is one node (NormMlpQ4_1), which also takes o_proj when o_proj is computed the same way
+(ProjectNormMlpQ4_1, o_proj "mlp").
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Optional
+
+from edgellama.errors import PackageError
+
+from .carry import GGML_BLOCK
+from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, QUANT_BITS
+from .options import ConvertOptions
+
+EMBED = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+# the weights of a layer: source tensors stacked along N into one product
+LAYER_WEIGHTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                 "o_proj": ("self_attn.o_proj",),
+                 "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+                 "down_proj": ("mlp.down_proj",)}
+EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized"}
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The fused forms of one product operator of edgellama's library (ai.edgellama)."""
+    norm: str            # residual add + RMS norm + the product (q|k|v)
+    mlp: str             # residual add + RMS norm + gate|up, SiLU * up, down
+    project_mlp: str     # o_proj in front of `mlp`
+    attention: str       # the attention operator beside them
+
+
+FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1", "RotaryAttention")}
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """How one weight (source tensors stacked along N) is stored and which node uses it."""
+    format: str                      # a row of formats.FORMATS
+    operator: str                    # the node that uses it (a product, Gemm, Gather, GatherBlockQuantized)
+    bits: int                        # 32 / 16 for float formats
+    block_size: Optional[int]        # weights per scale; None for float formats
+    exact: bool                      # the package computes with the source's numbers
+    source_types: tuple = ()         # GGML types of the source tensors (none for float checkpoints)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """The plans of a layer's four products (the statistics' kinds are these names)."""
+    qkv_proj: WeightPlan
+    o_proj: WeightPlan
+    gate_up_proj: WeightPlan
+    down_proj: WeightPlan
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Which nodes make one decoder layer."""
+    qkv: str             # the node computing q|k|v: its product operator, or a fused norm (FUSED norm)
+    attention: str       # GroupQueryAttention | RotaryAttention
+    o_proj: str          # "attention": its own product after attention; "mlp": inside the MLP's node
+    mlp: str             # "SwiGLU" (norm, gate_up, Split, SiLU, Mul, down) | a fused MLP operator
+    weights: LayerWeights
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """Everything plan_conversion decided; graph/ emits it and edgellama.json records it (to_dict)."""
+    gguf_blocks: str
+    embedding: WeightPlan            # the table the embedding gathers rows of
+    lm_head: WeightPlan
+    tied: bool                       # the LM head multiplies by the embedding's table (one copy)
+    layers: tuple                    # LayerPlan per layer
+
+    def to_dict(self) -> dict:
+        """The plan as JSON data; runs of equal layers are written once with their first and last index."""
+        runs = []
+        for i, layer in enumerate(self.layers):
+            if runs and runs[-1][1] == layer:
+                runs[-1][0][1] = i
+            else:
+                runs.append(([i, i], layer))
+        return {"gguf_blocks": self.gguf_blocks, "tied": self.tied, "embedding": asdict(self.embedding),
+                "lm_head": asdict(self.lm_head),
+                "layers": [{"first": first, "last": last, **asdict(layer)} for (first, last), layer in runs]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConversionPlan":
+        """The plan a package records (to_dict); PackageError when `data` is not one (packages
+        converted before the plan was recorded hold weight kind -> description counts)."""
+        try:
+            layers = []
+            for run in data["layers"]:
+                weights = LayerWeights(**{k: _weight_from(v) for k, v in run["weights"].items()})
+                layer = LayerPlan(**{f.name: run[f.name] for f in fields(LayerPlan) if f.name != "weights"},
+                                  weights=weights)
+                layers += [layer] * (run["last"] - run["first"] + 1)
+            return cls(data["gguf_blocks"], _weight_from(data["embedding"]), _weight_from(data["lm_head"]),
+                       data["tied"], tuple(layers))
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise PackageError(f"the layout record is not a conversion plan ({exc})") from None
+
+
+def _weight_from(data: dict) -> WeightPlan:
+    return WeightPlan(**{**data, "source_types": tuple(data["source_types"])})
+
+
+def layer_tensors(layer: int, kind: str) -> list:
+    """The source tensors of weight `kind` of layer `layer`, in the order they are stacked."""
+    return [f"model.layers.{layer}.{part}.weight" for part in LAYER_WEIGHTS[kind]]
+
+
+class _Planner:
+    """plan_conversion's steps over one source (tensors: converters/sources/tensors.SourceTensors)."""
+
+    def __init__(self, options: ConvertOptions, tensors):
+        self.tensors = tensors
+        self.q = options.quantization
+        self.mode = options.gguf_blocks
+        self.float16 = options.io_dtype == "float16"
+
+    def carried(self, names: list, types: tuple, table: bool, gathered: bool) -> Optional[str]:
+        """The format the named tensors' blocks are taken over in, or None (they are not)."""
+        q = self.q
+        if q.method not in QUANT_BITS or q.block_size != GGML_BLOCK or not q.symmetric or len(set(types)) != 1:
+            return None
+        block = BLOCK_TYPES.get(types[0])
+        if block is None or q.method not in (block.tables if table else block.layers):
+            return None
+        name = (block.float16 if self.float16 else {}).get(self.mode, block.formats.get(self.mode))
+        if name is None:
+            return None
+        form = FORMATS[name]
+        if form.fits is not None and not all(form.fits(self.tensors.raw(n, count=False)[1], self.tensors.shape(n)[1])
+                                             for n in names):
+            name = form.fallback
+        return None if gathered and not FORMATS[name].gatherable else name
+
+    def operator(self, name: str, bits: int, block_size: Optional[int], k: int) -> str:
+        """The product of x by a weight stored in format `name`; mode "ops" (float32 graphs) computes an
+        8-bit MatMulNBits weight in blocks of 32 without zero points with ai.edgellama:MatMulQ8."""
+        form = FORMATS[name]
+        if (self.mode == "ops" and not self.float16 and form.storage == "nbits" and bits == 8
+                and block_size == GGML_BLOCK and not form.zero_points and k % GGML_BLOCK == 0):
+            return "MatMulQ8"
+        return form.operator
+
+    def weight(self, names: list, table: bool = False, gathered: bool = False) -> WeightPlan:
+        """How the named source tensors (stacked along N) are stored and multiplied."""
+        types = tuple(self.tensors.ggml_type(n) for n in names)
+        name = self.carried(names, types, table, gathered)
+        if name is None and self.q.method in QUANT_BITS:
+            name = "quantized" if self.q.symmetric else "quantized asymmetric"
+        elif name is None:
+            name = f"float{FLOAT_BITS[self.q.method]}"
+        form = FORMATS[name]
+        bits = form.bits or QUANT_BITS[self.q.method]
+        block_size = None if form.storage == "float" else (GGML_BLOCK if form.source else self.q.block_size)
+        operator = self.operator(name, bits, block_size, self.tensors.shape(names[0])[1])
+        return WeightPlan(name, operator, bits, block_size, form.exact,
+                          tuple(dict.fromkeys(t for t in types if t is not None)))
+
+    def layer(self, index: int) -> LayerPlan:
+        w = LayerWeights(**{kind: self.weight(layer_tensors(index, kind)) for kind in LAYER_WEIGHTS})
+        qkv = FUSED.get(w.qkv_proj.operator)
+        mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
+        project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
+        return LayerPlan(qkv=qkv.norm if qkv and index > 0 else w.qkv_proj.operator,
+                         attention=qkv.attention if qkv else "GroupQueryAttention",
+                         o_proj="mlp" if project else "attention",
+                         mlp=(mlp.project_mlp if project else mlp.mlp) if mlp else "SwiGLU", weights=w)
+
+    def head(self, weight: WeightPlan) -> WeightPlan:
+        """The LM head's plan: a float table is multiplied by Gemm."""
+        return weight if FORMATS[weight.format].storage != "float" else replace(weight, operator="Gemm")
+
+    def plan(self) -> ConversionPlan:
+        tied = self.tensors.config.tie_word_embeddings
+        table = self.weight([EMBED], table=True, gathered=True)
+        embedding = replace(table, operator=EMBEDDING_OPERATORS[FORMATS[table.format].storage])
+        lm_head = self.head(table if tied else self.weight([LM_HEAD], table=True))
+        layers = tuple(self.layer(i) for i in range(self.tensors.config.num_layers))
+        return ConversionPlan(self.mode, embedding, lm_head, tied, layers)
+
+
+def plan_conversion(options: ConvertOptions, tensors) -> ConversionPlan:
+    """The plan for converting the source behind `tensors` (sources/tensors.SourceTensors) with `options`.
+    Reads tensor types and shapes; reads stored blocks only where a format depends on their values
+    (formats.Format.fits)."""
+    return _Planner(options, tensors).plan()

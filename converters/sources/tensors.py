@@ -1,0 +1,67 @@
+"""The tensors a conversion needs from a source, checked against its config: all present (checked
+when made), each of the shape the config implies (checked when read)."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from edgellama.errors import CheckpointError
+
+from . import Source, expected_tensor_shapes
+
+
+class SourceTensors:
+    """read(name): float32 values; raw(name): a GGUF tensor's stored blocks; ggml_type(name): its type
+    (None for sources that keep no blocks). `on_tensor(name)` is called once per tensor read for
+    the package (progress)."""
+
+    def __init__(self, source: Source, on_tensor: Optional[Callable[[str], None]] = None):
+        self.source = source
+        self.config = source.config
+        self.on_tensor = on_tensor
+        self._shapes = expected_tensor_shapes(self.config)
+        available = set(source.tensor_names())
+        missing = [name for name in self._shapes if name not in available]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise CheckpointError(f"{source.name}: tensor {missing[0]!r} is missing from the checkpoint "
+                                  f"(missing: {', '.join(missing[:3])}{more}); is it a complete Llama checkpoint?")
+
+    @property
+    def count(self) -> int:
+        """How many tensors the package reads."""
+        return len(self._shapes)
+
+    def shape(self, name: str) -> tuple:
+        return self._shapes[name]
+
+    def _counted(self, name: str) -> None:
+        if self.on_tensor is not None:
+            self.on_tensor(name)
+
+    def ggml_type(self, name: str) -> Optional[str]:
+        """The GGML type name of one weight, or None when the source keeps no quantized blocks."""
+        ggml_type = getattr(self.source, "ggml_type", None)
+        return None if ggml_type is None else ggml_type(name)
+
+    def raw(self, name: str, count: bool = True) -> tuple:
+        """(GGML type name, stored bytes uint8 [rows, bytes per row], shape) of one weight of a source
+        that keeps quantized blocks (GGUF); `count`: the package reads it (not a look by the plan)."""
+        ggml_type, data, shape = self.source.raw(name)
+        if tuple(shape) != self._shapes[name]:
+            raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(shape)}, "
+                                  f"the config implies {self._shapes[name]}; the checkpoint does not match its config")
+        if count:
+            self._counted(name)
+        return ggml_type, data, tuple(shape)
+
+    def read(self, name: str) -> np.ndarray:
+        """One float32 weight from the source, shape-checked against the config."""
+        array = self.source.read(name)
+        expected = self._shapes[name]
+        if tuple(array.shape) != expected:
+            raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(array.shape)}, "
+                                  f"the config implies {expected}; the checkpoint does not match its config.json")
+        self._counted(name)
+        return np.asarray(array, dtype=np.float32)
