@@ -4,7 +4,7 @@
     float      MatMul(x, W^T)                                   W^T [K, N] in the format's dtype
                (float16 weights under float32 activations get a Cast to float first)
     nbits      MatMulNBits(x, B, scales[, zero_points])         MatMulNBits layout
-               (Q4_1 offset columns: x widened by its block sums first, see carried_nbits;
+               (Q4_1 offset columns: x widened by its block sums first, see nbits_product;
                operator MatMulQ8: ai.edgellama:MatMulQ8 reads the same initializers)
     blocks     ai.edgellama:MatMulQ4_1(x, qs, d, m)             the file's own blocks (native/ort_ops.c)
 

@@ -9,6 +9,9 @@ never has to be held in memory whole.
       *.gguf file                   -> gguf.GGUFSource
       None or "smollm2-135m"        -> the bundled default GGUF (edgellama.defaults)
       "org/name" (not a local path) -> hub.download(...) then hf.HFSource
+
+tensors.SourceTensors wraps an open source for a conversion: every tensor the config implies is
+present, and each is read at the shape it implies.
 """
 from __future__ import annotations
 
