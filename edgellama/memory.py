@@ -23,6 +23,8 @@ import numpy as np
 
 from .errors import ContextOverflowError
 
+STATUS = "/proc/self/status"
+
 
 def proc_bytes(path: str, key: str) -> Optional[int]:
     """The value of the `key:` line of a /proc file (in kB there) in bytes; None where there is none."""
@@ -44,7 +46,7 @@ def peak_rss_bytes() -> int:
     ru_maxrss (bytes on macOS, KiB on other systems), which on some systems also keeps the peak of
     the process image exec replaced.
     """
-    peak = proc_bytes("/proc/self/status", "VmHWM")
+    peak = proc_bytes(STATUS, "VmHWM")
     if peak is not None:
         return peak
     scale = 1 if platform.system() == "Darwin" else 1024
@@ -53,7 +55,7 @@ def peak_rss_bytes() -> int:
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now, in bytes (Linux VmRSS; 0 where there is no /proc)."""
-    return proc_bytes("/proc/self/status", "VmRSS") or 0
+    return proc_bytes(STATUS, "VmRSS") or 0
 
 
 def available_memory() -> Optional[int]:

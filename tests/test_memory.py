@@ -59,8 +59,9 @@ def test_peak_starts_afresh_at_exec():
 def test_readings_in_bytes_agree_with_each_other():
     peak, now = memory.peak_rss_bytes(), memory.current_rss_bytes()
     assert 0 < now <= peak
-    # ru_maxrss (KiB on Linux) is at least the VmHWM of this image
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 >= peak
+    # ru_maxrss (KiB on Linux) is the VmHWM of this image, read through the kernel's per-thread RSS
+    # counters, which lag the /proc reading by up to a few hundred KiB
+    assert abs(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak) < 4 * MIB
 
 
 @linux_only

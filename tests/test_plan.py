@@ -17,8 +17,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
-from test_carry import write_mixed_gguf  # noqa: E402
-from test_gguf import TINY, tiny_hf_weights, write_tiny_gguf  # noqa: E402
+from helpers.tiny_gguf import TINY, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
 KINDS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 Q4_1_OFFSETS = WeightPlan("Q4_1 offset columns", "MatMulNBits", 4, 32, False, ("Q4_1",))
@@ -34,7 +33,7 @@ def q4_1_gguf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
-    from tiny import make_tiny_llama
+    from helpers.tiny_llama import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("plan-hf") / "ckpt")
 
