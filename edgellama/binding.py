@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .device_argmax import DeviceArgmax, argmax_session
-from .graph_contract import IO_DTYPES
+from .graph_contract import ATTENTION_MASK, INPUT_IDS, IO_DTYPES, LOGITS, past_name, present_name
 from .providers import PROVIDERS, provider_options
 from .native import backend
 
@@ -72,8 +72,8 @@ class StepBinding:
                     value = ort.OrtValue.ortvalue_from_numpy(array)
                 else:
                     value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, 0)
-                self._binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
-                self._binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+                self._binding.bind_ortvalue_input(past_name(i, kind), value)
+                self._binding.bind_ortvalue_output(present_name(i, kind), value)
                 self._kv.append(value)
         self._bound_ids = 0   # length of the input_ids view bound last (the buffer never moves); -1: device ids
         self._run_options = ort.RunOptions()
@@ -84,7 +84,7 @@ class StepBinding:
         self._fetched = False     # whether `logits` holds the last run's row
         self._argmax = None       # the device argmax of this context's logits, when there is one
         if device is None:
-            self._binding.bind_output("logits", "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
+            self._binding.bind_output(LOGITS, "cpu", 0, dtype, [1, 1, vocab_size], self._raw_logits.ctypes.data)
             return
         self._step_id = np.zeros((1, 1), dtype=np.int64)
         self._step_ids = ort.OrtValue.ortvalue_from_shape_and_type([1, 1], np.int64, device, 0)
@@ -92,7 +92,7 @@ class StepBinding:
         self._mask_host = np.zeros((1, capacity), dtype=np.int64)   # what _step_mask holds
         self._mask_length = 0
         self._dev_logits = ort.OrtValue.ortvalue_from_shape_and_type([1, 1, vocab_size], dtype, device, 0)
-        self._binding.bind_ortvalue_output("logits", self._dev_logits)
+        self._binding.bind_ortvalue_output(LOGITS, self._dev_logits)
         self._serial = _GRAPH_RUNS if graphs else contextlib.nullcontext()
         graph_id = str(next(_graph_ids)) if graphs else "0"
         self._step_options = ort.RunOptions()
@@ -136,9 +136,9 @@ class StepBinding:
             # a bound host buffer is read at run time, so the CPU binds it once per length and rewrites
             # it in place; a device provider copies a host input when it is bound, so it binds again
             if n != self._bound_ids or self.device is not None:
-                self._binding.bind_input("input_ids", "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
+                self._binding.bind_input(INPUT_IDS, "cpu", 0, np.int64, [1, n], self._ids.ctypes.data)
                 self._bound_ids = n
-            self._binding.bind_input("attention_mask", "cpu", 0, np.int64, [1, past_length + n],
+            self._binding.bind_input(ATTENTION_MASK, "cpu", 0, np.int64, [1, past_length + n],
                                      self._mask.ctypes.data)
             with self._serial:
                 self._session.run_with_iobinding(self._binding, self._run_options)
@@ -154,8 +154,8 @@ class StepBinding:
             self._step_mask.update_inplace(self._mask_host)
             self._mask_length = length
         if self._bound_ids != -1:
-            self._binding.bind_ortvalue_input("input_ids", self._step_ids)
-            self._binding.bind_ortvalue_input("attention_mask", self._step_mask)
+            self._binding.bind_ortvalue_input(INPUT_IDS, self._step_ids)
+            self._binding.bind_ortvalue_input(ATTENTION_MASK, self._step_mask)
             self._bound_ids = -1
         with self._serial:
             self._session.run_with_iobinding(self._binding, self._step_options)
