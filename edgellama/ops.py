@@ -1,4 +1,4 @@
-"""edgellama's ONNX Runtime operator library (native/ort_ops.c, built as edgellama/_ops*.so).
+"""edgellama's ONNX Runtime operator library (native/ort_*.c, built as edgellama/_ops*.so).
 
 Packages converted with gguf_blocks="ops" compute GGUF Q4_1 and Q8_0 weights with the operators
 of domain ai.edgellama from this library (MatMulQ4_1, MatMulQ8, NormMatMulQ4_1, NormMlpQ4_1,

@@ -1,7 +1,7 @@
 /*
- * The part of ONNX Runtime's C API that the operator library of this folder calls, and the plumbing
- * its operator files share (ort_api.c), for ort_ops.c (the block products and the registration)
- * and ort_attention.c.
+ * The part of ONNX Runtime's C API that the operator library of this folder calls, the plumbing its
+ * operator files share (ort_api.c), and the functions of each operator that the table of
+ * ort_register.c names: ort_ops.c (the block products) and ort_attention.c (RotaryAttention).
  *
  * ONNX Runtime loads the library with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
@@ -19,6 +19,7 @@
 
 #define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
 #define MAX_DIMS 8
+#define MAX_INPUTS 12   /* of any operator of the library */
 
 typedef struct OrtStatus OrtStatus;
 typedef void *ort_fn;
@@ -47,7 +48,7 @@ enum {
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
 enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
 
-extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_ops.c), defined in ort_api.c */
+extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_register.c), defined in ort_api.c */
 
 typedef OrtStatus *(*create_status_fn)(int code, const char *message);
 typedef OrtStatus *(*get_input_fn)(void *context, size_t index, const void **value);
@@ -106,6 +107,15 @@ typedef struct OrtCustomOp {
     int (*GetStartVersion)(const void *op);
     int (*GetEndVersion)(const void *op);
 } OrtCustomOp;
+
+/* The block products (ort_ops.c): kernels with attributes K and N, and with epsilon (the Norm* operators) */
+OrtStatus *el_ops_create(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_ops_create_norm(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_matmul_q41_compute(void *kernel, void *context);
+OrtStatus *el_matmul_q8_compute(void *kernel, void *context);
+OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context);
+OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context);
+OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);
 
 /* RotaryAttention (ort_attention.c) */
 OrtStatus *el_attention_create(const void *op, const void *unused, const void *info, void **kernel);

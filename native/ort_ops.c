@@ -28,8 +28,8 @@
  *
  *     RotaryAttention: ort_attention.c.
  *
- * ONNX Runtime reaches the library through RegisterCustomOps at the end of this file; ort_api.h says
- * how the library calls ONNX Runtime back. Every call that can fail hands its status back to it.
+ * ONNX Runtime reaches these operators through the table of ort_register.c; ort_api.h says how the
+ * library calls ONNX Runtime back. Every call that can fail hands its status back to it.
  *
  * An operator call is one chain of phases (phases.h), handed to ONNX Runtime's intra-op threads in
  * one ParallelFor. With M = prod(x.shape[:-1]) activation rows, ProjectNormMlpQ4_1 for example:
@@ -52,7 +52,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define MAX_INPUTS 12
 /* Weight rows claimed at a time: a share of a product rounded up to a multiple of 4 (the decode
  * kernel takes four rows at a time), at least MIN_ROWS rows; CLAIMS_PER_THREAD shares per thread that
  * joined the previous call, and at least MIN_CLAIMS. Few large claims keep each thread's rows
@@ -66,7 +65,7 @@ static atomic_int threads_seen = 1;   /* threads that joined the latest call */
 
 typedef struct { int64_t k, n; float eps; } Kernel;   /* attributes K, N (every operator), epsilon (Norm*) */
 
-static OrtStatus *create_kernel(const void *op, const void *unused, const void *info, void **kernel)
+OrtStatus *el_ops_create(const void *op, const void *unused, const void *info, void **kernel)
 {
     (void)op; (void)unused;
     int64_t k = 0, n = 0;
@@ -87,9 +86,9 @@ static OrtStatus *create_kernel(const void *op, const void *unused, const void *
     return NULL;
 }
 
-static OrtStatus *create_norm_kernel(const void *op, const void *unused, const void *info, void **kernel)
+OrtStatus *el_ops_create_norm(const void *op, const void *unused, const void *info, void **kernel)
 {
-    OrtStatus *status = create_kernel(op, unused, info, kernel);
+    OrtStatus *status = el_ops_create(op, unused, info, kernel);
     if (status == NULL)
         status = API(API_KernelInfoGetAttribute_float, float_attribute_fn)(info, "epsilon", &((Kernel *)*kernel)->eps);
     if (status != NULL && *kernel != NULL) {
@@ -366,17 +365,17 @@ static OrtStatus *product_compute(void *kernel, void *context, int norm)
     return call_run(context, &call);
 }
 
-static OrtStatus *q41_compute(void *kernel, void *context)
+OrtStatus *el_matmul_q41_compute(void *kernel, void *context)
 {
     return product_compute(kernel, context, 0);
 }
 
-static OrtStatus *norm_q41_compute(void *kernel, void *context)
+OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context)
 {
     return product_compute(kernel, context, 1);
 }
 
-static OrtStatus *q8_compute(void *kernel, void *context)
+OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
     int64_t nb = kern->k / EL_Q41_BLOCK;
@@ -433,68 +432,12 @@ static OrtStatus *mlp_compute(void *kernel, void *context, int project)
     return call_run(context, &call);
 }
 
-static OrtStatus *norm_mlp_compute(void *kernel, void *context)
+OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context)
 {
     return mlp_compute(kernel, context, 0);
 }
 
-static OrtStatus *project_norm_mlp_compute(void *kernel, void *context)
+OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context)
 {
     return mlp_compute(kernel, context, 1);
-}
-
-/* ---- the operators' descriptions ------------------------------------------------------------ */
-
-typedef struct {
-    OrtCustomOp base;           /* first: ONNX Runtime hands &base to the callbacks below */
-    const char *name;
-    int inputs[MAX_INPUTS];     /* ONNX element types */
-    size_t n_inputs, n_outputs;
-} OpInfo;
-
-static void destroy_kernel(void *kernel) { free(kernel); }
-static const char *op_name(const void *op) { return ((const OpInfo *)op)->name; }
-static int op_input_type(const void *op, size_t i) { return ((const OpInfo *)op)->inputs[i]; }
-static size_t op_input_count(const void *op) { return ((const OpInfo *)op)->n_inputs; }
-static size_t op_output_count(const void *op) { return ((const OpInfo *)op)->n_outputs; }
-static const char *cpu(const void *op) { (void)op; return "CPUExecutionProvider"; }
-static int float_output(const void *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
-static int required(const void *op, size_t i) { (void)op; (void)i; return 0; }   /* INPUT_OUTPUT_REQUIRED */
-static int default_memory(const void *op, size_t i) { (void)op; (void)i; return 0; }
-static int arity_one(const void *op) { (void)op; return 1; }
-static int first_opset(const void *op) { (void)op; return 1; }
-static int any_opset(const void *op) { (void)op; return 1 << 30; }
-
-#define F TYPE_FLOAT
-#define U8 TYPE_UINT8
-#define H TYPE_FLOAT16
-#define I32 TYPE_INT32
-#define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
-    {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, float_output, op_output_count,  \
-      NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one, \
-      CREATE, COMPUTE, NULL, first_opset, any_opset},                                                    \
-     NAME, {__VA_ARGS__}, sizeof((int[]){__VA_ARGS__}) / sizeof(int), OUTPUTS}
-
-static const OpInfo OPS[] = {
-    OP("MatMulQ4_1", create_kernel, q41_compute, 1, F, U8, H, H),
-    OP("MatMulQ8", create_kernel, q8_compute, 1, F, U8, F),
-    OP("NormMatMulQ4_1", create_norm_kernel, norm_q41_compute, 2, F, F, F, U8, H, H),
-    OP("NormMlpQ4_1", create_norm_kernel, norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H),
-    OP("ProjectNormMlpQ4_1", create_norm_kernel, project_norm_mlp_compute, 2, F, F, F, U8, H, H, U8, H, H, U8, H, H),
-    OP("RotaryAttention", el_attention_create, el_attention_compute, 3, F, F, F, I32, I32, F, F),
-};
-
-/* Called by ONNX Runtime when a session's options register this library. */
-OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
-{
-    el_ort_api = base->GetApi(ORT_API_VERSION_USED);
-    if (el_ort_api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
-        return NULL;
-    void *domain;
-    OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
-    for (size_t i = 0; status == NULL && i < sizeof OPS / sizeof OPS[0]; i++)
-        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &OPS[i].base);
-    if (status == NULL)
-        status = API(API_AddCustomOpDomain, add_domain_fn)(options, domain);
-    return status;
 }

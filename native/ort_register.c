@@ -1,0 +1,65 @@
+/*
+ * The operator table of the library and its registration: what ONNX Runtime learns about each
+ * operator of domain ai.edgellama (name, input and output types, the functions that create its kernel
+ * and compute it) and RegisterCustomOps, the function it calls when a session's options register the
+ * library. The operators themselves: ort_ops.c (block products), ort_attention.c (RotaryAttention).
+ *
+ * Includes: libc.
+ */
+#include "ort_api.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    OrtCustomOp base;           /* first: ONNX Runtime hands &base to the callbacks below */
+    const char *name;
+    int inputs[MAX_INPUTS];     /* ONNX element types */
+    size_t n_inputs, n_outputs;
+} OpInfo;
+
+static void destroy_kernel(void *kernel) { free(kernel); }
+static const char *op_name(const void *op) { return ((const OpInfo *)op)->name; }
+static int op_input_type(const void *op, size_t i) { return ((const OpInfo *)op)->inputs[i]; }
+static size_t op_input_count(const void *op) { return ((const OpInfo *)op)->n_inputs; }
+static size_t op_output_count(const void *op) { return ((const OpInfo *)op)->n_outputs; }
+static const char *cpu(const void *op) { (void)op; return "CPUExecutionProvider"; }
+static int float_output(const void *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
+static int required(const void *op, size_t i) { (void)op; (void)i; return 0; }   /* INPUT_OUTPUT_REQUIRED */
+static int default_memory(const void *op, size_t i) { (void)op; (void)i; return 0; }
+static int arity_one(const void *op) { (void)op; return 1; }
+static int first_opset(const void *op) { (void)op; return 1; }
+static int any_opset(const void *op) { (void)op; return 1 << 30; }
+
+#define F TYPE_FLOAT
+#define U8 TYPE_UINT8
+#define H TYPE_FLOAT16
+#define I32 TYPE_INT32
+#define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
+    {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, float_output, op_output_count,  \
+      NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one, \
+      CREATE, COMPUTE, NULL, first_opset, any_opset},                                                    \
+     NAME, {__VA_ARGS__}, sizeof((int[]){__VA_ARGS__}) / sizeof(int), OUTPUTS}
+
+static const OpInfo OPS[] = {
+    OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, 1, F, U8, H, H),
+    OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, 1, F, U8, F),
+    OP("NormMatMulQ4_1", el_ops_create_norm, el_norm_matmul_q41_compute, 2, F, F, F, U8, H, H),
+    OP("NormMlpQ4_1", el_ops_create_norm, el_norm_mlp_q41_compute, 2, F, F, F, U8, H, H, U8, H, H),
+    OP("ProjectNormMlpQ4_1", el_ops_create_norm, el_project_norm_mlp_q41_compute, 2, F, F, F, U8, H, H, U8, H, H, U8, H, H),
+    OP("RotaryAttention", el_attention_create, el_attention_compute, 3, F, F, F, I32, I32, F, F),
+};
+
+/* Called by ONNX Runtime when a session's options register this library. */
+OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
+{
+    el_ort_api = base->GetApi(ORT_API_VERSION_USED);
+    if (el_ort_api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
+        return NULL;
+    void *domain;
+    OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
+    for (size_t i = 0; status == NULL && i < sizeof OPS / sizeof OPS[0]; i++)
+        status = API(API_CustomOpDomain_Add, domain_add_fn)(domain, &OPS[i].base);
+    if (status == NULL)
+        status = API(API_AddCustomOpDomain, add_domain_fn)(options, domain);
+    return status;
+}
