@@ -13,10 +13,11 @@ except ImportError:  # building from a tree that already holds the generated C f
     cythonize = None
 
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/blocks.c",
-                  "native/activation.c", "native/attention.c"]
+                  "native/blocks_avx2.c", "native/activation.c", "native/attention.c"]
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
 OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attention.c", "native/ort_api.c",
-               "native/phases.c", "native/attention.c", "native/blocks.c", "native/activation.c", "native/halfconv.c"]
+               "native/phases.c", "native/attention.c", "native/blocks.c", "native/blocks_avx2.c",
+               "native/activation.c", "native/halfconv.c"]
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
 extra_compile = ["-O3", "-std=c11", "-Wall", "-Wextra"] + os.environ.get("EDGELLAMA_CFLAGS", "").split()
 extra_link = os.environ.get("EDGELLAMA_LDFLAGS", "").split()
@@ -49,8 +50,8 @@ def native_extensions():
 
 
 setup(
-    packages=["edgellama", "edgellama.cli", "edgellama.converters", "edgellama.converters.sources",
-              "edgellama.converters.graph"],
+    packages=["edgellama", "edgellama.cli", "edgellama.twins", "edgellama.converters",
+              "edgellama.converters.sources", "edgellama.converters.graph"],
     package_dir={"edgellama": "edgellama", "edgellama.converters": "converters"},
     ext_modules=native_extensions(),
     zip_safe=False,

@@ -4,8 +4,8 @@ Each layer owns a key and a value array of shape [1, num_kv_heads, capacity, hea
 (float32 or float16, C-contiguous): the past_key_values.N.key/value buffers that GroupQueryAttention
 reads and writes in place. Keys are stored already rotated by RoPE, so a context shift
 re-rotates the moved keys by -n_discard positions. For float32 caches copies and rotations
-run in `edgellama.native.backend` (the compiled extension or its NumPy twin); float16 caches
-(for float16 graphs) use the NumPy twin, which works in any float dtype.
+run in `edgellama.native.backend` (the compiled extension or its NumPy twins); float16 caches
+(for float16 graphs) use the NumPy twins, which work in any float dtype.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError
-from . import _twin
+from . import twins
 from .native import backend
 from .rope import inv_frequencies
 
@@ -26,7 +26,7 @@ from .rope import inv_frequencies
 _MAGIC = b"ELKV"
 _VERSION = 1
 _HEADER = struct.Struct("<4sI8sIIIIQ")  # magic, version, dtype, layers, kv heads, head_dim, 0, length
-_ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): _twin}
+_ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): twins}
 
 
 @dataclass

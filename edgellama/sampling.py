@@ -1,10 +1,10 @@
 """Token sampling settings and the per-sequence sampler.
 
 `SamplingParams` holds every knob (llama.cpp defaults) and refuses out-of-range values;
-`Sampler` runs the chain in the compiled extension or its NumPy twin
-(`edgellama.native.backend`): logit bias -> repeat/frequency/presence penalties over the
-last `penalty_last_n` tokens -> greedy argmax when temperature is 0 -> top-k -> typical-p ->
-top-p -> min-p -> temperature -> softmax -> one seeded draw.
+`Sampler` runs the chain in the compiled extension or its NumPy twins (`edgellama.native.backend`,
+which check the vocabulary size, the logit bias ids and the logits' shape): logit bias ->
+repeat/frequency/presence penalties over the last `penalty_last_n` tokens -> greedy argmax when
+temperature is 0 -> top-k -> typical-p -> top-p -> min-p -> temperature -> softmax -> one seeded draw.
 """
 from __future__ import annotations
 
@@ -125,18 +125,10 @@ class Sampler:
     """
 
     def __init__(self, params: SamplingParams, vocab_size: int):
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
-                or not 0 < vocab_size <= _INT32_MAX:
-            raise InvalidParameterError(f"vocab_size={vocab_size!r} must be a positive 32-bit integer")
-        for token, _ in params.logit_bias:
-            if token >= vocab_size:
-                raise InvalidParameterError(
-                    f"SamplingParams.logit_bias names token {token}, outside the vocabulary "
-                    f"[0, {vocab_size})")
         self.params = params
-        self.vocab_size = int(vocab_size)
         self.seed = self._request_seed()
-        self._state = backend.Sampler(self.vocab_size, params, self.seed)
+        self._state = backend.Sampler(vocab_size, params, self.seed)
+        self.vocab_size = int(self._state.vocab_size)
 
     def _request_seed(self) -> int:
         """params.seed, or a newly drawn random seed when it is None (the one place a seed is drawn)."""
@@ -160,9 +152,6 @@ class Sampler:
 
     def _logits(self, logits: Any) -> np.ndarray:
         array = np.asarray(logits)
-        if array.shape != (self.vocab_size,):
-            raise InvalidParameterError(
-                f"logits have shape {array.shape}; expected ({self.vocab_size},), one row of the vocabulary")
         if array.dtype != np.float32 or not array.flags.c_contiguous or not array.flags.writeable:
             array = np.array(array, dtype=np.float32, order="C")
         return array

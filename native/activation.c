@@ -86,32 +86,32 @@ __attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, in
 #define HAVE_VECTOR 0
 #endif
 
-int el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable)
+el_status el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable)
 {
     if (n < 0 || (n > 0 && (gate == NULL || up == NULL || out == NULL)))
-        return EL_ACT_ERR_SIZE;
+        return EL_ERR_SIZE;
 #if HAVE_VECTOR
     if (!portable && el_q41_vector_path()) {
         swiglu_vector(gate, up, n, out);
-        return EL_ACT_OK;
+        return EL_OK;
     }
 #endif
     (void)portable;
     swiglu_portable(gate, up, n, out);
-    return EL_ACT_OK;
+    return EL_OK;
 }
 
-int el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable)
+el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable)
 {
     if (n < 0 || sum == NULL || (n > 0 && x == NULL))
-        return EL_ACT_ERR_SIZE;
+        return EL_ERR_SIZE;
 #if HAVE_VECTOR
     if (!portable && el_q41_vector_path()) {
         *sum = exp_shifted_vector(x, n, shift);
-        return EL_ACT_OK;
+        return EL_OK;
     }
 #endif
     (void)portable;
     *sum = exp_shifted_portable(x, n, shift);
-    return EL_ACT_OK;
+    return EL_OK;
 }

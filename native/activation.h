@@ -9,15 +9,16 @@
 #ifndef EDGELLAMA_ACTIVATION_H
 #define EDGELLAMA_ACTIVATION_H
 
+#include "status.h"
+
 #include <stdint.h>
 
-#define EL_ACT_OK 0
-#define EL_ACT_ERR_SIZE 4      /* n is negative, or a buffer is missing */
+/* Both routines return EL_OK, or EL_ERR_SIZE when n is negative or a buffer is missing. */
 
 /* out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] for i in [0, n); out may be gate. */
-int el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable);
+el_status el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable);
 
 /* x[i] = exp(x[i] - shift) for i in [0, n), *sum = their sum (x[i] <= shift keeps them in [0, 1]). */
-int el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable);
+el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable);
 
 #endif

@@ -46,13 +46,13 @@ static void rotate(const float *x, int64_t half, const float *cos, const float *
     }
 }
 
-int el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
-                       const float *sin, float *q, float *keys, float *values)
+el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
+                             const float *sin, float *q, float *keys, float *values)
 {
     if (!valid(a) || s < 0 || p0 < 0 || p0 + s > a->capacity || p0 + s > a->positions)
-        return EL_ATT_ERR_SIZE;
+        return EL_ERR_SIZE;
     if (s > 0 && (qkv == NULL || cos == NULL || sin == NULL || q == NULL || keys == NULL || values == NULL))
-        return EL_ATT_ERR_SIZE;
+        return EL_ERR_SIZE;
     const int64_t d = a->head_dim, half = d / 2, width = (a->heads + 2 * a->kv_heads) * d;
     for (int64_t t = 0; t < s; t++) {
         const float *row = qkv + t * width, *c = cos + (p0 + t) * half, *sn = sin + (p0 + t) * half;
@@ -64,7 +64,7 @@ int el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64
             memcpy(values + slot, row + (a->heads + a->kv_heads + g) * d, (size_t)d * sizeof(float));
         }
     }
-    return EL_ATT_OK;
+    return EL_OK;
 }
 
 INLINE float dot(const float *x, const float *y, int64_t n)
@@ -263,22 +263,22 @@ __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *
 #define HAVE_VECTOR 0
 #endif
 
-int el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys, const float *values,
-                      int64_t lo, int64_t hi, float *out, int portable)
+el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys,
+                            const float *values, int64_t lo, int64_t hi, float *out, int portable)
 {
     if (!valid(a) || p0 < 0 || lo < 0 || lo > hi)
-        return EL_ATT_ERR_SIZE;
+        return EL_ERR_SIZE;
     const int64_t per_token = a->kv_heads * parts(a);
     if (p0 + (hi + per_token - 1) / per_token > a->capacity)
-        return EL_ATT_ERR_SIZE;
+        return EL_ERR_SIZE;
     if (hi > lo && (q == NULL || keys == NULL || values == NULL || out == NULL))
-        return EL_ATT_ERR_SIZE;
+        return EL_ERR_SIZE;
 #if HAVE_VECTOR
     if (!portable && el_q41_vector_path()) {
         rows_vector(a, q, p0, keys, values, lo, hi, out);
-        return EL_ATT_OK;
+        return EL_OK;
     }
 #endif
     rows_plain(a, q, p0, keys, values, lo, hi, out, portable);
-    return EL_ATT_OK;
+    return EL_OK;
 }

@@ -13,17 +13,17 @@
  *     out     [S, H D]
  * Query head h reads key/value head h / (H / G). A token at position p attends to rows 0 .. p.
  *
- * Routines report errors by return code and never allocate. x86-64 CPUs with AVX2 and FMA run
+ * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
+ * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run
  * the same loops compiled for those instructions (exp as in activation.h), chosen at run time;
  * `portable` = 1 takes the plain build on any CPU.
  */
 #ifndef EDGELLAMA_ATTENTION_H
 #define EDGELLAMA_ATTENTION_H
 
-#include <stdint.h>
+#include "status.h"
 
-#define EL_ATT_OK 0
-#define EL_ATT_ERR_SIZE 4      /* a size or position out of range, or a buffer missing */
+#include <stdint.h>
 
 #define EL_ATT_UNIT_HEADS 8    /* query heads of one unit of step 2, at most */
 
@@ -36,8 +36,8 @@ typedef struct el_attention {
 
 /* Step 1: rotate the S queries into q, rotate the S keys and copy the S values into cache rows
  * p0 .. p0 + S - 1 (needs p0 + S <= capacity and <= positions). */
-int el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
-                       const float *sin, float *q, float *keys, float *values);
+el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
+                             const float *sin, float *q, float *keys, float *values);
 
 /* Units of step 2 for S tokens: a unit is one token's query heads of one key/value head g (up to
  * EL_ATT_UNIT_HEADS of them; more make several units), numbered token-major then g. -1 if a is
@@ -46,7 +46,7 @@ int64_t el_attention_units(const el_attention *a, int64_t s);
 
 /* Step 2, for the units u in [lo, hi): for each of the unit's heads,
  * out[token, head] = softmax(scale * q[token, head] . keys[g, 0 .. p0 + token]) values[g, 0 .. p0 + token] */
-int el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys, const float *values,
-                      int64_t lo, int64_t hi, float *out, int portable);
+el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys,
+                            const float *values, int64_t lo, int64_t hi, float *out, int portable);
 
 #endif

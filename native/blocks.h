@@ -19,17 +19,17 @@
  *     q [N, nb, 32]   uint8, weight = scale * (q - 128);   scale [N, nb] float32
  *     y[n] = sum_b scale xd sum_j (q_j - 128) xq_j
  *
- * x86-64 CPUs with AVX2, FMA and F16C take a vector path, chosen at run time; every other CPU (and
- * `portable` = 1) a plain C loop with the same arithmetic, summed in another order.
- * Routines report errors by return code and never allocate.
+ * x86-64 CPUs with AVX2, FMA and F16C take a vector path (blocks_avx2.c), chosen at run time; every
+ * other CPU (and `portable` = 1) a plain C loop (blocks.c) with the same arithmetic, summed in another
+ * order. Routines return EL_OK, or EL_ERR_SIZE for a size that is zero, negative or out of range or a
+ * buffer that is missing (status.h), and never allocate.
  */
 #ifndef EDGELLAMA_BLOCKS_H
 #define EDGELLAMA_BLOCKS_H
 
-#include <stdint.h>
+#include "status.h"
 
-#define EL_Q41_OK 0
-#define EL_Q41_ERR_SIZE 4      /* a size is zero or negative, or a buffer is missing */
+#include <stdint.h>
 
 #define EL_Q41_BLOCK 32
 
@@ -66,14 +66,37 @@ typedef struct el_q8_weight {
 } el_q8_weight;
 
 /* Round x [32 * act->nb] into act. */
-int el_q8_quantize(const float *x, el_q8_act *act, int portable);
+el_status el_q8_quantize(const float *x, el_q8_act *act, int portable);
 
 /* y[i * stride + r] = row r of W times activation row i, for the `count` rows acts[i] and the rows
  * r in [lo, hi) of W (stride >= hi). Each weight row is read once for all activation rows. */
-int el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                int64_t stride, int portable);
+el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride, int portable);
 
 /* y[r] = row r of an 8-bit W times one activation row, for rows r in [lo, hi) (y is indexed by r). */
-int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable);
+el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y,
+                     int portable);
+
+/* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b of a row of nb
+ * blocks: pairs of blocks interleaved by halves, an odd last block as it is (el_q8_act above). */
+static inline int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
+{
+    if ((b ^ 1) >= nb)                     /* an odd last block, as it is */
+        return b * 32 + 16 * second;
+    return (b >> 1) * 64 + 32 * second + 16 * (b & 1);
+}
+
+/* The vector path (blocks_avx2.c), for the routines above: built where the compiler targets x86-64,
+ * taken where el_blocks_avx2_supported() (0 on other targets) finds the instructions. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EL_BLOCKS_AVX2 1
+void el_q8_quantize_avx2(const float *x, el_q8_act *act);
+void el_q41_rows_avx2(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride);
+void el_q8_rows_avx2(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+#else
+#define EL_BLOCKS_AVX2 0
+#endif
+int el_blocks_avx2_supported(void);
 
 #endif

@@ -1,10 +1,11 @@
-# Declarations of blocks.h for the extension module.
+# Declarations of blocks.h for the extension module (its vector path is blocks.c's own business).
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
+
+from status cimport el_status
 
 cdef extern from "blocks.h" nogil:
     enum:
-        EL_Q41_OK
-        EL_Q41_ERR_SIZE
+        EL_Q41_BLOCK
 
     ctypedef struct el_q8_act:
         int8_t *q
@@ -27,7 +28,9 @@ cdef extern from "blocks.h" nogil:
         int64_t nb
 
     int el_q41_vector_path()
-    int el_q8_quantize(const float *x, el_q8_act *act, int portable)
-    int el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                    int64_t stride, int portable)
-    int el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int portable)
+    el_status el_q8_quantize(const float *x, el_q8_act *act, int portable)
+    el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                          float *y, int64_t stride, int portable)
+    el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y,
+                         int portable)
+    int64_t el_q8_half_at(int64_t b, int64_t nb, int second)

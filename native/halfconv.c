@@ -17,10 +17,10 @@ static inline uint32_t to_bits(float f)
     return bits;
 }
 
-int el_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
+el_status el_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
 {
     if (n < 0 || (n > 0 && (src == NULL || dst == NULL)))
-        return EL_HALF_ERR_SIZE;
+        return EL_ERR_SIZE;
     for (int64_t i = 0; i < n; i++) {
         uint32_t h = src[i];
         uint32_t sign = (h & 0x8000u) << 16;
@@ -36,5 +36,5 @@ int el_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
         uint32_t bits = exponent == 0 ? subnormal : (exponent == 0x7c00u ? special : normal);
         dst[i] = from_bits(sign | bits);
     }
-    return EL_HALF_OK;
+    return EL_OK;
 }

@@ -5,12 +5,12 @@
 #ifndef EDGELLAMA_HALFCONV_H
 #define EDGELLAMA_HALFCONV_H
 
+#include "status.h"
+
 #include <stdint.h>
 
-#define EL_HALF_OK 0
-#define EL_HALF_ERR_SIZE 4   /* n is negative, or a buffer is missing */
-
-/* dst[i] = the float value of the binary16 bit pattern src[i], for i in [0, n). */
-int el_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
+/* dst[i] = the float value of the binary16 bit pattern src[i], for i in [0, n).
+ * EL_ERR_SIZE when n is negative or a buffer is missing. */
+el_status el_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
 
 #endif

@@ -19,31 +19,31 @@ static int out_of_range(int64_t start, int64_t n, int64_t capacity)
     return start < 0 || n < 0 || start > capacity || n > capacity - start;
 }
 
-int el_kv_copy(const float *src, int64_t src_capacity, float *dst, int64_t dst_capacity,
-               int64_t n_heads, int64_t head_dim, int64_t n)
+el_status el_kv_copy(const float *src, int64_t src_capacity, float *dst, int64_t dst_capacity,
+                     int64_t n_heads, int64_t head_dim, int64_t n)
 {
     int64_t h;
     if (bad_shape(src_capacity, n_heads, head_dim) || bad_shape(dst_capacity, n_heads, head_dim)
         || out_of_range(0, n, src_capacity) || out_of_range(0, n, dst_capacity))
-        return EL_KV_ERR_RANGE;
+        return EL_ERR_RANGE;
     for (h = 0; h < n_heads; h++)
         memcpy(dst + h * dst_capacity * head_dim, src + h * src_capacity * head_dim,
                (size_t)(n * head_dim) * sizeof(float));
-    return EL_KV_OK;
+    return EL_OK;
 }
 
-int el_kv_move(float *buf, int64_t capacity, int64_t n_heads, int64_t head_dim,
-               int64_t dst, int64_t src, int64_t n)
+el_status el_kv_move(float *buf, int64_t capacity, int64_t n_heads, int64_t head_dim,
+                     int64_t dst, int64_t src, int64_t n)
 {
     int64_t h;
     if (bad_shape(capacity, n_heads, head_dim) || out_of_range(src, n, capacity)
         || out_of_range(dst, n, capacity))
-        return EL_KV_ERR_RANGE;
+        return EL_ERR_RANGE;
     for (h = 0; h < n_heads; h++) {
         float *head = buf + h * capacity * head_dim;
         memmove(head + dst * head_dim, head + src * head_dim, (size_t)(n * head_dim) * sizeof(float));
     }
-    return EL_KV_OK;
+    return EL_OK;
 }
 
 /* Rotates `n` rows of one head: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s) for each pair. */
@@ -64,27 +64,27 @@ static void rotate_rows(float *rows, int64_t n, int64_t head_dim, const double *
     }
 }
 
-int el_kv_rotate(float *keys, int64_t capacity, int64_t n_heads, int64_t head_dim,
-                 int64_t start, int64_t n, const double *cos_a, const double *sin_a)
+el_status el_kv_rotate(float *keys, int64_t capacity, int64_t n_heads, int64_t head_dim,
+                       int64_t start, int64_t n, const double *cos_a, const double *sin_a)
 {
     int64_t h;
     if (bad_shape(capacity, n_heads, head_dim) || head_dim % 2 != 0
         || out_of_range(start, n, capacity))
-        return EL_KV_ERR_RANGE;
+        return EL_ERR_RANGE;
     for (h = 0; h < n_heads; h++)
         rotate_rows(keys + (h * capacity + start) * head_dim, n, head_dim, cos_a, sin_a);
-    return EL_KV_OK;
+    return EL_OK;
 }
 
-int el_kv_shift(float *keys, float *values, int64_t capacity, int64_t n_heads, int64_t head_dim,
-                int64_t n_keep, int64_t n_discard, int64_t length,
-                const double *cos_a, const double *sin_a)
+el_status el_kv_shift(float *keys, float *values, int64_t capacity, int64_t n_heads, int64_t head_dim,
+                      int64_t n_keep, int64_t n_discard, int64_t length,
+                      const double *cos_a, const double *sin_a)
 {
     int64_t h, n_moved;
     if (bad_shape(capacity, n_heads, head_dim) || head_dim % 2 != 0
         || out_of_range(0, length, capacity) || n_keep < 0 || n_discard < 0
         || n_keep > length || n_discard > length - n_keep)
-        return EL_KV_ERR_RANGE;
+        return EL_ERR_RANGE;
     n_moved = length - n_keep - n_discard;
     /* Head by head: move keys, re-rotate them while they are in cache, move values. */
     for (h = 0; h < n_heads; h++) {
@@ -96,5 +96,5 @@ int el_kv_shift(float *keys, float *values, int64_t capacity, int64_t n_heads, i
         memmove(value_head + n_keep * head_dim, value_head + (n_keep + n_discard) * head_dim,
                 (size_t)(n_moved * head_dim) * sizeof(float));
     }
-    return EL_KV_OK;
+    return EL_OK;
 }

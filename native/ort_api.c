@@ -1,6 +1,7 @@
 /*
- * The plumbing that the operator files share (ort_api.h): ONNX Runtime's API table, statuses, the
- * inputs and outputs of a call, and running a chain of phases (phases.h) on ONNX Runtime's threads.
+ * The plumbing that the operator files share (ort_api.h): ONNX Runtime's API table, statuses (status.h
+ * turned into ONNX Runtime's), the inputs and outputs of a call, and running a chain of phases
+ * (phases.h) on ONNX Runtime's threads.
  *
  * Includes: libc.
  */
@@ -11,6 +12,13 @@ const ort_fn *el_ort_api;
 OrtStatus *el_ort_fail(int code, const char *message)
 {
     return API(API_CreateStatus, create_status_fn)(code, message);
+}
+
+OrtStatus *el_ort_status(el_status status, const char *message)
+{
+    if (status == EL_OK)
+        return NULL;
+    return el_ort_fail(status == EL_ERR_NOMEM ? ORT_FAIL : ORT_INVALID_ARGUMENT, message);
 }
 
 OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data)

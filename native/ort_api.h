@@ -70,6 +70,8 @@ typedef OrtStatus *(*add_domain_fn)(void *options, void *domain);
 
 /* The plumbing of every operator (ort_api.c) */
 OrtStatus *el_ort_fail(int code, const char *message);
+/* NULL for EL_OK; otherwise a failure with `message`: ORT_FAIL for EL_ERR_NOMEM, else ORT_INVALID_ARGUMENT */
+OrtStatus *el_ort_status(el_status status, const char *message);
 /* input `index`: its *count dims into dims[MAX_DIMS], and its data */
 OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data);
 /* output `index` shaped dims[count], and its data */

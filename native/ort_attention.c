@@ -112,8 +112,10 @@ static OrtStatus *sequence(void *context, const Inputs *in, const el_attention *
             memcpy(values + h * a->capacity * d, past_values + h * p * d, (size_t)(p * d) * sizeof(float));
         }
     const float *qkv = (const float *)in->data[0] + b * s * (a->heads + 2 * g) * d;
-    if (el_attention_store(a, qkv, s, p0, in->data[5], in->data[6], q, keys, values) != EL_ATT_OK)
-        return el_ort_fail(ORT_INVALID_ARGUMENT, "RotaryAttention: sizes out of range");
+    OrtStatus *status = el_ort_status(el_attention_store(a, qkv, s, p0, in->data[5], in->data[6], q, keys, values),
+                                      "RotaryAttention: sizes out of range");
+    if (status != NULL)
+        return status;
     Rows rows = {*a, q, keys, values, p0, out + b * s * a->heads * d};
     return API(API_KernelContext_ParallelFor, parallel_for_fn)(context, unit, (size_t)el_attention_units(a, s), 0,
                                                               &rows);

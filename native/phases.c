@@ -36,12 +36,12 @@ void el_phases_init(el_phases *chain)
     atomic_init(&chain->ready, 0);
 }
 
-int el_phases_add(el_phases *chain, el_phase phase)
+el_status el_phases_add(el_phases *chain, el_phase phase)
 {
     if (chain->count >= EL_PHASES_MAX || phase.run == NULL || phase.count < 1 || phase.step < 1)
-        return EL_PHASES_ERR;
+        return EL_ERR_SIZE;
     chain->phase[chain->count++] = phase;
-    return EL_PHASES_OK;
+    return EL_OK;
 }
 
 void el_phases_join(el_phases *chain)

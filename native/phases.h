@@ -18,12 +18,12 @@
 #ifndef EDGELLAMA_PHASES_H
 #define EDGELLAMA_PHASES_H
 
+#include "status.h"
+
 #include <stdatomic.h>
 #include <stdint.h>
 
 #define EL_PHASES_MAX 8
-#define EL_PHASES_OK 0
-#define EL_PHASES_ERR 4   /* too many phases, or a phase without items or without a function */
 
 /* items [lo, hi) of one phase */
 typedef void (*el_items_fn)(void *data, int64_t lo, int64_t hi);
@@ -48,8 +48,8 @@ typedef struct el_phases {
 /* An empty chain. */
 void el_phases_init(el_phases *chain);
 
-/* Append a phase; EL_PHASES_ERR when the chain is full or the phase is empty. */
-int el_phases_add(el_phases *chain, el_phase phase);
+/* Append a phase; EL_ERR_SIZE when the chain is full, or the phase has no items or no function. */
+el_status el_phases_add(el_phases *chain, el_phase phase);
 
 /* Run as one thread of the chain until every phase is done. */
 void el_phases_join(el_phases *chain);

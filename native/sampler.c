@@ -78,9 +78,9 @@ void el_sampler_free(el_sampler *s)
     free(s);
 }
 
-int el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
-                      const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
-                      uint64_t seed, el_sampler **out)
+el_status el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
+                            const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
+                            uint64_t seed, el_sampler **out)
 {
     el_sampler *s;
     size_t n, nb;
@@ -131,7 +131,7 @@ void el_sampler_seed(el_sampler *s, uint64_t seed)
 
 /* ---- logits preparation ---- */
 
-static int apply_bias_and_check(const el_sampler *s, float *logits)
+static el_status apply_bias_and_check(const el_sampler *s, float *logits)
 {
     uint32_t nonfinite = 0;
     int32_t i;
@@ -148,13 +148,13 @@ static int apply_bias_and_check(const el_sampler *s, float *logits)
 
 /* repeat: divide a positive logit, multiply a negative one; frequency: count * f;
  * presence: p once. Leaves `counts` all zero again. */
-static int apply_penalties(el_sampler *s, float *logits, const int32_t *window, int64_t n_window)
+static el_status apply_penalties(el_sampler *s, float *logits, const int32_t *window, int64_t n_window)
 {
     const float repeat = s->params.repeat_penalty;
     const float freq = s->params.frequency_penalty;
     const float presence = s->params.presence_penalty;
     int64_t j, n_seen = 0;
-    int status = EL_OK;
+    el_status status = EL_OK;
 
     if (repeat == 1.0f && freq == 0.0f && presence == 0.0f)
         return EL_OK;
@@ -419,12 +419,12 @@ static int32_t draw(el_sampler *s, const float *logits, int64_t n)
     return s->ids[last];
 }
 
-int el_sampler_sample(el_sampler *s, float *logits, const int32_t *window, int64_t n_window,
-                      int32_t *token)
+el_status el_sampler_sample(el_sampler *s, float *logits, const int32_t *window, int64_t n_window,
+                            int32_t *token)
 {
     const el_sampling_params *p = &s->params;
     int64_t n;
-    int status;
+    el_status status;
 
     if (n_window < 0)
         return EL_ERR_SIZE;

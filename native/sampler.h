@@ -7,19 +7,14 @@
  * tokens on every platform. Probabilities and the draw are computed in double.
  *
  * Candidates are kept in one total order: higher logit first, equal logits by lower id.
- * Every routine reports failures by return code; no routine prints or aborts.
+ * Every routine reports failures by status (status.h); no routine prints or aborts.
  */
 #ifndef EDGELLAMA_SAMPLER_H
 #define EDGELLAMA_SAMPLER_H
 
-#include <stdint.h>
+#include "status.h"
 
-/* Return codes shared by every sampler routine. */
-#define EL_OK 0
-#define EL_ERR_NOMEM 1      /* an allocation failed */
-#define EL_ERR_NONFINITE 2  /* a logit is NaN or infinite after the bias */
-#define EL_ERR_TOKEN 3      /* a token id (history or bias) is outside [0, vocab_size) */
-#define EL_ERR_SIZE 4       /* a size argument is zero, negative or too large */
+#include <stdint.h>
 
 /* Settings of one sampler; validated by the caller. Values that switch a stage off:
  * top_k 0, top_p 1, min_p 0, typical_p 1, repeat_penalty 1, the other two penalties 0. */
@@ -38,9 +33,9 @@ typedef struct el_sampler el_sampler;
 
 /* Allocates a sampler and all of its scratch memory for `vocab_size` tokens; copies the
  * settings and the `n_bias` (id, value) pairs of the logit bias. */
-int el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
-                      const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
-                      uint64_t seed, el_sampler **out);
+el_status el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
+                            const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
+                            uint64_t seed, el_sampler **out);
 
 void el_sampler_free(el_sampler *sampler);
 
@@ -49,8 +44,8 @@ void el_sampler_seed(el_sampler *sampler, uint64_t seed);
 
 /* Picks one token. `logits` (vocab_size floats) is modified in place (bias, penalties).
  * `window` holds the `n_window` recent token ids the penalties look at. */
-int el_sampler_sample(el_sampler *sampler, float *logits, const int32_t *window,
-                      int64_t n_window, int32_t *token);
+el_status el_sampler_sample(el_sampler *sampler, float *logits, const int32_t *window,
+                            int64_t n_window, int32_t *token);
 
 /* Writes `n` successive outputs of splitmix64 started at `seed` (the sampler's stream). */
 void el_rng_fill(uint64_t seed, uint64_t *out, int64_t n);

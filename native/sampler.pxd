@@ -1,14 +1,9 @@
 # Declarations of sampler.h for the extension module.
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
-cdef extern from "sampler.h" nogil:
-    enum:
-        EL_OK
-        EL_ERR_NOMEM
-        EL_ERR_NONFINITE
-        EL_ERR_TOKEN
-        EL_ERR_SIZE
+from status cimport el_status
 
+cdef extern from "sampler.h" nogil:
     ctypedef struct el_sampling_params:
         double temperature
         int32_t top_k
@@ -22,11 +17,11 @@ cdef extern from "sampler.h" nogil:
     ctypedef struct el_sampler:
         pass
 
-    int el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
-                          const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
-                          uint64_t seed, el_sampler **out)
+    el_status el_sampler_create(int32_t vocab_size, const el_sampling_params *params,
+                                const int32_t *bias_ids, const float *bias_values, int32_t n_bias,
+                                uint64_t seed, el_sampler **out)
     void el_sampler_free(el_sampler *sampler)
     void el_sampler_seed(el_sampler *sampler, uint64_t seed)
-    int el_sampler_sample(el_sampler *sampler, float *logits, const int32_t *window,
-                          int64_t n_window, int32_t *token)
+    el_status el_sampler_sample(el_sampler *sampler, float *logits, const int32_t *window,
+                                int64_t n_window, int32_t *token)
     void el_rng_fill(uint64_t seed, uint64_t *out, int64_t n)

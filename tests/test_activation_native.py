@@ -7,7 +7,7 @@ import pytest
 
 from helpers.backends import BACKENDS, _native, needs_native
 
-from edgellama import _twin
+from edgellama import twins
 from edgellama.errors import InvalidParameterError
 
 GATES = np.concatenate([np.linspace(-120, 120, 24001), [0.0, -0.0, 88.3, -88.3, 1e-30, -1e-30, 3.4e38, -3.4e38]])
@@ -35,7 +35,7 @@ def test_swiglu_is_silu_of_gate_times_up(module, portable):
 def test_vector_path_expf_path_and_twin_agree():
     gate = (np.random.default_rng(1).standard_normal(1001) * 8).astype(np.float32)   # odd length: a scalar tail
     up = np.random.default_rng(2).standard_normal(1001).astype(np.float32)
-    twin = _twin.swiglu(gate, up)
+    twin = twins.swiglu(gate, up)
     for portable in (False, True):
         np.testing.assert_allclose(_native.swiglu(gate, up, portable), twin, rtol=2e-6, atol=0)
 

@@ -10,7 +10,7 @@ import pytest
 
 from helpers.backends import BACKENDS, _native, needs_native
 
-from edgellama import _twin, ops
+from edgellama import ops, twins
 from edgellama.errors import InvalidParameterError
 
 needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
@@ -86,7 +86,7 @@ def test_attention_follows_the_definition(module, portable, shape, step):
 def test_vector_build_plain_build_and_twin_agree():
     qkv, keys, values, cos, sin = case(9, 3, 64, 3, 130, seed=4)
     outs = []
-    for module, portable in ((_native, False), (_native, True), (_twin, False)):
+    for module, portable in ((_native, False), (_native, True), (twins, False)):
         k, v = keys.copy(), values.copy()
         outs.append((module.attention(qkv, k, v, cos, sin, 130, 9, 0.125, portable), k, v))
     for other in outs[1:]:
@@ -189,7 +189,7 @@ def test_a_shared_cache_is_written_in_place():
     session.run_with_iobinding(binding)
     cos, sin = rotary_tables(256, D)
     k, v = before[0][0].copy(), before[1][0].copy()
-    want = _twin.attention(qkv[0], k, v, cos, sin, 10, H, 0.125)
+    want = twins.attention(qkv[0], k, v, cos, sin, 10, H, 0.125)
     np.testing.assert_allclose(out[0], want, rtol=0, atol=2e-5)
     np.testing.assert_allclose(keys[0], k, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(values[0], v)

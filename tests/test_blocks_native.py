@@ -9,7 +9,7 @@ import pytest
 from helpers.backends import BACKENDS, _native, needs_native
 from helpers.blocks import random_blocks
 
-from edgellama import _twin
+from edgellama import twins
 from edgellama.errors import InvalidParameterError
 
 
@@ -50,7 +50,7 @@ def test_vector_path_plain_c_and_twin_agree(rows, n, nb):
     rng = np.random.default_rng(100 + nb)
     qs, d, m = random_blocks(rng, n, nb)
     x = rng.standard_normal((rows, 32 * nb)).astype(np.float32) * 3
-    twin = _twin.q41_matmul(x, qs, d, m)
+    twin = twins.q41_matmul(x, qs, d, m)
     scale = float(np.abs(twin).max())
     for portable in (False, True):    # on a CPU without AVX2 both calls take the plain C path
         got = _native.q41_matmul(x, qs, d, m, portable)
@@ -69,7 +69,7 @@ def test_the_file_nibble_order_is_read():
     x[0, 32 + 20] = 2.0
     for portable in (False, True):
         assert _native.q41_matmul(x, qs, d, m, portable)[0, 0] == pytest.approx(6.0, rel=1e-6)
-    assert _twin.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
+    assert twins.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
 
 
 def random_q8(rng, n: int, nb: int):
@@ -100,7 +100,7 @@ def test_q8_vector_path_plain_c_and_twin_agree(rows, n, nb):
     q, scale = random_q8(rng, n, nb)
     x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
     x[0] = 1.0
-    twin = _twin.q8_matmul(x, q, scale)
+    twin = twins.q8_matmul(x, q, scale)
     for portable in (False, True):
         got = _native.q8_matmul(x, q, scale, portable)
         np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * float(np.abs(twin).max()),

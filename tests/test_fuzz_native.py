@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgellama import _twin
+from edgellama import twins
 from edgellama.config import ModelConfig
 from edgellama.errors import EdgeLlamaError
 from edgellama.kvcache import KVCache
@@ -72,7 +72,7 @@ def test_sampler_compiled_equals_twin(data, vocab, params):
     top = vocab + data.draw(st.sampled_from([0, 0, 0, 2]))            # sometimes out-of-range ids
     window = np.asarray(data.draw(st.lists(st.integers(-1 if top > vocab else 0, top - 1), max_size=64)),
                         dtype=np.int32)
-    made = [outcome(lambda m=m: m.Sampler(vocab, params, params.seed)) for m in (_native, _twin)]
+    made = [outcome(lambda m=m: m.Sampler(vocab, params, params.seed)) for m in (_native, twins)]
     assert [m[0] for m in made] == [made[0][0]] * 2
     if made[0][0] == "error":
         assert made[0][1] is made[1][1]
@@ -94,7 +94,7 @@ def test_sampler_refuses_wrong_logit_sizes_alike(vocab, size, seed):
     params = SamplingParams(seed=seed)
     results = [outcome(lambda m=m: m.Sampler(vocab, params, seed).sample(np.zeros(size, np.float32),
                                                                           np.zeros(0, np.int32)))
-               for m in (_native, _twin)]
+               for m in (_native, twins)]
     assert results[0][:2] == results[1][:2]
     assert (results[0][0] == "ok") == (size == vocab)
 
@@ -102,7 +102,7 @@ def test_sampler_refuses_wrong_logit_sizes_alike(vocab, size, seed):
 @FUZZ
 @given(seed=st.integers(0, 2 ** 64 - 1), n=st.integers(-3, 300))
 def test_random_streams_equal(seed, n):
-    np.testing.assert_array_equal(_native.random_u64(seed, n), _twin.random_u64(seed, n))
+    np.testing.assert_array_equal(_native.random_u64(seed, n), twins.random_u64(seed, n))
 
 
 # -- KV routines ----------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_kv_routines_compiled_equal_twin(data, heads, capacity, half):
     state = {m: (keys.copy(), values.copy()) for m in ("native", "twin")}
     for op in data.draw(st.lists(kv_op(capacity, half), min_size=1, max_size=8)):
         got = [outcome(lambda m=m, mod=mod: run_kv(mod, *state[m], op))
-               for m, mod in (("native", _native), ("twin", _twin))]
+               for m, mod in (("native", _native), ("twin", twins))]
         assert got[0][0] == got[1][0], (op, got)
         if got[0][0] == "error":
             assert got[0][1] is got[1][1], (op, got)
@@ -162,7 +162,7 @@ def test_kv_cache_sequences_compiled_equal_twin(data, layers, kv_heads, head_dim
     caches = []
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
     fill = [rng.standard_normal((1, kv_heads, capacity, head_dim)).astype(np.float32) for _ in range(2 * layers)]
-    for module in (_native, _twin):
+    for module in (_native, twins):
         cache = KVCache(config, capacity)
         cache._ops = module
         for buf, src in zip(cache.keys + cache.values, fill):

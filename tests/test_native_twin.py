@@ -10,7 +10,7 @@ import pytest
 
 from helpers.backends import BACKENDS, _native, needs_native
 
-from edgellama import _twin
+from edgellama import twins
 from edgellama.sampling import SamplingParams
 
 
@@ -39,7 +39,7 @@ def test_random_stream_is_splitmix64(module):
 @needs_native
 def test_random_streams_are_identical():
     for seed in (0, 1, 2 ** 64 - 1, 0x123456789ABCDEF):
-        np.testing.assert_array_equal(_native.random_u64(seed, 257), _twin.random_u64(seed, 257))
+        np.testing.assert_array_equal(_native.random_u64(seed, 257), twins.random_u64(seed, 257))
 
 
 @needs_native
@@ -49,7 +49,7 @@ def test_same_tokens_and_logits_for_random_settings_and_inputs():
         vocab = int(rng.integers(50, 2000))
         params = random_params(rng)
         compiled = _native.Sampler(vocab, params, params.seed)
-        twin = _twin.Sampler(vocab, params, params.seed)
+        twin = twins.Sampler(vocab, params, params.seed)
         for _ in range(25):
             logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
             if rng.random() < 0.3:
@@ -65,7 +65,7 @@ def test_same_tokens_and_logits_for_random_settings_and_inputs():
 def test_same_error_types(bad):
     params = SamplingParams(seed=0, repeat_penalty=1.5)
     errors = []
-    for module in (_native, _twin):
+    for module in (_native, twins):
         sampler = module.Sampler(10, params, 0)
         logits = np.zeros(10, np.float32)
         logits[3] = bad
@@ -93,7 +93,7 @@ def test_kv_routines_agree():
         ("kv_shift", lambda k, v: (k, v, 3, 5, 17, cos_a, sin_a)),
     ]
     results = []
-    for module in (_native, _twin):
+    for module in (_native, twins):
         k, v = keys.copy(), values.copy()
         for name, args in calls:
             getattr(module, name)(*args(k, v))
@@ -154,11 +154,3 @@ def test_pure_python_switch_selects_the_twin():
 @needs_native
 def test_compiled_module_is_the_default_when_built():
     assert _backend_in_subprocess(EDGELLAMA_PUREPYTHON="0") == "native"
-
-
-@needs_native
-def test_return_codes_of_the_c_headers_are_the_shared_ones():
-    """error_for (edgellama.native_codes) dispatches on the numbers the C headers define."""
-    from edgellama import native_codes
-    for name in ("OK", "ERR_NOMEM", "ERR_NONFINITE", "ERR_TOKEN", "ERR_SIZE", "ERR_RANGE"):
-        assert getattr(_native, name) == getattr(native_codes, name), name

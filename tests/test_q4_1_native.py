@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from edgellama import _twin, ops
+from edgellama import ops, twins
 from edgellama.errors import InvalidParameterError, PackageError
 
 gguf = pytest.importorskip("gguf")
@@ -52,7 +52,7 @@ def test_ops_mode_is_one_operator_that_computes_the_kernel(tmp_path, tokens):
     qs, d, m = (np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m"))
     x = np.random.default_rng(5).standard_normal((1, tokens, qs.shape[1] * 32)).astype(np.float32)
     y = _ops_session(tmp_path / "model.onnx").run(["y"], {"x": x})[0]
-    expected = _twin.q41_matmul(x[0], qs, d, m)
+    expected = twins.q41_matmul(x[0], qs, d, m)
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=2e-6 * float(np.abs(expected).max()))
 
 
@@ -108,13 +108,13 @@ def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, 
     rng = np.random.default_rng(6)
     x, residual = (rng.standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32) for _ in "xr")
     y, total = _ops_session(tmp_path / "model.onnx").run(None, {"x": x, "residual": residual})
-    added = (_twin.q41_matmul(x[0], *o) if project else x[0]) + residual[0]
+    added = (twins.q41_matmul(x[0], *o) if project else x[0]) + residual[0]
     np.testing.assert_allclose(total[0], added, rtol=0, atol=1e-5 * float(np.abs(added).max()))
     assert [a.f for a in node.attribute if a.name == "epsilon"] == [pytest.approx(eps)]
-    gu = _twin.q41_matmul(rms_normed(total[0], gamma, eps), *gate_up)
+    gu = twins.q41_matmul(rms_normed(total[0], gamma, eps), *gate_up)
     ff = gu.shape[1] // 2
     act = gu[:, :ff] / (1 + np.exp(-gu[:, :ff])) * gu[:, ff:]
-    expected = _twin.q41_matmul(act.astype(np.float32), *down)
+    expected = twins.q41_matmul(act.astype(np.float32), *down)
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
@@ -156,7 +156,7 @@ def test_norm_then_product_is_skip_rms_norm_then_the_product(tmp_path):
     y, total, normed, total_ort = _ops_session(tmp_path / "m.onnx").run(None, {"x": x, "r": r})
     np.testing.assert_array_equal(total, total_ort)
     np.testing.assert_allclose(normed[0], rms_normed(x[0] + r[0], gamma, 1e-5), rtol=1e-5, atol=1e-6)
-    expected = _twin.q41_matmul(normed[0], qs, d, m)
+    expected = twins.q41_matmul(normed[0], qs, d, m)
     np.testing.assert_allclose(y[0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 
 
@@ -202,10 +202,10 @@ def test_a_call_gives_the_same_bits_on_any_number_of_threads(tmp_path, tokens):
     for y, total in runs[1:]:
         np.testing.assert_array_equal(y, runs[0][0])
         np.testing.assert_array_equal(total, runs[0][1])
-    added = _twin.q41_matmul(x[0], *weights["o"]) + r[0]
-    gu = _twin.q41_matmul(rms_normed(runs[0][1][0], gamma, 1e-5), *weights["gu"])
+    added = twins.q41_matmul(x[0], *weights["o"]) + r[0]
+    gu = twins.q41_matmul(rms_normed(runs[0][1][0], gamma, 1e-5), *weights["gu"])
     act = (gu[:, :384] / (1 + np.exp(-gu[:, :384])) * gu[:, 384:]).astype(np.float32)
-    expected = _twin.q41_matmul(act, *weights["down"])
+    expected = twins.q41_matmul(act, *weights["down"])
     np.testing.assert_allclose(runs[0][1][0], added, rtol=0, atol=1e-5 * float(np.abs(added).max()))
     np.testing.assert_allclose(runs[0][0][0], expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
 

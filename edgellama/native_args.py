@@ -1,0 +1,163 @@
+"""The arguments of every native routine, checked once, before either backend runs.
+
+The compiled module (native/_native.pyx) and its NumPy twins (edgellama/twins/) call the check of a
+routine first, so both refuse the same arguments with the same exception (edgellama.native_status)
+and the C routines are only reached with sizes and positions that fit their buffers; C keeps only
+cheap checks that return a status. Checked here: shapes, and positions and counts against them.
+Element types and memory layout are the compiled module's buffer types (the twins compute in any
+float type). The classes that callers use check their own terms before they get here:
+edgellama.sampling the settings and the history, edgellama.kvcache positions against the cache
+length and its buffers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .native_status import Status, error_for
+
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _fits(start: int, n: int, capacity: int) -> bool:
+    """[start, start + n) lies inside [0, capacity)."""
+    return 0 <= start and 0 <= n and start + n <= capacity
+
+
+def _shape(status: Status, context: str, name: str, array, ndim: int) -> tuple:
+    shape = np.shape(array)
+    if len(shape) != ndim:
+        raise error_for(status, context, f"{name} has shape {shape}; expected {ndim} dimensions")
+    return shape
+
+
+# ---- sampler.h ----
+
+def sampler(vocab_size, params) -> int:
+    """Sampler(vocab_size, params, seed): the vocabulary size, a positive 32-bit integer, after
+    checking that every token of the logit bias lies inside it."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) \
+            or not 0 < vocab_size <= _INT32_MAX:
+        raise error_for(Status.ERR_SIZE, "Sampler", f"vocab_size={vocab_size!r} must be a positive 32-bit integer")
+    for token, _ in params.logit_bias:
+        if not 0 <= token < vocab_size:
+            raise error_for(Status.ERR_TOKEN, "Sampler", f"SamplingParams.logit_bias names token {token}, "
+                                                         f"outside the vocabulary [0, {vocab_size})")
+    return int(vocab_size)
+
+
+def sample(vocab_size: int, logits, window) -> None:
+    """Sampler.sample(logits, window): one row of logits, a 1-D window (its ids are checked by the
+    routine, as it counts them)."""
+    if np.shape(logits) != (vocab_size,):
+        raise error_for(Status.ERR_SIZE, "Sampler.sample", f"logits have shape {np.shape(logits)}; expected "
+                                                           f"({vocab_size},), one row of the vocabulary")
+    _shape(Status.ERR_SIZE, "Sampler.sample", "window", window, 1)
+
+
+# ---- kvcache.h: buffers [batch, heads, capacity, head_dim] ----
+
+def _kv(context: str, name: str, buf) -> tuple:
+    shape = _shape(Status.ERR_RANGE, context, name, buf, 4)
+    if shape[3] <= 0:
+        raise error_for(Status.ERR_RANGE, context, f"{name} has shape {shape}; head_dim must be positive")
+    return shape
+
+
+def _angles(context: str, shape: tuple, cos_a, sin_a) -> None:
+    if shape[3] % 2 or np.shape(cos_a) != (shape[3] // 2,) or np.shape(sin_a) != (shape[3] // 2,):
+        raise error_for(Status.ERR_RANGE, context, f"cos_a and sin_a have shapes {np.shape(cos_a)} and "
+                                                   f"{np.shape(sin_a)}; expected half of an even head_dim "
+                                                   f"{shape[3]}")
+
+
+def _span(context: str, what: str, start: int, n: int, capacity: int) -> None:
+    if not _fits(start, n, capacity):
+        raise error_for(Status.ERR_RANGE, context, f"{what} [{start}, {start} + {n}) is outside the "
+                                                   f"{capacity} positions of the buffer")
+
+
+def kv_copy(src, dst, n: int) -> None:
+    """Positions [0, n) of every head, from src to dst: the same heads and head_dim."""
+    s, d = _kv("kv_copy", "src", src), _kv("kv_copy", "dst", dst)
+    if s[0] * s[1] != d[0] * d[1] or s[3] != d[3]:
+        raise error_for(Status.ERR_RANGE, "kv_copy", f"src {s} and dst {d} differ in heads or head_dim")
+    _span("kv_copy", "src", 0, n, s[2])
+    _span("kv_copy", "dst", 0, n, d[2])
+
+
+def kv_move(buf, dst: int, src: int, n: int) -> None:
+    capacity = _kv("kv_move", "buf", buf)[2]
+    _span("kv_move", "src", src, n, capacity)
+    _span("kv_move", "dst", dst, n, capacity)
+
+
+def kv_rotate(keys, start: int, n: int, cos_a, sin_a) -> None:
+    shape = _kv("kv_rotate", "keys", keys)
+    _angles("kv_rotate", shape, cos_a, sin_a)
+    _span("kv_rotate", "rows", start, n, shape[2])
+
+
+def kv_shift(keys, values, n_keep: int, n_discard: int, length: int, cos_a, sin_a) -> None:
+    shape = _kv("kv_shift", "keys", keys)
+    if np.shape(values) != shape:
+        raise error_for(Status.ERR_RANGE, "kv_shift", f"keys {shape} and values {np.shape(values)} differ")
+    _angles("kv_shift", shape, cos_a, sin_a)
+    _span("kv_shift", "the cache", 0, length, shape[2])
+    if not (_fits(n_keep, n_discard, length)):
+        raise error_for(Status.ERR_RANGE, "kv_shift", f"n_keep={n_keep} and n_discard={n_discard} do not fit "
+                                                      f"in length {length}")
+
+
+# ---- halfconv.h, activation.h: 1-D buffers of one length ----
+
+def _same_vectors(context: str, a, b) -> None:
+    if np.ndim(a) != 1 or np.shape(a) != np.shape(b):
+        raise error_for(Status.ERR_SIZE, context, f"shapes {np.shape(a)} and {np.shape(b)}; expected two "
+                                                  "1-D buffers of one length")
+
+
+def f16_to_f32(src, dst) -> None:
+    _same_vectors("f16_to_f32", src, dst)
+
+
+def swiglu(gate, up) -> None:
+    _same_vectors("swiglu", gate, up)
+
+
+# ---- blocks.h: x [M, 32 nb] against a weight of N rows of nb blocks ----
+
+def _block_product(context: str, x, weight, block: int, tables: dict) -> None:
+    rows, width = _shape(Status.ERR_SIZE, context, "x", x, 2)
+    n, nb, size = _shape(Status.ERR_SIZE, context, "the weight", weight, 3)
+    wrong = [name for name, table in tables.items() if np.shape(table) != (n, nb)]
+    if size != block or wrong or width != 32 * nb:
+        raise error_for(Status.ERR_SIZE, context, f"x {(rows, width)} and a weight {(n, nb, size)} (with "
+                                                  f"{', '.join(wrong) or 'tables'} [{n}, {nb}]) do not match: "
+                                                  f"expected [N, nb, {block}] and x [M, 32 nb]")
+
+
+def q41_matmul(x, qs, d, m) -> None:
+    _block_product("q41_matmul", x, qs, 16, {"d": d, "m": m})
+
+
+def q8_matmul(x, q, scale) -> None:
+    _block_product("q8_matmul", x, q, 32, {"scale": scale})
+
+
+# ---- attention.h ----
+
+def attention(qkv, keys, values, cos, sin, p0: int, heads: int) -> None:
+    """qkv [S, (H + 2G) D] at positions p0 .., the cache keys and values [G, C, D], the rotary
+    tables cos and sin [R, D/2]: H a positive multiple of G, D even, p0 + S <= C and <= R."""
+    kv_heads, capacity, d = _shape(Status.ERR_SIZE, "attention", "keys", keys, 3)
+    s, width = _shape(Status.ERR_SIZE, "attention", "qkv", qkv, 2)
+    positions, half = _shape(Status.ERR_SIZE, "attention", "cos", cos, 2)
+    if (kv_heads <= 0 or heads <= 0 or heads % kv_heads or d <= 0 or d % 2
+            or np.shape(values) != (kv_heads, capacity, d) or width != (heads + 2 * kv_heads) * d
+            or half * 2 != d or np.shape(sin) != (positions, half)):
+        raise error_for(Status.ERR_SIZE, "attention", f"qkv {(s, width)}, keys {(kv_heads, capacity, d)}, values "
+                                                      f"{np.shape(values)}, cos {(positions, half)}, sin "
+                                                      f"{np.shape(sin)} and heads={heads} do not match")
+    if not (_fits(p0, s, capacity) and _fits(p0, s, positions)):
+        raise error_for(Status.ERR_SIZE, "attention", f"tokens at positions [{p0}, {p0} + {s}) do not fit the "
+                                                      f"cache ({capacity}) or the rotary tables ({positions})")

@@ -1,0 +1,15 @@
+"""The NumPy twins of the native routines: one module per file of native/, together the same
+classes, functions, arguments and errors as the compiled module `edgellama._native`.
+
+Used when the extension is not built or when EDGELLAMA_PUREPYTHON=1 (edgellama.native), for float16
+KV caches (edgellama.kvcache), and by the tests as the reference of every C routine and path.
+"""
+from .activation import swiglu
+from .attention import attention
+from .blocks import q8_matmul, q41_matmul, q41_vector_path
+from .halfconv import f16_to_f32
+from .kvcache import kv_copy, kv_move, kv_rotate, kv_shift
+from .sampler import Sampler, random_u64
+
+__all__ = ["Sampler", "attention", "f16_to_f32", "kv_copy", "kv_move", "kv_rotate", "kv_shift", "q41_matmul",
+           "q41_vector_path", "q8_matmul", "random_u64", "swiglu"]

@@ -1,0 +1,12 @@
+"""NumPy twin of native/halfconv.c: float16 bit patterns to float32."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import native_args
+
+
+def f16_to_f32(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst[:] = the float32 values of the float16 bit patterns in src (uint16, same length)."""
+    native_args.f16_to_f32(src, dst)
+    dst[:] = src.view(np.float16)
