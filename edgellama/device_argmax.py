@@ -19,7 +19,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 _SESSIONS: dict = {}
 _LOCK = threading.Lock()
-_ONNX_TYPES = {np.dtype(np.float16): 10, np.dtype(np.float32): 1}   # TensorProto.FLOAT16, FLOAT
 
 
 def _model_bytes(dtype: np.dtype, vocab_size: int) -> bytes:
@@ -28,7 +27,7 @@ def _model_bytes(dtype: np.dtype, vocab_size: int) -> bytes:
     graph = helper.make_graph(
         [helper.make_node("ArgMax", ["logits"], ["token"], name="/greedy/argmax", axis=-1, keepdims=0)],
         "greedy",
-        [helper.make_tensor_value_info("logits", _ONNX_TYPES[dtype], [1, 1, vocab_size])],
+        [helper.make_tensor_value_info("logits", helper.np_dtype_to_tensor_dtype(dtype), [1, 1, vocab_size])],
         [helper.make_tensor_value_info("token", TensorProto.INT64, [1, 1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
