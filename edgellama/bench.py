@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import kernels
 from .errors import InvalidParameterError
 from .memory import peak_rss_bytes
 from .package import read_info
@@ -99,6 +100,7 @@ class BenchReport:
     onnxruntime: str = ""
     cpu: str = ""
     cpu_features: tuple = ()
+    kernels: str = ""            # edgellama.kernels.describe(): the C routines' path
     max_length: int = 0
     size_bytes: int = 0
     load_s: float = 0.0
@@ -234,7 +236,8 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
     info = read_info(path)
     cpu, features = cpu_description()
     report = BenchReport(model=str(path), quantization=info.quantization.method, onnxruntime=onnxruntime.__version__,
-                         cpu=cpu, cpu_features=features, max_length=_capacity(info, settings),
+                         cpu=cpu, cpu_features=features, kernels=kernels.describe(),
+                         max_length=_capacity(info, settings),
                          size_bytes=package_bytes(path))
     for i, threads in enumerate(settings.threads):
         model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length)

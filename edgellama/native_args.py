@@ -136,6 +136,17 @@ def _block_product(context: str, x, weight, block: int, tables: dict) -> None:
                                                   f"expected [N, nb, {block}] and x [M, 32 nb]")
 
 
+# kernels.h: the paths by name
+KERNEL_PATHS = ("portable", "avx2", "avx512vnni", "neon")
+
+
+def kernel_path(path, supported: tuple) -> None:
+    """`path`: None (the chosen one) or the name of a path in `supported` (those this CPU runs)."""
+    if path is not None and path not in supported:
+        known = "this CPU runs " + ", ".join(supported) if path in KERNEL_PATHS else f"paths are {KERNEL_PATHS}"
+        raise error_for(Status.ERR_RANGE, "kernel path", f"{path!r} cannot be used: {known}")
+
+
 def q41_matmul(x, qs, d, m) -> None:
     _block_product("q41_matmul", x, qs, 16, {"d": d, "m": m})
 

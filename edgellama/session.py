@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import ops
+from . import kernels, ops
 from .context import Context
 from .errors import InvalidParameterError, ProviderError
 from .external_data import check_external_data
@@ -55,6 +55,7 @@ def session_options(threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    kernels.check_env()     # before ONNX Runtime loads the operator library, which refuses it in its words
     ops.register(options)   # packages converted with gguf_blocks="ops" compute with it
     return options
 

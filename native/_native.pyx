@@ -18,6 +18,7 @@ from status cimport *
 from sampler cimport *
 from kvcache cimport *
 from halfconv cimport *
+from kernels cimport *
 from blocks cimport *
 from activation cimport *
 from attention cimport *
@@ -148,31 +149,62 @@ def f16_to_f32(src, dst):
     _check(code, "f16_to_f32")
 
 
-def q41_vector_path():
-    """Whether this CPU runs the Q4_1 products on the AVX2 path."""
-    return bool(el_q41_vector_path())
+def kernel_paths():
+    """The kernel paths (kernels.h) this CPU can run, best first, "portable" last."""
+    return tuple(el_path_name(p).decode() for p in (EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_NEON, EL_PATH_PORTABLE)
+                 if el_path_supported(p))
 
 
-def q41_matmul(x, qs, d, m, bint portable=False):
+def kernel_path():
+    """The path the block products and attention take in this process (EDGELLAMA_KERNELS, else the best)."""
+    return el_path_name(el_path_chosen()).decode()
+
+
+cdef int _path_number(path) except -2:
+    """EL_PATH_CHOSEN for None, else the number of the named path (checked by native_args)."""
+    if path is None:
+        return EL_PATH_CHOSEN
+    for p in range(EL_PATHS):
+        if el_path_name(p).decode() == path:
+            return p
+    return EL_PATH_CHOSEN
+
+
+cdef el_q8_act *_acts(int64_t rows, int64_t nb, int8_t[:, ::1] q, float[:, :, ::1] stats) except NULL:
+    """rows activation structs over q [rows, padded * 32] and stats [rows, 3, padded] (blocks.h)."""
+    cdef el_q8_act *acts = <el_q8_act *>malloc(rows * sizeof(el_q8_act))
+    cdef int64_t i
+    if acts == NULL:
+        raise error_for(EL_ERR_NOMEM, "block product")
+    for i in range(rows):
+        acts[i].q = &q[i, 0]
+        acts[i].scale = &stats[i, 0, 0]
+        acts[i].sum = &stats[i, 1, 0]
+        acts[i].rest = &stats[i, 2, 0]
+        acts[i].nb = nb
+    return acts
+
+
+def q41_matmul(x, qs, d, m, path=None):
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits),
-    with x rounded per block as blocks.h says; `portable` takes the plain C path on any CPU."""
+    with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q41_matmul(x, qs, d, m)
+    native_args.kernel_path(path, kernel_paths())
     cdef const float[:, ::1] xv = x
     cdef const uint8_t[:, :, ::1] qv = qs
     cdef const uint16_t[:, ::1] dv = d
     cdef const uint16_t[:, ::1] mv = m
     cdef int64_t rows = xv.shape[0], n = qv.shape[0], nb = qv.shape[1], i
+    cdef int number = _path_number(path)
     cdef el_status code = EL_OK
     y = np.zeros((rows, n), dtype=np.float32)
     if rows == 0 or n == 0 or nb == 0:
         return y
-    cdef int8_t[:, ::1] q = np.empty((rows, nb * 32), dtype=np.int8)
-    cdef float[:, :, ::1] stats = np.empty((rows, 3, nb), dtype=np.float32)
+    cdef int8_t[:, ::1] q = np.empty((rows, el_q8_padded(nb) * 32), dtype=np.int8)
+    cdef float[:, :, ::1] stats = np.empty((rows, 3, el_q8_padded(nb)), dtype=np.float32)
     cdef float[:, ::1] out = y
     cdef el_q41_weight w
-    cdef el_q8_act *acts = <el_q8_act *>malloc(rows * sizeof(el_q8_act))
-    if acts == NULL:
-        raise error_for(EL_ERR_NOMEM, "q41_matmul")
+    cdef el_q8_act *acts = _acts(rows, nb, q, stats)
     w.qs = &qv[0, 0, 0]
     w.d = &dv[0, 0]
     w.m = &mv[0, 0]
@@ -181,56 +213,51 @@ def q41_matmul(x, qs, d, m, bint portable=False):
     try:
         with nogil:
             for i in range(rows):
-                acts[i].q = &q[i, 0]
-                acts[i].scale = &stats[i, 0, 0]
-                acts[i].sum = &stats[i, 1, 0]
-                acts[i].rest = &stats[i, 2, 0]
-                acts[i].nb = nb
-                code = el_q8_quantize(&xv[i, 0], &acts[i], portable)
+                code = el_q8_quantize(&xv[i, 0], &acts[i], number)
                 if code != EL_OK:
                     break
             if code == EL_OK:
-                code = el_q41_rows(&w, acts, rows, 0, n, &out[0, 0], n, portable)
+                code = el_q41_rows(&w, acts, rows, 0, n, &out[0, 0], n, number)
     finally:
         free(acts)
     _check(code, "q41_matmul")
     return y
 
 
-def q8_matmul(x, q, scale, bint portable=False):
+def q8_matmul(x, q, scale, path=None):
     """y [M, N] = x [M, K] times the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]),
-    with x rounded per block as blocks.h says; `portable` takes the plain C path on any CPU."""
+    with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q8_matmul(x, q, scale)
+    native_args.kernel_path(path, kernel_paths())
     cdef const float[:, ::1] xv = x
     cdef const uint8_t[:, :, ::1] qv = q
     cdef const float[:, ::1] sv = scale
     cdef int64_t rows = xv.shape[0], n = qv.shape[0], nb = qv.shape[1], i
+    cdef int number = _path_number(path)
     cdef el_status code = EL_OK
     y = np.zeros((rows, n), dtype=np.float32)
     if rows == 0 or n == 0 or nb == 0:
         return y
-    cdef int8_t[::1] xq = np.empty(nb * 32, dtype=np.int8)
-    cdef float[:, ::1] stats = np.empty((3, nb), dtype=np.float32)
+    cdef int8_t[:, ::1] xq = np.empty((1, el_q8_padded(nb) * 32), dtype=np.int8)
+    cdef float[:, :, ::1] stats = np.empty((1, 3, el_q8_padded(nb)), dtype=np.float32)
     cdef float[:, ::1] out = y
-    cdef el_q8_act act
     cdef el_q8_weight w
-    act.q = &xq[0]
-    act.scale = &stats[0, 0]
-    act.sum = &stats[1, 0]
-    act.rest = &stats[2, 0]
-    act.nb = nb
+    cdef el_q8_act *act = _acts(1, nb, xq, stats)
     w.q = &qv[0, 0, 0]
     w.scale = &sv[0, 0]
     w.n = n
     w.nb = nb
-    with nogil:
-        for i in range(rows):
-            code = el_q8_quantize(&xv[i, 0], &act, portable)
-            if code != EL_OK:
-                break
-            code = el_q8_rows(&w, &act, 0, n, &out[i, 0], portable)
-            if code != EL_OK:
-                break
+    try:
+        with nogil:
+            for i in range(rows):
+                code = el_q8_quantize(&xv[i, 0], act, number)
+                if code != EL_OK:
+                    break
+                code = el_q8_rows(&w, act, 0, n, &out[i, 0], number)
+                if code != EL_OK:
+                    break
+    finally:
+        free(act)
     _check(code, "q8_matmul")
     return y
 

@@ -9,7 +9,7 @@
  * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the function compiled for AVX2).
  */
 #include "activation.h"
-#include "blocks.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -91,7 +91,7 @@ el_status el_swiglu(const float *gate, const float *up, int64_t n, float *out, i
     if (n < 0 || (n > 0 && (gate == NULL || up == NULL || out == NULL)))
         return EL_ERR_SIZE;
 #if HAVE_VECTOR
-    if (!portable && el_q41_vector_path()) {
+    if (!portable && el_path_x86_vector(EL_PATH_CHOSEN)) {
         swiglu_vector(gate, up, n, out);
         return EL_OK;
     }
@@ -106,7 +106,7 @@ el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int porta
     if (n < 0 || sum == NULL || (n > 0 && x == NULL))
         return EL_ERR_SIZE;
 #if HAVE_VECTOR
-    if (!portable && el_q41_vector_path()) {
+    if (!portable && el_path_x86_vector(EL_PATH_CHOSEN)) {
         *sum = exp_shifted_vector(x, n, shift);
         return EL_OK;
     }

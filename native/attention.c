@@ -13,12 +13,12 @@
  * two inner loops (the scores of a chunk, their weighted sum of values) are written with vector
  * instructions for head sizes that are multiples of 8.
  *
- * Includes: libc, activation.h / blocks.h of this folder (the exponentials, the CPU check), and the
+ * Includes: libc, activation.h / kernels.h of this folder (the exponentials, the path), and the
  * compiler's <immintrin.h> on x86-64.
  */
 #include "attention.h"
 #include "activation.h"
-#include "blocks.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -274,7 +274,7 @@ el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, c
     if (hi > lo && (q == NULL || keys == NULL || values == NULL || out == NULL))
         return EL_ERR_SIZE;
 #if HAVE_VECTOR
-    if (!portable && el_q41_vector_path()) {
+    if (!portable && el_path_x86_vector(EL_PATH_CHOSEN)) {
         rows_vector(a, q, p0, keys, values, lo, hi, out);
         return EL_OK;
     }

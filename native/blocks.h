@@ -19,24 +19,39 @@
  *     q [N, nb, 32]   uint8, weight = scale * (q - 128);   scale [N, nb] float32
  *     y[n] = sum_b scale xd sum_j (q_j - 128) xq_j
  *
- * x86-64 CPUs with AVX2, FMA and F16C take a vector path (blocks_avx2.c), chosen at run time; every
- * other CPU (and `portable` = 1) a plain C loop (blocks.c) with the same arithmetic, summed in another
- * order. Routines return EL_OK, or EL_ERR_SIZE for a size that is zero, negative or out of range or a
- * buffer that is missing (status.h), and never allocate.
+ * One order of arithmetic for every path, tile and thread count: an output's bits depend only on its
+ * weight row and its activation row. With dot_b the exact int32 dot product of block b, the blocks
+ * are taken in groups of 8 (lanes l = 0..7, block b = 8g + l; the last group padded with zero blocks):
+ *     Q4_1:   acc_l = acc_l + fma(dot_b, d_b * xd_b, fma(m_b, xs_b, d_b * (8 xr_b)))
+ *     8-bit:  acc_l = fma(dot_b, scale_b * xd_b, acc_l)
+ *     y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
+ * and xs of a block is summed as ((x_l + x_8+l) + (x_16+l + x_24+l)) over l, folded the same way.
+ * The paths (kernels.h) differ only in the instructions that form dot_b.
+ *
+ * Routines return EL_OK, or EL_ERR_SIZE for a size that is zero, negative or out of range or a buffer
+ * that is missing (status.h), and never allocate.
  */
 #ifndef EDGELLAMA_BLOCKS_H
 #define EDGELLAMA_BLOCKS_H
 
+#include "kernels.h"
 #include "status.h"
 
 #include <stdint.h>
 
 #define EL_Q41_BLOCK 32
 
-/* One activation row rounded for Q4_1 products; buffers owned by the caller.
- * q [nb * 32]: blocks in pairs (2i, 2i + 1) laid out as x_2i[0:16] x_2i+1[0:16] x_2i[16:32] x_2i+1[16:32]
- *              (the order of the nibbles of two weight blocks read together); an odd last block as it is.
- * scale, sum, rest [nb]: xd, xs and xr above. */
+/* Blocks an activation row's buffers hold for nb blocks: nb rounded up to a whole group of 8. */
+static inline int64_t el_q8_padded(int64_t nb)
+{
+    return (nb + 7) / 8 * 8;
+}
+
+/* One activation row rounded to int8 per block; buffers owned by the caller, each holding
+ * el_q8_padded(nb) blocks (el_q8_quantize zeroes the blocks after nb).
+ * q [padded * 32]: blocks in pairs (2i, 2i + 1) laid out as x_2i[0:16] x_2i+1[0:16] x_2i[16:32] x_2i+1[16:32]
+ *                  (the order of the nibbles of two weight blocks read together; see el_q8_half_at)
+ * scale, sum, rest [padded]: xd, xs and xr above. */
 typedef struct el_q8_act {
     int8_t *q;
     float *scale;
@@ -54,9 +69,6 @@ typedef struct el_q41_weight {
     int64_t nb;
 } el_q41_weight;
 
-/* Whether this CPU takes the vector path. */
-int el_q41_vector_path(void);
-
 /* An 8-bit weight [n, 32 * nb] as described above. */
 typedef struct el_q8_weight {
     const uint8_t *q;
@@ -65,38 +77,47 @@ typedef struct el_q8_weight {
     int64_t nb;
 } el_q8_weight;
 
+/* `path` below: a kernels.h path, EL_PATH_CHOSEN for the process's. */
+
 /* Round x [32 * act->nb] into act. */
-el_status el_q8_quantize(const float *x, el_q8_act *act, int portable);
+el_status el_q8_quantize(const float *x, el_q8_act *act, int path);
 
 /* y[i * stride + r] = row r of W times activation row i, for the `count` rows acts[i] and the rows
- * r in [lo, hi) of W (stride >= hi). Each weight row is read once for all activation rows. */
+ * r in [lo, hi) of W (stride >= hi). Each weight row is read once for every few activation rows. */
 el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                      float *y, int64_t stride, int portable);
+                      float *y, int64_t stride, int path);
 
 /* y[r] = row r of an 8-bit W times one activation row, for rows r in [lo, hi) (y is indexed by r). */
-el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y,
-                     int portable);
+el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path);
 
-/* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b of a row of nb
- * blocks: pairs of blocks interleaved by halves, an odd last block as it is (el_q8_act above). */
-static inline int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
+/* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b. */
+static inline int64_t el_q8_half_at(int64_t b, int second)
 {
-    if ((b ^ 1) >= nb)                     /* an odd last block, as it is */
-        return b * 32 + 16 * second;
     return (b >> 1) * 64 + 32 * second + 16 * (b & 1);
 }
 
-/* The vector path (blocks_avx2.c), for the routines above: built where the compiler targets x86-64,
- * taken where el_blocks_avx2_supported() (0 on other targets) finds the instructions. */
+/* The vector paths, for the routines above (blocks_avx2.c, blocks_avx512.c: x86-64 with GCC or
+ * clang; blocks_neon.c: aarch64); chosen by blocks.c through kernels.h. Arguments were checked. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define EL_BLOCKS_AVX2 1
+#define EL_BLOCKS_X86 1
 void el_q8_quantize_avx2(const float *x, el_q8_act *act);
 void el_q41_rows_avx2(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride);
 void el_q8_rows_avx2(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+void el_q41_rows_avx512vnni(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                            float *y, int64_t stride);
+void el_q8_rows_avx512vnni(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
 #else
-#define EL_BLOCKS_AVX2 0
+#define EL_BLOCKS_X86 0
 #endif
-int el_blocks_avx2_supported(void);
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define EL_BLOCKS_NEON 1
+void el_q8_quantize_neon(const float *x, el_q8_act *act);
+void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride);
+void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+#else
+#define EL_BLOCKS_NEON 0
+#endif
 
 #endif

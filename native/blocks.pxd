@@ -1,4 +1,4 @@
-# Declarations of blocks.h for the extension module (its vector path is blocks.c's own business).
+# Declarations of blocks.h for the extension module (its vector paths are blocks.c's own business).
 from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
 
 from status cimport el_status
@@ -27,10 +27,9 @@ cdef extern from "blocks.h" nogil:
         int64_t n
         int64_t nb
 
-    int el_q41_vector_path()
-    el_status el_q8_quantize(const float *x, el_q8_act *act, int portable)
+    int64_t el_q8_padded(int64_t nb)
+    el_status el_q8_quantize(const float *x, el_q8_act *act, int path)
     el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                          float *y, int64_t stride, int portable)
-    el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y,
-                         int portable)
-    int64_t el_q8_half_at(int64_t b, int64_t nb, int second)
+                          float *y, int64_t stride, int path)
+    el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path)
+    int64_t el_q8_half_at(int64_t b, int second)

@@ -107,7 +107,7 @@ static void round_rows(void *data, int64_t lo, int64_t hi)
 {
     const Rounding *r = data;
     for (int64_t i = lo; i < hi; i++)
-        el_q8_quantize(r->x + i * r->acts[i].nb * EL_Q41_BLOCK, &r->acts[i], 0);
+        el_q8_quantize(r->x + i * r->acts[i].nb * EL_Q41_BLOCK, &r->acts[i], EL_PATH_CHOSEN);
 }
 
 /* Norm: sum = x + residual, then its RMS norm times gamma, rounded into acts (rows of [k]) */
@@ -126,7 +126,7 @@ static void norm_rows(void *data, int64_t lo, int64_t hi)
         float scale = 1.0f / sqrtf((float)(squares / (double)n->k) + n->eps);
         for (int64_t i = 0; i < n->k; i++)
             n->normed[row + i] = n->sum[row + i] * scale * n->gamma[i];
-        el_q8_quantize(n->normed + row, &n->acts[r], 0);
+        el_q8_quantize(n->normed + row, &n->acts[r], EL_PATH_CHOSEN);
     }
 }
 
@@ -139,7 +139,7 @@ static void gate_rows(void *data, int64_t lo, int64_t hi)
     for (int64_t r = lo; r < hi; r++) {
         float *gate = g->gu + r * 2 * g->inter;
         el_swiglu(gate, gate + g->inter, g->inter, gate, 0);
-        el_q8_quantize(gate, &g->acts[r], 0);
+        el_q8_quantize(gate, &g->acts[r], EL_PATH_CHOSEN);
     }
 }
 
@@ -156,11 +156,11 @@ static void product_rows(void *data, int64_t lo, int64_t hi)
 {
     const Product *p = data;   /* sizes were checked: the kernels cannot fail here */
     if (p->w8.q == NULL) {
-        el_q41_rows(&p->w, p->acts, p->rows, lo, hi, p->y, p->w.n, 0);
+        el_q41_rows(&p->w, p->acts, p->rows, lo, hi, p->y, p->w.n, EL_PATH_CHOSEN);
         return;
     }
     for (int64_t i = 0; i < p->rows; i++)
-        el_q8_rows(&p->w8, &p->acts[i], lo, hi, p->y + i * p->w8.n, 0);
+        el_q8_rows(&p->w8, &p->acts[i], lo, hi, p->y + i * p->w8.n, EL_PATH_CHOSEN);
 }
 
 /* ---- one call: its scratch, its phases ---------------------------------------------------------- */
@@ -180,20 +180,22 @@ typedef struct {
     float *gu;         /* [rows, 2 n] (MLP) */
 } Call;
 
-/* bytes of rows rounded activations of nb blocks: the structs, then int8 values and 3 floats per block */
+/* bytes of rows rounded activations of nb blocks: the structs, then int8 values and 3 floats per
+ * block, for the padded count of blocks (blocks.h) */
 static size_t acts_bytes(int64_t rows, int64_t nb)
 {
-    return (size_t)rows * (sizeof(el_q8_act) + (size_t)nb * (EL_Q41_BLOCK + 3 * sizeof(float)));
+    return (size_t)rows * (sizeof(el_q8_act) + (size_t)el_q8_padded(nb) * (EL_Q41_BLOCK + 3 * sizeof(float)));
 }
 
 static el_q8_act *carve_acts(char **at, int64_t rows, int64_t nb)
 {
+    const int64_t p = el_q8_padded(nb);
     el_q8_act *acts = (el_q8_act *)*at;
     float *floats = (float *)(*at + rows * sizeof *acts);
-    int8_t *q = (int8_t *)(floats + rows * nb * 3);
+    int8_t *q = (int8_t *)(floats + rows * p * 3);
     for (int64_t i = 0; i < rows; i++)
-        acts[i] = (el_q8_act){q + i * nb * EL_Q41_BLOCK, floats + i * nb * 3, floats + i * nb * 3 + nb,
-                              floats + i * nb * 3 + 2 * nb, nb};
+        acts[i] = (el_q8_act){q + i * p * EL_Q41_BLOCK, floats + i * p * 3, floats + i * p * 3 + p,
+                              floats + i * p * 3 + 2 * p, nb};
     *at += acts_bytes(rows, nb);
     return acts;
 }

@@ -6,6 +6,7 @@
  *
  * Includes: libc.
  */
+#include "kernels.h"
 #include "ort_api.h"
 
 #include <stdlib.h>
@@ -55,6 +56,11 @@ OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
     el_ort_api = base->GetApi(ORT_API_VERSION_USED);
     if (el_ort_api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
         return NULL;
+    if (el_path_check_env() != EL_OK)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "EDGELLAMA_KERNELS names no kernel path this CPU can run: "
+                                                 "use one of avx512vnni, avx2, neon, portable that it supports, "
+                                                 "or unset it");
+    el_path_chosen();   /* the path is chosen once, here */
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);
     for (size_t i = 0; status == NULL && i < sizeof OPS / sizeof OPS[0]; i++)

@@ -1,6 +1,7 @@
 """Block products (native/blocks.c): Q4_1 from the file's blocks and 8-bit blocks in MatMulNBits'
-layout. The vector path, the plain C path and the NumPy twin agree, and each is the weight times x
-to the rounding of x to int8 per block. (The operators that run them: tests/test_q4_1_native.py.)"""
+layout. Every kernel path this CPU runs (native/kernels.h) and the NumPy twin give the same bits, an
+output's bits do not depend on the other rows of its call, and each is the weight times x to the
+rounding of x to int8 per block. (The operators that run them: tests/test_q4_1_native.py.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from helpers.backends import BACKENDS, _native, needs_native
 from helpers.blocks import random_blocks
 
-from edgellama import twins
+from edgellama import native_args, twins
 from edgellama.errors import InvalidParameterError
 
 
@@ -24,7 +25,10 @@ def dequantized(qs, d, m) -> np.ndarray:
 # of 8 blocks that cross rows at every offset (nb = 10, 14, 18, 22 mod 8), weight rows left over
 # after the last four (n = 7, 13, 9), and an even nb too wide for that path (130)
 SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129),
-          (1, 7, 8), (1, 13, 10), (1, 12, 14), (1, 9, 22), (1, 8, 48), (1, 6, 130)]
+          (1, 7, 8), (1, 13, 10), (1, 12, 14), (1, 9, 22), (1, 8, 48), (1, 6, 130), (1, 9, 2), (1, 8, 6)]
+# prompts: tiles of four activation rows with one-pair tails (nb = 18, 17), two-pair tails (20), none
+# (16), the rows left after the tiles, and more rows than one block of activation rows (70)
+PROMPT_SHAPES = [(9, 8, 18), (5, 6, 17), (6, 7, 20), (4, 5, 16), (70, 6, 18)]
 
 
 @pytest.mark.parametrize("rows,n,nb", SHAPES)
@@ -44,17 +48,49 @@ def test_q4_1_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb
     assert np.abs(y - exact).max() > 1e-7 * scale          # the rounding is there: not a float product
 
 
+def paths() -> tuple:
+    return _native.kernel_paths() if _native is not None else ()
+
+
 @needs_native
-@pytest.mark.parametrize("rows,n,nb", SHAPES)
-def test_vector_path_plain_c_and_twin_agree(rows, n, nb):
+@pytest.mark.parametrize("rows,n,nb", SHAPES + PROMPT_SHAPES)
+def test_every_kernel_path_gives_the_twins_bits(rows, n, nb):
     rng = np.random.default_rng(100 + nb)
     qs, d, m = random_blocks(rng, n, nb)
     x = rng.standard_normal((rows, 32 * nb)).astype(np.float32) * 3
     twin = twins.q41_matmul(x, qs, d, m)
-    scale = float(np.abs(twin).max())
-    for portable in (False, True):    # on a CPU without AVX2 both calls take the plain C path
-        got = _native.q41_matmul(x, qs, d, m, portable)
-        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * scale, err_msg=f"portable={portable}")
+    assert "portable" in paths()
+    for path in paths():
+        np.testing.assert_array_equal(_native.q41_matmul(x, qs, d, m, path), twin, err_msg=path)
+
+
+@needs_native
+@pytest.mark.parametrize("rows,n,nb", SHAPES + PROMPT_SHAPES)
+def test_an_output_does_not_depend_on_the_rows_beside_it(rows, n, nb):
+    """Batch invariance: a row computed alone (decode) or inside a prompt of any length, and a weight
+    row computed in any range of rows (as threads split them), give the same bits."""
+    rng = np.random.default_rng(150 + nb)
+    qs, d, m = random_blocks(rng, n, nb)
+    x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
+    for path in paths():
+        whole = _native.q41_matmul(x, qs, d, m, path)
+        alone = np.concatenate([_native.q41_matmul(x[i:i + 1], qs, d, m, path) for i in range(rows)])
+        np.testing.assert_array_equal(alone, whole, err_msg=path)
+        cut = n // 2 + 1    # weight rows [0, cut) and [cut, n): another split of the four-row tiles
+        parts = np.concatenate([_native.q41_matmul(x, qs[:cut], d[:cut], m[:cut], path),
+                                _native.q41_matmul(x, qs[cut:], d[cut:], m[cut:], path)], axis=1)
+        np.testing.assert_array_equal(parts, whole, err_msg=path)
+
+
+@needs_native
+def test_an_unknown_or_unavailable_path_is_refused():
+    qs, d, m = random_blocks(np.random.default_rng(0), 4, 2)
+    x = np.zeros((1, 64), np.float32)
+    with pytest.raises(InvalidParameterError, match="kernel path"):
+        _native.q41_matmul(x, qs, d, m, "sse9")
+    for path in set(native_args.KERNEL_PATHS) - set(paths()):
+        with pytest.raises(InvalidParameterError, match="this CPU runs"):
+            _native.q41_matmul(x, qs, d, m, path)
 
 
 @needs_native
@@ -67,8 +103,8 @@ def test_the_file_nibble_order_is_read():
     m = np.zeros((1, 2), np.float16).view(np.uint16)
     x = np.zeros((1, 64), np.float32)
     x[0, 32 + 20] = 2.0
-    for portable in (False, True):
-        assert _native.q41_matmul(x, qs, d, m, portable)[0, 0] == pytest.approx(6.0, rel=1e-6)
+    for path in paths():
+        assert _native.q41_matmul(x, qs, d, m, path)[0, 0] == pytest.approx(6.0, rel=1e-6)
     assert twins.q41_matmul(x, qs, d, m)[0, 0] == pytest.approx(6.0, rel=1e-6)
 
 
@@ -95,16 +131,14 @@ def test_q8_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
 
 @needs_native
 @pytest.mark.parametrize("rows,n,nb", SHAPES)
-def test_q8_vector_path_plain_c_and_twin_agree(rows, n, nb):
+def test_q8_every_kernel_path_gives_the_twins_bits(rows, n, nb):
     rng = np.random.default_rng(300 + nb)
     q, scale = random_q8(rng, n, nb)
     x = rng.standard_normal((rows, 32 * nb)).astype(np.float32)
     x[0] = 1.0
     twin = twins.q8_matmul(x, q, scale)
-    for portable in (False, True):
-        got = _native.q8_matmul(x, q, scale, portable)
-        np.testing.assert_allclose(got, twin, rtol=0, atol=2e-6 * float(np.abs(twin).max()),
-                                   err_msg=f"portable={portable}")
+    for path in paths():
+        np.testing.assert_array_equal(_native.q8_matmul(x, q, scale, path), twin, err_msg=path)
 
 
 @pytest.mark.parametrize("module", BACKENDS)

@@ -46,6 +46,7 @@ def header(report) -> str:
         f"model       {report.model} ({report.quantization}, {report.size_bytes / 2**20:.1f} MiB on disk)",
         f"runtime     onnxruntime {report.onnxruntime}, {report.provider}, KV capacity {report.max_length}",
         f"cpu         {report.cpu} [{features}]",
+        f"kernels     {report.kernels}",
         f"load        {report.load_s:.2f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB",
     ])
 

@@ -9,6 +9,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
 
 def main(args) -> int:
+    from .. import kernels
     from ..package import read_info, verify
 
     folder = Path(args.package)
@@ -32,6 +33,7 @@ def main(args) -> int:
         ("max length", info.max_length),
         ("providers", ", ".join(info.providers)),
         ("size", f"{size / 2**20:.1f} MiB"),
+        ("kernels on this CPU", kernels.describe()),
         ("checksums", "not checked" if args.no_verify else f"{len(info.files)} files verified"),
     ]
     width = max(len(k) for k, _ in rows)

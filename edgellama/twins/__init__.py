@@ -6,10 +6,11 @@ KV caches (edgellama.kvcache), and by the tests as the reference of every C rout
 """
 from .activation import swiglu
 from .attention import attention
-from .blocks import q8_matmul, q41_matmul, q41_vector_path
+from .blocks import q8_matmul, q41_matmul
 from .halfconv import f16_to_f32
+from .kernels import kernel_path, kernel_paths
 from .kvcache import kv_copy, kv_move, kv_rotate, kv_shift
 from .sampler import Sampler, random_u64
 
-__all__ = ["Sampler", "attention", "f16_to_f32", "kv_copy", "kv_move", "kv_rotate", "kv_shift", "q41_matmul",
-           "q41_vector_path", "q8_matmul", "random_u64", "swiglu"]
+__all__ = ["Sampler", "attention", "f16_to_f32", "kernel_path", "kernel_paths", "kv_copy", "kv_move", "kv_rotate",
+           "kv_shift", "q41_matmul", "q8_matmul", "random_u64", "swiglu"]

@@ -1,50 +1,77 @@
-"""NumPy twin of native/blocks.c (and its vector path, blocks_avx2.c): the Q4_1 and 8-bit block
-products, with the activations rounded per block as native/blocks.h says (the sums are taken in
-another order). Arguments are checked by edgellama.native_args, as for the compiled module.
+"""NumPy twin of native/blocks.c and its vector paths (blocks_avx2.c, blocks_avx512.c,
+blocks_neon.c): the Q4_1 and 8-bit block products, with the activations rounded per block and each
+output summed in the one order that native/blocks.h fixes for every path. A fused multiply-add is
+taken in float64, where the product of two float32 values is exact, then rounded to float32 (a
+second rounding that can differ from the fused one only for sums that fall within 2**-29 of a
+float32 midpoint). Arguments are checked by edgellama.native_args, as for the compiled module.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import native_args
+from .kernels import kernel_paths
+
+F32 = np.float32
 
 
-def q41_vector_path() -> bool:
-    """The twin has one path: NumPy's."""
-    return False
+def _fma(a, b, c) -> np.ndarray:
+    return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)).astype(F32)
+
+
+def _fold8(lanes: np.ndarray) -> np.ndarray:
+    """[..., 8] -> ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) in float32."""
+    s = lanes[..., :4] + lanes[..., 4:]
+    return (s[..., 0] + s[..., 2]) + (s[..., 1] + s[..., 3])
 
 
 def _q8_blocks(x: np.ndarray) -> tuple:
     """x [M, nb, 32] float32 -> (xq int32, xd, xs, xr [M, nb]) as native/blocks.h rounds them."""
     amax = np.abs(x).max(axis=-1)
-    inv = np.where(amax > 0, np.float32(127.0) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    inv = np.where(amax > 0, F32(127.0) / np.where(amax > 0, amax, F32(1)), F32(0)).astype(F32)
     xq = np.rint(x * inv[..., None]).astype(np.int32)
-    xd = (amax / np.float32(127.0)).astype(np.float32)
-    xs = x.sum(axis=-1, dtype=np.float32)
-    xr = (xs - xd * xq.sum(axis=-1).astype(np.float32)).astype(np.float32)
+    xd = (amax / F32(127.0)).astype(F32)
+    xs = _fold8((x[..., 0:8] + x[..., 8:16]) + (x[..., 16:24] + x[..., 24:32]))
+    xr = (xs - xd * xq.sum(axis=-1).astype(F32)).astype(F32)
     return xq, xd, xs, xr
 
 
-def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, portable: bool = False) -> np.ndarray:
+def _lanes_sum(terms: np.ndarray, fused_scale=None) -> np.ndarray:
+    """The per-block terms [M, N, nb] summed in groups of 8 lanes (zero blocks after nb), then folded.
+    fused_scale (8-bit): acc = fma(terms, fused_scale, acc) in place of acc + terms."""
+    m, n, nb = terms.shape
+    padded = (nb + 7) // 8 * 8
+    pad = [(0, 0), (0, 0), (0, padded - nb)]
+    terms = np.pad(terms, pad).reshape(m, n, padded // 8, 8)
+    scale = None if fused_scale is None else np.pad(fused_scale, pad).reshape(m, n, padded // 8, 8)
+    acc = np.zeros((m, n, 8), F32)
+    for g in range(padded // 8):
+        acc = acc + terms[:, :, g] if scale is None else _fma(terms[:, :, g], scale[:, :, g], acc)
+    return _fold8(acc)
+
+
+def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path=None) -> np.ndarray:
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16
-    bits), x rounded per block as native/blocks.h says (the sums are taken in another order)."""
+    bits), x rounded per block and the sums taken as native/blocks.h says."""
     native_args.q41_matmul(x, qs, d, m)
+    native_args.kernel_path(path, kernel_paths())
     rows, nb = x.shape[0], qs.shape[1]
-    xq, xd, xs, xr = _q8_blocks(np.ascontiguousarray(x, np.float32).reshape(rows, nb, 32))
+    xq, xd, xs, xr = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)            # [N, nb, 32]
-    dw = d.view(np.float16).astype(np.float32)
-    mw = m.view(np.float16).astype(np.float32)
-    dots = np.einsum("nbj,mbj->mnb", q, xq).astype(np.float32)                    # [M, N, nb]
-    products = (dw[None] * xd[:, None, :]) * dots
-    offsets = mw[None] * xs[:, None, :] + np.float32(8.0) * dw[None] * xr[:, None, :]
-    return (products.sum(axis=-1) + offsets.sum(axis=-1)).astype(np.float32)
+    dw = d.view(np.float16).astype(F32)[None]
+    mw = m.view(np.float16).astype(F32)[None]
+    dots = np.einsum("nbj,mbj->mnb", q, xq).astype(F32)                           # [M, N, nb]
+    xd, xs, xr = xd[:, None, :], xs[:, None, :], xr[:, None, :]
+    terms = _fma(dots, dw * xd, _fma(mw, xs, dw * (F32(8.0) * xr)))
+    return _lanes_sum(terms)
 
 
-def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, portable: bool = False) -> np.ndarray:
+def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, path=None) -> np.ndarray:
     """y [M, N] = x [M, K] times the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]),
-    x rounded per block as native/blocks.h says."""
+    x rounded per block and the sums taken as native/blocks.h says."""
     native_args.q8_matmul(x, q, scale)
+    native_args.kernel_path(path, kernel_paths())
     rows, nb = x.shape[0], q.shape[1]
-    xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, np.float32).reshape(rows, nb, 32))
-    dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32) - 128, xq).astype(np.float32)     # [M, N, nb]
-    return ((scale.astype(np.float32)[None] * xd[:, None, :]) * dots).sum(axis=-1).astype(np.float32)
+    xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
+    dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32) - 128, xq).astype(F32)     # [M, N, nb]
+    return _lanes_sum(dots, scale.astype(F32)[None] * xd[:, None, :])

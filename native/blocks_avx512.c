@@ -1,0 +1,33 @@
+/*
+ * The avx512vnni path of the block products (kernels.h, blocks.h): x86-64 with AVX-512 VNNI and VL
+ * besides AVX2, FMA and F16C. vpdpbusd multiplies unsigned bytes by signed bytes and adds each four
+ * products into an int32 lane in one instruction (where vpmaddubsw, vpaddw and vpmaddwd take three);
+ * on 256-bit registers, so that the lanes are those of the avx2 path and the row loops are
+ * blocks_x86.h's. The activations are rounded by the avx2 path's el_q8_quantize_avx2.
+ *
+ * Includes: libc, and the compiler's <immintrin.h>.
+ */
+#include "blocks.h"
+
+#if EL_BLOCKS_X86
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+#define ROWS_Q41 el_q41_rows_avx512vnni
+#define ROWS_Q8 el_q8_rows_avx512vnni
+
+TARGET static inline __m256i pair_dot_vnni(__m256i lo, __m256i hi, const int8_t *x)
+{
+    __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)x));
+    return _mm256_dpbusd_epi32(acc, hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+}
+
+TARGET static inline __m256i block8_dot_vnni(__m256i w, __m256i x)
+{
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+}
+
+#define PAIR_DOT pair_dot_vnni
+#define BLOCK8_DOT block8_dot_vnni
+#include "blocks_x86.h"
+#endif

@@ -1,0 +1,169 @@
+/*
+ * The neon path of the block products (kernels.h, blocks.h): aarch64 with the dot product extension.
+ * sdot adds four products of signed bytes into each int32 lane; the nibbles (0..15) and the
+ * 8-bit weights less 128 fit signed bytes. Per group of 8 blocks the exact dot products are
+ * gathered into lanes 0-3 and 4-7 of two vectors by pairwise adds, and the float arithmetic of
+ * blocks.h follows, on two 4-lane vectors in the order the x86 paths take on one 8-lane vector.
+ *
+ * Buffers as blocks_x86.h: a row's last, partial group is copied (zero blocks after its end).
+ *
+ * Includes: libc, and the compiler's <arm_neon.h>.
+ */
+#include "blocks.h"
+
+#if EL_BLOCKS_NEON
+#include <arm_neon.h>
+#include <string.h>
+
+#define TARGET __attribute__((target("arch=armv8.2-a+dotprod+fp16")))
+
+typedef struct { float32x4_t a, b; } Lanes8;   /* lanes 0-3, 4-7 */
+
+TARGET static inline float fold8(Lanes8 v)      /* ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) */
+{
+    float32x4_t s = vaddq_f32(v.a, v.b);
+    return (vgetq_lane_f32(s, 0) + vgetq_lane_f32(s, 2)) + (vgetq_lane_f32(s, 1) + vgetq_lane_f32(s, 3));
+}
+
+TARGET static inline float32x4_t halves(const uint16_t *h)
+{
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+}
+
+/* block sums of four per-block int32x4 partial sums -> [dot0, dot1, dot2, dot3] as floats */
+TARGET static inline float32x4_t four_dots(int32x4_t s0, int32x4_t s1, int32x4_t s2, int32x4_t s3)
+{
+    return vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3)));
+}
+
+TARGET static inline int32x4_t q41_block(const uint8_t *qs, const el_q8_act *a, int64_t b)
+{
+    uint8x16_t v = vld1q_u8(qs);
+    int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+    int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    int32x4_t s = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(a->q + el_q8_half_at(b, 0)));
+    return vdotq_s32(s, hi, vld1q_s8(a->q + el_q8_half_at(b, 1)));
+}
+
+/* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) over 4 blocks from block b */
+TARGET static inline float32x4_t q41_terms(float32x4_t acc, float32x4_t dots, const uint16_t *d, const uint16_t *m,
+                                           const el_q8_act *a, int64_t b)
+{
+    float32x4_t dv = halves(d), mv = halves(m);
+    float32x4_t rest8 = vmulq_f32(vld1q_f32(a->rest + b), vdupq_n_f32(8.0f));
+    float32x4_t inner = vfmaq_f32(vmulq_f32(dv, rest8), mv, vld1q_f32(a->sum + b));
+    return vaddq_f32(acc, vfmaq_f32(inner, dots, vmulq_f32(dv, vld1q_f32(a->scale + b))));
+}
+
+TARGET static inline Lanes8 q41_group(Lanes8 acc, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
+                                      const el_q8_act *a, int64_t b)
+{
+    float32x4_t lo = four_dots(q41_block(qs, a, b), q41_block(qs + 16, a, b + 1), q41_block(qs + 32, a, b + 2),
+                               q41_block(qs + 48, a, b + 3));
+    float32x4_t hi = four_dots(q41_block(qs + 64, a, b + 4), q41_block(qs + 80, a, b + 5),
+                               q41_block(qs + 96, a, b + 6), q41_block(qs + 112, a, b + 7));
+    acc.a = q41_terms(acc.a, lo, d, m, a, b);
+    acc.b = q41_terms(acc.b, hi, d + 4, m + 4, a, b + 4);
+    return acc;
+}
+
+TARGET static float q41_row(const el_q41_weight *w, const el_q8_act *a, int64_t r)
+{
+    const int64_t nb = w->nb, full = nb / 8 * 8;
+    const uint8_t *qs = w->qs + r * nb * 16;
+    const uint16_t *d = w->d + r * nb, *m = w->m + r * nb;
+    Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t b = 0; b < full; b += 8)
+        acc = q41_group(acc, qs + b * 16, d + b, m + b, a, b);
+    if (full < nb) {
+        uint8_t tq[8 * 16] = {0};
+        uint16_t td[8] = {0}, tm[8] = {0};
+        memcpy(tq, qs + full * 16, (size_t)(nb - full) * 16);
+        memcpy(td, d + full, (size_t)(nb - full) * sizeof(uint16_t));
+        memcpy(tm, m + full, (size_t)(nb - full) * sizeof(uint16_t));
+        acc = q41_group(acc, tq, td, tm, a, full);
+    }
+    return fold8(acc);
+}
+
+TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                             float *y, int64_t stride)
+{
+    for (int64_t r = lo; r < hi; r++)
+        for (int64_t i = 0; i < count; i++)
+            y[i * stride + r] = q41_row(w, &acts[i], r);
+}
+
+TARGET static inline int32x4_t q8_block(const uint8_t *q, const el_q8_act *a, int64_t b)
+{
+    const uint8x16_t bias = vdupq_n_u8(0x80);
+    int8x16_t w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q), bias));
+    int8x16_t w1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q + 16), bias));
+    int32x4_t s = vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(a->q + el_q8_half_at(b, 0)));
+    return vdotq_s32(s, w1, vld1q_s8(a->q + el_q8_half_at(b, 1)));
+}
+
+TARGET static inline Lanes8 q8_group(Lanes8 acc, const uint8_t *q, const float *scale, const el_q8_act *a, int64_t b)
+{
+    float32x4_t lo = four_dots(q8_block(q, a, b), q8_block(q + 32, a, b + 1), q8_block(q + 64, a, b + 2),
+                               q8_block(q + 96, a, b + 3));
+    float32x4_t hi = four_dots(q8_block(q + 128, a, b + 4), q8_block(q + 160, a, b + 5), q8_block(q + 192, a, b + 6),
+                               q8_block(q + 224, a, b + 7));
+    acc.a = vfmaq_f32(acc.a, lo, vmulq_f32(vld1q_f32(scale), vld1q_f32(a->scale + b)));
+    acc.b = vfmaq_f32(acc.b, hi, vmulq_f32(vld1q_f32(scale + 4), vld1q_f32(a->scale + b + 4)));
+    return acc;
+}
+
+TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+{
+    const int64_t nb = w->nb, full = nb / 8 * 8;
+    for (int64_t r = lo; r < hi; r++) {
+        const uint8_t *q = w->q + r * nb * 32;
+        const float *scale = w->scale + r * nb;
+        Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+        for (int64_t b = 0; b < full; b += 8)
+            acc = q8_group(acc, q + b * 32, scale + b, act, b);
+        if (full < nb) {
+            uint8_t tq[8 * 32];
+            float ts[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            memset(tq, 0x80, sizeof tq);
+            memcpy(tq, q + full * 32, (size_t)(nb - full) * 32);
+            memcpy(ts, scale + full, (size_t)(nb - full) * sizeof(float));
+            acc = q8_group(acc, tq, ts, act, full);
+        }
+        y[r] = fold8(acc);
+    }
+}
+
+TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)
+{
+    for (int64_t b = 0; b < act->nb; b++) {
+        const float *xb = x + b * 32;
+        float32x4_t v[8];
+        for (int k = 0; k < 8; k++)
+            v[k] = vld1q_f32(xb + 4 * k);
+        float32x4_t mx = vabsq_f32(v[0]);
+        for (int k = 1; k < 8; k++)
+            mx = vmaxq_f32(mx, vabsq_f32(v[k]));
+        const float amax = vmaxvq_f32(mx), inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        /* lanes l of x_l + x_8+l etc.: v[0..1] hold elements 0-7, v[2..3] 8-15, v[4..5] 16-23, v[6..7] 24-31 */
+        Lanes8 lanes = {vaddq_f32(vaddq_f32(v[0], v[2]), vaddq_f32(v[4], v[6])),
+                        vaddq_f32(vaddq_f32(v[1], v[3]), vaddq_f32(v[5], v[7]))};
+        int32x4_t qi[8], isum = vdupq_n_s32(0);
+        for (int k = 0; k < 8; k++) {
+            qi[k] = vcvtnq_s32_f32(vmulq_f32(v[k], vdupq_n_f32(inv)));   /* to nearest, ties to even */
+            isum = vaddq_s32(isum, qi[k]);
+        }
+        for (int half = 0; half < 2; half++) {   /* elements 0-15, then 16-31 */
+            const int32x4_t *h = qi + 4 * half;
+            int16x8_t n01 = vcombine_s16(vqmovn_s32(h[0]), vqmovn_s32(h[1]));
+            int16x8_t n23 = vcombine_s16(vqmovn_s32(h[2]), vqmovn_s32(h[3]));
+            vst1q_s8(act->q + el_q8_half_at(b, half), vcombine_s8(vqmovn_s16(n01), vqmovn_s16(n23)));
+        }
+        float sum = fold8(lanes);
+        act->scale[b] = amax / 127.0f;
+        act->sum[b] = sum;
+        act->rest[b] = sum - act->scale[b] * (float)vaddvq_s32(isum);
+    }
+}
+#endif
