@@ -6,7 +6,7 @@ computed from the same final hidden states (nothing else in the model changes).
 The package's all-positions graph (edgellama.evaluate) runs once over the first `tokens` tokens of
 the text and returns the LM head's input; every variant is then a float product in NumPy:
 
-    stored            the package's head weight (MatMulNBits), dequantized
+    stored            the package's head weight (MatMulNBits, or the native form's 8-bit MatMulQ8), dequantized
     int4 sym          every row requantized to 4 bits in blocks of 32, symmetric with scale search
     int4 asym         the same with a zero point per block (min-max)
     ids < N           the N lowest token ids keep their stored rows, the rest are int4 asym
@@ -30,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT = ROOT / "benchmarks" / "data" / "gpl-3.0.txt"
 CHUNK = 256          # positions whose logits are held at once
+HEADS = ("MatMulNBits", "MatMulQ8")   # the LM head's node in a quantized package
 
 
 def head_inputs(package: Path, ids: list, threads: int):
@@ -41,10 +42,10 @@ def head_inputs(package: Path, ids: list, threads: int):
     from edgellama.session import open_package
 
     model = all_positions_graph(package)
-    head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == LOGITS), None)
+    head = next((n for n in model.graph.node if n.op_type in HEADS and n.output[0] == LOGITS), None)
     if head is None:
-        raise SystemExit(f"{package}: the logits do not come from a MatMulNBits node; this study needs a "
-                         "quantized package (int4 or int8)")
+        raise SystemExit(f"{package}: the logits do not come from a MatMulNBits or MatMulQ8 node; this study "
+                         "needs a quantized package (int4 or int8)")
     model.graph.output.append(onnx.helper.make_tensor_value_info(head.input[0], onnx.TensorProto.FLOAT, None))
     opened = open_package(package, providers=("cpu",), threads=threads, graph=model)
     feed = {INPUT_IDS: np.array([ids], np.int64), ATTENTION_MASK: np.ones((1, len(ids)), np.int64),
@@ -70,7 +71,8 @@ def stored_head(package: Path, head, graph):
     zp = numpy_helper.to_array(tensors[head.input[3]]) if len(head.input) > 3 and head.input[3] else None
     if zp is not None:
         zp = zp.reshape(packed.shape[0], -1)
-    return QuantizedWeight(packed, scales, zp, attrs["bits"], attrs["block_size"], attrs["K"], 0.0)
+    # MatMulQ8 (ai.edgellama) reads MatMulNBits' 8-bit layout in blocks of 32 and names neither
+    return QuantizedWeight(packed, scales, zp, attrs.get("bits", 8), attrs.get("block_size", 32), attrs["K"], 0.0)
 
 
 def head_bytes(rows: int, k: int, bits: int, zero_points: bool) -> int:

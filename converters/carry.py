@@ -25,6 +25,7 @@ formats are in converters/formats.py); this module only maps blocks:
                                       offsets (no extra nodes, not exact)
     from_q4_1_blocks                  Q4_1 as from_q4_1, with the file's blocks kept for edgellama's
                                       ONNX Runtime operators (domain ai.edgellama, native/ort_ops.c)
+    from_q4_0_blocks                  Q4_0 as from_q4_0, with its blocks kept as Q4_1 fields (m = -8d)
     float16_zero_points               Q4_1 offsets folded into float16 zero points (float16 graphs)
 """
 from __future__ import annotations
@@ -129,6 +130,22 @@ def from_q4_1_blocks(blocks: np.ndarray, bits: int) -> CarriedWeight:
                        np.ascontiguousarray(blocks[..., 0:2]).view(np.uint16)[..., 0],
                        np.ascontiguousarray(blocks[..., 2:4]).view(np.uint16)[..., 0])
     return replace(from_q4_1(blocks, bits), blocks=fields)
+
+
+def from_q4_0_blocks(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    """Q4_0 as from_q4_0, with its blocks kept as Q4_1 fields for the ai.edgellama operators:
+    w = d (q - 8) = d q + m with m = -8 d, exact (a power-of-two multiple of a float16, finite where
+    fits_q4_0_as_q4_1 says so)."""
+    d = np.ascontiguousarray(blocks[..., 0:2]).view(np.float16)[..., 0]
+    fields = Q41Blocks(np.ascontiguousarray(blocks[..., 2:]), d.view(np.uint16),
+                       (d * np.float16(-8)).astype(np.float16).view(np.uint16))
+    return replace(from_q4_0(blocks, bits), blocks=fields)
+
+
+def fits_q4_0_as_q4_1(raw: np.ndarray, k: int) -> bool:
+    """Whether -8 d of every block of a stored Q4_0 tensor (uint8 [N, bytes per row]) is finite in float16."""
+    d = _fp16(_blocks(raw, "Q4_0", k), 0)
+    return bool(np.all(np.abs(d) * 8 <= float(np.finfo(np.float16).max)))
 
 
 def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:

@@ -12,6 +12,8 @@ blocks a conversion takes over as they are (BLOCK_TYPES); converters/plan.py pic
     Q4_1 float16 zero points   Q4_1 blocks   4 bits + float16 zero points           MatMulNBits  no (float16 minimums)
     Q4_1 integer zero points   Q4_1 blocks   4 bits + rounded integer zero points   MatMulNBits  no
     Q4_1 blocks                Q4_1 blocks   the file's own blocks (qs, d, m)       MatMulQ4_1   yes
+    Q4_0 as Q4_1 blocks        Q4_0 blocks   the file's d and nibbles, m = -8d      MatMulQ4_1   yes
+    Q4_1 quantized             float values  Q4_1 blocks (min, step; q4_1.py)       MatMulQ4_1   no
 
 Each row names its loader: (parts, bits, block_size) -> (Stored, relative error or None), where
 parts are the float32 arrays [N_i, K] of the stacked source tensors (formats made from float
@@ -26,9 +28,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .carry import (CarriedWeight, Q41Blocks, carry, fits_float16_zero_points, float16_zero_points,
-                    from_q4_1_blocks, from_q4_1_zero_point, relative_error, stack)
+from .carry import (CarriedWeight, Q41Blocks, carry, fits_float16_zero_points, fits_q4_0_as_q4_1, float16_zero_points,
+                    from_q4_0_blocks, from_q4_1_blocks, from_q4_1_zero_point, relative_error, stack)
 from .offset_columns import append_offset_columns
+from .q4_1 import quantize_q4_1
 from .quantize import QuantizedWeight, quantize
 
 QUANT_BITS = {"int4": 4, "int8": 8}          # package methods that store MatMulNBits weights
@@ -110,9 +113,14 @@ def _integer_zero_points(parts: list, bits: int, block_size: int):
     return Stored(rounded.k, quantized=rounded.quantized), relative_error(rounded, _carried(parts, bits))
 
 
-def _file_blocks(parts: list, bits: int, block_size: int):
-    cw = _carried(parts, bits, from_q4_1_blocks)
+def _file_blocks(parts: list, bits: int, block_size: int, mapping=from_q4_1_blocks):
+    cw = _carried(parts, bits, mapping)
     return Stored(cw.k, blocks=cw.blocks), 0.0
+
+
+def _quantized_blocks(parts: list, bits: int, block_size: int):
+    blocks, error = quantize_q4_1(_stacked(parts))
+    return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
 
 
 FORMATS = {
@@ -132,6 +140,10 @@ FORMATS = {
                                        bits=4, zero_points=True),
     "Q4_1 blocks": Format(_file_blocks, "blocks", "MatMulQ4_1", exact=True, source="Q4_1", bits=4,
                           gatherable=False),
+    "Q4_0 as Q4_1 blocks": Format(partial(_file_blocks, mapping=from_q4_0_blocks), "blocks", "MatMulQ4_1",
+                                  exact=True, source="Q4_0", bits=4, gatherable=False, fits=fits_q4_0_as_q4_1,
+                                  fallback="Q4_0"),
+    "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False),
 }
 
 
@@ -140,16 +152,19 @@ class BlockType:
     """What conversions do with one GGML block type (blocks of GGML_BLOCK weights along K)."""
     layers: tuple                # package methods whose layer matrices keep these blocks
     tables: tuple                # package methods whose embedding / LM head keeps them
-    formats: dict                # gguf_blocks mode -> format ("requantize" keeps none)
+    formats: dict                # gguf_blocks mode of a portable package -> format ("requantize" keeps none)
+    native: Optional[str]        # format in the native form ("carry"); None: requantized
     float16: dict = field(default_factory=dict)   # mode -> format in float16 graphs, where it differs
 
 
 # An int4 package keeps a Q8_0 embedding / LM head at 8 bits (the file chose more precision for
-# them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for.
+# them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for. A table the
+# embedding gathers rows of keeps a gatherable format: where the native one is not, the portable
+# "carry" format.
 BLOCK_TYPES = {
-    "Q8_0": BlockType(("int8",), ("int4", "int8"), {"carry": "Q8_0", "zero_point": "Q8_0", "ops": "Q8_0"}),
-    "Q4_0": BlockType(("int4", "int8"), ("int4", "int8"), {"carry": "Q4_0", "zero_point": "Q4_0", "ops": "Q4_0"}),
-    "Q4_1": BlockType(("int4",), ("int4",), {"carry": "Q4_1 offset columns", "zero_point": "Q4_1 integer zero points",
-                                              "ops": "Q4_1 blocks"},
-                      float16={"carry": "Q4_1 float16 zero points"}),
+    "Q8_0": BlockType(("int8",), ("int4", "int8"), {"carry": "Q8_0", "zero_point": "Q8_0"}, "Q8_0"),
+    "Q4_0": BlockType(("int4", "int8"), ("int4", "int8"), {"carry": "Q4_0", "zero_point": "Q4_0"},
+                      "Q4_0 as Q4_1 blocks"),
+    "Q4_1": BlockType(("int4",), ("int4",), {"carry": "Q4_1 offset columns", "zero_point": "Q4_1 integer zero points"},
+                      "Q4_1 blocks", float16={"carry": "Q4_1 float16 zero points"}),
 }

@@ -10,6 +10,7 @@ from edgellama.package import Quantization
 
 PROVIDERS = ("cpu", "cuda")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see converters/formats.py
+PORTABLE_ONLY_MODES = ("zero_point",)          # forms of ONNX Runtime's own operators
 DEFAULT_MAX_LENGTH = 4096
 
 
@@ -18,19 +19,26 @@ class ConvertOptions:
     """quantization: how weights are stored (int4 default); max_length: context the package
     supports (default min(4096, the model's context)); providers: ("cpu",) builds float32
     activations, ("cuda",) float16 ones; force: replace an existing destination; progress:
-    draw a progress bar over tensors on stderr; gguf_blocks: what an int4/int8 conversion of a
-    GGUF file does with its Q8_0/Q4_0/Q4_1 blocks: "carry" them as they are (the default;
-    Q8_0/Q4_0 exact, Q4_1 offsets to two digits per row), "ops" (carry them, and compute Q4_1
-    blocks and 8-bit weights with edgellama's own ONNX Runtime operator library, edgellama._ops,
-    domain ai.edgellama: exact, CPU only), "zero_point" (Q4_1 minimum rounded to an integer zero
-    point: faster, inexact) or "requantize" (dequantize and quantize again); converters/plan.py
-    turns them into a plan per weight and layer."""
+    draw a progress bar over tensors on stderr.
+
+    portable: False (the default for CPU packages) computes int4/int8 weights in blocks of 32 and
+    attention with edgellama's own operator library (edgellama._ops, domain ai.edgellama: the native
+    form); True keeps to ONNX Runtime's own operators (MatMulNBits, GroupQueryAttention), which plain
+    onnxruntime and onnxruntime-genai run without the library. CUDA packages are always portable.
+
+    gguf_blocks: what an int4/int8 conversion of a GGUF file does with its Q8_0/Q4_0/Q4_1 blocks:
+    "carry" them (the default; exact in the native form, Q4_1 offsets to two digits per row in the
+    portable one), "zero_point" (portable only: the Q4_1 minimum rounded to an integer zero point,
+    faster there, inexact) or "requantize" (dequantize and quantize again); "ops" is the native
+    form's "carry" under its former name. converters/plan.py turns them into a plan per weight and
+    layer."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
     force: bool = False
     progress: bool = False
     gguf_blocks: str = "carry"
+    portable: bool = False
 
     def __post_init__(self):
         if not isinstance(self.quantization, Quantization):
@@ -44,9 +52,21 @@ class ConvertOptions:
         object.__setattr__(self, "providers", providers)
         if self.gguf_blocks not in GGUF_BLOCK_MODES:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
-        if self.gguf_blocks == "ops" and "cuda" in providers:
-            raise InvalidParameterError("gguf_blocks='ops' runs on the CPU only (float32 graphs); "
-                                        "use gguf_blocks='carry' for a CUDA package")
+        if self.gguf_blocks == "ops" and ("cuda" in providers or self.portable):
+            raise InvalidParameterError("gguf_blocks='ops' is the native form, which runs on the CPU only "
+                                        "(float32 graphs); use gguf_blocks='carry' for a portable or CUDA package")
+        if self.gguf_blocks == "ops":
+            object.__setattr__(self, "gguf_blocks", "carry")
+        if "cuda" in providers:
+            object.__setattr__(self, "portable", True)
+        if self.gguf_blocks in PORTABLE_ONLY_MODES and not self.portable:
+            raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} is a form of the portable graph: "
+                                        "convert with portable=True (--portable)")
+
+    @property
+    def native(self) -> bool:
+        """Whether the package computes with edgellama's operator library (see `portable`)."""
+        return not self.portable
 
     @property
     def io_dtype(self) -> str:

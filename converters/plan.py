@@ -9,7 +9,9 @@ edgellama.json's quantization.layout is the plan itself (ConversionPlan.to_dict)
 
 Per weight (WeightPlan): a format of converters/formats.py (GGUF blocks taken over where the mode,
 the method and the block type allow, else quantized or float values) and the operator that
-multiplies by it; "ops" mode computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
+multiplies by it. The native form (ConvertOptions.portable False, the default on CPU) keeps int4
+layer matrices in Q4_1 blocks (ai.edgellama:MatMulQ4_1: carried from Q4_1 and Q4_0 files,
+quantized from float values) and computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
 Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
 library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4_1, not in layer
 0, which has no residual to add) and attention is RotaryAttention; when gate|up and down are, the
@@ -83,6 +85,7 @@ class LayerPlan:
 class ConversionPlan:
     """Everything plan_conversion decided; graph/ emits it and edgellama.json records it (to_dict)."""
     gguf_blocks: str
+    native: bool                     # computed with edgellama's operator library (ConvertOptions.portable)
     embedding: WeightPlan            # the table the embedding gathers rows of
     lm_head: WeightPlan
     tied: bool                       # the LM head multiplies by the embedding's table (one copy)
@@ -96,7 +99,7 @@ class ConversionPlan:
                 runs[-1][0][1] = i
             else:
                 runs.append(([i, i], layer))
-        return {"gguf_blocks": self.gguf_blocks, "tied": self.tied, "embedding": asdict(self.embedding),
+        return {"gguf_blocks": self.gguf_blocks, "native": self.native, "tied": self.tied, "embedding": asdict(self.embedding),
                 "lm_head": asdict(self.lm_head),
                 "layers": [{"first": first, "last": last, **asdict(layer)} for (first, last), layer in runs]}
 
@@ -111,8 +114,8 @@ class ConversionPlan:
                 layer = LayerPlan(**{f.name: run[f.name] for f in fields(LayerPlan) if f.name != "weights"},
                                   weights=weights)
                 layers += [layer] * (run["last"] - run["first"] + 1)
-            return cls(data["gguf_blocks"], _weight_from(data["embedding"]), _weight_from(data["lm_head"]),
-                       data["tied"], tuple(layers))
+            return cls(data["gguf_blocks"], data.get("native", data["gguf_blocks"] == "ops"),
+                       _weight_from(data["embedding"]), _weight_from(data["lm_head"]), data["tied"], tuple(layers))
         except (AttributeError, KeyError, TypeError) as exc:
             raise PackageError(f"the layout record is not a conversion plan ({exc})") from None
 
@@ -133,6 +136,7 @@ class _Planner:
         self.tensors = tensors
         self.q = options.quantization
         self.mode = options.gguf_blocks
+        self.native = options.native
         self.float16 = options.io_dtype == "float16"
 
     def carried(self, names: list, types: tuple, table: bool, gathered: bool) -> Optional[str]:
@@ -141,9 +145,12 @@ class _Planner:
         if q.method not in QUANT_BITS or q.block_size != GGML_BLOCK or not q.symmetric or len(set(types)) != 1:
             return None
         block = BLOCK_TYPES.get(types[0])
-        if block is None or q.method not in (block.tables if table else block.layers):
+        if block is None or q.method not in (block.tables if table else block.layers) or self.mode == "requantize":
             return None
-        name = (block.float16 if self.float16 else {}).get(self.mode, block.formats.get(self.mode))
+        portable = (block.float16 if self.float16 else {}).get(self.mode, block.formats.get(self.mode))
+        name = block.native if self.native else portable
+        if gathered and name is not None and not FORMATS[name].gatherable:
+            name = block.formats.get("carry")
         if name is None:
             return None
         form = FORMATS[name]
@@ -152,27 +159,37 @@ class _Planner:
             name = form.fallback
         return None if gathered and not FORMATS[name].gatherable else name
 
+    def quantized(self, table: bool, k: int) -> str:
+        """The format of a weight made from float values: the native form's layer matrices in Q4_1
+        blocks (int4, blocks of 32), else MatMulNBits' layout."""
+        q = self.q
+        if self.native and not table and q.method == "int4" and q.block_size == GGML_BLOCK and k % GGML_BLOCK == 0:
+            return "Q4_1 quantized"
+        return "quantized" if q.symmetric else "quantized asymmetric"
+
     def operator(self, name: str, bits: int, block_size: Optional[int], k: int) -> str:
-        """The product of x by a weight stored in format `name`; mode "ops" (float32 graphs) computes an
-        8-bit MatMulNBits weight in blocks of 32 without zero points with ai.edgellama:MatMulQ8."""
+        """The product of x by a weight stored in format `name`; the native form computes an 8-bit
+        MatMulNBits weight in blocks of 32 without zero points with ai.edgellama:MatMulQ8."""
         form = FORMATS[name]
-        if (self.mode == "ops" and not self.float16 and form.storage == "nbits" and bits == 8
-                and block_size == GGML_BLOCK and not form.zero_points and k % GGML_BLOCK == 0):
+        if (self.native and form.storage == "nbits" and bits == 8 and block_size == GGML_BLOCK
+                and not form.zero_points and k % GGML_BLOCK == 0):
             return "MatMulQ8"
         return form.operator
 
     def weight(self, names: list, table: bool = False, gathered: bool = False) -> WeightPlan:
         """How the named source tensors (stacked along N) are stored and multiplied."""
         types = tuple(self.tensors.ggml_type(n) for n in names)
+        k = self.tensors.shape(names[0])[1]
         name = self.carried(names, types, table, gathered)
         if name is None and self.q.method in QUANT_BITS:
-            name = "quantized" if self.q.symmetric else "quantized asymmetric"
+            name = self.quantized(table, k)
         elif name is None:
             name = f"float{FLOAT_BITS[self.q.method]}"
         form = FORMATS[name]
         bits = form.bits or QUANT_BITS[self.q.method]
-        block_size = None if form.storage == "float" else (GGML_BLOCK if form.source else self.q.block_size)
-        operator = self.operator(name, bits, block_size, self.tensors.shape(names[0])[1])
+        block_size = None if form.storage == "float" else (GGML_BLOCK if form.source or form.storage == "blocks"
+                                                           else self.q.block_size)
+        operator = self.operator(name, bits, block_size, k)
         return WeightPlan(name, operator, bits, block_size, form.exact,
                           tuple(dict.fromkeys(t for t in types if t is not None)))
 
@@ -196,7 +213,7 @@ class _Planner:
         embedding = replace(table, operator=EMBEDDING_OPERATORS[FORMATS[table.format].storage])
         lm_head = self.head(table if tied else self.weight([LM_HEAD], table=True))
         layers = tuple(self.layer(i) for i in range(self.tensors.config.num_layers))
-        return ConversionPlan(self.mode, embedding, lm_head, tied, layers)
+        return ConversionPlan(self.mode, self.native, embedding, lm_head, tied, layers)
 
 
 def plan_conversion(options: ConvertOptions, tensors) -> ConversionPlan:

@@ -1,9 +1,9 @@
 """edgellama's ONNX Runtime operator library (native/ort_*.c, built as edgellama/_ops*.so).
 
-Packages converted with gguf_blocks="ops" compute GGUF Q4_1 and Q8_0 weights with the operators
-of domain ai.edgellama from this library (MatMulQ4_1, MatMulQ8, NormMatMulQ4_1, NormMlpQ4_1,
-ProjectNormMlpQ4_1); every session edgellama creates registers it when it is built, so those
-packages load like any other. Other ONNX Runtime users register the file that `library_path()`
+Packages in the native form (the default on CPU; converters.ConvertOptions.portable) compute
+their int4/int8 weights and attention with the operators of domain ai.edgellama from this library
+(MatMulQ4_1, MatMulQ8, NormMatMulQ4_1, NormMlpQ4_1, ProjectNormMlpQ4_1, RotaryAttention); every
+session edgellama creates registers it when it is built, so those packages load like any other. Other ONNX Runtime users register the file that `library_path()`
 names with SessionOptions.register_custom_ops_library.
 """
 from __future__ import annotations
@@ -46,6 +46,5 @@ def check_available(model_path: Path) -> None:
     domains = {o.domain for o in onnx.load(str(model_path), load_external_data=False).opset_import}
     if DOMAIN in domains:
         raise PackageError(f"{model_path}: the graph computes with edgellama's operator library ({DOMAIN}, "
-                           "a package converted with --gguf-blocks ops), which this install did not build; "
-                           "reinstall edgellama with a C compiler, or convert the model again with "
-                           "--gguf-blocks carry")
+                           "the native form), which this install did not build; reinstall edgellama with a C "
+                           "compiler, or convert the model again with --portable")

@@ -56,7 +56,7 @@ def session_options(threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     kernels.check_env()     # before ONNX Runtime loads the operator library, which refuses it in its words
-    ops.register(options)   # packages converted with gguf_blocks="ops" compute with it
+    ops.register(options)   # packages in the native form compute with it
     return options
 
 

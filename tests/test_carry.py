@@ -201,7 +201,7 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
     weights = tiny_hf_weights(seed=6, untied=untied)
     path = write_mixed_gguf(tmp_path / "tiny.gguf", weights, Q.Q4_1, Q.Q8_0)
     int4 = convert(str(path), tmp_path / "int4",
-                   ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64))
+                   ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64, portable=True))
     fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
     manifest = json.loads((tmp_path / "int4" / "edgellama.json").read_text())
     plan = ConversionPlan.from_dict(manifest["quantization"]["layout"])
@@ -230,7 +230,7 @@ def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypa
     import profile_decode
 
     path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
-    convert(str(path), tmp_path / "int4", ConvertOptions(quantization=Quantization("int4"), max_length=64))
+    convert(str(path), tmp_path / "int4", ConvertOptions(quantization=Quantization("int4"), max_length=64, portable=True))
     convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
     dec = profile_decode.open_decoder(tmp_path / "int4")
     bound = profile_decode.without_offsets(dec, tmp_path / "int4")
@@ -277,7 +277,7 @@ def test_q8_0_layers_are_requantized_for_int4_but_the_table_is_kept(tmp_path):
     from edgellama.converters.plan import ConversionPlan
 
     path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=8), Q.Q8_0, Q.Q8_0)
-    report = convert(str(path), tmp_path / "int4", ConvertOptions(max_length=64))
+    report = convert(str(path), tmp_path / "int4", ConvertOptions(max_length=64, portable=True))
     plan = ConversionPlan.from_dict(report.info.quantization.layout)
     assert {layer.weights.down_proj.format for layer in plan.layers} == {"quantized"}
     assert (plan.lm_head.format, plan.lm_head.bits, plan.embedding.operator) == ("Q8_0", 8, "GatherBlockQuantized")

@@ -25,8 +25,10 @@ class OrtStepper:
         from edgellama.package import read_info
         self.info = read_info(package)
         cfg = self.info.config
+        from edgellama import ops
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        ops.register(options)            # native packages compute with edgellama's operators
         self.session = ort.InferenceSession(str(package / "model.onnx"), options,
                                             providers=["CPUExecutionProvider"])
         self.layers = cfg.num_layers
@@ -160,12 +162,12 @@ QUANT_CASES = {
 @pytest.mark.parametrize("case", sorted(QUANT_CASES))
 def test_quantized_graph_matches_dequantized_weights(tmp_path, case):
     """With float compute (accuracy_level 0) the only error left is the weights' own quantization,
-    so the graph must match a reference running on the dequantized weights: this pins the
+    so the portable graph must match a reference running on the dequantized weights: this pins the
     MatMulNBits / GatherBlockQuantized layout (nibble order, zero points, padding)."""
     quant, overrides = QUANT_CASES[case]
     folder = make_tiny_llama(tmp_path / "ckpt", seed=7, **overrides)
     out = tmp_path / "pkg"
-    report = convert(folder, out, ConvertOptions(quantization=quant))
+    report = convert(folder, out, ConvertOptions(quantization=quant, portable=True))
     assert report.quantization_error["qkv_proj"]["worst"] > 0
     diffs = compare_with_reference(out, dequantized_reference(folder, quant))
     assert max(diffs) < 2e-4, diffs
@@ -184,6 +186,9 @@ def test_default_quantization_error_bound(tmp_path, method):
     folder = make_tiny_llama(tmp_path / "ckpt", seed=8)
     out = tmp_path / "pkg"
     report = convert(folder, out, ConvertOptions(quantization=Quantization(method)))
+    layout = report.info.quantization.layout
+    assert layout["native"] and layout["layers"][0]["weights"]["qkv_proj"]["operator"] == (
+        "MatMulQ4_1" if method == "int4" else "MatMulQ8")
     e = max(v["mean"] for v in report.quantization_error.values())
     n = 4 * report.info.config.num_layers + 2
     bound = 2 * np.sqrt(n) * (e + 1 / 127)

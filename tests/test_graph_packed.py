@@ -23,7 +23,7 @@ def q4_1_package(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("packed")
     path = write_mixed_gguf(tmp / "tiny.gguf", tiny_hf_weights(seed=11), Q.Q4_1, Q.Q8_0)
     convert(str(path), tmp / "int4", ConvertOptions(quantization=Quantization("int4", accuracy_level=0),
-                                                   max_length=64))
+                                                   max_length=64, portable=True))
     return tmp / "int4"
 
 

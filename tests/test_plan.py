@@ -10,7 +10,7 @@ import pytest
 from edgellama.converters import ConvertOptions
 from edgellama.converters.plan import ConversionPlan, WeightPlan, plan_conversion
 from edgellama.converters.sources.tensors import SourceTensors
-from edgellama.errors import PackageError
+from edgellama.errors import InvalidParameterError, PackageError
 from edgellama.package import PackageInfo, Quantization
 
 gguf = pytest.importorskip("gguf")
@@ -62,17 +62,20 @@ UNFUSED = ("MatMulNBits", "GroupQueryAttention", "attention", "SwiGLU")
 
 # --- a Q4_1 GGUF in each mode ------------------------------------------------------------------------
 
-def test_carry_takes_the_blocks_over_with_the_offsets_as_input_columns(q4_1_gguf):
-    plan = plan_of(q4_1_gguf)
-    assert plan.gguf_blocks == "carry" and plan.tied and len(plan.layers) == TINY["layers"]
+def test_portable_carry_takes_the_blocks_over_with_the_offsets_as_input_columns(q4_1_gguf):
+    plan = plan_of(q4_1_gguf, portable=True)
+    assert plan.gguf_blocks == "carry" and not plan.native and plan.tied and len(plan.layers) == TINY["layers"]
     assert weights_of(plan) == {Q4_1_OFFSETS}
     assert nodes_of(plan) == [UNFUSED] * TINY["layers"]
     assert plan.embedding == WeightPlan("Q8_0", "GatherBlockQuantized", 8, 32, True, ("Q8_0",))
     assert plan.lm_head == Q8_0_HEAD
 
 
-def test_ops_computes_each_layer_with_the_operator_library(q4_1_gguf):
-    plan = plan_of(q4_1_gguf, gguf_blocks="ops")
+@pytest.mark.parametrize("mode", ["carry", "ops"])
+def test_the_native_form_computes_each_layer_with_the_operator_library(q4_1_gguf, mode):
+    """The default on CPU; "ops" is its former name."""
+    plan = plan_of(q4_1_gguf, gguf_blocks=mode)
+    assert plan.native and plan.gguf_blocks == "carry"
     assert weights_of(plan) == {Q4_1_BLOCKS}
     # layer 0 has no residual to add before its input norm: its q|k|v is a plain product
     assert nodes_of(plan) == [("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
@@ -83,7 +86,9 @@ def test_ops_computes_each_layer_with_the_operator_library(q4_1_gguf):
 
 
 def test_zero_point_rounds_the_minimums_and_keeps_the_graph_unfused(q4_1_gguf):
-    plan = plan_of(q4_1_gguf, gguf_blocks="zero_point")
+    with pytest.raises(InvalidParameterError, match="portable"):
+        plan_of(q4_1_gguf, gguf_blocks="zero_point")
+    plan = plan_of(q4_1_gguf, gguf_blocks="zero_point", portable=True)
     assert weights_of(plan) == {WeightPlan("Q4_1 integer zero points", "MatMulNBits", 4, 32, False, ("Q4_1",))}
     assert nodes_of(plan) == [UNFUSED] * TINY["layers"] and plan.lm_head == Q8_0_HEAD
 
@@ -91,7 +96,7 @@ def test_zero_point_rounds_the_minimums_and_keeps_the_graph_unfused(q4_1_gguf):
 @pytest.mark.parametrize("options", [dict(gguf_blocks="requantize"), dict(quantization=Quantization(block_size=64)),
                                      dict(quantization=Quantization(symmetric=False))])
 def test_blocks_are_requantized_when_the_mode_or_the_settings_say_so(q4_1_gguf, options):
-    plan = plan_of(q4_1_gguf, **options)
+    plan = plan_of(q4_1_gguf, portable=True, **options)
     q = options.get("quantization", Quantization())
     expected = "quantized" if q.symmetric else "quantized asymmetric"
     assert weights_of(plan) == {WeightPlan(expected, "MatMulNBits", 4, q.block_size, False, ("Q4_1",))}
@@ -113,18 +118,20 @@ def test_mixed_block_types_in_one_product_are_requantized(tmp_path):
                            qtype=lambda name: Q.Q4_0 if ".k_proj." in name else Q.Q4_1)
     plan = plan_of(path, gguf_blocks="ops")
     qkv = plan.layers[1].weights.qkv_proj
-    assert (qkv.format, qkv.operator, qkv.source_types) == ("quantized", "MatMulNBits", ("Q4_1", "Q4_0"))
-    assert nodes_of(plan)[1] == ("MatMulNBits", "GroupQueryAttention", "mlp", "ProjectNormMlpQ4_1")
+    assert (qkv.format, qkv.operator, qkv.source_types) == ("Q4_1 quantized", "MatMulQ4_1", ("Q4_1", "Q4_0"))
+    assert nodes_of(plan)[1] == ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")
+    portable = plan_of(path, portable=True).layers[1].weights.qkv_proj
+    assert (portable.format, portable.operator) == ("quantized", "MatMulNBits")
 
 
 def test_an_untied_q4_1_head_is_carried_but_the_gathered_table_is_not(tmp_path):
     path = write_tiny_gguf(tmp_path / "untied.gguf", tiny_hf_weights(seed=2, untied=True), qtype=Q.Q4_1)
-    carry, ops = plan_of(path), plan_of(path, gguf_blocks="ops")
+    carry, ops = plan_of(path, portable=True), plan_of(path)
     assert not carry.tied and carry.lm_head == Q4_1_OFFSETS and ops.lm_head == Q4_1_BLOCKS
     # the embedding gathers rows, which cannot add per-block offsets: requantized
     for plan in (carry, ops):
         assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ("Q4_1",))
-    assert plan_of(path, gguf_blocks="zero_point").embedding.format == "Q4_1 integer zero points"
+    assert plan_of(path, gguf_blocks="zero_point", portable=True).embedding.format == "Q4_1 integer zero points"
 
 
 # --- CUDA providers ----------------------------------------------------------------------------------
@@ -150,9 +157,27 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 
 # --- a float checkpoint ------------------------------------------------------------------------------
 
-def test_a_float_checkpoint_is_quantized_by_the_converter(hf_folder):
+def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder):
     plan = plan_of(hf_folder)
-    assert weights_of(plan) == {WeightPlan("quantized", "MatMulNBits", 4, 32, False, ())}
+    assert plan.native and weights_of(plan) == {WeightPlan("Q4_1 quantized", "MatMulQ4_1", 4, 32, False, ())}
+    assert nodes_of(plan) == [("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
+        ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (len(plan.layers) - 1)
+    # the table the embedding gathers stays in MatMulNBits' layout, which ONNX Runtime gathers
+    assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ())
+    assert plan.lm_head == WeightPlan("quantized", "MatMulNBits", 4, 32, False, ()) and plan.tied
+
+
+def test_a_q4_0_file_is_carried_into_q4_1_blocks_exactly(tmp_path):
+    path = write_tiny_gguf(tmp_path / "q40.gguf", tiny_hf_weights(seed=2), qtype=Q.Q4_0)
+    plan = plan_of(path)
+    assert weights_of(plan) == {WeightPlan("Q4_0 as Q4_1 blocks", "MatMulQ4_1", 4, 32, True, ("Q4_0",))}
+    assert plan.embedding == WeightPlan("Q4_0", "GatherBlockQuantized", 4, 32, True, ("Q4_0",))
+    assert weights_of(plan_of(path, portable=True)) == {WeightPlan("Q4_0", "MatMulNBits", 4, 32, True, ("Q4_0",))}
+
+
+def test_a_float_checkpoint_in_the_portable_form(hf_folder):
+    plan = plan_of(hf_folder, portable=True)
+    assert not plan.native and weights_of(plan) == {WeightPlan("quantized", "MatMulNBits", 4, 32, False, ())}
     assert nodes_of(plan) == [UNFUSED] * len(plan.layers)
     assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ())
     assert plan.lm_head == WeightPlan("quantized", "MatMulNBits", 4, 32, False, ()) and plan.tied
@@ -177,7 +202,7 @@ def test_ops_computes_an_8_bit_float_checkpoint_with_matmulq8(hf_folder):
 
 @pytest.mark.parametrize("mode", ["carry", "ops"])
 def test_the_recorded_plan_reads_back(q4_1_gguf, mode):
-    plan = plan_of(q4_1_gguf, gguf_blocks=mode)
+    plan = plan_of(q4_1_gguf, portable=mode == "carry", gguf_blocks=mode)
     record = json.loads(json.dumps(plan.to_dict()))
     assert ConversionPlan.from_dict(record) == plan
     runs = [(run["first"], run["last"]) for run in record["layers"]]
@@ -196,4 +221,4 @@ def test_an_older_layout_record_still_loads_but_is_not_a_plan(smollm2_int4_packa
         ConversionPlan.from_dict(older)
     current = PackageInfo.from_json((smollm2_int4_package / "edgellama.json").read_text())
     plan = ConversionPlan.from_dict(current.quantization.layout)
-    assert len(plan.layers) == current.config.num_layers and weights_of(plan) == {Q4_1_OFFSETS}
+    assert len(plan.layers) == current.config.num_layers and weights_of(plan) == {Q4_1_BLOCKS}

@@ -15,7 +15,7 @@ from edgellama.errors import InvalidParameterError, PackageError
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
-from edgellama.converters.carry import carry, from_q4_1_blocks  # noqa: E402
+from edgellama.converters.carry import carry, from_q4_0_blocks, from_q4_1_blocks  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
 from helpers.blocks import random_blocks  # noqa: E402
@@ -60,14 +60,14 @@ def rms_normed(s: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
     return (s / np.sqrt((s.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * gamma).astype(np.float32)
 
 
-def _mlp_model(tmp_path, source, layer: int):
-    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` as gguf_blocks "ops"
+def _mlp_model(tmp_path, source, layer: int, quantization=Quantization("int4")):
+    """A graph (x, residual) [1, tokens, H] -> the converter's MLP of `layer` as the native form
     plans it -> (y, sum); returns (graph, the layer's plan)."""
     from edgellama.converters.graph.context import ONNX_DTYPES
     from edgellama.converters.graph.layers import mlp
     from edgellama.converters.graph.ops import save_model
 
-    ctx = build_context(tmp_path, source, Quantization("int4"), "ops")
+    ctx = build_context(tmp_path, source, quantization, "ops")
     graph = ctx.graph
     for name in ("x", "residual"):
         graph.input(name, ONNX_DTYPES["float32"], [1, "s", source.config.hidden_size])
@@ -79,7 +79,8 @@ def _mlp_model(tmp_path, source, layer: int):
 
 
 def _blocks_of(source, names):
-    parts = [carry(t, data, shape[1], 4, from_q4_1_blocks).blocks for t, data, shape in map(source.raw, names)]
+    mappings = {"Q4_1": from_q4_1_blocks, "Q4_0": from_q4_0_blocks}
+    parts = [carry(t, data, shape[1], 4, mappings[t]).blocks for t, data, shape in map(source.raw, names)]
     return [np.concatenate([getattr(p, f) for p in parts]) for f in ("qs", "d", "m")]
 
 
@@ -89,12 +90,13 @@ def _blocks_of(source, names):
 def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, tokens, project):
     """(o_proj, when the node also projects the attention output,) residual add, RMS norm, then
     down(SiLU(gate x) * up x), against the twin's products. The node takes o_proj when the plan
-    computes o_proj with the same operator (here: unless o_proj is a Q8_0 tensor, requantized)."""
+    computes o_proj with the same operator (here: unless o_proj is a Q8_0 tensor of an int8
+    package, whose Q4_0 MLP stays in 4-bit blocks)."""
     hf = "model.layers.1.mlp"
     path = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=4),
-                           qtype=lambda name: Q.Q4_1 if project or ".o_proj." not in name else Q.Q8_0)
+                           qtype=lambda name: Q.Q4_1 if project else Q.Q8_0 if ".o_proj." in name else Q.Q4_0)
     with GGUFSource(path) as source:
-        graph, plan = _mlp_model(tmp_path, source, 1)
+        graph, plan = _mlp_model(tmp_path, source, 1, Quantization("int4" if project else "int8"))
         gate_up = _blocks_of(source, [f"{hf}.gate_proj.weight", f"{hf}.up_proj.weight"])
         down = _blocks_of(source, [f"{hf}.down_proj.weight"])
         o = _blocks_of(source, ["model.layers.1.self_attn.o_proj.weight"]) if project else None
@@ -103,7 +105,7 @@ def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, 
     [node] = graph.nodes
     op = "ProjectNormMlpQ4_1" if project else "NormMlpQ4_1"
     assert (plan.mlp, plan.o_proj) == (op, "mlp" if project else "attention")
-    assert plan.weights.o_proj.operator == ("MatMulQ4_1" if project else "MatMulNBits")
+    assert plan.weights.o_proj.operator == ("MatMulQ4_1" if project else "MatMulQ8")
     assert (node.op_type, node.domain, node.name) == (op, "ai.edgellama", f"/model/layers.1/mlp/{op}")
     rng = np.random.default_rng(6)
     x, residual = (rng.standard_normal((1, tokens, gate_up[0].shape[1] * 32)).astype(np.float32) for _ in "xr")
@@ -239,7 +241,7 @@ def tiny_packages(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ops")
     path = write_mixed_gguf(tmp / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
     modes = {"ops": dict(quantization=Quantization("int4"), gguf_blocks="ops"),
-             "carry": dict(quantization=Quantization("int4")),
+             "carry": dict(quantization=Quantization("int4"), portable=True),
              "fp32": dict(quantization=Quantization("fp32"))}
     for name, kw in modes.items():
         convert(str(path), tmp / name, ConvertOptions(max_length=64, **kw))
@@ -263,7 +265,7 @@ def test_ops_package_computes_what_the_carry_package_does(tiny_packages, monkeyp
         ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (TINY["layers"] - 1)
     for kind in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
         assert {getattr(layer.weights, kind).format for layer in plan.layers} == {"Q4_1 blocks"}, kind
-    assert (plan.gguf_blocks, plan.lm_head.operator, plan.lm_head.format) == ("ops", "MatMulQ8", "Q8_0")
+    assert (plan.native, plan.lm_head.operator, plan.lm_head.format) == (True, "MatMulQ8", "Q8_0")
     graph = onnx.load(str(tiny_packages["ops"] / "model.onnx"), load_external_data=False).graph
     ops_used = [n.op_type for n in graph.node]
     # per layer: (residual add + norm + qkv) | attention | (o_proj + residual add + norm + MLP);
@@ -310,7 +312,7 @@ def test_an_ops_package_without_the_library_says_what_to_do(tiny_packages, monke
     import edgellama
 
     monkeypatch.setattr(ops, "library_path", lambda: None)
-    with pytest.raises(PackageError, match="--gguf-blocks carry") as info:
+    with pytest.raises(PackageError, match="--portable") as info:
         edgellama.load(tiny_packages["ops"], threads=1)
     assert isinstance(info.value, PackageError) and "model.onnx" in str(info.value)
     edgellama.load(tiny_packages["carry"], threads=1)       # other packages do not need it

@@ -33,11 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="context length of the package (default min(4096, the model's))")
     parser.add_argument("--ep", choices=("cpu", "cuda"), default="cpu",
                         help="execution provider to build for: cpu (float32) or cuda (float16)")
+    parser.add_argument("--portable", action="store_true",
+                        help="only ONNX Runtime's own operators (MatMulNBits, GroupQueryAttention): the package also "
+                             "runs in plain onnxruntime and onnxruntime-genai, more slowly. Default on CPU: "
+                             "edgellama's own block kernels (Q4_1 and 8-bit blocks of 32), loaded by edgellama only. "
+                             "CUDA packages are always portable")
     parser.add_argument("--gguf-blocks", choices=GGUF_BLOCK_MODES, default="carry",
-                        help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks as they are (default), "
-                             "carry them and compute Q4_1 and 8-bit blocks with edgellama's own ONNX Runtime "
-                             "operator library (ops: exact, faster decode, CPU only; the package then loads with "
-                             "edgellama only), round Q4_1 minimums to integer zero points, or requantize")
+                        help="int4/int8 from a GGUF file: carry its Q8_0/Q4_0/Q4_1 blocks as they are (default; "
+                             "exact, except Q4_1 minimums to two digits per row with --portable), requantize them, "
+                             "or with --portable round Q4_1 minimums to integer zero points (zero_point); "
+                             "ops is carry's former name for the native form")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
@@ -59,6 +64,7 @@ def main(args: argparse.Namespace) -> int:
         providers=(args.ep,),
         force=args.force,
         gguf_blocks=args.gguf_blocks,
+        portable=args.portable,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)

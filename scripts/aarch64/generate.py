@@ -13,6 +13,7 @@ import platform
 import time
 
 import edgellama
+from edgellama import kernels
 from edgellama.native import BACKEND
 
 
@@ -34,7 +35,8 @@ def main() -> int:
 
     t = result.timings
     machine = platform.machine()
-    print(f"{machine}: native routines from {BACKEND}, provider {model.provider}, {model.threads} threads")
+    print(f"{machine}: native routines from {BACKEND}, kernels {kernels.describe()}, provider {model.provider}, "
+          f"{model.threads} threads")
     print(f"load {load_s:.2f} s, generate {generate_s:.2f} s (ttft {t.ttft_s:.2f} s, "
           f"decode {t.decode_tokens_per_s:.2f} tok/s), {len(result.token_ids)} tokens, "
           f"finish: {result.finish_reason}")

@@ -62,17 +62,25 @@ def test_fp32_greedy_equals_transformers(model, hf_model, prompt):
 
 
 def _fake_quantized(hf, torch):
-    """A copy of `hf` whose linear and embedding weights went through int4 block quantization."""
+    """A copy of `hf` whose weights went through the int4 package's quantization: the layer matrices
+    into Q4_1 blocks (the native form's), the embedding / LM head table symmetric in blocks of 32."""
     import copy
 
+    from edgellama.converters.q4_1 import quantize_q4_1
     from edgellama.converters.quantize import dequantize, quantize
+
+    def q4_1(w):
+        b, _ = quantize_q4_1(w)
+        q = np.concatenate([b.qs & 0x0F, b.qs >> 4], axis=-1).astype(np.float32)
+        d, m = (f.view(np.float16).astype(np.float32)[..., None] for f in (b.d, b.m))
+        return (q * d + m).reshape(w.shape).astype(np.float32)
 
     ref = copy.deepcopy(hf)
     with torch.no_grad():
         for name, param in ref.named_parameters():
             if param.ndim == 2:
                 w = param.detach().float().numpy()
-                param.copy_(torch.from_numpy(dequantize(quantize(w, 4, 32, True))))
+                param.copy_(torch.from_numpy(q4_1(w) if ".layers." in name else dequantize(quantize(w, 4, 32, True))))
     return ref
 
 

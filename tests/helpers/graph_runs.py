@@ -16,14 +16,15 @@ import numpy as np
 
 
 def build_context(tmp_path, source, quantization, mode="carry", providers=("cpu",)):
-    """The converter's plan for `source` and a BuildContext over an empty graph that writes to tmp_path."""
+    """The converter's plan for `source` and a BuildContext over an empty graph that writes to tmp_path;
+    mode "ops" builds the native form, the others the portable one."""
     from edgellama.converters import ConvertOptions
     from edgellama.converters.graph.context import BuildContext
     from edgellama.converters.graph.ops import ExternalData, Graph
     from edgellama.converters.plan import plan_conversion
     from edgellama.converters.sources.tensors import SourceTensors
 
-    options = ConvertOptions(quantization=quantization, providers=providers, gguf_blocks=mode)
+    options = ConvertOptions(quantization=quantization, providers=providers, gguf_blocks=mode, portable=mode != "ops")
     tensors = SourceTensors(source)
     graph = Graph(ExternalData(tmp_path / "model.onnx.data"))
     return BuildContext(graph, source.config, quantization, options.io_dtype, 64, tensors,
