@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
 from edgellama.errors import CheckpointError
@@ -88,10 +89,14 @@ def convert(source, output, options: ConvertOptions = ConvertOptions()) -> Conve
     from .writer import PackageWriter
 
     start = time.monotonic()
-    writer = PackageWriter(output, options.force)     # refuses an existing output before any work
     owned = not hasattr(source, "read")
+    local = [source] if owned and source is not None and Path(str(source)).expanduser().exists() else []
+    writer = PackageWriter(output, options.force, local)   # refuses a forbidden output before any work
     src = open_source(source) if owned else source
     try:
+        for attr in ("folder", "path"):       # where the opened source lives (a hub download, say)
+            if isinstance(getattr(src, attr, None), Path):
+                writer.protect(getattr(src, attr))
         with writer:
             info, errors, tensors = _write_package(src, writer, options)
             info = writer.commit(info)

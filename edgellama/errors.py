@@ -51,3 +51,7 @@ class NativeError(EdgeLlamaError, RuntimeError):
 
 class NotBuiltError(EdgeLlamaError, NotImplementedError):
     """A command or feature that this version does not provide yet."""
+
+
+class OutputError(EdgeLlamaError, OSError):
+    """A package or file cannot be written: read-only location, full disk, no permission."""
