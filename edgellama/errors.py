@@ -55,3 +55,7 @@ class NotBuiltError(EdgeLlamaError, NotImplementedError):
 
 class OutputError(EdgeLlamaError, OSError):
     """A package or file cannot be written: read-only location, full disk, no permission."""
+
+
+class ChatBusyError(EdgeLlamaError, RuntimeError):
+    """A Chat was sent a message while it was still answering another one."""

@@ -83,3 +83,34 @@ def test_chat_session_from_stdin(package, monkeypatch, capsys):
     assert len(captured.out) > 2
     assert "conversation reset" in captured.err
     assert captured.err.count("ttft") == 2
+
+
+def test_chat_keeps_the_session_when_the_context_fills(package, monkeypatch, capsys):
+    # no EOS: the first answer fills the 48-token context, the next message does not fit
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHello again\n/help\n/shift\nMore\n"))
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "200", "--threads", "1",
+                 "--max-length", "48", "--repeat-penalty", "1.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "the context is full (48 tokens)" in captured.err
+    assert "does not fit in the context" in captured.err and "nothing was lost" in captured.err
+    assert "/paste" in captured.err and "/exit" in captured.err          # /help
+    assert "oldest turns are dropped" in captured.err
+    assert captured.out.count("\n") >= 2                                  # an answer after /shift too
+
+
+def test_chat_marks_an_answer_cut_at_max_new_tokens(package, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me \\\na story\n/paste\nline one\nline two\n/end\n"))
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "3", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.err.count("[answer cut at --max-new-tokens 3]") == 2   # two messages: continued line, paste
+
+
+def test_read_message_joins_continued_lines_and_paste_blocks(monkeypatch):
+    from edgellama.cli.chat import read_message
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one \\\ntwo\n/paste\na\n\nb\n/end\n"))
+    assert read_message("") == "one \ntwo"
+    assert read_message("") == "a\n\nb"
+    assert read_message("") is None
