@@ -40,7 +40,8 @@ def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int]
                 was built for (edgellama.json). CPU is the fallback when it is named or the package lists it
     threads     intra-op threads (default: physical cores)
     max_length  KV-cache capacity per context (default and upper bound: the package's max_length)
-    verify      check every file's sha256 against edgellama.json first
+    verify      check every file's sha256 against edgellama.json first; without it, every file but the
+                weights (model.onnx.data) is hashed, and the weights' size is checked against the graph
     """
     return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify)
 

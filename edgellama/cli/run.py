@@ -20,6 +20,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the sha256 of every file, the weights too, before loading (loading always "
+                             "checks the other files and the weights' size)")
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
                              "package was built for)")
@@ -43,7 +46,8 @@ def load_from(args):
     from ..model import load
 
     providers = tuple(args.provider) if args.provider else None
-    return load(args.model, providers=providers, threads=args.threads, max_length=args.max_length)
+    return load(args.model, providers=providers, threads=args.threads, max_length=args.max_length,
+                verify=args.verify)
 
 
 def timings_line(timings) -> str:
