@@ -58,10 +58,10 @@ def check_destination(dest: Path, force: bool, protected=()) -> None:
     if not dest.is_dir():
         raise InvalidParameterError(f"output {dest} exists and is not a folder; remove it or choose another path")
     if not force:
-        raise InvalidParameterError(f"output {dest} already exists; pass --force (force=True) to replace it")
+        raise InvalidParameterError(f"output {dest} already exists; pass force=True to replace it")
     if not (dest / MANIFEST).is_file() and any(dest.iterdir()):
         raise InvalidParameterError(f"output {dest} is a folder that is not an edgellama package (no {MANIFEST}); "
-                                    "--force replaces only a package or an empty folder: choose another path")
+                                    "force=True replaces only a package or an empty folder: choose another path")
 
 
 def _temp_name(dest: Path, kind: str) -> str:

@@ -114,3 +114,57 @@ def test_read_message_joins_continued_lines_and_paste_blocks(monkeypatch):
     assert read_message("") == "one \ntwo"
     assert read_message("") == "a\n\nb"
     assert read_message("") is None
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--top-p", "2"], "--top-p 2"),
+    (["--max-length", "100000"], "--max-length 100000"),
+    (["--threads", "0"], "--threads 0"),
+])
+def test_errors_name_the_flag_not_the_api(package, capsys, argv, flag):
+    assert main(["run", str(package), "hi", *argv]) == 1
+    err = capsys.readouterr().err
+    assert flag in err and "SamplingParams" not in err and "max_length=" not in err and "threads=" not in err
+
+
+def test_prompt_over_capacity_suggests_the_flag(package, capsys):
+    assert main(["run", str(package), "fox " * 100, "--max-length", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "--context-shift" in err and "on_overflow" not in err
+    assert main(["run", str(package), "fox " * 100, "--max-length", "16", "--context-shift",
+                 "--max-new-tokens", "2"]) == 0
+
+
+def test_seed_minus_one_is_random(package, capsys):
+    texts = set()
+    for _ in range(3):
+        assert main(["run", str(package), "The", "--seed", "-1", "--temperature", "1.5", "--top-k", "0",
+                     "--top-p", "1", "--min-p", "0", "--max-new-tokens", "8", "--json"]) == 0
+        texts.add(json.loads(capsys.readouterr().out)["text"])
+    assert len(texts) > 1
+
+
+def test_threads_beyond_the_cpus_are_capped(package, capsys):
+    import os
+
+    assert main(["run", str(package), "The", "--threads", "1000", "--max-new-tokens", "1"]) == 0
+    assert f"using {len(os.sched_getaffinity(0))}" in capsys.readouterr().err
+
+
+def test_eval_of_a_non_utf8_file_is_one_clear_error(package, tmp_path, capsys):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    assert main(["eval", str(package), "--text", str(text)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err and "0xe9" in err
+
+
+def test_convert_error_names_the_flag(tmp_path, capsys):
+    from helpers.tiny_llama import make_tiny_llama
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("x")
+    assert main(["convert", str(make_tiny_llama(tmp_path / "ckpt")), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --force" in err and "force=True" not in err

@@ -101,7 +101,7 @@ def test_existing_destination_needs_force(checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(InvalidParameterError, match="--force"):
+    with pytest.raises(InvalidParameterError, match="force=True"):
         convert(checkpoint, out, FP32)
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import signal
 import sys
 import threading
 
-from ..errors import EdgeLlamaError, NotBuiltError
+from ..errors import EdgeLlamaError, InvalidParameterError, ModelNotFoundError, NotBuiltError
 
 # name -> (module under edgellama.cli, one-line help)
 SUBCOMMANDS = {
@@ -24,6 +25,48 @@ SUBCOMMANDS = {
     "eval": ("evaluate", "perplexity over a text file"),
     "info": ("info", "show and verify a model package"),
 }
+
+
+# keyword of the Python API (as errors name it: "max_length=5", "SamplingParams.top_p=2") -> the flag that
+# sets it; a value of None means the flag takes no value; per command where the flag differs
+API_FLAGS = {
+    "max_length": "--max-length", "max_new_tokens": "--max-new-tokens", "threads": "--threads",
+    "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "providers": "--provider", "stop": "--stop",
+    "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None,
+}
+COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
+VALUELESS = {"force": "--force", "on_overflow": "--context-shift"}
+_API_WORD = re.compile(r"(?:SamplingParams\.)?\b(" + "|".join(API_FLAGS) + r")=('[^']*'|\[[^\]]*\]|[^\s,;)]+)")
+
+
+def cli_words(message: str, command: str) -> str:
+    """An error message of the Python API in the words of the command line: flags for keywords."""
+    flags = {**API_FLAGS, **COMMAND_FLAGS.get(command, {})}
+
+    def flag(match):
+        name, value = match.group(1), match.group(2)
+        if flags[name] is None:
+            return VALUELESS[name]
+        value = re.sub(r"[\[\]',]", " ", value).split()
+        return " ".join([flags[name], *value])
+    return _API_WORD.sub(flag, message)
+
+
+def read_text_file(path: str, flag: str) -> str:
+    """The UTF-8 text of the file that `flag` names; our errors for a missing or non-UTF-8 file."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{flag} {path!r}: no such file; give a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise InvalidParameterError(f"{flag} {path!r} is a folder; give a UTF-8 text file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParameterError(f"{flag} {path!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                                    f"{exc.start}); convert it to UTF-8 first, e.g. with iconv") from None
 
 
 def _module(name: str):
@@ -76,7 +119,7 @@ def main(argv=None) -> int:
         print(f"edgellama {args.command}: {exc}", file=sys.stderr)
         return 2
     except EdgeLlamaError as exc:
-        print(f"edgellama {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edgellama {args.command}: error: {cli_words(str(exc), args.command)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",

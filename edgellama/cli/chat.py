@@ -36,8 +36,6 @@ FINISH_NOTES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT", help="system message")
-    parser.add_argument("--context-shift", action="store_true",
-                        help="when the conversation fills the context, drop the oldest turns instead of stopping")
     parser.add_argument("--timings", action="store_true", help="print the timings of each answer to stderr")
 
 
