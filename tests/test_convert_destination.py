@@ -33,15 +33,6 @@ def checkpoint(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
-def test_force_refuses_an_ordinary_folder(checkpoint, tmp_path):
-    out = tmp_path / "thesis"
-    out.mkdir()
-    (out / "thesis.txt").write_text("three years of work")
-    with pytest.raises(InvalidParameterError, match="not an edgellama package"):
-        convert(checkpoint, out, FORCE)
-    assert (out / "thesis.txt").read_text() == "three years of work"
-
-
 def test_force_replaces_an_empty_folder_and_a_package(checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
