@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, REQUIRED_FILES, PackageInfo
-from edgellama.errors import CheckpointError
+from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, PackageInfo
 from edgellama.memory import peak_rss_bytes
 
 from .options import ConvertOptions
@@ -38,7 +38,8 @@ __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 log = logging.getLogger(__name__)
 
 
-def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo, dict, int]:
+def _write_package(source, tensors, tokenizer_files: dict, writer,
+                   options: ConvertOptions) -> tuple[PackageInfo, dict, int]:
     """Everything that lands in the package folder; returns (info, error summary, tensor count)."""
     from .graph.context import BuildContext
     from .graph.decoder import build_decoder
@@ -46,14 +47,12 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
     from .graph.ops import ExternalData, Graph, save_model
     from .plan import plan_conversion
     from .progress import ProgressBar
-    from .sources.tensors import SourceTensors
 
     config = source.config
     max_length = options.resolved_max_length(config)
     if max_length > config.max_position_embeddings:
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
-    tensors = SourceTensors(source)
     plan = plan_conversion(options, tensors)
     data = ExternalData(writer.path / DATA_FILE)
     bar = ProgressBar(tensors.count) if options.progress else None
@@ -67,11 +66,8 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
         if bar is not None:
             bar.close()
     save_model(graph.model(), writer.path / MODEL_FILE)
-    for name, content in source.tokenizer_files().items():
+    for name, content in tokenizer_files.items():
         writer.write_bytes(name, content)
-    missing = [name for name in REQUIRED_FILES if not (writer.path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"{source.name}: the source provides no {missing[0]}")
     writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
         config, source.special_tokens, max_length, options.providers).encode("utf-8"))
     quantization = replace(options.quantization, layout=plan.to_dict())
@@ -84,16 +80,25 @@ def _write_package(source, writer, options: ConvertOptions) -> tuple[PackageInfo
 def convert(source, output, options: ConvertOptions = ConvertOptions()) -> ConvertReport:
     """Convert `source` (a Source, a folder, a .gguf file, a hub id, "smollm2-135m" or None)
     into a model package at `output`; an existing `output` is replaced only with options.force."""
-    from .sources import open_source
+    from .sources import checked_tokenizer_files, open_source
+    from .sources.tensors import SourceTensors
     from .writer import PackageWriter
 
     start = time.monotonic()
-    writer = PackageWriter(output, options.force)     # refuses an existing output before any work
     owned = not hasattr(source, "read")
+    local = [source] if owned and source is not None and Path(str(source)).expanduser().exists() else []
+    writer = PackageWriter(output, options.force, local)   # refuses a forbidden output before any work
     src = open_source(source) if owned else source
     try:
+        for attr in ("folder", "path"):       # where the opened source lives (a hub download, say)
+            if isinstance(getattr(src, attr, None), Path):
+                writer.protect(getattr(src, attr))
+        # every check of the source that needs no tensor data runs before anything is written
+        tensors = SourceTensors(src)
+        tokenizer_files = checked_tokenizer_files(src)
+        options.check_memory(src.config)
         with writer:
-            info, errors, tensors = _write_package(src, writer, options)
+            info, errors, tensors = _write_package(src, tensors, tokenizer_files, writer, options)
             info = writer.commit(info)
     finally:
         if owned:

@@ -12,6 +12,9 @@ PROVIDERS = ("cpu", "cuda")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see converters/formats.py
 PORTABLE_ONLY_MODES = ("zero_point",)          # forms of ONNX Runtime's own operators
 DEFAULT_MAX_LENGTH = 4096
+# peak bytes per (position, head_dim) entry while edgellama.rope.cos_sin_tables builds both tables:
+# float64 angles, cos and sin, and their float32 copies
+ROPE_TABLE_BYTES_PER_ELEMENT = 16
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,21 @@ class ConvertOptions:
     def io_dtype(self) -> str:
         """Activation, logits and KV-cache dtype of the graph."""
         return "float16" if "cuda" in self.providers else "float32"
+
+    def check_memory(self, config: ModelConfig, available: Optional[int] = None) -> None:
+        """Refuse a max_length whose rotary tables (computed in float64, [max_length, head_dim / 2]
+        cos and sin) would not fit in the memory available now."""
+        from edgellama.memory import available_memory
+
+        max_length = self.resolved_max_length(config)
+        needed = ROPE_TABLE_BYTES_PER_ELEMENT * max_length * config.head_dim
+        available = available_memory() if available is None else available
+        if available is not None and needed > available:
+            fits = available // (ROPE_TABLE_BYTES_PER_ELEMENT * config.head_dim)
+            raise InvalidParameterError(
+                f"max_length={max_length} needs {needed / 2**30:.1f} GiB for the rotary tables but "
+                f"{available / 2**30:.1f} GiB of memory is available (at most max_length={fits} fits); "
+                f"the model was trained for {config.max_position_embeddings}")
 
     def resolved_max_length(self, config: ModelConfig) -> int:
         if self.max_length is not None:

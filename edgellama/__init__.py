@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import (CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
+from .errors import (ChatBusyError, CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
                      InvalidParameterError, ModelNotFoundError, NativeError, NotBuiltError, NumericalError,
-                     PackageError, ProviderError, UnsupportedConfigError)
+                     OutputError, PackageError, ProviderError, UnsupportedConfigError)
 
 __version__ = "0.1.0"
 
@@ -49,7 +49,7 @@ _LAZY = {
 __all__ = sorted(list(_LAZY) + [
     "EdgeLlamaError", "ModelNotFoundError", "PackageError", "FormatVersionError", "CheckpointError",
     "UnsupportedConfigError", "InvalidParameterError", "ContextOverflowError", "NumericalError",
-    "ProviderError", "NativeError", "NotBuiltError", "__version__",
+    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "__version__",
 ])
 
 

@@ -17,12 +17,14 @@ import json
 import logging
 import re
 import secrets
+import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import InvalidParameterError, PackageError
+from .errors import ChatBusyError, InvalidParameterError, PackageError
 from .generation import GenerationOptions, GenerationResult, TextStream
 from .package import TOKENIZER_CONFIG_FILE
 
@@ -175,31 +177,59 @@ class Chat:
                  stop: Iterable[str] = (), on_overflow: str = "error"):
         self.model = model
         self.template = model.chat_template
-        self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow)
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow)
         self.sampling = sampling
         self.system = system
-        self.messages: list[dict] = []
+        self._messages: list[dict] = []
         self.context = model.new_context()
         self.last_result: Optional[GenerationResult] = None
         self._base: Optional[list[int]] = None  # ids of the conversation through the last answer
+        self._turn = threading.Lock()           # held from a message's start to the end of its answer
         self.reset()
+
+    @property
+    def messages(self) -> list[dict]:
+        """The conversation so far, as a copy; assign a list of messages to replace it (the cache
+        keeps what the new conversation shares with the old one)."""
+        return [dict(m) for m in self._messages]
+
+    @messages.setter
+    def messages(self, messages) -> None:
+        checked = _check_messages(messages)
+        with self._exclusive():
+            self._messages, self._base, self.last_result = checked, None, None
+
+    def _claim(self) -> None:
+        if not self._turn.acquire(blocking=False):
+            raise ChatBusyError("this Chat is still answering a message (a send on another thread or a stream "
+                                "not read to its end): a Chat takes one message at a time; wait for the answer, "
+                                "close the stream, or give each thread its own Chat")
+
+    @contextmanager
+    def _exclusive(self):
+        self._claim()
+        try:
+            yield
+        finally:
+            self._turn.release()
 
     def reset(self) -> None:
         """Forget the conversation (the system message stays) and empty the cache."""
-        self.messages = [{"role": "system", "content": self.system}] if self.system is not None else []
-        self._base = None
-        self.last_result = None
-        self.context.reset()
+        with self._exclusive():
+            self._messages = [{"role": "system", "content": self.system}] if self.system is not None else []
+            self._base = None
+            self.last_result = None
+            self.context.reset()
 
     def _prompt(self) -> tuple[list[int], int]:
         """Ids for the next answer, and how many leading ids a context shift keeps."""
-        segments = self.template.encode_segments(self.messages, add_generation_prompt=True)
+        segments = self.template.encode_segments(self._messages, add_generation_prompt=True)
         n_keep = 0
-        if self.messages and self.messages[0]["role"] == "system":
+        if self._messages and self._messages[0]["role"] == "system":
             n_keep = sum(len(ids) for ids, _ in segments[:3])  # template head, system text, its closing
         if self._base is None:
             return [t for ids, _ in segments for t in ids], n_keep
-        last_answer = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        last_answer = max(i for i, m in enumerate(self._messages) if m["role"] == "assistant")
         at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
         return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
 
@@ -207,13 +237,15 @@ class Chat:
         """Send a user message; yield the answer as text pieces (`.result` when done)."""
         if not isinstance(text, str):
             raise InvalidParameterError(f"chat message must be a str, got {type(text).__name__}")
-        self.messages.append({"role": "user", "content": text})
+        self._claim()                   # released when the answer ends (_end_turn)
+        self._messages.append({"role": "user", "content": text})
         try:
             ids, n_keep = self._prompt()
             options = replace(self.options, n_keep=n_keep)
             return self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
         except BaseException:
-            self.messages.pop()
+            self._messages.pop()
+            self._turn.release()
             raise
 
     def send(self, text: str, cancel=None) -> GenerationResult:
@@ -222,10 +254,16 @@ class Chat:
 
     def _end_turn(self, result: Optional[GenerationResult]) -> None:
         """Record the answer of a completed turn; forget the user message of one that failed."""
+        try:
+            self._record(result)
+        finally:
+            self._turn.release()
+
+    def _record(self, result: Optional[GenerationResult]) -> None:
         if result is None:
-            self.messages.pop()
+            self._messages.pop()
             return
-        self.messages.append({"role": "assistant", "content": result.text})
+        self._messages.append({"role": "assistant", "content": result.text})
         if result.finish_reason == "stop" or self.options.max_new_tokens == 0:
             # the text was cut (or nothing ran): go on from the plain tokens of the answer
             self._base = list(result.prompt_token_ids) + self.model.tokenizer.encode(result.text, add_bos=False)

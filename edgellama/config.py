@@ -6,6 +6,7 @@ of the architecture differ by these values, never by code paths.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
@@ -29,8 +30,8 @@ class RopeScaling:
             raise UnsupportedConfigError(
                 f"rope_scaling.rope_type={self.type!r} is not supported "
                 f"(supported: {', '.join(ROPE_SCALING_TYPES)})")
-        if not self.factor > 0:
-            raise UnsupportedConfigError(f"rope_scaling.factor={self.factor!r} must be > 0")
+        if not 0 < self.factor < math.inf:
+            raise UnsupportedConfigError(f"rope_scaling.factor={self.factor!r} must be a finite number > 0")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,10 @@ class ModelConfig:
                 f"num_key_value_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise UnsupportedConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-        if not self.rope_theta > 0:
-            raise UnsupportedConfigError(f"rope_theta={self.rope_theta!r} must be > 0")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise UnsupportedConfigError(f"config field {name}={value!r} must be a finite number > 0")
 
     @property
     def q_size(self) -> int:

@@ -51,3 +51,11 @@ class NativeError(EdgeLlamaError, RuntimeError):
 
 class NotBuiltError(EdgeLlamaError, NotImplementedError):
     """A command or feature that this version does not provide yet."""
+
+
+class OutputError(EdgeLlamaError, OSError):
+    """A package or file cannot be written: read-only location, full disk, no permission."""
+
+
+class ChatBusyError(EdgeLlamaError, RuntimeError):
+    """A Chat was sent a message while it was still answering another one."""

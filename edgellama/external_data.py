@@ -1,7 +1,8 @@
 """External-data references of a package's model.onnx, read without onnx or ONNX Runtime.
 
-The runtime refuses, before ONNX Runtime opens anything, a data file that is missing or
-shorter than the graph needs, and any location that leaves the package folder.
+The runtime refuses, before ONNX Runtime opens anything, a data file that is missing or of
+another size than the graph reads, and any location that leaves the package folder (except a
+link of a Hugging Face hub cache snapshot into that entry's own blob store).
 """
 from __future__ import annotations
 
@@ -143,16 +144,32 @@ def check_external_data(folder) -> None:
         raise PackageError(f"{model}: not a readable ONNX model ({exc}); convert the model again") from None
     root = folder.resolve()
     sizes: dict = {}
+    ends: dict = {}             # file -> the last byte the graph reads there
     for tensor in tensors:
         path = _external_path(model, root, tensor)
         if path not in sizes:
             sizes[path] = path.stat().st_size
         end = tensor.offset + (tensor.length or 0)
+        known = ends.get(path, 0) is not None and tensor.length is not None
+        ends[path] = max(ends.get(path, 0), end) if known else None     # None: some length is unknown
         if tensor.offset < 0 or (tensor.length is not None and tensor.length < 0) or end > sizes[path]:
             raise PackageError(
                 f"{path}: truncated or damaged: tensor {tensor.name!r} needs bytes {tensor.offset}..{end} but the "
                 f"file has {sizes[path]} bytes; copy the package again or convert the model again")
+    for path, used in ends.items():
+        size = sizes[path]
+        if used is not None and used != size:
+            raise PackageError(f"{path}: damaged: the file has {size} bytes but the graph reads {used}; "
+                               "copy the package again or convert the model again")
     log.debug("%s: %d external tensors checked", model, len(tensors))
+
+
+def _in_hub_blobs(root: Path, path: Path) -> bool:
+    """`path` is a blob of the Hugging Face hub cache entry whose snapshot `root` is: the hub keeps
+    each file once, in models--ORG--NAME/blobs, and links it from snapshots/REVISION."""
+    entry = root.parent.parent
+    return (root.parent.name == "snapshots" and entry.name.startswith("models--")
+            and path.parent == entry / "blobs")
 
 
 def _external_path(model: Path, root: Path, tensor: ExternalTensor) -> Path:
@@ -166,7 +183,7 @@ def _external_path(model: Path, root: Path, tensor: ExternalTensor) -> Path:
             f"{model}: tensor {tensor.name!r} reads external data from {location!r}, outside the package "
             "folder; refusing to load it (external data must be a file inside the package)")
     path = (root / relative).resolve()
-    if root not in path.parents:
+    if root not in path.parents and not _in_hub_blobs(root, path):
         raise PackageError(
             f"{model}: tensor {tensor.name!r} reads external data from {location!r}, which resolves to "
             f"{str(path)!r} outside the package folder; refusing to load it")

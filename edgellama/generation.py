@@ -18,7 +18,9 @@ from .errors import ContextOverflowError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-FINISH_REASONS = ("length", "stop", "eos", "cancelled")
+# length: max_new_tokens reached; context_full: the context is full (on_overflow="error");
+# stop: a stop string; eos: an end-of-sequence token; cancelled: the cancel flag was set
+FINISH_REASONS = ("length", "context_full", "stop", "eos", "cancelled")
 OVERFLOW_POLICIES = ("error", "shift")   # what a request does when the context is full
 
 
@@ -33,9 +35,11 @@ class GenerationOptions:
     prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
 
     def __post_init__(self):
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop or ()))
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
+        try:
+            object.__setattr__(self, "stop", tuple(stop))
+        except TypeError:
+            raise InvalidParameterError(f"stop={self.stop!r} must be a string or a list of strings") from None
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise InvalidParameterError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
         if not all(isinstance(s, str) and s for s in self.stop):
@@ -149,6 +153,13 @@ class TextStream:
         return self.result
 
 
+def check_cancel(cancel) -> None:
+    """`cancel` is None or a flag with is_set() (threading.Event); anything else is refused."""
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise InvalidParameterError(f"cancel={cancel!r} must be a threading.Event (anything with is_set()) "
+                                    "or None")
+
+
 def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: GenerationOptions,
                    n_keep: int) -> np.ndarray:
     """Validate prompt ids; under on_overflow='shift', cut a prompt that is too long in its middle."""
@@ -233,6 +244,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             break
         if ctx.cached >= ctx.capacity:
             if options.on_overflow != "shift":
+                finish = "context_full"
                 break
             ctx.shift(n_keep, (ctx.cached - n_keep) // 2)
         t0 = time.perf_counter()

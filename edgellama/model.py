@@ -21,7 +21,8 @@ import numpy as np
 
 from .context import Context
 from .errors import InvalidParameterError
-from .generation import GenerationOptions, GenerationResult, TextStream, prepare_prompt, run_generation, shift_keep
+from .generation import (GenerationOptions, GenerationResult, TextStream, check_cancel, prepare_prompt, run_generation,
+                         shift_keep)
 from .session import open_package
 from .tokenizer import Tokenizer
 
@@ -39,7 +40,8 @@ def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int]
                 was built for (edgellama.json). CPU is the fallback when it is named or the package lists it
     threads     intra-op threads (default: physical cores)
     max_length  KV-cache capacity per context (default and upper bound: the package's max_length)
-    verify      check every file's sha256 against edgellama.json first
+    verify      check every file's sha256 against edgellama.json first; without it, every file but the
+                weights (model.onnx.data) is hashed, and the weights' size is checked against the graph
     """
     return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify)
 
@@ -104,6 +106,7 @@ class Model:
         """Begin one request; on `ctx` when given (the caller owns it), else on a pooled context.
         on_end: see `TextStream`."""
         sampling = self._sampling(sampling)
+        check_cancel(cancel)
         ids = self.encode_prompt(prompt, options.parse_special)
         n_keep = shift_keep(options, np.asarray(ids), self.info.special_tokens.bos_token_id, self.max_length)
         arr = prepare_prompt(ids, self.max_length, self.config.vocab_size, options, n_keep)
@@ -127,14 +130,14 @@ class Model:
 
         on_overflow="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
         is kept). parse_special=True reads special-token strings in a str prompt as control tokens."""
-        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow,
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
                                     parse_special=parse_special)
         return self.start(prompt, options, sampling, cancel).consume()
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
                cancel=None, on_overflow: str = "error", parse_special: bool = False) -> TextStream:
         """Like `generate`, but yields the text as it is produced (each piece is whole characters)."""
-        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=tuple(stop), on_overflow=on_overflow,
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
                                     parse_special=parse_special)
         return self.start(prompt, options, sampling, cancel)
 

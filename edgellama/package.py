@@ -81,6 +81,24 @@ class SpecialTokens:
     pad_token_id: Optional[int] = None
     add_bos_token: bool = False     # prepend BOS to plain-text prompts
 
+    def __post_init__(self):
+        for name, value in self.named_ids():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UnsupportedConfigError(f"special_tokens.{name}={value!r} must be a token id (an integer >= 0)")
+
+    def named_ids(self) -> list:
+        """[(field name, id)] of every special token that is set."""
+        ids = [("bos_token_id", self.bos_token_id), ("pad_token_id", self.pad_token_id)]
+        ids += [("eos_token_ids", t) for t in self.eos_token_ids]
+        return [(name, value) for name, value in ids if value is not None]
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """UnsupportedConfigError naming the first id outside 0..vocab_size-1."""
+        for name, value in self.named_ids():
+            if value >= vocab_size:
+                raise UnsupportedConfigError(f"special_tokens.{name}={value} is outside the vocabulary "
+                                             f"(ids 0..{vocab_size - 1})")
+
 
 @dataclass(frozen=True)
 class PackageInfo:
@@ -94,6 +112,9 @@ class PackageInfo:
     last_token_logits: bool = True  # `logits` holds the last position only
     files: dict = field(default_factory=dict)   # file name -> sha256 hex
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        self.special_tokens.check_vocabulary(self.config.vocab_size)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -115,7 +136,10 @@ class PackageInfo:
             raise FormatVersionError(f"{where}: unknown format_version {version}")
         try:
             st = dict(data["special_tokens"])
-            st["eos_token_ids"] = tuple(st.get("eos_token_ids", ()))
+            eos = st.get("eos_token_ids", ())
+            if not isinstance(eos, (list, tuple)):
+                raise UnsupportedConfigError(f"special_tokens.eos_token_ids={eos!r} must be a list of token ids")
+            st["eos_token_ids"] = tuple(eos)
             return cls(
                 config=ModelConfig.from_dict(data["config"]),
                 quantization=Quantization(**data["quantization"]),
@@ -130,7 +154,7 @@ class PackageInfo:
             )
         except KeyError as exc:
             raise PackageError(f"{where}: required field {exc.args[0]!r} is missing") from None
-        except (TypeError, UnsupportedConfigError) as exc:
+        except (TypeError, ValueError) as exc:
             raise PackageError(f"{where}: {exc}") from None
 
 
@@ -167,17 +191,26 @@ def read_info(folder) -> PackageInfo:
     return info
 
 
-def verify(folder, info: PackageInfo) -> None:
-    """Check every file listed in `info.files` against its sha256; raise PackageError on a mismatch."""
+# files hashed on every load: all but the weights (the graph, tokenizer and configs: a few MB at most)
+QUICK_SKIPS = (DATA_FILE,)
+
+
+def verify(folder, info: PackageInfo, quick: bool = False) -> None:
+    """Check every file listed in `info.files` against its sha256; raise PackageError on a mismatch.
+
+    quick: hash every file but the weights (DATA_FILE), whose presence is still checked; its size is
+    checked against the graph by edgellama.external_data."""
     folder = Path(folder)
     if not info.files:
         raise PackageError(f"{folder / MANIFEST}: no checksums recorded (field 'files' is empty)")
     for name, expected in sorted(info.files.items()):
         path = (folder / name)
-        if os.path.sep in name or name.startswith(".") or not path.is_file():
+        if os.path.sep in name or "/" in name or name.startswith(".") or not path.is_file():
             raise PackageError(f"{folder}: file {name!r} listed in {MANIFEST} is missing")
+        if quick and name in QUICK_SKIPS:
+            continue
         actual = sha256_file(path)
         if actual != expected:
             raise PackageError(f"{path}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...); "
                                "the file is corrupted or was modified: convert the model again")
-    log.debug("verified %d files of %s", len(info.files), folder)
+    log.debug("verified %d files of %s%s", len(info.files), folder, " (all but the weights)" if quick else "")

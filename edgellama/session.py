@@ -1,7 +1,8 @@
 """Opening a model package in ONNX Runtime, in one call: `open_package`.
 
     open_package(path, providers, threads, max_length, verify)
-      read_info -> [verify sha256] -> capacity -> memory check -> external data check
+      read_info -> capacity -> memory check -> external data check (locations, sizes)
+      -> sha256 of every file (verify) or of all but the weights
       -> choose providers -> InferenceSession (first provider that loads it) -> graph contract check
       = PackageSession(path, info, session, provider, threads, max_length)  -> new_context()
 
@@ -135,17 +136,16 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     weights (edgellama.evaluate's all-positions graph); it keeps no KV cache, so no memory check."""
     path = Path(path)
     info = read_info(path)
-    if verify:
-        t0 = time.perf_counter()
-        verify_files(path, info)
-        log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
     capacity = _capacity(info, max_length)
     if info.io_dtype not in IO_DTYPES:
         raise InvalidParameterError(f"{path}: io_dtype {info.io_dtype!r} is not supported")
     if graph is None:
         check_memory(info.config, capacity, IO_DTYPES[info.io_dtype])
     threads = default_threads() if threads is None else threads
-    check_external_data(path)
+    check_external_data(path)                       # locations inside the package, sizes as the graph reads
+    t0 = time.perf_counter()
+    verify_files(path, info, quick=not verify)      # without verify: every file but the weights
+    log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
     providers, cpu_fallback = choose_providers(providers, info.providers, path)
     session, provider = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers, graph)
     check_graph(session, info.config, path / MODEL_FILE, info.io_dtype)

@@ -213,5 +213,68 @@ def test_chat_without_shift_stops_at_the_context(package):
     model = edgellama.load(package, threads=1, max_length=48)
     chat = model.new_chat(max_new_tokens=200, sampling=NO_EOS)
     result = chat.send("Hi")
-    assert result.finish_reason == "length"
+    assert result.finish_reason == "context_full"
     assert len(result.prompt_token_ids) + len(result.token_ids) == 49
+
+
+# -- one message at a time, and the conversation as data ----------------------------------
+
+def test_second_message_while_answering_is_a_clear_error(model):
+    from edgellama.errors import ChatBusyError
+
+    chat = model.new_chat(max_new_tokens=6, sampling=NO_EOS)
+    stream = chat.stream("Hello")
+    next(stream)
+    with pytest.raises(ChatBusyError, match="one message at a time"):
+        chat.send("Interrupting")
+    with pytest.raises(ChatBusyError):
+        chat.reset()
+    rest = "".join(stream)
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
+    reference = model.new_chat(max_new_tokens=6, sampling=NO_EOS)
+    assert reference.send("Hello").text == chat.messages[1]["content"] and rest
+    assert chat.send("More").token_ids == reference.send("More").token_ids
+
+
+def test_two_threads_never_corrupt_a_chat(model):
+    import threading
+
+    from edgellama.errors import ChatBusyError
+
+    chat = model.new_chat(max_new_tokens=4, sampling=GREEDY)
+    outcomes = []
+
+    def talk(word):
+        for _ in range(4):
+            try:
+                outcomes.append(chat.send(word).text)
+            except ChatBusyError:
+                outcomes.append(None)
+
+    threads = [threading.Thread(target=talk, args=(w,)) for w in ("fox", "dog")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) // 2 == sum(o is not None for o in outcomes)
+    replay = model.new_chat(max_new_tokens=4, sampling=GREEDY)
+    replay.messages = chat.messages
+    assert chat.send("and?").token_ids == replay.send("and?").token_ids
+
+
+def test_assigning_messages_replaces_the_conversation(model):
+    chat = model.new_chat(max_new_tokens=6, sampling=GREEDY)
+    chat.send("Hello")
+    history = [{"role": "user", "content": "The quick brown fox"}, {"role": "assistant", "content": "jumps"}]
+    chat.messages = history
+    assert chat.messages == history
+    fresh = model.new_chat(max_new_tokens=6, sampling=GREEDY)
+    expected = model.generate(model.chat_template.encode(history + [{"role": "user", "content": "Why?"}]),
+                              max_new_tokens=6, sampling=GREEDY)
+    assert chat.send("Why?").token_ids == expected.token_ids
+    copy = chat.messages
+    copy.append({"role": "user", "content": "ignored"})     # a copy: the chat is unchanged
+    assert len(chat.messages) == 4 and fresh.messages == []
+    with pytest.raises(InvalidParameterError, match="message 0"):
+        chat.messages = [{"role": "user"}]

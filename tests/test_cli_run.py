@@ -83,3 +83,88 @@ def test_chat_session_from_stdin(package, monkeypatch, capsys):
     assert len(captured.out) > 2
     assert "conversation reset" in captured.err
     assert captured.err.count("ttft") == 2
+
+
+def test_chat_keeps_the_session_when_the_context_fills(package, monkeypatch, capsys):
+    # no EOS: the first answer fills the 48-token context, the next message does not fit
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHello again\n/help\n/shift\nMore\n"))
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "200", "--threads", "1",
+                 "--max-length", "48", "--repeat-penalty", "1.5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "the context is full (48 tokens)" in captured.err
+    assert "does not fit in the context" in captured.err and "nothing was lost" in captured.err
+    assert "/paste" in captured.err and "/exit" in captured.err          # /help
+    assert "oldest turns are dropped" in captured.err
+    assert captured.out.count("\n") >= 2                                  # an answer after /shift too
+
+
+def test_chat_marks_an_answer_cut_at_max_new_tokens(package, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me \\\na story\n/paste\nline one\nline two\n/end\n"))
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "3", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.err.count("[answer cut at --max-new-tokens 3]") == 2   # two messages: continued line, paste
+
+
+def test_read_message_joins_continued_lines_and_paste_blocks(monkeypatch):
+    from edgellama.cli.chat import read_message
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("one \\\ntwo\n/paste\na\n\nb\n/end\n"))
+    assert read_message("") == "one \ntwo"
+    assert read_message("") == "a\n\nb"
+    assert read_message("") is None
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--top-p", "2"], "--top-p 2"),
+    (["--max-length", "100000"], "--max-length 100000"),
+    (["--threads", "0"], "--threads 0"),
+])
+def test_errors_name_the_flag_not_the_api(package, capsys, argv, flag):
+    assert main(["run", str(package), "hi", *argv]) == 1
+    err = capsys.readouterr().err
+    assert flag in err and "SamplingParams" not in err and "max_length=" not in err and "threads=" not in err
+
+
+def test_prompt_over_capacity_suggests_the_flag(package, capsys):
+    assert main(["run", str(package), "fox " * 100, "--max-length", "16"]) == 1
+    err = capsys.readouterr().err
+    assert "--context-shift" in err and "on_overflow" not in err
+    assert main(["run", str(package), "fox " * 100, "--max-length", "16", "--context-shift",
+                 "--max-new-tokens", "2"]) == 0
+
+
+def test_seed_minus_one_is_random(package, capsys):
+    texts = set()
+    for _ in range(3):
+        assert main(["run", str(package), "The", "--seed", "-1", "--temperature", "1.5", "--top-k", "0",
+                     "--top-p", "1", "--min-p", "0", "--max-new-tokens", "8", "--json"]) == 0
+        texts.add(json.loads(capsys.readouterr().out)["text"])
+    assert len(texts) > 1
+
+
+def test_threads_beyond_the_cpus_are_capped(package, capsys):
+    import os
+
+    assert main(["run", str(package), "The", "--threads", "1000", "--max-new-tokens", "1"]) == 0
+    assert f"using {len(os.sched_getaffinity(0))}" in capsys.readouterr().err
+
+
+def test_eval_of_a_non_utf8_file_is_one_clear_error(package, tmp_path, capsys):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    assert main(["eval", str(package), "--text", str(text)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not UTF-8" in err and "0xe9" in err
+
+
+def test_convert_error_names_the_flag(tmp_path, capsys):
+    from helpers.tiny_llama import make_tiny_llama
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("x")
+    assert main(["convert", str(make_tiny_llama(tmp_path / "ckpt")), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "pass --force" in err and "force=True" not in err

@@ -41,6 +41,12 @@ def edit_manifest(folder, change):
     (folder / MANIFEST).write_text(json.dumps(data))
 
 
+def rehash(folder, name):
+    """Record the sha256 of an edited file in the manifest, as if the package had been written so."""
+    from edgellama.package import sha256_file
+    edit_manifest(folder, lambda d: d["files"].update({name: sha256_file(folder / name)}))
+
+
 def set_locations(folder, location):
     import onnx
 
@@ -103,6 +109,64 @@ def test_checksum_mismatch_on_load_and_in_info(copy, name, capsys):
     assert main(["info", str(copy)]) == 1
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and name in err
+
+
+@pytest.mark.parametrize("name", [MODEL_FILE, "tokenizer.json", "tokenizer_config.json"])
+def test_every_file_but_the_weights_is_hashed_on_every_load(copy, name, monkeypatch):
+    data = bytearray((copy / name).read_bytes())
+    data[-3] ^= 0x01
+    (copy / name).write_bytes(bytes(data))
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match=rf"{name}: checksum mismatch"):
+        load(copy)
+
+
+@pytest.mark.parametrize("change", [b"", b"\0"])
+def test_weights_of_another_size_are_refused_on_every_load(copy, change, monkeypatch):
+    data = (copy / DATA_FILE).read_bytes()
+    (copy / DATA_FILE).write_bytes(data + change if change else data[:-1])
+    refuse_session(monkeypatch)
+    with pytest.raises(PackageError, match=r"truncated|damaged"):
+        load(copy)
+
+
+def test_flipped_weight_byte_is_found_by_verify_and_info(copy, capsys):
+    from edgellama.cli import main
+
+    with open(copy / DATA_FILE, "r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    assert main(["run", str(copy), "hi", "--verify", "--max-new-tokens", "1"]) == 1
+    assert main(["info", str(copy)]) == 1
+    assert main(["info", str(copy), "--no-verify"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("checksum mismatch") == 2 and "weights by size only" in captured.out
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../model.onnx.data"])
+def test_info_refuses_external_data_outside_the_folder(copy, location, capsys):
+    from edgellama.cli import main
+
+    set_locations(copy, location)
+    rehash(copy, MODEL_FILE)
+    assert main(["info", str(copy)]) == 1
+    assert "outside the package folder" in capsys.readouterr().err
+
+
+def test_hub_cache_links_into_its_blobs_load(copy, tmp_path):
+    import os
+
+    entry = tmp_path / "hub" / "models--org--tiny"
+    snapshot = entry / "snapshots" / "0123abc"
+    (entry / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for path in copy.iterdir():
+        blob = entry / "blobs" / f"sha-{path.name.replace('.', '-')}"
+        shutil.move(path, blob)
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    assert load(snapshot, verify=True).generate("The quick", max_new_tokens=2).token_ids
 
 
 def test_info_verifies_an_intact_package(copy, capsys):
@@ -213,6 +277,7 @@ def test_graph_ort_cannot_run_is_a_provider_error(copy):
     model = onnx.load(str(copy / MODEL_FILE), load_external_data=False)
     model.graph.node[0].op_type = "NoSuchOperator"
     onnx.save(model, str(copy / MODEL_FILE))
+    rehash(copy, MODEL_FILE)
     with pytest.raises(ProviderError, match="NoSuchOperator"):
         load(copy)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgellama.config import ModelConfig
 from edgellama.defaults import DEFAULT_MODEL, DEFAULT_MODELS
-from edgellama.errors import ModelNotFoundError, UnsupportedConfigError
+from edgellama.errors import CheckpointError, ModelNotFoundError, UnsupportedConfigError
 from edgellama.package import SpecialTokens
 
 
@@ -84,10 +84,48 @@ def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple]:
     return shapes
 
 
+def checked_tokenizer_files(source: Source) -> dict[str, bytes]:
+    """The source's tokenizer files, once each is known to load and to fit its vocabulary and special
+    tokens to the config: CheckpointError / UnsupportedConfigError naming the file or field otherwise."""
+    from tokenizers import Tokenizer
+
+    from edgellama.package import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, json_object
+
+    vocab = source.config.vocab_size
+    try:
+        source.special_tokens.check_vocabulary(vocab)
+    except UnsupportedConfigError as exc:
+        raise UnsupportedConfigError(f"{source.name}: {exc}; the checkpoint does not match its config") from None
+    files = source.tokenizer_files()
+    if TOKENIZER_FILE not in files:
+        raise CheckpointError(f"{source.name}: the source provides no {TOKENIZER_FILE}")
+    try:
+        tokenizer = Tokenizer.from_str(files[TOKENIZER_FILE].decode("utf-8"))
+    except Exception as exc:     # tokenizers raises its own Exception type; UnicodeDecodeError
+        raise CheckpointError(f"{source.name}: {TOKENIZER_FILE} cannot be loaded ({exc}); the file is damaged: "
+                              "download it again") from None
+    ids = tokenizer.get_vocab(with_added_tokens=True).values()
+    if ids and max(ids) >= vocab:
+        raise CheckpointError(f"{source.name}: {TOKENIZER_FILE} has token id {max(ids)} but the model's "
+                              f"vocabulary holds {vocab} tokens (vocab_size); the tokenizer does not match the model")
+    if TOKENIZER_CONFIG_FILE in files:
+        try:
+            json_object(files[TOKENIZER_CONFIG_FILE].decode("utf-8"), f"{source.name}: {TOKENIZER_CONFIG_FILE}",
+                        CheckpointError)
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{source.name}: {TOKENIZER_CONFIG_FILE} is not UTF-8 text") from None
+    return files
+
+
+LOCAL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pth", ".json")
+
+
 def _looks_like_hub_id(spec: str) -> bool:
+    """org/name, and not a local path: no file suffix, and no local folder named like the org."""
     parts = spec.split("/")
     return (len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
-            and os.sep not in spec.replace("/", "") and not Path(spec).exists())
+            and os.sep not in spec.replace("/", "") and not Path(spec).exists()
+            and not spec.lower().endswith(LOCAL_SUFFIXES) and not Path(parts[0]).is_dir())
 
 
 def open_source(spec: Union[str, os.PathLike, None] = None, *, revision: Optional[str] = None) -> Source:

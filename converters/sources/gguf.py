@@ -36,6 +36,7 @@ from . import gguf_tokenizer
 log = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_GGUF_VERSIONS = (2, 3)
 
 GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -108,16 +109,41 @@ class _Metadata:
         return self.get(key)
 
     def integer(self, key: str, default: Any = None) -> Optional[int]:
+        """A positive integer field (a count or a length); required when there is no default."""
         value = self.require(key) if default is None else self.get(key, default)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise CheckpointError(f"{self.where}: metadata field {key}={value!r} must be an integer")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise CheckpointError(f"{self.where}: metadata field {key}={value!r} must be a positive integer")
         return int(value)
+
+    def number(self, key: str, default: float) -> float:
+        """A finite positive float field."""
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
+            raise CheckpointError(f"{self.where}: metadata field {key}={value!r} must be a finite number > 0")
+        return float(value)
 
     def prefixed(self, prefix: str) -> dict:
         """Every field whose key starts with `prefix`, as plain Python values."""
         return {key: self.get(key) for key in self._fields if key.startswith(prefix)}
+
+
+def _check_header(path: Path) -> None:
+    """Magic and version, so that a newer file is called newer, not damaged."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise CheckpointError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    version = struct.unpack("<I", head[4:])[0]
+    if version & 0xFFFF == 0:        # written on a big-endian machine
+        raise UnsupportedConfigError(f"{path}: a big-endian GGUF file; only little-endian files are supported")
+    if version not in SUPPORTED_GGUF_VERSIONS:
+        newer = "newer than" if version > max(SUPPORTED_GGUF_VERSIONS) else "not one of"
+        raise UnsupportedConfigError(
+            f"{path}: GGUF version {version} is {newer} the versions this converter reads "
+            f"({', '.join(map(str, SUPPORTED_GGUF_VERSIONS))}); convert it with a matching llama.cpp release or "
+            "upgrade edgellama and gguf")
 
 
 def _open_reader(path: Path):
@@ -125,6 +151,7 @@ def _open_reader(path: Path):
 
     if not path.is_file():
         raise ModelNotFoundError(f"GGUF file {str(path)!r} does not exist")
+    _check_header(path)
     try:
         reader = GGUFReader(str(path), "r")
     except _READ_ERRORS as exc:
@@ -144,7 +171,7 @@ def _rope_scaling(meta: _Metadata, arch: str, rope_freqs: Optional[np.ndarray], 
     """RopeScaling from `{arch}.rope.scaling.*` keys or from a llama3 `rope_freqs` tensor."""
     key = f"{arch}.rope.scaling.type"
     kind = meta.get(key, "none")
-    factor = meta.get(f"{arch}.rope.scaling.factor", 1.0)
+    factor = meta.number(f"{arch}.rope.scaling.factor", 1.0)
     if rope_freqs is not None:
         if kind not in ("none", "llama3"):
             raise UnsupportedConfigError(f"{meta.where}: {key}={kind!r} together with a rope_freqs tensor "
@@ -204,7 +231,10 @@ def model_config(meta: _Metadata, tensors: dict) -> ModelConfig:
     hidden = meta.integer(f"{arch}.embedding_length")
     heads = meta.integer(f"{arch}.attention.head_count")
     kv_heads = meta.integer(f"{arch}.attention.head_count_kv", heads)
-    head_dim = meta.integer(f"{arch}.attention.key_length", hidden // heads if heads else 0)
+    if f"{arch}.attention.key_length" not in meta and hidden % heads:
+        raise CheckpointError(f"{meta.where}: {arch}.embedding_length={hidden} is not a multiple of "
+                              f"{arch}.attention.head_count={heads} and no key_length is given")
+    head_dim = meta.integer(f"{arch}.attention.key_length", hidden // heads)
     value_dim = meta.integer(f"{arch}.attention.value_length", head_dim)
     rotary_dim = meta.integer(f"{arch}.rope.dimension_count", head_dim)
     if value_dim != head_dim:
@@ -221,7 +251,7 @@ def model_config(meta: _Metadata, tensors: dict) -> ModelConfig:
     if int(embed.shape[-1]) != vocab:
         raise CheckpointError(f"{meta.where}: token_embd.weight has {int(embed.shape[-1])} rows but the "
                               f"vocabulary has {vocab} tokens")
-    theta = float(meta.get(f"{arch}.rope.freq_base", 10000.0))
+    theta = meta.number(f"{arch}.rope.freq_base", 10000.0)
     context = meta.integer(f"{arch}.context_length", 2048)
     freqs = tensors.get("rope_freqs.weight")
     rope_freqs = None if freqs is None else _dequantize(freqs)
@@ -233,7 +263,7 @@ def model_config(meta: _Metadata, tensors: dict) -> ModelConfig:
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_norm_eps=meta.number(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=theta,
         rope_scaling=_rope_scaling(meta, arch, rope_freqs, theta, head_dim),
         tie_word_embeddings="output.weight" not in tensors,
@@ -243,20 +273,24 @@ def model_config(meta: _Metadata, tensors: dict) -> ModelConfig:
 
 def special_tokens(meta: _Metadata) -> SpecialTokens:
     """BOS/EOS/PAD ids and add_bos_token from `tokenizer.ggml.*` (EOS includes EOT/EOM when given)."""
+    def token_id(key: str) -> Optional[int]:
+        value = meta.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise CheckpointError(f"{meta.where}: metadata field {key}={value!r} must be a token id (an integer >= 0)")
+        return None if value is None else int(value)
+
     eos = []
     for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-        value = meta.get(key)
-        if value is not None and int(value) not in eos:
-            eos.append(int(value))
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    pad = meta.get("tokenizer.ggml.padding_token_id")
+        value = token_id(key)
+        if value is not None and value not in eos:
+            eos.append(value)
     add_bos = meta.get("tokenizer.ggml.add_bos_token")
     if add_bos is None:  # llama.cpp's default: SentencePiece vocabularies add BOS, byte-level BPE ones do not
         add_bos = meta.get("tokenizer.ggml.model") == "llama"
     return SpecialTokens(
-        bos_token_id=None if bos is None else int(bos),
+        bos_token_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids=tuple(eos),
-        pad_token_id=None if pad is None else int(pad),
+        pad_token_id=token_id("tokenizer.ggml.padding_token_id"),
         add_bos_token=bool(add_bos),
     )
 
@@ -319,13 +353,21 @@ class GGUFSource:
             return rotary_row_order(cfg.kv_size, cfg.num_kv_heads)
         return None
 
+    def _checked_row_order(self, name: str, shape: tuple) -> Optional[np.ndarray]:
+        """The row order of a Q/K projection whose shape is the one the metadata implies."""
+        order = self._row_order(name)
+        if order is not None and (len(shape) != 2 or shape[0] != order.size):
+            raise CheckpointError(f"{self.path}: tensor {self._tensor(name).name} ({name}) has shape {tuple(shape)}, "
+                                  f"the metadata implies {order.size} rows; the file does not match its metadata")
+        return order
+
     def read(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
         try:
             values = _dequantize(tensor)
         except _READ_ERRORS as exc:
             raise CheckpointError(f"{self.path}: tensor {tensor.name} ({name}) cannot be read ({exc})") from None
-        order = self._row_order(name)
+        order = self._checked_row_order(name, values.shape)
         return values if order is None else np.ascontiguousarray(values[order])
 
     def ggml_type(self, name: str) -> str:
@@ -340,8 +382,12 @@ class GGUFSource:
         tensor = self._tensor(name)
         shape = tuple(int(d) for d in reversed(tensor.shape))
         rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-        data = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)
-        order = self._row_order(name)
+        order = self._checked_row_order(name, shape)
+        try:
+            data = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)
+        except ValueError:
+            raise CheckpointError(f"{self.path}: tensor {tensor.name} ({name}) holds {tensor.data.nbytes} bytes, "
+                                  f"which do not split into {rows} rows of its shape {shape}") from None
         return tensor.tensor_type.name, (data if order is None else data[order]), shape
 
     def tokenizer_files(self) -> dict[str, bytes]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgellama.errors import CheckpointError
+from edgellama.errors import CheckpointError, UnsupportedConfigError
 
 from . import hf_config
 from .weights_files import open_weights
@@ -38,7 +38,10 @@ class HFSource:
         self.config = hf_config.model_config(cfg, str(where))
         self._tokenizer_config = hf_config.read_json(self.folder / "tokenizer_config.json", required=False)
         generation = hf_config.read_json(self.folder / "generation_config.json", required=False)
-        self.special_tokens = hf_config.special_tokens(cfg, generation, self._tokenizer_config)
+        try:
+            self.special_tokens = hf_config.special_tokens(cfg, generation, self._tokenizer_config)
+        except UnsupportedConfigError as exc:
+            raise UnsupportedConfigError(f"{self.folder} (config.json, generation_config.json): {exc}") from None
         self._weights = open_weights(self.folder)
         log.debug("opened %s: %s", self.folder, self.config)
 

@@ -6,6 +6,7 @@ from the checkpoint it came from.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -43,9 +44,13 @@ def _rope_scaling(raw: Optional[Mapping[str, Any]], where: str) -> Optional[Rope
             f"(supported: {', '.join(ROPE_SCALING_TYPES)}); this checkpoint cannot be converted")
     if "factor" not in raw:
         raise UnsupportedConfigError(f"{where}: rope_scaling.factor is missing")
-    extra = {k: raw[k] for k in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-             if k in raw and kind == "llama3"}
-    return RopeScaling(type=kind, factor=float(raw["factor"]), **extra)
+    at = f"{where}: rope_scaling"
+    extra = {}
+    if kind == "llama3":
+        extra = {k: _number(raw, k, at, 1.0) for k in ("low_freq_factor", "high_freq_factor") if k in raw}
+        if "original_max_position_embeddings" in raw:
+            extra["original_max_position_embeddings"] = _integer(raw, "original_max_position_embeddings", at)
+    return RopeScaling(type=kind, factor=_number(raw, "factor", at, 1.0), **extra)
 
 
 def _check_architecture(cfg: Mapping[str, Any], where: str) -> None:
@@ -63,44 +68,77 @@ def _check_architecture(cfg: Mapping[str, Any], where: str) -> None:
         raise UnsupportedConfigError(f"{where}: pretraining_tp={cfg['pretraining_tp']!r} must be 1")
 
 
+def _integer(cfg: Mapping[str, Any], key: str, where: str, default: Optional[int] = None) -> int:
+    """A whole-number field (2 or 2.0; not 2.7, "two", true or null), naming the field when it is not.
+    An absent or null field takes `default`; with no default it is required."""
+    value = cfg.get(key)
+    if value is None and default is not None:
+        return default
+    if key not in cfg:
+        raise UnsupportedConfigError(f"{where}: required field {key!r} is missing")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UnsupportedConfigError(f"{where}: {key}={value!r} must be a positive whole number")
+    return value
+
+
+def _number(cfg: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    """A finite float field (or a default), naming the field when it is not one."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UnsupportedConfigError(f"{where}: {key}={value!r} must be a finite positive number")
+    return float(value)
+
+
 def model_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelConfig:
-    """ModelConfig from a parsed Hugging Face Llama config."""
+    """ModelConfig from a parsed Hugging Face Llama config; every count must be a positive whole
+    number and every float finite, each refused by name."""
     _check_architecture(cfg, where)
     # transformers >= 5 writes `rope_parameters` (theta and scaling together); older ones split them.
     rope_params = cfg.get("rope_parameters") or {}
+    if not isinstance(rope_params, Mapping):
+        raise UnsupportedConfigError(f"{where}: rope_parameters={rope_params!r} must be an object")
     scaling_raw = cfg.get("rope_scaling") or rope_params
+    if not isinstance(scaling_raw, Mapping):
+        raise UnsupportedConfigError(f"{where}: rope_scaling={scaling_raw!r} must be an object")
+    heads = _integer(cfg, "num_attention_heads", where)
+    hidden = _integer(cfg, "hidden_size", where)
+    if "head_dim" in cfg and cfg["head_dim"] is not None:
+        head_dim = _integer(cfg, "head_dim", where)
+    elif hidden % heads:
+        raise UnsupportedConfigError(f"{where}: hidden_size={hidden} is not a multiple of "
+                                     f"num_attention_heads={heads} and no head_dim is given")
+    else:
+        head_dim = hidden // heads
     try:
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        head_dim = cfg.get("head_dim") or hidden // heads
         return ModelConfig(
-            vocab_size=int(cfg["vocab_size"]),
+            vocab_size=_integer(cfg, "vocab_size", where),
             hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
+            intermediate_size=_integer(cfg, "intermediate_size", where),
+            num_layers=_integer(cfg, "num_hidden_layers", where),
             num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))),
+            num_kv_heads=_integer(cfg, "num_key_value_heads", where, heads),
+            head_dim=head_dim,
+            rms_norm_eps=_number(cfg, "rms_norm_eps", where, 1e-6),
+            rope_theta=_number(cfg if "rope_theta" in cfg else rope_params, "rope_theta", where, 10000.0),
             rope_scaling=_rope_scaling(scaling_raw, where),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            max_position_embeddings=_integer(cfg, "max_position_embeddings", where, 2048),
         )
-    except KeyError as exc:
-        raise UnsupportedConfigError(f"{where}: required field {exc.args[0]!r} is missing") from None
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, UnsupportedConfigError):
+    except UnsupportedConfigError as exc:     # from ModelConfig's own checks (the fields relate wrongly)
+        if str(exc).startswith(where):
             raise
         raise UnsupportedConfigError(f"{where}: {exc}") from None
 
 
-def _ids(value) -> tuple:
-    if value is None:
-        return ()
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    return (int(value),)
+def _ids(value, key: str) -> tuple:
+    """Token ids of a field: null, an id or a list of ids; anything else is refused by name."""
+    values = () if value is None else tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UnsupportedConfigError(f"{key}={value!r} must be a token id (an integer >= 0) or a list of them")
+    return values
 
 
 def special_tokens(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any]],
@@ -109,12 +147,14 @@ def special_tokens(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any
     from tokenizer_config.json."""
     merged = dict(cfg)
     merged.update({k: v for k, v in (generation or {}).items() if v is not None})
-    eos = _ids(merged.get("eos_token_id"))
-    bos = merged.get("bos_token_id")
-    pad = merged.get("pad_token_id")
+    eos = _ids(merged.get("eos_token_id"), "eos_token_id")
+    bos = _ids(merged.get("bos_token_id"), "bos_token_id")
+    pad = _ids(merged.get("pad_token_id"), "pad_token_id")
+    if len(bos) > 1 or len(pad) > 1:
+        raise UnsupportedConfigError(f"bos_token_id and pad_token_id must be single ids (got {bos}, {pad})")
     return SpecialTokens(
-        bos_token_id=None if bos is None else int(bos),
+        bos_token_id=bos[0] if bos else None,
         eos_token_ids=eos,
-        pad_token_id=None if pad is None else int(pad),
+        pad_token_id=pad[0] if pad else None,
         add_bos_token=bool((tokenizer_config or {}).get("add_bos_token", False)),
     )

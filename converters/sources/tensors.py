@@ -2,6 +2,7 @@
 when made), each of the shape the config implies (checked when read)."""
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -9,6 +10,10 @@ import numpy as np
 from edgellama.errors import CheckpointError
 
 from . import Source, expected_tensor_shapes
+
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+# GGML block type -> (bytes per block, float16 values at its start: scale d, and minimum m for Q4_1)
+BLOCK_HEADS = {"Q8_0": (34, 1), "Q4_0": (18, 1), "Q4_1": (20, 2)}
 
 
 class SourceTensors:
@@ -22,6 +27,11 @@ class SourceTensors:
         self.on_tensor = on_tensor
         self._shapes = expected_tensor_shapes(self.config)
         available = set(source.tensor_names())
+        layers = sorted({int(m.group(1)) for m in map(_LAYER.match, available) if m})
+        if layers and layers[-1] >= self.config.num_layers:
+            raise CheckpointError(f"{source.name}: the config declares {self.config.num_layers} layers "
+                                  f"(num_hidden_layers / block_count) but the checkpoint holds tensors of layer "
+                                  f"{layers[-1]}; the checkpoint does not match its config")
         missing = [name for name in self._shapes if name not in available]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -52,6 +62,10 @@ class SourceTensors:
         if tuple(shape) != self._shapes[name]:
             raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(shape)}, "
                                   f"the config implies {self._shapes[name]}; the checkpoint does not match its config")
+        if ggml_type in BLOCK_HEADS and data.size:      # the blocks' float16 scales (and minimums)
+            block_bytes, halves = BLOCK_HEADS[ggml_type]
+            heads = np.ascontiguousarray(data.reshape(data.shape[0], -1, block_bytes)[..., :2 * halves])
+            self._check_finite(name, heads.view(np.float16))
         if count:
             self._counted(name)
         return ggml_type, data, tuple(shape)
@@ -62,6 +76,14 @@ class SourceTensors:
         expected = self._shapes[name]
         if tuple(array.shape) != expected:
             raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(array.shape)}, "
-                                  f"the config implies {expected}; the checkpoint does not match its config.json")
+                                  f"the config implies {expected}; the checkpoint does not match its config")
+        array = np.asarray(array, dtype=np.float32)
+        self._check_finite(name, array)
         self._counted(name)
-        return np.asarray(array, dtype=np.float32)
+        return array
+
+    def _check_finite(self, name: str, values: np.ndarray) -> None:
+        if not np.isfinite(values).all():
+            bad = np.count_nonzero(~np.isfinite(values))
+            raise CheckpointError(f"{self.source.name}: tensor {name!r} holds {bad} NaN or infinite values; "
+                                  "the checkpoint is damaged (or was saved after training diverged)")

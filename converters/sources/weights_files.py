@@ -30,6 +30,19 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
+def _span(path: Path, name: str, meta) -> tuple:
+    """(begin, end) of one tensor's bytes after a check of its header entry."""
+    ok = (isinstance(meta, dict) and isinstance(meta.get("dtype"), str) and isinstance(meta.get("shape"), list)
+          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in meta["shape"])
+          and isinstance(meta.get("data_offsets"), list) and len(meta["data_offsets"]) == 2
+          and all(isinstance(o, int) and not isinstance(o, bool) for o in meta["data_offsets"])
+          and 0 <= meta["data_offsets"][0] <= meta["data_offsets"][1])
+    if not ok:
+        raise CheckpointError(f"{path}: header entry of tensor {name!r} is malformed (needs dtype, shape and "
+                              "data_offsets [begin, end]); the file is corrupt")
+    return tuple(meta["data_offsets"])
+
+
 class SafetensorsFile:
     """One .safetensors file; float tensors come back as float32 (bf16 is widened by hand,
     since NumPy has no bfloat16)."""
@@ -53,8 +66,15 @@ class SafetensorsFile:
                 header = json.loads(fh.read(length))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise CheckpointError(f"{path}: header is not valid JSON; the file is corrupt") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt")
         header.pop("__metadata__", None)
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        spans = sorted((_span(path, name, meta), name) for name, meta in header.items())
+        for ((_, end_a), a), ((begin_b, _), b) in zip(spans, spans[1:]):
+            if begin_b < end_a:
+                raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the file (bytes "
+                                      f"{begin_b}..{end_a}); the file is corrupt")
+        end = max((span[1] for span, _ in spans), default=0)
         if 8 + length + end > size:
             raise CheckpointError(f"{path}: file holds {size} bytes but its header describes "
                                   f"{8 + length + end}; the file is truncated: download it again")
@@ -67,15 +87,20 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         """One tensor, read with plain file reads: a memory map would keep every page it touched
         resident while the file is open, so the peak would grow to the whole shard."""
-        meta = self.header[name]
+        meta = self.header.get(name)
+        if meta is None or name.startswith("__"):
+            raise CheckpointError(f"{self.path}: tensor {name!r} is not in this file")
         dtype = SAFETENSORS_DTYPES.get(meta["dtype"])
         if dtype is None:
             raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {meta['dtype']}; "
                                   f"expected one of {', '.join(SAFETENSORS_DTYPES)}")
         begin, end = meta["data_offsets"]
         count = (end - begin) // np.dtype(dtype).itemsize
+        if (end - begin) % np.dtype(dtype).itemsize or count != int(np.prod(meta["shape"], dtype=np.int64)):
+            raise CheckpointError(f"{self.path}: tensor {name!r} has {end - begin} bytes, its shape "
+                                  f"{meta['shape']} of {meta['dtype']} needs another size; the file is corrupt")
         raw = np.fromfile(self.path, dtype=dtype, count=count, offset=self.header["__data_start__"] + begin)
-        if raw.size != count or count != int(np.prod(meta["shape"], dtype=np.int64)):
+        if raw.size != count:
             raise CheckpointError(f"{self.path}: tensor {name!r} holds {raw.size} values, its shape "
                                   f"{meta['shape']} needs {count}; the file is corrupt")
         values = _bf16_to_f32(raw) if meta["dtype"] == "BF16" else raw.astype(np.float32, copy=False)
@@ -148,7 +173,21 @@ def _from_index(index_path: Path, opener) -> ShardedWeights:
     weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: field weight_map is missing or empty")
-    return ShardedWeights({k: index_path.parent / v for k, v in weight_map.items()}, opener)
+    folder = index_path.parent.resolve()
+    files = {}
+    for name, shard in weight_map.items():
+        path = (index_path.parent / shard) if isinstance(shard, str) and shard else None
+        if path is None or not _inside_folder(path, folder):
+            raise CheckpointError(f"{index_path}: weight_map[{name!r}]={shard!r} is not a file name in the folder")
+        if not path.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard!r} (tensor {name!r} and others) is missing from "
+                                  f"{index_path.parent}; download the whole checkpoint again")
+        files[name] = path
+    return ShardedWeights(files, opener)
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    return folder in path.resolve().parents
 
 
 def _from_single(path: Path, opener) -> ShardedWeights:

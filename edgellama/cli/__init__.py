@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
+import signal
 import sys
+import threading
 
-from ..errors import EdgeLlamaError, NotBuiltError
+from ..errors import EdgeLlamaError, InvalidParameterError, ModelNotFoundError, NotBuiltError
 
 # name -> (module under edgellama.cli, one-line help)
 SUBCOMMANDS = {
@@ -22,6 +25,48 @@ SUBCOMMANDS = {
     "eval": ("evaluate", "perplexity over a text file"),
     "info": ("info", "show and verify a model package"),
 }
+
+
+# keyword of the Python API (as errors name it: "max_length=5", "SamplingParams.top_p=2") -> the flag that
+# sets it; a value of None means the flag takes no value; per command where the flag differs
+API_FLAGS = {
+    "max_length": "--max-length", "max_new_tokens": "--max-new-tokens", "threads": "--threads",
+    "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "providers": "--provider", "stop": "--stop",
+    "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+    "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None,
+}
+COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
+VALUELESS = {"force": "--force", "on_overflow": "--context-shift"}
+_API_WORD = re.compile(r"(?:SamplingParams\.)?\b(" + "|".join(API_FLAGS) + r")=('[^']*'|\[[^\]]*\]|[^\s,;)]+)")
+
+
+def cli_words(message: str, command: str) -> str:
+    """An error message of the Python API in the words of the command line: flags for keywords."""
+    flags = {**API_FLAGS, **COMMAND_FLAGS.get(command, {})}
+
+    def flag(match):
+        name, value = match.group(1), match.group(2)
+        if flags[name] is None:
+            return VALUELESS[name]
+        value = re.sub(r"[\[\]',]", " ", value).split()
+        return " ".join([flags[name], *value])
+    return _API_WORD.sub(flag, message)
+
+
+def read_text_file(path: str, flag: str) -> str:
+    """The UTF-8 text of the file that `flag` names; our errors for a missing or non-UTF-8 file."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"{flag} {path!r}: no such file; give a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise InvalidParameterError(f"{flag} {path!r} is a folder; give a UTF-8 text file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParameterError(f"{flag} {path!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                                    f"{exc.start}); convert it to UTF-8 first, e.g. with iconv") from None
 
 
 def _module(name: str):
@@ -47,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the work under way cleans up (a conversion removes its temporary folder)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +109,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     module = _module(args.command)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         if module is None:
             raise NotBuiltError(f"`edgellama {args.command}` is not available in this version")
@@ -64,11 +119,15 @@ def main(argv=None) -> int:
         print(f"edgellama {args.command}: {exc}", file=sys.stderr)
         return 2
     except EdgeLlamaError as exc:
-        print(f"edgellama {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edgellama {args.command}: error: {cli_words(str(exc), args.command)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"edgellama {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """`edgellama chat MODEL`: an interactive streaming chat in the terminal.
 
-`/reset` starts over, Ctrl-C stops the answer being written (the conversation goes on),
-Ctrl-D (end of input) or `/exit` quits. The answer is generated on a worker thread so that
-Ctrl-C only sets the cancel flag and the KV cache stays consistent.
+Lines are edited and recalled with readline (where Python has it). A line ending in `\\` goes
+on on the next line; `/paste` takes every line up to `/end` as one message. Ctrl-C stops the
+answer being written (the conversation goes on), Ctrl-D (end of input) or `/exit` quits; `/help`
+lists the commands. When the conversation no longer fits in the context the session stays:
+`/reset` starts over, `/shift` drops the oldest turns from then on. The answer is generated on a
+worker thread so that Ctrl-C only sets the cancel flag and the KV cache stays consistent.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import queue
 import sys
 import threading
@@ -14,13 +18,24 @@ import threading
 from .run import add_model_arguments, load_from, sampling_from, timings_line
 
 _DONE = object()
+COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "forget the conversation (the system message stays)",
+    "/shift": "from now on drop the oldest turns when the context is full (as --context-shift)",
+    "/paste": "the following lines, up to a line /end, are one message",
+    "/exit": "quit (also /quit or Ctrl-D)",
+}
+# what a finished answer says about why it ended, when that is not the model's choice
+FINISH_NOTES = {
+    "length": "[answer cut at --max-new-tokens {max_new_tokens}]",
+    "context_full": "[the context is full ({capacity} tokens): /reset starts over, /shift drops the oldest turns]",
+    "cancelled": "[stopped]",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT", help="system message")
-    parser.add_argument("--context-shift", action="store_true",
-                        help="when the conversation fills the context, drop the oldest turns instead of stopping")
     parser.add_argument("--timings", action="store_true", help="print the timings of each answer to stderr")
 
 
@@ -56,36 +71,90 @@ def _answer(chat, text: str, show_timings: bool) -> None:
     sys.stdout.flush()
     if failure:
         raise failure[0]
-    if cancel.is_set():
-        print("[stopped]", file=sys.stderr)
-    if show_timings and chat.last_result is not None:
-        print(timings_line(chat.last_result.timings), file=sys.stderr)
+    result = chat.last_result
+    if result is None:
+        return
+    note = FINISH_NOTES.get(result.finish_reason)
+    if note:
+        print(note.format(max_new_tokens=chat.options.max_new_tokens, capacity=chat.context.capacity),
+              file=sys.stderr)
+    if show_timings:
+        print(timings_line(result.timings), file=sys.stderr)
+
+
+def _line_editing() -> None:
+    """Arrow keys, history and long lines through readline, when this Python has it."""
+    try:
+        import readline  # noqa: F401  (importing it is what makes input() edit lines)
+    except ImportError:
+        pass
+
+
+def read_message(prompt: str):
+    """The next message: one line, lines joined while they end in a backslash, or a /paste block.
+    None at the end of input."""
+    try:
+        lines = [input(prompt)]
+        while lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(input("... " if prompt else ""))
+        if lines[0].strip() == "/paste":
+            lines = []
+            while True:
+                line = input("")
+                if line.strip() == "/end":
+                    break
+                lines.append(line)
+    except EOFError:
+        return None
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    width = max(len(c) for c in COMMANDS)
+    return "\n".join([f"{c:<{width}}  {what}" for c, what in COMMANDS.items()]
+                     + ["a line ending in \\ goes on on the next line; Ctrl-C stops an answer"])
 
 
 def main(args) -> int:
+    from ..errors import ContextOverflowError
+
     sampling = sampling_from(args)
     model = load_from(args)
     chat = model.new_chat(system=args.system, max_new_tokens=args.max_new_tokens, sampling=sampling,
                           stop=args.stop, on_overflow="shift" if args.context_shift else "error")
     interactive = sys.stdin.isatty()
     if interactive:
-        print("/reset starts over, Ctrl-C stops an answer, Ctrl-D quits", file=sys.stderr)
+        _line_editing()
+        print("/help lists the commands, Ctrl-C stops an answer, /exit or Ctrl-D quits", file=sys.stderr)
     while True:
         try:
-            line = input(">>> " if interactive else "")
-        except EOFError:
-            break
+            message = read_message(">>> " if interactive else "")
         except KeyboardInterrupt:
             print(file=sys.stderr)
             continue
-        text = line.strip()
+        if message is None:
+            break
+        text = message.strip()
         if not text:
             continue
         if text in ("/exit", "/quit"):
             break
+        if text == "/help":
+            print(help_text(), file=sys.stderr)
+            continue
         if text == "/reset":
             chat.reset()
             print("[conversation reset]", file=sys.stderr)
             continue
-        _answer(chat, text, args.timings)
+        if text == "/shift":
+            chat.options = dataclasses.replace(chat.options, on_overflow="shift")
+            print("[the oldest turns are dropped when the context is full]", file=sys.stderr)
+            continue
+        try:
+            _answer(chat, text, args.timings)
+        except ContextOverflowError:
+            print(f"[this message does not fit in the context ({chat.context.capacity} tokens) after the "
+                  "conversation so far; nothing was lost: /reset starts over, /shift drops the oldest turns]",
+                  file=sys.stderr)
     return 0

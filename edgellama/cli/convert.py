@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from . import read_text_file
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
@@ -75,10 +75,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def read_eval_text(path: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise ModelNotFoundError(f"--eval {path!r}: no such file; give a UTF-8 text file to score")
-    return file.read_text(encoding="utf-8")
+    return read_text_file(path, "--eval")
 
 
 def compare_perplexity(source, report, options, text: str, text_name: str) -> str:

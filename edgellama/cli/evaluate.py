@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from . import read_text_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +30,7 @@ def main(args: argparse.Namespace) -> int:
     settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
                             threads=args.threads, providers=tuple(args.provider))
     path = Path(args.text)
-    if not path.is_file():
-        raise ModelNotFoundError(f"--text {args.text!r}: no such file")
-    result = evaluate_text(args.model, path.read_text(encoding="utf-8"), settings)
+    result = evaluate_text(args.model, read_text_file(args.text, "--text"), settings)
     if args.json:
         print(json.dumps({"model": args.model, "text": str(path), **result.to_dict()}))
         return 0

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +18,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1 = off (default 0.95)")
     parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 = off (default 0.05)")
     parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 = off (default)")
-    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default: random)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default or -1: random)")
     parser.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop strings (cut from the text)")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads (default: physical cores; at most the CPUs this process may use)")
+    parser.add_argument("--context-shift", action="store_true",
+                        help="when the context fills, drop the oldest tokens (chat: turns) instead of stopping")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the sha256 of every file, the weights too, before loading (loading always "
+                             "checks the other files and the weights' size)")
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
                              "package was built for)")
@@ -35,15 +44,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def sampling_from(args):
     from ..sampling import SamplingParams
 
+    seed = None if args.seed == RANDOM_SEED else args.seed      # llama.cpp's convention
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repeat_penalty=args.repeat_penalty, seed=args.seed)
+                          repeat_penalty=args.repeat_penalty, seed=seed)
+
+
+def threads_from(args):
+    """--threads, capped at the CPUs this process may run on (more only make each step slower)."""
+    if args.threads is None or args.threads <= 0:
+        return args.threads            # the default, or a value load() refuses by name
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:             # not on Linux
+        cpus = os.cpu_count() or 1
+    if args.threads > cpus:
+        print(f"edgellama: --threads {args.threads} is more than the {cpus} CPUs this process may use; "
+              f"using {cpus}", file=sys.stderr)
+        return cpus
+    return args.threads
 
 
 def load_from(args):
     from ..model import load
 
     providers = tuple(args.provider) if args.provider else None
-    return load(args.model, providers=providers, threads=args.threads, max_length=args.max_length)
+    return load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
+                verify=args.verify)
 
 
 def timings_line(timings) -> str:
@@ -65,7 +91,8 @@ def main(args) -> int:
     sampling = sampling_from(args)   # invalid settings fail before the model loads
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model = load_from(args)
-    stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop)
+    stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop,
+                          on_overflow="shift" if args.context_shift else "error")
     if args.json:
         print(result_json(stream.consume()))
         return 0

@@ -39,6 +39,26 @@ def test_invalid_options_name_the_field(model, kwargs, field):
         model.generate(PROMPTS[0], **kwargs)
 
 
+def test_stop_as_one_string_is_one_stop_string(model):
+    full = model.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS)
+    stop = full.text[4:7]
+    assert len(stop) == 3 and stop[1:] not in full.text[:4]
+    cut = model.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS, stop=stop)
+    assert cut.finish_reason == "stop" and cut.text == full.text[:full.text.index(stop)]
+    assert model.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS, stop=None).text == full.text
+
+
+@pytest.mark.parametrize("cancel", [True, 1, "yes"])
+def test_cancel_that_is_no_flag_is_refused(model, cancel):
+    with pytest.raises(InvalidParameterError, match="cancel"):
+        model.generate(PROMPTS[0], max_new_tokens=2, cancel=cancel)
+
+
+def test_stop_of_the_wrong_type(model):
+    with pytest.raises(InvalidParameterError, match="stop"):
+        model.generate(PROMPTS[0], max_new_tokens=2, stop=5)
+
+
 def test_empty_prompt_is_an_error_without_bos(model):
     with pytest.raises(InvalidParameterError, match="empty"):
         model.generate("", max_new_tokens=4)
@@ -108,9 +128,9 @@ def test_prompt_over_capacity(fp32_package):
     assert len(model.tokenizer.encode(long_prompt)) > 16
     with pytest.raises(ContextOverflowError, match="16"):
         model.generate(long_prompt, max_new_tokens=4)
-    # generation that reaches the end of the context stops with "length"
+    # generation that reaches the end of the context stops with "context_full", not max_new_tokens' "length"
     result = model.generate("The quick", max_new_tokens=100, sampling=SamplingParams(temperature=0, logit_bias={2: -100.0}))
-    assert result.finish_reason == "length"
+    assert result.finish_reason == "context_full"
     assert len(result.prompt_token_ids) + len(result.token_ids) == 17
 
 
