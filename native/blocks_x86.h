@@ -93,29 +93,40 @@ TARGET static INLINE __m256 group_terms(__m256 dots, const uint16_t *d, const ui
                     _mm256_loadu_ps(a->rest + b));
 }
 
-/* The terms of a weight row's last group when it is one pair (blocks full, full + 1) against four
- * activation rows: lanes 2i, 2i + 1 hold row i's, the values row_tile's one-row tail has in lanes 0, 1
- * (its other lanes are zero) */
-TARGET static INLINE __m256 tails_of_four(__m256i lo, __m256i hi, const TailScales *t, const el_q8_act *acts,
-                                          int64_t full)
+/* The activations of the last group's first two blocks (full, full + 1) of four activation rows,
+ * lanes 2i, 2i + 1 for row i: they do not depend on the weight row, so a prompt takes them once */
+typedef struct { __m256 xd, xs, xr; } TileTails;
+
+TARGET static INLINE TileTails tile_tails(const el_q8_act *acts, int64_t full)
 {
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    __m256i s[4];
-    uint16_t d[8], m[8];
     float xd[8], xs[8], xr[8];
-    for (int i = 0; i < 4; i++) {
-        s[i] = PAIR_DOT(lo, hi, acts[i].q + full * 32);
+    for (int i = 0; i < 4; i++)
         for (int e = 0; e < 2; e++) {
-            d[2 * i + e] = t->d[e];
-            m[2 * i + e] = t->m[e];
             xd[2 * i + e] = acts[i].scale[full + e];
             xs[2 * i + e] = acts[i].sum[full + e];
             xr[2 * i + e] = acts[i].rest[full + e];
         }
-    }
+    return (TileTails){_mm256_loadu_ps(xd), _mm256_loadu_ps(xs), _mm256_loadu_ps(xr)};
+}
+
+/* The terms of a weight row's last group when it is one pair (blocks full, full + 1) against four
+ * activation rows: lanes 2i, 2i + 1 hold row i's, the values row_tile's one-row tail has in lanes 0, 1
+ * (its other lanes are zero) */
+TARGET static INLINE __m256 tails_of_four(__m256i lo, __m256i hi, const TailScales *t, const el_q8_act *acts,
+                                          int64_t full, const TileTails *x)
+{
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i s[4];
+    for (int i = 0; i < 4; i++)
+        s[i] = PAIR_DOT(lo, hi, acts[i].q + full * 32);
     __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
     __m256 dots = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(h, order));
-    return terms_of(dots, d, m, _mm256_loadu_ps(xd), _mm256_loadu_ps(xs), _mm256_loadu_ps(xr));
+    uint32_t d2, m2;   /* the two blocks' scales and minimums, repeated for the four rows */
+    memcpy(&d2, t->d, sizeof d2);
+    memcpy(&m2, t->m, sizeof m2);
+    __m256 dv = _mm256_cvtph_ps(_mm_set1_epi32((int)d2)), mv = _mm256_cvtph_ps(_mm_set1_epi32((int)m2));
+    __m256 rest8 = _mm256_mul_ps(x->xr, _mm256_set1_ps(8.0f));
+    return _mm256_fmadd_ps(dots, _mm256_mul_ps(dv, x->xd), _mm256_fmadd_ps(mv, x->xs, _mm256_mul_ps(dv, rest8)));
 }
 
 /* Ask for the weight bytes AHEAD bytes (of nibbles) on: one group's 128 bytes of nibbles, and its
@@ -133,7 +144,7 @@ TARGET static INLINE void prefetch_ahead(const uint8_t *qs, const uint16_t *d, c
 /* y[i * stride + r] for the `count` (<= TILE, a constant where inlined) activation rows acts[i] and
  * weight row r: each group's nibbles are unpacked once for all of them */
 TARGET static INLINE void row_tile(const el_q41_weight *w, const el_q8_act *acts, int count, int64_t r, float *y,
-                                   int64_t stride, int prefetch)
+                                   int64_t stride, int prefetch, const TileTails *tails)
 {
     const int64_t nb = w->nb, full = nb / 8 * 8;
     const uint8_t *qs = w->qs + r * nb * 16;
@@ -155,7 +166,8 @@ TARGET static INLINE void row_tile(const el_q41_weight *w, const el_q8_act *acts
         tail_scales(d + full, m + full, nb - full, &t);
         const int pairs = unpack(qs + full * 16, nb - full, lo, hi);
         if (count == TILE && pairs == 1) {   /* the one-pair tails of the four rows in one vector */
-            const __m256 c = tails_of_four(lo[0], hi[0], &t, acts, full);
+            const TileTails x = tails != NULL ? *tails : tile_tails(acts, full);
+            const __m256 c = tails_of_four(lo[0], hi[0], &t, acts, full, &x);
             const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             const __m256 mine = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(2), lanes));
             for (int i = 0; i < count; i++)
@@ -250,19 +262,24 @@ TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t coun
                 _mm_storeu_ps(y + lo, rows_four(w, &x, lo));
         }
         for (int64_t r = lo; r < hi; r++)
-            row_tile(w, acts, 1, r, y, stride, 1);
+            row_tile(w, acts, 1, r, y, stride, 1, NULL);
         return;
     }
+    const int64_t full = w->nb / 8 * 8;
+    const int one_pair = w->nb - full == 1 || w->nb - full == 2;
+    TileTails tails[ACT_BLOCK / TILE];
     for (int64_t a0 = 0; a0 < count; a0 += ACT_BLOCK) {
         const int64_t a1 = count - a0 < ACT_BLOCK ? count : a0 + ACT_BLOCK;
+        for (int64_t i = a0; one_pair && i + TILE <= a1; i += TILE)
+            tails[(i - a0) / TILE] = tile_tails(acts + i, full);
         for (int64_t r = lo; r < hi; r++) {
             int64_t i = a0;
             for (; i + TILE <= a1; i += TILE)
-                row_tile(w, acts + i, TILE, r, y + i * stride, stride, 0);
+                row_tile(w, acts + i, TILE, r, y + i * stride, stride, 0, &tails[(i - a0) / TILE]);
             for (; i + 2 <= a1; i += 2)
-                row_tile(w, acts + i, 2, r, y + i * stride, stride, 0);
+                row_tile(w, acts + i, 2, r, y + i * stride, stride, 0, NULL);
             if (i < a1)
-                row_tile(w, acts + i, 1, r, y + i * stride, stride, 0);
+                row_tile(w, acts + i, 1, r, y + i * stride, stride, 0, NULL);
         }
     }
 }
