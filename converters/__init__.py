@@ -68,8 +68,9 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
     save_model(graph.model(), writer.path / MODEL_FILE)
     for name, content in tokenizer_files.items():
         writer.write_bytes(name, content)
-    writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
-        config, source.special_tokens, max_length, options.providers).encode("utf-8"))
+    if not plan.needs_library:     # onnxruntime-genai cannot run edgellama's operators
+        writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
+            config, source.special_tokens, max_length, options.providers).encode("utf-8"))
     quantization = replace(options.quantization, layout=plan.to_dict())
     info = PackageInfo(config=config, quantization=quantization, max_length=max_length,
                        special_tokens=source.special_tokens, source=source.name, providers=options.providers,

@@ -49,6 +49,9 @@ class Fused:
 
 
 FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1", "RotaryAttention")}
+# the operators of edgellama's library (domain ai.edgellama) a plan can name
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", *FUSED, *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp,
+                                                                                            f.attention))})
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,16 @@ class ConversionPlan:
     lm_head: WeightPlan
     tied: bool                       # the LM head multiplies by the embedding's table (one copy)
     layers: tuple                    # LayerPlan per layer
+
+    @property
+    def needs_library(self) -> bool:
+        """Whether the graph computes with edgellama's operator library (plain ONNX Runtime and
+        onnxruntime-genai cannot run it)."""
+        names = {self.embedding.operator, self.lm_head.operator}
+        for layer in self.layers:
+            names |= {layer.qkv, layer.attention, layer.mlp}
+            names |= {getattr(layer.weights, f.name).operator for f in fields(LayerWeights)}
+        return bool(names & LIBRARY_OPERATORS)
 
     def to_dict(self) -> dict:
         """The plan as JSON data; runs of equal layers are written once with their first and last index."""

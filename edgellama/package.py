@@ -5,7 +5,7 @@
       model.onnx.data     external data (every initializer of the graph)
       tokenizer.json      `tokenizers` tokenizer
       tokenizer_config.json   chat template and special tokens
-      genai_config.json   so onnxruntime-genai runs the same package
+      genai_config.json   so onnxruntime-genai runs the same package (packages that need no operator library)
       edgellama.json      this module's `PackageInfo`: format version, architecture,
                           quantization, max_length, special tokens, source, sha256 per file
 """

@@ -229,6 +229,33 @@ def test_onnxruntime_genai_generates_like_transformers(tmp_path):
     assert tokens == expected[:len(tokens)]
 
 
+def test_a_portable_int4_package_runs_in_onnxruntime_genai_and_a_native_one_says_it_does_not(tmp_path):
+    """genai runs the portable package as edgellama does (the same graph and kernels: the same greedy
+    tokens); a native package, which needs edgellama's operator library, has no genai_config.json."""
+    og = pytest.importorskip("onnxruntime_genai")
+    import edgellama
+    from edgellama.sampling import SamplingParams
+
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=5)
+    portable, native = tmp_path / "portable", tmp_path / "native"
+    convert(folder, portable, ConvertOptions(max_length=32, portable=True))
+    convert(folder, native, ConvertOptions(max_length=32))
+    assert (portable / "genai_config.json").is_file() and not (native / "genai_config.json").exists()
+    model = og.Model(str(portable))
+    prompt = list(og.Tokenizer(model).encode("Hello world"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=20)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    ours = edgellama.load(portable, threads=1).generate(prompt, max_new_tokens=len(tokens),
+                                                      sampling=SamplingParams(temperature=0.0))
+    assert len(tokens) >= 8 and list(ours.token_ids)[:8] == tokens[:8]
+
+
 @pytest.mark.parametrize("method, providers, tolerance", [
     ("fp16", ("cpu",), 2e-2),     # fp16 weights cast to float32 on load
     ("fp16", ("cuda",), 5e-2),    # float16 activations and KV cache throughout

@@ -222,3 +222,9 @@ def test_an_older_layout_record_still_loads_but_is_not_a_plan(smollm2_int4_packa
     current = PackageInfo.from_json((smollm2_int4_package / "edgellama.json").read_text())
     plan = ConversionPlan.from_dict(current.quantization.layout)
     assert len(plan.layers) == current.config.num_layers and weights_of(plan) == {Q4_1_BLOCKS}
+
+
+def test_the_plan_says_when_the_graph_needs_the_operator_library(q4_1_gguf, hf_folder):
+    assert plan_of(q4_1_gguf).needs_library and plan_of(hf_folder, quantization=Quantization("int8")).needs_library
+    assert not plan_of(q4_1_gguf, portable=True).needs_library
+    assert not plan_of(hf_folder, quantization=Quantization("fp32")).needs_library   # float MatMul, ONNX Runtime's
