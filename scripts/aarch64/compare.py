@@ -2,14 +2,14 @@
 
     python compare.py EMU_TOKENS.json HOST_TOKENS.json EMU_LOGITS.npz HOST_LOGITS.npz [--tokens N]
 
-Inputs come from generate.py --json (greedy tokens of the int4 package) and logits.py (next-token
-logits of the prompt for the "int4" and "fp32" packages). Exit code 1 when:
+Inputs come from generate.py --json (greedy tokens of the portable int4 package) and logits.py
+(next-token logits of the prompt for the portable "int4" and "fp32" packages). Exit code 1 when:
 - the emulated generation did not use the compiled native routines or did not give N tokens;
 - the fp32 logits differ by more than FP32_TOLERANCE (both machines run the same float graph: only
   the summation order differs);
 - the int4 next-token distribution of aarch64 is farther than INT4_MAX_KL from the host's;
-- the emulated logits hold an "ops" package (--gguf-blocks ops: edgellama's operator library on
-  its plain C path) whose distribution is farther than INT4_MAX_KL from the host's fp32 one (the host
+- the emulated logits hold an "ops" package (the native form: edgellama's operator library, on the
+  best kernel path the emulated CPU has) whose distribution is farther than INT4_MAX_KL from the host's fp32 one (the host
   run uses no compiled code, so it cannot load that package itself).
 The int4 kernels (MatMulNBits with int8 activations) are not the same code on the two machines, so
 greedy tokens may part at a near tie; where they part is printed, not failed.
