@@ -60,6 +60,69 @@ def test_same_tokens_and_logits_for_random_settings_and_inputs():
             np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
 
 
+def random_mask(rng, vocab):
+    """A token mask of (vocab + 31) // 32 words: dense, sparse or a single token, never empty."""
+    density = float(rng.choice([0.9, 0.3, 0.02, 0.0]))
+    allowed = rng.random(vocab) < density
+    allowed[int(rng.integers(0, vocab))] = True
+    bits = np.zeros((vocab + 31) // 32 * 32, dtype=bool)
+    bits[:vocab] = allowed
+    return np.packbits(bits.reshape(-1, 32)[:, ::-1], axis=1).view(">u4").astype(np.uint32).reshape(-1), allowed
+
+
+def test_random_mask_packs_bit_t_of_word_t_over_32():
+    mask, allowed = random_mask(np.random.default_rng(3), 77)
+    unpacked = [(int(mask[t // 32]) >> (t % 32)) & 1 for t in range(77)]
+    assert unpacked == allowed.astype(int).tolist()
+
+
+@needs_native
+def test_masked_sampling_gives_the_same_tokens_and_logits():
+    """The mask stage inside the sampler chain, every setting: same tokens, same logits bit for bit."""
+    rng = np.random.default_rng(77)
+    for _ in range(60):
+        vocab = int(rng.integers(33, 1500))
+        params = random_params(rng)
+        compiled = _native.Sampler(vocab, params, params.seed)
+        twin = twins.Sampler(vocab, params, params.seed)
+        for _ in range(20):
+            logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
+            mask, allowed = random_mask(rng, vocab)
+            window = rng.integers(0, vocab, int(rng.integers(0, 80))).astype(np.int32)
+            a, b = logits.copy(), logits.copy()
+            token = compiled.sample(a, window, mask)
+            assert token == twin.sample(b, window, mask)
+            assert allowed[token]
+            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+            assert np.isneginf(a[~allowed]).all() and np.isfinite(a[allowed]).all()
+
+
+@needs_native
+def test_mask_stage_alone_is_the_same():
+    rng = np.random.default_rng(5)
+    for vocab in (1, 31, 32, 33, 64, 1000, 49152):
+        logits = rng.standard_normal(vocab).astype(np.float32)
+        mask, allowed = random_mask(rng, vocab)
+        a, b = logits.copy(), logits.copy()
+        assert _native.token_mask_apply(a, mask) == twins.token_mask_apply(b, mask) == int(allowed.sum())
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+        np.testing.assert_array_equal(a[allowed], logits[allowed])
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_an_empty_or_misshapen_mask_is_refused(module):
+    from edgellama.errors import InvalidParameterError
+
+    sampler = module.Sampler(40, SamplingParams(seed=0), 0)
+    with pytest.raises(InvalidParameterError, match="allows no token"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.zeros(2, np.uint32))
+    with pytest.raises(InvalidParameterError, match="token mask has shape"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.zeros(1, np.uint32))
+    # bits past the vocabulary do not count
+    with pytest.raises(InvalidParameterError, match="allows no token"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.array([0, 0xFFFFFF00], np.uint32))
+
+
 @needs_native
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_same_error_types(bad):
