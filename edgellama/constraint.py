@@ -173,6 +173,7 @@ class Guide:
         self._fail_if_error("does not compile for this model's tokenizer")
         self._mask = np.zeros((model.config.vocab_size + 31) // 32, dtype=np.int32)
         self._pending = None
+        self.finished = False     # the grammar is complete: nothing but the end of the text may follow
         self._start()
 
     def _fail_if_error(self, what: str) -> None:
@@ -203,14 +204,10 @@ class Guide:
         if forced:
             self._matcher.consume_tokens(forced)
         self._fail_if_error("failed")
-        if not self._matcher.is_stopped():
+        self.finished = self._matcher.is_stopped()
+        if not self.finished:
             self._start()
         return [int(t) for t in forced]
-
-    @property
-    def finished(self) -> bool:
-        """Whether the grammar is complete and allows nothing but the end of the text."""
-        return self._matcher.is_stopped()
 
     def close(self) -> None:
         """Wait for a mask still being computed (the matcher is then free to be dropped)."""
