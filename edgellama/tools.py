@@ -48,16 +48,21 @@ The example format is as follows. Please make sure the parameter type is correct
 class ToolFormat:
     """How one chat format offers tools and writes calls."""
     name: str
-    call_open: str          # the text a call answer begins with
-    call_close: str         # ... and ends with
+    call_open: str          # the text before the calls of an answer ("": the call's JSON object begins it)
+    call_close: str         # ... and after them
     arguments_key: str      # the key of the arguments object in a call
     many: bool              # a list of calls (", " between them) or exactly one
     in_template: bool       # the chat template renders the `tools` variable; else a system message
     result_role: str        # the role of a tool result message
 
+    @property
+    def start(self) -> str:
+        """What every call answer begins with (a plain answer must not)."""
+        return self.call_open or "{"
+
 
 FORMATS = {
-    "llama3": ToolFormat("llama3", "{", "", "parameters", many=False, in_template=True, result_role="ipython"),
+    "llama3": ToolFormat("llama3", "", "", "parameters", many=False, in_template=True, result_role="ipython"),
     "smollm2": ToolFormat("smollm2", "<tool_call>[", "]</tool_call>", "arguments", many=True, in_template=False,
                           result_role="tool"),
 }
@@ -108,10 +113,10 @@ def call_constraint(fmt: ToolFormat, tools: tuple, tool_choice: str = "auto") ->
                                 fmt.arguments_key: t["function"]["parameters"]}} for t in tools]
     schema = json.dumps({"anyOf": variants, "x-guidance": JSON_LAYOUT})
     repeat = ' (", " call)*' if fmt.many else ""
-    rules = [f"calls: {json.dumps(fmt.call_open)} call{repeat} {json.dumps(fmt.call_close) if fmt.call_close else ''}",
-             f"call: %json {schema}"]
+    wrap = [json.dumps(fmt.call_open) if fmt.call_open else "", json.dumps(fmt.call_close) if fmt.call_close else ""]
+    rules = [f"calls: {wrap[0]} call{repeat} {wrap[1]}", f"call: %json {schema}"]
     if tool_choice == "auto":
-        first = re.escape(fmt.call_open[0])
+        first = re.escape(fmt.start[0])
         rules = ["start: calls | TEXT", *rules, f"TEXT: /[^{first}](.|\\n)*/"]
     else:
         rules = ["start: calls", *rules]
@@ -166,10 +171,12 @@ def finish(fmt: ToolFormat, result):
 
 class ToolStream:
     """Iterates a TextStream of an answer that may be calls: text pieces (str) for a plain answer,
-    then the ToolCall objects of a call answer once it is complete; `.result` when exhausted."""
+    then the ToolCall objects of a call answer once it is complete; `.result` when exhausted.
+    `finished(raw)` turns the stream's result into the answer's (default: `finish`)."""
 
-    def __init__(self, stream, fmt: ToolFormat):
+    def __init__(self, stream, fmt: ToolFormat, finished=None):
         self._stream, self._fmt = stream, fmt
+        self._finished = finished or (lambda raw: finish(fmt, raw))
         self._held, self._is_call = "", None
         self._calls: list = []
         self.result = None
@@ -186,7 +193,7 @@ class ToolStream:
             try:
                 piece = next(self._stream)
             except StopIteration:
-                self.result = finish(self._fmt, self._stream.result)
+                self.result = self._finished(self._stream.result)
                 self._calls = list(self.result.tool_calls)
                 if not self._is_call and self._held:
                     held, self._held = self._held, ""
@@ -195,9 +202,9 @@ class ToolStream:
             if self._is_call is False:
                 return piece
             self._held += piece
-            if self._held.startswith(self._fmt.call_open):
+            if self._held.startswith(self._fmt.start):
                 self._is_call = True
-            elif not self._fmt.call_open.startswith(self._held):
+            elif not self._fmt.start.startswith(self._held):
                 self._is_call, held, self._held = False, self._held, ""
                 return held
 
