@@ -139,7 +139,7 @@ class Context:
         """Record `ids` after the context's tokens without running them: they run at the next step,
         after the token drawn last (tokens a grammar forces are fed this way, several in one run)."""
         end = self._length + len(ids)
-        if end > self.capacity:
+        if len(ids) and end > self.capacity:
             raise ContextOverflowError(f"{self._length} recorded + {len(ids)} new tokens exceed the context of "
                                        f"{self.capacity}")
         self._ids[self._length:end] = ids
