@@ -42,24 +42,6 @@ def test_random_streams_are_identical():
         np.testing.assert_array_equal(_native.random_u64(seed, 257), twins.random_u64(seed, 257))
 
 
-@needs_native
-def test_same_tokens_and_logits_for_random_settings_and_inputs():
-    rng = np.random.default_rng(2024)
-    for _ in range(60):
-        vocab = int(rng.integers(50, 2000))
-        params = random_params(rng)
-        compiled = _native.Sampler(vocab, params, params.seed)
-        twin = twins.Sampler(vocab, params, params.seed)
-        for _ in range(25):
-            logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
-            if rng.random() < 0.3:
-                logits = np.round(logits)  # many ties
-            window = rng.integers(0, vocab, int(rng.integers(0, 80))).astype(np.int32)
-            a, b = logits.copy(), logits.copy()
-            assert compiled.sample(a, window) == twin.sample(b, window)
-            np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
-
-
 def random_mask(rng, vocab):
     """A token mask of (vocab + 31) // 32 words: dense, sparse or a single token, never empty."""
     density = float(rng.choice([0.9, 0.3, 0.02, 0.0]))
@@ -77,22 +59,24 @@ def test_random_mask_packs_bit_t_of_word_t_over_32():
 
 
 @needs_native
-def test_masked_sampling_gives_the_same_tokens_and_logits():
-    """The mask stage inside the sampler chain, every setting: same tokens, same logits bit for bit."""
-    rng = np.random.default_rng(77)
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_same_tokens_and_logits_for_random_settings_and_inputs(masked):
+    """Every setting, with and without the mask stage: same tokens, same logits bit for bit."""
+    rng = np.random.default_rng(2024 + masked)
     for _ in range(60):
-        vocab = int(rng.integers(33, 1500))
+        vocab = int(rng.integers(50, 2000))
         params = random_params(rng)
         compiled = _native.Sampler(vocab, params, params.seed)
         twin = twins.Sampler(vocab, params, params.seed)
-        for _ in range(20):
+        for _ in range(25):
             logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
-            mask, allowed = random_mask(rng, vocab)
+            if rng.random() < 0.3:
+                logits = np.round(logits)  # many ties
+            mask, allowed = random_mask(rng, vocab) if masked else (None, np.ones(vocab, bool))
             window = rng.integers(0, vocab, int(rng.integers(0, 80))).astype(np.int32)
             a, b = logits.copy(), logits.copy()
             token = compiled.sample(a, window, mask)
-            assert token == twin.sample(b, window, mask)
-            assert allowed[token]
+            assert token == twin.sample(b, window, mask) and allowed[token]
             np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
             assert np.isneginf(a[~allowed]).all() and np.isfinite(a[allowed]).all()
 
