@@ -12,6 +12,7 @@ from helpers.tiny_llama import convert_tiny, make_tiny_llama
 
 import edgellama
 from edgellama import InvalidParameterError, SamplingParams
+from edgellama.package import MANIFEST, sha256_file
 from edgellama.tools import FORMATS, ToolCall, check_tools, parse_calls, tool_format
 
 WEATHER = {"type": "function", "function": {
@@ -57,6 +58,9 @@ def packages(tmp_path_factory):
     config = json.loads((llama / "tokenizer_config.json").read_text())
     config["chat_template"] = LLAMA3_TEMPLATE
     (llama / "tokenizer_config.json").write_text(json.dumps(config))
+    manifest = json.loads((llama / MANIFEST).read_text())      # the package records each file's sha256
+    manifest["files"]["tokenizer_config.json"] = sha256_file(llama / "tokenizer_config.json")
+    (llama / MANIFEST).write_text(json.dumps(manifest))
     return {"chatml": chatml, "llama3": llama}
 
 
