@@ -7,6 +7,7 @@
         print(piece, end="")
     chat = model.new_chat(system="You are concise.")
     print(chat.send("What is ONNX?").text)
+    person = model.generate("A person as JSON:", constraint=edgellama.Constraint.json_schema(schema))
 
 Attributes are imported on first use, so `import edgellama` stays light (no ONNX Runtime until a
 model is loaded, never torch).
@@ -20,6 +21,7 @@ The runtime, from the API down:
     session.py            open_package: a package opened in ONNX Runtime in one call
     providers.py, memory.py, graph_contract.py   execution providers, the memory check, the graph's names
     package.py, tokenizer.py, sampling.py        the package folder, its tokenizer, SamplingParams and Sampler
+    constraint.py, tools.py, logprobs.py         structured output (llguidance), tool calls, log-probabilities
     evaluate.py, bench.py, cli/                   perplexity, llama-bench style speed, the `edgellama` command
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ _LAZY = {
     "Timings": "generation",
     "GenerationOptions": "generation",
     "Chat": "chat",
+    "Constraint": "constraint",
     "Context": "context",
     "ModelConfig": "config",
     "PackageInfo": "package",

@@ -13,7 +13,8 @@ Tests (per thread count; tokenization and sampling excluded, ids are synthetic):
               when D + N does not fit the KV capacity
 Each test runs once to warm up, then `repetitions` times: mean +/- sample stdev.
 Once, on the first thread count: load time, TTFT of a real prompt and end-to-end tokens/s through
-`Model.generate` with the default sampler. Peak RSS, size on disk, execution provider, ONNX
+`Model.generate` with the default sampler; with a constraint, the same end-to-end test under it
+(e2eN+mask, t/s) and its cost per token against the unconstrained run (mask cost, ms). Peak RSS, size on disk, execution provider, ONNX
 Runtime version and CPU features go in the header.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -58,6 +59,7 @@ class BenchSettings:
     providers: Optional[tuple] = None     # None: those the package was built for
     e2e_tokens: int = 128
     seed: int = 0
+    constraint: Optional[object] = None   # an edgellama.Constraint for the constrained end-to-end test
 
     def __post_init__(self):
         for name in ("n_prompt", "n_gen", "e2e_tokens"):
@@ -192,13 +194,26 @@ def speed_tests(model, settings: BenchSettings, threads: int, notes: list) -> li
 
 
 def request_tests(model, settings: BenchSettings, threads: int) -> list:
-    """TTFT of a real prompt and end-to-end tokens/s with the default sampler (EOS banned)."""
+    """TTFT of a real prompt and end-to-end tokens/s with the default sampler (EOS banned); with a
+    constraint, its end-to-end row and cost per token too."""
+    rows = _request_rows(model, settings, threads, None)
+    if settings.constraint is not None:
+        constrained = _request_rows(model, settings, threads, settings.constraint)[1]
+        plain = rows[1]
+        cost = [1000 / c - 1000 / p for c, p in zip(constrained.samples, plain.samples)]
+        sd = statistics.stdev(cost) if len(cost) > 1 else 0.0
+        rows += [replace(constrained, test=f"{constrained.test}+mask"),
+                 BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost))]
+    return rows
+
+
+def _request_rows(model, settings: BenchSettings, threads: int, constraint) -> list:
     from .generation import GenerationOptions
     from .sampling import SamplingParams
 
     eos = model.info.special_tokens.eos_token_ids
     sampling = SamplingParams(seed=settings.seed, logit_bias={t: -1e9 for t in eos})
-    options = GenerationOptions(max_new_tokens=settings.e2e_tokens)
+    options = GenerationOptions(max_new_tokens=settings.e2e_tokens, constraint=constraint)
     ttft, e2e = [], []
 
     def once() -> float:

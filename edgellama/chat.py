@@ -76,6 +76,7 @@ class ChatTemplate:
         from jinja2.exceptions import TemplateSyntaxError
 
         self.where = where
+        self.source = source
         self.tokenizer = tokenizer
         try:
             self._template = _sandbox().from_string(source)
@@ -99,13 +100,14 @@ class ChatTemplate:
         except TemplateError as exc:
             raise PackageError(f"{self.where}: chat_template failed to render ({exc})") from None
 
-    def segments(self, messages, add_generation_prompt: bool = True) -> list[tuple]:
-        """[(text, message index or None)]: template text (None) and message contents, in order."""
+    def segments(self, messages, add_generation_prompt: bool = True, **extra) -> list[tuple]:
+        """[(text, message index or None)]: template text (None) and message contents, in order;
+        `extra`: more template variables (such as `tools`)."""
         messages = _check_messages(messages)
         nonce = secrets.token_hex(6)
         marks = [f"@@EDGELLAMA_{nonce}_{i}@@" for i in range(len(messages))]
         masked = [dict(m, content=mark) for m, mark in zip(messages, marks)]
-        text = self.render(masked, add_generation_prompt)
+        text = self.render(masked, add_generation_prompt, **extra)
         pattern = re.compile(f"@@EDGELLAMA_{nonce}_(\\d+)@@")
         parts, pos = [], 0
         for match in pattern.finditer(text):
@@ -116,10 +118,10 @@ class ChatTemplate:
         parts.append((text[pos:], None))
         seen = [i for _, i in parts if i is not None]
         if sorted(seen) != list(range(len(messages))):
-            return self._unmasked(messages, add_generation_prompt)
+            return self._unmasked(messages, add_generation_prompt, **extra)
         return parts
 
-    def _unmasked(self, messages, add_generation_prompt) -> list[tuple]:
+    def _unmasked(self, messages, add_generation_prompt, **extra) -> list[tuple]:
         # The template transforms contents (so the sentinels did not survive): render the real text,
         # which is safe to parse for specials only when no content spells a special token.
         for i, message in enumerate(messages):
@@ -128,13 +130,13 @@ class ChatTemplate:
                     raise InvalidParameterError(
                         f"message {i} contains the special token {special!r} and the chat template in "
                         f"{self.where} rewrites contents, so it cannot be kept as plain text; remove it")
-        return [(self.render(messages, add_generation_prompt), None)]
+        return [(self.render(messages, add_generation_prompt, **extra), None)]
 
     def encode_segments(self, messages, add_generation_prompt: bool = True,
-                        content_ids: Optional[Mapping[int, Sequence[int]]] = None) -> list[tuple]:
+                        content_ids: Optional[Mapping[int, Sequence[int]]] = None, **extra) -> list[tuple]:
         """[(ids, message index or None)]; `content_ids` replaces the tokens of given messages."""
         out = []
-        for text, index in self.segments(messages, add_generation_prompt):
+        for text, index in self.segments(messages, add_generation_prompt, **extra):
             if index is None:
                 ids = self.tokenizer.encode(text, add_bos=False, parse_special=True)
             elif content_ids and index in content_ids:
@@ -145,9 +147,10 @@ class ChatTemplate:
         return out
 
     def encode(self, messages, add_generation_prompt: bool = True,
-               content_ids: Optional[Mapping[int, Sequence[int]]] = None) -> list[int]:
+               content_ids: Optional[Mapping[int, Sequence[int]]] = None, **extra) -> list[int]:
         """Token ids of the rendered conversation (contents as plain text)."""
-        return [t for ids, _ in self.encode_segments(messages, add_generation_prompt, content_ids) for t in ids]
+        return [t for ids, _ in self.encode_segments(messages, add_generation_prompt, content_ids, **extra)
+                for t in ids]
 
 
 def load_template(tokenizer, folder) -> ChatTemplate:
@@ -170,6 +173,7 @@ class Chat:
         print(chat.send("Hi!").text)
         for piece in chat.stream("And then?"):
             ...
+        chat.send("Weather in Paris?", tools=[...])    # result.tool_calls, see edgellama.tools
         chat.reset()            # back to the system message, cache emptied
     """
 
@@ -185,6 +189,7 @@ class Chat:
         self.last_result: Optional[GenerationResult] = None
         self._base: Optional[list[int]] = None  # ids of the conversation through the last answer
         self._turn = threading.Lock()           # held from a message's start to the end of its answer
+        self._tools: Optional[tuple] = None     # the tools shown in the prompt (edgellama.tools)
         self.reset()
 
     @property
@@ -218,39 +223,75 @@ class Chat:
         with self._exclusive():
             self._messages = [{"role": "system", "content": self.system}] if self.system is not None else []
             self._base = None
+            self._tools = None
             self.last_result = None
             self.context.reset()
 
     def _prompt(self) -> tuple[list[int], int]:
         """Ids for the next answer, and how many leading ids a context shift keeps."""
-        segments = self.template.encode_segments(self._messages, add_generation_prompt=True)
+        from .tools import tool_format, tool_messages
+
+        messages, extra = tool_messages(tool_format(self.template.source), self._messages, self._tools)
+        segments = self.template.encode_segments(messages, add_generation_prompt=True, **extra)
         n_keep = 0
-        if self._messages and self._messages[0]["role"] == "system":
+        if messages and messages[0]["role"] == "system":
             n_keep = sum(len(ids) for ids, _ in segments[:3])  # template head, system text, its closing
         if self._base is None:
             return [t for ids, _ in segments for t in ids], n_keep
-        last_answer = max(i for i, m in enumerate(self._messages) if m["role"] == "assistant")
+        last_answer = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
         return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
 
-    def stream(self, text: str, cancel=None) -> TextStream:
-        """Send a user message; yield the answer as text pieces (`.result` when done)."""
+    def stream(self, text: str, cancel=None, constraint=None, response_format=None, tools=None,
+               tool_choice: str = "auto"):
+        """Send a user message; yield the answer as text pieces (`.result` when done).
+
+        constraint / response_format: what the answer must match (edgellama.Constraint, or OpenAI's
+        response_format). tools: functions the model may call (edgellama.tools); the stream then
+        yields the text, or the completed ToolCall objects, and `.result.tool_calls` holds them."""
         if not isinstance(text, str):
             raise InvalidParameterError(f"chat message must be a str, got {type(text).__name__}")
+        return self._answer({"role": "user", "content": text}, cancel, constraint, response_format, tools,
+                            tool_choice)
+
+    def send(self, text: str, cancel=None, constraint=None, response_format=None, tools=None,
+             tool_choice: str = "auto") -> GenerationResult:
+        """Send a user message; return the whole answer (finish_reason "tool_calls" when it calls tools)."""
+        return self.stream(text, cancel, constraint, response_format, tools, tool_choice).consume()
+
+    def send_tool_result(self, call, value, cancel=None, tool_choice: str = "auto") -> GenerationResult:
+        """Give the model the result of `call` (a ToolCall of the last answer; `value`: a str or
+        anything JSON can write) and return its next answer; the same tools stay offered."""
+        from .tools import result_message, tool_format
+
+        message = result_message(tool_format(self.template.source), call, value)
+        return self._answer(message, cancel, None, None, self._tools, tool_choice).consume()
+
+    def _answer(self, message: dict, cancel, constraint, response_format, tools, tool_choice):
+        """Add `message` and start the answer to it, constrained or offered tools."""
+        from .constraint import Constraint
+        from .tools import ToolStream, call_constraint, check_tools, tool_format
+
+        constraint = Constraint.pick(constraint, response_format)
+        fmt = tool_format(self.template.source)
+        if tools is not None:
+            if constraint is not None:
+                raise InvalidParameterError("give tools or a constraint, not both")
+            tools = check_tools(tools)
+            constraint = call_constraint(fmt, tools, tool_choice)
         self._claim()                   # released when the answer ends (_end_turn)
-        self._messages.append({"role": "user", "content": text})
+        if tools != self._tools:        # the tools shown in the prompt changed: render it anew
+            self._base, self._tools = None, tools
+        self._messages.append(message)
         try:
             ids, n_keep = self._prompt()
-            options = replace(self.options, n_keep=n_keep)
-            return self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
+            options = replace(self.options, n_keep=n_keep, constraint=constraint)
+            stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
         except BaseException:
             self._messages.pop()
             self._turn.release()
             raise
-
-    def send(self, text: str, cancel=None) -> GenerationResult:
-        """Send a user message; return the whole answer."""
-        return self.stream(text, cancel).consume()
+        return ToolStream(stream, fmt, lambda _raw: self.last_result) if tools else stream
 
     def _end_turn(self, result: Optional[GenerationResult]) -> None:
         """Record the answer of a completed turn; forget the user message of one that failed."""
@@ -260,6 +301,8 @@ class Chat:
             self._turn.release()
 
     def _record(self, result: Optional[GenerationResult]) -> None:
+        from .tools import finish, tool_format
+
         if result is None:
             self._messages.pop()
             return
@@ -269,4 +312,4 @@ class Chat:
             self._base = list(result.prompt_token_ids) + self.model.tokenizer.encode(result.text, add_bos=False)
         else:
             self._base = self.context.tokens.tolist()   # the context recorded the prompt and the answer
-        self.last_result = result
+        self.last_result = finish(tool_format(self.template.source), result) if self._tools else result

@@ -6,6 +6,7 @@
     token = ctx.next_token(sampler)      # drawn from those logits and recorded; it runs on the next step
     ctx.rewind(n)                        # keep the first n tokens (and their cache)
     ctx.advance(ids); ctx.argmax()       # a run without bringing the logits to the host; the greedy id
+    ctx.record(ids)                      # ids recorded, not run: they run at the next step
     ctx.tokens                           # every token recorded, in order
 
 A `Context` owns the conversation's state: the KV cache, the IO binding over it, the record of
@@ -13,8 +14,8 @@ its tokens and the sampler's scratch. `Model.generate` is a loop over these step
 (edgellama.generation.run_generation); a request reuses the longest prefix of the record it
 shares with its prompt. Record and cache:
 
-    tokens  t0 t1 ... t(c-1) | tc         c = cached: the ids whose keys and values the cache holds;
-            '---- cached ----' pending    a pending id (the token drawn last) runs at the next step
+    tokens  t0 t1 ... t(c-1) | tc ...     c = cached: the ids whose keys and values the cache holds;
+            '---- cached ----' pending    pending ids (the token drawn last, recorded ids) run at the next step
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class Context:
     """KV cache + IO binding + the record of its tokens + sampler, of one conversation.
 
     Invariant: `tokens[:cached]` are the ids whose keys and values are in the cache; the ids
-    after them (at most the token drawn last, when the cache is full) run at the next step.
+    after them (the token drawn last and the tokens `record`ed after it) run at the next step.
     """
 
     def __init__(self, session, info, capacity: int, device: Optional[str] = None):
@@ -118,19 +119,31 @@ class Context:
         self.kv.advance(end - past)
         self._logits_at = end
 
-    def next_token(self, sampler) -> int:
-        """Run the pending token if there is one, draw the next token from the logits with the
-        record as history (for the penalties), record it and return it. It runs at the next step.
-        A greedy sampler without bias or penalties on a device takes `argmax()` there."""
+    def next_token(self, sampler, mask=None, on_host: bool = False) -> int:
+        """Run the pending tokens if there are any, draw the next token from the logits with the
+        record as history (for the penalties) and `mask` (a token mask, see `Sampler.sample`),
+        record it and return it. It runs at the next step. A greedy sampler without bias,
+        penalties or mask on a device takes `argmax()` there, unless `on_host` asks for the
+        logits on the host (`sampler.last_logits`)."""
         if self._length > self.kv.length:
             self.advance()
-        if sampler.params.picks_argmax and self.binding.device is not None:
+        if sampler.params.picks_argmax and mask is None and not on_host and self.binding.device is not None:
             token = self.argmax()
         else:
-            token = int(sampler.sample(self.logits, self.tokens))
+            token = int(sampler.sample(self.logits, self.tokens, mask))
         self._ids[self._length] = token
         self._length += 1
         return token
+
+    def record(self, ids: Sequence[int]) -> None:
+        """Record `ids` after the context's tokens without running them: they run at the next step,
+        after the token drawn last (tokens a grammar forces are fed this way, several in one run)."""
+        end = self._length + len(ids)
+        if len(ids) and end > self.capacity:
+            raise ContextOverflowError(f"{self._length} recorded + {len(ids)} new tokens exceed the context of "
+                                       f"{self.capacity}")
+        self._ids[self._length:end] = ids
+        self._length = end
 
     def rewind(self, n: int) -> None:
         """Keep the first `n` tokens (0 <= n <= length) and the cache of those it holds."""

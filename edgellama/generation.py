@@ -15,12 +15,14 @@ import numpy as np
 
 from .context import Context
 from .errors import ContextOverflowError, InvalidParameterError
+from .logprobs import MAX_LOGPROBS, forced_logprob, token_logprob
 
 log = logging.getLogger(__name__)
 
 # length: max_new_tokens reached; context_full: the context is full (on_overflow="error");
-# stop: a stop string; eos: an end-of-sequence token; cancelled: the cancel flag was set
-FINISH_REASONS = ("length", "context_full", "stop", "eos", "cancelled")
+# stop: a stop string; eos: an end-of-sequence token, or a constraint's grammar complete; cancelled: the
+# cancel flag was set; tool_calls: the answer is calls of the tools offered (edgellama.tools)
+FINISH_REASONS = ("length", "context_full", "stop", "eos", "cancelled", "tool_calls")
 OVERFLOW_POLICIES = ("error", "shift")   # what a request does when the context is full
 
 
@@ -33,6 +35,8 @@ class GenerationOptions:
     n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, if any)
     parse_special: bool = False   # parse special-token strings in a str prompt
     prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
+    constraint: Optional[object] = None   # an edgellama.Constraint the text must match
+    logprobs: Optional[int] = None  # None: no GenerationResult.logprobs; N: each token's and the N best
 
     def __post_init__(self):
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
@@ -50,6 +54,9 @@ class GenerationOptions:
             raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
             raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise InvalidParameterError(f"logprobs={self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class GenerationResult:
     finish_reason: str
     timings: Timings = field(default_factory=Timings)
     prompt_token_ids: tuple = ()
+    logprobs: tuple = ()       # TokenLogprob per generated token when asked for (edgellama.logprobs)
+    tool_calls: tuple = ()     # ToolCall per call when finish_reason is "tool_calls" (edgellama.tools)
 
 
 class StopMatcher:
@@ -188,12 +197,15 @@ def shift_keep(options: GenerationOptions, prompt: np.ndarray, bos: Optional[int
 
 
 def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: GenerationOptions, sampling,
-                   cancel=None, n_keep: int = 0, load_s: float = 0.0,
+                   cancel=None, n_keep: int = 0, load_s: float = 0.0, guide=None,
                    ) -> Generator[str, None, GenerationResult]:
     """Generate from `prompt` (validated by `prepare_prompt`) on `ctx`; yield text pieces.
 
+    `guide` (edgellama.constraint.Guide) masks each draw to the constraint's tokens and forces the
+    tokens it leaves no choice about; they run together with the token drawn before them. A complete
+    grammar ends the text as an EOS would ("eos").
     The context then records the prompt and the answer (EOS excluded); when the request ends on its
-    length, the last token is recorded but not run (it runs first in the next request)."""
+    length, the last tokens are recorded but not run (they run first in the next request)."""
     t_start = time.perf_counter()
     eos = frozenset(tokenizer.special_tokens.eos_token_ids)
     prompt_ids = tuple(int(t) for t in prompt)
@@ -214,7 +226,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     stops = StopMatcher(options.stop)
     generated: list[int] = []
     pieces: list[str] = []
-    steps = 0
+    logprobs: list = []
+    steps = ran = 0
     sampling_s = run_s = 0.0
     t_first = None
     finish = "length"
@@ -223,7 +236,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             finish = "cancelled"
             break
         t0 = time.perf_counter()
-        token = ctx.next_token(sampler)     # nothing is pending here: this only samples
+        mask = guide.mask() if guide is not None else None
+        token = ctx.next_token(sampler, mask, on_host=options.logprobs is not None)   # nothing pending: only samples
         t1 = time.perf_counter()
         sampling_s += t1 - t0
         if t_first is None:
@@ -232,22 +246,39 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             ctx.rewind(ctx.length - 1)       # the end of sequence is no part of the text
             finish = "eos"
             break
-        generated.append(token)
-        piece = stops.push(decoder.push(token))
-        if piece:
-            pieces.append(piece)
-            yield piece
+        if options.logprobs is not None:
+            logprobs.append(token_logprob(tokenizer, sampler.last_logits, token, options.logprobs))
+        new = [token]
+        if guide is not None:
+            room = min(options.max_new_tokens - len(generated) - 1, ctx.capacity - ctx.length)
+            forced = guide.accept(token, room)
+            ctx.record(forced)
+            new += forced
+            if options.logprobs is not None:
+                logprobs.extend(forced_logprob(tokenizer, t, options.logprobs) for t in forced)
+        for t in new:
+            generated.append(t)
+            piece = stops.push(decoder.push(t))
+            if piece:
+                pieces.append(piece)
+                yield piece
+            if stops.stopped:
+                break
         if stops.stopped:
             finish = "stop"
             break
+        if guide is not None and guide.finished:
+            finish = "eos"
+            break
         if len(generated) >= options.max_new_tokens:
             break
-        if ctx.cached >= ctx.capacity:
+        if ctx.length > ctx.capacity:        # the pending tokens do not fit
             if options.on_overflow != "shift":
                 finish = "context_full"
                 break
             ctx.shift(n_keep, (ctx.cached - n_keep) // 2)
         t0 = time.perf_counter()
+        ran += ctx.length - ctx.cached
         ctx.advance()
         run_s += time.perf_counter() - t0
         steps += 1
@@ -266,8 +297,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     timings = Timings(
         load_s=load_s, ttft_s=t_first - t_start,
         prefill_tokens_per_s=prefilled / max(t_prefilled - t_start, 1e-9),
-        decode_tokens_per_s=steps / (t_end - t_first) if steps and t_end > t_first else 0.0,
+        decode_tokens_per_s=ran / (t_end - t_first) if ran and t_end > t_first else 0.0,
         sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=prefilled,
         generated_tokens=len(generated), prefill_s=t_prefilled - t_start, decode_s=t_end - t_first,
         decode_run_s=run_s, decode_steps=steps)
-    return GenerationResult("".join(pieces), tuple(generated), finish, timings, prompt_ids)
+    return GenerationResult("".join(pieces), tuple(generated), finish, timings, prompt_ids, tuple(logprobs))

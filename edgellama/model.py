@@ -110,42 +110,56 @@ class Model:
         ids = self.encode_prompt(prompt, options.parse_special)
         n_keep = shift_keep(options, np.asarray(ids), self.info.special_tokens.bos_token_id, self.max_length)
         arr = prepare_prompt(ids, self.max_length, self.config.vocab_size, options, n_keep)
-        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx), on_end)
+        guide = None
+        if options.constraint is not None and options.max_new_tokens > 0:
+            from .constraint import Guide
+            guide = Guide(self, options.constraint)
+        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx, guide), on_end)
 
-    def _drive(self, prompt, options, sampling, cancel, n_keep, owned):
+    def _drive(self, prompt, options, sampling, cancel, n_keep, owned, guide):
         ctx = owned if owned is not None else self._acquire(prompt)
         try:
             return (yield from run_generation(ctx, self.tokenizer, prompt, options, sampling, cancel,
-                                              n_keep=n_keep, load_s=self.load_s))
+                                              n_keep=n_keep, load_s=self.load_s, guide=guide))
         except BaseException:
             ctx.recover()
             raise
         finally:
+            if guide is not None:
+                guide.close()
             if owned is None:
                 self._release(ctx)
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
-                 cancel=None, on_overflow: str = "error", parse_special: bool = False) -> GenerationResult:
+                 cancel=None, on_overflow: str = "error", parse_special: bool = False, constraint=None,
+                 logprobs: Optional[int] = None) -> GenerationResult:
         """Generate from `prompt` (text or token ids) until EOS, a stop string, max_new_tokens or `cancel`.
 
         on_overflow="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
-        is kept). parse_special=True reads special-token strings in a str prompt as control tokens."""
+        is kept). parse_special=True reads special-token strings in a str prompt as control tokens.
+        constraint: an `edgellama.Constraint` the text must match (a JSON schema, a regex, a grammar).
+        logprobs=N: result.logprobs lists each token's log-probability and the N best (edgellama.logprobs)."""
         options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
-                                    parse_special=parse_special)
+                                    parse_special=parse_special, constraint=constraint, logprobs=logprobs)
         return self.start(prompt, options, sampling, cancel).consume()
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
-               cancel=None, on_overflow: str = "error", parse_special: bool = False) -> TextStream:
+               cancel=None, on_overflow: str = "error", parse_special: bool = False, constraint=None,
+               logprobs: Optional[int] = None) -> TextStream:
         """Like `generate`, but yields the text as it is produced (each piece is whole characters)."""
         options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
-                                    parse_special=parse_special)
+                                    parse_special=parse_special, constraint=constraint, logprobs=logprobs)
         return self.start(prompt, options, sampling, cancel)
 
     def chat(self, messages, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
-             cancel=None) -> GenerationResult:
-        """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template."""
+             cancel=None, constraint=None, response_format=None, logprobs: Optional[int] = None) -> GenerationResult:
+        """One answer to `messages` ([{"role": ..., "content": ...}, ...]) through the chat template;
+        `response_format` (OpenAI's) is another way to give the constraint."""
+        from .constraint import Constraint
+
         ids = self.chat_template.encode(messages, add_generation_prompt=True)
-        return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel)
+        return self.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, cancel=cancel,
+                             constraint=Constraint.pick(constraint, response_format), logprobs=logprobs)
 
     @property
     def chat_template(self):

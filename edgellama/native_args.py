@@ -45,13 +45,31 @@ def sampler(vocab_size, params) -> int:
     return int(vocab_size)
 
 
-def sample(vocab_size: int, logits, window) -> None:
-    """Sampler.sample(logits, window): one row of logits, a 1-D window (its ids are checked by the
-    routine, as it counts them)."""
+def sample(vocab_size: int, logits, window, mask=None) -> None:
+    """Sampler.sample(logits, window, mask): one row of logits, a 1-D window (its ids are checked by
+    the routine, as it counts them), and None or a token mask that covers the vocabulary."""
     if np.shape(logits) != (vocab_size,):
         raise error_for(Status.ERR_SIZE, "Sampler.sample", f"logits have shape {np.shape(logits)}; expected "
                                                            f"({vocab_size},), one row of the vocabulary")
     _shape(Status.ERR_SIZE, "Sampler.sample", "window", window, 1)
+    if mask is not None:
+        _mask("Sampler.sample", vocab_size, mask)
+
+
+def token_mask(logits, mask) -> None:
+    """token_mask_apply(logits, mask): a non-empty row of logits and a mask of its words."""
+    shape = _shape(Status.ERR_SIZE, "token_mask_apply", "logits", logits, 1)
+    if shape[0] == 0:
+        raise error_for(Status.ERR_SIZE, "token_mask_apply", "logits are empty")
+    _mask("token_mask_apply", shape[0], mask)
+
+
+def _mask(context: str, vocab_size: int, mask) -> None:
+    """A token mask: (vocab_size + 31) // 32 words of 32 bits, one bit per token."""
+    words = (vocab_size + 31) // 32
+    if np.shape(mask) != (words,) or np.asarray(mask).dtype.itemsize != 4:
+        raise error_for(Status.ERR_SIZE, context, f"the token mask has shape {np.shape(mask)} and type "
+                                                  f"{np.asarray(mask).dtype}; expected ({words},) 32-bit words")
 
 
 # ---- kvcache.h: buffers [batch, heads, capacity, head_dim] ----

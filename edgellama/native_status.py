@@ -20,6 +20,7 @@ class Status(IntEnum):
     ERR_TOKEN = 3
     ERR_SIZE = 4
     ERR_RANGE = 5
+    ERR_MASK = 6
 
 
 _SIZE = "a size or position is outside the buffer"
@@ -32,6 +33,7 @@ ERRORS = {
     Status.ERR_TOKEN: (InvalidParameterError, "a token id is outside [0, vocab_size)"),
     Status.ERR_SIZE: (InvalidParameterError, _SIZE),
     Status.ERR_RANGE: (InvalidParameterError, _SIZE),
+    Status.ERR_MASK: (InvalidParameterError, "the token mask allows no token of the vocabulary"),
 }
 
 

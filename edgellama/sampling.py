@@ -3,7 +3,7 @@
 `SamplingParams` holds every knob (llama.cpp defaults) and refuses out-of-range values;
 `Sampler` runs the chain in the compiled extension or its NumPy twins (`edgellama.native.backend`,
 which check the vocabulary size, the logit bias ids and the logits' shape): logit bias ->
-repeat/frequency/presence penalties over the last `penalty_last_n` tokens -> greedy argmax when
+token mask (a constraint's allowed tokens; the others become -inf) -> repeat/frequency/presence penalties over the last `penalty_last_n` tokens -> greedy argmax when
 temperature is 0 -> top-k -> typical-p -> top-p -> min-p -> temperature -> softmax -> one seeded draw.
 """
 from __future__ import annotations
@@ -129,6 +129,7 @@ class Sampler:
         self.seed = self._request_seed()
         self._state = backend.Sampler(vocab_size, params, self.seed)
         self.vocab_size = int(self._state.vocab_size)
+        self.last_logits: Optional[np.ndarray] = None
 
     def _request_seed(self) -> int:
         """params.seed, or a newly drawn random seed when it is None (the one place a seed is drawn)."""
@@ -145,10 +146,16 @@ class Sampler:
         (SamplingParams.seed=None) starts it at a newly drawn one."""
         self.reset(self._request_seed())
 
-    def sample(self, logits: np.ndarray, history: Any = ()) -> int:
+    def sample(self, logits: np.ndarray, history: Any = (), mask: Optional[np.ndarray] = None) -> int:
         """The next token id from `logits` (float32[vocab_size]); `history` holds every
-        previous token id of the sequence, prompt included (the penalties use its tail)."""
-        return int(self._state.sample(self._logits(logits), self._window(history)))
+        previous token id of the sequence, prompt included (the penalties use its tail); `mask`
+        (None: every token) allows token t where bit t % 32 of its 32-bit word t // 32 is set.
+        Afterwards `last_logits` holds the row after the logit bias, the mask and the penalties."""
+        row = self._logits(logits)
+        words = None if mask is None else np.asarray(mask).view(np.uint32)
+        token = int(self._state.sample(row, self._window(history), words))
+        self.last_logits = row
+        return token
 
     def _logits(self, logits: Any) -> np.ndarray:
         array = np.asarray(logits)

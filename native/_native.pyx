@@ -7,7 +7,7 @@ edgellama/twins/ do), turns the arrays into pointers, runs the C routine without
 its status (status.h) into edgellama's exception with edgellama.native_status.
 """
 from libc.stdlib cimport free, malloc
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from attention cimport *
 
 # el_status by name, as status.h defines it (held equal to edgellama.native_status.Status by the tests)
 STATUSES = {"OK": EL_OK, "ERR_NOMEM": EL_ERR_NOMEM, "ERR_NONFINITE": EL_ERR_NONFINITE, "ERR_TOKEN": EL_ERR_TOKEN,
-            "ERR_SIZE": EL_ERR_SIZE, "ERR_RANGE": EL_ERR_RANGE}
+            "ERR_SIZE": EL_ERR_SIZE, "ERR_RANGE": EL_ERR_RANGE, "ERR_MASK": EL_ERR_MASK}
 
 
 cdef inline void _check(el_status status, str context) except *:
@@ -73,19 +73,41 @@ cdef class Sampler:
     def reseed(self, uint64_t seed):
         el_sampler_seed(self._s, seed)
 
-    def sample(self, logits, window):
-        """One token id; `logits` (float32) is modified in place (bias, penalties)."""
-        native_args.sample(self.vocab_size, logits, window)
+    def sample(self, logits, window, mask=None):
+        """One token id; `logits` (float32) is modified in place (bias, mask, penalties). `mask`:
+        None, or the token mask as uint32 words (see token_mask_apply)."""
+        native_args.sample(self.vocab_size, logits, window, mask)
         cdef float[::1] values = logits
         cdef const int32_t[::1] ids = window
+        cdef const uint32_t[::1] words
+        cdef const uint32_t *mask_ptr = NULL
+        cdef int64_t n_words = 0
         cdef int32_t token = 0
         cdef el_status code
         cdef int64_t n_window = ids.shape[0]
         cdef const int32_t *window_ptr = &ids[0] if n_window > 0 else NULL
+        if mask is not None:
+            words = mask
+            n_words = words.shape[0]
+            mask_ptr = &words[0]
         with nogil:
-            code = el_sampler_sample(self._s, &values[0], window_ptr, n_window, &token)
+            code = el_sampler_sample(self._s, &values[0], mask_ptr, n_words, window_ptr, n_window, &token)
         _check(code, "Sampler.sample")
         return token
+
+
+def token_mask_apply(logits, mask):
+    """Sets the logits of the tokens that `mask` (uint32 words, bit t % 32 of word t // 32 allows
+    token t) does not allow to -inf, in place; returns how many tokens it allows."""
+    native_args.token_mask(logits, mask)
+    cdef float[::1] values = logits
+    cdef const uint32_t[::1] words = mask
+    cdef int32_t allowed = 0
+    cdef el_status code
+    with nogil:
+        code = el_token_mask_apply(&values[0], <int32_t>values.shape[0], &words[0], words.shape[0], &allowed)
+    _check(code, "token_mask_apply")
+    return allowed
 
 
 def kv_copy(src, dst, int64_t n):

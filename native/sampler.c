@@ -146,8 +146,38 @@ static el_status apply_bias_and_check(const el_sampler *s, float *logits)
     return nonfinite ? EL_ERR_NONFINITE : EL_OK;
 }
 
+el_status el_token_mask_apply(float *logits, int32_t vocab_size, const uint32_t *mask, int64_t n_words,
+                              int32_t *n_allowed)
+{
+    int64_t w, covered;
+    int32_t t, allowed = 0;
+
+    *n_allowed = 0;
+    if (vocab_size <= 0 || n_words < 0 || (mask == NULL && n_words > 0))
+        return EL_ERR_SIZE;
+    covered = n_words * 32 < (int64_t)vocab_size ? n_words * 32 : (int64_t)vocab_size;
+    for (w = 0; w * 32 < covered; w++) {
+        const uint32_t bits = mask[w];
+        const int32_t end = (int32_t)((w + 1) * 32 < covered ? (w + 1) * 32 : covered);
+        if (bits == UINT32_MAX && end - w * 32 == 32) {
+            allowed += 32;
+            continue;
+        }
+        for (t = (int32_t)(w * 32); t < end; t++) {
+            if ((bits >> (t & 31)) & 1u)
+                allowed++;
+            else
+                logits[t] = -INFINITY;
+        }
+    }
+    for (t = (int32_t)covered; t < vocab_size; t++)
+        logits[t] = -INFINITY;
+    *n_allowed = allowed;
+    return EL_OK;
+}
+
 /* repeat: divide a positive logit, multiply a negative one; frequency: count * f;
- * presence: p once. Leaves `counts` all zero again. */
+ * presence: p once; a masked token (-infinity) is left as it is. Leaves `counts` all zero again. */
 static el_status apply_penalties(el_sampler *s, float *logits, const int32_t *window, int64_t n_window)
 {
     const float repeat = s->params.repeat_penalty;
@@ -168,10 +198,12 @@ static el_status apply_penalties(el_sampler *s, float *logits, const int32_t *wi
         const int32_t t = s->seen[j];
         const float count = (float)s->counts[t];
         float x = logits[t];
+        s->counts[t] = 0;
+        if (x == -INFINITY)
+            continue; /* masked out: stays out */
         x = x > 0.0f ? x / repeat : x * repeat;
         x -= count * freq + presence;
         logits[t] = x;
-        s->counts[t] = 0;
         if (!isfinite(x))
             status = EL_ERR_NONFINITE;
     }
@@ -419,16 +451,22 @@ static int32_t draw(el_sampler *s, const float *logits, int64_t n)
     return s->ids[last];
 }
 
-el_status el_sampler_sample(el_sampler *s, float *logits, const int32_t *window, int64_t n_window,
-                            int32_t *token)
+el_status el_sampler_sample(el_sampler *s, float *logits, const uint32_t *mask, int64_t n_mask_words,
+                            const int32_t *window, int64_t n_window, int32_t *token)
 {
     const el_sampling_params *p = &s->params;
+    int32_t top_k = p->top_k, n_allowed = s->vocab_size;
     int64_t n;
     el_status status;
 
     if (n_window < 0)
         return EL_ERR_SIZE;
     status = apply_bias_and_check(s, logits);
+    if (status == EL_OK && mask != NULL) {
+        status = el_token_mask_apply(logits, s->vocab_size, mask, n_mask_words, &n_allowed);
+        if (status == EL_OK && n_allowed == 0)
+            status = EL_ERR_MASK;
+    }
     if (status == EL_OK)
         status = apply_penalties(s, logits, window, n_window);
     if (status != EL_OK)
@@ -437,7 +475,10 @@ el_status el_sampler_sample(el_sampler *s, float *logits, const int32_t *window,
         *token = argmax(logits, s->vocab_size);
         return EL_OK;
     }
-    n = select_top_k(s, logits, p->top_k);
+    /* the masked tokens weigh nothing: keep at most the allowed ones as candidates */
+    if (top_k <= 0 || top_k > n_allowed)
+        top_k = n_allowed;
+    n = select_top_k(s, logits, top_k);
     if (p->typical_p < 1.0)
         n = filter_typical(s, logits, n);
     if (p->top_p < 1.0)

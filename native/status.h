@@ -17,6 +17,7 @@ typedef enum el_status {
     EL_ERR_TOKEN = 3,       /* a token id (history or logit bias) is outside [0, vocab_size) */
     EL_ERR_SIZE = 4,        /* a size is zero, negative or too large, or a buffer is missing */
     EL_ERR_RANGE = 5,       /* positions outside a buffer */
+    EL_ERR_MASK = 6,        /* a token mask allows no token of the vocabulary */
 } el_status;
 
 #endif

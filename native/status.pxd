@@ -8,3 +8,4 @@ cdef extern from "status.h" nogil:
         EL_ERR_TOKEN
         EL_ERR_SIZE
         EL_ERR_RANGE
+        EL_ERR_MASK

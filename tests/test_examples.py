@@ -308,3 +308,32 @@ def test_device_bench_prints_and_saves_json(tiny_package, tmp_path, capsys):
     assert all(row["mean"] > 0 and row["threads"] == 1 for row in tests.values())
     printed = capsys.readouterr().out
     assert all(name in printed for name in tests)
+
+
+# -- examples/extract.py ----------------------------------------------------------------------
+def test_extract_returns_a_record_that_validates(tiny_model, tiny_package, tmp_path, capsys):
+    import jsonschema
+
+    extract = _example("extract")
+    # the tiny model writes noise: a schema whose every field is bounded, so the record always closes
+    bounded = {"type": "object", "additionalProperties": False, "required": ["role", "floor", "code"],
+               "properties": {"role": extract.CONTACT["properties"]["role"],
+                              "floor": {"type": "integer", "minimum": 0, "maximum": 40},
+                              "code": {"type": "string", "pattern": "^[A-Z]{3}$"}}}
+    record = extract.extract(tiny_model, extract.SAMPLE, bounded)
+    jsonschema.validate(record, bounded)
+    schema = {"type": "object", "additionalProperties": False, "required": ["ok"],
+              "properties": {"ok": {"type": "boolean"}}}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    assert extract.main([str(tiny_package), "--text", "fine", "--schema", str(tmp_path / "schema.json")]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out)["ok"], bool)
+    with pytest.raises(RuntimeError, match="stopped early"):
+        extract.extract(tiny_model, "x", {"type": "object", "required": ["t"], "properties": {"t": {"type": "string"}}},
+                        max_new_tokens=3)
+
+
+@pytest.mark.slow
+def test_extract_reads_the_sample_with_smollm2(smollm2_int4_package):
+    extract = _example("extract")
+    record = extract.extract(edgellama.load(smollm2_int4_package), extract.SAMPLE, extract.CONTACT)
+    assert record["email"] == "mia.chen@lab.org" and record["role"] == "doctor"

@@ -23,6 +23,7 @@ EXPECTED = {
     Status.ERR_TOKEN: (InvalidParameterError, ValueError),
     Status.ERR_SIZE: (InvalidParameterError, ValueError),
     Status.ERR_RANGE: (InvalidParameterError, ValueError),
+    Status.ERR_MASK: (InvalidParameterError, ValueError),
 }
 
 
@@ -34,7 +35,7 @@ def header_statuses() -> dict:
 
 def test_python_statuses_are_those_of_the_header():
     assert header_statuses() == {status.name: status.value for status in Status}
-    assert len(header_statuses()) == 6
+    assert len(header_statuses()) == 7
 
 
 @needs_native
@@ -57,7 +58,7 @@ def test_each_status_raises_its_exception_class(status):
     assert str(error_for(status, "el_routine", "n=-1 is negative")) == "el_routine: n=-1 is negative"
 
 
-@pytest.mark.parametrize("status", [Status.OK, 6, -1])
+@pytest.mark.parametrize("status", [Status.OK, 7, -1])
 def test_no_failure_or_an_unknown_status_is_a_native_error(status):
     err = error_for(status, "el_routine")
     assert type(err) is NativeError and f"status {int(status)}" in str(err)

@@ -42,9 +42,27 @@ def test_random_streams_are_identical():
         np.testing.assert_array_equal(_native.random_u64(seed, 257), twins.random_u64(seed, 257))
 
 
+def random_mask(rng, vocab):
+    """A token mask of (vocab + 31) // 32 words: dense, sparse or a single token, never empty."""
+    density = float(rng.choice([0.9, 0.3, 0.02, 0.0]))
+    allowed = rng.random(vocab) < density
+    allowed[int(rng.integers(0, vocab))] = True
+    bits = np.zeros((vocab + 31) // 32 * 32, dtype=bool)
+    bits[:vocab] = allowed
+    return np.packbits(bits.reshape(-1, 32)[:, ::-1], axis=1).view(">u4").astype(np.uint32).reshape(-1), allowed
+
+
+def test_random_mask_packs_bit_t_of_word_t_over_32():
+    mask, allowed = random_mask(np.random.default_rng(3), 77)
+    unpacked = [(int(mask[t // 32]) >> (t % 32)) & 1 for t in range(77)]
+    assert unpacked == allowed.astype(int).tolist()
+
+
 @needs_native
-def test_same_tokens_and_logits_for_random_settings_and_inputs():
-    rng = np.random.default_rng(2024)
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_same_tokens_and_logits_for_random_settings_and_inputs(masked):
+    """Every setting, with and without the mask stage: same tokens, same logits bit for bit."""
+    rng = np.random.default_rng(2024 + masked)
     for _ in range(60):
         vocab = int(rng.integers(50, 2000))
         params = random_params(rng)
@@ -54,10 +72,39 @@ def test_same_tokens_and_logits_for_random_settings_and_inputs():
             logits = (rng.standard_normal(vocab) * rng.uniform(0.5, 6)).astype(np.float32)
             if rng.random() < 0.3:
                 logits = np.round(logits)  # many ties
+            mask, allowed = random_mask(rng, vocab) if masked else (None, np.ones(vocab, bool))
             window = rng.integers(0, vocab, int(rng.integers(0, 80))).astype(np.int32)
             a, b = logits.copy(), logits.copy()
-            assert compiled.sample(a, window) == twin.sample(b, window)
+            token = compiled.sample(a, window, mask)
+            assert token == twin.sample(b, window, mask) and allowed[token]
             np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+            assert np.isneginf(a[~allowed]).all() and np.isfinite(a[allowed]).all()
+
+
+@needs_native
+def test_mask_stage_alone_is_the_same():
+    rng = np.random.default_rng(5)
+    for vocab in (1, 31, 32, 33, 64, 1000, 49152):
+        logits = rng.standard_normal(vocab).astype(np.float32)
+        mask, allowed = random_mask(rng, vocab)
+        a, b = logits.copy(), logits.copy()
+        assert _native.token_mask_apply(a, mask) == twins.token_mask_apply(b, mask) == int(allowed.sum())
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+        np.testing.assert_array_equal(a[allowed], logits[allowed])
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_an_empty_or_misshapen_mask_is_refused(module):
+    from edgellama.errors import InvalidParameterError
+
+    sampler = module.Sampler(40, SamplingParams(seed=0), 0)
+    with pytest.raises(InvalidParameterError, match="allows no token"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.zeros(2, np.uint32))
+    with pytest.raises(InvalidParameterError, match="token mask has shape"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.zeros(1, np.uint32))
+    # bits past the vocabulary do not count
+    with pytest.raises(InvalidParameterError, match="allows no token"):
+        sampler.sample(np.zeros(40, np.float32), np.zeros(0, np.int32), np.array([0, 0xFFFFFF00], np.uint32))
 
 
 @needs_native

@@ -275,3 +275,24 @@ def test_picks_argmax_only_when_nothing_but_the_largest_logit_decides():
     assert not SamplingParams(temperature=0.0, logit_bias={3: -1.0}).picks_argmax
     assert not SamplingParams(temperature=0.0, repeat_penalty=1.3).picks_argmax
     assert SamplingParams(temperature=0.0, repeat_penalty=1.3, penalty_last_n=0).picks_argmax
+
+
+def test_a_token_mask_keeps_the_draw_to_the_allowed_tokens(backend):
+    """Masked tokens are out of every stage; the rest keep their relative probabilities."""
+    logits = log_probs(0.4, 0.3, 0.2, 0.1)
+    mask = np.array([0b1010], dtype=np.uint32)          # tokens 1 and 3
+    sampler = Sampler(PLAIN, 4)
+    counts = np.zeros(4, dtype=np.int64)
+    for _ in range(4000):
+        counts[sampler.sample(logits.copy(), (), mask)] += 1
+    assert_matches(counts, [0.0, 0.75, 0.0, 0.25])
+    assert Sampler(GREEDY, 4).sample(logits.copy(), (), mask) == 1
+    assert Sampler(dataclasses.replace(PLAIN, top_k=1), 4).sample(logits.copy(), (), mask) == 1
+
+
+def test_penalties_leave_masked_tokens_masked(backend):
+    params = SamplingParams(temperature=0.0, repeat_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2)
+    sampler = Sampler(params, 4)
+    logits = np.array([3.0, 2.0, 1.0, 0.0], np.float32)
+    assert sampler.sample(logits, [0, 0, 2], np.array([0b0101], np.uint32)) == 0   # 1.1 > 0.07
+    assert np.isneginf(sampler.last_logits[[1, 3]]).all() and sampler.last_logits[0] < 3.0

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV rows")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the tokens/s figures (needs matplotlib)")
+    parser.add_argument("--json-schema", metavar="FILE",
+                        help="also run the end-to-end test constrained to this JSON schema (its per-token cost)")
 
 
 def header(report) -> str:
@@ -98,10 +100,11 @@ def plot(report, path: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..bench import BenchSettings, run_bench
+    from .run import constraint_from
 
     settings = BenchSettings(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
-                             providers=args.provider, e2e_tokens=args.e2e_tokens)
+                             providers=args.provider, e2e_tokens=args.e2e_tokens, constraint=constraint_from(args))
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
     report = run_bench(args.model, settings)

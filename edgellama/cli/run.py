@@ -39,6 +39,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="prompt text ('-' reads it from stdin)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (text, token_ids, finish_reason, timings) instead of streaming")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE", help="the output is JSON valid against this JSON schema file")
+    shape.add_argument("--regex", metavar="PATTERN", help="the output matches this regular expression as a whole")
+    shape.add_argument("--grammar", metavar="FILE", help="the output follows this Lark grammar file (llguidance)")
+    parser.add_argument("--logprobs", type=int, default=None, metavar="N",
+                        help="with --json: each token's log-probability and the N best (after the constraint)")
+
+
+def read_text(path: str, what: str) -> str:
+    from ..errors import InvalidParameterError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidParameterError(f"cannot read the {what} file {path!r}: {exc}") from None
+
+
+def constraint_from(args):
+    """The Constraint of --json-schema / --regex / --grammar, or None."""
+    from ..constraint import Constraint
+
+    if getattr(args, "json_schema", None):
+        return Constraint.json_schema(read_text(args.json_schema, "JSON schema"))
+    if getattr(args, "regex", None) is not None:
+        return Constraint.regex(args.regex)
+    if getattr(args, "grammar", None):
+        return Constraint.grammar(read_text(args.grammar, "grammar"))
+    return None
 
 
 def sampling_from(args):
@@ -79,20 +108,29 @@ def timings_line(timings) -> str:
 
 def result_json(result) -> str:
     t = result.timings
-    return json.dumps({
+    out = {
         "text": result.text, "token_ids": list(result.token_ids), "finish_reason": result.finish_reason,
         "ttft_ms": round(t.ttft_s * 1000, 3), "prefill_tokens_per_s": round(t.prefill_tokens_per_s, 3),
         "decode_tokens_per_s": round(t.decode_tokens_per_s, 3), "prompt_tokens": t.prompt_tokens,
         "generated_tokens": t.generated_tokens,
-    }, ensure_ascii=False)
+    }
+    if result.logprobs:
+        out["logprobs"] = [entry.to_dict() for entry in result.logprobs]
+    return json.dumps(out, ensure_ascii=False)
 
 
 def main(args) -> int:
+    from ..errors import InvalidParameterError
+
     sampling = sampling_from(args)   # invalid settings fail before the model loads
+    constraint = constraint_from(args)
+    if args.logprobs is not None and not args.json:
+        raise InvalidParameterError("--logprobs is printed with --json; add --json")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model = load_from(args)
     stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop,
-                          on_overflow="shift" if args.context_shift else "error")
+                          on_overflow="shift" if args.context_shift else "error", constraint=constraint,
+                          logprobs=args.logprobs)
     if args.json:
         print(result_json(stream.consume()))
         return 0

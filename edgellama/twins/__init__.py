@@ -10,7 +10,7 @@ from .blocks import q8_matmul, q41_matmul
 from .halfconv import f16_to_f32
 from .kernels import kernel_path, kernel_paths
 from .kvcache import kv_copy, kv_move, kv_rotate, kv_shift
-from .sampler import Sampler, random_u64
+from .sampler import Sampler, random_u64, token_mask_apply
 
 __all__ = ["Sampler", "attention", "f16_to_f32", "kernel_path", "kernel_paths", "kv_copy", "kv_move", "kv_rotate",
-           "kv_shift", "q41_matmul", "q8_matmul", "random_u64", "swiglu"]
+           "kv_shift", "q41_matmul", "q8_matmul", "random_u64", "swiglu", "token_mask_apply"]

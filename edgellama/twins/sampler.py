@@ -40,6 +40,24 @@ def random_u64(seed: int, n: int) -> np.ndarray:
     return out
 
 
+# ---- token mask ----
+
+def _apply_mask(logits: np.ndarray, mask) -> int:
+    """logits[t] = -inf where bit t % 32 of word t // 32 is clear; the count of allowed tokens."""
+    words = np.asarray(mask).view(np.uint32)
+    tokens = np.arange(logits.shape[0])
+    allowed = ((words[tokens >> 5] >> (tokens & 31).astype(np.uint32)) & 1).astype(bool)
+    logits[~allowed] = -np.inf
+    return int(allowed.sum())
+
+
+def token_mask_apply(logits: np.ndarray, mask) -> int:
+    """Sets the logits of the tokens that `mask` does not allow to -inf, in place; returns how many
+    tokens it allows."""
+    native_args.token_mask(logits, mask)
+    return _apply_mask(logits, mask)
+
+
 # ---- sampler ----
 
 def _weights(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -75,18 +93,23 @@ class Sampler:
     def reseed(self, seed: int) -> None:
         self._state = seed & _MASK64
 
-    def sample(self, logits: np.ndarray, window: np.ndarray) -> int:
-        """One token id; `logits` is modified in place (bias, penalties)."""
-        native_args.sample(self.vocab_size, logits, window)
+    def sample(self, logits: np.ndarray, window: np.ndarray, mask=None) -> int:
+        """One token id; `logits` is modified in place (bias, mask, penalties)."""
+        native_args.sample(self.vocab_size, logits, window, mask)
         np.add.at(logits, self._bias_ids, self._bias_values)
         if not np.isfinite(logits).all():
             raise error_for(Status.ERR_NONFINITE, "Sampler.sample")
+        allowed = self.vocab_size
+        if mask is not None:
+            allowed = _apply_mask(logits, mask)
+            if allowed == 0:
+                raise error_for(Status.ERR_MASK, "Sampler.sample")
         code = self._apply_penalties(logits, np.asarray(window))
         if code != Status.OK:
             raise error_for(code, "Sampler.sample")
         if self._temperature == 0.0:
             return int(np.argmax(logits))
-        ids = self._top_k_ids(logits)
+        ids = self._top_k_ids(logits, allowed)
         if self._typical_p < 1.0:
             ids = self._typical(ids, logits[ids])
         if self._top_p < 1.0:
@@ -104,16 +127,19 @@ class Sampler:
         if ((window < 0) | (window >= self.vocab_size)).any():
             return Status.ERR_TOKEN
         tokens, counts = np.unique(window, return_counts=True)
+        kept = logits[tokens] != -np.inf          # a masked token stays masked
+        tokens, counts = tokens[kept], counts[kept]
         x = logits[tokens]
         x = np.where(x > 0, x / self._repeat, x * self._repeat)
         x = x - (counts.astype(np.float32) * self._frequency + self._presence)
         logits[tokens] = x
         return Status.OK if np.isfinite(x).all() else Status.ERR_NONFINITE
 
-    def _top_k_ids(self, logits: np.ndarray) -> np.ndarray:
-        """The k best ids, best first (higher logit, then lower id)."""
+    def _top_k_ids(self, logits: np.ndarray, allowed: int) -> np.ndarray:
+        """The k best ids, best first (higher logit, then lower id); k is at most the `allowed`
+        count of tokens the mask lets through."""
         vocab = self.vocab_size
-        k = self._top_k if 0 < self._top_k <= vocab else vocab
+        k = self._top_k if 0 < self._top_k <= allowed else allowed
         if k < vocab:
             kth = logits[np.argpartition(logits, vocab - k)[vocab - k]]
             above = np.flatnonzero(logits > kth)
