@@ -79,32 +79,23 @@ def vocabulary(tokenizer_json: Path, vocab_size: int) -> tuple[list, list, list]
 def _metadata(writer, config, special, tokenizer_json: Path) -> None:
     import gguf
 
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_block_count(config.num_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_heads)
-    writer.add_head_count_kv(config.num_kv_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    if rope_divisors(config) is not None:
-        writer.add_rope_scaling_orig_ctx_len(config.rope_scaling.original_max_position_embeddings)
     tokens, types, merges = vocabulary(tokenizer_json, config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    if special.bos_token_id is not None:
-        writer.add_bos_token_id(special.bos_token_id)
-    if special.eos_token_ids:
-        writer.add_eos_token_id(special.eos_token_ids[0])
-    writer.add_add_bos_token(False)
+    values = {
+        "file_type": gguf.LlamaFileType.ALL_F32, "block_count": config.num_layers,
+        "context_length": config.max_position_embeddings, "embedding_length": config.hidden_size,
+        "feed_forward_length": config.intermediate_size, "head_count": config.num_heads,
+        "head_count_kv": config.num_kv_heads, "key_length": config.head_dim, "value_length": config.head_dim,
+        "rope_dimension_count": config.head_dim, "rope_freq_base": config.rope_theta,
+        "layer_norm_rms_eps": config.rms_norm_eps, "vocab_size": config.vocab_size,
+        "tokenizer_model": "gpt2", "tokenizer_pre": "default", "token_list": tokens, "token_types": types,
+        "token_merges": merges, "bos_token_id": special.bos_token_id,
+        "eos_token_id": special.eos_token_ids[0] if special.eos_token_ids else None, "add_bos_token": False,
+    }
+    if rope_divisors(config) is not None:
+        values["rope_scaling_orig_ctx_len"] = config.rope_scaling.original_max_position_embeddings
+    for key, value in values.items():
+        if value is not None:
+            getattr(writer, f"add_{key}")(value)
 
 
 def write_f32_gguf(hf_dir: Path, out: Path) -> Path:
