@@ -1,12 +1,13 @@
-"""Run the side-by-side suite: `python -m benchmarks.suite [--processes 3] [--runs 3] [--engines ...]`.
+"""Run the side-by-side suite: `python -m benchmarks.suite [--model NAME] [--processes 3] [--runs 3] [--engines ...]`.
 
 Steps:
-  1. prepare every engine's model once into --work (converted, requantized, built; reused later)
-  2. the token ids from the Hugging Face tokenizer: the prompt and the evaluation text
+  1. prepare every engine's model once into --work/<model> (converted, requantized, built; reused later)
+  2. the token ids (models.py): the prompt and the evaluation text
   3. memory read bandwidth (NumPy, --threads threads), again after every round; the best counts
   4. speed: --processes rounds; in each, every engine runs in its own child process (the order
      rotates between rounds), one warm-up generation then --runs timed ones
-  5. perplexity: one child per engine over --ppl-tokens tokens in one window
+  5. perplexity: one child per engine over --ppl-tokens tokens in one window (models with meaningful
+     weights only; "n/a" in the table otherwise)
   6. the table (ratio of every figure to the best peer), results.json and results.png in --results;
      an engine that could not be prepared is listed under the table as not measured, with why
 Optimum runs in its own interpreter (--optimum-python; README.md, "Optimum").
@@ -26,7 +27,7 @@ from pathlib import Path
 from . import report
 from .bandwidth import read_bandwidth
 from .engines import all_keys, engine_module, interpreter, split_key
-from .reference import token_ids
+from .models import MODELS, token_ids
 from .settings import OPTIMUM_PYTHON_ENV, SuiteSettings
 
 log = logging.getLogger("benchmarks.suite")
@@ -37,15 +38,18 @@ def parse_args(argv=None) -> SuiteSettings:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(ROOT / "bench-results" / "work"), help="models folder")
     parser.add_argument("--results", default=str(ROOT / "bench-results" / "suite"), help="results folder")
-    parser.add_argument("--engines", nargs="+", default=[], metavar="KEY", help=f"subset of {', '.join(all_keys())}")
+    parser.add_argument("--model", default=None, choices=list(MODELS), help="the model measured (models.py)")
+    parser.add_argument("--engines", nargs="+", default=[], metavar="KEY",
+                        help=f"subset of {', '.join(all_keys())} (default: the model's list)")
     parser.add_argument("--from-json", default=None, metavar="RESULTS.json",
                         help="measure nothing: print the table and draw the plot of an earlier run")
     parser.add_argument("--optimum-python", default=None, metavar="PATH",
                         help=f"Python of the Optimum virtual environment (default: ${OPTIMUM_PYTHON_ENV}, "
                              "else ../venv-optimum/bin/python from the repository root)")
-    for name, default in (("processes", 3), ("runs", 3), ("threads", 2), ("capacity", 512),
-                          ("prompt-tokens", 128), ("gen-tokens", 128), ("ppl-tokens", 2048)):
-        parser.add_argument(f"--{name}", type=int, default=default)
+    for name, default in (("processes", 3), ("runs", 3), ("threads", 2), ("capacity", None),
+                          ("prompt-tokens", None), ("gen-tokens", 128), ("ppl-tokens", 2048)):
+        parser.add_argument(f"--{name}", type=int, default=default,
+                            help=None if default else "default: the model's (models.py)")
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "from_json" and v is not None}
     return SuiteSettings(**values), args.from_json
@@ -92,14 +96,15 @@ def main(argv=None) -> int:
     if earlier:
         data = json.loads(Path(earlier).read_text())
         return show(data["rows"], Path(earlier).with_suffix(".png"), data.get("not_measured", {}))
-    keys = list(settings.engines) or all_keys()
+    spec = MODELS[settings.model]
+    keys = list(settings.engines) or list(spec.engines) or all_keys()
     for key in keys:
         split_key(key)
     settings.work.mkdir(parents=True, exist_ok=True)
     settings.results.mkdir(parents=True, exist_ok=True)
 
     artifacts, skipped = prepare_all(settings, keys)
-    ids = token_ids(settings.work, settings.text, settings.prompt_tokens, settings.ppl_tokens)
+    ids = token_ids(settings)
     ids_file = settings.results / "ids.json"
     (settings.results / "settings.json").write_text(json.dumps(settings.to_dict()))
     ids_file.write_text(json.dumps(ids))
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
     print(f"[bandwidth] {bandwidth / 1e9:.1f} GB/s read on {settings.threads} threads "
           f"(best of {len(bandwidths)}: {', '.join(f'{b / 1e9:.1f}' for b in bandwidths)})", file=sys.stderr)
     ppl = {}
-    for key in artifacts:
+    for key in artifacts if spec.perplexity else ():
         try:
             ppl[key] = child("ppl", key, artifacts[key], settings, ids_file)
             print(f"[perplexity] {key}: {ppl[key]['perplexity']:.3f}", file=sys.stderr)
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
     rows = []
     for key, artifact in artifacts.items():
         module = engine_module(split_key(key)[0])
-        rows.append(report.summarize(key, speed[key], ppl.get(key), files_bytes(module.weight_files(artifact)),
+        rows.append(report.summarize(key, speed[key], ppl.get(key) if spec.perplexity else report.NOT_APPLICABLE,
+                                     files_bytes(module.weight_files(artifact)),
                                      module.weight_bytes_per_token(artifact), bandwidth))
     payload = {"settings": settings.to_dict(), "bandwidth_bytes_per_s": bandwidth, "bandwidth_passes": bandwidths,
                "rows": rows, "not_measured": skipped,

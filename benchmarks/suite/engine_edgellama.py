@@ -1,30 +1,49 @@
-"""edgellama packages converted from the source GGUF (int4 / int4-ops / int8 / fp32; int4-ops
-computes the file's Q4_1 and Q8_0 blocks with edgellama's own operator library, gguf_blocks="ops").
+"""edgellama packages converted by `edgellama.converters` from the model's source (models.py):
+int4 and int8 in the native form (the default: edgellama's own operator library), int4-portable
+(portable=True: ONNX Runtime's own operators, MatMulNBits and GroupQueryAttention), fp32.
 
+    WORK/<model>/edgellama-<method>-<native|portable>   converted once; converted again when its
+                                                        edgellama.json records the other form
     speed:      load(max_length=capacity) -> fresh context -> prefill -> greedy sampler (native) -> decode
     perplexity: edgellama.evaluate over one window of the ids (the all-positions graph)
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from .reference import source_gguf
+from .models import edgellama_source, model_work
 
-VARIANTS = ("int4", "int4-ops", "int8", "fp32")
+# variant -> (quantization method, portable)
+VARIANTS = {"int4": ("int4", False), "int4-portable": ("int4", True), "int8": ("int8", False),
+            "fp32": ("fp32", False)}
+MAX_LENGTH = 4096
+
+
+def package_is_native(package: Path):
+    """quantization.layout.native of a package's edgellama.json (None: no package, or not recorded)."""
+    try:
+        data = json.loads((Path(package) / "edgellama.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("quantization", {}).get("layout", {}).get("native")
 
 
 def prepare(variant: str, settings) -> Path:
-    """A package of `variant` converted from the source GGUF once into work/."""
-    work = settings.work
-    out = Path(work) / f"edgellama-{variant}"
-    if (out / "edgellama.json").is_file():
+    """A package of `variant`, converted once into WORK/<model>/ (again if the cached one is of the other form)."""
+    method, portable = VARIANTS[variant]
+    out = model_work(settings) / f"edgellama-{method}-{'portable' if portable else 'native'}"
+    if package_is_native(out) is (not portable):
         return out
     from edgellama.converters import ConvertOptions, convert
     from edgellama.package import Quantization
 
-    method, _, blocks = variant.partition("-")
-    convert(source_gguf(), out, ConvertOptions(quantization=Quantization(method=method), max_length=4096,
-                                               gguf_blocks=blocks or "carry"))
+    options = ConvertOptions(quantization=Quantization(method=method), max_length=max(MAX_LENGTH, settings.capacity),
+                             portable=portable, force=True)
+    convert(str(edgellama_source(settings)), out, options)
+    if package_is_native(out) is portable:
+        raise RuntimeError(f"{out}: converted with portable={portable}, but edgellama.json records "
+                           f"native={package_is_native(out)}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""onnxruntime-genai with models made by its own builder from the dequantized Hugging Face folder.
+"""onnxruntime-genai with models made by its own builder from the model's Hugging Face folder (models.py).
 
     HF_DIR --python -m onnxruntime_genai.models.builder -p int4|int8|fp32 -e cpu--> OUT (model.onnx + genai_config.json)
     speed:      og.Model (2 intra-op threads by config overlay) -> Generator(greedy, min_length bans EOS)
@@ -15,20 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .reference import dequantized_folder
+from .models import hf_folder, model_work
 
 VARIANTS = ("int4", "int8", "fp32")
 
 
 def prepare(variant: str, settings) -> Path:
-    work = settings.work
-    out = Path(work) / f"genai-{variant}"
+    work = model_work(settings)
+    out = work / f"genai-{variant}"
     if (out / "genai_config.json").is_file():
         return out
-    hf_dir = dequantized_folder(work)
+    hf_dir = hf_folder(settings)
     tmp = out.with_name(out.name + ".partial")
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(tmp),
-           "-p", variant, "-e", "cpu", "-c", str(Path(work) / "genai-cache")]
+           "-p", variant, "-e", "cpu", "-c", str(work / "genai-cache")]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     tmp.rename(out)
     return out

@@ -1,6 +1,7 @@
-"""llama.cpp through llama-cpp-python: the source Q4_1 GGUF and requantizations made by llama.cpp itself.
+"""llama.cpp through llama-cpp-python: the model's GGUF (models.py) and quantizations made by llama.cpp itself.
 
-    Q4_1 source --llama_model_quantize (allow_requantize)--> Q4_0 / Q4_K_M / Q8_0
+    GGUF (SmolLM2's Q4_1 as shipped, or an F32 one) --llama_model_quantize (allow_requantize)-->
+        WORK/<model>/<model>-Q4_0 / Q4_1 / Q4_K_M / Q8_0.gguf (the GGUF itself for its own type)
     speed:      Llama(n_ctx=capacity, n_threads, flash attention off) -> eval(prompt) -> argmax -> eval([t]) ...
     perplexity: Llama(n_ctx=len(ids), logits_all=True) -> eval(ids) -> every row of scores
 """
@@ -12,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .reference import source_gguf
+from .models import gguf_file, model, model_work
 
 VARIANTS = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0")
-FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+FTYPES = {"Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+          "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 
 
 def prepare(variant: str, settings) -> Path:
-    """The GGUF of `variant` (the source itself for Q4_1; otherwise requantized once into work/)."""
-    work = settings.work
-    src = source_gguf()
-    if variant == "Q4_1":
+    """The GGUF of `variant` (the model's GGUF itself when it is of that type; otherwise quantized once)."""
+    src = gguf_file(settings)
+    if variant == model(settings).gguf_type:
         return src
-    out = Path(work) / f"smollm2-135m-{variant}.gguf"
+    out = model_work(settings) / f"{settings.model}-{variant}.gguf"
     if out.is_file():
         return out
     import llama_cpp

@@ -1,4 +1,4 @@
-"""Optimum's ORTModelForCausalLM (optimum-onnx) on the dequantized Hugging Face folder, float32.
+"""Optimum's ORTModelForCausalLM (optimum-onnx) on the model's Hugging Face folder (models.py), float32.
 
 optimum-onnx pins transformers < 4.58, older than the transformers of the suite, so this engine
 runs in its own interpreter (settings.optimum_python; see README.md, "Optimum"): the export and
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .reference import dequantized_folder
+from .models import hf_folder, model_work
 
 VARIANTS = ("fp32",)
-SOURCE_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 SETUP_HINT = ("build it as in benchmarks/suite/README.md (Optimum), or pass --optimum-python / "
               "set EDGELLAMA_OPTIMUM_PYTHON")
 
@@ -50,15 +49,15 @@ def legacy_config(config: dict) -> dict:
     return out
 
 
-def legacy_source(work: Path) -> Path:
+def legacy_source(settings) -> Path:
     """OPT_SRC: HF_DIR's files linked, its config.json rewritten by legacy_config."""
-    hf_dir = dequantized_folder(work)
-    out = Path(work) / "optimum-src"
+    hf_dir = hf_folder(settings)
+    out = model_work(settings) / "optimum-src"
     out.mkdir(exist_ok=True)
-    for name in SOURCE_FILES:
-        link = out / name
-        if not link.exists() and (hf_dir / name).exists():
-            link.symlink_to((hf_dir / name).resolve())
+    for path in hf_dir.iterdir():
+        link = out / path.name
+        if path.name != "config.json" and not link.exists():
+            link.symlink_to(path.resolve())
     config = legacy_config(json.loads((hf_dir / "config.json").read_text()))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
@@ -67,10 +66,10 @@ def legacy_source(work: Path) -> Path:
 def prepare(variant: str, settings) -> Path:
     """OUT: the ONNX export made once into work/ by the Optimum interpreter."""
     check_interpreter(settings.optimum_python)
-    out = settings.work / f"optimum-{variant}"
+    out = model_work(settings) / f"optimum-{variant}"
     if (out / "model.onnx").is_file():
         return out
-    src = legacy_source(settings.work)
+    src = legacy_source(settings)
     tmp = out.with_name(out.name + ".partial")
     cmd = [str(settings.optimum_python), "-m", "optimum.exporters.onnx", "-m", str(src),
            "--task", "text-generation-with-past", "--dtype", variant, str(tmp)]

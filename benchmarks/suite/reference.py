@@ -48,8 +48,8 @@ def dequantized_folder(work: Path) -> Path:
     return out
 
 
-def token_ids(work: Path, text_path: Path, prompt_tokens: int, ppl_tokens: int) -> dict:
-    """{"prompt": [...], "text": [...]} from the HF tokenizer, cached as work/token_ids.json."""
+def token_ids(work: Path, hf_dir: Path, text_path: Path, prompt_tokens: int, ppl_tokens: int) -> dict:
+    """{"prompt": [...], "text": [...]} from HF_DIR's tokenizer, cached as work/token_ids.json."""
     cache = Path(work) / "token_ids.json"
     if cache.is_file():
         data = json.loads(cache.read_text())
@@ -57,7 +57,7 @@ def token_ids(work: Path, text_path: Path, prompt_tokens: int, ppl_tokens: int) 
             return data
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(dequantized_folder(work)))
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     ids = tokenizer(Path(text_path).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     if len(ids) < max(prompt_tokens, ppl_tokens):
         raise ValueError(f"{text_path} has {len(ids)} tokens, fewer than {max(prompt_tokens, ppl_tokens)}")

@@ -17,10 +17,13 @@ COLUMNS = {
     "perplexity": ("perplexity", "{:.2f}", False),
     "floor_share": ("% of bw floor", "{:.0%}", True),
 }
+# perplexity of a model whose weights mean nothing (random): null in results.json, "n/a" in the table
+NOT_APPLICABLE = "n/a"
 
 
 def summarize(key: str, speed: list, ppl: dict, size_bytes: int, weight_bytes: int, bandwidth: float) -> dict:
-    """One row from the child results of an engine (medians over every timed run of every process)."""
+    """One row from the child results of an engine (medians over every timed run of every process);
+    `ppl` is NOT_APPLICABLE for a model whose perplexity means nothing."""
     runs = [r for proc in speed for r in proc["runs"]]
     row = {"key": key, "label": label(key), "size_mib": size_bytes / 2**20,
            "weight_mib_per_token": weight_bytes / 2**20, "processes": len(speed), "runs": len(runs)}
@@ -33,14 +36,16 @@ def summarize(key: str, speed: list, ppl: dict, size_bytes: int, weight_bytes: i
                    peak_rss_mib=statistics.median(p["peak_rss_bytes"] for p in speed) / 2**20,
                    load_s=statistics.median(p["load_s"] for p in speed), floor_tps=floor,
                    floor_share=decode / floor, first_tokens=speed[0]["tokens"][:16])
-    if ppl:
+    if ppl == NOT_APPLICABLE:
+        row["perplexity"] = None
+    elif ppl:
         row["perplexity"] = ppl["perplexity"]
     return row
 
 
 def best_peer(rows: list, column: str):
     _, _, higher = COLUMNS[column]
-    values = [r[column] for r in rows if split_key(r["key"])[0] != OURS and column in r]
+    values = [r[column] for r in rows if split_key(r["key"])[0] != OURS and r.get(column) is not None]
     if not values:
         return None
     return max(values) if higher else min(values)
@@ -56,6 +61,9 @@ def table(rows: list) -> str:
         for column, (_, fmt, _) in COLUMNS.items():
             if column not in r:
                 cells.append("-")
+                continue
+            if r[column] is None:
+                cells.append(NOT_APPLICABLE)
                 continue
             text = fmt.format(r[column])
             if best[column]:
@@ -83,7 +91,7 @@ def plot(path: Path, rows: list) -> bool:
     names = [r["label"] for r in rows]
     colors = ["tab:green" if split_key(r["key"])[0] == OURS else "tab:gray" for r in rows]
     for ax, (column, title) in zip(axes, panels):
-        ax.barh(names, [r.get(column, 0) for r in rows], color=colors)
+        ax.barh(names, [r.get(column) or 0 for r in rows], color=colors)
         ax.set_title(title, fontsize=10)
         ax.invert_yaxis()
         ax.tick_params(labelsize=8)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
+
+from .models import DEFAULT_MODEL, MODELS
 
 DATA_TEXT = Path(__file__).resolve().parents[1] / "data" / "gpl-3.0.txt"
 # Optimum needs an older transformers, so its own virtual environment (README.md, "Optimum")
@@ -19,32 +22,42 @@ def default_optimum_python() -> Path:
 class SuiteSettings:
     """What every engine is asked to do; the same for all of them.
 
-    work          folder for converted / requantized / built models (reused between runs)
+    work          folder for converted / requantized / built models (reused between runs; one
+                  subfolder per model)
     results       folder for results.json and results.png
-    engines       engine/variant keys to run ("edgellama/int4", "llamacpp/Q4_0", ...); empty = all
+    model         a name in models.MODELS (smollm2-135m, llama-1b-random)
+    engines       engine/variant keys to run ("edgellama/int4", "llamacpp/Q4_0", ...); empty = the
+                  model's own list (models.py)
     processes     child processes per engine (runs alternate between engines)
     runs          timed generations per process (after one warm-up)
     threads       intra-op threads of every engine
-    capacity      KV capacity (context) of the speed runs
-    prompt_tokens prompt length of a speed run; gen_tokens: greedy tokens generated after it
+    capacity      KV capacity (context) of the speed runs (default: the model's)
+    prompt_tokens prompt length of a speed run (default: the model's); gen_tokens: greedy tokens
+                  generated after it
     ppl_tokens    tokens of the evaluation text scored in one window
     optimum_python interpreter of the Optimum engine (default: $EDGELLAMA_OPTIMUM_PYTHON, else
                   venv-optimum/bin/python next to the repository)
     """
     work: Path
     results: Path
+    model: str = DEFAULT_MODEL
     engines: tuple = ()
     processes: int = 3
     runs: int = 3
     threads: int = 2
-    capacity: int = 512
-    prompt_tokens: int = 128
+    capacity: Optional[int] = None
+    prompt_tokens: Optional[int] = None
     gen_tokens: int = 128
     ppl_tokens: int = 2048
     text: Path = DATA_TEXT
     optimum_python: Path = field(default_factory=default_optimum_python)
 
     def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown suite model {self.model!r}; known: {', '.join(MODELS)}")
+        for name in ("capacity", "prompt_tokens"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(MODELS[self.model], name))
         for name in ("processes", "runs", "threads", "capacity", "prompt_tokens", "gen_tokens", "ppl_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
