@@ -28,7 +28,7 @@ import importlib
 
 from .errors import (ChatBusyError, CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
                      InvalidParameterError, ModelNotFoundError, NativeError, NotBuiltError, NumericalError,
-                     OutputError, PackageError, ProviderError, UnsupportedConfigError)
+                     OutputError, PackageError, ProviderError, TaskFormatError, UnsupportedConfigError)
 
 __version__ = "0.1.0"
 
@@ -49,7 +49,8 @@ _LAZY = {
 __all__ = sorted(list(_LAZY) + [
     "EdgeLlamaError", "ModelNotFoundError", "PackageError", "FormatVersionError", "CheckpointError",
     "UnsupportedConfigError", "InvalidParameterError", "ContextOverflowError", "NumericalError",
-    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "__version__",
+    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "TaskFormatError",
+    "__version__",
 ])
 
 
