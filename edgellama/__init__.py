@@ -21,6 +21,7 @@ The runtime, from the API down:
     providers.py, memory.py, graph_contract.py   execution providers, the memory check, the graph's names
     package.py, tokenizer.py, sampling.py        the package folder, its tokenizer, SamplingParams and Sampler
     evaluate.py, bench.py, cli/                   perplexity, llama-bench style speed, the `edgellama` command
+    tasks/                task accuracy (HellaSwag, WinoGrande, multiple choice) and KL divergence
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,18 @@ def test_kl_divergence_equals_a_stepwise_computation(capsys, tmp_path, fp32_pack
                  "--ctx", str(ctx), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kl_mean"] == pytest.approx(result.kl_mean, rel=1e-6) and out["base"] == str(fp32_package)
+
+
+def test_benchmark_builds_a_hellaswag_file_from_a_text(tmp_path, monkeypatch):
+    """benchmarks/task_eval.py: every task's right ending is its context's own continuation."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root))
+    from benchmarks.task_eval import hellaswag_file, sentences
+
+    text = (root / "benchmarks" / "data" / "gpl-3.0.txt").read_text()
+    path = tmp_path / "hs.txt"
+    assert hellaswag_file(text, path, 20) == 20
+    whole = set(sentences(text))
+    for task in load_tasks("hellaswag", path):
+        assert task.texts[task.answer] in whole
+        assert sum(t in whole for t in task.texts) == 1 and len(set(task.texts)) == 4
