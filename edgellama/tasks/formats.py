@@ -66,6 +66,13 @@ def _lines(source: _Source, data: bytes) -> list:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def _filled_lines(source: _Source, data: bytes):
+    """(line number, "line N", line) of each line that is not blank."""
+    for number, line in enumerate(_lines(source, data), 1):
+        if line.strip():
+            yield number, f"line {number}", line
+
+
 def _index(source: _Source, where: str, value: str, low: int, high: int, what: str) -> int:
     try:
         number = int(value.strip())
@@ -96,10 +103,7 @@ def read_hellaswag(source: _Source, data: bytes) -> list:
 
 def read_winogrande(source: _Source, data: bytes) -> list:
     tasks = []
-    for number, line in enumerate(_lines(source, data), 1):
-        where = f"line {number}"
-        if not line.strip():
-            continue
+    for number, where, line in _filled_lines(source, data):
         fields = next(csv.reader([line]))
         if number == 1 and fields and not fields[0].strip().isdigit():
             continue   # a header line
@@ -133,10 +137,7 @@ def _json_answer(source: _Source, where: str, answer, n_choices: int) -> int:
 
 def read_jsonl(source: _Source, data: bytes) -> list:
     tasks = []
-    for number, line in enumerate(_lines(source, data), 1):
-        where = f"line {number}"
-        if not line.strip():
-            continue
+    for _, where, line in _filled_lines(source, data):
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
