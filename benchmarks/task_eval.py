@@ -6,12 +6,16 @@
    sentence of 12 words or more gives a task whose context is its first half and whose endings are
    its true second half and the second halves of 3 other sentences (seeded, the right index random).
 2. Accuracy under llama-perplexity's HellaSwag rule (edgellama.tasks.scoring):
-       edgellama int4, fp32   packages converted from SmolLM2-135M-Instruct.Q4_1.gguf, scored through
+       edgellama int4         the package converted from SmolLM2-135M-Instruct.Q4_1.gguf, scored through
                               the step layer (`edgellama eval --task hellaswag`)
+       edgellama fp32         the fp32 package, scored from every position's logits of each whole choice
+                              (its all-positions graph; the step layer gives the same scores in float32
+                              and decodes fp32 at a third of int4's speed)
        llama.cpp Q4_1, F32    that GGUF as shipped, and requantized to F32 by llama.cpp's own quantizer,
                               through llama-cpp-python: every position's logits of each whole choice,
                               the same token ids and the same rule (edgellama.tasks.scoring.direct_scores)
-   "same choice" is the share of tasks where the two engines pick the same ending.
+   "same choice" is the share of tasks where the two engines pick the same ending. Each row is kept
+   in --work (keyed by the task file) and reused by later runs.
 3. KL divergence over the first --kl-tokens tokens of the text in chunks of 512 (llama-perplexity
    --kl-divergence: the second half of each chunk scored): edgellama int4 against edgellama fp32,
    and llama.cpp Q4_1 and Q4_0 against llama.cpp F32.
@@ -23,6 +27,7 @@ Converted packages and requantized GGUFs are kept in --work and reused.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -93,25 +98,43 @@ def llama_cpp_available() -> bool:
     return True
 
 
-def ours(package: Path, tasks, threads: int):
+def cached(work: Path, key: str, compute):
+    """The TaskResult stored under `key` in work/, else compute() stored there."""
+    from edgellama.tasks import TaskResult
+
+    path = work / f"accuracy-{key}.json"
+    if path.is_file():
+        return TaskResult(**json.loads(path.read_text()))
+    result = compute()
+    path.write_text(json.dumps(result.to_dict()))
+    return result
+
+
+def stepwise(package: Path, tasks, threads: int):
+    """Accuracy through the step layer, as `edgellama eval --task hellaswag` computes it."""
     from edgellama.evaluate import EvalSettings
     from edgellama.tasks import evaluate_tasks
 
     return evaluate_tasks(package, "hellaswag", tasks, EvalSettings(threads=threads))
 
 
-def theirs(gguf: Path, package: Path, tasks, threads: int):
-    """llama.cpp's accuracy on `tasks`, tokenized with the package's tokenizer (the GGUF's vocabulary)."""
+def whole_sequences(all_logits, package: Path, tasks):
+    """Accuracy from every position's logits of each whole choice (`all_logits(ids)`), the tasks
+    tokenized with the package's tokenizer (the GGUF's vocabulary)."""
     from edgellama.package import read_info
     from edgellama.tasks.scoring import accuracy, direct_scores, pick, plan_task
     from edgellama.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_package(package, read_info(package).special_tokens)
-    plans = [plan_task(task, "ending", tokenizer.encode) for task in tasks]
-    engine = LlamaCpp(gguf, max(len(seq) for plan in plans for seq in plan.ids), threads)
     t0 = time.perf_counter()
-    chosen = [pick(direct_scores(plan, engine.logits)) for plan in plans]
+    chosen = [pick(direct_scores(plan_task(task, "ending", tokenizer.encode), all_logits)) for task in tasks]
     return accuracy("hellaswag", chosen, [task.answer for task in tasks], time.perf_counter() - t0)
+
+
+def graph_logits(package: Path, threads: int):
+    from edgellama.evaluate import EvalSettings, GraphScorer
+
+    return GraphScorer(package, EvalSettings(threads=threads)).logits
 
 
 def kl_chunks(package: Path, text: str, tokens: int):
@@ -171,13 +194,17 @@ def main(argv=None) -> int:
 
     print(f"HellaSwag-format file from {args.text.name}: {n} tasks of {ENDINGS} endings ({task_file})")
     results = {"tasks": n, "accuracy": {}, "same_choice": {}, "kl": {}}
-    pairs = (("int4", "Q4_1"), ("fp32", "F32"))
-    for variant, peer in pairs:
-        mine = ours(packages[variant], tasks, args.threads)
+    key = hashlib.sha256(task_file.read_bytes()).hexdigest()[:12]
+    longest = max(len(t.encode()) for task in tasks for t in task.texts) + 1   # bytes (+ BOS) bound the tokens
+    ours = {"int4": lambda: stepwise(packages["int4"], tasks, args.threads),
+            "fp32": lambda: whole_sequences(graph_logits(packages["fp32"], args.threads), packages["fp32"], tasks)}
+    for variant, peer in (("int4", "Q4_1"), ("fp32", "F32")):
+        mine = cached(args.work, f"edgellama-{variant}-{key}", ours[variant])
         results["accuracy"][f"edgellama/{variant}"] = mine.to_dict()
         print(accuracy_line(f"edgellama {variant}", mine) + f"   {mine.seconds:.0f} s")
         if with_llama_cpp:
-            other = theirs(ggufs[peer], packages[variant], tasks, args.threads)
+            other = cached(args.work, f"llamacpp-{peer}-{key}", lambda: whole_sequences(
+                LlamaCpp(ggufs[peer], min(longest, 4096), args.threads).logits, packages[variant], tasks))
             same = 100.0 * np.mean(np.asarray(mine.choices) == np.asarray(other.choices))
             results["accuracy"][f"llamacpp/{peer}"] = other.to_dict()
             results["same_choice"][f"{variant}/{peer}"] = same

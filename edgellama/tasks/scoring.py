@@ -28,6 +28,9 @@ import numpy as np
 
 from ..errors import ContextOverflowError
 from ..evaluate import EvalSettings, token_nll
+from ..package import read_info
+from ..session import open_package
+from ..tokenizer import Tokenizer
 from .formats import Task, task_kind
 
 log = logging.getLogger(__name__)
@@ -140,10 +143,6 @@ def accuracy(task: str, chosen: Sequence[int], answers: Sequence[int], seconds: 
 def evaluate_tasks(package, task: str, tasks: Sequence[Task], settings: EvalSettings = EvalSettings()) -> TaskResult:
     """Accuracy of the package on `tasks` of kind `task` (see edgellama.tasks.formats.KINDS);
     settings: threads and providers (the other fields are for perplexity)."""
-    from ..package import read_info
-    from ..session import open_package
-    from ..tokenizer import Tokenizer
-
     package = Path(package)
     info = read_info(package)
     tokenizer = Tokenizer.from_package(package, info.special_tokens)
