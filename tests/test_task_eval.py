@@ -1,7 +1,7 @@
 """`edgellama eval --task` and `--kl-base` on tiny converted packages: the step-layer scores (shared
 prefix once, rewind per choice) equal log-probabilities computed directly from transformers' logits
 of each whole sequence under llama-perplexity's rules, written out again here; the KL report equals
-one computed from logits fed one token at a time through ONNX Runtime."""
+one computed from logits fed one token at a time through the step layer."""
 from __future__ import annotations
 
 import json
@@ -162,13 +162,19 @@ def test_eval_task_cli_refuses_bad_files_and_options(capsys, tmp_path, fp32_pack
 
 def kl_reference(base, package, ids, ctx):
     """KL(base || package), same top and perplexities over the second half of each chunk, from
-    logits fed one token at a time through ONNX Runtime."""
-    from helpers.graph_runs import stepwise_logits
+    logits fed one token at a time through each package's step layer (its KV cache)."""
+    from edgellama.session import open_package
+
+    contexts = [open_package(p, max_length=ctx).new_context() for p in (base, package)]
+
+    def stepwise_logits(context, chunk):
+        context.reset()
+        return np.stack([context.append(chunk[t:t + 1]).astype(np.float64) for t in range(len(chunk))])
 
     kl, top, nll, nll_base = [], [], [], []
     for start in range(0, len(ids) - ctx + 1, ctx):
         chunk = np.asarray(ids[start:start + ctx], dtype=np.int64)
-        lp, lq = (np.asarray(stepwise_logits(p, chunk), np.float64) for p in (base, package))
+        lp, lq = (stepwise_logits(c, chunk) for c in contexts)
         for t in range(ctx // 2, ctx - 1):
             p = lp[t] - lp[t].max() - np.log(np.exp(lp[t] - lp[t].max()).sum())
             q = lq[t] - lq[t].max() - np.log(np.exp(lq[t] - lq[t].max()).sum())
