@@ -23,6 +23,7 @@ The runtime, from the API down:
     package.py, tokenizer.py, sampling.py        the package folder, its tokenizer, SamplingParams and Sampler
     constraint.py, tools.py, logprobs.py         structured output (llguidance), tool calls, log-probabilities
     evaluate.py, bench.py, cli/                   perplexity, llama-bench style speed, the `edgellama` command
+    tasks/                task accuracy (HellaSwag, WinoGrande, multiple choice) and KL divergence
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import importlib
 
 from .errors import (ChatBusyError, CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
                      InvalidParameterError, ModelNotFoundError, NativeError, NotBuiltError, NumericalError,
-                     OutputError, PackageError, ProviderError, UnsupportedConfigError)
+                     OutputError, PackageError, ProviderError, TaskFormatError, UnsupportedConfigError)
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,8 @@ _LAZY = {
 __all__ = sorted(list(_LAZY) + [
     "EdgeLlamaError", "ModelNotFoundError", "PackageError", "FormatVersionError", "CheckpointError",
     "UnsupportedConfigError", "InvalidParameterError", "ContextOverflowError", "NumericalError",
-    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "__version__",
+    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "TaskFormatError",
+    "__version__",
 ])
 
 

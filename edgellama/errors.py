@@ -33,6 +33,10 @@ class InvalidParameterError(EdgeLlamaError, ValueError):
     """A setting (sampling, length, threads, ...) is out of its allowed range."""
 
 
+class TaskFormatError(EdgeLlamaError, ValueError):
+    """A task data file (HellaSwag, WinoGrande, multiple choice) is malformed (names the file and line)."""
+
+
 class ContextOverflowError(EdgeLlamaError, ValueError):
     """A prompt or conversation does not fit in the model's context window."""
 

@@ -176,18 +176,22 @@ def empty_past(info) -> dict:
     return {past: empty for past, _ in kv_names(cfg.num_layers)}
 
 
-class _GraphScorer:
+class GraphScorer:
     """Scores a window with one run of the all-positions graph (no past)."""
 
     def __init__(self, package: Path, settings: EvalSettings):
         opened = open_package(package, settings.providers, settings.threads, graph=all_positions_graph(package))
-        self.session, self.provider = opened.session, opened.provider
+        self.session, self.provider, self.info = opened.session, opened.provider, opened.info
         self.past = empty_past(opened.info)
 
-    def score(self, ids: np.ndarray, w: Window) -> np.ndarray:
-        feed = ids[w.begin:w.end].astype(np.int64)[None, :]
+    def logits(self, ids) -> np.ndarray:
+        """The logits [len(ids), vocab] of every position of `ids`, run from an empty cache."""
+        feed = np.asarray(ids, dtype=np.int64)[None, :]
         inputs = {INPUT_IDS: feed, ATTENTION_MASK: np.ones_like(feed), **self.past}
-        logits = self.session.run([LOGITS], inputs)[0][0]
+        return self.session.run([LOGITS], inputs)[0][0]
+
+    def score(self, ids: np.ndarray, w: Window) -> np.ndarray:
+        logits = self.logits(ids[w.begin:w.end])
         rows = logits[w.first - 1 - w.begin:w.end - 1 - w.begin]
         return token_nll(rows, ids[w.first:w.end])
 
@@ -231,7 +235,7 @@ def evaluate_ids(package, ids: Sequence[int], settings: EvalSettings = EvalSetti
         raise InvalidParameterError(f"stride={stride} must not exceed ctx={ctx}")
     plan = windows(int(ids.size), ctx, stride)
     t0 = time.perf_counter()
-    scorer = (_GraphScorer(package, settings) if settings.method == "graph"
+    scorer = (GraphScorer(package, settings) if settings.method == "graph"
               else _StepwiseScorer(package, settings, ctx))
     t1 = time.perf_counter()
     nll = np.concatenate([scorer.score(ids, w) for w in plan])

@@ -16,8 +16,8 @@ import numpy as np
 from .models import gguf_file, model, model_work
 
 VARIANTS = ("Q4_1", "Q4_0", "Q4_K_M", "Q8_0")
-FTYPES = {"Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-          "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+FTYPES = {"F32": "LLAMA_FTYPE_ALL_F32", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+          "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 
 
 def prepare(variant: str, settings) -> Path:

@@ -22,7 +22,7 @@ SUBCOMMANDS = {
     "run": ("run", "generate text from a prompt"),
     "chat": ("chat", "interactive streaming chat in the terminal"),
     "bench": ("bench", "measure prompt processing and decode speed (llama-bench protocol)"),
-    "eval": ("evaluate", "perplexity over a text file"),
+    "eval": ("evaluate", "perplexity over a text file, task accuracy, KL divergence from a reference"),
     "info": ("info", "show and verify a model package"),
 }
 

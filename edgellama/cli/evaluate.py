@@ -1,5 +1,7 @@
 """`edgellama eval MODEL --text FILE [--ctx N] [--stride N] [--method graph|stepwise] [--json]`:
-perplexity of a model package over a text file (see edgellama.evaluate)."""
+perplexity of a model package over a text file (see edgellama.evaluate).
+`--task hellaswag|winogrande|multiple-choice --data FILE`: accuracy on a task file, and
+`--kl-base PACKAGE --text FILE`: KL divergence from a reference package (see edgellama.tasks)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +13,13 @@ from . import read_text_file
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model package folder (from `edgellama convert`)")
-    parser.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
+    parser.add_argument("--text", metavar="FILE", help="UTF-8 text file to score")
+    parser.add_argument("--task", choices=("hellaswag", "winogrande", "multiple-choice"),
+                        help="accuracy on the task file --data (llama-perplexity's formats and rules)")
+    parser.add_argument("--data", metavar="FILE", help="task file for --task")
+    parser.add_argument("--max-tasks", type=int, default=0, metavar="N", help="score only the first N tasks")
+    parser.add_argument("--kl-base", metavar="PACKAGE",
+                        help="KL divergence over --text from this reference package (e.g. the fp32 one)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
                         help="tokens per window (default: the package's max_length, at most the text)")
     parser.add_argument("--stride", type=int, default=None, metavar="N",
@@ -26,9 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..evaluate import EvalSettings, evaluate_text
+    from .evaluate_tasks import check_mode, run_kl, run_task
 
     settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
                             threads=args.threads, providers=tuple(args.provider))
+    mode = check_mode(args)
+    if mode != "perplexity":
+        return (run_task if mode == "task" else run_kl)(args, settings)
     path = Path(args.text)
     result = evaluate_text(args.model, read_text_file(args.text, "--text"), settings)
     if args.json:
