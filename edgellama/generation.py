@@ -35,6 +35,7 @@ class GenerationOptions:
     n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, if any)
     parse_special: bool = False   # parse special-token strings in a str prompt
     prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
+    reuse_prefix: bool = True     # start from the cached prefix an earlier request left (False: run it all)
     constraint: Optional[object] = None   # an edgellama.Constraint the text must match
     logprobs: Optional[int] = None  # None: no GenerationResult.logprobs; N: each token's and the N best
 
@@ -54,6 +55,8 @@ class GenerationOptions:
             raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
             raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
+        if not isinstance(self.reuse_prefix, bool):
+            raise InvalidParameterError(f"reuse_prefix={self.reuse_prefix!r} must be True or False")
         if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
                                           or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise InvalidParameterError(f"logprobs={self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
@@ -214,6 +217,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     sampler = ctx.sampler(sampling)
 
     # 1. prefill what the cache does not hold yet
+    if not options.reuse_prefix:
+        ctx.rewind(0)
     rest = prompt[ctx.reuse_prefix(prompt):]
     prefilled = len(prompt) - ctx.cached        # with a pending token the record held
     chunk = options.prefill_chunk or len(rest)

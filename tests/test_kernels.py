@@ -118,3 +118,28 @@ def test_a_tokens_logits_do_not_depend_on_how_its_context_was_run(ops_package, t
     kept = ctx.reuse_prefix(np.array(ids))
     assert kept == 6
     np.testing.assert_array_equal(ctx.append(ids[kept:]), reference, err_msg="after a reused prefix")
+
+
+def test_reuse_prefix_false_runs_the_whole_prompt_as_a_cold_request_does(tmp_path):
+    """A portable package's kernels round by batch shape, so a request that starts from a cached
+    prefix may differ from a cold one: reuse_prefix=False prefills everything, giving the cold logits."""
+    import edgellama
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+    from edgellama.sampling import SamplingParams
+
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
+    convert(str(path), tmp_path / "portable", ConvertOptions(quantization=Quantization("int4"), max_length=64,
+                                                             portable=True))
+    greedy = SamplingParams(temperature=0.0)
+    first, second = [3, 17, 5, 22, 9, 30], [3, 17, 5, 22, 9, 12, 8]
+    warm = edgellama.load(tmp_path / "portable", threads=1)
+    warm.generate(first, max_new_tokens=3, sampling=greedy)
+    reused = warm.generate(second, max_new_tokens=3, sampling=greedy)
+    fresh = warm.generate(second, max_new_tokens=3, sampling=greedy, reuse_prefix=False)
+    cold = edgellama.load(tmp_path / "portable", threads=1).generate(second, max_new_tokens=3, sampling=greedy)
+    assert reused.timings.prefilled_tokens < len(second)
+    assert fresh.timings.prefilled_tokens == cold.timings.prefilled_tokens == len(second)
+    assert fresh.token_ids == cold.token_ids
+    with pytest.raises(InvalidParameterError, match="reuse_prefix"):
+        warm.generate(second, reuse_prefix="no")
