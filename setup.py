@@ -52,7 +52,7 @@ def native_extensions():
 
 
 setup(
-    packages=["edgellama", "edgellama.cli", "edgellama.twins", "edgellama.converters",
+    packages=["edgellama", "edgellama.cli", "edgellama.server", "edgellama.twins", "edgellama.converters",
               "edgellama.converters.sources", "edgellama.converters.graph"],
     package_dir={"edgellama": "edgellama", "edgellama.converters": "converters"},
     ext_modules=native_extensions(),

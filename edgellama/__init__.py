@@ -31,7 +31,8 @@ import importlib
 
 from .errors import (ChatBusyError, CheckpointError, ContextOverflowError, EdgeLlamaError, FormatVersionError,
                      InvalidParameterError, ModelNotFoundError, NativeError, NotBuiltError, NumericalError,
-                     OutputError, PackageError, ProviderError, TaskFormatError, UnsupportedConfigError)
+                     OutputError, PackageError, ProviderError, SavedStateError, TaskFormatError,
+                     UnsupportedConfigError)
 
 __version__ = "0.1.0"
 
@@ -53,7 +54,8 @@ _LAZY = {
 __all__ = sorted(list(_LAZY) + [
     "EdgeLlamaError", "ModelNotFoundError", "PackageError", "FormatVersionError", "CheckpointError",
     "UnsupportedConfigError", "InvalidParameterError", "ContextOverflowError", "NumericalError",
-    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "TaskFormatError",
+    "ProviderError", "NativeError", "NotBuiltError", "ChatBusyError", "OutputError", "SavedStateError",
+    "TaskFormatError",
     "__version__",
 ])
 

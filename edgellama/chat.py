@@ -19,12 +19,12 @@ import re
 import secrets
 import threading
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .errors import ChatBusyError, InvalidParameterError, PackageError
+from .errors import ChatBusyError, InvalidParameterError, PackageError, SavedStateError
 from .generation import GenerationOptions, GenerationResult, TextStream
 from .package import TOKENIZER_CONFIG_FILE
 
@@ -292,6 +292,37 @@ class Chat:
             self._turn.release()
             raise
         return ToolStream(stream, fmt, lambda _raw: self.last_result) if tools else stream
+
+    def save(self, path) -> None:
+        """Write the conversation, its settings and its KV cache to the file `path`, for
+        `Model.load_chat` (edgellama.saved: tied to this package, checked when read)."""
+        from .saved import write_saved
+
+        with self._exclusive():
+            sampling = None if self.sampling is None else asdict(self.sampling)
+            meta = {"system": self.system, "messages": self._messages, "base": self._base, "sampling": sampling,
+                    "options": {"max_new_tokens": self.options.max_new_tokens, "stop": list(self.options.stop),
+                                "on_overflow": self.options.on_overflow}}
+            write_saved(path, "chat", self.model.info, meta, self.context)
+
+    @classmethod
+    def load(cls, model, path) -> "Chat":
+        """The chat saved at `path` (see `save`), its cache restored: nothing already said runs again."""
+        from .saved import read_saved
+        from .sampling import SamplingParams
+
+        chat = cls(model)
+        meta = read_saved(path, "chat", model.info, chat.context)
+        try:
+            sampling = meta["sampling"]
+            chat.options = GenerationOptions(**meta["options"])
+            chat.sampling = None if sampling is None else SamplingParams(**sampling)
+            chat.system, chat._messages = meta["system"], _check_messages(meta["messages"])
+            chat._base = None if meta["base"] is None else [int(t) for t in meta["base"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            chat.context.reset()
+            raise SavedStateError(f"{str(path)!r}: its conversation fields are malformed ({exc})") from None
+        return chat
 
     def _end_turn(self, result: Optional[GenerationResult]) -> None:
         """Record the answer of a completed turn; forget the user message of one that failed."""

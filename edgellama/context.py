@@ -204,6 +204,38 @@ class Context:
         self._length = snapshot.kv.length
         self._logits_at = -1
 
+    def save(self, f, n: Optional[int] = None) -> None:
+        """Write the record's first `n` tokens (default: all) and the cache of those it holds to the
+        binary file `f` (int32 count, int32 ids, then the cache as `KVCache.save` writes it)."""
+        n = self._length if n is None else n
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self._length:
+            raise InvalidParameterError(f"save(n={n!r}): n must be an integer in [0, {self._length}]")
+        f.write(np.int32(n).tobytes())
+        f.write(self._ids[:n].astype("<i4").tobytes())
+        self.kv.save(f, min(int(n), self.kv.length))
+
+    def load(self, f) -> None:
+        """Read what `save` wrote from the binary file `f`: the context then holds those tokens and
+        their cache, and runs nothing for them."""
+        raw = f.read(4)
+        count = int(np.frombuffer(raw, "<i4")[0]) if len(raw) == 4 else -1
+        if not 0 <= count <= self.capacity:
+            raise InvalidParameterError(f"a saved context of {count} tokens does not fit this context of "
+                                        f"{self.capacity} (or the data is not a saved context)")
+        raw = f.read(4 * count)
+        if len(raw) != 4 * count:
+            raise InvalidParameterError("a saved context ends inside its tokens (truncated data)")
+        ids = np.frombuffer(raw, "<i4")
+        if count and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
+        self.reset()
+        self.kv.load(f)
+        if not count - 1 <= self.kv.length <= count:
+            self.reset()
+            raise InvalidParameterError(f"a saved context records {count} tokens but caches {self.kv.length}")
+        self._ids[:count] = ids
+        self._length = count
+
     def reset(self) -> None:
         self.rewind(0)
         self._consistent = True

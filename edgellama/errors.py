@@ -63,3 +63,7 @@ class OutputError(EdgeLlamaError, OSError):
 
 class ChatBusyError(EdgeLlamaError, RuntimeError):
     """A Chat was sent a message while it was still answering another one."""
+
+
+class SavedStateError(EdgeLlamaError, ValueError):
+    """A saved chat or prompt cache cannot be used: damaged, another format version or another package."""

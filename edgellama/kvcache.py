@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +28,20 @@ _MAGIC = b"ELKV"
 _VERSION = 1
 _HEADER = struct.Struct("<4sI8sIIIIQ")  # magic, version, dtype, layers, kv heads, head_dim, 0, length
 _ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): twins}
+
+
+def _is_file_object(target) -> bool:
+    return callable(getattr(target, "read", None)) or callable(getattr(target, "write", None))
+
+
+@contextmanager
+def _opened(target, mode: str):
+    """`target` itself when it is a file object (left open), else the file it names, opened in `mode`."""
+    if _is_file_object(target):
+        yield target
+    else:
+        with open(target, mode) as f:
+            yield f
 
 
 @dataclass
@@ -116,29 +131,34 @@ class KVCache:
     # ---- files ----
 
     def save(self, path, n: Optional[int] = None) -> None:
-        """Writes the first `n` positions (default: all valid) to `path`."""
+        """Writes the first `n` positions (default: all valid) to `path` (a file name, or a binary
+        file open for writing, which is written at its position and left open)."""
         n = self.length if n is None else _position_count("save(n)", n, 0, self.length, "n")
         stored = self.dtype.newbyteorder("<")
         header = _HEADER.pack(_MAGIC, _VERSION, stored.str.encode().ljust(8, b"\0"),
                               self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, 0, n)
-        with open(path, "wb") as f:
+        with _opened(path, "wb") as f:
             f.write(header)
             for keys, values in zip(self.keys, self.values):
                 f.write(np.ascontiguousarray(keys[:, :, :n, :], dtype=stored).tobytes())
                 f.write(np.ascontiguousarray(values[:, :, :n, :], dtype=stored).tobytes())
 
     def load(self, path) -> None:
-        """Reads a file written by `save`; refuses one made for another shape or dtype."""
-        if not os.path.isfile(path):
+        """Reads what `save` wrote (a file name, or a binary file read from its position to its end);
+        refuses one made for another shape or dtype."""
+        if not _is_file_object(path) and not os.path.isfile(path):
             raise ModelNotFoundError(f"KV cache file {os.fspath(path)!r} does not exist")
-        with open(path, "rb") as f:
-            n = self._read_header(path, f.read(_HEADER.size))
+        with _opened(path, "rb") as f:
+            name = getattr(f, "name", "<stream>")
+            n = self._read_header(name, f.read(_HEADER.size))
             per_layer = self.config.num_kv_heads * n * self.config.head_dim
-            data = np.fromfile(f, dtype=self.dtype.newbyteorder("<"))
-        if data.size != 2 * self.config.num_layers * per_layer:
+            raw = f.read()
+        stored = self.dtype.newbyteorder("<")
+        if len(raw) != 2 * self.config.num_layers * per_layer * stored.itemsize:
             raise InvalidParameterError(
-                f"KV cache file {os.fspath(path)!r} holds {data.size} values after its header; the "
-                f"header promises {2 * self.config.num_layers * per_layer} (truncated or corrupt file)")
+                f"KV cache file {name!r} holds {len(raw)} bytes after its header; the header promises "
+                f"{2 * self.config.num_layers * per_layer * stored.itemsize} (truncated or corrupt file)")
+        data = np.frombuffer(raw, dtype=stored)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
         shape = (1, self.config.num_kv_heads, n, self.config.head_dim)
         for layer in range(self.config.num_layers):
@@ -149,7 +169,7 @@ class KVCache:
 
     def _read_header(self, path, raw: bytes) -> int:
         """The length recorded in a saved file's header, after checking it fits this cache."""
-        name = os.fspath(path)
+        name = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
         if len(raw) < _HEADER.size:
             raise InvalidParameterError(f"KV cache file {name!r} is too short to hold a header")
         magic, version, dtype, layers, heads, head_dim, _, n = _HEADER.unpack(raw)

@@ -182,3 +182,9 @@ class Model:
 
         return Chat(self, system=system, **settings)
 
+    def load_chat(self, path):
+        """The `Chat` that `Chat.save` wrote to `path`, its KV cache restored (no prefill of what was said)."""
+        from .chat import Chat
+
+        return Chat.load(self, path)
+

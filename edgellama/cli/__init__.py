@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "bench": ("bench", "measure prompt processing and decode speed (llama-bench protocol)"),
     "eval": ("evaluate", "perplexity over a text file, task accuracy, KL divergence from a reference"),
     "info": ("info", "show and verify a model package"),
+    "serve": ("serve", "OpenAI-compatible HTTP server (needs the extra: pip install 'edgellama[server]')"),
 }
 
 
@@ -33,7 +34,8 @@ API_FLAGS = {
     "max_length": "--max-length", "max_new_tokens": "--max-new-tokens", "threads": "--threads",
     "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "providers": "--provider", "stop": "--stop",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
-    "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None,
+    "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None, "parallel": "--parallel",
+    "queue": "--queue", "max_body": "--max-body", "port": "--port",
 }
 COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
 VALUELESS = {"force": "--force", "on_overflow": "--context-shift"}

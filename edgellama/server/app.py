@@ -1,0 +1,300 @@
+"""The ASGI application: routes of the OpenAI API over one loaded model.
+
+    GET  /health                 {"status": "ok", "slots": ..., "busy": ..., "queued": ...}
+    GET  /v1/models              the one model, named by ServerSettings.model_id
+    POST /v1/chat/completions    messages through the package's chat template; stream=true: SSE
+    POST /v1/completions         a plain prompt (text or token ids)
+
+A request: body (at most max_body bytes) -> schema.parse_request -> prompt ids -> pool.submit (a
+context of its own; 429 when the queue is full) -> the answer, whole or as server-sent events. When
+the client goes away the job is cancelled at its next token and its context goes back to the pool.
+Every error is an OpenAI error object; no request can stop the server. One log line per request
+(edgellama.server logger): client, method, path, status, seconds, tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import ContextOverflowError, EdgeLlamaError, InvalidParameterError, PackageError
+from ..generation import GenerationOptions
+from . import features
+from .pool import ContextPool, QueueFull
+from .prompt_cache import PromptCache
+from .responses import Reply, model_list, sse
+from .schema import ApiError, ApiRequest, bad, parse_json, parse_request
+from .settings import ServerSettings
+
+log = logging.getLogger("edgellama.server")
+OPEN_PATHS = ("/health",)        # answered without the API key
+
+
+def error_response(error: ApiError, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def note(scope, **fields) -> None:
+    """Fields for the request's log line."""
+    scope.setdefault("edgellama", {}).update(fields)
+
+
+class Server:
+    """The routes' state: the model, its settings, the context pool."""
+
+    def __init__(self, model, settings: ServerSettings):
+        self.model = model
+        self.settings = settings
+        cache = PromptCache(settings.prompt_cache, model.info) if settings.prompt_cache else None
+        self.pool = ContextPool(model, settings.parallel, settings.queue, cache)
+        self.started = int(time.time())
+
+    # -- reading requests ---------------------------------------------------------------------
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection before the body ended") from None
+        return b"".join(chunks)
+
+    def check_model(self, req: ApiRequest) -> None:
+        if req.model != self.settings.model_id:
+            raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
+                                f"'{self.settings.model_id}'", param="model", code="model_not_found")
+
+    def chat_prompt(self, req: ApiRequest, extra: dict) -> tuple[list, Optional[list]]:
+        """The ids of the conversation and those of its system prompt (None when there is none)."""
+        try:
+            segments = self.model.chat_template.encode_segments(req.messages, add_generation_prompt=True, **extra)
+        except (InvalidParameterError, PackageError) as exc:
+            raise bad("messages", str(exc)) from None
+        ids = [t for part, _ in segments for t in part]
+        system = [k for k, (_, index) in enumerate(segments) if index == 0]
+        prefix = None
+        if req.messages[0]["role"] == "system" and system and system[0] + 2 < len(segments):
+            prefix = [t for part, _ in segments[:system[0] + 2] for t in part]   # head, system text, its closing
+        return ids, prefix
+
+    def completion_prompt(self, req: ApiRequest) -> list:
+        if isinstance(req.prompt, str):
+            return self.model.encode_prompt(req.prompt)
+        vocab = self.model.config.vocab_size
+        if min(req.prompt) < 0 or max(req.prompt) >= vocab:
+            raise bad("prompt", f"token ids must lie in [0, {vocab})")
+        return list(req.prompt)
+
+    def options(self, req: ApiRequest, n_prompt: int, extra: dict) -> GenerationOptions:
+        capacity = self.model.max_length
+        where = "messages" if req.kind == "chat" else "prompt"
+        if n_prompt >= capacity:
+            raise bad(where, f"the prompt has {n_prompt} tokens; the context holds {capacity} including the "
+                             "answer", code="context_length_exceeded")
+        room = capacity - n_prompt
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise bad("max_tokens", f"{req.max_tokens} is too large: the prompt has {n_prompt} tokens and the "
+                                    f"context holds {capacity}, so at most {room} can follow",
+                      code="context_length_exceeded")
+        try:
+            return GenerationOptions(max_new_tokens=req.max_tokens or room, stop=req.stop, **extra)
+        except InvalidParameterError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    # -- routes -------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", **self.pool.stats()})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(model_list(self.settings.model_id, self.started))
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.answer(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.answer(request, "completion")
+
+    async def answer(self, request: Request, kind: str) -> Response:
+        try:
+            req = parse_request(kind, parse_json(await self.read_body(request)))
+            self.check_model(req)
+            plan = features.plan(self.model, req)
+            if kind == "chat":
+                ids, prefix = await asyncio.to_thread(self.chat_prompt, req, plan.template_extra)
+            else:
+                ids, prefix = await asyncio.to_thread(self.completion_prompt, req), None
+            options = self.options(req, len(ids), plan.options)
+            note(request.scope, prompt_tokens=len(ids), stream=req.stream)
+            try:
+                job = await self.pool.submit(ids, options, req.sampling, prefix)
+            except QueueFull as exc:
+                raise ApiError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded") from None
+        except ApiError as error:
+            note(request.scope, error=error.param or error.code)
+            return error_response(error, {"Retry-After": "1"} if error.status == 429 else None)
+        reply = Reply(kind, self.settings.model_id)
+        if req.stream:
+            return EventStream(job, self.events(job, reply, req, plan), request.scope)
+        return await self.whole(request, job, reply, req, plan)
+
+    async def whole(self, request: Request, job, reply: Reply, req: ApiRequest, plan) -> Response:
+        done = asyncio.ensure_future(job.finish())
+        gone = asyncio.ensure_future(wait_disconnect(request.receive))
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if not done.done():
+            job.cancel()
+            await asyncio.wait({done})
+            note(request.scope, disconnected=True)
+        try:
+            result = done.result()
+        except Exception as exc:
+            return error_response(failure(exc))
+        note(request.scope, completion_tokens=result.timings.generated_tokens, finish=result.finish_reason)
+        text = (req.prompt if req.echo and isinstance(req.prompt, str) else "") + result.text
+        return JSONResponse(reply.complete(result, text, *plan.extras(result)))
+
+    async def events(self, job, reply: Reply, req: ApiRequest, plan):
+        """The server-sent events of a streamed answer."""
+        try:
+            if req.kind == "chat":
+                yield sse(reply.chunk(role=True))
+            if req.echo and isinstance(req.prompt, str):
+                yield sse(reply.chunk(req.prompt))
+            async for piece in plan.pieces(job):
+                yield sse(reply.chunk(piece))
+            result = job.result
+            tool_calls, logprobs = plan.extras(result)
+            yield sse(reply.chunk(result=result, tool_calls=plan.delta_calls(tool_calls), logprobs=logprobs))
+            if req.include_usage:
+                yield sse(reply.usage_chunk(result))
+        except Exception as exc:
+            yield sse(failure(exc).body())
+        yield sse("[DONE]")
+
+
+def failure(exc: Exception) -> ApiError:
+    """An exception raised while generating, as an API error."""
+    if isinstance(exc, (ContextOverflowError, InvalidParameterError)):
+        return ApiError(400, str(exc))
+    if isinstance(exc, EdgeLlamaError):
+        return ApiError(500, str(exc), type="server_error")
+    log.exception("request failed", exc_info=exc)
+    return ApiError(500, f"internal error ({type(exc).__name__})", type="server_error")
+
+
+async def wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class EventStream:
+    """A text/event-stream response that cancels its job when the client goes away."""
+
+    def __init__(self, job, events, scope):
+        self.job, self.events, self.scope = job, events, scope
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def watch():
+            await wait_disconnect(receive)
+            note(self.scope, disconnected=True)
+            self.job.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                    (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event.encode("utf-8"), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:          # the connection broke while sending
+            self.job.cancel()
+        finally:
+            watcher.cancel()
+            await self.events.aclose()
+            if self.job.result is not None:
+                note(self.scope, completion_tokens=self.job.result.timings.generated_tokens,
+                     finish=self.job.result.finish_reason)
+
+
+# -- middleware ---------------------------------------------------------------------------------
+def guarded(app, settings: ServerSettings):
+    """The API key (when set) and the body size limit, checked before a route runs."""
+    key = settings.api_key.encode() if settings.api_key else None
+
+    async def guard(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = dict(scope["headers"])
+        error = None
+        if key is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + key):
+                error = ApiError(401, "Incorrect or missing API key (send 'Authorization: Bearer KEY')",
+                                 code="invalid_api_key")
+        length = headers.get(b"content-length", b"0")
+        if error is None and (not length.isdigit() or int(length) > settings.max_body):
+            error = ApiError(413, f"the request body is larger than {settings.max_body} bytes",
+                             code="request_too_large")
+        if error is not None:
+            note(scope, error=error.code)
+            return await error_response(error)(scope, receive, send)
+        return await app(scope, receive, send)
+    return guard
+
+
+def access_log(app):
+    """One log line per request, written when its response has ended."""
+    async def logged(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        status = [0]
+        t0 = time.perf_counter()
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            fields = " ".join(f"{k}={v}" for k, v in scope.get("edgellama", {}).items())
+            log.info("%s %s %s %d %.3fs %s", client[0], scope["method"], scope["path"], status[0],
+                     time.perf_counter() - t0, fields)
+    return logged
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                   code="not_found" if exc.status_code == 404 else None))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(failure(exc))
+
+
+def create_app(model, settings: ServerSettings):
+    """The ASGI application serving `model` (an edgellama.Model) with `settings`."""
+    server = Server(model, settings)
+    routes = [Route("/health", server.health, methods=["GET"]),
+              Route("/v1/models", server.models, methods=["GET"]),
+              Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+              Route("/v1/completions", server.completions, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
+    app.state.server = server
+    return access_log(guarded(app, settings))
