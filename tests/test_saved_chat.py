@@ -1,0 +1,160 @@
+"""Saved conversations: Chat.save / Model.load_chat, the checked file format, restoring without prefill."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import edgellama
+from edgellama.errors import InvalidParameterError, ModelNotFoundError, SavedStateError
+from edgellama.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+TURNS = [f"The fox {i}?" for i in range(20)]
+
+
+def _tiny(tmp_path_factory, seed=0):
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=seed, max_position_embeddings=1024)
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=1024)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return _tiny(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(package):
+    return edgellama.load(package, threads=1)
+
+
+def _talk(chat, turns):
+    return [chat.send(text).text for text in turns]
+
+
+def test_context_save_and_load_round_trip(model):
+    ctx = model.new_context()
+    ctx.append(list(range(3, 40)))
+    ctx.next_token(ctx.sampler(GREEDY))            # a pending token: recorded, not cached
+    buf = io.BytesIO()
+    ctx.save(buf)
+    other = model.new_context()
+    other.load(io.BytesIO(buf.getvalue()))
+    assert other.tokens.tolist() == ctx.tokens.tolist() and other.cached == ctx.cached == ctx.length - 1
+    for a, b in zip(ctx.kv.keys + ctx.kv.values, other.kv.keys + other.kv.values):
+        np.testing.assert_array_equal(a[:, :, :ctx.cached], b[:, :, :ctx.cached])
+    with pytest.raises(InvalidParameterError, match="truncated"):
+        model.new_context().load(io.BytesIO(buf.getvalue()[:50]))
+
+
+def test_restored_chat_goes_on_like_the_uninterrupted_one(model, tmp_path):
+    chat = model.new_chat(system="You are brief.", max_new_tokens=6, sampling=GREEDY, stop=["zz"])
+    _talk(chat, TURNS[:5])
+    chat.save(tmp_path / "chat.elchat")
+    expected = chat.send(TURNS[5])
+
+    restored = model.load_chat(tmp_path / "chat.elchat")
+    assert restored.messages == chat.messages[:-2]
+    assert restored.sampling == GREEDY and restored.options.max_new_tokens == 6 and restored.options.stop == ("zz",)
+    result = restored.send(TURNS[5])
+    assert result.text == expected.text and result.token_ids == expected.token_ids
+    # only the new message ran, as in the uninterrupted chat: what was said before came from the file
+    assert result.timings.prefilled_tokens == expected.timings.prefilled_tokens
+    assert result.timings.prefilled_tokens < result.timings.prompt_tokens / 3
+
+
+def test_saved_twenty_turns_restore_in_a_new_process(package, model, tmp_path):
+    chat = model.new_chat(system="You are brief.", max_new_tokens=4, sampling=GREEDY)
+    _talk(chat, TURNS[:20])
+    path = tmp_path / "twenty.elchat"
+    chat.save(path)
+    expected = chat.send("And one more?")
+    script = textwrap.dedent(f"""
+        import json, edgellama
+        model = edgellama.load({str(package)!r}, threads=1)
+        chat = model.load_chat({str(path)!r})
+        restored = chat.send("And one more?")
+        fresh = model.new_chat(system="You are brief.", max_new_tokens=4,
+                               sampling=edgellama.SamplingParams(temperature=0.0))
+        fresh.messages = chat.messages[:-2]
+        again = fresh.send("And one more?")
+        print(json.dumps({{"text": restored.text, "fresh_text": again.text,
+                          "prefilled": restored.timings.prefilled_tokens,
+                          "prompt": restored.timings.prompt_tokens,
+                          "ttft_restored_ms": restored.timings.ttft_s * 1000,
+                          "ttft_fresh_ms": again.timings.ttft_s * 1000}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"20-turn chat of {report['prompt']} tokens: TTFT restored {report['ttft_restored_ms']:.1f} ms "
+          f"(prefilled {report['prefilled']}), fresh prefill {report['ttft_fresh_ms']:.1f} ms")
+    assert report["text"] == expected.text == report["fresh_text"]
+    assert report["prompt"] > 250 and report["prefilled"] == expected.timings.prefilled_tokens
+
+
+def _saved(model, tmp_path):
+    chat = model.new_chat(system="Hi.", max_new_tokens=4, sampling=GREEDY)
+    chat.send("Hello there")
+    path = tmp_path / "c.elchat"
+    chat.save(path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["flip_kv", "flip_meta", "truncate", "append"])
+def test_a_damaged_file_is_refused(model, tmp_path, damage):
+    path = _saved(model, tmp_path)
+    data = bytearray(path.read_bytes())
+    if damage == "flip_kv":
+        data[-100] ^= 0x01
+    elif damage == "flip_meta":
+        data[70] ^= 0x20
+    elif damage == "truncate":
+        data = data[:len(data) // 2]
+    else:
+        data += b"\0"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SavedStateError, match="damaged"):
+        model.load_chat(path)
+
+
+def test_another_format_version_is_refused(model, tmp_path):
+    path = _saved(model, tmp_path)
+    data = bytearray(path.read_bytes())
+    data[8:12] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(SavedStateError, match="format version 99"):
+        model.load_chat(path)
+
+
+def test_another_package_is_refused(model, tmp_path, tmp_path_factory):
+    path = _saved(model, tmp_path)
+    other = edgellama.load(_tiny(tmp_path_factory, seed=5), threads=1)
+    with pytest.raises(SavedStateError, match="another model package"):
+        other.load_chat(path)
+
+
+def test_not_a_saved_chat(model, tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        model.load_chat(tmp_path / "missing.elchat")
+    (tmp_path / "text.elchat").write_text("hello, this is not a chat at all, but long enough to have a header")
+    with pytest.raises(SavedStateError, match="not a saved chat"):
+        model.load_chat(tmp_path / "text.elchat")
+
+
+def test_saving_while_answering_is_refused(model, tmp_path):
+    chat = model.new_chat(max_new_tokens=8, sampling=GREEDY)
+    stream = chat.stream("Hello")
+    next(stream)
+    with pytest.raises(edgellama.ChatBusyError):
+        chat.save(tmp_path / "busy.elchat")
+    stream.close()
+    chat.save(tmp_path / "busy.elchat")
+    assert not list(tmp_path.glob(".busy.elchat.*"))     # no temporary file is left
