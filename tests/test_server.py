@@ -1,0 +1,213 @@
+"""`edgellama serve` driven with the official openai client: chat, streaming, completions, concurrency."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+openai = pytest.importorskip("openai")
+
+import edgellama  # noqa: E402
+from edgellama.sampling import SamplingParams  # noqa: E402
+from helpers.serving import MODEL_ID, call, connect, serving  # noqa: E402
+
+GREEDY = SamplingParams(temperature=0.0)
+SYSTEM = {"role": "system", "content": "You are a brief assistant."}
+QUESTIONS = ["What is a fox?", "Name a dog.", "Hello world!", "Why is the sky blue?"]
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
+
+
+@pytest.fixture(scope="module")
+def model(package):
+    return edgellama.load(package, threads=1)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with serving(model, parallel=2, queue=8) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def messages(question):
+    return [SYSTEM, {"role": "user", "content": question}]
+
+
+def expected(model, question, max_tokens=24):
+    return model.chat(messages(question), max_new_tokens=max_tokens, sampling=GREEDY)
+
+
+def test_models_and_health(client, server):
+    listed = client.models.list()
+    assert [m.id for m in listed.data] == [MODEL_ID] and listed.data[0].owned_by == "edgellama"
+    health = call(server.url, "GET", "/health")[1]
+    assert health["status"] == "ok" and health["slots"] == 2
+
+
+def test_chat_answer_is_the_greedy_answer(client, model):
+    want = expected(model, QUESTIONS[0])
+    got = client.chat.completions.create(model=MODEL_ID, messages=messages(QUESTIONS[0]), max_tokens=24,
+                                         temperature=0)
+    choice = got.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == want.text
+    assert choice.finish_reason == {"eos": "stop", "length": "length"}[want.finish_reason]
+    assert got.object == "chat.completion" and got.id.startswith("chatcmpl-")
+    assert got.usage.prompt_tokens == len(want.prompt_token_ids)
+    assert got.usage.completion_tokens == len(want.token_ids)
+    assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+
+
+def test_streamed_chunks_concatenate_to_the_whole_answer(client):
+    kwargs = dict(model=MODEL_ID, messages=messages(QUESTIONS[1]), max_tokens=30, temperature=0)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and text
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stop_strings_and_sampling_with_a_seed(client):
+    kwargs = dict(model=MODEL_ID, messages=messages(QUESTIONS[2]), max_tokens=20)
+    whole = client.chat.completions.create(temperature=0, **kwargs).choices[0].message.content
+    cut = client.chat.completions.create(temperature=0, stop=[whole[3:6]], **kwargs).choices[0]
+    assert cut.finish_reason == "stop" and whole.startswith(cut.message.content)
+    assert len(cut.message.content) < len(whole)
+    seeded = [client.chat.completions.create(temperature=1.2, top_p=0.9, seed=7, **kwargs).choices[0].message.content
+              for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_legacy_completions(client, model):
+    want = model.generate("The quick brown", max_new_tokens=12, sampling=GREEDY)
+    got = client.completions.create(model=MODEL_ID, prompt="The quick brown", max_tokens=12, temperature=0)
+    assert got.object == "text_completion" and got.choices[0].text == want.text
+    assert got.usage.completion_tokens == len(want.token_ids)
+    ids = list(want.prompt_token_ids)
+    by_ids = client.completions.create(model=MODEL_ID, prompt=ids, max_tokens=12, temperature=0)
+    assert by_ids.choices[0].text == want.text
+    echoed = client.completions.create(model=MODEL_ID, prompt="The quick brown", max_tokens=12, temperature=0,
+                                       echo=True)
+    assert echoed.choices[0].text == "The quick brown" + want.text
+    streamed = client.completions.create(model=MODEL_ID, prompt="The quick brown", max_tokens=12, temperature=0,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == want.text
+
+
+def test_a_full_context_reports_length(client, model):
+    got = client.chat.completions.create(model=MODEL_ID, messages=messages("Go on"), temperature=0,
+                                         logit_bias={"2": -100})   # no end of sequence: the context fills
+    assert got.choices[0].finish_reason == "length"
+    assert got.usage.total_tokens == model.max_length
+
+
+def test_four_concurrent_clients_get_the_sequential_answers(client, model):
+    sequential = [expected(model, q, 40).text for q in QUESTIONS]
+    answers = [None] * len(QUESTIONS)
+    barrier = threading.Barrier(len(QUESTIONS))
+
+    def ask(i):
+        own = openai.OpenAI(base_url=client.base_url, api_key="unused", max_retries=0, timeout=60)
+        barrier.wait()
+        stream = own.chat.completions.create(model=MODEL_ID, messages=messages(QUESTIONS[i]), max_tokens=40,
+                                             temperature=0, stream=True)
+        answers[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert answers == sequential
+
+
+def test_same_system_prompt_reuses_its_cache(client):
+    first = client.chat.completions.create(model=MODEL_ID, messages=messages("One"), max_tokens=2, temperature=0)
+    second = client.chat.completions.create(model=MODEL_ID, messages=messages("Two"), max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens >= 10
+
+
+class SlowModel:
+    """The model, each text piece 50 ms late: a request that is still running when its client leaves."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def start(self, *args, **kwargs):
+        stream = self._model.start(*args, **kwargs)
+
+        class Slow:
+            result = None
+
+            def __iter__(self):
+                for piece in stream:
+                    time.sleep(0.05)
+                    yield piece
+                Slow.result = stream.result
+        return Slow()
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_context(model):
+    with serving(SlowModel(model), parallel=1, queue=0) as running:
+        body = {"model": MODEL_ID, "messages": messages("Tell me a long story"), "max_tokens": 200,
+                "temperature": 0, "stream": True, "logit_bias": {"2": -100}}
+        t0 = time.monotonic()
+        conn = connect(running.url)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.readline().startswith(b"data: ")
+        response.readline()
+        assert call(running.url, "GET", "/health")[1]["busy"] == 1
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        # the connection is closed: the request stops at its next token, long before its 200 tokens (10 s)
+        deadline = time.monotonic() + 5
+        while call(running.url, "GET", "/health")[1]["busy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert call(running.url, "GET", "/health")[1]["busy"] == 0
+        assert time.monotonic() - t0 < 5
+        # the one context serves the next request
+        status, after = call(running.url, "POST", "/v1/chat/completions",
+                             {"model": MODEL_ID, "messages": messages("Hi"), "max_tokens": 3})
+        assert status == 200 and after["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_prompt_cache_on_disk_serves_a_new_server(model, tmp_path):
+    ask = {"model": MODEL_ID, "messages": messages("Hello"), "max_tokens": 8, "temperature": 0}
+    with serving(model, prompt_cache=tmp_path) as running:
+        first = call(running.url, "POST", "/v1/chat/completions", ask)[1]
+    files = list(tmp_path.glob("*.elstate"))
+    assert len(files) == 1
+    with serving(model, prompt_cache=tmp_path) as running:      # new contexts: only the file holds the prompt
+        again = call(running.url, "POST", "/v1/chat/completions", ask)[1]
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] >= 10
+    files[0].write_bytes(files[0].read_bytes()[:-10])            # damaged: removed, computed again
+    with serving(model, prompt_cache=tmp_path) as running:
+        third = call(running.url, "POST", "/v1/chat/completions", ask)[1]
+    assert third["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    assert third["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
