@@ -1,0 +1,222 @@
+"""`edgellama serve` and bad input over raw HTTP: every error is a 4xx with OpenAI's error object naming
+the field, and the server goes on; the API key, the body limit, the queue, the command line."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+
+import edgellama  # noqa: E402
+from helpers.serving import MODEL_ID, call, free_port, serving  # noqa: E402
+
+CHAT = "/v1/chat/completions"
+GOOD = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
+
+
+@pytest.fixture(scope="module")
+def model(package):
+    return edgellama.load(package, threads=1)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with serving(model, parallel=1, queue=4, max_body=4096) as running:
+        yield running
+
+
+def with_(**changes):
+    body = dict(GOOD)
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+BAD_INPUTS = [
+    # (what, path, body, status, param)
+    ("malformed JSON", CHAT, b'{"model": "tiny", "messages": [', 400, None),
+    ("not an object", CHAT, b"[1, 2]", 400, None),
+    ("unknown model", CHAT, with_(model="gpt-4o"), 404, "model"),
+    ("no model", CHAT, with_(model=None), 400, "model"),
+    ("temperature too high", CHAT, with_(temperature=2.5), 400, "temperature"),
+    ("temperature a string", CHAT, with_(temperature="hot"), 400, "temperature"),
+    ("top_p out of range", CHAT, with_(top_p=1.5), 400, "top_p"),
+    ("max_tokens too large", CHAT, with_(max_tokens=100_000), 400, "max_tokens"),
+    ("max_tokens zero", CHAT, with_(max_tokens=0), 400, "max_tokens"),
+    ("messages not a list", CHAT, with_(messages="Hi"), 400, "messages"),
+    ("no messages", CHAT, with_(messages=None), 400, "messages"),
+    ("empty messages", CHAT, with_(messages=[]), 400, "messages"),
+    ("message not an object", CHAT, with_(messages=["Hi"]), 400, "messages[0]"),
+    ("message without role", CHAT, with_(messages=[{"content": "Hi"}]), 400, "messages[0].role"),
+    ("unknown role", CHAT, with_(messages=[{"role": "wizard", "content": "Hi"}]), 400, "messages[0].role"),
+    ("content a number", CHAT, with_(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content"),
+    ("content without text", CHAT, with_(messages=[{"role": "user"}]), 400, "messages[0].content"),
+    ("image part", CHAT, with_(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400,
+     "messages[0].content[0]"),
+    ("n above 1", CHAT, with_(n=3), 400, "n"),
+    ("stop not strings", CHAT, with_(stop=[1, 2]), 400, "stop"),
+    ("five stops", CHAT, with_(stop=list("abcde")), 400, "stop"),
+    ("seed negative", CHAT, with_(seed=-4), 400, "seed"),
+    ("stream not a boolean", CHAT, with_(stream="yes"), 400, "stream"),
+    ("logit_bias key", CHAT, with_(logit_bias={"fox": 5}), 400, "logit_bias"),
+    ("logit_bias value", CHAT, with_(logit_bias={"5": 500}), 400, "logit_bias.5"),
+    ("top_logprobs alone", CHAT, with_(top_logprobs=3), 400, "top_logprobs"),
+    ("prompt missing", "/v1/completions", {"model": MODEL_ID}, 400, "prompt"),
+    ("prompt ids outside the vocabulary", "/v1/completions", {"model": MODEL_ID, "prompt": [1, 99999]}, 400,
+     "prompt"),
+    ("prompt a number", "/v1/completions", {"model": MODEL_ID, "prompt": 5}, 400, "prompt"),
+    ("suffix", "/v1/completions", {"model": MODEL_ID, "prompt": "a", "suffix": "b"}, 400, "suffix"),
+    ("prompt longer than the context", "/v1/completions", {"model": MODEL_ID, "prompt": [5] * 300}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("what, path, body, status, param", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_an_error_object_naming_the_field(server, what, path, body, status, param):
+    got, answer = call(server.url, "POST", path, body)
+    assert got == status, answer
+    error = answer["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param and error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_the_server_goes_on_after_bad_input(server):
+    for _, path, body, _, _ in BAD_INPUTS:
+        call(server.url, "POST", path, body)
+    status, answer = call(server.url, "POST", CHAT, GOOD)
+    assert status == 200 and answer["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_unknown_route_and_method(server):
+    status, answer = call(server.url, "GET", "/v1/engines")
+    assert status == 404 and answer["error"]["code"] == "not_found"
+    status, answer = call(server.url, "GET", CHAT)
+    assert status == 405 and "error" in answer
+
+
+def test_a_body_over_the_limit_is_refused(server):
+    big = with_(messages=[{"role": "user", "content": "x" * 10_000}])
+    status, answer = call(server.url, "POST", CHAT, big)
+    assert status == 413 and answer["error"]["code"] == "request_too_large"
+
+
+def test_fields_this_build_cannot_honour_are_refused_by_name(server):
+    cases = {"response_format": with_(response_format={"type": "json_object"}),
+             "tools": with_(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+             "logprobs": with_(logprobs=True)}
+    for param, body in cases.items():
+        status, answer = call(server.url, "POST", CHAT, body)
+        assert status == 400 and answer["error"]["param"] == param, answer
+    assert call(server.url, "POST", CHAT, with_(response_format={"type": "text"}))[0] == 200
+
+
+def test_api_key(model):
+    with serving(model, api_key="s3cret") as running:
+        status, answer = call(running.url, "POST", CHAT, GOOD)
+        assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+        status, _ = call(running.url, "POST", CHAT, GOOD, headers={"Authorization": "Bearer wrong"})
+        assert status == 401
+        status, _ = call(running.url, "POST", CHAT, GOOD, headers={"Authorization": "Bearer s3cret"})
+        assert status == 200
+        assert call(running.url, "GET", "/health")[0] == 200     # open, for health checks
+
+
+def test_a_full_queue_is_answered_429(model):
+    gate = threading.Event()
+
+    class Held:
+        """The model, its first request held until `gate` opens."""
+
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def start(self, *args, **kwargs):
+            gate.wait(30)
+            return model.start(*args, **kwargs)
+
+    with serving(Held(), parallel=1, queue=1) as running:
+        results = {}
+
+        def ask(name):
+            results[name] = call(running.url, "POST", CHAT, GOOD)
+
+        first = threading.Thread(target=ask, args=("first",))
+        first.start()
+        while call(running.url, "GET", "/health")[1]["busy"] == 0:
+            time.sleep(0.02)
+        second = threading.Thread(target=ask, args=("second",))
+        second.start()
+        while call(running.url, "GET", "/health")[1]["queued"] == 0:
+            time.sleep(0.02)
+        status, answer = call(running.url, "POST", CHAT, GOOD)
+        assert status == 429 and answer["error"]["code"] == "rate_limit_exceeded"
+        gate.set()
+        first.join(30)
+        second.join(30)
+        assert results["first"][0] == results["second"][0] == 200
+
+
+def test_one_log_line_per_request(server, caplog):
+    with caplog.at_level("INFO", logger="edgellama.server"):
+        call(server.url, "POST", CHAT, GOOD)
+        call(server.url, "POST", CHAT, with_(temperature=9))
+    lines = [r.getMessage() for r in caplog.records if r.name == "edgellama.server"]
+    assert len(lines) == 2
+    assert f"POST {CHAT} 200" in lines[0] and "prompt_tokens=" in lines[0] and "completion_tokens=" in lines[0]
+    assert f"POST {CHAT} 400" in lines[1] and "error=temperature" in lines[1]
+
+
+def test_serve_command(package, tmp_path):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", str(package), "--port", str(port),
+                             "--threads", "1", "--parallel", "1", "--model-id", "mine"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if call(url, "GET", "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(proc.stderr.read()) from None
+                time.sleep(0.1)
+        status, answer = call(url, "POST", CHAT, with_(model="mine"))
+        assert status == 200 and answer["model"] == "mine"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"mine at http://127.0.0.1:{port}/v1" in err and f"POST {CHAT} 200" in err
+
+
+def test_serve_warns_when_it_listens_beyond_this_machine():
+    from edgellama.server.settings import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_serve_refuses_bad_settings(package):
+    out = subprocess.run([sys.executable, "-m", "edgellama", "serve", str(package), "--parallel", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "--parallel 0" in out.stderr
