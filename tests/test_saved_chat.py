@@ -13,26 +13,15 @@ import pytest
 import edgellama
 from edgellama.errors import InvalidParameterError, ModelNotFoundError, SavedStateError
 from edgellama.sampling import SamplingParams
+from helpers.serving import model, tiny_package  # noqa: F401
 
 GREEDY = SamplingParams(temperature=0.0)
 TURNS = [f"The fox {i}?" for i in range(20)]
 
 
-def _tiny(tmp_path_factory, seed=0):
-    from helpers.tiny_llama import convert_tiny, make_tiny_llama
-
-    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", seed=seed, max_position_embeddings=1024)
-    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=1024)
-
-
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    return _tiny(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def model(package):
-    return edgellama.load(package, threads=1)
+    return tiny_package(tmp_path_factory, max_length=1024)
 
 
 def _talk(chat, turns):
@@ -136,7 +125,7 @@ def test_another_format_version_is_refused(model, tmp_path):
 
 def test_another_package_is_refused(model, tmp_path, tmp_path_factory):
     path = _saved(model, tmp_path)
-    other = edgellama.load(_tiny(tmp_path_factory, seed=5), threads=1)
+    other = edgellama.load(tiny_package(tmp_path_factory, seed=5), threads=1)
     with pytest.raises(SavedStateError, match="another model package"):
         other.load_chat(path)
 

@@ -11,26 +11,12 @@ import pytest
 pytest.importorskip("starlette")
 openai = pytest.importorskip("openai")
 
-import edgellama  # noqa: E402
 from edgellama.sampling import SamplingParams  # noqa: E402
-from helpers.serving import MODEL_ID, call, connect, serving  # noqa: E402
+from helpers.serving import MODEL_ID, call, connect, model, package, serving  # noqa: E402,F401
 
 GREEDY = SamplingParams(temperature=0.0)
 SYSTEM = {"role": "system", "content": "You are a brief assistant."}
 QUESTIONS = ["What is a fox?", "Name a dog.", "Hello world!", "Why is the sky blue?"]
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    from helpers.tiny_llama import convert_tiny, make_tiny_llama
-
-    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
-
-
-@pytest.fixture(scope="module")
-def model(package):
-    return edgellama.load(package, threads=1)
 
 
 @pytest.fixture(scope="module")

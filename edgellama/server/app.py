@@ -153,12 +153,14 @@ class Server:
     async def whole(self, request: Request, job, reply: Reply, req: ApiRequest, plan) -> Response:
         done = asyncio.ensure_future(job.finish())
         gone = asyncio.ensure_future(wait_disconnect(request.receive))
-        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-        if not done.done():
-            job.cancel()
-            await asyncio.wait({done})
-            note(request.scope, disconnected=True)
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:                 # also when the server stops: the job ends at its next token
+            gone.cancel()
+            if not done.done():
+                job.cancel()
+                note(request.scope, disconnected=True)
+        await asyncio.wait({done})
         try:
             result = done.result()
         except Exception as exc:
@@ -225,6 +227,8 @@ class EventStream:
             self.job.cancel()
         finally:
             watcher.cancel()
+            if self.job.result is None:
+                self.job.cancel()
             await self.events.aclose()
             if self.job.result is not None:
                 note(self.scope, completion_tokens=self.job.result.timings.generated_tokens,

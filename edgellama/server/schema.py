@@ -99,8 +99,14 @@ def _stream_options(name, value):
 
 
 def _object(name, value):
-    if not isinstance(value, (dict, str)):
+    if not isinstance(value, dict):
         raise bad(name, "must be an object")
+    return value
+
+
+def _tool_choice(name, value):
+    if not isinstance(value, (dict, str)):
+        raise bad(name, "must be \"none\", \"auto\", \"required\" or an object naming a function")
     return value
 
 
@@ -180,7 +186,7 @@ CHAT_FIELDS = {
     "max_completion_tokens": (_integer(1), None),
     "response_format": (_object, None),
     "tools": (_list, None),
-    "tool_choice": (_object, None),
+    "tool_choice": (_tool_choice, None),
     "parallel_tool_calls": (_boolean, None),
     "logprobs": (_boolean, False),
     "top_logprobs": (_integer(0, 20), None),

@@ -1,7 +1,9 @@
-"""An edgellama server on a loopback port, in a thread of the test process.
+"""An edgellama server on a loopback port, in a thread of the test process, and the tiny model it serves.
 
+    from helpers.serving import model, package       # module fixtures: the tiny chat model, loaded once
     with serving(model, parallel=2) as server:      # ServerSettings fields as keywords
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    status, body = call(server.url, "POST", "/v1/completions", {...})   # raw HTTP
 """
 from __future__ import annotations
 
@@ -11,7 +13,29 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pytest
+
 MODEL_ID = "tiny"
+
+
+def tiny_package(factory, seed: int = 0, max_length: int = 256):
+    """A tiny random chat model (helpers.tiny_llama) converted to an fp32 package of `max_length` positions."""
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+
+    folder = make_tiny_llama(factory.mktemp("ckpt") / "tiny", seed=seed, max_position_embeddings=max(max_length, 256))
+    return convert_tiny(folder, factory.mktemp("pkg") / "fp32", "fp32", max_length=max_length)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    return tiny_package(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(package):
+    import edgellama
+
+    return edgellama.load(package, threads=1)
 
 
 def free_port() -> int:
