@@ -230,7 +230,7 @@ class Context:
             raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
         self.reset()
         self.kv.load(f)
-        if not count - 1 <= self.kv.length <= count:
+        if self.kv.length > count:
             self.reset()
             raise InvalidParameterError(f"a saved context records {count} tokens but caches {self.kv.length}")
         self._ids[:count] = ids
