@@ -302,7 +302,8 @@ class Chat:
             sampling = None if self.sampling is None else asdict(self.sampling)
             meta = {"system": self.system, "messages": self._messages, "base": self._base, "sampling": sampling,
                     "options": {"max_new_tokens": self.options.max_new_tokens, "stop": list(self.options.stop),
-                                "on_overflow": self.options.on_overflow}}
+                                "on_overflow": self.options.on_overflow},
+                    "tools": list(self._tools) if self._tools else None}
             write_saved(path, "chat", self.model.info, meta, self.context)
 
     @classmethod
@@ -310,6 +311,7 @@ class Chat:
         """The chat saved at `path` (see `save`), its cache restored: nothing already said runs again."""
         from .saved import read_saved
         from .sampling import SamplingParams
+        from .tools import check_tools
 
         chat = cls(model)
         meta = read_saved(path, "chat", model.info, chat.context)
@@ -319,6 +321,7 @@ class Chat:
             chat.sampling = None if sampling is None else SamplingParams(**sampling)
             chat.system, chat._messages = meta["system"], _check_messages(meta["messages"])
             chat._base = None if meta["base"] is None else [int(t) for t in meta["base"]]
+            chat._tools = check_tools(meta["tools"]) if meta.get("tools") else None
         except (KeyError, TypeError, ValueError) as exc:
             chat.context.reset()
             raise SavedStateError(f"{str(path)!r}: its conversation fields are malformed ({exc})") from None

@@ -147,3 +147,22 @@ def test_saving_while_answering_is_refused(model, tmp_path):
     stream.close()
     chat.save(tmp_path / "busy.elchat")
     assert not list(tmp_path.glob(".busy.elchat.*"))     # no temporary file is left
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+def test_a_chat_with_tools_keeps_them(tmp_path, tmp_path_factory):
+    model = edgellama.load(tiny_package(tmp_path_factory, max_length=2048), threads=1)
+    chat = model.new_chat(max_new_tokens=120, sampling=GREEDY)
+    chat.send("Weather in Paris?", tools=[WEATHER], tool_choice="required")
+    chat.save(tmp_path / "tools.elchat")
+    expected = chat.send("And in Rome?", tools=[WEATHER], tool_choice="required")
+    restored = model.load_chat(tmp_path / "tools.elchat")
+    result = restored.send("And in Rome?", tools=[WEATHER], tool_choice="required")
+    assert result.tool_calls and [(c.name, c.arguments) for c in result.tool_calls] == \
+        [(c.name, c.arguments) for c in expected.tool_calls]
+    assert result.timings.prefilled_tokens == expected.timings.prefilled_tokens < result.timings.prompt_tokens / 3

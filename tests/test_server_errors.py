@@ -103,16 +103,6 @@ def test_a_body_over_the_limit_is_refused(server):
     assert status == 413 and answer["error"]["code"] == "request_too_large"
 
 
-def test_fields_this_build_cannot_honour_are_refused_by_name(server):
-    cases = {"response_format": with_(response_format={"type": "json_object"}),
-             "tools": with_(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-             "logprobs": with_(logprobs=True)}
-    for param, body in cases.items():
-        status, answer = call(server.url, "POST", CHAT, body)
-        assert status == 400 and answer["error"]["param"] == param, answer
-    assert call(server.url, "POST", CHAT, with_(response_format={"type": "text"}))[0] == 200
-
-
 def test_api_key(model):
     with serving(model, api_key="s3cret") as running:
         status, answer = call(running.url, "POST", CHAT, GOOD)

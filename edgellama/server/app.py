@@ -77,16 +77,17 @@ class Server:
             raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
                                 f"'{self.settings.model_id}'", param="model", code="model_not_found")
 
-    def chat_prompt(self, req: ApiRequest, extra: dict) -> tuple[list, Optional[list]]:
+    def chat_prompt(self, plan) -> tuple[list, Optional[list]]:
         """The ids of the conversation and those of its system prompt (None when there is none)."""
         try:
-            segments = self.model.chat_template.encode_segments(req.messages, add_generation_prompt=True, **extra)
+            segments = self.model.chat_template.encode_segments(plan.messages, add_generation_prompt=True,
+                                                                **plan.template_extra)
         except (InvalidParameterError, PackageError) as exc:
             raise bad("messages", str(exc)) from None
         ids = [t for part, _ in segments for t in part]
         system = [k for k, (_, index) in enumerate(segments) if index == 0]
         prefix = None
-        if req.messages[0]["role"] == "system" and system and system[0] + 2 < len(segments):
+        if plan.messages[0]["role"] == "system" and system and system[0] + 2 < len(segments):
             prefix = [t for part, _ in segments[:system[0] + 2] for t in part]   # head, system text, its closing
         return ids, prefix
 
@@ -131,15 +132,15 @@ class Server:
         try:
             req = parse_request(kind, parse_json(await self.read_body(request)))
             self.check_model(req)
-            plan = features.plan(self.model, req)
+            plan = await asyncio.to_thread(features.plan, self.model, req)
             if kind == "chat":
-                ids, prefix = await asyncio.to_thread(self.chat_prompt, req, plan.template_extra)
+                ids, prefix = await asyncio.to_thread(self.chat_prompt, plan)
             else:
                 ids, prefix = await asyncio.to_thread(self.completion_prompt, req), None
             options = self.options(req, len(ids), plan.options)
             note(request.scope, prompt_tokens=len(ids), stream=req.stream)
             try:
-                job = await self.pool.submit(ids, options, req.sampling, prefix)
+                job = await self.pool.submit(ids, options, req.sampling, prefix, plan.wrap)
             except QueueFull as exc:
                 raise ApiError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded") from None
         except ApiError as error:
@@ -176,8 +177,9 @@ class Server:
                 yield sse(reply.chunk(role=True))
             if req.echo and isinstance(req.prompt, str):
                 yield sse(reply.chunk(req.prompt))
-            async for piece in plan.pieces(job):
-                yield sse(reply.chunk(piece))
+            async for piece in job:
+                if isinstance(piece, str):      # else a ToolCall: the calls come with the last chunk
+                    yield sse(reply.chunk(piece))
             result = job.result
             tool_calls, logprobs = plan.extras(result)
             yield sse(reply.chunk(result=result, tool_calls=plan.delta_calls(tool_calls), logprobs=logprobs))

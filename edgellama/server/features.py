@@ -1,43 +1,164 @@
-"""What a request asks beyond plain text: response_format, tools / tool_choice, logprobs.
+"""What a chat or completion asks beyond plain text: response_format, tools / tool_choice, logprobs.
 
-`plan(model, req)` decides once per request what the template, the generation options and the
-answer carry for these fields (a `Plan`); the routes only apply it.
+`plan(model, req)` decides once per request what the template, the generation and the answer carry
+for these fields (a `Plan`), through edgellama's own constrained decoding (edgellama.constraint) and
+tool calls (edgellama.tools); the routes only apply it. OpenAI's message forms map onto the chat
+format's: an assistant message with `tool_calls` becomes the call text the model writes, a "tool"
+message the format's result message.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
-from .schema import UNSUPPORTED, ApiRequest, bad
+from ..errors import InvalidParameterError
+from .schema import ApiRequest, bad
+
+UNLIKELY = -9999.0      # OpenAI's log-probability for a token that cannot follow (JSON has no -inf)
 
 
 @dataclass(frozen=True)
 class Plan:
+    messages: Optional[list] = None                      # the messages as the chat template gets them
     template_extra: dict = field(default_factory=dict)   # more variables for the chat template
     options: dict = field(default_factory=dict)          # more GenerationOptions fields
+    fmt: object = None                                   # edgellama.tools.ToolFormat when tools are offered
+    logprobs: Optional[int] = None
+    kind: str = "chat"
 
-    def pieces(self, job):
-        """The text pieces of the answer as they come."""
-        return job
+    def wrap(self, stream):
+        """The stream a job iterates: text pieces, and ToolCall objects when tools are offered."""
+        if self.fmt is None:
+            return stream
+        from ..tools import ToolStream
+
+        return ToolStream(stream, self.fmt)
 
     def extras(self, result) -> tuple:
         """(tool_calls, logprobs) of a finished answer, as OpenAI writes them (None: none)."""
-        return None, None
+        calls = [openai_call(call) for call in result.tool_calls] or None
+        if self.logprobs is None:
+            return calls, None
+        if self.kind == "chat":
+            return calls, {"content": [chat_logprob(lp, self.logprobs) for lp in result.logprobs], "refusal": None}
+        return calls, completion_logprobs(result.logprobs)
 
     def delta_calls(self, tool_calls):
-        """The tool calls of a streamed answer's last chunk."""
-        return tool_calls
+        """The tool calls of a streamed answer's last chunk (each with its index)."""
+        return [dict(call, index=i) for i, call in enumerate(tool_calls)] if tool_calls else None
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else UNLIKELY
+
+
+def chat_logprob(lp, top: int) -> dict:
+    entry = lambda t: {"token": t.text, "logprob": _finite(t.logprob), "bytes": list(t.text.encode("utf-8"))}
+    return {**entry(lp), "top_logprobs": [entry(t) for t in lp.top[:top]]}
+
+
+def completion_logprobs(logprobs) -> dict:
+    offsets, at = [], 0
+    for lp in logprobs:
+        offsets.append(at)
+        at += len(lp.text)
+    return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+            "top_logprobs": [{t.text: _finite(t.logprob) for t in lp.top} for lp in logprobs],
+            "text_offset": offsets}
+
+
+def openai_call(call) -> dict:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+
+
+def _call_text(fmt, calls: list, where: str) -> str:
+    """The text in which the model would have written OpenAI `tool_calls`."""
+    written = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad(f"{where}.tool_calls[{i}]", "must be {\"type\": \"function\", \"function\": {\"name\", "
+                                                   "\"arguments\"}}")
+        arguments = function.get("arguments", "{}")
+        try:
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            raise bad(f"{where}.tool_calls[{i}].function.arguments", "is not JSON") from None
+        written.append(json.dumps({"name": function["name"], fmt.arguments_key: arguments}, ensure_ascii=False))
+    if not fmt.many:
+        return written[0] if written else ""
+    return fmt.call_open + ", ".join(written) + fmt.call_close
+
+
+def chat_messages(fmt, messages: list) -> list:
+    """OpenAI's tool-call and tool-result messages in the chat format `fmt`."""
+    out = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            if not isinstance(message["tool_calls"], list):
+                raise bad(f"messages[{i}].tool_calls", "must be a list")
+            text = _call_text(fmt, message["tool_calls"], f"messages[{i}]")
+            message = {"role": "assistant", "content": text}
+        elif message["role"] == "tool":
+            message = {"role": fmt.result_role, "content": message["content"]}
+        out.append({"role": message["role"], "content": message["content"]})
+    return out
+
+
+def _tools(req: ApiRequest) -> tuple:
+    """(tools offered, tool_choice for edgellama.tools) from the request's tools and tool_choice."""
+    from ..tools import check_tools
+
+    choice = req.tool_choice if req.tool_choice is not None else "auto"
+    if not req.tools or choice == "none":
+        if choice not in ("none", "auto"):
+            raise bad("tool_choice", f"{choice!r} needs 'tools'")
+        return None, None
+    try:
+        tools = check_tools(req.tools)
+    except InvalidParameterError as exc:
+        raise bad("tools", str(exc)) from None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        chosen = tuple(t for t in tools if t["function"]["name"] == name)
+        if not chosen:
+            raise bad("tool_choice", f"names no function of 'tools' ({name!r})")
+        return chosen, "required"
+    if choice not in ("auto", "required"):
+        raise bad("tool_choice", f"{choice!r} must be \"none\", \"auto\", \"required\" or a function")
+    return tools, choice
 
 
 def plan(model, req: ApiRequest) -> Plan:
-    """The plan of `req`; a field this build cannot honour is refused by name."""
-    response_format = req.response_format
-    if response_format is not None and not (isinstance(response_format, dict)
-                                            and response_format.get("type") == "text"):
-        raise bad("response_format", f"{UNSUPPORTED} (only {{\"type\": \"text\"}})")
-    if req.tools:
-        raise bad("tools", UNSUPPORTED)
-    if req.tool_choice not in (None, "none", "auto"):
-        raise bad("tool_choice", UNSUPPORTED)
+    """The plan of `req`; a field that cannot be honoured is refused by name."""
+    from ..constraint import Constraint
+    from ..tools import call_constraint, tool_format, tool_messages
+
+    options = {}
     if req.logprobs is not None:
-        raise bad("logprobs", UNSUPPORTED)
-    return Plan()
+        options["logprobs"] = req.logprobs
+    if req.response_format is not None:
+        try:
+            constraint = Constraint.from_response_format(req.response_format)
+        except InvalidParameterError as exc:
+            raise bad("response_format", str(exc)) from None
+        if constraint is not None:
+            options["constraint"] = constraint
+    if req.kind != "chat":
+        return Plan(options=options, logprobs=req.logprobs, kind=req.kind)
+    tools, choice = _tools(req)
+    fmt = tool_format(model.chat_template.source)
+    messages, extra = chat_messages(fmt, req.messages), {}
+    if tools:
+        if "constraint" in options:
+            raise bad("response_format", "cannot be given with 'tools'")
+        try:
+            options["constraint"] = call_constraint(fmt, tools, choice)
+        except InvalidParameterError as exc:
+            raise bad("tools", str(exc)) from None
+        messages, extra = tool_messages(fmt, messages, tools)
+    return Plan(messages=messages, template_extra=extra, options=options, fmt=fmt if tools else None,
+                logprobs=req.logprobs, kind=req.kind)

@@ -69,11 +69,12 @@ class ContextPool:
         self.busy -= 1
         self._slots.release()
 
-    async def submit(self, ids, options, sampling, prefix: Optional[list] = None) -> "Job":
-        """A started job for prompt `ids`; `prefix`: the ids of its system prompt (for the prompt cache)."""
+    async def submit(self, ids, options, sampling, prefix: Optional[list] = None, wrap=None) -> "Job":
+        """A started job for prompt `ids`; `prefix`: the ids of its system prompt (for the prompt cache);
+        `wrap(stream)`: what the job iterates instead of the model's TextStream (tool calls)."""
         arr = np.asarray(ids, dtype=np.int32)
         ctx = await self._acquire(arr)
-        job = Job(self, ctx, arr, options, sampling, prefix)
+        job = Job(self, ctx, arr, options, sampling, prefix, wrap)
         job.start()
         return job
 
@@ -81,9 +82,10 @@ class ContextPool:
 class Job:
     """One request on one context, generated on its own thread; pieces reach the loop through a queue."""
 
-    def __init__(self, pool: ContextPool, ctx, ids: np.ndarray, options, sampling, prefix):
+    def __init__(self, pool: ContextPool, ctx, ids: np.ndarray, options, sampling, prefix, wrap=None):
         self.pool, self.ctx, self.ids = pool, ctx, ids
         self.options, self.sampling, self.prefix = options, sampling, prefix
+        self.wrap = wrap or (lambda stream: stream)
         self.loop = asyncio.get_running_loop()
         self.cancelled = threading.Event()
         self.result = None
@@ -107,7 +109,7 @@ class Job:
         try:
             if cache is not None and self.prefix:
                 cache.fill(ctx, self.prefix)
-            stream = self.pool.model.start(self.ids, self.options, self.sampling, self.cancelled, ctx=ctx)
+            stream = self.wrap(self.pool.model.start(self.ids, self.options, self.sampling, self.cancelled, ctx=ctx))
             for piece in stream:
                 self._post(("piece", piece))
             if cache is not None and self.prefix:
