@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import ContextOverflowError, EdgeLlamaError, InvalidParameterError, PackageError
+from ..errors import ContextOverflowError, EdgeLlamaError, InvalidParameterError, NotBuiltError, PackageError
 from ..generation import GenerationOptions
 from . import features
 from .pool import ContextPool, QueueFull
@@ -143,8 +143,9 @@ class Server:
                 job = await self.pool.submit(ids, options, req.sampling, prefix, plan.wrap)
             except QueueFull as exc:
                 raise ApiError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded") from None
-        except ApiError as error:
-            note(request.scope, error=error.param or error.code)
+        except (ApiError, EdgeLlamaError) as exc:
+            error = exc if isinstance(exc, ApiError) else failure(exc)
+            note(request.scope, error=error.param or error.code or error.status)
             return error_response(error, {"Retry-After": "1"} if error.status == 429 else None)
         reply = Reply(kind, self.settings.model_id)
         if req.stream:
@@ -192,7 +193,7 @@ class Server:
 
 def failure(exc: Exception) -> ApiError:
     """An exception raised while generating, as an API error."""
-    if isinstance(exc, (ContextOverflowError, InvalidParameterError)):
+    if isinstance(exc, (ContextOverflowError, InvalidParameterError, NotBuiltError)):
         return ApiError(400, str(exc))
     if isinstance(exc, EdgeLlamaError):
         return ApiError(500, str(exc), type="server_error")
