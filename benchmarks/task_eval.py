@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     from edgellama.evaluate import EvalSettings
 
     args.work.mkdir(parents=True, exist_ok=True)
-    work = SimpleNamespace(work=args.work)
+    work = SimpleNamespace(work=args.work, model="smollm2-135m", capacity=512)   # what the suite's preparation reads
     text = args.text.read_text(encoding="utf-8")
     task_file = args.work / "hellaswag-from-text.txt"
     n = hellaswag_file(text, task_file, args.tasks)

@@ -38,6 +38,7 @@
 #include "status.h"
 
 #include <stdint.h>
+#include <string.h>
 
 #define EL_Q41_BLOCK 32
 
@@ -89,6 +90,18 @@ el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
 
 /* y[r] = row r of an 8-bit W times one activation row, for rows r in [lo, hi) (y is indexed by r). */
 el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path);
+
+/* The last, partial group of an 8-bit row as 8 whole blocks, for the vector paths: its `count` blocks
+ * of q [count, 32] and scale [count], then blocks of weight 0 (q = 128) and scale 0. */
+typedef struct { uint8_t q[8 * 32]; float scale[8]; } el_q8_tail;
+
+static inline void el_q8_tail_of(const uint8_t *q, const float *scale, int64_t count, el_q8_tail *t)
+{
+    memset(t->q, 0x80, sizeof t->q);
+    memset(t->scale, 0, sizeof t->scale);
+    memcpy(t->q, q, (size_t)count * 32);
+    memcpy(t->scale, scale, (size_t)count * sizeof(float));
+}
 
 /* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b. */
 static inline int64_t el_q8_half_at(int64_t b, int second)

@@ -124,12 +124,9 @@ TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *act, int64_t
         for (int64_t b = 0; b < full; b += 8)
             acc = q8_group(acc, q + b * 32, scale + b, act, b);
         if (full < nb) {
-            uint8_t tq[8 * 32];
-            float ts[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-            memset(tq, 0x80, sizeof tq);
-            memcpy(tq, q + full * 32, (size_t)(nb - full) * 32);
-            memcpy(ts, scale + full, (size_t)(nb - full) * sizeof(float));
-            acc = q8_group(acc, tq, ts, act, full);
+            el_q8_tail t;
+            el_q8_tail_of(q + full * 32, scale + full, nb - full, &t);
+            acc = q8_group(acc, t.q, t.scale, act, full);
         }
         y[r] = fold8(acc);
     }

@@ -317,13 +317,10 @@ TARGET void ROWS_Q8(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int
                                   _mm256_mul_ps(_mm256_loadu_ps(scale + b), _mm256_loadu_ps(act->scale + b)), acc);
         }
         if (full < nb) {
-            uint8_t tq[8 * 32];
-            float ts[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-            memset(tq, 0x80, sizeof tq);
-            memcpy(tq, q + full * 32, (size_t)(nb - full) * 32);
-            memcpy(ts, scale + full, (size_t)(nb - full) * sizeof(float));
-            acc = _mm256_fmadd_ps(group8_dots(tq, act, full),
-                                  _mm256_mul_ps(_mm256_loadu_ps(ts), _mm256_loadu_ps(act->scale + full)), acc);
+            el_q8_tail t;
+            el_q8_tail_of(q + full * 32, scale + full, nb - full, &t);
+            acc = _mm256_fmadd_ps(group8_dots(t.q, act, full),
+                                  _mm256_mul_ps(_mm256_loadu_ps(t.scale), _mm256_loadu_ps(act->scale + full)), acc);
         }
         y[r] = hsum8(acc);
     }

@@ -206,21 +206,27 @@ def test_default_quantization_error_bound(tmp_path, method):
     assert worst < bound, (worst, bound)
 
 
-def test_onnxruntime_genai_generates_like_transformers(tmp_path):
-    og = pytest.importorskip("onnxruntime_genai")
-    folder = make_tiny_llama(tmp_path / "ckpt", seed=5)
-    out = tmp_path / "pkg"
-    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=32))
-    model = og.Model(str(out))
-    prompt = list(og.Tokenizer(model).encode("Hello world"))
+def _genai_greedy(og, package, text: str, max_length: int) -> tuple:
+    """(prompt ids, greedy ids) of onnxruntime-genai running `package` on `text` up to max_length tokens."""
+    model = og.Model(str(package))
+    prompt = list(og.Tokenizer(model).encode(text))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=24)
+    params.set_search_options(max_length=max_length)
     generator = og.Generator(model, params)
     generator.append_tokens(prompt)
     tokens = []
     while not generator.is_done():
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
+    return prompt, tokens
+
+
+def test_onnxruntime_genai_generates_like_transformers(tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=5)
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=32))
+    prompt, tokens = _genai_greedy(og, out, "Hello world", 24)
     reference = load_reference(folder)
     with torch.no_grad():
         expected = reference.generate(torch.tensor([prompt]), max_length=24, do_sample=False, eos_token_id=None,
@@ -241,16 +247,7 @@ def test_a_portable_int4_package_runs_in_onnxruntime_genai_and_a_native_one_says
     convert(folder, portable, ConvertOptions(max_length=32, portable=True))
     convert(folder, native, ConvertOptions(max_length=32))
     assert (portable / "genai_config.json").is_file() and not (native / "genai_config.json").exists()
-    model = og.Model(str(portable))
-    prompt = list(og.Tokenizer(model).encode("Hello world"))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=20)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
+    prompt, tokens = _genai_greedy(og, portable, "Hello world", 20)
     ours = edgellama.load(portable, threads=1).generate(prompt, max_new_tokens=len(tokens),
                                                       sampling=SamplingParams(temperature=0.0))
     assert len(tokens) >= 8 and list(ours.token_ids)[:8] == tokens[:8]
