@@ -9,9 +9,10 @@
  *     neon         aarch64 with the dot product extension          sdot                  plain C
  *     portable     any                                             plain C               plain C
  *
- * Every path computes each output with the same float arithmetic in the same order (blocks.h); only
- * the exact integer dot products of the blocks are formed by different instructions, so all paths
- * give bit-identical products.
+ * Every path computes each block product with the same float arithmetic in the same order (blocks.h);
+ * only the exact integer dot products of the blocks are formed by different instructions, so all paths
+ * give bit-identical products. Attention and SiLU (attention.c, activation.c) have an x86 vector build
+ * (avx512vnni, avx2) and a plain one (neon, portable) whose exponentials differ in the last bits.
  *
  * Includes: libc (getenv; getauxval on Linux aarch64).
  */
