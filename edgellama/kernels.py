@@ -1,8 +1,8 @@
 """The kernel path of edgellama's C routines and operators (native/kernels.h): which instructions the
 block products and attention run with, chosen once per process, the best the CPU has unless the
-environment variable EDGELLAMA_KERNELS names one (avx512vnni, avx2, neon, portable). The block products
-of every path give the same bits (native/blocks.h); attention and SiLU take the x86 vector build on
-avx512vnni and avx2 (the same logits on both) and the plain one, with libm's exp, on neon and portable.
+environment variable EDGELLAMA_KERNELS names one (avx512vnni, avx2, neon, portable). Every path gives
+the same bits (native/blocks.h for the block products; attention.c and activation.c evaluate the same
+exponential in the same order on their plain and vector builds); they differ in speed only.
 
     kernels.available()   paths this CPU runs, best first ("portable" last)
     kernels.chosen()      the path in use

@@ -2,6 +2,9 @@
  * SwiGLU and shifted exponentials (see activation.h). Buffers: gate, up, out, x [n] float32; out may
  * alias gate.
  *
+ * Every path computes the same bits: the plain build evaluates the vector build's exp one value at a
+ * time (exp_poly) and sums in its order.
+ *
  * Vector exp, for x clamped to [-87.3, 88.3] (2^n stays a normal float): n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts,
  * so r is exact to float rounding), e^r by its degree-6 Taylor polynomial (|r| <= ln 2 / 2: the
  * first term left out is below 1e-8 relative), then times 2^n through the exponent bits.
@@ -13,23 +16,53 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
+/* exp(x) as the vector build computes it (below), one value at a time: the same operations in the same
+ * order, fused where it fuses, so every path gives the same bits */
+static float exp_poly(float x)
+{
+    x = fminf(fmaxf(x, -87.3f), 88.3f);
+    const float n = nearbyintf(x * 1.44269504f);
+    float r = fmaf(-n, 0.693145752f, x);
+    r = fmaf(-n, 1.42860677e-06f, r);
+    float p = 1.0f / 720.0f;
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) * (1 << 23)};
+    return p * scale.f;
+}
+
+/* SiLU(g) up; below -88.3, where exp(-g) is clamped, SiLU(g) rounds to zero */
 static void swiglu_portable(const float *gate, const float *up, int64_t n, float *out)
 {
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        float silu = g / (1.0f + exp_poly(-g));
+        out[i] = (g < -88.3f ? 0.0f : silu) * up[i];
     }
 }
 
+/* x[i] = exp(x[i] - shift); the sum of the first n / 8 * 8 values in 8 lanes folded as the vector
+ * build folds them, then the rest in order */
 static float exp_shifted_portable(float *x, int64_t n, float shift)
 {
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - shift);
-        sum += x[i];
+    float lanes[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, rest = 0.0f;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            x[i + l] = exp_poly(x[i + l] - shift);
+            lanes[l] += x[i + l];
+        }
+    for (; i < n; i++) {
+        x[i] = exp_poly(x[i] - shift);
+        rest += x[i];
     }
-    return sum;
+    return (((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))) + rest;
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -56,11 +89,12 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp_vector(__m256 x)
 __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate, const float *up, int64_t n,
                                                               float *out)
 {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), low = _mm256_set1_ps(-88.3f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 g = _mm256_loadu_ps(gate + i);
         __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_vector(_mm256_xor_ps(g, sign))));
+        silu = _mm256_andnot_ps(_mm256_cmp_ps(g, low, _CMP_LT_OQ), silu);   /* as swiglu_portable */
         _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
     }
     swiglu_portable(gate + i, up + i, n - i, out + i);
@@ -79,7 +113,7 @@ __attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, in
     float lanes[8];
     _mm256_storeu_ps(lanes, total);
     float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    return sum + exp_shifted_portable(x + i, n - i, shift);
+    return sum + exp_shifted_portable(x + i, n - i, shift);   /* fewer than 8 left: summed in order */
 }
 #define HAVE_VECTOR 1
 #else

@@ -8,10 +8,10 @@
  *                      scores[j] = exp(scores[j] - m'), total += their sum
  *                      out += sum_j scores[j] v_j
  *     out /= total
- * The loops are written over 8 independent lanes so that a compiler vectorizes them; they are
- * compiled twice, plainly and for AVX2 + FMA (the latter chosen at run time on x86-64), where the
- * two inner loops (the scores of a chunk, their weighted sum of values) are written with vector
- * instructions for head sizes that are multiples of 8.
+ * The loops are written over 8 independent lanes; they are compiled twice, plainly and for AVX2 + FMA
+ * (the latter chosen at run time on x86-64), where the two inner loops (the scores of a chunk, their
+ * weighted sum of values) are written with vector instructions for head sizes that are multiples of
+ * 8. The plain loops fuse and fold exactly as those do, so every path gives the same bits.
  *
  * Includes: libc, activation.h / kernels.h of this folder (the exponentials, the path), and the
  * compiler's <immintrin.h> on x86-64.
@@ -67,16 +67,18 @@ el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s,
     return EL_OK;
 }
 
+/* q . k as the vector build forms it: eight lanes of fused multiply-adds over the elements, folded
+ * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); the elements after the last eight in order */
 INLINE float dot(const float *x, const float *y, int64_t n)
 {
-    float part[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    float a[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (int k = 0; k < 8; k++)
-            part[k] += x[i + k] * y[i + k];
-    float total = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+            a[k] = fmaf(x[i + k], y[i + k], a[k]);
+    float total = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
     for (; i < n; i++)
-        total += x[i] * y[i];
+        total = fmaf(x[i], y[i], total);
     return total;
 }
 
@@ -84,10 +86,11 @@ INLINE float dot(const float *x, const float *y, int64_t n)
 static void scores_plain(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores)
 {
     for (int64_t j = 0; j < n; j++)
-        scores[j] = scale * dot(q, keys + j * d, d);
+        scores[j] = dot(q, keys + j * d, d) * scale;
 }
 
-/* out [d] += sum_j w[j] values[j] (values [n, d]): 8 outputs at a time stay in registers over the rows */
+/* out [d] += sum_j w[j] values[j] (values [n, d]), each output's sum fused and in the order of j, as
+ * the vector build forms it: 8 outputs at a time stay in registers over the rows */
 static void weigh_plain(float *out, const float *w, const float *values, int64_t n, int64_t d)
 {
     int64_t i = 0;
@@ -97,13 +100,13 @@ static void weigh_plain(float *out, const float *w, const float *values, int64_t
             acc[k] = out[i + k];
         for (int64_t j = 0; j < n; j++)
             for (int k = 0; k < 8; k++)
-                acc[k] += w[j] * values[j * d + i + k];
+                acc[k] = fmaf(w[j], values[j * d + i + k], acc[k]);
         for (int k = 0; k < 8; k++)
             out[i + k] = acc[k];
     }
     for (; i < d; i++)
         for (int64_t j = 0; j < n; j++)
-            out[i] += w[j] * values[j * d + i];
+            out[i] = fmaf(w[j], values[j * d + i], out[i]);
 }
 
 /* the two inner loops, plain or vector */

@@ -12,7 +12,7 @@
  * Every path computes each block product with the same float arithmetic in the same order (blocks.h);
  * only the exact integer dot products of the blocks are formed by different instructions, so all paths
  * give bit-identical products. Attention and SiLU (attention.c, activation.c) have an x86 vector build
- * (avx512vnni, avx2) and a plain one (neon, portable) whose exponentials differ in the last bits.
+ * (avx512vnni, avx2) and a plain one (neon, portable) that fuse, fold and exponentiate alike: the same bits.
  *
  * Includes: libc (getenv; getauxval on Linux aarch64).
  */
