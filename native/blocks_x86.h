@@ -142,7 +142,8 @@ TARGET static INLINE void prefetch_ahead(const uint8_t *qs, const uint16_t *d, c
 }
 
 /* y[i * stride + r] for the `count` (<= TILE, a constant where inlined) activation rows acts[i] and
- * weight row r: each group's nibbles are unpacked once for all of them */
+ * weight row r: each group's nibbles are unpacked once for all of them. `tails`: the TileTails of the
+ * TILE rows when count is TILE and the last group is one pair (else unused) */
 TARGET static INLINE void row_tile(const el_q41_weight *w, const el_q8_act *acts, int count, int64_t r, float *y,
                                    int64_t stride, int prefetch, const TileTails *tails)
 {
@@ -166,8 +167,7 @@ TARGET static INLINE void row_tile(const el_q41_weight *w, const el_q8_act *acts
         tail_scales(d + full, m + full, nb - full, &t);
         const int pairs = unpack(qs + full * 16, nb - full, lo, hi);
         if (count == TILE && pairs == 1) {   /* the one-pair tails of the four rows in one vector */
-            const TileTails x = tails != NULL ? *tails : tile_tails(acts, full);
-            const __m256 c = tails_of_four(lo[0], hi[0], &t, acts, full, &x);
+            const __m256 c = tails_of_four(lo[0], hi[0], &t, acts, full, tails);
             const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             const __m256 mine = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(2), lanes));
             for (int i = 0; i < count; i++)

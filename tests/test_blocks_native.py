@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 
 from helpers.backends import BACKENDS, _native, needs_native
-from helpers.blocks import random_blocks
+from helpers.blocks import dequantized, random_blocks
 
 from edgellama import native_args, twins
 from edgellama.errors import InvalidParameterError
-
-
-def dequantized(qs, d, m) -> np.ndarray:
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
-    w = q * d.view(np.float16).astype(np.float32)[..., None] + m.view(np.float16).astype(np.float32)[..., None]
-    return w.reshape(qs.shape[0], -1)
 
 
 # nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail);

@@ -67,13 +67,12 @@ def _fake_quantized(hf, torch):
     import copy
 
     from edgellama.converters.q4_1 import quantize_q4_1
+    from helpers.blocks import dequantized
     from edgellama.converters.quantize import dequantize, quantize
 
     def q4_1(w):
         b, _ = quantize_q4_1(w)
-        q = np.concatenate([b.qs & 0x0F, b.qs >> 4], axis=-1).astype(np.float32)
-        d, m = (f.view(np.float16).astype(np.float32)[..., None] for f in (b.d, b.m))
-        return (q * d + m).reshape(w.shape).astype(np.float32)
+        return dequantized(b.qs, b.d, b.m)
 
     ref = copy.deepcopy(hf)
     with torch.no_grad():
