@@ -14,12 +14,12 @@ except ImportError:  # building from a tree that already holds the generated C f
 
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/kernels.c", "native/blocks.c",
                   "native/blocks_avx2.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/activation.c",
-                  "native/attention.c"]
+                  "native/attention.c", "native/kvrows.c"]
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
 OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attention.c", "native/ort_api.c",
                "native/phases.c", "native/attention.c", "native/blocks.c", "native/blocks_avx2.c",
                "native/blocks_avx512.c", "native/blocks_neon.c", "native/kernels.c",
-               "native/activation.c", "native/halfconv.c"]
+               "native/activation.c", "native/halfconv.c", "native/kvrows.c"]
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
 extra_compile = ["-O3", "-std=c11", "-Wall", "-Wextra"] + os.environ.get("EDGELLAMA_CFLAGS", "").split()
 extra_link = os.environ.get("EDGELLAMA_LDFLAGS", "").split()

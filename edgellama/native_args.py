@@ -138,6 +138,10 @@ def f16_to_f32(src, dst) -> None:
     _same_vectors("f16_to_f32", src, dst)
 
 
+def f32_to_f16(src, dst) -> None:
+    _same_vectors("f32_to_f16", src, dst)
+
+
 def swiglu(gate, up) -> None:
     _same_vectors("swiglu", gate, up)
 
@@ -175,16 +179,49 @@ def q8_matmul(x, q, scale) -> None:
 
 # ---- attention.h ----
 
-def attention(qkv, keys, values, cos, sin, p0: int, heads: int) -> None:
-    """qkv [S, (H + 2G) D] at positions p0 .., the cache keys and values [G, C, D], the rotary
-    tables cos and sin [R, D/2]: H a positive multiple of G, D even, p0 + S <= C and <= R."""
-    kv_heads, capacity, d = _shape(Status.ERR_SIZE, "attention", "keys", keys, 3)
+MAX_HEAD_DIM = 256   # attention.h: EL_ATT_MAX_HEAD_DIM
+
+
+def q8_row_bytes(d: int, group: int) -> int:
+    """Bytes of one q8 cache row of d values in groups of `group` (kvrows.h)."""
+    if d <= 0 or group <= 0 or d % group:
+        raise error_for(Status.ERR_SIZE, "q8 rows", f"head_dim {d} is not a positive multiple of kv_group {group}")
+    return d + 4 * (d // group)
+
+
+def cache_row(context: str, dtype, d: int, group: int) -> int:
+    """Elements of one cache row of head_dim d held in a buffer of `dtype`: float32 and float16
+    rows hold d values, uint8 ones a q8 row (kvrows.h)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return q8_row_bytes(d, group)
+    if dtype in (np.float32, np.float16):
+        return d
+    raise error_for(Status.ERR_SIZE, context, f"cache buffers of {dtype} are not supported; use float32, float16 "
+                                              "or uint8 (q8 rows)")
+
+
+def q8_rows(context: str, x, raw, d: int, group: int) -> None:
+    """quantize_rows / dequantize_rows: x [..., d] and raw [..., q8 row] of the same rows."""
+    bytes_ = q8_row_bytes(d, group)
+    if np.shape(x)[:-1] != np.shape(raw)[:-1] or np.shape(x)[-1:] != (d,) or np.shape(raw)[-1:] != (bytes_,):
+        raise error_for(Status.ERR_SIZE, context, f"values {np.shape(x)} and q8 rows {np.shape(raw)} do not hold "
+                                                  f"the same rows of {d} values ({bytes_} bytes)")
+
+
+def attention(qkv, keys, values, cos, sin, p0: int, heads: int, kv_group: int = 32) -> None:
+    """qkv [S, (H + 2G) D] at positions p0 .., the cache keys and values [G, C, row] (row: D for
+    float32 and float16 buffers, a q8 row for uint8 ones), the rotary tables cos and sin [R, D/2]:
+    H a positive multiple of G, D even and at most 256, p0 + S <= C and <= R."""
+    kv_heads, capacity, row = _shape(Status.ERR_SIZE, "attention", "keys", keys, 3)
     s, width = _shape(Status.ERR_SIZE, "attention", "qkv", qkv, 2)
     positions, half = _shape(Status.ERR_SIZE, "attention", "cos", cos, 2)
-    if (kv_heads <= 0 or heads <= 0 or heads % kv_heads or d <= 0 or d % 2
-            or np.shape(values) != (kv_heads, capacity, d) or width != (heads + 2 * kv_heads) * d
-            or half * 2 != d or np.shape(sin) != (positions, half)):
-        raise error_for(Status.ERR_SIZE, "attention", f"qkv {(s, width)}, keys {(kv_heads, capacity, d)}, values "
+    d = width // (heads + 2 * kv_heads) if heads > 0 and kv_heads > 0 else 0
+    if (kv_heads <= 0 or heads <= 0 or heads % kv_heads or d <= 0 or d % 2 or d > MAX_HEAD_DIM
+            or np.shape(values) != (kv_heads, capacity, row) or width != (heads + 2 * kv_heads) * d
+            or half * 2 != d or np.shape(sin) != (positions, half) or np.result_type(values) != np.result_type(keys)
+            or row != cache_row("attention", np.result_type(keys), d, kv_group)):
+        raise error_for(Status.ERR_SIZE, "attention", f"qkv {(s, width)}, keys {(kv_heads, capacity, row)}, values "
                                                       f"{np.shape(values)}, cos {(positions, half)}, sin "
                                                       f"{np.shape(sin)} and heads={heads} do not match")
     if not (_fits(p0, s, capacity) and _fits(p0, s, positions)):

@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Compiled sampling, KV-cache, float16, block-product, activation and attention routines (C in
-sampler.c, kvcache.c, halfconv.c, blocks.c, activation.c and attention.c).
+sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, activation.c and attention.c).
 
 Each function checks its arguments with edgellama.native_args (as the NumPy twins in
 edgellama/twins/ do), turns the arrays into pointers, runs the C routine without the GIL and turns
@@ -22,6 +22,7 @@ from kernels cimport *
 from blocks cimport *
 from activation cimport *
 from attention cimport *
+from kvrows cimport *
 
 # el_status by name, as status.h defines it (held equal to edgellama.native_status.Status by the tests)
 STATUSES = {"OK": EL_OK, "ERR_NOMEM": EL_ERR_NOMEM, "ERR_NONFINITE": EL_ERR_NONFINITE, "ERR_TOKEN": EL_ERR_TOKEN,
@@ -171,6 +172,19 @@ def f16_to_f32(src, dst):
     _check(code, "f16_to_f32")
 
 
+def f32_to_f16(src, dst):
+    """dst[:] = the float16 bit patterns nearest the float32 values in src (same length)."""
+    native_args.f32_to_f16(src, dst)
+    cdef const float[::1] values = src
+    cdef uint16_t[::1] bits = dst
+    cdef el_status code
+    if values.shape[0] == 0:
+        return
+    with nogil:
+        code = el_f32_to_f16(&values[0], &bits[0], values.shape[0])
+    _check(code, "f32_to_f16")
+
+
 def kernel_paths():
     """The kernel paths (kernels.h) this CPU can run, best first, "portable" last."""
     return tuple(el_path_name(p).decode() for p in (EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_NEON, EL_PATH_PORTABLE)
@@ -300,34 +314,85 @@ def swiglu(gate, up, bint portable=False):
     return out
 
 
-def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scale, bint portable=False):
+_KV_TYPES = {np.dtype(np.float32): EL_KV_F32, np.dtype(np.float16): EL_KV_F16, np.dtype(np.uint8): EL_KV_Q8}
+
+
+def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scale, bint portable=False,
+              int64_t kv_group=32, bint split=False):
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..
     (attention.h); their rotated keys and their values are written into rows p0 .. of keys and
-    values [G, C, D]. `portable` takes the plain build on any CPU."""
-    native_args.attention(qkv, keys, values, cos, sin, p0, heads)
+    values [G, C, row]: float32 or float16 [G, C, D], or uint8 q8 rows (kvrows.h, groups of
+    kv_group). `portable` takes the plain build on any CPU; `split` runs step 2 as span units
+    merged afterwards (what the operator does for a decode step)."""
+    native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
     cdef const float[:, ::1] x = qkv
-    cdef float[:, :, ::1] k = keys
-    cdef float[:, :, ::1] v = values
     cdef const float[:, ::1] c = cos
     cdef const float[:, ::1] sn = sin
     cdef el_attention a
-    cdef int64_t s = x.shape[0]
+    cdef int64_t s = x.shape[0], units, size
     cdef el_status code = EL_OK
+    if not (keys.flags.c_contiguous and values.flags.c_contiguous and keys.flags.writeable
+            and values.flags.writeable):
+        raise ValueError("attention: keys and values must be writable C-contiguous arrays")
     a.heads = heads
-    a.kv_heads = k.shape[0]
-    a.capacity = k.shape[1]
-    a.head_dim = k.shape[2]
+    a.kv_heads = keys.shape[0]
+    a.capacity = keys.shape[1]
+    a.head_dim = x.shape[1] // (heads + 2 * a.kv_heads)
     a.positions = c.shape[0]
     a.scale = scale
+    a.kv_type = _KV_TYPES[keys.dtype]
+    a.kv_group = kv_group
     result = np.zeros((s, heads * a.head_dim), dtype=np.float32)
     if s == 0:
         return result
+    cdef uint8_t[::1] k = keys.reshape(-1).view(np.uint8)
+    cdef uint8_t[::1] v = values.reshape(-1).view(np.uint8)
     cdef float[::1] q = np.empty(s * heads * a.head_dim, dtype=np.float32)
     cdef float[:, ::1] out = result
+    units = el_attention_units(&a, s)
+    size = el_attention_partials_size(&a, s, p0) if split else 1
+    cdef float[::1] partials = np.empty(max(size, 1), dtype=np.float32)
     with nogil:
-        code = el_attention_store(&a, &x[0, 0], s, p0, &c[0, 0], &sn[0, 0], &q[0], &k[0, 0, 0], &v[0, 0, 0])
-        if code == EL_OK:
-            code = el_attention_rows(&a, &q[0], p0, &k[0, 0, 0], &v[0, 0, 0], 0, el_attention_units(&a, s),
-                                     &out[0, 0], portable)
+        code = el_attention_store(&a, &x[0, 0], s, p0, &c[0, 0], &sn[0, 0], &q[0], &k[0], &v[0])
+        if code == EL_OK and not split:
+            code = el_attention_rows(&a, &q[0], p0, &k[0], &v[0], 0, units, &out[0, 0], portable)
+        elif code == EL_OK:
+            code = el_attention_partials(&a, &q[0], s, p0, &k[0], &v[0], 0, units * el_attention_spans(&a, s, p0),
+                                         &partials[0], portable)
+            if code == EL_OK:
+                code = el_attention_merge(&a, &partials[0], s, p0, 0, units, &out[0, 0])
     _check(code, "attention")
     return result
+
+
+def quantize_rows(x, int64_t group=32):
+    """uint8 [..., D + 4 D / group]: the q8 rows (kvrows.h) of x float32 [..., D]."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    cdef int64_t d = x.shape[x.ndim - 1] if x.ndim else 0   # (the module turns off negative indices)
+    raw = np.empty(x.shape[:-1] + (native_args.q8_row_bytes(d, group),), dtype=np.uint8)
+    native_args.q8_rows("quantize_rows", x, raw, d, group)
+    cdef const float[::1] src = x.reshape(-1)
+    cdef uint8_t[::1] dst = raw.reshape(-1)
+    cdef int64_t n = x.size // d if d > 0 else 0
+    cdef el_status code = EL_OK
+    if n > 0:
+        with nogil:
+            code = el_q8_rows_store(&src[0], n, d, group, &dst[0])
+    _check(code, "quantize_rows")
+    return raw
+
+
+def dequantize_rows(raw, int64_t d, int64_t group=32):
+    """float32 [..., d]: the values of the q8 rows raw uint8 [..., d + 4 d / group] (kvrows.h)."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    x = np.empty(raw.shape[:-1] + (d,), dtype=np.float32)
+    native_args.q8_rows("dequantize_rows", x, raw, d, group)
+    cdef const uint8_t[::1] src = raw.reshape(-1)
+    cdef float[::1] dst = x.reshape(-1)
+    cdef int64_t n = x.size // d
+    cdef el_status code = EL_OK
+    if n > 0:
+        with nogil:
+            code = el_q8_rows_load(&src[0], n, d, group, &dst[0])
+    _check(code, "dequantize_rows")
+    return x

@@ -8,10 +8,21 @@
  *                               p0 .. p0 + S - 1 (p0 = tokens already in the cache)
  *     cos, sin [positions, D/2] rotary tables: x[i] -> x[i] cos - x[i + D/2] sin,
  *                               x[i + D/2] -> x[i + D/2] cos + x[i] sin, at the token's position
- *     keys, values [G, C, D]    the cache; step 1 writes rows p0 .. p0 + S - 1
+ *     keys, values [G, C, row]  the cache, rows of kv_type (below); step 1 writes rows p0 .. p0 + S - 1
  *     q       [S, H, D]         scratch: the rotated queries
  *     out     [S, H D]
  * Query head h reads key/value head h / (H / G). A token at position p attends to rows 0 .. p.
+ *
+ * The cache rows are of one element type (kv_type): float32 [D], or a compact row of kvrows.h,
+ * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes.
+ * Compact rows are written as step 1 rounds them and read back as float32, CHUNK rows at a time.
+ *
+ * Step 2 in spans: each query's softmax is computed over spans of EL_ATT_SPAN cache rows, a partial
+ * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
+ * The order is the same whether a unit runs its spans one after the other (el_attention_rows) or
+ * the spans run as units of their own and are merged afterwards (el_attention_partials, then
+ * el_attention_merge), so a token's output does not depend on how the work was split, nor on the
+ * number of threads, nor on how many tokens were run together.
  *
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
  * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run
@@ -25,19 +36,28 @@
 
 #include <stdint.h>
 
-#define EL_ATT_UNIT_HEADS 8    /* query heads of one unit of step 2, at most */
+#define EL_ATT_UNIT_HEADS 8       /* query heads of one unit of step 2, at most */
+#define EL_ATT_SPAN 256           /* cache rows of one span of step 2 */
+#define EL_ATT_MAX_HEAD_DIM 256   /* D, at most */
+
+typedef enum el_kv_type { EL_KV_F32 = 0, EL_KV_F16 = 1, EL_KV_Q8 = 2 } el_kv_type;
 
 typedef struct el_attention {
     int64_t heads, kv_heads, head_dim;
     int64_t capacity;          /* C: rows of the cache per key/value head */
     int64_t positions;         /* rows of cos and sin */
     float scale;               /* usually 1 / sqrt(D) */
+    int32_t kv_type;           /* el_kv_type of the cache rows */
+    int32_t kv_group;          /* EL_KV_Q8: values per scale, dividing D (else unused) */
 } el_attention;
 
+/* Bytes of one cache row, or -1 if a is invalid. */
+int64_t el_attention_row_bytes(const el_attention *a);
+
 /* Step 1: rotate the S queries into q, rotate the S keys and copy the S values into cache rows
- * p0 .. p0 + S - 1 (needs p0 + S <= capacity and <= positions). */
+ * p0 .. p0 + S - 1, in the cache's element type (needs p0 + S <= capacity and <= positions). */
 el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
-                             const float *sin, float *q, float *keys, float *values);
+                             const float *sin, float *q, void *keys, void *values);
 
 /* Units of step 2 for S tokens: a unit is one token's query heads of one key/value head g (up to
  * EL_ATT_UNIT_HEADS of them; more make several units), numbered token-major then g. -1 if a is
@@ -46,7 +66,22 @@ int64_t el_attention_units(const el_attention *a, int64_t s);
 
 /* Step 2, for the units u in [lo, hi): for each of the unit's heads,
  * out[token, head] = softmax(scale * q[token, head] . keys[g, 0 .. p0 + token]) values[g, 0 .. p0 + token] */
-el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys,
-                            const float *values, int64_t lo, int64_t hi, float *out, int portable);
+el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const void *keys,
+                            const void *values, int64_t lo, int64_t hi, float *out, int portable);
+
+/* Step 2 split over spans, for S tokens after p0 cached ones: spans per unit (those of the last
+ * token's p0 + S rows; an earlier token has fewer, the rest of its spans are empty), or -1. */
+int64_t el_attention_spans(const el_attention *a, int64_t s, int64_t p0);
+
+/* Floats of the partials of all units' spans: units * spans * EL_ATT_UNIT_HEADS * (D + 2), or -1. */
+int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0);
+
+/* The partials of the span units v in [lo, hi), v = unit * spans + span, into partials. */
+el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
+                                const void *values, int64_t lo, int64_t hi, float *partials, int portable);
+
+/* out for the units u in [lo, hi): their spans' partials merged in order (as el_attention_rows). */
+el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
+                             int64_t hi, float *out);
 
 #endif

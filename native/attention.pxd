@@ -1,18 +1,33 @@
 # Declarations of attention.h for the extension module.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 from status cimport el_status
 
 cdef extern from "attention.h" nogil:
     enum:
         EL_ATT_UNIT_HEADS
+        EL_ATT_SPAN
+        EL_ATT_MAX_HEAD_DIM
+
+    ctypedef enum el_kv_type:
+        EL_KV_F32
+        EL_KV_F16
+        EL_KV_Q8
 
     ctypedef struct el_attention:
         int64_t heads, kv_heads, head_dim, capacity, positions
         float scale
+        int32_t kv_type, kv_group
 
+    int64_t el_attention_row_bytes(const el_attention *a)
     el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
-                                 const float *sin, float *q, float *keys, float *values)
+                                 const float *sin, float *q, void *keys, void *values)
     int64_t el_attention_units(const el_attention *a, int64_t s)
-    el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const float *keys,
-                                const float *values, int64_t lo, int64_t hi, float *out, int portable)
+    el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const void *keys,
+                                const void *values, int64_t lo, int64_t hi, float *out, int portable)
+    int64_t el_attention_spans(const el_attention *a, int64_t s, int64_t p0)
+    int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
+    el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
+                                    const void *values, int64_t lo, int64_t hi, float *partials, int portable)
+    el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
+                                 int64_t hi, float *out)

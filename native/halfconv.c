@@ -1,4 +1,5 @@
-/* binary16 -> binary32, one branch-free expression per element so compilers vectorize it. */
+/* binary16 -> binary32, one branch-free expression per element so compilers vectorize it; and back,
+ * rounding in integer arithmetic. */
 #include <string.h>
 
 #include "halfconv.h"
@@ -36,5 +37,38 @@ el_status el_f16_to_f32(const uint16_t *src, float *dst, int64_t n)
         uint32_t bits = exponent == 0 ? subnormal : (exponent == 0x7c00u ? special : normal);
         dst[i] = from_bits(sign | bits);
     }
+    return EL_OK;
+}
+
+/* the binary16 nearest f: the 13 (or, below 2^-14, more) dropped mantissa bits rounded to even */
+static inline uint16_t half_bits(float f)
+{
+    const uint32_t x = to_bits(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)                       /* NaN: quiet, the top of its payload kept */
+        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+    if (ax >= 0x47800000u)                      /* 2^16 and beyond, and infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (ax < 0x38800000u) {                     /* below 2^-14: a subnormal binary16, in units of 2^-24 */
+        const uint32_t e = ax >> 23;
+        if (e < 102)                            /* below 2^-25: rounds to zero */
+            return (uint16_t)sign;
+        const uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - e;   /* 14 .. 24 */
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        uint32_t q = m >> shift;
+        q += rem > half || (rem == half && (q & 1u));
+        return (uint16_t)(sign | q);            /* q = 0x400 is the smallest normal */
+    }
+    uint32_t h = (ax >> 13) - ((127u - 15u) << 10);   /* exponent rebiased, mantissa cut */
+    const uint32_t rem = ax & 0x1fffu;
+    h += rem > 0x1000u || (rem == 0x1000u && (h & 1u));   /* a carry moves into the exponent */
+    return (uint16_t)(sign | h);
+}
+
+el_status el_f32_to_f16(const float *src, uint16_t *dst, int64_t n)
+{
+    if (n < 0 || (n > 0 && (src == NULL || dst == NULL)))
+        return EL_ERR_SIZE;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = half_bits(src[i]);
     return EL_OK;
 }

@@ -121,6 +121,8 @@ OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);
 
 /* RotaryAttention (ort_attention.c) */
 OrtStatus *el_attention_create(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_attention_create_f16(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_attention_create_q8(const void *op, const void *unused, const void *info, void **kernel);
 OrtStatus *el_attention_compute(void *kernel, void *context);
 
 #endif

@@ -2,7 +2,8 @@
  * The operator table of the library and its registration: what ONNX Runtime learns about each
  * operator of domain ai.edgellama (name, input and output types, the functions that create its kernel
  * and compute it) and RegisterCustomOps, the function it calls when a session's options register the
- * library. The operators themselves: ort_ops.c (block products), ort_attention.c (RotaryAttention).
+ * library. The operators themselves: ort_ops.c (block products), ort_attention.c (RotaryAttention and
+ * its float16 and q8 cache forms).
  *
  * Includes: libc.
  */
@@ -15,7 +16,9 @@ typedef struct {
     OrtCustomOp base;           /* first: ONNX Runtime hands &base to the callbacks below */
     const char *name;
     int inputs[MAX_INPUTS];     /* ONNX element types */
-    size_t n_inputs, n_outputs;
+    size_t n_inputs;
+    const int *outputs;         /* ONNX element types */
+    size_t n_outputs;
 } OpInfo;
 
 static void destroy_kernel(void *kernel) { free(kernel); }
@@ -24,7 +27,7 @@ static int op_input_type(const void *op, size_t i) { return ((const OpInfo *)op)
 static size_t op_input_count(const void *op) { return ((const OpInfo *)op)->n_inputs; }
 static size_t op_output_count(const void *op) { return ((const OpInfo *)op)->n_outputs; }
 static const char *cpu(const void *op) { (void)op; return "CPUExecutionProvider"; }
-static int float_output(const void *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
+static int op_output_type(const void *op, size_t i) { return ((const OpInfo *)op)->outputs[i]; }
 static int required(const void *op, size_t i) { (void)op; (void)i; return 0; }   /* INPUT_OUTPUT_REQUIRED */
 static int default_memory(const void *op, size_t i) { (void)op; (void)i; return 0; }
 static int arity_one(const void *op) { (void)op; return 1; }
@@ -36,18 +39,23 @@ static int any_opset(const void *op) { (void)op; return 1 << 30; }
 #define H TYPE_FLOAT16
 #define I32 TYPE_INT32
 #define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
-    {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, float_output, op_output_count,  \
+    {{ORT_API_VERSION_USED, NULL, op_name, cpu, op_input_type, op_input_count, op_output_type, op_output_count, \
       NULL, destroy_kernel, required, required, default_memory, arity_one, arity_one, arity_one, arity_one, \
       CREATE, COMPUTE, NULL, first_opset, any_opset},                                                    \
-     NAME, {__VA_ARGS__}, sizeof((int[]){__VA_ARGS__}) / sizeof(int), OUTPUTS}
+     NAME, {__VA_ARGS__}, sizeof((int[]){__VA_ARGS__}) / sizeof(int), OUTPUTS, sizeof OUTPUTS / sizeof(int)}
+
+/* output types */
+static const int ONE[] = {F}, TWO[] = {F, F}, CACHE_F32[] = {F, F, F}, CACHE_F16[] = {F, H, H}, CACHE_Q8[] = {F, U8, U8};
 
 static const OpInfo OPS[] = {
-    OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, 1, F, U8, H, H),
-    OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, 1, F, U8, F),
-    OP("NormMatMulQ4_1", el_ops_create_norm, el_norm_matmul_q41_compute, 2, F, F, F, U8, H, H),
-    OP("NormMlpQ4_1", el_ops_create_norm, el_norm_mlp_q41_compute, 2, F, F, F, U8, H, H, U8, H, H),
-    OP("ProjectNormMlpQ4_1", el_ops_create_norm, el_project_norm_mlp_q41_compute, 2, F, F, F, U8, H, H, U8, H, H, U8, H, H),
-    OP("RotaryAttention", el_attention_create, el_attention_compute, 3, F, F, F, I32, I32, F, F),
+    OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, ONE, F, U8, H, H),
+    OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, ONE, F, U8, F),
+    OP("NormMatMulQ4_1", el_ops_create_norm, el_norm_matmul_q41_compute, TWO, F, F, F, U8, H, H),
+    OP("NormMlpQ4_1", el_ops_create_norm, el_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H),
+    OP("ProjectNormMlpQ4_1", el_ops_create_norm, el_project_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H, U8, H, H),
+    OP("RotaryAttention", el_attention_create, el_attention_compute, CACHE_F32, F, F, F, I32, I32, F, F),
+    OP("RotaryAttentionF16", el_attention_create_f16, el_attention_compute, CACHE_F16, F, H, H, I32, I32, F, F),
+    OP("RotaryAttentionQ8", el_attention_create_q8, el_attention_compute, CACHE_Q8, F, U8, U8, I32, I32, F, F),
 };
 
 /* Called by ONNX Runtime when a session's options register this library. */

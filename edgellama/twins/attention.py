@@ -1,6 +1,7 @@
 """NumPy twin of native/attention.c: rotary causal attention of new tokens over a KV cache, in
-float64 with one softmax per query (the C runs it online, in chunks). Arguments are checked by
-edgellama.native_args, as for the compiled module.
+float64 with one softmax per query (the C runs it online, in chunks and spans). The cache rows
+are float32, float16 or q8 (kvrows), written rounded as the C writes them and read back exactly.
+Arguments are checked by edgellama.native_args, as for the compiled module.
 """
 from __future__ import annotations
 
@@ -8,26 +9,45 @@ import numpy as np
 
 from .. import native_args
 from .kvcache import rotated
+from .kvrows import dequantize_rows, quantize_rows
+
+
+def _rows_in(rows: np.ndarray, dtype, kv_group: int) -> np.ndarray:
+    """float32 rows [..., D] as the cache holds them: float32, float16, or q8 rows (uint8)."""
+    if dtype == np.uint8:
+        return quantize_rows(rows, kv_group)
+    return rows.astype(dtype)
+
+
+def _rows_out(rows: np.ndarray, d: int, kv_group: int) -> np.ndarray:
+    """The float64 values of cache rows [..., row]."""
+    if rows.dtype == np.uint8:
+        return dequantize_rows(rows, d, kv_group).astype(np.float64)
+    return rows.astype(np.float64)
 
 
 def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.ndarray, sin: np.ndarray, p0: int,
-              heads: int, scale: float, portable: bool = False) -> np.ndarray:
+              heads: int, scale: float, portable: bool = False, kv_group: int = 32, split: bool = False) -> np.ndarray:
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..;
-    their rotated keys and their values are written into rows p0 .. of keys and values [G, C, D]."""
-    native_args.attention(qkv, keys, values, cos, sin, p0, heads)
-    kv_heads, capacity, d = keys.shape
+    their rotated keys and their values are written into rows p0 .. of keys and values [G, C, row]
+    (float32 or float16 [G, C, D], or uint8 q8 rows). `portable` and `split` choose among the C's
+    builds and orders; the twin has one."""
+    native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
+    kv_heads = keys.shape[0]
     s = qkv.shape[0]
+    d = qkv.shape[1] // (heads + 2 * kv_heads)
     angles = (cos[p0:p0 + s, None, :], sin[p0:p0 + s, None, :])
     q = rotated(qkv[:, :heads * d].reshape(s, heads, d), *angles)
-    keys[:, p0:p0 + s] = rotated(qkv[:, heads * d:(heads + kv_heads) * d].reshape(s, kv_heads, d),
-                                 *angles).transpose(1, 0, 2)
-    values[:, p0:p0 + s] = qkv[:, (heads + kv_heads) * d:].reshape(s, kv_heads, d).transpose(1, 0, 2)
+    new_keys = rotated(qkv[:, heads * d:(heads + kv_heads) * d].reshape(s, kv_heads, d), *angles)
+    keys[:, p0:p0 + s] = _rows_in(new_keys, keys.dtype, kv_group).transpose(1, 0, 2)
+    new_values = np.ascontiguousarray(qkv[:, (heads + kv_heads) * d:].reshape(s, kv_heads, d))
+    values[:, p0:p0 + s] = _rows_in(new_values, values.dtype, kv_group).transpose(1, 0, 2)
     group = heads // kv_heads
     out = np.empty((s, heads, d), dtype=np.float32)
     for t in range(s):
         n = p0 + t + 1
-        k = np.repeat(keys[:, :n], group, axis=0).astype(np.float64)     # [H, n, D]
-        v = np.repeat(values[:, :n], group, axis=0).astype(np.float64)
+        k = np.repeat(_rows_out(keys[:, :n], d, kv_group), group, axis=0)     # [H, n, D]
+        v = np.repeat(_rows_out(values[:, :n], d, kv_group), group, axis=0)
         scores = np.einsum("hd,hnd->hn", q[t].astype(np.float64), k) * scale
         weights = np.exp(scores - scores.max(axis=1, keepdims=True))
         out[t] = np.einsum("hn,hnd->hd", weights / weights.sum(axis=1, keepdims=True), v)

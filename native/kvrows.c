@@ -1,0 +1,55 @@
+/* q8 rows of a KV cache (see kvrows.h). Includes: libc. */
+#include "kvrows.h"
+
+#include <math.h>
+#include <string.h>
+
+int64_t el_q8_row_bytes(int64_t d, int64_t group)
+{
+    if (d <= 0 || group <= 0 || d % group)
+        return -1;
+    return d + 4 * (d / group);
+}
+
+el_status el_q8_rows_store(const float *x, int64_t n, int64_t d, int64_t group, uint8_t *rows)
+{
+    const int64_t bytes = el_q8_row_bytes(d, group);
+    if (bytes < 0 || n < 0 || (n > 0 && (x == NULL || rows == NULL)))
+        return EL_ERR_SIZE;
+    for (int64_t r = 0; r < n; r++) {
+        const float *v = x + r * d;
+        uint8_t *row = rows + r * bytes;
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            float amax = 0.0f;
+            for (int64_t i = g0; i < g0 + group; i++)
+                amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+            const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            for (int64_t i = g0; i < g0 + group; i++) {
+                float t = v[i] * inv;
+                t = t < 127.0f ? t : 127.0f;     /* NaN -> 127 */
+                t = t > -127.0f ? t : -127.0f;
+                row[i] = (uint8_t)(int8_t)nearbyintf(t);
+            }
+            memcpy(row + d + 4 * (g0 / group), &scale, sizeof scale);
+        }
+    }
+    return EL_OK;
+}
+
+el_status el_q8_rows_load(const uint8_t *rows, int64_t n, int64_t d, int64_t group, float *x)
+{
+    const int64_t bytes = el_q8_row_bytes(d, group);
+    if (bytes < 0 || n < 0 || (n > 0 && (x == NULL || rows == NULL)))
+        return EL_ERR_SIZE;
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t *row = rows + r * bytes;
+        float *v = x + r * d;
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            float scale;
+            memcpy(&scale, row + d + 4 * (g0 / group), sizeof scale);
+            for (int64_t i = g0; i < g0 + group; i++)
+                v[i] = (float)(int8_t)row[i] * scale;
+        }
+    }
+    return EL_OK;
+}

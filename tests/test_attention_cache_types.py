@@ -1,0 +1,262 @@
+"""KV caches of float16 and q8 rows (native/kvrows.c, halfconv.c) and attention in spans
+(native/attention.c): the row formats against their NumPy twins bit for bit, attention over each
+cache type against the definition, and one result for a token however step 2 is split."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers.backends import BACKENDS, _native, needs_native
+
+from edgellama import ops, twins
+from edgellama.errors import InvalidParameterError
+
+needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
+
+CACHE_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.uint8}
+
+
+def row_width(dtype, d):
+    return d + 4 * (d // 32) if dtype == np.uint8 else d
+
+
+def stored(rows, dtype):
+    """float32 rows [..., D] as a cache of `dtype` holds them."""
+    return twins.quantize_rows(rows) if dtype == np.uint8 else rows.astype(dtype)
+
+
+def values_of(rows, d):
+    """float64 values of cache rows."""
+    return (twins.dequantize_rows(rows, d) if rows.dtype == np.uint8 else rows).astype(np.float64)
+
+
+# --- the row formats ------------------------------------------------------------------------------
+
+@needs_native
+def test_float16_rounding_is_numpys():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2 ** 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e9, -np.inf, np.inf, 2.0 ** -24, 2.0 ** -25,
+                        2.0 ** -25 * 1.0000001, 3 * 2.0 ** -26, 2.0 ** -14 * (1 - 2.0 ** -11), 6.1e-5],
+                       dtype=np.float32)
+    src = np.concatenate([bits.view(np.float32), special, -special,
+                          (rng.standard_normal(1 << 16) * 8).astype(np.float32)])
+    src = src[~np.isnan(src)]
+    got, want = np.empty(src.size, np.uint16), np.empty(src.size, np.uint16)
+    _native.f32_to_f16(src, got)
+    twins.f32_to_f16(src, want)
+    np.testing.assert_array_equal(got, want)
+    nan = np.empty(1, np.uint16)
+    _native.f32_to_f16(np.array([np.nan], np.float32), nan)
+    assert np.isnan(nan.view(np.float16)[0])
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_rows_round_trip_within_half_a_step(module):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((5, 7, 64)) * rng.uniform(0.01, 30, (5, 7, 1))).astype(np.float32)
+    x[0, 0] = 0.0                      # a zero row: scale 0, values 0
+    x[0, 1, 3] = 1e4                   # one group dominated by an outlier
+    raw = module.quantize_rows(x)
+    assert raw.shape == (5, 7, 64 + 8) and raw.dtype == np.uint8
+    back = module.dequantize_rows(raw, 64)
+    groups = np.abs(x).reshape(5, 7, 2, 32).max(-1)
+    step = np.repeat(groups / 127, 32, axis=-1).reshape(x.shape)
+    assert np.all(np.abs(back - x) <= step / 2 * (1 + 1e-6) + 1e-30)
+    np.testing.assert_array_equal(back[0, 0], 0.0)
+    q = raw[..., :64].view(np.int8)
+    assert q.min() >= -127 and q.max() <= 127
+    peaks = np.abs(q.reshape(5, 7, 2, 32).astype(np.int32)).max(-1)
+    assert np.all(peaks[groups > 0] == 127) and np.all(peaks[groups == 0] == 0)   # each group's largest is +-127
+
+
+@needs_native
+def test_q8_rows_equal_their_twin_bit_for_bit():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((300, 128)) * rng.uniform(1e-3, 100, (300, 1))).astype(np.float32)
+    x[5] = 0.0
+    x[6, :32] = np.float32(0.5) * np.arange(32)      # exact ties: x * inv lands on .5
+    raw = _native.quantize_rows(x)
+    np.testing.assert_array_equal(raw, twins.quantize_rows(x))
+    np.testing.assert_array_equal(_native.dequantize_rows(raw, 128), twins.dequantize_rows(raw, 128))
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_rows_refuse_a_head_dim_the_group_does_not_divide(module):
+    with pytest.raises(InvalidParameterError, match="kv_group"):
+        module.quantize_rows(np.zeros((2, 48), np.float32))
+
+
+# --- attention over each cache type ------------------------------------------------------------------
+
+def case(heads, kv_heads, d, s, p0, dtype, capacity=640, seed=0):
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((s, (heads + 2 * kv_heads) * d)).astype(np.float32)
+    keys = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype)
+    values = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype)
+    angles = np.arange(capacity)[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)[None]
+    return qkv, keys, values, np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def definition(qkv, keys, values, cos, sin, p0, heads):
+    """float64 attention of the new tokens over the cache rows as they are held after the call."""
+    kv_heads, d = keys.shape[0], qkv.shape[1] // (heads + keys.shape[0] * 2)
+    s, half, group = qkv.shape[0], d // 2, heads // kv_heads
+    k, v = values_of(keys, d), values_of(values, d)
+    out = np.zeros((s, heads, d))
+    for t in range(s):
+        c, sn = cos[p0 + t].astype(np.float64), sin[p0 + t].astype(np.float64)
+        for h in range(heads):
+            x = qkv[t, h * d:(h + 1) * d].astype(np.float64)
+            q = np.concatenate([x[:half] * c - x[half:] * sn, x[half:] * c + x[:half] * sn])
+            scores = k[h // group, :p0 + t + 1] @ q / math.sqrt(d)
+            w = np.exp(scores - scores.max())
+            out[t, h] = w @ v[h // group, :p0 + t + 1] / w.sum()
+    return out.reshape(s, heads * d)
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+@pytest.mark.parametrize("cache", CACHE_TYPES)
+@pytest.mark.parametrize("step", [(6, 0), (1, 300), (3, 510), (1, 600)], ids=lambda s: f"S{s[0]}p{s[1]}")
+def test_attention_over_each_cache_type_follows_the_definition(module, cache, step):
+    s, p0 = step
+    dtype = CACHE_TYPES[cache]
+    qkv, keys, values, cos, sin = case(9, 3, 64, s, p0, dtype)
+    before = keys.copy(), values.copy()
+    got = module.attention(qkv, keys, values, cos, sin, p0, 9, 0.125)
+    np.testing.assert_allclose(got, definition(qkv, keys, values, cos, sin, p0, 9), rtol=0, atol=3e-5)
+    # the new value rows are the values rounded to the cache type; nothing else changed
+    new_values = np.ascontiguousarray(qkv[:, 12 * 64:].reshape(s, 3, 64).transpose(1, 0, 2))
+    np.testing.assert_array_equal(values[:, p0:p0 + s], stored(new_values, dtype))
+    for new, old in zip((keys, values), before):
+        np.testing.assert_array_equal(new[:, :p0], old[:, :p0])
+        np.testing.assert_array_equal(new[:, p0 + s:], old[:, p0 + s:])
+
+
+@needs_native
+@pytest.mark.parametrize("cache", CACHE_TYPES)
+@pytest.mark.parametrize("portable", [False, True])
+def test_a_token_gets_the_same_bits_however_step_2_is_split(cache, portable):
+    """Run as part of a prompt (its unit merges its spans), alone as a decode step, or split into
+    span units merged afterwards: the same output, bit for bit."""
+    dtype = CACHE_TYPES[cache]
+    p0, s = 250, 300                 # tokens whose rows cross the span boundaries at 256 and 512
+    qkv, keys, values, cos, sin = case(9, 3, 64, s, p0, dtype, seed=3)
+    k, v = keys.copy(), values.copy()
+    prompt = _native.attention(qkv, k, v, cos, sin, p0, 9, 0.125, portable)
+    k2, v2 = keys.copy(), values.copy()
+    for t in (0, 5, 6, 7, 8, 200, 262, 263, 299):
+        if t:   # the rows before token t as the prompt wrote them
+            k2[:, p0:p0 + t], v2[:, p0:p0 + t] = k[:, p0:p0 + t], v[:, p0:p0 + t]
+        for split in (False, True):
+            one = _native.attention(qkv[t:t + 1], k2, v2, cos, sin, p0 + t, 9, 0.125, portable, split=split)
+            np.testing.assert_array_equal(one[0], prompt[t], err_msg=f"token {t} split={split}")
+    split = _native.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, 9, 0.125, portable, split=True)
+    np.testing.assert_array_equal(split, prompt)
+
+
+@needs_native
+@pytest.mark.parametrize("cache", CACHE_TYPES)
+def test_vector_and_plain_builds_agree_bit_for_bit(cache):
+    dtype = CACHE_TYPES[cache]
+    qkv, keys, values, cos, sin = case(9, 3, 64, 2, 520, dtype, seed=4)
+    outs = [_native.attention(qkv, keys.copy(), values.copy(), cos, sin, 520, 9, 0.125, portable)
+            for portable in (False, True)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_attention_refuses_a_cache_row_of_the_wrong_width(module):
+    qkv, keys, values, cos, sin = case(9, 3, 64, 1, 0, np.uint8, capacity=8)
+    with pytest.raises(InvalidParameterError, match="attention"):
+        module.attention(qkv, keys[..., :-4].copy(), values[..., :-4].copy(), cos, sin, 0, 9, 0.125)
+    with pytest.raises(InvalidParameterError, match="attention"):
+        module.attention(qkv, keys, values.view(np.int8).astype(np.float16), cos, sin, 0, 9, 0.125)
+
+
+# --- the operators in ONNX Runtime --------------------------------------------------------------------
+
+H, G, D = 9, 3, 64
+OPERATORS = {"float32": ("RotaryAttention", 1), "float16": ("RotaryAttentionF16", 10), "int8": ("RotaryAttentionQ8", 2)}
+
+
+def _session(cache, row=None):
+    """One RotaryAttention node of the cache type's form, the cache bound in place by the caller
+    (row: the past's last dimension, default the cache type's row)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from edgellama.session import session_options
+
+    op, element = OPERATORS[cache]
+    _, _, _, cos, sin = case(H, G, D, 1, 0, np.float32, capacity=1024)
+    tables = [helper.make_tensor(n, 1, list(a.shape), a.ravel()) for n, a in (("cos", cos), ("sin", sin))]
+    extra = {"kv_group": 32} if cache == "int8" else {}
+    node = helper.make_node(op, ["qkv", "past_key", "past_value", "seqlens_k", "total", "cos", "sin"],
+                            ["out", "present_key", "present_value"], domain="ai.edgellama", num_heads=H,
+                            kv_num_heads=G, scale=0.125, **extra)
+    row = row_width(CACHE_TYPES[cache], D) if row is None else row
+    inputs = [helper.make_tensor_value_info("qkv", 1, ["B", "S", (H + 2 * G) * D]),
+              helper.make_tensor_value_info("past_key", element, ["B", G, "P", row]),
+              helper.make_tensor_value_info("past_value", element, ["B", G, "P", row]),
+              helper.make_tensor_value_info("seqlens_k", 6, ["B"]),
+              helper.make_tensor_value_info("total", 6, [])]
+    outputs = [helper.make_tensor_value_info("out", 1, None),
+               helper.make_tensor_value_info("present_key", element, None),
+               helper.make_tensor_value_info("present_value", element, None)]
+    model = helper.make_model(helper.make_graph([node], "attention", inputs, outputs, tables),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.edgellama", 1)])
+    return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(2),
+                                providers=["CPUExecutionProvider"])
+
+
+def _run_in_place(session, qkv, keys, values, p0):
+    """One call with present bound to past's buffers (the runtime's shared cache): out [S, H D]."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    for name, array in (("key", keys), ("value", values)):
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        binding.bind_ortvalue_input(f"past_{name}", value)
+        binding.bind_ortvalue_output(f"present_{name}", value)
+    binding.bind_cpu_input("qkv", qkv[None])
+    binding.bind_cpu_input("seqlens_k", np.array([p0 + len(qkv) - 1], np.int32))
+    binding.bind_cpu_input("total", np.array(p0 + len(qkv), np.int32))
+    out = np.zeros((1, len(qkv), H * D), np.float32)
+    binding.bind_output("out", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+    session.run_with_iobinding(binding)
+    return out[0]
+
+
+@needs_ops
+@needs_native
+@pytest.mark.parametrize("cache", CACHE_TYPES)
+def test_each_operator_computes_what_the_routine_does_in_place(cache):
+    """A prompt at depth, then decode steps whose cache spans several spans (the operator splits
+    them over span units): the routine's bits, and only the new rows written."""
+    dtype = CACHE_TYPES[cache]
+    session = _session(cache)
+    qkv, keys, values, cos, sin = case(H, G, D, 40, 500, dtype, capacity=1024, seed=7)
+    k, v = keys[None].copy(), values[None].copy()
+    want_k, want_v = keys.copy(), values.copy()
+    for start, stop in ((0, 37), (37, 38), (38, 39), (39, 40)):
+        got = _run_in_place(session, qkv[start:stop], k, v, 500 + start)
+        want = _native.attention(qkv[start:stop], want_k, want_v, cos, sin, 500 + start, H, 0.125)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(k[0], want_k)
+    np.testing.assert_array_equal(v[0], want_v)
+    changed = np.flatnonzero((k[0] != keys).any(axis=(0, 2)))
+    assert changed.min() >= 500 and changed.max() < 540
+
+
+@needs_ops
+def test_the_q8_operator_refuses_rows_of_another_width():
+    import onnxruntime as ort
+
+    feed = {"qkv": np.zeros((1, 1, (H + 2 * G) * D), np.float32), "past_key": np.zeros((1, G, 8, D), np.uint8),
+            "past_value": np.zeros((1, G, 8, D), np.uint8), "seqlens_k": np.array([0], np.int32),
+            "total": np.array(1, np.int32)}
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="rows of the cache type"):
+        _session("int8", row="R").run(None, feed)
