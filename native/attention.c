@@ -69,18 +69,13 @@ static void put_row(const el_attention *a, const float *x, uint8_t *row)
         memcpy(row, x, (size_t)a->head_dim * sizeof(float));
 }
 
-/* rows [r0, r0 + n) of one head's cache (base: its row 0) as float32 [n, D]: the cache itself for
- * float32 rows, else converted into buf [n, D] */
-static const float *rows_at(const el_attention *a, const uint8_t *base, int64_t r0, int64_t n, float *buf)
+/* buf [n, D] = the values of n compact rows (float16 or q8) */
+static void convert_plain(const el_attention *a, const uint8_t *rows, int64_t n, float *buf)
 {
-    const uint8_t *rows = base + r0 * row_bytes(a);
-    if (a->kv_type == EL_KV_F32)
-        return (const float *)(const void *)rows;
     if (a->kv_type == EL_KV_F16)
         el_f16_to_f32((const uint16_t *)(const void *)rows, buf, n * a->head_dim);
     else
         el_q8_rows_load(rows, n, a->head_dim, a->kv_group, buf);
-    return buf;
 }
 
 /* out = x rotated by the angles whose cosines and sines are cos, sin [half] (out may not alias x) */
@@ -157,13 +152,26 @@ static void weigh_plain(float *out, const float *w, const float *values, int64_t
             out[i] = fmaf(w[j], values[j * d + i], out[i]);
 }
 
-/* the two inner loops, plain or vector */
+/* the two inner loops and the conversion of compact rows, plain or vector */
 typedef struct {
     void (*scores)(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores);
     void (*weigh)(float *out, const float *w, const float *values, int64_t n, int64_t d);
+    void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 
-static const Loops PLAIN = {scores_plain, weigh_plain};
+static const Loops PLAIN = {scores_plain, weigh_plain, convert_plain};
+
+/* rows [r0, r0 + n) of one head's cache (base: its row 0) as float32 [n, D]: the cache itself for
+ * float32 rows, else converted into buf [n, D] */
+INLINE const float *rows_at(const el_attention *a, const uint8_t *base, int64_t r0, int64_t n, float *buf,
+                            const Loops *loops)
+{
+    const uint8_t *rows = base + r0 * row_bytes(a);
+    if (a->kv_type == EL_KV_F32)
+        return (const float *)(const void *)rows;
+    loops->convert(a, rows, n, buf);
+    return buf;
+}
 
 /* The partial of `count` queries q [count, d] of one key/value head over its cache rows [r0, r1)
  * (keys, values: the head's row 0): for each query r, top[r] = the largest score, total[r] = the sum
@@ -182,7 +190,7 @@ INLINE void span_partial(const el_attention *a, const float *q, int64_t count, c
     memset(out, 0, (size_t)(count * d) * sizeof(float));
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t len = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
-        const float *k = rows_at(a, keys, c0, len, buf);
+        const float *k = rows_at(a, keys, c0, len, buf, loops);
         for (int64_t r = 0; r < count; r++) {
             float *sc = scores[r], *o = out + r * d, chunk_top = -INFINITY, sum;
             loops->scores(q + r * d, k, len, d, a->scale, sc);
@@ -198,7 +206,7 @@ INLINE void span_partial(const el_attention *a, const float *q, int64_t count, c
             el_exp_shifted(sc, len, top[r], &sum, portable);   /* sizes are valid: cannot fail */
             total[r] += sum;
         }
-        const float *v = rows_at(a, values, c0, len, buf);
+        const float *v = rows_at(a, values, c0, len, buf, loops);
         for (int64_t r = 0; r < count; r++)
             loops->weigh(out + r * d, scores[r], v, len, d);
     }
@@ -385,7 +393,37 @@ __attribute__((target("avx2,fma"))) static void weigh_vector(float *out, const f
     }
 }
 
-static const Loops VECTOR = {scores_vector, weigh_vector};
+/* convert_plain, 8 values at a time: float16 by the F16C instruction (exact, as the plain
+ * conversion; a signalling NaN comes out quiet), q8 rows for groups that are multiples of 8 */
+__attribute__((target("avx2,fma,f16c"))) static void convert_vector(const el_attention *a, const uint8_t *rows,
+                                                                    int64_t n, float *buf)
+{
+    const int64_t d = a->head_dim, group = a->kv_group, bytes = row_bytes(a);
+    if (a->kv_type == EL_KV_F16) {
+        const uint16_t *h = (const uint16_t *)(const void *)rows;
+        for (int64_t i = 0; i < n * d; i += 8)
+            _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+        return;
+    }
+    if (group % 8) {
+        convert_plain(a, rows, n, buf);
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t *row = rows + r * bytes;
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            float s;
+            memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
+            const __m256 scale = _mm256_set1_ps(s);
+            for (int64_t i = g0; i < g0 + group; i += 8) {
+                const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + i)));
+                _mm256_storeu_ps(buf + r * d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
+            }
+        }
+    }
+}
+
+static const Loops VECTOR = {scores_vector, weigh_vector, convert_vector};
 
 __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t p0,
                                                             const uint8_t *keys, const uint8_t *values, int64_t lo,
