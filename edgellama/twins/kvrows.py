@@ -4,14 +4,18 @@ A row of D float32 values becomes D int8 values and D / group float32 scales (li
 per group of `group` consecutive values, all in float32 arithmetic:
     amax = max |x|,  scale = amax / 127,  inv = 127 / amax (0 when amax is 0),
     q = round half to even of x * inv, limited to [-127, 127] (NaN -> 127);  value = q * scale
+and the context shift of a cache of such rows (kv_copy, kv_shift: edgellama.kvcache's routines for it).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import native_args
+from ..native_status import Status, error_for
+from .kvcache import _heads, kv_copy, kv_move, rotated
 
 GROUP = 32   # values per scale of the runtime's int8 cache
+__all__ = ["GROUP", "dequantize_rows", "kv_copy", "kv_shift", "quantize_rows"]
 
 
 def quantize_rows(x: np.ndarray, group: int = GROUP) -> np.ndarray:
@@ -43,3 +47,20 @@ def dequantize_rows(raw: np.ndarray, d: int, group: int = GROUP) -> np.ndarray:
     scale = np.ascontiguousarray(raw[..., d:]).view("<f4").astype(np.float32)
     x[...] = (q * scale[..., None]).reshape(x.shape)
     return x
+
+
+def kv_shift(keys: np.ndarray, values: np.ndarray, n_keep: int, n_discard: int, length: int,
+             cos_a: np.ndarray, sin_a: np.ndarray) -> None:
+    """Context shift of one layer of a q8 cache [1, heads, capacity, row] (edgellama.kvcache: such caches
+    shift here on every backend): the values move as they are; the moved keys are dequantized, rotated
+    by cos_a/sin_a (float64, as twins.kvcache.rotated) and quantized again."""
+    d = 2 * np.shape(cos_a)[0]
+    row = native_args.q8_row_bytes(d, GROUP)
+    if np.shape(keys)[3:] != (row,) or np.shape(values) != np.shape(keys):
+        raise error_for(Status.ERR_RANGE, "kv_shift", f"keys {np.shape(keys)} and values {np.shape(values)} are "
+                                                      f"not q8 rows of {row} bytes for head_dim {d}")
+    moved = length - n_keep - n_discard
+    src = n_keep + n_discard
+    kv_move(values, n_keep, src, moved)
+    heads = _heads(keys)
+    heads[:, n_keep:n_keep + moved] = quantize_rows(rotated(dequantize_rows(heads[:, src:length], d), cos_a, sin_a))

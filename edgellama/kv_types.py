@@ -1,0 +1,71 @@
+"""The element types of the KV cache, as one table: what each costs and how the graph runs it.
+
+    type      buffer   row of one head (head_dim D)          graph (the native form's attention)
+    float32   float32  D values                               RotaryAttention
+    float16   float16  D values                               RotaryAttentionF16
+    int8      uint8    D int8 values, then D/32 float32       RotaryAttentionQ8, kv_group=32
+                       scales (edgellama.twins.kvrows)
+
+A package's model.onnx keeps float32 caches; at load edgellama.kv_graph rewrites its attention nodes
+and cache inputs and outputs to the chosen type, and edgellama.kvcache allocates the buffers
+[1, kv heads, capacity, row] of the type's dtype. Packages in the portable form (ONNX Runtime's
+GroupQueryAttention) run only the type equal to their io_dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import InvalidParameterError
+
+KV_GROUP = 32   # int8 rows: values per float32 scale
+
+
+@dataclass(frozen=True)
+class KVType:
+    name: str
+    dtype: np.dtype          # element type of the buffers
+    element_type: int        # onnx.TensorProto data type of the graph's past/present
+    ort_type: str            # the same as ONNX Runtime names it
+    op_type: str             # the native form's attention operator (domain ai.edgellama)
+    attributes: tuple = ()   # (name, int value) the operator takes besides the float32 one's
+    group: int = 0           # values per scale (quantized rows); 0: plain values
+
+    def row_length(self, head_dim: int) -> int:
+        """Elements of the buffer per cached row of one head."""
+        if not self.group:
+            return head_dim
+        if head_dim % self.group:
+            raise InvalidParameterError(f"kv_cache={self.name!r} needs a head_dim that is a multiple of "
+                                        f"{self.group}; this model's is {head_dim}: use float32 or float16")
+        return head_dim + 4 * (head_dim // self.group)
+
+    def row_bytes(self, head_dim: int) -> int:
+        return self.row_length(head_dim) * np.dtype(self.dtype).itemsize
+
+
+KV_TYPES = {
+    "float32": KVType("float32", np.dtype(np.float32), 1, "tensor(float)", "RotaryAttention"),
+    "float16": KVType("float16", np.dtype(np.float16), 10, "tensor(float16)", "RotaryAttentionF16"),
+    "int8": KVType("int8", np.dtype(np.uint8), 2, "tensor(uint8)", "RotaryAttentionQ8",
+                   (("kv_group", KV_GROUP),), KV_GROUP),
+}
+FLOAT_GRAPH = KV_TYPES["float32"]   # the caches model.onnx declares
+
+
+def kv_type(name, what: str = "kv_cache") -> KVType:
+    """The table's entry for `name` (a KVType passes through); one-line error naming the choices."""
+    if isinstance(name, KVType):
+        return name
+    found = KV_TYPES.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidParameterError(f"{what}={name!r} is not a KV cache type; choose one of "
+                                    f"{', '.join(KV_TYPES)}")
+    return found
+
+
+def resolve(name: Optional[str], default: str) -> KVType:
+    """The type `name` names, or `default` (a package's) when it is None."""
+    return kv_type(default if name is None else name)
