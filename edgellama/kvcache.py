@@ -1,16 +1,28 @@
 """The KV cache of one sequence: preallocated per-layer buffers and their bookkeeping.
 
-Each layer owns a key and a value array of shape [1, num_kv_heads, capacity, head_dim]
-(float32 or float16, C-contiguous): the past_key_values.N.key/value buffers that GroupQueryAttention
-reads and writes in place. Keys are stored already rotated by RoPE, so a context shift
-re-rotates the moved keys by -n_discard positions. For float32 caches copies and rotations
-run in `edgellama.native.backend` (the compiled extension or its NumPy twins); float16 caches
-(for float16 graphs) use the NumPy twins, which work in any float dtype.
+Each layer owns a key and a value array of shape [1, num_kv_heads, capacity, row], C-contiguous:
+the past_key_values.N.key/value buffers that the graph's attention reads and writes in place. Their
+element type and row are the cache type's (edgellama.kv_types): float32 or float16 rows of head_dim
+values, or int8 rows (uint8 buffers of head_dim int8 values and a float32 scale per 32 of them,
+edgellama.twins.kvrows). Keys are stored already rotated by RoPE, so a context shift re-rotates the
+moved keys by -n_discard positions. For float32 caches copies and rotations run in
+`edgellama.native.backend` (the compiled extension or its NumPy twins); float16 caches use the NumPy
+twins, which work in any float dtype, and int8 ones copy rows as bytes and shift through
+twins.kvrows (dequantize, rotate, quantize again).
+
+Saved file (`save`, `load`), little-endian:
+
+    "ELKV" | u32 version 2 | 8 bytes: cache type name | u32 layers | u32 kv heads | u32 head_dim
+           | u32 crc32 of the data | u64 length | per layer: keys, then values, [kv heads, length, row]
+
+Version 1 files (float32 and float16 caches: a NumPy dtype string in place of the name, no crc32)
+are read as before.
 """
 from __future__ import annotations
 
 import os
 import struct
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -20,14 +32,18 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError
 from . import twins
+from .kv_types import kv_type
 from .native import backend
 from .rope import inv_frequencies
+from .twins import kvrows
 
 # Saved cache file: header, then per layer the keys and the values of `length` positions.
 _MAGIC = b"ELKV"
-_VERSION = 1
-_HEADER = struct.Struct("<4sI8sIIIIQ")  # magic, version, dtype, layers, kv heads, head_dim, 0, length
-_ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): twins}
+_VERSION = 2
+_HEADER = struct.Struct("<4sI8sIIIIQ")  # magic, version, type, layers, kv heads, head_dim, crc32, length
+_VERSION_1_TYPES = {"<f4": "float32", "<f2": "float16"}    # version 1 named the buffers' dtype
+# buffer dtype -> the copy and shift routines
+_ROUTINES = {np.dtype(np.float32): backend, np.dtype(np.float16): twins, np.dtype(np.uint8): kvrows}
 
 
 def _is_file_object(target) -> bool:
@@ -63,16 +79,17 @@ def _position_count(name: str, value, low: int, high: int, what: str) -> int:
 
 
 class KVCache:
-    """Per-layer key/value buffers of `capacity` positions and the count of valid ones."""
+    """Per-layer key/value buffers of `capacity` positions and the count of valid ones; kv_cache:
+    the element type (a name of edgellama.kv_types)."""
 
-    def __init__(self, config: ModelConfig, capacity: int, dtype=np.float32):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _ROUTINES:
-            raise InvalidParameterError(f"KVCache dtype={self.dtype.name} is not supported; use float32 or float16")
+    def __init__(self, config: ModelConfig, capacity: int, kv_cache: str = "float32"):
+        self.kv_type = kv_type(kv_cache)
+        self.dtype = self.kv_type.dtype
+        self.row = self.kv_type.row_length(config.head_dim)
         self._ops = _ROUTINES[self.dtype]
         self.config = config
         self._capacity = _position_count("capacity", capacity, 1, 2 ** 31 - 1, "the cache capacity")
-        shape = (1, config.num_kv_heads, self._capacity, config.head_dim)
+        shape = (1, config.num_kv_heads, self._capacity, self.row)
         self.keys = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
         self.values = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
         self.length = 0
@@ -107,7 +124,7 @@ class KVCache:
         buffers when given (their capacity must be >= n), else into new ones."""
         n = self.length if n is None else _position_count("snapshot(n)", n, 0, self.length, "n")
         if into is None:
-            shape = (1, self.config.num_kv_heads, max(n, 1), self.config.head_dim)
+            shape = (1, self.config.num_kv_heads, max(n, 1), self.row)
             into = KVSnapshot([np.empty(shape, self.dtype) for _ in self.keys],
                               [np.empty(shape, self.dtype) for _ in self.values], 0)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=False)
@@ -134,52 +151,71 @@ class KVCache:
         """Writes the first `n` positions (default: all valid) to `path` (a file name, or a binary
         file open for writing, which is written at its position and left open)."""
         n = self.length if n is None else _position_count("save(n)", n, 0, self.length, "n")
-        stored = self.dtype.newbyteorder("<")
-        header = _HEADER.pack(_MAGIC, _VERSION, stored.str.encode().ljust(8, b"\0"),
-                              self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, 0, n)
+        chunks = list(self._chunks(n))
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        header = _HEADER.pack(_MAGIC, _VERSION, self.kv_type.name.encode().ljust(8, b"\0"),
+                              self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, crc, n)
         with _opened(path, "wb") as f:
             f.write(header)
-            for keys, values in zip(self.keys, self.values):
-                f.write(np.ascontiguousarray(keys[:, :, :n, :], dtype=stored).tobytes())
-                f.write(np.ascontiguousarray(values[:, :, :n, :], dtype=stored).tobytes())
+            for chunk in chunks:
+                f.write(chunk)
+
+    def _chunks(self, n: int):
+        """The saved data of the first n positions: per layer keys then values, per head its n rows
+        (little-endian; views of the buffers where the machine is little-endian)."""
+        stored = self.dtype.newbyteorder("<")
+        for keys, values in zip(self.keys, self.values):
+            for buf in (keys, values):
+                for head in range(self.config.num_kv_heads):
+                    yield np.ascontiguousarray(buf[0, head, :n], dtype=stored).reshape(-1).view(np.uint8)
 
     def load(self, path) -> None:
         """Reads what `save` wrote (a file name, or a binary file read from its position to its end);
-        refuses one made for another shape or dtype."""
+        refuses one made for another shape or cache type, and a truncated or damaged one."""
         if not _is_file_object(path) and not os.path.isfile(path):
             raise ModelNotFoundError(f"KV cache file {os.fspath(path)!r} does not exist")
         with _opened(path, "rb") as f:
             name = getattr(f, "name", "<stream>")
-            n = self._read_header(name, f.read(_HEADER.size))
-            per_layer = self.config.num_kv_heads * n * self.config.head_dim
+            n, crc = self._read_header(name, f.read(_HEADER.size))
+            per_layer = self.config.num_kv_heads * n * self.row
             raw = f.read()
         stored = self.dtype.newbyteorder("<")
-        if len(raw) != 2 * self.config.num_layers * per_layer * stored.itemsize:
+        expected = 2 * self.config.num_layers * per_layer * stored.itemsize
+        if len(raw) != expected:
             raise InvalidParameterError(
                 f"KV cache file {name!r} holds {len(raw)} bytes after its header; the header promises "
-                f"{2 * self.config.num_layers * per_layer * stored.itemsize} (truncated or corrupt file)")
+                f"{expected} (truncated or corrupt file)")
+        if crc is not None and zlib.crc32(raw) != crc:
+            raise InvalidParameterError(f"KV cache file {name!r} is corrupt: its data does not match its checksum")
         data = np.frombuffer(raw, dtype=stored)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
-        shape = (1, self.config.num_kv_heads, n, self.config.head_dim)
+        shape = (1, self.config.num_kv_heads, n, self.row)
         for layer in range(self.config.num_layers):
             for kind, buffers in enumerate((self.keys, self.values)):
                 start = (2 * layer + kind) * per_layer
                 buffers[layer][:, :, :n, :] = data[start:start + per_layer].reshape(shape)
         self.length = n
 
-    def _read_header(self, path, raw: bytes) -> int:
-        """The length recorded in a saved file's header, after checking it fits this cache."""
+    def _read_header(self, path, raw: bytes) -> tuple:
+        """(the length recorded in a saved file's header, the crc32 of its data or None for version 1),
+        after checking that the file fits this cache."""
         name = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
         if len(raw) < _HEADER.size:
             raise InvalidParameterError(f"KV cache file {name!r} is too short to hold a header")
-        magic, version, dtype, layers, heads, head_dim, _, n = _HEADER.unpack(raw)
-        if magic != _MAGIC or version != _VERSION:
-            raise InvalidParameterError(
-                f"{name!r} is not a KV cache file of format version {_VERSION} (magic {magic!r}, version {version})")
-        found = {"dtype": dtype.rstrip(b"\0").decode("ascii", "replace"), "num_layers": layers,
-                 "num_kv_heads": heads, "head_dim": head_dim}
-        wanted = {"dtype": self.dtype.newbyteorder("<").str, "num_layers": self.config.num_layers,
-                  "num_kv_heads": self.config.num_kv_heads, "head_dim": self.config.head_dim}
+        magic, version, kind, layers, heads, head_dim, crc, n = _HEADER.unpack(raw)
+        if magic != _MAGIC or version not in (1, _VERSION):
+            raise InvalidParameterError(f"{name!r} is not a KV cache file of format version 1 or {_VERSION} "
+                                        f"(magic {magic!r}, version {version})")
+        kind = kind.rstrip(b"\0").decode("ascii", "replace")
+        kind = _VERSION_1_TYPES.get(kind, kind) if version == 1 else kind
+        if kind != self.kv_type.name:
+            raise InvalidParameterError(f"KV cache file {name!r} holds a kv_cache={kind!r} cache; this cache is "
+                                        f"{self.kv_type.name}: load the model with kv_cache={kind!r} to read it")
+        found = {"num_layers": layers, "num_kv_heads": heads, "head_dim": head_dim}
+        wanted = {"num_layers": self.config.num_layers, "num_kv_heads": self.config.num_kv_heads,
+                  "head_dim": self.config.head_dim}
         for field, value in found.items():
             if value != wanted[field]:
                 raise InvalidParameterError(
@@ -188,7 +224,7 @@ class KVCache:
         if n > self._capacity:
             raise ContextOverflowError(
                 f"KV cache file {name!r} holds {n} positions; this cache has capacity {self._capacity}")
-        return int(n)
+        return int(n), (crc if version >= 2 else None)
 
     # ---- context shift ----
 
@@ -213,7 +249,7 @@ class KVCache:
         self.length -= n_discard
 
     def _check_buffers(self, buffers: list, what: str, min_capacity: int, writable: bool) -> None:
-        """Every buffer: the cache dtype, C-contiguous, [1, kv heads, >= min_capacity, head_dim],
+        """Every buffer: the cache dtype, C-contiguous, [1, kv heads, >= min_capacity, row],
         and writable when it is written to."""
         if len(buffers) != 2 * self.config.num_layers:
             raise InvalidParameterError(
@@ -221,9 +257,9 @@ class KVCache:
         for buf in buffers:
             if (not isinstance(buf, np.ndarray) or buf.dtype != self.dtype or not buf.flags.c_contiguous
                     or buf.ndim != 4 or buf.shape[:2] != (1, self.config.num_kv_heads)
-                    or buf.shape[3] != self.config.head_dim or buf.shape[2] < min_capacity):
+                    or buf.shape[3] != self.row or buf.shape[2] < min_capacity):
                 raise InvalidParameterError(
                     f"{what} must be C-contiguous {self.dtype.name} [1, {self.config.num_kv_heads}, >= {min_capacity}, "
-                    f"{self.config.head_dim}]; got {getattr(buf, 'dtype', type(buf))} {getattr(buf, 'shape', '')}")
+                    f"{self.row}]; got {getattr(buf, 'dtype', type(buf))} {getattr(buf, 'shape', '')}")
             if writable and not buf.flags.writeable:
                 raise InvalidParameterError(f"{what} is read-only; it is written to")

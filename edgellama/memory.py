@@ -3,7 +3,7 @@
     from edgellama.memory import current_rss_bytes, peak_rss_bytes, check_memory
     peak_rss_bytes()      # the most resident memory this process has held since it started
     current_rss_bytes()   # what it holds now
-    check_memory(config, capacity, dtype)   # ContextOverflowError naming the largest max_length that fits
+    check_memory(config, capacity, "int8")  # ContextOverflowError naming the largest max_length that fits
 
 The resident-set readers are the one place the benchmarks, `edgellama bench` and the converter's
 report read memory. They count the pages of this process that are in RAM (anonymous memory, and file
@@ -18,8 +18,6 @@ from __future__ import annotations
 import platform
 import resource
 from typing import Optional
-
-import numpy as np
 
 from .errors import ContextOverflowError
 
@@ -70,17 +68,22 @@ def available_memory() -> Optional[int]:
         return None
 
 
-def kv_cache_bytes(config, capacity: int, dtype) -> int:
-    return 2 * config.num_layers * config.num_kv_heads * capacity * config.head_dim * np.dtype(dtype).itemsize
+def kv_cache_bytes(config, capacity: int, kv_cache) -> int:
+    """Bytes of the keys and values of every layer for `capacity` positions of cache type `kv_cache`
+    (a name or entry of edgellama.kv_types)."""
+    from .kv_types import kv_type
+
+    return 2 * config.num_layers * config.num_kv_heads * capacity * kv_type(kv_cache).row_bytes(config.head_dim)
 
 
-def check_memory(config, capacity: int, dtype, available: Optional[int] = None) -> None:
-    """Raise ContextOverflowError when a KV cache of `capacity` positions does not fit in free RAM."""
+def check_memory(config, capacity: int, kv_cache, available: Optional[int] = None) -> None:
+    """Raise ContextOverflowError when a KV cache of `capacity` positions of type `kv_cache` does not
+    fit in free RAM."""
     available = available_memory() if available is None else available
-    needed = kv_cache_bytes(config, capacity, dtype)
+    needed = kv_cache_bytes(config, capacity, kv_cache)
     if available is None or needed <= available:
         return
-    fits = (available * 9 // 10) // kv_cache_bytes(config, 1, dtype)
+    fits = (available * 9 // 10) // kv_cache_bytes(config, 1, kv_cache)
     raise ContextOverflowError(
         f"a KV cache of max_length={capacity} needs {needed} bytes ({_size(needed)}) but only {available} bytes "
         f"({_size(available)}) of memory are available; load with max_length={max(fits, 0)} or less")

@@ -25,8 +25,8 @@ def backend(request, monkeypatch):
     return request.param
 
 
-def filled(config=CONFIG, capacity=16, length=12, seed=0, dtype=np.float32):
-    cache = KVCache(config, capacity, dtype=dtype)
+def filled(config=CONFIG, capacity=16, length=12, seed=0, kv_cache="float32"):
+    cache = KVCache(config, capacity, kv_cache)
     rng = np.random.default_rng(seed)
     for buf in cache.keys + cache.values:
         buf[...] = rng.standard_normal(buf.shape)
@@ -69,7 +69,7 @@ def test_advance_and_rewind(backend):
     assert cache.length == 0
 
 
-@pytest.mark.parametrize("bad", [dict(capacity=0), dict(capacity=4, dtype=np.int32)])
+@pytest.mark.parametrize("bad", [dict(capacity=0), dict(capacity=4, kv_cache="int32"), dict(capacity=4, kv_cache="int8")])
 def test_bad_construction_is_refused(bad):
     with pytest.raises(InvalidParameterError):
         KVCache(CONFIG, **bad)
@@ -123,8 +123,8 @@ def test_load_refuses_a_file_for_another_shape(backend, tmp_path, change, field)
 def test_load_refuses_dtype_truncation_overflow_and_strangers(backend, tmp_path):
     path = tmp_path / "kv.bin"
     filled().save(path)
-    with pytest.raises(InvalidParameterError, match="dtype"):
-        KVCache(CONFIG, 16, dtype=np.float16).load(path)
+    with pytest.raises(InvalidParameterError, match="kv_cache='float32'"):
+        KVCache(CONFIG, 16, "float16").load(path)
     with pytest.raises(ContextOverflowError):
         KVCache(CONFIG, 8).load(path)
     path.write_bytes(path.read_bytes()[:-4])
@@ -163,7 +163,7 @@ def test_shift_moves_values_and_re_rotates_keys(backend, config, n_keep, n_disca
 
 
 def test_shift_of_a_float16_cache(backend):
-    cache = KVCache(CONFIG, 16, dtype=np.float16)
+    cache = KVCache(CONFIG, 16, "float16")
     raw = np.random.default_rng(2).standard_normal((1, 2, 10, 8))
     cache.keys[0][:, :, :10] = rope(raw, np.arange(10), CONFIG)
     cache.advance(10)

@@ -291,14 +291,14 @@ def test_kv_cache_that_does_not_fit_fails_before_allocating(package, monkeypatch
     import edgellama
 
     info = edgellama.package.read_info(package)
-    per_position = kv_cache_bytes(info.config, 1, np.float32)
+    per_position = kv_cache_bytes(info.config, 1, "float32")
     monkeypatch.setattr(memory, "available_memory", lambda: per_position * 40)
     refuse_session(monkeypatch)
 
     def no_cache(*args, **kwargs):
         raise AssertionError("a KV cache was allocated")
     monkeypatch.setattr(context, "KVCache", no_cache)
-    needed = kv_cache_bytes(info.config, 64, np.float32)
+    needed = kv_cache_bytes(info.config, 64, "float32")
     with pytest.raises(ContextOverflowError) as err:
         load(package, max_length=64)
     message = str(err.value)

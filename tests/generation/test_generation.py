@@ -242,9 +242,9 @@ def test_chunked_prefill_gives_the_same_tokens(model):
 def test_memory_check_names_what_fits(model):
     from edgellama.memory import check_memory, kv_cache_bytes
 
-    per_position = kv_cache_bytes(model.config, 1, np.float32)
-    check_memory(model.config, 100, np.float32, available=per_position * 200)
+    per_position = kv_cache_bytes(model.config, 1, "float32")
+    check_memory(model.config, 100, "float32", available=per_position * 200)
     with pytest.raises(ContextOverflowError, match=r"max_length=90 or less"):
-        check_memory(model.config, 1000, np.float32, available=per_position * 100)
+        check_memory(model.config, 1000, "float32", available=per_position * 100)
 
 
