@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edgellama.errors import InvalidParameterError
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, PackageInfo
 from edgellama.memory import peak_rss_bytes
 
@@ -36,6 +37,17 @@ from .report import ConvertReport, folder_bytes
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 
 log = logging.getLogger(__name__)
+
+
+def _check_kv_cache(options: ConvertOptions, plan) -> None:
+    """A default KV cache type other than the io_dtype's needs edgellama's attention in every layer."""
+    from edgellama.kv_graph import GQA_ONLY
+    from edgellama.kv_types import FLOAT_GRAPH
+
+    if options.kv_cache not in (None, options.io_dtype) and any(
+            layer.attention != FLOAT_GRAPH.op_type for layer in plan.layers):
+        raise InvalidParameterError(f"kv_cache={options.kv_cache!r} cannot be this package's default: "
+                                    f"{GQA_ONLY.format(options.io_dtype)}")
 
 
 def _write_package(source, tensors, tokenizer_files: dict, writer,
@@ -54,6 +66,7 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
     plan = plan_conversion(options, tensors)
+    _check_kv_cache(options, plan)
     data = ExternalData(writer.path / DATA_FILE)
     bar = ProgressBar(tensors.count) if options.progress else None
     tensors.on_tensor = bar.update if bar is not None else None
@@ -74,7 +87,7 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
     quantization = replace(options.quantization, layout=plan.to_dict())
     info = PackageInfo(config=config, quantization=quantization, max_length=max_length,
                        special_tokens=source.special_tokens, source=source.name, providers=options.providers,
-                       io_dtype=options.io_dtype, last_token_logits=True)
+                       io_dtype=options.io_dtype, last_token_logits=True, kv_cache=options.kv_cache)
     return info, ctx.stats.summary(), tensors.count
 
 

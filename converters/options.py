@@ -6,6 +6,8 @@ from typing import Optional
 
 from edgellama.config import ModelConfig
 from edgellama.errors import InvalidParameterError
+from edgellama.kv_graph import GQA_ONLY
+from edgellama.kv_types import kv_type
 from edgellama.package import Quantization
 
 PROVIDERS = ("cpu", "cuda")
@@ -34,7 +36,10 @@ class ConvertOptions:
     portable one), "zero_point" (portable only: the Q4_1 minimum rounded to an integer zero point,
     faster there, inexact) or "requantize" (dequantize and quantize again); "ops" is the native
     form's "carry" under its former name. converters/plan.py turns them into a plan per weight and
-    layer."""
+    layer.
+
+    kv_cache: the KV cache type the package loads with by default (edgellama.kv_types), recorded in
+    edgellama.json; None records none (the io_dtype's). A portable package runs only its io_dtype's."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
@@ -42,6 +47,7 @@ class ConvertOptions:
     progress: bool = False
     gguf_blocks: str = "carry"
     portable: bool = False
+    kv_cache: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.quantization, Quantization):
@@ -65,6 +71,11 @@ class ConvertOptions:
         if self.gguf_blocks in PORTABLE_ONLY_MODES and not self.portable:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} is a form of the portable graph: "
                                         "convert with portable=True (--portable)")
+        if self.kv_cache is not None:
+            kv_type(self.kv_cache)
+            if self.portable and self.kv_cache != self.io_dtype:
+                raise InvalidParameterError(f"kv_cache={self.kv_cache!r} cannot be the default of a portable package: "
+                                            f"{GQA_ONLY.format(self.io_dtype)}")
 
     @property
     def native(self) -> bool:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import kernels
 from .errors import InvalidParameterError
+from .kv_types import kv_type
 from .memory import peak_rss_bytes
 from .package import read_info
 
@@ -49,7 +50,8 @@ class BenchSettings:
     """n_prompt / n_gen: tokens of the pp and tg tests (0 skips one); repetitions: timed runs per
     test; threads: thread counts to sweep (None = physical cores); depths: cache depths for extra
     tg tests; max_length: KV capacity (default: the smallest that fits every test, at most the
-    package's); e2e_tokens: tokens of the TTFT / end-to-end test (0 skips it)."""
+    package's); e2e_tokens: tokens of the TTFT / end-to-end test (0 skips it); kv_cache: the KV cache
+    type (default the package's; see edgellama.load)."""
     n_prompt: int = 512
     n_gen: int = 128
     repetitions: int = 5
@@ -60,6 +62,7 @@ class BenchSettings:
     e2e_tokens: int = 128
     seed: int = 0
     constraint: Optional[object] = None   # an edgellama.Constraint for the constrained end-to-end test
+    kv_cache: Optional[str] = None
 
     def __post_init__(self):
         for name in ("n_prompt", "n_gen", "e2e_tokens"):
@@ -78,6 +81,8 @@ class BenchSettings:
             raise InvalidParameterError(f"depths={self.depths!r} must be integers >= 0")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
             raise InvalidParameterError(f"max_length={self.max_length!r} must be a positive integer")
+        if self.kv_cache is not None:
+            kv_type(self.kv_cache)
 
     def needed_length(self) -> int:
         """KV capacity that every requested test fits in."""
@@ -104,6 +109,7 @@ class BenchReport:
     cpu_features: tuple = ()
     kernels: str = ""            # edgellama.kernels.describe(): the C routines' path
     max_length: int = 0
+    kv_cache: str = ""           # the KV cache type the tests ran
     size_bytes: int = 0
     load_s: float = 0.0
     peak_rss_bytes: int = 0      # edgellama.memory.peak_rss_bytes() after the last test
@@ -255,10 +261,11 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
                          max_length=_capacity(info, settings),
                          size_bytes=package_bytes(path))
     for i, threads in enumerate(settings.threads):
-        model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length)
+        model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length,
+                     kv_cache=settings.kv_cache)
         threads = model.threads
         if i == 0:
-            report.load_s, report.provider = model.load_s, model.provider
+            report.load_s, report.provider, report.kv_cache = model.load_s, model.provider, model.kv_cache
         log.info("benchmarking %s on %s with %d threads", path, model.provider, threads)
         report.rows.extend(speed_tests(model, settings, threads, report.notes))
         if i == 0 and settings.e2e_tokens:

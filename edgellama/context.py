@@ -27,7 +27,6 @@ import numpy as np
 
 from .binding import StepBinding
 from .errors import ContextOverflowError, InvalidParameterError
-from .graph_contract import IO_DTYPES
 from .kvcache import KVCache, KVSnapshot
 from .providers import captures_graphs
 from .rope import inv_frequencies
@@ -49,11 +48,12 @@ class Context:
     after them (the token drawn last and the tokens `record`ed after it) run at the next step.
     """
 
-    def __init__(self, session, info, capacity: int, device: Optional[str] = None):
+    def __init__(self, session, info, capacity: int, device: Optional[str] = None, kv_cache: Optional[str] = None):
+        """kv_cache: the cache type the session's graph runs (edgellama.kv_graph); default the package's."""
         config = info.config
         self.config = config
         self.capacity = capacity
-        self.kv = KVCache(config, capacity, dtype=IO_DTYPES[info.io_dtype])
+        self.kv = KVCache(config, capacity, info.default_kv_cache if kv_cache is None else kv_cache)
         self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
                                    device, graphs=device == "cuda" and captures_graphs(session))
         self._ids = np.zeros(capacity + 1, dtype=np.int32)   # + the token drawn when the cache is full

@@ -29,7 +29,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError, PackageError
-from .graph_contract import ATTENTION_MASK, INPUT_IDS, IO_DTYPES, LOGITS, kv_names
+from .graph_contract import ATTENTION_MASK, INPUT_IDS, LOGITS, kv_names
+from .kv_types import kv_type
 from .package import MODEL_FILE, read_info
 from .session import open_package
 
@@ -43,13 +44,15 @@ LOGITS_CHUNK = 256   # rows of logits turned into log-probabilities at once
 class EvalSettings:
     """ctx: tokens per window (default: the package's max_length, at most the text);
     stride: tokens between window starts (default ctx); method: "graph" or "stepwise";
-    max_tokens: score only the first N tokens of the text (0 = all); threads/providers as in `load`."""
+    max_tokens: score only the first N tokens of the text (0 = all); threads/providers/kv_cache as in
+    `load`."""
     ctx: Optional[int] = None
     stride: Optional[int] = None
     method: str = "graph"
     max_tokens: int = 0
     threads: Optional[int] = None
     providers: tuple = ("cpu",)
+    kv_cache: Optional[str] = None
 
     def __post_init__(self):
         for name in ("ctx", "stride", "threads"):
@@ -66,6 +69,8 @@ class EvalSettings:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
             raise InvalidParameterError(f"max_tokens={self.max_tokens!r} must be an integer >= 0")
         object.__setattr__(self, "providers", tuple(self.providers))
+        if self.kv_cache is not None:
+            kv_type(self.kv_cache)
 
 
 @dataclass(frozen=True)
@@ -169,10 +174,12 @@ def all_positions_graph(package: Path):
     return model
 
 
-def empty_past(info) -> dict:
-    """The past_key_values feed of a run without past: every layer's key and value with 0 positions."""
+def empty_past(info, kv_cache: Optional[str] = None) -> dict:
+    """The past_key_values feed of a run without past: every layer's key and value with 0 positions
+    (of the cache type `kv_cache`, default the package's)."""
     cfg = info.config
-    empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype=IO_DTYPES[info.io_dtype])
+    kv = kv_type(info.default_kv_cache if kv_cache is None else kv_cache)
+    empty = np.zeros((1, cfg.num_kv_heads, 0, kv.row_length(cfg.head_dim)), dtype=kv.dtype)
     return {past: empty for past, _ in kv_names(cfg.num_layers)}
 
 
@@ -180,9 +187,10 @@ class GraphScorer:
     """Scores a window with one run of the all-positions graph (no past)."""
 
     def __init__(self, package: Path, settings: EvalSettings):
-        opened = open_package(package, settings.providers, settings.threads, graph=all_positions_graph(package))
+        opened = open_package(package, settings.providers, settings.threads, graph=all_positions_graph(package),
+                              kv_cache=settings.kv_cache)
         self.session, self.provider, self.info = opened.session, opened.provider, opened.info
-        self.past = empty_past(opened.info)
+        self.past = empty_past(opened.info, opened.kv_cache)
 
     def logits(self, ids) -> np.ndarray:
         """The logits [len(ids), vocab] of every position of `ids`, run from an empty cache."""
@@ -200,7 +208,8 @@ class _StepwiseScorer:
     """Scores a window through the KV cache: the unscored prefix at once, then one token per run."""
 
     def __init__(self, package: Path, settings: EvalSettings, ctx: int):
-        opened = open_package(package, settings.providers, settings.threads, max_length=ctx)
+        opened = open_package(package, settings.providers, settings.threads, max_length=ctx,
+                              kv_cache=settings.kv_cache)
         self.provider = opened.provider
         self.context = opened.new_context()
 

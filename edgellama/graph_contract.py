@@ -6,8 +6,10 @@
     past_key_values.i.value                                present.i.value
 
 S: the tokens of one run; T: the positions in the cache after it. past_key_values.i.* and
-present.i.* are [1, num_kv_heads, positions, head_dim] in the package's io_dtype; the runtime
-binds each present to the same buffer as its past, so the graph writes the cache in place.
+present.i.* are [1, num_kv_heads, positions, row] in the KV cache type the session runs (the
+package's io_dtype, or another chosen at load: edgellama.kv_types, edgellama.kv_graph; the row is
+head_dim but for int8); the runtime binds each present to the same buffer as its past, so the graph
+writes the cache in place.
 These names are written here only: the converter declares them, the runtime binds and checks them.
 """
 from __future__ import annotations
@@ -41,9 +43,13 @@ def kv_names(num_layers: int) -> list[tuple[str, str]]:
     return [(past_name(i, kind), present_name(i, kind)) for i in range(num_layers) for kind in KV_KINDS]
 
 
-def check_graph(session, config, where, io_dtype: str = "float32") -> None:
+def check_graph(session, config, where, io_dtype: str = "float32", kv_cache=None) -> None:
     """The graph's inputs and outputs must be the contract's, with the layer count, KV shapes,
-    vocabulary and dtype that edgellama.json states."""
+    vocabulary and dtype that edgellama.json states, and the caches of `kv_cache` (a KV cache type,
+    default the io_dtype's)."""
+    from .kv_types import kv_type
+
+    cache = kv_type(io_dtype if kv_cache is None else kv_cache)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     head, tail = PAST.split("{layer}")
@@ -62,9 +68,13 @@ def check_graph(session, config, where, io_dtype: str = "float32") -> None:
     extra = sorted(set(inputs) - want_in)
     if extra:
         raise PackageError(f"{where}: the graph has inputs this runtime does not feed: {', '.join(extra)}")
-    expected = {"num_kv_heads": (1, config.num_kv_heads), "head_dim": (3, config.head_dim)}
+    expected = {"num_kv_heads": (1, config.num_kv_heads), "head_dim": (3, cache.row_length(config.head_dim))}
     for name in sorted(past for past, _ in kv) + sorted(present for _, present in kv):
-        _check_dims(inputs.get(name) or outputs[name], expected, where)
+        node = inputs.get(name) or outputs[name]
+        _check_dims(node, expected, where)
+        if node.type != cache.ort_type:
+            raise PackageError(f"{where}: the graph's {name} is {node.type} but a kv_cache={cache.name!r} cache "
+                               f"is {cache.ort_type}; the metadata does not match the graph")
     _check_dims(outputs[LOGITS], {"vocab_size": (2, config.vocab_size)}, where)
     element = ELEMENT_TYPES.get(io_dtype)
     if element is not None and outputs[LOGITS].type != element:

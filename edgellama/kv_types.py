@@ -9,14 +9,13 @@
 A package's model.onnx keeps float32 caches; at load edgellama.kv_graph rewrites its attention nodes
 and cache inputs and outputs to the chosen type, and edgellama.kvcache allocates the buffers
 [1, kv heads, capacity, row] of the type's dtype. Packages in the portable form (ONNX Runtime's
-GroupQueryAttention) run only the type equal to their io_dtype.
+GroupQueryAttention) run only the type equal to their io_dtype. The module imports nothing heavy, so
+the command line reads its names.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
-
-import numpy as np
 
 from .errors import InvalidParameterError
 
@@ -26,7 +25,7 @@ KV_GROUP = 32   # int8 rows: values per float32 scale
 @dataclass(frozen=True)
 class KVType:
     name: str
-    dtype: np.dtype          # element type of the buffers
+    buffer: str              # NumPy element type of the buffers
     element_type: int        # onnx.TensorProto data type of the graph's past/present
     ort_type: str            # the same as ONNX Runtime names it
     op_type: str             # the native form's attention operator (domain ai.edgellama)
@@ -42,14 +41,21 @@ class KVType:
                                         f"{self.group}; this model's is {head_dim}: use float32 or float16")
         return head_dim + 4 * (head_dim // self.group)
 
+    @property
+    def dtype(self):
+        """The buffers' numpy.dtype."""
+        import numpy as np
+
+        return np.dtype(self.buffer)
+
     def row_bytes(self, head_dim: int) -> int:
-        return self.row_length(head_dim) * np.dtype(self.dtype).itemsize
+        return self.row_length(head_dim) * self.dtype.itemsize
 
 
 KV_TYPES = {
-    "float32": KVType("float32", np.dtype(np.float32), 1, "tensor(float)", "RotaryAttention"),
-    "float16": KVType("float16", np.dtype(np.float16), 10, "tensor(float16)", "RotaryAttentionF16"),
-    "int8": KVType("int8", np.dtype(np.uint8), 2, "tensor(uint8)", "RotaryAttentionQ8",
+    "float32": KVType("float32", "float32", 1, "tensor(float)", "RotaryAttention"),
+    "float16": KVType("float16", "float16", 10, "tensor(float16)", "RotaryAttentionF16"),
+    "int8": KVType("int8", "uint8", 2, "tensor(uint8)", "RotaryAttentionQ8",
                    (("kv_group", KV_GROUP),), KV_GROUP),
 }
 FLOAT_GRAPH = KV_TYPES["float32"]   # the caches model.onnx declares

@@ -33,7 +33,7 @@ Prompt = Union[str, Sequence[int]]
 
 
 def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-         max_length: Optional[int] = None, verify: bool = False) -> "Model":
+         max_length: Optional[int] = None, verify: bool = False, kv_cache: Optional[str] = None) -> "Model":
     """Load the model package at `path`.
 
     providers   execution providers to try in order ("cuda", "cpu", ...); default: those the package
@@ -42,19 +42,24 @@ def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int]
     max_length  KV-cache capacity per context (default and upper bound: the package's max_length)
     verify      check every file's sha256 against edgellama.json first; without it, every file but the
                 weights (model.onnx.data) is hashed, and the weights' size is checked against the graph
+    kv_cache    element type of the KV cache: "float32", "float16" or "int8" (edgellama.kv_types; default
+                the package's, `edgellama convert --kv-cache`); packages in the portable form run only
+                their io_dtype's
     """
-    return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify)
+    return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify,
+                 kv_cache=kv_cache)
 
 
 class Model:
     """A loaded model package; see `load`."""
 
-    def __init__(self, path, providers=None, threads=None, max_length=None, verify=False):
+    def __init__(self, path, providers=None, threads=None, max_length=None, verify=False, kv_cache=None):
         t0 = time.perf_counter()
-        self.package = open_package(path, providers, threads, max_length, verify)
+        self.package = open_package(path, providers, threads, max_length, verify, kv_cache=kv_cache)
         self.path, self.info, self.config = self.package.path, self.package.info, self.package.config
         self.session, self.provider, self.device = self.package.session, self.package.provider, self.package.device
         self.threads, self.max_length = self.package.threads, self.package.max_length
+        self.kv_cache = self.package.kv_cache
         self.tokenizer = Tokenizer.from_package(self.path, self.info.special_tokens)
         self._idle: list[Context] = []
         self._lock = threading.Lock()
@@ -62,7 +67,8 @@ class Model:
         self.load_s = time.perf_counter() - t0
 
     def __repr__(self):
-        return f"Model({str(self.path)!r}, provider={self.provider!r}, max_length={self.max_length})"
+        return (f"Model({str(self.path)!r}, provider={self.provider!r}, max_length={self.max_length}, "
+                f"kv_cache={self.kv_cache!r})")
 
     # -- contexts -----------------------------------------------------------------------------
     def new_context(self) -> Context:

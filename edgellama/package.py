@@ -7,7 +7,8 @@
       tokenizer_config.json   chat template and special tokens
       genai_config.json   so onnxruntime-genai runs the same package (packages that need no operator library)
       edgellama.json      this module's `PackageInfo`: format version, architecture,
-                          quantization, max_length, special tokens, source, sha256 per file
+                          quantization, max_length, special tokens, source, the default KV cache
+                          type when one was chosen, sha256 per file
 """
 from __future__ import annotations
 
@@ -112,12 +113,25 @@ class PackageInfo:
     last_token_logits: bool = True  # `logits` holds the last position only
     files: dict = field(default_factory=dict)   # file name -> sha256 hex
     format_version: int = FORMAT_VERSION
+    kv_cache: Optional[str] = None  # KV cache type loaded by default (edgellama.kv_types); None: io_dtype
 
     def __post_init__(self):
         self.special_tokens.check_vocabulary(self.config.vocab_size)
+        if self.kv_cache is not None:
+            from .kv_types import KV_TYPES
+            if self.kv_cache not in KV_TYPES:
+                raise UnsupportedConfigError(f"kv_cache={self.kv_cache!r} is not a KV cache type "
+                                             f"({', '.join(KV_TYPES)})")
+
+    @property
+    def default_kv_cache(self) -> str:
+        """The KV cache type a load without kv_cache uses: the recorded one, else the io_dtype's."""
+        return self.kv_cache or self.io_dtype
 
     def to_json(self) -> str:
         data = asdict(self)
+        if self.kv_cache is None:
+            del data["kv_cache"]        # packages without a chosen type keep the fields they always had
         data["special_tokens"]["eos_token_ids"] = list(self.special_tokens.eos_token_ids)
         data["providers"] = list(self.providers)
         return json.dumps(data, indent=2, sort_keys=True)
@@ -151,6 +165,7 @@ class PackageInfo:
                 last_token_logits=bool(data.get("last_token_logits", True)),
                 files=dict(data.get("files", {})),
                 format_version=version,
+                kv_cache=data.get("kv_cache"),
             )
         except KeyError as exc:
             raise PackageError(f"{where}: required field {exc.args[0]!r} is missing") from None

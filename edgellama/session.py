@@ -1,10 +1,11 @@
 """Opening a model package in ONNX Runtime, in one call: `open_package`.
 
-    open_package(path, providers, threads, max_length, verify)
-      read_info -> capacity -> memory check -> external data check (locations, sizes)
+    open_package(path, providers, threads, max_length, verify, kv_cache=...)
+      read_info -> capacity, KV cache type -> memory check -> external data check (locations, sizes)
       -> sha256 of every file (verify) or of all but the weights
+      -> the graph for the KV cache type (edgellama.kv_graph; model.onnx as it is for the package's own)
       -> choose providers -> InferenceSession (first provider that loads it) -> graph contract check
-      = PackageSession(path, info, session, provider, threads, max_length)  -> new_context()
+      = PackageSession(path, info, session, provider, threads, max_length, kv_cache)  -> new_context()
 
 `Model` (edgellama.model) and the scorers of edgellama.evaluate open packages through it, and
 every session it makes registers edgellama's operator library (edgellama.ops).
@@ -23,6 +24,8 @@ from .context import Context
 from .errors import InvalidParameterError, ProviderError
 from .external_data import check_external_data
 from .graph_contract import IO_DTYPES, check_graph
+from .kv_graph import graph_for
+from .kv_types import resolve
 from .memory import check_memory
 from .package import MODEL_FILE, PackageInfo, read_info, verify as verify_files
 from .providers import (DEVICES, PROVIDERS, built_for_message, choose_providers, cuda_graphs_wanted,
@@ -112,6 +115,7 @@ class PackageSession:
     provider: str             # the execution provider that runs it
     threads: int
     max_length: int           # KV-cache capacity of each context
+    kv_cache: str = "float32"  # KV cache type of each context (edgellama.kv_types), the one the graph runs
 
     @property
     def config(self):
@@ -124,32 +128,37 @@ class PackageSession:
 
     def new_context(self) -> Context:
         """A fresh context: its own KV cache of max_length positions (refused when it does not fit in memory)."""
-        check_memory(self.config, self.max_length, IO_DTYPES[self.info.io_dtype])
-        return Context(self.session, self.info, self.max_length, self.device)
+        check_memory(self.config, self.max_length, self.kv_cache)
+        return Context(self.session, self.info, self.max_length, self.device, self.kv_cache)
 
 
 def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                 max_length: Optional[int] = None, verify: bool = False, graph=None) -> PackageSession:
+                 max_length: Optional[int] = None, verify: bool = False, graph=None,
+                 kv_cache: Optional[str] = None) -> PackageSession:
     """Read, check and open the package at `path` (settings as in `edgellama.load`).
 
     graph: an onnx.ModelProto to run instead of the package's model.onnx, over the package's
-    weights (edgellama.evaluate's all-positions graph); it keeps no KV cache, so no memory check."""
+    weights (edgellama.evaluate's all-positions graph); it keeps no KV cache, so no memory check.
+    kv_cache: the KV cache type (edgellama.kv_types; default the package's), `graph` rewritten for it."""
     path = Path(path)
     info = read_info(path)
+    kv = resolve(kv_cache, info.default_kv_cache)
+    kv.row_length(info.config.head_dim)             # a type this head_dim cannot store fails here
     capacity = _capacity(info, max_length)
     if info.io_dtype not in IO_DTYPES:
         raise InvalidParameterError(f"{path}: io_dtype {info.io_dtype!r} is not supported")
     if graph is None:
-        check_memory(info.config, capacity, IO_DTYPES[info.io_dtype])
+        check_memory(info.config, capacity, kv)
     threads = default_threads() if threads is None else threads
     check_external_data(path)                       # locations inside the package, sizes as the graph reads
     t0 = time.perf_counter()
     verify_files(path, info, quick=not verify)      # without verify: every file but the weights
     log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
+    graph = graph_for(path / MODEL_FILE, info, kv, graph)
     providers, cpu_fallback = choose_providers(providers, info.providers, path)
     session, provider = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers, graph)
-    check_graph(session, info.config, path / MODEL_FILE, info.io_dtype)
-    return PackageSession(path, info, session, provider, threads, capacity)
+    check_graph(session, info.config, path / MODEL_FILE, info.io_dtype, kv)
+    return PackageSession(path, info, session, provider, threads, capacity, kv.name)
 
 
 def _capacity(info: PackageInfo, max_length) -> int:

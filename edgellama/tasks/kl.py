@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +137,8 @@ def kl_divergence(package, base, text: str, settings: EvalSettings = EvalSetting
         raise InvalidParameterError(f"the text has {len(ids)} tokens, fewer than one chunk of ctx={ctx}")
     special = info.special_tokens
     plan = chunks(ids, ctx, special.bos_token_id if special.add_bos_token else None)
-    model, reference = GraphScorer(package, settings), GraphScorer(base, settings)
+    # the reference runs its own cache type: kv_cache is the scored package's setting
+    model, reference = GraphScorer(package, settings), GraphScorer(base, replace(settings, kv_cache=None))
     rows = scored_rows(ctx)
     t0 = time.perf_counter()
     parts = [divergence(reference.logits(chunk)[rows], model.logits(chunk)[rows], chunk[rows.start + 1:])

@@ -153,7 +153,8 @@ def evaluate_tasks(package, task: str, tasks: Sequence[Task], settings: EvalSett
         where = next(t.where for t, plan in zip(tasks, plans) if max(map(len, plan.ids)) == longest)
         raise ContextOverflowError(f"the task at {where} has a choice of {longest} tokens; the package holds "
                                    f"{info.max_length}")
-    opened = open_package(package, settings.providers, settings.threads, max_length=longest)
+    opened = open_package(package, settings.providers, settings.threads, max_length=longest,
+                          kv_cache=settings.kv_cache)
     scorer = StepScorer(opened.new_context())
     t0 = time.perf_counter()
     chosen = []

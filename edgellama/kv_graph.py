@@ -1,0 +1,71 @@
+"""The KV cache type of a package's graph, chosen at load (edgellama.kv_types).
+
+model.onnx of a native package keeps float32 caches. For another type the graph is read without its
+weights, edited, and loaded from memory over the package's weights (edgellama.session.create_session):
+
+    past_key_values.i.key    float32 [B, G, P, D] -.                                       .-> present.i.key
+    past_key_values.i.value  float32 [B, G, P, D] -+-> RotaryAttention (ai.edgellama) -+-> present.i.value
+                                                                                      '-> attention output
+becomes, for kv_cache="int8" (float16: RotaryAttentionF16 over float16 [B, G, P, D], no attribute)
+
+    past_key_values.i.key    uint8 [B, G, P, D + 4 D/32] -.                                 .-> present.i.key
+    past_key_values.i.value  uint8 [B, G, P, D + 4 D/32] -+-> RotaryAttentionQ8 ----------+-> present.i.value
+                                                              kv_group=32                   '-> attention output
+
+Every other input, output, attribute and node stays as it is. A graph whose attention is ONNX
+Runtime's GroupQueryAttention (the portable form; and packages whose q|k|v is not computed by
+edgellama's int4 kernels: converters/plan.py) runs only the cache type of its io_dtype.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from .errors import InvalidParameterError
+from .graph_contract import kv_names
+from .kv_types import FLOAT_GRAPH, KVType
+from .ops import DOMAIN
+
+GQA_ONLY = ("this package's attention is ONNX Runtime's GroupQueryAttention, which keeps a {} cache (edgellama's "
+            "own attention, which takes the other types, comes with int4 weights converted without --portable)")
+
+
+def graph_for(model_path: Path, info, kv: KVType, graph=None):
+    """The onnx.ModelProto to load for cache type `kv`: `graph` (None: the file as it is) when the
+    package's graph keeps that type already, else the graph (or model.onnx, read without its weights)
+    rewritten by `rewrite`."""
+    if kv.name == info.io_dtype:
+        return graph
+    if graph is None:
+        import onnx
+        graph = onnx.load(str(model_path), load_external_data=False)
+    rewrite(graph, kv, info.config, model_path, info.io_dtype)
+    return graph
+
+
+def rewrite(model, kv: KVType, config, where, io_dtype: str = "float32") -> None:
+    """Edit `model` (an onnx.ModelProto with float32 caches and RotaryAttention nodes) in place to run
+    cache type `kv`; InvalidParameterError when its attention is not RotaryAttention."""
+    from onnx import helper
+
+    graph = model.graph
+    nodes = [n for n in graph.node if n.op_type == FLOAT_GRAPH.op_type and n.domain == DOMAIN]
+    if len(nodes) != config.num_layers or io_dtype != FLOAT_GRAPH.name:
+        raise InvalidParameterError(f"{where}: kv_cache={kv.name!r} cannot be used: {GQA_ONLY.format(io_dtype)}; "
+                                    f"load it with kv_cache={io_dtype!r}")
+    for node in nodes:
+        node.op_type = kv.op_type
+        node.attribute.extend(helper.make_attribute(name, value) for name, value in kv.attributes)
+    names = {name for pair in kv_names(config.num_layers) for name in pair}
+    row = kv.row_length(config.head_dim)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name in names:
+            _retype(value, kv.element_type, row)
+
+
+def _retype(value, element_type: int, row: int) -> None:
+    """[B, G, P, D] of one past/present: its element type and its last dimension, the row."""
+    tensor = value.type.tensor_type
+    tensor.elem_type = element_type
+    dims = tensor.shape.dim
+    if len(dims) == 4:
+        dims[3].dim_value = row
+
