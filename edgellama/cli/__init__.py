@@ -15,6 +15,7 @@ import sys
 import threading
 
 from ..errors import EdgeLlamaError, InvalidParameterError, ModelNotFoundError, NotBuiltError
+from ..kv_types import KV_TYPES
 
 # name -> (module under edgellama.cli, one-line help)
 SUBCOMMANDS = {
@@ -35,7 +36,7 @@ API_FLAGS = {
     "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "providers": "--provider", "stop": "--stop",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
     "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None, "parallel": "--parallel",
-    "queue": "--queue", "max_body": "--max-body", "port": "--port",
+    "queue": "--queue", "max_body": "--max-body", "port": "--port", "kv_cache": "--kv-cache",
 }
 COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
 VALUELESS = {"force": "--force", "on_overflow": "--context-shift"}
@@ -69,6 +70,13 @@ def read_text_file(path: str, flag: str) -> str:
     except UnicodeDecodeError as exc:
         raise InvalidParameterError(f"{flag} {path!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                                     f"{exc.start}); convert it to UTF-8 first, e.g. with iconv") from None
+
+
+def add_kv_cache_argument(parser: argparse.ArgumentParser, help_text: str = "") -> None:
+    """--kv-cache TYPE: the element type of the KV cache (edgellama.kv_types)."""
+    parser.add_argument("--kv-cache", choices=tuple(KV_TYPES), default=None, metavar="TYPE",
+                        help=help_text or "KV cache element type: float32, float16 (half the memory) or int8 "
+                                          "(about a quarter); default: the package's (edgellama info)")
 
 
 def _module(name: str):

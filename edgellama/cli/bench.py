@@ -8,6 +8,7 @@ import io
 import json
 
 from ..errors import InvalidParameterError
+from . import add_kv_cache_argument
 
 CSV_FIELDS = ("test", "threads", "unit", "mean", "stdev")
 
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV-cache capacity (default: the smallest that fits every test)")
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
+    add_kv_cache_argument(parser)
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV rows")
@@ -46,7 +48,8 @@ def header(report) -> str:
     features = ", ".join(report.cpu_features) or "none detected"
     return "\n".join([
         f"model       {report.model} ({report.quantization}, {report.size_bytes / 2**20:.1f} MiB on disk)",
-        f"runtime     onnxruntime {report.onnxruntime}, {report.provider}, KV capacity {report.max_length}",
+        f"runtime     onnxruntime {report.onnxruntime}, {report.provider}, KV capacity {report.max_length} "
+        f"({report.kv_cache})",
         f"cpu         {report.cpu} [{features}]",
         f"kernels     {report.kernels}",
         f"load        {report.load_s:.2f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB",
@@ -104,7 +107,8 @@ def main(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
-                             providers=args.provider, e2e_tokens=args.e2e_tokens, constraint=constraint_from(args))
+                             providers=args.provider, e2e_tokens=args.e2e_tokens, constraint=constraint_from(args),
+                             kv_cache=args.kv_cache)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
     report = run_bench(args.model, settings)

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import read_text_file
+from . import add_kv_cache_argument, read_text_file
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exact, except Q4_1 minimums to two digits per row with --portable), requantize them, "
                              "or with --portable round Q4_1 minimums to integer zero points (zero_point); "
                              "ops is carry's former name for the native form")
+    add_kv_cache_argument(parser, "the KV cache element type the package loads with by default (float32, "
+                                  "float16, int8), recorded in edgellama.json; a load chooses another with "
+                                  "--kv-cache. A portable package runs only its own (float32; CUDA: float16)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
@@ -65,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         force=args.force,
         gguf_blocks=args.gguf_blocks,
         portable=args.portable,
+        kv_cache=args.kv_cache,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)
@@ -96,7 +100,7 @@ def compare_perplexity(source, report, options, text: str, text_name: str) -> st
     else:
         ref_options = dataclasses.replace(options, quantization=Quantization(method="fp32"),
                                           max_length=report.info.max_length, providers=("cpu",),
-                                          force=False, progress=False)
+                                          force=False, progress=False, kv_cache=None)
         with tempfile.TemporaryDirectory(prefix="edgellama-reference-") as tmp:
             reference_package = convert(source, Path(tmp) / "fp32", ref_options).output
             reference = evaluate_ids(reference_package, ids, EvalSettings())

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import read_text_file
+from . import add_kv_cache_argument, read_text_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="graph: all positions per run (default); stepwise: one token per run")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
     parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP", help="execution providers to try")
+    add_kv_cache_argument(parser, "KV cache element type of MODEL: float32, float16 or int8 (default: the "
+                                  "package's; the --kl-base package runs its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -37,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from .evaluate_tasks import check_mode, run_kl, run_task
 
     settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
-                            threads=args.threads, providers=tuple(args.provider))
+                            threads=args.threads, providers=tuple(args.provider), kv_cache=args.kv_cache)
     mode = check_mode(args)
     if mode != "perplexity":
         return (run_task if mode == "task" else run_kl)(args, settings)

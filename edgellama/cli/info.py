@@ -33,6 +33,7 @@ def main(args) -> int:
         ("quantization", q.method if q.method in ("fp16", "fp32") else
             f"{q.method}, block {q.block_size}, {'symmetric' if q.symmetric else 'asymmetric'}"),
         ("max length", info.max_length),
+        ("kv cache", f"{info.default_kv_cache} by default"),
         ("providers", ", ".join(info.providers)),
         ("size", f"{size / 2**20:.1f} MiB"),
         ("kernels on this CPU", kernels.describe()),

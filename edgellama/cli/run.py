@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from . import add_kv_cache_argument
+
 RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
 
@@ -32,6 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
                              "package was built for)")
+    add_kv_cache_argument(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +101,7 @@ def load_from(args):
 
     providers = tuple(args.provider) if args.provider else None
     return load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
-                verify=args.verify)
+                verify=args.verify, kv_cache=args.kv_cache)
 
 
 def timings_line(timings) -> str:

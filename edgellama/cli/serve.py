@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidParameterError, NotBuiltError
+from . import add_kv_cache_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the KV caches of system prompts in DIR, across restarts")
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
+    add_kv_cache_argument(parser)
 
 
 def main(args) -> int:
@@ -52,7 +54,8 @@ def main(args) -> int:
         print(f"edgellama serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this address can use the model", file=sys.stderr)
     providers = tuple(args.provider) if args.provider else None
-    model = load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length)
+    model = load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
+                 kv_cache=args.kv_cache)
     app = create_app(model, settings)
     logging.getLogger("edgellama.server").setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
@@ -61,7 +64,8 @@ def main(args) -> int:
     logging.getLogger("edgellama.server").propagate = False
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"edgellama serve: {model_id} at http://{host}:{args.port}/v1 ({model.provider}, "
-          f"{settings.parallel} parallel, context {model.max_length})", file=sys.stderr, flush=True)
+          f"{settings.parallel} parallel, context {model.max_length}, {model.kv_cache} KV cache)", file=sys.stderr,
+          flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                     timeout_graceful_shutdown=5)
