@@ -23,7 +23,7 @@ TEXT = ("The Moon is Earth's only natural satellite. It orbits at an average dis
         "after Earth's formation, out of the debris from a giant impact between Earth and a Mars-sized body.")
 GREEDY = edgellama.SamplingParams(temperature=0)
 # tokens that must equal the float32 cache's, relative perplexity change allowed
-AGREEMENT = {"float16": (24, 0.002), "int8": (12, 0.02)}
+AGREEMENT = {"float16": (24, 0.01), "int8": (12, 0.02)}
 
 
 @pytest.fixture(scope="module")
