@@ -39,17 +39,6 @@ __all__ = ["ConvertOptions", "ConvertReport", "convert"]
 log = logging.getLogger(__name__)
 
 
-def _check_kv_cache(options: ConvertOptions, plan) -> None:
-    """A default KV cache type other than the io_dtype's needs edgellama's attention in every layer."""
-    from edgellama.kv_graph import GQA_ONLY
-    from edgellama.kv_types import FLOAT_GRAPH
-
-    if options.kv_cache not in (None, options.io_dtype) and any(
-            layer.attention != FLOAT_GRAPH.op_type for layer in plan.layers):
-        raise InvalidParameterError(f"kv_cache={options.kv_cache!r} cannot be this package's default: "
-                                    f"{GQA_ONLY.format(options.io_dtype)}")
-
-
 def _write_package(source, tensors, tokenizer_files: dict, writer,
                    options: ConvertOptions) -> tuple[PackageInfo, dict, int]:
     """Everything that lands in the package folder; returns (info, error summary, tensor count)."""
@@ -66,7 +55,6 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
     plan = plan_conversion(options, tensors)
-    _check_kv_cache(options, plan)
     data = ExternalData(writer.path / DATA_FILE)
     bar = ProgressBar(tensors.count) if options.progress else None
     tensors.on_tensor = bar.update if bar is not None else None

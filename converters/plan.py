@@ -14,9 +14,10 @@ layer matrices in Q4_1 blocks (ai.edgellama:MatMulQ4_1: carried from Q4_1 and Q4
 quantized from float values) and computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
 Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
 library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4_1, not in layer
-0, which has no residual to add) and attention is RotaryAttention; when gate|up and down are, the
+0, which has no residual to add); when gate|up and down are, the
 MLP is one node (NormMlpQ4_1), which also takes o_proj when o_proj is computed the same way
-(ProjectNormMlpQ4_1, o_proj "mlp").
+(ProjectNormMlpQ4_1, o_proj "mlp"). Every layer of a native package attends with RotaryAttention
+(its KV cache can be float32, float16 or int8); a portable one with GroupQueryAttention.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ class Fused:
     attention: str       # the attention operator beside them
 
 
-FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1", "RotaryAttention")}
+NATIVE_ATTENTION = "RotaryAttention"   # attention of every layer of a native package (any product operator)
+FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1", NATIVE_ATTENTION)}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
 LIBRARY_OPERATORS = frozenset({"MatMulQ8", *FUSED, *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp,
                                                                                             f.attention))})
@@ -212,7 +214,7 @@ class _Planner:
         mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
         project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
         return LayerPlan(qkv=qkv.norm if qkv and index > 0 else w.qkv_proj.operator,
-                         attention=qkv.attention if qkv else "GroupQueryAttention",
+                         attention=qkv.attention if qkv else NATIVE_ATTENTION if self.native else "GroupQueryAttention",
                          o_proj="mlp" if project else "attention",
                          mlp=(mlp.project_mlp if project else mlp.mlp) if mlp else "SwiGLU", weights=w)
 

@@ -13,8 +13,8 @@ becomes, for kv_cache="int8" (float16: RotaryAttentionF16 over float16 [B, G, P,
                                                               kv_group=32                   '-> attention output
 
 Every other input, output, attribute and node stays as it is. A graph whose attention is ONNX
-Runtime's GroupQueryAttention (the portable form; and packages whose q|k|v is not computed by
-edgellama's int4 kernels: converters/plan.py) runs only the cache type of its io_dtype.
+Runtime's GroupQueryAttention (the portable form, CUDA packages among them: converters/plan.py)
+runs only the cache type of its io_dtype.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .kv_types import FLOAT_GRAPH, KVType
 from .ops import DOMAIN
 
 GQA_ONLY = ("this package's attention is ONNX Runtime's GroupQueryAttention, which keeps a {} cache (edgellama's "
-            "own attention, which takes the other types, comes with int4 weights converted without --portable)")
+            "own attention, which takes the other types, comes with CPU packages converted without --portable)")
 
 
 def graph_for(model_path: Path, info, kv: KVType, graph=None):

@@ -231,7 +231,8 @@ def test_the_decode_profile_bound_drops_only_the_offset_nodes(tmp_path, monkeypa
 
     path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
     convert(str(path), tmp_path / "int4", ConvertOptions(quantization=Quantization("int4"), max_length=64, portable=True))
-    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64,
+                                                          portable=True))
     dec = profile_decode.open_decoder(tmp_path / "int4")
     bound = profile_decode.without_offsets(dec, tmp_path / "int4")
     assert profile_decode.without_offsets(profile_decode.open_decoder(tmp_path / "fp32"), tmp_path) is None

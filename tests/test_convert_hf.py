@@ -114,9 +114,17 @@ def test_fp32_matches_transformers(tmp_path, variant):
 
 
 def test_package_contents(tmp_path):
+    """A portable fp32 package (its genai_config.json, GroupQueryAttention); the native one attends
+    with RotaryAttention and has no genai_config.json (onnxruntime-genai cannot run it)."""
     folder = make_tiny_llama(tmp_path / "ckpt")
+    native = tmp_path / "native"
+    convert(folder, native, ConvertOptions(quantization=Quantization("fp32"), max_length=100))
+    assert not (native / "genai_config.json").exists()
+    import onnx
+    nodes = onnx.load(str(native / "model.onnx"), load_external_data=False).graph.node
+    assert {n.op_type for n in nodes if "Attention" in n.op_type} == {"RotaryAttention"}
     out = tmp_path / "pkg"
-    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=100))
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=100, portable=True))
     info = read_info(out)
     assert info.max_length == 100 and info.last_token_logits and info.io_dtype == "float32"
     assert info.special_tokens.eos_token_ids == (2,) and info.special_tokens.bos_token_id == 0
@@ -124,7 +132,6 @@ def test_package_contents(tmp_path):
     genai = json.loads((out / "genai_config.json").read_text())
     assert genai["model"]["context_length"] == 100
     assert genai["search"]["past_present_share_buffer"] is True
-    import onnx
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     names = [n.name for n in graph.node]
     assert len(names) == len(set(names))
@@ -225,7 +232,7 @@ def test_onnxruntime_genai_generates_like_transformers(tmp_path):
     og = pytest.importorskip("onnxruntime_genai")
     folder = make_tiny_llama(tmp_path / "ckpt", seed=5)
     out = tmp_path / "pkg"
-    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=32))
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=32, portable=True))
     prompt, tokens = _genai_greedy(og, out, "Hello world", 24)
     reference = load_reference(folder)
     with torch.no_grad():

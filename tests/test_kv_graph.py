@@ -29,8 +29,13 @@ def int4_package(ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32_package(ckpt, tmp_path_factory):
-    """Float weights: ONNX Runtime's GroupQueryAttention."""
-    return convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=64)
+    """Float weights in the portable form: ONNX Runtime's GroupQueryAttention."""
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    out = tmp_path_factory.mktemp("pkg") / "fp32"
+    convert(str(ckpt), out, ConvertOptions(quantization=Quantization("fp32"), max_length=64, portable=True))
+    return out
 
 
 def graph(package):
@@ -97,7 +102,7 @@ def test_group_query_attention_keeps_its_own_type(fp32_package, kv_cache):
     message = str(info.value)
     assert "\n" not in message
     assert f"kv_cache={kv_cache!r} cannot be used" in message and "GroupQueryAttention" in message
-    assert "kv_cache='float32'" in message and "int4" in message and "--portable" in message
+    assert "kv_cache='float32'" in message and "--portable" in message
     from edgellama.cli import cli_words
     assert f"--kv-cache {kv_cache} cannot be used" in cli_words(message, "run")
 
@@ -146,9 +151,10 @@ def test_convert_records_the_default(ckpt, tmp_path, capsys):
     assert info.kv_cache == info.default_kv_cache == "int8"
     assert main(["info", str(out), "--no-verify"]) == 0
     assert "int8 by default" in capsys.readouterr().out
-    with pytest.raises(InvalidParameterError, match="cannot be this package's default.*GroupQueryAttention"):
-        convert(str(ckpt), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), kv_cache="int8"))
-    assert not (tmp_path / "fp32").exists()
+    # float weights in the native form attend with edgellama's attention too
+    convert(str(ckpt), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64,
+                                                         kv_cache="int8"))
+    assert read_info(tmp_path / "fp32").kv_cache == "int8"
 
 
 @pytest.mark.parametrize("options, accepted", [

@@ -110,7 +110,7 @@ def test_int8_keeps_q8_0_layers_and_requantizes_q4_1(tmp_path):
     layer = plan.layers[0].weights
     assert (layer.down_proj.format, layer.down_proj.operator, layer.down_proj.exact) == ("Q8_0", "MatMulQ8", True)
     assert (layer.qkv_proj.format, layer.qkv_proj.operator, layer.qkv_proj.bits) == ("quantized", "MatMulQ8", 8)
-    assert nodes_of(plan)[0] == ("MatMulQ8", "GroupQueryAttention", "attention", "SwiGLU")   # no fused forms
+    assert nodes_of(plan)[0] == ("MatMulQ8", "RotaryAttention", "attention", "SwiGLU")   # no fused products
 
 
 def test_mixed_block_types_in_one_product_are_requantized(tmp_path):
@@ -188,7 +188,8 @@ def test_a_float_checkpoint_kept_as_floats(hf_folder, method, providers, bits):
     plan = plan_of(hf_folder, quantization=Quantization(method), providers=providers)
     weight = WeightPlan(f"float{bits}", "MatMul", bits, None, bits == 32, ())
     assert weights_of(plan) == {weight}
-    assert nodes_of(plan)[0] == ("MatMul", "GroupQueryAttention", "attention", "SwiGLU")
+    attention = "GroupQueryAttention" if "cuda" in providers else "RotaryAttention"   # CUDA: always portable
+    assert nodes_of(plan)[0] == ("MatMul", attention, "attention", "SwiGLU")
     assert (plan.embedding.operator, plan.lm_head.operator) == ("Gather", "Gemm")
 
 
@@ -227,4 +228,5 @@ def test_an_older_layout_record_still_loads_but_is_not_a_plan(smollm2_int4_packa
 def test_the_plan_says_when_the_graph_needs_the_operator_library(q4_1_gguf, hf_folder):
     assert plan_of(q4_1_gguf).needs_library and plan_of(hf_folder, quantization=Quantization("int8")).needs_library
     assert not plan_of(q4_1_gguf, portable=True).needs_library
-    assert not plan_of(hf_folder, quantization=Quantization("fp32")).needs_library   # float MatMul, ONNX Runtime's
+    assert plan_of(hf_folder, quantization=Quantization("fp32")).needs_library       # edgellama's attention
+    assert not plan_of(hf_folder, quantization=Quantization("fp32"), portable=True).needs_library   # ONNX Runtime's

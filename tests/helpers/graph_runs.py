@@ -51,14 +51,17 @@ def linear_model(tmp_path, source, layer, kind, quantization, mode="carry", prov
 
 
 def stepwise_logits(package, ids):
-    """Logits after each token, fed one at a time through the KV cache with ONNX Runtime."""
+    """Logits after each token, fed one at a time through the KV cache with ONNX Runtime (edgellama's
+    operator library registered, for native packages)."""
     import onnxruntime as ort
 
     from edgellama.package import read_info
+    from edgellama.session import session_options
 
     info = read_info(package)
     cfg, dtype = info.config, np.float16 if info.io_dtype == "float16" else np.float32
-    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(package / "model.onnx"), sess_options=session_options(2),
+                                   providers=["CPUExecutionProvider"])
     names = [f"{i}.{k}" for i in range(cfg.num_layers) for k in ("key", "value")]
     past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype) for n in names}
     rows = []
