@@ -40,13 +40,16 @@ ROWS = (
     Row("genai/int4-rtn", "onnxruntime-genai int4 (rtn)", "genai", "rtn", True),
     Row("genai/int4-k_quant", "onnxruntime-genai int4 (k_quant)", "genai", "k_quant", True),
     Row("edgellama/int4", "edgellama int4 (native Q4_1)", "edgellama", "int4", False),
+    Row("edgellama/int4-calibrated", "edgellama int4 --calibration bundled", "edgellama", "int4-calibrated", False),
     Row("edgellama/int4-portable", "edgellama int4 --portable", "edgellama", "int4-portable", False),
 )
 BY_KEY = {r.key: r for r in ROWS}
 LLAMACPP_FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
                    "Q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-# edgellama variant -> (quantization method, portable)
-EDGELLAMA_VARIANTS = {"fp32": ("fp32", False), "int4": ("int4", False), "int4-portable": ("int4", True)}
+# edgellama variant -> its ConvertOptions besides max_length and force (quantization: the method)
+EDGELLAMA_VARIANTS = {"fp32": dict(quantization="fp32"), "int4": dict(quantization="int4"),
+                      "int4-calibrated": dict(quantization="int4", calibration="bundled"),
+                      "int4-portable": dict(quantization="int4", portable=True)}
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,10 @@ def _edgellama(row: Row, ckpt: Checkpoint, threads: int, max_length: int) -> tup
     from edgellama.converters import ConvertOptions, convert
     from edgellama.package import Quantization
 
-    method, portable = EDGELLAMA_VARIANTS[row.variant]
+    values = dict(EDGELLAMA_VARIANTS[row.variant])
     out = ckpt.work / f"edgellama-{row.variant}"
-    options = ConvertOptions(quantization=Quantization(method=method), max_length=max_length, portable=portable,
-                             force=True)
+    options = ConvertOptions(quantization=Quantization(method=values.pop("quantization")), max_length=max_length,
+                             force=True, **values)
     t0 = time.perf_counter()
     convert(str(ckpt.hf), out, options)
     return out, time.perf_counter() - t0

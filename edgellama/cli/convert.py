@@ -1,5 +1,6 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--force] [--eval FILE]`: a checkpoint
+[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--calibration FILE|bundled] [--force]
+[--eval FILE]`: a checkpoint
 (HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
 
 With --eval FILE the source is also converted to a float32 package in a temporary folder (the
@@ -43,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "exact, except Q4_1 minimums to two digits per row with --portable), requantize them, "
                              "or with --portable round Q4_1 minimums to integer zero points (zero_point); "
                              "ops is carry's former name for the native form")
+    parser.add_argument("--calibration", default=None, metavar="FILE|bundled",
+                        help="int4 made from float weights (native form): run the model at full precision over the "
+                             "UTF-8 text FILE (or the converter's bundled text) first and weight each weight's "
+                             "quantization error by how strongly its input channel is driven")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
@@ -65,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
         force=args.force,
         gguf_blocks=args.gguf_blocks,
         portable=args.portable,
+        calibration=args.calibration,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)
