@@ -68,6 +68,7 @@ class Format:
     gatherable: bool = True              # the embedding can gather its rows (no per-block offsets)
     fits: Optional[Callable] = None      # (stored bytes, K) -> whether one tensor can be written so
     fallback: Optional[str] = None       # the format used when `fits` says no
+    weighted: bool = False               # the loader takes the importance of x's channels (importance.py)
 
 
 def _stacked(parts: list) -> np.ndarray:
@@ -118,8 +119,8 @@ def _file_blocks(parts: list, bits: int, block_size: int, mapping=from_q4_1_bloc
     return Stored(cw.k, blocks=cw.blocks), 0.0
 
 
-def _quantized_blocks(parts: list, bits: int, block_size: int):
-    blocks, error = quantize_q4_1(_stacked(parts))
+def _quantized_blocks(parts: list, bits: int, block_size: int, importance=None):
+    blocks, error = quantize_q4_1(_stacked(parts), importance)
     return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
 
 
@@ -143,7 +144,8 @@ FORMATS = {
     "Q4_0 as Q4_1 blocks": Format(partial(_file_blocks, mapping=from_q4_0_blocks), "blocks", "MatMulQ4_1",
                                   exact=True, source="Q4_0", bits=4, gatherable=False, fits=fits_q4_0_as_q4_1,
                                   fallback="Q4_0"),
-    "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False),
+    "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
+                             weighted=True),
 }
 
 

@@ -13,6 +13,7 @@ from edgellama.package import Quantization
 PROVIDERS = ("cpu", "cuda")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see converters/formats.py
 PORTABLE_ONLY_MODES = ("zero_point",)          # forms of ONNX Runtime's own operators
+BUNDLED_CALIBRATION = "bundled"                # ConvertOptions.calibration: the text bundled with the converter
 DEFAULT_MAX_LENGTH = 4096
 # peak bytes per (position, head_dim) entry while edgellama.rope.cos_sin_tables builds both tables:
 # float64 angles, cos and sin, and their float32 copies
@@ -39,7 +40,13 @@ class ConvertOptions:
     layer.
 
     kv_cache: the KV cache type the package loads with by default (edgellama.kv_types), recorded in
-    edgellama.json; None records none (the io_dtype's). A portable package runs only its io_dtype's."""
+    edgellama.json; None records none (the io_dtype's). A portable package runs only its io_dtype's.
+
+    calibration: None (the default) quantizes each block for the least squared error; "bundled" or
+    the path of a text file first runs the model at full precision over that text (the bundled one:
+    converters/calibration_text.py) and weights each weight's error by how strongly its input channel
+    is driven (converters/importance.py). Used where int4 weights are made from float values in the
+    native form."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
@@ -48,6 +55,7 @@ class ConvertOptions:
     gguf_blocks: str = "carry"
     portable: bool = False
     kv_cache: Optional[str] = None
+    calibration: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.quantization, Quantization):
@@ -68,6 +76,12 @@ class ConvertOptions:
             object.__setattr__(self, "gguf_blocks", "carry")
         if "cuda" in providers:
             object.__setattr__(self, "portable", True)
+        if self.calibration is not None and self.calibration != BUNDLED_CALIBRATION:
+            from pathlib import Path
+
+            if not Path(str(self.calibration)).is_file():
+                raise InvalidParameterError(f"calibration={self.calibration!r} must be {BUNDLED_CALIBRATION!r} "
+                                            "or the path of a text file")
         if self.gguf_blocks in PORTABLE_ONLY_MODES and not self.portable:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} is a form of the portable graph: "
                                         "convert with portable=True (--portable)")
@@ -81,6 +95,11 @@ class ConvertOptions:
     def native(self) -> bool:
         """Whether the package computes with edgellama's operator library (see `portable`)."""
         return not self.portable
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether weights made from float values are weighted by importance measured on a text."""
+        return self.calibration is not None
 
     @property
     def io_dtype(self) -> str:

@@ -106,6 +106,12 @@ class ConversionPlan:
             names |= {getattr(layer.weights, f.name).operator for f in fields(LayerWeights)}
         return bool(names & LIBRARY_OPERATORS)
 
+    @property
+    def weighted(self) -> bool:
+        """Whether a layer weight is quantized by a loader that weights its error by importance."""
+        return any(FORMATS[getattr(layer.weights, f.name).format].weighted
+                   for layer in self.layers for f in fields(LayerWeights))
+
     def to_dict(self) -> dict:
         """The plan as JSON data; runs of equal layers are written once with their first and last index."""
         runs = []

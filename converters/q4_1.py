@@ -1,45 +1,132 @@
 """Float weights into Q4_1 blocks: the block format of edgellama's native operators (ai.edgellama:
 MatMulQ4_1; layout in native/blocks.h, fields in carry.Q41Blocks).
 
-A weight W [N, K] (K a multiple of 32) is cut along K into blocks of 32; each block stores its
-minimum m and step d = (max - min) / 15 as float16 and 4-bit integers q with W ~= d * q + m. The
-integers are rounded against the float16 values actually stored, so each reconstructs as closely as
-the stored d and m allow. Nibbles: element j < 16 in the low half of byte j, element j + 16 in the
-high half (GGML's order).
+A weight W [N, K] (K a multiple of 32) is cut along K into blocks of 32; each block stores a step d
+and a minimum m as float16 and 4-bit integers q with W ~= d * q + m. Each block's (d, m) is the one
+of several candidates with the least (weighted) squared error sum_i a_i (d q_i + m - w_i)^2, where
+a_i is the importance of input channel i (1 when none is given; importance.py measures it):
+
+    candidate 0       round-to-nearest of the extremes: d = (max - min) / 15, m = min
+    candidates 1..    q = round((w - min) * s / (max - min)) for s in SEARCH_DIVISORS (around 15),
+                      then (d, m) the weighted least-squares fit of w by d q + m for those q
+    refinement        q rounded against the best (d, m), fitted again; kept where it is better
+
+Every candidate's d and m are rounded to float16 before it is measured, and the integers are finally
+rounded against the float16 values actually stored, so each block's error is at most that of
+candidate 0 (plain round-to-nearest). Nibbles: element j < 16 in the low half of byte j, element
+j + 16 in the high half (GGML's order).
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
 from .carry import Q41Blocks
 
 BLOCK = 32
-CHUNK_ROWS = 4096        # rows quantized at a time (bounds the float64 temporaries)
+TOP = 15
+CHUNK_ELEMENTS = 1 << 20      # weights quantized at a time (bounds the temporaries)
+SEARCH_DIVISORS = tuple(13.0 + 0.25 * i for i in range(17))     # 13, 13.25, ..., 17
+REFINEMENTS = 2
+IMPORTANCE_FLOOR = 1e-3     # every weight keeps at least this share of the mean importance
 
 
-def _chunk(w: np.ndarray) -> tuple:
-    """w [n, nb, 32] float32 -> (qs [n, nb, 16] uint8, d and m [n, nb] float16 bits, squared error)."""
-    lo, hi = w.min(axis=-1), w.max(axis=-1)
-    d16 = ((hi - lo) / np.float32(15)).astype(np.float16)
-    m16 = lo.astype(np.float16)
-    d, m = d16.astype(np.float32)[..., None], m16.astype(np.float32)[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(d > 0, np.rint((w - m) / d), 0.0)
-    q = np.clip(q, 0, 15).astype(np.uint8)
-    error = float(np.square((q * d + m).astype(np.float64) - w).sum())
+def _half(x: np.ndarray) -> np.ndarray:
+    """x rounded to the nearest float16 (kept as float32)."""
+    return x.astype(np.float16).astype(np.float32)
+
+
+def _rounded(w: np.ndarray, d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The integers 0..15 nearest to (w - m) / d (0 where d is 0)."""
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    q = np.rint((w - m) * inv)
+    return np.clip(q, 0, TOP, out=q)
+
+
+def _error(w, a, q, d, m) -> np.ndarray:
+    """sum_i a_i (d q_i + m - w_i)^2 per block [n, nb]."""
+    r = q * d
+    r += m
+    r -= w
+    return np.einsum("nbk,nbk->nb", r, r if a is None else r * a)
+
+
+def _fit(aw, a, q, sa, sw) -> tuple:
+    """Weighted least-squares (d, m) of w ~= d q + m per block (aw = a * w), rounded to float16; a
+    block whose q are all equal gets d = 0 and m its weighted mean."""
+    aq = q if a is None else q * a
+    sq = np.einsum("nbk->nb", aq, dtype=np.float64)[..., None]
+    sqq = np.einsum("nbk,nbk->nb", aq, q).astype(np.float64)[..., None]
+    sqw = np.einsum("nbk,nbk->nb", q, aw).astype(np.float64)[..., None]
+    det = sa * sqq - sq * sq
+    ok = det > 1e-9 * sa * sqq
+    safe = np.where(ok, det, 1.0)
+    d = np.where(ok, (sa * sqw - sq * sw) / safe, 0.0)
+    m = np.where(ok, (sqq * sw - sq * sqw) / safe, sw / sa)
+    return _half(np.maximum(d, 0.0).astype(np.float32)), _half(m.astype(np.float32))
+
+
+def _keep(best: tuple, d, m, err) -> tuple:
+    bd, bm, be = best
+    better = err < be
+    return np.where(better[..., None], d, bd), np.where(better[..., None], m, bm), np.where(better, err, be)
+
+
+def _search(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
+    """(d, m) float16 values as float32 [n, nb, 1] with the least weighted error found per block
+    (each candidate measured with the integers it was fitted to)."""
+    lo, hi = w.min(axis=-1, keepdims=True), w.max(axis=-1, keepdims=True)
+    d, m = _half((hi - lo) / np.float32(TOP)), _half(lo)
+    best = (d, m, _error(w, a, _rounded(w, d, m), d, m))
+    aw = w if a is None else w * a
+    sa = np.float64(BLOCK) if a is None else a.sum(axis=-1, dtype=np.float64)
+    sa = np.broadcast_to(sa, w.shape[:-1])[..., None]
+    sw = np.einsum("nbk->nb", aw, dtype=np.float64)[..., None]
+    span = hi - lo
+    unit = (w - lo) * np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    for divisor in SEARCH_DIVISORS:
+        q = np.rint(unit * np.float32(divisor))
+        np.clip(q, 0, TOP, out=q)
+        d, m = _fit(aw, a, q, sa, sw)
+        best = _keep(best, d, m, _error(w, a, q, d, m))
+    for _ in range(REFINEMENTS):
+        q = _rounded(w, best[0], best[1])
+        d, m = _fit(aw, a, q, sa, sw)
+        best = _keep(best, d, m, _error(w, a, q, d, m))
+    return best[0], best[1]
+
+
+def _chunk(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
+    """w [n, nb, 32] float32, a [nb, 32] or None -> (qs [n, nb, 16] uint8, d and m [n, nb] float16 bits,
+    plain squared error)."""
+    d, m = _search(w, a)
+    q = _rounded(w, d, m)
+    error = float(_error(w, None, q, d, m).sum(dtype=np.float64))
+    q = q.astype(np.uint8)
     qs = q[..., :16] | (q[..., 16:] << 4)
+    d16, m16 = d[..., 0].astype(np.float16), m[..., 0].astype(np.float16)
     return qs, d16.view(np.uint16), m16.view(np.uint16), error
 
 
-def quantize_q4_1(weight: np.ndarray) -> tuple:
-    """(Q41Blocks, relative error ||W - dequantized|| / ||W||) of a float weight [N, K]."""
+def quantize_q4_1(weight: np.ndarray, importance: Optional[np.ndarray] = None) -> tuple:
+    """(Q41Blocks, relative error ||W - dequantized|| / ||W||) of a float weight [N, K]; `importance`
+    [K] (non-negative, per input channel) weights each block's squared error."""
     n, k = weight.shape
     if k % BLOCK:
         raise ValueError(f"Q4_1 blocks need K a multiple of {BLOCK}, got K={k}")
+    a = None
+    if importance is not None:
+        a = np.asarray(importance, np.float32).reshape(-1)
+        if a.shape != (k,) or not np.isfinite(a).all() or (a < 0).any():
+            raise ValueError(f"importance must be {k} finite non-negative values, got shape {a.shape}")
+        mean = float(a.mean())
+        a = (np.maximum(a / mean, IMPORTANCE_FLOOR) if mean > 0 else np.ones_like(a)).reshape(k // BLOCK, BLOCK)
     w = np.asarray(weight, np.float32).reshape(n, k // BLOCK, BLOCK)
+    rows = max(1, CHUNK_ELEMENTS // k)
     parts, error = [], 0.0
-    for start in range(0, n, CHUNK_ROWS):
-        qs, d, m, e = _chunk(w[start:start + CHUNK_ROWS])
+    for start in range(0, n, rows):
+        qs, d, m, e = _chunk(w[start:start + rows], a)
         parts.append((qs, d, m))
         error += e
     qs, d, m = (np.concatenate([p[i] for p in parts]) for i in range(3))

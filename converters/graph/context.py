@@ -35,7 +35,8 @@ class QuantStats:
 @dataclass(frozen=True)
 class BuildContext:
     """What every graph function reads: the graph being emitted, the architecture, the settings,
-    the source's tensors and the plan; `stats` collects the quantization error of each weight."""
+    the source's tensors and the plan; `stats` collects the quantization error of each weight;
+    `importance` holds the importance of x's channels per source tensor (importance.py), if measured."""
     graph: Graph
     config: ModelConfig
     quantization: Quantization
@@ -44,6 +45,7 @@ class BuildContext:
     tensors: SourceTensors
     plan: ConversionPlan
     stats: QuantStats = field(default_factory=QuantStats)
+    importance: dict = field(default_factory=dict)
 
     @property
     def np_dtype(self):

@@ -46,7 +46,8 @@ def load(ctx: BuildContext, names: Sequence[str], weight: WeightPlan, kind: str)
     the statistics of `kind`."""
     form = FORMATS[weight.format]
     parts = [ctx.tensors.raw(n) if form.source else ctx.read(n) for n in names]
-    stored, error = form.load(parts, weight.bits, weight.block_size)
+    weighted = {"importance": ctx.importance.get(names[0])} if form.weighted else {}
+    stored, error = form.load(parts, weight.bits, weight.block_size, **weighted)
     if error is not None:
         ctx.stats.add(kind, error)
     return stored

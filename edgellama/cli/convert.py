@@ -1,5 +1,6 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--force] [--eval FILE]`: a checkpoint
+[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--calibration FILE|bundled] [--force]
+[--eval FILE]`: a checkpoint
 (HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
 
 With --eval FILE the source is also converted to a float32 package in a temporary folder (the
@@ -46,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_kv_cache_argument(parser, "the KV cache element type the package loads with by default (float32, "
                                   "float16, int8), recorded in edgellama.json; a load chooses another with "
                                   "--kv-cache. A portable package runs only its own (float32; CUDA: float16)")
+    parser.add_argument("--calibration", default=None, metavar="FILE|bundled",
+                        help="int4 made from float weights (native form): run the model at full precision over the "
+                             "UTF-8 text FILE (or the converter's bundled text) first and weight each weight's "
+                             "quantization error by how strongly its input channel is driven")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
@@ -69,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
         gguf_blocks=args.gguf_blocks,
         portable=args.portable,
         kv_cache=args.kv_cache,
+        calibration=args.calibration,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)
