@@ -21,7 +21,10 @@ OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attentio
                "native/blocks_avx512.c", "native/blocks_neon.c", "native/kernels.c",
                "native/activation.c", "native/halfconv.c", "native/kvrows.c"]
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
-extra_compile = ["-O3", "-std=c11", "-Wall", "-Wextra"] + os.environ.get("EDGELLAMA_CFLAGS", "").split()
+# -ffp-contract=off: a * b + c is two roundings on every CPU, as written (a fused multiply-add only where the
+# code asks for one), so each kernel path and platform computes the same bits.
+extra_compile = ["-O3", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off"] + os.environ.get("EDGELLAMA_CFLAGS",
+                                                                                                 "").split()
 extra_link = os.environ.get("EDGELLAMA_LDFLAGS", "").split()
 
 

@@ -260,3 +260,25 @@ def test_the_q8_operator_refuses_rows_of_another_width():
             "total": np.array(1, np.int32)}
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="rows of the cache type"):
         _session("int8", row="R").run(None, feed)
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+@pytest.mark.parametrize("cache, bound", [("float32", 2e-5), ("float16", 2e-3), ("int8", 2e-2)])
+def test_each_cache_type_stays_within_its_bound_of_exact_attention(module, cache, bound):
+    """Against float64 attention over the cache's float32 values before rounding: what a float16 or
+    int8 cache costs, as the largest error relative to the largest output (random unit-variance
+    keys and values, 700 cached rows)."""
+    rng = np.random.default_rng(11)
+    s, p0, d = 4, 700, 64
+    qkv = rng.standard_normal((s, 15 * d)).astype(np.float32)
+    keys32 = rng.standard_normal((3, 1024, d)).astype(np.float32)
+    values32 = rng.standard_normal((3, 1024, d)).astype(np.float32)
+    _, _, _, cos, sin = case(9, 3, d, 1, 0, np.float32, capacity=1024)
+    k32, v32 = keys32.copy(), values32.copy()
+    twins.attention(qkv, k32, v32, cos, sin, p0, 9, 0.125)          # writes the new rows, in float32
+    exact = definition(qkv, k32, v32, cos, sin, p0, 9)
+    dtype = CACHE_TYPES[cache]
+    keys, values = stored(keys32, dtype), stored(values32, dtype)
+    got = module.attention(qkv, keys, values, cos, sin, p0, 9, 0.125)
+    error = np.abs(got - exact).max() / np.abs(exact).max()
+    assert error <= bound, f"{cache}: {error:.2e}"

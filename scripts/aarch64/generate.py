@@ -44,7 +44,7 @@ def main() -> int:
     print(f"token ids: {list(result.token_ids)}")
     print(f"text: {result.text!r}")
     if args.json:
-        record = {"machine": machine, "backend": BACKEND, "prompt": args.prompt,
+        record = {"machine": machine, "backend": BACKEND, "kernels": kernels.describe(), "prompt": args.prompt,
                   "token_ids": list(result.token_ids), "text": result.text,
                   "finish_reason": result.finish_reason, "load_s": load_s, "generate_s": generate_s}
         with open(args.json, "w", encoding="utf-8") as fh:
