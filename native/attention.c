@@ -15,13 +15,12 @@
  * weighted sum of values) are written with vector instructions for head sizes that are multiples of
  * 8. The plain loops fuse and fold exactly as those do, so every path gives the same bits.
  *
- * Includes: libc, activation.h / kernels.h / halfconv.h / kvrows.h of this folder (the exponentials,
- * the path, the compact rows), and the
+ * Includes: libc, activation.h / kernels.h / kvrows.h of this folder (the exponentials, the path, the
+ * cache rows), and the
  * compiler's <immintrin.h> on x86-64.
  */
 #include "attention.h"
 #include "activation.h"
-#include "halfconv.h"
 #include "kernels.h"
 #include "kvrows.h"
 
@@ -38,12 +37,7 @@
 
 static int64_t row_bytes(const el_attention *a)
 {
-    switch (a->kv_type) {
-    case EL_KV_F32: return 4 * a->head_dim;
-    case EL_KV_F16: return 2 * a->head_dim;
-    case EL_KV_Q8: return el_q8_row_bytes(a->head_dim, a->kv_group);
-    default: return -1;
-    }
+    return el_kv_row_bytes(a->kv_type, a->head_dim, a->kv_group);
 }
 
 static int valid(const el_attention *a)
@@ -61,21 +55,13 @@ int64_t el_attention_row_bytes(const el_attention *a)
 /* row [row_bytes] = x [D] in the cache's element type */
 static void put_row(const el_attention *a, const float *x, uint8_t *row)
 {
-    if (a->kv_type == EL_KV_F16)
-        el_f32_to_f16(x, (uint16_t *)row, a->head_dim);
-    else if (a->kv_type == EL_KV_Q8)
-        el_q8_rows_store(x, 1, a->head_dim, a->kv_group, row);
-    else
-        memcpy(row, x, (size_t)a->head_dim * sizeof(float));
+    el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, row);   /* sizes are valid: cannot fail */
 }
 
 /* buf [n, D] = the values of n compact rows (float16 or q8) */
 static void convert_plain(const el_attention *a, const uint8_t *rows, int64_t n, float *buf)
 {
-    if (a->kv_type == EL_KV_F16)
-        el_f16_to_f32((const uint16_t *)(const void *)rows, buf, n * a->head_dim);
-    else
-        el_q8_rows_load(rows, n, a->head_dim, a->kv_group, buf);
+    el_kv_rows_load(a->kv_type, a->kv_group, rows, n, a->head_dim, buf);
 }
 
 /* out = x rotated by the angles whose cosines and sines are cos, sin [half] (out may not alias x) */
@@ -276,24 +262,49 @@ INLINE void unit_span(const el_attention *a, const float *q, Unit n, int64_t spa
                  values + n.g * bytes, r0, r1, top, total, out, loops, portable);
 }
 
+/* The partial of span `span` of unit n as EL_ATT_UNIT_HEADS slots of [top, total, out [D]] */
+INLINE void span_slots(const el_attention *a, const float *q, Unit n, int64_t span, const uint8_t *keys,
+                       const uint8_t *values, float *slots, const Loops *loops, int portable)
+{
+    const int64_t d = a->head_dim, slot = d + 2;
+    float top[EL_ATT_UNIT_HEADS], total[EL_ATT_UNIT_HEADS], out[EL_ATT_UNIT_HEADS * EL_ATT_MAX_HEAD_DIM];
+    unit_span(a, q, n, span, keys, values, top, total, out, loops, portable);
+    for (int64_t r = 0; r < n.count; r++) {
+        slots[r * slot] = top[r];
+        slots[r * slot + 1] = total[r];
+        memcpy(slots + r * slot + 2, out + r * d, (size_t)d * sizeof(float));
+    }
+}
+
+/* A unit's running state before its first span: top -inf, total 0, out [count, d] 0 */
+static void unit_start(float *top, float *total, float *out, int64_t count, int64_t d)
+{
+    for (int64_t r = 0; r < count; r++) {
+        top[r] = -INFINITY;
+        total[r] = 0.0f;
+    }
+    memset(out, 0, (size_t)(count * d) * sizeof(float));
+}
+
+/* The unit's running state takes in one span's slots (see merge) */
+static void unit_take(float *top, float *total, float *out, const float *slots, int64_t count, int64_t d)
+{
+    for (int64_t r = 0; r < count; r++)
+        merge(&top[r], &total[r], out + r * d, slots[r * (d + 2)], slots[r * (d + 2) + 1], slots + r * (d + 2) + 2, d);
+}
+
 INLINE void rows_body(const el_attention *a, const float *q, int64_t p0, const uint8_t *keys, const uint8_t *values,
                       int64_t lo, int64_t hi, float *out, const Loops *loops, int portable)
 {
     const int64_t d = a->head_dim;
-    float top[EL_ATT_UNIT_HEADS], total[EL_ATT_UNIT_HEADS], span_top[EL_ATT_UNIT_HEADS];
-    float span_total[EL_ATT_UNIT_HEADS], span_out[EL_ATT_UNIT_HEADS * EL_ATT_MAX_HEAD_DIM];
+    float top[EL_ATT_UNIT_HEADS], total[EL_ATT_UNIT_HEADS], slots[EL_ATT_UNIT_HEADS * (EL_ATT_MAX_HEAD_DIM + 2)];
     for (int64_t u = lo; u < hi; u++) {
         const Unit n = unit_of(a, p0, u);
         float *o = out + (n.token * a->heads + n.head) * d;
-        for (int64_t r = 0; r < n.count; r++) {
-            top[r] = -INFINITY;
-            total[r] = 0.0f;
-        }
-        memset(o, 0, (size_t)(n.count * d) * sizeof(float));
+        unit_start(top, total, o, n.count, d);
         for (int64_t span = 0; span * EL_ATT_SPAN < n.rows; span++) {
-            unit_span(a, q, n, span, keys, values, span_top, span_total, span_out, loops, portable);
-            for (int64_t r = 0; r < n.count; r++)
-                merge(&top[r], &total[r], o + r * d, span_top[r], span_total[r], span_out + r * d, d);
+            span_slots(a, q, n, span, keys, values, slots, loops, portable);
+            unit_take(top, total, o, slots, n.count, d);
         }
         finish(o, total, n.count, d);
     }
@@ -305,20 +316,12 @@ INLINE void partials_body(const el_attention *a, const float *q, int64_t p0, int
                           const uint8_t *values, int64_t lo, int64_t hi, float *partials, const Loops *loops,
                           int portable)
 {
-    const int64_t d = a->head_dim, slot = d + 2;
-    float top[EL_ATT_UNIT_HEADS], total[EL_ATT_UNIT_HEADS], out[EL_ATT_UNIT_HEADS * EL_ATT_MAX_HEAD_DIM];
     for (int64_t v = lo; v < hi; v++) {
         const Unit n = unit_of(a, p0, v / spans);
         const int64_t span = v % spans;
-        if (span * EL_ATT_SPAN >= n.rows)
-            continue;
-        unit_span(a, q, n, span, keys, values, top, total, out, loops, portable);
-        float *p = partials + v * EL_ATT_UNIT_HEADS * slot;
-        for (int64_t r = 0; r < n.count; r++) {
-            p[r * slot] = top[r];
-            p[r * slot + 1] = total[r];
-            memcpy(p + r * slot + 2, out + r * d, (size_t)d * sizeof(float));
-        }
+        if (span * EL_ATT_SPAN < n.rows)
+            span_slots(a, q, n, span, keys, values, partials + v * EL_ATT_UNIT_HEADS * (a->head_dim + 2), loops,
+                       portable);
     }
 }
 
@@ -337,91 +340,7 @@ static void partials_plain(const el_attention *a, const float *q, int64_t p0, in
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-/* The sums of four accumulators' lanes: [sum a0, sum a1, sum a2, sum a3] */
-__attribute__((target("avx2,fma"))) static inline __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
-{
-    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));   /* low halves + high halves */
-}
-
-/* scores_plain for d a multiple of 8: eight keys at a time, so that eight independent sums hide the
- * latency of each multiply-add */
-__attribute__((target("avx2,fma"))) static void scores_vector(const float *q, const float *keys, int64_t n,
-                                                              int64_t d, float scale, float *scores)
-{
-    const __m128 by = _mm_set1_ps(scale);
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const float *k = keys + j * d;
-        __m256 a[8];
-        for (int r = 0; r < 8; r++)
-            a[r] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < d; i += 8) {
-            const __m256 x = _mm256_loadu_ps(q + i);
-            for (int r = 0; r < 8; r++)
-                a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + r * d + i), a[r]);
-        }
-        _mm_storeu_ps(scores + j, _mm_mul_ps(fold4(a[0], a[1], a[2], a[3]), by));
-        _mm_storeu_ps(scores + j + 4, _mm_mul_ps(fold4(a[4], a[5], a[6], a[7]), by));
-    }
-    scores_plain(q, keys + j * d, n - j, d, scale, scores + j);
-}
-
-/* weigh_plain for d a multiple of 8: 64 (then 8) outputs in eight registers while the rows stream by */
-__attribute__((target("avx2,fma"))) static void weigh_vector(float *out, const float *w, const float *values,
-                                                             int64_t n, int64_t d)
-{
-    int64_t i = 0;
-    for (; i + 64 <= d; i += 64) {
-        __m256 a[8];
-        for (int r = 0; r < 8; r++)
-            a[r] = _mm256_loadu_ps(out + i + 8 * r);
-        for (int64_t j = 0; j < n; j++) {
-            const __m256 x = _mm256_set1_ps(w[j]);
-            const float *v = values + j * d + i;
-            for (int r = 0; r < 8; r++)
-                a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(v + 8 * r), a[r]);
-        }
-        for (int r = 0; r < 8; r++)
-            _mm256_storeu_ps(out + i + 8 * r, a[r]);
-    }
-    for (; i < d; i += 8) {
-        __m256 a = _mm256_loadu_ps(out + i);
-        for (int64_t j = 0; j < n; j++)
-            a = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(values + j * d + i), a);
-        _mm256_storeu_ps(out + i, a);
-    }
-}
-
-/* convert_plain, 8 values at a time: float16 by the F16C instruction (exact, as the plain
- * conversion; a signalling NaN comes out quiet), q8 rows for groups that are multiples of 8 */
-__attribute__((target("avx2,fma,f16c"))) static void convert_vector(const el_attention *a, const uint8_t *rows,
-                                                                    int64_t n, float *buf)
-{
-    const int64_t d = a->head_dim, group = a->kv_group, bytes = row_bytes(a);
-    if (a->kv_type == EL_KV_F16) {
-        const uint16_t *h = (const uint16_t *)(const void *)rows;
-        for (int64_t i = 0; i < n * d; i += 8)
-            _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
-        return;
-    }
-    if (group % 8) {
-        convert_plain(a, rows, n, buf);
-        return;
-    }
-    for (int64_t r = 0; r < n; r++) {
-        const uint8_t *row = rows + r * bytes;
-        for (int64_t g0 = 0; g0 < d; g0 += group) {
-            float s;
-            memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
-            const __m256 scale = _mm256_set1_ps(s);
-            for (int64_t i = g0; i < g0 + group; i += 8) {
-                const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + i)));
-                _mm256_storeu_ps(buf + r * d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
-            }
-        }
-    }
-}
+#include "attention_x86.h"   /* scores_vector, weigh_vector, convert_vector */
 
 static const Loops VECTOR = {scores_vector, weigh_vector, convert_vector};
 
@@ -511,21 +430,14 @@ el_status el_attention_merge(const el_attention *a, const float *partials, int64
         return EL_ERR_SIZE;
     if (hi > lo && (partials == NULL || out == NULL))
         return EL_ERR_SIZE;
-    const int64_t d = a->head_dim, slot = d + 2;
+    const int64_t d = a->head_dim;
     float top[EL_ATT_UNIT_HEADS], total[EL_ATT_UNIT_HEADS];
     for (int64_t u = lo; u < hi; u++) {
         const Unit n = unit_of(a, p0, u);
         float *o = out + (n.token * a->heads + n.head) * d;
-        for (int64_t r = 0; r < n.count; r++) {
-            top[r] = -INFINITY;
-            total[r] = 0.0f;
-        }
-        memset(o, 0, (size_t)(n.count * d) * sizeof(float));
-        for (int64_t span = 0; span * EL_ATT_SPAN < n.rows; span++) {
-            const float *p = partials + (u * spans + span) * EL_ATT_UNIT_HEADS * slot;
-            for (int64_t r = 0; r < n.count; r++)
-                merge(&top[r], &total[r], o + r * d, p[r * slot], p[r * slot + 1], p + r * slot + 2, d);
-        }
+        unit_start(top, total, o, n.count, d);
+        for (int64_t span = 0; span * EL_ATT_SPAN < n.rows; span++)
+            unit_take(top, total, o, partials + (u * spans + span) * EL_ATT_UNIT_HEADS * (d + 2), n.count, d);
         finish(o, total, n.count, d);
     }
     return EL_OK;

@@ -32,6 +32,7 @@
 #ifndef EDGELLAMA_ATTENTION_H
 #define EDGELLAMA_ATTENTION_H
 
+#include "kvrows.h"
 #include "status.h"
 
 #include <stdint.h>
@@ -39,8 +40,6 @@
 #define EL_ATT_UNIT_HEADS 8       /* query heads of one unit of step 2, at most */
 #define EL_ATT_SPAN 256           /* cache rows of one span of step 2 */
 #define EL_ATT_MAX_HEAD_DIM 256   /* D, at most */
-
-typedef enum el_kv_type { EL_KV_F32 = 0, EL_KV_F16 = 1, EL_KV_Q8 = 2 } el_kv_type;
 
 typedef struct el_attention {
     int64_t heads, kv_heads, head_dim;

@@ -9,11 +9,6 @@ cdef extern from "attention.h" nogil:
         EL_ATT_SPAN
         EL_ATT_MAX_HEAD_DIM
 
-    ctypedef enum el_kv_type:
-        EL_KV_F32
-        EL_KV_F16
-        EL_KV_Q8
-
     ctypedef struct el_attention:
         int64_t heads, kv_heads, head_dim, capacity, positions
         float scale

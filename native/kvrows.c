@@ -1,5 +1,6 @@
-/* q8 rows of a KV cache (see kvrows.h). Includes: libc. */
+/* The rows of a KV cache (see kvrows.h). Includes: libc, halfconv.h of this folder. */
 #include "kvrows.h"
+#include "halfconv.h"
 
 #include <math.h>
 #include <string.h>
@@ -51,5 +52,43 @@ el_status el_q8_rows_load(const uint8_t *rows, int64_t n, int64_t d, int64_t gro
                 v[i] = (float)(int8_t)row[i] * scale;
         }
     }
+    return EL_OK;
+}
+
+int64_t el_kv_row_bytes(int32_t type, int64_t d, int64_t group)
+{
+    if (d <= 0)
+        return -1;
+    switch (type) {
+    case EL_KV_F32: return 4 * d;
+    case EL_KV_F16: return 2 * d;
+    case EL_KV_Q8: return el_q8_row_bytes(d, group);
+    default: return -1;
+    }
+}
+
+el_status el_kv_rows_store(int32_t type, int64_t group, const float *x, int64_t n, int64_t d, uint8_t *rows)
+{
+    if (el_kv_row_bytes(type, d, group) < 0 || n < 0 || (n > 0 && (x == NULL || rows == NULL)))
+        return EL_ERR_SIZE;
+    if (type == EL_KV_F16)
+        return el_f32_to_f16(x, (uint16_t *)(void *)rows, n * d);
+    if (type == EL_KV_Q8)
+        return el_q8_rows_store(x, n, d, group, rows);
+    if (n > 0)
+        memcpy(rows, x, (size_t)(n * d) * sizeof(float));
+    return EL_OK;
+}
+
+el_status el_kv_rows_load(int32_t type, int64_t group, const uint8_t *rows, int64_t n, int64_t d, float *x)
+{
+    if (el_kv_row_bytes(type, d, group) < 0 || n < 0 || (n > 0 && (x == NULL || rows == NULL)))
+        return EL_ERR_SIZE;
+    if (type == EL_KV_F16)
+        return el_f16_to_f32((const uint16_t *)(const void *)rows, x, n * d);
+    if (type == EL_KV_Q8)
+        return el_q8_rows_load(rows, n, d, group, x);
+    if (n > 0)
+        memcpy(x, rows, (size_t)(n * d) * sizeof(float));
     return EL_OK;
 }

@@ -1,0 +1,96 @@
+/*
+ * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
+ * included there, after the plain loops (scores_plain, weigh_plain, convert_plain) and row_bytes, and
+ * inside its x86-64 section, which has included <immintrin.h>. Each loop forms what its plain
+ * twin forms, in the same order (attention.c), so the two builds agree bit for bit.
+ */
+#ifndef EDGELLAMA_ATTENTION_X86_H
+#define EDGELLAMA_ATTENTION_X86_H
+
+/* The sums of four accumulators' lanes: [sum a0, sum a1, sum a2, sum a3] */
+__attribute__((target("avx2,fma"))) static inline __m128 fold4(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
+{
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));   /* low halves + high halves */
+}
+
+/* scores_plain for d a multiple of 8: eight keys at a time, so that eight independent sums hide the
+ * latency of each multiply-add */
+__attribute__((target("avx2,fma"))) static void scores_vector(const float *q, const float *keys, int64_t n,
+                                                              int64_t d, float scale, float *scores)
+{
+    const __m128 by = _mm_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const float *k = keys + j * d;
+        __m256 a[8];
+        for (int r = 0; r < 8; r++)
+            a[r] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < d; i += 8) {
+            const __m256 x = _mm256_loadu_ps(q + i);
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + r * d + i), a[r]);
+        }
+        _mm_storeu_ps(scores + j, _mm_mul_ps(fold4(a[0], a[1], a[2], a[3]), by));
+        _mm_storeu_ps(scores + j + 4, _mm_mul_ps(fold4(a[4], a[5], a[6], a[7]), by));
+    }
+    scores_plain(q, keys + j * d, n - j, d, scale, scores + j);
+}
+
+/* weigh_plain for d a multiple of 8: 64 (then 8) outputs in eight registers while the rows stream by */
+__attribute__((target("avx2,fma"))) static void weigh_vector(float *out, const float *w, const float *values,
+                                                             int64_t n, int64_t d)
+{
+    int64_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        __m256 a[8];
+        for (int r = 0; r < 8; r++)
+            a[r] = _mm256_loadu_ps(out + i + 8 * r);
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 x = _mm256_set1_ps(w[j]);
+            const float *v = values + j * d + i;
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(v + 8 * r), a[r]);
+        }
+        for (int r = 0; r < 8; r++)
+            _mm256_storeu_ps(out + i + 8 * r, a[r]);
+    }
+    for (; i < d; i += 8) {
+        __m256 a = _mm256_loadu_ps(out + i);
+        for (int64_t j = 0; j < n; j++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(values + j * d + i), a);
+        _mm256_storeu_ps(out + i, a);
+    }
+}
+
+/* convert_plain, 8 values at a time: float16 by the F16C instruction (exact, as the plain
+ * conversion; a signalling NaN comes out quiet), q8 rows for groups that are multiples of 8 */
+__attribute__((target("avx2,fma,f16c"))) static void convert_vector(const el_attention *a, const uint8_t *rows,
+                                                                    int64_t n, float *buf)
+{
+    const int64_t d = a->head_dim, group = a->kv_group, bytes = row_bytes(a);
+    if (a->kv_type == EL_KV_F16) {
+        const uint16_t *h = (const uint16_t *)(const void *)rows;
+        for (int64_t i = 0; i < n * d; i += 8)
+            _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+        return;
+    }
+    if (group % 8) {
+        convert_plain(a, rows, n, buf);
+        return;
+    }
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t *row = rows + r * bytes;
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            float s;
+            memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
+            const __m256 scale = _mm256_set1_ps(s);
+            for (int64_t i = g0; i < g0 + group; i += 8) {
+                const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + i)));
+                _mm256_storeu_ps(buf + r * d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
+            }
+        }
+    }
+}
+
+#endif
