@@ -14,6 +14,8 @@ blocks a conversion takes over as they are (BLOCK_TYPES); converters/plan.py pic
     Q4_1 blocks                Q4_1 blocks   the file's own blocks (qs, d, m)       MatMulQ4_1   yes
     Q4_0 as Q4_1 blocks        Q4_0 blocks   the file's d and nibbles, m = -8d      MatMulQ4_1   yes
     Q4_1 quantized             float values  Q4_1 blocks (min, step; q4_1.py)       MatMulQ4_1   no
+    Q4_1 rounded               float values  the same, each block's extremes        MatMulQ4_1   no
+                                             rounded to nearest (no search)
 
 Each row names its loader: (parts, bits, block_size) -> (Stored, relative error or None), where
 parts are the float32 arrays [N_i, K] of the stacked source tensors (formats made from float
@@ -119,8 +121,8 @@ def _file_blocks(parts: list, bits: int, block_size: int, mapping=from_q4_1_bloc
     return Stored(cw.k, blocks=cw.blocks), 0.0
 
 
-def _quantized_blocks(parts: list, bits: int, block_size: int, importance=None):
-    blocks, error = quantize_q4_1(_stacked(parts), importance)
+def _quantized_blocks(parts: list, bits: int, block_size: int, importance=None, search: bool = True):
+    blocks, error = quantize_q4_1(_stacked(parts), importance, search)
     return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
 
 
@@ -146,6 +148,8 @@ FORMATS = {
                                   fallback="Q4_0"),
     "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
                              weighted=True),
+    "Q4_1 rounded": Format(partial(_quantized_blocks, search=False), "blocks", "MatMulQ4_1", exact=False, bits=4,
+                           gatherable=False),
 }
 
 

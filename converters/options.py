@@ -10,6 +10,8 @@ from edgellama.kv_graph import GQA_ONLY
 from edgellama.kv_types import kv_type
 from edgellama.package import Quantization
 
+from .precision import DEFAULT_QUALITY, precision
+
 PROVIDERS = ("cpu", "cuda")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see converters/formats.py
 PORTABLE_ONLY_MODES = ("zero_point",)          # forms of ONNX Runtime's own operators
@@ -46,7 +48,11 @@ class ConvertOptions:
     the path of a text file first runs the model at full precision over that text (the bundled one:
     converters/calibration_text.py) and weights each weight's error by how strongly its input channel
     is driven (converters/importance.py). Used where int4 weights are made from float values in the
-    native form."""
+    native form.
+
+    quality: the size / quality target of an int4 package made from float values, a preset of
+    converters/precision.py ("small", "default", "best"): which weights keep 8 bits and how the 4-bit
+    ones are found. Blocks taken over from a GGUF file are kept as they are."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
@@ -56,6 +62,7 @@ class ConvertOptions:
     portable: bool = False
     kv_cache: Optional[str] = None
     calibration: Optional[str] = None
+    quality: object = DEFAULT_QUALITY
 
     def __post_init__(self):
         if not isinstance(self.quantization, Quantization):
@@ -67,6 +74,7 @@ class ConvertOptions:
         if not providers or any(p not in PROVIDERS for p in providers):
             raise InvalidParameterError(f"providers={providers!r}: each must be one of {PROVIDERS}")
         object.__setattr__(self, "providers", providers)
+        precision(self.quality)
         if self.gguf_blocks not in GGUF_BLOCK_MODES:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
         if self.gguf_blocks == "ops" and ("cuda" in providers or self.portable):

@@ -29,6 +29,7 @@ from edgellama.errors import PackageError
 from .carry import GGML_BLOCK
 from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, QUANT_BITS
 from .options import ConvertOptions
+from .precision import precision
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -159,6 +160,9 @@ class _Planner:
         self.mode = options.gguf_blocks
         self.native = options.native
         self.float16 = options.io_dtype == "float16"
+        self.precision = precision(options.quality)
+        self.search = self.precision.search or options.calibrated     # importance weights the search's error
+        self.layers = self.tensors.config.num_layers
 
     def carried(self, names: list, types: tuple, table: bool, gathered: bool) -> Optional[str]:
         """The format the named tensors' blocks are taken over in, or None (they are not)."""
@@ -180,12 +184,22 @@ class _Planner:
             name = form.fallback
         return None if gathered and not FORMATS[name].gatherable else name
 
-    def quantized(self, table: bool, k: int) -> str:
-        """The format of a weight made from float values: the native form's layer matrices in Q4_1
-        blocks (int4, blocks of 32), else MatMulNBits' layout."""
+    def bits(self, roles: tuple, layer: Optional[int]) -> int:
+        """Bits of a weight made from float values: the method's, raised for an int4 package where
+        the quality preset keeps one of the weight's roles at more (converters/precision.py)."""
+        bits = QUANT_BITS[self.q.method]
+        if self.q.method != "int4":
+            return bits
+        return max(bits, *(self.precision.bits(role, layer, self.layers) for role in roles))
+
+    def quantized(self, table: bool, k: int, bits: int) -> str:
+        """The format of a weight made from float values: the native form's 4-bit layer matrices in
+        Q4_1 blocks (blocks of 32; searched where the preset or calibration asks, else rounded to nearest), else
+        MatMulNBits' layout."""
         q = self.q
-        if self.native and not table and q.method == "int4" and q.block_size == GGML_BLOCK and k % GGML_BLOCK == 0:
-            return "Q4_1 quantized"
+        if (self.native and not table and bits == 4 and q.method == "int4" and q.block_size == GGML_BLOCK
+                and k % GGML_BLOCK == 0):
+            return "Q4_1 quantized" if self.search else "Q4_1 rounded"
         return "quantized" if q.symmetric else "quantized asymmetric"
 
     def operator(self, name: str, bits: int, block_size: Optional[int], k: int) -> str:
@@ -197,17 +211,21 @@ class _Planner:
             return "MatMulQ8"
         return form.operator
 
-    def weight(self, names: list, table: bool = False, gathered: bool = False) -> WeightPlan:
-        """How the named source tensors (stacked along N) are stored and multiplied."""
+    def weight(self, names: list, roles: tuple, layer: Optional[int] = None, table: bool = False,
+               gathered: bool = False) -> WeightPlan:
+        """How the named source tensors (stacked along N) are stored and multiplied; `roles` are
+        the weight's roles of precision.py (two for a tied table), `layer` its layer's index."""
         types = tuple(self.tensors.ggml_type(n) for n in names)
         k = self.tensors.shape(names[0])[1]
         name = self.carried(names, types, table, gathered)
-        if name is None and self.q.method in QUANT_BITS:
-            name = self.quantized(table, k)
+        bits = QUANT_BITS.get(self.q.method)
+        if name is None and bits is not None:
+            bits = self.bits(roles, layer)
+            name = self.quantized(table, k, bits)
         elif name is None:
             name = f"float{FLOAT_BITS[self.q.method]}"
         form = FORMATS[name]
-        bits = form.bits or QUANT_BITS[self.q.method]
+        bits = form.bits or bits
         block_size = None if form.storage == "float" else (GGML_BLOCK if form.source or form.storage == "blocks"
                                                            else self.q.block_size)
         operator = self.operator(name, bits, block_size, k)
@@ -215,7 +233,7 @@ class _Planner:
                           tuple(dict.fromkeys(t for t in types if t is not None)))
 
     def layer(self, index: int) -> LayerPlan:
-        w = LayerWeights(**{kind: self.weight(layer_tensors(index, kind)) for kind in LAYER_WEIGHTS})
+        w = LayerWeights(**{kind: self.weight(layer_tensors(index, kind), (kind,), index) for kind in LAYER_WEIGHTS})
         qkv = FUSED.get(w.qkv_proj.operator)
         mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
         project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
@@ -230,10 +248,10 @@ class _Planner:
 
     def plan(self) -> ConversionPlan:
         tied = self.tensors.config.tie_word_embeddings
-        table = self.weight([EMBED], table=True, gathered=True)
+        table = self.weight([EMBED], ("embedding", "lm_head") if tied else ("embedding",), table=True, gathered=True)
         embedding = replace(table, operator=EMBEDDING_OPERATORS[FORMATS[table.format].storage])
-        lm_head = self.head(table if tied else self.weight([LM_HEAD], table=True))
-        layers = tuple(self.layer(i) for i in range(self.tensors.config.num_layers))
+        lm_head = self.head(table if tied else self.weight([LM_HEAD], ("lm_head",), table=True))
+        layers = tuple(self.layer(i) for i in range(self.layers))
         return ConversionPlan(self.mode, self.native, embedding, lm_head, tied, layers)
 
 

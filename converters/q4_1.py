@@ -73,11 +73,13 @@ def _keep(best: tuple, d, m, err) -> tuple:
     return np.where(better[..., None], d, bd), np.where(better[..., None], m, bm), np.where(better, err, be)
 
 
-def _search(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
+def _search(w: np.ndarray, a: Optional[np.ndarray], search: bool = True) -> tuple:
     """(d, m) float16 values as float32 [n, nb, 1] with the least weighted error found per block
-    (each candidate measured with the integers it was fitted to)."""
+    (each candidate measured with the integers it was fitted to); candidate 0 alone when not `search`."""
     lo, hi = w.min(axis=-1, keepdims=True), w.max(axis=-1, keepdims=True)
     d, m = _half((hi - lo) / np.float32(TOP)), _half(lo)
+    if not search:
+        return d, m
     best = (d, m, _error(w, a, _rounded(w, d, m), d, m))
     aw = w if a is None else w * a
     sa = np.float64(BLOCK) if a is None else a.sum(axis=-1, dtype=np.float64)
@@ -97,10 +99,10 @@ def _search(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
     return best[0], best[1]
 
 
-def _chunk(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
+def _chunk(w: np.ndarray, a: Optional[np.ndarray], search: bool) -> tuple:
     """w [n, nb, 32] float32, a [nb, 32] or None -> (qs [n, nb, 16] uint8, d and m [n, nb] float16 bits,
     plain squared error)."""
-    d, m = _search(w, a)
+    d, m = _search(w, a, search)
     q = _rounded(w, d, m)
     error = float(_error(w, None, q, d, m).sum(dtype=np.float64))
     q = q.astype(np.uint8)
@@ -109,9 +111,10 @@ def _chunk(w: np.ndarray, a: Optional[np.ndarray]) -> tuple:
     return qs, d16.view(np.uint16), m16.view(np.uint16), error
 
 
-def quantize_q4_1(weight: np.ndarray, importance: Optional[np.ndarray] = None) -> tuple:
+def quantize_q4_1(weight: np.ndarray, importance: Optional[np.ndarray] = None, search: bool = True) -> tuple:
     """(Q41Blocks, relative error ||W - dequantized|| / ||W||) of a float weight [N, K]; `importance`
-    [K] (non-negative, per input channel) weights each block's squared error."""
+    [K] (non-negative, per input channel) weights each block's squared error; `search=False` keeps
+    candidate 0 (round-to-nearest of the extremes)."""
     n, k = weight.shape
     if k % BLOCK:
         raise ValueError(f"Q4_1 blocks need K a multiple of {BLOCK}, got K={k}")
@@ -126,7 +129,7 @@ def quantize_q4_1(weight: np.ndarray, importance: Optional[np.ndarray] = None) -
     rows = max(1, CHUNK_ELEMENTS // k)
     parts, error = [], 0.0
     for start in range(0, n, rows):
-        qs, d, m, e = _chunk(w[start:start + rows], a)
+        qs, d, m, e = _chunk(w[start:start + rows], a, search)
         parts.append((qs, d, m))
         error += e
     qs, d, m = (np.concatenate([p[i] for p in parts]) for i in range(3))

@@ -141,42 +141,62 @@ def test_package_contents(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def dequantized_reference(folder, quant: Quantization):
-    """transformers' model with every weight the package quantizes replaced by its dequantized value."""
+def planned_bits(plan, name: str) -> int:
+    """Bits the plan gives the source tensor `name` (a 2-D weight)."""
+    from edgellama.converters.plan import EMBED, LAYER_WEIGHTS, LM_HEAD
+
+    if name in (EMBED, LM_HEAD):
+        return (plan.embedding if name == EMBED else plan.lm_head).bits
+    layer = int(name.split(".")[2])
+    kind = next(k for k, parts in LAYER_WEIGHTS.items() if any(f".{part}." in name for part in parts))
+    return getattr(plan.layers[layer].weights, kind).bits
+
+
+def dequantized_reference(folder, quant: Quantization, plan):
+    """transformers' model with every weight the package quantizes replaced by its dequantized value,
+    at the bits the conversion plan gave it."""
     from edgellama.converters.quantize import dequantize, quantize
     model = load_reference(folder)
-    bits = {"int4": 4, "int8": 8}[quant.method]
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.ndim == 2:
                 w = param.numpy()
+                bits = planned_bits(plan, name)
                 param.copy_(torch.from_numpy(dequantize(quantize(w, bits, quant.block_size, quant.symmetric))))
     return model
 
 
 QUANT_CASES = {
-    "int4_sym_tied": (Quantization("int4", accuracy_level=0), {}),
-    "int4_asym_untied": (Quantization("int4", symmetric=False, accuracy_level=0), dict(tie_word_embeddings=False)),
-    "int8_sym_tied": (Quantization("int8", accuracy_level=0), {}),
-    "int8_asym_tied": (Quantization("int8", symmetric=False, accuracy_level=0), {}),
+    "int4_sym_tied": (Quantization("int4", accuracy_level=0), {}, "default"),
+    "int4_asym_untied": (Quantization("int4", symmetric=False, accuracy_level=0), dict(tie_word_embeddings=False),
+                         "default"),
+    "int4_small_untied": (Quantization("int4", accuracy_level=0), dict(tie_word_embeddings=False), "small"),
+    "int4_best_untied": (Quantization("int4", accuracy_level=0), dict(tie_word_embeddings=False), "best"),
+    "int4_best_tied": (Quantization("int4", accuracy_level=0), {}, "best"),
+    "int8_sym_tied": (Quantization("int8", accuracy_level=0), {}, "default"),
+    "int8_asym_tied": (Quantization("int8", symmetric=False, accuracy_level=0), {}, "default"),
     "int4_padded_k": (Quantization("int4", block_size=32, accuracy_level=0),
                       dict(hidden_size=80, num_attention_heads=5, num_key_value_heads=1, head_dim=16,
-                           intermediate_size=144)),
-    "int4_block128": (Quantization("int4", block_size=128, accuracy_level=0), dict(vocab_size=397)),
+                           intermediate_size=144), "default"),
+    "int4_block128": (Quantization("int4", block_size=128, accuracy_level=0), dict(vocab_size=397), "default"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(QUANT_CASES))
 def test_quantized_graph_matches_dequantized_weights(tmp_path, case):
     """With float compute (accuracy_level 0) the only error left is the weights' own quantization,
-    so the portable graph must match a reference running on the dequantized weights: this pins the
+    so the portable graph must match a reference running on the dequantized weights, each at the
+    bits its quality preset planned (8-bit heads and layer products included): this pins the
     MatMulNBits / GatherBlockQuantized layout (nibble order, zero points, padding)."""
-    quant, overrides = QUANT_CASES[case]
+    from edgellama.converters.plan import ConversionPlan
+
+    quant, overrides, quality = QUANT_CASES[case]
     folder = make_tiny_llama(tmp_path / "ckpt", seed=7, **overrides)
     out = tmp_path / "pkg"
-    report = convert(folder, out, ConvertOptions(quantization=quant, portable=True))
+    report = convert(folder, out, ConvertOptions(quantization=quant, portable=True, quality=quality))
     assert report.quantization_error["qkv_proj"]["worst"] > 0
-    diffs = compare_with_reference(out, dequantized_reference(folder, quant))
+    plan = ConversionPlan.from_dict(report.info.quantization.layout)
+    diffs = compare_with_reference(out, dequantized_reference(folder, quant, plan))
     assert max(diffs) < 2e-4, diffs
 
 

@@ -96,7 +96,7 @@ def test_zero_point_rounds_the_minimums_and_keeps_the_graph_unfused(q4_1_gguf):
 @pytest.mark.parametrize("options", [dict(gguf_blocks="requantize"), dict(quantization=Quantization(block_size=64)),
                                      dict(quantization=Quantization(symmetric=False))])
 def test_blocks_are_requantized_when_the_mode_or_the_settings_say_so(q4_1_gguf, options):
-    plan = plan_of(q4_1_gguf, portable=True, **options)
+    plan = plan_of(q4_1_gguf, portable=True, quality="small", **options)
     q = options.get("quantization", Quantization())
     expected = "quantized" if q.symmetric else "quantized asymmetric"
     assert weights_of(plan) == {WeightPlan(expected, "MatMulNBits", 4, q.block_size, False, ("Q4_1",))}
@@ -116,11 +116,11 @@ def test_int8_keeps_q8_0_layers_and_requantizes_q4_1(tmp_path):
 def test_mixed_block_types_in_one_product_are_requantized(tmp_path):
     path = write_tiny_gguf(tmp_path / "mixed.gguf", tiny_hf_weights(seed=2),
                            qtype=lambda name: Q.Q4_0 if ".k_proj." in name else Q.Q4_1)
-    plan = plan_of(path, gguf_blocks="ops")
+    plan = plan_of(path, gguf_blocks="ops", quality="small")
     qkv = plan.layers[1].weights.qkv_proj
-    assert (qkv.format, qkv.operator, qkv.source_types) == ("Q4_1 quantized", "MatMulQ4_1", ("Q4_1", "Q4_0"))
+    assert (qkv.format, qkv.operator, qkv.source_types) == ("Q4_1 rounded", "MatMulQ4_1", ("Q4_1", "Q4_0"))
     assert nodes_of(plan)[1] == ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")
-    portable = plan_of(path, portable=True).layers[1].weights.qkv_proj
+    portable = plan_of(path, portable=True, quality="small").layers[1].weights.qkv_proj
     assert (portable.format, portable.operator) == ("quantized", "MatMulNBits")
 
 
@@ -157,9 +157,11 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 
 # --- a float checkpoint ------------------------------------------------------------------------------
 
-def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder):
-    plan = plan_of(hf_folder)
-    assert plan.native and weights_of(plan) == {WeightPlan("Q4_1 quantized", "MatMulQ4_1", 4, 32, False, ())}
+@pytest.mark.parametrize("options, form", [(dict(quality="small"), "Q4_1 rounded"),
+                                           (dict(quality="small", calibration="bundled"), "Q4_1 quantized")])
+def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form):
+    plan = plan_of(hf_folder, **options)
+    assert plan.native and weights_of(plan) == {WeightPlan(form, "MatMulQ4_1", 4, 32, False, ())}
     assert nodes_of(plan) == [("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
         ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (len(plan.layers) - 1)
     # the table the embedding gathers stays in MatMulNBits' layout, which ONNX Runtime gathers
@@ -176,7 +178,7 @@ def test_a_q4_0_file_is_carried_into_q4_1_blocks_exactly(tmp_path):
 
 
 def test_a_float_checkpoint_in_the_portable_form(hf_folder):
-    plan = plan_of(hf_folder, portable=True)
+    plan = plan_of(hf_folder, portable=True, quality="small")
     assert not plan.native and weights_of(plan) == {WeightPlan("quantized", "MatMulNBits", 4, 32, False, ())}
     assert nodes_of(plan) == [UNFUSED] * len(plan.layers)
     assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ())

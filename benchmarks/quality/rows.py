@@ -39,7 +39,9 @@ ROWS = (
     Row("llamacpp/Q4_K_M", "llama.cpp Q4_K_M", "llamacpp", "Q4_K_M", True),
     Row("genai/int4-rtn", "onnxruntime-genai int4 (rtn)", "genai", "rtn", True),
     Row("genai/int4-k_quant", "onnxruntime-genai int4 (k_quant)", "genai", "k_quant", True),
-    Row("edgellama/int4", "edgellama int4 (native Q4_1)", "edgellama", "int4", False),
+    Row("edgellama/int4-small", "edgellama int4 --quality small", "edgellama", "int4-small", False),
+    Row("edgellama/int4", "edgellama int4 (--quality default)", "edgellama", "int4", False),
+    Row("edgellama/int4-best", "edgellama int4 --quality best", "edgellama", "int4-best", False),
     Row("edgellama/int4-calibrated", "edgellama int4 --calibration bundled", "edgellama", "int4-calibrated", False),
     Row("edgellama/int4-portable", "edgellama int4 --portable", "edgellama", "int4-portable", False),
 )
@@ -48,6 +50,8 @@ LLAMACPP_FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "IQ4_NL": "LLAMA_FTYPE_MOS
                    "Q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 # edgellama variant -> its ConvertOptions besides max_length and force (quantization: the method)
 EDGELLAMA_VARIANTS = {"fp32": dict(quantization="fp32"), "int4": dict(quantization="int4"),
+                      "int4-small": dict(quantization="int4", quality="small"),
+                      "int4-best": dict(quantization="int4", quality="best"),
                       "int4-calibrated": dict(quantization="int4", calibration="bundled"),
                       "int4-portable": dict(quantization="int4", portable=True)}
 

@@ -1,5 +1,6 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
-[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--calibration FILE|bundled] [--force]
+[--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--quality small|default|best]
+[--calibration FILE|bundled] [--force]
 [--eval FILE]`: a checkpoint
 (HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
 
@@ -20,6 +21,7 @@ from . import add_kv_cache_argument, read_text_file
 
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
+QUALITY_PRESETS = ("small", "default", "best")                     # converters.precision.PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_kv_cache_argument(parser, "the KV cache element type the package loads with by default (float32, "
                                   "float16, int8), recorded in edgellama.json; a load chooses another with "
                                   "--kv-cache. A portable package runs only its own (float32; CUDA: float16)")
+    parser.add_argument("--quality", choices=QUALITY_PRESETS, default="default",
+                        help="int4 made from float weights: the size / quality target. small: every weight at 4 bits; "
+                             "default: the LM head at 8 bits; best: more weights at 8 bits (larger). Blocks carried "
+                             "from a GGUF file are kept as they are")
     parser.add_argument("--calibration", default=None, metavar="FILE|bundled",
                         help="int4 made from float weights (native form): run the model at full precision over the "
                              "UTF-8 text FILE (or the converter's bundled text) first and weight each weight's "
@@ -75,6 +81,7 @@ def main(args: argparse.Namespace) -> int:
         portable=args.portable,
         kv_cache=args.kv_cache,
         calibration=args.calibration,
+        quality=args.quality,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     report = convert(args.source, args.output, options)

@@ -1,0 +1,114 @@
+"""The size / quality presets (converters/precision.py): each preset's per-weight bits and formats in
+the plan, GGUF blocks untouched by them, and bad values refused."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgellama.cli.convert import QUALITY_PRESETS
+from edgellama.converters import ConvertOptions
+from edgellama.converters.plan import LAYER_WEIGHTS, plan_conversion
+from edgellama.converters.precision import PRESETS, Precision, more_layers, precision
+from edgellama.converters.sources.tensors import SourceTensors
+from edgellama.errors import InvalidParameterError
+
+from helpers.tiny_llama import make_tiny_llama
+
+
+def plan_hf(folder, **options):
+    from edgellama.converters.sources.hf import HFSource
+
+    with HFSource(folder) as source:
+        return plan_conversion(ConvertOptions(**options), SourceTensors(source))
+
+
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def hf_folder(request, tmp_path_factory):
+    overrides = {} if request.param == "tied" else dict(tie_word_embeddings=False)
+    return make_tiny_llama(tmp_path_factory.mktemp("precision") / "ckpt", num_hidden_layers=9, **overrides)
+
+
+@pytest.mark.parametrize("quality", sorted(PRESETS))
+@pytest.mark.parametrize("portable", [False, True])
+def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable):
+    preset = PRESETS[quality]
+    plan = plan_hf(hf_folder, quality=quality, portable=portable)
+    count = len(plan.layers)
+    roles = ("embedding", "lm_head") if plan.tied else ("embedding",)
+    assert plan.embedding.bits == max(preset.bits(r) for r in roles)
+    assert plan.lm_head.bits == (plan.embedding.bits if plan.tied else preset.bits("lm_head"))
+    for index, layer in enumerate(plan.layers):
+        for kind in LAYER_WEIGHTS:
+            weight = getattr(layer.weights, kind)
+            assert weight.bits == preset.bits(kind, index, count), (quality, index, kind)
+            if weight.bits == 8:
+                assert (weight.format, weight.block_size) == ("quantized", 32)
+                assert weight.operator == ("MatMulNBits" if portable else "MatMulQ8")
+            elif not portable:
+                assert weight.format == ("Q4_1 quantized" if preset.search else "Q4_1 rounded")
+                assert weight.operator == "MatMulQ4_1"
+    for weight in (plan.embedding, plan.lm_head):
+        assert weight.format == "quantized" and weight.block_size == 32
+
+
+def test_presets_differ_in_size_and_the_cli_offers_each():
+    """Each larger preset keeps at least what the smaller keeps at 8 bits; the CLI's choices are the table's."""
+    assert QUALITY_PRESETS == tuple(PRESETS)
+    high = [set(PRESETS[name].high) for name in QUALITY_PRESETS]
+    assert all(a < b for a, b in zip(high, high[1:]))
+
+
+def test_an_int8_or_float_package_ignores_the_preset(hf_folder):
+    from edgellama.package import Quantization
+
+    for method in ("int8", "fp16"):
+        plans = {q: plan_hf(hf_folder, quantization=Quantization(method), quality=q) for q in PRESETS}
+        assert len({p.to_dict().__repr__() for p in plans.values()}) == 1, method
+
+
+def test_carried_gguf_blocks_are_the_same_under_every_preset(tmp_path):
+    pytest.importorskip("gguf")
+    from gguf import GGMLQuantizationType as Q
+
+    from edgellama.converters.sources.gguf import GGUFSource
+    from helpers.tiny_gguf import tiny_hf_weights, write_mixed_gguf
+
+    path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=3), Q.Q4_1, Q.Q8_0)
+    plans = []
+    for quality in PRESETS:
+        with GGUFSource(path) as source:
+            plans.append(plan_conversion(ConvertOptions(quality=quality), SourceTensors(source)).to_dict())
+    assert all(p == plans[0] for p in plans)
+    assert plans[0]["layers"][0]["weights"]["qkv_proj"]["format"] == "Q4_1 blocks"
+
+
+def test_more_layers_is_llama_cpps_choice():
+    """llama.cpp's use_more_bits for 30 layers: the first and last three, and 5, 8, ..., 26."""
+    chosen = [i for i in range(30) if more_layers(i, 30)]
+    assert chosen == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+
+
+@pytest.mark.parametrize("bad", ["fast", "", None, 4.5])
+def test_a_bad_preset_is_refused_naming_the_value_and_the_choices(bad):
+    with pytest.raises(InvalidParameterError) as info:
+        ConvertOptions(quality=bad)
+    message = str(info.value)
+    assert repr(bad) in message and all(name in message for name in PRESETS) and "\n" not in message
+
+
+def test_a_bad_precision_entry_is_refused():
+    with pytest.raises(InvalidParameterError, match="lm_head:more"):
+        Precision(("lm_head:more",))
+    with pytest.raises(InvalidParameterError, match="attn_v"):
+        Precision(("attn_v",))
+    assert precision(Precision(("down_proj:more",))).bits("down_proj", 0, 30) == 8
+
+
+def test_the_cli_refuses_a_bad_preset_in_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "edgellama", "convert", "-o", str(tmp_path / "out"), "--quality",
+                          "fast"], capture_output=True, text=True)
+    assert run.returncode == 2
+    last = run.stderr.strip().splitlines()[-1]
+    assert "'fast'" in last and all(name in last for name in PRESETS)
