@@ -12,8 +12,9 @@ Roles: "embedding" (the table the embedding gathers rows of), "lm_head", and the
 of plan.LAYER_WEIGHTS (qkv_proj, o_proj, gate_up_proj, down_proj), the latter in all layers or in
 the "more" layers (llama.cpp's choice for attn_v / ffn_down in its Q4_K_M: the first and last
 eighth and every third layer between). A tied table (one copy for the embedding and the LM head)
-takes the larger of its two roles' bits. The presets were chosen by measured perplexity per byte
-(`python -m benchmarks.quality.sensitivity`; README, "Quality from full precision").
+takes the larger of its two roles' bits. The presets were chosen by measured perplexity per byte:
+each role alone at 8 bits on the rotated benchmark checkpoint of benchmarks/quality (README,
+"Quality from full precision"); ConvertOptions(quality=Precision(...)) converts with any other choice.
 """
 from __future__ import annotations
 
