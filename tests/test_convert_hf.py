@@ -10,6 +10,7 @@ import pytest
 from edgellama.converters import ConvertOptions, convert
 from edgellama.package import Quantization, read_info, verify
 
+from helpers.plans import planned_weight
 from helpers.tiny_llama import make_tiny_llama
 
 torch = pytest.importorskip("torch")
@@ -141,17 +142,6 @@ def test_package_contents(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def planned_bits(plan, name: str) -> int:
-    """Bits the plan gives the source tensor `name` (a 2-D weight)."""
-    from edgellama.converters.plan import EMBED, LAYER_WEIGHTS, LM_HEAD
-
-    if name in (EMBED, LM_HEAD):
-        return (plan.embedding if name == EMBED else plan.lm_head).bits
-    layer = int(name.split(".")[2])
-    kind = next(k for k, parts in LAYER_WEIGHTS.items() if any(f".{part}." in name for part in parts))
-    return getattr(plan.layers[layer].weights, kind).bits
-
-
 def dequantized_reference(folder, quant: Quantization, plan):
     """transformers' model with every weight the package quantizes replaced by its dequantized value,
     at the bits the conversion plan gave it."""
@@ -161,7 +151,7 @@ def dequantized_reference(folder, quant: Quantization, plan):
         for name, param in model.named_parameters():
             if param.ndim == 2:
                 w = param.numpy()
-                bits = planned_bits(plan, name)
+                bits = planned_weight(plan, name).bits
                 param.copy_(torch.from_numpy(dequantize(quantize(w, bits, quant.block_size, quant.symmetric))))
     return model
 

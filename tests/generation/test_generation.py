@@ -61,25 +61,34 @@ def test_fp32_greedy_equals_transformers(model, hf_model, prompt):
     assert_greedy_prefix(result, hf_greedy(hf_model, ids, 24))
 
 
-def _fake_quantized(hf, torch):
-    """A copy of `hf` whose weights went through the int4 package's quantization: the layer matrices
-    into Q4_1 blocks (the native form's), the embedding / LM head table symmetric in blocks of 32."""
+def _fake_quantized(hf, torch, package):
+    """A copy of `hf` whose weights went through the int4 package's quantization, as its plan says:
+    4-bit layer matrices into Q4_1 blocks (the native form's), 8-bit weights and the 4-bit table
+    symmetric in blocks of 32."""
     import copy
 
+    from edgellama.converters.formats import FORMATS
+    from edgellama.converters.plan import ConversionPlan
     from edgellama.converters.q4_1 import quantize_q4_1
-    from helpers.blocks import dequantized
     from edgellama.converters.quantize import dequantize, quantize
+    from edgellama.package import read_info
+    from helpers.blocks import dequantized
+    from helpers.plans import planned_weight
 
-    def q4_1(w):
-        b, _ = quantize_q4_1(w)
-        return dequantized(b.qs, b.d, b.m)
+    plan = ConversionPlan.from_dict(read_info(package).quantization.layout)
+
+    def fake(name, w):
+        weight = planned_weight(plan, name)
+        if FORMATS[weight.format].storage == "blocks":
+            b, _ = quantize_q4_1(w, search=weight.format == "Q4_1 quantized")
+            return dequantized(b.qs, b.d, b.m)
+        return dequantize(quantize(w, weight.bits, 32, True))
 
     ref = copy.deepcopy(hf)
     with torch.no_grad():
         for name, param in ref.named_parameters():
             if param.ndim == 2:
-                w = param.detach().float().numpy()
-                param.copy_(torch.from_numpy(q4_1(w) if ".layers." in name else dequantize(quantize(w, 4, 32, True))))
+                param.copy_(torch.from_numpy(fake(name, param.detach().float().numpy())))
     return ref
 
 
@@ -92,7 +101,7 @@ def test_int4_greedy_follows_quantized_transformers(tmp_path_factory, tiny_folde
 
     package = _package(tmp_path_factory, tiny_folder, "int4")
     model = edgellama.load(package, threads=1)
-    ref = _fake_quantized(hf_model, torch)
+    ref = _fake_quantized(hf_model, torch, package)
     for prompt in PROMPTS:
         ids = model.tokenizer.encode(prompt)
         result = model.generate(ids, max_new_tokens=24, sampling=GREEDY)
