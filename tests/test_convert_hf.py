@@ -204,7 +204,7 @@ def test_default_quantization_error_bound(tmp_path, method):
     out = tmp_path / "pkg"
     report = convert(folder, out, ConvertOptions(quantization=Quantization(method)))
     layout = report.info.quantization.layout
-    assert layout["native"] and layout["layers"][0]["weights"]["qkv_proj"]["operator"] == (
+    assert layout["native"] and layout["layers"][0]["weights"]["gate_up_proj"]["operator"] == (
         "MatMulQ4_1" if method == "int4" else "MatMulQ8")
     e = max(v["mean"] for v in report.quantization_error.values())
     n = 4 * report.info.config.num_layers + 2

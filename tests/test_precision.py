@@ -54,10 +54,12 @@ def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable)
 
 
 def test_presets_differ_in_size_and_the_cli_offers_each():
-    """Each larger preset keeps at least what the smaller keeps at 8 bits; the CLI's choices are the table's."""
+    """Each larger preset keeps at least the bits of the smaller for every weight, and more for some;
+    the CLI's choices are the table's."""
     assert QUALITY_PRESETS == tuple(PRESETS)
-    high = [set(PRESETS[name].high) for name in QUALITY_PRESETS]
-    assert all(a < b for a, b in zip(high, high[1:]))
+    bits = [[PRESETS[name].bits(role, i, 30) for role in LAYER_WEIGHTS for i in range(30)]
+            + [PRESETS[name].bits(role) for role in ("embedding", "lm_head")] for name in QUALITY_PRESETS]
+    assert all(all(x <= y for x, y in zip(a, b)) and a != b for a, b in zip(bits, bits[1:]))
 
 
 def test_an_int8_or_float_package_ignores_the_preset(hf_folder):
