@@ -1,6 +1,8 @@
 """edgellama packages converted by `edgellama.converters` from the model's source (models.py):
 int4 and int8 in the native form (the default: edgellama's own operator library), int4-portable
-(portable=True: ONNX Runtime's own operators, MatMulNBits and GroupQueryAttention), fp32.
+(portable=True: ONNX Runtime's own operators, MatMulNBits and GroupQueryAttention), fp32. The int4
+packages take quality "small" (every layer matrix made from float values at 4 bits, as the other
+engines' 4-bit formats; blocks carried from a GGUF are the file's under every preset).
 
     WORK/<model>/edgellama-<method>-<native|portable>   converted once; converted again when its
                                                         edgellama.json records the other form
@@ -39,7 +41,7 @@ def prepare(variant: str, settings) -> Path:
     from edgellama.package import Quantization
 
     options = ConvertOptions(quantization=Quantization(method=method), max_length=max(MAX_LENGTH, settings.capacity),
-                             portable=portable, force=True)
+                             portable=portable, force=True, quality="small")
     convert(str(edgellama_source(settings)), out, options)
     if package_is_native(out) is portable:
         raise RuntimeError(f"{out}: converted with portable={portable}, but edgellama.json records "
