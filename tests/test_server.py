@@ -181,12 +181,19 @@ def test_a_client_that_leaves_mid_stream_frees_its_context(model):
         assert status == 200 and after["choices"][0]["message"]["role"] == "assistant"
 
 
+def test_prompt_cache_files_are_kept_per_cache_type(model, tmp_path):
+    from edgellama.server.prompt_cache import PromptCache
+
+    paths = {kv: PromptCache(tmp_path, model.info, kv).path([1, 2, 3]) for kv in ("float32", "float16", "int8")}
+    assert len(set(paths.values())) == 3 and all(f"-{kv}-" in p.name for kv, p in paths.items())
+
+
 def test_prompt_cache_on_disk_serves_a_new_server(model, tmp_path):
     ask = {"model": MODEL_ID, "messages": messages("Hello"), "max_tokens": 8, "temperature": 0}
     with serving(model, prompt_cache=tmp_path) as running:
         first = call(running.url, "POST", "/v1/chat/completions", ask)[1]
     files = list(tmp_path.glob("*.elstate"))
-    assert len(files) == 1
+    assert len(files) == 1 and f"-{model.kv_cache}-" in files[0].name   # one file per prompt and cache type
     with serving(model, prompt_cache=tmp_path) as running:      # new contexts: only the file holds the prompt
         again = call(running.url, "POST", "/v1/chat/completions", ask)[1]
     assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]

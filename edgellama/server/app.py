@@ -54,7 +54,7 @@ class Server:
     def __init__(self, model, settings: ServerSettings):
         self.model = model
         self.settings = settings
-        cache = PromptCache(settings.prompt_cache, model.info) if settings.prompt_cache else None
+        cache = PromptCache(settings.prompt_cache, model.info, model.kv_cache) if settings.prompt_cache else None
         self.pool = ContextPool(model, settings.parallel, settings.queue, cache)
         self.started = int(time.time())
 

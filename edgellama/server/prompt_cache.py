@@ -1,7 +1,7 @@
 """The prompt cache on disk: the KV cache of each system prompt, kept across restarts.
 
-One file per system prompt, named by the sha256 of its token ids, in the format of
-edgellama.saved (tied to the package, checked before use). A context that does not hold the
+One file per system prompt and KV cache type, named by the package, the cache type and the sha256
+of its token ids, in the format of edgellama.saved (tied to the package, checked before use). A context that does not hold the
 prompt yet is filled from the file; after a request that computed it, the file is written.
 A file that cannot be used is removed and the prompt is computed as if it were not there.
 """
@@ -21,9 +21,10 @@ KIND = "prompt"
 
 
 class PromptCache:
-    def __init__(self, folder, info):
+    def __init__(self, folder, info, kv_cache: str = "float32"):
         self.folder = Path(folder)
         self.info = info
+        self.kv_cache = kv_cache   # a server restarted with another type keeps both types' files
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -33,7 +34,7 @@ class PromptCache:
 
     def path(self, prefix) -> Path:
         ids = np.asarray(prefix, dtype="<i4").tobytes()
-        return self.folder / f"{self._package}-{hashlib.sha256(ids).hexdigest()[:32]}.elstate"
+        return self.folder / f"{self._package}-{self.kv_cache}-{hashlib.sha256(ids).hexdigest()[:32]}.elstate"
 
     def fill(self, ctx, prefix) -> None:
         """Load the prompt's cache into `ctx` unless it already holds the prompt."""
