@@ -167,37 +167,6 @@ def test_the_operator_computes_what_group_query_attention_does(batch, s, past, c
 
 
 @needs_ops
-def test_a_shared_cache_is_written_in_place():
-    """The runtime binds present to past's own buffer: the step writes its one row there, nothing else."""
-    import onnxruntime as ort
-
-    session = _session("RotaryAttention")
-    rng = np.random.default_rng(3)
-    keys, values = (rng.standard_normal((1, G, 64, D)).astype(np.float32) for _ in range(2))
-    before = keys.copy(), values.copy()
-    qkv = rng.standard_normal((1, 1, (H + 2 * G) * D)).astype(np.float32)
-    binding = session.io_binding()
-    for name, array in (("key", keys), ("value", values)):
-        value = ort.OrtValue.ortvalue_from_numpy(array)
-        binding.bind_ortvalue_input(f"past_{name}", value)
-        binding.bind_ortvalue_output(f"present_{name}", value)
-    binding.bind_cpu_input("qkv", qkv)
-    binding.bind_cpu_input("seqlens_k", np.array([10], np.int32))
-    binding.bind_cpu_input("total", np.array(11, np.int32))
-    out = np.zeros((1, 1, H * D), np.float32)
-    binding.bind_output("out", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-    session.run_with_iobinding(binding)
-    cos, sin = rotary_tables(256, D)
-    k, v = before[0][0].copy(), before[1][0].copy()
-    want = twins.attention(qkv[0], k, v, cos, sin, 10, H, 0.125)
-    np.testing.assert_allclose(out[0], want, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(keys[0], k, rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(values[0], v)
-    changed = np.flatnonzero((keys != before[0]).any(axis=(0, 1, 3)))
-    assert changed.tolist() == [10]
-
-
-@needs_ops
 def test_the_operator_refuses_tokens_outside_the_cache():
     import onnxruntime as ort
 
