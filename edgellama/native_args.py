@@ -142,6 +142,14 @@ def f32_to_f16(src, dst) -> None:
     _same_vectors("f32_to_f16", src, dst)
 
 
+def rms_norm(x, residual, gamma) -> None:
+    """rms_norm(x, residual, gamma, eps): x [M, K] with K > 0, residual None or shaped as x, gamma [K]."""
+    rows, k = _shape(Status.ERR_SIZE, "rms_norm", "x", x, 2)
+    if k <= 0 or np.shape(gamma) != (k,) or (residual is not None and np.shape(residual) != (rows, k)):
+        raise error_for(Status.ERR_SIZE, "rms_norm", f"x {np.shape(x)}, residual {np.shape(residual)} and gamma "
+                                                     f"{np.shape(gamma)} do not match")
+
+
 def swiglu(gate, up) -> None:
     _same_vectors("swiglu", gate, up)
 

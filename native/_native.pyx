@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Compiled sampling, KV-cache, float16, block-product, activation and attention routines (C in
-sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, activation.c and attention.c).
+sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, activation.c, norm.c and attention.c).
 
 Each function checks its arguments with edgellama.native_args (as the NumPy twins in
 edgellama/twins/ do), turns the arrays into pointers, runs the C routine without the GIL and turns
@@ -23,6 +23,7 @@ from blocks cimport *
 from activation cimport *
 from attention cimport *
 from kvrows cimport *
+from norm cimport *
 
 # el_status by name, as status.h defines it (held equal to edgellama.native_status.Status by the tests)
 STATUSES = {"OK": EL_OK, "ERR_NOMEM": EL_ERR_NOMEM, "ERR_NONFINITE": EL_ERR_NONFINITE, "ERR_TOKEN": EL_ERR_TOKEN,
@@ -183,6 +184,34 @@ def f32_to_f16(src, dst):
     with nogil:
         code = el_f32_to_f16(&values[0], &bits[0], values.shape[0])
     _check(code, "f32_to_f16")
+
+
+def rms_norm(x, residual, gamma, float eps):
+    """(sum, normed) of norm.h for the rows of x [M, K] (residual None: sum is x itself)."""
+    native_args.rms_norm(x, residual, gamma)
+    cdef const float[:, ::1] xs = x
+    cdef const float[::1] g = gamma
+    cdef const float[:, ::1] r
+    total = np.array(x, dtype=np.float32, copy=True)
+    normed = np.empty_like(total)
+    cdef float[:, ::1] sums = total
+    cdef float[:, ::1] out = normed
+    cdef int64_t rows = xs.shape[0], k = xs.shape[1], i
+    cdef el_status code = EL_OK
+    if residual is not None:
+        r = residual
+    if rows == 0:
+        return total, normed
+    with nogil:
+        for i in range(rows):
+            if residual is None:
+                code = el_rms_norm(&xs[i, 0], NULL, &g[0], k, eps, NULL, &out[i, 0])
+            else:
+                code = el_rms_norm(&xs[i, 0], &r[i, 0], &g[0], k, eps, &sums[i, 0], &out[i, 0])
+            if code != EL_OK:
+                break
+    _check(code, "rms_norm")
+    return total, normed
 
 
 def kernel_paths():

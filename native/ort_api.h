@@ -123,6 +123,9 @@ OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);
 OrtStatus *el_attention_create(const void *op, const void *unused, const void *info, void **kernel);
 OrtStatus *el_attention_create_f16(const void *op, const void *unused, const void *info, void **kernel);
 OrtStatus *el_attention_create_q8(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_norm_create(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_rms_norm_compute(void *kernel, void *context);
+OrtStatus *el_skip_rms_norm_compute(void *kernel, void *context);
 OrtStatus *el_attention_compute(void *kernel, void *context);
 
 #endif

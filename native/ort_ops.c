@@ -45,9 +45,9 @@
  */
 #include "activation.h"
 #include "blocks.h"
+#include "norm.h"
 #include "ort_api.h"
 
-#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -117,15 +117,8 @@ static void norm_rows(void *data, int64_t lo, int64_t hi)
 {
     const Norm *n = data;
     for (int64_t r = lo; r < hi; r++) {
-        const int64_t row = r * n->k;
-        double squares = 0.0;
-        for (int64_t i = 0; i < n->k; i++) {
-            n->sum[row + i] = n->x[row + i] + n->residual[row + i];
-            squares += (double)n->sum[row + i] * n->sum[row + i];
-        }
-        float scale = 1.0f / sqrtf((float)(squares / (double)n->k) + n->eps);
-        for (int64_t i = 0; i < n->k; i++)
-            n->normed[row + i] = n->sum[row + i] * scale * n->gamma[i];
+        const int64_t row = r * n->k;   /* sizes were checked: cannot fail */
+        el_rms_norm(n->x + row, n->residual + row, n->gamma, n->k, n->eps, n->sum + row, n->normed + row);
         el_q8_quantize(n->normed + row, &n->acts[r], EL_PATH_CHOSEN);
     }
 }

@@ -3,7 +3,7 @@
  * operator of domain ai.edgellama (name, input and output types, the functions that create its kernel
  * and compute it) and RegisterCustomOps, the function it calls when a session's options register the
  * library. The operators themselves: ort_ops.c (block products), ort_attention.c (RotaryAttention and
- * its float16 and q8 cache forms).
+ * its float16 and q8 cache forms), ort_norm.c (RmsNorm, SkipRmsNorm).
  *
  * Includes: libc.
  */
@@ -56,6 +56,8 @@ static const OpInfo OPS[] = {
     OP("RotaryAttention", el_attention_create, el_attention_compute, CACHE_F32, F, F, F, I32, I32, F, F),
     OP("RotaryAttentionF16", el_attention_create_f16, el_attention_compute, CACHE_F16, F, H, H, I32, I32, F, F),
     OP("RotaryAttentionQ8", el_attention_create_q8, el_attention_compute, CACHE_Q8, F, U8, U8, I32, I32, F, F),
+    OP("RmsNorm", el_norm_create, el_rms_norm_compute, ONE, F, F),
+    OP("SkipRmsNorm", el_norm_create, el_skip_rms_norm_compute, TWO, F, F, F),
 };
 
 /* Called by ONNX Runtime when a session's options register this library. */

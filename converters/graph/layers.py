@@ -31,27 +31,36 @@ def norm_weight(ctx: BuildContext, name: str) -> str:
     return ctx.graph.initializer(name, ctx.read(name).astype(ctx.np_dtype))
 
 
+# the norms outside the fused products, per form: (domain, RMS norm, residual add + RMS norm, the latter's
+# outputs beyond the normed one: ONNX Runtime's statistics are not asked for)
+NORMS = {True: (EDGELLAMA_DOMAIN, "RmsNorm", "SkipRmsNorm", ["{name}/output_1"]),     # native: norm.h, every CPU's bits
+         False: ("", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", ["", "", "{name}/output_3"])}
+
+
 def rms_norm(ctx: BuildContext, scope: str, x: str, weight_name: str) -> str:
-    """x -> SimplifiedLayerNormalization(gamma) (the first layer's input norm)."""
+    """x -> RMS norm (gamma) (the first layer's input norm): RmsNorm in the native form, else ONNX
+    Runtime's SimplifiedLayerNormalization."""
     gamma = norm_weight(ctx, weight_name)
-    return ctx.graph.op("SimplifiedLayerNormalization", [x, gamma], scope, axis=-1,
-                        epsilon=ctx.config.rms_norm_eps, stash_type=1)
+    domain, op, _, _ = NORMS[ctx.plan.native]
+    if domain:
+        return ctx.graph.node(op, [x, gamma], scope, domain=domain, epsilon=ctx.config.rms_norm_eps)[0]
+    return ctx.graph.op(op, [x, gamma], scope, axis=-1, epsilon=ctx.config.rms_norm_eps, stash_type=1)
 
 
 def skip_rms_norm(ctx: BuildContext, scope: str, x: str, residual: str, weight_name: str) -> tuple[str, str]:
     """Residual add fused with RMSNorm; returns (normed, new residual).
 
-        x --------\\
-                   SkipSimplifiedLayerNormalization(gamma) -> normed (output 0)
-        residual -/                                     \\-> x + residual (output 3)
-    (outputs 1 and 2, the statistics, are not asked for)
+        x --------\
+                   SkipRmsNorm (native) | SkipSimplifiedLayerNormalization (gamma) -> normed (output 0)
+        residual -/                                                            \-> x + residual (last output)
+    (ONNX Runtime's outputs 1 and 2, the statistics, are not asked for)
     """
     gamma = norm_weight(ctx, weight_name)
-    name = f"{scope}/SkipSimplifiedLayerNormalization"
-    outs = ctx.graph.node("SkipSimplifiedLayerNormalization", [x, residual, gamma], scope,
-                          outputs=[f"{name}/output_0", "", "", f"{name}/output_3"], domain=MS,
-                          epsilon=ctx.config.rms_norm_eps)
-    return outs[0], outs[3]
+    domain, _, op, rest = NORMS[ctx.plan.native]
+    name = f"{scope}/{op}"
+    outs = ctx.graph.node(op, [x, residual, gamma], scope, outputs=[f"{name}/output_0"] + [
+        o.format(name=name) for o in rest], domain=domain or MS, epsilon=ctx.config.rms_norm_eps)
+    return outs[0], outs[-1]
 
 
 def input_norm(ctx: BuildContext, scope: str, x, residual: str, weight_name: str) -> tuple[str, str]:

@@ -11,8 +11,9 @@ from .halfconv import f16_to_f32, f32_to_f16
 from .kernels import kernel_path, kernel_paths
 from .kvcache import kv_copy, kv_move, kv_rotate, kv_shift
 from .kvrows import dequantize_rows, quantize_rows
+from .norm import rms_norm
 from .sampler import Sampler, random_u64, token_mask_apply
 
 __all__ = ["Sampler", "attention", "dequantize_rows", "f16_to_f32", "f32_to_f16", "kernel_path", "kernel_paths",
            "kv_copy", "kv_move", "kv_rotate", "kv_shift", "q41_matmul", "q8_matmul", "quantize_rows", "random_u64",
-           "swiglu", "token_mask_apply"]
+           "rms_norm", "swiglu", "token_mask_apply"]
