@@ -12,10 +12,9 @@ Inputs come from generate.py --json (greedy tokens of the portable int4 package)
   best kernel path the emulated CPU has) whose distribution is farther than INT4_MAX_KL from the host's fp32 one (the host
   run uses no compiled code, so it cannot load that package itself);
 - with --native (the host Python's own compiled build ran the "ops" package too): its next-token
-  distributions are farther apart than INT4_MAX_KL between the machines. edgellama's operators sum in
-  one order on every kernel path (native/blocks.h), but the graph's two norms outside them (layer 0's
-  input norm, the final norm) are ONNX Runtime's, whose x86 and Arm code round differently, and the
-  8-bit rounding of activations carries such a difference on; the greedy tokens are printed, as above.
+  logits are not the same bits on both machines, or its greedy tokens differ. Every node of a native
+  package that computes with floats is edgellama's, and each sums in one order on every kernel path
+  (native/blocks.h), so the neon path under emulation gives the host's x86 path's bits.
 The int4 kernels (MatMulNBits with int8 activations) are not the same code on the two machines, so
 greedy tokens may part at a near tie; where they part is printed, not failed.
 """
@@ -91,22 +90,19 @@ def check_logits(emu: dict, host: dict) -> list[str]:
 
 
 def check_native(emu_tokens: dict, host_tokens: dict, emu_logits: np.ndarray, host_logits: np.ndarray) -> list[str]:
-    """The native package on both machines: close next-token distributions; greedy tokens printed."""
+    """The native package on both machines: the same logits, bit for bit, and the same greedy tokens."""
     problems = []
     diff = float(np.abs(emu_logits.astype(np.float64) - host_logits.astype(np.float64)).max())
     same_bits = np.array_equal(emu_logits.view(np.uint32), host_logits.view(np.uint32))
     print(f"native int4 next-token logits, kernels {emu_tokens.get('kernels')} (aarch64) and "
           f"{host_tokens.get('kernels')} (host): max |difference| = {diff:.3g}"
           + (" (the same bits)" if same_bits else ""))
-    native_kl = kl(host_logits, emu_logits)
-    print(f"native int4 next-token KL(host || aarch64) = {native_kl:.4f} (limit {INT4_MAX_KL:g})")
-    if not native_kl <= INT4_MAX_KL:
-        problems.append(f"native int4 next-token KL {native_kl:.3g} > {INT4_MAX_KL:g}")
+    if not same_bits:
+        problems.append(f"native int4 logits differ by {diff:.3g} between the machines")
     same = agreeing_prefix(emu_tokens["token_ids"], host_tokens["token_ids"])
     print(f"native int4 greedy tokens: {same} of {len(host_tokens['token_ids'])} agree with the host")
-    if len(emu_tokens["token_ids"]) != len(host_tokens["token_ids"]):
-        problems.append(f"the native package gave {len(emu_tokens['token_ids'])} tokens on aarch64, "
-                        f"{len(host_tokens['token_ids'])} on the host")
+    if emu_tokens["token_ids"] != host_tokens["token_ids"]:
+        problems.append(f"native int4 greedy tokens part at position {same}")
     return problems
 
 
