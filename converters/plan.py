@@ -47,14 +47,14 @@ class Fused:
     norm: str            # residual add + RMS norm + the product (q|k|v)
     mlp: str             # residual add + RMS norm + gate|up, SiLU * up, down
     project_mlp: str     # o_proj in front of `mlp`
-    attention: str       # the attention operator beside them
 
 
-NATIVE_ATTENTION = "RotaryAttention"   # attention of every layer of a native package (any product operator)
-FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1", NATIVE_ATTENTION)}
+# attention of every layer, by form: native (edgellama's, any product operator) or portable
+ATTENTION_OPERATOR = {True: "RotaryAttention", False: "GroupQueryAttention"}
+FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1")}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
-LIBRARY_OPERATORS = frozenset({"MatMulQ8", *FUSED, *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp,
-                                                                                            f.attention))})
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", ATTENTION_OPERATOR[True], *FUSED,
+                               *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp))})
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class _Planner:
         mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
         project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
         return LayerPlan(qkv=qkv.norm if qkv and index > 0 else w.qkv_proj.operator,
-                         attention=qkv.attention if qkv else NATIVE_ATTENTION if self.native else "GroupQueryAttention",
+                         attention=ATTENTION_OPERATOR[self.native],
                          o_proj="mlp" if project else "attention",
                          mlp=(mlp.project_mlp if project else mlp.mlp) if mlp else "SwiGLU", weights=w)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .binding import StepBinding
 from .errors import ContextOverflowError, InvalidParameterError
+from .kv_types import resolve
 from .kvcache import KVCache, KVSnapshot
 from .providers import captures_graphs
 from .rope import inv_frequencies
@@ -53,7 +54,7 @@ class Context:
         config = info.config
         self.config = config
         self.capacity = capacity
-        self.kv = KVCache(config, capacity, info.default_kv_cache if kv_cache is None else kv_cache)
+        self.kv = KVCache(config, capacity, resolve(kv_cache, info.default_kv_cache))
         self.binding = StepBinding(session, self.kv.keys, self.kv.values, config.vocab_size, info.io_dtype,
                                    device, graphs=device == "cuda" and captures_graphs(session))
         self._ids = np.zeros(capacity + 1, dtype=np.int32)   # + the token drawn when the cache is full

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import InvalidParameterError, PackageError
 from .graph_contract import ATTENTION_MASK, INPUT_IDS, LOGITS, kv_names
-from .kv_types import kv_type
+from .kv_types import kv_type, resolve
 from .package import MODEL_FILE, read_info
 from .session import open_package
 
@@ -178,7 +178,7 @@ def empty_past(info, kv_cache: Optional[str] = None) -> dict:
     """The past_key_values feed of a run without past: every layer's key and value with 0 positions
     (of the cache type `kv_cache`, default the package's)."""
     cfg = info.config
-    kv = kv_type(info.default_kv_cache if kv_cache is None else kv_cache)
+    kv = resolve(kv_cache, info.default_kv_cache)
     empty = np.zeros((1, cfg.num_kv_heads, 0, kv.row_length(cfg.head_dim)), dtype=kv.dtype)
     return {past: empty for past, _ in kv_names(cfg.num_layers)}
 

@@ -47,9 +47,9 @@ def check_graph(session, config, where, io_dtype: str = "float32", kv_cache=None
     """The graph's inputs and outputs must be the contract's, with the layer count, KV shapes,
     vocabulary and dtype that edgellama.json states, and the caches of `kv_cache` (a KV cache type,
     default the io_dtype's)."""
-    from .kv_types import kv_type
+    from .kv_types import resolve
 
-    cache = kv_type(io_dtype if kv_cache is None else kv_cache)
+    cache = resolve(kv_cache, io_dtype)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
     head, tail = PAST.split("{layer}")

@@ -49,7 +49,7 @@ static int valid(const el_attention *a)
 
 int64_t el_attention_row_bytes(const el_attention *a)
 {
-    return a != NULL && valid(a) ? row_bytes(a) : -1;
+    return valid(a) ? row_bytes(a) : -1;
 }
 
 /* row [row_bytes] = x [D] in the cache's element type */

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native_args
+from ..kv_types import KV_GROUP
 from ..native_status import Status, error_for
 from .kvcache import _heads, kv_copy, kv_move, rotated
 
-GROUP = 32   # values per scale of the runtime's int8 cache
+GROUP = KV_GROUP   # values per scale of the runtime's int8 cache
 __all__ = ["GROUP", "dequantize_rows", "kv_copy", "kv_shift", "quantize_rows"]
 
 
