@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgellama.blocks_layout import tile_q41
 from edgellama.errors import CheckpointError
 
 from .quantize import QuantizedWeight, dequantize, pack_nibbles
@@ -45,15 +46,17 @@ BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
 
 @dataclass(frozen=True)
 class Q41Blocks:
-    """Q4_1 blocks as the file stores them, field by field (the weight inputs of the ai.edgellama operators):
-    qs uint8 [N, K/32, 16] nibbles, d and m uint16 [N, K/32] float16 bit patterns."""
+    """Q4_1 blocks as the file stores them, field by field: qs uint8 [N, K/32, 16] nibbles, d and m
+    uint16 [N, K/32] float16 bit patterns. The ai.edgellama operators read them in tiles of 8 rows."""
     qs: np.ndarray
     d: np.ndarray
     m: np.ndarray
 
     def initializers(self) -> list:
-        """(name suffix, array) of each field as the operators read it: nibbles, scales, minimums."""
-        return [("", self.qs), (".scales", self.d.view(np.float16)), (".minimums", self.m.view(np.float16))]
+        """(name suffix, array) of each field as the operators read it (edgellama.blocks_layout):
+        nibbles, scales, minimums."""
+        qs, d, m = tile_q41(self.qs, self.d, self.m)
+        return [("", qs), (".scales", d.view(np.float16)), (".minimums", m.view(np.float16))]
 
 
 @dataclass(frozen=True)

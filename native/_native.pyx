@@ -12,6 +12,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, 
 import numpy as np
 
 from edgellama import native_args
+from edgellama.blocks_layout import tile_q41
 from edgellama.native_status import error_for
 
 from status cimport *
@@ -255,11 +256,13 @@ def q41_matmul(x, qs, d, m, path=None):
     with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q41_matmul(x, qs, d, m)
     native_args.kernel_path(path, kernel_paths())
+    cdef int64_t n = qs.shape[0]
+    qs, d, m = tile_q41(qs, d, m)   # the operators' layout (blocks.h)
     cdef const float[:, ::1] xv = x
     cdef const uint8_t[:, :, ::1] qv = qs
-    cdef const uint16_t[:, ::1] dv = d
-    cdef const uint16_t[:, ::1] mv = m
-    cdef int64_t rows = xv.shape[0], n = qv.shape[0], nb = qv.shape[1], i
+    cdef const uint16_t[:, :, ::1] dv = d
+    cdef const uint16_t[:, :, ::1] mv = m
+    cdef int64_t rows = xv.shape[0], nb = qv.shape[1], i
     cdef int number = _path_number(path)
     cdef el_status code = EL_OK
     y = np.zeros((rows, n), dtype=np.float32)
@@ -271,8 +274,8 @@ def q41_matmul(x, qs, d, m, path=None):
     cdef el_q41_weight w
     cdef el_q8_act *acts = _acts(rows, nb, q, stats)
     w.qs = &qv[0, 0, 0]
-    w.d = &dv[0, 0]
-    w.m = &mv[0, 0]
+    w.d = &dv[0, 0, 0]
+    w.m = &mv[0, 0, 0]
     w.n = n
     w.nb = nb
     try:

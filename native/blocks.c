@@ -6,7 +6,7 @@
  *     x      [nb * 32]        float32 activation row
  *     act.q  [padded * 32]    int8, pair layout of blocks.h
  *     act.scale/sum/rest [padded]
- *     w.qs   [n, nb, 16]      uint8 nibbles;  w.d, w.m [n, nb] binary16    (Q4_1)
+ *     w.qs   [tiles, nb, 128] uint8 nibbles;  w.d, w.m [tiles, nb, 8] binary16    (Q4_1, tiles of 8 rows)
  *     w.q    [n, nb, 32]      uint8;  w.scale [n, nb] float32                (8-bit)
  *     y      [n]              float32, rows lo .. hi - 1 written
  *
@@ -70,22 +70,24 @@ static void zero_padding(el_q8_act *act)
     }
 }
 
-static float q41_row_portable(const el_q41_weight *w, const el_q8_act *act, int64_t r)
+/* Row 8t + i of the tiled W times one activation row (blocks in order) */
+static float q41_row_portable(const el_q41_weight *w, const el_q8_act *act, int64_t t, int i)
 {
     const int64_t nb = w->nb;
-    const uint8_t *qs = w->qs + r * nb * 16;
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    float acc = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *qs = w->qs + (t * nb + b) * 128;
         const int8_t *lo16 = act->q + el_q8_half_at(b, 0), *hi16 = act->q + el_q8_half_at(b, 1);
         int32_t dot = 0;
-        for (int j = 0; j < 16; j++)
-            dot += (qs[b * 16 + j] & 0x0F) * lo16[j] + (qs[b * 16 + j] >> 4) * hi16[j];
-        float d = half_to_float(w->d[r * nb + b]), m = half_to_float(w->m[r * nb + b]);
-        acc[b % 8] = acc[b % 8] + fmaf((float)dot, d * act->scale[b], fmaf(m, act->sum[b], d * (8.0f * act->rest[b])));
+        for (int c = 0; c < 4; c++)
+            for (int k = 0; k < 4; k++) {
+                const uint8_t byte = qs[c * 32 + i * 4 + k];
+                dot += (byte & 0x0F) * lo16[4 * c + k] + (byte >> 4) * hi16[4 * c + k];
+            }
+        const float d = half_to_float(w->d[(t * nb + b) * 8 + i]), m = half_to_float(w->m[(t * nb + b) * 8 + i]);
+        acc = acc + fmaf((float)dot, d * act->scale[b], fmaf(m, act->sum[b], d * (8.0f * act->rest[b])));
     }
-    for (int64_t b = nb; b < el_q8_padded(nb); b++)
-        acc[b % 8] = acc[b % 8] + 0.0f;
-    return fold8(acc);
+    return acc;
 }
 
 static float q8_row_portable(const el_q8_weight *w, const el_q8_act *act, int64_t r)
@@ -159,7 +161,7 @@ el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
     default:
         for (int64_t r = lo; r < hi; r++)
             for (int64_t i = 0; i < count; i++)
-                y[i * stride + r] = q41_row_portable(w, &acts[i], r);
+                y[i * stride + r] = q41_row_portable(w, &acts[i], r / EL_Q41_TILE, (int)(r % EL_Q41_TILE));
         return EL_OK;
     }
 }

@@ -5,25 +5,29 @@
  *
  * Q4_1:
  * Weight W [N, K], K = 32 * nb, one block per (row n, block b) of 32 inputs:
- *     w = d * q + m,   q in [0, 15]
- *     qs [N, nb, 16]   uint8: element j < 16 is the low nibble of qs[j], j >= 16 the high nibble of qs[j - 16]
- *     d, m [N, nb]     IEEE binary16 bit patterns
+ *     w = d * q + m,   q in [0, 15];   d, m IEEE binary16 bit patterns
+ * the file's 16 bytes of a block hold element j < 16 in the low nibble of byte j, j >= 16 in the
+ * high nibble of byte j - 16 (GGML's order). The rows are stored in tiles of EL_Q41_TILE = 8
+ * (T = ceil(N / 8) tiles, the rows after N all zero), a tile's blocks one after another:
+ *     qs [T, nb, 4, 8, 4]  uint8:   qs[t, b, c, i, k] = byte 4c + k of row 8t + i's block b
+ *                                   (low nibble element 4c + k, high nibble element 16 + 4c + k)
+ *     d, m [T, nb, 8]      binary16: of row 8t + i's block b
+ * so that one 32-byte load holds 4 bytes of each of 8 rows, and a product of each 4 bytes with the
+ * same 4 activations lands in that row's 32-bit lane.
  * Activations x [K] are rounded per block of 32 to int8, as llama.cpp rounds them for its Q4_1 products:
  *     xd = max|x| / 127,  xq = round(x / xd) (to nearest even),  xs = sum(x),  xr = xs - xd * sum(xq)
- * and each output is
- *     y[n] = sum_b ( d xd sum_j q_j xq_j  +  m xs  +  8 d xr )
- *          = sum_b ( d xd sum_j (q_j - 8) xq_j  +  (m + 8 d) xs )
- * the centred nibbles meet the rounded activations, the block's offset m + 8d meets its exact sum.
+ * and with dot_b = sum_j q_j xq_j, the exact integer of block b, each output is
+ *     y[n] = sum_b fma(dot_b, d_b * xd_b, fma(m_b, xs_b, d_b * (8 xr_b)))
+ * summed from 0 in block order: acc = acc + term_0, acc = acc + term_1, ...
  *
  * 8-bit (bits 8, default zero point 128: a GGUF Q8_0 table carried as it is, converters/carry.py):
  *     q [N, nb, 32]   uint8, weight = scale * (q - 128);   scale [N, nb] float32
  *     y[n] = sum_b scale xd sum_j (q_j - 128) xq_j
  *
  * One order of arithmetic for every path, tile and thread count: an output's bits depend only on its
- * weight row and its activation row. With dot_b the exact int32 dot product of block b, the blocks
- * are taken in groups of 8 (lanes l = 0..7, block b = 8g + l; the last group padded with zero blocks):
- *     Q4_1:   acc_l = acc_l + fma(dot_b, d_b * xd_b, fma(m_b, xs_b, d_b * (8 xr_b)))
- *     8-bit:  acc_l = fma(dot_b, scale_b * xd_b, acc_l)
+ * weight row and its activation row. Q4_1 sums its blocks in order (above). The 8-bit product takes
+ * them in groups of 8 (lanes l = 0..7, block b = 8g + l; the last group padded with zero blocks):
+ *     acc_l = fma(dot_b, scale_b * xd_b, acc_l)
  *     y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
  * and xs of a block is summed as ((x_l + x_8+l) + (x_16+l + x_24+l)) over l, folded the same way.
  * The paths (kernels.h) differ only in the instructions that form dot_b.
@@ -41,6 +45,7 @@
 #include <string.h>
 
 #define EL_Q41_BLOCK 32
+#define EL_Q41_TILE 8   /* rows of a Q4_1 tile */
 
 /* Blocks an activation row's buffers hold for nb blocks: nb rounded up to a whole group of 8. */
 static inline int64_t el_q8_padded(int64_t nb)
@@ -61,14 +66,20 @@ typedef struct el_q8_act {
     int64_t nb;
 } el_q8_act;
 
-/* A Q4_1 weight [n, 32 * nb] as described above. */
+/* A Q4_1 weight [n, 32 * nb] in tiles as described above. */
 typedef struct el_q41_weight {
-    const uint8_t *qs;
-    const uint16_t *d;
-    const uint16_t *m;
+    const uint8_t *qs;    /* [tiles, nb, 128] */
+    const uint16_t *d;    /* [tiles, nb, 8] */
+    const uint16_t *m;    /* [tiles, nb, 8] */
     int64_t n;
     int64_t nb;
 } el_q41_weight;
+
+/* Tiles of n rows */
+static inline int64_t el_q41_tiles(int64_t n)
+{
+    return (n + EL_Q41_TILE - 1) / EL_Q41_TILE;
+}
 
 /* An 8-bit weight [n, 32 * nb] as described above. */
 typedef struct el_q8_weight {
@@ -84,7 +95,8 @@ typedef struct el_q8_weight {
 el_status el_q8_quantize(const float *x, el_q8_act *act, int path);
 
 /* y[i * stride + r] = row r of W times activation row i, for the `count` rows acts[i] and the rows
- * r in [lo, hi) of W (stride >= hi). Each weight row is read once for every few activation rows. */
+ * r in [lo, hi) of W (stride >= hi). Each weight tile is read once for every few activation rows;
+ * lo and hi multiples of 8 (or hi = n) waste no work. */
 el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path);
 

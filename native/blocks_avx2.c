@@ -1,7 +1,8 @@
 /*
  * The avx2 path of the block products (kernels.h, blocks.h): x86-64 with AVX2, FMA and F16C. The
  * integer dot products by vpmaddubsw (unsigned nibbles times signed activations, pairs summed to
- * int16, at most 2 * 15 * 127 a pair) and vpmaddwd; the row loops are blocks_x86.h's. Also the
+ * int16, at most 2 * 15 * 127 a pair, so the 8 pairs of a Q4_1 lane's block stay within int16) and
+ * vpmaddwd; the row loops are blocks_x86.h's. Also the
  * rounding of activation rows, which the avx512vnni path shares.
  *
  * Includes: libc, and the compiler's <immintrin.h>.
@@ -15,11 +16,9 @@
 #define ROWS_Q41 el_q41_rows_avx2
 #define ROWS_Q8 el_q8_rows_avx2
 
-TARGET static inline __m256i pair_dot_avx2(__m256i lo, __m256i hi, const int8_t *x)
+TARGET static inline __m256i dot4_int32_avx2(__m256i pairs)
 {
-    __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x)),
-                                 _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32))));
-    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
 /* signed w times signed x by their signs moved onto x (|w| <= 128, |x| <= 127: pairs fit int16) */
@@ -29,7 +28,10 @@ TARGET static inline __m256i block8_dot_avx2(__m256i w, __m256i x)
                              _mm256_set1_epi16(1));
 }
 
-#define PAIR_DOT pair_dot_avx2
+#define DOT4_ADD(acc, w, x) _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))
+#define DOT4_SUM _mm256_add_epi16
+#define DOT4_INT32 dot4_int32_avx2
+#define PAIR_TILES 1
 #define BLOCK8_DOT block8_dot_avx2
 #include "blocks_x86.h"
 

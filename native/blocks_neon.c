@@ -1,11 +1,13 @@
 /*
  * The neon path of the block products (kernels.h, blocks.h): aarch64 with the dot product extension.
  * sdot adds four products of signed bytes into each int32 lane; the nibbles (0..15) and the
- * 8-bit weights less 128 fit signed bytes. Per group of 8 blocks the exact dot products are
- * gathered into lanes 0-3 and 4-7 of two vectors by pairwise adds, and the float arithmetic of
- * blocks.h follows, on two 4-lane vectors in the order the x86 paths take on one 8-lane vector.
+ * 8-bit weights less 128 fit signed bytes. A Q4_1 tile's rows 0-3 and 4-7 fill the lanes of two
+ * vectors (sdot by element: each row's 4 bytes against the same 4 activations). For the 8-bit
+ * product, per group of 8 blocks the exact dot products are gathered into lanes 0-3 and 4-7 of two
+ * vectors by pairwise adds. The float arithmetic of blocks.h follows, on two 4-lane vectors where
+ * the x86 paths take one 8-lane vector.
  *
- * Buffers as blocks_x86.h: a row's last, partial group is copied (zero blocks after its end).
+ * Buffers as blocks_x86.h: an 8-bit row's last, partial group is copied (zero blocks after its end).
  *
  * Includes: libc, and the compiler's <arm_neon.h>.
  */
@@ -36,62 +38,69 @@ TARGET static inline float32x4_t four_dots(int32x4_t s0, int32x4_t s1, int32x4_t
     return vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3)));
 }
 
-TARGET static inline int32x4_t q41_block(const uint8_t *qs, const el_q8_act *a, int64_t b)
-{
-    uint8x16_t v = vld1q_u8(qs);
-    int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-    int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-    int32x4_t s = vdotq_s32(vdupq_n_s32(0), lo, vld1q_s8(a->q + el_q8_half_at(b, 0)));
-    return vdotq_s32(s, hi, vld1q_s8(a->q + el_q8_half_at(b, 1)));
-}
+/* The dot products of a tile's block (qs: [4 chunks][8 rows][4 bytes]) with one block of
+ * activations: rows 0-3 into *r0, rows 4-7 into *r1. Chunk c meets lane c (elements 4c .. 4c + 3)
+ * of the activations' first and second 16 values. */
+#define CHUNK(c)                                                                                   \
+    do {                                                                                           \
+        uint8x16_t v0 = vld1q_u8(qs + 32 * (c)), v1 = vld1q_u8(qs + 32 * (c) + 16);               \
+        a0 = vdotq_laneq_s32(a0, vreinterpretq_s8_u8(vandq_u8(v0, mask)), xlo, c);                \
+        a0 = vdotq_laneq_s32(a0, vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), xhi, c);                 \
+        a1 = vdotq_laneq_s32(a1, vreinterpretq_s8_u8(vandq_u8(v1, mask)), xlo, c);                \
+        a1 = vdotq_laneq_s32(a1, vreinterpretq_s8_u8(vshrq_n_u8(v1, 4)), xhi, c);                 \
+    } while (0)
 
-/* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) over 4 blocks from block b */
+TARGET static inline void tile_dots(const uint8_t *qs, int8x16_t xlo, int8x16_t xhi, float32x4_t *r0,
+                                    float32x4_t *r1)
+{
+    const uint8x16_t mask = vdupq_n_u8(0x0F);
+    int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
+    CHUNK(0);
+    CHUNK(1);
+    CHUNK(2);
+    CHUNK(3);
+    *r0 = vcvtq_f32_s32(a0);
+    *r1 = vcvtq_f32_s32(a1);
+}
+#undef CHUNK
+
+/* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) for 4 rows of a tile and block b of activation row a */
 TARGET static inline float32x4_t q41_terms(float32x4_t acc, float32x4_t dots, const uint16_t *d, const uint16_t *m,
                                            const el_q8_act *a, int64_t b)
 {
     float32x4_t dv = halves(d), mv = halves(m);
-    float32x4_t rest8 = vmulq_f32(vld1q_f32(a->rest + b), vdupq_n_f32(8.0f));
-    float32x4_t inner = vfmaq_f32(vmulq_f32(dv, rest8), mv, vld1q_f32(a->sum + b));
-    return vaddq_f32(acc, vfmaq_f32(inner, dots, vmulq_f32(dv, vld1q_f32(a->scale + b))));
+    float32x4_t rest8 = vmulq_f32(vdupq_n_f32(a->rest[b]), vdupq_n_f32(8.0f));
+    float32x4_t inner = vfmaq_f32(vmulq_f32(dv, rest8), mv, vdupq_n_f32(a->sum[b]));
+    return vaddq_f32(acc, vfmaq_f32(inner, dots, vmulq_f32(dv, vdupq_n_f32(a->scale[b]))));
 }
 
-TARGET static inline Lanes8 q41_group(Lanes8 acc, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
-                                      const el_q8_act *a, int64_t b)
+/* The 8 rows of tile t against activation row a, into lanes[8] */
+TARGET static void tile_rows(const el_q41_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
 {
-    float32x4_t lo = four_dots(q41_block(qs, a, b), q41_block(qs + 16, a, b + 1), q41_block(qs + 32, a, b + 2),
-                               q41_block(qs + 48, a, b + 3));
-    float32x4_t hi = four_dots(q41_block(qs + 64, a, b + 4), q41_block(qs + 80, a, b + 5),
-                               q41_block(qs + 96, a, b + 6), q41_block(qs + 112, a, b + 7));
-    acc.a = q41_terms(acc.a, lo, d, m, a, b);
-    acc.b = q41_terms(acc.b, hi, d + 4, m + 4, a, b + 4);
-    return acc;
-}
-
-TARGET static float q41_row(const el_q41_weight *w, const el_q8_act *a, int64_t r)
-{
-    const int64_t nb = w->nb, full = nb / 8 * 8;
-    const uint8_t *qs = w->qs + r * nb * 16;
-    const uint16_t *d = w->d + r * nb, *m = w->m + r * nb;
+    const int64_t nb = w->nb;
     Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    for (int64_t b = 0; b < full; b += 8)
-        acc = q41_group(acc, qs + b * 16, d + b, m + b, a, b);
-    if (full < nb) {
-        uint8_t tq[8 * 16] = {0};
-        uint16_t td[8] = {0}, tm[8] = {0};
-        memcpy(tq, qs + full * 16, (size_t)(nb - full) * 16);
-        memcpy(td, d + full, (size_t)(nb - full) * sizeof(uint16_t));
-        memcpy(tm, m + full, (size_t)(nb - full) * sizeof(uint16_t));
-        acc = q41_group(acc, tq, td, tm, a, full);
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t at = t * nb + b;
+        float32x4_t r0, r1;
+        tile_dots(w->qs + at * 128, vld1q_s8(a->q + el_q8_half_at(b, 0)), vld1q_s8(a->q + el_q8_half_at(b, 1)),
+                  &r0, &r1);
+        acc.a = q41_terms(acc.a, r0, w->d + at * 8, w->m + at * 8, a, b);
+        acc.b = q41_terms(acc.b, r1, w->d + at * 8 + 4, w->m + at * 8 + 4, a, b);
     }
-    return fold8(acc);
+    vst1q_f32(lanes, acc.a);
+    vst1q_f32(lanes + 4, acc.b);
 }
 
 TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                              float *y, int64_t stride)
 {
-    for (int64_t r = lo; r < hi; r++)
-        for (int64_t i = 0; i < count; i++)
-            y[i * stride + r] = q41_row(w, &acts[i], r);
+    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
+        for (int64_t i = 0; i < count; i++) {
+            float lanes[EL_Q41_TILE];
+            tile_rows(w, &acts[i], t, lanes);
+            for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
+                y[i * stride + r] = lanes[r - t * EL_Q41_TILE];
+        }
 }
 
 TARGET static inline int32x4_t q8_block(const uint8_t *q, const el_q8_act *a, int64_t b)

@@ -2,11 +2,11 @@
  * ONNX Runtime operator library: the Q4_1 products of blocks.h inside a graph, domain ai.edgellama.
  *
  *     MatMulQ4_1(x, qs, d, m) -> y        attributes K, N (int)
- *         x  [..., K]        float32
- *         qs [N, K/32, 16]   uint8      the file's nibbles
- *         d  [N, K/32]       float16    the file's scales
- *         m  [N, K/32]       float16    the file's minimums
- *         y  [..., N]        float32
+ *         x  [..., K]           float32
+ *         qs [T, K/32, 128]     uint8      the file's nibbles, in tiles of 8 rows (blocks.h),
+ *         d  [T, K/32, 8]       float16    its scales and minimums: T = ceil(N / 8)
+ *         m  [T, K/32, 8]       float16
+ *         y  [..., N]           float32
  *
  *     MatMulQ8(x, q, scales) -> y         attributes K, N (int)
  *         q      [N, K/32, 32]  uint8      weight = scale * (q - 128): MatMulNBits' 8-bit layout
@@ -52,14 +52,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Weight rows claimed at a time: a share of a product rounded up to a multiple of 4 (the decode
- * kernel takes four rows at a time), at least MIN_ROWS rows; CLAIMS_PER_THREAD shares per thread that
+/* Weight rows claimed at a time: a share of a product rounded up to a multiple of 16 (two Q4_1
+ * tiles, which the kernels take together), at least MIN_ROWS rows; CLAIMS_PER_THREAD shares per thread that
  * joined the previous call, and at least MIN_CLAIMS. Few large claims keep each thread's rows
  * contiguous, which the kernels' prefetching needs: 16 claims per product instead of 4 cost SmolLM2
  * decode 0.4-0.9 ms per token on two threads. */
 #define CLAIMS_PER_THREAD 2
 #define MIN_CLAIMS 4
-#define MIN_ROWS 8
+#define MIN_ROWS 16
 
 static atomic_int threads_seen = 1;   /* threads that joined the latest call */
 
@@ -249,7 +249,7 @@ static void add_product(Call *call, Product p)
 {
     int64_t claims = CLAIMS_PER_THREAD * (int64_t)atomic_load_explicit(&threads_seen, memory_order_relaxed);
     claims = claims > MIN_CLAIMS ? claims : MIN_CLAIMS;
-    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 3) / 4 * 4;
+    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 15) / 16 * 16;
     call->product[call->products] = p;
     el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
                                            step > MIN_ROWS ? step : MIN_ROWS});
@@ -301,14 +301,16 @@ static OrtStatus *output_like_x(void *context, Inputs *in, size_t index, int64_t
     return el_ort_output(context, index, dims, in->count[0], (void **)y);
 }
 
-/* The Q4_1 weight [n, k] in inputs first .. first + 2, checked against its sizes. */
+/* The Q4_1 weight [n, k] in inputs first .. first + 2, checked against its sizes: tiles of 8 rows */
 static OrtStatus *weight_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q41_weight *w)
 {
-    int64_t nb = k / EL_Q41_BLOCK;
-    if (el_ort_elements(in->dims[first], in->count[first]) != n * nb * 16 ||
-        el_ort_elements(in->dims[first + 1], in->count[first + 1]) != n * nb ||
-        el_ort_elements(in->dims[first + 2], in->count[first + 2]) != n * nb)
-        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d or m does not hold the blocks K and N say");
+    const int64_t nb = k / EL_Q41_BLOCK, tiles = el_q41_tiles(n);
+    const int64_t want[3][3] = {{tiles, nb, 128}, {tiles, nb, EL_Q41_TILE}, {tiles, nb, EL_Q41_TILE}};
+    for (size_t f = 0; f < 3; f++)
+        if (in->count[first + f] != 3 || in->dims[first + f][0] != want[f][0] || in->dims[first + f][1] != want[f][1] ||
+            in->dims[first + f][2] != want[f][2])
+            return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d and m must be Q4_1 tiles "
+                               "[ceil(N/8), K/32, 128 | 8 | 8] (a package from before tiles: convert it again)");
     *w = (el_q41_weight){in->data[first], in->data[first + 1], in->data[first + 2], n, nb};
     return NULL;
 }

@@ -14,14 +14,13 @@ from edgellama import native_args, twins
 from edgellama.errors import InvalidParameterError
 
 
-# nb: one block, an odd count, the two SmolLM2 widths, more than one chunk of 64 blocks (odd tail);
-# one activation row (decode) takes four weight rows at a time for an even nb from 8 to 128: groups
-# of 8 blocks that cross rows at every offset (nb = 10, 14, 18, 22 mod 8), weight rows left over
-# after the last four (n = 7, 13, 9), and an even nb too wide for that path (130)
+# nb: one block, an odd count, the two SmolLM2 widths, wide rows (129, 130); n: a part of one tile of
+# 8 rows (5, 6, 7), whole tiles (8, 40, 64), an odd count of tiles with the last one partial (9, 13,
+# 17), which the paths that take two tiles at a time finish alone
 SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129),
           (1, 7, 8), (1, 13, 10), (1, 12, 14), (1, 9, 22), (1, 8, 48), (1, 6, 130), (1, 9, 2), (1, 8, 6)]
-# prompts: tiles of four activation rows with one-pair tails (nb = 18, 17), two-pair tails (20), none
-# (16), the rows left after the tiles, and more rows than one block of activation rows (70)
+# prompts: activation rows four at a time, the rows left after them, and more rows than one block of
+# activation rows (70)
 PROMPT_SHAPES = [(9, 8, 18), (5, 6, 17), (6, 7, 20), (4, 5, 16), (70, 6, 18)]
 
 
@@ -70,7 +69,7 @@ def test_an_output_does_not_depend_on_the_rows_beside_it(rows, n, nb):
         whole = _native.q41_matmul(x, qs, d, m, path)
         alone = np.concatenate([_native.q41_matmul(x[i:i + 1], qs, d, m, path) for i in range(rows)])
         np.testing.assert_array_equal(alone, whole, err_msg=path)
-        cut = n // 2 + 1    # weight rows [0, cut) and [cut, n): another split of the four-row tiles
+        cut = n // 2 + 1    # weight rows [0, cut) and [cut, n): another split into tiles
         parts = np.concatenate([_native.q41_matmul(x, qs[:cut], d[:cut], m[:cut], path),
                                 _native.q41_matmul(x, qs[cut:], d[cut:], m[cut:], path)], axis=1)
         np.testing.assert_array_equal(parts, whole, err_msg=path)

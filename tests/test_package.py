@@ -184,12 +184,27 @@ def test_file_listed_in_manifest_but_missing(copy):
 
 # -- metadata -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("version,words", [(2, "newer"), (99, "newer"), (0, "unknown"), ("1", "not an integer"),
+@pytest.mark.parametrize("version,words", [(3, "newer"), (99, "newer"), (0, "unknown"), ("1", "not an integer"),
                                            (None, "missing")])
 def test_unknown_format_version(copy, version, words):
     edit_manifest(copy, lambda d: d.update(format_version=version))
     with pytest.raises(FormatVersionError, match=f"format_version.*{words}|{words}.*format_version"):
         load(copy)
+
+
+def test_a_version_1_manifest_loads_unless_it_holds_q4_1_rows(copy):
+    """Format 2 stores Q4_1 blocks in tiles: a version 1 package with Q4_1 operators must be converted
+    again (one line says so); one without them reads as before."""
+    from edgellama.package import PackageInfo
+
+    data = json.loads((copy / MANIFEST).read_text())
+    data["format_version"] = 1
+    layers = [{"first": 0, "last": 0, "weights": {"qkv_proj": {"operator": "MatMulQ4_1", "bits": 4}}}]
+    with_rows = dict(data, quantization=dict(data["quantization"], layout={"layers": layers}))
+    with pytest.raises(FormatVersionError, match="format_version 1 holds its Q4_1 blocks row by row.*convert"):
+        PackageInfo.from_json(json.dumps(with_rows))
+    layers[0]["weights"]["qkv_proj"]["operator"] = "MatMulNBits"
+    assert PackageInfo.from_json(json.dumps(with_rows)).format_version == 1
 
 
 def test_manifest_that_is_not_json(copy):

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType as Q  # noqa: E402
 from edgellama.converters.carry import carry, from_q4_0_blocks, from_q4_1_blocks  # noqa: E402
 from edgellama.converters.sources.gguf import GGUFSource  # noqa: E402
 from edgellama.package import Quantization  # noqa: E402
-from helpers.blocks import random_blocks  # noqa: E402
+from helpers.blocks import operator_fields, random_blocks  # noqa: E402
 from helpers.graph_runs import build_context, linear_model, stepwise_logits  # noqa: E402
 from helpers.tiny_gguf import TINY, raw_blocks, tiny_hf_weights, write_mixed_gguf, write_tiny_gguf  # noqa: E402
 
@@ -146,8 +146,8 @@ def test_norm_then_product_is_skip_rms_norm_then_the_product(tmp_path):
                              domain="ai.edgellama", K=96, N=24, epsilon=1e-5)
     plain = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "r", "gamma"], ["normed", "", "", "sum_ort"],
                              domain="com.microsoft", epsilon=1e-5)
-    inits = [onnx.numpy_helper.from_array(a, n) for a, n in
-             ((qs, "qs"), (d.view(np.float16), "d"), (m.view(np.float16), "m"), (gamma, "gamma"))]
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in zip((*operator_fields(qs, d, m), gamma),
+                                                                ("qs", "d", "m", "gamma"))]
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "sum", "normed", "sum_ort")]
     graph = helper.make_graph([fused, plain], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, 96])
                                                      for n in ("x", "r")], io, inits)
@@ -174,9 +174,8 @@ def _project_mlp_graph(path, rng, k: int, inter: int):
     node = helper.make_node("ProjectNormMlpQ4_1", ["x", "r", "gamma"] + names, ["y", "sum"], domain="ai.edgellama",
                             K=k, N=inter, epsilon=1e-5)
     inits = [onnx.numpy_helper.from_array(gamma, "gamma")]
-    for w, (qs, d, m) in weights.items():
-        inits += [onnx.numpy_helper.from_array(qs, f"{w}.qs"), onnx.numpy_helper.from_array(d.view(np.float16), f"{w}.d"),
-                  onnx.numpy_helper.from_array(m.view(np.float16), f"{w}.m")]
+    for w, fields in weights.items():
+        inits += [onnx.numpy_helper.from_array(a, f"{w}.{f}") for a, f in zip(operator_fields(*fields), ("qs", "d", "m"))]
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, k])
                                             for n in ("x", "r")],
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "sum")], inits)
@@ -190,7 +189,7 @@ def _project_mlp_graph(path, rng, k: int, inter: int):
 def test_a_call_gives_the_same_bits_on_any_number_of_threads(tmp_path, tokens):
     """One call's phases (o, norm, gate_up, SwiGLU, down) are claimed by however many threads join,
     from 1 to more than the CPU has: the outputs are the same bits, and the twin's within rounding.
-    Widths of 10 and 12 blocks put decode's groups of 8 blocks across row ends."""
+    Widths of 10 and 12 blocks, 320 and 768 rows: an odd and an even count of tiles."""
     import onnxruntime as ort
 
     from edgellama.session import session_options
@@ -213,22 +212,35 @@ def test_a_call_gives_the_same_bits_on_any_number_of_threads(tmp_path, tokens):
 
 
 @needs_ops
-def test_the_operator_reports_a_wrong_input_width(tmp_path):
+def _product_session(path, fields, n: int):
     import onnx
     from onnx import TensorProto, helper
 
-    qs, d, m = random_blocks(np.random.default_rng(1), 4, 2)
-    node = helper.make_node("MatMulQ4_1", ["x", "qs", "d", "m"], ["y"], domain="ai.edgellama", K=64, N=4)
-    inits = [onnx.numpy_helper.from_array(a, n) for a, n in
-             ((qs, "qs"), (d.view(np.float16), "d"), (m.view(np.float16), "m"))]
+    node = helper.make_node("MatMulQ4_1", ["x", "qs", "d", "m"], ["y"], domain="ai.edgellama", K=64, N=n)
+    inits = [onnx.numpy_helper.from_array(a, f) for a, f in zip(fields, ("qs", "d", "m"))]
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("ai.edgellama", 1)])
-    onnx.save(model, str(tmp_path / "m.onnx"))
-    session = _ops_session(tmp_path / "m.onnx")
+    onnx.save(model, str(path))
+    return _ops_session(path)
+
+
+@needs_ops
+def test_the_operator_reports_a_wrong_input_width(tmp_path):
+    qs, d, m = random_blocks(np.random.default_rng(1), 4, 2)
+    session = _product_session(tmp_path / "m.onnx", operator_fields(qs, d, m), 4)
     assert session.run(["y"], {"x": np.ones((1, 64), np.float32)})[0].shape == (1, 4)
     with pytest.raises(Exception, match="last dimension of x differs from attribute K"):
         session.run(["y"], {"x": np.ones((1, 96), np.float32)})
+
+
+@needs_ops
+def test_the_operator_refuses_blocks_not_in_tiles(tmp_path):
+    """Rows in the file's order (packages from before tiles) are refused, even where the sizes agree."""
+    qs, d, m = random_blocks(np.random.default_rng(1), 8, 2)
+    session = _product_session(tmp_path / "m.onnx", (qs, d.view(np.float16), m.view(np.float16)), 8)
+    with pytest.raises(Exception, match=r"must be Q4_1 tiles .* convert it again"):
+        session.run(["y"], {"x": np.ones((1, 64), np.float32)})
 
 
 # --- packages ----------------------------------------------------------------------------------------

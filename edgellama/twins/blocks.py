@@ -36,23 +36,24 @@ def _q8_blocks(x: np.ndarray) -> tuple:
     return xq, xd, xs, xr
 
 
-def _lanes_sum(terms: np.ndarray, fused_scale=None) -> np.ndarray:
-    """The per-block terms [M, N, nb] summed in groups of 8 lanes (zero blocks after nb), then folded.
-    fused_scale (8-bit): acc = fma(terms, fused_scale, acc) in place of acc + terms."""
+def _lanes_sum(terms: np.ndarray, fused_scale: np.ndarray) -> np.ndarray:
+    """The 8-bit product's per-block dots [M, N, nb] summed in groups of 8 lanes (zero blocks after
+    nb), acc = fma(dots, fused_scale, acc), then folded."""
     m, n, nb = terms.shape
     padded = (nb + 7) // 8 * 8
     pad = [(0, 0), (0, 0), (0, padded - nb)]
     terms = np.pad(terms, pad).reshape(m, n, padded // 8, 8)
-    scale = None if fused_scale is None else np.pad(fused_scale, pad).reshape(m, n, padded // 8, 8)
+    scale = np.pad(fused_scale, pad).reshape(m, n, padded // 8, 8)
     acc = np.zeros((m, n, 8), F32)
     for g in range(padded // 8):
-        acc = acc + terms[:, :, g] if scale is None else _fma(terms[:, :, g], scale[:, :, g], acc)
+        acc = _fma(terms[:, :, g], scale[:, :, g], acc)
     return _fold8(acc)
 
 
 def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path=None) -> np.ndarray:
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16
-    bits), x rounded per block and the sums taken as native/blocks.h says."""
+    bits, the file's fields; the operators hold them in tiles, edgellama.blocks_layout), x rounded
+    per block and the blocks' terms summed in order, as native/blocks.h says."""
     native_args.q41_matmul(x, qs, d, m)
     native_args.kernel_path(path, kernel_paths())
     rows, nb = x.shape[0], qs.shape[1]
@@ -63,7 +64,10 @@ def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path
     dots = np.einsum("nbj,mbj->mnb", q, xq).astype(F32)                           # [M, N, nb]
     xd, xs, xr = xd[:, None, :], xs[:, None, :], xr[:, None, :]
     terms = _fma(dots, dw * xd, _fma(mw, xs, dw * (F32(8.0) * xr)))
-    return _lanes_sum(terms)
+    acc = np.zeros(terms.shape[:2], F32)
+    for b in range(nb):                                                             # in block order
+        acc = acc + terms[:, :, b]
+    return acc
 
 
 def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, path=None) -> np.ndarray:

@@ -24,3 +24,12 @@ def dequantized(qs, d, m) -> np.ndarray:
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)
     w = q * d.view(np.float16).astype(np.float32)[..., None] + m.view(np.float16).astype(np.float32)[..., None]
     return w.reshape(qs.shape[0], -1)
+
+
+def operator_fields(qs, d, m) -> tuple:
+    """The operators' inputs (qs, d, m) of Q4_1 fields: tiles of 8 rows (edgellama.blocks_layout),
+    the scales and minimums as float16."""
+    from edgellama.blocks_layout import tile_q41
+
+    tq, td, tm = tile_q41(qs, d, m)
+    return tq, td.view(np.float16), tm.view(np.float16)
