@@ -29,7 +29,6 @@ TARGET static inline __m256i block8_dot_avx2(__m256i w, __m256i x)
 }
 
 #define DOT4_ADD(acc, w, x) _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))
-#define DOT4_SUM _mm256_add_epi16
 #define DOT4_INT32 dot4_int32_avx2
 #define PAIR_TILES 1
 #define BLOCK8_DOT block8_dot_avx2

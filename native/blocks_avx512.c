@@ -22,7 +22,6 @@ TARGET static inline __m256i block8_dot_vnni(__m256i w, __m256i x)
 }
 
 #define DOT4_ADD _mm256_dpbusd_epi32
-#define DOT4_SUM _mm256_add_epi32
 #define DOT4_INT32(acc) (acc)
 #define PAIR_TILES 2   /* AVX-512VL: 32 vector registers hold two tiles' sums for ACTS rows */
 #define BLOCK8_DOT block8_dot_vnni

@@ -5,8 +5,8 @@
  *     ROWS_Q41   the name of its el_q41_rows path,  ROWS_Q8  of its el_q8_rows path
  *     DOT4_ADD(acc, w, x)   acc plus, per 32-bit lane, the four products of w's unsigned bytes with
  *                           x's signed bytes, as partial sums of the path's kind (w: nibbles)
- *     DOT4_SUM(a, b)        two such partial sums of one tile's block added, each of at most 4 adds
- *     DOT4_INT32(acc)       int32 [8] of a partial sum (lane i: row i of a Q4_1 tile)
+ *     DOT4_INT32(acc)       int32 [8] of a partial sum of at most 8 DOT4_ADDs (lane i: row i of a
+ *                           Q4_1 tile)
  *     BLOCK8_DOT(w, x)      int32 [8] summing to the dot product of an 8-bit block (w: q - 128 as
  *                           int8, x: 32 activations in element order)
  *     PAIR_TILES            Q4_1 tiles taken together by a prompt's pass (1 or 2: registers)
@@ -39,38 +39,12 @@ TARGET static INLINE float hsum8(__m256 v)   /* the fold of blocks.h */
 
 /* ---- Q4_1: tiles of 8 rows, a row per 32-bit lane ---- */
 
-/* One block of a tile, [4 chunks] of [8 rows, 4 bytes]: lo[c] its elements 4c .. 4c + 3 of each
- * row, hi[c] its elements 16 + 4c .. 16 + 4c + 3, as bytes 0..15 */
-typedef struct { __m256i lo[4], hi[4]; } Nibbles;
-
-TARGET static INLINE void unpack(const uint8_t *qs, Nibbles *w)
-{
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    for (int c = 0; c < 4; c++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-        w->lo[c] = _mm256_and_si256(v, mask);
-        w->hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    }
-}
-
 /* 4 activations as one int32, repeated in every lane */
 TARGET static INLINE __m256i spread4(const int8_t *x)
 {
     int32_t v;
     memcpy(&v, x, sizeof v);
     return _mm256_set1_epi32(v);
-}
-
-/* int32 [8]: lane i the dot product of row i of a tile's block w with a block of activations
- * (xlo, xhi: its elements 0-15 and 16-31) */
-TARGET static INLINE __m256i tile_dot(const Nibbles *w, const int8_t *xlo, const int8_t *xhi)
-{
-    __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        a = DOT4_ADD(a, w->lo[c], spread4(xlo + 4 * c));
-        b = DOT4_ADD(b, w->hi[c], spread4(xhi + 4 * c));
-    }
-    return DOT4_INT32(DOT4_SUM(a, b));
 }
 
 /* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) for the 8 rows of a tile (dv, mv: their d, m) and
@@ -83,35 +57,51 @@ TARGET static INLINE __m256 add_term(__m256 acc, __m256i dot, __m256 dv, __m256 
                                               _mm256_fmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8))));
 }
 
-/* acc[p][i] = the 8 rows of tile t + p (p < pairs) against activation row acts[i] (i < count):
- * each block of a tile is unpacked once for all `count` rows (constants where inlined) */
+/* acc[p][i] = the 8 rows of tile t + p (p < pairs) against activation row acts[i] (i < count),
+ * constants where inlined. A tile's block is [4 chunks][8 rows][4 bytes]: chunk c holds elements
+ * 4c .. 4c + 3 of each row in its low nibbles and 16 + 4c .. 16 + 4c + 3 in its high ones, so each
+ * 32-byte load, unpacked once, meets the same 4 activations of every row in `count` products. */
 TARGET static INLINE void tile_pass(const el_q41_weight *w, const el_q8_act *acts, int count, int64_t t, int pairs,
                                     int prefetch, __m256 acc[2][ACTS])
 {
     const int64_t nb = w->nb;
+    const __m256i mask = _mm256_set1_epi8(0x0F);
     for (int p = 0; p < pairs; p++)
         for (int i = 0; i < count; i++)
             acc[p][i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
+        const int64_t lo16 = el_q8_half_at(b, 0), hi16 = el_q8_half_at(b, 1);
+        __m256i part[2][ACTS];   /* DOT4 partial sums */
+        for (int p = 0; p < pairs; p++) {
+            if (prefetch) {
+                const int64_t at = (t + p) * nb + b;
+                _mm_prefetch((const char *)(w->qs + at * 128 + AHEAD), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w->qs + at * 128 + AHEAD + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w->d + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w->m + at * 8 + AHEAD / 8), _MM_HINT_T0);
+            }
+            for (int i = 0; i < count; i++)
+                part[p][i] = _mm256_setzero_si256();
+        }
+        for (int c = 0; c < 4; c++) {
+            __m256i lo[2], hi[2];
+            for (int p = 0; p < pairs; p++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(w->qs + ((t + p) * nb + b) * 128 + 32 * c));
+                lo[p] = _mm256_and_si256(v, mask);
+                hi[p] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            }
+            for (int i = 0; i < count; i++) {
+                const __m256i xl = spread4(acts[i].q + lo16 + 4 * c), xh = spread4(acts[i].q + hi16 + 4 * c);
+                for (int p = 0; p < pairs; p++)
+                    part[p][i] = DOT4_ADD(DOT4_ADD(part[p][i], lo[p], xl), hi[p], xh);
+            }
+        }
         for (int p = 0; p < pairs; p++) {
             const int64_t at = (t + p) * nb + b;
-            const uint8_t *qs = w->qs + at * 128;
-            const uint16_t *d = w->d + at * 8, *m = w->m + at * 8;
-            if (prefetch) {
-                _mm_prefetch((const char *)(qs + AHEAD), _MM_HINT_T0);
-                _mm_prefetch((const char *)(qs + AHEAD + 64), _MM_HINT_T0);
-                _mm_prefetch((const char *)(d + AHEAD / 8), _MM_HINT_T0);
-                _mm_prefetch((const char *)(m + AHEAD / 8), _MM_HINT_T0);
-            }
-            Nibbles nib;
-            unpack(qs, &nib);
-            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
-            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)m));
-            for (int i = 0; i < count; i++) {
-                const int8_t *x = acts[i].q;
-                const __m256i dot = tile_dot(&nib, x + el_q8_half_at(b, 0), x + el_q8_half_at(b, 1));
-                acc[p][i] = add_term(acc[p][i], dot, dv, mv, &acts[i], b);
-            }
+            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->d + at * 8)));
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->m + at * 8)));
+            for (int i = 0; i < count; i++)
+                acc[p][i] = add_term(acc[p][i], DOT4_INT32(part[p][i]), dv, mv, &acts[i], b);
         }
     }
 }
@@ -149,7 +139,8 @@ TARGET static INLINE void tiles_against(const el_q41_weight *w, const el_q8_act 
     }
 }
 
-/* One activation row (decode): the tiles stream by with their prefetch, two at a time. Several (a
+/* One activation row (decode): the tiles stream by one after another with their prefetch (one
+ * stream: two tiles at a time read two streams, 40% slower from memory on this loop). Several (a
  * prompt): blocks of ACT_BLOCK activation rows, each tile against them ACTS at a time while it
  * stays in L1. */
 TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
@@ -160,13 +151,7 @@ TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t coun
     const int64_t t0 = lo / EL_Q41_TILE, t1 = el_q41_tiles(hi);
     if (count == 1) {
         __m256 acc[2][ACTS];
-        int64_t t = t0;
-        for (; t + 2 <= t1; t += 2) {
-            tile_pass(w, acts, 1, t, 2, 1, acc);
-            put_tile(y, stride, 0, t, acc[0][0], lo, hi);
-            put_tile(y, stride, 0, t + 1, acc[1][0], lo, hi);
-        }
-        if (t < t1) {
+        for (int64_t t = t0; t < t1; t++) {
             tile_pass(w, acts, 1, t, 1, 1, acc);
             put_tile(y, stride, 0, t, acc[0][0], lo, hi);
         }
