@@ -67,11 +67,15 @@ def stored_head(package: Path, head, graph):
         onnx.external_data_helper.load_external_data_for_tensor(t, str(package))
     attrs = {a.name: a.i for a in head.attribute}
     packed = numpy_helper.to_array(tensors[head.input[1]])
+    if head.op_type == "MatMulQ8":   # ai.edgellama's 8-bit tiles (edgellama.blocks_layout)
+        from edgellama.blocks_layout import untile_q8
+
+        packed, scales = untile_q8(packed, numpy_helper.to_array(tensors[head.input[2]]), attrs["N"])
+        return QuantizedWeight(packed, scales, None, 8, 32, attrs["K"], 0.0)
     scales = numpy_helper.to_array(tensors[head.input[2]]).reshape(packed.shape[0], packed.shape[1])
     zp = numpy_helper.to_array(tensors[head.input[3]]) if len(head.input) > 3 and head.input[3] else None
     if zp is not None:
         zp = zp.reshape(packed.shape[0], -1)
-    # MatMulQ8 (ai.edgellama) reads MatMulNBits' 8-bit layout in blocks of 32 and names neither
     return QuantizedWeight(packed, scales, zp, attrs.get("bits", 8), attrs.get("block_size", 32), attrs["K"], 0.0)
 
 

@@ -38,7 +38,8 @@ LAYER_WEIGHTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn
                  "o_proj": ("self_attn.o_proj",),
                  "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
                  "down_proj": ("mlp.down_proj",)}
-EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized"}
+# the gather of the embedding by the table's storage; an 8-bit table in the tiles of MatMulQ8 (native)
+EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized", "MatMulQ8": "GatherQ8"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Fused:
 ATTENTION_OPERATOR = {True: "RotaryAttention", False: "GroupQueryAttention"}
 FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1")}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
-LIBRARY_OPERATORS = frozenset({"MatMulQ8", ATTENTION_OPERATOR[True], *FUSED,
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", ATTENTION_OPERATOR[True], *FUSED,
                                *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp))})
 
 
@@ -249,7 +250,8 @@ class _Planner:
     def plan(self) -> ConversionPlan:
         tied = self.tensors.config.tie_word_embeddings
         table = self.weight([EMBED], ("embedding", "lm_head") if tied else ("embedding",), table=True, gathered=True)
-        embedding = replace(table, operator=EMBEDDING_OPERATORS[FORMATS[table.format].storage])
+        storage = "MatMulQ8" if table.operator == "MatMulQ8" else FORMATS[table.format].storage
+        embedding = replace(table, operator=EMBEDDING_OPERATORS[storage])
         lm_head = self.head(table if tied else self.weight([LM_HEAD], ("lm_head",), table=True))
         layers = tuple(self.layer(i) for i in range(self.layers))
         return ConversionPlan(self.mode, self.native, embedding, lm_head, tied, layers)

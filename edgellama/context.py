@@ -112,6 +112,9 @@ class Context:
         if end > self.capacity:
             raise ContextOverflowError(f"{past} cached + {end - past} new tokens exceed the context of "
                                        f"{self.capacity}")
+        if len(ids) and (min(ids) < 0 or max(ids) >= self.config.vocab_size):
+            raise InvalidParameterError(f"token ids must lie in [0, {self.config.vocab_size}): got "
+                                        f"{min(ids)} .. {max(ids)}")
         self._ids[self._length:end] = ids
         self._length = end
         if end == past:

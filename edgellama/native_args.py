@@ -185,6 +185,18 @@ def q8_matmul(x, q, scale) -> None:
     _block_product("q8_matmul", x, q, 32, {"scale": scale})
 
 
+def q8_gather(q, scale, ids) -> None:
+    """Rows ids (1-D, each in [0, N)) of an 8-bit weight q [N, nb, 32] with scale [N, nb]."""
+    n, nb, size = _shape(Status.ERR_SIZE, "q8_gather", "the weight", q, 3)
+    if size != 32 or np.shape(scale) != (n, nb):
+        raise error_for(Status.ERR_SIZE, "q8_gather", f"a weight {(n, nb, size)} with scale {np.shape(scale)} do not "
+                                                      "match: expected [N, nb, 32] and [N, nb]")
+    _shape(Status.ERR_SIZE, "q8_gather", "ids", ids, 1)
+    ids = np.asarray(ids)
+    if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n):
+        raise error_for(Status.ERR_RANGE, "q8_gather", f"ids must be integers in [0, {n})")
+
+
 # ---- attention.h ----
 
 MAX_HEAD_DIM = 256   # attention.h: EL_ATT_MAX_HEAD_DIM

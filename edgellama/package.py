@@ -25,7 +25,8 @@ from .errors import FormatVersionError, ModelNotFoundError, PackageError, Unsupp
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2    # 2: Q4_1 blocks in tiles of 8 rows (edgellama.blocks_layout)
+FORMAT_VERSION = 2    # 2: Q4_1 and 8-bit blocks in tiles of 8 rows (edgellama.blocks_layout)
+BLOCK_OPERATORS = ("MatMulQ4_1", "MatMulQ8")   # the operators whose weights format 2 tiles
 MANIFEST = "edgellama.json"
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -36,13 +37,15 @@ REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
 QUANT_METHODS = ("int4", "int8", "fp16", "fp32")
 
 
-def _holds_q4_1_rows(data: dict) -> bool:
-    """Whether a manifest's layout runs a weight on edgellama's Q4_1 operators."""
+def _holds_block_rows(data: dict) -> bool:
+    """Whether a manifest's layout runs a weight on edgellama's block operators (Q4_1, 8-bit)."""
     layout = data.get("quantization", {}).get("layout") or {}
-    layers = layout.get("layers", []) if isinstance(layout, dict) else []
-    return any(isinstance(w, dict) and "Q4_1" in str(w.get("operator", ""))
-               for layer in layers if isinstance(layer, dict)
-               for w in (layer.get("weights") or {}).values())
+    if not isinstance(layout, dict):
+        return False
+    layers = [layer for layer in layout.get("layers", []) if isinstance(layer, dict)]
+    weights = [w for layer in layers for w in (layer.get("weights") or {}).values()]
+    weights += [layout.get(table) for table in ("embedding", "lm_head")]
+    return any(isinstance(w, dict) and w.get("operator") in BLOCK_OPERATORS for w in weights)
 
 
 def json_object(text: str, where, error=PackageError) -> dict:
@@ -157,10 +160,10 @@ class PackageInfo:
                 "upgrade edgellama or convert the model again")
         if version < 1:
             raise FormatVersionError(f"{where}: unknown format_version {version}")
-        if version < 2 and _holds_q4_1_rows(data):
+        if version < 2 and _holds_block_rows(data):
             raise FormatVersionError(
-                f"{where}: format_version {version} holds its Q4_1 blocks row by row, and this edgellama reads "
-                "them in tiles of 8 rows (format_version 2): convert the model again")
+                f"{where}: format_version {version} holds its Q4_1 or 8-bit blocks row by row, and this edgellama "
+                "reads them in tiles of 8 rows (format_version 2): convert the model again")
         try:
             st = dict(data["special_tokens"])
             eos = st.get("eos_token_ids", ())

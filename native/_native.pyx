@@ -12,7 +12,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, 
 import numpy as np
 
 from edgellama import native_args
-from edgellama.blocks_layout import tile_q41
+from edgellama.blocks_layout import tile_q41, tile_q8
 from edgellama.native_status import error_for
 
 from status cimport *
@@ -297,37 +297,64 @@ def q8_matmul(x, q, scale, path=None):
     with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q8_matmul(x, q, scale)
     native_args.kernel_path(path, kernel_paths())
+    cdef int64_t n = q.shape[0]
+    q, scale = tile_q8(q, scale)   # the operators' layout (blocks.h)
     cdef const float[:, ::1] xv = x
-    cdef const uint8_t[:, :, ::1] qv = q
-    cdef const float[:, ::1] sv = scale
-    cdef int64_t rows = xv.shape[0], n = qv.shape[0], nb = qv.shape[1], i
+    cdef const int8_t[:, :, ::1] qv = q
+    cdef const float[:, :, ::1] sv = scale
+    cdef int64_t rows = xv.shape[0], nb = qv.shape[1], i
     cdef int number = _path_number(path)
     cdef el_status code = EL_OK
     y = np.zeros((rows, n), dtype=np.float32)
     if rows == 0 or n == 0 or nb == 0:
         return y
-    cdef int8_t[:, ::1] xq = np.empty((1, el_q8_padded(nb) * 32), dtype=np.int8)
-    cdef float[:, :, ::1] stats = np.empty((1, 3, el_q8_padded(nb)), dtype=np.float32)
+    cdef int8_t[:, ::1] xq = np.empty((rows, el_q8_padded(nb) * 32), dtype=np.int8)
+    cdef float[:, :, ::1] stats = np.empty((rows, 3, el_q8_padded(nb)), dtype=np.float32)
     cdef float[:, ::1] out = y
     cdef el_q8_weight w
-    cdef el_q8_act *act = _acts(1, nb, xq, stats)
+    cdef el_q8_act *acts = _acts(rows, nb, xq, stats)
     w.q = &qv[0, 0, 0]
-    w.scale = &sv[0, 0]
+    w.scale = &sv[0, 0, 0]
     w.n = n
     w.nb = nb
     try:
         with nogil:
             for i in range(rows):
-                code = el_q8_quantize(&xv[i, 0], act, number)
+                code = el_q8_quantize(&xv[i, 0], &acts[i], number)
                 if code != EL_OK:
                     break
-                code = el_q8_rows(&w, act, 0, n, &out[i, 0], number)
-                if code != EL_OK:
-                    break
+            if code == EL_OK:
+                code = el_q8_rows(&w, acts, rows, 0, n, &out[0, 0], n, number)
     finally:
-        free(act)
+        free(acts)
     _check(code, "q8_matmul")
     return y
+
+
+def q8_gather(q, scale, ids):
+    """Rows ids [M] of the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]) as
+    float32 [M, K] (an embedding table)."""
+    native_args.q8_gather(q, scale, ids)
+    cdef int64_t n = q.shape[0]
+    q, scale = tile_q8(q, scale)
+    cdef const int8_t[:, :, ::1] qv = q
+    cdef const float[:, :, ::1] sv = scale
+    cdef const int64_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int64)
+    cdef int64_t count = iv.shape[0], nb = qv.shape[1]
+    out = np.zeros((count, nb * 32), dtype=np.float32)
+    if count == 0 or n == 0 or nb == 0:
+        return out
+    cdef float[:, ::1] ov = out
+    cdef el_q8_weight w
+    cdef el_status code
+    w.q = &qv[0, 0, 0]
+    w.scale = &sv[0, 0, 0]
+    w.n = n
+    w.nb = nb
+    with nogil:
+        code = el_q8_gather(&w, &iv[0], count, &ov[0, 0])
+    _check(code, "q8_gather")
+    return out
 
 
 def swiglu(gate, up, bint portable=False):

@@ -7,7 +7,7 @@
  *     act.q  [padded * 32]    int8, pair layout of blocks.h
  *     act.scale/sum/rest [padded]
  *     w.qs   [tiles, nb, 128] uint8 nibbles;  w.d, w.m [tiles, nb, 8] binary16    (Q4_1, tiles of 8 rows)
- *     w.q    [n, nb, 32]      uint8;  w.scale [n, nb] float32                (8-bit)
+ *     w.q    [tiles, nb, 256] int8;   w.scale [tiles, nb, 8] float32                    (8-bit, tiles)
  *     y      [n]              float32, rows lo .. hi - 1 written
  *
  * Includes: libc.
@@ -90,23 +90,21 @@ static float q41_row_portable(const el_q41_weight *w, const el_q8_act *act, int6
     return acc;
 }
 
-static float q8_row_portable(const el_q8_weight *w, const el_q8_act *act, int64_t r)
+/* Row 8t + i of the tiled 8-bit W times one activation row (blocks in order) */
+static float q8_row_portable(const el_q8_weight *w, const el_q8_act *act, int64_t t, int i)
 {
     const int64_t nb = w->nb;
-    const uint8_t *q = w->q + r * nb * 32;
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t b = 0; b < el_q8_padded(nb); b++) {
-        if (b >= nb) {
-            acc[b % 8] = fmaf(0.0f, 0.0f, acc[b % 8]);
-            continue;
-        }
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *q = w->q + (t * nb + b) * 256;
         const int8_t *lo16 = act->q + el_q8_half_at(b, 0), *hi16 = act->q + el_q8_half_at(b, 1);
         int32_t dot = 0;
-        for (int j = 0; j < 16; j++)
-            dot += (q[b * 32 + j] - 128) * lo16[j] + (q[b * 32 + 16 + j] - 128) * hi16[j];
-        acc[b % 8] = fmaf((float)dot, w->scale[r * nb + b] * act->scale[b], acc[b % 8]);
+        for (int c = 0; c < 8; c++)
+            for (int k = 0; k < 4; k++)
+                dot += q[c * 32 + i * 4 + k] * (c < 4 ? lo16[4 * c + k] : hi16[4 * (c - 4) + k]);
+        acc = fmaf((float)dot, w->scale[(t * nb + b) * 8 + i] * act->scale[b], acc);
     }
-    return fold8(acc);
+    return acc;
 }
 
 /* ---- entry points ------------------------------------------------------------------------- */
@@ -166,28 +164,53 @@ el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
     }
 }
 
-el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path)
+el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                     float *y, int64_t stride, int path)
 {
-    if (w == NULL || act == NULL || y == NULL || w->q == NULL || w->scale == NULL || w->nb <= 0 ||
-        w->nb != act->nb || lo < 0 || hi > w->n || lo > hi)
+    if (w == NULL || acts == NULL || y == NULL || w->q == NULL || w->scale == NULL || w->nb <= 0 || count < 0 ||
+        stride < hi || lo < 0 || hi > w->n || lo > hi)
         return EL_ERR_SIZE;
+    for (int64_t i = 0; i < count; i++)
+        if (acts[i].nb != w->nb)
+            return EL_ERR_SIZE;
     switch (el_path_resolve(path)) {
 #if EL_BLOCKS_X86
     case EL_PATH_AVX2:
-        el_q8_rows_avx2(w, act, lo, hi, y);
+        el_q8_rows_avx2(w, acts, count, lo, hi, y, stride);
         return EL_OK;
     case EL_PATH_AVX512VNNI:
-        el_q8_rows_avx512vnni(w, act, lo, hi, y);
+        el_q8_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
         return EL_OK;
 #endif
 #if EL_BLOCKS_NEON
     case EL_PATH_NEON:
-        el_q8_rows_neon(w, act, lo, hi, y);
+        el_q8_rows_neon(w, acts, count, lo, hi, y, stride);
         return EL_OK;
 #endif
     default:
         for (int64_t r = lo; r < hi; r++)
-            y[r] = q8_row_portable(w, act, r);
+            for (int64_t i = 0; i < count; i++)
+                y[i * stride + r] = q8_row_portable(w, &acts[i], r / EL_Q41_TILE, (int)(r % EL_Q41_TILE));
         return EL_OK;
     }
+}
+
+el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out)
+{
+    if (w == NULL || ids == NULL || out == NULL || w->q == NULL || w->scale == NULL || w->nb <= 0 || count < 0)
+        return EL_ERR_SIZE;
+    const int64_t nb = w->nb;
+    for (int64_t r = 0; r < count; r++) {
+        if (ids[r] < 0 || ids[r] >= w->n)
+            return EL_ERR_RANGE;
+        const int64_t t = ids[r] / EL_Q41_TILE, i = ids[r] % EL_Q41_TILE;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *q = w->q + (t * nb + b) * 256;
+            const float scale = w->scale[(t * nb + b) * 8 + i];
+            for (int c = 0; c < 8; c++)
+                for (int k = 0; k < 4; k++)
+                    out[(r * nb + b) * 32 + 4 * c + k] = scale * (float)q[c * 32 + i * 4 + k];
+        }
+    }
+    return EL_OK;
 }

@@ -1,7 +1,7 @@
 /*
- * Products of float32 activations with weights stored in blocks of 32 inputs: GGML Q4_1 as the
- * file stores it, and 8-bit blocks in MatMulNBits' layout; ort_ops.c runs them as the ONNX Runtime
- * operators of domain ai.edgellama.
+ * Products of float32 activations with weights stored in blocks of 32 inputs, GGML Q4_1 and 8-bit
+ * blocks, each in tiles of 8 rows; ort_ops.c runs them as the ONNX Runtime operators of domain
+ * ai.edgellama.
  *
  * Q4_1:
  * Weight W [N, K], K = 32 * nb, one block per (row n, block b) of 32 inputs:
@@ -20,17 +20,18 @@
  *     y[n] = sum_b fma(dot_b, d_b * xd_b, fma(m_b, xs_b, d_b * (8 xr_b)))
  * summed from 0 in block order: acc = acc + term_0, acc = acc + term_1, ...
  *
- * 8-bit (bits 8, default zero point 128: a GGUF Q8_0 table carried as it is, converters/carry.py):
- *     q [N, nb, 32]   uint8, weight = scale * (q - 128);   scale [N, nb] float32
- *     y[n] = sum_b scale xd sum_j (q_j - 128) xq_j
+ * 8-bit (a GGUF Q8_0 table carried as it is, converters/carry.py, or weights made at 8 bits):
+ *     weight = scale * w,  w = q - 128 in [-128, 127],  scale float32 per (row, block)
+ * in tiles of 8 rows as Q4_1's, with 8 chunks of 4 elements a block:
+ *     q [T, nb, 8, 8, 4]   int8:     q[t, b, c, i, k] = w of row 8t + i, element 4c + k of block b
+ *     scale [T, nb, 8]     float32:  of row 8t + i's block b
+ * and with dot_b = sum_j w_j xq_j each output is acc = fma(dot_b, scale_b * xd_b, acc), from 0, in
+ * block order.
  *
  * One order of arithmetic for every path, tile and thread count: an output's bits depend only on its
- * weight row and its activation row. Q4_1 sums its blocks in order (above). The 8-bit product takes
- * them in groups of 8 (lanes l = 0..7, block b = 8g + l; the last group padded with zero blocks):
- *     acc_l = fma(dot_b, scale_b * xd_b, acc_l)
- *     y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
- * and xs of a block is summed as ((x_l + x_8+l) + (x_16+l + x_24+l)) over l, folded the same way.
- * The paths (kernels.h) differ only in the instructions that form dot_b.
+ * weight row and its activation row. xs of a block is summed as ((x_l + x_8+l) + (x_16+l + x_24+l))
+ * over lanes l = 0..7, then ((s_0 + s_4) + (s_2 + s_6)) + ((s_1 + s_5) + (s_3 + s_7)). The paths
+ * (kernels.h) differ only in the instructions that form dot_b.
  *
  * Routines return EL_OK, or EL_ERR_SIZE for a size that is zero, negative or out of range or a buffer
  * that is missing (status.h), and never allocate.
@@ -42,10 +43,9 @@
 #include "status.h"
 
 #include <stdint.h>
-#include <string.h>
 
 #define EL_Q41_BLOCK 32
-#define EL_Q41_TILE 8   /* rows of a Q4_1 tile */
+#define EL_Q41_TILE 8   /* rows of a tile (Q4_1 and 8-bit) */
 
 /* Blocks an activation row's buffers hold for nb blocks: nb rounded up to a whole group of 8. */
 static inline int64_t el_q8_padded(int64_t nb)
@@ -81,10 +81,10 @@ static inline int64_t el_q41_tiles(int64_t n)
     return (n + EL_Q41_TILE - 1) / EL_Q41_TILE;
 }
 
-/* An 8-bit weight [n, 32 * nb] as described above. */
+/* An 8-bit weight [n, 32 * nb] in tiles as described above. */
 typedef struct el_q8_weight {
-    const uint8_t *q;
-    const float *scale;
+    const int8_t *q;        /* [tiles, nb, 256] */
+    const float *scale;     /* [tiles, nb, 8] */
     int64_t n;
     int64_t nb;
 } el_q8_weight;
@@ -100,20 +100,13 @@ el_status el_q8_quantize(const float *x, el_q8_act *act, int path);
 el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path);
 
-/* y[r] = row r of an 8-bit W times one activation row, for rows r in [lo, hi) (y is indexed by r). */
-el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path);
+/* The same for an 8-bit W. */
+el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                     float *y, int64_t stride, int path);
 
-/* The last, partial group of an 8-bit row as 8 whole blocks, for the vector paths: its `count` blocks
- * of q [count, 32] and scale [count], then blocks of weight 0 (q = 128) and scale 0. */
-typedef struct { uint8_t q[8 * 32]; float scale[8]; } el_q8_tail;
-
-static inline void el_q8_tail_of(const uint8_t *q, const float *scale, int64_t count, el_q8_tail *t)
-{
-    memset(t->q, 0x80, sizeof t->q);
-    memset(t->scale, 0, sizeof t->scale);
-    memcpy(t->q, q, (size_t)count * 32);
-    memcpy(t->scale, scale, (size_t)count * sizeof(float));
-}
+/* out [count, 32 * nb] = rows ids[0 .. count - 1] of an 8-bit W, as float32 (an embedding table);
+ * EL_ERR_RANGE for an id outside [0, n). */
+el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out);
 
 /* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b. */
 static inline int64_t el_q8_half_at(int64_t b, int second)
@@ -128,10 +121,12 @@ static inline int64_t el_q8_half_at(int64_t b, int second)
 void el_q8_quantize_avx2(const float *x, el_q8_act *act);
 void el_q41_rows_avx2(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride);
-void el_q8_rows_avx2(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+void el_q8_rows_avx2(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride);
 void el_q41_rows_avx512vnni(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                             float *y, int64_t stride);
-void el_q8_rows_avx512vnni(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+void el_q8_rows_avx512vnni(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                           float *y, int64_t stride);
 #else
 #define EL_BLOCKS_X86 0
 #endif
@@ -140,7 +135,8 @@ void el_q8_rows_avx512vnni(const el_q8_weight *w, const el_q8_act *act, int64_t 
 void el_q8_quantize_neon(const float *x, el_q8_act *act);
 void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride);
-void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y);
+void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride);
 #else
 #define EL_BLOCKS_NEON 0
 #endif

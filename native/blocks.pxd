@@ -22,7 +22,7 @@ cdef extern from "blocks.h" nogil:
         int64_t nb
 
     ctypedef struct el_q8_weight:
-        const uint8_t *q
+        const int8_t *q
         const float *scale
         int64_t n
         int64_t nb
@@ -31,5 +31,7 @@ cdef extern from "blocks.h" nogil:
     el_status el_q8_quantize(const float *x, el_q8_act *act, int path)
     el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                           float *y, int64_t stride, int path)
-    el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y, int path)
+    el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                         float *y, int64_t stride, int path)
+    el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out)
     int64_t el_q8_half_at(int64_t b, int second)

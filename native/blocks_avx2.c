@@ -21,17 +21,18 @@ TARGET static inline __m256i dot4_int32_avx2(__m256i pairs)
     return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-/* signed w times signed x by their signs moved onto x (|w| <= 128, |x| <= 127: pairs fit int16) */
-TARGET static inline __m256i block8_dot_avx2(__m256i w, __m256i x)
+/* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x (|w| <= 128,
+ * |x| <= 127: the pairs fit int16) */
+TARGET static inline __m256i dot4_s8_avx2(__m256i acc, __m256i w, __m256i x)
 {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
-                             _mm256_set1_epi16(1));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
+                                                   _mm256_set1_epi16(1)));
 }
 
 #define DOT4_ADD(acc, w, x) _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))
 #define DOT4_INT32 dot4_int32_avx2
 #define PAIR_TILES 1
-#define BLOCK8_DOT block8_dot_avx2
+#define DOT4_S8 dot4_s8_avx2
 #include "blocks_x86.h"
 
 TARGET void el_q8_quantize_avx2(const float *x, el_q8_act *act)

@@ -16,14 +16,15 @@
 #define ROWS_Q41 el_q41_rows_avx512vnni
 #define ROWS_Q8 el_q8_rows_avx512vnni
 
-TARGET static inline __m256i block8_dot_vnni(__m256i w, __m256i x)
+/* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x */
+TARGET static inline __m256i dot4_s8_vnni(__m256i acc, __m256i w, __m256i x)
 {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
 }
 
 #define DOT4_ADD _mm256_dpbusd_epi32
 #define DOT4_INT32(acc) (acc)
 #define PAIR_TILES 2   /* AVX-512VL: 32 vector registers hold two tiles' sums for ACTS rows */
-#define BLOCK8_DOT block8_dot_vnni
+#define DOT4_S8 dot4_s8_vnni
 #include "blocks_x86.h"
 #endif

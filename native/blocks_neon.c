@@ -2,12 +2,9 @@
  * The neon path of the block products (kernels.h, blocks.h): aarch64 with the dot product extension.
  * sdot adds four products of signed bytes into each int32 lane; the nibbles (0..15) and the
  * 8-bit weights less 128 fit signed bytes. A Q4_1 tile's rows 0-3 and 4-7 fill the lanes of two
- * vectors (sdot by element: each row's 4 bytes against the same 4 activations). For the 8-bit
- * product, per group of 8 blocks the exact dot products are gathered into lanes 0-3 and 4-7 of two
- * vectors by pairwise adds. The float arithmetic of blocks.h follows, on two 4-lane vectors where
- * the x86 paths take one 8-lane vector.
- *
- * Buffers as blocks_x86.h: an 8-bit row's last, partial group is copied (zero blocks after its end).
+ * vectors (sdot by element: each row's 4 bytes against the same 4 activations), and so do an 8-bit
+ * tile's. The float arithmetic of blocks.h follows, on two 4-lane vectors where the x86 paths take
+ * one 8-lane vector.
  *
  * Includes: libc, and the compiler's <arm_neon.h>.
  */
@@ -15,7 +12,6 @@
 
 #if EL_BLOCKS_NEON
 #include <arm_neon.h>
-#include <string.h>
 
 #define TARGET __attribute__((target("arch=armv8.2-a+dotprod+fp16")))
 
@@ -30,12 +26,6 @@ TARGET static inline float fold8(Lanes8 v)      /* ((a0 + a4) + (a2 + a6)) + ((a
 TARGET static inline float32x4_t halves(const uint16_t *h)
 {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
-}
-
-/* block sums of four per-block int32x4 partial sums -> [dot0, dot1, dot2, dot3] as floats */
-TARGET static inline float32x4_t four_dots(int32x4_t s0, int32x4_t s1, int32x4_t s2, int32x4_t s3)
-{
-    return vcvtq_f32_s32(vpaddq_s32(vpaddq_s32(s0, s1), vpaddq_s32(s2, s3)));
 }
 
 /* The dot products of a tile's block (qs: [4 chunks][8 rows][4 bytes]) with one block of
@@ -91,6 +81,13 @@ TARGET static void tile_rows(const el_q41_weight *w, const el_q8_act *a, int64_t
     vst1q_f32(lanes + 4, acc.b);
 }
 
+/* y[r] for the rows r of tile t in [lo, hi) */
+static void put_lanes(float *y, int64_t t, const float lanes[8], int64_t lo, int64_t hi)
+{
+    for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
+        y[r] = lanes[r - t * EL_Q41_TILE];
+}
+
 TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                              float *y, int64_t stride)
 {
@@ -98,47 +95,62 @@ TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int6
         for (int64_t i = 0; i < count; i++) {
             float lanes[EL_Q41_TILE];
             tile_rows(w, &acts[i], t, lanes);
-            for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
-                y[i * stride + r] = lanes[r - t * EL_Q41_TILE];
+            put_lanes(y + i * stride, t, lanes, lo, hi);
         }
 }
 
-TARGET static inline int32x4_t q8_block(const uint8_t *q, const el_q8_act *a, int64_t b)
-{
-    const uint8x16_t bias = vdupq_n_u8(0x80);
-    int8x16_t w0 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q), bias));
-    int8x16_t w1 = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(q + 16), bias));
-    int32x4_t s = vdotq_s32(vdupq_n_s32(0), w0, vld1q_s8(a->q + el_q8_half_at(b, 0)));
-    return vdotq_s32(s, w1, vld1q_s8(a->q + el_q8_half_at(b, 1)));
-}
+/* The dot products of an 8-bit tile's block (q: [8 chunks][8 rows][4 bytes], signed) with one block
+ * of activations: chunk c < 4 meets lane c of its first 16 values, chunk c >= 4 lane c - 4 of the
+ * last 16 */
+#define CHUNK8(c, x, lane)                                                                         \
+    do {                                                                                           \
+        a0 = vdotq_laneq_s32(a0, vld1q_s8(q + 32 * (c)), x, lane);                                 \
+        a1 = vdotq_laneq_s32(a1, vld1q_s8(q + 32 * (c) + 16), x, lane);                            \
+    } while (0)
 
-TARGET static inline Lanes8 q8_group(Lanes8 acc, const uint8_t *q, const float *scale, const el_q8_act *a, int64_t b)
+TARGET static inline void tile8_dots(const int8_t *q, int8x16_t xlo, int8x16_t xhi, float32x4_t *r0, float32x4_t *r1)
 {
-    float32x4_t lo = four_dots(q8_block(q, a, b), q8_block(q + 32, a, b + 1), q8_block(q + 64, a, b + 2),
-                               q8_block(q + 96, a, b + 3));
-    float32x4_t hi = four_dots(q8_block(q + 128, a, b + 4), q8_block(q + 160, a, b + 5), q8_block(q + 192, a, b + 6),
-                               q8_block(q + 224, a, b + 7));
-    acc.a = vfmaq_f32(acc.a, lo, vmulq_f32(vld1q_f32(scale), vld1q_f32(a->scale + b)));
-    acc.b = vfmaq_f32(acc.b, hi, vmulq_f32(vld1q_f32(scale + 4), vld1q_f32(a->scale + b + 4)));
-    return acc;
+    int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
+    CHUNK8(0, xlo, 0);
+    CHUNK8(1, xlo, 1);
+    CHUNK8(2, xlo, 2);
+    CHUNK8(3, xlo, 3);
+    CHUNK8(4, xhi, 0);
+    CHUNK8(5, xhi, 1);
+    CHUNK8(6, xhi, 2);
+    CHUNK8(7, xhi, 3);
+    *r0 = vcvtq_f32_s32(a0);
+    *r1 = vcvtq_f32_s32(a1);
 }
+#undef CHUNK8
 
-TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+/* The 8 rows of 8-bit tile t against activation row a, into lanes[8]: acc = fma(dot, scale xd, acc) */
+TARGET static void tile8_rows(const el_q8_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
 {
-    const int64_t nb = w->nb, full = nb / 8 * 8;
-    for (int64_t r = lo; r < hi; r++) {
-        const uint8_t *q = w->q + r * nb * 32;
-        const float *scale = w->scale + r * nb;
-        Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-        for (int64_t b = 0; b < full; b += 8)
-            acc = q8_group(acc, q + b * 32, scale + b, act, b);
-        if (full < nb) {
-            el_q8_tail t;
-            el_q8_tail_of(q + full * 32, scale + full, nb - full, &t);
-            acc = q8_group(acc, t.q, t.scale, act, full);
-        }
-        y[r] = fold8(acc);
+    const int64_t nb = w->nb;
+    Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t at = t * nb + b;
+        float32x4_t r0, r1;
+        tile8_dots(w->q + at * 256, vld1q_s8(a->q + el_q8_half_at(b, 0)), vld1q_s8(a->q + el_q8_half_at(b, 1)),
+                   &r0, &r1);
+        const float32x4_t xd = vdupq_n_f32(a->scale[b]);
+        acc.a = vfmaq_f32(acc.a, r0, vmulq_f32(vld1q_f32(w->scale + at * 8), xd));
+        acc.b = vfmaq_f32(acc.b, r1, vmulq_f32(vld1q_f32(w->scale + at * 8 + 4), xd));
     }
+    vst1q_f32(lanes, acc.a);
+    vst1q_f32(lanes + 4, acc.b);
+}
+
+TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                            float *y, int64_t stride)
+{
+    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
+        for (int64_t i = 0; i < count; i++) {
+            float lanes[EL_Q41_TILE];
+            tile8_rows(w, &acts[i], t, lanes);
+            put_lanes(y + i * stride, t, lanes, lo, hi);
+        }
 }
 
 TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)

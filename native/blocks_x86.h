@@ -7,15 +7,14 @@
  *                           x's signed bytes, as partial sums of the path's kind (w: nibbles)
  *     DOT4_INT32(acc)       int32 [8] of a partial sum of at most 8 DOT4_ADDs (lane i: row i of a
  *                           Q4_1 tile)
- *     BLOCK8_DOT(w, x)      int32 [8] summing to the dot product of an 8-bit block (w: q - 128 as
- *                           int8, x: 32 activations in element order)
+ *     DOT4_S8(acc, w, x)    int32 acc plus, per 32-bit lane, the four products of w's signed bytes
+ *                           with x's (8-bit weights)
  *     PAIR_TILES            Q4_1 tiles taken together by a prompt's pass (1 or 2: registers)
  * (blocks_avx2.c: vpmaddubsw; blocks_avx512.c: vpdpbusd). Both form the same exact integers, and
  * everything after them (the float arithmetic of blocks.h) is this file's, so the paths agree bit
  * for bit.
  *
- * Buffers: Q4_1 tiles and 8-bit rows are read in place, an 8-bit row's last, partial group as if
- * zero blocks followed. Activation rows are padded (blocks.h).
+ * Buffers: the tiles are read in place. Activation rows are padded (blocks.h).
  *
  * Includes: libc, and the compiler's <immintrin.h>.
  */
@@ -37,7 +36,18 @@ TARGET static INLINE float hsum8(__m256 v)   /* the fold of blocks.h */
     return _mm_cvtss_f32(s);
 }
 
-/* ---- Q4_1: tiles of 8 rows, a row per 32-bit lane ---- */
+/* ---- tiles of 8 rows, a row per 32-bit lane ---- */
+
+enum { Q41 = 0, Q8 = 1 };   /* the kind of a Tiles */
+
+/* A weight in tiles (blocks.h): Q4_1 (q: nibbles [tiles, nb, 128], d and m) or 8-bit (q: int8
+ * [tiles, nb, 256], scale) */
+typedef struct {
+    const uint8_t *q;
+    const uint16_t *d, *m;
+    const float *scale;
+    int64_t nb;
+} Tiles;
 
 /* 4 activations as one int32, repeated in every lane */
 TARGET static INLINE __m256i spread4(const int8_t *x)
@@ -47,62 +57,82 @@ TARGET static INLINE __m256i spread4(const int8_t *x)
     return _mm256_set1_epi32(v);
 }
 
-/* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) for the 8 rows of a tile (dv, mv: their d, m) and
- * block b of activation row a */
-TARGET static INLINE __m256 add_term(__m256 acc, __m256i dot, __m256 dv, __m256 mv, const el_q8_act *a, int64_t b)
+/* Bytes of a tile's block */
+static INLINE int64_t block_bytes(int kind)
 {
-    const __m256 xd = _mm256_broadcast_ss(a->scale + b), xs = _mm256_broadcast_ss(a->sum + b);
+    return kind == Q8 ? 256 : 128;
+}
+
+/* acc + the terms of blocks.h for the 8 rows of tile block `at` (its index in the scales) and
+ * block b of activation row a, given their exact dot products */
+TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m256 acc, __m256i dot,
+                                     const el_q8_act *a, int64_t b)
+{
+    const __m256 xd = _mm256_broadcast_ss(a->scale + b);
+    if (kind == Q8)
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(w->scale + at * 8), xd), acc);
+    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->d + at * 8)));
+    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->m + at * 8)));
+    const __m256 xs = _mm256_broadcast_ss(a->sum + b);
     const __m256 rest8 = _mm256_mul_ps(_mm256_broadcast_ss(a->rest + b), _mm256_set1_ps(8.0f));
     return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dv, xd),
                                               _mm256_fmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8))));
 }
 
 /* acc[p][i] = the 8 rows of tile t + p (p < pairs) against activation row acts[i] (i < count),
- * constants where inlined. A tile's block is [4 chunks][8 rows][4 bytes]: chunk c holds elements
- * 4c .. 4c + 3 of each row in its low nibbles and 16 + 4c .. 16 + 4c + 3 in its high ones, so each
- * 32-byte load, unpacked once, meets the same 4 activations of every row in `count` products. */
-TARGET static INLINE void tile_pass(const el_q41_weight *w, const el_q8_act *acts, int count, int64_t t, int pairs,
-                                    int prefetch, __m256 acc[2][ACTS])
+ * constants where inlined. A tile's block is [chunks][8 rows][4 bytes]: a Q4_1 chunk c holds
+ * elements 4c .. 4c + 3 of each row in its low nibbles and 16 + 4c .. 16 + 4c + 3 in its high ones
+ * (4 chunks), an 8-bit chunk c elements 4c .. 4c + 3 (8 chunks); each 32-byte load, unpacked once,
+ * meets the same 4 activations of every row in `count` products. */
+TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *acts, int count, int64_t t,
+                                    int pairs, int prefetch, __m256 acc[2][ACTS])
 {
-    const int64_t nb = w->nb;
+    const int64_t nb = w->nb, bytes = block_bytes(kind);
     const __m256i mask = _mm256_set1_epi8(0x0F);
     for (int p = 0; p < pairs; p++)
         for (int i = 0; i < count; i++)
             acc[p][i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int64_t lo16 = el_q8_half_at(b, 0), hi16 = el_q8_half_at(b, 1);
-        __m256i part[2][ACTS];   /* DOT4 partial sums */
+        __m256i part[2][ACTS];   /* DOT4 partial sums (Q4_1), int32 sums (8-bit) */
         for (int p = 0; p < pairs; p++) {
             if (prefetch) {
                 const int64_t at = (t + p) * nb + b;
-                _mm_prefetch((const char *)(w->qs + at * 128 + AHEAD), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w->qs + at * 128 + AHEAD + 64), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w->d + at * 8 + AHEAD / 8), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w->m + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                for (int64_t line = 0; line < bytes; line += 64)
+                    _mm_prefetch((const char *)(w->q + at * bytes + AHEAD + line), _MM_HINT_T0);
+                if (kind == Q8) {
+                    _mm_prefetch((const char *)(w->scale + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                } else {
+                    _mm_prefetch((const char *)(w->d + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                    _mm_prefetch((const char *)(w->m + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                }
             }
             for (int i = 0; i < count; i++)
                 part[p][i] = _mm256_setzero_si256();
         }
-        for (int c = 0; c < 4; c++) {
+        for (int c = 0; c < (kind == Q8 ? 8 : 4); c++) {
             __m256i lo[2], hi[2];
             for (int p = 0; p < pairs; p++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(w->qs + ((t + p) * nb + b) * 128 + 32 * c));
-                lo[p] = _mm256_and_si256(v, mask);
-                hi[p] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(w->q + ((t + p) * nb + b) * bytes + 32 * c));
+                lo[p] = kind == Q8 ? v : _mm256_and_si256(v, mask);
+                hi[p] = kind == Q8 ? v : _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
             }
             for (int i = 0; i < count; i++) {
+                if (kind == Q8) {
+                    const __m256i x = spread4(acts[i].q + (c < 4 ? lo16 + 4 * c : hi16 + 4 * (c - 4)));
+                    for (int p = 0; p < pairs; p++)
+                        part[p][i] = DOT4_S8(part[p][i], lo[p], x);
+                    continue;
+                }
                 const __m256i xl = spread4(acts[i].q + lo16 + 4 * c), xh = spread4(acts[i].q + hi16 + 4 * c);
                 for (int p = 0; p < pairs; p++)
                     part[p][i] = DOT4_ADD(DOT4_ADD(part[p][i], lo[p], xl), hi[p], xh);
             }
         }
-        for (int p = 0; p < pairs; p++) {
-            const int64_t at = (t + p) * nb + b;
-            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->d + at * 8)));
-            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->m + at * 8)));
+        for (int p = 0; p < pairs; p++)
             for (int i = 0; i < count; i++)
-                acc[p][i] = add_term(acc[p][i], DOT4_INT32(part[p][i]), dv, mv, &acts[i], b);
-        }
+                acc[p][i] = add_term(kind, w, (t + p) * nb + b, acc[p][i],
+                                     kind == Q8 ? part[p][i] : DOT4_INT32(part[p][i]), &acts[i], b);
     }
 }
 
@@ -121,19 +151,19 @@ TARGET static INLINE void put_tile(float *y, int64_t stride, int i, int64_t t, _
 }
 
 /* The tiles [t0, t1) against `count` (<= ACTS) activation rows, PAIR_TILES tiles at a time */
-TARGET static INLINE void tiles_against(const el_q41_weight *w, const el_q8_act *acts, int count, int64_t t0,
-                                        int64_t t1, int prefetch, float *y, int64_t stride, int64_t lo, int64_t hi)
+TARGET static INLINE void tiles_against(int kind, const Tiles *w, const el_q8_act *acts, int count, int64_t t0,
+                                        int64_t t1, float *y, int64_t stride, int64_t lo, int64_t hi)
 {
     __m256 acc[2][ACTS];
     int64_t t = t0;
     for (; PAIR_TILES == 2 && t + 2 <= t1; t += 2) {
-        tile_pass(w, acts, count, t, 2, prefetch, acc);
+        tile_pass(kind, w, acts, count, t, 2, 0, acc);
         for (int p = 0; p < 2; p++)
             for (int i = 0; i < count; i++)
                 put_tile(y, stride, i, t + p, acc[p][i], lo, hi);
     }
     for (; t < t1; t++) {
-        tile_pass(w, acts, count, t, 1, prefetch, acc);
+        tile_pass(kind, w, acts, count, t, 1, 0, acc);
         for (int i = 0; i < count; i++)
             put_tile(y, stride, i, t, acc[0][i], lo, hi);
     }
@@ -143,8 +173,8 @@ TARGET static INLINE void tiles_against(const el_q41_weight *w, const el_q8_act 
  * stream: two tiles at a time read two streams, 40% slower from memory on this loop). Several (a
  * prompt): blocks of ACT_BLOCK activation rows, each tile against them ACTS at a time while it
  * stays in L1. */
-TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                     int64_t stride)
+TARGET static INLINE void rows_of(int kind, const Tiles *w, const el_q8_act *acts, int64_t count, int64_t lo,
+                                  int64_t hi, float *y, int64_t stride)
 {
     if (lo >= hi)
         return;
@@ -152,7 +182,7 @@ TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t coun
     if (count == 1) {
         __m256 acc[2][ACTS];
         for (int64_t t = t0; t < t1; t++) {
-            tile_pass(w, acts, 1, t, 1, 1, acc);
+            tile_pass(kind, w, acts, 1, t, 1, 1, acc);
             put_tile(y, stride, 0, t, acc[0][0], lo, hi);
         }
         return;
@@ -163,51 +193,23 @@ TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t coun
             const int64_t tn = t + PAIR_TILES < t1 ? t + PAIR_TILES : t1;
             int64_t i = a0;
             for (; i + ACTS <= a1; i += ACTS)
-                tiles_against(w, acts + i, ACTS, t, tn, 0, y + i * stride, stride, lo, hi);
+                tiles_against(kind, w, acts + i, ACTS, t, tn, y + i * stride, stride, lo, hi);
             for (; i < a1; i++)
-                tiles_against(w, acts + i, 1, t, tn, 0, y + i * stride, stride, lo, hi);
+                tiles_against(kind, w, acts + i, 1, t, tn, y + i * stride, stride, lo, hi);
         }
     }
 }
 
-/* ---- 8-bit ---- */
-
-/* The 8 blocks' dot products from block b of a row (q: its 8 x 32 bytes), in block order, as floats */
-TARGET static INLINE __m256 group8_dots(const uint8_t *q, const el_q8_act *a, int64_t b)
+TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
 {
-    __m256i s[8];
-    for (int k = 0; k < 8; k++) {
-        __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + 32 * k)), _mm256_set1_epi8((char)0x80));
-        __m256i x = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(a->q + el_q8_half_at(b + k, 1))),
-                                     _mm_loadu_si128((const __m128i *)(a->q + el_q8_half_at(b + k, 0))));
-        s[k] = BLOCK8_DOT(w, x);
-    }
-    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-    return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
-                                               _mm256_permute2x128_si256(u0, u1, 0x31)));
+    const Tiles tiles = {w->qs, w->d, w->m, NULL, w->nb};
+    rows_of(Q41, &tiles, acts, count, lo, hi, y, stride);
 }
 
-TARGET void ROWS_Q8(const el_q8_weight *w, const el_q8_act *act, int64_t lo, int64_t hi, float *y)
+TARGET void ROWS_Q8(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                    int64_t stride)
 {
-    const int64_t nb = w->nb, full = nb / 8 * 8;
-    for (int64_t r = lo; r < hi; r++) {
-        const uint8_t *q = w->q + r * nb * 32;
-        const float *scale = w->scale + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < full; b += 8) {
-            for (int line = 0; line < 256; line += 64)
-                _mm_prefetch((const char *)(q + b * 32 + AHEAD + line), _MM_HINT_T0);
-            _mm_prefetch((const char *)(scale + b + AHEAD / 8), _MM_HINT_T0);
-            acc = _mm256_fmadd_ps(group8_dots(q + b * 32, act, b),
-                                  _mm256_mul_ps(_mm256_loadu_ps(scale + b), _mm256_loadu_ps(act->scale + b)), acc);
-        }
-        if (full < nb) {
-            el_q8_tail t;
-            el_q8_tail_of(q + full * 32, scale + full, nb - full, &t);
-            acc = _mm256_fmadd_ps(group8_dots(t.q, act, full),
-                                  _mm256_mul_ps(_mm256_loadu_ps(t.scale), _mm256_loadu_ps(act->scale + full)), acc);
-        }
-        y[r] = hsum8(acc);
-    }
+    const Tiles tiles = {(const uint8_t *)w->q, NULL, NULL, w->scale, w->nb};
+    rows_of(Q8, &tiles, acts, count, lo, hi, y, stride);
 }

@@ -46,7 +46,7 @@ enum {
     API_KernelContext_ParallelFor = 274,
 };
 enum { ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT32 = 6, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
+enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT8 = 3, TYPE_INT32 = 6, TYPE_INT64 = 7, TYPE_FLOAT16 = 10 };   /* ONNXTensorElementDataType */
 
 extern const ort_fn *el_ort_api;   /* set by RegisterCustomOps (ort_register.c), defined in ort_api.c */
 
@@ -115,6 +115,7 @@ OrtStatus *el_ops_create(const void *op, const void *unused, const void *info, v
 OrtStatus *el_ops_create_norm(const void *op, const void *unused, const void *info, void **kernel);
 OrtStatus *el_matmul_q41_compute(void *kernel, void *context);
 OrtStatus *el_matmul_q8_compute(void *kernel, void *context);
+OrtStatus *el_gather_q8_compute(void *kernel, void *context);
 OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context);
 OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context);
 OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);

@@ -9,8 +9,11 @@
  *         y  [..., N]           float32
  *
  *     MatMulQ8(x, q, scales) -> y         attributes K, N (int)
- *         q      [N, K/32, 32]  uint8      weight = scale * (q - 128): MatMulNBits' 8-bit layout
- *         scales [N, K/32]      float32    (a GGUF Q8_0 table, shared with the embedding's gather)
+ *         q      [T, K/32, 256]  int8      weight = scale * q, in tiles of 8 rows (blocks.h)
+ *         scales [T, K/32, 8]    float32   (a GGUF Q8_0 table, shared with GatherQ8)
+ *
+ *     GatherQ8(q, scales, ids) -> rows    attributes K, N: rows [ids.shape..., K] float32 of the same
+ *         8-bit table (the embedding; ids int64 in [0, N))
  *
  *     NormMatMulQ4_1(x, residual, gamma, qs, d, m) -> (y, sum)           attributes K, N, epsilon
  *         the residual add and RMS norm of the layer before the product, as ONNX Runtime's
@@ -152,8 +155,7 @@ static void product_rows(void *data, int64_t lo, int64_t hi)
         el_q41_rows(&p->w, p->acts, p->rows, lo, hi, p->y, p->w.n, EL_PATH_CHOSEN);
         return;
     }
-    for (int64_t i = 0; i < p->rows; i++)
-        el_q8_rows(&p->w8, &p->acts[i], lo, hi, p->y + i * p->w8.n, EL_PATH_CHOSEN);
+    el_q8_rows(&p->w8, p->acts, p->rows, lo, hi, p->y, p->w8.n, EL_PATH_CHOSEN);
 }
 
 /* ---- one call: its scratch, its phases ---------------------------------------------------------- */
@@ -301,17 +303,35 @@ static OrtStatus *output_like_x(void *context, Inputs *in, size_t index, int64_t
     return el_ort_output(context, index, dims, in->count[0], (void **)y);
 }
 
+/* Whether inputs first .. first + fields - 1 are shaped [tiles, nb, widths[f]] */
+static int tiles_shaped(const Inputs *in, size_t first, size_t fields, int64_t tiles, int64_t nb, const int64_t *widths)
+{
+    for (size_t f = 0; f < fields; f++)
+        if (in->count[first + f] != 3 || in->dims[first + f][0] != tiles || in->dims[first + f][1] != nb ||
+            in->dims[first + f][2] != widths[f])
+            return 0;
+    return 1;
+}
+
 /* The Q4_1 weight [n, k] in inputs first .. first + 2, checked against its sizes: tiles of 8 rows */
 static OrtStatus *weight_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q41_weight *w)
 {
-    const int64_t nb = k / EL_Q41_BLOCK, tiles = el_q41_tiles(n);
-    const int64_t want[3][3] = {{tiles, nb, 128}, {tiles, nb, EL_Q41_TILE}, {tiles, nb, EL_Q41_TILE}};
-    for (size_t f = 0; f < 3; f++)
-        if (in->count[first + f] != 3 || in->dims[first + f][0] != want[f][0] || in->dims[first + f][1] != want[f][1] ||
-            in->dims[first + f][2] != want[f][2])
-            return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d and m must be Q4_1 tiles "
-                               "[ceil(N/8), K/32, 128 | 8 | 8] (a package from before tiles: convert it again)");
+    const int64_t nb = k / EL_Q41_BLOCK, widths[3] = {128, EL_Q41_TILE, EL_Q41_TILE};
+    if (!tiles_shaped(in, first, 3, el_q41_tiles(n), nb, widths))
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: qs, d and m must be Q4_1 tiles "
+                           "[ceil(N/8), K/32, 128 | 8 | 8] (a package from before tiles: convert it again)");
     *w = (el_q41_weight){in->data[first], in->data[first + 1], in->data[first + 2], n, nb};
+    return NULL;
+}
+
+/* The 8-bit weight [n, k] in inputs first, first + 1, checked against its sizes: tiles of 8 rows */
+static OrtStatus *weight8_at(Inputs *in, size_t first, int64_t n, int64_t k, el_q8_weight *w)
+{
+    const int64_t nb = k / EL_Q41_BLOCK, widths[2] = {256, EL_Q41_TILE};
+    if (!tiles_shaped(in, first, 2, el_q41_tiles(n), nb, widths))
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama 8-bit operator: q and scales must be tiles "
+                           "[ceil(N/8), K/32, 256 | 8] (a package from before tiles: convert it again)");
+    *w = (el_q8_weight){in->data[first], in->data[first + 1], n, nb};
     return NULL;
 }
 
@@ -375,14 +395,13 @@ OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context)
 OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
 {
     const Kernel *kern = kernel;
-    int64_t nb = kern->k / EL_Q41_BLOCK;
     Inputs in;
     float *y;
     Call call;
+    el_q8_weight w;
     OrtStatus *status = read_inputs(context, 3, kern->k, &in);
-    if (status == NULL && (el_ort_elements(in.dims[1], in.count[1]) != kern->n * nb * 32 ||
-                           el_ort_elements(in.dims[2], in.count[2]) != kern->n * nb))
-        status = el_ort_fail(ORT_INVALID_ARGUMENT, "MatMulQ8: q or scales does not hold the blocks K and N say");
+    if (status == NULL)
+        status = weight8_at(&in, 1, kern->n, kern->k, &w);
     if (status == NULL)
         status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
@@ -390,9 +409,34 @@ OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
     if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
         return status;
     add_rounding(&call, in.data[0], in.rows);
-    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {in.data[1], in.data[2], kern->n, nb}, call.acts,
-                                 in.rows, y});
+    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, w, call.acts, in.rows, y});
     return call_run(context, &call);
+}
+
+OrtStatus *el_gather_q8_compute(void *kernel, void *context)
+{
+    const Kernel *kern = kernel;
+    Inputs in;
+    el_q8_weight w;
+    float *rows;
+    int64_t dims[MAX_DIMS];
+    OrtStatus *status = NULL;
+    for (size_t i = 0; status == NULL && i < 3; i++)
+        status = el_ort_input(context, i, in.dims[i], &in.count[i], &in.data[i]);
+    if (status == NULL)
+        status = weight8_at(&in, 0, kern->n, kern->k, &w);
+    if (status == NULL && in.count[2] >= MAX_DIMS)
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "GatherQ8: ids has too many dimensions");
+    if (status != NULL)
+        return status;
+    for (size_t i = 0; i < in.count[2]; i++)
+        dims[i] = in.dims[2][i];
+    dims[in.count[2]] = kern->k;
+    if ((status = el_ort_output(context, 0, dims, in.count[2] + 1, (void **)&rows)) != NULL)
+        return status;
+    if (el_q8_gather(&w, in.data[2], el_ort_elements(in.dims[2], in.count[2]), rows) != EL_OK)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "GatherQ8: a token id is outside the table's rows [0, N)");
+    return NULL;
 }
 
 /* NormMlpQ4_1 (project = 0: MLP weights at input 3) and ProjectNormMlpQ4_1 (o at 3, MLP at 6) */

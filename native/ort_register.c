@@ -36,6 +36,8 @@ static int any_opset(const void *op) { (void)op; return 1 << 30; }
 
 #define F TYPE_FLOAT
 #define U8 TYPE_UINT8
+#define I8 TYPE_INT8
+#define I64 TYPE_INT64
 #define H TYPE_FLOAT16
 #define I32 TYPE_INT32
 #define OP(NAME, CREATE, COMPUTE, OUTPUTS, ...)                                                         \
@@ -49,7 +51,8 @@ static const int ONE[] = {F}, TWO[] = {F, F}, CACHE_F32[] = {F, F, F}, CACHE_F16
 
 static const OpInfo OPS[] = {
     OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, ONE, F, U8, H, H),
-    OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, ONE, F, U8, F),
+    OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, ONE, F, I8, F),
+    OP("GatherQ8", el_ops_create, el_gather_q8_compute, ONE, I8, F, I64),
     OP("NormMatMulQ4_1", el_ops_create_norm, el_norm_matmul_q41_compute, TWO, F, F, F, U8, H, H),
     OP("NormMlpQ4_1", el_ops_create_norm, el_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H),
     OP("ProjectNormMlpQ4_1", el_ops_create_norm, el_project_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H, U8, H, H),

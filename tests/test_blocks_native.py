@@ -123,7 +123,7 @@ def test_q8_product_is_the_weight_times_x_to_int8_rounding(module, rows, n, nb):
 
 
 @needs_native
-@pytest.mark.parametrize("rows,n,nb", SHAPES)
+@pytest.mark.parametrize("rows,n,nb", SHAPES + PROMPT_SHAPES)
 def test_q8_every_kernel_path_gives_the_twins_bits(rows, n, nb):
     rng = np.random.default_rng(300 + nb)
     q, scale = random_q8(rng, n, nb)
@@ -132,6 +132,21 @@ def test_q8_every_kernel_path_gives_the_twins_bits(rows, n, nb):
     twin = twins.q8_matmul(x, q, scale)
     for path in paths():
         np.testing.assert_array_equal(_native.q8_matmul(x, q, scale, path), twin, err_msg=path)
+        alone = np.concatenate([_native.q8_matmul(x[i:i + 1], q, scale, path) for i in range(rows)])
+        np.testing.assert_array_equal(alone, twin, err_msg=path)   # a row's bits do not depend on its prompt
+
+
+@pytest.mark.parametrize("n,nb", [(5, 1), (13, 18), (64, 3)])
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_gather_gives_the_table_rows(module, n, nb):
+    """The embedding's rows of an 8-bit table (tiles of 8 rows in native/): scale * (q - 128), exactly."""
+    q, scale = random_q8(np.random.default_rng(400 + nb), n, nb)
+    ids = np.array([0, n - 1, n // 2, 0], np.int64)
+    rows = module.q8_gather(q, scale, ids)
+    expected = ((q.astype(np.float32) - 128) * scale[..., None]).reshape(n, -1)[ids]
+    np.testing.assert_array_equal(rows, expected)
+    with pytest.raises(InvalidParameterError, match="q8_gather"):
+        module.q8_gather(q, scale, np.array([n], np.int64))
 
 
 @pytest.mark.parametrize("module", BACKENDS)
@@ -146,3 +161,21 @@ def test_q4_1_product_refuses_mismatched_shapes(module):
         module.q8_matmul(np.zeros((1, 64), np.float32), q, np.ascontiguousarray(scale[:, :1]))
 
 
+
+
+def test_the_tiles_hold_the_file_blocks_exactly():
+    """edgellama.blocks_layout: tiling is a permutation (rows after N zero), undone by its inverse."""
+    from edgellama.blocks_layout import tile_q8, tile_q41, untile_q8, untile_q41
+
+    rng = np.random.default_rng(7)
+    for n in (1, 8, 13):
+        qs, d, m = random_blocks(rng, n, 3)
+        tiled = tile_q41(qs, d, m)
+        assert tiled[0].shape == (-(-n // 8), 3, 128) and tiled[1].shape == (-(-n // 8), 3, 8)
+        for got, want in zip(untile_q41(*tiled, n), (qs, d, m)):
+            np.testing.assert_array_equal(got, want)
+        q, scale = random_q8(rng, n, 3)
+        tq, ts = tile_q8(q, scale)
+        assert tq.dtype == np.int8 and tq.shape == (-(-n // 8), 3, 256)
+        for got, want in zip(untile_q8(tq, ts, n), (q, scale)):
+            np.testing.assert_array_equal(got, want)

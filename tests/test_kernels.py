@@ -123,7 +123,7 @@ def test_a_tokens_logits_do_not_depend_on_how_its_context_was_run(ops_package, t
     followed by decode steps, and by reusing a cached prefix, are the same bits on 1, 2 and 3 threads."""
     import edgellama
 
-    ids = [3, 17, 5, 22, 9, 30, 2, 11, 40, 7]
+    ids = [3, 17, 5, 22, 9, 30, 2, 11, 39, 7]
     model = edgellama.load(ops_package, threads=threads)
     reference = edgellama.load(ops_package, threads=1).new_context().append(ids)
     for first in (1, 3, 7, len(ids)):
@@ -137,6 +137,17 @@ def test_a_tokens_logits_do_not_depend_on_how_its_context_was_run(ops_package, t
     kept = ctx.reuse_prefix(np.array(ids))
     assert kept == 6
     np.testing.assert_array_equal(ctx.append(ids[kept:]), reference, err_msg="after a reused prefix")
+
+
+def test_a_token_id_outside_the_vocabulary_is_refused(ops_package):
+    import edgellama
+    from edgellama.errors import InvalidParameterError
+
+    ctx = edgellama.load(ops_package, threads=1).new_context()
+    for ids in ([3, 40], [-1]):
+        with pytest.raises(InvalidParameterError, match=r"token ids must lie in \[0, 40\)"):
+            ctx.append(ids)
+    assert ctx.append([3, 39]).shape == (40,)
 
 
 def test_reuse_prefix_false_runs_the_whole_prompt_as_a_cold_request_does(tmp_path):

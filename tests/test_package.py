@@ -201,10 +201,13 @@ def test_a_version_1_manifest_loads_unless_it_holds_q4_1_rows(copy):
     data["format_version"] = 1
     layers = [{"first": 0, "last": 0, "weights": {"qkv_proj": {"operator": "MatMulQ4_1", "bits": 4}}}]
     with_rows = dict(data, quantization=dict(data["quantization"], layout={"layers": layers}))
-    with pytest.raises(FormatVersionError, match="format_version 1 holds its Q4_1 blocks row by row.*convert"):
+    with pytest.raises(FormatVersionError, match="format_version 1 holds its Q4_1 or 8-bit blocks row by row.*convert"):
         PackageInfo.from_json(json.dumps(with_rows))
     layers[0]["weights"]["qkv_proj"]["operator"] = "MatMulNBits"
     assert PackageInfo.from_json(json.dumps(with_rows)).format_version == 1
+    with_rows["quantization"]["layout"]["lm_head"] = {"operator": "MatMulQ8", "bits": 8}
+    with pytest.raises(FormatVersionError, match="row by row"):
+        PackageInfo.from_json(json.dumps(with_rows))
 
 
 def test_manifest_that_is_not_json(copy):

@@ -82,7 +82,7 @@ def test_the_native_form_computes_each_layer_with_the_operator_library(q4_1_gguf
         ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (TINY["layers"] - 1)
     assert plan.layers[0].attention == "RotaryAttention"
     assert plan.lm_head == WeightPlan("Q8_0", "MatMulQ8", 8, 32, True, ("Q8_0",))
-    assert plan.embedding.operator == "GatherBlockQuantized"
+    assert plan.embedding.operator == "GatherQ8"   # the same tiles as the head's
 
 
 def test_zero_point_rounds_the_minimums_and_keeps_the_graph_unfused(q4_1_gguf):
@@ -198,7 +198,7 @@ def test_a_float_checkpoint_kept_as_floats(hf_folder, method, providers, bits):
 def test_ops_computes_an_8_bit_float_checkpoint_with_matmulq8(hf_folder):
     plan = plan_of(hf_folder, quantization=Quantization("int8"), gguf_blocks="ops")
     assert weights_of(plan) == {WeightPlan("quantized", "MatMulQ8", 8, 32, False, ())}
-    assert plan.lm_head.operator == "MatMulQ8" and plan.embedding.operator == "GatherBlockQuantized"
+    assert plan.lm_head.operator == "MatMulQ8" and plan.embedding.operator == "GatherQ8"
 
 
 # --- the record ---------------------------------------------------------------------------------------

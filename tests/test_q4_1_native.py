@@ -122,15 +122,16 @@ def test_the_mlp_is_one_operator_computing_down_of_silu_gate_times_up(tmp_path, 
 
 @needs_ops
 def test_an_8_bit_head_is_one_operator_reading_the_embedding_table(tiny_packages):
-    """The tied Q8_0 table: gathered by the embedding, multiplied by ai.edgellama:MatMulQ8."""
+    """The tied Q8_0 table, stored once in tiles: gathered by ai.edgellama:GatherQ8, multiplied by
+    ai.edgellama:MatMulQ8."""
     import onnx
 
     graph = onnx.load(str(tiny_packages["ops"] / "model.onnx"), load_external_data=False).graph
     head = [n for n in graph.node if n.op_type == "MatMulQ8"]
-    gather = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    gather = [n for n in graph.node if n.op_type == "GatherQ8"]
     assert len(head) == 1 and head[0].domain == "ai.edgellama" and head[0].output[0] == "logits"
-    assert head[0].input[1] == gather[0].input[0]
-    assert not [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert gather[0].domain == "ai.edgellama" and head[0].input[1:3] == gather[0].input[0:2]
+    assert not [n for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
 
 
 @needs_ops

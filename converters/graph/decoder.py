@@ -18,7 +18,7 @@ from edgellama.rope import cos_sin_tables
 from ..plan import EMBED, LM_HEAD
 from .context import BuildContext
 from .layers import AttentionInputs, attention, mlp, skip_rms_norm
-from .linear import (embedding_quantized, float_weight, gather_rows, lm_head_float, load,
+from .linear import (embedding_quantized, embedding_tiled, float_weight, gather_rows, lm_head_float, load,
                      matmul_nbits, product, write_quantized)
 
 
@@ -66,6 +66,9 @@ def _embedding(ctx: BuildContext):
     if plan.embedding.operator == "Gather":
         name = float_weight(ctx, table_scope, stored.array, plan.embedding.bits)
         return gather_rows(ctx, scope, INPUT_IDS, name), name
+    if plan.embedding.operator == "GatherQ8":
+        refs = write_quantized(ctx, table_scope, stored.quantized, tiled=True)
+        return embedding_tiled(ctx, scope, INPUT_IDS, refs), refs
     refs = write_quantized(ctx, table_scope, stored.quantized)
     return embedding_quantized(ctx, scope, INPUT_IDS, refs), refs
 

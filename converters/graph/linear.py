@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edgellama.blocks_layout import tile_q8
+
 from ..carry import GGML_BLOCK
 from ..formats import FORMATS, Stored
 from ..plan import WeightPlan
@@ -53,10 +55,14 @@ def load(ctx: BuildContext, names: Sequence[str], weight: WeightPlan, kind: str)
     return stored
 
 
-def write_quantized(ctx: BuildContext, scope: str, qw: QuantizedWeight) -> QuantizedRefs:
-    """Write the MatMulNBits initializers of `qw` under the scope's name."""
+def write_quantized(ctx: BuildContext, scope: str, qw: QuantizedWeight, tiled: bool = False) -> QuantizedRefs:
+    """Write the MatMulNBits initializers of `qw` under the scope's name; `tiled`: an 8-bit symmetric
+    weight in the tiles of ai.edgellama:MatMulQ8 and GatherQ8 (edgellama.blocks_layout)."""
     prefix = _initializer_prefix(scope) + ".weight"
     g = ctx.graph
+    if tiled:
+        q, scales = tile_q8(qw.packed, qw.scales.reshape(qw.n, qw.n_blocks))
+        return QuantizedRefs(g.initializer(prefix, q), g.initializer(prefix + ".scales", scales), None, qw)
     w = g.initializer(prefix, qw.packed)
     s = g.initializer(prefix + ".scales", qw.scales.astype(ctx.np_dtype))
     z = g.initializer(prefix + ".zero_points", qw.zero_points) if qw.zero_points is not None else None
@@ -113,7 +119,7 @@ def nbits_product(ctx: BuildContext, scope: str, x: str, stored: Stored, operato
         x --------------------------------------------------\\
         x -> Reshape [.., K/32, 32] -> ReduceSum -> S(x) ---- Concat [x | S x copies] -> MatMulNBits -> y
     """
-    refs = write_quantized(ctx, scope, stored.quantized)
+    refs = write_quantized(ctx, scope, stored.quantized, tiled=operator == "MatMulQ8")
     if stored.sum_copies:
         sums = block_sums(ctx, scope, x, stored.k)
         x = ctx.graph.op("Concat", [x] + [sums] * stored.sum_copies, f"{scope}/offset_columns", axis=-1)
@@ -177,6 +183,12 @@ def embedding_quantized(ctx: BuildContext, scope: str, ids: str, refs: Quantized
                               (("slice_starts", 0), ("slice_ends", qw.k), ("slice_axes", 2)))
         out = g.op("Slice", [out, starts, ends, axes], f"{scope}/unpad")
     return out
+
+
+def embedding_tiled(ctx: BuildContext, scope: str, ids: str, refs: QuantizedRefs) -> str:
+    """Rows of an 8-bit table in MatMulQ8's tiles: ids -> ai.edgellama:GatherQ8 -> [B, S, K]."""
+    qw = refs.quantized
+    return ctx.graph.op("GatherQ8", [refs.weight, refs.scales, ids], scope, domain=EDGELLAMA_DOMAIN, K=qw.k, N=qw.n)
 
 
 def gather_rows(ctx: BuildContext, scope: str, ids: str, table: str) -> str:

@@ -1,6 +1,7 @@
 """NumPy twin of native/blocks.c and its vector paths (blocks_avx2.c, blocks_avx512.c,
 blocks_neon.c): the Q4_1 and 8-bit block products, with the activations rounded per block and each
-output summed in the one order that native/blocks.h fixes for every path. A fused multiply-add is
+output summed in the one order that native/blocks.h fixes for every path, and the rows of an 8-bit
+table. A fused multiply-add is
 taken in float64, where the product of two float32 values is exact, then rounded to float32 (a
 second rounding that can differ from the fused one only for sums that fall within 2**-29 of a
 float32 midpoint). Arguments are checked by edgellama.native_args, as for the compiled module.
@@ -36,20 +37,6 @@ def _q8_blocks(x: np.ndarray) -> tuple:
     return xq, xd, xs, xr
 
 
-def _lanes_sum(terms: np.ndarray, fused_scale: np.ndarray) -> np.ndarray:
-    """The 8-bit product's per-block dots [M, N, nb] summed in groups of 8 lanes (zero blocks after
-    nb), acc = fma(dots, fused_scale, acc), then folded."""
-    m, n, nb = terms.shape
-    padded = (nb + 7) // 8 * 8
-    pad = [(0, 0), (0, 0), (0, padded - nb)]
-    terms = np.pad(terms, pad).reshape(m, n, padded // 8, 8)
-    scale = np.pad(fused_scale, pad).reshape(m, n, padded // 8, 8)
-    acc = np.zeros((m, n, 8), F32)
-    for g in range(padded // 8):
-        acc = _fma(terms[:, :, g], scale[:, :, g], acc)
-    return _fold8(acc)
-
-
 def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path=None) -> np.ndarray:
     """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16
     bits, the file's fields; the operators hold them in tiles, edgellama.blocks_layout), x rounded
@@ -72,10 +59,22 @@ def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path
 
 def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, path=None) -> np.ndarray:
     """y [M, N] = x [M, K] times the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]),
-    x rounded per block and the sums taken as native/blocks.h says."""
+    x rounded per block and acc = fma(dot, scale * xd, acc) taken in block order, as native/blocks.h says."""
     native_args.q8_matmul(x, q, scale)
     native_args.kernel_path(path, kernel_paths())
     rows, nb = x.shape[0], q.shape[1]
     xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
     dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32) - 128, xq).astype(F32)     # [M, N, nb]
-    return _lanes_sum(dots, scale.astype(F32)[None] * xd[:, None, :])
+    scales = scale.astype(F32)[None] * xd[:, None, :]                               # [M, N, nb]
+    acc = np.zeros(dots.shape[:2], F32)
+    for b in range(nb):
+        acc = _fma(dots[:, :, b], scales[:, :, b], acc)
+    return acc
+
+
+def q8_gather(q: np.ndarray, scale: np.ndarray, ids) -> np.ndarray:
+    """Rows ids [M] of the 8-bit weight scale * (q - 128) as float32 [M, K]."""
+    native_args.q8_gather(q, scale, ids)
+    ids = np.asarray(ids, np.int64)
+    rows = (q[ids].astype(np.int32) - 128).astype(F32) * scale.astype(F32)[ids][..., None]
+    return rows.reshape(len(ids), -1)
