@@ -13,12 +13,13 @@ except ImportError:  # building from a tree that already holds the generated C f
     cythonize = None
 
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/kernels.c", "native/blocks.c",
-                  "native/blocks_avx2.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/activation.c",
+                  "native/blocks_avx2.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
+                  "native/activation.c",
                   "native/attention.c", "native/kvrows.c", "native/norm.c"]
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
 OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attention.c", "native/ort_api.c",
                "native/phases.c", "native/attention.c", "native/blocks.c", "native/blocks_avx2.c",
-               "native/blocks_avx512.c", "native/blocks_neon.c", "native/kernels.c",
+               "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c", "native/kernels.c",
                "native/activation.c", "native/halfconv.c", "native/kvrows.c", "native/norm.c",
                "native/ort_norm.c"]
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").

@@ -123,6 +123,7 @@ el_status el_q8_quantize(const float *x, el_q8_act *act, int path)
 #endif
 #if EL_BLOCKS_NEON
     case EL_PATH_NEON:
+    case EL_PATH_I8MM:
         el_q8_quantize_neon(x, act);
         break;
 #endif
@@ -155,6 +156,9 @@ el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
     case EL_PATH_NEON:
         el_q41_rows_neon(w, acts, count, lo, hi, y, stride);
         return EL_OK;
+    case EL_PATH_I8MM:
+        el_q41_rows_i8mm(w, acts, count, lo, hi, y, stride);
+        return EL_OK;
 #endif
     default:
         for (int64_t r = lo; r < hi; r++)
@@ -184,6 +188,7 @@ el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count
 #endif
 #if EL_BLOCKS_NEON
     case EL_PATH_NEON:
+    case EL_PATH_I8MM:
         el_q8_rows_neon(w, acts, count, lo, hi, y, stride);
         return EL_OK;
 #endif

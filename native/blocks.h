@@ -115,7 +115,8 @@ static inline int64_t el_q8_half_at(int64_t b, int second)
 }
 
 /* The vector paths, for the routines above (blocks_avx2.c, blocks_avx512.c: x86-64 with GCC or
- * clang; blocks_neon.c: aarch64); chosen by blocks.c through kernels.h. Arguments were checked. */
+ * clang; blocks_neon.c, blocks_i8mm.c: aarch64); chosen by blocks.c through kernels.h. Arguments were
+ * checked. The i8mm path rounds activations and runs 8-bit products with the neon path's routines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EL_BLOCKS_X86 1
 void el_q8_quantize_avx2(const float *x, el_q8_act *act);
@@ -137,6 +138,8 @@ void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
                       float *y, int64_t stride);
 void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
                      int64_t stride);
+void el_q41_rows_i8mm(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride);
 #else
 #define EL_BLOCKS_NEON 0
 #endif

@@ -4,7 +4,7 @@
  * 8-bit weights less 128 fit signed bytes. A Q4_1 tile's rows 0-3 and 4-7 fill the lanes of two
  * vectors (sdot by element: each row's 4 bytes against the same 4 activations), and so do an 8-bit
  * tile's. The float arithmetic of blocks.h follows, on two 4-lane vectors where the x86 paths take
- * one 8-lane vector.
+ * one 8-lane vector (the Q4_1 terms: blocks_neon.h, shared with blocks_i8mm.c).
  *
  * Includes: libc, and the compiler's <arm_neon.h>.
  */
@@ -14,6 +14,7 @@
 #include <arm_neon.h>
 
 #define TARGET __attribute__((target("arch=armv8.2-a+dotprod+fp16")))
+#include "blocks_neon.h"
 
 typedef struct { float32x4_t a, b; } Lanes8;   /* lanes 0-3, 4-7 */
 
@@ -21,11 +22,6 @@ TARGET static inline float fold8(Lanes8 v)      /* ((a0 + a4) + (a2 + a6)) + ((a
 {
     float32x4_t s = vaddq_f32(v.a, v.b);
     return (vgetq_lane_f32(s, 0) + vgetq_lane_f32(s, 2)) + (vgetq_lane_f32(s, 1) + vgetq_lane_f32(s, 3));
-}
-
-TARGET static inline float32x4_t halves(const uint16_t *h)
-{
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
 }
 
 /* The dot products of a tile's block (qs: [4 chunks][8 rows][4 bytes]) with one block of
@@ -53,16 +49,6 @@ TARGET static inline void tile_dots(const uint8_t *qs, int8x16_t xlo, int8x16_t 
     *r1 = vcvtq_f32_s32(a1);
 }
 #undef CHUNK
-
-/* acc + fma(dot, d xd, fma(m, xs, d (8 xr))) for 4 rows of a tile and block b of activation row a */
-TARGET static inline float32x4_t q41_terms(float32x4_t acc, float32x4_t dots, const uint16_t *d, const uint16_t *m,
-                                           const el_q8_act *a, int64_t b)
-{
-    float32x4_t dv = halves(d), mv = halves(m);
-    float32x4_t rest8 = vmulq_f32(vdupq_n_f32(a->rest[b]), vdupq_n_f32(8.0f));
-    float32x4_t inner = vfmaq_f32(vmulq_f32(dv, rest8), mv, vdupq_n_f32(a->sum[b]));
-    return vaddq_f32(acc, vfmaq_f32(inner, dots, vmulq_f32(dv, vdupq_n_f32(a->scale[b]))));
-}
 
 /* The 8 rows of tile t against activation row a, into lanes[8] */
 TARGET static void tile_rows(const el_q41_weight *w, const el_q8_act *a, int64_t t, float lanes[8])

@@ -11,9 +11,10 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #define HWCAP_DOTPROD (1UL << 20)   /* asm/hwcap.h: HWCAP_ASIMDDP */
+#define HWCAP2_INT8MM (1UL << 13)   /* asm/hwcap.h: HWCAP2_I8MM */
 #endif
 
-static const char *const NAMES[EL_PATHS] = {"portable", "avx2", "avx512vnni", "neon"};
+static const char *const NAMES[EL_PATHS] = {"portable", "avx2", "avx512vnni", "neon", "i8mm"};
 
 const char *el_path_name(int path)
 {
@@ -45,6 +46,8 @@ int el_path_supported(int path)
 #if defined(__aarch64__) && defined(__linux__)
     case EL_PATH_NEON:
         return (getauxval(AT_HWCAP) & HWCAP_DOTPROD) != 0;
+    case EL_PATH_I8MM:
+        return (getauxval(AT_HWCAP) & HWCAP_DOTPROD) != 0 && (getauxval(AT_HWCAP2) & HWCAP2_INT8MM) != 0;
 #endif
     default:
         return 0;
@@ -65,7 +68,7 @@ static int env_path(void)
 
 static int best(void)
 {
-    static const int ORDER[] = {EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_NEON};
+    static const int ORDER[] = {EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_I8MM, EL_PATH_NEON};
     for (size_t i = 0; i < sizeof ORDER / sizeof ORDER[0]; i++)
         if (el_path_supported(ORDER[i]))
             return ORDER[i];

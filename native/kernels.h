@@ -6,13 +6,16 @@
  *     path         CPU                                             block products        attention
  *     avx512vnni   x86-64 with AVX-512 VNNI + VL, AVX2, FMA, F16C  vpdpbusd on 256 bits  AVX2 + FMA
  *     avx2         x86-64 with AVX2, FMA, F16C (AVX-VNNI unused)   vpmaddubsw            AVX2 + FMA
+ *     i8mm         aarch64 with the int8 matrix multiply and       smmla (prompts),      plain C
+ *                  dot product extensions                          sdot (one row)
  *     neon         aarch64 with the dot product extension          sdot                  plain C
  *     portable     any                                             plain C               plain C
  *
  * Every path computes each block product with the same float arithmetic in the same order (blocks.h);
  * only the exact integer dot products of the blocks are formed by different instructions, so all paths
  * give bit-identical products. Attention and SiLU (attention.c, activation.c) have an x86 vector build
- * (avx512vnni, avx2) and a plain one (neon, portable) that fuse, fold and exponentiate alike: the same bits.
+ * (avx512vnni, avx2) and a plain one (i8mm, neon, portable) that fuse, fold and exponentiate alike: the
+ * same bits.
  *
  * Includes: libc (getenv; getauxval on Linux aarch64).
  */
@@ -27,9 +30,10 @@ typedef enum el_path {
     EL_PATH_AVX2 = 1,
     EL_PATH_AVX512VNNI = 2,
     EL_PATH_NEON = 3,
+    EL_PATH_I8MM = 4,
 } el_path;
 
-#define EL_PATHS 4
+#define EL_PATHS 5
 
 /* The path's name as EDGELLAMA_KERNELS spells it; NULL for a value outside the enum. */
 const char *el_path_name(int path);

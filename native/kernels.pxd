@@ -8,6 +8,7 @@ cdef extern from "kernels.h" nogil:
         EL_PATH_AVX2
         EL_PATH_AVX512VNNI
         EL_PATH_NEON
+        EL_PATH_I8MM
 
     enum:
         EL_PATHS

@@ -19,9 +19,11 @@ from edgellama.errors import InvalidParameterError
 # 17), which the paths that take two tiles at a time finish alone
 SHAPES = [(1, 5, 1), (2, 17, 7), (1, 64, 18), (3, 40, 48), (2, 9, 129),
           (1, 7, 8), (1, 13, 10), (1, 12, 14), (1, 9, 22), (1, 8, 48), (1, 6, 130), (1, 9, 2), (1, 8, 6)]
-# prompts: activation rows four at a time, the rows left after them, and more rows than one block of
-# activation rows (70)
-PROMPT_SHAPES = [(9, 8, 18), (5, 6, 17), (6, 7, 20), (4, 5, 16), (70, 6, 18)]
+# prompts: activation rows four at a time, the rows left after them (a pair, one row: the i8mm path
+# takes rows in pairs), more rows than one block of activation rows (70, 67), with tiles that are an
+# odd count, partial, or both, and one block, an odd count of blocks and wide rows
+PROMPT_SHAPES = [(9, 8, 18), (5, 6, 17), (6, 7, 20), (4, 5, 16), (70, 6, 18),
+                 (3, 13, 1), (2, 17, 48), (7, 24, 129), (6, 9, 17), (67, 11, 1)]
 
 
 @pytest.mark.parametrize("rows,n,nb", SHAPES)

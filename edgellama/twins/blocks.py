@@ -1,7 +1,7 @@
 """NumPy twin of native/blocks.c and its vector paths (blocks_avx2.c, blocks_avx512.c,
-blocks_neon.c): the Q4_1 and 8-bit block products, with the activations rounded per block and each
-output summed in the one order that native/blocks.h fixes for every path, and the rows of an 8-bit
-table. A fused multiply-add is
+blocks_neon.c, blocks_i8mm.c): the Q4_1 and 8-bit block products, with the activations rounded per
+block and each output summed in the one order that native/blocks.h fixes for every path, and the
+rows of an 8-bit table. A fused multiply-add is
 taken in float64, where the product of two float32 values is exact, then rounded to float32 (a
 second rounding that can differ from the fused one only for sums that fall within 2**-29 of a
 float32 midpoint). Arguments are checked by edgellama.native_args, as for the compiled module.

@@ -14,7 +14,7 @@ Inputs come from generate.py --json (greedy tokens of the portable int4 package)
 - with --native (the host Python's own compiled build ran the "ops" package too): its next-token
   logits are not the same bits on both machines, or its greedy tokens differ. Every node of a native
   package that computes with floats is edgellama's, and each sums in one order on every kernel path
-  (native/blocks.h), so the neon path under emulation gives the host's x86 path's bits.
+  (native/blocks.h), so the i8mm and neon paths under emulation give the host's x86 path's bits.
 The int4 kernels (MatMulNBits with int8 activations) are not the same code on the two machines, so
 greedy tokens may part at a near tie; where they part is printed, not failed.
 """
