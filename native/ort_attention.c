@@ -98,7 +98,7 @@ typedef struct {          /* step 2 of one sequence, shared by the units */
 static void unit(void *data, size_t u)
 {
     const Rows *r = data;   /* sizes were checked: cannot fail */
-    el_attention_rows(&r->a, r->q, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out, 0);
+    el_attention_rows(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out, 0);
 }
 
 static void span_unit(void *data, size_t v)
