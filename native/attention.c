@@ -138,14 +138,38 @@ static void weigh_plain(float *out, const float *w, const float *values, int64_t
             out[i] = fmaf(w[j], values[j * d + i], out[i]);
 }
 
-/* the two inner loops and the conversion of compact rows, plain or vector */
+/* the larger of a, b (b if a is a NaN), as the vector instruction takes it */
+INLINE float larger(float a, float b)
+{
+    return a > b ? a : b;
+}
+
+/* the largest of x [n] that is not a NaN (-inf for none), as the vector build forms it: eight lanes,
+ * folded, then the elements after the last eight in order. The largest value whatever the order; only
+ * a zero's sign could differ, which nothing after sees (the maximum is only compared with and
+ * subtracted from scores, and exp(+0) = exp(-0)). */
+static float top_plain(const float *x, int64_t n)
+{
+    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            m[k] = larger(x[j + k], m[k]);
+    float top = larger(larger(larger(m[0], m[1]), larger(m[2], m[3])), larger(larger(m[4], m[5]), larger(m[6], m[7])));
+    for (; j < n; j++)
+        top = larger(x[j], top);
+    return top;
+}
+
+/* the inner loops and the conversion of compact rows, plain or vector */
 typedef struct {
     void (*scores)(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores);
+    float (*top)(const float *x, int64_t n);
     void (*weigh)(float *out, const float *w, const float *values, int64_t n, int64_t d);
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 
-static const Loops PLAIN = {scores_plain, weigh_plain, convert_plain};
+static const Loops PLAIN = {scores_plain, top_plain, weigh_plain, convert_plain};
 
 /* How step 2 of S tokens falls into units: decided here once, read by every routine below. */
 typedef struct {
@@ -212,9 +236,9 @@ static void partials_plain(const el_attention *a, const float *q, int64_t s, int
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#include "attention_x86.h"   /* scores_vector, weigh_vector, convert_vector */
+#include "attention_x86.h"   /* scores_vector, top_vector, weigh_vector, convert_vector */
 
-static const Loops VECTOR = {scores_vector, weigh_vector, convert_vector};
+static const Loops VECTOR = {scores_vector, top_vector, weigh_vector, convert_vector};
 
 __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t s,
                                                             int64_t p0, const uint8_t *keys, const uint8_t *values,

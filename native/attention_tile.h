@@ -64,10 +64,9 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
             len[r] = end - c0 < CHUNK ? end - c0 : CHUNK;
             if (len[r] <= 0)
                 continue;
-            float *sc = scores[r], *sl = slots + r * slot, *o = sl + 2, chunk_top = -INFINITY, sum;
+            float *sc = scores[r], *sl = slots + r * slot, *o = sl + 2, sum;
             loops->scores(q + query_at(a, n, r), k, len[r], d, a->scale, sc);
-            for (int64_t j = 0; j < len[r]; j++)
-                chunk_top = sc[j] > chunk_top ? sc[j] : chunk_top;
+            const float chunk_top = loops->top(sc, len[r]);
             if (chunk_top > sl[0]) {   /* rescale what the earlier chunks summed (nothing, the first time) */
                 const float factor = expf(sl[0] - chunk_top);
                 for (int64_t i = 0; i < d; i++)

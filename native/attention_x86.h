@@ -1,8 +1,8 @@
 /*
  * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
- * included there, after the plain loops (scores_plain, weigh_plain, convert_plain) and row_bytes, and
- * inside its x86-64 section, which has included <immintrin.h>. Each loop forms what its plain
- * twin forms, in the same order (attention.c), so the two builds agree bit for bit.
+ * included there, after the plain loops (scores_plain, top_plain, weigh_plain, convert_plain, larger)
+ * and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
+ * what its plain twin forms, in the same order (attention.c), so the two builds agree bit for bit.
  */
 #ifndef EDGELLAMA_ATTENTION_X86_H
 #define EDGELLAMA_ATTENTION_X86_H
@@ -47,6 +47,22 @@ __attribute__((target("avx2,fma"))) static void scores_vector(const float *q, co
         if (m < 8)
             memcpy(scores + j, last, (size_t)m * sizeof(float));
     }
+}
+
+/* top_plain: eight lanes of the maximum instruction (which keeps its second operand when the first
+ * is a NaN, as larger()), folded as there */
+__attribute__((target("avx2,fma"))) static float top_vector(const float *x, int64_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        m = _mm256_max_ps(_mm256_loadu_ps(x + j), m);
+    float l[8];
+    _mm256_storeu_ps(l, m);
+    float top = larger(larger(larger(l[0], l[1]), larger(l[2], l[3])), larger(larger(l[4], l[5]), larger(l[6], l[7])));
+    for (; j < n; j++)
+        top = larger(x[j], top);
+    return top;
 }
 
 /* weigh_plain for d a multiple of 8: 64 (then 8) outputs in eight registers while the rows stream by */
