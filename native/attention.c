@@ -1,23 +1,26 @@
 /*
  * Rotary causal attention over a KV cache (see attention.h).
  *
- * A unit of step 2 is one token's queries of one key/value head (see attention.h). Within a span
- * of EL_ATT_SPAN rows each query's softmax runs online over chunks of CHUNK cache rows, so no
- * buffer grows with the context:
- *     for each chunk:  keys, values as float32 (compact rows converted into CHUNK x D on the stack)
+ * A unit of step 2 is a tile of queries: the query heads of one key/value head for a run of
+ * consecutive tokens (tiling() below decides how many; attention.h). Within a span of EL_ATT_SPAN
+ * rows each query's softmax runs online over chunks of CHUNK cache rows, so no buffer grows with the
+ * context:
+ *     for each chunk:  keys, values as float32 (compact rows converted into CHUNK x D on the stack),
+ *                      once for all the tile's queries; then for each query, over its rows of the chunk:
  *                      scores[j] = scale * q . k_j            (CHUNK floats on the stack)
  *                      new maximum m' -> out, total *= exp(m - m')
  *                      scores[j] = exp(scores[j] - m'), total += their sum
  *                      out += sum_j scores[j] v_j
- * and the spans' (maximum, total, out) are merged in order (merge below); at the end out /= total.
- * The loops are written over 8 independent lanes; they are compiled twice, plainly and for AVX2 + FMA
- * (the latter chosen at run time on x86-64), where the two inner loops (the scores of a chunk, their
- * weighted sum of values) are written with vector instructions for head sizes that are multiples of
- * 8. The plain loops fuse and fold exactly as those do, so every path gives the same bits.
+ * and the spans' (maximum, total, out) are merged in order (merge, attention_tile.h); at the end
+ * out /= total. The loops are written over 8 independent lanes; they are compiled twice, plainly and
+ * for AVX2 + FMA (the latter chosen at run time on x86-64), where the inner loops (the scores of a
+ * chunk, their maximum, their weighted sum of values) are written with vector instructions for head
+ * sizes that are multiples of 8. The plain loops fuse and fold exactly as those do, so every path
+ * gives the same bits.
  *
  * Includes: libc, activation.h / kernels.h / kvrows.h of this folder (the exponentials, the path, the
- * cache rows), and the
- * compiler's <immintrin.h> on x86-64.
+ * cache rows), attention_tile.h and attention_x86.h (parts of this file), and the compiler's
+ * <immintrin.h> on x86-64.
  */
 #include "attention.h"
 #include "activation.h"

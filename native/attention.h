@@ -21,8 +21,9 @@
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
  * The order is the same whether a unit runs its spans one after the other (el_attention_rows) or
  * the spans run as units of their own and are merged afterwards (el_attention_partials, then
- * el_attention_merge), so a token's output does not depend on how the work was split, nor on the
- * number of threads, nor on how many tokens were run together.
+ * el_attention_merge), and whichever tile of tokens a query runs in, so a token's output does not
+ * depend on how the work was split, nor on the number of threads, nor on how many tokens were run
+ * together.
  *
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
  * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run

@@ -17,8 +17,8 @@
  *
  * When present_key is bound to past_key's own buffer (the runtime's shared KV cache) only the S new
  * rows are written; otherwise the past rows are copied first. The new rows' positions are
- * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a token's query heads of one key/value
- * head) run on ONNX Runtime's threads. When a call has few units (decode) and the cache spans
+ * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a tile of tokens' query heads of one
+ * key/value head) run on ONNX Runtime's threads. When a call has few units (decode) and the cache spans
  * several EL_ATT_SPAN rows, the spans run as units of their own and are merged after: the same
  * arithmetic (attention.h), spread over more threads.
  */
