@@ -39,7 +39,8 @@ INLINE int64_t query_rows(Unit n, int64_t r)
 /* The partial of each query r of unit n over its rows of span `span`, [r0, min(its rows, r0 +
  * EL_ATT_SPAN)), r0 = span * EL_ATT_SPAN, into slots [queries, D + 2]: [top, total, out [D]] = the
  * largest score, the sum of exp(score - top), the sum of exp(score - top) values, online over the
- * chunks of CHUNK rows from r0. A query whose token has no rows in the span is left as it was. */
+ * chunks of CHUNK rows from r0. A query whose token has no rows in the span gets the empty partial
+ * (-inf, 0, 0), which no merge reads. */
 INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t span, const uint8_t *keys,
                       const uint8_t *values, float *slots, const Loops *loops, int portable)
 {
