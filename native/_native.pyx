@@ -414,7 +414,7 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     with nogil:
         code = el_attention_store(&a, &x[0, 0], s, p0, &c[0, 0], &sn[0, 0], &q[0], &k[0], &v[0])
         if code == EL_OK and not split:
-            code = el_attention_rows(&a, &q[0], p0, &k[0], &v[0], 0, units, &out[0, 0], portable)
+            code = el_attention_rows(&a, &q[0], s, p0, &k[0], &v[0], 0, units, &out[0, 0], portable)
         elif code == EL_OK:
             code = el_attention_partials(&a, &q[0], s, p0, &k[0], &v[0], 0, units * el_attention_spans(&a, s, p0),
                                          &partials[0], portable)

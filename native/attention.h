@@ -21,8 +21,9 @@
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
  * The order is the same whether a unit runs its spans one after the other (el_attention_rows) or
  * the spans run as units of their own and are merged afterwards (el_attention_partials, then
- * el_attention_merge), so a token's output does not depend on how the work was split, nor on the
- * number of threads, nor on how many tokens were run together.
+ * el_attention_merge), and whichever tile of tokens a query runs in, so a token's output does not
+ * depend on how the work was split, nor on the number of threads, nor on how many tokens were run
+ * together.
  *
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
  * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run
@@ -38,6 +39,7 @@
 #include <stdint.h>
 
 #define EL_ATT_UNIT_HEADS 8       /* query heads of one unit of step 2, at most */
+#define EL_ATT_TILE_QUERIES 32    /* queries (tokens x query heads) of one unit of step 2, at most */
 #define EL_ATT_SPAN 256           /* cache rows of one span of step 2 */
 #define EL_ATT_MAX_HEAD_DIM 256   /* D, at most */
 
@@ -58,28 +60,30 @@ int64_t el_attention_row_bytes(const el_attention *a);
 el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
                              const float *sin, float *q, void *keys, void *values);
 
-/* Units of step 2 for S tokens: a unit is one token's query heads of one key/value head g (up to
- * EL_ATT_UNIT_HEADS of them; more make several units), numbered token-major then g. -1 if a is
- * invalid. */
+/* Units of step 2 for S tokens: a unit is a tile of up to EL_ATT_TILE_QUERIES queries, the query
+ * heads of one key/value head g (up to EL_ATT_UNIT_HEADS of them; more make several units) of a run
+ * of consecutive tokens (one token for S = 1), numbered tile-major then g. A unit reads each of its
+ * cache rows once for all its queries; each query takes in only the rows up to its own token's.
+ * -1 if a is invalid. */
 int64_t el_attention_units(const el_attention *a, int64_t s);
 
-/* Step 2, for the units u in [lo, hi): for each of the unit's heads,
+/* Step 2, for the units u in [lo, hi) of S tokens: for each of the unit's queries (token, head),
  * out[token, head] = softmax(scale * q[token, head] . keys[g, 0 .. p0 + token]) values[g, 0 .. p0 + token] */
-el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const void *keys,
+el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                             const void *values, int64_t lo, int64_t hi, float *out, int portable);
 
 /* Step 2 split over spans, for S tokens after p0 cached ones: spans per unit (those of the last
  * token's p0 + S rows; an earlier token has fewer, the rest of its spans are empty), or -1. */
 int64_t el_attention_spans(const el_attention *a, int64_t s, int64_t p0);
 
-/* Floats of the partials of all units' spans: units * spans * EL_ATT_UNIT_HEADS * (D + 2), or -1. */
+/* Floats of the partials of all units' spans: units * spans * (queries of a unit) * (D + 2), or -1. */
 int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0);
 
 /* The partials of the span units v in [lo, hi), v = unit * spans + span, into partials. */
 el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                                 const void *values, int64_t lo, int64_t hi, float *partials, int portable);
 
-/* out for the units u in [lo, hi): their spans' partials merged in order (as el_attention_rows). */
+/* out for the units u in [lo, hi): their queries' span partials merged in order (as el_attention_rows). */
 el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
                              int64_t hi, float *out);
 

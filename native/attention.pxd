@@ -6,6 +6,7 @@ from status cimport el_status
 cdef extern from "attention.h" nogil:
     enum:
         EL_ATT_UNIT_HEADS
+        EL_ATT_TILE_QUERIES
         EL_ATT_SPAN
         EL_ATT_MAX_HEAD_DIM
 
@@ -18,7 +19,7 @@ cdef extern from "attention.h" nogil:
     el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
                                  const float *sin, float *q, void *keys, void *values)
     int64_t el_attention_units(const el_attention *a, int64_t s)
-    el_status el_attention_rows(const el_attention *a, const float *q, int64_t p0, const void *keys,
+    el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                                 const void *values, int64_t lo, int64_t hi, float *out, int portable)
     int64_t el_attention_spans(const el_attention *a, int64_t s, int64_t p0)
     int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)

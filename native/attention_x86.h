@@ -1,8 +1,8 @@
 /*
  * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
- * included there, after the plain loops (scores_plain, weigh_plain, convert_plain) and row_bytes, and
- * inside its x86-64 section, which has included <immintrin.h>. Each loop forms what its plain
- * twin forms, in the same order (attention.c), so the two builds agree bit for bit.
+ * included there, after the plain loops (scores_plain, top_plain, weigh_plain, convert_plain, larger)
+ * and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
+ * what its plain twin forms, in the same order (attention.c), so the two builds agree bit for bit.
  */
 #ifndef EDGELLAMA_ATTENTION_X86_H
 #define EDGELLAMA_ATTENTION_X86_H
@@ -14,27 +14,55 @@ __attribute__((target("avx2,fma"))) static inline __m128 fold4(__m256 a0, __m256
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));   /* low halves + high halves */
 }
 
-/* scores_plain for d a multiple of 8: eight keys at a time, so that eight independent sums hide the
- * latency of each multiply-add */
+/* scale * q . k[r] for the eight keys k[r] [d] into out [8]: eight independent sums, which hide the
+ * latency of each multiply-add, each folded as dot() folds */
+__attribute__((target("avx2,fma"))) static inline void scores8(const float *q, const float *const k[8], int64_t d,
+                                                               __m128 by, float *out)
+{
+    __m256 a[8];
+    for (int r = 0; r < 8; r++)
+        a[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8) {
+        const __m256 x = _mm256_loadu_ps(q + i);
+        for (int r = 0; r < 8; r++)
+            a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k[r] + i), a[r]);
+    }
+    _mm_storeu_ps(out, _mm_mul_ps(fold4(a[0], a[1], a[2], a[3]), by));
+    _mm_storeu_ps(out + 4, _mm_mul_ps(fold4(a[4], a[5], a[6], a[7]), by));
+}
+
+/* scores_plain for d a multiple of 8: eight keys at a time; the last n % 8 as a group of eight whose
+ * missing keys repeat its first (their scores dropped) */
 __attribute__((target("avx2,fma"))) static void scores_vector(const float *q, const float *keys, int64_t n,
                                                               int64_t d, float scale, float *scores)
 {
     const __m128 by = _mm_set1_ps(scale);
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        const float *k = keys + j * d;
-        __m256 a[8];
+    const float *k[8];
+    float last[8];   /* the scores of the last group */
+    for (int64_t j = 0; j < n; j += 8) {
+        const int64_t m = n - j < 8 ? n - j : 8;
         for (int r = 0; r < 8; r++)
-            a[r] = _mm256_setzero_ps();
-        for (int64_t i = 0; i < d; i += 8) {
-            const __m256 x = _mm256_loadu_ps(q + i);
-            for (int r = 0; r < 8; r++)
-                a[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + r * d + i), a[r]);
-        }
-        _mm_storeu_ps(scores + j, _mm_mul_ps(fold4(a[0], a[1], a[2], a[3]), by));
-        _mm_storeu_ps(scores + j + 4, _mm_mul_ps(fold4(a[4], a[5], a[6], a[7]), by));
+            k[r] = keys + (j + (r < m ? r : 0)) * d;
+        scores8(q, k, d, by, m == 8 ? scores + j : last);
+        if (m < 8)
+            memcpy(scores + j, last, (size_t)m * sizeof(float));
     }
-    scores_plain(q, keys + j * d, n - j, d, scale, scores + j);
+}
+
+/* top_plain: eight lanes of the maximum instruction (which keeps its second operand when the first
+ * is a NaN, as larger()), folded as there */
+__attribute__((target("avx2,fma"))) static float top_vector(const float *x, int64_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        m = _mm256_max_ps(_mm256_loadu_ps(x + j), m);
+    float l[8];
+    _mm256_storeu_ps(l, m);
+    float top = larger(larger(larger(l[0], l[1]), larger(l[2], l[3])), larger(larger(l[4], l[5]), larger(l[6], l[7])));
+    for (; j < n; j++)
+        top = larger(x[j], top);
+    return top;
 }
 
 /* weigh_plain for d a multiple of 8: 64 (then 8) outputs in eight registers while the rows stream by */

@@ -17,8 +17,8 @@
  *
  * When present_key is bound to past_key's own buffer (the runtime's shared KV cache) only the S new
  * rows are written; otherwise the past rows are copied first. The new rows' positions are
- * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a token's query heads of one key/value
- * head) run on ONNX Runtime's threads. When a call has few units (decode) and the cache spans
+ * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a tile of tokens' query heads of one
+ * key/value head) run on ONNX Runtime's threads. When a call has few units (decode) and the cache spans
  * several EL_ATT_SPAN rows, the spans run as units of their own and are merged after: the same
  * arithmetic (attention.h), spread over more threads.
  */
@@ -98,7 +98,7 @@ typedef struct {          /* step 2 of one sequence, shared by the units */
 static void unit(void *data, size_t u)
 {
     const Rows *r = data;   /* sizes were checked: cannot fail */
-    el_attention_rows(&r->a, r->q, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out, 0);
+    el_attention_rows(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out, 0);
 }
 
 static void span_unit(void *data, size_t v)

@@ -159,6 +159,31 @@ def test_a_token_gets_the_same_bits_however_step_2_is_split(cache, portable):
 
 @needs_native
 @pytest.mark.parametrize("cache", CACHE_TYPES)
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (16, 1)], ids=["3-per-kv", "16-per-kv"])
+@pytest.mark.parametrize("p0", [0, 70])
+def test_a_prompt_in_tiles_gives_each_token_the_bits_of_a_decode_step(cache, portable, heads, kv_heads, p0):
+    """A prompt runs its tokens in tiles (several tokens' queries over each chunk of cache rows, each
+    tile's tokens ending at different rows); every token gets the bits it gets alone, as a decode step
+    after the rows before it, and as part of the same prompt cut in two (other tiles)."""
+    dtype, s = CACHE_TYPES[cache], 90
+    qkv, keys, values, cos, sin = case(heads, kv_heads, 64, s, p0, dtype, capacity=192, seed=5)
+    k, v = keys.copy(), values.copy()
+    prompt = _native.attention(qkv, k, v, cos, sin, p0, heads, 0.125, portable)
+    k2, v2 = keys.copy(), values.copy()
+    first = _native.attention(qkv[:37], k2, v2, cos, sin, p0, heads, 0.125, portable)
+    second = _native.attention(qkv[37:], k2, v2, cos, sin, p0 + 37, heads, 0.125, portable)
+    np.testing.assert_array_equal(np.concatenate([first, second]), prompt)
+    np.testing.assert_array_equal(k2, k)
+    k1, v1 = keys.copy(), values.copy()
+    for t in range(s):
+        one = _native.attention(qkv[t:t + 1], k1, v1, cos, sin, p0 + t, heads, 0.125, portable)
+        np.testing.assert_array_equal(one[0], prompt[t], err_msg=f"token {t}")
+    np.testing.assert_array_equal(v1, v)
+
+
+@needs_native
+@pytest.mark.parametrize("cache", CACHE_TYPES)
 def test_vector_and_plain_builds_agree_bit_for_bit(cache):
     dtype = CACHE_TYPES[cache]
     qkv, keys, values, cos, sin = case(9, 3, 64, 2, 520, dtype, seed=4)
