@@ -12,6 +12,7 @@
 
 #if EL_BLOCKS_NEON
 #include <arm_neon.h>
+#include <stddef.h>
 
 #define TARGET __attribute__((target("arch=armv8.2-a+dotprod+fp16")))
 #include "blocks_neon.h"
@@ -50,41 +51,6 @@ TARGET static inline void tile_dots(const uint8_t *qs, int8x16_t xlo, int8x16_t 
 }
 #undef CHUNK
 
-/* The 8 rows of tile t against activation row a, into lanes[8] */
-TARGET static void tile_rows(const el_q41_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
-{
-    const int64_t nb = w->nb;
-    Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t at = t * nb + b;
-        float32x4_t r0, r1;
-        tile_dots(w->qs + at * 128, vld1q_s8(a->q + el_q8_half_at(b, 0)), vld1q_s8(a->q + el_q8_half_at(b, 1)),
-                  &r0, &r1);
-        acc.a = q41_terms(acc.a, r0, w->d + at * 8, w->m + at * 8, a, b);
-        acc.b = q41_terms(acc.b, r1, w->d + at * 8 + 4, w->m + at * 8 + 4, a, b);
-    }
-    vst1q_f32(lanes, acc.a);
-    vst1q_f32(lanes + 4, acc.b);
-}
-
-/* y[r] for the rows r of tile t in [lo, hi) */
-static void put_lanes(float *y, int64_t t, const float lanes[8], int64_t lo, int64_t hi)
-{
-    for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
-        y[r] = lanes[r - t * EL_Q41_TILE];
-}
-
-TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                             float *y, int64_t stride)
-{
-    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
-        for (int64_t i = 0; i < count; i++) {
-            float lanes[EL_Q41_TILE];
-            tile_rows(w, &acts[i], t, lanes);
-            put_lanes(y + i * stride, t, lanes, lo, hi);
-        }
-}
-
 /* The dot products of an 8-bit tile's block (q: [8 chunks][8 rows][4 bytes], signed) with one block
  * of activations: chunk c < 4 meets lane c of its first 16 values, chunk c >= 4 lane c - 4 of the
  * last 16 */
@@ -110,33 +76,55 @@ TARGET static inline void tile8_dots(const int8_t *q, int8x16_t xlo, int8x16_t x
 }
 #undef CHUNK8
 
-/* The 8 rows of 8-bit tile t against activation row a, into lanes[8]: acc = fma(dot, scale xd, acc) */
-TARGET static void tile8_rows(const el_q8_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
+/* The 8 rows of tile t of a Q4_1 (w41) or 8-bit (w8) weight against activation row a, into lanes[8]:
+ * the terms of blocks.h in block order */
+TARGET static void tile_rows(const el_q41_weight *w41, const el_q8_weight *w8, const el_q8_act *a, int64_t t,
+                             float lanes[8])
 {
-    const int64_t nb = w->nb;
+    const int64_t nb = w41 ? w41->nb : w8->nb;
     Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     for (int64_t b = 0; b < nb; b++) {
         const int64_t at = t * nb + b;
+        const int8x16_t xlo = vld1q_s8(a->q + el_q8_half_at(b, 0)), xhi = vld1q_s8(a->q + el_q8_half_at(b, 1));
         float32x4_t r0, r1;
-        tile8_dots(w->q + at * 256, vld1q_s8(a->q + el_q8_half_at(b, 0)), vld1q_s8(a->q + el_q8_half_at(b, 1)),
-                   &r0, &r1);
+        if (w41) {
+            tile_dots(w41->qs + at * 128, xlo, xhi, &r0, &r1);
+            acc.a = q41_terms(acc.a, r0, w41->d + at * 8, w41->m + at * 8, a, b);
+            acc.b = q41_terms(acc.b, r1, w41->d + at * 8 + 4, w41->m + at * 8 + 4, a, b);
+            continue;
+        }
+        tile8_dots(w8->q + at * 256, xlo, xhi, &r0, &r1);
         const float32x4_t xd = vdupq_n_f32(a->scale[b]);
-        acc.a = vfmaq_f32(acc.a, r0, vmulq_f32(vld1q_f32(w->scale + at * 8), xd));
-        acc.b = vfmaq_f32(acc.b, r1, vmulq_f32(vld1q_f32(w->scale + at * 8 + 4), xd));
+        acc.a = vfmaq_f32(acc.a, r0, vmulq_f32(vld1q_f32(w8->scale + at * 8), xd));
+        acc.b = vfmaq_f32(acc.b, r1, vmulq_f32(vld1q_f32(w8->scale + at * 8 + 4), xd));
     }
     vst1q_f32(lanes, acc.a);
     vst1q_f32(lanes + 4, acc.b);
 }
 
-TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                            float *y, int64_t stride)
+/* y[i * stride + r] for the rows r in [lo, hi) of either weight, tile by tile */
+TARGET static void rows_of(const el_q41_weight *w41, const el_q8_weight *w8, const el_q8_act *acts, int64_t count,
+                           int64_t lo, int64_t hi, float *y, int64_t stride)
 {
     for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
         for (int64_t i = 0; i < count; i++) {
             float lanes[EL_Q41_TILE];
-            tile8_rows(w, &acts[i], t, lanes);
-            put_lanes(y + i * stride, t, lanes, lo, hi);
+            tile_rows(w41, w8, &acts[i], t, lanes);
+            for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
+                y[i * stride + r] = lanes[r - t * EL_Q41_TILE];
         }
+}
+
+TARGET void el_q41_rows_neon(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                             float *y, int64_t stride)
+{
+    rows_of(w, NULL, acts, count, lo, hi, y, stride);
+}
+
+TARGET void el_q8_rows_neon(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                            float *y, int64_t stride)
+{
+    rows_of(NULL, w, acts, count, lo, hi, y, stride);
 }
 
 TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)
