@@ -128,6 +128,11 @@ def test_edgellama_native_and_portable_packages_never_share_a_cache(suite, hf_di
     shutil.copytree(portable, native)                                 # a package of the other form
     assert engine_edgellama.prepare("int4", settings) == native
     assert engine_edgellama.package_is_native(native) is True
+    manifest = json.loads((native / "edgellama.json").read_text())
+    (native / "edgellama.json").write_text(json.dumps(dict(manifest, format_version=1)))   # an older format
+    assert engine_edgellama.package_is_native(native) is None
+    assert engine_edgellama.prepare("int4", settings) == native       # converted again
+    assert engine_edgellama.package_is_native(native) is True
 
 
 def test_model_table_sets_the_defaults_and_random_ids(suite, hf_dir, tmp_path, monkeypatch):

@@ -23,16 +23,22 @@ MAX_LENGTH = 4096
 
 
 def package_is_native(package: Path):
-    """quantization.layout.native of a package's edgellama.json (None: no package, or not recorded)."""
+    """quantization.layout.native of a package's edgellama.json (None: no package, not recorded, or
+    written in an older format than this edgellama writes)."""
+    from edgellama.package import FORMAT_VERSION
+
     try:
         data = json.loads((Path(package) / "edgellama.json").read_text())
     except (OSError, ValueError):
+        return None
+    if data.get("format_version") != FORMAT_VERSION:
         return None
     return data.get("quantization", {}).get("layout", {}).get("native")
 
 
 def prepare(variant: str, settings) -> Path:
-    """A package of `variant`, converted once into WORK/<model>/ (again if the cached one is of the other form)."""
+    """A package of `variant`, converted once into WORK/<model>/ (again if the cached one is of the other form
+    or an older format)."""
     method, portable = VARIANTS[variant]
     out = model_work(settings) / f"edgellama-{method}-{'portable' if portable else 'native'}"
     if package_is_native(out) is (not portable):
