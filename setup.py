@@ -13,6 +13,7 @@ except ImportError:  # building from a tree that already holds the generated C f
     cythonize = None
 
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/kernels.c", "native/blocks.c",
+                  "native/blocks_kquants.c",
                   "native/blocks_avx2.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
                   "native/activation.c",
                   "native/attention.c", "native/kvrows.c", "native/norm.c"]

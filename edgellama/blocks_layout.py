@@ -7,6 +7,15 @@ of the file's bytes: nothing is rounded.
     8-bit  q [N, nb, 32] uint8, weight q - 128     ->  int8 [T, nb, 8, 8, 4]   [t, b, c, i, k] = q[8t + i, b, 4c + k] - 128
            scale [N, nb] float32                   ->  [T, nb, 8]
 with T = ceil(N / 8) and the rows after N zero (scales 0: they add nothing and are never written).
+
+GGUF k-quants (super-blocks of 256 inputs, ns = K / 256 of them a row, nb = 8 ns blocks of 32):
+    Q4_K  [N, ns, 144] raw  ->  qs [T, nb, 128]  the nibbles of each block of 32 as a Q4_1 tile's
+                                d, dmin [T, ns, 8] float16 bits;  sc, mn [T, nb, 8] uint8 (6-bit values)
+    Q6_K  [N, ns, 210] raw  ->  q [T, nb, 192]   bytes 0-127: the low 4 bits of q in [0, 63] as a Q4_1
+                                                 tile's nibbles; 128-191: [2, 8, 4], byte [v, i, k] the 2
+                                                 high bits of elements 8v+k, 16+8v+k, 8v+4+k, 16+8v+4+k
+                                                 (bits 0-1, 2-3, 4-5, 6-7: chunks 2v and 2v + 1)
+                                sc int8 [T, nb, 2, 8] (sub-blocks of 16: 2b, 2b + 1);  d [T, ns, 8]
 """
 from __future__ import annotations
 
@@ -57,3 +66,71 @@ def untile_q8(q: np.ndarray, scale: np.ndarray, n: int) -> tuple:
     rows = q.reshape(t, nb, 8, TILE, 4).transpose(0, 3, 1, 2, 4).reshape(t * TILE, nb, 32)[:n]
     back = scale.transpose(0, 2, 1).reshape(t * TILE, nb)[:n]
     return np.ascontiguousarray((rows.astype(np.int16) + 128).astype(np.uint8)), np.ascontiguousarray(back)
+
+
+# ---- GGUF k-quants: the fields of the file's super-blocks, then tiles ----
+
+def _q4_1_bytes(q: np.ndarray) -> np.ndarray:
+    """Values [..., 32] in [0, 15] -> 16 bytes in GGML's Q4_1 order (element j < 16 low, j + 16 high)."""
+    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+
+
+def _tile_rows(a: np.ndarray) -> np.ndarray:
+    """[N, s, ...] -> [T, s, 8, ...]: row 8t + i at [t, :, i]."""
+    n, s = a.shape[:2]
+    moved = _rows_padded(a).reshape(tiles(n), TILE, s, *a.shape[2:])
+    return np.ascontiguousarray(np.moveaxis(moved, 1, 2))
+
+
+def _tile_chunks(a: np.ndarray) -> np.ndarray:
+    """[N, nb, 4 c] bytes -> [T, nb, c * 32]: chunks of 4 bytes, each [8 rows][4 bytes]."""
+    n, nb, size = a.shape
+    return np.moveaxis(_tile_rows(a.reshape(n, nb, size // 4, 4)), 2, 3).reshape(-1, nb, size * TILE)
+
+
+def q4_k_fields(raw: np.ndarray) -> tuple:
+    """(q [N, nb, 32] in [0, 15], d, dmin [N, ns] float16 bits, sc, mn [N, nb] uint8) of Q4_K
+    super-blocks raw [N, ns, 144] (GGML's block_q4_K: d, dmin, 12 bytes of 6-bit scales and minimums,
+    128 bytes of nibbles: element 64j + l the low nibble of byte 32j + l, 64j + 32 + l its high nibble)."""
+    n, ns = raw.shape[:2]
+    d, dmin = (np.ascontiguousarray(raw[..., i:i + 2]).view(np.uint16)[..., 0] for i in (0, 2))
+    packed = raw[..., 4:16]
+    low, mid, top = packed[..., 0:4], packed[..., 4:8], packed[..., 8:12]
+    sc = np.concatenate([low & 0x3F, (top & 0x0F) | ((low >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([mid & 0x3F, (top >> 4) | ((mid >> 2) & 0x30)], axis=-1)
+    nib = raw[..., 16:].reshape(n, ns, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(2, 1)
+    q = (nib & 0x0F).reshape(n, ns * 8, 32)
+    return q, d, dmin, sc.reshape(n, ns * 8), mn.reshape(n, ns * 8)
+
+
+def q6_k_fields(raw: np.ndarray) -> tuple:
+    """(q [N, nb, 32] in [0, 63], sc int8 [N, 16 ns], d [N, ns] float16 bits) of Q6_K super-blocks
+    raw [N, ns, 210] (GGML's block_q6_K: ql [128], qh [64], scales [16], d; element 128h + 32s + l has
+    its low 4 bits in byte 64h + 32 (s % 2) + l of ql (high nibble for s >= 2), its high 2 bits at
+    bit 2s of byte 32h + l of qh)."""
+    n, ns = raw.shape[:2]
+    ql = raw[..., 0:128].reshape(n, ns, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(2, 1)
+    qh = raw[..., 128:192].reshape(n, ns, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)
+    q = (ql & 0x0F).reshape(n, ns, 256) | ((qh & 0x03).reshape(n, ns, 256) << 4)
+    sc = np.ascontiguousarray(raw[..., 192:208]).view(np.int8).reshape(n, ns * 16)
+    d = np.ascontiguousarray(raw[..., 208:210]).view(np.uint16)[..., 0]
+    return q.reshape(n, ns * 8, 32).astype(np.uint8), sc, d
+
+
+def tile_q4_k(raw: np.ndarray) -> tuple:
+    """(qs [T, nb, 128], d, dmin [T, ns, 8] float16 bits, sc, mn [T, nb, 8] uint8) of Q4_K
+    super-blocks raw [N, ns, 144]: the nibbles of each block of 32 in a Q4_1 tile."""
+    q, d, dmin, sc, mn = q4_k_fields(raw)
+    return tuple(_tile_rows(a) if a.ndim == 2 else _tile_chunks(_q4_1_bytes(a)) for a in (q, d, dmin, sc, mn))
+
+
+def tile_q6_k(raw: np.ndarray) -> tuple:
+    """(q [T, nb, 192], sc int8 [T, nb, 2, 8], d [T, ns, 8] float16 bits) of Q6_K super-blocks raw
+    [N, ns, 210]."""
+    q, sc, d = q6_k_fields(raw)
+    n, nb = q.shape[:2]
+    h = (q >> 4).reshape(n, nb, 2, 2, 2, 4)                                      # [.., half, v, parity, k]
+    high = h[:, :, 0, :, 0] | (h[:, :, 1, :, 0] << 2) | (h[:, :, 0, :, 1] << 4) | (h[:, :, 1, :, 1] << 6)
+    low, high = _tile_chunks(_q4_1_bytes(q & 0x0F)), _tile_chunks(high.reshape(n, nb, 8).astype(np.uint8))
+    tsc = np.moveaxis(_tile_rows(sc.reshape(n, nb, 2)), 2, 3)                    # [T, nb, 2, 8]
+    return np.concatenate([low, high], axis=-1), np.ascontiguousarray(tsc), _tile_rows(d)

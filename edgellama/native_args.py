@@ -185,6 +185,23 @@ def q8_matmul(x, q, scale) -> None:
     _block_product("q8_matmul", x, q, 32, {"scale": scale})
 
 
+def _kquant_product(context: str, x, raw, size: int) -> None:
+    """x [M, K] against GGUF k-quant super-blocks raw uint8 [N, K / 256, size]."""
+    rows, width = _shape(Status.ERR_SIZE, context, "x", x, 2)
+    n, ns, got = _shape(Status.ERR_SIZE, context, "the weight", raw, 3)
+    if got != size or width != 256 * ns or np.asarray(raw).dtype != np.uint8:
+        raise error_for(Status.ERR_SIZE, context, f"x {(rows, width)} and a weight {(n, ns, got)} do not match: "
+                                                  f"expected uint8 [N, K / 256, {size}] and x [M, K]")
+
+
+def q4k_matmul(x, raw) -> None:
+    _kquant_product("q4k_matmul", x, raw, 144)
+
+
+def q6k_matmul(x, raw) -> None:
+    _kquant_product("q6k_matmul", x, raw, 210)
+
+
 def q8_gather(q, scale, ids) -> None:
     """Rows ids (1-D, each in [0, N)) of an 8-bit weight q [N, nb, 32] with scale [N, nb]."""
     n, nb, size = _shape(Status.ERR_SIZE, "q8_gather", "the weight", q, 3)

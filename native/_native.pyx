@@ -1,6 +1,7 @@
 # cython: language_level=3
 """Compiled sampling, KV-cache, float16, block-product, activation and attention routines (C in
-sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, activation.c, norm.c and attention.c).
+sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, blocks_kquants.c, activation.c, norm.c and
+attention.c).
 
 Each function checks its arguments with edgellama.native_args (as the NumPy twins in
 edgellama/twins/ do), turns the arrays into pointers, runs the C routine without the GIL and turns
@@ -12,7 +13,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, 
 import numpy as np
 
 from edgellama import native_args
-from edgellama.blocks_layout import tile_q41, tile_q8
+from edgellama.blocks_layout import tile_q4_k, tile_q6_k, tile_q41, tile_q8
 from edgellama.native_status import error_for
 
 from status cimport *
@@ -21,6 +22,7 @@ from kvcache cimport *
 from halfconv cimport *
 from kernels cimport *
 from blocks cimport *
+from blocks_kquants cimport *
 from activation cimport *
 from attention cimport *
 from kvrows cimport *
@@ -251,18 +253,15 @@ cdef el_q8_act *_acts(int64_t rows, int64_t nb, int8_t[:, ::1] q, float[:, :, ::
     return acts
 
 
-def q41_matmul(x, qs, d, m, path=None):
-    """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits),
-    with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
-    native_args.q41_matmul(x, qs, d, m)
-    native_args.kernel_path(path, kernel_paths())
-    cdef int64_t n = qs.shape[0]
-    qs, d, m = tile_q41(qs, d, m)   # the operators' layout (blocks.h)
+cdef enum:   # the weight kinds of _rows_product
+    _Q41, _Q8, _Q4K, _Q6K
+
+
+cdef object _rows_product(x, int64_t n, int64_t nb, int kind, const void *w, path, str context):
+    """y [M, n] = x [M, 32 nb] times the tiled weight *w of `kind` (blocks.h, blocks_kquants.h), x
+    rounded per block; w's pointers may be NULL when n or nb is 0."""
     cdef const float[:, ::1] xv = x
-    cdef const uint8_t[:, :, ::1] qv = qs
-    cdef const uint16_t[:, :, ::1] dv = d
-    cdef const uint16_t[:, :, ::1] mv = m
-    cdef int64_t rows = xv.shape[0], nb = qv.shape[1], i
+    cdef int64_t rows = xv.shape[0], i
     cdef int number = _path_number(path)
     cdef el_status code = EL_OK
     y = np.zeros((rows, n), dtype=np.float32)
@@ -271,25 +270,41 @@ def q41_matmul(x, qs, d, m, path=None):
     cdef int8_t[:, ::1] q = np.empty((rows, el_q8_padded(nb) * 32), dtype=np.int8)
     cdef float[:, :, ::1] stats = np.empty((rows, 3, el_q8_padded(nb)), dtype=np.float32)
     cdef float[:, ::1] out = y
-    cdef el_q41_weight w
     cdef el_q8_act *acts = _acts(rows, nb, q, stats)
-    w.qs = &qv[0, 0, 0]
-    w.d = &dv[0, 0, 0]
-    w.m = &mv[0, 0, 0]
-    w.n = n
-    w.nb = nb
     try:
         with nogil:
             for i in range(rows):
                 code = el_q8_quantize(&xv[i, 0], &acts[i], number)
                 if code != EL_OK:
                     break
-            if code == EL_OK:
-                code = el_q41_rows(&w, acts, rows, 0, n, &out[0, 0], n, number)
+            if code == EL_OK and kind == _Q41:
+                code = el_q41_rows(<const el_q41_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
+            elif code == EL_OK and kind == _Q8:
+                code = el_q8_rows(<const el_q8_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
+            elif code == EL_OK and kind == _Q4K:
+                code = el_q4k_rows(<const el_q4k_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
+            elif code == EL_OK:
+                code = el_q6k_rows(<const el_q6k_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
     finally:
         free(acts)
-    _check(code, "q41_matmul")
+    _check(code, context)
     return y
+
+
+def q41_matmul(x, qs, d, m, path=None):
+    """y [M, N] = x [M, K] times the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits),
+    with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
+    native_args.q41_matmul(x, qs, d, m)
+    native_args.kernel_path(path, kernel_paths())
+    cdef el_q41_weight w
+    w.n, w.nb = qs.shape[0], qs.shape[1]
+    qs, d, m = tile_q41(qs, d, m)   # the operators' layout (blocks.h)
+    cdef const uint8_t[:, :, ::1] qv = qs
+    cdef const uint16_t[:, :, ::1] dv = d
+    cdef const uint16_t[:, :, ::1] mv = m
+    if w.n and w.nb:
+        w.qs, w.d, w.m = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0]
+    return _rows_product(x, w.n, w.nb, _Q41, &w, path, "q41_matmul")
 
 
 def q8_matmul(x, q, scale, path=None):
@@ -297,38 +312,48 @@ def q8_matmul(x, q, scale, path=None):
     with x rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q8_matmul(x, q, scale)
     native_args.kernel_path(path, kernel_paths())
-    cdef int64_t n = q.shape[0]
+    cdef el_q8_weight w
+    w.n, w.nb = q.shape[0], q.shape[1]
     q, scale = tile_q8(q, scale)   # the operators' layout (blocks.h)
-    cdef const float[:, ::1] xv = x
     cdef const int8_t[:, :, ::1] qv = q
     cdef const float[:, :, ::1] sv = scale
-    cdef int64_t rows = xv.shape[0], nb = qv.shape[1], i
-    cdef int number = _path_number(path)
-    cdef el_status code = EL_OK
-    y = np.zeros((rows, n), dtype=np.float32)
-    if rows == 0 or n == 0 or nb == 0:
-        return y
-    cdef int8_t[:, ::1] xq = np.empty((rows, el_q8_padded(nb) * 32), dtype=np.int8)
-    cdef float[:, :, ::1] stats = np.empty((rows, 3, el_q8_padded(nb)), dtype=np.float32)
-    cdef float[:, ::1] out = y
-    cdef el_q8_weight w
-    cdef el_q8_act *acts = _acts(rows, nb, xq, stats)
-    w.q = &qv[0, 0, 0]
-    w.scale = &sv[0, 0, 0]
-    w.n = n
-    w.nb = nb
-    try:
-        with nogil:
-            for i in range(rows):
-                code = el_q8_quantize(&xv[i, 0], &acts[i], number)
-                if code != EL_OK:
-                    break
-            if code == EL_OK:
-                code = el_q8_rows(&w, acts, rows, 0, n, &out[0, 0], n, number)
-    finally:
-        free(acts)
-    _check(code, "q8_matmul")
-    return y
+    if w.n and w.nb:
+        w.q, w.scale = &qv[0, 0, 0], &sv[0, 0, 0]
+    return _rows_product(x, w.n, w.nb, _Q8, &w, path, "q8_matmul")
+
+
+def q4k_matmul(x, raw, path=None):
+    """y [M, N] = x [M, K] times the Q4_K weight of GGUF super-blocks raw uint8 [N, K/256, 144], with x
+    rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
+    native_args.q4k_matmul(x, raw)
+    native_args.kernel_path(path, kernel_paths())
+    cdef el_q4k_weight w
+    w.n, w.nb = raw.shape[0], raw.shape[1] * 8
+    qs, d, dmin, sc, mn = tile_q4_k(raw)   # the operators' layout (blocks_kquants.h)
+    cdef const uint8_t[:, :, ::1] qv = qs
+    cdef const uint16_t[:, :, ::1] dv = d
+    cdef const uint16_t[:, :, ::1] mv = dmin
+    cdef const uint8_t[:, :, ::1] scv = sc
+    cdef const uint8_t[:, :, ::1] mnv = mn
+    if w.n and w.nb:
+        w.qs, w.d, w.dmin, w.sc, w.mn = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0], &scv[0, 0, 0], &mnv[0, 0, 0]
+    return _rows_product(x, w.n, w.nb, _Q4K, &w, path, "q4k_matmul")
+
+
+def q6k_matmul(x, raw, path=None):
+    """y [M, N] = x [M, K] times the Q6_K weight of GGUF super-blocks raw uint8 [N, K/256, 210], with x
+    rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
+    native_args.q6k_matmul(x, raw)
+    native_args.kernel_path(path, kernel_paths())
+    cdef el_q6k_weight w
+    w.n, w.nb = raw.shape[0], raw.shape[1] * 8
+    q, sc, d = tile_q6_k(raw)   # the operators' layout (blocks_kquants.h)
+    cdef const uint8_t[:, :, ::1] qv = q
+    cdef const int8_t[:, :, :, ::1] scv = sc
+    cdef const uint16_t[:, :, ::1] dv = d
+    if w.n and w.nb:
+        w.q, w.sc, w.d = &qv[0, 0, 0], &scv[0, 0, 0, 0], &dv[0, 0, 0]
+    return _rows_product(x, w.n, w.nb, _Q6K, &w, path, "q6k_matmul")
 
 
 def q8_gather(q, scale, ids):

@@ -2,13 +2,14 @@
  * The x86-64 row loops of the block products, written once and compiled once per path: a file that
  * includes this defines
  *     TARGET     the function attribute of its instructions
- *     ROWS_Q41   the name of its el_q41_rows path,  ROWS_Q8  of its el_q8_rows path
+ *     ROWS_Q41   the name of its el_q41_rows path,  ROWS_Q8  of its el_q8_rows path,
+ *     ROWS_Q4K, ROWS_Q6K  of its el_q4k_rows and el_q6k_rows paths (blocks_kquants.h)
  *     DOT4_ADD(acc, w, x)   acc plus, per 32-bit lane, the four products of w's unsigned bytes with
  *                           x's signed bytes, as partial sums of the path's kind (w: nibbles)
  *     DOT4_INT32(acc)       int32 [8] of a partial sum of at most 8 DOT4_ADDs (lane i: row i of a
  *                           Q4_1 tile)
  *     DOT4_S8(acc, w, x)    int32 acc plus, per 32-bit lane, the four products of w's signed bytes
- *                           with x's (8-bit weights)
+ *                           with x's (8-bit weights, Q6_K's q - 32 in [-32, 31])
  *     PAIR_TILES            Q4_1 tiles taken together by a prompt's pass (1 or 2: registers)
  * (blocks_avx2.c: vpmaddubsw; blocks_avx512.c: vpdpbusd). Both form the same exact integers, and
  * everything after them (the float arithmetic of blocks.h) is this file's, so the paths agree bit
@@ -19,6 +20,7 @@
  * Includes: libc, and the compiler's <immintrin.h>.
  */
 #include "blocks.h"
+#include "blocks_kquants.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -38,14 +40,17 @@ TARGET static INLINE float hsum8(__m256 v)   /* the fold of blocks.h */
 
 /* ---- tiles of 8 rows, a row per 32-bit lane ---- */
 
-enum { Q41 = 0, Q8 = 1 };   /* the kind of a Tiles */
+enum { Q41 = 0, Q8 = 1, Q4K = 2, Q6K = 3 };   /* the kind of a Tiles */
 
-/* A weight in tiles (blocks.h): Q4_1 (q: nibbles [tiles, nb, 128], d and m) or 8-bit (q: int8
- * [tiles, nb, 256], scale) */
+/* A weight in tiles (blocks.h, blocks_kquants.h): Q4_1 (q: nibbles [tiles, nb, 128], d and m),
+ * 8-bit (q: int8 [tiles, nb, 256], scale), Q4_K (q: nibbles [tiles, nb, 128], d and m: d and dmin
+ * [tiles, nb / 8, 8], sc and mn) or Q6_K (q: [tiles, nb, 192], d [tiles, nb / 8, 8], sc int8
+ * [tiles, nb, 2, 8]) */
 typedef struct {
     const uint8_t *q;
     const uint16_t *d, *m;
     const float *scale;
+    const uint8_t *sc, *mn;
     int64_t nb;
 } Tiles;
 
@@ -60,23 +65,61 @@ TARGET static INLINE __m256i spread4(const int8_t *x)
 /* Bytes of a tile's block */
 static INLINE int64_t block_bytes(int kind)
 {
-    return kind == Q8 ? 256 : 128;
+    return kind == Q8 ? 256 : kind == Q6K ? 192 : 128;
 }
 
-/* acc + the terms of blocks.h for the 8 rows of tile block `at` (its index in the scales) and
- * block b of activation row a, given their exact dot products */
-TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m256 acc, __m256i dot,
+/* 8 binary16 at h as float32 */
+TARGET static INLINE __m256 halves8(const uint16_t *h)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* 8 bytes at v (signed or not) as float32 */
+TARGET static INLINE __m256 bytes8(const uint8_t *v, int is_signed)
+{
+    const __m128i b = _mm_loadl_epi64((const __m128i *)v);
+    return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
+}
+
+/* acc + the terms of blocks.h (blocks_kquants.h) for the 8 rows of tile block `at` (its index in
+ * the scales) and block b of activation row a, given their exact dot products (Q6_K: dot the first
+ * 16 inputs', dot2 the last 16's) */
+TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m256 acc, __m256i dot, __m256i dot2,
                                      const el_q8_act *a, int64_t b)
 {
     const __m256 xd = _mm256_broadcast_ss(a->scale + b);
     if (kind == Q8)
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(w->scale + at * 8), xd), acc);
-    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->d + at * 8)));
-    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->m + at * 8)));
+    if (kind == Q6K) {   /* the super-block's d times each half's sc: exact */
+        const __m256 dv = halves8(w->d + at / 8 * 8);
+        const __m256 s0 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16, 1)), s1 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16 + 8, 1));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s0, xd), acc);
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot2), _mm256_mul_ps(s1, xd), acc);
+    }
+    __m256 dv, mv;
+    if (kind == Q4K) {   /* d * sc and dmin * mn: exact; -(dmin * mn) by fnmadd */
+        dv = _mm256_mul_ps(halves8(w->d + at / 8 * 8), bytes8(w->sc + at * 8, 0));
+        mv = _mm256_mul_ps(halves8(w->m + at / 8 * 8), bytes8(w->mn + at * 8, 0));
+    } else {
+        dv = halves8(w->d + at * 8);
+        mv = halves8(w->m + at * 8);
+    }
     const __m256 xs = _mm256_broadcast_ss(a->sum + b);
     const __m256 rest8 = _mm256_mul_ps(_mm256_broadcast_ss(a->rest + b), _mm256_set1_ps(8.0f));
-    return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dv, xd),
-                                              _mm256_fmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8))));
+    const __m256 inner = kind == Q4K ? _mm256_fnmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8))
+                                     : _mm256_fmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8));
+    return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dv, xd), inner));
+}
+
+/* Q6_K's q - 32 of chunk c (v: its low-bit bytes, h: the high-bit bytes of chunks c & ~1, c | 1):
+ * *lo the first 16 inputs', *hi the last 16's */
+TARGET static INLINE void q6_values(__m256i v, __m256i h, int c, __m256i *lo, __m256i *hi)
+{
+    const __m256i mask = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
+    const __m256i hl = c & 1 ? h : _mm256_slli_epi16(h, 4), hh = c & 1 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2);
+    *lo = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(hl, top)), bias);
+    *hi = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), _mm256_and_si256(hh, top)),
+                          bias);
 }
 
 /* acc[p][i] = the 8 rows of tile t + p (p < pairs) against activation row acts[i] (i < count),
@@ -94,7 +137,8 @@ TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *a
             acc[p][i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int64_t lo16 = el_q8_half_at(b, 0), hi16 = el_q8_half_at(b, 1);
-        __m256i part[2][ACTS];   /* DOT4 partial sums (Q4_1), int32 sums (8-bit) */
+        __m256i part[2][ACTS];   /* DOT4 partial sums (Q4_1, Q4_K), int32 sums (8-bit, Q6_K's first halves) */
+        __m256i part2[2][ACTS];  /* Q6_K: int32 sums of the second halves */
         for (int p = 0; p < pairs; p++) {
             if (prefetch) {
                 const int64_t at = (t + p) * nb + b;
@@ -102,20 +146,32 @@ TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *a
                     _mm_prefetch((const char *)(w->q + at * bytes + AHEAD + line), _MM_HINT_T0);
                 if (kind == Q8) {
                     _mm_prefetch((const char *)(w->scale + at * 8 + AHEAD / 8), _MM_HINT_T0);
+                } else if (kind == Q4K || kind == Q6K) {   /* scales of 32 blocks ahead */
+                    _mm_prefetch((const char *)(w->sc + (at + 32) * (kind == Q6K ? 16 : 8)), _MM_HINT_T0);
+                    if (kind == Q4K)
+                        _mm_prefetch((const char *)(w->mn + (at + 32) * 8), _MM_HINT_T0);
+                    if ((b & 7) == 0) {
+                        _mm_prefetch((const char *)(w->d + (at / 8 + 4) * 8), _MM_HINT_T0);
+                        if (kind == Q4K)
+                            _mm_prefetch((const char *)(w->m + (at / 8 + 4) * 8), _MM_HINT_T0);
+                    }
                 } else {
                     _mm_prefetch((const char *)(w->d + at * 8 + AHEAD / 8), _MM_HINT_T0);
                     _mm_prefetch((const char *)(w->m + at * 8 + AHEAD / 8), _MM_HINT_T0);
                 }
             }
             for (int i = 0; i < count; i++)
-                part[p][i] = _mm256_setzero_si256();
+                part[p][i] = part2[p][i] = _mm256_setzero_si256();
         }
         for (int c = 0; c < (kind == Q8 ? 8 : 4); c++) {
             __m256i lo[2], hi[2];
             for (int p = 0; p < pairs; p++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(w->q + ((t + p) * nb + b) * bytes + 32 * c));
+                const uint8_t *block = w->q + ((t + p) * nb + b) * bytes;
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(block + 32 * c));
                 lo[p] = kind == Q8 ? v : _mm256_and_si256(v, mask);
                 hi[p] = kind == Q8 ? v : _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                if (kind == Q6K)
+                    q6_values(v, _mm256_loadu_si256((const __m256i *)(block + 128 + 32 * (c >> 1))), c, &lo[p], &hi[p]);
             }
             for (int i = 0; i < count; i++) {
                 if (kind == Q8) {
@@ -125,14 +181,21 @@ TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *a
                     continue;
                 }
                 const __m256i xl = spread4(acts[i].q + lo16 + 4 * c), xh = spread4(acts[i].q + hi16 + 4 * c);
-                for (int p = 0; p < pairs; p++)
-                    part[p][i] = DOT4_ADD(DOT4_ADD(part[p][i], lo[p], xl), hi[p], xh);
+                for (int p = 0; p < pairs; p++) {
+                    if (kind == Q6K) {
+                        part[p][i] = DOT4_S8(part[p][i], lo[p], xl);
+                        part2[p][i] = DOT4_S8(part2[p][i], hi[p], xh);
+                    } else {
+                        part[p][i] = DOT4_ADD(DOT4_ADD(part[p][i], lo[p], xl), hi[p], xh);
+                    }
+                }
             }
         }
         for (int p = 0; p < pairs; p++)
             for (int i = 0; i < count; i++)
                 acc[p][i] = add_term(kind, w, (t + p) * nb + b, acc[p][i],
-                                     kind == Q8 ? part[p][i] : DOT4_INT32(part[p][i]), &acts[i], b);
+                                     kind == Q8 || kind == Q6K ? part[p][i] : DOT4_INT32(part[p][i]), part2[p][i],
+                                     &acts[i], b);
     }
 }
 
@@ -203,13 +266,27 @@ TARGET static INLINE void rows_of(int kind, const Tiles *w, const el_q8_act *act
 TARGET void ROWS_Q41(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
                      int64_t stride)
 {
-    const Tiles tiles = {w->qs, w->d, w->m, NULL, w->nb};
+    const Tiles tiles = {w->qs, w->d, w->m, NULL, NULL, NULL, w->nb};
     rows_of(Q41, &tiles, acts, count, lo, hi, y, stride);
 }
 
 TARGET void ROWS_Q8(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
                     int64_t stride)
 {
-    const Tiles tiles = {(const uint8_t *)w->q, NULL, NULL, w->scale, w->nb};
+    const Tiles tiles = {(const uint8_t *)w->q, NULL, NULL, w->scale, NULL, NULL, w->nb};
     rows_of(Q8, &tiles, acts, count, lo, hi, y, stride);
+}
+
+TARGET void ROWS_Q4K(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    const Tiles tiles = {w->qs, w->d, w->dmin, NULL, w->sc, w->mn, w->nb};
+    rows_of(Q4K, &tiles, acts, count, lo, hi, y, stride);
+}
+
+TARGET void ROWS_Q6K(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    const Tiles tiles = {w->q, w->d, NULL, NULL, (const uint8_t *)w->sc, NULL, w->nb};
+    rows_of(Q6K, &tiles, acts, count, lo, hi, y, stride);
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native_args
+from ..blocks_layout import q4_k_fields, q6_k_fields
 from .kernels import kernel_paths
 
 F32 = np.float32
@@ -43,12 +44,17 @@ def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path
     per block and the blocks' terms summed in order, as native/blocks.h says."""
     native_args.q41_matmul(x, qs, d, m)
     native_args.kernel_path(path, kernel_paths())
-    rows, nb = x.shape[0], qs.shape[1]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)                             # [N, nb, 32]
+    return _q41_terms_summed(x, q, d.view(np.float16).astype(F32), m.view(np.float16).astype(F32))
+
+
+def _q41_terms_summed(x: np.ndarray, q: np.ndarray, dw: np.ndarray, mw: np.ndarray) -> np.ndarray:
+    """sum_b fma(dot_b, d_b xd_b, fma(m_b, xs_b, d_b (8 xr_b))) in block order: q [N, nb, 32] in
+    [0, 15], d and m float32 [N, nb]."""
+    rows, nb = x.shape[0], q.shape[1]
     xq, xd, xs, xr = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.int32)            # [N, nb, 32]
-    dw = d.view(np.float16).astype(F32)[None]
-    mw = m.view(np.float16).astype(F32)[None]
-    dots = np.einsum("nbj,mbj->mnb", q, xq).astype(F32)                           # [M, N, nb]
+    dw, mw = dw[None], mw[None]
+    dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32), xq).astype(F32)          # [M, N, nb]
     xd, xs, xr = xd[:, None, :], xs[:, None, :], xr[:, None, :]
     terms = _fma(dots, dw * xd, _fma(mw, xs, dw * (F32(8.0) * xr)))
     acc = np.zeros(terms.shape[:2], F32)
@@ -69,6 +75,37 @@ def q8_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, path=None) -> np.
     acc = np.zeros(dots.shape[:2], F32)
     for b in range(nb):
         acc = _fma(dots[:, :, b], scales[:, :, b], acc)
+    return acc
+
+
+def q4k_matmul(x: np.ndarray, raw: np.ndarray, path=None) -> np.ndarray:
+    """y [M, N] = x [M, K] times the Q4_K weight of super-blocks raw [N, K/256, 144] (the file's bytes):
+    each block of 32 the Q4_1 term with d = d_super * sc and m = -(dmin_super * mn), both exact in
+    float32, summed in block order, as native/blocks_kquants.h says."""
+    native_args.q4k_matmul(x, raw)
+    native_args.kernel_path(path, kernel_paths())
+    q, d, dmin, sc, mn = q4_k_fields(raw)
+    per_block = [np.repeat(a.view(np.float16).astype(F32), 8, axis=1) for a in (d, dmin)]
+    return _q41_terms_summed(x, q, per_block[0] * sc.astype(F32), -(per_block[1] * mn.astype(F32)))
+
+
+def q6k_matmul(x: np.ndarray, raw: np.ndarray, path=None) -> np.ndarray:
+    """y [M, N] = x [M, K] times the Q6_K weight of super-blocks raw [N, K/256, 210]: per block b of
+    32 inputs, its sub-blocks of 16 (scales s = d_super * sc, exact) with the exact dots of q - 32,
+    acc = fma(dot_hi, s_hi xd, fma(dot_lo, s_lo xd, acc)) in block order (native/blocks_kquants.h)."""
+    native_args.q6k_matmul(x, raw)
+    native_args.kernel_path(path, kernel_paths())
+    q, sc, d = q6_k_fields(raw)
+    rows, nb = x.shape[0], q.shape[1]
+    xq, xd, _, _ = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
+    w = (q.astype(np.int32) - 32).reshape(-1, nb, 2, 16)
+    dots = np.einsum("nbhj,mbhj->mnbh", w, xq.reshape(rows, nb, 2, 16)).astype(F32)   # [M, N, nb, 2]
+    s = (np.repeat(d.view(np.float16).astype(F32), 16, axis=1) * sc.astype(F32)).reshape(1, -1, nb, 2)
+    scales = s * xd[:, None, :, None]                                                  # [M, N, nb, 2]
+    acc = np.zeros(dots.shape[:2], F32)
+    for b in range(nb):
+        for h in range(2):
+            acc = _fma(dots[:, :, b, h], scales[:, :, b, h], acc)
     return acc
 
 

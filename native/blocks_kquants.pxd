@@ -1,0 +1,27 @@
+# Declarations of blocks_kquants.h for the extension module (its vector paths are blocks_kquants.c's own business).
+from libc.stdint cimport int8_t, int64_t, uint8_t, uint16_t
+
+from blocks cimport el_q8_act
+from status cimport el_status
+
+cdef extern from "blocks_kquants.h" nogil:
+    ctypedef struct el_q4k_weight:
+        const uint8_t *qs
+        const uint16_t *d
+        const uint16_t *dmin
+        const uint8_t *sc
+        const uint8_t *mn
+        int64_t n
+        int64_t nb
+
+    ctypedef struct el_q6k_weight:
+        const uint8_t *q
+        const int8_t *sc
+        const uint16_t *d
+        int64_t n
+        int64_t nb
+
+    el_status el_q4k_rows(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                          float *y, int64_t stride, int path)
+    el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                          float *y, int64_t stride, int path)
