@@ -1,7 +1,6 @@
 /*
  * GGUF k-quant block products (see blocks_kquants.h): the entry points, which check sizes and take
- * the path kernels.h chooses, and the plain C path, lane by lane in the order blocks_kquants.h fixes
- * (which the aarch64 paths take too).
+ * the path kernels.h chooses, and the plain C path, lane by lane in the order blocks_kquants.h fixes.
  *
  * Buffers of one call (nb blocks of 32 inputs, a multiple of 8; rows [lo, hi) of W):
  *     acts[i]  el_q8_act of blocks.h, nb blocks
@@ -99,6 +98,12 @@ el_status el_q4k_rows(const el_q4k_weight *w, const el_q8_act *acts, int64_t cou
         el_q4k_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
         return EL_OK;
 #endif
+#if EL_BLOCKS_NEON
+    case EL_PATH_NEON:
+    case EL_PATH_I8MM:
+        el_q4k_rows_neon(w, acts, count, lo, hi, y, stride);
+        return EL_OK;
+#endif
     default:
         for (int64_t r = lo; r < hi; r++)
             for (int64_t i = 0; i < count; i++)
@@ -120,6 +125,12 @@ el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t cou
         return EL_OK;
     case EL_PATH_AVX512VNNI:
         el_q6k_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
+        return EL_OK;
+#endif
+#if EL_BLOCKS_NEON
+    case EL_PATH_NEON:
+    case EL_PATH_I8MM:
+        el_q6k_rows_neon(w, acts, count, lo, hi, y, stride);
         return EL_OK;
 #endif
     default:

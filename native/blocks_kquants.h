@@ -29,7 +29,7 @@
  * exact in float32 (11-bit by 8-bit),
  *     acc = fma(dot_0, s_0 * xd_b, acc),  acc = fma(dot_1, s_1 * xd_b, acc)     from 0, in block order
  *
- * Every path gives these bits (the x86 paths: blocks_x86.h; aarch64: the portable loop).
+ * Every path gives these bits (the x86 paths: blocks_x86.h; aarch64: blocks_neon.c).
  * Routines return EL_OK, or EL_ERR_SIZE for a size that is zero, negative, out of range or not whole
  * super-blocks, or a buffer that is missing (status.h), and never allocate.
  */
@@ -67,7 +67,7 @@ el_status el_q4k_rows(const el_q4k_weight *w, const el_q8_act *acts, int64_t cou
 el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path);
 
-/* The x86 vector paths (blocks_avx2.c, blocks_avx512.c); arguments were checked. */
+/* The vector paths (blocks_avx2.c, blocks_avx512.c, blocks_neon.c); arguments were checked. */
 #if EL_BLOCKS_X86
 void el_q4k_rows_avx2(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride);
@@ -77,6 +77,12 @@ void el_q4k_rows_avx512vnni(const el_q4k_weight *w, const el_q8_act *acts, int64
                             float *y, int64_t stride);
 void el_q6k_rows_avx512vnni(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                             float *y, int64_t stride);
+#endif
+#if EL_BLOCKS_NEON   /* blocks_neon.c, for the neon and i8mm paths */
+void el_q4k_rows_neon(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride);
+void el_q6k_rows_neon(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                      float *y, int64_t stride);
 #endif
 
 #endif

@@ -4,11 +4,14 @@
  * 8-bit weights less 128 fit signed bytes. A Q4_1 tile's rows 0-3 and 4-7 fill the lanes of two
  * vectors (sdot by element: each row's 4 bytes against the same 4 activations), and so do an 8-bit
  * tile's. The float arithmetic of blocks.h follows, on two 4-lane vectors where the x86 paths take
- * one 8-lane vector (the Q4_1 terms: blocks_neon.h, shared with blocks_i8mm.c).
+ * one 8-lane vector (the Q4_1 terms: blocks_neon.h, shared with blocks_i8mm.c). The k-quants
+ * (blocks_kquants.h) take the Q4_1 tile's dot products (Q4_K) or sdot of q - 32 (Q6_K), one
+ * activation row at a time, for the neon and i8mm paths.
  *
  * Includes: libc, and the compiler's <arm_neon.h>.
  */
 #include "blocks.h"
+#include "blocks_kquants.h"
 
 #if EL_BLOCKS_NEON
 #include <arm_neon.h>
@@ -157,5 +160,112 @@ TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)vaddvq_s32(isum);
     }
+}
+
+/* ---- GGUF k-quants (blocks_kquants.h): the Q4_1 tile's dot products, each kind's terms ---- */
+
+/* 8 bytes at v as float32, rows 0-3 and 4-7 (signed or not) */
+TARGET static inline Lanes8 bytes8(const uint8_t *v, int is_signed)
+{
+    if (is_signed) {
+        const int16x8_t s = vmovl_s8(vld1_s8((const int8_t *)v));
+        return (Lanes8){vcvtq_f32_s32(vmovl_s16(vget_low_s16(s))), vcvtq_f32_s32(vmovl_high_s16(s))};
+    }
+    const uint16x8_t u = vmovl_u8(vld1_u8(v));
+    return (Lanes8){vcvtq_f32_u32(vmovl_u16(vget_low_u16(u))), vcvtq_f32_u32(vmovl_high_u16(u))};
+}
+
+/* acc + fma(dot, ds xd, fma(-(dm), xs, ds (8 xr))) for 4 rows (ds = d sc, dm = dmin mn: exact) */
+TARGET static inline float32x4_t q4k_terms(float32x4_t acc, float32x4_t dots, float32x4_t ds, float32x4_t dm,
+                                           const el_q8_act *a, int64_t b)
+{
+    float32x4_t rest8 = vmulq_f32(vdupq_n_f32(a->rest[b]), vdupq_n_f32(8.0f));
+    float32x4_t inner = vfmsq_f32(vmulq_f32(ds, rest8), dm, vdupq_n_f32(a->sum[b]));
+    return vaddq_f32(acc, vfmaq_f32(inner, dots, vmulq_f32(ds, vdupq_n_f32(a->scale[b]))));
+}
+
+/* The 8 rows of Q4_K tile t against activation row a, into lanes[8] */
+TARGET static void tile_q4k_rows(const el_q4k_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
+{
+    const int64_t nb = w->nb;
+    Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t at = t * nb + b, super = at / 8;
+        float32x4_t r0, r1;
+        tile_dots(w->qs + at * 128, vld1q_s8(a->q + el_q8_half_at(b, 0)), vld1q_s8(a->q + el_q8_half_at(b, 1)),
+                  &r0, &r1);
+        const Lanes8 sc = bytes8(w->sc + at * 8, 0), mn = bytes8(w->mn + at * 8, 0);
+        acc.a = q4k_terms(acc.a, r0, vmulq_f32(halves(w->d + super * 8), sc.a),
+                          vmulq_f32(halves(w->dmin + super * 8), mn.a), a, b);
+        acc.b = q4k_terms(acc.b, r1, vmulq_f32(halves(w->d + super * 8 + 4), sc.b),
+                          vmulq_f32(halves(w->dmin + super * 8 + 4), mn.b), a, b);
+    }
+    vst1q_f32(lanes, acc.a);
+    vst1q_f32(lanes + 4, acc.b);
+}
+
+/* Q6_K chunk c: q - 32 of rows 0-3 (v: low-bit bytes, h: high-bit bytes) against lane c of the
+ * first (xlo) and last (xhi) 16 activations, into the halves' sums s[0] and s[1] */
+TARGET static inline void q6_chunk(uint8x16_t v, uint8x16_t h, int c, int8x16_t xlo, int8x16_t xhi, int32x4_t s[2])
+{
+    const uint8x16_t mask = vdupq_n_u8(0x0F), top = vdupq_n_u8(0x30), bias = vdupq_n_u8(32);
+    const uint8x16_t hl = c & 1 ? h : vshlq_n_u8(h, 4), hh = c & 1 ? vshrq_n_u8(h, 2) : vshlq_n_u8(h, 2);
+    const uint8x16_t lo = vsubq_u8(vorrq_u8(vandq_u8(v, mask), vandq_u8(hl, top)), bias);
+    const uint8x16_t hi = vsubq_u8(vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(hh, top)), bias);
+    switch (c) {   /* the lane of sdot is a constant */
+    case 0: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 0); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 0); break;
+    case 1: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 1); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 1); break;
+    case 2: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 2); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 2); break;
+    default: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 3); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 3);
+    }
+}
+
+/* The 8 rows of Q6_K tile t against activation row a, into lanes[8]:
+ * acc = fma(dot_0, (d sc_0) xd, acc), acc = fma(dot_1, (d sc_1) xd, acc) */
+TARGET static void tile_q6k_rows(const el_q6k_weight *w, const el_q8_act *a, int64_t t, float lanes[8])
+{
+    const int64_t nb = w->nb;
+    Lanes8 acc = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t at = t * nb + b;
+        const uint8_t *low = w->q + at * 192, *high = low + 128;
+        const int8x16_t xlo = vld1q_s8(a->q + el_q8_half_at(b, 0)), xhi = vld1q_s8(a->q + el_q8_half_at(b, 1));
+        int32x4_t s0[2] = {vdupq_n_s32(0), vdupq_n_s32(0)}, s1[2] = {vdupq_n_s32(0), vdupq_n_s32(0)};
+        for (int c = 0; c < 4; c++) {
+            q6_chunk(vld1q_u8(low + 32 * c), vld1q_u8(high + 32 * (c >> 1)), c, xlo, xhi, s0);
+            q6_chunk(vld1q_u8(low + 32 * c + 16), vld1q_u8(high + 32 * (c >> 1) + 16), c, xlo, xhi, s1);
+        }
+        const float32x4_t xd = vdupq_n_f32(a->scale[b]);
+        const float32x4_t d0 = halves(w->d + at / 8 * 8), d1 = halves(w->d + at / 8 * 8 + 4);
+        for (int h = 0; h < 2; h++) {
+            const Lanes8 sc = bytes8((const uint8_t *)w->sc + (at * 2 + h) * 8, 1);
+            acc.a = vfmaq_f32(acc.a, vcvtq_f32_s32(s0[h]), vmulq_f32(vmulq_f32(d0, sc.a), xd));
+            acc.b = vfmaq_f32(acc.b, vcvtq_f32_s32(s1[h]), vmulq_f32(vmulq_f32(d1, sc.b), xd));
+        }
+    }
+    vst1q_f32(lanes, acc.a);
+    vst1q_f32(lanes + 4, acc.b);
+}
+
+TARGET void el_q4k_rows_neon(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                             float *y, int64_t stride)
+{
+    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
+        for (int64_t i = 0; i < count; i++) {
+            float lanes[EL_Q41_TILE];
+            tile_q4k_rows(w, &acts[i], t, lanes);
+            put_lanes(y + i * stride, t, lanes, lo, hi);
+        }
+}
+
+TARGET void el_q6k_rows_neon(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                             float *y, int64_t stride)
+{
+    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
+        for (int64_t i = 0; i < count; i++) {
+            float lanes[EL_Q41_TILE];
+            tile_q6k_rows(w, &acts[i], t, lanes);
+            put_lanes(y + i * stride, t, lanes, lo, hi);
+        }
 }
 #endif
