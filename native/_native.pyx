@@ -326,34 +326,43 @@ def q4k_matmul(x, raw, path=None):
     """y [M, N] = x [M, K] times the Q4_K weight of GGUF super-blocks raw uint8 [N, K/256, 144], with x
     rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q4k_matmul(x, raw)
-    native_args.kernel_path(path, kernel_paths())
-    cdef el_q4k_weight w
-    w.n, w.nb = raw.shape[0], raw.shape[1] * 8
-    qs, d, dmin, sc, mn = tile_q4_k(raw)   # the operators' layout (blocks_kquants.h)
-    cdef const uint8_t[:, :, ::1] qv = qs
-    cdef const uint16_t[:, :, ::1] dv = d
-    cdef const uint16_t[:, :, ::1] mv = dmin
-    cdef const uint8_t[:, :, ::1] scv = sc
-    cdef const uint8_t[:, :, ::1] mnv = mn
-    if w.n and w.nb:
-        w.qs, w.d, w.dmin, w.sc, w.mn = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0], &scv[0, 0, 0], &mnv[0, 0, 0]
-    return _rows_product(x, w.n, w.nb, _Q4K, &w, path, "q4k_matmul")
+    return _kquant_product(x, raw, path, _Q4K, "q4k_matmul")
 
 
 def q6k_matmul(x, raw, path=None):
     """y [M, N] = x [M, K] times the Q6_K weight of GGUF super-blocks raw uint8 [N, K/256, 210], with x
     rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
     native_args.q6k_matmul(x, raw)
+    return _kquant_product(x, raw, path, _Q6K, "q6k_matmul")
+
+
+cdef const void *_data(a) except? NULL:
+    """The first byte of the C-contiguous array a (taken in place: a must outlive its use), NULL when empty."""
+    if not a.flags.c_contiguous:
+        raise ValueError("a tile array is not C-contiguous")
+    cdef const uint8_t[::1] b = a.reshape(-1).view(np.uint8)
+    return &b[0] if b.shape[0] else NULL
+
+
+cdef object _kquant_product(x, raw, path, int kind, str context):
+    """x against the checked super-blocks raw of `kind` in tiles (the operators' layout, blocks_kquants.h)."""
     native_args.kernel_path(path, kernel_paths())
-    cdef el_q6k_weight w
-    w.n, w.nb = raw.shape[0], raw.shape[1] * 8
-    q, sc, d = tile_q6_k(raw)   # the operators' layout (blocks_kquants.h)
-    cdef const uint8_t[:, :, ::1] qv = q
-    cdef const int8_t[:, :, :, ::1] scv = sc
-    cdef const uint16_t[:, :, ::1] dv = d
-    if w.n and w.nb:
-        w.q, w.sc, w.d = &qv[0, 0, 0], &scv[0, 0, 0, 0], &dv[0, 0, 0]
-    return _rows_product(x, w.n, w.nb, _Q6K, &w, path, "q6k_matmul")
+    cdef el_q4k_weight w4
+    cdef el_q6k_weight w6
+    tiles = tile_q4_k(raw) if kind == _Q4K else tile_q6_k(raw)
+    w4.n = w6.n = raw.shape[0]
+    w4.nb = w6.nb = raw.shape[1] * 8
+    if kind == _Q6K:
+        w6.q = <const uint8_t *>_data(tiles[0])
+        w6.sc = <const int8_t *>_data(tiles[1])
+        w6.d = <const uint16_t *>_data(tiles[2])
+        return _rows_product(x, w6.n, w6.nb, kind, &w6, path, context)
+    w4.qs = <const uint8_t *>_data(tiles[0])
+    w4.d = <const uint16_t *>_data(tiles[1])
+    w4.dmin = <const uint16_t *>_data(tiles[2])
+    w4.sc = <const uint8_t *>_data(tiles[3])
+    w4.mn = <const uint8_t *>_data(tiles[4])
+    return _rows_product(x, w4.n, w4.nb, kind, &w4, path, context)
 
 
 def q8_gather(q, scale, ids):

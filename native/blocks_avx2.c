@@ -15,8 +15,7 @@
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 #define ROWS_Q41 el_q41_rows_avx2
 #define ROWS_Q8 el_q8_rows_avx2
-#define ROWS_Q4K el_q4k_rows_avx2
-#define ROWS_Q6K el_q6k_rows_avx2
+#define ROWS_KQUANT el_kquant_rows_avx2
 
 TARGET static inline __m256i dot4_int32_avx2(__m256i pairs)
 {

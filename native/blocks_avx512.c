@@ -15,8 +15,7 @@
 #define TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
 #define ROWS_Q41 el_q41_rows_avx512vnni
 #define ROWS_Q8 el_q8_rows_avx512vnni
-#define ROWS_Q4K el_q4k_rows_avx512vnni
-#define ROWS_Q6K el_q6k_rows_avx512vnni
+#define ROWS_KQUANT el_kquant_rows_avx512vnni
 
 /* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x */
 TARGET static inline __m256i dot4_s8_vnni(__m256i acc, __m256i w, __m256i x)

@@ -23,51 +23,54 @@ static float half_value(uint16_t h)
     return f;
 }
 
-/* Row 8t + i of the tiled Q4_K W times one activation row (blocks in order) */
-static float q4k_row_portable(const el_q4k_weight *w, const el_q8_act *act, int64_t t, int i)
+/* The exact dot product of half h (elements 16h .. 16h + 15) of row i's block in a tile with the
+ * activations x [16] of that half: Q4_K's nibbles (high NULL, bias 0), or Q6_K's q - 32 (high: the
+ * block's 64 bytes of high bits, bias 32) */
+static int32_t half_dot(const uint8_t *low, const uint8_t *high, int bias, const int8_t *x, int i, int h)
 {
-    const int64_t nb = w->nb;
+    int32_t dot = 0;
+    for (int c = 0; c < 4; c++)
+        for (int k = 0; k < 4; k++) {
+            int q = (low[c * 32 + i * 4 + k] >> (4 * h)) & 0x0F;
+            if (high != NULL)
+                q |= ((high[(c / 2) * 32 + i * 4 + k] >> (4 * (c % 2) + 2 * h)) & 0x03) << 4;
+            dot += (q - bias) * x[4 * c + k];
+        }
+    return dot;
+}
+
+/* Row 8t + i of the tiled W (Q4_K: w4, else Q6_K: w6) times one activation row, blocks in order */
+static float row_portable(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *act, int64_t t, int i)
+{
+    const int64_t nb = w4 != NULL ? w4->nb : w6->nb;
     float acc = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         const int64_t at = t * nb + b, super = at / 8;   /* nb = 8 ns: the tile's super-block b / 8 */
-        const uint8_t *qs = w->qs + at * 128;
-        const int8_t *lo16 = act->q + el_q8_half_at(b, 0), *hi16 = act->q + el_q8_half_at(b, 1);
-        int32_t dot = 0;
-        for (int c = 0; c < 4; c++)
-            for (int k = 0; k < 4; k++) {
-                const uint8_t byte = qs[c * 32 + i * 4 + k];
-                dot += (byte & 0x0F) * lo16[4 * c + k] + (byte >> 4) * hi16[4 * c + k];
-            }
-        const float ds = half_value(w->d[super * 8 + i]) * (float)w->sc[at * 8 + i];
-        const float ms = -(half_value(w->dmin[super * 8 + i]) * (float)w->mn[at * 8 + i]);
-        acc = acc + fmaf((float)dot, ds * act->scale[b], fmaf(ms, act->sum[b], ds * (8.0f * act->rest[b])));
+        const int8_t *x0 = act->q + el_q8_half_at(b, 0), *x1 = act->q + el_q8_half_at(b, 1);
+        const float xd = act->scale[b];
+        if (w6 != NULL) {   /* each half with its sub-block's scale */
+            const uint8_t *q = w6->q + at * 192;
+            const float d = half_value(w6->d[super * 8 + i]);
+            acc = fmaf((float)half_dot(q, q + 128, 32, x0, i, 0), (d * (float)w6->sc[at * 16 + i]) * xd, acc);
+            acc = fmaf((float)half_dot(q, q + 128, 32, x1, i, 1), (d * (float)w6->sc[at * 16 + 8 + i]) * xd, acc);
+            continue;
+        }
+        const uint8_t *qs = w4->qs + at * 128;
+        const int32_t dot = half_dot(qs, NULL, 0, x0, i, 0) + half_dot(qs, NULL, 0, x1, i, 1);
+        const float ds = half_value(w4->d[super * 8 + i]) * (float)w4->sc[at * 8 + i];
+        const float ms = -(half_value(w4->dmin[super * 8 + i]) * (float)w4->mn[at * 8 + i]);
+        acc = acc + fmaf((float)dot, ds * xd, fmaf(ms, act->sum[b], ds * (8.0f * act->rest[b])));
     }
     return acc;
 }
 
-/* Row 8t + i of the tiled Q6_K W times one activation row (blocks in order, two halves each) */
-static float q6k_row_portable(const el_q6k_weight *w, const el_q8_act *act, int64_t t, int i)
+/* rows [lo, hi) of W (one of w4, w6) against `count` activation rows */
+static void rows_portable(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *acts, int64_t count,
+                          int64_t lo, int64_t hi, float *y, int64_t stride)
 {
-    const int64_t nb = w->nb;
-    float acc = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t at = t * nb + b;
-        const uint8_t *low = w->q + at * 192, *high = low + 128;
-        const int8_t *x[2] = {act->q + el_q8_half_at(b, 0), act->q + el_q8_half_at(b, 1)};
-        int32_t dot[2] = {0, 0};
-        for (int c = 0; c < 4; c++)
-            for (int k = 0; k < 4; k++) {
-                const uint8_t nib = low[c * 32 + i * 4 + k], top = high[(c / 2) * 32 + i * 4 + k];
-                for (int h = 0; h < 2; h++) {
-                    const int q = ((nib >> (4 * h)) & 0x0F) | (((top >> (4 * (c % 2) + 2 * h)) & 0x03) << 4);
-                    dot[h] += (q - 32) * x[h][4 * c + k];
-                }
-            }
-        const float d = half_value(w->d[(at / 8) * 8 + i]);
-        for (int h = 0; h < 2; h++)
-            acc = fmaf((float)dot[h], (d * (float)w->sc[(at * 2 + h) * 8 + i]) * act->scale[b], acc);
-    }
-    return acc;
+    for (int64_t r = lo; r < hi; r++)
+        for (int64_t i = 0; i < count; i++)
+            y[i * stride + r] = row_portable(w4, w6, &acts[i], r / EL_Q41_TILE, (int)(r % EL_Q41_TILE));
 }
 
 /* The checks shared by both kinds: whole super-blocks, rows and activations that fit */
@@ -83,33 +86,37 @@ static int bad_call(int64_t n, int64_t nb, const el_q8_act *acts, int64_t count,
     return 0;
 }
 
+/* The rows routine of kernels.h's `path` (the i8mm path takes the neon path's) */
+typedef void (*Rows)(const el_q4k_weight *, const el_q6k_weight *, const el_q8_act *, int64_t, int64_t, int64_t,
+                     float *, int64_t);
+
+static Rows rows_of_path(int path)
+{
+    switch (el_path_resolve(path)) {
+#if EL_BLOCKS_X86
+    case EL_PATH_AVX2:
+        return el_kquant_rows_avx2;
+    case EL_PATH_AVX512VNNI:
+        return el_kquant_rows_avx512vnni;
+#endif
+#if EL_BLOCKS_NEON
+    case EL_PATH_NEON:
+    case EL_PATH_I8MM:
+        return el_kquant_rows_neon;
+#endif
+    default:
+        return rows_portable;
+    }
+}
+
 el_status el_q4k_rows(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path)
 {
     if (w == NULL || w->qs == NULL || w->d == NULL || w->dmin == NULL || w->sc == NULL || w->mn == NULL ||
         bad_call(w->n, w->nb, acts, count, lo, hi, y, stride))
         return EL_ERR_SIZE;
-    switch (el_path_resolve(path)) {
-#if EL_BLOCKS_X86
-    case EL_PATH_AVX2:
-        el_q4k_rows_avx2(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-    case EL_PATH_AVX512VNNI:
-        el_q4k_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-#endif
-#if EL_BLOCKS_NEON
-    case EL_PATH_NEON:
-    case EL_PATH_I8MM:
-        el_q4k_rows_neon(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-#endif
-    default:
-        for (int64_t r = lo; r < hi; r++)
-            for (int64_t i = 0; i < count; i++)
-                y[i * stride + r] = q4k_row_portable(w, &acts[i], r / EL_Q41_TILE, (int)(r % EL_Q41_TILE));
-        return EL_OK;
-    }
+    rows_of_path(path)(w, NULL, acts, count, lo, hi, y, stride);
+    return EL_OK;
 }
 
 el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
@@ -118,25 +125,6 @@ el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t cou
     if (w == NULL || w->q == NULL || w->sc == NULL || w->d == NULL ||
         bad_call(w->n, w->nb, acts, count, lo, hi, y, stride))
         return EL_ERR_SIZE;
-    switch (el_path_resolve(path)) {
-#if EL_BLOCKS_X86
-    case EL_PATH_AVX2:
-        el_q6k_rows_avx2(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-    case EL_PATH_AVX512VNNI:
-        el_q6k_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-#endif
-#if EL_BLOCKS_NEON
-    case EL_PATH_NEON:
-    case EL_PATH_I8MM:
-        el_q6k_rows_neon(w, acts, count, lo, hi, y, stride);
-        return EL_OK;
-#endif
-    default:
-        for (int64_t r = lo; r < hi; r++)
-            for (int64_t i = 0; i < count; i++)
-                y[i * stride + r] = q6k_row_portable(w, &acts[i], r / EL_Q41_TILE, (int)(r % EL_Q41_TILE));
-        return EL_OK;
-    }
+    rows_of_path(path)(NULL, w, acts, count, lo, hi, y, stride);
+    return EL_OK;
 }

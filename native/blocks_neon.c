@@ -212,11 +212,23 @@ TARGET static inline void q6_chunk(uint8x16_t v, uint8x16_t h, int c, int8x16_t 
     const uint8x16_t hl = c & 1 ? h : vshlq_n_u8(h, 4), hh = c & 1 ? vshrq_n_u8(h, 2) : vshlq_n_u8(h, 2);
     const uint8x16_t lo = vsubq_u8(vorrq_u8(vandq_u8(v, mask), vandq_u8(hl, top)), bias);
     const uint8x16_t hi = vsubq_u8(vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(hh, top)), bias);
+    const int8x16_t l = vreinterpretq_s8_u8(lo), h2 = vreinterpretq_s8_u8(hi);
     switch (c) {   /* the lane of sdot is a constant */
-    case 0: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 0); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 0); break;
-    case 1: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 1); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 1); break;
-    case 2: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 2); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 2); break;
-    default: s[0] = vdotq_laneq_s32(s[0], vreinterpretq_s8_u8(lo), xlo, 3); s[1] = vdotq_laneq_s32(s[1], vreinterpretq_s8_u8(hi), xhi, 3);
+    case 0:
+        s[0] = vdotq_laneq_s32(s[0], l, xlo, 0);
+        s[1] = vdotq_laneq_s32(s[1], h2, xhi, 0);
+        break;
+    case 1:
+        s[0] = vdotq_laneq_s32(s[0], l, xlo, 1);
+        s[1] = vdotq_laneq_s32(s[1], h2, xhi, 1);
+        break;
+    case 2:
+        s[0] = vdotq_laneq_s32(s[0], l, xlo, 2);
+        s[1] = vdotq_laneq_s32(s[1], h2, xhi, 2);
+        break;
+    default:
+        s[0] = vdotq_laneq_s32(s[0], l, xlo, 3);
+        s[1] = vdotq_laneq_s32(s[1], h2, xhi, 3);
     }
 }
 
@@ -247,25 +259,19 @@ TARGET static void tile_q6k_rows(const el_q6k_weight *w, const el_q8_act *a, int
     vst1q_f32(lanes + 4, acc.b);
 }
 
-TARGET void el_q4k_rows_neon(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                             float *y, int64_t stride)
+/* y for the rows [lo, hi) of a k-quant W (Q4_K: w4, else Q6_K: w6), a tile against one activation
+ * row at a time */
+TARGET void el_kquant_rows_neon(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *acts,
+                                int64_t count, int64_t lo, int64_t hi, float *y, int64_t stride)
 {
+    float lanes[EL_Q41_TILE];
     for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
-        for (int64_t i = 0; i < count; i++) {
-            float lanes[EL_Q41_TILE];
-            tile_q4k_rows(w, &acts[i], t, lanes);
-            put_lanes(y + i * stride, t, lanes, lo, hi);
-        }
-}
-
-TARGET void el_q6k_rows_neon(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
-                             float *y, int64_t stride)
-{
-    for (int64_t t = lo / EL_Q41_TILE; t * EL_Q41_TILE < hi; t++)
-        for (int64_t i = 0; i < count; i++) {
-            float lanes[EL_Q41_TILE];
-            tile_q6k_rows(w, &acts[i], t, lanes);
-            put_lanes(y + i * stride, t, lanes, lo, hi);
+        for (const el_q8_act *a = acts; a < acts + count; a++) {
+            if (w4 != NULL)
+                tile_q4k_rows(w4, a, t, lanes);
+            else
+                tile_q6k_rows(w6, a, t, lanes);
+            put_lanes(y + (a - acts) * stride, t, lanes, lo, hi);
         }
 }
 #endif

@@ -3,7 +3,7 @@
  * includes this defines
  *     TARGET     the function attribute of its instructions
  *     ROWS_Q41   the name of its el_q41_rows path,  ROWS_Q8  of its el_q8_rows path,
- *     ROWS_Q4K, ROWS_Q6K  of its el_q4k_rows and el_q6k_rows paths (blocks_kquants.h)
+ *     ROWS_KQUANT  of its el_q4k_rows and el_q6k_rows path (blocks_kquants.h)
  *     DOT4_ADD(acc, w, x)   acc plus, per 32-bit lane, the four products of w's unsigned bytes with
  *                           x's signed bytes, as partial sums of the path's kind (w: nibbles)
  *     DOT4_INT32(acc)       int32 [8] of a partial sum of at most 8 DOT4_ADDs (lane i: row i of a
@@ -92,7 +92,8 @@ TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m25
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(w->scale + at * 8), xd), acc);
     if (kind == Q6K) {   /* the super-block's d times each half's sc: exact */
         const __m256 dv = halves8(w->d + at / 8 * 8);
-        const __m256 s0 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16, 1)), s1 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16 + 8, 1));
+        const __m256 s0 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16, 1));
+        const __m256 s1 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16 + 8, 1));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s0, xd), acc);
         return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot2), _mm256_mul_ps(s1, xd), acc);
     }
@@ -116,7 +117,8 @@ TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m25
 TARGET static INLINE void q6_values(__m256i v, __m256i h, int c, __m256i *lo, __m256i *hi)
 {
     const __m256i mask = _mm256_set1_epi8(0x0F), top = _mm256_set1_epi8(0x30), bias = _mm256_set1_epi8(32);
-    const __m256i hl = c & 1 ? h : _mm256_slli_epi16(h, 4), hh = c & 1 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2);
+    const __m256i hl = c & 1 ? h : _mm256_slli_epi16(h, 4);
+    const __m256i hh = c & 1 ? _mm256_srli_epi16(h, 2) : _mm256_slli_epi16(h, 2);
     *lo = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(v, mask), _mm256_and_si256(hl, top)), bias);
     *hi = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), _mm256_and_si256(hh, top)),
                           bias);
@@ -277,16 +279,14 @@ TARGET void ROWS_Q8(const el_q8_weight *w, const el_q8_act *acts, int64_t count,
     rows_of(Q8, &tiles, acts, count, lo, hi, y, stride);
 }
 
-TARGET void ROWS_Q4K(const el_q4k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                     int64_t stride)
+TARGET void ROWS_KQUANT(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *acts, int64_t count,
+                        int64_t lo, int64_t hi, float *y, int64_t stride)
 {
-    const Tiles tiles = {w->qs, w->d, w->dmin, NULL, w->sc, w->mn, w->nb};
-    rows_of(Q4K, &tiles, acts, count, lo, hi, y, stride);
-}
-
-TARGET void ROWS_Q6K(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                     int64_t stride)
-{
-    const Tiles tiles = {w->q, w->d, NULL, NULL, (const uint8_t *)w->sc, NULL, w->nb};
-    rows_of(Q6K, &tiles, acts, count, lo, hi, y, stride);
+    if (w4 != NULL) {
+        const Tiles tiles = {w4->qs, w4->d, w4->dmin, NULL, w4->sc, w4->mn, w4->nb};
+        rows_of(Q4K, &tiles, acts, count, lo, hi, y, stride);
+    } else {
+        const Tiles tiles = {w6->q, w6->d, NULL, NULL, (const uint8_t *)w6->sc, NULL, w6->nb};
+        rows_of(Q6K, &tiles, acts, count, lo, hi, y, stride);
+    }
 }
