@@ -259,6 +259,13 @@ TARGET static void tile_q6k_rows(const el_q6k_weight *w, const el_q8_act *a, int
     vst1q_f32(lanes + 4, acc.b);
 }
 
+/* y[r] for the rows r of tile t in [lo, hi) */
+static void put_lanes(float *y, int64_t t, const float lanes[8], int64_t lo, int64_t hi)
+{
+    for (int64_t r = t * EL_Q41_TILE > lo ? t * EL_Q41_TILE : lo; r < (t + 1) * EL_Q41_TILE && r < hi; r++)
+        y[r] = lanes[r - t * EL_Q41_TILE];
+}
+
 /* y for the rows [lo, hi) of a k-quant W (Q4_K: w4, else Q6_K: w6), a tile against one activation
  * row at a time */
 TARGET void el_kquant_rows_neon(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *acts,
