@@ -2,6 +2,7 @@
  * Products of float32 activations with weights stored in blocks of 32 inputs, GGML Q4_1 and 8-bit
  * blocks, each in tiles of 8 rows; ort_ops.c runs them as the ONNX Runtime operators of domain
  * ai.edgellama.
+ * (GGUF's Q4_K and Q6_K super-blocks in the same tiles, with the same activations: blocks_kquants.h.)
  *
  * Q4_1:
  * Weight W [N, K], K = 32 * nb, one block per (row n, block b) of 32 inputs:
