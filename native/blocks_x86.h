@@ -81,35 +81,43 @@ TARGET static INLINE __m256 bytes8(const uint8_t *v, int is_signed)
     return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
 }
 
-/* acc + the terms of blocks.h (blocks_kquants.h) for the 8 rows of tile block `at` (its index in
- * the scales) and block b of activation row a, given their exact dot products (Q6_K: dot the first
- * 16 inputs', dot2 the last 16's) */
-TARGET static INLINE __m256 add_term(int kind, const Tiles *w, int64_t at, __m256 acc, __m256i dot, __m256i dot2,
+/* The float scales of the 8 rows of tile block `at` (its index in the scales): Q4_1's d and m,
+ * 8-bit's scale, Q4_K's d * sc and dmin * mn, Q6_K's d * sc of each half (the products exact) */
+TARGET static INLINE void block_scales(int kind, const Tiles *w, int64_t at, __m256 s[2])
+{
+    if (kind == Q8) {
+        s[0] = s[1] = _mm256_loadu_ps(w->scale + at * 8);
+    } else if (kind == Q6K) {
+        const __m256 dv = halves8(w->d + at / 8 * 8);
+        s[0] = _mm256_mul_ps(dv, bytes8(w->sc + at * 16, 1));
+        s[1] = _mm256_mul_ps(dv, bytes8(w->sc + at * 16 + 8, 1));
+    } else if (kind == Q4K) {
+        s[0] = _mm256_mul_ps(halves8(w->d + at / 8 * 8), bytes8(w->sc + at * 8, 0));
+        s[1] = _mm256_mul_ps(halves8(w->m + at / 8 * 8), bytes8(w->mn + at * 8, 0));
+    } else {
+        s[0] = halves8(w->d + at * 8);
+        s[1] = halves8(w->m + at * 8);
+    }
+}
+
+/* acc + the terms of blocks.h (blocks_kquants.h) for the 8 rows of a tile's block with scales s
+ * (block_scales) and block b of activation row a, given their exact dot products (Q6_K: dot the
+ * first 16 inputs', dot2 the last 16's) */
+TARGET static INLINE __m256 add_term(int kind, const __m256 s[2], __m256 acc, __m256i dot, __m256i dot2,
                                      const el_q8_act *a, int64_t b)
 {
     const __m256 xd = _mm256_broadcast_ss(a->scale + b);
     if (kind == Q8)
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(w->scale + at * 8), xd), acc);
-    if (kind == Q6K) {   /* the super-block's d times each half's sc: exact */
-        const __m256 dv = halves8(w->d + at / 8 * 8);
-        const __m256 s0 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16, 1));
-        const __m256 s1 = _mm256_mul_ps(dv, bytes8(w->sc + at * 16 + 8, 1));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s0, xd), acc);
-        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot2), _mm256_mul_ps(s1, xd), acc);
-    }
-    __m256 dv, mv;
-    if (kind == Q4K) {   /* d * sc and dmin * mn: exact; -(dmin * mn) by fnmadd */
-        dv = _mm256_mul_ps(halves8(w->d + at / 8 * 8), bytes8(w->sc + at * 8, 0));
-        mv = _mm256_mul_ps(halves8(w->m + at / 8 * 8), bytes8(w->mn + at * 8, 0));
-    } else {
-        dv = halves8(w->d + at * 8);
-        mv = halves8(w->m + at * 8);
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s[0], xd), acc);
+    if (kind == Q6K) {
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s[0], xd), acc);
+        return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot2), _mm256_mul_ps(s[1], xd), acc);
     }
     const __m256 xs = _mm256_broadcast_ss(a->sum + b);
     const __m256 rest8 = _mm256_mul_ps(_mm256_broadcast_ss(a->rest + b), _mm256_set1_ps(8.0f));
-    const __m256 inner = kind == Q4K ? _mm256_fnmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8))
-                                     : _mm256_fmadd_ps(mv, xs, _mm256_mul_ps(dv, rest8));
-    return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dv, xd), inner));
+    const __m256 inner = kind == Q4K ? _mm256_fnmadd_ps(s[1], xs, _mm256_mul_ps(s[0], rest8))   /* -(dmin * mn) */
+                                     : _mm256_fmadd_ps(s[1], xs, _mm256_mul_ps(s[0], rest8));
+    return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s[0], xd), inner));
 }
 
 /* Q6_K's q - 32 of chunk c (v: its low-bit bytes, h: the high-bit bytes of chunks c & ~1, c | 1):
@@ -148,16 +156,7 @@ TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *a
                     _mm_prefetch((const char *)(w->q + at * bytes + AHEAD + line), _MM_HINT_T0);
                 if (kind == Q8) {
                     _mm_prefetch((const char *)(w->scale + at * 8 + AHEAD / 8), _MM_HINT_T0);
-                } else if (kind == Q4K || kind == Q6K) {   /* scales of 32 blocks ahead */
-                    _mm_prefetch((const char *)(w->sc + (at + 32) * (kind == Q6K ? 16 : 8)), _MM_HINT_T0);
-                    if (kind == Q4K)
-                        _mm_prefetch((const char *)(w->mn + (at + 32) * 8), _MM_HINT_T0);
-                    if ((b & 7) == 0) {
-                        _mm_prefetch((const char *)(w->d + (at / 8 + 4) * 8), _MM_HINT_T0);
-                        if (kind == Q4K)
-                            _mm_prefetch((const char *)(w->m + (at / 8 + 4) * 8), _MM_HINT_T0);
-                    }
-                } else {
+                } else if (kind == Q41) {   /* (the k-quants' scales: the hardware prefetcher's, measured faster) */
                     _mm_prefetch((const char *)(w->d + at * 8 + AHEAD / 8), _MM_HINT_T0);
                     _mm_prefetch((const char *)(w->m + at * 8 + AHEAD / 8), _MM_HINT_T0);
                 }
@@ -193,11 +192,14 @@ TARGET static INLINE void tile_pass(int kind, const Tiles *w, const el_q8_act *a
                 }
             }
         }
-        for (int p = 0; p < pairs; p++)
+        for (int p = 0; p < pairs; p++) {
+            __m256 scales[2];
+            block_scales(kind, w, (t + p) * nb + b, scales);
             for (int i = 0; i < count; i++)
-                acc[p][i] = add_term(kind, w, (t + p) * nb + b, acc[p][i],
+                acc[p][i] = add_term(kind, scales, acc[p][i],
                                      kind == Q8 || kind == Q6K ? part[p][i] : DOT4_INT32(part[p][i]), part2[p][i],
                                      &acts[i], b);
+        }
     }
 }
 
