@@ -13,8 +13,8 @@ round-to-nearest of its extremes (it beat q4_1.py's unweighted least-squares sea
 (ConvertOptions.calibration, `--calibration`, as llama.cpp's imatrix is given to llama-quantize),
 the presets quantize with GPTQ (gptq.py), which feeds each column's error forward through the
 Hessian of the product's input measured on the text. On the rotated benchmark checkpoint
-(perplexity @ MiB, fp32 19.66; README, "Quality from full precision"): small 28.19 -> SMALL_GPTQ,
-default 23.05 -> DEFAULT_GPTQ, against llama.cpp's Q4_0 30.87 @ 101.0 and Q4_K_M 21.78 @ 117.4.
+(perplexity @ MiB, fp32 19.66; README, "Quality from full precision"): small 28.19 -> 22.55 @ 97.9,
+default 23.05 -> 21.77 @ 113.9, against llama.cpp's Q4_0 30.87 @ 101.0 and Q4_K_M 21.78 @ 117.4.
 Calibration stays a choice (it runs the model at full precision first, which needs the fp32
 model's memory); Precision(rounding="gptq") without a text is refused with a line naming it.
 
