@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .carry import Q41Blocks
 from .q4_1 import BLOCK, IMPORTANCE_FLOOR, _rounded, _search, encode
 
 DAMPING = 0.1            # share of the mean of diag H added to every diagonal entry
@@ -109,7 +108,6 @@ def quantize_q4_1_gptq(weight: np.ndarray, hessian: np.ndarray) -> tuple:
         if end < k:
             w[end:] -= u[start:end, end:].T @ errors
     q = q.T.reshape(n, k // BLOCK, BLOCK)
-    q = q.reshape(n, k // BLOCK, BLOCK)
     restored = q * d[..., None] + m[..., None]
     error = float(np.square(restored - source.reshape(n, k // BLOCK, BLOCK), dtype=np.float64).sum())
     norm = float(np.square(source, dtype=np.float64).sum())
