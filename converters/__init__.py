@@ -18,7 +18,8 @@ edgellama.json, whose quantization.layout is the plan -> move the finished packa
     carry.py        GGUF Q8_0 / Q4_0 / Q4_1 blocks mapped to MatMulNBits without dequantizing
     offset_columns.py, quantize.py   Q4_1 offsets as input columns; the converter's own quantizer
     q4_1.py         float weights into Q4_1 blocks (a search for each block's least weighted error)
-    importance.py, calibration_text.py   per-channel importance from a full-precision run over a text
+    gptq.py         float weights into Q4_1 blocks with GPTQ's error feedback through x's Hessian
+    importance.py, calibration_text.py   per-channel importance and Hessians from a full-precision run over a text
     graph/          ONNX nodes and initializers, emitted from the plan
     options.py, writer.py, report.py, progress.py   settings, atomic package writing, the report
 """
@@ -57,18 +58,18 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
     plan = plan_conversion(options, tensors)
-    importance = {}
-    if options.calibrated and plan.weighted:
-        from .importance import importance as measured
+    statistics = {}
+    if options.calibrated and plan.statistics:
+        from .importance import measured
 
-        importance = measured(source, options.calibration)
+        statistics = measured(source, plan.statistics, options.calibration)
     data = ExternalData(writer.path / DATA_FILE)
     bar = ProgressBar(tensors.count) if options.progress else None
     tensors.on_tensor = bar.update if bar is not None else None
     try:
         graph = Graph(data, name=f"edgellama-{source.name}")
         ctx = BuildContext(graph, config, options.quantization, options.io_dtype, max_length, tensors, plan,
-                           importance=importance)
+                           statistics=statistics)
         build_decoder(ctx)
     finally:
         data.close()

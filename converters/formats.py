@@ -16,6 +16,8 @@ blocks a conversion takes over as they are (BLOCK_TYPES); converters/plan.py pic
     Q4_1 quantized             float values  Q4_1 blocks (min, step; q4_1.py)       MatMulQ4_1   no
     Q4_1 rounded               float values  the same, each block's extremes        MatMulQ4_1   no
                                              rounded to nearest (no search)
+    Q4_1 GPTQ                  float values  the same, GPTQ's error feedback        MatMulQ4_1   no
+                                             through x's Hessian (gptq.py)
 
 Each row names its loader: (parts, bits, block_size) -> (Stored, relative error or None), where
 parts are the float32 arrays [N_i, K] of the stacked source tensors (formats made from float
@@ -33,6 +35,7 @@ import numpy as np
 from .carry import (CarriedWeight, Q41Blocks, carry, fits_float16_zero_points, fits_q4_0_as_q4_1, float16_zero_points,
                     from_q4_0_blocks, from_q4_1_blocks, from_q4_1_zero_point, relative_error, stack)
 from .offset_columns import append_offset_columns
+from .gptq import quantize_q4_1_gptq
 from .q4_1 import quantize_q4_1
 from .quantize import QuantizedWeight, quantize
 
@@ -70,7 +73,7 @@ class Format:
     gatherable: bool = True              # the embedding can gather its rows (no per-block offsets)
     fits: Optional[Callable] = None      # (stored bytes, K) -> whether one tensor can be written so
     fallback: Optional[str] = None       # the format used when `fits` says no
-    weighted: bool = False               # the loader takes the importance of x's channels (importance.py)
+    statistic: Optional[str] = None      # the statistic of x the loader takes (importance.py): "importance" | "hessian"
 
 
 def _stacked(parts: list) -> np.ndarray:
@@ -126,6 +129,11 @@ def _quantized_blocks(parts: list, bits: int, block_size: int, importance=None, 
     return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
 
 
+def _gptq_blocks(parts: list, bits: int, block_size: int, hessian=None):
+    blocks, error = quantize_q4_1_gptq(_stacked(parts), hessian)
+    return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
+
+
 FORMATS = {
     "float32": Format(_float, "float", "MatMul", exact=True, bits=32),
     "float16": Format(_float, "float", "MatMul", exact=False, bits=16),
@@ -147,10 +155,14 @@ FORMATS = {
                                   exact=True, source="Q4_0", bits=4, gatherable=False, fits=fits_q4_0_as_q4_1,
                                   fallback="Q4_0"),
     "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
-                             weighted=True),
+                             statistic="importance"),
     "Q4_1 rounded": Format(partial(_quantized_blocks, search=False), "blocks", "MatMulQ4_1", exact=False, bits=4,
                            gatherable=False),
+    "Q4_1 GPTQ": Format(_gptq_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
+                        statistic="hessian"),
 }
+# the format of 4-bit layer matrices made from float values in Q4_1 blocks, by rounding (precision.ROUNDINGS)
+Q4_1_ROUNDINGS = {"nearest": "Q4_1 rounded", "search": "Q4_1 quantized", "gptq": "Q4_1 GPTQ"}
 
 
 @dataclass(frozen=True)

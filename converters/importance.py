@@ -1,16 +1,19 @@
-"""Importance of each input channel of each weight, measured by running the model at full precision
-over a calibration text with edgellama's own runtime (the imatrix of llama.cpp, in spirit).
+"""Statistics of each layer product's input, measured by running the model at full precision over
+a calibration text with edgellama's own runtime (the imatrix of llama.cpp, in spirit).
 
     SOURCE --convert, fp32 (a temporary folder)--> package
       --its graph, and for every layer product x @ W^T (a MatMul by a float weight):
-            x -> Reshape [-1, K] -> ReduceSumSquare (axis 0) -> "importance/<initializer>"
+            x -> Reshape [-1, K] -> ReduceSumSquare (axis 0)     -> "importance/<initializer>" [K]
+                                 -> Gemm(x, x, transA)             -> "hessian/<initializer>" [K, K]
       --run over windows of the calibration text's token ids, sums added up-->
-    importance[source tensor] = mean over tokens of x_k^2   (float32 [K])
+    importance[source tensor] = mean over tokens of x_k^2      (float32 [K])
+    hessian[source tensor]    = mean over tokens of x x^T      (float32 [K, K])
 
-The quantizer (q4_1.py) weights each weight's squared error by the importance of its input channel:
-an error where the activations are large costs more output error. Weights stacked into one
-product (q|k|v, gate|up) read the same x and get the same vector. The text is calibration_text.TEXT
-unless a file is named.
+Each statistic is measured only where the conversion's formats ask for it (formats.Format.statistic):
+q4_1.py weights each weight's squared error by the importance of its input channel (an error where
+the activations are large costs more output error); gptq.py feeds each column's error forward
+through the Hessian. Weights stacked into one product (q|k|v, gate|up) read the same x and share
+one array. The text is calibration_text.TEXT unless a file is named.
 """
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ from .plan import LAYER_WEIGHTS
 log = logging.getLogger(__name__)
 
 WINDOW = 512                  # tokens per run of the graph
-OUTPUT_PREFIX = "importance/"
 _PRODUCT = re.compile(r"model\.layers\.(\d+)\.\w+\.(\w+)\.weight$")
 
 
@@ -51,11 +53,29 @@ def source_tensors(initializer: str) -> list:
     return [f"model.layers.{match.group(1)}.{part}.weight" for part in LAYER_WEIGHTS[match.group(2)]]
 
 
-def measuring_graph(package: Path):
-    """The package's graph with one more output per layer product: the sum over positions of x^2 [K]
-    of its input x (MatMul nodes whose weight is a layer matrix).
+def _importance(helper, flat: str, weight: str, k: int) -> tuple:
+    name = STATISTICS["importance"] + weight
+    return [helper.make_node("ReduceSumSquare", [flat, AXES_0], [name], name=f"/importance/{weight}/ReduceSumSquare",
+                             keepdims=0)], [k]
+
+
+def _hessian(helper, flat: str, weight: str, k: int) -> tuple:
+    name = STATISTICS["hessian"] + weight
+    return [helper.make_node("Gemm", [flat, flat], [name], name=f"/hessian/{weight}/Gemm", transA=1)], [k, k]
+
+
+STATISTICS = {"importance": "importance/", "hessian": "hessian/"}       # statistic -> graph output prefix
+_NODES = {"importance": _importance, "hessian": _hessian}
+AXES_0 = "/importance/axes_0"
+
+
+def measuring_graph(package: Path, statistics=("importance",)):
+    """The package's graph with one more output per layer product and statistic: the sum over
+    positions of x^2 [K] ("importance") or of x x^T [K, K] ("hessian") of its input x (MatMul nodes
+    whose weight is a layer matrix).
 
         x [.., K] -> Reshape [-1, K] -> ReduceSumSquare(axes 0, keepdims 0) -> importance/<weight> [K]
+                                     -> Gemm(transA 1)                       -> hessian/<weight> [K, K]
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -66,7 +86,7 @@ def measuring_graph(package: Path):
     model = onnx.load(str(package / MODEL_FILE), load_external_data=False)
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), "/importance/axes_0"))
+    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), AXES_0))
     added = []
     for node in list(graph.node):
         if node.op_type != "MatMul" or not source_tensors(node.input[1]):
@@ -77,42 +97,52 @@ def measuring_graph(package: Path):
         graph.initializer.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), shape))
         flat = f"/importance/{weight}/Reshape/output_0"
         graph.node.append(helper.make_node("Reshape", [node.input[0], shape], [flat], name=f"/importance/{weight}/Reshape"))
-        graph.node.append(helper.make_node("ReduceSumSquare", [flat, "/importance/axes_0"], [OUTPUT_PREFIX + weight],
-                                           name=f"/importance/{weight}/ReduceSumSquare", keepdims=0))
-        graph.output.append(helper.make_tensor_value_info(OUTPUT_PREFIX + weight, TensorProto.FLOAT, [k]))
+        for statistic in statistics:
+            nodes, dims = _NODES[statistic](helper, flat, weight, k)
+            graph.node.extend(nodes)
+            graph.output.append(helper.make_tensor_value_info(STATISTICS[statistic] + weight, TensorProto.FLOAT, dims))
         added.append(weight)
     return model, added
 
 
-def measure(package: Path, text: str, threads: Optional[int] = None, window: int = WINDOW) -> dict:
-    """{source tensor name: mean x_k^2 [K] float32} of every product of an fp32 package over `text`."""
+def measure(package: Path, text: str, threads: Optional[int] = None, window: int = WINDOW,
+            statistics=("importance",)) -> dict:
+    """{statistic: {source tensor name: mean over tokens float32}} of every product of an fp32
+    package over `text`: importance [K] (x_k^2), hessian [K, K] (x x^T)."""
     from edgellama.evaluate import empty_past, tokenize_text
     from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS
     from edgellama.session import open_package
 
     package = Path(package)
-    model, weights = measuring_graph(package)
+    model, weights = measuring_graph(package, statistics)
     opened = open_package(package, ("cpu",), threads, graph=model)
     ids = np.asarray(tokenize_text(package, text), dtype=np.int64)
     window = min(window, opened.info.max_length)
     past = empty_past(opened.info)
-    names = [OUTPUT_PREFIX + w for w in weights]
+    names = [STATISTICS[s] + w for s in statistics for w in weights]
     sums = None
     for start in range(0, len(ids), window):
         feed = ids[None, start:start + window]
         outputs = opened.session.run(names, {INPUT_IDS: feed, ATTENTION_MASK: np.ones_like(feed), **past})
-        sums = outputs if sums is None else [s + o for s, o in zip(sums, outputs)]
-    out = {}
-    for weight, total in zip(weights, sums or []):
-        for name in source_tensors(weight):
-            out[name] = (total / max(len(ids), 1)).astype(np.float32)
-    log.info("importance of %d weights measured over %d calibration tokens", len(out), len(ids))
+        if sums is None:
+            sums = outputs
+        else:
+            for total, output in zip(sums, outputs):
+                total += output
+    out = {s: {} for s in statistics}
+    scale = np.float32(1.0 / max(len(ids), 1))
+    for name, total in zip(names, sums or []):
+        statistic, _, weight = name.partition("/")
+        total *= scale
+        for tensor in source_tensors(weight):
+            out[statistic][tensor] = total
+    log.info("%s of %d products measured over %d calibration tokens", " and ".join(statistics), len(weights), len(ids))
     return out
 
 
-def importance(source, text_path: str = "bundled", threads: Optional[int] = None) -> dict:
-    """{source tensor name: importance [K]} of `source` (a Source, or anything `convert` opens), from
-    its fp32 package (made in a temporary folder) run over the calibration text."""
+def measured(source, statistics, text_path: str = "bundled", threads: Optional[int] = None) -> dict:
+    """{statistic: {source tensor name: array}} of `source` (a Source, or anything `convert` opens),
+    from its fp32 package (made in a temporary folder) run over the calibration text."""
     from edgellama.package import Quantization
 
     from . import convert
@@ -122,4 +152,4 @@ def importance(source, text_path: str = "bundled", threads: Optional[int] = None
     with tempfile.TemporaryDirectory(prefix="edgellama-calibration-") as tmp:
         package = Path(tmp) / "fp32"
         convert(source, package, ConvertOptions(quantization=Quantization("fp32"), max_length=WINDOW))
-        return measure(package, text, threads)
+        return measure(package, text, threads, statistics=tuple(statistics))

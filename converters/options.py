@@ -44,15 +44,17 @@ class ConvertOptions:
     kv_cache: the KV cache type the package loads with by default (edgellama.kv_types), recorded in
     edgellama.json; None records none (the io_dtype's). A portable package runs only its io_dtype's.
 
-    calibration: None (the default) quantizes each block for the least squared error; "bundled" or
-    the path of a text file first runs the model at full precision over that text (the bundled one:
-    converters/calibration_text.py) and weights each weight's error by how strongly its input channel
-    is driven (converters/importance.py). Used where int4 weights are made from float values in the
-    native form.
+    calibration: None (the default) quantizes without one; "bundled" or the path of a text file
+    first runs the model at full precision over that text (the bundled one:
+    converters/calibration_text.py) and measures each product's input (converters/importance.py):
+    the quality preset's 4-bit layer matrices are then found by GPTQ (converters/gptq.py), which
+    keeps the product's output error over the text small rather than each weight's own error.
+    Used where int4 weights are made from float values in the native form.
 
     quality: the size / quality target of an int4 package made from float values, a preset of
-    converters/precision.py ("small", "default", "best"): which weights keep 8 bits and how the 4-bit
-    ones are found. Blocks taken over from a GGUF file are kept as they are."""
+    converters/precision.py ("small", "default", "best") or a Precision: which weights keep 8 bits and
+    how the 4-bit ones are found (a Precision whose rounding needs a calibration text is refused
+    without one). Blocks taken over from a GGUF file are kept as they are."""
     quantization: Quantization = field(default_factory=Quantization)
     max_length: Optional[int] = None
     providers: tuple = ("cpu",)
@@ -74,7 +76,7 @@ class ConvertOptions:
         if not providers or any(p not in PROVIDERS for p in providers):
             raise InvalidParameterError(f"providers={providers!r}: each must be one of {PROVIDERS}")
         object.__setattr__(self, "providers", providers)
-        precision(self.quality)
+        precision(self.quality).rounding_with(self.calibrated)
         if self.gguf_blocks not in GGUF_BLOCK_MODES:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} must be one of {GGUF_BLOCK_MODES}")
         if self.gguf_blocks == "ops" and ("cuda" in providers or self.portable):

@@ -27,7 +27,7 @@ from typing import Optional
 from edgellama.errors import PackageError
 
 from .carry import GGML_BLOCK
-from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, QUANT_BITS
+from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, Q4_1_ROUNDINGS, QUANT_BITS
 from .options import ConvertOptions
 from .precision import precision
 
@@ -109,10 +109,10 @@ class ConversionPlan:
         return bool(names & LIBRARY_OPERATORS)
 
     @property
-    def weighted(self) -> bool:
-        """Whether a layer weight is quantized by a loader that weights its error by importance."""
-        return any(FORMATS[getattr(layer.weights, f.name).format].weighted
-                   for layer in self.layers for f in fields(LayerWeights))
+    def statistics(self) -> tuple:
+        """The statistics of x (importance.py) that the loaders of the layer weights take, sorted."""
+        return tuple(sorted({FORMATS[getattr(layer.weights, f.name).format].statistic
+                             for layer in self.layers for f in fields(LayerWeights)} - {None}))
 
     def to_dict(self) -> dict:
         """The plan as JSON data; runs of equal layers are written once with their first and last index."""
@@ -162,7 +162,7 @@ class _Planner:
         self.native = options.native
         self.float16 = options.io_dtype == "float16"
         self.precision = precision(options.quality)
-        self.search = self.precision.search or options.calibrated     # importance weights the search's error
+        self.rounding = self.precision.rounding_with(options.calibrated)
         self.layers = self.tensors.config.num_layers
 
     def carried(self, names: list, types: tuple, table: bool, gathered: bool) -> Optional[str]:
@@ -195,12 +195,11 @@ class _Planner:
 
     def quantized(self, table: bool, k: int, bits: int) -> str:
         """The format of a weight made from float values: the native form's 4-bit layer matrices in
-        Q4_1 blocks (blocks of 32; searched where the preset or calibration asks, else rounded to nearest), else
-        MatMulNBits' layout."""
+        Q4_1 blocks (blocks of 32, in the format of the precision's rounding), else MatMulNBits' layout."""
         q = self.q
         if (self.native and not table and bits == 4 and q.method == "int4" and q.block_size == GGML_BLOCK
                 and k % GGML_BLOCK == 0):
-            return "Q4_1 quantized" if self.search else "Q4_1 rounded"
+            return Q4_1_ROUNDINGS[self.rounding]
         return "quantized" if q.symmetric else "quantized asymmetric"
 
     def operator(self, name: str, bits: int, block_size: Optional[int], k: int) -> str:

@@ -105,10 +105,20 @@ def _chunk(w: np.ndarray, a: Optional[np.ndarray], search: bool) -> tuple:
     d, m = _search(w, a, search)
     q = _rounded(w, d, m)
     error = float(_error(w, None, q, d, m).sum(dtype=np.float64))
+    return (*_fields(q, d[..., 0], m[..., 0]), error)
+
+
+def _fields(q: np.ndarray, d: np.ndarray, m: np.ndarray) -> tuple:
+    """Integers q [n, nb, 32] (0..15) and float16 values d, m [n, nb] (as float32) -> the block
+    fields: nibbles [n, nb, 16] uint8, d and m float16 bits."""
     q = q.astype(np.uint8)
     qs = q[..., :16] | (q[..., 16:] << 4)
-    d16, m16 = d[..., 0].astype(np.float16), m[..., 0].astype(np.float16)
-    return qs, d16.view(np.uint16), m16.view(np.uint16), error
+    return qs, d.astype(np.float16).view(np.uint16), m.astype(np.float16).view(np.uint16)
+
+
+def encode(q: np.ndarray, d: np.ndarray, m: np.ndarray) -> Q41Blocks:
+    """Q41Blocks of integers q [N, K / 32, 32] and float16 values d, m [N, K / 32] (as float32)."""
+    return Q41Blocks(*_fields(q, d, m))
 
 
 def quantize_q4_1(weight: np.ndarray, importance: Optional[np.ndarray] = None, search: bool = True) -> tuple:

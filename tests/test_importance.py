@@ -1,6 +1,7 @@
-"""Importance of input channels (converters/importance.py), measured by running the fp32 package over
-a calibration text, equals the mean squared input of each product in transformers; a calibrated int4
-conversion weights its quantizer by it; bad calibration settings and damaged weights are clear errors."""
+"""Importance of input channels and Hessians (converters/importance.py), measured by running the fp32
+package over a calibration text, equal the mean second moments of each product's input in
+transformers; a calibrated int4 conversion quantizes with GPTQ (or weights its search by importance);
+bad calibration settings and damaged weights are clear errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,7 @@ def _reference(folder, ids) -> dict:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and ".layers." in name:
             hooks.append(module.register_forward_pre_hook(
-                lambda m, args, name=name: seen.__setitem__(name, (args[0][0] ** 2).mean(0).numpy())))
+                lambda m, args, name=name: seen.__setitem__(name, args[0][0].numpy().copy())))
     with torch.no_grad():
         model(torch.tensor([ids]))
     for hook in hooks:
@@ -41,30 +42,60 @@ def _reference(folder, ids) -> dict:
     return seen
 
 
-def test_importance_is_the_mean_squared_input_of_each_product(tiny, tmp_path):
+def test_importance_and_hessian_are_the_mean_second_moments_of_each_products_input(tiny, tmp_path):
     from edgellama.evaluate import tokenize_text
 
     package = convert_tiny(tiny, tmp_path / "fp32")
-    got = measure(package, TEXT, threads=1)
-    expected = _reference(tiny, tokenize_text(package, TEXT))
+    got = measure(package, TEXT, threads=1, statistics=("importance", "hessian"))
+    inputs = _reference(tiny, tokenize_text(package, TEXT))
     for layer in (0, 1):
         for part, reads in INPUTS.items():
-            value = got[f"model.layers.{layer}.{part}.weight"]
-            np.testing.assert_allclose(value, expected[f"model.layers.{layer}.{reads}"], rtol=1e-3, atol=1e-6)
-    assert len(got) == 2 * 7
+            x = inputs[f"model.layers.{layer}.{reads}"].astype(np.float64)
+            name = f"model.layers.{layer}.{part}.weight"
+            np.testing.assert_allclose(got["importance"][name], (x ** 2).mean(0), rtol=1e-3, atol=1e-6)
+            np.testing.assert_allclose(got["hessian"][name], x.T @ x / len(x), rtol=1e-3, atol=1e-5)
+    assert len(got["importance"]) == len(got["hessian"]) == 2 * 7
+    # weights that read the same input share one array
+    assert got["hessian"]["model.layers.0.self_attn.q_proj.weight"] is got["hessian"]["model.layers.0.self_attn.v_proj.weight"]
 
 
-def test_calibrated_conversion_weights_the_quantizer(tiny, tmp_path):
+def test_calibrated_search_weights_the_quantizer(tiny, tmp_path):
     from edgellama.converters.precision import Precision
 
-    # the same least-squares search without importance (the presets round to nearest unless calibrated)
-    plain = convert(str(tiny), tmp_path / "plain", ConvertOptions(max_length=256, quality=Precision(search=True)))
+    # the same least-squares search without importance
+    search = Precision(rounding="search")
+    plain = convert(str(tiny), tmp_path / "plain", ConvertOptions(max_length=256, quality=search))
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
-    calibrated = convert(str(tiny), tmp_path / "calibrated", ConvertOptions(max_length=256, calibration=str(text)))
+    calibrated = convert(str(tiny), tmp_path / "calibrated",
+                         ConvertOptions(max_length=256, calibration=str(text), quality=search))
     assert (tmp_path / "plain" / "model.onnx.data").read_bytes() != (tmp_path / "calibrated" / "model.onnx.data").read_bytes()
     # weighted by importance, the plain error can only grow (the search minimises the weighted one)
     assert calibrated.quantization_error["gate_up_proj"]["mean"] >= plain.quantization_error["gate_up_proj"]["mean"]
+
+
+def test_calibration_quantizes_the_presets_4_bit_matrices_with_gptq(tiny, tmp_path):
+    from edgellama.converters.plan import ConversionPlan
+    from edgellama.package import read_info
+
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT)
+    rounded = convert(str(tiny), tmp_path / "rounded", ConvertOptions(max_length=256, quality="small"))
+    gptq = convert(str(tiny), tmp_path / "gptq", ConvertOptions(max_length=256, quality="small", calibration=str(text)))
+    plan = ConversionPlan.from_dict(read_info(tmp_path / "gptq").quantization.layout)
+    assert plan.statistics == ("hessian",)
+    assert {w.format for layer in plan.layers for w in vars(layer.weights).values()} == {"Q4_1 GPTQ"}
+    # error feedback moves weights away from their own nearest grid points to lower the output error
+    assert gptq.quantization_error["gate_up_proj"]["mean"] > rounded.quantization_error["gate_up_proj"]["mean"]
+    assert (tmp_path / "gptq" / "model.onnx.data").stat().st_size == (tmp_path / "rounded" / "model.onnx.data").stat().st_size
+
+
+def test_gptq_without_a_calibration_text_is_refused_naming_the_option():
+    from edgellama.converters.precision import Precision
+
+    with pytest.raises(InvalidParameterError, match=r"rounding='gptq' needs a calibration text.*--calibration"):
+        ConvertOptions(quality=Precision(rounding="gptq"))
+    assert ConvertOptions(quality=Precision(rounding="gptq"), calibration="bundled").calibrated
 
 
 def test_missing_calibration_file_is_refused(tmp_path):

@@ -158,7 +158,7 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 # --- a float checkpoint ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, form", [(dict(quality="small"), "Q4_1 rounded"),
-                                           (dict(quality="small", calibration="bundled"), "Q4_1 quantized")])
+                                           (dict(quality="small", calibration="bundled"), "Q4_1 GPTQ")])
 def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form):
     plan = plan_of(hf_folder, **options)
     assert plan.native and weights_of(plan) == {WeightPlan(form, "MatMulQ4_1", 4, 32, False, ())}

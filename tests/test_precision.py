@@ -47,7 +47,7 @@ def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable)
                 assert (weight.format, weight.block_size) == ("quantized", 32)
                 assert weight.operator == ("MatMulNBits" if portable else "MatMulQ8")
             elif not portable:
-                assert weight.format == ("Q4_1 quantized" if preset.search else "Q4_1 rounded")
+                assert weight.format == "Q4_1 rounded"
                 assert weight.operator == "MatMulQ4_1"
     for weight in (plan.embedding, plan.lm_head):
         assert weight.format == "quantized" and weight.block_size == 32
@@ -106,6 +106,21 @@ def test_a_bad_precision_entry_is_refused():
     with pytest.raises(InvalidParameterError, match="attn_v"):
         Precision(("attn_v",))
     assert precision(Precision(("down_proj:more",))).bits("down_proj", 0, 30) == 8
+    with pytest.raises(InvalidParameterError, match="rounding='fast'.*nearest, search, gptq"):
+        Precision(rounding="fast")
+
+
+@pytest.mark.parametrize("rounding,calibrated,expected", [(None, False, "Q4_1 rounded"), (None, True, "Q4_1 GPTQ"),
+                                                          ("search", False, "Q4_1 quantized"),
+                                                          ("search", True, "Q4_1 quantized"),
+                                                          ("nearest", True, "Q4_1 rounded")])
+def test_the_rounding_picks_the_4_bit_format_and_calibration_picks_gptq(hf_folder, rounding, calibrated, expected):
+    plan = plan_hf(hf_folder, quality=Precision(("qkv_proj",), rounding=rounding),
+                   calibration="bundled" if calibrated else None)
+    assert {layer.weights.down_proj.format for layer in plan.layers} == {expected}
+    assert plan.layers[0].weights.qkv_proj.format == "quantized"
+    statistic = {"Q4_1 rounded": (), "Q4_1 GPTQ": ("hessian",), "Q4_1 quantized": ("importance",)}[expected]
+    assert plan.statistics == statistic
 
 
 def test_the_cli_refuses_a_bad_preset_in_one_line(tmp_path):

@@ -43,6 +43,8 @@ ROWS = (
     Row("edgellama/int4", "edgellama int4 (--quality default)", "edgellama", "int4", False),
     Row("edgellama/int4-best", "edgellama int4 --quality best", "edgellama", "int4-best", False),
     Row("edgellama/int4-calibrated", "edgellama int4 --calibration bundled", "edgellama", "int4-calibrated", False),
+    Row("edgellama/int4-small-calibrated", "edgellama int4 --quality small --calibration bundled", "edgellama",
+        "int4-small-calibrated", False),
     Row("edgellama/int4-portable", "edgellama int4 --portable", "edgellama", "int4-portable", False),
 )
 BY_KEY = {r.key: r for r in ROWS}
@@ -53,6 +55,7 @@ EDGELLAMA_VARIANTS = {"fp32": dict(quantization="fp32"), "int4": dict(quantizati
                       "int4-small": dict(quantization="int4", quality="small"),
                       "int4-best": dict(quantization="int4", quality="best"),
                       "int4-calibrated": dict(quantization="int4", calibration="bundled"),
+                      "int4-small-calibrated": dict(quantization="int4", quality="small", calibration="bundled"),
                       "int4-portable": dict(quantization="int4", portable=True)}
 
 

@@ -36,7 +36,8 @@ class QuantStats:
 class BuildContext:
     """What every graph function reads: the graph being emitted, the architecture, the settings,
     the source's tensors and the plan; `stats` collects the quantization error of each weight;
-    `importance` holds the importance of x's channels per source tensor (importance.py), if measured."""
+    `statistics` holds the measured statistics of x per source tensor (importance.py:
+    {"importance" | "hessian": {source tensor: array}}), if a calibration text was given."""
     graph: Graph
     config: ModelConfig
     quantization: Quantization
@@ -45,7 +46,7 @@ class BuildContext:
     tensors: SourceTensors
     plan: ConversionPlan
     stats: QuantStats = field(default_factory=QuantStats)
-    importance: dict = field(default_factory=dict)
+    statistics: dict = field(default_factory=dict)
 
     @property
     def np_dtype(self):

@@ -48,7 +48,7 @@ def load(ctx: BuildContext, names: Sequence[str], weight: WeightPlan, kind: str)
     the statistics of `kind`."""
     form = FORMATS[weight.format]
     parts = [ctx.tensors.raw(n) if form.source else ctx.read(n) for n in names]
-    weighted = {"importance": ctx.importance.get(names[0])} if form.weighted else {}
+    weighted = {form.statistic: ctx.statistics.get(form.statistic, {}).get(names[0])} if form.statistic else {}
     stored, error = form.load(parts, weight.bits, weight.block_size, **weighted)
     if error is not None:
         ctx.stats.add(kind, error)

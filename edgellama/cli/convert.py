@@ -55,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from a GGUF file are kept as they are")
     parser.add_argument("--calibration", default=None, metavar="FILE|bundled",
                         help="int4 made from float weights (native form): run the model at full precision over the "
-                             "UTF-8 text FILE (or the converter's bundled text) first and weight each weight's "
-                             "quantization error by how strongly its input channel is driven")
+                             "UTF-8 text FILE (or the converter's bundled text) first and quantize the 4-bit layer "
+                             "matrices with GPTQ, which keeps each product's output error over the text small")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
