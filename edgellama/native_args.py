@@ -246,6 +246,15 @@ def q8_rows(context: str, x, raw, d: int, group: int) -> None:
                                                   f"the same rows of {d} values ({bytes_} bytes)")
 
 
+def q8_scores(q, rows, d: int, group: int) -> None:
+    """q8_scores: a query q [d] (d at most 256) and q8 rows [n, row] of d values."""
+    bytes_ = q8_row_bytes(d, group)
+    if np.shape(q) != (d,) or np.ndim(rows) != 2 or np.shape(rows)[1] != bytes_ or d > MAX_HEAD_DIM:
+        raise error_for(Status.ERR_SIZE, "q8_scores", f"query {np.shape(q)} and q8 rows {np.shape(rows)} are not "
+                                                      f"of head_dim {d} ({bytes_} bytes a row, d at most "
+                                                      f"{MAX_HEAD_DIM})")
+
+
 def attention(qkv, keys, values, cos, sin, p0: int, heads: int, kv_group: int = 32) -> None:
     """qkv [S, (H + 2G) D] at positions p0 .., the cache keys and values [G, C, row] (row: D for
     float32 and float16 buffers, a q8 row for uint8 ones), the rotary tables cos and sin [R, D/2]:

@@ -458,6 +458,25 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     return result
 
 
+def q8_scores(q, rows, int64_t d, float scale, bint portable=False, int64_t group=32):
+    """scores float32 [n]: scale * q . rows[j] as attention takes them over a q8 cache (attention.h): the
+    query q float32 [d] quantized as a q8 row, integer dots per group with the q8 rows [n, row]."""
+    native_args.q8_scores(q, rows, d, group)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    cdef const float[::1] x = q
+    cdef const uint8_t[:, ::1] r = rows
+    cdef int64_t n = rows.shape[0]
+    scores = np.zeros(n, dtype=np.float32)
+    cdef float[::1] out = scores
+    cdef el_status code = EL_OK
+    if n > 0:
+        with nogil:
+            code = el_attention_q8_scores(&x[0], &r[0, 0], n, d, group, scale, &out[0], portable)
+    _check(code, "q8_scores")
+    return scores
+
+
 def quantize_rows(x, int64_t group=32):
     """uint8 [..., D + 4 D / group]: the q8 rows (kvrows.h) of x float32 [..., D]."""
     x = np.ascontiguousarray(x, dtype=np.float32)

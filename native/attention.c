@@ -7,7 +7,10 @@
  * context:
  *     for each chunk:  keys, values as float32 (compact rows converted into CHUNK x D on the stack),
  *                      once for all the tile's queries; then for each query, over its rows of the chunk:
- *                      scores[j] = scale * q . k_j            (CHUNK floats on the stack)
+ *                      scores[j] = scale * q . k_j            (CHUNK floats on the stack; over q8 keys,
+ *                                                              which stay as they are, the query is a q8
+ *                                                              row too and the dots are integer ones per
+ *                                                              group: q8_scores_plain)
  *                      new maximum m' -> out, total *= exp(m - m')
  *                      scores[j] = exp(scores[j] - m'), total += their sum
  *                      out += sum_j scores[j] v_j
@@ -164,15 +167,46 @@ static float top_plain(const float *x, int64_t n)
     return top;
 }
 
+/* the float32 scale of group g0 / group of a q8 row of d values (kvrows.h) */
+INLINE float q8_scale(const uint8_t *row, int64_t d, int64_t group, int64_t g0)
+{
+    float s;
+    memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
+    return s;
+}
+
+/* scores [n] = scale * q . rows[j] over q8 rows (d values in groups of `group`, kvrows.h), the query
+ * q a q8 row of the same groups: for each row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total)
+ * over its groups g in order from 0, q_g . k_g the integer dot of the group's int8 values (exact:
+ * |q_g . k_g| <= 256 * 127 * 127 < 2^24), then score = total * scale */
+static void q8_scores_plain(const uint8_t *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
+                            float scale, float *scores)
+{
+    const int64_t bytes = el_q8_row_bytes(d, group);
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *k = rows + j * bytes;
+        float total = 0.0f;
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            int32_t dot = 0;
+            for (int64_t i = g0; i < g0 + group; i++)
+                dot += (int32_t)(int8_t)q[i] * (int32_t)(int8_t)k[i];
+            total = fmaf(q8_scale(q, d, group, g0) * q8_scale(k, d, group, g0), (float)dot, total);
+        }
+        scores[j] = total * scale;
+    }
+}
+
 /* the inner loops and the conversion of compact rows, plain or vector */
 typedef struct {
     void (*scores)(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores);
+    void (*q8_scores)(const uint8_t *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group, float scale,
+                      float *scores);
     float (*top)(const float *x, int64_t n);
     void (*weigh)(float *out, const float *w, const float *values, int64_t n, int64_t d);
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 
-static const Loops PLAIN = {scores_plain, top_plain, weigh_plain, convert_plain};
+static const Loops PLAIN = {scores_plain, q8_scores_plain, top_plain, weigh_plain, convert_plain};
 
 /* How step 2 of S tokens falls into units: decided here once, read by every routine below. */
 typedef struct {
@@ -239,9 +273,9 @@ static void partials_plain(const el_attention *a, const float *q, int64_t s, int
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#include "attention_x86.h"   /* scores_vector, top_vector, weigh_vector, convert_vector */
+#include "attention_x86.h"   /* scores_vector, q8_scores_vector, top_vector, weigh_vector, convert_vector */
 
-static const Loops VECTOR = {scores_vector, top_vector, weigh_vector, convert_vector};
+static const Loops VECTOR = {scores_vector, q8_scores_vector, top_vector, weigh_vector, convert_vector};
 
 __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t s,
                                                             int64_t p0, const uint8_t *keys, const uint8_t *values,
@@ -315,6 +349,25 @@ el_status el_attention_partials(const el_attention *a, const float *q, int64_t s
     }
 #endif
     partials_plain(a, q, s, p0, spans, keys, values, lo, hi, partials, portable);
+    return EL_OK;
+}
+
+el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
+                                float scale, float *scores, int portable)
+{
+    uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* the query as a q8 row (at most 5 d bytes) */
+    if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || n < 0)
+        return EL_ERR_SIZE;
+    if (n > 0 && (q == NULL || rows == NULL || scores == NULL))
+        return EL_ERR_SIZE;
+    el_q8_rows_store(q, 1, d, group, row);   /* sizes are valid: cannot fail */
+#if HAVE_VECTOR
+    if (vector(portable)) {
+        q8_scores_vector(row, rows, n, d, group, scale, scores);
+        return EL_OK;
+    }
+#endif
+    q8_scores_plain(row, rows, n, d, group, scale, scores);
     return EL_OK;
 }
 

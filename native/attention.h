@@ -83,6 +83,12 @@ int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
 el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                                 const void *values, int64_t lo, int64_t hi, float *partials, int portable);
 
+/* Scores over a q8 cache as step 2 takes them: scores [n] = scale * q . rows[j] for the query q [d],
+ * quantized as a q8 row of the cache's groups (kvrows.h), against q8 rows [n] of d values in groups of
+ * `group`, from the integer dots of each group's int8 values (attention.c: q8_scores_plain). */
+el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
+                                float scale, float *scores, int portable);
+
 /* out for the units u in [lo, hi): their queries' span partials merged in order (as el_attention_rows). */
 el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
                              int64_t hi, float *out);

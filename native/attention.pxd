@@ -1,5 +1,5 @@
 # Declarations of attention.h for the extension module.
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 
 from status cimport el_status
 
@@ -27,3 +27,5 @@ cdef extern from "attention.h" nogil:
                                     const void *values, int64_t lo, int64_t hi, float *partials, int portable)
     el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
                                  int64_t hi, float *out)
+    el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
+                                     float scale, float *scores, int portable)

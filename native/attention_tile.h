@@ -51,7 +51,13 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     float scores[EL_ATT_TILE_QUERIES][CHUNK];             /* [query, row of the chunk] */
     float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: compact rows as float32 */
     int64_t len[EL_ATT_TILE_QUERIES];                     /* [query]: its rows of the chunk */
+    uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
+                                                                     queries as q8 rows (5 D bytes at most) */
+    const int q8 = a->kv_type == EL_KV_Q8;
+    const int64_t rb = row_bytes(a);
     for (int64_t r = 0; r < queries; r++) {
+        if (q8)
+            put_row(a, q + query_at(a, n, r), qrows + r * rb);
         float *sl = slots + r * slot;
         sl[0] = -INFINITY;
         sl[1] = 0.0f;
@@ -59,14 +65,17 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     }
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
-        const float *k = rows_at(a, kh, c0, all, buf, loops);
+        const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
         for (int64_t r = 0; r < queries; r++) {
             const int64_t end = query_rows(n, r) - r0 < EL_ATT_SPAN ? query_rows(n, r) : r0 + EL_ATT_SPAN;
             len[r] = end - c0 < CHUNK ? end - c0 : CHUNK;
             if (len[r] <= 0)
                 continue;
             float *sc = scores[r], *sl = slots + r * slot, *o = sl + 2, sum;
-            loops->scores(q + query_at(a, n, r), k, len[r], d, a->scale, sc);
+            if (q8)
+                loops->q8_scores(qrows + r * rb, kh + c0 * rb, len[r], d, a->kv_group, a->scale, sc);
+            else
+                loops->scores(q + query_at(a, n, r), k, len[r], d, a->scale, sc);
             const float chunk_top = loops->top(sc, len[r]);
             if (chunk_top > sl[0]) {   /* rescale what the earlier chunks summed (nothing, the first time) */
                 const float factor = expf(sl[0] - chunk_top);

@@ -1,6 +1,7 @@
 /*
  * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
- * included there, after the plain loops (scores_plain, top_plain, weigh_plain, convert_plain, larger)
+ * included there, after the plain loops (scores_plain, q8_scores_plain, q8_scale, top_plain, weigh_plain,
+ * convert_plain, larger)
  * and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
  * what its plain twin forms, in the same order (attention.c), so the two builds agree bit for bit.
  */
@@ -44,6 +45,59 @@ __attribute__((target("avx2,fma"))) static void scores_vector(const float *q, co
         for (int r = 0; r < 8; r++)
             k[r] = keys + (j + (r < m ? r : 0)) * d;
         scores8(q, k, d, by, m == 8 ? scores + j : last);
+        if (m < 8)
+            memcpy(scores + j, last, (size_t)m * sizeof(float));
+    }
+}
+
+/* the sums of the eight lanes of each of s[0 .. 7], as the eight lanes of one register (exact) */
+__attribute__((target("avx2,fma"))) static inline __m256i sums8(const __m256i s[8])
+{
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* q8_scores_plain for groups that are multiples of 32, eight rows at a time (the last n % 8 as a group
+ * of eight whose missing rows repeat its first, their scores dropped): each group's integer dots by
+ * the sign trick (|q| unsigned times k with q's sign, pairs summed in 16 bits, which hold 2 * 127 * 127,
+ * then in 32), the scales and the multiply-adds in the plain order, one row per lane */
+__attribute__((target("avx2,fma"))) static void q8_scores_vector(const uint8_t *q, const uint8_t *rows, int64_t n,
+                                                                 int64_t d, int64_t group, float scale,
+                                                                 float *scores)
+{
+    if (group % 32) {
+        q8_scores_plain(q, rows, n, d, group, scale, scores);
+        return;
+    }
+    const int64_t bytes = el_q8_row_bytes(d, group);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t *k[8];
+    float last[8], ks[8];
+    for (int64_t j = 0; j < n; j += 8) {
+        const int64_t m = n - j < 8 ? n - j : 8;
+        for (int r = 0; r < 8; r++)
+            k[r] = rows + (j + (r < m ? r : 0)) * bytes;
+        __m256 total = _mm256_setzero_ps();
+        for (int64_t g0 = 0; g0 < d; g0 += group) {
+            __m256i s[8];
+            for (int r = 0; r < 8; r++)
+                s[r] = _mm256_setzero_si256();
+            for (int64_t i = g0; i < g0 + group; i += 32) {
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(q + i));
+                const __m256i ax = _mm256_sign_epi8(x, x);
+                for (int r = 0; r < 8; r++) {
+                    const __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)(k[r] + i));
+                    const __m256i pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
+                    s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            for (int r = 0; r < 8; r++)
+                ks[r] = q8_scale(k[r], d, group, g0);
+            const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q, d, group, g0)), _mm256_loadu_ps(ks));
+            total = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(sums8(s)), total);
+        }
+        _mm256_storeu_ps(m == 8 ? scores + j : last, _mm256_mul_ps(total, _mm256_set1_ps(scale)));
         if (m < 8)
             memcpy(scores + j, last, (size_t)m * sizeof(float));
     }

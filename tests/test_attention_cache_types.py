@@ -100,6 +100,17 @@ def case(heads, kv_heads, d, s, p0, dtype, capacity=640, seed=0):
     return qkv, keys, values, np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def query_of(q, dtype):
+    """float64 values of a rotated query as attention takes it over a cache of `dtype`: over q8 rows,
+    rounded to a q8 row itself (its exact values)."""
+    if dtype != np.uint8:
+        return q
+    d = q.shape[0]
+    raw = twins.quantize_rows(q.astype(np.float32))
+    scales = np.repeat(raw[d:].view("<f4").astype(np.float64), 32)
+    return raw[:d].view(np.int8).astype(np.float64) * scales
+
+
 def definition(qkv, keys, values, cos, sin, p0, heads):
     """float64 attention of the new tokens over the cache rows as they are held after the call."""
     kv_heads, d = keys.shape[0], qkv.shape[1] // (heads + keys.shape[0] * 2)
@@ -110,7 +121,7 @@ def definition(qkv, keys, values, cos, sin, p0, heads):
         c, sn = cos[p0 + t].astype(np.float64), sin[p0 + t].astype(np.float64)
         for h in range(heads):
             x = qkv[t, h * d:(h + 1) * d].astype(np.float64)
-            q = np.concatenate([x[:half] * c - x[half:] * sn, x[half:] * c + x[:half] * sn])
+            q = query_of(np.concatenate([x[:half] * c - x[half:] * sn, x[half:] * c + x[:half] * sn]), keys.dtype)
             scores = k[h // group, :p0 + t + 1] @ q / math.sqrt(d)
             w = np.exp(scores - scores.max())
             out[t, h] = w @ v[h // group, :p0 + t + 1] / w.sum()
@@ -190,6 +201,38 @@ def test_vector_and_plain_builds_agree_bit_for_bit(cache):
     outs = [_native.attention(qkv, keys.copy(), values.copy(), cos, sin, 520, 9, 0.125, portable)
             for portable in (False, True)]
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@needs_native
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("d, group", [(64, 32), (128, 64), (64, 16), (256, 256)])
+def test_q8_scores_equal_their_twin_bit_for_bit(portable, d, group):
+    """The integer scores over q8 rows (the query rounded to a q8 row, integer dots per group, the
+    scales' products summed in group order) on either build, for any number of rows (eight at a time
+    and a rest), including zero rows, a zero query group and rows of +-127."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((45, d)) * rng.uniform(0.01, 20, (45, 1))).astype(np.float32)
+    x[3] = 0.0
+    x[4] = np.where(np.arange(d) % 2, 50.0, -50.0)
+    rows = twins.quantize_rows(x, group)
+    q = (rng.standard_normal(d) * 3).astype(np.float32)
+    q[:group] = 0.0
+    for n in (45, 8, 7, 1, 0):
+        want = twins.q8_scores(q, rows[:n], d, 0.125, group=group)
+        got = _native.q8_scores(q, rows[:n], d, 0.125, portable, group)
+        np.testing.assert_array_equal(got, want)
+    # what they approximate: the dot of the rows' and the rounded query's exact values
+    exact = twins.dequantize_rows(rows, d, group).astype(np.float64) @ twins.dequantize_rows(
+        twins.quantize_rows(q, group), d, group).astype(np.float64) * 0.125
+    np.testing.assert_allclose(twins.q8_scores(q, rows, d, 0.125, group=group), exact, rtol=1e-6,
+                               atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_scores_refuse_a_query_of_another_head_dim(module):
+    rows = np.zeros((3, 72), np.uint8)
+    with pytest.raises(InvalidParameterError, match="q8_scores"):
+        module.q8_scores(np.zeros(32, np.float32), rows, 64, 0.125)
 
 
 @pytest.mark.parametrize("module", BACKENDS)
