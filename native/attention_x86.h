@@ -1,8 +1,7 @@
 /*
  * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
  * included there, after the plain loops (scores_plain, q8_scores_plain, q8_scale, top_plain, weigh_plain,
- * convert_plain, larger)
- * and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
+ * convert_plain, larger) and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
  * what its plain twin forms, in the same order (attention.c), so the two builds agree bit for bit.
  */
 #ifndef EDGELLAMA_ATTENTION_X86_H
@@ -73,7 +72,7 @@ __attribute__((target("avx2,fma"))) static void q8_scores_vector(const uint8_t *
     const int64_t bytes = el_q8_row_bytes(d, group);
     const __m256i ones = _mm256_set1_epi16(1);
     const uint8_t *k[8];
-    float last[8], ks[8];
+    float last[8];
     for (int64_t j = 0; j < n; j += 8) {
         const int64_t m = n - j < 8 ? n - j : 8;
         for (int r = 0; r < 8; r++)
@@ -92,9 +91,11 @@ __attribute__((target("avx2,fma"))) static void q8_scores_vector(const uint8_t *
                     s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(pairs, ones));
                 }
             }
-            for (int r = 0; r < 8; r++)
-                ks[r] = q8_scale(k[r], d, group, g0);
-            const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q, d, group, g0)), _mm256_loadu_ps(ks));
+            const __m256 ks = _mm256_setr_ps(q8_scale(k[0], d, group, g0), q8_scale(k[1], d, group, g0),
+                                             q8_scale(k[2], d, group, g0), q8_scale(k[3], d, group, g0),
+                                             q8_scale(k[4], d, group, g0), q8_scale(k[5], d, group, g0),
+                                             q8_scale(k[6], d, group, g0), q8_scale(k[7], d, group, g0));
+            const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q, d, group, g0)), ks);
             total = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(sums8(s)), total);
         }
         _mm256_storeu_ps(m == 8 ? scores + j : last, _mm256_mul_ps(total, _mm256_set1_ps(scale)));
