@@ -15,7 +15,9 @@
  *
  * The cache rows are of one element type (kv_type): float32 [D], or a compact row of kvrows.h,
  * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes.
- * Compact rows are written as step 1 rounds them and read back as float32, CHUNK rows at a time.
+ * Compact rows are written as step 1 rounds them and read back as float32, CHUNK rows at a time,
+ * except q8 keys: step 2 rounds each query to a q8 row of the same groups and scores the key rows
+ * as they are, by integer dots per group (el_attention_q8_scores).
  *
  * Step 2 in spans: each query's softmax is computed over spans of EL_ATT_SPAN cache rows, a partial
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.

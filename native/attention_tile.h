@@ -5,7 +5,8 @@
  * plainly and for AVX2 + FMA.
  *
  * A span's rows are read chunk by chunk, each chunk's keys and values once (converted once, for
- * compact rows) for all the unit's queries; query r takes in the chunk's rows below its own token's
+ * compact rows; q8 keys are scored as they are, against the queries rounded to q8 rows once per
+ * span) for all the unit's queries; query r takes in the chunk's rows below its own token's
  * end only, and its arithmetic (scores, online softmax, weighted sum, merge, division) is that of a
  * query run alone, operation for operation: how many tokens share a unit changes no bit.
  */
