@@ -196,8 +196,15 @@ static void q8_scores_plain(const uint8_t *q, const uint8_t *rows, int64_t n, in
     }
 }
 
+/* row = the q8 row of x [d] in groups of `group` (kvrows.h): how a query meets q8 keys */
+static void q8_query_plain(const float *x, int64_t d, int64_t group, uint8_t *row)
+{
+    el_q8_rows_store(x, 1, d, group, row);   /* sizes are valid: cannot fail */
+}
+
 /* the inner loops and the conversion of compact rows, plain or vector */
 typedef struct {
+    void (*q8_query)(const float *x, int64_t d, int64_t group, uint8_t *row);
     void (*scores)(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores);
     void (*q8_scores)(const uint8_t *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group, float scale,
                       float *scores);
@@ -206,7 +213,7 @@ typedef struct {
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 
-static const Loops PLAIN = {scores_plain, q8_scores_plain, top_plain, weigh_plain, convert_plain};
+static const Loops PLAIN = {q8_query_plain, scores_plain, q8_scores_plain, top_plain, weigh_plain, convert_plain};
 
 /* How step 2 of S tokens falls into units: decided here once, read by every routine below. */
 typedef struct {
@@ -273,9 +280,11 @@ static void partials_plain(const el_attention *a, const float *q, int64_t s, int
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#include "attention_x86.h"   /* scores_vector, q8_scores_vector, top_vector, weigh_vector, convert_vector */
+#include "attention_x86.h"   /* q8_query_vector, scores_vector, q8_scores_vector, top_vector, weigh_vector,
+                                convert_vector */
 
-static const Loops VECTOR = {scores_vector, q8_scores_vector, top_vector, weigh_vector, convert_vector};
+static const Loops VECTOR = {q8_query_vector, scores_vector, q8_scores_vector, top_vector, weigh_vector,
+                             convert_vector};
 
 __attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t s,
                                                             int64_t p0, const uint8_t *keys, const uint8_t *values,
@@ -360,13 +369,14 @@ el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n,
         return EL_ERR_SIZE;
     if (n > 0 && (q == NULL || rows == NULL || scores == NULL))
         return EL_ERR_SIZE;
-    el_q8_rows_store(q, 1, d, group, row);   /* sizes are valid: cannot fail */
 #if HAVE_VECTOR
     if (vector(portable)) {
+        q8_query_vector(q, d, group, row);
         q8_scores_vector(row, rows, n, d, group, scale, scores);
         return EL_OK;
     }
 #endif
+    q8_query_plain(q, d, group, row);
     q8_scores_plain(row, rows, n, d, group, scale, scores);
     return EL_OK;
 }

@@ -58,7 +58,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     const int64_t rb = row_bytes(a);
     for (int64_t r = 0; r < queries; r++) {
         if (q8)
-            put_row(a, q + query_at(a, n, r), qrows + r * rb);
+            loops->q8_query(q + query_at(a, n, r), d, a->kv_group, qrows + r * rb);
         float *sl = slots + r * slot;
         sl[0] = -INFINITY;
         sl[1] = 0.0f;

@@ -1,8 +1,9 @@
 /*
  * The x86-64 inner loops of attention.c (AVX2, FMA, F16C), a part of that file kept apart: it is
- * included there, after the plain loops (scores_plain, q8_scores_plain, q8_scale, top_plain, weigh_plain,
- * convert_plain, larger) and row_bytes, and inside its x86-64 section, which has included <immintrin.h>. Each loop forms
- * what its plain twin forms, in the same order (attention.c), so the two builds agree bit for bit.
+ * included there, after the plain loops (q8_query_plain, scores_plain, q8_scores_plain, q8_scale,
+ * top_plain, weigh_plain, convert_plain, larger) and row_bytes, and inside its x86-64 section, which
+ * has included <immintrin.h>. Each loop forms what its plain twin forms, in the same order
+ * (attention.c), so the two builds agree bit for bit.
  */
 #ifndef EDGELLAMA_ATTENTION_X86_H
 #define EDGELLAMA_ATTENTION_X86_H
@@ -46,6 +47,38 @@ __attribute__((target("avx2,fma"))) static void scores_vector(const float *q, co
         scores8(q, k, d, by, m == 8 ? scores + j : last);
         if (m < 8)
             memcpy(scores + j, last, (size_t)m * sizeof(float));
+    }
+}
+
+/* q8_query_plain for groups that are multiples of 8, 8 values at a time: the largest |x| by the maximum
+ * instruction (which keeps its second operand, the running maximum, for a NaN, as the plain rule skips
+ * it; the largest in any order), the limits by the minimum and maximum instructions (a NaN becomes 127
+ * as there), rounding half to even by the rounding instruction */
+__attribute__((target("avx2,fma"))) static void q8_query_vector(const float *x, int64_t d, int64_t group,
+                                                                uint8_t *row)
+{
+    if (group % 8) {
+        q8_query_plain(x, d, group, row);
+        return;
+    }
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t g0 = 0; g0 < d; g0 += group) {
+        __m256 m = _mm256_setzero_ps();
+        for (int64_t i = g0; i < g0 + group; i += 8)
+            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), magnitude), m);
+        float l[8];
+        _mm256_storeu_ps(l, m);
+        const float amax = larger(larger(larger(l[0], l[1]), larger(l[2], l[3])),
+                                  larger(larger(l[4], l[5]), larger(l[6], l[7])));
+        const float scale = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int64_t i = g0; i < g0 + group; i += 8) {
+            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(inv));
+            t = _mm256_max_ps(_mm256_min_ps(t, _mm256_set1_ps(127.0f)), _mm256_set1_ps(-127.0f));
+            const __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64((__m128i *)(void *)(row + i), _mm_packs_epi16(words, words));
+        }
+        memcpy(row + d + 4 * (g0 / group), &scale, sizeof scale);
     }
 }
 

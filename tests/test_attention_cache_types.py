@@ -217,10 +217,15 @@ def test_q8_scores_equal_their_twin_bit_for_bit(portable, d, group):
     rows = twins.quantize_rows(x, group)
     q = (rng.standard_normal(d) * 3).astype(np.float32)
     q[:group] = 0.0
-    for n in (45, 8, 7, 1, 0):
-        want = twins.q8_scores(q, rows[:n], d, 0.125, group=group)
-        got = _native.q8_scores(q, rows[:n], d, 0.125, portable, group)
-        np.testing.assert_array_equal(got, want)
+    ties = q.copy()
+    ties[:group] = np.float32(0.5) * np.arange(group)            # exact ties: x * inv lands on .5
+    outlier = q.copy()
+    outlier[-1] = 1e4
+    for query in (q, ties, outlier):
+        for n in (45, 8, 7, 1, 0):
+            want = twins.q8_scores(query, rows[:n], d, 0.125, group=group)
+            got = _native.q8_scores(query, rows[:n], d, 0.125, portable, group)
+            np.testing.assert_array_equal(got, want)
     # what they approximate: the dot of the rows' and the rounded query's exact values
     exact = twins.dequantize_rows(rows, d, group).astype(np.float64) @ twins.dequantize_rows(
         twins.quantize_rows(q, group), d, group).astype(np.float64) * 0.125
