@@ -419,27 +419,18 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     merged afterwards (what the operator does for a decode step)."""
     native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
     cdef const float[:, ::1] x = qkv
-    cdef const float[:, ::1] c = cos
-    cdef const float[:, ::1] sn = sin
-    cdef el_attention a
+    cdef const float[:, ::1] c = cos, sn = sin
     cdef int64_t s = x.shape[0], units, size
     cdef el_status code = EL_OK
-    if not (keys.flags.c_contiguous and values.flags.c_contiguous and keys.flags.writeable
-            and values.flags.writeable):
+    if not all(b.flags.c_contiguous and b.flags.writeable for b in (keys, values)):
         raise ValueError("attention: keys and values must be writable C-contiguous arrays")
-    a.heads = heads
-    a.kv_heads = keys.shape[0]
-    a.capacity = keys.shape[1]
-    a.head_dim = x.shape[1] // (heads + 2 * a.kv_heads)
-    a.positions = c.shape[0]
-    a.scale = scale
-    a.kv_type = _KV_TYPES[keys.dtype]
-    a.kv_group = kv_group
+    cdef el_attention a = el_attention(heads=heads, kv_heads=keys.shape[0], capacity=keys.shape[1],
+                                       head_dim=x.shape[1] // (heads + 2 * keys.shape[0]), positions=c.shape[0],
+                                       scale=scale, kv_type=_KV_TYPES[keys.dtype], kv_group=kv_group)
     result = np.zeros((s, heads * a.head_dim), dtype=np.float32)
     if s == 0:
         return result
-    cdef uint8_t[::1] k = keys.reshape(-1).view(np.uint8)
-    cdef uint8_t[::1] v = values.reshape(-1).view(np.uint8)
+    cdef uint8_t[::1] k = keys.reshape(-1).view(np.uint8), v = values.reshape(-1).view(np.uint8)
     cdef float[::1] q = np.empty(s * heads * a.head_dim, dtype=np.float32)
     cdef float[:, ::1] out = result
     units = el_attention_units(&a, s)
@@ -459,22 +450,17 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
 
 
 def q8_scores(q, rows, int64_t d, float scale, bint portable=False, int64_t group=32):
-    """scores float32 [n]: scale * q . rows[j] as attention takes them over a q8 cache (attention.h): the
-    query q float32 [d] quantized as a q8 row, integer dots per group with the q8 rows [n, row]."""
+    """scores float32 [n]: scale * q . rows[j], the query q [d] rounded to a q8 row, as attention scores q8 rows."""
     native_args.q8_scores(q, rows, d, group)
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    rows = np.ascontiguousarray(rows, dtype=np.uint8)
-    cdef const float[::1] x = q
-    cdef const uint8_t[:, ::1] r = rows
-    cdef int64_t n = rows.shape[0]
-    scores = np.zeros(n, dtype=np.float32)
-    cdef float[::1] out = scores
+    cdef const float[::1] x = np.ascontiguousarray(q, dtype=np.float32)
+    cdef const uint8_t[:, ::1] r = np.ascontiguousarray(rows, dtype=np.uint8)
+    cdef float[::1] out = np.zeros(r.shape[0], dtype=np.float32)
     cdef el_status code = EL_OK
-    if n > 0:
+    if r.shape[0] > 0:
         with nogil:
-            code = el_attention_q8_scores(&x[0], &r[0, 0], n, d, group, scale, &out[0], portable)
+            code = el_attention_q8_scores(&x[0], &r[0, 0], r.shape[0], d, group, scale, &out[0], portable)
     _check(code, "q8_scores")
-    return scores
+    return np.asarray(out)
 
 
 def quantize_rows(x, int64_t group=32):
