@@ -376,6 +376,7 @@ el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n,
         return EL_OK;
     }
 #endif
+    (void)portable;   /* without the vector build every call takes the plain loops */
     q8_query_plain(q, d, group, row);
     q8_scores_plain(row, rows, n, d, group, scale, scores);
     return EL_OK;
