@@ -51,14 +51,16 @@ void el_phases_join(el_phases *chain)
         joined = chain->id;
         atomic_fetch_add_explicit(&chain->threads, 1, memory_order_relaxed);
     }
-    for (int p = 0; p < chain->count; p++) {
+    /* a thread that comes after the last phase is done leaves at once: no read-modify-write on the
+     * chain's counters, which the running threads' cores hold */
+    for (int p = atomic_load_explicit(&chain->ready, memory_order_acquire); p < chain->count; p++) {
         const el_phase *phase = &chain->phase[p];
         /* 1. wait for the phase before (its items are held by running threads) */
         while (atomic_load_explicit(&chain->ready, memory_order_acquire) < p)
             relax();
         /* 2. claim and run items until none is left */
         int64_t mine = 0;
-        for (;;) {
+        while (atomic_load_explicit(&chain->claimed[p], memory_order_relaxed) < phase->count) {
             int64_t lo = atomic_fetch_add_explicit(&chain->claimed[p], phase->step, memory_order_relaxed);
             if (lo >= phase->count)
                 break;
