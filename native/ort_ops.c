@@ -56,11 +56,14 @@
 #include <stdlib.h>
 
 /* Weight rows claimed at a time: a share of a product rounded up to a multiple of 16 (two Q4_1
- * tiles, which the kernels take together), at least MIN_ROWS rows; CLAIMS_PER_THREAD shares per thread that
- * joined the previous call, and at least MIN_CLAIMS. Few large claims keep each thread's rows
- * contiguous, which the kernels' prefetching needs: 16 claims per product instead of 4 cost SmolLM2
- * decode 0.4-0.9 ms per token on two threads. */
-#define CLAIMS_PER_THREAD 2
+ * tiles, which the kernels take together), at least MIN_ROWS rows. A prompt's product (several
+ * activation rows, bound by arithmetic) takes PROMPT_CLAIMS shares per thread that joined the
+ * previous call, and at least MIN_CLAIMS, so a thread that starts late still finds work. A decode
+ * step's product (one activation row, bound by memory) takes one share per thread: each thread reads
+ * one contiguous run of tiles, which the kernels' prefetching needs. SmolLM2 decode on two threads
+ * (AVX-512 VNNI host) took about 0.15 ms per token longer with two shares per thread, and 0.4-1 ms
+ * longer with eight. */
+#define PROMPT_CLAIMS 2
 #define MIN_CLAIMS 4
 #define MIN_ROWS 16
 
@@ -249,8 +252,9 @@ static void add_gating(Call *call, int64_t inter, int64_t rows)
 
 static void add_product(Call *call, Product p)
 {
-    int64_t claims = CLAIMS_PER_THREAD * (int64_t)atomic_load_explicit(&threads_seen, memory_order_relaxed);
-    claims = claims > MIN_CLAIMS ? claims : MIN_CLAIMS;
+    int64_t claims = atomic_load_explicit(&threads_seen, memory_order_relaxed);
+    if (p.rows > 1)
+        claims = PROMPT_CLAIMS * claims > MIN_CLAIMS ? PROMPT_CLAIMS * claims : MIN_CLAIMS;
     int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 15) / 16 * 16;
     call->product[call->products] = p;
     el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
