@@ -140,6 +140,22 @@ def test_greedy_takes_the_argmax_and_the_lowest_id_on_ties(backend):
     assert SamplingParams.greedy().temperature == 0.0
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 15, 16, 17, 31, 33, 100, 49152])
+def test_greedy_is_numpys_argmax_at_every_length_with_ties_and_signed_zeros(backend, n):
+    # the vector loops take 16 and 4 logits at a time: lengths around those, the maximum anywhere
+    rng = np.random.default_rng(n)
+    for trial in range(60):
+        logits = rng.integers(-3, 4, n).astype(np.float32)
+        if trial % 3 == 0:
+            logits[rng.integers(0, n)] = -0.0
+        if trial % 5 == 0:
+            logits[:] = 0.0
+            logits[rng.integers(0, n)] = -0.0
+        if trial % 7 == 0:
+            logits[rng.integers(0, n)] = 9.0
+        assert Sampler(GREEDY, n).sample(logits.copy()) == int(np.argmax(logits))
+
+
 def test_logit_bias_forces_and_bans_tokens(backend):
     logits = log_probs(0.7, 0.1, 0.1, 0.1)
     forced = dataclasses.replace(PLAIN, logit_bias={3: 100.0})
