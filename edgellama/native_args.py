@@ -202,16 +202,29 @@ def q6k_matmul(x, raw) -> None:
     _kquant_product("q6k_matmul", x, raw, 210)
 
 
+def kquant_gather(context: str, raw, ids, size: int) -> None:
+    """Rows ids (1-D, each in [0, N)) of GGUF k-quant super-blocks raw uint8 [N, K / 256, size]."""
+    n, _, got = _shape(Status.ERR_SIZE, context, "the weight", raw, 3)
+    if got != size or np.asarray(raw).dtype != np.uint8:
+        raise error_for(Status.ERR_SIZE, context, f"a weight {np.shape(raw)} of {np.asarray(raw).dtype}: expected "
+                                                  f"uint8 [N, K / 256, {size}]")
+    _ids_in(context, ids, n)
+
+
+def _ids_in(context: str, ids, n: int) -> None:
+    _shape(Status.ERR_SIZE, context, "ids", ids, 1)
+    ids = np.asarray(ids)
+    if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n):
+        raise error_for(Status.ERR_RANGE, context, f"ids must be integers in [0, {n})")
+
+
 def q8_gather(q, scale, ids) -> None:
     """Rows ids (1-D, each in [0, N)) of an 8-bit weight q [N, nb, 32] with scale [N, nb]."""
     n, nb, size = _shape(Status.ERR_SIZE, "q8_gather", "the weight", q, 3)
     if size != 32 or np.shape(scale) != (n, nb):
         raise error_for(Status.ERR_SIZE, "q8_gather", f"a weight {(n, nb, size)} with scale {np.shape(scale)} do not "
                                                       "match: expected [N, nb, 32] and [N, nb]")
-    _shape(Status.ERR_SIZE, "q8_gather", "ids", ids, 1)
-    ids = np.asarray(ids)
-    if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= n):
-        raise error_for(Status.ERR_RANGE, "q8_gather", f"ids must be integers in [0, {n})")
+    _ids_in("q8_gather", ids, n)
 
 
 # ---- attention.h ----

@@ -23,6 +23,16 @@ static float half_value(uint16_t h)
     return f;
 }
 
+/* Element 16h + 4c + k of row i's block in a tile: Q4_K's nibble (high NULL), or Q6_K's q in [0, 63]
+ * (high: the block's 64 bytes of high bits) */
+static int tile_value(const uint8_t *low, const uint8_t *high, int i, int h, int c, int k)
+{
+    int q = (low[c * 32 + i * 4 + k] >> (4 * h)) & 0x0F;
+    if (high != NULL)
+        q |= ((high[(c / 2) * 32 + i * 4 + k] >> (4 * (c % 2) + 2 * h)) & 0x03) << 4;
+    return q;
+}
+
 /* The exact dot product of half h (elements 16h .. 16h + 15) of row i's block in a tile with the
  * activations x [16] of that half: Q4_K's nibbles (high NULL, bias 0), or Q6_K's q - 32 (high: the
  * block's 64 bytes of high bits, bias 32) */
@@ -30,12 +40,8 @@ static int32_t half_dot(const uint8_t *low, const uint8_t *high, int bias, const
 {
     int32_t dot = 0;
     for (int c = 0; c < 4; c++)
-        for (int k = 0; k < 4; k++) {
-            int q = (low[c * 32 + i * 4 + k] >> (4 * h)) & 0x0F;
-            if (high != NULL)
-                q |= ((high[(c / 2) * 32 + i * 4 + k] >> (4 * (c % 2) + 2 * h)) & 0x03) << 4;
-            dot += (q - bias) * x[4 * c + k];
-        }
+        for (int k = 0; k < 4; k++)
+            dot += (tile_value(low, high, i, h, c, k) - bias) * x[4 * c + k];
     return dot;
 }
 
@@ -127,4 +133,58 @@ el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t cou
         return EL_ERR_SIZE;
     rows_of_path(path)(NULL, w, acts, count, lo, hi, y, stride);
     return EL_OK;
+}
+
+/* Row 8t + i of the tiled W (Q4_K: w4, else Q6_K: w6) as float32 [32 nb], each weight as llama.cpp
+ * dequantizes it: (d sc) q - (dmin mn), or (d sc) (q - 32) */
+static void row_values(const el_q4k_weight *w4, const el_q6k_weight *w6, int64_t t, int i, float *out)
+{
+    const int64_t nb = w4 != NULL ? w4->nb : w6->nb;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t at = t * nb + b, super = at / 8;
+        const uint8_t *low = w4 != NULL ? w4->qs + at * 128 : w6->q + at * 192;
+        const uint8_t *high = w4 != NULL ? NULL : low + 128;
+        float scale[2], minimum = 0.0f;
+        if (w4 != NULL) {
+            scale[0] = scale[1] = half_value(w4->d[super * 8 + i]) * (float)w4->sc[at * 8 + i];
+            minimum = half_value(w4->dmin[super * 8 + i]) * (float)w4->mn[at * 8 + i];
+        } else
+            for (int h = 0; h < 2; h++)
+                scale[h] = half_value(w6->d[super * 8 + i]) * (float)w6->sc[at * 16 + h * 8 + i];
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 4; c++)
+                for (int k = 0; k < 4; k++) {
+                    const int q = tile_value(low, high, i, h, c, k);
+                    out[b * 32 + 16 * h + 4 * c + k] = w4 != NULL ? scale[h] * (float)q - minimum
+                                                                  : scale[h] * (float)(q - 32);
+                }
+    }
+}
+
+/* rows ids[0 .. count) of W (one of w4, w6, checked but for the ids) into out [count, 32 nb] */
+static el_status gather(const el_q4k_weight *w4, const el_q6k_weight *w6, int64_t n, int64_t nb, const int64_t *ids,
+                        int64_t count, float *out)
+{
+    if (ids == NULL || out == NULL || nb <= 0 || nb % 8 != 0 || count < 0)
+        return EL_ERR_SIZE;
+    for (int64_t r = 0; r < count; r++) {
+        if (ids[r] < 0 || ids[r] >= n)
+            return EL_ERR_RANGE;
+        row_values(w4, w6, ids[r] / EL_Q41_TILE, (int)(ids[r] % EL_Q41_TILE), out + r * nb * 32);
+    }
+    return EL_OK;
+}
+
+el_status el_q4k_gather(const el_q4k_weight *w, const int64_t *ids, int64_t count, float *out)
+{
+    if (w == NULL || w->qs == NULL || w->d == NULL || w->dmin == NULL || w->sc == NULL || w->mn == NULL)
+        return EL_ERR_SIZE;
+    return gather(w, NULL, w->n, w->nb, ids, count, out);
+}
+
+el_status el_q6k_gather(const el_q6k_weight *w, const int64_t *ids, int64_t count, float *out)
+{
+    if (w == NULL || w->q == NULL || w->sc == NULL || w->d == NULL)
+        return EL_ERR_SIZE;
+    return gather(NULL, w, w->n, w->nb, ids, count, out);
 }

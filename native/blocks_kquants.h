@@ -67,6 +67,12 @@ el_status el_q4k_rows(const el_q4k_weight *w, const el_q8_act *acts, int64_t cou
 el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path);
 
+/* Rows ids[0 .. count) of W as float32 out [count, 32 nb] (the embedding), each weight as llama.cpp
+ * dequantizes it, in float32: Q4_K (d * sc) * q - dmin * mn, Q6_K (d * sc) * (q - 32); EL_ERR_RANGE for
+ * an id outside [0, n), as el_q8_gather. */
+el_status el_q4k_gather(const el_q4k_weight *w, const int64_t *ids, int64_t count, float *out);
+el_status el_q6k_gather(const el_q6k_weight *w, const int64_t *ids, int64_t count, float *out);
+
 /* The vector paths (blocks_avx2.c, blocks_avx512.c, blocks_neon.c): el_q4k_rows of w4 when it is not
  * NULL, else el_q6k_rows of w6; arguments were checked. */
 #if EL_BLOCKS_X86

@@ -25,3 +25,5 @@ cdef extern from "blocks_kquants.h" nogil:
                           float *y, int64_t stride, int path)
     el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                           float *y, int64_t stride, int path)
+    el_status el_q4k_gather(const el_q4k_weight *w, const int64_t *ids, int64_t count, float *out)
+    el_status el_q6k_gather(const el_q6k_weight *w, const int64_t *ids, int64_t count, float *out)

@@ -1,7 +1,8 @@
 /*
  * The part of ONNX Runtime's C API that the operator library of this folder calls, the plumbing its
  * operator files share (ort_api.c), and the functions of each operator that the table of
- * ort_register.c names: ort_ops.c (the block products) and ort_attention.c (RotaryAttention).
+ * ort_register.c names: ort_ops.c (the block products), ort_kquants.c (k-quant products) and
+ * ort_attention.c (RotaryAttention).
  *
  * ONNX Runtime loads the library with SessionOptions.register_custom_ops_library and calls
  * RegisterCustomOps. Its C API is a table of function pointers whose order is fixed for every
@@ -119,6 +120,24 @@ OrtStatus *el_gather_q8_compute(void *kernel, void *context);
 OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context);
 OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context);
 OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);
+
+/* A weight of a format whose operators live in another file (ort_kquants.c): `rows` computes rows
+ * [lo, hi) of it against `count` rounded activation rows into y [count, stride], as el_q41_rows does. */
+typedef struct el_ops_rows {
+    void (*rows)(const void *weight, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                 int64_t stride);
+    const void *weight;
+    int64_t n;   /* its rows */
+} el_ops_rows;
+/* y [rows, n] = x [rows, k] rounded per block (blocks.h) times that weight, claimed by ONNX Runtime's
+ * threads as the Q4_1 products are (ort_ops.c) */
+OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k, const el_ops_rows *weight, float *y);
+/* The k-quant operators (ort_kquants.c): kernels with attributes K (a multiple of 256) and N */
+OrtStatus *el_kquants_create(const void *op, const void *unused, const void *info, void **kernel);
+OrtStatus *el_matmul_q4k_compute(void *kernel, void *context);
+OrtStatus *el_matmul_q6k_compute(void *kernel, void *context);
+OrtStatus *el_gather_q4k_compute(void *kernel, void *context);
+OrtStatus *el_gather_q6k_compute(void *kernel, void *context);
 
 /* RotaryAttention (ort_attention.c) */
 OrtStatus *el_attention_create(const void *op, const void *unused, const void *info, void **kernel);

@@ -29,7 +29,7 @@
  *         the attention's output projection o [K, K] of x first, then as NormMlpQ4_1:
  *             x -> o -> + residual -> sum (output 1) -> RMS norm * gamma -> MLP -> y
  *
- *     RotaryAttention: ort_attention.c.
+ *     RotaryAttention: ort_attention.c. MatMulQ4_K, MatMulQ6_K, GatherQ4_K, GatherQ6_K: ort_kquants.c.
  *
  * ONNX Runtime reaches these operators through the table of ort_register.c; ort_api.h says how the
  * library calls ONNX Runtime back. Every call that can fail hands its status back to it.
@@ -149,11 +149,16 @@ typedef struct {
     const el_q8_act *acts;   /* [rows] */
     int64_t rows;
     float *y;
+    const el_ops_rows *other;   /* a weight of another file's format (el_ops_product), when not NULL */
 } Product;
 
 static void product_rows(void *data, int64_t lo, int64_t hi)
 {
     const Product *p = data;   /* sizes were checked: the kernels cannot fail here */
+    if (p->other != NULL) {
+        p->other->rows(p->other->weight, p->acts, p->rows, lo, hi, p->y, p->other->n);
+        return;
+    }
     if (p->w8.q == NULL) {
         el_q41_rows(&p->w, p->acts, p->rows, lo, hi, p->y, p->w.n, EL_PATH_CHOSEN);
         return;
@@ -255,7 +260,7 @@ static void add_product(Call *call, Product p)
     int64_t claims = atomic_load_explicit(&threads_seen, memory_order_relaxed);
     if (p.rows > 1)
         claims = PROMPT_CLAIMS * claims > MIN_CLAIMS ? PROMPT_CLAIMS * claims : MIN_CLAIMS;
-    int64_t n = p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 15) / 16 * 16;
+    int64_t n = p.other ? p.other->n : p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 15) / 16 * 16;
     call->product[call->products] = p;
     el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
                                            step > MIN_ROWS ? step : MIN_ROWS});
@@ -263,7 +268,7 @@ static void add_product(Call *call, Product p)
 
 static void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y)
 {
-    add_product(call, (Product){w, {NULL, NULL, 0, 0}, acts, rows, y});
+    add_product(call, (Product){w, {NULL, NULL, 0, 0}, acts, rows, y, NULL});
 }
 
 /* Run the phases on ONNX Runtime's threads, free the scratch */
@@ -413,7 +418,7 @@ OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
     if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
         return status;
     add_rounding(&call, in.data[0], in.rows);
-    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, w, call.acts, in.rows, y});
+    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, w, call.acts, in.rows, y, NULL});
     return call_run(context, &call);
 }
 
@@ -485,4 +490,15 @@ OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context)
 OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context)
 {
     return mlp_compute(kernel, context, 1);
+}
+
+OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k, const el_ops_rows *weight, float *y)
+{
+    Call call;
+    OrtStatus *status = rows == 0 ? NULL : call_begin(&call, rows, k, 0, 0, 0);
+    if (status != NULL || rows == 0)
+        return status;
+    add_rounding(&call, x, rows);
+    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, call.acts, rows, y, weight});
+    return call_run(context, &call);
 }

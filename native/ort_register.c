@@ -2,8 +2,8 @@
  * The operator table of the library and its registration: what ONNX Runtime learns about each
  * operator of domain ai.edgellama (name, input and output types, the functions that create its kernel
  * and compute it) and RegisterCustomOps, the function it calls when a session's options register the
- * library. The operators themselves: ort_ops.c (block products), ort_attention.c (RotaryAttention and
- * its float16 and q8 cache forms), ort_norm.c (RmsNorm, SkipRmsNorm).
+ * library. The operators themselves: ort_ops.c (block products), ort_kquants.c (k-quant products),
+ * ort_attention.c (RotaryAttention and its float16 and q8 cache forms), ort_norm.c (RmsNorm, SkipRmsNorm).
  *
  * Includes: libc.
  */
@@ -53,6 +53,10 @@ static const OpInfo OPS[] = {
     OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, ONE, F, U8, H, H),
     OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, ONE, F, I8, F),
     OP("GatherQ8", el_ops_create, el_gather_q8_compute, ONE, I8, F, I64),
+    OP("MatMulQ4_K", el_kquants_create, el_matmul_q4k_compute, ONE, F, U8, H, H, U8, U8),
+    OP("MatMulQ6_K", el_kquants_create, el_matmul_q6k_compute, ONE, F, U8, I8, H),
+    OP("GatherQ4_K", el_kquants_create, el_gather_q4k_compute, ONE, U8, H, H, U8, U8, I64),
+    OP("GatherQ6_K", el_kquants_create, el_gather_q6k_compute, ONE, U8, I8, H, I64),
     OP("NormMatMulQ4_1", el_ops_create_norm, el_norm_matmul_q41_compute, TWO, F, F, F, U8, H, H),
     OP("NormMlpQ4_1", el_ops_create_norm, el_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H),
     OP("ProjectNormMlpQ4_1", el_ops_create_norm, el_project_norm_mlp_q41_compute, TWO, F, F, F, U8, H, H, U8, H, H, U8, H, H),

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 
 from helpers.backends import BACKENDS, _native, needs_native
+from helpers.kquants import KINDS, file_weight, random_raw
 
 from edgellama import twins
 from edgellama.blocks_layout import tile_q4_k, tile_q6_k
 from edgellama.errors import InvalidParameterError
-
-KINDS = {"q4k": (144, GGMLQuantizationType.Q4_K), "q6k": (210, GGMLQuantizationType.Q6_K)}
 
 # decode: one super-block to three, a part of one tile (5, 6), whole tiles (8, 40), odd counts of
 # tiles with the last one partial (13, 17, 9), which the paths that take two tiles at a time finish alone
@@ -23,32 +20,6 @@ SHAPES = [(1, 5, 1), (1, 13, 2), (2, 17, 3), (1, 8, 1), (3, 40, 2), (1, 9, 3), (
 # prompts: activation rows four at a time and the rows after them, more rows than one block of
 # activation rows (70, 67)
 PROMPT_SHAPES = [(9, 8, 2), (5, 6, 3), (6, 7, 1), (70, 11, 1), (67, 9, 2), (7, 24, 2), (4, 5, 1)]
-
-
-def _halves(rng, shape, lo: float, hi: float) -> np.ndarray:
-    """float16 values in [lo, hi) as their bytes [..., 2]"""
-    return rng.uniform(lo, hi, shape).astype(np.float16).view(np.uint8).reshape(*shape, 2)
-
-
-def random_raw(rng, kind: str, n: int, ns: int) -> np.ndarray:
-    """Super-blocks [n, ns, size] as a file holds them: random bytes (every value of q, of the 6-bit
-    scales and minimums, of the int8 scales; the extremes set in the first row), positive d and dmin."""
-    size = KINDS[kind][0]
-    raw = rng.integers(0, 256, (n, ns, size)).astype(np.uint8)
-    if kind == "q4k":
-        raw[..., 0:2], raw[..., 2:4] = _halves(rng, (n, ns), 5e-4, 3e-3), _halves(rng, (n, ns), 5e-4, 3e-3)
-        raw[0, 0, 4:] = 0xFF                       # sc = mn = 63, every q = 15
-    else:
-        raw[..., 208:210] = _halves(rng, (n, ns), 5e-4, 3e-3)
-        raw[0, 0, :192] = 0                        # q = 0: weight -32 d sc
-        raw[0, 0, 192:208] = 0x80                  # sc = -128
-    return raw
-
-
-def file_weight(raw: np.ndarray, kind: str) -> np.ndarray:
-    """float32 [n, 256 ns]: the file's weight as gguf.quants dequantizes it"""
-    n = raw.shape[0]
-    return dequantize(raw.reshape(n, -1), KINDS[kind][1]).reshape(n, -1)
 
 
 def product(module, kind: str):

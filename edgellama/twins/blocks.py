@@ -115,3 +115,24 @@ def q8_gather(q: np.ndarray, scale: np.ndarray, ids) -> np.ndarray:
     ids = np.asarray(ids, np.int64)
     rows = (q[ids].astype(np.int32) - 128).astype(F32) * scale.astype(F32)[ids][..., None]
     return rows.reshape(len(ids), -1)
+
+
+def _kquant_rows(raw: np.ndarray, ids, size: int, context: str) -> np.ndarray:
+    native_args.kquant_gather(context, raw, ids, size)
+    return raw[np.asarray(ids, np.int64)]
+
+
+def q4k_gather(raw: np.ndarray, ids) -> np.ndarray:
+    """Rows ids [M] of the Q4_K weight of super-blocks raw [N, K/256, 144] as float32 [M, K], each weight
+    (d sc) q - (dmin mn) in float32 as llama.cpp dequantizes it (native/blocks_kquants.h)."""
+    q, d, dmin, sc, mn = q4_k_fields(_kquant_rows(raw, ids, 144, "q4k_gather"))
+    ds, ms = (np.repeat(a.view(np.float16).astype(F32), 8, axis=1) * b.astype(F32) for a, b in ((d, sc), (dmin, mn)))
+    return (ds[..., None] * q.astype(F32) - ms[..., None]).reshape(q.shape[0], -1)
+
+
+def q6k_gather(raw: np.ndarray, ids) -> np.ndarray:
+    """Rows ids [M] of the Q6_K weight of super-blocks raw [N, K/256, 210] as float32 [M, K], each weight
+    (d sc) (q - 32) in float32 as llama.cpp dequantizes it (native/blocks_kquants.h)."""
+    q, sc, d = q6_k_fields(_kquant_rows(raw, ids, 210, "q6k_gather"))
+    s = np.repeat(d.view(np.float16).astype(F32), 16, axis=1) * sc.astype(F32)          # [M, K/16]
+    return (s[..., None] * (q.astype(F32) - 32).reshape(*s.shape, 16)).reshape(q.shape[0], -1)

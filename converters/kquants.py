@@ -1,0 +1,61 @@
+"""GGUF k-quant tensors (Q4_K, Q6_K) carried into edgellama's k-quant operators exactly: the file's
+super-blocks of 256 weights permuted into tiles of 8 rows (edgellama.blocks_layout), nothing rounded.
+
+    GGML   super-block bytes                                 weight                     operator
+    Q4_K   d, dmin fp16 | 12 bytes of 6-bit sc, mn | 128 q    (d sc) q - (dmin mn)        MatMulQ4_K
+    Q6_K   128 low 4 bits | 64 high 2 bits | 16 int8 sc | d   (d sc) (q - 32)             MatMulQ6_K
+
+The embedding gathers rows of the same tiles (GatherQ4_K, GatherQ6_K), so a tied LM head and the
+embedding read one copy. Which tensors are carried so is decided by converters/plan.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgellama.blocks_layout import tile_q4_k, tile_q6_k
+from edgellama.errors import CheckpointError
+
+SUPER = 256
+SUPER_BYTES = {"Q4_K": 144, "Q6_K": 210}
+
+
+@dataclass(frozen=True)
+class KQuantBlocks:
+    """A k-quant weight's super-blocks as the file stores them: raw uint8 [N, K/256, bytes], rows in
+    Hugging Face order."""
+    ggml_type: str
+    raw: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.raw.shape[0]
+
+    def initializers(self) -> list:
+        """(name suffix, array) of each tile field, in the operators' input order (native/ort_kquants.c)."""
+        if self.ggml_type == "Q4_K":
+            qs, d, dmin, sc, mn = tile_q4_k(self.raw)
+            return [("", qs), (".scales", d.view(np.float16)), (".minimum_scales", dmin.view(np.float16)),
+                    (".sub_scales", sc), (".sub_minimums", mn)]
+        q, sc, d = tile_q6_k(self.raw)
+        return [("", q), (".sub_scales", sc.reshape(*sc.shape[:2], 16)), (".scales", d.view(np.float16))]
+
+
+def kquant_blocks(parts: list) -> KQuantBlocks:
+    """The (GGML type, stored bytes uint8 [N_i, bytes per row], shape) of source tensors of one k-quant
+    type, stacked along N."""
+    ggml_type = parts[0][0]
+    size, raws = SUPER_BYTES[ggml_type], []
+    for _, data, shape in parts:
+        k = shape[1]
+        if k % SUPER or data.shape[-1] != k // SUPER * size:
+            raise CheckpointError(f"a {ggml_type} row of {k} weights should take {k // SUPER * size} bytes, "
+                                  f"the file holds {data.shape[-1]}; the tensor is damaged")
+        raws.append(np.ascontiguousarray(data).reshape(data.shape[0], k // SUPER, size))
+    return KQuantBlocks(ggml_type, raws[0] if len(raws) == 1 else np.concatenate(raws))
+
+
+def fits_super_blocks(raw: np.ndarray, k: int) -> bool:
+    """Whether a row of k weights is whole super-blocks (llama.cpp falls back to other types where not)."""
+    return k % SUPER == 0

@@ -1,0 +1,177 @@
+/*
+ * ONNX Runtime operators for GGUF k-quant weights (blocks_kquants.h), domain ai.edgellama: a Q4_K_M
+ * file's Q4_K and Q6_K tensors computed in the file's own numbers, in tiles of 8 rows.
+ *
+ *     MatMulQ4_K(x, qs, d, dmin, sc, mn) -> y      attributes K, N (int), K a multiple of 256
+ *         x     [..., K]            float32
+ *         qs    [T, K/32, 128]      uint8      nibbles, each block of 32 a Q4_1 tile (blocks.h)
+ *         d     [T, K/256, 8]       float16    per super-block: scale and minimum scale
+ *         dmin  [T, K/256, 8]       float16
+ *         sc    [T, K/32, 8]        uint8      per block of 32: 6-bit scale and minimum
+ *         mn    [T, K/32, 8]        uint8
+ *         y     [..., N]            float32    T = ceil(N / 8)
+ *
+ *     MatMulQ6_K(x, q, sc, d) -> y                 attributes K, N
+ *         q     [T, K/32, 192]      uint8      low 4 bits as a Q4_1 tile, then the high 2 bits
+ *         sc    [T, K/32, 16]       int8       per sub-block of 16: [t, b, 8 h + i] sub-block 2b + h of row 8t + i
+ *         d     [T, K/256, 8]       float16
+ *
+ *     GatherQ4_K(qs, d, dmin, sc, mn, ids) -> rows, GatherQ6_K(q, sc, d, ids) -> rows
+ *         rows [ids.shape..., K] float32 of the same tiles (the embedding; ids int64 in [0, N)),
+ *         each weight as llama.cpp dequantizes it; a tied LM head multiplies by the same initializers.
+ *
+ * A product rounds x per block and claims weight rows on ONNX Runtime's threads as MatMulQ4_1 does
+ * (el_ops_product, ort_ops.c). Every input is checked against K and N before anything is read.
+ */
+#include "blocks_kquants.h"
+#include "ort_api.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef struct { int64_t k, n; } KQuant;   /* attributes K, N */
+
+/* The fields of a kind's weight, in input order: width of the last axis, and whether the middle axis
+ * counts super-blocks (K/256) rather than blocks (K/32) */
+typedef struct {
+    size_t fields;
+    int64_t widths[5];
+    int per_super[5];
+    const char *message;
+} Layout;
+
+enum { Q4K, Q6K };
+static const Layout LAYOUTS[2] = {
+    {5, {128, 8, 8, 8, 8}, {0, 1, 1, 0, 0},
+     "edgellama Q4_K operator: qs, d, dmin, sc and mn must be Q4_K tiles [ceil(N/8), K/32 | K/256 | K/256 | K/32 | "
+     "K/32, 128 | 8 | 8 | 8 | 8]"},
+    {3, {192, 16, 8}, {0, 0, 1},
+     "edgellama Q6_K operator: q, sc and d must be Q6_K tiles [ceil(N/8), K/32 | K/32 | K/256, 192 | 16 | 8]"},
+};
+
+OrtStatus *el_kquants_create(const void *op, const void *unused, const void *info, void **kernel)
+{
+    (void)op; (void)unused;
+    int64_t k = 0, n = 0;
+    OrtStatus *status = API(API_KernelInfoGetAttribute_int64, attribute_fn)(info, "K", &k);
+    if (status == NULL)
+        status = API(API_KernelInfoGetAttribute_int64, attribute_fn)(info, "N", &n);
+    if (status != NULL)
+        return status;
+    if (k <= 0 || k % EL_QK_SUPER || n <= 0)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama k-quant operator: attribute K must be a positive multiple "
+                                                 "of 256 and N positive");
+    KQuant *kq = malloc(sizeof *kq);
+    if (kq == NULL)
+        return el_ort_fail(ORT_FAIL, "edgellama operator: out of memory");
+    *kq = (KQuant){k, n};
+    *kernel = kq;
+    return NULL;
+}
+
+/* One weight of either kind, read from the inputs first .. first + fields - 1 */
+typedef struct {
+    el_q4k_weight w4;
+    el_q6k_weight w6;
+} Weight;
+
+static OrtStatus *weight_at(void *context, int kind, size_t first, const KQuant *kq, Weight *w)
+{
+    const Layout *layout = &LAYOUTS[kind];
+    const int64_t nb = kq->k / EL_Q41_BLOCK, tiles = (kq->n + EL_Q41_TILE - 1) / EL_Q41_TILE;
+    void *data[5];
+    for (size_t f = 0; f < layout->fields; f++) {
+        int64_t dims[MAX_DIMS];
+        size_t count;
+        OrtStatus *status = el_ort_input(context, first + f, dims, &count, &data[f]);
+        if (status != NULL)
+            return status;
+        if (count != 3 || dims[0] != tiles || dims[1] != (layout->per_super[f] ? nb / 8 : nb) ||
+            dims[2] != layout->widths[f])
+            return el_ort_fail(ORT_INVALID_ARGUMENT, layout->message);
+    }
+    if (kind == Q4K)
+        w->w4 = (el_q4k_weight){data[0], data[1], data[2], data[3], data[4], kq->n, nb};
+    else
+        w->w6 = (el_q6k_weight){data[0], data[1], data[2], kq->n, nb};
+    return NULL;
+}
+
+/* rows [lo, hi) of a checked weight (the calls cannot fail) */
+static void q4k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    el_q4k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
+}
+
+static void q6k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    el_q6k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
+}
+
+static OrtStatus *matmul(void *kernel, void *context, int kind)
+{
+    const KQuant *kq = kernel;
+    int64_t dims[MAX_DIMS];
+    size_t count;
+    float *x, *y;
+    Weight w;
+    OrtStatus *status = el_ort_input(context, 0, dims, &count, (void **)&x);
+    if (status != NULL)
+        return status;
+    if (count < 1 || dims[count - 1] != kq->k)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama operator: the last dimension of x differs from attribute K");
+    if ((status = weight_at(context, kind, 1, kq, &w)) != NULL)
+        return status;
+    const int64_t rows = el_ort_elements(dims, count - 1);
+    dims[count - 1] = kq->n;
+    if ((status = el_ort_output(context, 0, dims, count, (void **)&y)) != NULL)
+        return status;
+    const el_ops_rows product = {kind == Q4K ? q4k_rows : q6k_rows, kind == Q4K ? (const void *)&w.w4 : &w.w6, kq->n};
+    return el_ops_product(context, x, rows, kq->k, &product, y);
+}
+
+static OrtStatus *gather(void *kernel, void *context, int kind)
+{
+    const KQuant *kq = kernel;
+    const size_t at = LAYOUTS[kind].fields;
+    int64_t dims[MAX_DIMS];
+    size_t count;
+    int64_t *ids;
+    float *rows;
+    Weight w;
+    OrtStatus *status = weight_at(context, kind, 0, kq, &w);
+    if (status == NULL)
+        status = el_ort_input(context, at, dims, &count, (void **)&ids);
+    if (status == NULL && count >= MAX_DIMS)
+        status = el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama k-quant gather: ids has too many dimensions");
+    if (status != NULL)
+        return status;
+    const int64_t n = el_ort_elements(dims, count);
+    dims[count] = kq->k;
+    if ((status = el_ort_output(context, 0, dims, count + 1, (void **)&rows)) != NULL)
+        return status;
+    const el_status code = kind == Q4K ? el_q4k_gather(&w.w4, ids, n, rows) : el_q6k_gather(&w.w6, ids, n, rows);
+    return el_ort_status(code, "edgellama k-quant gather: a token id is outside the table's rows [0, N)");
+}
+
+OrtStatus *el_matmul_q4k_compute(void *kernel, void *context)
+{
+    return matmul(kernel, context, Q4K);
+}
+
+OrtStatus *el_matmul_q6k_compute(void *kernel, void *context)
+{
+    return matmul(kernel, context, Q6K);
+}
+
+OrtStatus *el_gather_q4k_compute(void *kernel, void *context)
+{
+    return gather(kernel, context, Q4K);
+}
+
+OrtStatus *el_gather_q6k_compute(void *kernel, void *context)
+{
+    return gather(kernel, context, Q6K);
+}
