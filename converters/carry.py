@@ -1,11 +1,13 @@
 """llama.cpp's quantized blocks carried into MatMulNBits layout without dequantizing.
 
-A GGML tensor of type Q8_0, Q4_0 or Q4_1 stores a weight W [N, K] row by row in blocks of 32
+A GGML tensor of type Q8_0, Q5_0, Q4_0 or Q4_1 stores a weight W [N, K] row by row in blocks of 32
 along K. Each maps onto a symmetric MatMulNBits weight with block size 32 and the same scales,
 so the package computes with exactly the numbers llama.cpp computes with:
 
     GGML   block bytes                    weight                 MatMulNBits (default zero point)
     Q8_0   fp16 d | 32 x int8 q           d * q                  bits 8: uint8 q + 128, scale d
+    Q5_0   fp16 d | 4 bytes high bits |   d * (q - 16)           bits 8: uint8 q + 112, scale d
+           16 bytes low nibbles
     Q4_0   fp16 d | 16 bytes              d * (q - 8)            bits 4: q repacked, scale d
     Q4_1   fp16 d | fp16 m | 16 bytes     d * q + m              bits 4: q repacked, scale d,
                                           = d * (q - 8) + (m + 8d)    plus a per-block offset
@@ -20,7 +22,7 @@ appends C to the weight as extra input columns fed with copies of S(x) (offset_c
 
 Which mapping a conversion uses for which tensor is decided by converters/plan.py (the
 formats are in converters/formats.py); this module only maps blocks:
-    from_q8_0, from_q4_0, from_q4_1   the exact mappings above (EXACT)
+    from_q8_0, from_q5_0, from_q4_0, from_q4_1   the exact mappings above (EXACT)
     from_q4_1_zero_point              Q4_1 with an integer zero point round(-m / d) instead of the
                                       offsets (no extra nodes, not exact)
     from_q4_1_blocks                  Q4_1 as from_q4_1, with the file's blocks kept for edgellama's
@@ -41,7 +43,7 @@ from edgellama.errors import CheckpointError
 from .quantize import QuantizedWeight, dequantize, pack_nibbles
 
 GGML_BLOCK = 32
-BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+BLOCK_BYTES = {"Q8_0": 34, "Q5_0": 22, "Q4_0": 18, "Q4_1": 20}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class Q41Blocks:
     qs: np.ndarray
     d: np.ndarray
     m: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.qs.shape[0]
 
     def initializers(self) -> list:
         """(name suffix, array) of each field as the operators read it (edgellama.blocks_layout):
@@ -109,6 +115,17 @@ def from_q8_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
     return CarriedWeight(_weight(q, _fp16(blocks, 0), 8), None, "Q8_0", True)
 
 
+def from_q5_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
+    """Q5_0 on the 8-bit grid, exact: q - 16 + 128 with the block's scale d. Element j < 16 is the low
+    nibble of byte j with bit j of the high bits above it, j + 16 the high nibble with bit j + 16.
+    It costs 8.5 bits a weight where the file spends 5.5; llama.cpp writes Q5_0 for the rows of a
+    Q4_K file whose width is not whole super-blocks of 256, and no 4-bit block holds its values."""
+    high = np.ascontiguousarray(blocks[..., 2:6]).view("<u4")[..., 0]
+    bit = ((high[..., None] >> np.arange(GGML_BLOCK, dtype=np.uint32)) & 1).astype(np.uint8)
+    q = _nibbles(blocks, 6) | (bit << 4)
+    return CarriedWeight(_weight(q + np.uint8(112), _fp16(blocks, 0), 8), None, "Q5_0", True)
+
+
 def from_q4_0(blocks: np.ndarray, bits: int) -> CarriedWeight:
     q = _nibbles(blocks, 2)
     if bits == 8:   # q - 8 + 128: the same integers on the 8-bit grid
@@ -159,7 +176,7 @@ def from_q4_1_zero_point(blocks: np.ndarray, bits: int) -> CarriedWeight:
     return CarriedWeight(weight, None, "Q4_1", False)
 
 
-EXACT = {"Q8_0": from_q8_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}     # the exact mapping of each type
+EXACT = {"Q8_0": from_q8_0, "Q5_0": from_q5_0, "Q4_0": from_q4_0, "Q4_1": from_q4_1}     # the exact mapping of each type
 
 
 def carry(ggml_type: str, raw: np.ndarray, k: int, bits: int, mapping=None) -> CarriedWeight:

@@ -8,11 +8,14 @@ blocks a conversion takes over as they are (BLOCK_TYPES); converters/plan.py pic
     quantized asymmetric       float values  the same with a zero point per block   MatMulNBits  no
     Q8_0                       Q8_0 blocks   MatMulNBits, 8 bits                    MatMulNBits  yes
     Q4_0                       Q4_0 blocks   MatMulNBits, 4 or 8 bits               MatMulNBits  yes
+    Q5_0                       Q5_0 blocks   MatMulNBits, 8 bits (q - 16)           MatMulNBits  yes
     Q4_1 offset columns        Q4_1 blocks   4 bits + the offsets as input columns  MatMulNBits  no (offset digits)
     Q4_1 float16 zero points   Q4_1 blocks   4 bits + float16 zero points           MatMulNBits  no (float16 minimums)
     Q4_1 integer zero points   Q4_1 blocks   4 bits + rounded integer zero points   MatMulNBits  no
     Q4_1 blocks                Q4_1 blocks   the file's own blocks (qs, d, m)       MatMulQ4_1   yes
     Q4_0 as Q4_1 blocks        Q4_0 blocks   the file's d and nibbles, m = -8d      MatMulQ4_1   yes
+    Q4_K blocks                Q4_K blocks   the file's super-blocks in tiles       MatMulQ4_K   yes
+    Q6_K blocks                Q6_K blocks   the same (kquants.py)                  MatMulQ6_K   yes
     Q4_1 quantized             float values  Q4_1 blocks (min, step; q4_1.py)       MatMulQ4_1   no
     Q4_1 rounded               float values  the same, each block's extremes        MatMulQ4_1   no
                                              rounded to nearest (no search)
@@ -32,10 +35,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .carry import (CarriedWeight, Q41Blocks, carry, fits_float16_zero_points, fits_q4_0_as_q4_1, float16_zero_points,
+from .carry import (CarriedWeight, carry, fits_float16_zero_points, fits_q4_0_as_q4_1, float16_zero_points,
                     from_q4_0_blocks, from_q4_1_blocks, from_q4_1_zero_point, relative_error, stack)
 from .offset_columns import append_offset_columns
 from .gptq import quantize_q4_1_gptq
+from .kquants import kquant_blocks
 from .q4_1 import quantize_q4_1
 from .quantize import QuantizedWeight, quantize
 
@@ -50,14 +54,14 @@ class Stored:
     array: Optional[np.ndarray] = None              # float32 [N, K], cast to the format's dtype when written
     quantized: Optional[QuantizedWeight] = None     # MatMulNBits initializers (wider by the offset columns)
     sum_copies: int = 0                             # copies of the block sums of x appended to x
-    blocks: Optional[Q41Blocks] = None              # the file's blocks, for the ai.edgellama operators
+    blocks: Optional[object] = None                 # Q41Blocks or KQuantBlocks, for the ai.edgellama operators
 
     @property
     def n(self) -> int:
         """Output features."""
         if self.quantized is not None:
             return self.quantized.n
-        return (self.array if self.array is not None else self.blocks.qs).shape[0]
+        return self.array.shape[0] if self.array is not None else self.blocks.n
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Format:
     fits: Optional[Callable] = None      # (stored bytes, K) -> whether one tensor can be written so
     fallback: Optional[str] = None       # the format used when `fits` says no
     statistic: Optional[str] = None      # the statistic of x the loader takes (importance.py): "importance" | "hessian"
+    block_size: Optional[int] = None     # weights per scale of a block format, where not GGML_BLOCK
 
 
 def _stacked(parts: list) -> np.ndarray:
@@ -124,6 +129,11 @@ def _file_blocks(parts: list, bits: int, block_size: int, mapping=from_q4_1_bloc
     return Stored(cw.k, blocks=cw.blocks), 0.0
 
 
+def _kquant_blocks(parts: list, bits: int, block_size: int):
+    blocks = kquant_blocks(parts)
+    return Stored(blocks.raw.shape[1] * 256, blocks=blocks), 0.0
+
+
 def _quantized_blocks(parts: list, bits: int, block_size: int, importance=None, search: bool = True):
     blocks, error = quantize_q4_1(_stacked(parts), importance, search)
     return Stored(blocks.qs.shape[1] * 32, blocks=blocks), error
@@ -142,6 +152,7 @@ FORMATS = {
                                    zero_points=True),
     "Q8_0": Format(_exact_blocks, "nbits", "MatMulNBits", exact=True, source="Q8_0", bits=8),
     "Q4_0": Format(_exact_blocks, "nbits", "MatMulNBits", exact=True, source="Q4_0"),
+    "Q5_0": Format(_exact_blocks, "nbits", "MatMulNBits", exact=True, source="Q5_0", bits=8),
     "Q4_1 offset columns": Format(_offset_columns, "nbits", "MatMulNBits", exact=False, source="Q4_1", bits=4,
                                   gatherable=False),
     "Q4_1 float16 zero points": Format(_float16_zero_points, "nbits", "MatMulNBits", exact=False, source="Q4_1",
@@ -154,6 +165,8 @@ FORMATS = {
     "Q4_0 as Q4_1 blocks": Format(partial(_file_blocks, mapping=from_q4_0_blocks), "blocks", "MatMulQ4_1",
                                   exact=True, source="Q4_0", bits=4, gatherable=False, fits=fits_q4_0_as_q4_1,
                                   fallback="Q4_0"),
+    "Q4_K blocks": Format(_kquant_blocks, "blocks", "MatMulQ4_K", exact=True, source="Q4_K", bits=4),
+    "Q6_K blocks": Format(_kquant_blocks, "blocks", "MatMulQ6_K", exact=True, source="Q6_K", bits=6, block_size=16),
     "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
                              statistic="importance"),
     "Q4_1 rounded": Format(partial(_quantized_blocks, search=False), "blocks", "MatMulQ4_1", exact=False, bits=4,
@@ -178,11 +191,15 @@ class BlockType:
 # An int4 package keeps a Q8_0 embedding / LM head at 8 bits (the file chose more precision for
 # them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for. A table the
 # embedding gathers rows of keeps a gatherable format: where the native one is not, the portable
-# "carry" format.
+# "carry" format. The types of a Q4_K_M file (Q4_K, Q6_K, and Q5_0 where a row is not whole
+# super-blocks) are carried in the native form only; a portable package requantizes them.
 BLOCK_TYPES = {
     "Q8_0": BlockType(("int8",), ("int4", "int8"), {"carry": "Q8_0", "zero_point": "Q8_0"}, "Q8_0"),
     "Q4_0": BlockType(("int4", "int8"), ("int4", "int8"), {"carry": "Q4_0", "zero_point": "Q4_0"},
                       "Q4_0 as Q4_1 blocks"),
     "Q4_1": BlockType(("int4",), ("int4",), {"carry": "Q4_1 offset columns", "zero_point": "Q4_1 integer zero points"},
                       "Q4_1 blocks", float16={"carry": "Q4_1 float16 zero points"}),
+    "Q5_0": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q5_0"),
+    "Q4_K": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q4_K blocks"),
+    "Q6_K": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q6_K blocks"),
 }

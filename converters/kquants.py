@@ -55,7 +55,3 @@ def kquant_blocks(parts: list) -> KQuantBlocks:
         raws.append(np.ascontiguousarray(data).reshape(data.shape[0], k // SUPER, size))
     return KQuantBlocks(ggml_type, raws[0] if len(raws) == 1 else np.concatenate(raws))
 
-
-def fits_super_blocks(raw: np.ndarray, k: int) -> bool:
-    """Whether a row of k weights is whole super-blocks (llama.cpp falls back to other types where not)."""
-    return k % SUPER == 0

@@ -12,6 +12,9 @@ the method and the block type allow, else quantized or float values) and the ope
 multiplies by it. The native form (ConvertOptions.portable False, the default on CPU) keeps int4
 layer matrices in Q4_1 blocks (ai.edgellama:MatMulQ4_1: carried from Q4_1 and Q4_0 files,
 quantized from float values) and computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
+It carries a Q4_K_M file's Q4_K and Q6_K tensors as the file's super-blocks (MatMulQ4_K, MatMulQ6_K;
+the embedding gathers them with GatherQ4_K, GatherQ6_K) and its Q5_0 tensors as 8-bit blocks; where
+q|k|v or gate|up mixes such types, the weight is a SplitWeight: one product per type, concatenated.
 Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
 library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4_1, not in layer
 0, which has no residual to add); when gate|up and down are, the
@@ -22,6 +25,7 @@ MLP is one node (NormMlpQ4_1), which also takes o_proj when o_proj is computed t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from itertools import groupby
 from typing import Optional
 
 from edgellama.errors import PackageError
@@ -38,8 +42,10 @@ LAYER_WEIGHTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn
                  "o_proj": ("self_attn.o_proj",),
                  "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
                  "down_proj": ("mlp.down_proj",)}
-# the gather of the embedding by the table's storage; an 8-bit table in the tiles of MatMulQ8 (native)
-EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized", "MatMulQ8": "GatherQ8"}
+# the gather of the embedding by the table's storage, or by the product of a table in the tiles of
+# edgellama's operators (native: an 8-bit table, the file's k-quant super-blocks)
+EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized", "MatMulQ8": "GatherQ8",
+                       "MatMulQ4_K": "GatherQ4_K", "MatMulQ6_K": "GatherQ6_K"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ class Fused:
 ATTENTION_OPERATOR = {True: "RotaryAttention", False: "GroupQueryAttention"}
 FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1")}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
-LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", ATTENTION_OPERATOR[True], *FUSED,
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", "MatMulQ4_K", "MatMulQ6_K", "GatherQ4_K", "GatherQ6_K",
+                               ATTENTION_OPERATOR[True], *FUSED,
                                *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp))})
 
 
@@ -68,10 +75,30 @@ class WeightPlan:
     exact: bool                      # the package computes with the source's numbers
     source_types: tuple = ()         # GGML types of the source tensors (none for float checkpoints)
 
+    @property
+    def plans(self) -> tuple:
+        """The products computing this weight: itself."""
+        return (self,)
+
+
+@dataclass(frozen=True)
+class SplitWeight:
+    """A stacked weight (q|k|v, gate|up) whose source tensors are of different GGML types that are each
+    carried (a Q4_K_M file's Q4_K q and k beside a Q6_K v): one product per run of tensors of one type,
+    their outputs concatenated in order."""
+    parts: tuple                     # WeightPlan per run
+    sizes: tuple                     # source tensors per run
+    operator: str = "Concat"         # the node that makes the stacked output
+
+    @property
+    def plans(self) -> tuple:
+        return self.parts
+
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """The plans of a layer's four products (the statistics' kinds are these names)."""
+    """The plans of a layer's four products (the statistics' kinds are these names); a stacked one can
+    be a SplitWeight."""
     qkv_proj: WeightPlan
     o_proj: WeightPlan
     gate_up_proj: WeightPlan
@@ -105,14 +132,14 @@ class ConversionPlan:
         names = {self.embedding.operator, self.lm_head.operator}
         for layer in self.layers:
             names |= {layer.qkv, layer.attention, layer.mlp}
-            names |= {getattr(layer.weights, f.name).operator for f in fields(LayerWeights)}
+            names |= {p.operator for f in fields(LayerWeights) for p in getattr(layer.weights, f.name).plans}
         return bool(names & LIBRARY_OPERATORS)
 
     @property
     def statistics(self) -> tuple:
         """The statistics of x (importance.py) that the loaders of the layer weights take, sorted."""
-        return tuple(sorted({FORMATS[getattr(layer.weights, f.name).format].statistic
-                             for layer in self.layers for f in fields(LayerWeights)} - {None}))
+        return tuple(sorted({FORMATS[p.format].statistic for layer in self.layers for f in fields(LayerWeights)
+                             for p in getattr(layer.weights, f.name).plans} - {None}))
 
     def to_dict(self) -> dict:
         """The plan as JSON data; runs of equal layers are written once with their first and last index."""
@@ -143,7 +170,9 @@ class ConversionPlan:
             raise PackageError(f"the layout record is not a conversion plan ({exc})") from None
 
 
-def _weight_from(data: dict) -> WeightPlan:
+def _weight_from(data: dict):
+    if "parts" in data:
+        return SplitWeight(tuple(map(_weight_from, data["parts"])), tuple(data["sizes"]), data["operator"])
     return WeightPlan(**{**data, "source_types": tuple(data["source_types"])})
 
 
@@ -226,14 +255,27 @@ class _Planner:
             name = f"float{FLOAT_BITS[self.q.method]}"
         form = FORMATS[name]
         bits = form.bits or bits
-        block_size = None if form.storage == "float" else (GGML_BLOCK if form.source or form.storage == "blocks"
-                                                           else self.q.block_size)
+        block_size = None if form.storage == "float" else ((form.block_size or GGML_BLOCK) if form.source
+                                                           or form.storage == "blocks" else self.q.block_size)
         operator = self.operator(name, bits, block_size, k)
         return WeightPlan(name, operator, bits, block_size, form.exact,
                           tuple(dict.fromkeys(t for t in types if t is not None)))
 
+    def stacked(self, kind: str, index: int):
+        """The plan of weight `kind` of layer `index`: one WeightPlan, or in the native form a SplitWeight
+        where its source tensors are of different types that are each carried, by different operators
+        (one product cannot hold them; types that one operator computes are requantized together)."""
+        names = layer_tensors(index, kind)
+        runs = [list(group) for _, group in groupby(names, key=self.tensors.ggml_type)]
+        if self.native and len(runs) > 1:
+            parts = tuple(self.weight(run, (kind,), index) for run in runs)
+            if (all(FORMATS[p.format].source is not None for p in parts)
+                    and len({p.operator for p in parts}) > 1):
+                return SplitWeight(parts, tuple(map(len, runs)))
+        return self.weight(names, (kind,), index)
+
     def layer(self, index: int) -> LayerPlan:
-        w = LayerWeights(**{kind: self.weight(layer_tensors(index, kind), (kind,), index) for kind in LAYER_WEIGHTS})
+        w = LayerWeights(**{kind: self.stacked(kind, index) for kind in LAYER_WEIGHTS})
         qkv = FUSED.get(w.qkv_proj.operator)
         mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
         project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
@@ -249,7 +291,7 @@ class _Planner:
     def plan(self) -> ConversionPlan:
         tied = self.tensors.config.tie_word_embeddings
         table = self.weight([EMBED], ("embedding", "lm_head") if tied else ("embedding",), table=True, gathered=True)
-        storage = "MatMulQ8" if table.operator == "MatMulQ8" else FORMATS[table.format].storage
+        storage = table.operator if table.operator in EMBEDDING_OPERATORS else FORMATS[table.format].storage
         embedding = replace(table, operator=EMBEDDING_OPERATORS[storage])
         lm_head = self.head(table if tied else self.weight([LM_HEAD], ("lm_head",), table=True))
         layers = tuple(self.layer(i) for i in range(self.layers))

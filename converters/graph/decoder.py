@@ -15,11 +15,12 @@ from onnx import TensorProto
 from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, past_name, present_name
 from edgellama.rope import cos_sin_tables
 
+from ..formats import FORMATS
 from ..plan import EMBED, LM_HEAD
 from .context import BuildContext
 from .layers import AttentionInputs, attention, mlp, skip_rms_norm
-from .linear import (embedding_quantized, embedding_tiled, float_weight, gather_rows, lm_head_float, load,
-                     matmul_nbits, product, write_quantized)
+from .linear import (BlockRefs, block_refs, blocks_product, embedding_blocks, embedding_quantized, embedding_tiled,
+                     float_weight, gather_rows, lm_head_float, load, matmul_nbits, product, write_quantized)
 
 
 def _declare_io(ctx: BuildContext) -> None:
@@ -69,6 +70,9 @@ def _embedding(ctx: BuildContext):
     if plan.embedding.operator == "GatherQ8":
         refs = write_quantized(ctx, table_scope, stored.quantized, tiled=True)
         return embedding_tiled(ctx, scope, INPUT_IDS, refs), refs
+    if FORMATS[plan.embedding.format].storage == "blocks":
+        refs = block_refs(ctx, table_scope, stored)
+        return embedding_blocks(ctx, scope, INPUT_IDS, refs, plan.embedding.operator), refs
     refs = write_quantized(ctx, table_scope, stored.quantized)
     return embedding_quantized(ctx, scope, INPUT_IDS, refs), refs
 
@@ -83,6 +87,8 @@ def _lm_head(ctx: BuildContext, x: str, table) -> str:
         table = float_weight(ctx, scope, load(ctx, [LM_HEAD], head, "lm_head").array, head.bits)
     if head.operator == "Gemm":
         return lm_head_float(ctx, scope, x, table, output=LOGITS)
+    if isinstance(table, BlockRefs):
+        return blocks_product(ctx, scope, x, table, head.operator, output=LOGITS)
     return matmul_nbits(ctx, scope, x, table, head.operator, output=LOGITS)
 
 

@@ -7,6 +7,9 @@
                (Q4_1 offset columns: x widened by its block sums first, see nbits_product;
                operator MatMulQ8: ai.edgellama:MatMulQ8 reads the same initializers)
     blocks     ai.edgellama:MatMulQ4_1(x, qs, d, m)             the file's own blocks (native/ort_ops.c)
+               ai.edgellama:MatMulQ4_K(x, qs, d, dmin, sc, mn),  a file's k-quant super-blocks
+               ai.edgellama:MatMulQ6_K(x, q, sc, d)              (native/ort_kquants.c)
+    split      one product per part, then Concat                (plan.SplitWeight)
 
 Initializers are named after the node scope: "model.layers.3.attn.qkv_proj.weight" and
 ".weight.scales" / ".weight.zero_points" (".weight.minimums" for blocks) beside it.
@@ -22,12 +25,21 @@ from edgellama.blocks_layout import tile_q8
 
 from ..carry import GGML_BLOCK
 from ..formats import FORMATS, Stored
-from ..plan import WeightPlan
+from ..plan import SplitWeight, WeightPlan
 from ..quantize import QuantizedWeight, unpack_nibbles
 from .context import BuildContext
 from .ops import EDGELLAMA_DOMAIN
 
 FLOAT_DTYPES = {32: np.float32, 16: np.float16}
+
+
+@dataclass(frozen=True)
+class BlockRefs:
+    """Names of a block weight's initializers (its fields, in the operator's input order) and its sizes,
+    for reuse by a tied LM head."""
+    fields: list
+    k: int
+    n: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,16 @@ def block_initializers(ctx: BuildContext, scope: str, stored: Stored) -> list:
     """The file's block fields as initializers named after `scope` (nibbles, scales, minimums for Q4_1)."""
     prefix = _initializer_prefix(scope) + ".weight"
     return [ctx.graph.initializer(prefix + suffix, array) for suffix, array in stored.blocks.initializers()]
+
+
+def block_refs(ctx: BuildContext, scope: str, stored: Stored) -> BlockRefs:
+    return BlockRefs(block_initializers(ctx, scope, stored), stored.k, stored.n)
+
+
+def blocks_product(ctx: BuildContext, scope: str, x: str, refs: BlockRefs, operator: str,
+                   output: Optional[str] = None) -> str:
+    """x -> ai.edgellama:{operator}(x, the weight's fields) -> y"""
+    return ctx.graph.op(operator, [x] + refs.fields, scope, domain=EDGELLAMA_DOMAIN, output=output, K=refs.k, N=refs.n)
 
 
 def float_weight(ctx: BuildContext, scope: str, array: np.ndarray, bits: int) -> str:
@@ -135,15 +157,27 @@ def multiply(ctx: BuildContext, scope: str, x: str, stored: Stored, weight: Weig
         return ctx.graph.op("MatMul", [x, w], scope, output=output)
     if storage == "nbits":
         return nbits_product(ctx, scope, x, stored, weight.operator, output)
-    return ctx.graph.op(weight.operator, [x] + block_initializers(ctx, scope, stored), scope,
-                        domain=EDGELLAMA_DOMAIN, output=output, K=stored.k, N=stored.n)
+    return blocks_product(ctx, scope, x, block_refs(ctx, scope, stored), weight.operator, output)
 
 
-def product(ctx: BuildContext, scope: str, x: str, names: Sequence[str], weight: WeightPlan, kind: str,
+def product(ctx: BuildContext, scope: str, x: str, names: Sequence[str], weight, kind: str,
             output: Optional[str] = None) -> str:
     """y = x @ W^T with W the named source weights [out_features, in_features] stacked along
-    out_features (q|k|v, gate|up): one product whose output holds each part in turn."""
-    return multiply(ctx, scope, x, load(ctx, names, weight, kind), weight, output)
+    out_features (q|k|v, gate|up): one product whose output holds each part in turn. A SplitWeight
+    is one product per part, named after the part's first tensor:
+
+        x -> product(part 0 tensors) -\
+        x -> product(part 1 tensors) --- Concat(axis -1) -> y
+    """
+    if not isinstance(weight, SplitWeight):
+        return multiply(ctx, scope, x, load(ctx, names, weight, kind), weight, output)
+    outputs, first = [], 0
+    for part, size in zip(weight.parts, weight.sizes):
+        part_names = names[first:first + size]
+        part_scope = f"{scope}/{part_names[0].rsplit('.', 2)[-2]}"
+        outputs.append(multiply(ctx, part_scope, x, load(ctx, part_names, part, kind), part))
+        first += size
+    return ctx.graph.op("Concat", outputs, scope, output=output, axis=-1)
 
 
 def lm_head_float(ctx: BuildContext, scope: str, x: str, table: str, output: Optional[str] = None) -> str:
@@ -183,6 +217,11 @@ def embedding_quantized(ctx: BuildContext, scope: str, ids: str, refs: Quantized
                               (("slice_starts", 0), ("slice_ends", qw.k), ("slice_axes", 2)))
         out = g.op("Slice", [out, starts, ends, axes], f"{scope}/unpad")
     return out
+
+
+def embedding_blocks(ctx: BuildContext, scope: str, ids: str, refs: BlockRefs, operator: str) -> str:
+    """Rows of a table in the tiles of edgellama's operators: ids -> ai.edgellama:{operator} -> [B, S, K]."""
+    return ctx.graph.op(operator, refs.fields + [ids], scope, domain=EDGELLAMA_DOMAIN, K=refs.k, N=refs.n)
 
 
 def embedding_tiled(ctx: BuildContext, scope: str, ids: str, refs: QuantizedRefs) -> str:

@@ -303,7 +303,8 @@ def _dequantize(tensor) -> np.ndarray:
         values = dequantize(tensor.data, GGMLQuantizationType(tensor.tensor_type))
     except NotImplementedError:
         raise UnsupportedConfigError(f"tensor {tensor.name}: GGML type {tensor.tensor_type.name} cannot be "
-                                     "dequantized by the installed gguf package") from None
+                                     "dequantized by the installed gguf package; upgrade it (pip install -U gguf) "
+                                     "or convert from a file that stores this tensor in another type") from None
     shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dimensions innermost first
     return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 

@@ -12,8 +12,9 @@ from edgellama.errors import CheckpointError
 from . import Source, expected_tensor_shapes
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
-# GGML block type -> (bytes per block, float16 values at its start: scale d, and minimum m for Q4_1)
-BLOCK_HEADS = {"Q8_0": (34, 1), "Q4_0": (18, 1), "Q4_1": (20, 2)}
+# GGML block type -> (bytes per block, first byte and count of its float16 scales: d, and m for Q4_1, dmin for Q4_K)
+BLOCK_HEADS = {"Q8_0": (34, 0, 1), "Q5_0": (22, 0, 1), "Q4_0": (18, 0, 1), "Q4_1": (20, 0, 2), "Q4_K": (144, 0, 2),
+               "Q6_K": (210, 208, 1)}
 
 
 class SourceTensors:
@@ -63,8 +64,8 @@ class SourceTensors:
             raise CheckpointError(f"{self.source.name}: tensor {name!r} has shape {tuple(shape)}, "
                                   f"the config implies {self._shapes[name]}; the checkpoint does not match its config")
         if ggml_type in BLOCK_HEADS and data.size:      # the blocks' float16 scales (and minimums)
-            block_bytes, halves = BLOCK_HEADS[ggml_type]
-            heads = np.ascontiguousarray(data.reshape(data.shape[0], -1, block_bytes)[..., :2 * halves])
+            block_bytes, start, halves = BLOCK_HEADS[ggml_type]
+            heads = np.ascontiguousarray(data.reshape(data.shape[0], -1, block_bytes)[..., start:start + 2 * halves])
             self._check_finite(name, heads.view(np.float16))
         if count:
             self._counted(name)
