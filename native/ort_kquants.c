@@ -52,20 +52,20 @@ static const Layout LAYOUTS[2] = {
 OrtStatus *el_kquants_create(const void *op, const void *unused, const void *info, void **kernel)
 {
     (void)op; (void)unused;
-    int64_t k = 0, n = 0;
-    OrtStatus *status = API(API_KernelInfoGetAttribute_int64, attribute_fn)(info, "K", &k);
-    if (status == NULL)
-        status = API(API_KernelInfoGetAttribute_int64, attribute_fn)(info, "N", &n);
-    if (status != NULL)
-        return status;
-    if (k <= 0 || k % EL_QK_SUPER || n <= 0)
+    KQuant sizes = {0, 0};
+    const char *names[2] = {"K", "N"};
+    int64_t *values[2] = {&sizes.k, &sizes.n};
+    for (int i = 0; i < 2; i++) {
+        OrtStatus *status = API(API_KernelInfoGetAttribute_int64, attribute_fn)(info, names[i], values[i]);
+        if (status != NULL)
+            return status;
+    }
+    if (sizes.k <= 0 || sizes.k % EL_QK_SUPER || sizes.n <= 0)
         return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama k-quant operator: attribute K must be a positive multiple "
                                                  "of 256 and N positive");
-    KQuant *kq = malloc(sizeof *kq);
-    if (kq == NULL)
+    if ((*kernel = malloc(sizeof sizes)) == NULL)
         return el_ort_fail(ORT_FAIL, "edgellama operator: out of memory");
-    *kq = (KQuant){k, n};
-    *kernel = kq;
+    *(KQuant *)*kernel = sizes;
     return NULL;
 }
 

@@ -1,11 +1,13 @@
 """edgellama packages converted by `edgellama.converters` from the model's source (models.py):
 int4 and int8 in the native form (the default: edgellama's own operator library), int4-portable
-(portable=True: ONNX Runtime's own operators, MatMulNBits and GroupQueryAttention), fp32. The int4
-packages take quality "small" (every layer matrix made from float values at 4 bits, as the other
-engines' 4-bit formats; blocks carried from a GGUF are the file's under every preset).
+(portable=True: ONNX Runtime's own operators, MatMulNBits and GroupQueryAttention), fp32; q4km: the
+native int4 package of llama.cpp's Q4_K_M file of the model (engine_llamacpp.prepare), its Q4_K, Q6_K
+and Q5_0 tensors carried as the file holds them. The int4 packages take quality "small" (every layer
+matrix made from float values at 4 bits, as the other engines' 4-bit formats; blocks carried from a
+GGUF are the file's under every preset).
 
-    WORK/<model>/edgellama-<method>-<native|portable>   converted once; converted again when its
-                                                        edgellama.json records the other form
+    WORK/<model>/edgellama-<method>-<native|portable>[-<GGUF type>]   converted once; converted again
+                                                        when its edgellama.json records the other form
     speed:      load(max_length=capacity) -> fresh context -> prefill -> greedy sampler (native) -> decode
     perplexity: edgellama.evaluate over one window of the ids (the all-positions graph)
 """
@@ -14,11 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import engine_llamacpp
 from .models import edgellama_source, model_work
 
-# variant -> (quantization method, portable)
-VARIANTS = {"int4": ("int4", False), "int4-portable": ("int4", True), "int8": ("int8", False),
-            "fp32": ("fp32", False)}
+# variant -> (quantization method, portable, llama.cpp's GGUF of that type as the source; None: the model's source)
+VARIANTS = {"int4": ("int4", False, None), "int4-portable": ("int4", True, None), "int8": ("int8", False, None),
+            "fp32": ("fp32", False, None), "q4km": ("int4", False, "Q4_K_M")}
 MAX_LENGTH = 4096
 
 
@@ -39,8 +42,9 @@ def package_is_native(package: Path):
 def prepare(variant: str, settings) -> Path:
     """A package of `variant`, converted once into WORK/<model>/ (again if the cached one is of the other form
     or an older format)."""
-    method, portable = VARIANTS[variant]
-    out = model_work(settings) / f"edgellama-{method}-{'portable' if portable else 'native'}"
+    method, portable, gguf = VARIANTS[variant]
+    form = f"{'portable' if portable else 'native'}{f'-{gguf}' if gguf else ''}"
+    out = model_work(settings) / f"edgellama-{method}-{form}"
     if package_is_native(out) is (not portable):
         return out
     from edgellama.converters import ConvertOptions, convert
@@ -48,7 +52,8 @@ def prepare(variant: str, settings) -> Path:
 
     options = ConvertOptions(quantization=Quantization(method=method), max_length=max(MAX_LENGTH, settings.capacity),
                              portable=portable, force=True, quality="small")
-    convert(str(edgellama_source(settings)), out, options)
+    source = engine_llamacpp.prepare(gguf, settings) if gguf else edgellama_source(settings)
+    convert(str(source), out, options)
     if package_is_native(out) is portable:
         raise RuntimeError(f"{out}: converted with portable={portable}, but edgellama.json records "
                            f"native={package_is_native(out)}")

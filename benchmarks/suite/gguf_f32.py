@@ -10,7 +10,7 @@ are edgellama's GGUF reader's (converters/sources/gguf.py), inverted. llama3 rop
 a `rope_freqs` tensor of per-frequency divisors, as llama.cpp's converter writes it.
 
 The vocabulary is the folder's byte-level BPE tokenizer (tokens, types, merges: llama.cpp's "gpt2"
-form). A tokenizer smaller than the model's vocabulary (a random-weight checkpoint borrowing a
+form; its pre-tokenizer GPT-2's regex, which llama.cpp's converter names "gpt-2"). A tokenizer smaller than the model's vocabulary (a random-weight checkpoint borrowing a
 small one) is padded with unused placeholder tokens up to vocab_size, so that llama.cpp's
 vocabulary matches the embedding table and any token id of the model can be fed.
 """
@@ -87,7 +87,7 @@ def _metadata(writer, config, special, tokenizer_json: Path) -> None:
         "head_count_kv": config.num_kv_heads, "key_length": config.head_dim, "value_length": config.head_dim,
         "rope_dimension_count": config.head_dim, "rope_freq_base": config.rope_theta,
         "layer_norm_rms_eps": config.rms_norm_eps, "vocab_size": config.vocab_size,
-        "tokenizer_model": "gpt2", "tokenizer_pre": "default", "token_list": tokens, "token_types": types,
+        "tokenizer_model": "gpt2", "tokenizer_pre": "gpt-2", "token_list": tokens, "token_types": types,
         "token_merges": merges, "bos_token_id": special.bos_token_id,
         "eos_token_id": special.eos_token_ids[0] if special.eos_token_ids else None, "add_bos_token": False,
     }

@@ -45,8 +45,8 @@ MODELS = {m.name: m for m in (
     SuiteModel("smollm2-135m", "smollm2-gguf", edgellama_from="gguf", gguf_type="Q4_1", engines=(),
                prompt_tokens=128, capacity=512, perplexity=True, ids="text"),
     SuiteModel("llama-1b-random", "random-llama-1b", edgellama_from="hf", gguf_type="F32",
-               engines=("edgellama/int4", "edgellama/int4-portable", "genai/int4", "llamacpp/Q4_0",
-                        "llamacpp/Q4_K_M"),
+               engines=("edgellama/int4", "edgellama/int4-portable", "edgellama/q4km", "genai/int4",
+                        "llamacpp/Q4_0", "llamacpp/Q4_K_M"),
                prompt_tokens=512, capacity=1024, perplexity=False, ids="random"),
 )}
 DEFAULT_MODEL = "smollm2-135m"

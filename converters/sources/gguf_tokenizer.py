@@ -44,6 +44,7 @@ _DIGITS_THEN_GPT2 = PreTokenizer((r"\p{N}", _GPT2))
 _LLAMA3_FAMILY = PreTokenizer((_LLAMA3,), ignore_merges=True)
 PRE_TOKENIZERS = {
     "gpt2": PreTokenizer((_GPT2,)),
+    "gpt-2": PreTokenizer((_GPT2,)),     # llama.cpp's converter's name for GPT-2's
     "mpt": PreTokenizer((_GPT2,)),
     "olmo": PreTokenizer((_GPT2,)),
     "smollm": _DIGITS_THEN_GPT2,
