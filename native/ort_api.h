@@ -129,8 +129,8 @@ typedef struct el_ops_rows {
     const void *weight;
     int64_t n;   /* its rows */
 } el_ops_rows;
-/* y [rows, n] = x [rows, k] rounded per block (blocks.h) times that weight, claimed by ONNX Runtime's
- * threads as the Q4_1 products are (ort_ops.c) */
+/* y [rows, n] = x [rows, k] rounded per block (blocks.h) times that weight (rows > 0), claimed by ONNX
+ * Runtime's threads as the Q4_1 products are (ort_ops.c) */
 OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k, const el_ops_rows *weight, float *y);
 /* The k-quant operators (ort_kquants.c): kernels with attributes K (a multiple of 256) and N */
 OrtStatus *el_kquants_create(const void *op, const void *unused, const void *info, void **kernel);

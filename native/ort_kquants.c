@@ -126,7 +126,7 @@ static OrtStatus *matmul(void *kernel, void *context, int kind)
         return status;
     const int64_t rows = el_ort_elements(dims, count - 1);
     dims[count - 1] = kq->n;
-    if ((status = el_ort_output(context, 0, dims, count, (void **)&y)) != NULL)
+    if ((status = el_ort_output(context, 0, dims, count, (void **)&y)) != NULL || rows == 0)
         return status;
     const el_ops_rows product = {kind == Q4K ? q4k_rows : q6k_rows, kind == Q4K ? (const void *)&w.w4 : &w.w6, kq->n};
     return el_ops_product(context, x, rows, kq->k, &product, y);

@@ -495,8 +495,8 @@ OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context)
 OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k, const el_ops_rows *weight, float *y)
 {
     Call call;
-    OrtStatus *status = rows == 0 ? NULL : call_begin(&call, rows, k, 0, 0, 0);
-    if (status != NULL || rows == 0)
+    OrtStatus *status = call_begin(&call, rows, k, 0, 0, 0);
+    if (status != NULL)
         return status;
     add_rounding(&call, x, rows);
     add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, call.acts, rows, y, weight});

@@ -93,6 +93,7 @@ def test_the_operators_refuse_what_is_not_the_tiles_of_k_and_n(tmp_path, ggml_ty
     raw = random_raw(np.random.default_rng(4), TYPE_KINDS[ggml_type], 8, 2)
     session = _product(tmp_path, ggml_type, raw)
     assert session.run(["y"], {"x": np.ones((1, 1, 512), np.float32)})[0].shape == (1, 1, 8)
+    assert session.run(["y"], {"x": np.ones((1, 0, 512), np.float32)})[0].shape == (1, 0, 8)   # no rows
     with pytest.raises(Exception, match="last dimension of x differs from attribute K"):
         session.run(["y"], {"x": np.ones((1, 1, 256), np.float32)})
     rows = _session(tmp_path / "rows.onnx", f"MatMul{ggml_type}", _fields(ggml_type, raw),
