@@ -14,6 +14,8 @@ except ImportError:  # building from a tree that already holds the generated C f
 
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/kernels.c", "native/blocks.c",
                   "native/blocks_kquants.c",
+                  "native/blocks_q5k.c", "native/blocks_q5k_avx2.c", "native/blocks_q5k_avx512.c",
+                  "native/blocks_q5k_neon.c",
                   "native/blocks_avx2.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
                   "native/activation.c",
                   "native/attention.c", "native/kvrows.c", "native/norm.c"]

@@ -16,6 +16,10 @@ GGUF k-quants (super-blocks of 256 inputs, ns = K / 256 of them a row, nb = 8 ns
                                                  high bits of elements 8v+k, 16+8v+k, 8v+4+k, 16+8v+4+k
                                                  (bits 0-1, 2-3, 4-5, 6-7: chunks 2v and 2v + 1)
                                 sc int8 [T, nb, 2, 8] (sub-blocks of 16: 2b, 2b + 1);  d [T, ns, 8]
+    Q5_K  [N, ns, 176] raw  ->  q [T, nb, 160]   bytes 0-127: the low 4 bits of q in [0, 31] as a Q4_1
+                                                 tile's nibbles; 128-159: [8, 4], byte [i, k] the 5th bits
+                                                 of row i's elements 4c + k (bit c) and 16 + 4c + k (bit 4 + c)
+                                d, dmin [T, ns, 8] float16 bits;  sc, mn [T, nb, 8] uint8 (as Q4_K's)
 """
 from __future__ import annotations
 
@@ -134,3 +138,24 @@ def tile_q6_k(raw: np.ndarray) -> tuple:
     low, high = _tile_chunks(_q4_1_bytes(q & 0x0F)), _tile_chunks(high.reshape(n, nb, 8).astype(np.uint8))
     tsc = np.moveaxis(_tile_rows(sc.reshape(n, nb, 2)), 2, 3)                    # [T, nb, 2, 8]
     return np.concatenate([low, high], axis=-1), np.ascontiguousarray(tsc), _tile_rows(d)
+
+
+def q5_k_fields(raw: np.ndarray) -> tuple:
+    """(q [N, nb, 32] in [0, 31], d, dmin [N, ns] float16 bits, sc, mn [N, nb] uint8) of Q5_K
+    super-blocks raw [N, ns, 176] (GGML's block_q5_K: Q4_K's d, dmin, scales and 128 bytes of nibbles,
+    with 32 bytes qh between the scales and the nibbles: element 32s + l has its 5th bit at bit s of qh[l])."""
+    n, ns = raw.shape[:2]
+    q, d, dmin, sc, mn = q4_k_fields(np.concatenate([raw[..., :16], raw[..., 48:]], axis=-1))
+    top = (raw[..., 16:48].reshape(n, ns, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 0x01
+    return q | (top.reshape(n, ns * 8, 32) << 4), d, dmin, sc, mn
+
+
+def tile_q5_k(raw: np.ndarray) -> tuple:
+    """(q [T, nb, 160], d, dmin [T, ns, 8] float16 bits, sc, mn [T, nb, 8] uint8) of Q5_K super-blocks
+    raw [N, ns, 176]: the low 4 bits of each block of 32 in a Q4_1 tile, then the 5th bits."""
+    q, d, dmin, sc, mn = q5_k_fields(raw)
+    n, nb = q.shape[:2]
+    top = (q >> 4).reshape(n, nb, 2, 4, 4) << np.arange(4, dtype=np.uint8).reshape(4, 1)    # [.., half, c, k]
+    high = (top[:, :, 0].sum(axis=2) | (top[:, :, 1].sum(axis=2) << 4)).astype(np.uint8)    # [n, nb, k]
+    tq = np.concatenate([_tile_chunks(_q4_1_bytes(q & 0x0F)), _tile_rows(high).reshape(-1, nb, 4 * TILE)], axis=-1)
+    return (tq, *(_tile_rows(a) for a in (d, dmin, sc, mn)))

@@ -227,6 +227,14 @@ def q8_gather(q, scale, ids) -> None:
     _ids_in("q8_gather", ids, n)
 
 
+def q5k_matmul(x, raw) -> None:
+    _kquant_product("q5k_matmul", x, raw, 176)
+
+
+def q5k_gather(raw, ids) -> None:
+    kquant_gather("q5k_gather", raw, ids, 176)
+
+
 # ---- attention.h ----
 
 MAX_HEAD_DIM = 256   # attention.h: EL_ATT_MAX_HEAD_DIM

@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Compiled sampling, KV-cache, float16, block-product, activation and attention routines (C in
-sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, blocks_kquants.c, activation.c, norm.c and
+sampler.c, kvcache.c, kvrows.c, halfconv.c, blocks.c, blocks_kquants.c, blocks_q5k.c, activation.c, norm.c and
 attention.c).
 
 Each function checks its arguments with edgellama.native_args (as the NumPy twins in
@@ -13,7 +13,7 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, 
 import numpy as np
 
 from edgellama import native_args
-from edgellama.blocks_layout import tile_q4_k, tile_q6_k, tile_q41, tile_q8
+from edgellama.blocks_layout import tile_q4_k, tile_q5_k, tile_q6_k, tile_q41, tile_q8
 from edgellama.native_status import error_for
 
 from status cimport *
@@ -23,6 +23,7 @@ from halfconv cimport *
 from kernels cimport *
 from blocks cimport *
 from blocks_kquants cimport *
+from blocks_q5k cimport *
 from activation cimport *
 from attention cimport *
 from kvrows cimport *
@@ -254,7 +255,7 @@ cdef el_q8_act *_acts(int64_t rows, int64_t nb, int8_t[:, ::1] q, float[:, :, ::
 
 
 cdef enum:   # the weight kinds of _rows_product
-    _Q41, _Q8, _Q4K, _Q6K
+    _Q41, _Q8, _Q4K, _Q6K, _Q5K
 
 
 cdef object _rows_product(x, int64_t n, int64_t nb, int kind, const void *w, path, str context):
@@ -283,6 +284,8 @@ cdef object _rows_product(x, int64_t n, int64_t nb, int kind, const void *w, pat
                 code = el_q8_rows(<const el_q8_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
             elif code == EL_OK and kind == _Q4K:
                 code = el_q4k_rows(<const el_q4k_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
+            elif code == EL_OK and kind == _Q5K:
+                code = el_q5k_rows(<const el_q5k_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
             elif code == EL_OK:
                 code = el_q6k_rows(<const el_q6k_weight *>w, acts, rows, 0, n, &out[0, 0], n, number)
     finally:
@@ -388,6 +391,48 @@ def q8_gather(q, scale, ids):
     with nogil:
         code = el_q8_gather(&w, &iv[0], count, &ov[0, 0])
     _check(code, "q8_gather")
+    return out
+
+
+cdef el_q5k_weight _q5k_tiles(raw, list keep):
+    """The Q5_K weight of the checked super-blocks raw in tiles (blocks_q5k.h), the arrays kept in `keep`."""
+    cdef el_q5k_weight w
+    keep.extend(tile_q5_k(raw))
+    w.n, w.nb = raw.shape[0], raw.shape[1] * 8
+    w.q = <const uint8_t *>_data(keep[0])
+    w.d = <const uint16_t *>_data(keep[1])
+    w.dmin = <const uint16_t *>_data(keep[2])
+    w.sc = <const uint8_t *>_data(keep[3])
+    w.mn = <const uint8_t *>_data(keep[4])
+    return w
+
+
+def q5k_matmul(x, raw, path=None):
+    """y [M, N] = x [M, K] times the Q5_K weight of GGUF super-blocks raw uint8 [N, K/256, 176], with x
+    rounded per block as blocks.h says, on kernel path `path` (None: the chosen one)."""
+    native_args.q5k_matmul(x, raw)
+    native_args.kernel_path(path, kernel_paths())
+    cdef list keep = []
+    cdef el_q5k_weight w = _q5k_tiles(raw, keep)
+    return _rows_product(x, w.n, w.nb, _Q5K, &w, path, "q5k_matmul")
+
+
+def q5k_gather(raw, ids):
+    """Rows ids [M] of the Q5_K weight of GGUF super-blocks raw uint8 [N, K/256, 176] as float32 [M, K]
+    (an embedding table), as GGML dequantizes them."""
+    native_args.q5k_gather(raw, ids)
+    cdef const int64_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int64)
+    cdef int64_t count = iv.shape[0]
+    out = np.zeros((count, raw.shape[1] * 256), dtype=np.float32)
+    if count == 0 or raw.shape[1] == 0:
+        return out
+    cdef list keep = []
+    cdef el_q5k_weight w = _q5k_tiles(raw, keep)
+    cdef float[:, ::1] ov = out
+    cdef el_status code
+    with nogil:
+        code = el_q5k_gather(&w, &iv[0], count, &ov[0, 0])
+    _check(code, "q5k_gather")
     return out
 
 

@@ -48,15 +48,16 @@ def q41_matmul(x: np.ndarray, qs: np.ndarray, d: np.ndarray, m: np.ndarray, path
     return _q41_terms_summed(x, q, d.view(np.float16).astype(F32), m.view(np.float16).astype(F32))
 
 
-def _q41_terms_summed(x: np.ndarray, q: np.ndarray, dw: np.ndarray, mw: np.ndarray) -> np.ndarray:
-    """sum_b fma(dot_b, d_b xd_b, fma(m_b, xs_b, d_b (8 xr_b))) in block order: q [N, nb, 32] in
-    [0, 15], d and m float32 [N, nb]."""
+def _q41_terms_summed(x: np.ndarray, q: np.ndarray, dw: np.ndarray, mw: np.ndarray,
+                      centre: float = 8.0) -> np.ndarray:
+    """sum_b fma(dot_b, d_b xd_b, fma(m_b, xs_b, d_b (centre xr_b))) in block order: q [N, nb, 32] in
+    [0, 15] (centre 8; Q5_K's in [0, 31], centre 16), d and m float32 [N, nb]."""
     rows, nb = x.shape[0], q.shape[1]
     xq, xd, xs, xr = _q8_blocks(np.ascontiguousarray(x, F32).reshape(rows, nb, 32))
     dw, mw = dw[None], mw[None]
     dots = np.einsum("nbj,mbj->mnb", q.astype(np.int32), xq).astype(F32)          # [M, N, nb]
     xd, xs, xr = xd[:, None, :], xs[:, None, :], xr[:, None, :]
-    terms = _fma(dots, dw * xd, _fma(mw, xs, dw * (F32(8.0) * xr)))
+    terms = _fma(dots, dw * xd, _fma(mw, xs, dw * (F32(centre) * xr)))
     acc = np.zeros(terms.shape[:2], F32)
     for b in range(nb):                                                             # in block order
         acc = acc + terms[:, :, b]
