@@ -21,6 +21,5 @@ TARGET static inline __m256i dot8_avx2(__m256i acc, __m256i w0, __m256i x0, __m2
 }
 
 #define DOT8 dot8_avx2
-#define PAIR_TILES 1
 #include "blocks_q5k_x86.h"
 #endif

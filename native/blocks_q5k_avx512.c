@@ -14,6 +14,5 @@
 #define TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
 #define ROWS_Q5K el_q5k_rows_avx512vnni
 #define DOT8(acc, w0, x0, w1, x1) _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, w0, x0), w1, x1)
-#define PAIR_TILES 2   /* AVX-512VL: 32 vector registers hold two tiles' sums for ACTS rows */
 #include "blocks_q5k_x86.h"
 #endif

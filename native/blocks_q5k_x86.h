@@ -5,7 +5,6 @@
  *     ROWS_Q5K    the name of its el_q5k_rows path
  *     DOT8(acc, w0, x0, w1, x1)   int32 acc plus, per 32-bit lane, the four products of w0's unsigned
  *                                 bytes (q in [0, 31]) with x0's signed bytes and the four of w1 with x1
- *     PAIR_TILES  tiles taken together by a prompt's pass (1 or 2: registers)
  * (blocks_q5k_avx2.c: vpmaddubsw, whose pairs of 31 * 127 products stay within int16; blocks_q5k_avx512.c:
  * vpdpbusd). Both form the same exact integers, and the float arithmetic after them is this file's, so
  * the paths agree bit for bit.
@@ -74,76 +73,48 @@ TARGET static INLINE __m256 add_term(const el_q5k_weight *w, int64_t at, __m256 
     return _mm256_add_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(ds, xd), inner));
 }
 
-/* acc[p][i] = the 8 rows of tile t + p (p < pairs) against activation row acts[i] (i < count),
- * constants where inlined */
-TARGET static INLINE void tile_pass(const el_q5k_weight *w, const el_q8_act *acts, int count, int64_t t, int pairs,
-                                    int prefetch, __m256 acc[2][ACTS])
+/* acc[i] = the 8 rows of tile t against activation row acts[i] (i < count), constants where inlined.
+ * (Two tiles at a time, as blocks_x86.h takes Q4_K's in prompts, measured slower here: the 5th bits'
+ * unpacking needs the registers.) */
+TARGET static INLINE void tile_pass(const el_q5k_weight *w, const el_q8_act *acts, int count, int64_t t, int prefetch,
+                                    __m256 acc[ACTS])
 {
     const int64_t nb = w->nb;
-    for (int p = 0; p < pairs; p++)
-        for (int i = 0; i < count; i++)
-            acc[p][i] = _mm256_setzero_ps();
+    for (int i = 0; i < count; i++)
+        acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int64_t lo16 = el_q8_half_at(b, 0), hi16 = el_q8_half_at(b, 1);
-        __m256i part[2][ACTS], top[2];
-        for (int p = 0; p < pairs; p++) {
-            const uint8_t *block = w->q + ((t + p) * nb + b) * EL_Q5K_BLOCK_BYTES;
-            if (prefetch)
-                for (int64_t line = 0; line < EL_Q5K_BLOCK_BYTES; line += 64)
-                    _mm_prefetch((const char *)(block + AHEAD + line), _MM_HINT_T0);
-            top[p] = _mm256_loadu_si256((const __m256i *)(block + 128));
-            for (int i = 0; i < count; i++)
-                part[p][i] = _mm256_setzero_si256();
-        }
+        const uint8_t *block = w->q + (t * nb + b) * EL_Q5K_BLOCK_BYTES;
+        if (prefetch)
+            for (int64_t line = 0; line < EL_Q5K_BLOCK_BYTES; line += 64)
+                _mm_prefetch((const char *)(block + AHEAD + line), _MM_HINT_T0);
+        const __m256i top = _mm256_loadu_si256((const __m256i *)(block + 128));
+        __m256i part[ACTS];
+        for (int i = 0; i < count; i++)
+            part[i] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            __m256i lo[2], hi[2];
-            for (int p = 0; p < pairs; p++) {
-                const uint8_t *block = w->q + ((t + p) * nb + b) * EL_Q5K_BLOCK_BYTES;
-                q5_values(_mm256_loadu_si256((const __m256i *)(block + 32 * c)), top[p], c, &lo[p], &hi[p]);
-            }
-            for (int i = 0; i < count; i++) {
-                const __m256i xl = spread4(acts[i].q + lo16 + 4 * c), xh = spread4(acts[i].q + hi16 + 4 * c);
-                for (int p = 0; p < pairs; p++)
-                    part[p][i] = DOT8(part[p][i], lo[p], xl, hi[p], xh);
-            }
-        }
-        for (int p = 0; p < pairs; p++)
+            __m256i lo, hi;
+            q5_values(_mm256_loadu_si256((const __m256i *)(block + 32 * c)), top, c, &lo, &hi);
             for (int i = 0; i < count; i++)
-                acc[p][i] = add_term(w, (t + p) * nb + b, acc[p][i], part[p][i], &acts[i], b);
+                part[i] = DOT8(part[i], lo, spread4(acts[i].q + lo16 + 4 * c), hi, spread4(acts[i].q + hi16 + 4 * c));
+        }
+        for (int i = 0; i < count; i++)
+            acc[i] = add_term(w, t * nb + b, acc[i], part[i], &acts[i], b);
     }
 }
 
-/* Rows [lo, hi) of y[i * stride + r] from a tile's lanes (all 8 when the tile lies inside) */
-TARGET static INLINE void put_tile(float *y, int64_t stride, int i, int64_t t, __m256 v, int64_t lo, int64_t hi)
+/* Rows [lo, hi) of y[r] from tile t's lanes (all 8 when the tile lies inside) */
+TARGET static INLINE void put_tile(float *y, int64_t t, __m256 v, int64_t lo, int64_t hi)
 {
     const int64_t r0 = t * EL_Q41_TILE;
     if (r0 >= lo && r0 + EL_Q41_TILE <= hi) {
-        _mm256_storeu_ps(y + i * stride + r0, v);
+        _mm256_storeu_ps(y + r0, v);
         return;
     }
     float lanes[EL_Q41_TILE];
     _mm256_storeu_ps(lanes, v);
     for (int64_t r = r0 > lo ? r0 : lo; r < r0 + EL_Q41_TILE && r < hi; r++)
-        y[i * stride + r] = lanes[r - r0];
-}
-
-/* The tiles [t0, t1) against `count` (<= ACTS) activation rows, PAIR_TILES tiles at a time */
-TARGET static INLINE void tiles_against(const el_q5k_weight *w, const el_q8_act *acts, int count, int64_t t0,
-                                        int64_t t1, float *y, int64_t stride, int64_t lo, int64_t hi)
-{
-    __m256 acc[2][ACTS];
-    int64_t t = t0;
-    for (; PAIR_TILES == 2 && t + 2 <= t1; t += 2) {
-        tile_pass(w, acts, count, t, 2, 0, acc);
-        for (int p = 0; p < 2; p++)
-            for (int i = 0; i < count; i++)
-                put_tile(y, stride, i, t + p, acc[p][i], lo, hi);
-    }
-    for (; t < t1; t++) {
-        tile_pass(w, acts, count, t, 1, 0, acc);
-        for (int i = 0; i < count; i++)
-            put_tile(y, stride, i, t, acc[0][i], lo, hi);
-    }
+        y[r] = lanes[r - r0];
 }
 
 /* One activation row (decode): the tiles stream by one after another with their prefetch. Several
@@ -155,23 +126,26 @@ TARGET void ROWS_Q5K(const el_q5k_weight *w, const el_q8_act *acts, int64_t coun
     if (lo >= hi)
         return;
     const int64_t t0 = lo / EL_Q41_TILE, t1 = el_q41_tiles(hi);
+    __m256 acc[ACTS];
     if (count == 1) {
-        __m256 acc[2][ACTS];
         for (int64_t t = t0; t < t1; t++) {
-            tile_pass(w, acts, 1, t, 1, 1, acc);
-            put_tile(y, stride, 0, t, acc[0][0], lo, hi);
+            tile_pass(w, acts, 1, t, 1, acc);
+            put_tile(y, t, acc[0], lo, hi);
         }
         return;
     }
     for (int64_t a0 = 0; a0 < count; a0 += ACT_BLOCK) {
         const int64_t a1 = count - a0 < ACT_BLOCK ? count : a0 + ACT_BLOCK;
-        for (int64_t t = t0; t < t1; t += PAIR_TILES) {
-            const int64_t tn = t + PAIR_TILES < t1 ? t + PAIR_TILES : t1;
-            int64_t i = a0;
-            for (; i + ACTS <= a1; i += ACTS)
-                tiles_against(w, acts + i, ACTS, t, tn, y + i * stride, stride, lo, hi);
-            for (; i < a1; i++)
-                tiles_against(w, acts + i, 1, t, tn, y + i * stride, stride, lo, hi);
-        }
+        for (int64_t t = t0; t < t1; t++)
+            for (int64_t i = a0; i < a1;) {
+                const int rows = a1 - i < ACTS ? 1 : ACTS;   /* constants for tile_pass */
+                if (rows == ACTS)
+                    tile_pass(w, acts + i, ACTS, t, 0, acc);
+                else
+                    tile_pass(w, acts + i, 1, t, 0, acc);
+                for (int j = 0; j < rows; j++)
+                    put_tile(y + (i + j) * stride, t, acc[j], lo, hi);
+                i += rows;
+            }
     }
 }
