@@ -399,7 +399,7 @@ cdef el_q5k_weight _q5k_tiles(raw, list keep):
     cdef el_q5k_weight w
     keep.extend(tile_q5_k(raw))
     w.n, w.nb = raw.shape[0], raw.shape[1] * 8
-    w.q = <const uint8_t *>_data(keep[0])
+    w.qs = <const uint8_t *>_data(keep[0])
     w.d = <const uint16_t *>_data(keep[1])
     w.dmin = <const uint16_t *>_data(keep[2])
     w.sc = <const uint8_t *>_data(keep[3])

@@ -5,7 +5,7 @@
  *
  * Buffers of one call (nb blocks of 32 inputs, a multiple of 8; rows [lo, hi) of W):
  *     acts[i]  el_q8_act of blocks.h, nb blocks
- *     w.q [tiles, nb, 160];  w.d, w.dmin [tiles, nb / 8, 8] binary16;  w.sc, w.mn [tiles, nb, 8]
+ *     w.qs [tiles, nb, 160];  w.d, w.dmin [tiles, nb / 8, 8] binary16;  w.sc, w.mn [tiles, nb, 8]
  *     y        [count, stride] float32, rows lo .. hi - 1 of each written
  *
  * Includes: libc.
@@ -44,7 +44,7 @@ static float row_portable(const el_q5k_weight *w, const el_q8_act *act, int64_t 
     float acc = 0.0f;
     for (int64_t b = 0; b < w->nb; b++) {
         const int64_t at = t * w->nb + b;
-        const uint8_t *block = w->q + at * EL_Q5K_BLOCK_BYTES;
+        const uint8_t *block = w->qs + at * EL_Q5K_BLOCK_BYTES;
         int32_t dot = 0;
         for (int h = 0; h < 2; h++) {
             const int8_t *x = act->q + el_q8_half_at(b, h);
@@ -70,31 +70,24 @@ static void rows_portable(const el_q5k_weight *w, const el_q8_act *acts, int64_t
 /* A weight with all its buffers and whole super-blocks */
 static int bad_weight(const el_q5k_weight *w)
 {
-    return w == NULL || w->q == NULL || w->d == NULL || w->dmin == NULL || w->sc == NULL || w->mn == NULL ||
+    return w == NULL || w->qs == NULL || w->d == NULL || w->dmin == NULL || w->sc == NULL || w->mn == NULL ||
            w->nb <= 0 || w->nb % 8 != 0 || w->n < 0;
 }
 
 typedef void (*Rows)(const el_q5k_weight *, const el_q8_act *, int64_t, int64_t, int64_t, float *, int64_t);
 
-/* The rows routine of kernels.h's `path` (the i8mm path takes the neon path's) */
-static Rows rows_of_path(int path)
-{
-    switch (el_path_resolve(path)) {
+/* The rows routine of each kernels.h path this build has (the i8mm path takes the neon path's) */
+static const Rows ROWS_OF_PATH[EL_PATHS] = {
+    [EL_PATH_PORTABLE] = rows_portable,
 #if EL_BLOCKS_X86
-    case EL_PATH_AVX2:
-        return el_q5k_rows_avx2;
-    case EL_PATH_AVX512VNNI:
-        return el_q5k_rows_avx512vnni;
+    [EL_PATH_AVX2] = el_q5k_rows_avx2,
+    [EL_PATH_AVX512VNNI] = el_q5k_rows_avx512vnni,
 #endif
 #if EL_BLOCKS_NEON
-    case EL_PATH_NEON:
-    case EL_PATH_I8MM:
-        return el_q5k_rows_neon;
+    [EL_PATH_NEON] = el_q5k_rows_neon,
+    [EL_PATH_I8MM] = el_q5k_rows_neon,
 #endif
-    default:
-        return rows_portable;
-    }
-}
+};
 
 el_status el_q5k_rows(const el_q5k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                       float *y, int64_t stride, int path)
@@ -104,7 +97,8 @@ el_status el_q5k_rows(const el_q5k_weight *w, const el_q8_act *acts, int64_t cou
     for (int64_t i = 0; i < count; i++)
         if (acts[i].nb != w->nb)
             return EL_ERR_SIZE;
-    rows_of_path(path)(w, acts, count, lo, hi, y, stride);
+    const Rows rows = ROWS_OF_PATH[el_path_resolve(path)];
+    (rows != NULL ? rows : rows_portable)(w, acts, count, lo, hi, y, stride);
     return EL_OK;
 }
 
@@ -118,7 +112,7 @@ el_status el_q5k_gather(const el_q5k_weight *w, const int64_t *ids, int64_t coun
         const int64_t t = ids[r] / EL_Q41_TILE;
         const int i = (int)(ids[r] % EL_Q41_TILE);
         for (int64_t b = 0; b < w->nb; b++) {
-            const uint8_t *block = w->q + (t * w->nb + b) * EL_Q5K_BLOCK_BYTES;
+            const uint8_t *block = w->qs + (t * w->nb + b) * EL_Q5K_BLOCK_BYTES;
             float *row = out + (r * w->nb + b) * 32;
             float ds, ms;
             block_scales(w, t * w->nb + b, i, &ds, &ms);

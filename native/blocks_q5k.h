@@ -9,7 +9,7 @@
  *
  * Q5_K: weight = d * sc_s * q - dmin * mn_s, q in [0, 31], sc_s and mn_s 6-bit per sub-block s of 32
  * inputs, d and dmin binary16 per super-block:
- *     q [T, nb, 160]       uint8:    block b of a tile: bytes 0-127 the low 4 bits of q as Q4_K's
+ *     qs [T, nb, 160]      uint8:    block b of a tile: bytes 0-127 the low 4 bits of q as Q4_K's
  *                                    (a Q4_1 tile's chunks, blocks.h: chunk c [8 rows][4 bytes], low
  *                                    nibbles elements 4c + k, high 16 + 4c + k); bytes 128 + 4 i + k
  *                                    the 5th bits of row i's elements 4c + k (bit c) and 16 + 4c + k
@@ -29,19 +29,13 @@
 #define EDGELLAMA_BLOCKS_Q5K_H
 
 #include "blocks.h"
+#include "blocks_kquants.h"
 
 #define EL_Q5K_BLOCK_BYTES 160   /* bytes of a tile's block of 32 inputs */
 
-/* A Q5_K weight [n, 32 * nb] in tiles as described above (nb a multiple of 8). */
-typedef struct el_q5k_weight {
-    const uint8_t *q;       /* [tiles, nb, 160] */
-    const uint16_t *d;      /* [tiles, nb / 8, 8] */
-    const uint16_t *dmin;   /* [tiles, nb / 8, 8] */
-    const uint8_t *sc;      /* [tiles, nb, 8] */
-    const uint8_t *mn;      /* [tiles, nb, 8] */
-    int64_t n;
-    int64_t nb;
-} el_q5k_weight;
+/* A Q5_K weight [n, 32 * nb] in tiles as described above (nb a multiple of 8): Q4_K's fields, with
+ * qs [tiles, nb, 160] the q above. */
+typedef el_q4k_weight el_q5k_weight;
 
 /* y[i * stride + r] = row r of W times activation row i (acts rounded by el_q8_quantize), for the
  * `count` rows acts[i] and the rows r in [lo, hi) of W (stride >= hi), as el_q41_rows. */

@@ -28,30 +28,38 @@ TARGET static inline int8x16_t q_second(uint8x16_t v, uint8x16_t top, int c)
     return vreinterpretq_s8_u8(vbslq_u8(fifth, vshlq_u8(top, vdupq_n_s8((int8_t)-c)), vshrq_n_u8(v, 4)));
 }
 
-/* The dot products of block `block` of a tile with one block of activations (xlo: its first 16 values,
- * xhi: its last 16): rows 0-3 into *r0, rows 4-7 into *r1. Chunk c meets lane c of both. */
-#define CHUNK(c)                                                                                   \
-    do {                                                                                           \
-        const uint8x16_t v0 = vld1q_u8(block + 32 * (c)), v1 = vld1q_u8(block + 32 * (c) + 16);   \
-        a0 = vdotq_laneq_s32(a0, q_first(v0, t0, c), xlo, c);                                      \
-        a0 = vdotq_laneq_s32(a0, q_second(v0, t0, c), xhi, c);                                     \
-        a1 = vdotq_laneq_s32(a1, q_first(v1, t1, c), xlo, c);                                      \
-        a1 = vdotq_laneq_s32(a1, q_second(v1, t1, c), xhi, c);                                     \
-    } while (0)
+/* acc + the products of chunk c's q for 4 rows (v: low-bit bytes, top: 5th bits) with lane c of the
+ * activations' first (xlo) and last (xhi) 16 values; the lane of sdot is a constant */
+TARGET static inline int32x4_t chunk_dots(int32x4_t acc, uint8x16_t v, uint8x16_t top, int c, int8x16_t xlo,
+                                          int8x16_t xhi)
+{
+    const int8x16_t first = q_first(v, top, c), second = q_second(v, top, c);
+    switch (c) {
+    case 0:
+        return vdotq_laneq_s32(vdotq_laneq_s32(acc, first, xlo, 0), second, xhi, 0);
+    case 1:
+        return vdotq_laneq_s32(vdotq_laneq_s32(acc, first, xlo, 1), second, xhi, 1);
+    case 2:
+        return vdotq_laneq_s32(vdotq_laneq_s32(acc, first, xlo, 2), second, xhi, 2);
+    default:
+        return vdotq_laneq_s32(vdotq_laneq_s32(acc, first, xlo, 3), second, xhi, 3);
+    }
+}
 
+/* The dot products of block `block` of a tile with one block of activations: rows 0-3 into *r0,
+ * rows 4-7 into *r1 */
 TARGET static inline void block_dots(const uint8_t *block, int8x16_t xlo, int8x16_t xhi, float32x4_t *r0,
                                      float32x4_t *r1)
 {
     const uint8x16_t t0 = vld1q_u8(block + 128), t1 = vld1q_u8(block + 144);
     int32x4_t a0 = vdupq_n_s32(0), a1 = vdupq_n_s32(0);
-    CHUNK(0);
-    CHUNK(1);
-    CHUNK(2);
-    CHUNK(3);
+    for (int c = 0; c < 4; c++) {
+        a0 = chunk_dots(a0, vld1q_u8(block + 32 * c), t0, c, xlo, xhi);
+        a1 = chunk_dots(a1, vld1q_u8(block + 32 * c + 16), t1, c, xlo, xhi);
+    }
     *r0 = vcvtq_f32_s32(a0);
     *r1 = vcvtq_f32_s32(a1);
 }
-#undef CHUNK
 
 /* bytes j .. j + 3 (j = 0 or 4) of the 8 at v as float32 */
 TARGET static inline float32x4_t bytes4(const uint8_t *v, int j)
@@ -79,7 +87,7 @@ TARGET static void tile_rows(const el_q5k_weight *w, const el_q8_act *a, int64_t
     for (int64_t b = 0; b < w->nb; b++) {
         const int64_t at = t * w->nb + b;
         float32x4_t r0, r1;
-        block_dots(w->q + at * EL_Q5K_BLOCK_BYTES, vld1q_s8(a->q + el_q8_half_at(b, 0)),
+        block_dots(w->qs + at * EL_Q5K_BLOCK_BYTES, vld1q_s8(a->q + el_q8_half_at(b, 0)),
                    vld1q_s8(a->q + el_q8_half_at(b, 1)), &r0, &r1);
         acc0 = add_terms(w, at, 0, acc0, r0, a, b);
         acc1 = add_terms(w, at, 4, acc1, r1, a, b);

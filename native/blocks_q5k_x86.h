@@ -84,7 +84,7 @@ TARGET static INLINE void tile_pass(const el_q5k_weight *w, const el_q8_act *act
         acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const int64_t lo16 = el_q8_half_at(b, 0), hi16 = el_q8_half_at(b, 1);
-        const uint8_t *block = w->q + (t * nb + b) * EL_Q5K_BLOCK_BYTES;
+        const uint8_t *block = w->qs + (t * nb + b) * EL_Q5K_BLOCK_BYTES;
         if (prefetch)
             for (int64_t line = 0; line < EL_Q5K_BLOCK_BYTES; line += 64)
                 _mm_prefetch((const char *)(block + AHEAD + line), _MM_HINT_T0);
