@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
-from test_kquants_native import PROMPT_SHAPES, SHAPES, _chunk_values, _halves, _untiled, paths
+from test_kquants_native import PROMPT_SHAPES, SHAPES, _chunk_values, _untiled, paths
 
 from helpers.backends import BACKENDS, _native, needs_native
+from helpers.kquants import _halves
 
 from edgellama import twins
 from edgellama.blocks_layout import q5_k_fields, tile_q5_k
