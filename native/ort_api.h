@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct el_q8_act;
+
 #define ORT_API_VERSION_USED 17   /* ONNX Runtime 1.17 and newer */
 #define MAX_DIMS 8
 #define MAX_INPUTS 12   /* of any operator of the library */
