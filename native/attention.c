@@ -5,21 +5,24 @@
  * consecutive tokens (tiling() below decides how many; attention.h). Within a span of EL_ATT_SPAN
  * rows each query's softmax runs online over chunks of CHUNK cache rows, so no buffer grows with the
  * context:
- *     for each chunk:  keys, values as float32 (compact rows converted into CHUNK x D on the stack),
- *                      once for all the tile's queries; then for each query, over its rows of the chunk:
- *                      scores[j] = scale * q . k_j            (CHUNK floats on the stack; over q8 keys,
- *                                                              which stay as they are, the query is a q8
- *                                                              row too and the dots are integer ones per
- *                                                              group: q8_scores_plain)
- *                      new maximum m' -> out, total *= exp(m - m')
+ *     for each chunk:  float16 keys as float32 (converted into CHUNK x D on the stack), once for all
+ *                      the tile's queries; then for each token, its queries (the unit's heads) together
+ *                      over its rows of the chunk:
+ *                      scores[j] = scale * q . k_j            (CHUNK floats per query on the stack; over
+ *                                                              q8 keys, which stay as they are, the query
+ *                                                              is a q8 row too and the dots are integer
+ *                                                              ones per group: q8_scores_plain)
+ *                      for each query: new maximum m' -> out, total *= exp(m - m')
  *                      scores[j] = exp(scores[j] - m'), total += their sum
- *                      out += sum_j scores[j] v_j
+ *                      then out += sum_j scores[j] v_j for the token's queries at once, each value row
+ *                      read (and a compact one converted) once for them (weigh_plain)
  * and the spans' (maximum, total, out) are merged in order (merge, attention_tile.h); at the end
- * out /= total. The loops are written over 8 independent lanes; they are compiled twice, plainly and
- * for AVX2 + FMA (the latter chosen at run time on x86-64), where the inner loops (the scores of a
- * chunk, their maximum, their weighted sum of values) are written with vector instructions for head
- * sizes that are multiples of 8. The plain loops fuse and fold exactly as those do, so every path
- * gives the same bits.
+ * out /= total. The loops are written over 8 independent lanes; they are compiled three times: plainly,
+ * and for the x86-64 paths avx2 and avx512vnni (kernels.h; attention_x86.h), chosen at run time,
+ * where the inner loops (the scores of a chunk, their maximum, their weighted sum of values) are
+ * written with vector instructions for head sizes that are multiples of 8. The plain loops fuse and
+ * fold exactly as those do, and the integer dots are exact on every path, so every path gives the
+ * same bits.
  *
  * Includes: libc, activation.h / kernels.h / kvrows.h of this folder (the exponentials, the path, the
  * cache rows), attention_tile.h and attention_x86.h (parts of this file), and the compiler's
@@ -134,24 +137,39 @@ static void convert_plain(const el_attention *a, const uint8_t *rows, int64_t n,
     el_kv_rows_load(a->kv_type, a->kv_group, rows, n, a->head_dim, buf);
 }
 
-/* out[h * stride + i] += sum_j w[h * CHUNK + j] values[j][i] for the `count` queries h, over n cache rows
- * (rows, in the cache's element type, read as float32: a compact value exactly as convert_plain gives
- * it), each output's sum fused and in the order of j */
-static void weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                        const uint8_t *rows, int64_t n)
+/* out [d] += sum_j w[j] values[j] (values [n, d]), each output's sum fused and in the order of j: 8
+ * outputs at a time stay in registers over the rows */
+static void weigh_one(float *out, const float *w, const float *values, int64_t n, int64_t d)
 {
-    const int64_t d = a->head_dim, bytes = row_bytes(a);
-    float buf[EL_ATT_MAX_HEAD_DIM];
-    for (int64_t j = 0; j < n; j++) {
-        const float *v = buf;
-        if (a->kv_type == EL_KV_F32)
-            v = (const float *)(const void *)(rows + j * bytes);
-        else
-            convert_plain(a, rows + j * bytes, 1, buf);
-        for (int64_t h = 0; h < count; h++)
-            for (int64_t i = 0; i < d; i++)
-                out[h * stride + i] = fmaf(w[h * CHUNK + j], v[i], out[h * stride + i]);
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        float acc[8];
+        for (int k = 0; k < 8; k++)
+            acc[k] = out[i + k];
+        for (int64_t j = 0; j < n; j++)
+            for (int k = 0; k < 8; k++)
+                acc[k] = fmaf(w[j], values[j * d + i + k], acc[k]);
+        for (int k = 0; k < 8; k++)
+            out[i + k] = acc[k];
     }
+    for (; i < d; i++)
+        for (int64_t j = 0; j < n; j++)
+            out[i] = fmaf(w[j], values[j * d + i], out[i]);
+}
+
+/* out[h * stride + i] += sum_j w[h * CHUNK + j] values[j][i] for the `count` queries h, over n cache rows
+ * (rows, in the cache's element type, read as float32: compact rows converted into buf [n, D] by
+ * convert_plain, exactly), each output's sum fused and in the order of j */
+static void weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
+                        const uint8_t *rows, int64_t n, float *buf)
+{
+    const float *v = (const float *)(const void *)rows;
+    if (a->kv_type != EL_KV_F32) {
+        convert_plain(a, rows, n, buf);
+        v = buf;
+    }
+    for (int64_t h = 0; h < count; h++)
+        weigh_one(out + h * stride, w + h * CHUNK, v, n, a->head_dim);
 }
 
 /* the larger of a, b (b if a is a NaN), as the vector instruction takes it */
@@ -216,7 +234,7 @@ typedef struct {
                       float scale, float *scores);
     float (*top)(const float *x, int64_t n);
     void (*weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                  const uint8_t *rows, int64_t n);
+                  const uint8_t *rows, int64_t n, float *buf);
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 

@@ -15,9 +15,9 @@
  *
  * The cache rows are of one element type (kv_type): float32 [D], or a compact row of kvrows.h,
  * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes.
- * Compact rows are written as step 1 rounds them and read back as float32, CHUNK rows at a time,
- * except q8 keys: step 2 rounds each query to a q8 row of the same groups and scores the key rows
- * as they are, by integer dots per group (el_attention_q8_scores).
+ * Compact rows are written as step 1 rounds them and read back as float32 exactly, except q8 keys:
+ * step 2 rounds each query to a q8 row of the same groups and scores the key rows as they are, by
+ * integer dots per group (el_attention_q8_scores).
  *
  * Step 2 in spans: each query's softmax is computed over spans of EL_ATT_SPAN cache rows, a partial
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
@@ -28,9 +28,11 @@
  * together.
  *
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
- * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run
- * the same loops compiled for those instructions (exp as in activation.h), chosen at run time;
- * `portable` = 1 takes the plain build on any CPU.
+ * buffer missing) and never allocate. `path` is a kernel path (kernels.h): EL_PATH_CHOSEN for the
+ * process's, EL_PATH_PORTABLE for the plain build on any CPU (a path the CPU cannot run takes that
+ * too). The paths avx2 and avx512vnni run the same loops compiled for their instructions (exp as in
+ * activation.h; the integer dots of q8 scores by vpmaddubsw, or by vpdpbusd); all paths give the
+ * same bits.
  */
 #ifndef EDGELLAMA_ATTENTION_H
 #define EDGELLAMA_ATTENTION_H

@@ -1,14 +1,15 @@
 /*
  * Step 2 of attention.c over the queries of one unit (a tile of tokens x query heads of one
  * key/value head, attention.h), a part of that file kept apart: it is included there after the
- * plain loops (Loops), the unit plan (Unit, unit_slots) and row_bytes, and compiled with them twice,
- * plainly and for AVX2 + FMA.
+ * plain loops (Loops), the unit plan (Unit, unit_slots) and row_bytes, and its routines are inlined
+ * into each build (plain, avx2, avx512vnni).
  *
- * A span's rows are read chunk by chunk, each chunk's keys and values once (converted once, for
- * compact rows; q8 keys are scored as they are, against the queries rounded to q8 rows once per
- * span) for all the unit's queries; query r takes in the chunk's rows below its own token's
- * end only, and its arithmetic (scores, online softmax, weighted sum, merge, division) is that of a
- * query run alone, operation for operation: how many tokens share a unit changes no bit.
+ * A span's rows are read chunk by chunk, each chunk's keys and values once for all the unit's
+ * queries (float16 keys converted once; q8 keys are scored as they are, against the queries rounded
+ * to q8 rows once per span; values converted row by row as they are weighed); query r takes in the
+ * chunk's rows below its own token's end only, and its arithmetic (scores, online softmax, weighted
+ * sum, merge, division) is that of a query run alone, operation for operation: how many tokens and
+ * heads share a unit changes no bit.
  */
 #ifndef EDGELLAMA_ATTENTION_TILE_H
 #define EDGELLAMA_ATTENTION_TILE_H
@@ -51,7 +52,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     const int64_t r1 = last - r0 < EL_ATT_SPAN ? last : r0 + EL_ATT_SPAN;   /* the last query's end */
     const uint8_t *kh = keys + n.g * bytes, *vh = values + n.g * bytes;
     float scores[EL_ATT_TILE_QUERIES][CHUNK];             /* [query, row of the chunk] */
-    float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: float16 keys as float32 */
+    float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: compact rows as float32 */
     int64_t len[EL_ATT_TILE_QUERIES];                     /* [token]: its rows of the chunk */
     uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
                                                                      queries as q8 rows (5 D bytes at most) */
@@ -95,7 +96,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
         for (int64_t t = 0; t < n.tokens; t++)
             if (len[t] > 0)
                 loops->weigh(a, slots + t * n.count * slot + 2, n.count, slot, scores[t * n.count], vh + c0 * rb,
-                             len[t]);
+                             len[t], buf);
     }
 }
 

@@ -350,7 +350,7 @@ X86_TARGET INLINE void X86(weigh_type)(const int32_t type, const el_attention *a
 
 /* weigh_plain for d a multiple of 8 */
 X86_TARGET static void X86(weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                                  const uint8_t *rows, int64_t n)
+                                  const uint8_t *rows, int64_t n, float *buf)
 {
     if (a->kv_type == EL_KV_F32)
         X86(weigh_type)(EL_KV_F32, a, out, count, stride, w, rows, n);
@@ -359,7 +359,7 @@ X86_TARGET static void X86(weigh)(const el_attention *a, float *out, int64_t cou
     else if (a->kv_group % 32 == 0)
         X86(weigh_type)(EL_KV_Q8, a, out, count, stride, w, rows, n);
     else
-        weigh_plain(a, out, count, stride, w, rows, n);
+        weigh_plain(a, out, count, stride, w, rows, n, buf);
 }
 
 /* convert_plain, 8 values at a time for float16 rows (the F16C instruction: exact, as the plain
