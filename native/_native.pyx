@@ -455,18 +455,20 @@ def swiglu(gate, up, bint portable=False):
 _KV_TYPES = {np.dtype(np.float32): EL_KV_F32, np.dtype(np.float16): EL_KV_F16, np.dtype(np.uint8): EL_KV_Q8}
 
 
-def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scale, bint portable=False,
-              int64_t kv_group=32, bint split=False):
+def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scale, path=None, int64_t kv_group=32,
+              bint split=False):
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..
     (attention.h); their rotated keys and their values are written into rows p0 .. of keys and
     values [G, C, row]: float32 or float16 [G, C, D], or uint8 q8 rows (kvrows.h, groups of
-    kv_group). `portable` takes the plain build on any CPU; `split` runs step 2 as span units
+    kv_group), on kernel path `path` (None: the chosen one); `split` runs step 2 as span units
     merged afterwards (what the operator does for a decode step)."""
     native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
+    native_args.kernel_path(path, kernel_paths())
     cdef const float[:, ::1] x = qkv
     cdef const float[:, ::1] c = cos, sn = sin
     cdef int64_t s = x.shape[0], units, size
     cdef el_status code = EL_OK
+    cdef int number = _path_number(path)
     if not all(b.flags.c_contiguous and b.flags.writeable for b in (keys, values)):
         raise ValueError("attention: keys and values must be writable C-contiguous arrays")
     cdef el_attention a = el_attention(heads=heads, kv_heads=keys.shape[0], capacity=keys.shape[1],
@@ -484,26 +486,28 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     with nogil:
         code = el_attention_store(&a, &x[0, 0], s, p0, &c[0, 0], &sn[0, 0], &q[0], &k[0], &v[0])
         if code == EL_OK and not split:
-            code = el_attention_rows(&a, &q[0], s, p0, &k[0], &v[0], 0, units, &out[0, 0], portable)
+            code = el_attention_rows(&a, &q[0], s, p0, &k[0], &v[0], 0, units, &out[0, 0], number)
         elif code == EL_OK:
             code = el_attention_partials(&a, &q[0], s, p0, &k[0], &v[0], 0, units * el_attention_spans(&a, s, p0),
-                                         &partials[0], portable)
+                                         &partials[0], number)
             if code == EL_OK:
                 code = el_attention_merge(&a, &partials[0], s, p0, 0, units, &out[0, 0])
     _check(code, "attention")
     return result
 
 
-def q8_scores(q, rows, int64_t d, float scale, bint portable=False, int64_t group=32):
-    """scores float32 [n]: scale * q . rows[j], the query q [d] rounded to a q8 row, as attention scores q8 rows."""
+def q8_scores(q, rows, int64_t d, float scale, path=None, int64_t group=32):
+    """scores float32 [n]: scale * q . rows[j], the query q [d] rounded to a q8 row, as attention (on `path`) does."""
     native_args.q8_scores(q, rows, d, group)
+    native_args.kernel_path(path, kernel_paths())
     cdef const float[::1] x = np.ascontiguousarray(q, dtype=np.float32)
     cdef const uint8_t[:, ::1] r = np.ascontiguousarray(rows, dtype=np.uint8)
     cdef float[::1] out = np.zeros(r.shape[0], dtype=np.float32)
     cdef el_status code = EL_OK
+    cdef int number = _path_number(path)
     if r.shape[0] > 0:
         with nogil:
-            code = el_attention_q8_scores(&x[0], &r[0, 0], r.shape[0], d, group, scale, &out[0], portable)
+            code = el_attention_q8_scores(&x[0], &r[0, 0], r.shape[0], d, group, scale, &out[0], number)
     _check(code, "q8_scores")
     return np.asarray(out)
 

@@ -5,21 +5,24 @@
  * consecutive tokens (tiling() below decides how many; attention.h). Within a span of EL_ATT_SPAN
  * rows each query's softmax runs online over chunks of CHUNK cache rows, so no buffer grows with the
  * context:
- *     for each chunk:  keys, values as float32 (compact rows converted into CHUNK x D on the stack),
- *                      once for all the tile's queries; then for each query, over its rows of the chunk:
- *                      scores[j] = scale * q . k_j            (CHUNK floats on the stack; over q8 keys,
- *                                                              which stay as they are, the query is a q8
- *                                                              row too and the dots are integer ones per
- *                                                              group: q8_scores_plain)
- *                      new maximum m' -> out, total *= exp(m - m')
+ *     for each chunk:  float16 keys as float32 (converted into CHUNK x D on the stack), once for all
+ *                      the tile's queries; then for each token, its queries (the unit's heads) together
+ *                      over its rows of the chunk:
+ *                      scores[j] = scale * q . k_j            (CHUNK floats per query on the stack; over
+ *                                                              q8 keys, which stay as they are, the query
+ *                                                              is a q8 row too and the dots are integer
+ *                                                              ones per group: q8_scores_plain)
+ *                      for each query: new maximum m' -> out, total *= exp(m - m')
  *                      scores[j] = exp(scores[j] - m'), total += their sum
- *                      out += sum_j scores[j] v_j
+ *                      then out += sum_j scores[j] v_j for the token's queries at once, each value row
+ *                      read (and a compact one converted) once for them (weigh_plain)
  * and the spans' (maximum, total, out) are merged in order (merge, attention_tile.h); at the end
- * out /= total. The loops are written over 8 independent lanes; they are compiled twice, plainly and
- * for AVX2 + FMA (the latter chosen at run time on x86-64), where the inner loops (the scores of a
- * chunk, their maximum, their weighted sum of values) are written with vector instructions for head
- * sizes that are multiples of 8. The plain loops fuse and fold exactly as those do, so every path
- * gives the same bits.
+ * out /= total. The loops are written over 8 independent lanes; they are compiled three times: plainly,
+ * and for the x86-64 paths avx2 and avx512vnni (kernels.h; attention_x86.h), chosen at run time,
+ * where the inner loops (the scores of a chunk, their maximum, their weighted sum of values) are
+ * written with vector instructions for head sizes that are multiples of 8. The plain loops fuse and
+ * fold exactly as those do, and the integer dots are exact on every path, so every path gives the
+ * same bits.
  *
  * Includes: libc, activation.h / kernels.h / kvrows.h of this folder (the exponentials, the path, the
  * cache rows), attention_tile.h and attention_x86.h (parts of this file), and the compiler's
@@ -62,12 +65,6 @@ int64_t el_attention_row_bytes(const el_attention *a)
 static void put_row(const el_attention *a, const float *x, uint8_t *row)
 {
     el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, row);   /* sizes are valid: cannot fail */
-}
-
-/* buf [n, D] = the values of n compact rows (float16 or q8) */
-static void convert_plain(const el_attention *a, const uint8_t *rows, int64_t n, float *buf)
-{
-    el_kv_rows_load(a->kv_type, a->kv_group, rows, n, a->head_dim, buf);
 }
 
 /* out = x rotated by the angles whose cosines and sines are cos, sin [half] (out may not alias x) */
@@ -117,16 +114,32 @@ INLINE float dot(const float *x, const float *y, int64_t n)
     return total;
 }
 
-/* scores [n] = scale * q . keys[j] (keys [n, d]) */
-static void scores_plain(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores)
+/* the float32 scale of group g0 / group of a q8 row of d values (kvrows.h) */
+INLINE float q8_scale(const uint8_t *row, int64_t d, int64_t group, int64_t g0)
 {
-    for (int64_t j = 0; j < n; j++)
-        scores[j] = dot(q, keys + j * d, d) * scale;
+    float s;
+    memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
+    return s;
 }
 
-/* out [d] += sum_j w[j] values[j] (values [n, d]), each output's sum fused and in the order of j, as
- * the vector build forms it: 8 outputs at a time stay in registers over the rows */
-static void weigh_plain(float *out, const float *w, const float *values, int64_t n, int64_t d)
+/* scores [h * CHUNK + j] = scale * q[h] . keys[j] for the `count` queries q [count, d] (keys [n, d]) */
+static void scores_plain(const float *q, int64_t count, const float *keys, int64_t n, int64_t d, float scale,
+                         float *scores)
+{
+    for (int64_t h = 0; h < count; h++)
+        for (int64_t j = 0; j < n; j++)
+            scores[h * CHUNK + j] = dot(q + h * d, keys + j * d, d) * scale;
+}
+
+/* buf [n, D] = the values of n compact rows (float16 or q8) */
+static void convert_plain(const el_attention *a, const uint8_t *rows, int64_t n, float *buf)
+{
+    el_kv_rows_load(a->kv_type, a->kv_group, rows, n, a->head_dim, buf);
+}
+
+/* out [d] += sum_j w[j] values[j] (values [n, d]), each output's sum fused and in the order of j: 8
+ * outputs at a time stay in registers over the rows */
+static void weigh_one(float *out, const float *w, const float *values, int64_t n, int64_t d)
 {
     int64_t i = 0;
     for (; i + 8 <= d; i += 8) {
@@ -142,6 +155,21 @@ static void weigh_plain(float *out, const float *w, const float *values, int64_t
     for (; i < d; i++)
         for (int64_t j = 0; j < n; j++)
             out[i] = fmaf(w[j], values[j * d + i], out[i]);
+}
+
+/* out[h * stride + i] += sum_j w[h * CHUNK + j] values[j][i] for the `count` queries h, over n cache rows
+ * (rows, in the cache's element type, read as float32: compact rows converted into buf [n, D] by
+ * convert_plain, exactly), each output's sum fused and in the order of j */
+static void weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
+                        const uint8_t *rows, int64_t n, float *buf)
+{
+    const float *v = (const float *)(const void *)rows;
+    if (a->kv_type != EL_KV_F32) {
+        convert_plain(a, rows, n, buf);
+        v = buf;
+    }
+    for (int64_t h = 0; h < count; h++)
+        weigh_one(out + h * stride, w + h * CHUNK, v, n, a->head_dim);
 }
 
 /* the larger of a, b (b if a is a NaN), as the vector instruction takes it */
@@ -167,33 +195,27 @@ static float top_plain(const float *x, int64_t n)
     return top;
 }
 
-/* the float32 scale of group g0 / group of a q8 row of d values (kvrows.h) */
-INLINE float q8_scale(const uint8_t *row, int64_t d, int64_t group, int64_t g0)
-{
-    float s;
-    memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
-    return s;
-}
-
-/* scores [n] = scale * q . rows[j] over q8 rows (d values in groups of `group`, kvrows.h), the query
- * q a q8 row of the same groups: for each row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total)
- * over its groups g in order from 0, q_g . k_g the integer dot of the group's int8 values (exact:
- * |q_g . k_g| <= 256 * 127 * 127 < 2^24), then score = total * scale */
-static void q8_scores_plain(const uint8_t *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
-                            float scale, float *scores)
+/* scores [h * CHUNK + j] = scale * q[h] . rows[j] over q8 rows (d values in groups of `group`,
+ * kvrows.h), the `count` queries q[h] q8 rows of the same groups (q [count, row bytes]): for each
+ * query and row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total) over the groups g in order from
+ * 0, q_g . k_g the integer dot of the group's int8 values (exact: |q_g . k_g| <= 256 * 127 * 127 <
+ * 2^24), then score = total * scale */
+static void q8_scores_plain(const uint8_t *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
+                            int64_t group, float scale, float *scores)
 {
     const int64_t bytes = el_q8_row_bytes(d, group);
-    for (int64_t j = 0; j < n; j++) {
-        const uint8_t *k = rows + j * bytes;
-        float total = 0.0f;
-        for (int64_t g0 = 0; g0 < d; g0 += group) {
-            int32_t dot = 0;
-            for (int64_t i = g0; i < g0 + group; i++)
-                dot += (int32_t)(int8_t)q[i] * (int32_t)(int8_t)k[i];
-            total = fmaf(q8_scale(q, d, group, g0) * q8_scale(k, d, group, g0), (float)dot, total);
+    for (int64_t h = 0; h < count; h++)
+        for (int64_t j = 0; j < n; j++) {
+            const uint8_t *k = rows + j * bytes, *x = q + h * bytes;
+            float total = 0.0f;
+            for (int64_t g0 = 0; g0 < d; g0 += group) {
+                int32_t dot = 0;
+                for (int64_t i = g0; i < g0 + group; i++)
+                    dot += (int32_t)(int8_t)x[i] * (int32_t)(int8_t)k[i];
+                total = fmaf(q8_scale(x, d, group, g0) * q8_scale(k, d, group, g0), (float)dot, total);
+            }
+            scores[h * CHUNK + j] = total * scale;
         }
-        scores[j] = total * scale;
-    }
 }
 
 /* row = the q8 row of x [d] in groups of `group` (kvrows.h): how a query meets q8 keys */
@@ -202,14 +224,17 @@ static void q8_query_plain(const float *x, int64_t d, int64_t group, uint8_t *ro
     el_q8_rows_store(x, 1, d, group, row);   /* sizes are valid: cannot fail */
 }
 
-/* the inner loops and the conversion of compact rows, plain or vector */
+/* the inner loops and the conversion of compact rows, plain or vector; the loops over queries take
+ * `count` queries of one token at once (scores and weights [count, CHUNK]) */
 typedef struct {
     void (*q8_query)(const float *x, int64_t d, int64_t group, uint8_t *row);
-    void (*scores)(const float *q, const float *keys, int64_t n, int64_t d, float scale, float *scores);
-    void (*q8_scores)(const uint8_t *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group, float scale,
-                      float *scores);
+    void (*scores)(const float *q, int64_t count, const float *keys, int64_t n, int64_t d, float scale,
+                   float *scores);
+    void (*q8_scores)(const uint8_t *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
+                      float scale, float *scores);
     float (*top)(const float *x, int64_t n);
-    void (*weigh)(float *out, const float *w, const float *values, int64_t n, int64_t d);
+    void (*weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
+                  const uint8_t *rows, int64_t n, float *buf);
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
 } Loops;
 
@@ -264,69 +289,87 @@ static int64_t unit_slots(const el_attention *a, int64_t s)
 
 #include "attention_tile.h"   /* rows_body, partials_body, merge_body: step 2 over a unit's queries */
 
+/* One build of step 2: its loops, and the tile body compiled for its instructions */
+typedef struct {
+    const Loops *loops;
+    void (*rows)(const el_attention *a, const float *q, int64_t s, int64_t p0, const uint8_t *keys,
+                 const uint8_t *values, int64_t lo, int64_t hi, float *out);
+    void (*partials)(const el_attention *a, const float *q, int64_t s, int64_t p0, int64_t spans,
+                     const uint8_t *keys, const uint8_t *values, int64_t lo, int64_t hi, float *partials);
+    void (*merge)(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t spans, int64_t lo,
+                  int64_t hi, float *out);
+} Build;
+
 static void rows_plain(const el_attention *a, const float *q, int64_t s, int64_t p0, const uint8_t *keys,
-                       const uint8_t *values, int64_t lo, int64_t hi, float *out, int portable)
+                       const uint8_t *values, int64_t lo, int64_t hi, float *out)
 {
-    rows_body(a, q, s, p0, keys, values, lo, hi, out, &PLAIN, portable);
+    rows_body(a, q, s, p0, keys, values, lo, hi, out, &PLAIN, 1);
 }
 
 static void partials_plain(const el_attention *a, const float *q, int64_t s, int64_t p0, int64_t spans,
-                           const uint8_t *keys, const uint8_t *values, int64_t lo, int64_t hi, float *partials,
-                           int portable)
+                           const uint8_t *keys, const uint8_t *values, int64_t lo, int64_t hi, float *partials)
 {
-    partials_body(a, q, s, p0, spans, keys, values, lo, hi, partials, &PLAIN, portable);
+    partials_body(a, q, s, p0, spans, keys, values, lo, hi, partials, &PLAIN, 1);
 }
+
+static void merge_plain(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t spans,
+                        int64_t lo, int64_t hi, float *out)
+{
+    merge_body(a, partials, s, p0, spans, lo, hi, out);
+}
+
+static const Build PLAIN_BUILD = {&PLAIN, rows_plain, partials_plain, merge_plain};
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#include "attention_x86.h"   /* q8_query_vector, scores_vector, q8_scores_vector, top_vector, weigh_vector,
-                                convert_vector */
+#define X86_TARGET __attribute__((target("avx2,fma,f16c")))
+#define X86(name) name##_avx2
+#define X86_VNNI 0
+#define X86_WEIGH_REGS 4
+#include "attention_x86.h"   /* the avx2 build: LOOPS_avx2, rows_avx2, partials_avx2, merge_avx2 */
+#undef X86_TARGET
+#undef X86
+#undef X86_VNNI
+#undef X86_WEIGH_REGS
 
-static const Loops VECTOR = {q8_query_vector, scores_vector, q8_scores_vector, top_vector, weigh_vector,
-                             convert_vector};
+#define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+#define X86(name) name##_vnni
+#define X86_VNNI 1
+#define X86_WEIGH_REGS 8
+#include "attention_x86.h"   /* the avx512vnni build: LOOPS_vnni, rows_vnni, partials_vnni, merge_vnni */
 
-__attribute__((target("avx2,fma"))) static void rows_vector(const el_attention *a, const float *q, int64_t s,
-                                                            int64_t p0, const uint8_t *keys, const uint8_t *values,
-                                                            int64_t lo, int64_t hi, float *out)
-{
-    rows_body(a, q, s, p0, keys, values, lo, hi, out, a->head_dim % 8 ? &PLAIN : &VECTOR, 0);
-}
-
-__attribute__((target("avx2,fma"))) static void partials_vector(const el_attention *a, const float *q, int64_t s,
-                                                                int64_t p0, int64_t spans, const uint8_t *keys,
-                                                                const uint8_t *values, int64_t lo, int64_t hi,
-                                                                float *partials)
-{
-    partials_body(a, q, s, p0, spans, keys, values, lo, hi, partials, a->head_dim % 8 ? &PLAIN : &VECTOR, 0);
-}
-#define HAVE_VECTOR 1
+static const Build AVX2_BUILD = {&LOOPS_avx2, rows_avx2, partials_avx2, merge_avx2};
+static const Build VNNI_BUILD = {&LOOPS_vnni, rows_vnni, partials_vnni, merge_vnni};
+#define X86_BUILDS 1
 #else
-#define HAVE_VECTOR 0
+#define X86_BUILDS 0
 #endif
 
-#if HAVE_VECTOR
-/* the vector build runs on this call */
-static int vector(int portable)
+/* The build that runs `path` (kernels.h; EL_PATH_CHOSEN: the process's) for heads of d values: the
+ * x86 builds for their paths and head sizes that are multiples of 8, else the plain one */
+static const Build *build_of(int path, int64_t d)
 {
-    return !portable && el_path_x86_vector(EL_PATH_CHOSEN);
-}
+#if X86_BUILDS
+    const el_path p = el_path_resolve(path);
+    if (d % 8 == 0 && p == EL_PATH_AVX2)
+        return &AVX2_BUILD;
+    if (d % 8 == 0 && p == EL_PATH_AVX512VNNI)
+        return &VNNI_BUILD;
 #endif
+    (void)path;
+    (void)d;
+    return &PLAIN_BUILD;
+}
 
 el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                            const void *values, int64_t lo, int64_t hi, float *out, int portable)
+                            const void *values, int64_t lo, int64_t hi, float *out, int path)
 {
     if (!valid(a) || s < 0 || p0 < 0 || p0 + s > a->capacity || lo < 0 || lo > hi || hi > tiling(a, s).units)
         return EL_ERR_SIZE;
     if (hi > lo && (q == NULL || keys == NULL || values == NULL || out == NULL))
         return EL_ERR_SIZE;
-#if HAVE_VECTOR
-    if (vector(portable)) {
-        rows_vector(a, q, s, p0, keys, values, lo, hi, out);
-        return EL_OK;
-    }
-#endif
-    rows_plain(a, q, s, p0, keys, values, lo, hi, out, portable);
+    build_of(path, a->head_dim)->rows(a, q, s, p0, keys, values, lo, hi, out);
     return EL_OK;
 }
 
@@ -344,41 +387,28 @@ int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
 }
 
 el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                                const void *values, int64_t lo, int64_t hi, float *partials, int portable)
+                                const void *values, int64_t lo, int64_t hi, float *partials, int path)
 {
     const int64_t spans = el_attention_spans(a, s, p0);
     if (spans < 0 || lo < 0 || lo > hi || hi > tiling(a, s).units * spans)
         return EL_ERR_SIZE;
     if (hi > lo && (q == NULL || keys == NULL || values == NULL || partials == NULL))
         return EL_ERR_SIZE;
-#if HAVE_VECTOR
-    if (vector(portable)) {
-        partials_vector(a, q, s, p0, spans, keys, values, lo, hi, partials);
-        return EL_OK;
-    }
-#endif
-    partials_plain(a, q, s, p0, spans, keys, values, lo, hi, partials, portable);
+    build_of(path, a->head_dim)->partials(a, q, s, p0, spans, keys, values, lo, hi, partials);
     return EL_OK;
 }
 
 el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
-                                float scale, float *scores, int portable)
+                                float scale, float *scores, int path)
 {
     uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* the query as a q8 row (at most 5 d bytes) */
     if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || n < 0)
         return EL_ERR_SIZE;
     if (n > 0 && (q == NULL || rows == NULL || scores == NULL))
         return EL_ERR_SIZE;
-#if HAVE_VECTOR
-    if (vector(portable)) {
-        q8_query_vector(q, d, group, row);
-        q8_scores_vector(row, rows, n, d, group, scale, scores);
-        return EL_OK;
-    }
-#endif
-    (void)portable;   /* without the vector build every call takes the plain loops */
-    q8_query_plain(q, d, group, row);
-    q8_scores_plain(row, rows, n, d, group, scale, scores);
+    const Loops *loops = build_of(path, d)->loops;
+    loops->q8_query(q, d, group, row);
+    loops->q8_scores(row, 1, rows, n, d, group, scale, scores);
     return EL_OK;
 }
 
@@ -390,6 +420,6 @@ el_status el_attention_merge(const el_attention *a, const float *partials, int64
         return EL_ERR_SIZE;
     if (hi > lo && (partials == NULL || out == NULL))
         return EL_ERR_SIZE;
-    merge_body(a, partials, s, p0, spans, lo, hi, out);
+    build_of(EL_PATH_CHOSEN, a->head_dim)->merge(a, partials, s, p0, spans, lo, hi, out);
     return EL_OK;
 }

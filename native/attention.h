@@ -15,9 +15,9 @@
  *
  * The cache rows are of one element type (kv_type): float32 [D], or a compact row of kvrows.h,
  * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes.
- * Compact rows are written as step 1 rounds them and read back as float32, CHUNK rows at a time,
- * except q8 keys: step 2 rounds each query to a q8 row of the same groups and scores the key rows
- * as they are, by integer dots per group (el_attention_q8_scores).
+ * Compact rows are written as step 1 rounds them and read back as float32 exactly, except q8 keys:
+ * step 2 rounds each query to a q8 row of the same groups and scores the key rows as they are, by
+ * integer dots per group (el_attention_q8_scores).
  *
  * Step 2 in spans: each query's softmax is computed over spans of EL_ATT_SPAN cache rows, a partial
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
@@ -28,9 +28,11 @@
  * together.
  *
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
- * buffer missing) and never allocate. x86-64 CPUs with AVX2 and FMA run
- * the same loops compiled for those instructions (exp as in activation.h), chosen at run time;
- * `portable` = 1 takes the plain build on any CPU.
+ * buffer missing) and never allocate. `path` is a kernel path (kernels.h): EL_PATH_CHOSEN for the
+ * process's, EL_PATH_PORTABLE for the plain build on any CPU (a path the CPU cannot run takes that
+ * too). The paths avx2 and avx512vnni run the same loops compiled for their instructions (exp as in
+ * activation.h; the integer dots of q8 scores by vpmaddubsw, or by vpdpbusd); all paths give the
+ * same bits.
  */
 #ifndef EDGELLAMA_ATTENTION_H
 #define EDGELLAMA_ATTENTION_H
@@ -72,7 +74,7 @@ int64_t el_attention_units(const el_attention *a, int64_t s);
 /* Step 2, for the units u in [lo, hi) of S tokens: for each of the unit's queries (token, head),
  * out[token, head] = softmax(scale * q[token, head] . keys[g, 0 .. p0 + token]) values[g, 0 .. p0 + token] */
 el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                            const void *values, int64_t lo, int64_t hi, float *out, int portable);
+                            const void *values, int64_t lo, int64_t hi, float *out, int path);
 
 /* Step 2 split over spans, for S tokens after p0 cached ones: spans per unit (those of the last
  * token's p0 + S rows; an earlier token has fewer, the rest of its spans are empty), or -1. */
@@ -83,13 +85,13 @@ int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
 
 /* The partials of the span units v in [lo, hi), v = unit * spans + span, into partials. */
 el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                                const void *values, int64_t lo, int64_t hi, float *partials, int portable);
+                                const void *values, int64_t lo, int64_t hi, float *partials, int path);
 
 /* Scores over a q8 cache as step 2 takes them: scores [n] = scale * q . rows[j] for the query q [d],
  * quantized as a q8 row of the cache's groups (kvrows.h), against q8 rows [n] of d values in groups of
  * `group`, from the integer dots of each group's int8 values (attention.c: q8_scores_plain). */
 el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
-                                float scale, float *scores, int portable);
+                                float scale, float *scores, int path);
 
 /* out for the units u in [lo, hi): their queries' span partials merged in order (as el_attention_rows). */
 el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,

@@ -20,12 +20,12 @@ cdef extern from "attention.h" nogil:
                                  const float *sin, float *q, void *keys, void *values)
     int64_t el_attention_units(const el_attention *a, int64_t s)
     el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                                const void *values, int64_t lo, int64_t hi, float *out, int portable)
+                                const void *values, int64_t lo, int64_t hi, float *out, int path)
     int64_t el_attention_spans(const el_attention *a, int64_t s, int64_t p0)
     int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
     el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
-                                    const void *values, int64_t lo, int64_t hi, float *partials, int portable)
+                                    const void *values, int64_t lo, int64_t hi, float *partials, int path)
     el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,
                                  int64_t hi, float *out)
     el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
-                                     float scale, float *scores, int portable)
+                                     float scale, float *scores, int path)

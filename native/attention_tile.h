@@ -1,20 +1,21 @@
 /*
  * Step 2 of attention.c over the queries of one unit (a tile of tokens x query heads of one
  * key/value head, attention.h), a part of that file kept apart: it is included there after the
- * plain loops (Loops), the unit plan (Unit, unit_slots) and row_bytes, and compiled with them twice,
- * plainly and for AVX2 + FMA.
+ * plain loops (Loops), the unit plan (Unit, unit_slots) and row_bytes, and its routines are inlined
+ * into each build (plain, avx2, avx512vnni).
  *
- * A span's rows are read chunk by chunk, each chunk's keys and values once (converted once, for
- * compact rows; q8 keys are scored as they are, against the queries rounded to q8 rows once per
- * span) for all the unit's queries; query r takes in the chunk's rows below its own token's
- * end only, and its arithmetic (scores, online softmax, weighted sum, merge, division) is that of a
- * query run alone, operation for operation: how many tokens share a unit changes no bit.
+ * A span's rows are read chunk by chunk, each chunk's keys and values once for all the unit's
+ * queries (float16 keys converted once; q8 keys are scored as they are, against the queries rounded
+ * to q8 rows once per span; values converted row by row as they are weighed); query r takes in the
+ * chunk's rows below its own token's end only, and its arithmetic (scores, online softmax, weighted
+ * sum, merge, division) is that of a query run alone, operation for operation: how many tokens and
+ * heads share a unit changes no bit.
  */
 #ifndef EDGELLAMA_ATTENTION_TILE_H
 #define EDGELLAMA_ATTENTION_TILE_H
 
 /* rows [r0, r0 + n) of one head's cache (base: its row 0) as float32 [n, D]: the cache itself for
- * float32 rows, else converted into buf [n, D] */
+ * float32 rows, else converted into buf [n, D] (float16 keys) */
 INLINE const float *rows_at(const el_attention *a, const uint8_t *base, int64_t r0, int64_t n, float *buf,
                             const Loops *loops)
 {
@@ -40,8 +41,9 @@ INLINE int64_t query_rows(Unit n, int64_t r)
 /* The partial of each query r of unit n over its rows of span `span`, [r0, min(its rows, r0 +
  * EL_ATT_SPAN)), r0 = span * EL_ATT_SPAN, into slots [queries, D + 2]: [top, total, out [D]] = the
  * largest score, the sum of exp(score - top), the sum of exp(score - top) values, online over the
- * chunks of CHUNK rows from r0. A query whose token has no rows in the span gets the empty partial
- * (-inf, 0, 0), which no merge reads. */
+ * chunks of CHUNK rows from r0. The queries of one token (its n.count heads, which end at the same
+ * row) are scored and weighed together, each as it would be alone. A query whose token has no rows
+ * in the span gets the empty partial (-inf, 0, 0), which no merge reads. */
 INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t span, const uint8_t *keys,
                       const uint8_t *values, float *slots, const Loops *loops, int portable)
 {
@@ -51,7 +53,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     const uint8_t *kh = keys + n.g * bytes, *vh = values + n.g * bytes;
     float scores[EL_ATT_TILE_QUERIES][CHUNK];             /* [query, row of the chunk] */
     float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: compact rows as float32 */
-    int64_t len[EL_ATT_TILE_QUERIES];                     /* [query]: its rows of the chunk */
+    int64_t len[EL_ATT_TILE_QUERIES];                     /* [token]: its rows of the chunk */
     uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
                                                                      queries as q8 rows (5 D bytes at most) */
     const int q8 = a->kv_type == EL_KV_Q8;
@@ -67,31 +69,34 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
         const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
-        for (int64_t r = 0; r < queries; r++) {
-            const int64_t end = query_rows(n, r) - r0 < EL_ATT_SPAN ? query_rows(n, r) : r0 + EL_ATT_SPAN;
-            len[r] = end - c0 < CHUNK ? end - c0 : CHUNK;
-            if (len[r] <= 0)
+        for (int64_t t = 0; t < n.tokens; t++) {
+            const int64_t r = t * n.count, rows = query_rows(n, r);
+            const int64_t end = rows - r0 < EL_ATT_SPAN ? rows : r0 + EL_ATT_SPAN;
+            len[t] = end - c0 < CHUNK ? end - c0 : CHUNK;
+            if (len[t] <= 0)
                 continue;
-            float *sc = scores[r], *sl = slots + r * slot, *o = sl + 2, sum;
             if (q8)
-                loops->q8_scores(qrows + r * rb, kh + c0 * rb, len[r], d, a->kv_group, a->scale, sc);
+                loops->q8_scores(qrows + r * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group, a->scale, scores[r]);
             else
-                loops->scores(q + query_at(a, n, r), k, len[r], d, a->scale, sc);
-            const float chunk_top = loops->top(sc, len[r]);
-            if (chunk_top > sl[0]) {   /* rescale what the earlier chunks summed (nothing, the first time) */
-                const float factor = expf(sl[0] - chunk_top);
-                for (int64_t i = 0; i < d; i++)
-                    o[i] *= factor;
-                sl[1] *= factor;
-                sl[0] = chunk_top;
+                loops->scores(q + query_at(a, n, r), n.count, k, len[t], d, a->scale, scores[r]);
+            for (int64_t h = r; h < r + n.count; h++) {
+                float *sc = scores[h], *sl = slots + h * slot, *o = sl + 2, sum;
+                const float chunk_top = loops->top(sc, len[t]);
+                if (chunk_top > sl[0]) {   /* rescale what the earlier chunks summed (nothing, the first time) */
+                    const float factor = expf(sl[0] - chunk_top);
+                    for (int64_t i = 0; i < d; i++)
+                        o[i] *= factor;
+                    sl[1] *= factor;
+                    sl[0] = chunk_top;
+                }
+                el_exp_shifted(sc, len[t], sl[0], &sum, portable);   /* sizes are valid: cannot fail */
+                sl[1] += sum;
             }
-            el_exp_shifted(sc, len[r], sl[0], &sum, portable);   /* sizes are valid: cannot fail */
-            sl[1] += sum;
         }
-        const float *v = rows_at(a, vh, c0, all, buf, loops);
-        for (int64_t r = 0; r < queries; r++)
-            if (len[r] > 0)
-                loops->weigh(slots + r * slot + 2, scores[r], v, len[r], d);
+        for (int64_t t = 0; t < n.tokens; t++)
+            if (len[t] > 0)
+                loops->weigh(a, slots + t * n.count * slot + 2, n.count, slot, scores[t * n.count], vh + c0 * rb,
+                             len[t], buf);
     }
 }
 

@@ -4,7 +4,7 @@
  * environment variable EDGELLAMA_KERNELS, else the best this CPU supports:
  *
  *     path         CPU                                             block products        attention
- *     avx512vnni   x86-64 with AVX-512 VNNI + VL, AVX2, FMA, F16C  vpdpbusd on 256 bits  AVX2 + FMA
+ *     avx512vnni   x86-64 with AVX-512 VNNI + VL, AVX2, FMA, F16C  vpdpbusd on 256 bits  AVX2 + FMA, vpdpbusd
  *     avx2         x86-64 with AVX2, FMA, F16C (AVX-VNNI unused)   vpmaddubsw            AVX2 + FMA
  *     i8mm         aarch64 with the int8 matrix multiply and       smmla (prompts),      plain C
  *                  dot product extensions                          sdot (one row)
@@ -13,9 +13,9 @@
  *
  * Every path computes each block product with the same float arithmetic in the same order (blocks.h);
  * only the exact integer dot products of the blocks are formed by different instructions, so all paths
- * give bit-identical products. Attention and SiLU (attention.c, activation.c) have an x86 vector build
- * (avx512vnni, avx2) and a plain one (i8mm, neon, portable) that fuse, fold and exponentiate alike: the
- * same bits.
+ * give bit-identical products. Attention and SiLU (attention.c, activation.c) have x86 vector builds
+ * (avx512vnni, avx2; for attention one each) and a plain one (i8mm, neon, portable) that fuse, fold and
+ * exponentiate alike: the same bits.
  *
  * Includes: libc (getenv; getauxval on Linux aarch64).
  */

@@ -23,6 +23,7 @@
  * arithmetic (attention.h), spread over more threads.
  */
 #include "attention.h"
+#include "kernels.h"
 #include "kvrows.h"
 #include "ort_api.h"
 
@@ -98,13 +99,15 @@ typedef struct {          /* step 2 of one sequence, shared by the units */
 static void unit(void *data, size_t u)
 {
     const Rows *r = data;   /* sizes were checked: cannot fail */
-    el_attention_rows(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out, 0);
+    el_attention_rows(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)u, (int64_t)u + 1, r->out,
+                      EL_PATH_CHOSEN);
 }
 
 static void span_unit(void *data, size_t v)
 {
     const Rows *r = data;
-    el_attention_partials(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)v, (int64_t)v + 1, r->partials, 0);
+    el_attention_partials(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)v, (int64_t)v + 1, r->partials,
+                          EL_PATH_CHOSEN);
 }
 
 static OrtStatus *check(const Kernel *k, const Inputs *in, el_attention *a)

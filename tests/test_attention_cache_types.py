@@ -16,15 +16,16 @@ from edgellama.errors import InvalidParameterError
 needs_ops = pytest.mark.skipif(ops.library_path() is None, reason="edgellama._ops is not built")
 
 CACHE_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.uint8}
+PATHS = _native.kernel_paths() if _native is not None else ("portable",)   # the kernel paths this CPU runs
 
 
 def row_width(dtype, d):
     return d + 4 * (d // 32) if dtype == np.uint8 else d
 
 
-def stored(rows, dtype):
-    """float32 rows [..., D] as a cache of `dtype` holds them."""
-    return twins.quantize_rows(rows) if dtype == np.uint8 else rows.astype(dtype)
+def stored(rows, dtype, group=32):
+    """float32 rows [..., D] as a cache of `dtype` holds them (q8: in groups of `group`)."""
+    return twins.quantize_rows(rows, group) if dtype == np.uint8 else rows.astype(dtype)
 
 
 def values_of(rows, d):
@@ -91,11 +92,11 @@ def test_q8_rows_refuse_a_head_dim_the_group_does_not_divide(module):
 
 # --- attention over each cache type ------------------------------------------------------------------
 
-def case(heads, kv_heads, d, s, p0, dtype, capacity=640, seed=0):
+def case(heads, kv_heads, d, s, p0, dtype, capacity=640, seed=0, group=32):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((s, (heads + 2 * kv_heads) * d)).astype(np.float32)
-    keys = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype)
-    values = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype)
+    keys = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group)
+    values = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group)
     angles = np.arange(capacity)[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)[None]
     return qkv, keys, values, np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
@@ -148,65 +149,73 @@ def test_attention_over_each_cache_type_follows_the_definition(module, cache, st
 
 @needs_native
 @pytest.mark.parametrize("cache", CACHE_TYPES)
-@pytest.mark.parametrize("portable", [False, True])
-def test_a_token_gets_the_same_bits_however_step_2_is_split(cache, portable):
+@pytest.mark.parametrize("path", PATHS)
+def test_a_token_gets_the_same_bits_however_step_2_is_split(cache, path):
     """Run as part of a prompt (its unit merges its spans), alone as a decode step, or split into
     span units merged afterwards: the same output, bit for bit."""
     dtype = CACHE_TYPES[cache]
     p0, s = 250, 300                 # tokens whose rows cross the span boundaries at 256 and 512
     qkv, keys, values, cos, sin = case(9, 3, 64, s, p0, dtype, seed=3)
     k, v = keys.copy(), values.copy()
-    prompt = _native.attention(qkv, k, v, cos, sin, p0, 9, 0.125, portable)
+    prompt = _native.attention(qkv, k, v, cos, sin, p0, 9, 0.125, path)
     k2, v2 = keys.copy(), values.copy()
     for t in (0, 5, 6, 7, 8, 200, 262, 263, 299):
         if t:   # the rows before token t as the prompt wrote them
             k2[:, p0:p0 + t], v2[:, p0:p0 + t] = k[:, p0:p0 + t], v[:, p0:p0 + t]
         for split in (False, True):
-            one = _native.attention(qkv[t:t + 1], k2, v2, cos, sin, p0 + t, 9, 0.125, portable, split=split)
+            one = _native.attention(qkv[t:t + 1], k2, v2, cos, sin, p0 + t, 9, 0.125, path, split=split)
             np.testing.assert_array_equal(one[0], prompt[t], err_msg=f"token {t} split={split}")
-    split = _native.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, 9, 0.125, portable, split=True)
+    split = _native.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, 9, 0.125, path, split=True)
     np.testing.assert_array_equal(split, prompt)
 
 
 @needs_native
 @pytest.mark.parametrize("cache", CACHE_TYPES)
-@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("heads, kv_heads", [(9, 3), (16, 1)], ids=["3-per-kv", "16-per-kv"])
 @pytest.mark.parametrize("p0", [0, 70])
-def test_a_prompt_in_tiles_gives_each_token_the_bits_of_a_decode_step(cache, portable, heads, kv_heads, p0):
+def test_a_prompt_in_tiles_gives_each_token_the_bits_of_a_decode_step(cache, path, heads, kv_heads, p0):
     """A prompt runs its tokens in tiles (several tokens' queries over each chunk of cache rows, each
     tile's tokens ending at different rows); every token gets the bits it gets alone, as a decode step
     after the rows before it, and as part of the same prompt cut in two (other tiles)."""
     dtype, s = CACHE_TYPES[cache], 90
     qkv, keys, values, cos, sin = case(heads, kv_heads, 64, s, p0, dtype, capacity=192, seed=5)
     k, v = keys.copy(), values.copy()
-    prompt = _native.attention(qkv, k, v, cos, sin, p0, heads, 0.125, portable)
+    prompt = _native.attention(qkv, k, v, cos, sin, p0, heads, 0.125, path)
     k2, v2 = keys.copy(), values.copy()
-    first = _native.attention(qkv[:37], k2, v2, cos, sin, p0, heads, 0.125, portable)
-    second = _native.attention(qkv[37:], k2, v2, cos, sin, p0 + 37, heads, 0.125, portable)
+    first = _native.attention(qkv[:37], k2, v2, cos, sin, p0, heads, 0.125, path)
+    second = _native.attention(qkv[37:], k2, v2, cos, sin, p0 + 37, heads, 0.125, path)
     np.testing.assert_array_equal(np.concatenate([first, second]), prompt)
     np.testing.assert_array_equal(k2, k)
     k1, v1 = keys.copy(), values.copy()
     for t in range(s):
-        one = _native.attention(qkv[t:t + 1], k1, v1, cos, sin, p0 + t, heads, 0.125, portable)
+        one = _native.attention(qkv[t:t + 1], k1, v1, cos, sin, p0 + t, heads, 0.125, path)
         np.testing.assert_array_equal(one[0], prompt[t], err_msg=f"token {t}")
     np.testing.assert_array_equal(v1, v)
 
 
 @needs_native
 @pytest.mark.parametrize("cache", CACHE_TYPES)
-def test_vector_and_plain_builds_agree_bit_for_bit(cache):
-    dtype = CACHE_TYPES[cache]
-    qkv, keys, values, cos, sin = case(9, 3, 64, 2, 520, dtype, seed=4)
-    outs = [_native.attention(qkv, keys.copy(), values.copy(), cos, sin, 520, 9, 0.125, portable)
-            for portable in (False, True)]
-    np.testing.assert_array_equal(outs[0], outs[1])
+@pytest.mark.parametrize("heads, kv_heads, d, group", [(9, 3, 64, 32), (8, 2, 128, 32), (4, 4, 96, 96), (16, 4, 40, 8)],
+                         ids=["3-per-kv", "4-per-kv-d128", "1-per-kv-d96", "4-per-kv-d40"])
+@pytest.mark.parametrize("step", [(2, 520), (1, 77)], ids=["S2p520", "S1p77"])
+def test_every_kernel_path_gives_the_same_bits(cache, heads, kv_heads, d, group, step):
+    """The loops of each path (queries of a token taken one to four at a time, head sizes and q8 groups
+    that the vector loops take in blocks and those they leave to the plain ones, rows eight at a time and
+    a rest) against the portable path."""
+    dtype, (s, p0) = CACHE_TYPES[cache], step
+    qkv, keys, values, cos, sin = case(heads, kv_heads, d, s, p0, dtype, seed=4, group=group)
+    outs = {path: _native.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, heads, 0.125, path, group)
+            for path in PATHS}
+    assert "portable" in outs
+    for path, out in outs.items():
+        np.testing.assert_array_equal(out, outs["portable"], err_msg=path)
 
 
 @needs_native
-@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("d, group", [(64, 32), (128, 64), (64, 16), (256, 256)])
-def test_q8_scores_equal_their_twin_bit_for_bit(portable, d, group):
+def test_q8_scores_equal_their_twin_bit_for_bit(path, d, group):
     """The integer scores over q8 rows (the query rounded to a q8 row, integer dots per group, the
     scales' products summed in group order) on either build, for any number of rows (eight at a time
     and a rest), including zero rows, a zero query group and rows of +-127."""
@@ -224,7 +233,7 @@ def test_q8_scores_equal_their_twin_bit_for_bit(portable, d, group):
     for query in (q, ties, outlier):
         for n in (45, 8, 7, 1, 0):
             want = twins.q8_scores(query, rows[:n], d, 0.125, group=group)
-            got = _native.q8_scores(query, rows[:n], d, 0.125, portable, group)
+            got = _native.q8_scores(query, rows[:n], d, 0.125, path, group)
             np.testing.assert_array_equal(got, want)
     # what they approximate: the dot of the rows' and the rounded query's exact values
     exact = twins.dequantize_rows(rows, d, group).astype(np.float64) @ twins.dequantize_rows(

@@ -62,16 +62,16 @@ def case(heads, kv_heads, d, s, p0, capacity=192, seed=0):
 
 
 @pytest.mark.parametrize("module", BACKENDS)
-@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("path", [None, "portable"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("step", STEPS, ids=lambda s: f"S{s[0]}p{s[1]}")
-def test_attention_follows_the_definition(module, portable, shape, step):
+def test_attention_follows_the_definition(module, path, shape, step):
     heads, kv_heads, d = shape
     s, p0 = step
     qkv, keys, values, cos, sin = case(heads, kv_heads, d, s, p0)
     before_keys, before_values = keys.copy(), values.copy()
     want, want_keys, want_values = reference(qkv, keys, values, cos, sin, p0, heads)
-    got = module.attention(qkv, keys, values, cos, sin, p0, heads, 1 / math.sqrt(d), portable)
+    got = module.attention(qkv, keys, values, cos, sin, p0, heads, 1 / math.sqrt(d), path)
     assert got.shape == (s, heads * d) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
     # the new rows are the rotated keys and the values; every other row is untouched
@@ -83,12 +83,12 @@ def test_attention_follows_the_definition(module, portable, shape, step):
 
 
 @needs_native
-def test_vector_build_plain_build_and_twin_agree():
+def test_every_kernel_path_and_the_twin_agree():
     qkv, keys, values, cos, sin = case(9, 3, 64, 3, 130, seed=4)
     outs = []
-    for module, portable in ((_native, False), (_native, True), (twins, False)):
+    for module, path in [(_native, path) for path in _native.kernel_paths()] + [(twins, None)]:
         k, v = keys.copy(), values.copy()
-        outs.append((module.attention(qkv, k, v, cos, sin, 130, 9, 0.125, portable), k, v))
+        outs.append((module.attention(qkv, k, v, cos, sin, 130, 9, 0.125, path), k, v))
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)

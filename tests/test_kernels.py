@@ -87,8 +87,8 @@ def test_attention_and_silu_give_the_same_bits_on_the_plain_and_the_vector_build
     qkv = rng.standard_normal((s, (heads + 2 * kv) * d)).astype(np.float32)
     cos, sin = (np.ascontiguousarray(f(rng.uniform(0, 6, (capacity, d // 2))), np.float32) for f in (np.cos, np.sin))
     cache = rng.standard_normal((2, kv, capacity, d)).astype(np.float32)
-    outs = [_native.attention(qkv, cache[0].copy(), cache[1].copy(), cos, sin, p0, heads, 0.125, portable)
-            for portable in (False, True)]
+    outs = [_native.attention(qkv, cache[0].copy(), cache[1].copy(), cos, sin, p0, heads, 0.125, path)
+            for path in (None, "portable")]
     assert np.isfinite(outs[0]).all() and np.array_equal(outs[0], outs[1])
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import native_args
 from .blocks import _fma
+from .kernels import kernel_paths
 from .kvcache import rotated
 from .kvrows import dequantize_rows, quantize_rows
 
@@ -37,12 +38,12 @@ def _q8_query(q: np.ndarray, d: int, kv_group: int) -> np.ndarray:
     return (ints * scales[..., None]).reshape(q.shape)
 
 
-def q8_scores(q: np.ndarray, rows: np.ndarray, d: int, scale: float, portable: bool = False,
-              group: int = 32) -> np.ndarray:
+def q8_scores(q: np.ndarray, rows: np.ndarray, d: int, scale: float, path=None, group: int = 32) -> np.ndarray:
     """scores float32 [n]: scale * q . rows[j] as the C takes them over a q8 cache: the query q float32 [d]
     rounded to a q8 row; for each row, total = fma(qs_g * ks_g, integer dot of group g, total) over
-    the groups in order from 0 (float32), then total * scale. `portable` chooses a C build."""
+    the groups in order from 0 (float32), then total * scale, on every kernel path (`path`)."""
     native_args.q8_scores(q, rows, d, group)
+    native_args.kernel_path(path, kernel_paths())
     qrow = quantize_rows(np.asarray(q, np.float32), group)
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     n, groups = rows.shape[0], d // group
@@ -58,12 +59,13 @@ def q8_scores(q: np.ndarray, rows: np.ndarray, d: int, scale: float, portable: b
 
 
 def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.ndarray, sin: np.ndarray, p0: int,
-              heads: int, scale: float, portable: bool = False, kv_group: int = 32, split: bool = False) -> np.ndarray:
+              heads: int, scale: float, path=None, kv_group: int = 32, split: bool = False) -> np.ndarray:
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..;
     their rotated keys and their values are written into rows p0 .. of keys and values [G, C, row]
-    (float32 or float16 [G, C, D], or uint8 q8 rows). `portable` and `split` choose among the C's
-    builds and orders; the twin has one."""
+    (float32 or float16 [G, C, D], or uint8 q8 rows). `path` (the twin's: "portable") and `split`
+    choose among the C's builds and orders; the twin has one."""
     native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
+    native_args.kernel_path(path, kernel_paths())
     kv_heads = keys.shape[0]
     s = qkv.shape[0]
     d = qkv.shape[1] // (heads + 2 * kv_heads)
