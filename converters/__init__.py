@@ -59,11 +59,13 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         log.warning("max_length %d exceeds the model's max_position_embeddings %d; quality may degrade",
                     max_length, config.max_position_embeddings)
     plan = plan_conversion(options, tensors)
+    for name, content in tokenizer_files.items():
+        writer.write_bytes(name, content)
     statistics = {}
     if options.calibrated and plan.statistics:
         from .importance import measured
 
-        statistics = measured(source, plan.statistics, options.calibration)
+        statistics = measured(tensors, plan, options.calibration, writer.path, source.special_tokens)
     data = ExternalData(writer.path / DATA_FILE)
     bar = ProgressBar(tensors.count) if options.progress else None
     tensors.on_tensor = bar.update if bar is not None else None
@@ -77,8 +79,6 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         if bar is not None:
             bar.close()
     save_model(graph.model(), writer.path / MODEL_FILE)
-    for name, content in tokenizer_files.items():
-        writer.write_bytes(name, content)
     if not plan.needs_library:     # onnxruntime-genai cannot run edgellama's operators
         writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
             config, source.special_tokens, max_length, options.providers).encode("utf-8"))

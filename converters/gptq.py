@@ -4,68 +4,72 @@ product y = x W^T over a calibration text, not each weight's own error, is what 
 
     H = mean over calibration tokens of x x^T      [K, K] (importance.py, statistic "hessian")
     H += DAMPING * mean(diag H) * I                 (channels never driven still get a pivot)
-    U  upper triangular with H^-1 = U^T U           (one Cholesky factor and its inverse, float64)
+    U  upper triangular with H^-1 = U^T U           (one Cholesky factor and its inverse, float32, in place)
 
-    for each block of 32 inputs, in order (every row at once):
+    W on the grid of its own Q4_1 blocks rounded to nearest (a checkpoint dequantized from them):
+        those blocks, exact (no output error to lower)
+    else, for each block of 32 inputs, in order (every row at once):
         (d, m) of the block from its current weights: q4_1.py's search, weighted by diag H
         for each column j of the block:
+            w_j -= E_<j U[<j, j]                                (the block's earlier errors fed in)
             q_j = round((w_j - m) / d) in 0..15;  e_j = (w_j - (d q_j + m)) / U[j, j]
-            w_{j+1..} of the block -= e_j U[j, j+1..]        (the columns not yet quantized)
         w of every later block -= E U[block, later]          (E: the block's e_j, one product)
 
 Columns keep their order (no act-order), so each block is a plain Q4_1 block of the package's
-format. The result depends only on W and H (float64 factor, fixed order of operations).
+format. The result depends only on W and H (fixed order of operations). Memory: besides W and H,
+one float32 K x K factor and a few K/2 x K/2 temporaries.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .q4_1 import BLOCK, IMPORTANCE_FLOOR, _rounded, _search, encode
+from .q4_1 import BLOCK, IMPORTANCE_FLOOR, ON_GRID_ERROR, TOP, _search, encode, quantize_q4_1
 
 DAMPING = 0.1            # share of the mean of diag H added to every diagonal entry
-LEAF = 64                # factorizations of this size or less are LAPACK's (unthreaded at this size)
+LEAF = 128               # factorizations of this size or less are LAPACK's (unthreaded at this size)
 
 
 def _cholesky(a: np.ndarray) -> np.ndarray:
-    """Lower L with a = L L^T (a symmetric positive definite), by halves: the products are matrix
-    multiplications, which keep their speed on a loaded machine where LAPACK's threaded
-    factorization does not."""
+    """a (symmetric positive definite, its lower triangle read) overwritten by L with a = L L^T
+    (zeros above), by halves: the products are matrix multiplications, which keep their speed on a
+    loaded machine where LAPACK's threaded factorization does not."""
     k = a.shape[0]
     if k <= LEAF:
-        return np.linalg.cholesky(a)
+        a[...] = np.linalg.cholesky(a)
+        return a
     h = k // 2
     top = _cholesky(a[:h, :h])
-    left = a[h:, :h] @ _lower_inverse(top).T
-    out = np.zeros_like(a)
-    out[:h, :h], out[h:, :h] = top, left
-    out[h:, h:] = _cholesky(a[h:, h:] - left @ left.T)
-    return out
+    left = a[h:, :h]
+    left[...] = left @ _lower_inverse(top.copy()).T
+    a[h:, h:] -= left @ left.T
+    _cholesky(a[h:, h:])
+    a[:h, h:] = 0.0
+    return a
 
 
 def _lower_inverse(low: np.ndarray) -> np.ndarray:
-    """The inverse of a lower triangular matrix, by halves: [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]."""
+    """A lower triangular matrix overwritten by its inverse, by halves:
+    [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]."""
     k = low.shape[0]
     if k <= LEAF:
-        return np.linalg.inv(low)
+        low[...] = np.linalg.inv(low)
+        return low
     h = k // 2
     a, d = _lower_inverse(low[:h, :h]), _lower_inverse(low[h:, h:])
-    out = np.zeros_like(low)
-    out[:h, :h], out[h:, h:] = a, d
-    out[h:, :h] = -(d @ low[h:, :h]) @ a
-    return out
+    low[h:, :h] = -(d @ low[h:, :h]) @ a
+    return low
 
 
 def inverse_factor(hessian: np.ndarray) -> np.ndarray:
-    """U [K, K] float64, upper triangular, with (H + damping)^-1 = U^T U."""
-    h = np.array(hessian, dtype=np.float64)
+    """U [K, K] float32, upper triangular, with (H + damping)^-1 = U^T U (a view of one array)."""
+    # H = R R^T with R upper triangular (the lower factor of H with rows and columns reversed);
+    # then H^-1 = R^-T R^-1, so U = R^-1, the reversed inverse of that lower factor
+    h = np.array(np.asarray(hessian)[::-1, ::-1], dtype=np.float32)
     k = h.shape[0]
     diagonal = np.diag(h).copy()
     damp = DAMPING * float(diagonal.mean()) if diagonal.mean() > 0 else 1.0
-    h[np.diag_indices(k)] = np.maximum(diagonal, 0.0) + damp
-    # H = R R^T with R upper triangular (the lower factor of H with rows and columns reversed);
-    # then H^-1 = R^-T R^-1, so U = R^-1, the reversed inverse of that lower factor
-    low = _cholesky(np.ascontiguousarray(h[::-1, ::-1]))
-    return np.ascontiguousarray(_lower_inverse(low)[::-1, ::-1])
+    h[np.diag_indices(k)] = np.maximum(diagonal, 0.0) + np.float32(damp)
+    return _lower_inverse(_cholesky(h))[::-1, ::-1]
 
 
 def _weights(importance: np.ndarray) -> np.ndarray:
@@ -85,26 +89,32 @@ def quantize_q4_1_gptq(weight: np.ndarray, hessian: np.ndarray) -> tuple:
     hessian = np.asarray(hessian)
     if hessian.shape != (k, k) or not np.isfinite(hessian).all():
         raise ValueError(f"the Hessian must be {k}x{k} finite values, got shape {hessian.shape}")
-    u = inverse_factor(hessian).astype(np.float32)
-    importance = np.maximum(np.diag(hessian).astype(np.float32), 0.0)
     source = np.asarray(weight, np.float32)
+    nearest = quantize_q4_1(source, search=False)
+    if nearest[1] <= ON_GRID_ERROR:
+        return nearest
+    u = inverse_factor(hessian)
+    importance = np.maximum(np.diag(hessian).astype(np.float32), 0.0)
     w = source.T.copy()                             # [K, N]: a column of W is a contiguous row here
     q = np.empty((k, n), np.float32)
     d = np.empty((n, k // BLOCK), np.float32)
     m = np.empty((n, k // BLOCK), np.float32)
+    weights = [_weights(importance[start:start + BLOCK]) for start in range(0, k, BLOCK)]
     for b, start in enumerate(range(0, k, BLOCK)):
         end = start + BLOCK
-        block = w[start:end]                        # a view: updated in place column by column
-        bd, bm = _search(block.T[:, None, :], _weights(importance[start:end]))
+        block = w[start:end]                        # the block's columns as updated by the earlier blocks
+        bd, bm = _search(np.ascontiguousarray(block.T)[:, None, :], weights[b])
         bd, bm = bd[:, 0, 0], bm[:, 0, 0]
         d[:, b], m[:, b] = bd, bm
+        inv = np.divide(1.0, bd, out=np.zeros_like(bd), where=bd > 0)
+        feed = np.ascontiguousarray(u[start:end, start:end])
         errors = np.empty((BLOCK, n), np.float32)
         for j in range(BLOCK):
-            c = start + j
-            q[c] = _rounded(block[j], bd, bm)
-            errors[j] = (block[j] - (q[c] * bd + bm)) / u[c, c]
-            if j + 1 < BLOCK:
-                block[j + 1:] -= np.outer(u[c, c + 1:end], errors[j])
+            column = block[j] - feed[:j, j] @ errors[:j] if j else block[j]     # the earlier columns' errors fed in
+            qj = np.rint((column - bm) * inv)
+            np.clip(qj, 0, TOP, out=qj)
+            q[start + j] = qj
+            errors[j] = (column - (qj * bd + bm)) / feed[j, j]
         if end < k:
             w[end:] -= u[start:end, end:].T @ errors
     q = q.T.reshape(n, k // BLOCK, BLOCK)

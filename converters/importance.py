@@ -1,36 +1,41 @@
-"""Statistics of each layer product's input, measured by running the model at full precision over
-a calibration text with edgellama's own runtime (the imatrix of llama.cpp, in spirit).
+"""Statistics of each layer product's input over a calibration text, measured by running the model's
+layers at full precision in NumPy (forward.py), one layer at a time as the conversion reaches it
+(the imatrix of llama.cpp, in spirit).
 
-    SOURCE --convert, fp32 (a temporary folder)--> package
-      --its graph, and for every layer product x @ W^T (a MatMul by a float weight):
-            x -> Reshape [-1, K] -> ReduceSumSquare (axis 0)     -> "importance/<initializer>" [K]
-                                 -> Gemm(x, x, transA)             -> "hessian/<initializer>" [K, K]
-      --run over windows of the calibration text's token ids, sums added up-->
-    importance[source tensor] = mean over tokens of x_k^2      (float32 [K])
-    hessian[source tensor]    = mean over tokens of x x^T      (float32 [K, K])
+    text --the source's tokenizer--> ids --windows of WINDOW tokens, each its own sequence-->
+    x = embedding rows of the ids                                    [T, H]
+    when the conversion first asks for a statistic of layer i (layers in order):
+        run layers up to i (forward.py), each reading its float weights once; for the products
+        the plan quantizes with a statistic, of their input x [T, K]:
+            importance = mean over tokens of x_k^2        float32 [K]
+            hessian    = mean over tokens of x x^T        float32 [K, K]
+        x moves on to the next layer's input; the earlier layer's statistics are dropped
 
-Each statistic is measured only where the conversion's formats ask for it (formats.Format.statistic):
-q4_1.py weights each weight's squared error by the importance of its input channel (an error where
-the activations are large costs more output error); gptq.py feeds each column's error forward
-through the Hessian. Weights stacked into one product (q|k|v, gate|up) read the same x and share
-one array. The text is calibration_text.TEXT unless a file is named.
+So at most one layer's statistics are held (a 1B-shape model's Hessians of all layers would not fit
+the conversion's memory bound), and the hidden states of the text ([T, H]) are the only other state.
+Each statistic is measured only where the plan's format asks for it (formats.Format.statistic): q4_1.py
+weights each weight's squared error by the importance of its input channel; gptq.py feeds each
+column's error forward through the Hessian. Weights stacked into one product (q|k|v, gate|up) read the
+same x and share one array. The text is calibration_text.TEXT unless a file is named.
 """
 from __future__ import annotations
 
 import logging
 import re
-import tempfile
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from .plan import LAYER_WEIGHTS
+from .forward import LayerForward
+from .plan import EMBED, LAYER_WEIGHTS, LayerWeights, layer_tensors
 
 log = logging.getLogger(__name__)
 
-WINDOW = 512                  # tokens per run of the graph
-_PRODUCT = re.compile(r"model\.layers\.(\d+)\.\w+\.(\w+)\.weight$")
+WINDOW = 512                  # tokens per sequence of the calibration run
+_PRODUCT = re.compile(r"model\.layers\.(\d+)\.(\w+\.\w+)\.weight$")
+_KIND_OF = {part: kind for kind, parts in LAYER_WEIGHTS.items() for part in parts}
 
 
 def calibration_text(path: str) -> str:
@@ -44,112 +49,122 @@ def calibration_text(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-def source_tensors(initializer: str) -> list:
-    """The source tensors a layer product's initializer holds ("model.layers.3.attn.qkv_proj.weight" ->
-    q, k and v of layer 3); [] for other initializers."""
-    match = _PRODUCT.match(initializer)
-    if match is None or match.group(2) not in LAYER_WEIGHTS:
-        return []
-    return [f"model.layers.{match.group(1)}.{part}.weight" for part in LAYER_WEIGHTS[match.group(2)]]
+def wanted_statistics(plan) -> dict:
+    """{(layer, kind): statistic} of the layer products whose planned format takes one."""
+    from .formats import FORMATS
+
+    wanted = {}
+    for index, layer in enumerate(plan.layers):
+        for f in fields(LayerWeights):
+            statistic = FORMATS[getattr(layer.weights, f.name).format].statistic
+            if statistic is not None:
+                wanted[index, f.name] = statistic
+    return wanted
 
 
-def _importance(helper, flat: str, weight: str, k: int) -> tuple:
-    name = STATISTICS["importance"] + weight
-    return [helper.make_node("ReduceSumSquare", [flat, AXES_0], [name], name=f"/importance/{weight}/ReduceSumSquare",
-                             keepdims=0)], [k]
+class Calibration:
+    """The statistics of the products' inputs over token ids `ids`, measured a layer at a time
+    (tensors: sources/tensors.SourceTensors; wanted: {(layer, kind): statistic})."""
+
+    def __init__(self, tensors, ids, wanted: dict, window: int = WINDOW):
+        self.tensors = tensors
+        self.wanted = dict(wanted)
+        self.tokens = len(ids)
+        self.starts = list(range(0, len(ids), window))
+        self.forward = LayerForward(tensors.config, min(window, max(len(ids), 1)))
+        self._ids = np.asarray(ids, dtype=np.int64)
+        self.hidden = None            # the input of layer `self.next`, [T, H]
+        self.next = 0                 # the next layer to run
+        self.current = {}             # statistic -> {source tensor: array} of layer next - 1
+
+    def statistic(self, statistic: str, tensor: str):
+        """The statistic of the input of source tensor `tensor`, or None when it is not measured."""
+        match = _PRODUCT.match(tensor)
+        if match is None or (int(match.group(1)), _KIND_OF.get(match.group(2))) not in self.wanted:
+            return None
+        layer = int(match.group(1))
+        if layer < self.next - 1:
+            raise RuntimeError(f"the statistics of layer {layer} were dropped: layers are measured in order")
+        while self.next <= layer:
+            self._run_layer()
+        return self.current.get(statistic, {}).get(tensor)
+
+    def _read(self, name: str) -> np.ndarray:
+        return self.tensors.read(name, count=False)
+
+    def _run_layer(self) -> None:
+        index = self.next
+        if self.hidden is None:
+            self.hidden = self._read(EMBED)[self._ids]
+        sums = {}
+
+        def seen(kind: str, x: np.ndarray) -> None:
+            statistic = self.wanted.get((index, kind))
+            if statistic == "hessian":
+                sums.setdefault("hessian", {})[kind] = x.T @ x
+            elif statistic == "importance":
+                sums.setdefault("importance", {})[kind] = np.einsum("tk,tk->k", x, x)
+
+        def read(suffix: str) -> np.ndarray:
+            return self._read(f"model.layers.{index}.{suffix}.weight")
+
+        self.current = {}                       # the previous layer's statistics go first
+        self.hidden = self.forward.forward(read, self.hidden, self.starts, seen)
+        scale = np.float32(1.0 / max(self.tokens, 1))
+        for statistic, by_kind in sums.items():
+            for kind, total in by_kind.items():
+                total *= scale
+                for tensor in layer_tensors(index, kind):
+                    self.current.setdefault(statistic, {})[tensor] = total
+        self.next += 1
+        if self.next == self.tensors.config.num_layers:
+            self.hidden = None
+        log.debug("layer %d measured over %d calibration tokens", index, self.tokens)
 
 
-def _hessian(helper, flat: str, weight: str, k: int) -> tuple:
-    name = STATISTICS["hessian"] + weight
-    return [helper.make_node("Gemm", [flat, flat], [name], name=f"/hessian/{weight}/Gemm", transA=1)], [k, k]
+class Statistic(Mapping):
+    """One statistic of a Calibration as a mapping source tensor -> array (what BuildContext.statistics
+    holds); reading a tensor of a later layer runs the layers up to it."""
+
+    def __init__(self, calibration: Calibration, statistic: str):
+        self.calibration = calibration
+        self.statistic = statistic
+
+    def __getitem__(self, tensor: str):
+        value = self.calibration.statistic(self.statistic, tensor)
+        if value is None:
+            raise KeyError(tensor)
+        return value
+
+    def get(self, tensor: str, default=None):
+        value = self.calibration.statistic(self.statistic, tensor)
+        return default if value is None else value
+
+    def _names(self) -> list:
+        return [t for (layer, kind), s in self.calibration.wanted.items() if s == self.statistic
+                for t in layer_tensors(layer, kind)]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
 
 
-STATISTICS = {"importance": "importance/", "hessian": "hessian/"}       # statistic -> graph output prefix
-_NODES = {"importance": _importance, "hessian": _hessian}
-AXES_0 = "/importance/axes_0"
+def calibration_ids(text_path: str, folder: Path, special_tokens) -> list:
+    """Token ids of the calibration text, with the tokenizer files written in `folder` (the package's)."""
+    from edgellama.tokenizer import Tokenizer
+
+    return Tokenizer.from_package(folder, special_tokens).encode(calibration_text(text_path))
 
 
-def measuring_graph(package: Path, statistics=("importance",)):
-    """The package's graph with one more output per layer product and statistic: the sum over
-    positions of x^2 [K] ("importance") or of x x^T [K, K] ("hessian") of its input x (MatMul nodes
-    whose weight is a layer matrix).
+def measured(tensors, plan, text_path: str, folder: Path, special_tokens) -> dict:
+    """{statistic: Statistic} of the products the plan quantizes with one, over the calibration text."""
+    wanted = wanted_statistics(plan)
+    if not wanted:
+        return {}
+    ids = calibration_ids(text_path, folder, special_tokens)
+    log.info("calibration: %d tokens, statistics of %d products measured layer by layer", len(ids), len(wanted))
+    calibration = Calibration(tensors, ids, wanted)
+    return {statistic: Statistic(calibration, statistic) for statistic in ("importance", "hessian")}
 
-        x [.., K] -> Reshape [-1, K] -> ReduceSumSquare(axes 0, keepdims 0) -> importance/<weight> [K]
-                                     -> Gemm(transA 1)                       -> hessian/<weight> [K, K]
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    import onnx
-
-    from edgellama.package import MODEL_FILE
-
-    model = onnx.load(str(package / MODEL_FILE), load_external_data=False)
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    graph.initializer.append(numpy_helper.from_array(np.array([0], dtype=np.int64), AXES_0))
-    added = []
-    for node in list(graph.node):
-        if node.op_type != "MatMul" or not source_tensors(node.input[1]):
-            continue
-        weight = node.input[1]
-        k = initializers[weight].dims[0]
-        shape = f"/importance/{weight}/shape"
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, k], dtype=np.int64), shape))
-        flat = f"/importance/{weight}/Reshape/output_0"
-        graph.node.append(helper.make_node("Reshape", [node.input[0], shape], [flat], name=f"/importance/{weight}/Reshape"))
-        for statistic in statistics:
-            nodes, dims = _NODES[statistic](helper, flat, weight, k)
-            graph.node.extend(nodes)
-            graph.output.append(helper.make_tensor_value_info(STATISTICS[statistic] + weight, TensorProto.FLOAT, dims))
-        added.append(weight)
-    return model, added
-
-
-def measure(package: Path, text: str, threads: Optional[int] = None, window: int = WINDOW,
-            statistics=("importance",)) -> dict:
-    """{statistic: {source tensor name: mean over tokens float32}} of every product of an fp32
-    package over `text`: importance [K] (x_k^2), hessian [K, K] (x x^T)."""
-    from edgellama.evaluate import empty_past, tokenize_text
-    from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS
-    from edgellama.session import open_package
-
-    package = Path(package)
-    model, weights = measuring_graph(package, statistics)
-    opened = open_package(package, ("cpu",), threads, graph=model)
-    ids = np.asarray(tokenize_text(package, text), dtype=np.int64)
-    window = min(window, opened.info.max_length)
-    past = empty_past(opened.info)
-    names = [STATISTICS[s] + w for s in statistics for w in weights]
-    sums = None
-    for start in range(0, len(ids), window):
-        feed = ids[None, start:start + window]
-        outputs = opened.session.run(names, {INPUT_IDS: feed, ATTENTION_MASK: np.ones_like(feed), **past})
-        if sums is None:
-            sums = outputs
-        else:
-            for total, output in zip(sums, outputs):
-                total += output
-    out = {s: {} for s in statistics}
-    scale = np.float32(1.0 / max(len(ids), 1))
-    for name, total in zip(names, sums or []):
-        statistic, _, weight = name.partition("/")
-        total *= scale
-        for tensor in source_tensors(weight):
-            out[statistic][tensor] = total
-    log.info("%s of %d products measured over %d calibration tokens", " and ".join(statistics), len(weights), len(ids))
-    return out
-
-
-def measured(source, statistics, text_path: str = "bundled", threads: Optional[int] = None) -> dict:
-    """{statistic: {source tensor name: array}} of `source` (a Source, or anything `convert` opens),
-    from its fp32 package (made in a temporary folder) run over the calibration text."""
-    from edgellama.package import Quantization
-
-    from . import convert
-    from .options import ConvertOptions
-
-    text = calibration_text(text_path)
-    with tempfile.TemporaryDirectory(prefix="edgellama-calibration-") as tmp:
-        package = Path(tmp) / "fp32"
-        convert(source, package, ConvertOptions(quantization=Quantization("fp32"), max_length=WINDOW))
-        return measure(package, text, threads, statistics=tuple(statistics))

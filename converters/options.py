@@ -44,12 +44,14 @@ class ConvertOptions:
     kv_cache: the KV cache type the package loads with by default (edgellama.kv_types), recorded in
     edgellama.json; None records none (the io_dtype's). A portable package runs only its io_dtype's.
 
-    calibration: None (the default) quantizes without one; "bundled" or the path of a text file
-    first runs the model at full precision over that text (the bundled one:
-    converters/calibration_text.py) and measures each product's input (converters/importance.py):
-    the quality preset's 4-bit layer matrices are then found by GPTQ (converters/gptq.py), which
-    keeps the product's output error over the text small rather than each weight's own error.
-    Used where int4 weights are made from float values in the native form.
+    calibration: the text a conversion that makes int4 layer matrices from float values (native
+    form) runs the model over first, layer by layer at full precision, measuring each product's input
+    (converters/importance.py): "bundled" (the default: converters/calibration_text.py) or the path
+    of a text file; the quality preset's 4-bit layer matrices are then found by GPTQ
+    (converters/gptq.py), which keeps the product's output error over the text small rather than each
+    weight's own error. None quantizes without one (round-to-nearest of each block's extremes; faster,
+    worse off a 4-bit grid). Conversions that make no such matrices (a GGUF's blocks carried, int8,
+    portable packages) do not run it.
 
     quality: the size / quality target of an int4 package made from float values, a preset of
     converters/precision.py ("small", "default", "best") or a Precision: which weights keep 8 bits and
@@ -63,7 +65,7 @@ class ConvertOptions:
     gguf_blocks: str = "carry"
     portable: bool = False
     kv_cache: Optional[str] = None
-    calibration: Optional[str] = None
+    calibration: Optional[str] = BUNDLED_CALIBRATION
     quality: object = DEFAULT_QUALITY
 
     def __post_init__(self):
@@ -90,8 +92,8 @@ class ConvertOptions:
             from pathlib import Path
 
             if not Path(str(self.calibration)).is_file():
-                raise InvalidParameterError(f"calibration={self.calibration!r} must be {BUNDLED_CALIBRATION!r} "
-                                            "or the path of a text file")
+                raise InvalidParameterError(f"calibration={self.calibration!r} must be {BUNDLED_CALIBRATION!r}, "
+                                            "the path of a text file or None")
         if self.gguf_blocks in PORTABLE_ONLY_MODES and not self.portable:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} is a form of the portable graph: "
                                         "convert with portable=True (--portable)")

@@ -33,7 +33,8 @@ from edgellama.errors import PackageError
 from .carry import GGML_BLOCK
 from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, Q4_1_ROUNDINGS, QUANT_BITS
 from .options import ConvertOptions
-from .precision import precision
+from .precision import LOW_BITS, precision
+from .q4_1 import ON_GRID_ERROR, quantize_q4_1
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -193,6 +194,7 @@ class _Planner:
         self.precision = precision(options.quality)
         self.rounding = self.precision.rounding_with(options.calibrated)
         self.layers = self.tensors.config.num_layers
+        self.tied = self.tensors.config.tie_word_embeddings
 
     def carried(self, names: list, types: tuple, table: bool, gathered: bool) -> Optional[str]:
         """The format the named tensors' blocks are taken over in, or None (they are not)."""
@@ -214,13 +216,26 @@ class _Planner:
             name = form.fallback
         return None if gathered and not FORMATS[name].gatherable else name
 
-    def bits(self, roles: tuple, layer: Optional[int]) -> int:
+    def bits(self, names: list, roles: tuple, layer: Optional[int], table: bool) -> int:
         """Bits of a weight made from float values: the method's, raised for an int4 package where
-        the quality preset keeps one of the weight's roles at more (converters/precision.py)."""
+        the quality preset keeps one of the weight's roles at more (converters/precision.py), except
+        for a layer matrix that 4-bit blocks hold exactly (on_grid)."""
         bits = QUANT_BITS[self.q.method]
         if self.q.method != "int4":
             return bits
-        return max(bits, *(self.precision.bits(role, layer, self.layers) for role in roles))
+        high = max(bits, *(self.precision.bits(role, layer, self.layers, self.tied) for role in roles))
+        if high > bits and not table and self.on_grid(names):
+            return bits
+        return high
+
+    def on_grid(self, names: list) -> bool:
+        """Whether the named float tensors lie on a grid of Q4_1 blocks (a checkpoint dequantized from
+        4-bit blocks): the package's own 4-bit blocks, each rounded to nearest, hold them exactly, so
+        more bits would store nothing more. Reads their values."""
+        k = self.tensors.shape(names[0])[1]
+        if self.quantized(False, k, LOW_BITS) not in Q4_1_ROUNDINGS.values():
+            return False
+        return all(quantize_q4_1(self.tensors.read(n, count=False), search=False)[1] <= ON_GRID_ERROR for n in names)
 
     def quantized(self, table: bool, k: int, bits: int) -> str:
         """The format of a weight made from float values: the native form's 4-bit layer matrices in
@@ -249,7 +264,7 @@ class _Planner:
         name = self.carried(names, types, table, gathered)
         bits = QUANT_BITS.get(self.q.method)
         if name is None and bits is not None:
-            bits = self.bits(roles, layer)
+            bits = self.bits(names, roles, layer, table)
             name = self.quantized(table, k, bits)
         elif name is None:
             name = f"float{FLOAT_BITS[self.q.method]}"
@@ -289,7 +304,7 @@ class _Planner:
         return weight if FORMATS[weight.format].storage != "float" else replace(weight, operator="Gemm")
 
     def plan(self) -> ConversionPlan:
-        tied = self.tensors.config.tie_word_embeddings
+        tied = self.tied
         table = self.weight([EMBED], ("embedding", "lm_head") if tied else ("embedding",), table=True, gathered=True)
         storage = table.operator if table.operator in EMBEDDING_OPERATORS else FORMATS[table.format].storage
         embedding = replace(table, operator=EMBEDDING_OPERATORS[storage])
@@ -301,5 +316,6 @@ class _Planner:
 def plan_conversion(options: ConvertOptions, tensors) -> ConversionPlan:
     """The plan for converting the source behind `tensors` (sources/tensors.SourceTensors) with `options`.
     Reads tensor types and shapes; reads stored blocks only where a format depends on their values
-    (formats.Format.fits)."""
+    (formats.Format.fits), float values only where the quality preset raises a layer matrix to 8 bits
+    (_Planner.on_grid)."""
     return _Planner(options, tensors).plan()

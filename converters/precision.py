@@ -50,22 +50,27 @@ def more_layers(index: int, count: int) -> bool:
 
 
 LAYER_SETS = {"all": lambda index, count: True, "more": more_layers}
+# sets of a table role: "tied", only where the embedding and the LM head are one table
+TABLE_SETS = {"all": lambda tied: True, "tied": lambda tied: tied}
 
 
 @dataclass(frozen=True)
 class Precision:
-    """high: the roles stored at 8 bits, each "role" (tables, or a layer role in every layer) or
-    "role:set" with a set of LAYER_SETS; rounding: how 4-bit layer matrices are found, one of
-    ROUNDINGS, or None: "gptq" when the conversion has a calibration text, else "nearest"."""
+    """high: the roles stored at 8 bits, each "role" (a table, or a layer role in every layer) or
+    "role:set" with a set of LAYER_SETS (layer roles) or TABLE_SETS (table roles); rounding: how 4-bit
+    layer matrices are found, one of ROUNDINGS, or None: "gptq" when the conversion has a calibration
+    text, else "nearest"."""
     high: tuple = ()
     rounding: Optional[str] = None
 
     def __post_init__(self):
         for entry in self.high:
             role, _, layers = entry.partition(":")
-            if role not in TABLE_ROLES + LAYER_ROLES or (layers and (role in TABLE_ROLES or layers not in LAYER_SETS)):
+            sets = TABLE_SETS if role in TABLE_ROLES else LAYER_SETS
+            if role not in TABLE_ROLES + LAYER_ROLES or (layers and layers not in sets):
                 raise InvalidParameterError(f"precision entry {entry!r}: a role of {TABLE_ROLES + LAYER_ROLES}, "
-                                            f"layer roles optionally ':' one of {tuple(LAYER_SETS)}")
+                                            f"layer roles optionally ':' one of {tuple(LAYER_SETS)}, table roles "
+                                            f"':' one of {tuple(TABLE_SETS)}")
         if self.rounding is not None and self.rounding not in ROUNDINGS:
             raise InvalidParameterError(f"rounding={self.rounding!r} must be None or one of {', '.join(ROUNDINGS)}")
 
@@ -78,18 +83,22 @@ class Precision:
                                         "calibration='bundled' or a text file (--calibration)")
         return rounding
 
-    def bits(self, role: str, layer: Optional[int] = None, layers: int = 0) -> int:
-        """Bits of the weight of `role` (of layer `layer` of `layers`, for a layer role)."""
+    def bits(self, role: str, layer: Optional[int] = None, layers: int = 0, tied: bool = False) -> int:
+        """Bits of the weight of `role` (of layer `layer` of `layers`, for a layer role; `tied`: the
+        embedding and the LM head are one table, for a table role)."""
         for entry in self.high:
             name, _, selection = entry.partition(":")
-            if name == role and (layer is None or LAYER_SETS[selection or "all"](layer, layers)):
+            if name != role:
+                continue
+            if (TABLE_SETS[selection or "all"](tied) if role in TABLE_ROLES
+                    else layer is None or LAYER_SETS[selection or "all"](layer, layers)):
                 return HIGH_BITS
         return LOW_BITS
 
 
 PRESETS = {
     "small": Precision(),
-    "default": Precision(("qkv_proj", "down_proj:more", "o_proj:more")),
+    "default": Precision(("qkv_proj", "down_proj:more", "o_proj:more", "lm_head:tied")),
     "best": Precision(("qkv_proj", "down_proj", "o_proj", "lm_head")),
 }
 DEFAULT_QUALITY = "default"

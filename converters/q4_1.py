@@ -30,6 +30,7 @@ CHUNK_ELEMENTS = 1 << 20      # weights quantized at a time (bounds the temporar
 SEARCH_DIVISORS = tuple(13.0 + 0.25 * i for i in range(17))     # 13, 13.25, ..., 17
 REFINEMENTS = 2
 IMPORTANCE_FLOOR = 1e-3     # every weight keeps at least this share of the mean importance
+ON_GRID_ERROR = 1e-6        # relative error of blocks rounded to nearest at or below which W lies on their grid
 
 
 def _half(x: np.ndarray) -> np.ndarray:
@@ -52,9 +53,11 @@ def _error(w, a, q, d, m) -> np.ndarray:
     return np.einsum("nbk,nbk->nb", r, r if a is None else r * a)
 
 
-def _fit(aw, a, q, sa, sw) -> tuple:
-    """Weighted least-squares (d, m) of w ~= d q + m per block (aw = a * w), rounded to float16; a
-    block whose q are all equal gets d = 0 and m its weighted mean."""
+def _fit(aw, a, q, sums) -> tuple:
+    """Weighted least-squares (d, m) of w ~= d q + m per block (aw = a * w), rounded to float16, and
+    the weighted error of d q + m from the block sums (sa, sw, saww = sum a, sum a w, sum a w^2); a
+    block whose q are all equal gets d = 0 and m its weighted mean. d, m [n, nb, 1], error [n, nb]."""
+    sa, sw, saww = sums
     aq = q if a is None else q * a
     sq = np.einsum("nbk->nb", aq, dtype=np.float64)[..., None]
     sqq = np.einsum("nbk,nbk->nb", aq, q).astype(np.float64)[..., None]
@@ -62,41 +65,44 @@ def _fit(aw, a, q, sa, sw) -> tuple:
     det = sa * sqq - sq * sq
     ok = det > 1e-9 * sa * sqq
     safe = np.where(ok, det, 1.0)
-    d = np.where(ok, (sa * sqw - sq * sw) / safe, 0.0)
-    m = np.where(ok, (sqq * sw - sq * sqw) / safe, sw / sa)
-    return _half(np.maximum(d, 0.0).astype(np.float32)), _half(m.astype(np.float32))
-
-
-def _keep(best: tuple, d, m, err) -> tuple:
-    bd, bm, be = best
-    better = err < be
-    return np.where(better[..., None], d, bd), np.where(better[..., None], m, bm), np.where(better, err, be)
+    d = _half(np.maximum(np.where(ok, (sa * sqw - sq * sw) / safe, 0.0), 0.0).astype(np.float32))
+    m = _half(np.where(ok, (sqq * sw - sq * sqw) / safe, sw / sa).astype(np.float32))
+    dd, mm = d.astype(np.float64), m.astype(np.float64)
+    # sum_i a_i (d q_i + m - w_i)^2, expanded
+    error = dd * dd * sqq + 2 * dd * mm * sq - 2 * dd * sqw + mm * mm * sa - 2 * mm * sw + saww
+    return d, m, error[..., 0]
 
 
 def _search(w: np.ndarray, a: Optional[np.ndarray], search: bool = True) -> tuple:
     """(d, m) float16 values as float32 [n, nb, 1] with the least weighted error found per block
-    (each candidate measured with the integers it was fitted to); candidate 0 alone when not `search`."""
+    (each candidate measured with the integers it was fitted to, from its sums);
+    candidate 0 alone when not `search`, and wherever the best candidate does not measure below it
+    once its integers are rounded against the stored values."""
     lo, hi = w.min(axis=-1, keepdims=True), w.max(axis=-1, keepdims=True)
-    d, m = _half((hi - lo) / np.float32(TOP)), _half(lo)
+    d0, m0 = _half((hi - lo) / np.float32(TOP)), _half(lo)
     if not search:
-        return d, m
-    best = (d, m, _error(w, a, _rounded(w, d, m), d, m))
+        return d0, m0
     aw = w if a is None else w * a
     sa = np.float64(BLOCK) if a is None else a.sum(axis=-1, dtype=np.float64)
-    sa = np.broadcast_to(sa, w.shape[:-1])[..., None]
-    sw = np.einsum("nbk->nb", aw, dtype=np.float64)[..., None]
+    sums = (np.broadcast_to(sa, w.shape[:-1])[..., None], np.einsum("nbk->nb", aw, dtype=np.float64)[..., None],
+            np.einsum("nbk,nbk->nb", aw, w, dtype=np.float64)[..., None])
     span = hi - lo
     unit = (w - lo) * np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    found = []
     for divisor in SEARCH_DIVISORS:
         q = np.rint(unit * np.float32(divisor))
         np.clip(q, 0, TOP, out=q)
-        d, m = _fit(aw, a, q, sa, sw)
-        best = _keep(best, d, m, _error(w, a, q, d, m))
+        found.append(_fit(aw, a, q, sums))
+    ds, ms, errors = (np.stack(f) for f in zip(*found))
+    pick = errors.argmin(axis=0)[None]
+    d, m = np.take_along_axis(ds, pick[..., None], 0)[0], np.take_along_axis(ms, pick[..., None], 0)[0]
+    error = np.take_along_axis(errors, pick, 0)[0]
     for _ in range(REFINEMENTS):
-        q = _rounded(w, best[0], best[1])
-        d, m = _fit(aw, a, q, sa, sw)
-        best = _keep(best, d, m, _error(w, a, q, d, m))
-    return best[0], best[1]
+        nd, nm, ne = _fit(aw, a, _rounded(w, d, m), sums)
+        better = ne < error
+        d, m, error = np.where(better[..., None], nd, d), np.where(better[..., None], nm, m), np.minimum(ne, error)
+    worse = _error(w, a, _rounded(w, d, m), d, m) > _error(w, a, _rounded(w, d0, m0), d0, m0)
+    return np.where(worse[..., None], d0, d), np.where(worse[..., None], m0, m)
 
 
 def _chunk(w: np.ndarray, a: Optional[np.ndarray], search: bool) -> tuple:

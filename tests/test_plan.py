@@ -117,8 +117,8 @@ def test_mixed_block_types_in_one_product_are_requantized(tmp_path):
     path = write_tiny_gguf(tmp_path / "mixed.gguf", tiny_hf_weights(seed=2),
                            qtype=lambda name: Q.Q4_0 if ".k_proj." in name else Q.Q4_1)
     plan = plan_of(path, gguf_blocks="ops", quality="small")
-    qkv = plan.layers[1].weights.qkv_proj
-    assert (qkv.format, qkv.operator, qkv.source_types) == ("Q4_1 rounded", "MatMulQ4_1", ("Q4_1", "Q4_0"))
+    qkv = plan.layers[1].weights.qkv_proj       # dequantized and quantized again, calibrated by default
+    assert (qkv.format, qkv.operator, qkv.source_types) == ("Q4_1 GPTQ", "MatMulQ4_1", ("Q4_1", "Q4_0"))
     assert nodes_of(plan)[1] == ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")
     portable = plan_of(path, portable=True, quality="small").layers[1].weights.qkv_proj
     assert (portable.format, portable.operator) == ("quantized", "MatMulNBits")
@@ -157,8 +157,8 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 
 # --- a float checkpoint ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, form", [(dict(quality="small"), "Q4_1 rounded"),
-                                           (dict(quality="small", calibration="bundled"), "Q4_1 GPTQ")])
+@pytest.mark.parametrize("options, form", [(dict(quality="small", calibration=None), "Q4_1 rounded"),
+                                           (dict(quality="small"), "Q4_1 GPTQ")])
 def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form):
     plan = plan_of(hf_folder, **options)
     assert plan.native and weights_of(plan) == {WeightPlan(form, "MatMulQ4_1", 4, 32, False, ())}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from edgellama.cli.convert import QUALITY_PRESETS
@@ -37,7 +38,7 @@ def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable)
     plan = plan_hf(hf_folder, quality=quality, portable=portable)
     count = len(plan.layers)
     roles = ("embedding", "lm_head") if plan.tied else ("embedding",)
-    assert plan.embedding.bits == max(preset.bits(r) for r in roles)
+    assert plan.embedding.bits == max(preset.bits(r, tied=plan.tied) for r in roles)
     assert plan.lm_head.bits == (plan.embedding.bits if plan.tied else preset.bits("lm_head"))
     for index, layer in enumerate(plan.layers):
         for kind in LAYER_WEIGHTS:
@@ -47,7 +48,7 @@ def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable)
                 assert (weight.format, weight.block_size) == ("quantized", 32)
                 assert weight.operator == ("MatMulNBits" if portable else "MatMulQ8")
             elif not portable:
-                assert weight.format == "Q4_1 rounded"
+                assert weight.format == "Q4_1 GPTQ"             # calibrated on the bundled text by default
                 assert weight.operator == "MatMulQ4_1"
     for weight in (plan.embedding, plan.lm_head):
         assert weight.format == "quantized" and weight.block_size == 32
@@ -58,8 +59,42 @@ def test_presets_differ_in_size_and_the_cli_offers_each():
     the CLI's choices are the table's."""
     assert QUALITY_PRESETS == tuple(PRESETS)
     bits = [[PRESETS[name].bits(role, i, 30) for role in LAYER_WEIGHTS for i in range(30)]
-            + [PRESETS[name].bits(role) for role in ("embedding", "lm_head")] for name in QUALITY_PRESETS]
+            + [PRESETS[name].bits(role, tied=tied) for role in ("embedding", "lm_head") for tied in (False, True)]
+            for name in QUALITY_PRESETS]
     assert all(all(x <= y for x, y in zip(a, b)) and a != b for a, b in zip(bits, bits[1:]))
+
+
+def test_the_default_keeps_a_tied_table_at_8_bits_and_an_untied_lm_head_at_4():
+    """A tied table is the LM head too (llama.cpp gives it the output's type); one 8-bit table holds
+    as many bytes as an untied model's two 4-bit ones."""
+    default = PRESETS["default"]
+    assert default.bits("lm_head", tied=True) == 8 and default.bits("lm_head") == 4
+    assert default.bits("embedding", tied=True) == default.bits("embedding") == 4
+    assert Precision(("lm_head",)).bits("lm_head") == 8
+
+
+def test_a_layer_matrix_on_the_4_bit_grid_stays_at_4_bits(tmp_path):
+    """A checkpoint dequantized from Q4_1 blocks: its blocks rounded to nearest hold every layer matrix
+    exactly, so the preset's 8 bits would store nothing more; a weight off the grid keeps them."""
+    import shutil
+
+    from safetensors import numpy as safetensors_numpy
+
+    from edgellama.converters.q4_1 import quantize_q4_1
+    from helpers.blocks import dequantized
+
+    folder = shutil.copytree(make_tiny_llama(tmp_path / "ckpt", num_hidden_layers=3), tmp_path / "on-grid")
+    tensors = safetensors_numpy.load_file(str(folder / "model.safetensors"))
+    for name, value in tensors.items():
+        if ".layers." in name and value.ndim == 2 and name != "model.layers.1.self_attn.k_proj.weight":
+            blocks, _ = quantize_q4_1(value.astype(np.float32), search=False)
+            tensors[name] = dequantized(blocks.qs, blocks.d, blocks.m).astype(value.dtype)
+    safetensors_numpy.save_file(tensors, str(folder / "model.safetensors"))
+    plan = plan_hf(folder, calibration=None)
+    assert [layer.weights.qkv_proj.bits for layer in plan.layers] == [4, 8, 4]      # layer 1's k is off the grid
+    assert {layer.weights.down_proj.bits for layer in plan.layers} == {4}
+    assert plan.lm_head.bits == (8 if plan.tied else 4)
+    assert plan_hf(folder, calibration=None, portable=True).layers[0].weights.qkv_proj.bits == 8   # no Q4_1 blocks
 
 
 def test_an_int8_or_float_package_ignores_the_preset(hf_folder):

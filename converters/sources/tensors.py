@@ -71,8 +71,9 @@ class SourceTensors:
             self._counted(name)
         return ggml_type, data, tuple(shape)
 
-    def read(self, name: str) -> np.ndarray:
-        """One float32 weight from the source, shape-checked against the config."""
+    def read(self, name: str, count: bool = True) -> np.ndarray:
+        """One float32 weight from the source, shape-checked against the config; `count`: the package
+        reads it (not the calibration run)."""
         array = self.source.read(name)
         expected = self._shapes[name]
         if tuple(array.shape) != expected:
@@ -80,7 +81,8 @@ class SourceTensors:
                                   f"the config implies {expected}; the checkpoint does not match its config")
         array = np.asarray(array, dtype=np.float32)
         self._check_finite(name, array)
-        self._counted(name)
+        if count:
+            self._counted(name)
         return array
 
     def _check_finite(self, name: str, values: np.ndarray) -> None:

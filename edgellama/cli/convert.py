@@ -1,6 +1,6 @@
 """`edgellama convert [SRC] -o OUT [--quant ...] [--block-size N] [--asymmetric] [--max-length N]
 [--ep cpu|cuda] [--gguf-blocks carry|ops|zero_point|requantize] [--quality small|default|best]
-[--calibration FILE|bundled] [--force]
+[--calibration FILE|bundled|none] [--force]
 [--eval FILE]`: a checkpoint
 (HF folder, GGUF file, hub id, default model) to a package, optionally scored against its source.
 
@@ -53,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int4 made from float weights: the size / quality target. small: every weight at 4 bits; "
                              "default: the LM head at 8 bits; best: more weights at 8 bits (larger). Blocks carried "
                              "from a GGUF file are kept as they are")
-    parser.add_argument("--calibration", default=None, metavar="FILE|bundled",
+    parser.add_argument("--calibration", default="bundled", metavar="FILE|bundled|none",
                         help="int4 made from float weights (native form): run the model at full precision over the "
-                             "UTF-8 text FILE (or the converter's bundled text) first and quantize the 4-bit layer "
-                             "matrices with GPTQ, which keeps each product's output error over the text small")
+                             "converter's bundled text (the default) or the UTF-8 text FILE first and quantize the "
+                             "4-bit layer matrices with GPTQ, which keeps each product's output error over the text "
+                             "small; none: round each block to nearest instead (faster, less exact)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--eval", default=None, metavar="FILE",
@@ -80,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         gguf_blocks=args.gguf_blocks,
         portable=args.portable,
         kv_cache=args.kv_cache,
-        calibration=args.calibration,
+        calibration=None if args.calibration == "none" else args.calibration,
         quality=args.quality,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
