@@ -20,7 +20,8 @@ edgellama.json, whose quantization.layout is the plan -> move the finished packa
     offset_columns.py, quantize.py   Q4_1 offsets as input columns; the converter's own quantizer
     q4_1.py         float weights into Q4_1 blocks (a search for each block's least weighted error)
     gptq.py         float weights into Q4_1 blocks with GPTQ's error feedback through x's Hessian
-    importance.py, calibration_text.py   per-channel importance and Hessians from a full-precision run over a text
+    importance.py, forward.py, calibration_text.py   importance and Hessians of each product's input, from
+                    the layers run at full precision in NumPy over a text, a layer at a time
     graph/          ONNX nodes and initializers, emitted from the plan
     options.py, writer.py, report.py, progress.py   settings, atomic package writing, the report
 """

@@ -15,6 +15,8 @@ quantized from float values) and computes 8-bit weights in blocks of 32 with ai.
 It carries a Q4_K_M file's Q4_K and Q6_K tensors as the file's super-blocks (MatMulQ4_K, MatMulQ6_K;
 the embedding gathers them with GatherQ4_K, GatherQ6_K) and its Q5_0 tensors as 8-bit blocks; where
 q|k|v or gate|up mixes such types, the weight is a SplitWeight: one product per type, concatenated.
+The bits of a weight made from float values are the quality preset's (precision.py), except that a
+layer matrix those Q4_1 blocks hold exactly keeps 4 bits (_Planner.on_grid, which reads its values).
 Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
 library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4_1, not in layer
 0, which has no residual to add); when gate|up and down are, the

@@ -3,28 +3,30 @@ presets, each a Precision that says which weights made from float values keep 8 
 4-bit layer matrices are found. converters/plan.py reads it once per weight; blocks taken over
 from a GGUF file are not affected.
 
-    preset    8 bits (blocks of 32)                                   4-bit layer matrices
-    small     nothing                                                 round-to-nearest; GPTQ if calibrated
-    default   q|k|v of every layer, down and o of the "more" layers   round-to-nearest; GPTQ if calibrated
-    best      q|k|v, o and down of every layer, the LM head           round-to-nearest; GPTQ if calibrated
+    preset    8 bits (blocks of 32)                                        4-bit layer matrices
+    small     nothing                                                      GPTQ (calibrated, the default)
+    default   q|k|v of every layer, down and o of the "more" layers,       GPTQ (calibrated, the default)
+              a tied embedding / LM head table
+    best      q|k|v, o and down of every layer, the LM head                GPTQ (calibrated, the default)
 
-Rounding (Precision.rounding, ROUNDINGS): without a calibration text each 4-bit block gets
-round-to-nearest of its extremes (it beat q4_1.py's unweighted least-squares search); with one
-(ConvertOptions.calibration, `--calibration`, as llama.cpp's imatrix is given to llama-quantize),
-the presets quantize with GPTQ (gptq.py), which feeds each column's error forward through the
-Hessian of the product's input measured on the text. On the rotated benchmark checkpoint
-(perplexity @ MiB, fp32 19.66; README, "Quality from full precision"): small 28.19 -> 22.55 @ 97.9,
-default 23.05 -> 21.77 @ 113.9, against llama.cpp's Q4_0 30.87 @ 101.0 and Q4_K_M 21.78 @ 117.4.
-Calibration stays a choice (it runs the model at full precision first, which needs the fp32
-model's memory); Precision(rounding="gptq") without a text is refused with a line naming it.
+Rounding (Precision.rounding, ROUNDINGS): a conversion calibrates on the bundled text unless told not
+to (ConvertOptions.calibration, `--calibration`, as llama.cpp's imatrix is given to llama-quantize):
+the presets then quantize with GPTQ (gptq.py), which feeds each column's error forward through the
+Hessian of the product's input measured on the text. Without a text (calibration None, `--calibration
+none`) each 4-bit block gets round-to-nearest of its extremes (it beat q4_1.py's unweighted
+least-squares search). Precision(rounding="gptq") without a text is refused with a line naming it.
 
 Roles: "embedding" (the table the embedding gathers rows of), "lm_head", and the layer products
 of plan.LAYER_WEIGHTS (qkv_proj, o_proj, gate_up_proj, down_proj), the latter in all layers or in
 the "more" layers (llama.cpp's choice for attn_v / ffn_down in its Q4_K_M: the first and last
-eighth and every third layer between). A tied table (one copy for the embedding and the LM head)
-takes the larger of its two roles' bits. The presets were chosen by measured perplexity per byte:
-each role alone at 8 bits on the rotated benchmark checkpoint of benchmarks/quality (README,
-"Quality from full precision"); ConvertOptions(quality=Precision(...)) converts with any other choice.
+eighth and every third layer between), the former always or only when "tied" (one table for the
+embedding and the LM head; llama.cpp gives it the output's type, and one 8-bit table takes the bytes
+of an untied model's two 4-bit ones). A tied table takes the larger of its two roles' bits. A layer
+matrix that the 4-bit blocks rounded to nearest hold exactly (a checkpoint dequantized from them)
+stays at 4 bits whatever the preset says (plan.py, on_grid): 8 bits would store nothing more. The
+presets were chosen by measured perplexity per byte: each role alone at 8 bits on the rotated
+benchmark checkpoint of benchmarks/quality (README, "Quality from full precision");
+ConvertOptions(quality=Precision(...)) converts with any other choice.
 """
 from __future__ import annotations
 

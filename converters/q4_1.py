@@ -11,10 +11,12 @@ a_i is the importance of input channel i (1 when none is given; importance.py me
                       then (d, m) the weighted least-squares fit of w by d q + m for those q
     refinement        q rounded against the best (d, m), fitted again; kept where it is better
 
-Every candidate's d and m are rounded to float16 before it is measured, and the integers are finally
-rounded against the float16 values actually stored, so each block's error is at most that of
-candidate 0 (plain round-to-nearest). Nibbles: element j < 16 in the low half of byte j, element
-j + 16 in the high half (GGML's order).
+Every candidate's d and m are rounded to float16 before it is measured; a candidate is measured from
+the block sums its fit already has (sum a q, a q^2, a q w, with sum a, a w, a w^2 of the block:
+the squared error expanded), and the best is kept only where, with its integers rounded against the
+float16 values actually stored, its error is below candidate 0's, so each block's error is at most
+that of plain round-to-nearest. Nibbles: element j < 16 in the low half of byte j, element j + 16 in
+the high half (GGML's order).
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def test_calibrated_search_weights_the_quantizer(tiny, tmp_path):
 
     # the same least-squares search without importance
     search = Precision(rounding="search")
-    plain = convert(str(tiny), tmp_path / "plain", ConvertOptions(max_length=256, quality=search))
+    plain = convert(str(tiny), tmp_path / "plain", ConvertOptions(max_length=256, quality=search, calibration=None))
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
     calibrated = convert(str(tiny), tmp_path / "calibrated",
@@ -96,7 +96,8 @@ def test_calibration_quantizes_the_presets_4_bit_matrices_with_gptq(tiny, tmp_pa
 
     text = tmp_path / "calibration.txt"
     text.write_text(TEXT)
-    rounded = convert(str(tiny), tmp_path / "rounded", ConvertOptions(max_length=256, quality="small"))
+    rounded = convert(str(tiny), tmp_path / "rounded", ConvertOptions(max_length=256, quality="small",
+                                                                      calibration=None))
     gptq = convert(str(tiny), tmp_path / "gptq", ConvertOptions(max_length=256, quality="small", calibration=str(text)))
     plan = ConversionPlan.from_dict(read_info(tmp_path / "gptq").quantization.layout)
     assert plan.statistics == ("hessian",)

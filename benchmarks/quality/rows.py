@@ -40,22 +40,24 @@ ROWS = (
     Row("genai/int4-rtn", "onnxruntime-genai int4 (rtn)", "genai", "rtn", True),
     Row("genai/int4-k_quant", "onnxruntime-genai int4 (k_quant)", "genai", "k_quant", True),
     Row("edgellama/int4-small", "edgellama int4 --quality small", "edgellama", "int4-small", False),
-    Row("edgellama/int4", "edgellama int4 (--quality default)", "edgellama", "int4", False),
+    Row("edgellama/int4", "edgellama int4 (default)", "edgellama", "int4", False),
     Row("edgellama/int4-best", "edgellama int4 --quality best", "edgellama", "int4-best", False),
-    Row("edgellama/int4-calibrated", "edgellama int4 --calibration bundled", "edgellama", "int4-calibrated", False),
-    Row("edgellama/int4-small-calibrated", "edgellama int4 --quality small --calibration bundled", "edgellama",
-        "int4-small-calibrated", False),
+    Row("edgellama/int4-small-uncalibrated", "edgellama int4 --quality small --calibration none", "edgellama",
+        "int4-small-uncalibrated", False),
+    Row("edgellama/int4-uncalibrated", "edgellama int4 --calibration none", "edgellama", "int4-uncalibrated", False),
     Row("edgellama/int4-portable", "edgellama int4 --portable", "edgellama", "int4-portable", False),
 )
 BY_KEY = {r.key: r for r in ROWS}
 LLAMACPP_FTYPES = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
                    "Q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 # edgellama variant -> its ConvertOptions besides max_length and force (quantization: the method)
+# edgellama variant -> its ConvertOptions besides max_length and force (quantization: the method); every
+# int4 variant calibrates on the bundled text (the default) unless its calibration is None
 EDGELLAMA_VARIANTS = {"fp32": dict(quantization="fp32"), "int4": dict(quantization="int4"),
                       "int4-small": dict(quantization="int4", quality="small"),
                       "int4-best": dict(quantization="int4", quality="best"),
-                      "int4-calibrated": dict(quantization="int4", calibration="bundled"),
-                      "int4-small-calibrated": dict(quantization="int4", quality="small", calibration="bundled"),
+                      "int4-uncalibrated": dict(quantization="int4", calibration=None),
+                      "int4-small-uncalibrated": dict(quantization="int4", quality="small", calibration=None),
                       "int4-portable": dict(quantization="int4", portable=True)}
 
 

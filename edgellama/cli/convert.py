@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   "--kv-cache. A portable package runs only its own (float32; CUDA: float16)")
     parser.add_argument("--quality", choices=QUALITY_PRESETS, default="default",
                         help="int4 made from float weights: the size / quality target. small: every weight at 4 bits; "
-                             "default: the LM head at 8 bits; best: more weights at 8 bits (larger). Blocks carried "
-                             "from a GGUF file are kept as they are")
+                             "default: q|k|v, some down/o and a tied embedding table at 8 bits; best: more weights at "
+                             "8 bits (larger). Blocks carried from a GGUF file are kept as they are")
     parser.add_argument("--calibration", default="bundled", metavar="FILE|bundled|none",
                         help="int4 made from float weights (native form): run the model at full precision over the "
                              "converter's bundled text (the default) or the UTF-8 text FILE first and quantize the "
