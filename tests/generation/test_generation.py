@@ -94,12 +94,17 @@ def _fake_quantized(hf, torch, package):
 
 def test_int4_greedy_follows_quantized_transformers(tmp_path_factory, tiny_folder, hf_model):
     """Each int4 greedy token is the reference's argmax, or within a small margin of it (the
-    int4 kernel quantizes activations to int8, so near-ties may break either way)."""
+    int4 kernel quantizes activations to int8, so near-ties may break either way). The package is
+    converted without calibration: its blocks are rounded as the reference rounds them."""
     import torch
 
     import edgellama
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
 
-    package = _package(tmp_path_factory, tiny_folder, "int4")
+    package = tmp_path_factory.mktemp("pkg") / "int4-rounded"
+    convert(str(tiny_folder), package, ConvertOptions(quantization=Quantization("int4"), max_length=256,
+                                                      calibration=None))
     model = edgellama.load(package, threads=1)
     ref = _fake_quantized(hf_model, torch, package)
     for prompt in PROMPTS:
