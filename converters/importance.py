@@ -56,9 +56,10 @@ def wanted_statistics(plan) -> dict:
     wanted = {}
     for index, layer in enumerate(plan.layers):
         for f in fields(LayerWeights):
-            statistic = FORMATS[getattr(layer.weights, f.name).format].statistic
-            if statistic is not None:
-                wanted[index, f.name] = statistic
+            for weight in getattr(layer.weights, f.name).plans:     # a SplitWeight's parts are carried blocks
+                statistic = FORMATS[weight.format].statistic
+                if statistic is not None:
+                    wanted[index, f.name] = statistic
     return wanted
 
 
