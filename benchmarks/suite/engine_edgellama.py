@@ -4,7 +4,8 @@ int4 and int8 in the native form (the default: edgellama's own operator library)
 native int4 package of llama.cpp's Q4_K_M file of the model (engine_llamacpp.prepare), its Q4_K, Q6_K
 and Q5_0 tensors carried as the file holds them. The int4 packages take quality "small" (every layer
 matrix made from float values at 4 bits, as the other engines' 4-bit formats; blocks carried from a
-GGUF are the file's under every preset).
+GGUF are the file's under every preset); they calibrate on the bundled text, except for a model measured
+for speed only (random weights).
 
     WORK/<model>/edgellama-<method>-<native|portable>[-<GGUF type>]   converted once; converted again
                                                         when its edgellama.json records the other form
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from . import engine_llamacpp
-from .models import edgellama_source, model_work
+from .models import edgellama_source, model, model_work
 
 # variant -> (quantization method, portable, llama.cpp's GGUF of that type as the source; None: the model's source)
 VARIANTS = {"int4": ("int4", False, None), "int4-portable": ("int4", True, None), "int8": ("int8", False, None),
@@ -50,8 +51,10 @@ def prepare(variant: str, settings) -> Path:
     from edgellama.converters import ConvertOptions, convert
     from edgellama.package import Quantization
 
+    # a model measured for speed only has random weights: calibrating them would take long and mean nothing
+    calibration = "bundled" if model(settings).perplexity else None
     options = ConvertOptions(quantization=Quantization(method=method), max_length=max(MAX_LENGTH, settings.capacity),
-                             portable=portable, force=True, quality="small")
+                             portable=portable, force=True, quality="small", calibration=calibration)
     source = engine_llamacpp.prepare(gguf, settings) if gguf else edgellama_source(settings)
     convert(str(source), out, options)
     if package_is_native(out) is portable:
