@@ -16,7 +16,7 @@ edgellama.json, whose quantization.layout is the plan -> move the finished packa
     plan.py         the conversion plan: frozen dataclasses and plan_conversion
     formats.py      the weight formats (one row each) and the GGUF block types they take over
     carry.py        GGUF Q8_0 / Q5_0 / Q4_0 / Q4_1 blocks mapped to MatMulNBits without dequantizing
-    kquants.py      GGUF Q4_K / Q6_K super-blocks carried into the tiles of edgellama's k-quant operators
+    kquants.py      GGUF Q4_K / Q5_K / Q6_K super-blocks carried into the tiles of edgellama's k-quant operators
     offset_columns.py, quantize.py   Q4_1 offsets as input columns; the converter's own quantizer
     q4_1.py         float weights into Q4_1 blocks (a search for each block's least weighted error)
     gptq.py         float weights into Q4_1 blocks with GPTQ's error feedback through x's Hessian

@@ -15,6 +15,7 @@ blocks a conversion takes over as they are (BLOCK_TYPES); converters/plan.py pic
     Q4_1 blocks                Q4_1 blocks   the file's own blocks (qs, d, m)       MatMulQ4_1   yes
     Q4_0 as Q4_1 blocks        Q4_0 blocks   the file's d and nibbles, m = -8d      MatMulQ4_1   yes
     Q4_K blocks                Q4_K blocks   the file's super-blocks in tiles       MatMulQ4_K   yes
+    Q5_K blocks                Q5_K blocks   the same (kquants.py)                  MatMulQ5_K   yes
     Q6_K blocks                Q6_K blocks   the same (kquants.py)                  MatMulQ6_K   yes
     Q4_1 quantized             float values  Q4_1 blocks (min, step; q4_1.py)       MatMulQ4_1   no
     Q4_1 rounded               float values  the same, each block's extremes        MatMulQ4_1   no
@@ -166,6 +167,7 @@ FORMATS = {
                                   exact=True, source="Q4_0", bits=4, gatherable=False, fits=fits_q4_0_as_q4_1,
                                   fallback="Q4_0"),
     "Q4_K blocks": Format(_kquant_blocks, "blocks", "MatMulQ4_K", exact=True, source="Q4_K", bits=4),
+    "Q5_K blocks": Format(_kquant_blocks, "blocks", "MatMulQ5_K", exact=True, source="Q5_K", bits=5),
     "Q6_K blocks": Format(_kquant_blocks, "blocks", "MatMulQ6_K", exact=True, source="Q6_K", bits=6, block_size=16),
     "Q4_1 quantized": Format(_quantized_blocks, "blocks", "MatMulQ4_1", exact=False, bits=4, gatherable=False,
                              statistic="importance"),
@@ -191,7 +193,7 @@ class BlockType:
 # An int4 package keeps a Q8_0 embedding / LM head at 8 bits (the file chose more precision for
 # them) but requantizes Q8_0 layer matrices to 4 bits, the size that was asked for. A table the
 # embedding gathers rows of keeps a gatherable format: where the native one is not, the portable
-# "carry" format. The types of a Q4_K_M file (Q4_K, Q6_K, and Q5_0 where a row is not whole
+# "carry" format. The types of k-quant files (Q4_K, Q5_K, Q6_K, and Q5_0 where a row is not whole
 # super-blocks) are carried in the native form only; a portable package requantizes them.
 BLOCK_TYPES = {
     "Q8_0": BlockType(("int8",), ("int4", "int8"), {"carry": "Q8_0", "zero_point": "Q8_0"}, "Q8_0"),
@@ -201,5 +203,6 @@ BLOCK_TYPES = {
                       "Q4_1 blocks", float16={"carry": "Q4_1 float16 zero points"}),
     "Q5_0": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q5_0"),
     "Q4_K": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q4_K blocks"),
+    "Q5_K": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q5_K blocks"),
     "Q6_K": BlockType(("int4", "int8"), ("int4", "int8"), {}, "Q6_K blocks"),
 }

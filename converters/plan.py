@@ -12,9 +12,10 @@ the method and the block type allow, else quantized or float values) and the ope
 multiplies by it. The native form (ConvertOptions.portable False, the default on CPU) keeps int4
 layer matrices in Q4_1 blocks (ai.edgellama:MatMulQ4_1: carried from Q4_1 and Q4_0 files,
 quantized from float values) and computes 8-bit weights in blocks of 32 with ai.edgellama:MatMulQ8.
-It carries a Q4_K_M file's Q4_K and Q6_K tensors as the file's super-blocks (MatMulQ4_K, MatMulQ6_K;
-the embedding gathers them with GatherQ4_K, GatherQ6_K) and its Q5_0 tensors as 8-bit blocks; where
-q|k|v or gate|up mixes such types, the weight is a SplitWeight: one product per type, concatenated.
+It carries a k-quant file's Q4_K, Q5_K and Q6_K tensors as the file's super-blocks (MatMulQ4_K,
+MatMulQ5_K, MatMulQ6_K; the embedding gathers them with GatherQ4_K, GatherQ5_K, GatherQ6_K) and its
+Q5_0 tensors as 8-bit blocks; where q|k|v or gate|up mixes such types, the weight is a SplitWeight:
+one product per type, concatenated.
 The bits of a weight made from float values are the quality preset's (precision.py), except that a
 layer matrix those Q4_1 blocks hold exactly keeps 4 bits (_Planner.on_grid, which reads its values).
 Per layer (LayerPlan), from its weights: when q|k|v is computed by an operator of edgellama's
@@ -48,7 +49,7 @@ LAYER_WEIGHTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn
 # the gather of the embedding by the table's storage, or by the product of a table in the tiles of
 # edgellama's operators (native: an 8-bit table, the file's k-quant super-blocks)
 EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized", "MatMulQ8": "GatherQ8",
-                       "MatMulQ4_K": "GatherQ4_K", "MatMulQ6_K": "GatherQ6_K"}
+                       "MatMulQ4_K": "GatherQ4_K", "MatMulQ5_K": "GatherQ5_K", "MatMulQ6_K": "GatherQ6_K"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class Fused:
 ATTENTION_OPERATOR = {True: "RotaryAttention", False: "GroupQueryAttention"}
 FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1")}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
-LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", "MatMulQ4_K", "MatMulQ6_K", "GatherQ4_K", "GatherQ6_K",
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", "MatMulQ4_K", "MatMulQ5_K", "MatMulQ6_K", "GatherQ4_K",
+                               "GatherQ5_K", "GatherQ6_K",
                                ATTENTION_OPERATOR[True], *FUSED,
                                *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp))})
 

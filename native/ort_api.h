@@ -137,8 +137,10 @@ OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k
 /* The k-quant operators (ort_kquants.c): kernels with attributes K (a multiple of 256) and N */
 OrtStatus *el_kquants_create(const void *op, const void *unused, const void *info, void **kernel);
 OrtStatus *el_matmul_q4k_compute(void *kernel, void *context);
+OrtStatus *el_matmul_q5k_compute(void *kernel, void *context);
 OrtStatus *el_matmul_q6k_compute(void *kernel, void *context);
 OrtStatus *el_gather_q4k_compute(void *kernel, void *context);
+OrtStatus *el_gather_q5k_compute(void *kernel, void *context);
 OrtStatus *el_gather_q6k_compute(void *kernel, void *context);
 
 /* RotaryAttention (ort_attention.c) */

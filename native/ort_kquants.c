@@ -1,6 +1,6 @@
 /*
- * ONNX Runtime operators for GGUF k-quant weights (blocks_kquants.h), domain ai.edgellama: a Q4_K_M
- * file's Q4_K and Q6_K tensors computed in the file's own numbers, in tiles of 8 rows.
+ * ONNX Runtime operators for GGUF k-quant weights (blocks_kquants.h, blocks_q5k.h), domain ai.edgellama:
+ * a file's Q4_K, Q5_K and Q6_K tensors computed in the file's own numbers, in tiles of 8 rows.
  *
  *     MatMulQ4_K(x, qs, d, dmin, sc, mn) -> y      attributes K, N (int), K a multiple of 256
  *         x     [..., K]            float32
@@ -11,12 +11,15 @@
  *         mn    [T, K/32, 8]        uint8
  *         y     [..., N]            float32    T = ceil(N / 8)
  *
+ *     MatMulQ5_K(x, qs, d, dmin, sc, mn) -> y      Q4_K's inputs, qs [T, K/32, 160]: the low 4 bits as
+ *                                                  Q4_K's, then the 5th bits (blocks_q5k.h)
+ *
  *     MatMulQ6_K(x, q, sc, d) -> y                 attributes K, N
  *         q     [T, K/32, 192]      uint8      low 4 bits as a Q4_1 tile, then the high 2 bits
  *         sc    [T, K/32, 16]       int8       per sub-block of 16: [t, b, 8 h + i] sub-block 2b + h of row 8t + i
  *         d     [T, K/256, 8]       float16
  *
- *     GatherQ4_K(qs, d, dmin, sc, mn, ids) -> rows, GatherQ6_K(q, sc, d, ids) -> rows
+ *     GatherQ4_K(qs, d, dmin, sc, mn, ids) -> rows, GatherQ5_K(the same), GatherQ6_K(q, sc, d, ids) -> rows
  *         rows [ids.shape..., K] float32 of the same tiles (the embedding; ids int64 in [0, N)),
  *         each weight as llama.cpp dequantizes it; a tied LM head multiplies by the same initializers.
  *
@@ -24,6 +27,7 @@
  * (el_ops_product, ort_ops.c). Every input is checked against K and N before anything is read.
  */
 #include "blocks_kquants.h"
+#include "blocks_q5k.h"
 #include "ort_api.h"
 
 #include <stdint.h>
@@ -31,21 +35,61 @@
 
 typedef struct { int64_t k, n; } KQuant;   /* attributes K, N */
 
-/* The fields of a kind's weight, in input order: width of the last axis, and whether the middle axis
- * counts super-blocks (K/256) rather than blocks (K/32) */
+/* rows [lo, hi) of a checked weight (the calls cannot fail) */
+static void q4k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    el_q4k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
+}
+
+static void q5k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    el_q5k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
+}
+
+static void q6k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                     int64_t stride)
+{
+    el_q6k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
+}
+
+static el_status q4k_gather(const void *w, const int64_t *ids, int64_t count, float *out)
+{
+    return el_q4k_gather(w, ids, count, out);
+}
+
+static el_status q5k_gather(const void *w, const int64_t *ids, int64_t count, float *out)
+{
+    return el_q5k_gather(w, ids, count, out);
+}
+
+static el_status q6k_gather(const void *w, const int64_t *ids, int64_t count, float *out)
+{
+    return el_q6k_gather(w, ids, count, out);
+}
+
+/* A kind's weight: its fields in input order (width of the last axis, and whether the middle axis
+ * counts super-blocks (K/256) rather than blocks (K/32)), and its routines */
 typedef struct {
     size_t fields;
     int64_t widths[5];
     int per_super[5];
+    void (*rows)(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
+                 int64_t stride);
+    el_status (*gather)(const void *w, const int64_t *ids, int64_t count, float *out);
     const char *message;
-} Layout;
+} Kind;
 
-enum { Q4K, Q6K };
-static const Layout LAYOUTS[2] = {
-    {5, {128, 8, 8, 8, 8}, {0, 1, 1, 0, 0},
+enum { Q4K, Q5K, Q6K };
+static const Kind KINDS[3] = {
+    {5, {128, 8, 8, 8, 8}, {0, 1, 1, 0, 0}, q4k_rows, q4k_gather,
      "edgellama Q4_K operator: qs, d, dmin, sc and mn must be Q4_K tiles [ceil(N/8), K/32 | K/256 | K/256 | K/32 | "
      "K/32, 128 | 8 | 8 | 8 | 8]"},
-    {3, {192, 16, 8}, {0, 0, 1},
+    {5, {EL_Q5K_BLOCK_BYTES, 8, 8, 8, 8}, {0, 1, 1, 0, 0}, q5k_rows, q5k_gather,
+     "edgellama Q5_K operator: qs, d, dmin, sc and mn must be Q5_K tiles [ceil(N/8), K/32 | K/256 | K/256 | K/32 | "
+     "K/32, 160 | 8 | 8 | 8 | 8]"},
+    {3, {192, 16, 8}, {0, 0, 1}, q6k_rows, q6k_gather,
      "edgellama Q6_K operator: q, sc and d must be Q6_K tiles [ceil(N/8), K/32 | K/32 | K/256, 192 | 16 | 8]"},
 };
 
@@ -69,15 +113,16 @@ OrtStatus *el_kquants_create(const void *op, const void *unused, const void *inf
     return NULL;
 }
 
-/* One weight of either kind, read from the inputs first .. first + fields - 1 */
+/* One weight of any kind, read from the inputs first .. first + fields - 1; `at` is the one filled */
 typedef struct {
-    el_q4k_weight w4;
+    el_q4k_weight w4;   /* Q4_K, Q5_K (el_q5k_weight) */
     el_q6k_weight w6;
+    const void *at;
 } Weight;
 
 static OrtStatus *weight_at(void *context, int kind, size_t first, const KQuant *kq, Weight *w)
 {
-    const Layout *layout = &LAYOUTS[kind];
+    const Kind *layout = &KINDS[kind];
     const int64_t nb = kq->k / EL_Q41_BLOCK, tiles = (kq->n + EL_Q41_TILE - 1) / EL_Q41_TILE;
     void *data[5];
     for (size_t f = 0; f < layout->fields; f++) {
@@ -90,24 +135,14 @@ static OrtStatus *weight_at(void *context, int kind, size_t first, const KQuant 
             dims[2] != layout->widths[f])
             return el_ort_fail(ORT_INVALID_ARGUMENT, layout->message);
     }
-    if (kind == Q4K)
-        w->w4 = (el_q4k_weight){data[0], data[1], data[2], data[3], data[4], kq->n, nb};
-    else
+    if (kind == Q6K) {
         w->w6 = (el_q6k_weight){data[0], data[1], data[2], kq->n, nb};
+        w->at = &w->w6;
+    } else {
+        w->w4 = (el_q4k_weight){data[0], data[1], data[2], data[3], data[4], kq->n, nb};
+        w->at = &w->w4;
+    }
     return NULL;
-}
-
-/* rows [lo, hi) of a checked weight (the calls cannot fail) */
-static void q4k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                     int64_t stride)
-{
-    el_q4k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
-}
-
-static void q6k_rows(const void *w, const struct el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
-                     int64_t stride)
-{
-    el_q6k_rows(w, acts, count, lo, hi, y, stride, EL_PATH_CHOSEN);
 }
 
 static OrtStatus *matmul(void *kernel, void *context, int kind)
@@ -128,14 +163,14 @@ static OrtStatus *matmul(void *kernel, void *context, int kind)
     dims[count - 1] = kq->n;
     if ((status = el_ort_output(context, 0, dims, count, (void **)&y)) != NULL || rows == 0)
         return status;
-    const el_ops_rows product = {kind == Q4K ? q4k_rows : q6k_rows, kind == Q4K ? (const void *)&w.w4 : &w.w6, kq->n};
+    const el_ops_rows product = {KINDS[kind].rows, w.at, kq->n};
     return el_ops_product(context, x, rows, kq->k, &product, y);
 }
 
 static OrtStatus *gather(void *kernel, void *context, int kind)
 {
     const KQuant *kq = kernel;
-    const size_t at = LAYOUTS[kind].fields;
+    const size_t at = KINDS[kind].fields;
     int64_t dims[MAX_DIMS];
     size_t count;
     int64_t *ids;
@@ -152,13 +187,17 @@ static OrtStatus *gather(void *kernel, void *context, int kind)
     dims[count] = kq->k;
     if ((status = el_ort_output(context, 0, dims, count + 1, (void **)&rows)) != NULL)
         return status;
-    const el_status code = kind == Q4K ? el_q4k_gather(&w.w4, ids, n, rows) : el_q6k_gather(&w.w6, ids, n, rows);
-    return el_ort_status(code, "edgellama k-quant gather: a token id is outside the table's rows [0, N)");
+    return el_ort_status(KINDS[kind].gather(w.at, ids, n, rows), "edgellama k-quant gather: a token id is outside the table's rows [0, N)");
 }
 
 OrtStatus *el_matmul_q4k_compute(void *kernel, void *context)
 {
     return matmul(kernel, context, Q4K);
+}
+
+OrtStatus *el_matmul_q5k_compute(void *kernel, void *context)
+{
+    return matmul(kernel, context, Q5K);
 }
 
 OrtStatus *el_matmul_q6k_compute(void *kernel, void *context)
@@ -169,6 +208,11 @@ OrtStatus *el_matmul_q6k_compute(void *kernel, void *context)
 OrtStatus *el_gather_q4k_compute(void *kernel, void *context)
 {
     return gather(kernel, context, Q4K);
+}
+
+OrtStatus *el_gather_q5k_compute(void *kernel, void *context)
+{
+    return gather(kernel, context, Q5K);
 }
 
 OrtStatus *el_gather_q6k_compute(void *kernel, void *context)

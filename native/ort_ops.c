@@ -29,7 +29,7 @@
  *         the attention's output projection o [K, K] of x first, then as NormMlpQ4_1:
  *             x -> o -> + residual -> sum (output 1) -> RMS norm * gamma -> MLP -> y
  *
- *     RotaryAttention: ort_attention.c. MatMulQ4_K, MatMulQ6_K, GatherQ4_K, GatherQ6_K: ort_kquants.c.
+ *     RotaryAttention: ort_attention.c. MatMulQ4_K, MatMulQ5_K, MatMulQ6_K and their gathers: ort_kquants.c.
  *
  * ONNX Runtime reaches these operators through the table of ort_register.c; ort_api.h says how the
  * library calls ONNX Runtime back. Every call that can fail hands its status back to it.

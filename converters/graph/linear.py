@@ -8,6 +8,7 @@
                operator MatMulQ8: ai.edgellama:MatMulQ8 reads the same initializers)
     blocks     ai.edgellama:MatMulQ4_1(x, qs, d, m)             the file's own blocks (native/ort_ops.c)
                ai.edgellama:MatMulQ4_K(x, qs, d, dmin, sc, mn),  a file's k-quant super-blocks
+               ai.edgellama:MatMulQ5_K(x, qs, d, dmin, sc, mn),
                ai.edgellama:MatMulQ6_K(x, q, sc, d)              (native/ort_kquants.c)
     split      one product per part, then Concat                (plan.SplitWeight)
 

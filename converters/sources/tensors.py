@@ -14,7 +14,7 @@ from . import Source, expected_tensor_shapes
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 # GGML block type -> (bytes per block, first byte and count of its float16 scales: d, and m for Q4_1, dmin for Q4_K)
 BLOCK_HEADS = {"Q8_0": (34, 0, 1), "Q5_0": (22, 0, 1), "Q4_0": (18, 0, 1), "Q4_1": (20, 0, 2), "Q4_K": (144, 0, 2),
-               "Q6_K": (210, 208, 1)}
+               "Q5_K": (176, 0, 2), "Q6_K": (210, 208, 1)}
 
 
 class SourceTensors:

@@ -7,7 +7,7 @@ block-carry and native-operator tests.
     path = write_mixed_gguf(tmp_path / "tiny.gguf", weights, Q.Q4_1, Q.Q8_0)   # tables in Q8_0
 
 TINY holds the shape (hidden 64, 4 heads, 2 KV heads, feed-forward 96, 2 layers, vocabulary 40);
-WIDE one whose rows are whole k-quant super-blocks of 256 (`shape=WIDE`; Q4_K and Q6_K matrices
+WIDE one whose rows are whole k-quant super-blocks of 256 (`shape=WIDE`; Q4_K, Q5_K and Q6_K matrices
 are written by helpers.kquants' quantizer). Q and K rows are permuted as llama.cpp permutes them
 (`llama_cpp_permute`); `raw_blocks` gives a float weight as the GGML blocks gguf would store. Needs the `gguf` package: a test module calls
 `pytest.importorskip("gguf")` before importing this one.
@@ -23,7 +23,8 @@ from .kquants import quantize_kquant
 
 TINY = dict(hidden=64, heads=4, kv_heads=2, ff=96, layers=2, vocab=40)
 WIDE = dict(hidden=256, heads=4, kv_heads=2, ff=512, layers=2, vocab=40)
-KQUANT_TYPES = {GGMLQuantizationType.Q4_K: "Q4_K", GGMLQuantizationType.Q6_K: "Q6_K"}
+KQUANT_TYPES = {GGMLQuantizationType.Q4_K: "Q4_K", GGMLQuantizationType.Q5_K: "Q5_K",
+                GGMLQuantizationType.Q6_K: "Q6_K"}
 
 
 def llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:
