@@ -48,6 +48,19 @@ OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_
     return status != NULL ? status : API(API_GetTensorMutableData, mutable_data_fn)(out, data);
 }
 
+OrtStatus *el_ort_rows_output(void *context, const int64_t *ids_dims, size_t count, int64_t k, float **rows,
+                              int64_t *n)
+{
+    int64_t dims[MAX_DIMS];
+    if (count >= MAX_DIMS)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama gather: ids has too many dimensions");
+    for (size_t i = 0; i < count; i++)
+        dims[i] = ids_dims[i];
+    dims[count] = k;
+    *n = el_ort_elements(ids_dims, count);
+    return el_ort_output(context, 0, dims, count + 1, (void **)rows);
+}
+
 int64_t el_ort_elements(const int64_t *dims, size_t count)
 {
     int64_t total = 1;

@@ -79,6 +79,9 @@ OrtStatus *el_ort_status(el_status status, const char *message);
 OrtStatus *el_ort_input(void *context, size_t index, int64_t *dims, size_t *count, void **data);
 /* output `index` shaped dims[count], and its data */
 OrtStatus *el_ort_output(void *context, size_t index, const int64_t *dims, size_t count, void **data);
+/* a gather's output 0: rows [ids.shape..., k] float32 for ids shaped ids_dims[count] (the ids' count in *n) */
+OrtStatus *el_ort_rows_output(void *context, const int64_t *ids_dims, size_t count, int64_t k, float **rows,
+                              int64_t *n);
 int64_t el_ort_elements(const int64_t *dims, size_t count);
 
 /* Tasks asked of ONNX Runtime's thread pool for one chain: at least as many as it has threads (a

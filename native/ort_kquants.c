@@ -123,7 +123,7 @@ typedef struct {
 static OrtStatus *weight_at(void *context, int kind, size_t first, const KQuant *kq, Weight *w)
 {
     const Kind *layout = &KINDS[kind];
-    const int64_t nb = kq->k / EL_Q41_BLOCK, tiles = (kq->n + EL_Q41_TILE - 1) / EL_Q41_TILE;
+    const int64_t nb = kq->k / EL_Q41_BLOCK, tiles = el_q41_tiles(kq->n);
     void *data[5];
     for (size_t f = 0; f < layout->fields; f++) {
         int64_t dims[MAX_DIMS];
@@ -170,22 +170,17 @@ static OrtStatus *matmul(void *kernel, void *context, int kind)
 static OrtStatus *gather(void *kernel, void *context, int kind)
 {
     const KQuant *kq = kernel;
-    const size_t at = KINDS[kind].fields;
-    int64_t dims[MAX_DIMS];
+    int64_t dims[MAX_DIMS], n;
     size_t count;
     int64_t *ids;
     float *rows;
     Weight w;
     OrtStatus *status = weight_at(context, kind, 0, kq, &w);
     if (status == NULL)
-        status = el_ort_input(context, at, dims, &count, (void **)&ids);
-    if (status == NULL && count >= MAX_DIMS)
-        status = el_ort_fail(ORT_INVALID_ARGUMENT, "edgellama k-quant gather: ids has too many dimensions");
+        status = el_ort_input(context, KINDS[kind].fields, dims, &count, (void **)&ids);
+    if (status == NULL)
+        status = el_ort_rows_output(context, dims, count, kq->k, &rows, &n);
     if (status != NULL)
-        return status;
-    const int64_t n = el_ort_elements(dims, count);
-    dims[count] = kq->k;
-    if ((status = el_ort_output(context, 0, dims, count + 1, (void **)&rows)) != NULL)
         return status;
     return el_ort_status(KINDS[kind].gather(w.at, ids, n, rows), "edgellama k-quant gather: a token id is outside the table's rows [0, N)");
 }

@@ -428,22 +428,17 @@ OrtStatus *el_gather_q8_compute(void *kernel, void *context)
     Inputs in;
     el_q8_weight w;
     float *rows;
-    int64_t dims[MAX_DIMS];
+    int64_t n;
     OrtStatus *status = NULL;
     for (size_t i = 0; status == NULL && i < 3; i++)
         status = el_ort_input(context, i, in.dims[i], &in.count[i], &in.data[i]);
     if (status == NULL)
         status = weight8_at(&in, 0, kern->n, kern->k, &w);
-    if (status == NULL && in.count[2] >= MAX_DIMS)
-        status = el_ort_fail(ORT_INVALID_ARGUMENT, "GatherQ8: ids has too many dimensions");
+    if (status == NULL)
+        status = el_ort_rows_output(context, in.dims[2], in.count[2], kern->k, &rows, &n);
     if (status != NULL)
         return status;
-    for (size_t i = 0; i < in.count[2]; i++)
-        dims[i] = in.dims[2][i];
-    dims[in.count[2]] = kern->k;
-    if ((status = el_ort_output(context, 0, dims, in.count[2] + 1, (void **)&rows)) != NULL)
-        return status;
-    if (el_q8_gather(&w, in.data[2], el_ort_elements(in.dims[2], in.count[2]), rows) != EL_OK)
+    if (el_q8_gather(&w, in.data[2], n, rows) != EL_OK)
         return el_ort_fail(ORT_INVALID_ARGUMENT, "GatherQ8: a token id is outside the table's rows [0, N)");
     return NULL;
 }
