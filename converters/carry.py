@@ -37,13 +37,14 @@ from typing import Optional
 
 import numpy as np
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from edgellama.blocks_layout import tile_q41
 from edgellama.errors import CheckpointError
 
 from .quantize import QuantizedWeight, dequantize, pack_nibbles
 
 GGML_BLOCK = 32
-BLOCK_BYTES = {"Q8_0": 34, "Q5_0": 22, "Q4_0": 18, "Q4_1": 20}
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,15 @@ class CarriedWeight:
         return self.quantized.k * GGML_BLOCK // (GGML_BLOCK + self.sum_copies)
 
 
-def _blocks(raw: np.ndarray, ggml_type: str, k: int) -> np.ndarray:
-    """uint8 [N, bytes per row] -> [N, K/32, block bytes], checked against K."""
-    size = BLOCK_BYTES[ggml_type]
-    if k % GGML_BLOCK or raw.shape[-1] != k // GGML_BLOCK * size:
-        raise CheckpointError(f"a {ggml_type} row of {k} weights should take {k // GGML_BLOCK * size} bytes, "
+def stored_blocks(raw: np.ndarray, ggml_type: str, k: int) -> np.ndarray:
+    """uint8 [N, bytes per row] -> [N, K / weights per block, block bytes], checked against K: the
+    blocks of a GGML type (32 weights for Q8_0 .. Q4_1, super-blocks of 256 for the k-quants) with the
+    sizes the gguf package gives."""
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[ggml_type]]
+    if k % block or raw.shape[-1] != k // block * size:
+        raise CheckpointError(f"a {ggml_type} row of {k} weights should take {k // block * size} bytes, "
                               f"the file holds {raw.shape[-1]}; the tensor is damaged")
-    return np.ascontiguousarray(raw).reshape(raw.shape[0], k // GGML_BLOCK, size)
+    return np.ascontiguousarray(raw).reshape(raw.shape[0], k // block, size)
 
 
 def _fp16(blocks: np.ndarray, start: int) -> np.ndarray:
@@ -164,7 +167,7 @@ def from_q4_0_blocks(blocks: np.ndarray, bits: int) -> CarriedWeight:
 
 def fits_q4_0_as_q4_1(raw: np.ndarray, k: int) -> bool:
     """Whether -8 d of every block of a stored Q4_0 tensor (uint8 [N, bytes per row]) is finite in float16."""
-    d = _fp16(_blocks(raw, "Q4_0", k), 0)
+    d = _fp16(stored_blocks(raw, "Q4_0", k), 0)
     return bool(np.all(np.abs(d) * 8 <= float(np.finfo(np.float16).max)))
 
 
@@ -182,7 +185,7 @@ EXACT = {"Q8_0": from_q8_0, "Q5_0": from_q5_0, "Q4_0": from_q4_0, "Q4_1": from_q
 def carry(ggml_type: str, raw: np.ndarray, k: int, bits: int, mapping=None) -> CarriedWeight:
     """Map the stored bytes of a GGML weight (uint8 [N, bytes per row]) with K inputs to a `bits`-bit
     MatMulNBits weight with `mapping` (a from_* function of this module; default the type's exact one)."""
-    return (mapping or EXACT[ggml_type])(_blocks(raw, ggml_type, k), bits)
+    return (mapping or EXACT[ggml_type])(stored_blocks(raw, ggml_type, k), bits)
 
 
 def _float16_zero_points(scales: np.ndarray, offsets: np.ndarray) -> Optional[np.ndarray]:
@@ -212,7 +215,7 @@ def float16_zero_points(cw: CarriedWeight) -> Optional[CarriedWeight]:
 def fits_float16_zero_points(raw: np.ndarray, k: int) -> bool:
     """Whether every block of a stored Q4_1 weight (uint8 [N, bytes per row]) can hold its minimum
     as a float16 zero point; reads the scales and minimums only."""
-    blocks = _blocks(raw, "Q4_1", k)
+    blocks = stored_blocks(raw, "Q4_1", k)
     d = _fp16(blocks, 0)
     return _float16_zero_points(d, _q4_1_offsets(d, _fp16(blocks, 2))) is not None
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgellama.blocks_layout import tile_q4_k, tile_q5_k, tile_q6_k
-from edgellama.errors import CheckpointError
 
-SUPER = 256
-SUPER_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+from .carry import stored_blocks
+
 # the tiles of the types with Q4_K's fields (qs, d, dmin, sc, mn)
 Q4_K_FIELDS = {"Q4_K": tile_q4_k, "Q5_K": tile_q5_k}
 
@@ -49,12 +48,6 @@ def kquant_blocks(parts: list) -> KQuantBlocks:
     """The (GGML type, stored bytes uint8 [N_i, bytes per row], shape) of source tensors of one k-quant
     type, stacked along N."""
     ggml_type = parts[0][0]
-    size, raws = SUPER_BYTES[ggml_type], []
-    for _, data, shape in parts:
-        k = shape[1]
-        if k % SUPER or data.shape[-1] != k // SUPER * size:
-            raise CheckpointError(f"a {ggml_type} row of {k} weights should take {k // SUPER * size} bytes, "
-                                  f"the file holds {data.shape[-1]}; the tensor is damaged")
-        raws.append(np.ascontiguousarray(data).reshape(data.shape[0], k // SUPER, size))
+    raws = [stored_blocks(data, ggml_type, shape[1]) for _, data, shape in parts]
     return KQuantBlocks(ggml_type, raws[0] if len(raws) == 1 else np.concatenate(raws))
 
