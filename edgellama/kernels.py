@@ -1,6 +1,6 @@
 """The kernel path of edgellama's C routines and operators (native/kernels.h): which instructions the
 block products and attention run with, chosen once per process, the best the CPU has unless the
-environment variable EDGELLAMA_KERNELS names one (avx512vnni, avx2, i8mm, neon, portable). Every path
+environment variable EDGELLAMA_KERNELS names one (avx512vnni, avxvnni, avx2, i8mm, neon, portable). Every path
 gives the same bits (native/blocks.h for the block products; attention.c and activation.c evaluate the same
 exponential in the same order on their plain and vector builds); they differ in speed only.
 

@@ -167,7 +167,7 @@ def _block_product(context: str, x, weight, block: int, tables: dict) -> None:
 
 
 # kernels.h: the paths by name
-KERNEL_PATHS = ("portable", "avx2", "avx512vnni", "neon", "i8mm")
+KERNEL_PATHS = ("portable", "avx2", "avx512vnni", "neon", "i8mm", "avxvnni")
 
 
 def kernel_path(path, supported: tuple) -> None:

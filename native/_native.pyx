@@ -220,7 +220,7 @@ def rms_norm(x, residual, gamma, float eps):
 
 def kernel_paths():
     """The kernel paths (kernels.h) this CPU can run, best first, "portable" last."""
-    best_first = (EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_I8MM, EL_PATH_NEON, EL_PATH_PORTABLE)
+    best_first = (EL_PATH_AVX512VNNI, EL_PATH_AVXVNNI, EL_PATH_AVX2, EL_PATH_I8MM, EL_PATH_NEON, EL_PATH_PORTABLE)
     return tuple(el_path_name(p).decode() for p in best_first if el_path_supported(p))
 
 

@@ -347,12 +347,13 @@ static const Build VNNI_BUILD = {&LOOPS_vnni, rows_vnni, partials_vnni, merge_vn
 #endif
 
 /* The build that runs `path` (kernels.h; EL_PATH_CHOSEN: the process's) for heads of d values: the
- * x86 builds for their paths and head sizes that are multiples of 8, else the plain one */
+ * x86 builds for their paths (the avxvnni path takes the avx2 build) and head sizes that are multiples
+ * of 8, else the plain one */
 static const Build *build_of(int path, int64_t d)
 {
 #if X86_BUILDS
     const el_path p = el_path_resolve(path);
-    if (d % 8 == 0 && p == EL_PATH_AVX2)
+    if (d % 8 == 0 && (p == EL_PATH_AVX2 || p == EL_PATH_AVXVNNI))
         return &AVX2_BUILD;
     if (d % 8 == 0 && p == EL_PATH_AVX512VNNI)
         return &VNNI_BUILD;

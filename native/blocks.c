@@ -117,6 +117,7 @@ el_status el_q8_quantize(const float *x, el_q8_act *act, int path)
     switch (el_path_resolve(path)) {
 #if EL_BLOCKS_X86
     case EL_PATH_AVX2:
+    case EL_PATH_AVXVNNI:
     case EL_PATH_AVX512VNNI:
         el_q8_quantize_avx2(x, act);
         break;
@@ -147,6 +148,9 @@ el_status el_q41_rows(const el_q41_weight *w, const el_q8_act *acts, int64_t cou
 #if EL_BLOCKS_X86
     case EL_PATH_AVX2:
         el_q41_rows_avx2(w, acts, count, lo, hi, y, stride);
+        return EL_OK;
+    case EL_PATH_AVXVNNI:
+        el_q41_rows_avxvnni(w, acts, count, lo, hi, y, stride);
         return EL_OK;
     case EL_PATH_AVX512VNNI:
         el_q41_rows_avx512vnni(w, acts, count, lo, hi, y, stride);
@@ -181,6 +185,9 @@ el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count
 #if EL_BLOCKS_X86
     case EL_PATH_AVX2:
         el_q8_rows_avx2(w, acts, count, lo, hi, y, stride);
+        return EL_OK;
+    case EL_PATH_AVXVNNI:
+        el_q8_rows_avxvnni(w, acts, count, lo, hi, y, stride);
         return EL_OK;
     case EL_PATH_AVX512VNNI:
         el_q8_rows_avx512vnni(w, acts, count, lo, hi, y, stride);

@@ -115,8 +115,8 @@ static inline int64_t el_q8_half_at(int64_t b, int second)
     return (b >> 1) * 64 + 32 * second + 16 * (b & 1);
 }
 
-/* The vector paths, for the routines above (blocks_avx2.c, blocks_avx512.c: x86-64 with GCC or
- * clang; blocks_neon.c, blocks_i8mm.c: aarch64); chosen by blocks.c through kernels.h. Arguments were
+/* The vector paths, for the routines above (blocks_avx2.c, blocks_avxvnni.c, blocks_avx512.c: x86-64
+ * with GCC or clang; blocks_neon.c, blocks_i8mm.c: aarch64); chosen by blocks.c through kernels.h. Arguments were
  * checked. The i8mm path rounds activations and runs 8-bit products with the neon path's routines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EL_BLOCKS_X86 1
@@ -127,6 +127,10 @@ void el_q8_rows_avx2(const el_q8_weight *w, const el_q8_act *acts, int64_t count
                      int64_t stride);
 void el_q41_rows_avx512vnni(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                             float *y, int64_t stride);
+void el_q41_rows_avxvnni(const el_q41_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                         float *y, int64_t stride);
+void el_q8_rows_avxvnni(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
+                        float *y, int64_t stride);
 void el_q8_rows_avx512vnni(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                            float *y, int64_t stride);
 #else

@@ -102,6 +102,8 @@ static Rows rows_of_path(int path)
 #if EL_BLOCKS_X86
     case EL_PATH_AVX2:
         return el_kquant_rows_avx2;
+    case EL_PATH_AVXVNNI:
+        return el_kquant_rows_avxvnni;
     case EL_PATH_AVX512VNNI:
         return el_kquant_rows_avx512vnni;
 #endif

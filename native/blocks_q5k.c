@@ -81,6 +81,7 @@ static const Rows ROWS_OF_PATH[EL_PATHS] = {
     [EL_PATH_PORTABLE] = rows_portable,
 #if EL_BLOCKS_X86
     [EL_PATH_AVX2] = el_q5k_rows_avx2,
+    [EL_PATH_AVXVNNI] = el_q5k_rows_avxvnni,
     [EL_PATH_AVX512VNNI] = el_q5k_rows_avx512vnni,
 #endif
 #if EL_BLOCKS_NEON

@@ -8,13 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #define HWCAP_DOTPROD (1UL << 20)   /* asm/hwcap.h: HWCAP_ASIMDDP */
 #define HWCAP2_INT8MM (1UL << 13)   /* asm/hwcap.h: HWCAP2_I8MM */
 #endif
 
-static const char *const NAMES[EL_PATHS] = {"portable", "avx2", "avx512vnni", "neon", "i8mm"};
+static const char *const NAMES[EL_PATHS] = {"portable", "avx2", "avx512vnni", "neon", "i8mm", "avxvnni"};
 
 const char *el_path_name(int path)
 {
@@ -28,6 +32,10 @@ static int x86_has(int path)
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (path == EL_PATH_AVX2)
         return avx2;
+    if (path == EL_PATH_AVXVNNI) {   /* CPUID leaf 7, subleaf 1: EAX bit 4 (the OS keeps the AVX state: avx2) */
+        unsigned int a = 0, b = 0, c = 0, d = 0;
+        return avx2 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)) != 0;
+    }
     return path == EL_PATH_AVX512VNNI && avx2 && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
 }
@@ -40,6 +48,7 @@ int el_path_supported(int path)
         return 1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     case EL_PATH_AVX2:
+    case EL_PATH_AVXVNNI:
     case EL_PATH_AVX512VNNI:
         return x86_has(path);
 #endif
@@ -68,7 +77,7 @@ static int env_path(void)
 
 static int best(void)
 {
-    static const int ORDER[] = {EL_PATH_AVX512VNNI, EL_PATH_AVX2, EL_PATH_I8MM, EL_PATH_NEON};
+    static const int ORDER[] = {EL_PATH_AVX512VNNI, EL_PATH_AVXVNNI, EL_PATH_AVX2, EL_PATH_I8MM, EL_PATH_NEON};
     for (size_t i = 0; i < sizeof ORDER / sizeof ORDER[0]; i++)
         if (el_path_supported(ORDER[i]))
             return ORDER[i];
@@ -101,5 +110,5 @@ el_path el_path_resolve(int path)
 int el_path_x86_vector(int path)
 {
     int p = el_path_resolve(path);
-    return p == EL_PATH_AVX2 || p == EL_PATH_AVX512VNNI;
+    return p == EL_PATH_AVX2 || p == EL_PATH_AVXVNNI || p == EL_PATH_AVX512VNNI;
 }

@@ -5,7 +5,9 @@
  *
  *     path         CPU                                             block products        attention
  *     avx512vnni   x86-64 with AVX-512 VNNI + VL, AVX2, FMA, F16C  vpdpbusd on 256 bits  AVX2 + FMA, vpdpbusd
- *     avx2         x86-64 with AVX2, FMA, F16C (AVX-VNNI unused)   vpmaddubsw            AVX2 + FMA
+ *     avxvnni      x86-64 with AVX-VNNI, AVX2, FMA, F16C (no        vpdpbusd on 256 bits  AVX2 + FMA
+ *                  AVX-512 needed: Intel cores since Alder Lake)   (VEX form)
+ *     avx2         x86-64 with AVX2, FMA, F16C                     vpmaddubsw            AVX2 + FMA
  *     i8mm         aarch64 with the int8 matrix multiply and       smmla (prompts),      plain C
  *                  dot product extensions                          sdot (one row)
  *     neon         aarch64 with the dot product extension          sdot                  plain C
@@ -17,7 +19,7 @@
  * (avx512vnni, avx2; for attention one each) and a plain one (i8mm, neon, portable) that fuse, fold and
  * exponentiate alike: the same bits.
  *
- * Includes: libc (getenv; getauxval on Linux aarch64).
+ * Includes: libc (getenv; getauxval on Linux aarch64), the compiler's <cpuid.h> on x86-64.
  */
 #ifndef EDGELLAMA_KERNELS_H
 #define EDGELLAMA_KERNELS_H
@@ -31,9 +33,10 @@ typedef enum el_path {
     EL_PATH_AVX512VNNI = 2,
     EL_PATH_NEON = 3,
     EL_PATH_I8MM = 4,
+    EL_PATH_AVXVNNI = 5,
 } el_path;
 
-#define EL_PATHS 5
+#define EL_PATHS 6
 
 /* The path's name as EDGELLAMA_KERNELS spells it; NULL for a value outside the enum. */
 const char *el_path_name(int path);

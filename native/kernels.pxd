@@ -9,6 +9,7 @@ cdef extern from "kernels.h" nogil:
         EL_PATH_AVX512VNNI
         EL_PATH_NEON
         EL_PATH_I8MM
+        EL_PATH_AVXVNNI
 
     enum:
         EL_PATHS

@@ -1,4 +1,4 @@
-"""NumPy twin of native/blocks.c and its vector paths (blocks_avx2.c, blocks_avx512.c,
+"""NumPy twin of native/blocks.c and its vector paths (blocks_avx2.c, blocks_avxvnni.c, blocks_avx512.c,
 blocks_neon.c, blocks_i8mm.c): the Q4_1 and 8-bit block products, with the activations rounded per
 block and each output summed in the one order that native/blocks.h fixes for every path, and the
 rows of an 8-bit table. A fused multiply-add is

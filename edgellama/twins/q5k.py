@@ -1,7 +1,7 @@
-"""NumPy twin of native/blocks_q5k.c and its vector paths (blocks_q5k_avx2.c, blocks_q5k_avx512.c,
-blocks_q5k_neon.c): the Q5_K block product, each block the Q4_1 term of blocks.h with d = d_super * sc,
-m = -(dmin_super * mn) (both exact in float32) and q's centre 16, summed in block order as
-native/blocks_q5k.h says; and the rows of a Q5_K embedding table. Arguments are checked by
+"""NumPy twin of native/blocks_q5k.c and its vector paths (blocks_q5k_avx2.c, blocks_q5k_avxvnni.c,
+blocks_q5k_avx512.c, blocks_q5k_neon.c): the Q5_K block product, each block the Q4_1 term of blocks.h
+with d = d_super * sc, m = -(dmin_super * mn) (both exact in float32) and q's centre 16, summed in
+block order as native/blocks_q5k.h says; and the rows of a Q5_K embedding table. Arguments are checked by
 edgellama.native_args, as for the compiled module.
 """
 from __future__ import annotations

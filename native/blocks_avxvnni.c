@@ -1,0 +1,39 @@
+/*
+ * The avxvnni path of the block products (kernels.h, blocks.h): x86-64 with AVX-VNNI (the VEX form of
+ * vpdpbusd, on 256-bit registers only, which CPUs without AVX-512 have) besides AVX2, FMA and F16C.
+ * The same loops as the avx512vnni path (blocks_x86.h) with the same instruction in its VEX encoding,
+ * and 16 vector registers: one tile's sums at a time, as the avx2 path. The activations are rounded by
+ * the avx2 path's el_q8_quantize_avx2. Built with EL_AVXVNNI_AS_AVX512 defined, the loops take the
+ * instruction's EVEX form instead, so that a CPU with AVX-512 VNNI but not AVX-VNNI can run them
+ * (tests/helpers/avxvnni_check.c).
+ *
+ * Includes: libc, and the compiler's <immintrin.h>.
+ */
+#include "blocks.h"
+
+#if EL_BLOCKS_X86
+#include <immintrin.h>
+
+#ifndef EL_AVXVNNI_AS_AVX512
+#define TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define DPBUSD _mm256_dpbusd_avx_epi32
+#else   /* the same loops with the EVEX form of the instruction, to check them on an AVX-512 VNNI CPU */
+#define TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+#define DPBUSD _mm256_dpbusd_epi32
+#endif
+#define ROWS_Q41 el_q41_rows_avxvnni
+#define ROWS_Q8 el_q8_rows_avxvnni
+#define ROWS_KQUANT el_kquant_rows_avxvnni
+
+/* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x */
+TARGET static inline __m256i dot4_s8_avxvnni(__m256i acc, __m256i w, __m256i x)
+{
+    return DPBUSD(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+}
+
+#define DOT4_ADD DPBUSD
+#define DOT4_INT32(acc) (acc)
+#define PAIR_TILES 1   /* 16 vector registers: one tile's sums for ACTS rows */
+#define DOT4_S8 dot4_s8_avxvnni
+#include "blocks_x86.h"
+#endif
