@@ -33,8 +33,12 @@ static int x86_has(int path)
     if (path == EL_PATH_AVX2)
         return avx2;
     if (path == EL_PATH_AVXVNNI) {   /* CPUID leaf 7, subleaf 1: EAX bit 4 (the OS keeps the AVX state: avx2) */
-        unsigned int a = 0, b = 0, c = 0, d = 0;
-        return avx2 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)) != 0;
+        static volatile int vnni = -1;   /* asked once: CPUID can trap to a hypervisor, microseconds each */
+        if (vnni < 0) {
+            unsigned int a = 0, b = 0, c = 0, d = 0;
+            vnni = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)) != 0;
+        }
+        return avx2 && vnni;
     }
     return path == EL_PATH_AVX512VNNI && avx2 && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
