@@ -114,11 +114,11 @@ INLINE float dot(const float *x, const float *y, int64_t n)
     return total;
 }
 
-/* the float32 scale of group g0 / group of a q8 row of d values (kvrows.h) */
-INLINE float q8_scale(const uint8_t *row, int64_t d, int64_t group, int64_t g0)
+/* the float32 scale of group g of a q8 row of d values (kvrows.h) */
+INLINE float q8_scale(const uint8_t *row, int64_t d, int64_t g)
 {
     float s;
-    memcpy(&s, row + d + 4 * (g0 / group), sizeof s);
+    memcpy(&s, row + d + 4 * g, sizeof s);
     return s;
 }
 
@@ -208,11 +208,11 @@ static void q8_scores_plain(const uint8_t *q, int64_t count, const uint8_t *rows
         for (int64_t j = 0; j < n; j++) {
             const uint8_t *k = rows + j * bytes, *x = q + h * bytes;
             float total = 0.0f;
-            for (int64_t g0 = 0; g0 < d; g0 += group) {
+            for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
                 int32_t dot = 0;
                 for (int64_t i = g0; i < g0 + group; i++)
                     dot += (int32_t)(int8_t)x[i] * (int32_t)(int8_t)k[i];
-                total = fmaf(q8_scale(x, d, group, g0) * q8_scale(k, d, group, g0), (float)dot, total);
+                total = fmaf(q8_scale(x, d, g) * q8_scale(k, d, g), (float)dot, total);
             }
             scores[h * CHUNK + j] = total * scale;
         }

@@ -183,11 +183,9 @@ X86_TARGET INLINE void X86(row_scales)(const uint8_t *const k[8], int64_t d, int
         ks[1] = _mm256_shuffle_ps(a, b, 0xdd);
         return;
     }
-    for (int64_t g0 = 0; g0 < d; g0 += group)
-        ks[g0 / group] = _mm256_setr_ps(q8_scale(k[0], d, group, g0), q8_scale(k[1], d, group, g0),
-                                        q8_scale(k[2], d, group, g0), q8_scale(k[3], d, group, g0),
-                                        q8_scale(k[4], d, group, g0), q8_scale(k[5], d, group, g0),
-                                        q8_scale(k[6], d, group, g0), q8_scale(k[7], d, group, g0));
+    for (int64_t g = 0; g * group < d; g++)
+        ks[g] = _mm256_setr_ps(q8_scale(k[0], d, g), q8_scale(k[1], d, g), q8_scale(k[2], d, g), q8_scale(k[3], d, g),
+                               q8_scale(k[4], d, g), q8_scale(k[5], d, g), q8_scale(k[6], d, g), q8_scale(k[7], d, g));
 }
 
 /* q8_scores for `heads` (at most 4) queries, eight rows at a time (the last n % 8 as a group of eight
@@ -209,14 +207,14 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
         __m256 total[4];
         for (int h = 0; h < heads; h++)
             total[h] = _mm256_setzero_ps();
-        for (int64_t g0 = 0; g0 < d; g0 += group) {
+        for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {   /* g: the group's number (no division) */
             __m256i dots[4];
             int32_t at[4];
             for (int h = 0; h < heads; h++)
-                at[h] = shift[h][g0 / group];
+                at[h] = shift[h][g];
             X86(group_dots)(heads, q, bytes, k, g0, group, at, dots);
             for (int h = 0; h < heads; h++) {
-                const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * bytes, d, group, g0)), ks[g0 / group]);
+                const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * bytes, d, g)), ks[g]);
                 total[h] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(dots[h]), total[h]);
             }
         }
