@@ -47,9 +47,10 @@ LAYER_WEIGHTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn
                  "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
                  "down_proj": ("mlp.down_proj",)}
 # the gather of the embedding by the table's storage, or by the product of a table in the tiles of
-# edgellama's operators (native: an 8-bit table, the file's k-quant super-blocks)
+# edgellama's operators (native: an 8-bit or Q4_1 table, the file's k-quant super-blocks)
 EMBEDDING_OPERATORS = {"float": "Gather", "nbits": "GatherBlockQuantized", "MatMulQ8": "GatherQ8",
-                       "MatMulQ4_K": "GatherQ4_K", "MatMulQ5_K": "GatherQ5_K", "MatMulQ6_K": "GatherQ6_K"}
+                       "MatMulQ4_1": "GatherQ4_1", "MatMulQ4_K": "GatherQ4_K", "MatMulQ5_K": "GatherQ5_K",
+                       "MatMulQ6_K": "GatherQ6_K"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,8 @@ class Fused:
 ATTENTION_OPERATOR = {True: "RotaryAttention", False: "GroupQueryAttention"}
 FUSED = {"MatMulQ4_1": Fused("NormMatMulQ4_1", "NormMlpQ4_1", "ProjectNormMlpQ4_1")}
 # the operators of edgellama's library (domain ai.edgellama) a plan can name
-LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", "MatMulQ4_K", "MatMulQ5_K", "MatMulQ6_K", "GatherQ4_K",
-                               "GatherQ5_K", "GatherQ6_K",
+LIBRARY_OPERATORS = frozenset({"MatMulQ8", "GatherQ8", "GatherQ4_1", "MatMulQ4_K", "MatMulQ5_K", "MatMulQ6_K",
+                               "GatherQ4_K", "GatherQ5_K", "GatherQ6_K",
                                ATTENTION_OPERATOR[True], *FUSED,
                                *(name for f in FUSED.values() for name in (f.norm, f.mlp, f.project_mlp))})
 
@@ -242,12 +243,12 @@ class _Planner:
         return all(quantize_q4_1(self.tensors.read(n, count=False), search=False)[1] <= ON_GRID_ERROR for n in names)
 
     def quantized(self, table: bool, k: int, bits: int) -> str:
-        """The format of a weight made from float values: the native form's 4-bit layer matrices in
-        Q4_1 blocks (blocks of 32, in the format of the precision's rounding), else MatMulNBits' layout."""
+        """The format of a weight made from float values: the native form's 4-bit weights in Q4_1 blocks
+        (blocks of 32, in the format of the precision's rounding; a table, whose input has no measured
+        statistics, takes GPTQ's scale search without them), else MatMulNBits' layout."""
         q = self.q
-        if (self.native and not table and bits == 4 and q.method == "int4" and q.block_size == GGML_BLOCK
-                and k % GGML_BLOCK == 0):
-            return Q4_1_ROUNDINGS[self.rounding]
+        if self.native and bits == 4 and q.method == "int4" and q.block_size == GGML_BLOCK and k % GGML_BLOCK == 0:
+            return Q4_1_ROUNDINGS["search" if table and self.rounding == "gptq" else self.rounding]
         return "quantized" if q.symmetric else "quantized asymmetric"
 
     def operator(self, name: str, bits: int, block_size: Optional[int], k: int) -> str:

@@ -218,6 +218,15 @@ def _ids_in(context: str, ids, n: int) -> None:
         raise error_for(Status.ERR_RANGE, context, f"ids must be integers in [0, {n})")
 
 
+def q41_gather(qs, d, m, ids) -> None:
+    """Rows ids (1-D, each in [0, N)) of a Q4_1 weight qs [N, nb, 16] with d and m [N, nb]."""
+    n, nb, size = _shape(Status.ERR_SIZE, "q41_gather", "the weight", qs, 3)
+    if size != 16 or np.shape(d) != (n, nb) or np.shape(m) != (n, nb):
+        raise error_for(Status.ERR_SIZE, "q41_gather", f"a weight {(n, nb, size)} with d {np.shape(d)} and m "
+                                                       f"{np.shape(m)} do not match: expected [N, nb, 16] and [N, nb]")
+    _ids_in("q41_gather", ids, n)
+
+
 def q8_gather(q, scale, ids) -> None:
     """Rows ids (1-D, each in [0, N)) of an 8-bit weight q [N, nb, 32] with scale [N, nb]."""
     n, nb, size = _shape(Status.ERR_SIZE, "q8_gather", "the weight", q, 3)

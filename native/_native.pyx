@@ -394,6 +394,32 @@ def q8_gather(q, scale, ids):
     return out
 
 
+def q41_gather(qs, d, m, ids):
+    """Rows ids [M] of the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits) as float32
+    [M, K], each weight d * q + m (an embedding table)."""
+    native_args.q41_gather(qs, d, m, ids)
+    cdef int64_t n = qs.shape[0]
+    qs, d, m = tile_q41(qs, d, m)
+    cdef const uint8_t[:, :, ::1] qv = qs
+    cdef const uint16_t[:, :, ::1] dv = d
+    cdef const uint16_t[:, :, ::1] mv = m
+    cdef const int64_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int64)
+    cdef int64_t count = iv.shape[0], nb = qv.shape[1]
+    out = np.zeros((count, nb * 32), dtype=np.float32)
+    if count == 0 or n == 0 or nb == 0:
+        return out
+    cdef float[:, ::1] ov = out
+    cdef el_q41_weight w
+    cdef el_status code
+    w.qs, w.d, w.m = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0]
+    w.n = n
+    w.nb = nb
+    with nogil:
+        code = el_q41_gather(&w, &iv[0], count, &ov[0, 0])
+    _check(code, "q41_gather")
+    return out
+
+
 cdef el_q5k_weight _q5k_tiles(raw, list keep):
     """The Q5_K weight of the checked super-blocks raw in tiles (blocks_q5k.h), the arrays kept in `keep`."""
     cdef el_q5k_weight w

@@ -226,3 +226,28 @@ el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count,
     }
     return EL_OK;
 }
+
+el_status el_q41_gather(const el_q41_weight *w, const int64_t *ids, int64_t count, float *out)
+{
+    if (w == NULL || ids == NULL || out == NULL || w->qs == NULL || w->d == NULL || w->m == NULL || w->nb <= 0 ||
+        count < 0)
+        return EL_ERR_SIZE;
+    const int64_t nb = w->nb;
+    for (int64_t r = 0; r < count; r++) {
+        if (ids[r] < 0 || ids[r] >= w->n)
+            return EL_ERR_RANGE;
+        const int64_t t = ids[r] / EL_Q41_TILE, i = ids[r] % EL_Q41_TILE;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *qs = w->qs + (t * nb + b) * 128;
+            const float d = half_to_float(w->d[(t * nb + b) * 8 + i]), m = half_to_float(w->m[(t * nb + b) * 8 + i]);
+            float *row = out + (r * nb + b) * 32;
+            for (int c = 0; c < 4; c++)
+                for (int k = 0; k < 4; k++) {   /* d * q is exact (11 by 4 significant bits): one rounding */
+                    const uint8_t byte = qs[c * 32 + i * 4 + k];
+                    row[4 * c + k] = d * (float)(byte & 0x0F) + m;
+                    row[16 + 4 * c + k] = d * (float)(byte >> 4) + m;
+                }
+        }
+    }
+    return EL_OK;
+}

@@ -109,6 +109,10 @@ el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count
  * EL_ERR_RANGE for an id outside [0, n). */
 el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out);
 
+/* The same for a Q4_1 W, each weight d * q + m in float32 (one rounding: d * q is exact), as GGML
+ * dequantizes it. */
+el_status el_q41_gather(const el_q41_weight *w, const int64_t *ids, int64_t count, float *out);
+
 /* Offset in act->q of the first (second = 0) or last (second = 1) 16 values of block b. */
 static inline int64_t el_q8_half_at(int64_t b, int second)
 {

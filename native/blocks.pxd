@@ -34,4 +34,5 @@ cdef extern from "blocks.h" nogil:
     el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi,
                          float *y, int64_t stride, int path)
     el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out)
+    el_status el_q41_gather(const el_q41_weight *w, const int64_t *ids, int64_t count, float *out)
     int64_t el_q8_half_at(int64_t b, int second)

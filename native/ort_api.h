@@ -122,6 +122,7 @@ OrtStatus *el_ops_create_norm(const void *op, const void *unused, const void *in
 OrtStatus *el_matmul_q41_compute(void *kernel, void *context);
 OrtStatus *el_matmul_q8_compute(void *kernel, void *context);
 OrtStatus *el_gather_q8_compute(void *kernel, void *context);
+OrtStatus *el_gather_q41_compute(void *kernel, void *context);
 OrtStatus *el_norm_matmul_q41_compute(void *kernel, void *context);
 OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context);
 OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context);

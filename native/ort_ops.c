@@ -13,7 +13,7 @@
  *         scales [T, K/32, 8]    float32   (a GGUF Q8_0 table, shared with GatherQ8)
  *
  *     GatherQ8(q, scales, ids) -> rows    attributes K, N: rows [ids.shape..., K] float32 of the same
- *         8-bit table (the embedding; ids int64 in [0, N))
+ *         8-bit table (the embedding; ids int64 in [0, N)); GatherQ4_1(qs, d, m, ids) of a Q4_1 table
  *
  *     NormMatMulQ4_1(x, residual, gamma, qs, d, m) -> (y, sum)           attributes K, N, epsilon
  *         the residual add and RMS norm of the layer before the product, as ONNX Runtime's
@@ -422,25 +422,39 @@ OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
     return call_run(context, &call);
 }
 
-OrtStatus *el_gather_q8_compute(void *kernel, void *context)
+/* GatherQ8 (q41 = 0: the 8-bit table's two fields, then ids) and GatherQ4_1 (its three, then ids) */
+static OrtStatus *gather_compute(void *kernel, void *context, int q41)
 {
     const Kernel *kern = kernel;
+    const size_t ids = q41 ? 3 : 2;
     Inputs in;
-    el_q8_weight w;
+    el_q8_weight w8;
+    el_q41_weight w41;
     float *rows;
     int64_t n;
     OrtStatus *status = NULL;
-    for (size_t i = 0; status == NULL && i < 3; i++)
+    for (size_t i = 0; status == NULL && i <= ids; i++)
         status = el_ort_input(context, i, in.dims[i], &in.count[i], &in.data[i]);
     if (status == NULL)
-        status = weight8_at(&in, 0, kern->n, kern->k, &w);
+        status = q41 ? weight_at(&in, 0, kern->n, kern->k, &w41) : weight8_at(&in, 0, kern->n, kern->k, &w8);
     if (status == NULL)
-        status = el_ort_rows_output(context, in.dims[2], in.count[2], kern->k, &rows, &n);
+        status = el_ort_rows_output(context, in.dims[ids], in.count[ids], kern->k, &rows, &n);
     if (status != NULL)
         return status;
-    if (el_q8_gather(&w, in.data[2], n, rows) != EL_OK)
-        return el_ort_fail(ORT_INVALID_ARGUMENT, "GatherQ8: a token id is outside the table's rows [0, N)");
+    if ((q41 ? el_q41_gather(&w41, in.data[ids], n, rows) : el_q8_gather(&w8, in.data[ids], n, rows)) != EL_OK)
+        return el_ort_fail(ORT_INVALID_ARGUMENT, q41 ? "GatherQ4_1: a token id is outside the table's rows [0, N)"
+                                                     : "GatherQ8: a token id is outside the table's rows [0, N)");
     return NULL;
+}
+
+OrtStatus *el_gather_q8_compute(void *kernel, void *context)
+{
+    return gather_compute(kernel, context, 0);
+}
+
+OrtStatus *el_gather_q41_compute(void *kernel, void *context)
+{
+    return gather_compute(kernel, context, 1);
 }
 
 /* NormMlpQ4_1 (project = 0: MLP weights at input 3) and ProjectNormMlpQ4_1 (o at 3, MLP at 6) */

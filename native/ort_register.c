@@ -53,6 +53,7 @@ static const OpInfo OPS[] = {
     OP("MatMulQ4_1", el_ops_create, el_matmul_q41_compute, ONE, F, U8, H, H),
     OP("MatMulQ8", el_ops_create, el_matmul_q8_compute, ONE, F, I8, F),
     OP("GatherQ8", el_ops_create, el_gather_q8_compute, ONE, I8, F, I64),
+    OP("GatherQ4_1", el_ops_create, el_gather_q41_compute, ONE, U8, H, H, I64),
     OP("MatMulQ4_K", el_kquants_create, el_matmul_q4k_compute, ONE, F, U8, H, H, U8, U8),
     OP("MatMulQ5_K", el_kquants_create, el_matmul_q5k_compute, ONE, F, U8, H, H, U8, U8),
     OP("MatMulQ6_K", el_kquants_create, el_matmul_q6k_compute, ONE, F, U8, I8, H),

@@ -151,6 +151,22 @@ def test_q8_gather_gives_the_table_rows(module, n, nb):
         module.q8_gather(q, scale, np.array([n], np.int64))
 
 
+@pytest.mark.parametrize("n,nb", [(5, 1), (13, 18), (64, 3)])
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q41_gather_gives_the_table_rows(module, n, nb):
+    """The embedding's rows of a Q4_1 table (tiles of 8 rows in native/): d * q + m in float32, the
+    weights the products multiply by, exactly; an id outside the table is refused."""
+    qs, d, m = random_blocks(np.random.default_rng(450 + nb), n, nb)
+    ids = np.array([0, n - 1, n // 2, 0, 1 % n], np.int64)
+    rows = module.q41_gather(qs, d, m, ids)
+    np.testing.assert_array_equal(rows, dequantized(qs, d, m)[ids])
+    assert module.q41_gather(qs, d, m, np.zeros(0, np.int64)).shape == (0, 32 * nb)
+    with pytest.raises(InvalidParameterError, match="q41_gather"):
+        module.q41_gather(qs, d, m, np.array([n], np.int64))
+    with pytest.raises(InvalidParameterError, match="q41_gather"):
+        module.q41_gather(qs, d[:, :-1] if nb > 1 else d[:-1], m, ids)
+
+
 @pytest.mark.parametrize("module", BACKENDS)
 def test_q4_1_product_refuses_mismatched_shapes(module):
     qs, d, m = random_blocks(np.random.default_rng(0), 4, 2)

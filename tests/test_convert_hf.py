@@ -190,8 +190,11 @@ def test_quantized_graph_matches_dequantized_weights(tmp_path, case):
     assert max(diffs) < 2e-4, diffs
 
 
-@pytest.mark.parametrize("method", ["int4", "int8"])
-def test_default_quantization_error_bound(tmp_path, method):
+@pytest.mark.parametrize("method, quality, overrides", [
+    ("int4", "default", {}), ("int8", "default", {}),
+    ("int4", "small", {}), ("int4", "small", dict(tie_word_embeddings=False))],
+    ids=["int4", "int8", "int4-small-tied", "int4-small-untied"])
+def test_default_quantization_error_bound(tmp_path, method, quality, overrides):
     """Against the fp32 model, with the default int8-activation compute (accuracy_level 4).
 
     Bound on the relative RMS error of the logits (centred), from the measured weight error e:
@@ -199,13 +202,16 @@ def test_default_quantization_error_bound(tmp_path, method):
     LM head); independent relative errors add in quadrature, sqrt(n) * e, and a random network
     amplifies them at most about twice; the int8 activations add about 1/127 per matmul likewise.
     Measured on these checkpoints: about 0.44 (int4, e ~ 0.083) and 0.04 (int8, e ~ 0.005), against
-    bounds of about 0.58 and 0.08; a wrong layout gives errors above 1."""
-    folder = make_tiny_llama(tmp_path / "ckpt", seed=8)
+    bounds of about 0.58 and 0.08; a wrong layout gives errors above 1. Quality "small" takes the
+    tables to 4 bits too: Q4_1 tiles, gathered by GatherQ4_1 and multiplied by MatMulQ4_1, tied or not."""
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=8, **overrides)
     out = tmp_path / "pkg"
-    report = convert(folder, out, ConvertOptions(quantization=Quantization(method)))
+    report = convert(folder, out, ConvertOptions(quantization=Quantization(method), quality=quality))
     layout = report.info.quantization.layout
     assert layout["native"] and layout["layers"][0]["weights"]["gate_up_proj"]["operator"] == (
         "MatMulQ4_1" if method == "int4" else "MatMulQ8")
+    if quality == "small":
+        assert (layout["embedding"]["operator"], layout["lm_head"]["operator"]) == ("GatherQ4_1", "MatMulQ4_1")
     e = max(v["mean"] for v in report.quantization_error.values())
     n = 4 * report.info.config.num_layers + 2
     bound = 2 * np.sqrt(n) * (e + 1 / 127)

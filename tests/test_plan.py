@@ -124,13 +124,14 @@ def test_mixed_block_types_in_one_product_are_requantized(tmp_path):
     assert (portable.format, portable.operator) == ("quantized", "MatMulNBits")
 
 
-def test_an_untied_q4_1_head_is_carried_but_the_gathered_table_is_not(tmp_path):
+def test_an_untied_q4_1_head_is_carried_and_the_gathered_table_natively(tmp_path):
     path = write_tiny_gguf(tmp_path / "untied.gguf", tiny_hf_weights(seed=2, untied=True), qtype=Q.Q4_1)
     carry, ops = plan_of(path, portable=True), plan_of(path)
     assert not carry.tied and carry.lm_head == Q4_1_OFFSETS and ops.lm_head == Q4_1_BLOCKS
-    # the embedding gathers rows, which cannot add per-block offsets: requantized
-    for plan in (carry, ops):
-        assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ("Q4_1",))
+    # the native form gathers the file's blocks (GatherQ4_1); ONNX Runtime's gather cannot add
+    # per-block offsets: the portable form requantizes the table
+    assert ops.embedding == WeightPlan("Q4_1 blocks", "GatherQ4_1", 4, 32, True, ("Q4_1",))
+    assert carry.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ("Q4_1",))
     assert plan_of(path, gguf_blocks="zero_point", portable=True).embedding.format == "Q4_1 integer zero points"
 
 
@@ -157,23 +158,26 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 
 # --- a float checkpoint ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, form", [(dict(quality="small", calibration=None), "Q4_1 rounded"),
-                                           (dict(quality="small"), "Q4_1 GPTQ")])
-def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form):
+@pytest.mark.parametrize("options, form, table", [
+    (dict(quality="small", calibration=None), "Q4_1 rounded", "Q4_1 rounded"),
+    (dict(quality="small"), "Q4_1 GPTQ", "Q4_1 quantized")])
+def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form, table):
     plan = plan_of(hf_folder, **options)
     assert plan.native and weights_of(plan) == {WeightPlan(form, "MatMulQ4_1", 4, 32, False, ())}
     assert nodes_of(plan) == [("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
         ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (len(plan.layers) - 1)
-    # the table the embedding gathers stays in MatMulNBits' layout, which ONNX Runtime gathers
-    assert plan.embedding == WeightPlan("quantized", "GatherBlockQuantized", 4, 32, False, ())
-    assert plan.lm_head == WeightPlan("quantized", "MatMulNBits", 4, 32, False, ()) and plan.tied
+    # the 4-bit table too, gathered by GatherQ4_1 and multiplied by MatMulQ4_1 (GPTQ's rounding without
+    # statistics of its input: the scale search)
+    assert plan.embedding == WeightPlan(table, "GatherQ4_1", 4, 32, False, ())
+    assert plan.lm_head == WeightPlan(table, "MatMulQ4_1", 4, 32, False, ()) and plan.tied
 
 
 def test_a_q4_0_file_is_carried_into_q4_1_blocks_exactly(tmp_path):
     path = write_tiny_gguf(tmp_path / "q40.gguf", tiny_hf_weights(seed=2), qtype=Q.Q4_0)
     plan = plan_of(path)
     assert weights_of(plan) == {WeightPlan("Q4_0 as Q4_1 blocks", "MatMulQ4_1", 4, 32, True, ("Q4_0",))}
-    assert plan.embedding == WeightPlan("Q4_0", "GatherBlockQuantized", 4, 32, True, ("Q4_0",))
+    assert plan.embedding == WeightPlan("Q4_0 as Q4_1 blocks", "GatherQ4_1", 4, 32, True, ("Q4_0",))
+    assert plan.lm_head == WeightPlan("Q4_0 as Q4_1 blocks", "MatMulQ4_1", 4, 32, True, ("Q4_0",))
     assert weights_of(plan_of(path, portable=True)) == {WeightPlan("Q4_0", "MatMulNBits", 4, 32, True, ("Q4_0",))}
 
 

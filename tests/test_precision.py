@@ -50,8 +50,9 @@ def test_each_preset_plans_the_bits_its_table_says(hf_folder, quality, portable)
             elif not portable:
                 assert weight.format == "Q4_1 GPTQ"             # calibrated on the bundled text by default
                 assert weight.operator == "MatMulQ4_1"
-    for weight in (plan.embedding, plan.lm_head):
-        assert weight.format == "quantized" and weight.block_size == 32
+    for weight in (plan.embedding, plan.lm_head):   # a native 4-bit table in Q4_1 blocks, by the scale search
+        assert weight.block_size == 32
+        assert weight.format == ("Q4_1 quantized" if weight.bits == 4 and not portable else "quantized")
 
 
 def test_presets_differ_in_size_and_the_cli_offers_each():

@@ -118,6 +118,16 @@ def q8_gather(q: np.ndarray, scale: np.ndarray, ids) -> np.ndarray:
     return rows.reshape(len(ids), -1)
 
 
+def q41_gather(qs: np.ndarray, d: np.ndarray, m: np.ndarray, ids) -> np.ndarray:
+    """Rows ids [M] of the Q4_1 weight (the file's fields, as q41_matmul takes them) as float32 [M, K],
+    each weight d * q + m in float32 (d * q exact: one rounding)."""
+    native_args.q41_gather(qs, d, m, ids)
+    ids = np.asarray(ids, np.int64)
+    q = np.concatenate([qs[ids] & 0x0F, qs[ids] >> 4], axis=-1).astype(F32)            # [M, nb, 32]
+    dw, mw = (a[ids].view(np.float16).astype(F32)[..., None] for a in (d, m))
+    return (dw * q + mw).reshape(len(ids), 32 * qs.shape[1])
+
+
 def _kquant_rows(raw: np.ndarray, ids, size: int, context: str) -> np.ndarray:
     native_args.kquant_gather(context, raw, ids, size)
     return raw[np.asarray(ids, np.int64)]
