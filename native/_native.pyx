@@ -368,56 +368,51 @@ cdef object _kquant_product(x, raw, path, int kind, str context):
     return _rows_product(x, w4.n, w4.nb, kind, &w4, path, context)
 
 
-def q8_gather(q, scale, ids):
-    """Rows ids [M] of the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]) as
-    float32 [M, K] (an embedding table)."""
-    native_args.q8_gather(q, scale, ids)
-    cdef int64_t n = q.shape[0]
-    q, scale = tile_q8(q, scale)
-    cdef const int8_t[:, :, ::1] qv = q
-    cdef const float[:, :, ::1] sv = scale
+cdef object _gathered(int kind, const void *w, int64_t n, int64_t nb, ids, str context):
+    """float32 [M, 32 nb]: rows ids [M] of the weight w (of `kind`: _Q41 or _Q8) in tiles."""
     cdef const int64_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int64)
-    cdef int64_t count = iv.shape[0], nb = qv.shape[1]
+    cdef int64_t count = iv.shape[0]
     out = np.zeros((count, nb * 32), dtype=np.float32)
     if count == 0 or n == 0 or nb == 0:
         return out
     cdef float[:, ::1] ov = out
-    cdef el_q8_weight w
     cdef el_status code
-    w.q = &qv[0, 0, 0]
-    w.scale = &sv[0, 0, 0]
-    w.n = n
-    w.nb = nb
     with nogil:
-        code = el_q8_gather(&w, &iv[0], count, &ov[0, 0])
-    _check(code, "q8_gather")
+        if kind == _Q41:
+            code = el_q41_gather(<const el_q41_weight *>w, &iv[0], count, &ov[0, 0])
+        else:
+            code = el_q8_gather(<const el_q8_weight *>w, &iv[0], count, &ov[0, 0])
+    _check(code, context)
     return out
+
+
+def q8_gather(q, scale, ids):
+    """Rows ids [M] of the 8-bit weight scale * (q - 128) (q [N, K/32, 32], scale [N, K/32]) as
+    float32 [M, K] (an embedding table)."""
+    native_args.q8_gather(q, scale, ids)
+    cdef el_q8_weight w
+    w.n, w.nb = q.shape[0], q.shape[1]
+    q, scale = tile_q8(q, scale)
+    cdef const int8_t[:, :, ::1] qv = q
+    cdef const float[:, :, ::1] sv = scale
+    if w.n and w.nb:
+        w.q, w.scale = &qv[0, 0, 0], &sv[0, 0, 0]
+    return _gathered(_Q8, &w, w.n, w.nb, ids, "q8_gather")
 
 
 def q41_gather(qs, d, m, ids):
     """Rows ids [M] of the Q4_1 weight (qs [N, K/32, 16], d and m [N, K/32] float16 bits) as float32
     [M, K], each weight d * q + m (an embedding table)."""
     native_args.q41_gather(qs, d, m, ids)
-    cdef int64_t n = qs.shape[0]
+    cdef el_q41_weight w
+    w.n, w.nb = qs.shape[0], qs.shape[1]
     qs, d, m = tile_q41(qs, d, m)
     cdef const uint8_t[:, :, ::1] qv = qs
     cdef const uint16_t[:, :, ::1] dv = d
     cdef const uint16_t[:, :, ::1] mv = m
-    cdef const int64_t[::1] iv = np.ascontiguousarray(ids, dtype=np.int64)
-    cdef int64_t count = iv.shape[0], nb = qv.shape[1]
-    out = np.zeros((count, nb * 32), dtype=np.float32)
-    if count == 0 or n == 0 or nb == 0:
-        return out
-    cdef float[:, ::1] ov = out
-    cdef el_q41_weight w
-    cdef el_status code
-    w.qs, w.d, w.m = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0]
-    w.n = n
-    w.nb = nb
-    with nogil:
-        code = el_q41_gather(&w, &iv[0], count, &ov[0, 0])
-    _check(code, "q41_gather")
-    return out
+    if w.n and w.nb:
+        w.qs, w.d, w.m = &qv[0, 0, 0], &dv[0, 0, 0], &mv[0, 0, 0]
+    return _gathered(_Q41, &w, w.n, w.nb, ids, "q41_gather")
 
 
 cdef el_q5k_weight _q5k_tiles(raw, list keep):

@@ -207,24 +207,48 @@ el_status el_q8_rows(const el_q8_weight *w, const el_q8_act *acts, int64_t count
     }
 }
 
+/* out [count, 32 nb] = rows ids of a weight of n rows in tiles, block by block: `block` writes block b
+ * of the tile t's row i */
+static el_status gather(const void *w, int64_t n, int64_t nb, const int64_t *ids, int64_t count, float *out,
+                        void (*block)(const void *w, int64_t nb, int64_t t, int i, int64_t b, float *out))
+{
+    for (int64_t r = 0; r < count; r++) {
+        if (ids[r] < 0 || ids[r] >= n)
+            return EL_ERR_RANGE;
+        for (int64_t b = 0; b < nb; b++)
+            block(w, nb, ids[r] / EL_Q41_TILE, (int)(ids[r] % EL_Q41_TILE), b, out + (r * nb + b) * 32);
+    }
+    return EL_OK;
+}
+
+static void q8_block(const void *weight, int64_t nb, int64_t t, int i, int64_t b, float *out)
+{
+    const el_q8_weight *w = weight;
+    const int8_t *q = w->q + (t * nb + b) * 256;
+    const float scale = w->scale[(t * nb + b) * 8 + i];
+    for (int c = 0; c < 8; c++)
+        for (int k = 0; k < 4; k++)
+            out[4 * c + k] = scale * (float)q[c * 32 + i * 4 + k];
+}
+
+static void q41_block(const void *weight, int64_t nb, int64_t t, int i, int64_t b, float *out)
+{
+    const el_q41_weight *w = weight;
+    const uint8_t *qs = w->qs + (t * nb + b) * 128;
+    const float d = half_to_float(w->d[(t * nb + b) * 8 + i]), m = half_to_float(w->m[(t * nb + b) * 8 + i]);
+    for (int c = 0; c < 4; c++)
+        for (int k = 0; k < 4; k++) {   /* d * q is exact (11 by 4 significant bits): one rounding */
+            const uint8_t byte = qs[c * 32 + i * 4 + k];
+            out[4 * c + k] = d * (float)(byte & 0x0F) + m;
+            out[16 + 4 * c + k] = d * (float)(byte >> 4) + m;
+        }
+}
+
 el_status el_q8_gather(const el_q8_weight *w, const int64_t *ids, int64_t count, float *out)
 {
     if (w == NULL || ids == NULL || out == NULL || w->q == NULL || w->scale == NULL || w->nb <= 0 || count < 0)
         return EL_ERR_SIZE;
-    const int64_t nb = w->nb;
-    for (int64_t r = 0; r < count; r++) {
-        if (ids[r] < 0 || ids[r] >= w->n)
-            return EL_ERR_RANGE;
-        const int64_t t = ids[r] / EL_Q41_TILE, i = ids[r] % EL_Q41_TILE;
-        for (int64_t b = 0; b < nb; b++) {
-            const int8_t *q = w->q + (t * nb + b) * 256;
-            const float scale = w->scale[(t * nb + b) * 8 + i];
-            for (int c = 0; c < 8; c++)
-                for (int k = 0; k < 4; k++)
-                    out[(r * nb + b) * 32 + 4 * c + k] = scale * (float)q[c * 32 + i * 4 + k];
-        }
-    }
-    return EL_OK;
+    return gather(w, w->n, w->nb, ids, count, out, q8_block);
 }
 
 el_status el_q41_gather(const el_q41_weight *w, const int64_t *ids, int64_t count, float *out)
@@ -232,22 +256,5 @@ el_status el_q41_gather(const el_q41_weight *w, const int64_t *ids, int64_t coun
     if (w == NULL || ids == NULL || out == NULL || w->qs == NULL || w->d == NULL || w->m == NULL || w->nb <= 0 ||
         count < 0)
         return EL_ERR_SIZE;
-    const int64_t nb = w->nb;
-    for (int64_t r = 0; r < count; r++) {
-        if (ids[r] < 0 || ids[r] >= w->n)
-            return EL_ERR_RANGE;
-        const int64_t t = ids[r] / EL_Q41_TILE, i = ids[r] % EL_Q41_TILE;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *qs = w->qs + (t * nb + b) * 128;
-            const float d = half_to_float(w->d[(t * nb + b) * 8 + i]), m = half_to_float(w->m[(t * nb + b) * 8 + i]);
-            float *row = out + (r * nb + b) * 32;
-            for (int c = 0; c < 4; c++)
-                for (int k = 0; k < 4; k++) {   /* d * q is exact (11 by 4 significant bits): one rounding */
-                    const uint8_t byte = qs[c * 32 + i * 4 + k];
-                    row[4 * c + k] = d * (float)(byte & 0x0F) + m;
-                    row[16 + 4 * c + k] = d * (float)(byte >> 4) + m;
-                }
-        }
-    }
-    return EL_OK;
+    return gather(w, w->n, w->nb, ids, count, out, q41_block);
 }

@@ -5,7 +5,7 @@
  * on 256-bit registers, so that the lanes are those of the avx2 path and the row loops are
  * blocks_x86.h's. The activations are rounded by the avx2 path's el_q8_quantize_avx2.
  *
- * Includes: libc, and the compiler's <immintrin.h>.
+ * Includes: libc, the compiler's <immintrin.h>, and blocks_vnni.h (the dots by vpdpbusd, over blocks_x86.h).
  */
 #include "blocks.h"
 
@@ -16,16 +16,7 @@
 #define ROWS_Q41 el_q41_rows_avx512vnni
 #define ROWS_Q8 el_q8_rows_avx512vnni
 #define ROWS_KQUANT el_kquant_rows_avx512vnni
-
-/* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x */
-TARGET static inline __m256i dot4_s8_vnni(__m256i acc, __m256i w, __m256i x)
-{
-    return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
-}
-
-#define DOT4_ADD _mm256_dpbusd_epi32
-#define DOT4_INT32(acc) (acc)
+#define DPBUSD _mm256_dpbusd_epi32
 #define PAIR_TILES 2   /* AVX-512VL: 32 vector registers hold two tiles' sums for ACTS rows */
-#define DOT4_S8 dot4_s8_vnni
-#include "blocks_x86.h"
+#include "blocks_vnni.h"
 #endif

@@ -7,7 +7,7 @@
  * instruction's EVEX form instead, so that a CPU with AVX-512 VNNI but not AVX-VNNI can run them
  * (tests/helpers/avxvnni_check.c).
  *
- * Includes: libc, and the compiler's <immintrin.h>.
+ * Includes: libc, the compiler's <immintrin.h>, and blocks_vnni.h (the dots by vpdpbusd, over blocks_x86.h).
  */
 #include "blocks.h"
 
@@ -24,16 +24,6 @@
 #define ROWS_Q41 el_q41_rows_avxvnni
 #define ROWS_Q8 el_q8_rows_avxvnni
 #define ROWS_KQUANT el_kquant_rows_avxvnni
-
-/* acc plus the products of signed w and x per 4 bytes, w's signs moved onto x */
-TARGET static inline __m256i dot4_s8_avxvnni(__m256i acc, __m256i w, __m256i x)
-{
-    return DPBUSD(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
-}
-
-#define DOT4_ADD DPBUSD
-#define DOT4_INT32(acc) (acc)
 #define PAIR_TILES 1   /* 16 vector registers: one tile's sums for ACTS rows */
-#define DOT4_S8 dot4_s8_avxvnni
-#include "blocks_x86.h"
+#include "blocks_vnni.h"
 #endif

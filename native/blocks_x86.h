@@ -11,9 +11,9 @@
  *     DOT4_S8(acc, w, x)    int32 acc plus, per 32-bit lane, the four products of w's signed bytes
  *                           with x's (8-bit weights, Q6_K's q - 32 in [-32, 31])
  *     PAIR_TILES            Q4_1 tiles taken together by a prompt's pass (1 or 2: registers)
- * (blocks_avx2.c: vpmaddubsw; blocks_avx512.c: vpdpbusd). Both form the same exact integers, and
- * everything after them (the float arithmetic of blocks.h) is this file's, so the paths agree bit
- * for bit.
+ * (blocks_avx2.c: vpmaddubsw; blocks_avx512.c and blocks_avxvnni.c through blocks_vnni.h: vpdpbusd).
+ * All form the same exact integers, and everything after them (the float arithmetic of blocks.h) is
+ * this file's, so the paths agree bit for bit.
  *
  * Buffers: the tiles are read in place. Activation rows are padded (blocks.h).
  *
