@@ -158,18 +158,17 @@ def test_a_block_without_a_float16_zero_point_keeps_its_offsets_as_columns(tmp_p
 
 # --- a float checkpoint ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options, form, table", [
-    (dict(quality="small", calibration=None), "Q4_1 rounded", "Q4_1 rounded"),
-    (dict(quality="small"), "Q4_1 GPTQ", "Q4_1 quantized")])
-def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form, table):
+@pytest.mark.parametrize("options, form", [(dict(quality="small", calibration=None), "Q4_1 rounded"),
+                                           (dict(quality="small"), "Q4_1 GPTQ")])
+def test_a_float_checkpoint_is_quantized_into_q4_1_blocks_in_the_native_form(hf_folder, options, form):
     plan = plan_of(hf_folder, **options)
     assert plan.native and weights_of(plan) == {WeightPlan(form, "MatMulQ4_1", 4, 32, False, ())}
     assert nodes_of(plan) == [("MatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] + [
         ("NormMatMulQ4_1", "RotaryAttention", "mlp", "ProjectNormMlpQ4_1")] * (len(plan.layers) - 1)
-    # the 4-bit table too, gathered by GatherQ4_1 and multiplied by MatMulQ4_1 (GPTQ's rounding without
-    # statistics of its input: the scale search)
-    assert plan.embedding == WeightPlan(table, "GatherQ4_1", 4, 32, False, ())
-    assert plan.lm_head == WeightPlan(table, "MatMulQ4_1", 4, 32, False, ()) and plan.tied
+    # the 4-bit table too, gathered by GatherQ4_1 and multiplied by MatMulQ4_1, by the scale search (no
+    # statistics of its input to round with, and better than rounding to nearest)
+    assert plan.embedding == WeightPlan("Q4_1 quantized", "GatherQ4_1", 4, 32, False, ())
+    assert plan.lm_head == WeightPlan("Q4_1 quantized", "MatMulQ4_1", 4, 32, False, ()) and plan.tied
 
 
 def test_a_q4_0_file_is_carried_into_q4_1_blocks_exactly(tmp_path):
