@@ -23,7 +23,8 @@ NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
 OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attention.c", "native/ort_api.c",
                "native/phases.c", "native/attention.c", "native/blocks.c", "native/blocks_avx2.c",
-               "native/blocks_avxvnni.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c", "native/kernels.c",
+               "native/blocks_avxvnni.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
+               "native/kernels.c",
                "native/activation.c", "native/halfconv.c", "native/kvrows.c", "native/norm.c",
                "native/ort_norm.c", "native/ort_kquants.c", "native/blocks_kquants.c", "native/blocks_q5k.c",
                "native/blocks_q5k_avx2.c", "native/blocks_q5k_avxvnni.c", "native/blocks_q5k_avx512.c",

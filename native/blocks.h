@@ -120,8 +120,8 @@ static inline int64_t el_q8_half_at(int64_t b, int second)
 }
 
 /* The vector paths, for the routines above (blocks_avx2.c, blocks_avxvnni.c, blocks_avx512.c: x86-64
- * with GCC or clang; blocks_neon.c, blocks_i8mm.c: aarch64); chosen by blocks.c through kernels.h. Arguments were
- * checked. The i8mm path rounds activations and runs 8-bit products with the neon path's routines. */
+ * with GCC or clang; blocks_neon.c, blocks_i8mm.c: aarch64); chosen by blocks.c through kernels.h.
+ * Arguments were checked. The i8mm path rounds activations and runs 8-bit products with the neon path's routines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EL_BLOCKS_X86 1
 void el_q8_quantize_avx2(const float *x, el_q8_act *act);

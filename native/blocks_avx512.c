@@ -5,7 +5,8 @@
  * on 256-bit registers, so that the lanes are those of the avx2 path and the row loops are
  * blocks_x86.h's. The activations are rounded by the avx2 path's el_q8_quantize_avx2.
  *
- * Includes: libc, the compiler's <immintrin.h>, and blocks_vnni.h (the dots by vpdpbusd, over blocks_x86.h).
+ * Includes: libc, the compiler's <immintrin.h>, and blocks_vnni.h (the dots by vpdpbusd, over
+ * blocks_x86.h).
  */
 #include "blocks.h"
 

@@ -7,20 +7,15 @@
  * instruction's EVEX form instead, so that a CPU with AVX-512 VNNI but not AVX-VNNI can run them
  * (tests/helpers/avxvnni_check.c).
  *
- * Includes: libc, the compiler's <immintrin.h>, and blocks_vnni.h (the dots by vpdpbusd, over blocks_x86.h).
+ * Includes: libc, the compiler's <immintrin.h>, avxvnni_target.h (the instructions) and blocks_vnni.h (the
+ * dots by vpdpbusd, over blocks_x86.h).
  */
 #include "blocks.h"
 
 #if EL_BLOCKS_X86
 #include <immintrin.h>
 
-#ifndef EL_AVXVNNI_AS_AVX512
-#define TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
-#define DPBUSD _mm256_dpbusd_avx_epi32
-#else   /* the same loops with the EVEX form of the instruction, to check them on an AVX-512 VNNI CPU */
-#define TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
-#define DPBUSD _mm256_dpbusd_epi32
-#endif
+#include "avxvnni_target.h"   /* TARGET, DPBUSD */
 #define ROWS_Q41 el_q41_rows_avxvnni
 #define ROWS_Q8 el_q8_rows_avxvnni
 #define ROWS_KQUANT el_kquant_rows_avxvnni

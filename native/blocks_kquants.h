@@ -73,8 +73,8 @@ el_status el_q6k_rows(const el_q6k_weight *w, const el_q8_act *acts, int64_t cou
 el_status el_q4k_gather(const el_q4k_weight *w, const int64_t *ids, int64_t count, float *out);
 el_status el_q6k_gather(const el_q6k_weight *w, const int64_t *ids, int64_t count, float *out);
 
-/* The vector paths (blocks_avx2.c, blocks_avxvnni.c, blocks_avx512.c, blocks_neon.c): el_q4k_rows of w4 when it is not
- * NULL, else el_q6k_rows of w6; arguments were checked. */
+/* The vector paths (blocks_avx2.c, blocks_avxvnni.c, blocks_avx512.c, blocks_neon.c): el_q4k_rows of w4
+ * when it is not NULL, else el_q6k_rows of w6; arguments were checked. */
 #if EL_BLOCKS_X86
 void el_kquant_rows_avx2(const el_q4k_weight *w4, const el_q6k_weight *w6, const el_q8_act *acts, int64_t count,
                          int64_t lo, int64_t hi, float *y, int64_t stride);

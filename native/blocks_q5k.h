@@ -46,8 +46,8 @@ el_status el_q5k_rows(const el_q5k_weight *w, const el_q8_act *acts, int64_t cou
  * ds * q + ms, one rounding (ds * q is exact), as GGML dequantizes it. */
 el_status el_q5k_gather(const el_q5k_weight *w, const int64_t *ids, int64_t count, float *out);
 
-/* The vector paths (blocks_q5k_avx2.c, blocks_q5k_avxvnni.c, blocks_q5k_avx512.c, blocks_q5k_neon.c, the last for the neon
- * and i8mm paths); arguments were checked. */
+/* The vector paths (blocks_q5k_avx2.c, blocks_q5k_avxvnni.c, blocks_q5k_avx512.c, blocks_q5k_neon.c, the
+ * last for the neon and i8mm paths); arguments were checked. */
 #if EL_BLOCKS_X86
 void el_q5k_rows_avx2(const el_q5k_weight *w, const el_q8_act *acts, int64_t count, int64_t lo, int64_t hi, float *y,
                       int64_t stride);

@@ -78,8 +78,8 @@ OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
         return NULL;
     if (el_path_check_env() != EL_OK)
         return el_ort_fail(ORT_INVALID_ARGUMENT, "EDGELLAMA_KERNELS names no kernel path this CPU can run: "
-                                                 "use one of avx512vnni, avxvnni, avx2, i8mm, neon, portable that it supports, "
-                                                 "or unset it");
+                                                 "use one of avx512vnni, avxvnni, avx2, i8mm, neon, portable that "
+                                                 "it supports, or unset it");
     el_path_chosen();   /* the path is chosen once, here */
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);

@@ -123,7 +123,8 @@ def q41_gather(qs: np.ndarray, d: np.ndarray, m: np.ndarray, ids) -> np.ndarray:
     each weight d * q + m in float32 (d * q exact: one rounding)."""
     native_args.q41_gather(qs, d, m, ids)
     ids = np.asarray(ids, np.int64)
-    q = np.concatenate([qs[ids] & 0x0F, qs[ids] >> 4], axis=-1).astype(F32)            # [M, nb, 32]
+    rows = qs[ids]
+    q = np.concatenate([rows & 0x0F, rows >> 4], axis=-1).astype(F32)                  # [M, nb, 32]
     dw, mw = (a[ids].view(np.float16).astype(F32)[..., None] for a in (d, m))
     return (dw * q + mw).reshape(len(ids), 32 * qs.shape[1])
 
