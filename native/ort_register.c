@@ -10,6 +10,7 @@
 #include "kernels.h"
 #include "ort_api.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 typedef struct {
@@ -70,16 +71,28 @@ static const OpInfo OPS[] = {
     OP("SkipRmsNorm", el_norm_create, el_skip_rms_norm_compute, TWO, F, F, F),
 };
 
+/* What a session hears when EDGELLAMA_KERNELS names a path this CPU cannot run: the paths it can, from
+ * kernels.c's table, into text [size] */
+static const char *refusal(char *text, size_t size)
+{
+    size_t at = (size_t)snprintf(text, size, "EDGELLAMA_KERNELS names no kernel path this CPU can run: use one of");
+    for (int p = 0; p < EL_PATHS && at < size; p++)
+        if (el_path_supported(p))
+            at += (size_t)snprintf(text + at, size - at, " %s", el_path_name(p));
+    if (at < size)
+        snprintf(text + at, size - at, ", or unset it");
+    return text;
+}
+
 /* Called by ONNX Runtime when a session's options register this library. */
 OrtStatus *RegisterCustomOps(void *options, const OrtApiBase *base)
 {
     el_ort_api = base->GetApi(ORT_API_VERSION_USED);
     if (el_ort_api == NULL)   /* an ONNX Runtime older than 1.17: it cannot hear about the failure either */
         return NULL;
+    char text[256];   /* ONNX Runtime copies a status's message */
     if (el_path_check_env() != EL_OK)
-        return el_ort_fail(ORT_INVALID_ARGUMENT, "EDGELLAMA_KERNELS names no kernel path this CPU can run: "
-                                                 "use one of avx512vnni, avxvnni, avx2, i8mm, neon, portable that "
-                                                 "it supports, or unset it");
+        return el_ort_fail(ORT_INVALID_ARGUMENT, refusal(text, sizeof text));
     el_path_chosen();   /* the path is chosen once, here */
     void *domain;
     OrtStatus *status = API(API_CreateCustomOpDomain, create_domain_fn)("ai.edgellama", &domain);

@@ -114,6 +114,8 @@ def test_the_operator_library_refuses_an_unknown_path_itself(tmp_path):
     done = subprocess.run([sys.executable, "-c", program, str(ops.library_path())], env=env, capture_output=True,
                           text=True, timeout=120)
     assert "EDGELLAMA_KERNELS names no kernel path" in done.stdout
+    offered = done.stdout.split("use one of", 1)[1].split(",")[0].split()
+    assert offered == [p for p in KERNEL_PATHS if p in kernels.available()]   # the paths this CPU runs, in table order
 
 
 @needs_native
