@@ -12,23 +12,17 @@ try:
 except ImportError:  # building from a tree that already holds the generated C file
     cythonize = None
 
-NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c", "native/halfconv.c", "native/kernels.c", "native/blocks.c",
-                  "native/blocks_kquants.c",
-                  "native/blocks_q5k.c", "native/blocks_q5k_avx2.c", "native/blocks_q5k_avxvnni.c",
-                  "native/blocks_q5k_avx512.c", "native/blocks_q5k_neon.c",
-                  "native/blocks_avx2.c", "native/blocks_avxvnni.c", "native/blocks_avx512.c", "native/blocks_neon.c",
-                  "native/blocks_i8mm.c",
-                  "native/activation.c",
-                  "native/attention.c", "native/kvrows.c", "native/norm.c"]
+# The block products of every kernel path, and the path's choice: in both modules below.
+KERNEL_SOURCES = ["native/kernels.c", "native/halfconv.c", "native/blocks.c", "native/blocks_avx2.c",
+                  "native/blocks_avxvnni.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
+                  "native/blocks_kquants.c", "native/blocks_q5k.c", "native/blocks_q5k_avx2.c",
+                  "native/blocks_q5k_avxvnni.c", "native/blocks_q5k_avx512.c", "native/blocks_q5k_neon.c"]
+# Attention, activations and norms: in both modules too.
+LAYER_SOURCES = ["native/activation.c", "native/attention.c", "native/kvrows.c", "native/norm.c"]
+NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c"] + KERNEL_SOURCES + LAYER_SOURCES
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
-OPS_SOURCES = ["native/ort_register.c", "native/ort_ops.c", "native/ort_attention.c", "native/ort_api.c",
-               "native/phases.c", "native/attention.c", "native/blocks.c", "native/blocks_avx2.c",
-               "native/blocks_avxvnni.c", "native/blocks_avx512.c", "native/blocks_neon.c", "native/blocks_i8mm.c",
-               "native/kernels.c",
-               "native/activation.c", "native/halfconv.c", "native/kvrows.c", "native/norm.c",
-               "native/ort_norm.c", "native/ort_kquants.c", "native/blocks_kquants.c", "native/blocks_q5k.c",
-               "native/blocks_q5k_avx2.c", "native/blocks_q5k_avxvnni.c", "native/blocks_q5k_avx512.c",
-               "native/blocks_q5k_neon.c"]
+OPS_SOURCES = ["native/ort_register.c", "native/ort_api.c", "native/phases.c", "native/ort_ops.c",
+               "native/ort_kquants.c", "native/ort_attention.c", "native/ort_norm.c"] + KERNEL_SOURCES + LAYER_SOURCES
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
 # -ffp-contract=off: a * b + c is two roundings on every CPU, as written (a fused multiply-add only where the
 # code asks for one), so each kernel path and platform computes the same bits.

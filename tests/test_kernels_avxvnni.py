@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.setup_sources import source_lists
+
 from edgellama import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "native"
-SOURCES = ["blocks.c", "blocks_avx2.c", "blocks_avxvnni.c", "blocks_avx512.c", "blocks_neon.c", "blocks_i8mm.c",
-           "blocks_kquants.c", "blocks_q5k.c", "blocks_q5k_avx2.c", "blocks_q5k_avxvnni.c", "blocks_q5k_avx512.c",
-           "blocks_q5k_neon.c", "kernels.c", "halfconv.c"]
+
+SOURCES = [Path(s).name for s in source_lists()["KERNEL_SOURCES"]]   # the block products of every path
 FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", f"-I{NATIVE}"]
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
