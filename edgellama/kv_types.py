@@ -4,11 +4,13 @@
     float32   float32  D values                               RotaryAttention
     float16   float16  D values                               RotaryAttentionF16
     int8      uint8    D int8 values, then D/32 float32       RotaryAttentionQ8, kv_group=32
-                       scales (edgellama.twins.kvrows)
+                       scales (edgellama.twins.kvrows), kept
+                       in tiles of 64 rows
 
 A package's model.onnx keeps float32 caches; at load edgellama.kv_graph rewrites its attention nodes
 and cache inputs and outputs to the chosen type, and edgellama.kvcache allocates the buffers
-[1, kv heads, capacity, row] of the type's dtype. Packages in the portable form (ONNX Runtime's
+[1, kv heads, capacity, row] of the type's dtype (int8: a capacity rounded up to whole tiles, whose rows
+the attention's loops read rearranged, native/kvrows.h). Packages in the portable form (ONNX Runtime's
 GroupQueryAttention) run only the type equal to their io_dtype. The module imports nothing heavy, so
 the command line reads its names.
 """
@@ -20,6 +22,7 @@ from typing import Optional
 from .errors import InvalidParameterError
 
 KV_GROUP = 32   # int8 rows: values per float32 scale
+KV_TILE = 64    # int8 rows: rows of one tile of a head's buffer (native/kvrows.h EL_KV_TILE)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class KVType:
     op_type: str             # the native form's attention operator (domain ai.edgellama)
     attributes: tuple = ()   # (name, int value) the operator takes besides the float32 one's
     group: int = 0           # values per scale (quantized rows); 0: plain values
+    tile: int = 1            # rows of the buffers kept together (rearranged within); 1: rows as they are
 
     def row_length(self, head_dim: int) -> int:
         """Elements of the buffer per cached row of one head."""
@@ -40,6 +44,10 @@ class KVType:
             raise InvalidParameterError(f"kv_cache={self.name!r} needs a head_dim that is a multiple of "
                                         f"{self.group}; this model's is {head_dim}: use float32 or float16")
         return head_dim + 4 * (head_dim // self.group)
+
+    def capacity(self, rows: int) -> int:
+        """Rows of a buffer that holds `rows` positions: whole tiles."""
+        return -(-rows // self.tile) * self.tile
 
     @property
     def dtype(self):
@@ -56,7 +64,7 @@ KV_TYPES = {
     "float32": KVType("float32", "float32", 1, "tensor(float)", "RotaryAttention"),
     "float16": KVType("float16", "float16", 10, "tensor(float16)", "RotaryAttentionF16"),
     "int8": KVType("int8", "uint8", 2, "tensor(uint8)", "RotaryAttentionQ8",
-                   (("kv_group", KV_GROUP),), KV_GROUP),
+                   (("kv_group", KV_GROUP),), KV_GROUP, KV_TILE),
 }
 FLOAT_GRAPH = KV_TYPES["float32"]   # the caches model.onnx declares
 

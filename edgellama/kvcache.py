@@ -4,10 +4,11 @@ Each layer owns a key and a value array of shape [1, num_kv_heads, capacity, row
 the past_key_values.N.key/value buffers that the graph's attention reads and writes in place. Their
 element type and row are the cache type's (edgellama.kv_types): float32 or float16 rows of head_dim
 values, or int8 rows (uint8 buffers of head_dim int8 values and a float32 scale per 32 of them,
-edgellama.twins.kvrows). Keys are stored already rotated by RoPE, so a context shift re-rotates the
-moved keys by -n_discard positions. For float32 caches copies and rotations run in
+edgellama.twins.kvrows, in tiles of 64 rows: their capacity is whole tiles, and `rows` / `put_rows`
+read and write rows in order). Keys are stored already rotated by RoPE, so a context shift re-rotates
+the moved keys by -n_discard positions. For float32 caches copies and rotations run in
 `edgellama.native.backend` (the compiled extension or its NumPy twins); float16 caches use the NumPy
-twins, which work in any float dtype, and int8 ones copy rows as bytes and shift through
+twins, which work in any float dtype, and int8 ones copy whole tiles as bytes and shift through
 twins.kvrows (dequantize, rotate, quantize again).
 
 Saved file (`save`, `load`), little-endian:
@@ -89,7 +90,7 @@ class KVCache:
         self._ops = _ROUTINES[self.dtype]
         self.config = config
         self._capacity = _position_count("capacity", capacity, 1, 2 ** 31 - 1, "the cache capacity")
-        shape = (1, config.num_kv_heads, self._capacity, self.row)
+        shape = (1, config.num_kv_heads, self.kv_type.capacity(self._capacity), self.row)
         self.keys = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
         self.values = [np.zeros(shape, dtype=self.dtype) for _ in range(config.num_layers)]
         self.length = 0
@@ -101,6 +102,37 @@ class KVCache:
     @property
     def free(self) -> int:
         return self._capacity - self.length
+
+    # ---- rows in order ----
+
+    def rows(self, layer: int, kind: str, n: Optional[int] = None) -> np.ndarray:
+        """A copy of positions [0, n) (default: all valid) of one layer's keys or values (kind "keys" or
+        "values"), rows in order [1, kv heads, n, row]: the buffer's rows, or its tiles' rows put in order."""
+        n = self.length if n is None else _position_count("rows(n)", n, 0, self._capacity, "n")
+        buf = self._buffer(layer, kind)
+        if self.kv_type.tile == 1:
+            return buf[:, :, :n].copy()
+        return kvrows.rows_of(buf, kind, self.config.head_dim, n)
+
+    def put_rows(self, layer: int, kind: str, rows: np.ndarray, start: int = 0) -> None:
+        """Positions [start, start + n) of one layer's keys or values = rows [1, kv heads, n, row] of the
+        cache's dtype (the length is not changed)."""
+        buf = self._buffer(layer, kind)
+        rows = np.asarray(rows)
+        if rows.dtype != self.dtype or rows.ndim != 4 or rows.shape[:2] != buf.shape[:2] or rows.shape[3] != self.row:
+            raise InvalidParameterError(f"put_rows: rows must be {self.dtype.name} [1, {buf.shape[1]}, n, {self.row}]; "
+                                        f"got {rows.dtype} {rows.shape}")
+        _position_count("put_rows(start)", start, 0, self._capacity - rows.shape[2], "start (start + n <= capacity)")
+        if self.kv_type.tile == 1:
+            buf[:, :, start:start + rows.shape[2]] = rows
+        else:
+            kvrows.put_rows(buf, kind, self.config.head_dim, rows, start)
+
+    def _buffer(self, layer: int, kind: str) -> np.ndarray:
+        if kind not in ("keys", "values"):
+            raise InvalidParameterError(f"kind={kind!r}: choose 'keys' or 'values'")
+        _position_count("layer", layer, 0, self.config.num_layers - 1, "the layer")
+        return (self.keys if kind == "keys" else self.values)[layer]
 
     # ---- length bookkeeping ----
 
@@ -124,11 +156,11 @@ class KVCache:
         buffers when given (their capacity must be >= n), else into new ones."""
         n = self.length if n is None else _position_count("snapshot(n)", n, 0, self.length, "n")
         if into is None:
-            shape = (1, self.config.num_kv_heads, max(n, 1), self.row)
+            shape = (1, self.config.num_kv_heads, self.kv_type.capacity(max(n, 1)), self.row)
             into = KVSnapshot([np.empty(shape, self.dtype) for _ in self.keys],
                               [np.empty(shape, self.dtype) for _ in self.values], 0)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=False)
-        self._check_buffers(into.keys + into.values, "snapshot buffer", n, writable=True)
+        self._check_buffers(into.keys + into.values, "snapshot buffer", self.kv_type.capacity(n), writable=True)
         for layer in range(self.config.num_layers):
             self._ops.kv_copy(self.keys[layer], into.keys[layer], n)
             self._ops.kv_copy(self.values[layer], into.values[layer], n)
@@ -138,7 +170,8 @@ class KVCache:
     def restore(self, snapshot: KVSnapshot) -> None:
         """Copies a snapshot back into the cache; the cache length becomes the snapshot's."""
         n = _position_count("snapshot.length", snapshot.length, 0, self._capacity, "the snapshot length")
-        self._check_buffers(snapshot.keys + snapshot.values, "snapshot buffer", n, writable=False)
+        self._check_buffers(snapshot.keys + snapshot.values, "snapshot buffer", self.kv_type.capacity(n),
+                            writable=False)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
         for layer in range(self.config.num_layers):
             self._ops.kv_copy(snapshot.keys[layer], self.keys[layer], n)
@@ -163,13 +196,14 @@ class KVCache:
                 f.write(chunk)
 
     def _chunks(self, n: int):
-        """The saved data of the first n positions: per layer keys then values, per head its n rows
-        (little-endian; views of the buffers where the machine is little-endian)."""
+        """The saved data of the first n positions: per layer keys then values, per head its n rows in order
+        (little-endian; views of the buffers where the machine is little-endian and rows are not in tiles)."""
         stored = self.dtype.newbyteorder("<")
-        for keys, values in zip(self.keys, self.values):
-            for buf in (keys, values):
+        for layer in range(self.config.num_layers):
+            for kind in ("keys", "values"):
+                rows = self.rows(layer, kind, n) if self.kv_type.tile > 1 else self._buffer(layer, kind)[:, :, :n]
                 for head in range(self.config.num_kv_heads):
-                    yield np.ascontiguousarray(buf[0, head, :n], dtype=stored).reshape(-1).view(np.uint8)
+                    yield np.ascontiguousarray(rows[0, head], dtype=stored).reshape(-1).view(np.uint8)
 
     def load(self, path) -> None:
         """Reads what `save` wrote (a file name, or a binary file read from its position to its end);
@@ -193,9 +227,9 @@ class KVCache:
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)
         shape = (1, self.config.num_kv_heads, n, self.row)
         for layer in range(self.config.num_layers):
-            for kind, buffers in enumerate((self.keys, self.values)):
-                start = (2 * layer + kind) * per_layer
-                buffers[layer][:, :, :n, :] = data[start:start + per_layer].reshape(shape)
+            for index, kind in enumerate(("keys", "values")):
+                start = (2 * layer + index) * per_layer
+                self.put_rows(layer, kind, data[start:start + per_layer].reshape(shape).astype(self.dtype))
         self.length = n
 
     def _read_header(self, path, raw: bytes) -> tuple:
@@ -257,9 +291,10 @@ class KVCache:
         for buf in buffers:
             if (not isinstance(buf, np.ndarray) or buf.dtype != self.dtype or not buf.flags.c_contiguous
                     or buf.ndim != 4 or buf.shape[:2] != (1, self.config.num_kv_heads)
-                    or buf.shape[3] != self.row or buf.shape[2] < min_capacity):
+                    or buf.shape[3] != self.row or buf.shape[2] < min_capacity or buf.shape[2] % self.kv_type.tile):
+                whole = f" (a multiple of {self.kv_type.tile})" if self.kv_type.tile > 1 else ""
                 raise InvalidParameterError(
-                    f"{what} must be C-contiguous {self.dtype.name} [1, {self.config.num_kv_heads}, >= {min_capacity}, "
-                    f"{self.row}]; got {getattr(buf, 'dtype', type(buf))} {getattr(buf, 'shape', '')}")
+                    f"{what} must be C-contiguous {self.dtype.name} [1, {self.config.num_kv_heads}, >= {min_capacity}"
+                    f"{whole}, {self.row}]; got {getattr(buf, 'dtype', type(buf))} {getattr(buf, 'shape', '')}")
             if writable and not buf.flags.writeable:
                 raise InvalidParameterError(f"{what} is read-only; it is written to")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kv_types import KV_TILE
 from .native_status import Status, error_for
 
 _INT32_MAX = 2 ** 31 - 1
@@ -276,13 +277,33 @@ def q8_rows(context: str, x, raw, d: int, group: int) -> None:
                                                   f"the same rows of {d} values ({bytes_} bytes)")
 
 
-def q8_scores(q, rows, d: int, group: int) -> None:
-    """q8_scores: a query q [d] (d at most 256) and q8 rows [n, row] of d values."""
+def _q8_tiles(what: str, tiles, d: int, group: int, n) -> int:
+    """q8 tiles [C, row] of d values (d a multiple of 4, at most 256; C a multiple of the tile's 64 rows)
+    and the n <= C of their rows a routine reads (None: all); returns n."""
     bytes_ = q8_row_bytes(d, group)
-    if np.shape(q) != (d,) or np.ndim(rows) != 2 or np.shape(rows)[1] != bytes_ or d > MAX_HEAD_DIM:
-        raise error_for(Status.ERR_SIZE, "q8_scores", f"query {np.shape(q)} and q8 rows {np.shape(rows)} are not "
-                                                      f"of head_dim {d} ({bytes_} bytes a row, d at most "
-                                                      f"{MAX_HEAD_DIM})")
+    if np.ndim(tiles) != 2 or np.shape(tiles)[1] != bytes_ or d > MAX_HEAD_DIM or d % 4 or np.shape(tiles)[0] % KV_TILE:
+        raise error_for(Status.ERR_SIZE, what, f"q8 tiles {np.shape(tiles)} are not of head_dim {d} ({bytes_} bytes a "
+                                               f"row, d a multiple of 4 and at most {MAX_HEAD_DIM}, whole tiles of "
+                                               f"{KV_TILE} rows)")
+    if n is None:
+        return int(np.shape(tiles)[0])
+    if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 0 <= n <= np.shape(tiles)[0]):
+        raise error_for(Status.ERR_SIZE, what, f"n={n!r} rows of {np.shape(tiles)[0]} held")
+    return int(n)
+
+
+def q8_scores(q, rows, d: int, group: int, n=None) -> None:
+    """q8_scores: a query q [d] and q8 key tiles (_q8_tiles) of which n rows are scored."""
+    _q8_tiles("q8_scores", rows, d, group, n)
+    if np.shape(q) != (d,):
+        raise error_for(Status.ERR_SIZE, "q8_scores", f"query {np.shape(q)} is not of head_dim {d}")
+
+
+def q8_weigh(w, tiles, d: int, group: int, n=None) -> None:
+    """q8_weigh: q8 value tiles (_q8_tiles) and the weights w of the n rows weighed."""
+    count = _q8_tiles("q8_weigh", tiles, d, group, n)
+    if np.ndim(w) != 1 or np.shape(w)[0] < count:
+        raise error_for(Status.ERR_SIZE, "q8_weigh", f"weights {np.shape(w)} for {count} rows")
 
 
 def attention(qkv, keys, values, cos, sin, p0: int, heads: int, kv_group: int = 32) -> None:
@@ -300,6 +321,10 @@ def attention(qkv, keys, values, cos, sin, p0: int, heads: int, kv_group: int = 
         raise error_for(Status.ERR_SIZE, "attention", f"qkv {(s, width)}, keys {(kv_heads, capacity, row)}, values "
                                                       f"{np.shape(values)}, cos {(positions, half)}, sin "
                                                       f"{np.shape(sin)} and heads={heads} do not match")
+    if np.result_type(keys) == np.uint8 and (capacity % KV_TILE or d % 4):
+        raise error_for(Status.ERR_SIZE, "attention", f"q8 caches of {capacity} rows of head_dim {d}: they lie in "
+                                                      f"tiles of {KV_TILE} rows (a capacity that is a multiple of "
+                                                      f"{KV_TILE}, head_dim a multiple of 4)")
     if not (_fits(p0, s, capacity) and _fits(p0, s, positions)):
         raise error_for(Status.ERR_SIZE, "attention", f"tokens at positions [{p0}, {p0} + {s}) do not fit the "
                                                       f"cache ({capacity}) or the rotary tables ({positions})")

@@ -481,7 +481,7 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..
     (attention.h); their rotated keys and their values are written into rows p0 .. of keys and
     values [G, C, row]: float32 or float16 [G, C, D], or uint8 q8 rows (kvrows.h, groups of
-    kv_group), on kernel path `path` (None: the chosen one); `split` runs step 2 as span units
+    kv_group, in tiles of 64 rows: C a multiple of 64), on kernel path `path` (None: the chosen one); `split` runs step 2 as span units
     merged afterwards (what the operator does for a decode step)."""
     native_args.attention(qkv, keys, values, cos, sin, p0, heads, kv_group)
     native_args.kernel_path(path, kernel_paths())
@@ -517,18 +517,39 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     return result
 
 
-def q8_scores(q, rows, int64_t d, float scale, path=None, int64_t group=32):
-    """scores float32 [n]: scale * q . rows[j], the query q [d] rounded to a q8 row, as attention (on `path`) does."""
-    native_args.q8_scores(q, rows, d, group)
+def q8_weigh(w, tiles, int64_t d, path=None, int64_t group=32, n=None):
+    """out float32 [d] = sum_j w[j] v_j over the first n (default: all) value rows of q8 tiles [C, row]
+    (kvrows.h), the weights w [n] (not negative) rounded to 15-bit integers per tile and group of columns,
+    as attention (on `path`) weighs values."""
+    native_args.q8_weigh(w, tiles, d, group, n)
+    native_args.kernel_path(path, kernel_paths())
+    cdef const uint8_t[:, ::1] r = np.ascontiguousarray(tiles, dtype=np.uint8)
+    cdef int64_t count = r.shape[0] if n is None else n
+    cdef const float[::1] x = np.ascontiguousarray(np.asarray(w, dtype=np.float32)[:count])
+    cdef float[::1] out = np.zeros(d, dtype=np.float32)
+    cdef el_status code = EL_OK
+    cdef int number = _path_number(path)
+    if count > 0:
+        with nogil:
+            code = el_attention_q8_weigh(&x[0], &r[0, 0], count, d, group, &out[0], number)
+    _check(code, "q8_weigh")
+    return np.asarray(out)
+
+
+def q8_scores(q, rows, int64_t d, float scale, path=None, int64_t group=32, n=None):
+    """scores float32 [n]: scale * q . k_j for the first n (default: all) key rows of q8 tiles rows [C, row]
+    (kvrows.h), the query q [d] rounded to a q8 row, as attention (on `path`) does."""
+    native_args.q8_scores(q, rows, d, group, n)
     native_args.kernel_path(path, kernel_paths())
     cdef const float[::1] x = np.ascontiguousarray(q, dtype=np.float32)
     cdef const uint8_t[:, ::1] r = np.ascontiguousarray(rows, dtype=np.uint8)
-    cdef float[::1] out = np.zeros(r.shape[0], dtype=np.float32)
+    cdef int64_t count = r.shape[0] if n is None else n
+    cdef float[::1] out = np.zeros(count, dtype=np.float32)
     cdef el_status code = EL_OK
     cdef int number = _path_number(path)
-    if r.shape[0] > 0:
+    if count > 0:
         with nogil:
-            code = el_attention_q8_scores(&x[0], &r[0, 0], r.shape[0], d, group, scale, &out[0], number)
+            code = el_attention_q8_scores(&x[0], &r[0, 0], count, d, group, scale, &out[0], number)
     _check(code, "q8_scores")
     return np.asarray(out)
 

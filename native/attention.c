@@ -24,9 +24,12 @@
  * fold exactly as those do, and the integer dots are exact on every path, so every path gives the
  * same bits.
  *
+ * A q8 cache keeps its rows in tiles of 64 (kvrows.h), a chunk being one tile: the keys' dots need no
+ * transposing, and the values are weighed by 15-bit integer weights, two rows at a time (q8_weigh_plain).
+ *
  * Includes: libc, activation.h / kernels.h / kvrows.h of this folder (the exponentials, the path, the
- * cache rows), attention_tile.h and attention_x86.h (parts of this file), and the compiler's
- * <immintrin.h> on x86-64.
+ * cache rows), attention_tile.h, attention_x86.h and attention_q8_x86.h (parts of this file), and the
+ * compiler's <immintrin.h> on x86-64.
  */
 #include "attention.h"
 #include "activation.h"
@@ -36,7 +39,8 @@
 #include <math.h>
 #include <string.h>
 
-#define CHUNK 64
+#define CHUNK 64   /* rows of a chunk: those of one tile of a q8 cache (kvrows.h) */
+_Static_assert(CHUNK == EL_KV_TILE, "a chunk of q8 rows is one tile");
 
 #if defined(__GNUC__) || defined(__clang__)
 #define INLINE static inline __attribute__((always_inline))
@@ -53,7 +57,7 @@ static int valid(const el_attention *a)
 {
     return a != NULL && a->heads > 0 && a->kv_heads > 0 && a->heads % a->kv_heads == 0 && a->head_dim > 0 &&
            a->head_dim % 2 == 0 && a->head_dim <= EL_ATT_MAX_HEAD_DIM && a->capacity >= 0 && a->positions >= 0 &&
-           row_bytes(a) > 0;
+           row_bytes(a) > 0 && (a->kv_type != EL_KV_Q8 || (a->capacity % EL_KV_TILE == 0 && a->head_dim % 4 == 0));
 }
 
 int64_t el_attention_row_bytes(const el_attention *a)
@@ -61,10 +65,17 @@ int64_t el_attention_row_bytes(const el_attention *a)
     return valid(a) ? row_bytes(a) : -1;
 }
 
-/* row [row_bytes] = x [D] in the cache's element type */
-static void put_row(const el_attention *a, const float *x, uint8_t *row)
+/* row p of one head's keys or values (side; head: its row 0) = x [D] in the cache's element type (q8 rows
+ * into their tile, kvrows.h) */
+static void put_row(const el_attention *a, const float *x, int32_t side, uint8_t *head, int64_t p)
 {
-    el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, row);   /* sizes are valid: cannot fail */
+    uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* x as a q8 row (at most 5 D bytes) */
+    if (a->kv_type != EL_KV_Q8) {
+        el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, head + p * row_bytes(a));   /* cannot fail */
+        return;
+    }
+    el_q8_rows_store(x, 1, a->head_dim, a->kv_group, row);             /* sizes are valid: cannot fail */
+    el_q8_tiles_put(side, row, 1, a->head_dim, a->kv_group, head, p);
 }
 
 /* out = x rotated by the angles whose cosines and sines are cos, sin [half] (out may not alias x) */
@@ -90,10 +101,10 @@ el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s,
         for (int64_t h = 0; h < a->heads; h++)
             rotate(row + h * d, half, c, sn, q + (t * a->heads + h) * d);
         for (int64_t g = 0; g < a->kv_heads; g++) {
-            const int64_t slot = (g * a->capacity + p0 + t) * bytes;
+            const int64_t head = g * a->capacity * bytes;
             rotate(row + (a->heads + g) * d, half, c, sn, key);
-            put_row(a, key, (uint8_t *)keys + slot);
-            put_row(a, row + (a->heads + a->kv_heads + g) * d, (uint8_t *)values + slot);
+            put_row(a, key, EL_KV_KEYS, (uint8_t *)keys + head, p0 + t);
+            put_row(a, row + (a->heads + a->kv_heads + g) * d, EL_KV_VALUES, (uint8_t *)values + head, p0 + t);
         }
     }
     return EL_OK;
@@ -157,12 +168,20 @@ static void weigh_one(float *out, const float *w, const float *values, int64_t n
             out[i] = fmaf(w[j], values[j * d + i], out[i]);
 }
 
+static void q8_weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
+                           const uint8_t *tiles, int64_t n);
+
 /* out[h * stride + i] += sum_j w[h * CHUNK + j] values[j][i] for the `count` queries h, over n cache rows
- * (rows, in the cache's element type, read as float32: compact rows converted into buf [n, D] by
- * convert_plain, exactly), each output's sum fused and in the order of j */
+ * (rows, in the cache's element type: float32 and float16 ones read as float32, float16 ones converted
+ * into buf [n, D] by convert_plain, exactly, each output's sum fused and in the order of j; q8 ones, in
+ * tiles from row 0 of `rows`, by integer weights: q8_weigh_plain) */
 static void weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
                         const uint8_t *rows, int64_t n, float *buf)
 {
+    if (a->kv_type == EL_KV_Q8) {
+        q8_weigh_plain(a, out, count, stride, w, rows, n);
+        return;
+    }
     const float *v = (const float *)(const void *)rows;
     if (a->kv_type != EL_KV_F32) {
         convert_plain(a, rows, n, buf);
@@ -195,26 +214,98 @@ static float top_plain(const float *x, int64_t n)
     return top;
 }
 
-/* scores [h * CHUNK + j] = scale * q[h] . rows[j] over q8 rows (d values in groups of `group`,
- * kvrows.h), the `count` queries q[h] q8 rows of the same groups (q [count, row bytes]): for each
- * query and row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total) over the groups g in order from
- * 0, q_g . k_g the integer dot of the group's int8 values (exact: |q_g . k_g| <= 256 * 127 * 127 <
- * 2^24), then score = total * scale */
-static void q8_scores_plain(const uint8_t *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
+/* the float32 at byte `at` of a tile of q8 rows (kvrows.h): a scale */
+INLINE float q8_tile_scale(const uint8_t *tile, int64_t at)
+{
+    float s;
+    memcpy(&s, tile + at, sizeof s);
+    return s;
+}
+
+/* scores [h * CHUNK + j] = scale * q[h] . k_j over n q8 key rows in tiles from row 0 of `tiles` (d values
+ * in groups of `group`, kvrows.h), the `count` queries q[h] q8 rows of the same groups (q [count, row
+ * bytes]): for each query and row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total) over the groups g
+ * in order from 0, q_g . k_g the integer dot of the group's int8 values (exact: |q_g . k_g| <= 256 * 127 *
+ * 127 < 2^24), then score = total * scale */
+static void q8_scores_plain(const uint8_t *q, int64_t count, const uint8_t *tiles, int64_t n, int64_t d,
                             int64_t group, float scale, float *scores)
 {
     const int64_t bytes = el_q8_row_bytes(d, group);
     for (int64_t h = 0; h < count; h++)
         for (int64_t j = 0; j < n; j++) {
-            const uint8_t *k = rows + j * bytes, *x = q + h * bytes;
+            const uint8_t *k = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes, *x = q + h * bytes;
+            const int64_t r = j % EL_KV_TILE;
             float total = 0.0f;
             for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
                 int32_t dot = 0;
                 for (int64_t i = g0; i < g0 + group; i++)
-                    dot += (int32_t)(int8_t)x[i] * (int32_t)(int8_t)k[i];
-                total = fmaf(q8_scale(x, d, g) * q8_scale(k, d, g), (float)dot, total);
+                    dot += (int32_t)(int8_t)x[i] * (int32_t)(int8_t)k[el_q8_key_at(d, group, i, r)];
+                const float ks = q8_tile_scale(k, el_q8_key_scale_at(d, group, g, r));
+                total = fmaf(q8_scale(x, d, g) * ks, (float)dot, total);
             }
             scores[h * CHUNK + j] = total * scale;
+        }
+}
+
+/* Weights over q8 values are integers: for each query and group of columns, the chunk's weights times the
+ * rows' scales of the group, wg[j] = w[j] * s_g[j], become 15-bit integers by a power of two that brings
+ * their largest, top, to [2^14, 2^15):
+ *     qw[j] = round half to even of min(max(wg[j] * 2^k, 0), 32767),  k = 141 - e (at most 127)
+ * e the biased exponent of top (top = 0: all weights are 0; a NaN weight becomes 0, as the maximum
+ * instruction takes it). Their dots with each column's int8 values are exact in 32 bits (|dot| <= CHUNK *
+ * 32767 * 127 < 2^31), then out[c] = fmaf(2^-k, (float)dot, out[c]). Each weight is off by at most
+ * 2^-k / 2 <= top / 2^15; the values are read as they are stored. */
+#define Q8_WEIGHT_ONE 32767.0f
+
+/* 2^k and 2^-k for weights whose largest is top (>= 0, not a NaN): exact powers of two, k in [-114, 127] */
+INLINE void q8_weight_scale(float top, float *up, float *down)
+{
+    uint32_t bits;
+    memcpy(&bits, &top, sizeof bits);
+    int32_t k = 141 - (int32_t)(bits >> 23);   /* top >= 0: the sign bit is clear */
+    k = k < 127 ? k : 127;
+    const uint32_t u = (uint32_t)(127 + k) << 23, v = k < 127 ? (uint32_t)(127 - k) << 23 : 1u << 22;   /* 2^-127 */
+    memcpy(up, &u, sizeof u);
+    memcpy(down, &v, sizeof v);
+}
+
+/* one weight as its 15-bit integer, x = wg * 2^k (a NaN as 0) */
+INLINE int16_t q8_weight(float x)
+{
+    x = x > 0.0f ? x : 0.0f;
+    x = x < Q8_WEIGHT_ONE ? x : Q8_WEIGHT_ONE;
+    return (int16_t)nearbyintf(x);
+}
+
+/* out[h * stride + c] += the weighted sums of weigh_plain over n q8 value rows in tiles from row 0 of
+ * `tiles`, in integers as above */
+static void q8_weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
+                           const uint8_t *tiles, int64_t n)
+{
+    const int64_t d = a->head_dim, group = a->kv_group, bytes = row_bytes(a);
+    int16_t qw[CHUNK];
+    for (int64_t h = 0; h < count; h++)
+        for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
+            float top = 0.0f;
+            for (int64_t j = 0; j < n; j++) {
+                const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
+                top = larger(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j % EL_KV_TILE)), top);
+            }
+            float up, down;
+            q8_weight_scale(top, &up, &down);
+            for (int64_t j = 0; j < n; j++) {
+                const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
+                qw[j] = q8_weight(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j % EL_KV_TILE)) * up);
+            }
+            float *o = out + h * stride;
+            for (int64_t i = g0; i < g0 + group; i++) {
+                int32_t dot = 0;
+                for (int64_t j = 0; j < n; j++) {
+                    const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
+                    dot += (int32_t)qw[j] * (int32_t)(int8_t)tile[el_q8_value_at(d, group, i, j % EL_KV_TILE)];
+                }
+                o[i] = fmaf(down, (float)dot, o[i]);
+            }
         }
 }
 
@@ -333,7 +424,7 @@ static const Build PLAIN_BUILD = {&PLAIN, rows_plain, partials_plain, merge_plai
 #undef X86_VNNI
 #undef X86_WEIGH_REGS
 
-#define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+#define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define X86(name) name##_vnni
 #define X86_VNNI 1
 #define X86_WEIGH_REGS 8
@@ -403,13 +494,32 @@ el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n,
                                 float scale, float *scores, int path)
 {
     uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* the query as a q8 row (at most 5 d bytes) */
-    if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || n < 0)
+    if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || d % 4 || n < 0)
         return EL_ERR_SIZE;
     if (n > 0 && (q == NULL || rows == NULL || scores == NULL))
         return EL_ERR_SIZE;
     const Loops *loops = build_of(path, d)->loops;
     loops->q8_query(q, d, group, row);
     loops->q8_scores(row, 1, rows, n, d, group, scale, scores);
+    return EL_OK;
+}
+
+el_status el_attention_q8_weigh(const float *w, const uint8_t *tiles, int64_t n, int64_t d, int64_t group, float *out,
+                                int path)
+{
+    const el_attention a = {1, 1, d, 0, 0, 1.0f, EL_KV_Q8, (int32_t)group};
+    float chunk[CHUNK];   /* the weights of one chunk of rows (one tile), those past its end 0 */
+    if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || d % 4 || group > INT32_MAX || n < 0)
+        return EL_ERR_SIZE;
+    if (n > 0 && (w == NULL || tiles == NULL || out == NULL))
+        return EL_ERR_SIZE;
+    const Loops *loops = build_of(path, d)->loops;
+    for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {
+        const int64_t len = n - c0 < CHUNK ? n - c0 : CHUNK;
+        memset(chunk, 0, sizeof chunk);
+        memcpy(chunk, w + c0, (size_t)len * sizeof(float));
+        loops->weigh(&a, out, 1, d, chunk, tiles + c0 * row_bytes(&a), len, NULL);
+    }
     return EL_OK;
 }
 

@@ -14,10 +14,12 @@
  * Query head h reads key/value head h / (H / G). A token at position p attends to rows 0 .. p.
  *
  * The cache rows are of one element type (kv_type): float32 [D], or a compact row of kvrows.h,
- * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes.
- * Compact rows are written as step 1 rounds them and read back as float32 exactly, except q8 keys:
- * step 2 rounds each query to a q8 row of the same groups and scores the key rows as they are, by
- * integer dots per group (el_attention_q8_scores).
+ * float16 [D] or q8 [D int8 + D / kv_group float32 scales]; keys and values point at their bytes. q8
+ * rows lie in tiles of 16 rows (kvrows.h: a capacity that is a multiple of 16, D a multiple of 4).
+ * float16 rows are written as step 1 rounds them and read back as float32 exactly. q8 rows are read as
+ * they are: step 2 rounds each query to a q8 row of the same groups and scores the key rows by integer
+ * dots per group (el_attention_q8_scores), and weighs the value rows by weights rounded to 15-bit
+ * integers per chunk of rows and group (attention.c: q8_weigh_plain).
  *
  * Step 2 in spans: each query's softmax is computed over spans of EL_ATT_SPAN cache rows, a partial
  * (maximum, total, unnormalised sum of values) per span, and the partials are merged in span order.
@@ -87,11 +89,19 @@ int64_t el_attention_partials_size(const el_attention *a, int64_t s, int64_t p0)
 el_status el_attention_partials(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                                 const void *values, int64_t lo, int64_t hi, float *partials, int path);
 
-/* Scores over a q8 cache as step 2 takes them: scores [n] = scale * q . rows[j] for the query q [d],
- * quantized as a q8 row of the cache's groups (kvrows.h), against q8 rows [n] of d values in groups of
- * `group`, from the integer dots of each group's int8 values (attention.c: q8_scores_plain). */
+/* Scores over a q8 cache as step 2 takes them: scores [n] = scale * q . k_j for the query q [d],
+ * quantized as a q8 row of the cache's groups (kvrows.h), against n q8 key rows of d values (a multiple of
+ * 4) in groups of `group`, held in tiles from row 0 of `rows` (kvrows.h), from the integer dots of each
+ * group's int8 values (attention.c: q8_scores_plain). */
 el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
                                 float scale, float *scores, int path);
+
+/* Weighted values over a q8 cache as step 2 takes them: out [d] += sum_j w[j] v_j for the weights w [n] (not
+ * negative) and n q8 value rows of d values (a multiple of 4) in groups of `group`, held in tiles from row 0
+ * of `tiles` (kvrows.h), each tile's weights rounded to 15-bit integers per group and the dots taken in
+ * integers (attention.c: q8_weigh_plain). */
+el_status el_attention_q8_weigh(const float *w, const uint8_t *tiles, int64_t n, int64_t d, int64_t group, float *out,
+                                int path);
 
 /* out for the units u in [lo, hi): their queries' span partials merged in order (as el_attention_rows). */
 el_status el_attention_merge(const el_attention *a, const float *partials, int64_t s, int64_t p0, int64_t lo,

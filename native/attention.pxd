@@ -29,3 +29,5 @@ cdef extern from "attention.h" nogil:
                                  int64_t hi, float *out)
     el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
                                      float scale, float *scores, int path)
+    el_status el_attention_q8_weigh(const float *w, const uint8_t *tiles, int64_t n, int64_t d, int64_t group,
+                                    float *out, int path)

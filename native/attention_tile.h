@@ -6,7 +6,8 @@
  *
  * A span's rows are read chunk by chunk, each chunk's keys and values once for all the unit's
  * queries (float16 keys converted once; q8 keys are scored as they are, against the queries rounded
- * to q8 rows once per span; values converted row by row as they are weighed); query r takes in the
+ * to q8 rows once per span, and q8 values weighed in integers, a chunk being one tile of them; float
+ * values converted row by row as they are weighed); query r takes in the
  * chunk's rows below its own token's end only, and its arithmetic (scores, online softmax, weighted
  * sum, merge, division) is that of a query run alone, operation for operation: how many tokens and
  * heads share a unit changes no bit.

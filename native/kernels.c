@@ -40,7 +40,8 @@ static int x86_has(int path)
         }
         return avx2 && vnni;
     }
-    return path == EL_PATH_AVX512VNNI && avx2 && __builtin_cpu_supports("avx512vl") &&
+    return path == EL_PATH_AVX512VNNI && avx2 && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vnni");
 }
 #endif

@@ -4,7 +4,9 @@
  * environment variable EDGELLAMA_KERNELS, else the best this CPU supports:
  *
  *     path         CPU                                             block products        attention
- *     avx512vnni   x86-64 with AVX-512 VNNI + VL, AVX2, FMA, F16C  vpdpbusd on 256 bits  AVX2 + FMA, vpdpbusd
+ *     avx512vnni   x86-64 with AVX-512 F, BW, VL and VNNI, AVX2,   vpdpbusd on 256 bits  AVX2 + FMA; int8
+ *                  FMA, F16C                                                             caches: vpdpbusd,
+ *                                                                                        vpdpwssd on 512 bits
  *     avxvnni      x86-64 with AVX-VNNI, AVX2, FMA, F16C (no        vpdpbusd on 256 bits  AVX2 + FMA
  *                  AVX-512 needed: Intel cores since Alder Lake)   (VEX form)
  *     avx2         x86-64 with AVX2, FMA, F16C                     vpmaddubsw            AVX2 + FMA

@@ -37,6 +37,30 @@ el_status el_q8_rows_store(const float *x, int64_t n, int64_t d, int64_t group, 
     return EL_OK;
 }
 
+/* where byte i (< row bytes) of row r of a tile lies in the tile */
+static int64_t tile_at(int32_t side, int64_t d, int64_t group, int64_t i, int64_t r)
+{
+    if (side == EL_KV_KEYS)
+        return i < d ? el_q8_key_at(d, group, i, r) : el_q8_key_scale_at(d, group, (i - d) / 4, r) + (i - d) % 4;
+    return i < d ? el_q8_value_at(d, group, i, r) : el_q8_value_scale_at((i - d) / 4, r) + (i - d) % 4;
+}
+
+el_status el_q8_tiles_put(int32_t side, const uint8_t *rows, int64_t n, int64_t d, int64_t group, uint8_t *tiles,
+                          int64_t start)
+{
+    const int64_t bytes = el_q8_row_bytes(d, group);
+    if ((side != EL_KV_KEYS && side != EL_KV_VALUES) || bytes < 0 || d % 4 || n < 0 || start < 0 ||
+        (n > 0 && (rows == NULL || tiles == NULL)))
+        return EL_ERR_SIZE;
+    for (int64_t j = start; j < start + n; j++) {
+        uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
+        const uint8_t *row = rows + (j - start) * bytes;
+        for (int64_t i = 0; i < bytes; i++)
+            tile[tile_at(side, d, group, i, j % EL_KV_TILE)] = row[i];
+    }
+    return EL_OK;
+}
+
 el_status el_q8_rows_load(const uint8_t *rows, int64_t n, int64_t d, int64_t group, float *x)
 {
     const int64_t bytes = el_q8_row_bytes(d, group);

@@ -13,5 +13,7 @@ cdef extern from "kvrows.h" nogil:
     el_status el_kv_rows_store(int32_t type, int64_t group, const float *x, int64_t n, int64_t d, uint8_t *rows)
     el_status el_kv_rows_load(int32_t type, int64_t group, const uint8_t *rows, int64_t n, int64_t d, float *x)
     int64_t el_q8_row_bytes(int64_t d, int64_t group)
+    el_status el_q8_tiles_put(int32_t side, const uint8_t *rows, int64_t n, int64_t d, int64_t group, uint8_t *tiles,
+                              int64_t start)
     el_status el_q8_rows_store(const float *x, int64_t n, int64_t d, int64_t group, uint8_t *rows)
     el_status el_q8_rows_load(const uint8_t *rows, int64_t n, int64_t d, int64_t group, float *x)

@@ -133,6 +133,12 @@ static OrtStatus *check(const Kernel *k, const Inputs *in, el_attention *a)
         return el_ort_fail(ORT_INVALID_ARGUMENT, "RotaryAttention: total_length is negative");
     *a = shape;
     a->capacity = past[2] > total ? past[2] : total;
+    if (k->kv_type == EL_KV_Q8) {   /* q8 rows lie in tiles (kvrows.h): whole ones in and out */
+        if (past[2] % EL_KV_TILE)
+            return el_ort_fail(ORT_INVALID_ARGUMENT, "RotaryAttentionQ8: past_key and past_value must hold whole "
+                                                     "tiles of 64 rows: make their capacity a multiple of 64");
+        a->capacity = (a->capacity + EL_KV_TILE - 1) / EL_KV_TILE * EL_KV_TILE;
+    }
     a->positions = in->dims[5][0];
     return NULL;
 }

@@ -1,6 +1,6 @@
 """KV caches of float16 and q8 rows (native/kvrows.c, halfconv.c) and attention in spans
-(native/attention.c): the row formats against their NumPy twins bit for bit, attention over each
-cache type against the definition, and one result for a token however step 2 is split."""
+(native/attention.c): the row formats and the q8 tiles against their NumPy twins bit for bit, attention
+over each cache type against the definition, and one result for a token however step 2 is split."""
 from __future__ import annotations
 
 import math
@@ -23,14 +23,19 @@ def row_width(dtype, d):
     return d + 4 * (d // 32) if dtype == np.uint8 else d
 
 
-def stored(rows, dtype, group=32):
-    """float32 rows [..., D] as a cache of `dtype` holds them (q8: in groups of `group`)."""
-    return twins.quantize_rows(rows, group) if dtype == np.uint8 else rows.astype(dtype)
+def stored(rows, dtype, group=32, side="keys"):
+    """float32 rows [..., C, D] as a cache of `dtype` holds them (q8: in groups of `group`, in tiles of keys
+    or values)."""
+    if dtype != np.uint8:
+        return rows.astype(dtype)
+    return twins.kvrows.tile_rows(twins.quantize_rows(rows, group), side, rows.shape[-1], group)
 
 
-def values_of(rows, d):
-    """float64 values of cache rows."""
-    return (twins.dequantize_rows(rows, d) if rows.dtype == np.uint8 else rows).astype(np.float64)
+def values_of(rows, d, side="keys", group=32):
+    """float64 values of cache rows [..., C, row] (q8: tiles of keys or values)."""
+    if rows.dtype != np.uint8:
+        return rows.astype(np.float64)
+    return twins.dequantize_rows(twins.kvrows.untile_rows(rows, side, d, group), d, group).astype(np.float64)
 
 
 # --- the row formats ------------------------------------------------------------------------------
@@ -95,8 +100,8 @@ def test_q8_rows_refuse_a_head_dim_the_group_does_not_divide(module):
 def case(heads, kv_heads, d, s, p0, dtype, capacity=640, seed=0, group=32):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((s, (heads + 2 * kv_heads) * d)).astype(np.float32)
-    keys = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group)
-    values = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group)
+    keys = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group, "keys")
+    values = stored(rng.standard_normal((kv_heads, capacity, d)).astype(np.float32), dtype, group, "values")
     angles = np.arange(capacity)[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)[None]
     return qkv, keys, values, np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
@@ -116,7 +121,7 @@ def definition(qkv, keys, values, cos, sin, p0, heads):
     """float64 attention of the new tokens over the cache rows as they are held after the call."""
     kv_heads, d = keys.shape[0], qkv.shape[1] // (heads + keys.shape[0] * 2)
     s, half, group = qkv.shape[0], d // 2, heads // kv_heads
-    k, v = values_of(keys, d), values_of(values, d)
+    k, v = values_of(keys, d, "keys"), values_of(values, d, "values")
     out = np.zeros((s, heads, d))
     for t in range(s):
         c, sn = cos[p0 + t].astype(np.float64), sin[p0 + t].astype(np.float64)
@@ -138,13 +143,34 @@ def test_attention_over_each_cache_type_follows_the_definition(module, cache, st
     qkv, keys, values, cos, sin = case(9, 3, 64, s, p0, dtype)
     before = keys.copy(), values.copy()
     got = module.attention(qkv, keys, values, cos, sin, p0, 9, 0.125)
-    np.testing.assert_allclose(got, definition(qkv, keys, values, cos, sin, p0, 9), rtol=0, atol=3e-5)
+    # over q8 values the weights are 15-bit integers of each chunk's largest per group (attention.h): each
+    # off by at most 2^-15 of it, some 1e-5 of these outputs where float ones are exact to a few 1e-7
+    bound = 1e-4 if cache == "int8" else 3e-5
+    np.testing.assert_allclose(got, definition(qkv, keys, values, cos, sin, p0, 9), rtol=0, atol=bound)
     # the new value rows are the values rounded to the cache type; nothing else changed
     new_values = np.ascontiguousarray(qkv[:, 12 * 64:].reshape(s, 3, 64).transpose(1, 0, 2))
-    np.testing.assert_array_equal(values[:, p0:p0 + s], stored(new_values, dtype))
-    for new, old in zip((keys, values), before):
+    rows = in_order(values, "values")
+    np.testing.assert_array_equal(rows[:, p0:p0 + s], in_order(stored(np.pad(new_values, ((0, 0), (0, 64 - s), (0, 0))),
+                                                                      dtype, side="values"), "values")[:, :s])
+    for new, old, side in zip((keys, values), before, ("keys", "values")):
+        new, old = in_order(new, side), in_order(old, side)
         np.testing.assert_array_equal(new[:, :p0], old[:, :p0])
         np.testing.assert_array_equal(new[:, p0 + s:], old[:, p0 + s:])
+
+
+def in_order(cache, side):
+    """A cache's rows in order (q8 tiles untiled)."""
+    return twins.kvrows.untile_rows(cache, side, 64) if cache.dtype == np.uint8 else cache
+
+
+def copy_rows(dst, src, lo, hi, side):
+    """dst's rows [lo, hi) = src's (caches [G, C, row] of one type)."""
+    if dst.dtype != np.uint8:
+        dst[:, lo:hi] = src[:, lo:hi]
+        return
+    rows = in_order(dst, side)
+    rows[:, lo:hi] = in_order(src, side)[:, lo:hi]
+    dst[...] = twins.kvrows.tile_rows(rows, side, 64)
 
 
 @needs_native
@@ -161,7 +187,8 @@ def test_a_token_gets_the_same_bits_however_step_2_is_split(cache, path):
     k2, v2 = keys.copy(), values.copy()
     for t in (0, 5, 6, 7, 8, 200, 262, 263, 299):
         if t:   # the rows before token t as the prompt wrote them
-            k2[:, p0:p0 + t], v2[:, p0:p0 + t] = k[:, p0:p0 + t], v[:, p0:p0 + t]
+            copy_rows(k2, k, p0, p0 + t, "keys")
+            copy_rows(v2, v, p0, p0 + t, "values")
         for split in (False, True):
             one = _native.attention(qkv[t:t + 1], k2, v2, cos, sin, p0 + t, 9, 0.125, path, split=split)
             np.testing.assert_array_equal(one[0], prompt[t], err_msg=f"token {t} split={split}")
@@ -223,7 +250,8 @@ def test_q8_scores_equal_their_twin_bit_for_bit(path, d, group):
     x = (rng.standard_normal((45, d)) * rng.uniform(0.01, 20, (45, 1))).astype(np.float32)
     x[3] = 0.0
     x[4] = np.where(np.arange(d) % 2, 50.0, -50.0)
-    rows = twins.quantize_rows(x, group)
+    rows = twins.quantize_rows(np.pad(x, ((0, 64 - 45), (0, 0))), group)   # one tile
+    tiles = twins.kvrows.tile_rows(rows, "keys", d, group)
     q = (rng.standard_normal(d) * 3).astype(np.float32)
     q[:group] = 0.0
     ties = q.copy()
@@ -231,27 +259,72 @@ def test_q8_scores_equal_their_twin_bit_for_bit(path, d, group):
     outlier = q.copy()
     outlier[-1] = 1e4
     for query in (q, ties, outlier):
-        for n in (45, 8, 7, 1, 0):
-            want = twins.q8_scores(query, rows[:n], d, 0.125, group=group)
-            got = _native.q8_scores(query, rows[:n], d, 0.125, path, group)
+        for n in (45, 17, 16, 8, 7, 1, 0):
+            want = twins.q8_scores(query, tiles, d, 0.125, group=group, n=n)
+            got = _native.q8_scores(query, tiles, d, 0.125, path, group, n)
             np.testing.assert_array_equal(got, want)
     # what they approximate: the dot of the rows' and the rounded query's exact values
     exact = twins.dequantize_rows(rows, d, group).astype(np.float64) @ twins.dequantize_rows(
         twins.quantize_rows(q, group), d, group).astype(np.float64) * 0.125
-    np.testing.assert_allclose(twins.q8_scores(q, rows, d, 0.125, group=group), exact, rtol=1e-6,
+    np.testing.assert_allclose(twins.q8_scores(q, tiles, d, 0.125, group=group), exact, rtol=1e-6,
                                atol=1e-6 * np.abs(exact).max())
+
+
+@needs_native
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("d, group", [(64, 32), (128, 64), (64, 16), (96, 96), (256, 256)])
+def test_q8_weigh_equals_its_twin_bit_for_bit(path, d, group):
+    """Values of q8 tiles weighed by 15-bit integer weights per tile and group of columns, on each build,
+    for any number of rows (pairs, blocks of 16 and tiles, and their rests): random weights, one dominant
+    weight, zeros, NaNs and zeros among them (weighing nothing), tiny ones (the largest power of two), rows
+    of +-127."""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((192, d)) * rng.uniform(0.01, 20, (192, 1))).astype(np.float32)
+    x[3] = 0.0
+    x[4] = np.where(np.arange(d) % 2, 50.0, -50.0)
+    rows = twins.quantize_rows(x, group)
+    tiles = twins.kvrows.tile_rows(rows, "values", d, group)
+    w = rng.uniform(0, 1, 192).astype(np.float32)
+    peaked = (w ** 40).astype(np.float32)
+    peaked[70] = 1.0
+    holes = w.copy()
+    holes[[0, 5, 64, 99]] = [np.nan, 0.0, np.nan, 0.0]
+    tiny = (w * np.float32(1e-38)).astype(np.float32)
+    for weights in (w, peaked, np.zeros(192, np.float32), holes, tiny):
+        for n in (192, 150, 128, 65, 64, 63, 17, 16, 9, 8, 7, 2, 1, 0):
+            want = twins.q8_weigh(weights, tiles, d, group=group, n=n)
+            got = _native.q8_weigh(weights, tiles, d, path, group, n)
+            np.testing.assert_array_equal(got, want, err_msg=f"n={n}")
+    # what they approximate: the weighted sum of the rows' exact values, each weight off by at most 2^-15 of
+    # its tile's largest (times its row's scale)
+    exact = w.astype(np.float64) @ twins.dequantize_rows(rows, d, group).astype(np.float64)
+    got = twins.q8_weigh(w, tiles, d, group=group)
+    ints = np.abs(rows[:, :d].view(np.int8).astype(np.float64)).reshape(192, d // group, group)
+    scales = np.ascontiguousarray(rows[:, d:]).view("<f4").astype(np.float64)
+    bound = sum((w[c:c + 64, None] * scales[c:c + 64]).max(axis=0)[:, None] / 2 ** 15 * ints[c:c + 64].sum(axis=0)
+                for c in range(0, 192, 64)).reshape(d)
+    assert np.all(np.abs(got - exact) <= bound * 1.01 + 1e-6 * np.abs(exact).max())
+    assert np.abs(got - exact).max() > 0   # the rounding is there to be bounded
+
+
+@pytest.mark.parametrize("module", BACKENDS)
+def test_q8_weigh_refuses_weights_or_tiles_that_do_not_match(module):
+    with pytest.raises(InvalidParameterError, match="q8_weigh"):
+        module.q8_weigh(np.zeros(4, np.float32), np.zeros((64, 72), np.uint8), 64)
+    with pytest.raises(InvalidParameterError, match="q8_weigh"):
+        module.q8_weigh(np.zeros(8, np.float32), np.zeros((8, 72), np.uint8), 64)
 
 
 @pytest.mark.parametrize("module", BACKENDS)
 def test_q8_scores_refuse_a_query_of_another_head_dim(module):
-    rows = np.zeros((3, 72), np.uint8)
+    rows = np.zeros((64, 72), np.uint8)
     with pytest.raises(InvalidParameterError, match="q8_scores"):
         module.q8_scores(np.zeros(32, np.float32), rows, 64, 0.125)
 
 
 @pytest.mark.parametrize("module", BACKENDS)
 def test_attention_refuses_a_cache_row_of_the_wrong_width(module):
-    qkv, keys, values, cos, sin = case(9, 3, 64, 1, 0, np.uint8, capacity=8)
+    qkv, keys, values, cos, sin = case(9, 3, 64, 1, 0, np.uint8, capacity=64)
     with pytest.raises(InvalidParameterError, match="attention"):
         module.attention(qkv, keys[..., :-4].copy(), values[..., :-4].copy(), cos, sin, 0, 9, 0.125)
     with pytest.raises(InvalidParameterError, match="attention"):
@@ -329,7 +402,7 @@ def test_each_operator_computes_what_the_routine_does_in_place(cache):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(k[0], want_k)
     np.testing.assert_array_equal(v[0], want_v)
-    changed = np.flatnonzero((k[0] != keys).any(axis=(0, 2)))
+    changed = np.flatnonzero((in_order(k[0], "keys") != in_order(keys, "keys")).any(axis=(0, 2)))
     assert changed.min() >= 500 and changed.max() < 540
 
 
@@ -342,6 +415,13 @@ def test_the_q8_operator_refuses_rows_of_another_width():
             "total": np.array(1, np.int32)}
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="rows of the cache type"):
         _session("int8", row="R").run(None, feed)
+    # q8 rows lie in tiles of 64: a past of 8 rows is refused, an empty one grows to whole tiles
+    feed["past_key"] = feed["past_value"] = np.zeros((1, G, 8, 72), np.uint8)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="whole tiles of 64 rows"):
+        _session("int8").run(None, feed)
+    feed["past_key"] = feed["past_value"] = np.zeros((1, G, 0, 72), np.uint8)
+    out, present, _ = _session("int8").run(None, feed)
+    assert present.shape == (1, G, 64, 72) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("module", BACKENDS)
@@ -360,7 +440,7 @@ def test_each_cache_type_stays_within_its_bound_of_exact_attention(module, cache
     twins.attention(qkv, k32, v32, cos, sin, p0, 9, 0.125)          # writes the new rows, in float32
     exact = definition(qkv, k32, v32, cos, sin, p0, 9)
     dtype = CACHE_TYPES[cache]
-    keys, values = stored(keys32, dtype), stored(values32, dtype)
+    keys, values = stored(keys32, dtype, side="keys"), stored(values32, dtype, side="values")
     got = module.attention(qkv, keys, values, cos, sin, p0, 9, 0.125)
     error = np.abs(got - exact).max() / np.abs(exact).max()
     assert error <= bound, f"{cache}: {error:.2e}"

@@ -24,6 +24,9 @@ LLAMA_1B = ModelConfig(vocab_size=128256, hidden_size=2048, intermediate_size=81
 TYPES = list(KV_TYPES)
 
 
+KINDS = ("keys", "values")
+
+
 def rows(kv_cache: str, x: np.ndarray) -> np.ndarray:
     """float rows x [..., D] as a cache of type kv_cache stores them."""
     return quantize_rows(x) if kv_cache == "int8" else x.astype(KV_TYPES[kv_cache].dtype)
@@ -36,34 +39,66 @@ def values_of(kv_cache: str, stored: np.ndarray) -> np.ndarray:
 def filled(kv_cache: str, capacity=16, length=12, seed=0) -> KVCache:
     cache = KVCache(CONFIG, capacity, kv_cache)
     rng = np.random.default_rng(seed)
-    for buf in cache.keys + cache.values:
-        buf[...] = rows(kv_cache, rng.standard_normal(buf.shape[:3] + (CONFIG.head_dim,)).astype(np.float32))
+    for layer in range(CONFIG.num_layers):
+        for kind in KINDS:
+            cache.put_rows(layer, kind, rows(kv_cache, rng.standard_normal((1, 2, capacity, 64)).astype(np.float32)))
     cache.advance(length)
     return cache
+
+
+def all_rows(cache: KVCache, n: int) -> list:
+    """Rows [0, n) of every layer's keys and values, in order."""
+    return [cache.rows(layer, kind, n) for layer in range(CONFIG.num_layers) for kind in KINDS]
 
 
 @pytest.mark.parametrize("kv_cache, row, dtype", [("float32", 64, np.float32), ("float16", 64, np.float16),
                                                   ("int8", 72, np.uint8)])
 def test_buffers_of_each_type(kv_cache, row, dtype):
     cache = KVCache(CONFIG, 10, kv_cache)
-    assert cache.kv_type is KV_TYPES[kv_cache] and cache.row == row
+    assert cache.kv_type is KV_TYPES[kv_cache] and cache.row == row and cache.capacity == 10
+    rows_held = 64 if kv_cache == "int8" else 10     # int8 rows lie in tiles of 64
     for buf in cache.keys + cache.values:
-        assert buf.shape == (1, 2, 10, row) and buf.dtype == dtype and buf.flags.c_contiguous
+        assert buf.shape == (1, 2, rows_held, row) and buf.dtype == dtype and buf.flags.c_contiguous
+
+
+def test_int8_rows_lie_in_tiles_that_rows_and_put_rows_read_in_order():
+    """The buffers hold twins.kvrows' tiles of the rows; rows() and put_rows() see rows in order, and a
+    write of rows 60 .. 69 (across two tiles) changes no other row."""
+    from edgellama.twins.kvrows import tile_rows
+
+    cache = KVCache(CONFIG, 128, "int8")
+    rng = np.random.default_rng(9)
+    data = rows("int8", rng.standard_normal((1, 2, 128, 64)).astype(np.float32))
+    cache.put_rows(1, "values", data)
+    np.testing.assert_array_equal(cache.values[1], tile_rows(data, "values", 64))
+    assert not np.array_equal(cache.values[1], data)
+    np.testing.assert_array_equal(cache.rows(1, "values", 100), data[:, :, :100])
+    new = rows("int8", rng.standard_normal((1, 2, 10, 64)).astype(np.float32))
+    cache.put_rows(1, "values", new, 60)
+    want = data.copy()
+    want[:, :, 60:70] = new
+    np.testing.assert_array_equal(cache.rows(1, "values", 100), want[:, :, :100])
+    with pytest.raises(InvalidParameterError, match="start"):
+        cache.put_rows(1, "keys", new, 125)
+    with pytest.raises(InvalidParameterError, match="kind"):
+        cache.rows(0, "queries")
 
 
 @pytest.mark.parametrize("kv_cache", TYPES)
 def test_snapshot_restore_and_rewind(kv_cache):
     cache = filled(kv_cache)
-    original = [b.copy() for b in cache.keys + cache.values]
+    original = all_rows(cache, 9)
     snap = cache.snapshot(9)
-    assert snap.keys[0].dtype == cache.dtype and snap.keys[0].shape == (1, 2, 9, cache.row)
+    held = 64 if kv_cache == "int8" else 9   # whole tiles
+    assert snap.keys[0].dtype == cache.dtype and snap.keys[0].shape == (1, 2, held, cache.row)
     for buf in cache.keys + cache.values:
         buf[...] = 7
     cache.restore(snap)
     assert cache.length == 9
-    for buf, ref in zip(cache.keys + cache.values, original):
-        np.testing.assert_array_equal(buf[:, :, :9], ref[:, :, :9])
-        assert (buf[:, :, 9:] == 7).all()
+    for got, ref in zip(all_rows(cache, 9), original):
+        np.testing.assert_array_equal(got, ref)
+    if kv_cache != "int8":   # rows past the snapshot's are left as they were (int8: whole tiles are copied)
+        assert all((buf[:, :, 9:] == 7).all() for buf in cache.keys + cache.values)
     cache.rewind(4)
     assert cache.length == 4 and cache.free == 12
 
@@ -76,11 +111,14 @@ def test_save_load_round_trip_records_the_type(kv_cache, tmp_path):
     assert raw[:4] == b"ELKV" and struct.unpack_from("<I", raw, 4)[0] == 2
     assert raw[8:16].rstrip(b"\0").decode() == kv_cache
     assert len(raw) == 40 + 2 * 2 * 2 * 10 * cache.kv_type.row_bytes(64)
+    saved = np.frombuffer(raw[40:], cache.dtype).reshape(2, 2, 1, 2, 10, cache.row)   # layer, kind: rows in order
+    for (layer, kind), want in zip([(lay, k) for lay in range(2) for k in KINDS], all_rows(cache, 10)):
+        np.testing.assert_array_equal(saved[layer, KINDS.index(kind)], want)
     other = KVCache(CONFIG, 32, kv_cache)
     other.load(tmp_path / "kv.bin")
     assert other.length == 10
-    for a, b in zip(cache.keys + cache.values, other.keys + other.values):
-        np.testing.assert_array_equal(a[:, :, :10], b[:, :, :10])
+    for a, b in zip(all_rows(cache, 10), all_rows(other, 10)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("saved, loaded", [(a, b) for a in TYPES for b in TYPES if a != b])
@@ -148,15 +186,15 @@ def test_shift_of_each_type(kv_cache, atol, n_keep, n_discard):
     vals = rng.standard_normal(raw.shape).astype(np.float32)
     cache = KVCache(CONFIG, 16, kv_cache)
     for layer in range(2):
-        cache.keys[layer][:, :, :length] = rows(kv_cache, rope(raw[layer], np.arange(length)).astype(np.float32))
-        cache.values[layer][:, :, :length] = rows(kv_cache, vals[layer])
-    before = [(k.copy(), v.copy()) for k, v in zip(cache.keys, cache.values)]
+        cache.put_rows(layer, "keys", rows(kv_cache, rope(raw[layer], np.arange(length)).astype(np.float32)))
+        cache.put_rows(layer, "values", rows(kv_cache, vals[layer]))
+    before = [(cache.rows(layer, "keys", length), cache.rows(layer, "values", length)) for layer in range(2)]
     cache.advance(length)
     cache.shift(n_keep, n_discard)
     moved = np.arange(n_keep + n_discard, length)
     assert cache.length == length - n_discard
     for layer, (keys, values) in enumerate(before):
-        new_keys, new_values = cache.keys[layer], cache.values[layer]
+        new_keys, new_values = cache.rows(layer, "keys"), cache.rows(layer, "values")
         np.testing.assert_array_equal(new_values[:, :, n_keep:cache.length], values[:, :, moved])
         np.testing.assert_array_equal(new_keys[:, :, :n_keep], keys[:, :, :n_keep])
         expected = rope(raw[layer][:, :, moved], moved - n_discard)
@@ -165,6 +203,9 @@ def test_shift_of_each_type(kv_cache, atol, n_keep, n_discard):
             angle = -float(n_discard) * inv_frequencies(CONFIG)
             again = quantize_rows(rotated(dequantize_rows(keys[:, :, moved], 64), np.cos(angle), np.sin(angle)))
             np.testing.assert_array_equal(new_keys[:, :, n_keep:cache.length], again)
+        if kv_cache == "int8":      # the rows past the moved ones are as they were
+            np.testing.assert_array_equal(cache.rows(layer, "values", length)[:, :, cache.length:],
+                                          values[:, :, cache.length:])
 
 
 def test_memory_check_counts_the_type_bytes():
