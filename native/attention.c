@@ -65,6 +65,8 @@ int64_t el_attention_row_bytes(const el_attention *a)
     return valid(a) ? row_bytes(a) : -1;
 }
 
+static void q8_row_of(const float *x, int64_t d, int64_t group, uint8_t *row);
+
 /* row p of one head's keys or values (side; head: its row 0) = x [D] in the cache's element type (q8 rows
  * into their tile, kvrows.h) */
 static void put_row(const el_attention *a, const float *x, int32_t side, uint8_t *head, int64_t p)
@@ -74,8 +76,8 @@ static void put_row(const el_attention *a, const float *x, int32_t side, uint8_t
         el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, head + p * row_bytes(a));   /* cannot fail */
         return;
     }
-    el_q8_rows_store(x, 1, a->head_dim, a->kv_group, row);             /* sizes are valid: cannot fail */
-    el_q8_tiles_put(side, row, 1, a->head_dim, a->kv_group, head, p);
+    q8_row_of(x, a->head_dim, a->kv_group, row);
+    el_q8_tiles_put(side, row, 1, a->head_dim, a->kv_group, head, p);   /* sizes are valid: cannot fail */
 }
 
 /* out = x rotated by the angles whose cosines and sines are cos, sin [half] (out may not alias x) */
@@ -452,6 +454,13 @@ static const Build *build_of(int path, int64_t d)
     (void)path;
     (void)d;
     return &PLAIN_BUILD;
+}
+
+/* row = the q8 row of x [d] in groups of `group` (kvrows.h), by the chosen path's loop (the same bits as
+ * el_q8_rows_store) */
+static void q8_row_of(const float *x, int64_t d, int64_t group, uint8_t *row)
+{
+    build_of(EL_PATH_CHOSEN, d)->loops->q8_query(x, d, group, row);
 }
 
 el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,

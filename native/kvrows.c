@@ -37,12 +37,24 @@ el_status el_q8_rows_store(const float *x, int64_t n, int64_t d, int64_t group, 
     return EL_OK;
 }
 
-/* where byte i (< row bytes) of row r of a tile lies in the tile */
-static int64_t tile_at(int32_t side, int64_t d, int64_t group, int64_t i, int64_t r)
+/* row [row bytes] into slot r of a tile of keys or values, as el_q8_key_at, el_q8_value_at and the scales'
+ * places say (kvrows.h), four bytes or one at a time */
+static void tile_put(int32_t side, const uint8_t *row, int64_t d, int64_t group, uint8_t *tile, int64_t r)
 {
-    if (side == EL_KV_KEYS)
-        return i < d ? el_q8_key_at(d, group, i, r) : el_q8_key_scale_at(d, group, (i - d) / 4, r) + (i - d) % 4;
-    return i < d ? el_q8_value_at(d, group, i, r) : el_q8_value_scale_at((i - d) / 4, r) + (i - d) % 4;
+    const int64_t groups = d / group;
+    if (side == EL_KV_KEYS) {
+        for (int64_t g = 0; g < groups; g++)
+            memcpy(tile + el_q8_key_scale_at(d, group, g, r), row + d + 4 * g, 4);
+        uint8_t *quads = tile + el_q8_key_at(d, group, 0, r);
+        for (int64_t c = 0; c < d / 4; c++)
+            memcpy(quads + 64 * c, row + 4 * c, 4);
+        return;
+    }
+    for (int64_t g = 0; g < groups; g++)
+        memcpy(tile + el_q8_value_scale_at(g, r), row + d + 4 * g, 4);
+    uint8_t *pair = tile + el_q8_value_at(d, group, 0, r);
+    for (int64_t i = 0; i < d; i++)
+        pair[2 * i] = row[i];
 }
 
 el_status el_q8_tiles_put(int32_t side, const uint8_t *rows, int64_t n, int64_t d, int64_t group, uint8_t *tiles,
@@ -52,12 +64,9 @@ el_status el_q8_tiles_put(int32_t side, const uint8_t *rows, int64_t n, int64_t 
     if ((side != EL_KV_KEYS && side != EL_KV_VALUES) || bytes < 0 || d % 4 || n < 0 || start < 0 ||
         (n > 0 && (rows == NULL || tiles == NULL)))
         return EL_ERR_SIZE;
-    for (int64_t j = start; j < start + n; j++) {
-        uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
-        const uint8_t *row = rows + (j - start) * bytes;
-        for (int64_t i = 0; i < bytes; i++)
-            tile[tile_at(side, d, group, i, j % EL_KV_TILE)] = row[i];
-    }
+    for (int64_t j = start; j < start + n; j++)
+        tile_put(side, rows + (j - start) * bytes, d, group, tiles + j / EL_KV_TILE * EL_KV_TILE * bytes,
+                 j % EL_KV_TILE);
     return EL_OK;
 }
 
