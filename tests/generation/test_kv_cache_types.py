@@ -96,3 +96,23 @@ def test_a_saved_chat_needs_the_cache_type_it_was_saved_with(models, tmp_path):
     with pytest.raises(SavedStateError, match="kv_cache='int8'") as info:
         models["float32"].load_chat(tmp_path / "chat.elchat")
     assert "\n" not in str(info.value)
+
+
+def test_an_int8_caches_logits_do_not_depend_on_how_its_context_was_run(models):
+    """Batch invariance over the int8 cache's tiles: the logits after the same tokens, reached by one
+    prompt, by a shorter prompt and decode steps, and by reusing a cached prefix after another
+    continuation (a snapshot's whole tiles restored, rows past the prefix stale), are the same bits."""
+    model = models["int8"]
+    ids = model.tokenizer.encode(PROMPT)
+    reference = model.new_context().append(ids).copy()
+    for first in (1, 7, len(ids) - 3):
+        ctx = model.new_context()
+        logits = ctx.append(ids[:first])
+        for token in ids[first:]:
+            logits = ctx.append([token])
+        np.testing.assert_array_equal(logits, reference, err_msg=f"prompt of {first}, then steps")
+    ctx = model.new_context()
+    ctx.append(ids[:9] + ids[:9])          # another continuation first, then the prefix is reused
+    kept = ctx.reuse_prefix(np.array(ids))
+    assert kept == 9
+    np.testing.assert_array_equal(ctx.append(ids[kept:]), reference, err_msg="after a reused prefix")
