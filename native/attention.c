@@ -171,12 +171,12 @@ static void weigh_one(float *out, const float *w, const float *values, int64_t n
 }
 
 static void q8_weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                           const uint8_t *tiles, int64_t n);
+                           const uint8_t *tile, int64_t n);
 
 /* out[h * stride + i] += sum_j w[h * CHUNK + j] values[j][i] for the `count` queries h, over n cache rows
  * (rows, in the cache's element type: float32 and float16 ones read as float32, float16 ones converted
- * into buf [n, D] by convert_plain, exactly, each output's sum fused and in the order of j; q8 ones, in
- * tiles from row 0 of `rows`, by integer weights: q8_weigh_plain) */
+ * into buf [n, D] by convert_plain, exactly, each output's sum fused and in the order of j; q8 ones, n <=
+ * CHUNK rows of the tile at `rows`, by integer weights: q8_weigh_plain) */
 static void weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
                         const uint8_t *rows, int64_t n, float *buf)
 {
@@ -279,33 +279,27 @@ INLINE int16_t q8_weight(float x)
     return (int16_t)nearbyintf(x);
 }
 
-/* out[h * stride + c] += the weighted sums of weigh_plain over n q8 value rows in tiles from row 0 of
- * `tiles`, in integers as above */
+/* out[h * stride + c] += the weighted sums of weigh_plain over the n <= CHUNK q8 value rows of one tile, in
+ * integers as above */
 static void q8_weigh_plain(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                           const uint8_t *tiles, int64_t n)
+                           const uint8_t *tile, int64_t n)
 {
-    const int64_t d = a->head_dim, group = a->kv_group, bytes = row_bytes(a);
+    const int64_t d = a->head_dim, group = a->kv_group;
     int16_t qw[CHUNK];
     for (int64_t h = 0; h < count; h++)
         for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
             float top = 0.0f;
-            for (int64_t j = 0; j < n; j++) {
-                const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
-                top = larger(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j % EL_KV_TILE)), top);
-            }
+            for (int64_t j = 0; j < n; j++)
+                top = larger(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j)), top);
             float up, down;
             q8_weight_scale(top, &up, &down);
-            for (int64_t j = 0; j < n; j++) {
-                const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
-                qw[j] = q8_weight(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j % EL_KV_TILE)) * up);
-            }
+            for (int64_t j = 0; j < n; j++)
+                qw[j] = q8_weight(w[h * CHUNK + j] * q8_tile_scale(tile, el_q8_value_scale_at(g, j)) * up);
             float *o = out + h * stride;
             for (int64_t i = g0; i < g0 + group; i++) {
                 int32_t dot = 0;
-                for (int64_t j = 0; j < n; j++) {
-                    const uint8_t *tile = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes;
-                    dot += (int32_t)qw[j] * (int32_t)(int8_t)tile[el_q8_value_at(d, group, i, j % EL_KV_TILE)];
-                }
+                for (int64_t j = 0; j < n; j++)
+                    dot += (int32_t)qw[j] * (int32_t)(int8_t)tile[el_q8_value_at(d, group, i, j)];
                 o[i] = fmaf(down, (float)dot, o[i]);
             }
         }

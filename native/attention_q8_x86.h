@@ -305,11 +305,8 @@ X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const
     const uint8_t *pair = tiles + el_q8_value_at(d, group, c, 0);   /* the chunk's rows are one tile's */
     for (int64_t j = 0; j < n; j += 2, pair += 2 * d) {
         __m256i p[3];
-        for (int h = 0; h < heads; h++) {
-            int32_t x;
-            memcpy(&x, qw[h] + j, sizeof x);
-            p[h] = _mm256_set1_epi32(x);
-        }
+        for (int h = 0; h < heads; h++)
+            p[h] = _mm256_set1_epi32(X86(bytes4)((const uint8_t *)(const void *)(qw[h] + j)));
         for (int b = 0; b < X86_Q8_REGS; b++) {
             const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(pair + 16 * b)));
             for (int h = 0; h < heads; h++)

@@ -20,6 +20,7 @@ from edgellama.native_args import KERNEL_PATHS
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
 
+from helpers.invariance import assert_runs_agree  # noqa: E402
 from helpers.tiny_gguf import tiny_hf_weights, write_mixed_gguf  # noqa: E402
 
 needs_native = pytest.mark.skipif(BACKEND != "native" or ops.library_path() is None,
@@ -128,17 +129,7 @@ def test_a_tokens_logits_do_not_depend_on_how_its_context_was_run(ops_package, t
     ids = [3, 17, 5, 22, 9, 30, 2, 11, 39, 7]
     model = edgellama.load(ops_package, threads=threads)
     reference = edgellama.load(ops_package, threads=1).new_context().append(ids)
-    for first in (1, 3, 7, len(ids)):
-        ctx = model.new_context()
-        logits = ctx.append(ids[:first])
-        for token in ids[first:]:
-            logits = ctx.append([token])
-        np.testing.assert_array_equal(logits, reference, err_msg=f"prompt of {first}, then steps")
-    ctx = model.new_context()
-    ctx.append(ids[:6] + [1, 2, 3])        # another continuation first, then the prefix is reused
-    kept = ctx.reuse_prefix(np.array(ids))
-    assert kept == 6
-    np.testing.assert_array_equal(ctx.append(ids[kept:]), reference, err_msg="after a reused prefix")
+    assert_runs_agree(model, ids, reference, firsts=(1, 3, 7, len(ids)), detour=[1, 2, 3], kept=6)
 
 
 def test_a_token_id_outside_the_vocabulary_is_refused(ops_package):

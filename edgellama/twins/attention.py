@@ -14,7 +14,7 @@ from .. import native_args
 from .blocks import _fma
 from .kernels import kernel_paths
 from .kvcache import rotated
-from .kvrows import KEYS, VALUES, dequantize_rows, put_rows, quantize_rows, rows_of
+from .kvrows import KEYS, TILE, VALUES, dequantize_rows, put_rows, quantize_rows, rows_of
 
 
 def _store(cache: np.ndarray, side: str, rows: np.ndarray, p0: int, kv_group: int) -> None:
@@ -65,7 +65,7 @@ def q8_scores(q: np.ndarray, rows: np.ndarray, d: int, scale: float, path=None, 
 
 
 WEIGHT_ONE = np.float32(32767.0)   # the largest 15-bit weight
-CHUNK = 64                          # rows whose weights share one rounding: a tile's
+CHUNK = TILE                        # rows whose weights share one rounding: a tile's
 
 
 def _weight_scale(top: np.ndarray) -> tuple:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native_args
-from ..kv_types import KV_GROUP, KV_TILE
+from ..kv_types import KV_GROUP, KV_TILE, KV_TYPES
 from ..native_status import Status, error_for
 from .kvcache import _heads, rotated
 
 GROUP = KV_GROUP   # values per scale of the runtime's int8 cache
 TILE = KV_TILE     # rows of one tile of a q8 cache
+_whole = KV_TYPES["int8"].capacity   # rows of the tiles that hold rows [0, n)
 KEYS, VALUES = "keys", "values"   # the two layouts of a tile
 __all__ = ["GROUP", "KEYS", "TILE", "VALUES", "dequantize_rows", "kv_copy", "kv_shift", "put_rows", "quantize_rows",
            "rows_of", "tile_rows", "untile_rows"]
@@ -104,11 +105,6 @@ def dequantize_rows(raw: np.ndarray, d: int, group: int = GROUP) -> np.ndarray:
     scale = np.ascontiguousarray(raw[..., d:]).view("<f4").astype(np.float32)
     x[...] = (q * scale[..., None]).reshape(x.shape)
     return x
-
-
-def _whole(n: int) -> int:
-    """Rows of the tiles that hold rows [0, n)."""
-    return -(-n // TILE) * TILE
 
 
 def rows_of(buf: np.ndarray, side: str, d: int, n: int, group: int = GROUP) -> np.ndarray:

@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 import pytest
+from helpers.invariance import assert_runs_agree
 
 import edgellama
 from edgellama.errors import SavedStateError
@@ -105,14 +106,4 @@ def test_an_int8_caches_logits_do_not_depend_on_how_its_context_was_run(models):
     model = models["int8"]
     ids = model.tokenizer.encode(PROMPT)
     reference = model.new_context().append(ids).copy()
-    for first in (1, 7, len(ids) - 3):
-        ctx = model.new_context()
-        logits = ctx.append(ids[:first])
-        for token in ids[first:]:
-            logits = ctx.append([token])
-        np.testing.assert_array_equal(logits, reference, err_msg=f"prompt of {first}, then steps")
-    ctx = model.new_context()
-    ctx.append(ids[:9] + ids[:9])          # another continuation first, then the prefix is reused
-    kept = ctx.reuse_prefix(np.array(ids))
-    assert kept == 9
-    np.testing.assert_array_equal(ctx.append(ids[kept:]), reference, err_msg="after a reused prefix")
+    assert_runs_agree(model, ids, reference, firsts=(1, 7, len(ids) - 3), detour=ids[:9], kept=9)
