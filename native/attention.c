@@ -420,6 +420,16 @@ static const Build PLAIN_BUILD = {&PLAIN, rows_plain, partials_plain, merge_plai
 #undef X86_VNNI
 #undef X86_WEIGH_REGS
 
+#define X86_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define X86(name) name##_avxvnni
+#define X86_VNNI 2
+#define X86_WEIGH_REGS 4
+#include "attention_x86.h"   /* the avxvnni build: LOOPS_avxvnni, rows_avxvnni, partials_avxvnni, merge_avxvnni */
+#undef X86_TARGET
+#undef X86
+#undef X86_VNNI
+#undef X86_WEIGH_REGS
+
 #define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define X86(name) name##_vnni
 #define X86_VNNI 1
@@ -427,6 +437,7 @@ static const Build PLAIN_BUILD = {&PLAIN, rows_plain, partials_plain, merge_plai
 #include "attention_x86.h"   /* the avx512vnni build: LOOPS_vnni, rows_vnni, partials_vnni, merge_vnni */
 
 static const Build AVX2_BUILD = {&LOOPS_avx2, rows_avx2, partials_avx2, merge_avx2};
+static const Build AVXVNNI_BUILD = {&LOOPS_avxvnni, rows_avxvnni, partials_avxvnni, merge_avxvnni};
 static const Build VNNI_BUILD = {&LOOPS_vnni, rows_vnni, partials_vnni, merge_vnni};
 #define X86_BUILDS 1
 #else
@@ -434,14 +445,15 @@ static const Build VNNI_BUILD = {&LOOPS_vnni, rows_vnni, partials_vnni, merge_vn
 #endif
 
 /* The build that runs `path` (kernels.h; EL_PATH_CHOSEN: the process's) for heads of d values: the
- * x86 builds for their paths (the avxvnni path takes the avx2 build) and head sizes that are multiples
- * of 8, else the plain one */
+ * x86 builds for their paths and head sizes that are multiples of 8, else the plain one */
 static const Build *build_of(int path, int64_t d)
 {
 #if X86_BUILDS
     const el_path p = el_path_resolve(path);
-    if (d % 8 == 0 && (p == EL_PATH_AVX2 || p == EL_PATH_AVXVNNI))
+    if (d % 8 == 0 && p == EL_PATH_AVX2)
         return &AVX2_BUILD;
+    if (d % 8 == 0 && p == EL_PATH_AVXVNNI)
+        return &AVXVNNI_BUILD;
     if (d % 8 == 0 && p == EL_PATH_AVX512VNNI)
         return &VNNI_BUILD;
 #endif

@@ -5,6 +5,8 @@
  * multiples of 32 (other groups take the plain loops).
  *     avx512vnni (X86_VNNI 1)  16 rows at a time in 512-bit registers: the keys' dots by vpdpbusd, the
  *                              values' by vpdpwssd
+ *     avxvnni (X86_VNNI 2)     8 rows at a time in 256-bit registers: the keys' dots by vpdpbusd, the
+ *                              values' by vpdpwssd, both in their VEX form
  *     avx2 (X86_VNNI 0)        8 rows at a time in 256-bit registers: the keys' dots by the sign trick
  *                              (vpmaddubsw, vpmaddwd), the values' by vpmaddwd
  * The integer sums are exact in any order and every float operation is the plain loop's, in its order, so
@@ -34,7 +36,7 @@ X86_TARGET INLINE int32_t X86(bytes4)(const uint8_t *p)
     return x;
 }
 
-#if X86_VNNI
+#if X86_VNNI == 1
 /* q8_scores for `heads` (at most 4) queries over key tiles, 16 rows (a block of a tile) at a time, the rows
  * past n scored and not stored: for each group, the integer dots of the rows' quads (64 bytes: four values
  * of 16 rows) with the query's four bytes, as unsigned bytes k + 128 by vpdpbusd in two sums, less the
@@ -80,15 +82,20 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
 #else
 /* q8_scores for `heads` (at most 4) queries over key tiles, 8 rows (half a block of a tile) at a time, the
  * rows past n scored and dropped: for each group, the integer dots of the rows' quads (32 bytes: four values
- * of 8 rows) with the query's four bytes by the sign trick (|q| unsigned times k with q's sign, pairs summed
- * in 16 bits, which hold 2 * 127 * 127, then in 32); then the plain loop's multiply-adds, one row per lane */
+ * of 8 rows) with the query's four bytes, by vpdpbusd on the keys as unsigned bytes k + 128, less the shift
+ * (X86_VNNI 2), or by the sign trick (|q| unsigned times k with q's sign, pairs summed in 16 bits, which
+ * hold 2 * 127 * 127, then in 32); then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
                                      int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
                                      float *scores)
 {
-    (void)shift;
     const int64_t bytes = el_q8_row_bytes(d, group);
+#if X86_VNNI == 2
+    const __m256i flip = _mm256_set1_epi8(-128);
+#else
+    (void)shift;
     const __m256i ones = _mm256_set1_epi16(1);
+#endif
     float last[8];
     for (int64_t j = 0; j < n; j += 8) {
         const int64_t m = n - j < 8 ? n - j : 8, r = j % EL_KV_TILE;
@@ -103,16 +110,27 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
             for (int64_t c = g0 / 4; c < (g0 + group) / 4; c += 2)
                 for (int e = 0; e < 2; e++) {
                     const __m256i k = _mm256_loadu_si256((const __m256i *)(const void *)(keys + 64 * (c + e)));
+#if X86_VNNI == 2
+                    const __m256i u = _mm256_xor_si256(k, flip);
+#endif
                     for (int h = 0; h < heads; h++) {
                         const __m256i b = _mm256_set1_epi32(X86(bytes4)(q + h * bytes + 4 * (c + e)));
+#if X86_VNNI == 2
+                        acc[h][e] = _mm256_dpbusd_avx_epi32(acc[h][e], u, b);
+#else
                         const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(b, b), _mm256_sign_epi8(k, b));
                         acc[h][e] = _mm256_add_epi32(acc[h][e], _mm256_madd_epi16(pairs, ones));
+#endif
                     }
                 }
             const __m256 ks = _mm256_loadu_ps((const float *)(const void *)(tile + el_q8_key_scale_at(d, group, g, r)));
             for (int h = 0; h < heads; h++) {
                 const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * bytes, d, g)), ks);
-                total[h] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(_mm256_add_epi32(acc[h][0], acc[h][1])), total[h]);
+                __m256i dots = _mm256_add_epi32(acc[h][0], acc[h][1]);
+#if X86_VNNI == 2
+                dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(shift[h][g]));
+#endif
+                total[h] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(dots), total[h]);
             }
         }
         for (int h = 0; h < heads; h++) {
@@ -148,7 +166,7 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
     }
 }
 
-#if X86_VNNI
+#if X86_VNNI == 1
 /* The weights of q8_weigh_plain for `heads` (at most 3) queries (w [heads, CHUNK]) over the n <= CHUNK value
  * rows of one tile: qw [g][h] their 15-bit integers (0 from row n on) and down [g][h] their step 2^-k, for
  * each group g; 16 rows at a time, the rows past n masked to 0 before the largest is taken (the maximum
@@ -292,8 +310,8 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
 /* out[h * stride + c ..] += the weighted sums of the 8 * X86_Q8_REGS columns from c (within one group) of
  * n value rows in tiles for `heads` queries, with the 15-bit weights qw[h] and steps down[h] of that group:
  * two rows at a time, their 16 bytes of 8 columns (a row pair of the tile, kvrows.h) widened to 16-bit
- * pairs and multiplied by the pair of weights, summed in 32 bits (vpmaddwd and vpaddd):
- * exact, in any order */
+ * pairs and multiplied by the pair of weights, summed in 32 bits (vpdpwssd where X86_VNNI is 2, else
+ * vpmaddwd and vpaddd): exact, in any order */
 X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const *qw, const float *down, float *out,
                                            int64_t stride, const uint8_t *tiles, int64_t d, int64_t group,
                                            int64_t n, int64_t c)
@@ -310,7 +328,11 @@ X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const
         for (int b = 0; b < X86_Q8_REGS; b++) {
             const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(pair + 16 * b)));
             for (int h = 0; h < heads; h++)
+#if X86_VNNI == 2
+                acc[h][b] = _mm256_dpwssd_avx_epi32(acc[h][b], v, p[h]);
+#else
                 acc[h][b] = _mm256_add_epi32(acc[h][b], _mm256_madd_epi16(v, p[h]));
+#endif
         }
     }
     for (int h = 0; h < heads; h++)

@@ -1,13 +1,15 @@
 /*
  * The x86-64 builds of attention.c's inner loops, a part of that file kept apart: it is included
- * there twice, inside its x86-64 section (which has included <immintrin.h>), after the plain loops
+ * there three times, inside its x86-64 section (which has included <immintrin.h>), after the plain loops
  * (q8_query_plain, scores_plain, q8_scores_plain, q8_weigh_plain, q8_scale, top_plain, weigh_plain,
  * convert_plain, larger), Loops and the tile body (rows_body, partials_body, merge_body), with
- *     X86_TARGET       the instructions of this build: AVX2, FMA and F16C (the avx2 path), or those and
- *                      AVX-512 F, BW, VL and VNNI (the avx512vnni path)
+ *     X86_TARGET       the instructions of this build: AVX2, FMA and F16C (the avx2 path), those and
+ *                      AVX-VNNI (the avxvnni path), or those and AVX-512 F, BW, VL and VNNI (the
+ *                      avx512vnni path)
  *     X86(name)        the name of this build's copy of a function
- *     X86_VNNI         1: the loops over q8 tiles in 512-bit registers by vpdpbusd and vpdpwssd, else in
- *                      256-bit ones by vpmaddubsw and vpmaddwd (attention_q8_x86.h)
+ *     X86_VNNI         how the loops over q8 tiles sum their integer dots (attention_q8_x86.h): 1, in
+ *                      512-bit registers by vpdpbusd and vpdpwssd; 2, in 256-bit ones by the same two
+ *                      instructions' VEX form; 0, in 256-bit ones by vpmaddubsw and vpmaddwd
  *     X86_WEIGH_REGS   vector registers of output columns per query in weigh (three queries at once):
  *                      8 where AVX-512VL gives 32 registers, else 4
  * Each loop forms what its plain twin forms, in the same order (attention.c), so the builds agree

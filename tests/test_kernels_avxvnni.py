@@ -1,7 +1,9 @@
-"""The avxvnni kernel path (native/blocks_avxvnni.c, blocks_q5k_avxvnni.c): the avx512vnni path's loops
-with the VEX form of vpdpbusd, for CPUs with AVX-VNNI and no AVX-512. Where the CPU has AVX-VNNI, every
-path test runs it (kernels.available()); elsewhere its loops are checked through their EVEX twin on an
-AVX-512 VNNI CPU, and its build is checked to hold no instruction that needs AVX-512."""
+"""The avxvnni kernel path (native/blocks_avxvnni.c, blocks_q5k_avxvnni.c, and attention.c's avxvnni build):
+the avx512vnni path's block-product loops with the VEX form of vpdpbusd, and attention's 256-bit loops with the
+VEX forms of vpdpbusd and vpdpwssd, for CPUs with AVX-VNNI and no AVX-512. Where the CPU has AVX-VNNI, every
+path test runs it (kernels.available()); elsewhere the block products' loops are checked through their EVEX
+twin on an AVX-512 VNNI CPU (attention's are not), and every part of its build is checked to hold no
+instruction that needs AVX-512."""
 from __future__ import annotations
 
 import re
@@ -37,19 +39,35 @@ def test_the_avxvnni_loops_give_the_avx512vnni_paths_bits(tmp_path):
     assert done.stdout.strip() == "checked 60 products"
 
 
+def _instructions(listing: str, functions: str) -> list:
+    """The instruction lines of an objdump listing inside the functions whose names match `functions`."""
+    lines, inside = [], False
+    for line in listing.splitlines():
+        name = re.match(r"[0-9a-f]+ <(.+)>:$", line)
+        if name:
+            inside = re.search(functions, name.group(1)) is not None
+        elif inside and re.match(r"\s+[0-9a-f]+:\t", line):
+            lines.append(line)
+    return lines
+
+
 @needs_gcc
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
-@pytest.mark.parametrize("source", ["blocks_avxvnni.c", "blocks_q5k_avxvnni.c"])
-def test_the_avxvnni_build_needs_no_avx512(tmp_path, source):
-    """As the package builds it, the path's code holds vpdpbusd in its VEX form only, and nothing
-    EVEX-encoded (no opcode after the 0x62 prefix, no zmm, mask or upper-16 register)."""
+@pytest.mark.parametrize("source, functions, vnni", [("blocks_avxvnni.c", ".", ["vpdpbusd"]),
+                                                     ("blocks_q5k_avxvnni.c", ".", ["vpdpbusd"]),
+                                                     ("attention.c", "_avxvnni", ["vpdpbusd", "vpdpwssd"])])
+def test_the_avxvnni_build_needs_no_avx512(tmp_path, source, functions, vnni):
+    """As the package builds it, the path's code (in attention.c, the functions of its avxvnni build)
+    holds its VNNI instructions in their VEX form only, and nothing EVEX-encoded (no opcode after the
+    0x62 prefix, no zmm, mask or upper-16 register)."""
     obj = tmp_path / "path.o"
     subprocess.run(["gcc", *FLAGS, "-O3", "-fPIC", "-c", str(NATIVE / source), "-o", str(obj)], check=True,
                    timeout=120)
     listing = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
-    lines = [line for line in listing.splitlines() if re.match(r"\s+[0-9a-f]+:\t", line)]
-    dots = [line for line in lines if "vpdpbusd" in line]
-    assert dots and all("{vex}" in line for line in dots)
+    lines = _instructions(listing, functions)
+    for instruction in vnni:
+        dots = [line for line in lines if instruction in line]
+        assert dots and all("{vex}" in line for line in dots), instruction
     evex = [line for line in lines if re.match(r"\s+[0-9a-f]+:\t62 ", line)
             or re.search(r"%zmm|%k[0-7]|%[xy]mm(1[6-9]|2[0-9]|3[01])\b", line)]
     assert not evex, evex[:3]
