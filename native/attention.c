@@ -17,8 +17,8 @@
  *                      then out += sum_j scores[j] v_j for the token's queries at once, each value row
  *                      read (and a compact one converted) once for them (weigh_plain)
  * and the spans' (maximum, total, out) are merged in order (merge, attention_tile.h); at the end
- * out /= total. The loops are written over 8 independent lanes; they are compiled three times: plainly,
- * and for the x86-64 paths avx2 and avx512vnni (kernels.h; attention_x86.h), chosen at run time,
+ * out /= total. The loops are written over 8 independent lanes; they are compiled four times: plainly,
+ * and for the x86-64 paths avx2, avxvnni and avx512vnni (kernels.h; attention_x86.h), chosen at run time,
  * where the inner loops (the scores of a chunk, their maximum, their weighted sum of values) are
  * written with vector instructions for head sizes that are multiples of 8. The plain loops fuse and
  * fold exactly as those do, and the integer dots are exact on every path, so every path gives the

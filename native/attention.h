@@ -32,9 +32,9 @@
  * Routines report a status (status.h: EL_ERR_SIZE for a size or position out of range, or a
  * buffer missing) and never allocate. `path` is a kernel path (kernels.h): EL_PATH_CHOSEN for the
  * process's, EL_PATH_PORTABLE for the plain build on any CPU (a path the CPU cannot run takes that
- * too). The paths avx2 and avx512vnni run the same loops compiled for their instructions (exp as in
- * activation.h; the integer dots of q8 scores by vpmaddubsw, or by vpdpbusd); all paths give the
- * same bits.
+ * too). The paths avx2, avxvnni and avx512vnni run the same loops compiled for their instructions
+ * (exp as in activation.h; the integer dots of q8 caches by vpmaddubsw and vpmaddwd, or by vpdpbusd
+ * and vpdpwssd on 256 or 512 bits); all paths give the same bits.
  */
 #ifndef EDGELLAMA_ATTENTION_H
 #define EDGELLAMA_ATTENTION_H

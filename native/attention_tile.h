@@ -2,7 +2,7 @@
  * Step 2 of attention.c over the queries of one unit (a tile of tokens x query heads of one
  * key/value head, attention.h), a part of that file kept apart: it is included there after the
  * plain loops (Loops), the unit plan (Unit, unit_slots) and row_bytes, and its routines are inlined
- * into each build (plain, avx2, avx512vnni).
+ * into each build (plain, avx2, avxvnni, avx512vnni).
  *
  * A span's rows are read chunk by chunk, each chunk's keys and values once for all the unit's
  * queries (float16 keys converted once; q8 keys are scored as they are, against the queries rounded
@@ -80,7 +80,10 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     }
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
-        if (c0 + 2 * CHUNK <= a->capacity)   /* the next chunk's keys and values, on their way while this one runs */
+        /* the next chunk's keys and values, on their way while this one runs: past the span's end, the next
+         * span's first chunk (the next unit a thread takes when it runs the spans in order; measured better
+         * than stopping at the span's end on two threads too) */
+        if (c0 + 2 * CHUNK <= a->capacity)
             fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
         const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
         for (int64_t t = 0; t < n.tokens; t++) {

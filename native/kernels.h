@@ -7,8 +7,10 @@
  *     avx512vnni   x86-64 with AVX-512 F, BW, VL and VNNI, AVX2,   vpdpbusd on 256 bits  AVX2 + FMA; int8
  *                  FMA, F16C                                                             caches: vpdpbusd,
  *                                                                                        vpdpwssd on 512 bits
- *     avxvnni      x86-64 with AVX-VNNI, AVX2, FMA, F16C (no        vpdpbusd on 256 bits  AVX2 + FMA
- *                  AVX-512 needed: Intel cores since Alder Lake)   (VEX form)
+ *     avxvnni      x86-64 with AVX-VNNI, AVX2, FMA, F16C (no        vpdpbusd on 256 bits  AVX2 + FMA; int8
+ *                  AVX-512 needed: Intel cores since Alder Lake)   (VEX form)            caches: vpdpbusd,
+ *                                                                                        vpdpwssd on 256 bits
+ *                                                                                        (VEX form)
  *     avx2         x86-64 with AVX2, FMA, F16C                     vpmaddubsw            AVX2 + FMA
  *     i8mm         aarch64 with the int8 matrix multiply and       smmla (prompts),      plain C
  *                  dot product extensions                          sdot (one row)
@@ -18,8 +20,8 @@
  * Every path computes each block product with the same float arithmetic in the same order (blocks.h);
  * only the exact integer dot products of the blocks are formed by different instructions, so all paths
  * give bit-identical products. Attention and SiLU (attention.c, activation.c) have x86 vector builds
- * (avx512vnni, avx2; for attention one each) and a plain one (i8mm, neon, portable) that fuse, fold and
- * exponentiate alike: the same bits.
+ * (SiLU one for every x86 path, attention one per path) and a plain one (i8mm, neon, portable) that
+ * fuse, fold and exponentiate alike: the same bits.
  *
  * Includes: libc (getenv; getauxval on Linux aarch64), the compiler's <cpuid.h> on x86-64.
  */
