@@ -81,8 +81,8 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
         /* the next chunk's keys and values, on their way while this one runs: past the span's end, the next
-         * span's first chunk (the next unit a thread takes when it runs the spans in order; measured better
-         * than stopping at the span's end on two threads too) */
+         * span's first chunk (the next unit a thread takes when it runs the spans in order; stopping at the
+         * span's end measured no faster, on one thread or two) */
         if (c0 + 2 * CHUNK <= a->capacity)
             fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
         const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
