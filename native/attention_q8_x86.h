@@ -152,8 +152,10 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
         return;
     }
     const int64_t bytes = el_q8_row_bytes(d, group);
-    int32_t shift[EL_ATT_UNIT_HEADS][EL_ATT_MAX_HEAD_DIM / 32];   /* [query, group] */
+    int32_t shift[EL_ATT_UNIT_HEADS][EL_ATT_MAX_HEAD_DIM / 32];   /* [query, group]: read by vpdpbusd's loops */
+#if X86_VNNI
     X86(q8_shifts)(q, count, d, group, shift);
+#endif
     for (int64_t h = 0; h < count; h += 4) {
         const uint8_t *x = q + h * bytes;
         float *out = scores + h * CHUNK;
