@@ -55,14 +55,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Weight rows claimed at a time: a share of a product rounded up to a multiple of 16 (two Q4_1
- * tiles, which the kernels take together), at least MIN_ROWS rows. A prompt's product (several
- * activation rows, bound by arithmetic) takes PROMPT_CLAIMS shares per thread that joined the
- * previous call, and at least MIN_CLAIMS, so a thread that starts late still finds work. A decode
- * step's product (one activation row, bound by memory) takes one share per thread: each thread reads
- * one contiguous run of tiles, which the kernels' prefetching needs. SmolLM2 decode on two threads
- * (AVX-512 VNNI host) took about 0.15 ms per token longer with two shares per thread, and 0.4-1 ms
- * longer with eight. */
+/* Weight rows claimed at a time. A prompt's product (several activation rows, bound by arithmetic)
+ * is claimed from a shared count in shares of its rows rounded up to a multiple of 16 (two Q4_1
+ * tiles, which the kernels take together): PROMPT_CLAIMS shares per thread that joined the previous
+ * call, at least MIN_CLAIMS, so a thread that starts late still finds work. A decode step's product
+ * (one activation row, bound by memory) has one run of rows per such thread (phases.h: owners), read
+ * from start to end by its thread in halves of what is left, MIN_ROWS at the least, the last halves
+ * taken over by a thread that runs out: each thread streams one contiguous run of tiles, which the
+ * kernels' prefetching needs (SmolLM2 decode on two threads took about 0.15 ms per token longer with
+ * two shares of a shared count per thread, and 0.4-1 ms longer with eight), and none waits long for
+ * another at the end of a product. */
 #define PROMPT_CLAIMS 2
 #define MIN_CLAIMS 4
 #define MIN_ROWS 16
@@ -257,13 +259,18 @@ static void add_gating(Call *call, int64_t inter, int64_t rows)
 
 static void add_product(Call *call, Product p)
 {
+    const int64_t n = p.other ? p.other->n : p.w8.q ? p.w8.n : p.w.n;
     int64_t claims = atomic_load_explicit(&threads_seen, memory_order_relaxed);
-    if (p.rows > 1)
+    el_phase phase = {product_rows, &call->product[call->products], n, MIN_ROWS, 0};
+    if (p.rows > 1) {
         claims = PROMPT_CLAIMS * claims > MIN_CLAIMS ? PROMPT_CLAIMS * claims : MIN_CLAIMS;
-    int64_t n = p.other ? p.other->n : p.w8.q ? p.w8.n : p.w.n, step = ((n + claims - 1) / claims + 15) / 16 * 16;
-    call->product[call->products] = p;
-    el_phases_add(&call->chain, (el_phase){product_rows, &call->product[call->products++], n,
-                                           step > MIN_ROWS ? step : MIN_ROWS});
+        const int64_t step = ((n + claims - 1) / claims + 15) / 16 * 16;
+        phase.step = step > MIN_ROWS ? step : MIN_ROWS;
+    } else {
+        phase.owners = claims < EL_OWNERS_MAX ? (int)claims : EL_OWNERS_MAX;
+    }
+    call->product[call->products++] = p;
+    el_phases_add(&call->chain, phase);
 }
 
 static void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y)
