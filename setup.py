@@ -21,7 +21,7 @@ KERNEL_SOURCES = ["native/kernels.c", "native/halfconv.c", "native/blocks.c", "n
 LAYER_SOURCES = ["native/activation.c", "native/attention.c", "native/kvrows.c", "native/norm.c"]
 NATIVE_SOURCES = ["native/sampler.c", "native/kvcache.c"] + KERNEL_SOURCES + LAYER_SOURCES
 # The ONNX Runtime operator library (loaded by ONNX Runtime, never imported by Python).
-OPS_SOURCES = ["native/ort_register.c", "native/ort_api.c", "native/phases.c", "native/ort_ops.c",
+OPS_SOURCES = ["native/ort_register.c", "native/ort_api.c", "native/phases.c", "native/ort_ops.c", "native/ort_call.c",
                "native/ort_kquants.c", "native/ort_attention.c", "native/ort_norm.c"] + KERNEL_SOURCES + LAYER_SOURCES
 # Portable flags only; EDGELLAMA_CFLAGS adds more (for example "-fsanitize=address,undefined").
 # -ffp-contract=off: a * b + c is two roundings on every CPU, as written (a fused multiply-add only where the
