@@ -3,7 +3,7 @@
  * SiLU(g) = g / (1 + exp(-g)) (0 below g = -88.3). x86-64 CPUs with AVX2 and FMA take a vector path
  * (exp as 2^n times a polynomial, SiLU within 3e-6 relative of its float64 value), chosen at run time;
  * other CPUs, and `portable` = 1, evaluate the same polynomial one value at a time: the same bits.
- * ort_ops.c runs it between the MLP's two products.
+ * ort_call.c runs it between the MLP's two products.
  *
  * The same exp serves the softmax of attention.c: x[i] -> exp(x[i] - shift).
  */

@@ -19,7 +19,7 @@
  * a phase fully claimed waits only for items that running threads hold, so a single thread (or a
  * pool that runs its tasks one after another) completes every phase by itself.
  *
- * Used by the operator library only (ort_ops.c); nothing here is called from Python, so this header
+ * Used by the operator library only (ort_call.c); nothing here is called from Python, so this header
  * has no .pxd. Tested through the operators (tests/test_q4_1_native.py).
  */
 #ifndef EDGELLAMA_PHASES_H
