@@ -3,8 +3,8 @@
  *     sum[i]    = x[i] + residual[i]          (x itself when residual is NULL)
  *     scale     = 1 / sqrt(mean(sum^2) + eps) (squares summed in double, in order; the mean rounded to float)
  *     normed[i] = (sum[i] * scale) * gamma[i]
- * ort_ops.c's fused operators (through ort_call.c) and ort_norm.c's RmsNorm / SkipRmsNorm compute every norm with it, so
- * a native package's norms are the same bits on every CPU.
+ * ort_ops.c's fused operators (through ort_call.c) and ort_norm.c's RmsNorm / SkipRmsNorm compute
+ * every norm with it, so a native package's norms are the same bits on every CPU.
  */
 #ifndef EDGELLAMA_NORM_H
 #define EDGELLAMA_NORM_H
