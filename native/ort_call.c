@@ -128,20 +128,20 @@ OrtStatus *call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int ml
 void add_rounding(Call *call, const float *x, int64_t rows)
 {
     call->rounding = (Rounding){x, call->acts};
-    el_phases_add(&call->chain, (el_phase){round_rows, &call->rounding, rows, 1});
+    el_phases_add(&call->chain, (el_phase){round_rows, &call->rounding, rows, 1, 0});
 }
 
 void add_norm(Call *call, float eps, int64_t k, const float *x, const float *residual, const float *gamma, float *sum,
               int64_t rows)
 {
     call->norm = (Norm){x, residual, gamma, eps, k, sum, call->normed, call->acts};
-    el_phases_add(&call->chain, (el_phase){norm_rows, &call->norm, rows, 1});
+    el_phases_add(&call->chain, (el_phase){norm_rows, &call->norm, rows, 1, 0});
 }
 
 void add_gating(Call *call, int64_t inter, int64_t rows)
 {
     call->gating = (Gating){call->gu, inter, call->acts_h};
-    el_phases_add(&call->chain, (el_phase){gate_rows, &call->gating, rows, 1});
+    el_phases_add(&call->chain, (el_phase){gate_rows, &call->gating, rows, 1, 0});
 }
 
 void add_product(Call *call, Product p)
