@@ -94,7 +94,7 @@ static el_q8_act *carve_acts(char **at, int64_t rows, int64_t nb)
 
 /* The scratch of a call over `rows` rows of width k; `mlp`: the MLP's of intermediate size inter;
  * `project`: the projected rows. NULL status or out of memory. */
-OrtStatus *call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int mlp, int project)
+OrtStatus *el_call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int mlp, int project)
 {
     size_t floats = (size_t)(rows * k) * (1 + (project ? 1 : 0)) + (mlp ? (size_t)(rows * 2 * inter) : 0);
     size_t bytes = floats * sizeof(float) + acts_bytes(rows, k / EL_Q41_BLOCK) +
@@ -125,26 +125,26 @@ OrtStatus *call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int ml
 }
 
 /* Phases of the call (their data live in `call`, which must not move) */
-void add_rounding(Call *call, const float *x, int64_t rows)
+void el_call_rounding(Call *call, const float *x, int64_t rows)
 {
     call->rounding = (Rounding){x, call->acts};
     el_phases_add(&call->chain, (el_phase){round_rows, &call->rounding, rows, 1, 0});
 }
 
-void add_norm(Call *call, float eps, int64_t k, const float *x, const float *residual, const float *gamma, float *sum,
-              int64_t rows)
+void el_call_norm(Call *call, float eps, int64_t k, const float *x, const float *residual, const float *gamma,
+                  float *sum, int64_t rows)
 {
     call->norm = (Norm){x, residual, gamma, eps, k, sum, call->normed, call->acts};
     el_phases_add(&call->chain, (el_phase){norm_rows, &call->norm, rows, 1, 0});
 }
 
-void add_gating(Call *call, int64_t inter, int64_t rows)
+void el_call_gating(Call *call, int64_t inter, int64_t rows)
 {
     call->gating = (Gating){call->gu, inter, call->acts_h};
     el_phases_add(&call->chain, (el_phase){gate_rows, &call->gating, rows, 1, 0});
 }
 
-void add_product(Call *call, Product p)
+void el_call_product(Call *call, Product p)
 {
     const int64_t n = p.other ? p.other->n : p.w8.q ? p.w8.n : p.w.n;
     int64_t claims = atomic_load_explicit(&threads_seen, memory_order_relaxed);
@@ -160,13 +160,13 @@ void add_product(Call *call, Product p)
     el_phases_add(&call->chain, phase);
 }
 
-void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y)
+void el_call_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y)
 {
-    add_product(call, (Product){w, {NULL, NULL, 0, 0}, acts, rows, y, NULL});
+    el_call_product(call, (Product){w, {NULL, NULL, 0, 0}, acts, rows, y, NULL});
 }
 
 /* Run the phases on ONNX Runtime's threads, free the scratch */
-OrtStatus *call_run(void *context, Call *call)
+OrtStatus *el_call_run(void *context, Call *call)
 {
     OrtStatus *status = el_ort_run_chain(context, &call->chain);
     atomic_store_explicit(&threads_seen, el_phases_threads(&call->chain), memory_order_relaxed);

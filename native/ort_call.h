@@ -3,7 +3,8 @@
  * its steps as the phases of one chain (phases.h), built in order and then run on ONNX Runtime's
  * intra-op threads:
  *
- *     call_begin -> add_rounding | add_norm -> add_product ... [add_gating -> add_product] -> call_run
+ *     el_call_begin -> el_call_rounding | el_call_norm -> el_call_product ...
+ *                   [el_call_gating -> el_call_product] -> el_call_run
  *
  * Used by the operator library only (ort_ops.c), so this header has no .pxd.
  */
@@ -53,19 +54,19 @@ typedef struct {
 
 /* The scratch of a call over `rows` rows of width k; `mlp`: the MLP's of intermediate size inter;
  * `project`: the projected rows. NULL, or the status of running out of memory. */
-OrtStatus *call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int mlp, int project);
+OrtStatus *el_call_begin(Call *call, int64_t rows, int64_t k, int64_t inter, int mlp, int project);
 
 /* The phases of the call, in the order they run (their data live in `call`, which must not move):
  * x rounded into call->acts; x + residual -> sum, RMS-normed times gamma and rounded into call->acts;
  * SwiGLU of call->gu rounded into call->acts_h; a product of rounded rows. */
-void add_rounding(Call *call, const float *x, int64_t rows);
-void add_norm(Call *call, float eps, int64_t k, const float *x, const float *residual, const float *gamma, float *sum,
-              int64_t rows);
-void add_gating(Call *call, int64_t inter, int64_t rows);
-void add_product(Call *call, Product p);
-void add_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y);
+void el_call_rounding(Call *call, const float *x, int64_t rows);
+void el_call_norm(Call *call, float eps, int64_t k, const float *x, const float *residual, const float *gamma,
+                  float *sum, int64_t rows);
+void el_call_gating(Call *call, int64_t inter, int64_t rows);
+void el_call_product(Call *call, Product p);
+void el_call_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int64_t rows, float *y);
 
 /* Run the phases on ONNX Runtime's threads, free the scratch */
-OrtStatus *call_run(void *context, Call *call);
+OrtStatus *el_call_run(void *context, Call *call);
 
 #endif

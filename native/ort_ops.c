@@ -190,14 +190,14 @@ static OrtStatus *product_compute(void *kernel, void *context, int norm)
         status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
         return status;
-    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
+    if ((status = el_call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
         return status;
     if (norm)
-        add_norm(&call, kern->eps, kern->k, in.data[0], in.data[1], in.data[2], sum, in.rows);
+        el_call_norm(&call, kern->eps, kern->k, in.data[0], in.data[1], in.data[2], sum, in.rows);
     else
-        add_rounding(&call, in.data[0], in.rows);
-    add_q41_product(&call, w, call.acts, in.rows, y);
-    return call_run(context, &call);
+        el_call_rounding(&call, in.data[0], in.rows);
+    el_call_q41_product(&call, w, call.acts, in.rows, y);
+    return el_call_run(context, &call);
 }
 
 OrtStatus *el_matmul_q41_compute(void *kernel, void *context)
@@ -224,11 +224,11 @@ OrtStatus *el_matmul_q8_compute(void *kernel, void *context)
         status = output_like_x(context, &in, 0, kern->n, &y);
     if (status != NULL || in.rows == 0)
         return status;
-    if ((status = call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
+    if ((status = el_call_begin(&call, in.rows, kern->k, 0, 0, 0)) != NULL)
         return status;
-    add_rounding(&call, in.data[0], in.rows);
-    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, w, call.acts, in.rows, y, NULL});
-    return call_run(context, &call);
+    el_call_rounding(&call, in.data[0], in.rows);
+    el_call_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, w, call.acts, in.rows, y, NULL});
+    return el_call_run(context, &call);
 }
 
 /* GatherQ8 (q41 = 0: the 8-bit table's two fields, then ids) and GatherQ4_1 (its three, then ids) */
@@ -285,19 +285,19 @@ static OrtStatus *mlp_compute(void *kernel, void *context, int project)
         status = output_like_x(context, &in, 0, kern->k, &y);
     if (status != NULL || in.rows == 0)
         return status;
-    if ((status = call_begin(&call, in.rows, kern->k, kern->n, 1, project)) != NULL)
+    if ((status = el_call_begin(&call, in.rows, kern->k, kern->n, 1, project)) != NULL)
         return status;
     const float *x = in.data[0];
     if (project) {
-        add_rounding(&call, x, in.rows);
-        add_q41_product(&call, o, call.acts, in.rows, call.projected);
+        el_call_rounding(&call, x, in.rows);
+        el_call_q41_product(&call, o, call.acts, in.rows, call.projected);
         x = call.projected;
     }
-    add_norm(&call, kern->eps, kern->k, x, in.data[1], in.data[2], sum, in.rows);
-    add_q41_product(&call, gate_up, call.acts, in.rows, call.gu);
-    add_gating(&call, kern->n, in.rows);
-    add_q41_product(&call, down, call.acts_h, in.rows, y);
-    return call_run(context, &call);
+    el_call_norm(&call, kern->eps, kern->k, x, in.data[1], in.data[2], sum, in.rows);
+    el_call_q41_product(&call, gate_up, call.acts, in.rows, call.gu);
+    el_call_gating(&call, kern->n, in.rows);
+    el_call_q41_product(&call, down, call.acts_h, in.rows, y);
+    return el_call_run(context, &call);
 }
 
 OrtStatus *el_norm_mlp_q41_compute(void *kernel, void *context)
@@ -313,10 +313,10 @@ OrtStatus *el_project_norm_mlp_q41_compute(void *kernel, void *context)
 OrtStatus *el_ops_product(void *context, const float *x, int64_t rows, int64_t k, const el_ops_rows *weight, float *y)
 {
     Call call;
-    OrtStatus *status = call_begin(&call, rows, k, 0, 0, 0);
+    OrtStatus *status = el_call_begin(&call, rows, k, 0, 0, 0);
     if (status != NULL)
         return status;
-    add_rounding(&call, x, rows);
-    add_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, call.acts, rows, y, weight});
-    return call_run(context, &call);
+    el_call_rounding(&call, x, rows);
+    el_call_product(&call, (Product){{NULL, NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, call.acts, rows, y, weight});
+    return el_call_run(context, &call);
 }

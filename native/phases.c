@@ -34,6 +34,16 @@ static inline uint_fast64_t pack(int64_t first, int64_t end)
     return (uint_fast64_t)first << 32 | (uint_fast64_t)end;
 }
 
+static inline int64_t first_of(uint_fast64_t word)
+{
+    return (int64_t)(word >> 32);
+}
+
+static inline int64_t end_of(uint_fast64_t word)
+{
+    return (int64_t)(word & 0xFFFFFFFFu);
+}
+
 void el_phases_init(el_phases *chain)
 {
     chain->count = 0;
@@ -42,9 +52,7 @@ void el_phases_init(el_phases *chain)
     for (int p = 0; p < EL_PHASES_MAX; p++) {
         atomic_init(&chain->claimed[p], 0);
         atomic_init(&chain->done[p], 0);
-        for (int r = 0; r < EL_OWNERS_MAX; r++)
-            atomic_init(&chain->run[p][r].left, 0);
-    }
+    }   /* (a phase's runs are set by el_phases_add, and only its owners' are read) */
     atomic_init(&chain->ready, 0);
 }
 
@@ -68,7 +76,7 @@ static int claim(atomic_uint_fast64_t *run, int64_t step, int front, int64_t *lo
 {
     uint_fast64_t word = atomic_load_explicit(run, memory_order_relaxed);
     for (;;) {
-        const int64_t first = (int64_t)(word >> 32), end = (int64_t)(word & 0xFFFFFFFFu);
+        const int64_t first = first_of(word), end = end_of(word);
         if (first >= end)
             return 0;
         const int64_t steps = (end - first + step - 1) / step;
@@ -91,7 +99,7 @@ static int fullest(el_phases *chain, int p, int mine)
     int64_t most = 0;
     for (int r = 0; r < chain->phase[p].owners; r++) {
         const uint_fast64_t word = atomic_load_explicit(&chain->run[p][r].left, memory_order_relaxed);
-        const int64_t left = (int64_t)(word & 0xFFFFFFFFu) - (int64_t)(word >> 32);
+        const int64_t left = end_of(word) - first_of(word);
         if (r != mine && left > most) {
             most = left;
             best = r;
