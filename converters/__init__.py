@@ -33,6 +33,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgellama.errors import InvalidParameterError
+from edgellama.kv_graph import rewrite
+from edgellama.kv_types import kv_type
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, PackageInfo
 from edgellama.memory import peak_rss_bytes
 
@@ -79,14 +81,18 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
         data.close()
         if bar is not None:
             bar.close()
-    save_model(graph.model(), writer.path / MODEL_FILE)
+    model, kv_cache = graph.model(), options.default_kv_cache
+    if kv_cache != options.io_dtype:    # the native form's graph, declared with the default type's caches
+        rewrite(model, kv_type(kv_cache), config, MODEL_FILE, options.io_dtype)
+    save_model(model, writer.path / MODEL_FILE)
     if not plan.needs_library:     # onnxruntime-genai cannot run edgellama's operators
         writer.write_bytes(GENAI_CONFIG_FILE, genai_config_json(
             config, source.special_tokens, max_length, options.providers).encode("utf-8"))
     quantization = replace(options.quantization, layout=plan.to_dict())
     info = PackageInfo(config=config, quantization=quantization, max_length=max_length,
                        special_tokens=source.special_tokens, source=source.name, providers=options.providers,
-                       io_dtype=options.io_dtype, last_token_logits=True, kv_cache=options.kv_cache)
+                       io_dtype=options.io_dtype, last_token_logits=True,
+                       kv_cache=None if kv_cache == options.io_dtype else kv_cache)
     return info, ctx.stats.summary(), tensors.count
 
 

@@ -23,7 +23,8 @@ library with fused forms (FUSED), the input norm joins its product (NormMatMulQ4
 0, which has no residual to add); when gate|up and down are, the
 MLP is one node (NormMlpQ4_1), which also takes o_proj when o_proj is computed the same way
 (ProjectNormMlpQ4_1, o_proj "mlp"). Every layer of a native package attends with RotaryAttention
-(its KV cache can be float32, float16 or int8); a portable one with GroupQueryAttention.
+(its KV cache can be float32, float16 or int8: model.onnx holds the variant of the package's default
+type, edgellama.json kv_cache, edgellama.kv_graph); a portable one with GroupQueryAttention.
 """
 from __future__ import annotations
 

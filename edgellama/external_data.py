@@ -164,6 +164,27 @@ def check_external_data(folder) -> None:
     log.debug("%s: %d external tensors checked", model, len(tensors))
 
 
+def weights_folder(graph, folder: Path) -> Path:
+    """The folder ONNX Runtime is to read the external data of `graph` (an onnx.ModelProto loaded from
+    memory, edited: edgellama.kv_graph) from, for the package at `folder`. ONNX Runtime resolves links
+    and refuses a file outside the folder it is given, so when the data files are links out of the
+    package (a hub cache snapshot's, into the entry's blobs/), the graph's locations are changed to
+    the files they resolve to, and their one folder is returned."""
+    tensors = list(graph.graph.initializer) + [a.t for n in graph.graph.node for a in n.attribute if a.HasField("t")]
+    entries = [e for t in tensors if t.data_location == _EXTERNAL for e in t.external_data if e.key == "location"]
+    resolved = {e.value: (folder / e.value).resolve() for e in entries}
+    root = folder.resolve()
+    if all(root in path.parents for path in resolved.values()):
+        return folder
+    parents = {path.parent for path in resolved.values()}
+    if len(parents) != 1:
+        raise PackageError(f"{folder}: the external data files of {MODEL_FILE} resolve to several folders "
+                           f"({', '.join(sorted(map(str, parents)))}); copy the package into one plain folder")
+    for entry in entries:
+        entry.value = resolved[entry.value].name
+    return parents.pop()
+
+
 def _in_hub_blobs(root: Path, path: Path) -> bool:
     """`path` is a blob of the Hugging Face hub cache entry whose snapshot `root` is: the hub keeps
     each file once, in models--ORG--NAME/blobs, and links it from snapshots/REVISION."""

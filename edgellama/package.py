@@ -25,7 +25,8 @@ from .errors import FormatVersionError, ModelNotFoundError, PackageError, Unsupp
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2    # 2: Q4_1 and 8-bit blocks in tiles of 8 rows (edgellama.blocks_layout)
+FORMAT_VERSION = 3    # 2: Q4_1 and 8-bit blocks in tiles of 8 rows (edgellama.blocks_layout);
+                      # 3: model.onnx declares the caches of the default KV cache type (before: the io_dtype's)
 BLOCK_OPERATORS = ("MatMulQ4_1", "MatMulQ8")   # the operators whose weights format 2 tiles
 MANIFEST = "edgellama.json"
 MODEL_FILE = "model.onnx"
@@ -139,6 +140,12 @@ class PackageInfo:
     def default_kv_cache(self) -> str:
         """The KV cache type a load without kv_cache uses: the recorded one, else the io_dtype's."""
         return self.kv_cache or self.io_dtype
+
+    @property
+    def graph_kv_cache(self) -> str:
+        """The KV cache type model.onnx declares: the default one from format_version 3, the io_dtype's
+        before (edgellama.kv_graph rewrites the graph at load for any other)."""
+        return self.default_kv_cache if self.format_version >= 3 else self.io_dtype
 
     def to_json(self) -> str:
         data = asdict(self)

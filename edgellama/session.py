@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from . import kernels, ops
 from .context import Context
 from .errors import InvalidParameterError, ProviderError
-from .external_data import check_external_data
+from .external_data import check_external_data, weights_folder
 from .graph_contract import IO_DTYPES, check_graph
 from .kv_graph import graph_for
 from .kv_types import resolve
@@ -77,10 +77,10 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     ops.check_available(model_path)
     model = str(model_path)
     if graph is not None:
-        # ONNX Runtime refuses external data reached through a link that leaves the model's folder, so an
-        # edited graph is loaded from memory with the folder of its weights named instead
+        # an edited graph is loaded from memory with the folder of its weights named (the one its
+        # links lead to: ONNX Runtime refuses external data reached through a link out of that folder)
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(model_path.parent))
+                                         str(weights_folder(graph, model_path.parent)))
         model = graph.SerializeToString()
     candidates = resolve_providers(providers, cpu_fallback)
     if not candidates:

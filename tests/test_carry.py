@@ -204,7 +204,8 @@ def test_tiny_package_from_q4_1_matches_fp32(tmp_path, untied, monkeypatch):
     path = write_mixed_gguf(tmp_path / "tiny.gguf", weights, Q.Q4_1, Q.Q8_0)
     int4 = convert(str(path), tmp_path / "int4",
                    ConvertOptions(quantization=Quantization("int4", accuracy_level=0), max_length=64, portable=True))
-    fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    fp32 = convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64,
+                                                                kv_cache="float32"))
     manifest = json.loads((tmp_path / "int4" / "edgellama.json").read_text())
     plan = ConversionPlan.from_dict(manifest["quantization"]["layout"])
     assert len(plan.layers) == TINY["layers"] and plan.tied == (not untied)
@@ -264,7 +265,8 @@ def test_a_cuda_package_from_q4_1_matches_fp32_to_float16_precision(tmp_path):
     path = write_mixed_gguf(tmp_path / "tiny.gguf", tiny_hf_weights(seed=6), Q.Q4_1, Q.Q8_0)
     convert(str(path), tmp_path / "cuda", ConvertOptions(quantization=Quantization("int4", accuracy_level=0),
                                                          max_length=64, providers=("cuda",)))
-    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    convert(str(path), tmp_path / "fp32", ConvertOptions(quantization=Quantization("fp32"), max_length=64,
+                                                         kv_cache="float32"))
     layout = json.loads((tmp_path / "cuda" / "edgellama.json").read_text())["quantization"]["layout"]
     assert [run["weights"]["down_proj"]["format"] for run in layout["layers"]] == ["Q4_1 float16 zero points"]
     assert (layout["layers"][0]["first"], layout["layers"][0]["last"]) == (0, TINY["layers"] - 1)

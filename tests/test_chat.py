@@ -192,15 +192,18 @@ def test_chat_with_shift_runs_three_times_the_capacity(package):
     assert list(ctx.tokens[:n_keep]) == list(result.prompt_token_ids[:n_keep])
 
     # a fresh prefill of the tokens now cached, at their new positions, gives the same K/V:
-    # all layers for the kept prefix, the first layer (which sees only token and position) everywhere
+    # all layers for the kept prefix, the first layer (which sees only token and position) everywhere;
+    # a float16 cache's shifted keys were rotated again from rounded values: two of its steps apart
+    tolerance = {"float32": dict(atol=1e-4), "float16": dict(atol=1e-4, rtol=2 ** -9)}[model.kv_cache]
     reference = model.new_context()
     n = ctx.cached
     reference.append(ctx.tokens[:n])
     for layer in range(model.config.num_layers):
         upto = n if layer == 0 else n_keep
-        np.testing.assert_allclose(ctx.kv.keys[layer][:, :, :upto], reference.kv.keys[layer][:, :, :upto], atol=1e-4)
+        np.testing.assert_allclose(ctx.kv.keys[layer][:, :, :upto], reference.kv.keys[layer][:, :, :upto],
+                                   **tolerance)
         np.testing.assert_allclose(ctx.kv.values[layer][:, :, :upto], reference.kv.values[layer][:, :, :upto],
-                                   atol=1e-4)
+                                   **tolerance)
 
     # the conversation goes on after shifting
     follow = chat.send("Go on")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgellama.converters import ConvertOptions, convert
+from edgellama.kv_types import kv_type
 from edgellama.package import Quantization, read_info, verify
 
 from helpers.plans import planned_weight
@@ -33,8 +34,8 @@ class OrtStepper:
         self.session = ort.InferenceSession(str(package / "model.onnx"), options,
                                             providers=["CPUExecutionProvider"])
         self.layers = cfg.num_layers
-        dtype = np.float16 if self.info.io_dtype == "float16" else np.float32
-        self.buffers = [np.zeros((batch, cfg.num_kv_heads, capacity, cfg.head_dim), dtype)
+        kv = kv_type(self.info.graph_kv_cache)     # the caches model.onnx declares
+        self.buffers = [np.zeros((batch, cfg.num_kv_heads, capacity, kv.row_length(cfg.head_dim)), kv.dtype)
                         for _ in range(2 * cfg.num_layers)]
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.buffers]
         self.total = 0
@@ -102,7 +103,7 @@ VARIANTS = {
 def test_fp32_matches_transformers(tmp_path, variant):
     folder = make_tiny_llama(tmp_path / "ckpt", seed=len(variant), **VARIANTS[variant])
     out = tmp_path / "pkg"
-    report = convert(folder, out, ConvertOptions(quantization=Quantization("fp32")))
+    report = convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), kv_cache="float32"))
     info = read_info(out)
     verify(out, info)
     assert report.info == info
@@ -116,14 +117,16 @@ def test_fp32_matches_transformers(tmp_path, variant):
 
 def test_package_contents(tmp_path):
     """A portable fp32 package (its genai_config.json, GroupQueryAttention); the native one attends
-    with RotaryAttention and has no genai_config.json (onnxruntime-genai cannot run it)."""
+    with RotaryAttentionF16 over its default float16 cache and has no genai_config.json
+    (onnxruntime-genai cannot run it)."""
     folder = make_tiny_llama(tmp_path / "ckpt")
     native = tmp_path / "native"
     convert(folder, native, ConvertOptions(quantization=Quantization("fp32"), max_length=100))
     assert not (native / "genai_config.json").exists()
     import onnx
     nodes = onnx.load(str(native / "model.onnx"), load_external_data=False).graph.node
-    assert {n.op_type for n in nodes if "Attention" in n.op_type} == {"RotaryAttention"}
+    assert {n.op_type for n in nodes if "Attention" in n.op_type} == {"RotaryAttentionF16"}
+    assert read_info(native).kv_cache == read_info(native).graph_kv_cache == "float16"
     out = tmp_path / "pkg"
     convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=100, portable=True))
     info = read_info(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 
+import numpy as np
 import pytest
 
 from helpers.tiny_llama import convert_tiny, make_tiny_llama
@@ -23,8 +24,19 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int4_package(ckpt, tmp_path_factory):
-    """The native form with int4 weights: RotaryAttention in every layer."""
+    """The native form with int4 weights and its default float16 cache: RotaryAttentionF16 in every layer."""
     return convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "int4", "int4", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def float32_package(ckpt, tmp_path_factory):
+    """The same converted with kv_cache="float32": RotaryAttention in every layer, no kv_cache field."""
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    out = tmp_path_factory.mktemp("pkg") / "float32"
+    convert(str(ckpt), out, ConvertOptions(quantization=Quantization("int4"), max_length=64, kv_cache="float32"))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +64,11 @@ def io_types(model) -> dict:
 
 @pytest.mark.parametrize("kv_cache, op_type, attributes, row", [
     ("float16", "RotaryAttentionF16", {}, 32), ("int8", "RotaryAttentionQ8", {"kv_group": 32}, 36)])
-def test_rewrite_of_a_native_graph(int4_package, kv_cache, op_type, attributes, row):
+def test_rewrite_of_a_native_graph(float32_package, kv_cache, op_type, attributes, row):
     from onnx import TensorProto, helper
 
-    before, after = graph(int4_package), graph(int4_package)
-    info = read_info(int4_package)
+    before, after = graph(float32_package), graph(float32_package)
+    info = read_info(float32_package)
     rewrite(after, KV_TYPES[kv_cache], info.config, "model.onnx")
     assert len(before.graph.node) == len(after.graph.node)
     changed = 0
@@ -82,15 +94,39 @@ def test_rewrite_of_a_native_graph(int4_package, kv_cache, op_type, attributes, 
     assert list(after.graph.initializer) == list(before.graph.initializer)
 
 
+@pytest.mark.parametrize("first, second", [("float16", "int8"), ("int8", "float16"), ("int8", "int8")])
+def test_rewrites_run_from_any_type_to_any_other(float32_package, first, second):
+    """float32 -> first -> second is float32 -> second, and back to float32 is the file as it was."""
+    info = read_info(float32_package)
+    direct, chained = graph(float32_package), graph(float32_package)
+    rewrite(direct, KV_TYPES[second], info.config, "model.onnx")
+    rewrite(chained, KV_TYPES[first], info.config, "model.onnx")
+    rewrite(chained, KV_TYPES[second], info.config, "model.onnx")
+    assert chained == direct
+    rewrite(chained, KV_TYPES["float32"], info.config, "model.onnx")
+    assert chained == graph(float32_package)
+
+
+def test_the_converter_writes_the_default_types_graph(int4_package, float32_package):
+    """model.onnx of a default conversion is float32's rewritten to float16, as a load would do."""
+    info = read_info(int4_package)
+    assert info.kv_cache == info.graph_kv_cache == "float16" and info.format_version == 3
+    expected = graph(float32_package)
+    rewrite(expected, KV_TYPES["float16"], info.config, "model.onnx")
+    assert list(graph(int4_package).graph.node) == list(expected.graph.node)
+    assert list(graph(int4_package).graph.input) == list(expected.graph.input)
+
+
 def test_graph_for_reads_the_file_only_for_another_type(int4_package):
     info = read_info(int4_package)
-    assert graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float32"]) is None
+    assert graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float16"]) is None
     given = graph(int4_package)
-    assert graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float32"], given) is given
+    assert graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float16"], given) is given
     assert graph_for(int4_package / MODEL_FILE, info, KV_TYPES["int8"], given) is given
     assert {n.op_type for n in given.graph.node if n.domain == "ai.edgellama"} >= {"RotaryAttentionQ8"}
-    read = graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float16"])
-    assert sum(n.op_type == "RotaryAttentionF16" for n in read.graph.node) == 2
+    read = graph_for(int4_package / MODEL_FILE, info, KV_TYPES["float32"])
+    assert sum(n.op_type == "RotaryAttention" for n in read.graph.node) == 2
+    assert not [a for n in read.graph.node for a in n.attribute if a.name == "kv_group"]
 
 
 @pytest.mark.parametrize("kv_cache", ["float16", "int8"])
@@ -128,15 +164,35 @@ def test_bad_kv_cache_values_are_refused_in_one_line(int4_package):
             edgellama.load(int4_package, kv_cache=bad)
 
 
-def test_packages_without_the_field_default_to_their_io_dtype(int4_package):
+def test_packages_without_the_field_default_to_their_io_dtype(float32_package):
     import edgellama
 
-    data = json.loads((int4_package / "edgellama.json").read_text())
+    data = json.loads((float32_package / "edgellama.json").read_text())
     assert "kv_cache" not in data
-    info = read_info(int4_package)
-    assert info.kv_cache is None and info.default_kv_cache == "float32"
-    model = edgellama.load(int4_package, threads=1)
+    info = read_info(float32_package)
+    assert info.kv_cache is None and info.default_kv_cache == info.graph_kv_cache == "float32"
+    model = edgellama.load(float32_package, threads=1)
     assert model.kv_cache == "float32" and model.new_context().kv.kv_type is KV_TYPES["float32"]
+
+
+@pytest.mark.parametrize("kv_cache", ["float32", "float16", "int8"])
+def test_a_format_2_package_keeps_a_float32_graph_under_any_default(float32_package, tmp_path, kv_cache):
+    """Before format_version 3, model.onnx declared float32 caches whatever edgellama.json's kv_cache said:
+    such a package loads its recorded default (and any other) and computes what a new one does."""
+    import shutil
+
+    import edgellama
+
+    old = tmp_path / "old"
+    shutil.copytree(float32_package, old)
+    data = json.loads((old / "edgellama.json").read_text())
+    (old / "edgellama.json").write_text(json.dumps({**data, "format_version": 2, "kv_cache": kv_cache}))
+    assert read_info(old).graph_kv_cache == "float32"
+    model = edgellama.load(old, threads=1)
+    assert model.kv_cache == kv_cache
+    ids = [3, 14, 15, 92, 65]
+    expected = edgellama.load(float32_package, threads=1, kv_cache=kv_cache).new_context().append(ids)
+    np.testing.assert_array_equal(model.new_context().append(ids), expected)
 
 
 def test_convert_records_the_default(ckpt, tmp_path, capsys):

@@ -167,6 +167,9 @@ def test_hub_cache_links_into_its_blobs_load(copy, tmp_path):
         shutil.move(path, blob)
         (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
     assert load(snapshot, verify=True).generate("The quick", max_new_tokens=2).token_ids
+    # another cache type than model.onnx's: the edited graph is loaded from memory over the blobs
+    for kv_cache in ("float32", "int8"):
+        assert load(snapshot, kv_cache=kv_cache).generate("The quick", max_new_tokens=2).token_ids
 
 
 def test_info_verifies_an_intact_package(copy, capsys):
@@ -184,7 +187,7 @@ def test_file_listed_in_manifest_but_missing(copy):
 
 # -- metadata -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("version,words", [(3, "newer"), (99, "newer"), (0, "unknown"), ("1", "not an integer"),
+@pytest.mark.parametrize("version,words", [(4, "newer"), (99, "newer"), (0, "unknown"), ("1", "not an integer"),
                                            (None, "missing")])
 def test_unknown_format_version(copy, version, words):
     edit_manifest(copy, lambda d: d.update(format_version=version))
@@ -309,14 +312,14 @@ def test_kv_cache_that_does_not_fit_fails_before_allocating(package, monkeypatch
     import edgellama
 
     info = edgellama.package.read_info(package)
-    per_position = kv_cache_bytes(info.config, 1, "float32")
+    per_position = kv_cache_bytes(info.config, 1, info.default_kv_cache)
     monkeypatch.setattr(memory, "available_memory", lambda: per_position * 40)
     refuse_session(monkeypatch)
 
     def no_cache(*args, **kwargs):
         raise AssertionError("a KV cache was allocated")
     monkeypatch.setattr(context, "KVCache", no_cache)
-    needed = kv_cache_bytes(info.config, 64, "float32")
+    needed = kv_cache_bytes(info.config, 64, info.default_kv_cache)
     with pytest.raises(ContextOverflowError) as err:
         load(package, max_length=64)
     message = str(err.value)

@@ -260,8 +260,8 @@ def tiny_packages(tmp_path_factory):
     modes = {"ops": dict(quantization=Quantization("int4"), gguf_blocks="ops"),
              "carry": dict(quantization=Quantization("int4"), portable=True),
              "fp32": dict(quantization=Quantization("fp32"))}
-    for name, kw in modes.items():
-        convert(str(path), tmp / name, ConvertOptions(max_length=64, **kw))
+    for name, kw in modes.items():       # float32 caches: the packages differ by their weights' products only
+        convert(str(path), tmp / name, ConvertOptions(max_length=64, kv_cache="float32", **kw))
     return {name: tmp / name for name in modes}
 
 

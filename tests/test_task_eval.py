@@ -102,7 +102,8 @@ def test_step_scores_equal_full_sequence_log_probabilities(tmp_path, fp32_packag
     path = tmp_path / name
     path.write_text(content)
     tasks = load_tasks(kind, path)
-    scorer = StepScorer(open_package(fp32_package, max_length=128).new_context())
+    # float32 weights and cache: transformers' log-probabilities to float32 rounding
+    scorer = StepScorer(open_package(fp32_package, max_length=128, kv_cache="float32").new_context())
     expected_choices = []
     for task in tasks:
         plan = plan_task(task, task_kind(kind).rule, encode)

@@ -48,7 +48,7 @@ def rms_norm(ctx: BuildContext, scope: str, x: str, weight_name: str) -> str:
 
 
 def skip_rms_norm(ctx: BuildContext, scope: str, x: str, residual: str, weight_name: str) -> tuple[str, str]:
-    """Residual add fused with RMSNorm; returns (normed, new residual).
+    r"""Residual add fused with RMSNorm; returns (normed, new residual).
 
         x --------\
                    SkipRmsNorm (native) | SkipSimplifiedLayerNormalization (gamma) -> normed (output 0)

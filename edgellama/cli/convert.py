@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or with --portable round Q4_1 minimums to integer zero points (zero_point); "
                              "ops is carry's former name for the native form")
     add_kv_cache_argument(parser, "the KV cache element type the package loads with by default (float32, "
-                                  "float16, int8), recorded in edgellama.json; a load chooses another with "
-                                  "--kv-cache. A portable package runs only its own (float32; CUDA: float16)")
+                                  "float16, int8; default float16), recorded in edgellama.json; a load chooses "
+                                  "another with --kv-cache. A portable package runs only its own (float32; CUDA: "
+                                  "float16)")
     parser.add_argument("--quality", choices=QUALITY_PRESETS, default="default",
                         help="int4 made from float weights: the size / quality target. small: every weight at 4 bits; "
                              "default: q|k|v, some down/o and a tied embedding table at 8 bits; best: more weights at "

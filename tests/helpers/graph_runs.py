@@ -55,15 +55,16 @@ def stepwise_logits(package, ids):
     operator library registered, for native packages)."""
     import onnxruntime as ort
 
+    from edgellama.kv_types import kv_type
     from edgellama.package import read_info
     from edgellama.session import session_options
 
     info = read_info(package)
-    cfg, dtype = info.config, np.float16 if info.io_dtype == "float16" else np.float32
+    cfg, kv = info.config, kv_type(info.graph_kv_cache)     # the caches model.onnx declares
     session = ort.InferenceSession(str(package / "model.onnx"), sess_options=session_options(2),
                                    providers=["CPUExecutionProvider"])
     names = [f"{i}.{k}" for i in range(cfg.num_layers) for k in ("key", "value")]
-    past = {n: np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), dtype) for n in names}
+    past = {n: np.zeros((1, cfg.num_kv_heads, 0, kv.row_length(cfg.head_dim)), kv.dtype) for n in names}
     rows = []
     for t in range(ids.size):
         feed = {"input_ids": ids[None, t:t + 1], "attention_mask": np.ones((1, t + 1), np.int64)}
