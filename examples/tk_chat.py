@@ -32,6 +32,12 @@ POLL_MS = 30
 MAX_EVENTS_PER_TICK = 512   # messages handled per poll; the rest wait for the next one
 
 
+def shown(text: str) -> str:
+    """`text` as the transcript shows it: Tk ends an insert at a NUL character (which a model can write:
+    a byte-fallback token), so each is shown as U+FFFD."""
+    return text.replace("\0", "\ufffd")
+
+
 class ChatApp:
     """The chat window. `load(path)` or `attach(model)` gives it a model; `send(text)` and
     `stop()` are what the buttons call, so a program (or a test) can drive it the same way."""
@@ -72,7 +78,7 @@ class ChatApp:
 
     def _write(self, text: str, tag: str | None = None) -> None:
         self.transcript.configure(state="normal")
-        self.transcript.insert("end", text, tag or ())
+        self.transcript.insert("end", shown(text), tag or ())
         self.transcript.configure(state="disabled")
         self.transcript.see("end")
 

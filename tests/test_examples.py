@@ -164,7 +164,8 @@ def test_tk_chat_streams_the_answer_and_stop_ends_it(tk_root, tiny_model, tmp_pa
     result = app.last_result
     assert result.finish_reason == "cancelled"
     assert 0 < len(result.token_ids) < 1_000_000
-    assert _answer(app) == result.text + " [stopped]\n\n"     # every piece reached the window, then nothing
+    # every piece reached the window (a NUL as U+FFFD: Tk would end the insert there), then nothing
+    assert _answer(app) == tk_chat.shown(result.text) + " [stopped]\n\n"
     shown = app.text()
     pump(tk_root, lambda: False, timeout=0.3)
     assert app.text() == shown
@@ -175,6 +176,16 @@ def test_tk_chat_streams_the_answer_and_stop_ends_it(tk_root, tiny_model, tmp_pa
     assert rgb.shape[:2] == (tk_root.winfo_height(), tk_root.winfo_width())
     assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 3, "the screenshot is blank"
     assert (tmp_path / "tk_chat_tiny_stopped.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tk_chat_shows_what_follows_a_nul(tk_root):
+    """A model can write a NUL (a byte-fallback token); Tk would drop the rest of that insert."""
+    tk_chat = _example("tk_chat")
+    app = tk_chat.ChatApp(tk_root)
+    app.events.put(("piece", "one\0two"))
+    app.events.put(("piece", " three"))
+    assert pump(tk_root, lambda: app.text().endswith("three"), timeout=5), repr(app.text())
+    assert app.text() == "one\ufffdtwo three"
 
 
 def test_tk_chat_loads_in_the_background_and_answers_the_autoprompt(tk_root, tiny_package):
