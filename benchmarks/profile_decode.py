@@ -3,8 +3,9 @@
     python benchmarks/profile_decode.py PKG [PKG ...] [--threads 2] [--past 128] [--steps 64] [--rounds 3]
                                         [--no-profile] [--offsets-bound]
 
-PKG is an edgellama package, an onnxruntime-genai model folder (genai_config.json names the graph
-and its shapes; edgellama packages carry one too) or a model.onnx beside such a config.
+PKG is an edgellama package (edgellama.json gives the shapes and the KV cache type its model.onnx
+declares), an onnxruntime-genai model folder (genai_config.json names the graph and its shapes) or a
+model.onnx beside either.
 
 Each step feeds one token at positions past, past + 1, ... with the KV cache shared in place
 between past and present, as the runtime binds it (edgellama.binding.StepBinding). Two sessions
@@ -69,6 +70,8 @@ class Decoder:
     kv_heads: int
     head_dim: int
     vocab: int
+    kv_dtype: str = "float32"    # the caches' element type and row length (a float type: head_dim)
+    kv_row: int = 0
     rounds_ms: list = field(default_factory=list)
     by_group: dict = field(default_factory=dict)
     by_op: dict = field(default_factory=dict)
@@ -76,11 +79,22 @@ class Decoder:
 
 
 def open_decoder(path: Path) -> Decoder:
+    """The graph at `path` and its shapes: from edgellama.json for an edgellama package (its caches of
+    the type model.onnx declares), else from genai_config.json (float32 caches)."""
     folder = path.parent if path.suffix == ".onnx" else path
+    label = f"{folder.name}/{path.stem}" if path.suffix == ".onnx" else folder.name
+    if (folder / "edgellama.json").exists():
+        from edgellama.kv_types import kv_type
+        from edgellama.package import MODEL_FILE, read_info
+
+        info = read_info(folder)
+        cfg, kv = info.config, kv_type(info.graph_kv_cache)
+        model = path if path.suffix == ".onnx" else folder / MODEL_FILE
+        return Decoder(label, model, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size,
+                       kv.buffer, kv.row_length(cfg.head_dim))
     config = json.loads((folder / "genai_config.json").read_text())["model"]
     dec = config["decoder"]
     model = path if path.suffix == ".onnx" else folder / dec["filename"]
-    label = f"{folder.name}/{path.stem}" if path.suffix == ".onnx" else folder.name
     return Decoder(label, model, dec["num_hidden_layers"], dec["num_key_value_heads"],
                    dec["head_size"], config["vocab_size"])
 
@@ -128,7 +142,8 @@ def without_offsets(dec: Decoder, folder: Path):
     graph.initializer.extend(kept_inits)
     path = folder / f"{dec.label.replace('/', '_')}-no-offsets.onnx"
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
-    return Decoder(f"{dec.label} (no offsets: bound)", path, dec.layers, dec.kv_heads, dec.head_dim, dec.vocab)
+    return Decoder(f"{dec.label} (no offsets: bound)", path, dec.layers, dec.kv_heads, dec.head_dim, dec.vocab,
+                   dec.kv_dtype, dec.kv_row)
 
 
 def make_session(dec: Decoder, threads: int, profile_dir=None):
@@ -146,9 +161,9 @@ def make_session(dec: Decoder, threads: int, profile_dir=None):
 def make_binding(session, dec: Decoder, capacity: int):
     from edgellama.binding import StepBinding
 
-    shape = (1, dec.kv_heads, capacity, dec.head_dim)
-    keys = [np.zeros(shape, np.float32) for _ in range(dec.layers)]
-    values = [np.zeros(shape, np.float32) for _ in range(dec.layers)]
+    shape = (1, dec.kv_heads, capacity, dec.kv_row or dec.head_dim)
+    keys = [np.zeros(shape, dec.kv_dtype) for _ in range(dec.layers)]
+    values = [np.zeros(shape, dec.kv_dtype) for _ in range(dec.layers)]
     return StepBinding(session, keys, values, dec.vocab)
 
 

@@ -266,3 +266,24 @@ def test_the_graph_contract_checks_the_cache_type(int4_package):
         check_graph(FakeSession("tensor(uint8)", 32), config, "g", kv_cache="int8")
     with pytest.raises(PackageError, match="is tensor\\(float\\) but a kv_cache='int8' cache is tensor\\(uint8\\)"):
         check_graph(FakeSession("tensor(float)", 36), config, "g", kv_cache="int8")
+
+
+def test_the_decode_profiler_feeds_a_package_its_own_cache_type(int4_package, monkeypatch):
+    """benchmarks/profile_decode.py reads an edgellama package's shapes from edgellama.json (a native
+    package has no genai_config.json) and binds caches of the type its model.onnx declares."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import profile_decode
+
+    dec = profile_decode.open_decoder(int4_package)
+    assert (dec.kv_dtype, dec.kv_row, dec.layers, dec.kv_heads) == ("float16", 32, 2, 2)
+    made, zeros = [], np.zeros
+    session = profile_decode.make_session(dec, 1)
+    monkeypatch.setattr(profile_decode.np, "zeros", lambda *a, **k: made.append(zeros(*a, **k)) or made[-1])
+    binding = profile_decode.make_binding(session, dec, 16)          # its caches: the first 4 arrays made
+    monkeypatch.undo()
+    caches = made[:4]
+    assert all(a.dtype == np.float16 and a.shape == (1, 2, 16, 32) for a in caches)
+    assert profile_decode.run_steps(binding, 0, 4, np.random.default_rng(0)) > 0
+    assert np.abs(caches[0][:, :, :4]).sum() > 0 and not caches[0][:, :, 4:].any()   # the four steps' keys
