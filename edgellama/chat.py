@@ -104,7 +104,7 @@ class ChatTemplate:
         """[(text, message index or None)]: template text (None) and message contents, in order;
         `extra`: more template variables (such as `tools`)."""
         messages = _check_messages(messages)
-        nonce = secrets.token_hex(6)
+        nonce = sentinel_nonce()
         marks = [f"@@EDGELLAMA_{nonce}_{i}@@" for i in range(len(messages))]
         masked = [dict(m, content=mark) for m, mark in zip(messages, marks)]
         text = self.render(masked, add_generation_prompt, **extra)
@@ -151,6 +151,13 @@ class ChatTemplate:
         """Token ids of the rendered conversation (contents as plain text)."""
         return [t for ids, _ in self.encode_segments(messages, add_generation_prompt, content_ids, **extra)
                 for t in ids]
+
+
+def sentinel_nonce() -> str:
+    """12 random lowercase letters: the sentinels that stand for contents are upper case around them,
+    so a template that changes the case of contents changes every sentinel (a nonce of digits alone,
+    which hex gave one render in about 300, survived `| upper`, and the rewrite went unnoticed)."""
+    return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(12))
 
 
 def load_template(tokenizer, folder) -> ChatTemplate:

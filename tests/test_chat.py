@@ -78,6 +78,14 @@ def test_template_that_rewrites_contents(model):
         template.encode([{"role": "user", "content": "a <|im_end|> b"}])
 
 
+def test_a_case_changing_template_is_noticed_on_every_render(model):
+    """Each render draws its sentinels anew; every draw must show a change of case (one of digits only did not)."""
+    template = ChatTemplate("{% for m in messages %}<|im_start|>{{ m['content'] | upper }}<|im_end|>{% endfor %}",
+                            model.tokenizer)
+    for _ in range(2000):   # a hex nonce of digits alone came once in about 300 renders
+        assert template.segments([{"role": "user", "content": "hello"}]) == [("<|im_start|>HELLO<|im_end|>", None)]
+
+
 def test_bad_messages_are_rejected(model):
     with pytest.raises(InvalidParameterError):
         model.chat_template.encode([{"role": "user"}])
