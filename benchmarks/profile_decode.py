@@ -70,8 +70,8 @@ class Decoder:
     kv_heads: int
     head_dim: int
     vocab: int
-    kv_dtype: str = "float32"    # the caches' element type and row length (a float type: head_dim)
-    kv_row: int = 0
+    kv_dtype: str                # the caches' element type and row length (a float type's: head_dim)
+    kv_row: int
     rounds_ms: list = field(default_factory=list)
     by_group: dict = field(default_factory=dict)
     by_op: dict = field(default_factory=dict)
@@ -96,7 +96,7 @@ def open_decoder(path: Path) -> Decoder:
     dec = config["decoder"]
     model = path if path.suffix == ".onnx" else folder / dec["filename"]
     return Decoder(label, model, dec["num_hidden_layers"], dec["num_key_value_heads"],
-                   dec["head_size"], config["vocab_size"])
+                   dec["head_size"], config["vocab_size"], "float32", dec["head_size"])
 
 
 def without_offsets(dec: Decoder, folder: Path):
@@ -161,7 +161,7 @@ def make_session(dec: Decoder, threads: int, profile_dir=None):
 def make_binding(session, dec: Decoder, capacity: int):
     from edgellama.binding import StepBinding
 
-    shape = (1, dec.kv_heads, capacity, dec.kv_row or dec.head_dim)
+    shape = (1, dec.kv_heads, capacity, dec.kv_row)
     keys = [np.zeros(shape, dec.kv_dtype) for _ in range(dec.layers)]
     values = [np.zeros(shape, dec.kv_dtype) for _ in range(dec.layers)]
     return StepBinding(session, keys, values, dec.vocab)

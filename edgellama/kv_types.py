@@ -8,9 +8,9 @@
                        in tiles of 64 rows
 
 A package's model.onnx declares the caches of its default type (float16 for the native form); at load
-edgellama.kv_graph rewrites its attention nodes and cache inputs and outputs to another chosen type, and edgellama.kvcache allocates the buffers
-[1, kv heads, capacity, row] of the type's dtype (int8: a capacity rounded up to whole tiles, whose rows
-the attention's loops read rearranged, native/kvrows.h). Packages in the portable form (ONNX Runtime's
+edgellama.kv_graph rewrites its attention nodes and cache inputs and outputs to another chosen type,
+and edgellama.kvcache allocates the buffers [1, kv heads, capacity, row] of the type's dtype (int8: a
+capacity rounded up to whole tiles, whose rows the attention's loops read rearranged, native/kvrows.h). Packages in the portable form (ONNX Runtime's
 GroupQueryAttention) run only the type equal to their io_dtype. The module imports nothing heavy, so
 the command line reads its names.
 """

@@ -65,15 +65,14 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     const uint8_t *kh = keys + n.g * bytes, *vh = values + n.g * bytes;
     float scores[EL_ATT_TILE_QUERIES][CHUNK];             /* [query, row of the chunk] */
     float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: compact rows as float32 */
-    float vbuf[CHUNK * EL_ATT_MAX_HEAD_DIM];              /* [CHUNK, D]: float16 values as float32, for a
-                                                           * unit of several tokens (each weighs them) */
     int64_t len[EL_ATT_TILE_QUERIES];                     /* [token]: its rows of the chunk */
     uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
                                                                      queries as q8 rows (5 D bytes at most) */
     const int q8 = a->kv_type == EL_KV_Q8;
     const int64_t rb = row_bytes(a);
     /* float16 values are converted as they are weighed, once per token of the unit: a unit of several
-     * tokens converts each chunk's once and weighs float32 rows (the same values, the same sums) */
+     * tokens converts each chunk's once, into buf once the keys there are scored, and weighs float32
+     * rows (the same values, the same sums) */
     const int wide_values = a->kv_type == EL_KV_F16 && n.tokens > 1;
     el_attention as_f32 = *a;
     as_f32.kv_type = EL_KV_F32;
@@ -94,11 +93,6 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
         if (c0 + 2 * CHUNK <= a->capacity)
             fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
         const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
-        const uint8_t *v = vh + c0 * rb;
-        if (wide_values) {
-            loops->convert(a, v, all, vbuf);
-            v = (const uint8_t *)vbuf;
-        }
         for (int64_t t = 0; t < n.tokens; t++) {
             const int64_t r = t * n.count, rows = query_rows(n, r);
             const int64_t end = rows - r0 < EL_ATT_SPAN ? rows : r0 + EL_ATT_SPAN;
@@ -122,6 +116,11 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
                 el_exp_shifted(sc, len[t], sl[0], &sum, portable);   /* sizes are valid: cannot fail */
                 sl[1] += sum;
             }
+        }
+        const uint8_t *v = vh + c0 * rb;
+        if (wide_values) {   /* the keys in buf are scored: it takes the values */
+            loops->convert(a, v, all, buf);
+            v = (const uint8_t *)buf;
         }
         for (int64_t t = 0; t < n.tokens; t++)
             if (len[t] > 0)

@@ -278,12 +278,18 @@ def test_the_decode_profiler_feeds_a_package_its_own_cache_type(int4_package, mo
 
     dec = profile_decode.open_decoder(int4_package)
     assert (dec.kv_dtype, dec.kv_row, dec.layers, dec.kv_heads) == ("float16", 32, 2, 2)
-    made, zeros = [], np.zeros
-    session = profile_decode.make_session(dec, 1)
-    monkeypatch.setattr(profile_decode.np, "zeros", lambda *a, **k: made.append(zeros(*a, **k)) or made[-1])
-    binding = profile_decode.make_binding(session, dec, 16)          # its caches: the first 4 arrays made
-    monkeypatch.undo()
-    caches = made[:4]
-    assert all(a.dtype == np.float16 and a.shape == (1, 2, 16, 32) for a in caches)
-    assert profile_decode.run_steps(binding, 0, 4, np.random.default_rng(0)) > 0
-    assert np.abs(caches[0][:, :, :4]).sum() > 0 and not caches[0][:, :, 4:].any()   # the four steps' keys
+    from edgellama import binding
+
+    bound = {}
+
+    class Recording(binding.StepBinding):
+        def __init__(self, session, keys, values, *args, **kwargs):
+            bound["keys"] = keys
+            super().__init__(session, keys, values, *args, **kwargs)
+
+    monkeypatch.setattr(binding, "StepBinding", Recording)
+    step = profile_decode.make_binding(profile_decode.make_session(dec, 1), dec, 16)
+    keys = bound["keys"]
+    assert len(keys) == 2 and all(a.dtype == np.float16 and a.shape == (1, 2, 16, 32) for a in keys)
+    assert profile_decode.run_steps(step, 0, 4, np.random.default_rng(0)) > 0
+    assert np.abs(keys[0][:, :, :4]).sum() > 0 and not keys[0][:, :, 4:].any()   # the four steps' keys
