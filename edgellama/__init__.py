@@ -19,7 +19,7 @@ The runtime, from the API down:
     context.py            the step layer: Context.append / next_token / rewind / tokens over one KV cache
     kvcache.py, binding.py    the KV buffers, and their IO binding to the session (bound in place)
     kv_types.py, kv_graph.py  the KV cache element types (float32, float16, int8), and the graph rewritten for one
-    session.py            open_package: a package opened in ONNX Runtime in one call
+    session.py, resident.py   open_package: a package opened in ONNX Runtime in one call; its weights read into huge pages
     providers.py, memory.py, graph_contract.py   execution providers, the memory check, the graph's names
     package.py, tokenizer.py, sampling.py        the package folder, its tokenizer, SamplingParams and Sampler
     constraint.py, tools.py, logprobs.py         structured output (llguidance), tool calls, log-probabilities

@@ -51,7 +51,8 @@ class BenchSettings:
     test; threads: thread counts to sweep (None = physical cores); depths: cache depths for extra
     tg tests; max_length: KV capacity (default: the smallest that fits every test, at most the
     package's); e2e_tokens: tokens of the TTFT / end-to-end test (0 skips it); kv_cache: the KV cache
-    type (default the package's; see edgellama.load)."""
+    type (default the package's; see edgellama.load); mmap: leave the weights mapped from their file
+    (edgellama.load)."""
     n_prompt: int = 512
     n_gen: int = 128
     repetitions: int = 5
@@ -63,6 +64,7 @@ class BenchSettings:
     seed: int = 0
     constraint: Optional[object] = None   # an edgellama.Constraint for the constrained end-to-end test
     kv_cache: Optional[str] = None
+    mmap: bool = False
 
     def __post_init__(self):
         for name in ("n_prompt", "n_gen", "e2e_tokens"):
@@ -262,7 +264,7 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
                          size_bytes=package_bytes(path))
     for i, threads in enumerate(settings.threads):
         model = load(path, providers=settings.providers, threads=threads, max_length=report.max_length,
-                     kv_cache=settings.kv_cache)
+                     kv_cache=settings.kv_cache, mmap=settings.mmap)
         threads = model.threads
         if i == 0:
             report.load_s, report.provider, report.kv_cache = model.load_s, model.provider, model.kv_cache

@@ -33,7 +33,8 @@ Prompt = Union[str, Sequence[int]]
 
 
 def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-         max_length: Optional[int] = None, verify: bool = False, kv_cache: Optional[str] = None) -> "Model":
+         max_length: Optional[int] = None, verify: bool = False, kv_cache: Optional[str] = None,
+         mmap: bool = False) -> "Model":
     """Load the model package at `path`.
 
     providers   execution providers to try in order ("cuda", "cpu", ...); default: those the package
@@ -45,17 +46,21 @@ def load(path, providers: Optional[Sequence[str]] = None, threads: Optional[int]
     kv_cache    element type of the KV cache: "float32", "float16" or "int8" (edgellama.kv_types; default
                 the package's, `edgellama convert --kv-cache`); packages in the portable form run only
                 their io_dtype's
+    mmap        True: the weights stay in their file's page cache, mapped, where the system may drop them
+                under memory pressure and read them again (as llama.cpp's default); default False on CPU:
+                read into the process's memory, in huge pages where the kernel offers them, which
+                decodes faster (edgellama.resident)
     """
     return Model(path, providers=providers, threads=threads, max_length=max_length, verify=verify,
-                 kv_cache=kv_cache)
+                 kv_cache=kv_cache, mmap=mmap)
 
 
 class Model:
     """A loaded model package; see `load`."""
 
-    def __init__(self, path, providers=None, threads=None, max_length=None, verify=False, kv_cache=None):
+    def __init__(self, path, providers=None, threads=None, max_length=None, verify=False, kv_cache=None, mmap=False):
         t0 = time.perf_counter()
-        self.package = open_package(path, providers, threads, max_length, verify, kv_cache=kv_cache)
+        self.package = open_package(path, providers, threads, max_length, verify, kv_cache=kv_cache, mmap=mmap)
         self.path, self.info, self.config = self.package.path, self.package.info, self.package.config
         self.session, self.provider, self.device = self.package.session, self.package.provider, self.package.device
         self.threads, self.max_length = self.package.threads, self.package.max_length

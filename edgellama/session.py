@@ -1,11 +1,12 @@
 """Opening a model package in ONNX Runtime, in one call: `open_package`.
 
-    open_package(path, providers, threads, max_length, verify, kv_cache=...)
+    open_package(path, providers, threads, max_length, verify, kv_cache=..., mmap=...)
       read_info -> capacity, KV cache type -> memory check -> external data check (locations, sizes)
       -> sha256 of every file (verify) or of all but the weights
       -> the graph for the KV cache type (edgellama.kv_graph; model.onnx as it is for the package's own)
-      -> choose providers -> InferenceSession (first provider that loads it) -> graph contract check
-      = PackageSession(path, info, session, provider, threads, max_length, kv_cache)  -> new_context()
+      -> choose providers -> the weights read into memory (edgellama.resident; not with mmap=True)
+      -> InferenceSession (first provider that loads it) -> graph contract check
+      = PackageSession(path, info, session, provider, threads, max_length, kv_cache, weights)  -> new_context()
 
 `Model` (edgellama.model) and the scorers of edgellama.evaluate open packages through it, and
 every session it makes registers edgellama's operator library (edgellama.ops).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -30,6 +31,7 @@ from .memory import check_memory
 from .package import MODEL_FILE, PackageInfo, read_info, verify as verify_files
 from .providers import (DEVICES, PROVIDERS, built_for_message, choose_providers, cuda_graphs_wanted,
                         provider_options, resolve_providers)
+from .resident import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +67,34 @@ def session_options(threads: int):
 
 
 def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu_fallback: bool = True,
-                   built_for: Sequence[str] = ("cpu",), graph=None):
+                   built_for: Sequence[str] = ("cpu",), graph=None, mmap: bool = True):
     """An InferenceSession on the first provider (in the requested order) that accepts the model;
     CUDA is tried with graph capture first, unless EDGELLAMA_CUDA_GRAPH=0.
 
     graph: an onnx.ModelProto to load instead of the file, its external data read from the file's folder.
-    Returns (session, provider name actually used)."""
+    mmap: False reads the weights into memory first (edgellama.resident) where the graph computes with
+    edgellama's operators on the CPU alone; otherwise ONNX Runtime maps the weights' file.
+    Returns (session, provider name actually used, the resident Weights or None); the session holds the
+    Weights too (its attribute edgellama_weights), so they live as long as it does."""
     import onnxruntime as ort
 
     options = session_options(threads)
     ops.check_available(model_path)
-    model = str(model_path)
+    model, folder = str(model_path), model_path.parent
     if graph is not None:
         # an edited graph is loaded from memory with the folder of its weights named (the one its
         # links lead to: ONNX Runtime refuses external data reached through a link out of that folder)
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(weights_folder(graph, model_path.parent)))
+        folder = weights_folder(graph, model_path.parent)
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
         model = graph.SerializeToString()
     candidates = resolve_providers(providers, cpu_fallback)
     if not candidates:
         raise ProviderError(built_for_message(model_path.parent, built_for, ort.get_available_providers()))
+    weights = None
+    if not mmap and candidates == [PROVIDERS["cpu"]]:
+        weights = _resident_weights(model_path, graph, folder)
+        if weights is not None:
+            weights.add_to(options)
     errors = []
     attempts = [(candidates[start:], graphs) for start in range(len(candidates))
                 for graphs in ((True, False) if candidates[start] == PROVIDERS["cuda"] and cuda_graphs_wanted()
@@ -102,8 +112,21 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
             continue
         provider = session.get_providers()[0]
         log.info("model %s runs on %s with %d threads", model_path, provider, threads)
-        return session, provider
+        # the session computes from the weights' memory: it keeps them for as long as anything holds it
+        session.edgellama_weights = weights
+        return session, provider, weights
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
+
+
+def _resident_weights(model_path: Path, graph, folder: Path):
+    """The graph's weights read into memory (edgellama.resident) when it computes with edgellama's operators,
+    which read them in place; None for a graph of ONNX Runtime's operators alone, which repack theirs."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False) if graph is None else graph
+    if ops.DOMAIN not in {o.domain for o in graph.opset_import}:
+        return None
+    return read_weights(graph, folder)
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,7 @@ class PackageSession:
     threads: int
     max_length: int           # KV-cache capacity of each context
     kv_cache: str = "float32"  # KV cache type of each context (edgellama.kv_types), the one the graph runs
+    weights: Any = field(default=None, repr=False)   # edgellama.resident.Weights the session reads, or None
 
     @property
     def config(self):
@@ -134,7 +158,7 @@ class PackageSession:
 
 def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                  max_length: Optional[int] = None, verify: bool = False, graph=None,
-                 kv_cache: Optional[str] = None) -> PackageSession:
+                 kv_cache: Optional[str] = None, mmap: bool = False) -> PackageSession:
     """Read, check and open the package at `path` (settings as in `edgellama.load`).
 
     graph: an onnx.ModelProto to run instead of the package's model.onnx, over the package's
@@ -156,9 +180,12 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
     graph = graph_for(path / MODEL_FILE, info, kv, graph)
     providers, cpu_fallback = choose_providers(providers, info.providers, path)
-    session, provider = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers, graph)
+    if not isinstance(mmap, bool):
+        raise InvalidParameterError(f"mmap={mmap!r} must be True or False")
+    session, provider, weights = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers,
+                                                graph, mmap)
     check_graph(session, info.config, path / MODEL_FILE, info.io_dtype, kv)
-    return PackageSession(path, info, session, provider, threads, capacity, kv.name)
+    return PackageSession(path, info, session, provider, threads, capacity, kv.name, weights)
 
 
 def _capacity(info: PackageInfo, max_length) -> int:

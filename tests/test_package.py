@@ -169,7 +169,9 @@ def test_hub_cache_links_into_its_blobs_load(copy, tmp_path):
     assert load(snapshot, verify=True).generate("The quick", max_new_tokens=2).token_ids
     # another cache type than model.onnx's: the edited graph is loaded from memory over the blobs
     for kv_cache in ("float32", "int8"):
-        assert load(snapshot, kv_cache=kv_cache).generate("The quick", max_new_tokens=2).token_ids
+        model = load(snapshot, kv_cache=kv_cache)
+        assert model.package.weights is not None       # read into memory through the links, too
+        assert model.generate("The quick", max_new_tokens=2).token_ids
 
 
 def test_info_verifies_an_intact_package(copy, capsys):

@@ -38,9 +38,10 @@ API_FLAGS = {
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
     "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None, "parallel": "--parallel",
     "queue": "--queue", "max_body": "--max-body", "port": "--port", "kv_cache": "--kv-cache",
+    "mmap": None,
 }
 COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
-VALUELESS = {"force": "--force", "on_overflow": "--context-shift"}
+VALUELESS = {"force": "--force", "on_overflow": "--context-shift", "mmap": "--mmap"}
 _API_WORD = re.compile(r"(?:SamplingParams\.)?\b(" + "|".join(API_FLAGS) + r")=('[^']*'|\[[^\]]*\]|[^\s,;)]+)")
 
 
@@ -78,6 +79,13 @@ def add_kv_cache_argument(parser: argparse.ArgumentParser, help_text: str = "") 
     parser.add_argument("--kv-cache", choices=tuple(KV_TYPES), default=None, metavar="TYPE",
                         help=help_text or "KV cache element type: float32, float16 (half the memory) or int8 "
                                           "(about a quarter); default: the package's (edgellama info)")
+
+
+def add_mmap_argument(parser: argparse.ArgumentParser) -> None:
+    """--mmap: leave the weights mapped from their file (edgellama.load's mmap=True)."""
+    parser.add_argument("--mmap", action="store_true",
+                        help="leave the weights mapped from their file, where the system may drop them under memory "
+                             "pressure (default on CPU: read into memory, in huge pages where offered: faster decode)")
 
 
 def _module(name: str):

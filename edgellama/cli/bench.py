@@ -8,7 +8,7 @@ import io
 import json
 
 from ..errors import InvalidParameterError
-from . import add_kv_cache_argument
+from . import add_kv_cache_argument, add_mmap_argument
 
 CSV_FIELDS = ("test", "threads", "unit", "mean", "stdev")
 
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
     add_kv_cache_argument(parser)
+    add_mmap_argument(parser)
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--csv", action="store_true", help="print CSV rows")
@@ -108,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     settings = BenchSettings(n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
                              providers=args.provider, e2e_tokens=args.e2e_tokens, constraint=constraint_from(args),
-                             kv_cache=args.kv_cache)
+                             kv_cache=args.kv_cache, mmap=args.mmap)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
     report = run_bench(args.model, settings)

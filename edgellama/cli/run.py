@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from . import add_kv_cache_argument
+from . import add_kv_cache_argument, add_mmap_argument
 
 RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
@@ -35,6 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
                              "package was built for)")
     add_kv_cache_argument(parser)
+    add_mmap_argument(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +102,7 @@ def load_from(args):
 
     providers = tuple(args.provider) if args.provider else None
     return load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
-                verify=args.verify, kv_cache=args.kv_cache)
+                verify=args.verify, kv_cache=args.kv_cache, mmap=args.mmap)
 
 
 def timings_line(timings) -> str:

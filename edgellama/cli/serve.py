@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidParameterError, NotBuiltError
-from . import add_kv_cache_argument
+from . import add_kv_cache_argument, add_mmap_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
     add_kv_cache_argument(parser)
+    add_mmap_argument(parser)
 
 
 def main(args) -> int:
@@ -55,7 +56,7 @@ def main(args) -> int:
               "this address can use the model", file=sys.stderr)
     providers = tuple(args.provider) if args.provider else None
     model = load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
-                 kv_cache=args.kv_cache)
+                 kv_cache=args.kv_cache, mmap=args.mmap)
     app = create_app(model, settings)
     logging.getLogger("edgellama.server").setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
