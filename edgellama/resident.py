@@ -3,12 +3,15 @@
 Left to itself, ONNX Runtime maps model.onnx.data and reads each weight through the file's page cache, in
 4 KiB pages. A decode step streams every weight once; from anonymous memory that the kernel backs with 2 MiB
 pages (transparent huge pages: the mapping is advised so before it is touched) the same kernels decode the
-Llama-3.2-1B shape 6-12% faster (README, "Weights in memory"). So a package that computes with edgellama's
-operators on the CPU has its weights read into one such mapping at load, and each initializer handed to
-ONNX Runtime as a tensor over its bytes there (SessionOptions.add_initializer: read in place, never copied).
+Llama-3.2-1B shape 7-12% faster (README, "Weights in memory"). So on the CPU the weights that only
+edgellama's operators read are read into one such mapping at load, and each handed to ONNX Runtime as a
+tensor over its bytes there (SessionOptions.add_initializer: read in place, never copied). Weights that ONNX
+Runtime's own operators read stay in the file: those operators repack them (MatMul's packed float32 panels,
+MatMulNBits' blocks), and a copy in memory would only be kept beside the repacked one.
 
-    read_weights(graph, folder) -> Weights | None   the external initializers of `graph` (an onnx.ModelProto,
-                                                    read without its data), from the files in `folder`
+    read_weights(graph, folder, names) -> Weights | None   the external initializers of `graph` (an
+                                                    onnx.ModelProto, read without its data) named in `names`,
+                                                    from the files in `folder`
     Weights.add_to(options)                         each one as an initializer of the session to be made;
                                                     the Weights must live as long as that session
 
@@ -68,15 +71,16 @@ class Weights:
             options.add_initializer(name, value)
 
 
-def _stored(graph, folder: Path) -> list:
-    """The graph's initializers held in external files, as _Stored, in (file, offset) order. An element type
-    that numpy has no type for is left to ONNX Runtime (it reads that one from the file itself)."""
+def _stored(graph, folder: Path, names) -> list:
+    """The graph's initializers held in external files (those in `names`, unless it is None), as _Stored, in
+    (file, offset) order. An element type that numpy has no type for is left to ONNX Runtime (it reads that
+    one from the file itself)."""
     import numpy as np
     from onnx import TensorProto, helper
 
     found = []
     for tensor in graph.graph.initializer:
-        if tensor.data_location != TensorProto.EXTERNAL:
+        if tensor.data_location != TensorProto.EXTERNAL or (names is not None and tensor.name not in names):
             continue
         entries = {e.key: e.value for e in tensor.external_data}
         try:
@@ -127,13 +131,13 @@ def _read_into(path: Path, stored: list, places: list, arena) -> None:
                 done += got
 
 
-def read_weights(graph, folder: Path) -> Optional[Weights]:
-    """The external initializers of `graph` read from the files in `folder` (see the module docstring), or None
-    when it has none."""
+def read_weights(graph, folder: Path, names=None) -> Optional[Weights]:
+    """The external initializers of `graph` (those in the set `names`, unless it is None) read from the files in
+    `folder` (see the module docstring), or None when there are none."""
     import numpy as np
 
     t0 = time.perf_counter()
-    stored = _stored(graph, Path(folder))
+    stored = _stored(graph, Path(folder), names)
     if not stored:
         return None
     places, end = [], 0

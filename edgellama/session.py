@@ -119,14 +119,16 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
 
 
 def _resident_weights(model_path: Path, graph, folder: Path):
-    """The graph's weights read into memory (edgellama.resident) when it computes with edgellama's operators,
-    which read them in place; None for a graph of ONNX Runtime's operators alone, which repack theirs."""
+    """The weights that only edgellama's operators read (they read them in place), read into memory
+    (edgellama.resident); None when there are none. ONNX Runtime's own operators (MatMul, MatMulNBits, ...)
+    repack theirs, and keep what they read from the file."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False) if graph is None else graph
-    if ops.DOMAIN not in {o.domain for o in graph.opset_import}:
-        return None
-    return read_weights(graph, folder)
+    ours, theirs = set(), set()
+    for node in graph.graph.node:
+        (ours if node.domain == ops.DOMAIN else theirs).update(node.input)
+    return read_weights(graph, folder, ours - theirs)
 
 
 @dataclass(frozen=True)

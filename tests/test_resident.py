@@ -148,6 +148,29 @@ def test_the_weights_live_as_long_as_the_session(smollm2_int4_package):
     assert np.array_equal(context.append(ids), want)
 
 
+def test_only_the_weights_that_edgellama_operators_alone_read_are_copied(tmp_path_factory):
+    """An fp32 package's layer matrices feed ONNX Runtime's MatMul, which repacks them: they stay in the file."""
+    import edgellama
+    import onnx
+    from edgellama.ops import DOMAIN
+    from edgellama.package import MODEL_FILE
+    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+
+    ckpt = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny", num_hidden_layers=1)
+    package = convert_tiny(ckpt, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=64)
+    graph = onnx.load(str(package / MODEL_FILE), load_external_data=False)
+    external = {t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    readers = {}
+    for node in graph.graph.node:
+        for name in set(node.input) & external:
+            readers.setdefault(name, set()).add(node.domain == DOMAIN)
+    ours = {name for name, by_us in readers.items() if by_us == {True}}
+    assert ours and len(ours) < len(external)          # norms and the like ours, the MatMul weights not
+    model = edgellama.load(package, threads=1)
+    assert set(model.package.weights.arrays) == ours
+    assert model.generate("The quick", max_new_tokens=2).token_ids
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_mmap_must_be_a_bool(smollm2_int4_package, value):
     import edgellama
