@@ -177,16 +177,19 @@ def f16_to_f32(src, dst):
     _check(code, "f16_to_f32")
 
 
-def f32_to_f16(src, dst):
-    """dst[:] = the float16 bit patterns nearest the float32 values in src (same length)."""
+def f32_to_f16(src, dst, path=None):
+    """dst[:] = the float16 bit patterns nearest the float32 values in src (same length), on kernel path
+    `path` (None: the chosen one)."""
     native_args.f32_to_f16(src, dst)
+    native_args.kernel_path(path, kernel_paths())
     cdef const float[::1] values = src
     cdef uint16_t[::1] bits = dst
     cdef el_status code
+    cdef int number = _path_number(path)
     if values.shape[0] == 0:
         return
     with nogil:
-        code = el_f32_to_f16(&values[0], &bits[0], values.shape[0])
+        code = el_f32_to_f16(&values[0], &bits[0], values.shape[0], number)
     _check(code, "f32_to_f16")
 
 

@@ -1,5 +1,6 @@
-/* The rows of a KV cache (see kvrows.h). Includes: libc, halfconv.h of this folder. */
+/* The rows of a KV cache (see kvrows.h). Includes: libc, halfconv.h and kernels.h of this folder. */
 #include "kvrows.h"
+#include "kernels.h"
 #include "halfconv.h"
 
 #include <math.h>
@@ -105,7 +106,7 @@ el_status el_kv_rows_store(int32_t type, int64_t group, const float *x, int64_t 
     if (el_kv_row_bytes(type, d, group) < 0 || n < 0 || (n > 0 && (x == NULL || rows == NULL)))
         return EL_ERR_SIZE;
     if (type == EL_KV_F16)
-        return el_f32_to_f16(x, (uint16_t *)(void *)rows, n * d);
+        return el_f32_to_f16(x, (uint16_t *)(void *)rows, n * d, EL_PATH_CHOSEN);
     if (type == EL_KV_Q8)
         return el_q8_rows_store(x, n, d, group, rows);
     if (n > 0)
