@@ -1,8 +1,10 @@
 /* binary16 -> binary32, one branch-free expression per element so compilers vectorize it; and back,
  * rounding in integer arithmetic, or on the x86-64 vector paths eight values at a time by F16C's
- * vcvtps2ph (round to nearest even: the same bits, NaNs included).
+ * vcvtps2ph, on the aarch64 ones four at a time by fcvtn (round to nearest even: the same bits, NaNs
+ * included).
  *
- * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the function compiled for F16C). */
+ * Includes: libc, and the compiler's <immintrin.h> on x86-64 (for the function compiled for F16C),
+ * <arm_neon.h> on aarch64. */
 #include <string.h>
 
 #include "halfconv.h"
@@ -87,6 +89,24 @@ __attribute__((target("avx,f16c"))) static void to_halves_f16c(const float *src,
 #define HAVE_F16C 0
 #endif
 
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#include <arm_neon.h>
+
+/* half_bits four at a time: fcvtn rounds as the FPCR says, to nearest even (Linux's default, which
+ * ONNX Runtime keeps), with the same saturation, subnormals and quiet NaNs */
+static void to_halves_neon(const float *src, uint16_t *dst, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1_u16(dst + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
+    for (; i < n; i++)
+        dst[i] = half_bits(src[i]);
+}
+#define HAVE_NEON_HALVES 1
+#else
+#define HAVE_NEON_HALVES 0
+#endif
+
 el_status el_f32_to_f16(const float *src, uint16_t *dst, int64_t n, int path)
 {
     if (n < 0 || (n > 0 && (src == NULL || dst == NULL)))
@@ -94,6 +114,12 @@ el_status el_f32_to_f16(const float *src, uint16_t *dst, int64_t n, int path)
 #if HAVE_F16C
     if (el_path_x86_vector(path)) {   /* every x86-64 vector path has F16C */
         to_halves_f16c(src, dst, n);
+        return EL_OK;
+    }
+#endif
+#if HAVE_NEON_HALVES
+    if (el_path_resolve(path) != EL_PATH_PORTABLE) {   /* neon and i8mm */
+        to_halves_neon(src, dst, n);
         return EL_OK;
     }
 #endif

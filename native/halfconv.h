@@ -17,7 +17,8 @@ el_status el_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
 
 /* dst[i] = the binary16 bit pattern nearest src[i] (ties to even; from 65520 on infinity; a NaN quiet,
  * the top 10 bits of its payload kept), for i in [0, n), on kernel path `path` (kernels.h; EL_PATH_CHOSEN
- * for the process's): the x86-64 vector paths by F16C, the others in integer arithmetic, the same bits.
+ * for the process's): the x86-64 vector paths by F16C, neon and i8mm by fcvtn, portable in integer arithmetic,
+ * the same bits.
  * EL_ERR_SIZE when n is negative or a buffer is missing. */
 el_status el_f32_to_f16(const float *src, uint16_t *dst, int64_t n, int path);
 
