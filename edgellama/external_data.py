@@ -27,6 +27,7 @@ _PROTO_CHILDREN = {
     "sparse": {1: "tensor", 2: "tensor"},
 }
 _TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 1, 2, 8, 13, 14
+_MODEL_GRAPH, _GRAPH_NODE, _NODE_INPUT, _NODE_DOMAIN = 7, 1, 1, 7
 _EXTERNAL = 1                   # TensorProto.DataLocation.EXTERNAL
 # TensorProto.DataType -> bits per element (types of unknown or variable size are absent)
 _TYPE_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
@@ -40,6 +41,8 @@ class ExternalTensor:
     location: str
     offset: int
     length: Optional[int]       # None: not recorded (computed from dims and type when known)
+    dims: tuple = ()
+    data_type: int = 0          # TensorProto.DataType
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -102,7 +105,7 @@ def _external_tensor(buf: bytes) -> Optional[ExternalTensor]:
         for d in dims:
             count *= d
         length = (count * _TYPE_BITS[dtype] + 7) // 8
-    return ExternalTensor(name, entries.get("location", ""), offset, length)
+    return ExternalTensor(name, entries.get("location", ""), offset, length, tuple(dims), dtype)
 
 
 def _packed(buf: bytes) -> list:
@@ -113,10 +116,15 @@ def _packed(buf: bytes) -> list:
     return out
 
 
-def external_tensors(model_path) -> list:
-    """Every tensor of the ONNX file at `model_path` stored as external data (graph, subgraphs,
-    node attributes, functions), read from the protobuf directly: nothing is loaded."""
-    found, stack = [], [("model", Path(model_path).read_bytes())]
+def _model_bytes(model) -> bytes:
+    return bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+
+
+def external_tensors(model) -> list:
+    """Every tensor of the ONNX model at path `model` (or serialized in the bytes `model`) stored as
+    external data (graph, subgraphs, node attributes, functions), read from the protobuf directly:
+    nothing is loaded."""
+    found, stack = [], [("model", _model_bytes(model))]
     while stack:
         kind, buf = stack.pop()
         children = _PROTO_CHILDREN[kind]
@@ -131,6 +139,26 @@ def external_tensors(model_path) -> list:
             else:
                 stack.append((child, value))
     return found
+
+
+def read_only_by(model, domain: str) -> set:
+    """The names that nodes of `domain` in the main graph of `model` (a path or serialized bytes) take as
+    inputs and that no other node of it takes."""
+    ours, theirs = set(), set()
+    for number, wire, graph in _fields(_model_bytes(model)):
+        if number != _MODEL_GRAPH or wire != 2:
+            continue
+        for field_number, field_wire, node in _fields(graph):
+            if field_number != _GRAPH_NODE or field_wire != 2:
+                continue
+            inputs, node_domain = [], ""
+            for n, w, value in _fields(node):
+                if w == 2 and n == _NODE_INPUT:
+                    inputs.append(value.decode("utf-8", "replace"))
+                elif w == 2 and n == _NODE_DOMAIN:
+                    node_domain = value.decode("utf-8", "replace")
+            (ours if node_domain == domain else theirs).update(inputs)
+    return ours - theirs
 
 
 def check_external_data(folder) -> None:

@@ -9,9 +9,8 @@ tensor over its bytes there (SessionOptions.add_initializer: read in place, neve
 Runtime's own operators read stay in the file: those operators repack them (MatMul's packed float32 panels,
 MatMulNBits' blocks), and a copy in memory would only be kept beside the repacked one.
 
-    read_weights(graph, folder, names) -> Weights | None   the external initializers of `graph` (an
-                                                    onnx.ModelProto, read without its data) named in `names`,
-                                                    from the files in `folder`
+    read_weights(tensors, folder) -> Weights | None the tensors (external_data.ExternalTensor) from their
+                                                    files in `folder`
     Weights.add_to(options)                         each one as an initializer of the session to be made;
                                                     the Weights must live as long as that session
 
@@ -71,31 +70,27 @@ class Weights:
             options.add_initializer(name, value)
 
 
-def _stored(graph, folder: Path, names) -> list:
-    """The graph's initializers held in external files (those in `names`, unless it is None), as _Stored, in
-    (file, offset) order. An element type that numpy has no type for is left to ONNX Runtime (it reads that
-    one from the file itself)."""
+# TensorProto.DataType -> the NumPy type of its elements (types of other sizes are left to ONNX Runtime)
+_NUMPY_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _stored(tensors, folder: Path) -> list:
+    """`tensors` (edgellama.external_data.ExternalTensor) as _Stored, in (file, offset) order; a tensor of an
+    element type NumPy has no type for is left to ONNX Runtime (it reads that one from the file itself)."""
     import numpy as np
-    from onnx import TensorProto, helper
 
     found = []
-    for tensor in graph.graph.initializer:
-        if tensor.data_location != TensorProto.EXTERNAL or (names is not None and tensor.name not in names):
+    for tensor in tensors:
+        if tensor.data_type not in _NUMPY_TYPES:
             continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        try:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        except (KeyError, TypeError, ValueError):
-            continue
-        if dtype.kind not in "biuf":
-            continue
+        dtype = np.dtype(_NUMPY_TYPES[tensor.data_type])
         count = int(np.prod(tensor.dims, dtype=np.int64))
-        length = int(entries.get("length", count * dtype.itemsize))
+        length = count * dtype.itemsize if tensor.length is None else tensor.length
         if length != count * dtype.itemsize:
             raise PackageError(f"{folder}: tensor {tensor.name!r} records {length} bytes of external data where its "
                                f"shape {list(tensor.dims)} holds {count * dtype.itemsize}; convert the model again")
-        found.append(_Stored(tensor.name, folder / entries["location"], int(entries.get("offset", 0)), length,
-                             tuple(tensor.dims), dtype))
+        found.append(_Stored(tensor.name, folder / tensor.location, tensor.offset, length, tuple(tensor.dims), dtype))
     return sorted(found, key=lambda t: (str(t.path), t.offset))
 
 
@@ -131,13 +126,13 @@ def _read_into(path: Path, stored: list, places: list, arena) -> None:
                 done += got
 
 
-def read_weights(graph, folder: Path, names=None) -> Optional[Weights]:
-    """The external initializers of `graph` (those in the set `names`, unless it is None) read from the files in
-    `folder` (see the module docstring), or None when there are none."""
+def read_weights(tensors, folder: Path) -> Optional[Weights]:
+    """The tensors (edgellama.external_data.ExternalTensor: initializers held in files) read from the files
+    in `folder` (see the module docstring), or None when there are none."""
     import numpy as np
 
     t0 = time.perf_counter()
-    stored = _stored(graph, Path(folder), names)
+    stored = _stored(tensors, Path(folder))
     if not stored:
         return None
     places, end = [], 0

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 from . import kernels, ops
 from .context import Context
 from .errors import InvalidParameterError, ProviderError
-from .external_data import check_external_data, weights_folder
+from .external_data import check_external_data, external_tensors, read_only_by, weights_folder
 from .graph_contract import IO_DTYPES, check_graph
 from .kv_graph import graph_for
 from .kv_types import resolve
@@ -121,14 +121,10 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
 def _resident_weights(model_path: Path, graph, folder: Path):
     """The weights that only edgellama's operators read (they read them in place), read into memory
     (edgellama.resident); None when there are none. ONNX Runtime's own operators (MatMul, MatMulNBits, ...)
-    repack theirs, and keep what they read from the file."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False) if graph is None else graph
-    ours, theirs = set(), set()
-    for node in graph.graph.node:
-        (ours if node.domain == ops.DOMAIN else theirs).update(node.input)
-    return read_weights(graph, folder, ours - theirs)
+    repack theirs, and keep what they read from the file. The graph is read as protobuf fields (no onnx)."""
+    model = model_path if graph is None else graph.SerializeToString()
+    ours = read_only_by(model, ops.DOMAIN)
+    return read_weights([t for t in external_tensors(model) if t.name in ours], folder)
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,14 @@ def _external_graph(folder, tensors=TENSORS):
     return onnx.load(str(folder / "model.onnx"), load_external_data=False)
 
 
+def _tensors(folder):
+    from edgellama.external_data import external_tensors
+    return external_tensors(folder / "model.onnx")
+
+
 def test_every_external_initializer_is_read_aligned_into_one_mapping(tmp_path):
-    weights = read_weights(_external_graph(tmp_path), tmp_path)
+    _external_graph(tmp_path)
+    weights = read_weights(_tensors(tmp_path), tmp_path)
     assert set(weights.arrays) == set(TENSORS)
     for name, want in TENSORS.items():
         got = weights.arrays[name]
@@ -60,7 +66,7 @@ def test_the_session_reads_the_arrays_in_place(tmp_path):
     graph.graph.node.append(helper.make_node("Add", ["x", "w_f32"], ["sum"]))
     graph.graph.output.append(helper.make_tensor_value_info("sum", 1, [3, 4]))
     onnx.save_model(graph, str(tmp_path / "model.onnx"))
-    weights = read_weights(graph, tmp_path)
+    weights = read_weights(_tensors(tmp_path), tmp_path)
     options = ort.SessionOptions()
     weights.add_to(options)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), sess_options=options,
@@ -72,11 +78,11 @@ def test_the_session_reads_the_arrays_in_place(tmp_path):
 
 
 def test_a_truncated_data_file_is_refused_naming_the_tensor(tmp_path):
-    graph = _external_graph(tmp_path)
+    _external_graph(tmp_path)
     data = tmp_path / "data1.bin"                     # w_f16 and w_i64
     data.write_bytes(data.read_bytes()[:-5])
     with pytest.raises(PackageError, match="truncated.*w_i64"):
-        read_weights(graph, tmp_path)
+        read_weights(_tensors(tmp_path), tmp_path)
 
 
 def test_a_graph_without_external_data_reads_nothing(tmp_path):
@@ -87,7 +93,7 @@ def test_a_graph_without_external_data_reads_nothing(tmp_path):
     graph = helper.make_model(helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
                                                 [helper.make_tensor_value_info("y", 1, [3])], [init]))
     onnx.save_model(graph, str(tmp_path / "model.onnx"))
-    assert read_weights(onnx.load(str(tmp_path / "model.onnx")), tmp_path) is None
+    assert read_weights(_tensors(tmp_path), tmp_path) is None
 
 
 # -- packages ----------------------------------------------------------------------------------------
@@ -169,6 +175,17 @@ def test_only_the_weights_that_edgellama_operators_alone_read_are_copied(tmp_pat
     model = edgellama.load(package, threads=1)
     assert set(model.package.weights.arrays) == ours
     assert model.generate("The quick", max_new_tokens=2).token_ids
+
+
+def test_reading_the_weights_imports_no_onnx(smollm2_int4_package):
+    """The graph is read as protobuf fields: importing onnx would cost a small model's process about 15 MiB."""
+    import subprocess
+
+    code = ("import sys, edgellama; m = edgellama.load(sys.argv[1], threads=1, max_length=64); "
+            "print(m.package.weights is not None, 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(smollm2_int4_package)], check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert out == ["True", "False"]
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
