@@ -15,8 +15,8 @@ MatMulNBits' blocks), and a copy in memory would only be kept beside the repacke
                                                     the Weights must live as long as that session
 
 The buffer: one anonymous mapping of the tensors' bytes plus 2 MiB; the tensors lie one after another from its
-first 2 MiB boundary, each at a multiple of 64 bytes, read file by file in the order of their offsets (one
-pass over each file). `edgellama.load(..., mmap=True)` keeps ONNX Runtime's mapping of the file instead:
+first 2 MiB boundary, each at a multiple of 64 bytes, read file by file in pieces of 16 MiB by up to four
+threads (each faults in the pages it writes, which is most of a read's time). `edgellama.load(..., mmap=True)` keeps ONNX Runtime's mapping of the file instead:
 clean pages that the system may drop under memory pressure and read again (a phone short of memory), where
 anonymous pages have to stay, or go to swap.
 """
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 HUGE_PAGE = 2 << 20   # bytes of an x86-64 or aarch64 transparent huge page (4 KiB base pages)
 ALIGN = 64            # bytes a tensor's start is a multiple of (a cache line; every element type's alignment)
+PIECE = 16 << 20      # bytes read at a time by one thread
+READERS = 4           # threads that read (and fault in) the mapping, at most: 0.21 s alone against 0.11 s on two
+                      # for the 738 MiB of the Llama-3.2-1B shape on the Intel Xeon VM
 
 
 @dataclass(frozen=True)
@@ -111,14 +116,49 @@ def _anonymous(size: int) -> tuple:
     return buffer, advised
 
 
-def _read_into(path: Path, stored: list, places: list, arena) -> None:
-    """Each tensor's bytes from the file at `path` into arena[place:place + length]."""
+def _pieces(stored: list) -> list:
+    """(tensor, bytes from its start, bytes) pieces of at most PIECE bytes covering every tensor."""
+    return [(tensor, start, min(PIECE, tensor.length - start)) for tensor in stored
+            for start in range(0, tensor.length, PIECE)]
+
+
+def _read_pieces(path: Path, pieces: list, place_of: dict, arena, workers: int) -> None:
+    """Each piece's bytes from the file at `path` into the arena, on `workers` threads where the system
+    reads at an offset (os.preadv: the threads share one descriptor and fault in their own pages)."""
+    import os
+
+    def read(fd, piece):
+        tensor, start, size = piece
+        view = memoryview(arena[place_of[tensor.name] + start:place_of[tensor.name] + start + size])
+        done = 0
+        while done < size:
+            got = os.preadv(fd, [view[done:]], tensor.offset + start + done)
+            if not got:
+                raise PackageError(f"{path}: truncated: tensor {tensor.name!r} needs bytes {tensor.offset}.."
+                                   f"{tensor.offset + tensor.length}; copy the package again")
+            done += got
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(lambda piece: read(fd, piece), pieces):
+                    pass
+        else:
+            for piece in pieces:
+                read(fd, piece)
+    finally:
+        os.close(fd)
+
+
+def _read_sequential(path: Path, pieces: list, place_of: dict, arena) -> None:
+    """As _read_pieces, one piece after another through seek and readinto (systems without os.preadv)."""
     with open(path, "rb", buffering=0) as fh:
-        for tensor, place in zip(stored, places):
-            fh.seek(tensor.offset)
-            view = memoryview(arena[place:place + tensor.length])
+        for tensor, start, size in pieces:
+            fh.seek(tensor.offset + start)
+            view = memoryview(arena[place_of[tensor.name] + start:place_of[tensor.name] + start + size])
             done = 0
-            while done < tensor.length:
+            while done < size:
                 got = fh.readinto(view[done:])
                 if not got:
                     raise PackageError(f"{path}: truncated: tensor {tensor.name!r} needs bytes {tensor.offset}.."
@@ -149,8 +189,13 @@ def read_weights(tensors, folder: Path) -> Optional[Weights]:
         files.setdefault(tensor.path, ([], []))
         files[tensor.path][0].append(tensor)
         files[tensor.path][1].append(place)
+    workers = min(READERS, os.cpu_count() or 1)
     for path, (tensors, at) in files.items():
-        _read_into(path, tensors, at, arena)
+        pieces, place_of = _pieces(tensors), {t.name: p for t, p in zip(tensors, at)}
+        if hasattr(os, "preadv"):
+            _read_pieces(path, pieces, place_of, arena, workers)
+        else:
+            _read_sequential(path, pieces, place_of, arena)
     arrays = {t.name: arena[p:p + t.length].view(t.dtype).reshape(t.dims) for t, p in zip(stored, places)}
     weights = Weights(buffer, arrays, advised)
     log.info("%d weights (%.1f MiB) read into memory%s in %.2f s", len(arrays), end / 2**20,

@@ -40,7 +40,21 @@ def _tensors(folder):
     return external_tensors(folder / "model.onnx")
 
 
-def test_every_external_initializer_is_read_aligned_into_one_mapping(tmp_path):
+@pytest.fixture(params=["threads", "sequential"])
+def readers(request, monkeypatch):
+    """Read by threads at offsets (os.preadv), or one piece after another where a system lacks it; pieces of
+    40 bytes, so that tensors span several."""
+    import os
+
+    import edgellama.resident as resident
+
+    monkeypatch.setattr(resident, "PIECE", 40)
+    if request.param == "sequential" and hasattr(os, "preadv"):
+        monkeypatch.delattr(os, "preadv")
+    return request.param
+
+
+def test_every_external_initializer_is_read_aligned_into_one_mapping(tmp_path, readers):
     _external_graph(tmp_path)
     weights = read_weights(_tensors(tmp_path), tmp_path)
     assert set(weights.arrays) == set(TENSORS)
@@ -77,7 +91,7 @@ def test_the_session_reads_the_arrays_in_place(tmp_path):
     assert session.run(["sum"], {"x": x})[0][0, 0] == 43.0
 
 
-def test_a_truncated_data_file_is_refused_naming_the_tensor(tmp_path):
+def test_a_truncated_data_file_is_refused_naming_the_tensor(tmp_path, readers):
     _external_graph(tmp_path)
     data = tmp_path / "data1.bin"                     # w_f16 and w_i64
     data.write_bytes(data.read_bytes()[:-5])
