@@ -73,16 +73,16 @@ static inline uint16_t half_bits(float f)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-/* half_bits eight at a time: vcvtps2ph rounds to nearest even as half_bits does, saturates to infinity
- * from 65520 on, rounds below 2^-14 into subnormals, and makes a NaN quiet keeping the top of its payload */
-__attribute__((target("avx,f16c"))) static void to_halves_f16c(const float *src, uint16_t *dst, int64_t n)
+/* half_bits eight at a time, for the first n / 8 * 8 values (returned): vcvtps2ph rounds to nearest even as
+ * half_bits does, saturates to infinity from 65520 on, rounds below 2^-14 into subnormals, and makes a NaN
+ * quiet keeping the top of its payload */
+__attribute__((target("avx,f16c"))) static int64_t to_halves_f16c(const float *src, uint16_t *dst, int64_t n)
 {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(void *)(dst + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    for (; i < n; i++)
-        dst[i] = half_bits(src[i]);
+    return i;
 }
 #define HAVE_F16C 1
 #else
@@ -92,15 +92,14 @@ __attribute__((target("avx,f16c"))) static void to_halves_f16c(const float *src,
 #if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #include <arm_neon.h>
 
-/* half_bits four at a time: fcvtn rounds as the FPCR says, to nearest even (Linux's default, which
- * ONNX Runtime keeps), with the same saturation, subnormals and quiet NaNs */
-static void to_halves_neon(const float *src, uint16_t *dst, int64_t n)
+/* half_bits four at a time, for the first n / 4 * 4 values (returned): fcvtn rounds as the FPCR says, to
+ * nearest even (Linux's default, which ONNX Runtime keeps), with the same saturation, subnormals and quiet NaNs */
+static int64_t to_halves_neon(const float *src, uint16_t *dst, int64_t n)
 {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
         vst1_u16(dst + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(src + i))));
-    for (; i < n; i++)
-        dst[i] = half_bits(src[i]);
+    return i;
 }
 #define HAVE_NEON_HALVES 1
 #else
@@ -111,20 +110,17 @@ el_status el_f32_to_f16(const float *src, uint16_t *dst, int64_t n, int path)
 {
     if (n < 0 || (n > 0 && (src == NULL || dst == NULL)))
         return EL_ERR_SIZE;
+    int64_t i = 0;   /* values the path's vector loop converted */
 #if HAVE_F16C
-    if (el_path_x86_vector(path)) {   /* every x86-64 vector path has F16C */
-        to_halves_f16c(src, dst, n);
-        return EL_OK;
-    }
+    if (el_path_x86_vector(path))   /* every x86-64 vector path has F16C */
+        i = to_halves_f16c(src, dst, n);
 #endif
 #if HAVE_NEON_HALVES
-    if (el_path_resolve(path) != EL_PATH_PORTABLE) {   /* neon and i8mm */
-        to_halves_neon(src, dst, n);
-        return EL_OK;
-    }
+    if (el_path_resolve(path) != EL_PATH_PORTABLE)   /* neon and i8mm */
+        i = to_halves_neon(src, dst, n);
 #endif
     (void)path;
-    for (int64_t i = 0; i < n; i++)
+    for (; i < n; i++)
         dst[i] = half_bits(src[i]);
     return EL_OK;
 }
