@@ -27,7 +27,7 @@ from .external_data import check_external_data, external_tensors, read_only_by, 
 from .graph_contract import IO_DTYPES, check_graph
 from .kv_graph import graph_for
 from .kv_types import resolve
-from .memory import check_memory
+from .memory import available_memory, check_memory
 from .package import MODEL_FILE, PackageInfo, read_info, verify as verify_files
 from .providers import (DEVICES, PROVIDERS, built_for_message, choose_providers, cuda_graphs_wanted,
                         provider_options, resolve_providers)
@@ -118,13 +118,24 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
 
 
+RESIDENT_SHARE = 0.5   # weights are read into memory only while they take at most this share of what is available
+
+
 def _resident_weights(model_path: Path, graph, folder: Path):
     """The weights that only edgellama's operators read (they read them in place), read into memory
     (edgellama.resident); None when there are none. ONNX Runtime's own operators (MatMul, MatMulNBits, ...)
-    repack theirs, and keep what they read from the file. The graph is read as protobuf fields (no onnx)."""
+    repack theirs, and keep what they read from the file. The graph is read as protobuf fields (no onnx).
+    Weights that would take more than RESIDENT_SHARE of the memory available stay mapped too: the system can
+    drop a mapped file's pages under pressure, where anonymous pages have to stay."""
     model = model_path if graph is None else graph.SerializeToString()
     ours = read_only_by(model, ops.DOMAIN)
-    return read_weights([t for t in external_tensors(model) if t.name in ours], folder)
+    tensors = [t for t in external_tensors(model) if t.name in ours]
+    needed, available = sum(t.length or 0 for t in tensors), available_memory()
+    if available is not None and needed > available * RESIDENT_SHARE:
+        log.info("%s: the weights stay mapped from their file: %d MiB would take more than %.0f%% of the %d MiB "
+                 "of memory available", model_path, needed >> 20, 100 * RESIDENT_SHARE, available >> 20)
+        return None
+    return read_weights(tensors, folder)
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,22 @@ def test_reading_the_weights_imports_no_onnx(smollm2_int4_package):
     assert out == ["True", "False"]
 
 
+def test_weights_larger_than_half_the_available_memory_stay_mapped(smollm2_int4_package, monkeypatch, caplog):
+    import logging
+
+    import edgellama
+    from edgellama import session
+
+    monkeypatch.setattr(session, "available_memory", lambda: 150 << 20)   # the weights are 95 MiB
+    with caplog.at_level(logging.INFO, logger="edgellama.session"):
+        model = edgellama.load(smollm2_int4_package, threads=1, max_length=64)
+    assert model.package.weights is None
+    assert "stay mapped" in caplog.text and "150 MiB" in caplog.text
+    assert model.generate([1, 504, 3458], max_new_tokens=2).token_ids
+    monkeypatch.setattr(session, "available_memory", lambda: 200 << 20)
+    assert edgellama.load(smollm2_int4_package, threads=1, max_length=64).package.weights is not None
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_mmap_must_be_a_bool(smollm2_int4_package, value):
     import edgellama
