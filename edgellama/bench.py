@@ -112,6 +112,7 @@ class BenchReport:
     kernels: str = ""            # edgellama.kernels.describe(): the C routines' path
     max_length: int = 0
     kv_cache: str = ""           # the KV cache type the tests ran
+    weights: str = ""            # where the weights were read from: edgellama.resident.Weights.describe, "mapped"
     size_bytes: int = 0
     load_s: float = 0.0
     peak_rss_bytes: int = 0      # edgellama.memory.peak_rss_bytes() after the last test
@@ -268,6 +269,8 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
         threads = model.threads
         if i == 0:
             report.load_s, report.provider, report.kv_cache = model.load_s, model.provider, model.kv_cache
+            weights = model.package.weights
+            report.weights = weights.describe() if weights is not None else "mapped from the file"
         log.info("benchmarking %s on %s with %d threads", path, model.provider, threads)
         report.rows.extend(speed_tests(model, settings, threads, report.notes))
         if i == 0 and settings.e2e_tokens:

@@ -65,6 +65,11 @@ class Weights:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
+    def describe(self) -> str:
+        """e.g. "in memory, 94.8 MiB in 2 MiB pages (advised)": what `edgellama bench` reports."""
+        pages = "in 2 MiB pages (advised)" if self.huge_pages else "in the system's base pages"
+        return f"in memory, {self.nbytes / 2**20:.1f} MiB {pages}"
+
     def add_to(self, options) -> None:
         """Make each array an initializer of the session that `options` (onnxruntime.SessionOptions) will open."""
         import onnxruntime as ort

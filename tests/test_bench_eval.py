@@ -120,9 +120,10 @@ BENCH_ARGS = ["-p", "16", "-n", "8", "-r", "2", "-d", "32,1000", "--e2e-tokens",
 def test_bench_json_has_the_fields(capsys, package):
     report = run_json(capsys, "bench", str(package), *BENCH_ARGS, "-t", "1,2", "--json")
     for key in ("model", "quantization", "provider", "onnxruntime", "cpu", "cpu_features", "max_length",
-                "size_bytes", "load_s", "peak_rss_bytes", "rows", "notes"):
+                "size_bytes", "load_s", "peak_rss_bytes", "rows", "notes", "weights"):
         assert key in report
     assert report["provider"] == "CPUExecutionProvider"
+    assert report["weights"].startswith("in memory, ")
     assert report["size_bytes"] > 0 and report["load_s"] > 0 and report["peak_rss_bytes"] > 0
     tests = {(row["test"], row["threads"]) for row in report["rows"]}
     for threads in (1, 2):
@@ -133,6 +134,14 @@ def test_bench_json_has_the_fields(capsys, package):
     for row in report["rows"]:
         assert len(row["samples"]) == 2 and row["mean"] > 0 and row["stdev"] >= 0
         assert np.isclose(row["mean"], np.mean(row["samples"]))
+
+
+def test_bench_with_mmap_says_the_weights_stay_mapped(capsys, package):
+    report = run_json(capsys, "bench", str(package), "-p", "8", "-n", "4", "-r", "1", "-d", "", "--e2e-tokens", "0",
+                      "-t", "1", "--mmap", "--json")
+    assert report["weights"] == "mapped from the file"
+    assert main(["bench", str(package), "-p", "8", "-n", "4", "-r", "1", "-d", "", "--e2e-tokens", "0", "-t", "1"]) == 0
+    assert "weights     in memory, " in capsys.readouterr().out
 
 
 def test_bench_table_and_csv(capsys, package):

@@ -53,6 +53,7 @@ def header(report) -> str:
         f"({report.kv_cache})",
         f"cpu         {report.cpu} [{features}]",
         f"kernels     {report.kernels}",
+        f"weights     {report.weights}",
         f"load        {report.load_s:.2f} s, peak RSS {report.peak_rss_bytes / 2**20:.0f} MiB",
     ])
 
