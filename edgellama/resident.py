@@ -121,54 +121,42 @@ def _anonymous(size: int) -> tuple:
     return buffer, advised
 
 
-def _pieces(stored: list) -> list:
-    """(tensor, bytes from its start, bytes) pieces of at most PIECE bytes covering every tensor."""
-    return [(tensor, start, min(PIECE, tensor.length - start)) for tensor in stored
+def _pieces(stored: list, places: list) -> list:
+    """(tensor, its place in the arena, bytes from its start, bytes): pieces of at most PIECE bytes covering
+    every tensor."""
+    return [(tensor, place, start, min(PIECE, tensor.length - start)) for tensor, place in zip(stored, places)
             for start in range(0, tensor.length, PIECE)]
 
 
-def _read_pieces(path: Path, pieces: list, place_of: dict, arena, workers: int) -> None:
-    """Each piece's bytes from the file at `path` into the arena, on `workers` threads where the system
-    reads at an offset (os.preadv: the threads share one descriptor and fault in their own pages)."""
-    import os
-
-    def read(fd, piece):
-        tensor, start, size = piece
-        view = memoryview(arena[place_of[tensor.name] + start:place_of[tensor.name] + start + size])
-        done = 0
-        while done < size:
-            got = os.preadv(fd, [view[done:]], tensor.offset + start + done)
-            if not got:
-                raise PackageError(f"{path}: truncated: tensor {tensor.name!r} needs bytes {tensor.offset}.."
-                                   f"{tensor.offset + tensor.length}; copy the package again")
-            done += got
-
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(lambda piece: read(fd, piece), pieces):
-                    pass
-        else:
-            for piece in pieces:
-                read(fd, piece)
-    finally:
-        os.close(fd)
-
-
-def _read_sequential(path: Path, pieces: list, place_of: dict, arena) -> None:
-    """As _read_pieces, one piece after another through seek and readinto (systems without os.preadv)."""
+def _read(path: Path, pieces: list, arena, workers: int) -> None:
+    """Each piece's bytes from the file at `path` into the arena: on `workers` threads where the system reads at
+    an offset (os.preadv: the threads share one descriptor and fault in their own pages), else one piece after
+    another through seek and readinto."""
+    at_offset = hasattr(os, "preadv")
     with open(path, "rb", buffering=0) as fh:
-        for tensor, start, size in pieces:
-            fh.seek(tensor.offset + start)
-            view = memoryview(arena[place_of[tensor.name] + start:place_of[tensor.name] + start + size])
+        def read(piece):
+            tensor, place, start, size = piece
+            view = memoryview(arena[place + start:place + start + size])
             done = 0
             while done < size:
-                got = fh.readinto(view[done:])
+                offset = tensor.offset + start + done
+                if at_offset:
+                    got = os.preadv(fh.fileno(), [view[done:]], offset)
+                else:
+                    fh.seek(offset)
+                    got = fh.readinto(view[done:])
                 if not got:
                     raise PackageError(f"{path}: truncated: tensor {tensor.name!r} needs bytes {tensor.offset}.."
                                        f"{tensor.offset + tensor.length}; copy the package again")
                 done += got
+
+        if at_offset and workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(read, pieces):
+                    pass
+        else:
+            for piece in pieces:
+                read(piece)
 
 
 def read_weights(tensors, folder: Path) -> Optional[Weights]:
@@ -189,18 +177,9 @@ def read_weights(tensors, folder: Path) -> Optional[Weights]:
     whole = np.frombuffer(buffer, np.uint8)
     start = -whole.ctypes.data % HUGE_PAGE
     arena = whole[start:start + end]
-    files: dict = {}
-    for tensor, place in zip(stored, places):
-        files.setdefault(tensor.path, ([], []))
-        files[tensor.path][0].append(tensor)
-        files[tensor.path][1].append(place)
-    workers = min(READERS, os.cpu_count() or 1)
-    for path, (tensors, at) in files.items():
-        pieces, place_of = _pieces(tensors), {t.name: p for t, p in zip(tensors, at)}
-        if hasattr(os, "preadv"):
-            _read_pieces(path, pieces, place_of, arena, workers)
-        else:
-            _read_sequential(path, pieces, place_of, arena)
+    pieces, workers = _pieces(stored, places), min(READERS, os.cpu_count() or 1)
+    for path in dict.fromkeys(t.path for t in stored):   # file by file, in order
+        _read(path, [piece for piece in pieces if piece[0].path == path], arena, workers)
     arrays = {t.name: arena[p:p + t.length].view(t.dtype).reshape(t.dims) for t, p in zip(stored, places)}
     weights = Weights(buffer, arrays, advised)
     log.info("%d weights (%.1f MiB) read into memory%s in %.2f s", len(arrays), end / 2**20,
