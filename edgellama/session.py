@@ -6,7 +6,7 @@
       -> the graph for the KV cache type (edgellama.kv_graph; model.onnx as it is for the package's own)
       -> choose providers -> the weights read into memory (edgellama.resident; not with mmap=True)
       -> InferenceSession (first provider that loads it) -> graph contract check
-      = PackageSession(path, info, session, provider, threads, max_length, kv_cache, weights)  -> new_context()
+      = PackageSession(path, info, session, provider, threads, max_length, kv_cache)  -> new_context()
 
 `Model` (edgellama.model) and the scorers of edgellama.evaluate open packages through it, and
 every session it makes registers edgellama's operator library (edgellama.ops).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -74,8 +74,8 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
     graph: an onnx.ModelProto to load instead of the file, its external data read from the file's folder.
     mmap: False reads the weights into memory first (edgellama.resident) where the graph computes with
     edgellama's operators on the CPU alone; otherwise ONNX Runtime maps the weights' file.
-    Returns (session, provider name actually used, the resident Weights or None); the session holds the
-    Weights too (its attribute edgellama_weights), so they live as long as it does."""
+    Returns (session, provider name actually used); the session holds the weights it reads from memory
+    (its attribute edgellama_weights: edgellama.resident.Weights, or None), so they live as long as it does."""
     import onnxruntime as ort
 
     options = session_options(threads)
@@ -92,7 +92,7 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
         raise ProviderError(built_for_message(model_path.parent, built_for, ort.get_available_providers()))
     weights = None
     if not mmap and candidates == [PROVIDERS["cpu"]]:
-        weights = _resident_weights(model_path, graph, folder)
+        weights = _resident_weights(model, folder)
         if weights is not None:
             weights.add_to(options)
     errors = []
@@ -114,26 +114,26 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int, cpu
         log.info("model %s runs on %s with %d threads", model_path, provider, threads)
         # the session computes from the weights' memory: it keeps them for as long as anything holds it
         session.edgellama_weights = weights
-        return session, provider, weights
+        return session, provider
     raise ProviderError(f"{model_path}: no execution provider could load the model: " + "; ".join(errors))
 
 
 RESIDENT_SHARE = 0.5   # weights are read into memory only while they take at most this share of what is available
 
 
-def _resident_weights(model_path: Path, graph, folder: Path):
+def _resident_weights(model, folder: Path):
     """The weights that only edgellama's operators read (they read them in place), read into memory
     (edgellama.resident); None when there are none. ONNX Runtime's own operators (MatMul, MatMulNBits, ...)
     repack theirs, and keep what they read from the file. The graph is read as protobuf fields (no onnx).
     Weights that would take more than RESIDENT_SHARE of the memory available stay mapped too: the system can
-    drop a mapped file's pages under pressure, where anonymous pages have to stay."""
-    model = model_path if graph is None else graph.SerializeToString()
+    drop a mapped file's pages under pressure, where anonymous pages have to stay. `model`: the graph's path,
+    or the edited graph serialized (as ONNX Runtime is given it)."""
     ours = read_only_by(model, ops.DOMAIN)
     tensors = [t for t in external_tensors(model) if t.name in ours]
     needed, available = sum(t.length or 0 for t in tensors), available_memory()
     if available is not None and needed > available * RESIDENT_SHARE:
         log.info("%s: the weights stay mapped from their file: %d MiB would take more than %.0f%% of the %d MiB "
-                 "of memory available", model_path, needed >> 20, 100 * RESIDENT_SHARE, available >> 20)
+                 "of memory available", folder, needed >> 20, 100 * RESIDENT_SHARE, available >> 20)
         return None
     return read_weights(tensors, folder)
 
@@ -148,7 +148,11 @@ class PackageSession:
     threads: int
     max_length: int           # KV-cache capacity of each context
     kv_cache: str = "float32"  # KV cache type of each context (edgellama.kv_types), the one the graph runs
-    weights: Any = field(default=None, repr=False)   # edgellama.resident.Weights the session reads, or None
+
+    @property
+    def weights(self):
+        """The edgellama.resident.Weights the session reads (held by the session), or None: mapped from the file."""
+        return getattr(self.session, "edgellama_weights", None)
 
     @property
     def config(self):
@@ -173,6 +177,8 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     graph: an onnx.ModelProto to run instead of the package's model.onnx, over the package's
     weights (edgellama.evaluate's all-positions graph); it keeps no KV cache, so no memory check.
     kv_cache: the KV cache type (edgellama.kv_types; default the package's), `graph` rewritten for it."""
+    if not isinstance(mmap, bool):
+        raise InvalidParameterError(f"mmap={mmap!r} must be True or False")
     path = Path(path)
     info = read_info(path)
     kv = resolve(kv_cache, info.default_kv_cache)
@@ -189,12 +195,10 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
     graph = graph_for(path / MODEL_FILE, info, kv, graph)
     providers, cpu_fallback = choose_providers(providers, info.providers, path)
-    if not isinstance(mmap, bool):
-        raise InvalidParameterError(f"mmap={mmap!r} must be True or False")
-    session, provider, weights = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers,
-                                                graph, mmap)
+    session, provider = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers, graph,
+                                       mmap)
     check_graph(session, info.config, path / MODEL_FILE, info.io_dtype, kv)
-    return PackageSession(path, info, session, provider, threads, capacity, kv.name, weights)
+    return PackageSession(path, info, session, provider, threads, capacity, kv.name)
 
 
 def _capacity(info: PackageInfo, max_length) -> int:
