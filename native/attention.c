@@ -6,7 +6,9 @@
  * rows each query's softmax runs online over chunks of CHUNK cache rows, so no buffer grows with the
  * context:
  *     for each chunk:  float16 keys as float32 (converted into CHUNK x D on the stack), once for all
- *                      the tile's queries; then for each token, its queries (the unit's heads) together
+ *                      the tile's queries (the avx512vnni build scores a lone token's float16 keys as
+ *                      they are, two rows to a register, converting each once for the token's
+ *                      queries: the same bits); then for each token, its queries (the unit's heads) together
  *                      over its rows of the chunk:
  *                      scores[j] = scale * q . k_j            (CHUNK floats per query on the stack; over
  *                                                              q8 keys, which stay as they are, the query
@@ -323,9 +325,14 @@ typedef struct {
     void (*weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
                   const uint8_t *rows, int64_t n, float *buf);
     void (*convert)(const el_attention *a, const uint8_t *rows, int64_t n, float *buf);
+    /* scores over float16 key rows read as they are, with the bits of convert then scores; NULL where a
+     * build has none (its keys are converted first) */
+    void (*f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d, float scale,
+                       float *scores);
 } Loops;
 
-static const Loops PLAIN = {q8_query_plain, scores_plain, q8_scores_plain, top_plain, weigh_plain, convert_plain};
+static const Loops PLAIN = {q8_query_plain, scores_plain, q8_scores_plain, top_plain, weigh_plain, convert_plain,
+                            NULL};
 
 /* How step 2 of S tokens falls into units: decided here once, read by every routine below. */
 typedef struct {

@@ -68,7 +68,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     int64_t len[EL_ATT_TILE_QUERIES];                     /* [token]: its rows of the chunk */
     uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
                                                                      queries as q8 rows (5 D bytes at most) */
-    const int q8 = a->kv_type == EL_KV_Q8;
+    const int q8 = a->kv_type == EL_KV_Q8, direct = a->kv_type == EL_KV_F16 && n.tokens == 1 && loops->f16_scores;
     const int64_t rb = row_bytes(a);
     /* float16 values are converted as they are weighed, once per token of the unit: a unit of several
      * tokens converts each chunk's once, into buf once the keys there are scored, and weighs float32
@@ -92,7 +92,8 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
          * span's end measured no faster, on one thread or two) */
         if (c0 + 2 * CHUNK <= a->capacity)
             fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
-        const float *k = q8 ? NULL : rows_at(a, kh, c0, all, buf, loops);   /* q8 keys are read as they are */
+        /* q8 keys are read as they are; so are float16 ones for one token where the build scores them so */
+        const float *k = q8 || direct ? NULL : rows_at(a, kh, c0, all, buf, loops);
         for (int64_t t = 0; t < n.tokens; t++) {
             const int64_t r = t * n.count, rows = query_rows(n, r);
             const int64_t end = rows - r0 < EL_ATT_SPAN ? rows : r0 + EL_ATT_SPAN;
@@ -101,6 +102,8 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
                 continue;
             if (q8)
                 loops->q8_scores(qrows + r * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group, a->scale, scores[r]);
+            else if (direct)
+                loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r]);
             else
                 loops->scores(q + query_at(a, n, r), n.count, k, len[t], d, a->scale, scores[r]);
             for (int64_t h = r; h < r + n.count; h++) {

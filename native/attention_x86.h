@@ -61,6 +61,83 @@ X86_TARGET static void X86(scores)(const float *q, int64_t count, const float *k
     }
 }
 
+#if X86_VNNI == 1
+/* the float16 values i .. i + 7 of rows a and b as float32 in the halves of one register (F16C's
+ * conversion: exact, as convert_plain) */
+X86_TARGET INLINE __m512 X86(f16_pair)(const uint16_t *a, const uint16_t *b, int64_t i)
+{
+    const __m128i lo = _mm_loadu_si128((const __m128i *)(const void *)(a + i));
+    const __m128i hi = _mm_loadu_si128((const __m128i *)(const void *)(b + i));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+
+/* The sums of four registers of row pairs as dot() folds them: register r holds the eight lanes of
+ * row r in its low half and of row r + 4 in its high half; [row 0 .. row 7]. Even and odd elements
+ * added within each 128-bit lane are the pairs that _mm256_hadd_ps adds in fold4. */
+X86_TARGET INLINE __m256 X86(fold8)(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+#define HADD(x, y) _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xdd))
+    const __m512 t = HADD(HADD(a0, a1), HADD(a2, a3));   /* lanes: rows 0-3 low, 0-3 high, 4-7 low, 4-7 high */
+#undef HADD
+    const __m512 p = _mm512_shuffle_f32x4(t, t, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm256_add_ps(_mm512_castps512_ps256(p), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
+}
+
+/* scale * q[h] . k[r] for the eight float16 keys k[r] [d] and `heads` (at most 3) queries q [heads, d]
+ * into out[h * CHUNK ..] [8]: rows r and r + 4 share a register, each converted once for the queries;
+ * every lane sums as scores8 sums */
+X86_TARGET INLINE void X86(f16_scores8)(const int heads, const float *q, const uint16_t *const k[8], int64_t d,
+                                        __m256 by, float *out)
+{
+    __m512 a[3][4];
+    for (int h = 0; h < heads; h++)
+        for (int r = 0; r < 4; r++)
+            a[h][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8) {
+        __m512 x[3];
+        for (int h = 0; h < heads; h++)
+            x[h] = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(q + h * d + i))));
+        for (int r = 0; r < 4; r++) {
+            const __m512 y = X86(f16_pair)(k[r], k[r + 4], i);
+            for (int h = 0; h < heads; h++)
+                a[h][r] = _mm512_fmadd_ps(x[h], y, a[h][r]);
+        }
+    }
+    for (int h = 0; h < heads; h++)
+        _mm256_storeu_ps(out + h * CHUNK, _mm256_mul_ps(X86(fold8)(a[h][0], a[h][1], a[h][2], a[h][3]), by));
+}
+
+/* scores_plain over float16 key rows read as they are (rows [n, d], d a multiple of 8), the queries
+ * three at a time: the bits of converting the rows (convert_plain) and scoring them (scores_plain); the
+ * last n % 8 as a group of eight whose missing keys repeat its first (their scores dropped) */
+X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
+                                       float scale, float *scores)
+{
+    const __m256 by = _mm256_set1_ps(scale);
+    const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[8];
+    float last[3 * CHUNK];   /* the scores of the last group, at the queries' places */
+    for (int64_t j = 0; j < n; j += 8) {
+        const int64_t m = n - j < 8 ? n - j : 8;
+        for (int r = 0; r < 8; r++)
+            k[r] = keys + (j + (r < m ? r : 0)) * d;
+        for (int64_t h = 0; h < count; h += 3) {
+            const int heads = count - h < 3 ? (int)(count - h) : 3;
+            float *out = m == 8 ? scores + h * CHUNK + j : last;
+            switch (heads) {
+            case 1: X86(f16_scores8)(1, q + h * d, k, d, by, out); break;
+            case 2: X86(f16_scores8)(2, q + h * d, k, d, by, out); break;
+            default: X86(f16_scores8)(3, q + h * d, k, d, by, out); break;
+            }
+            for (int i = 0; m < 8 && i < heads; i++)
+                memcpy(scores + (h + i) * CHUNK + j, last + i * CHUNK, (size_t)m * sizeof(float));
+        }
+    }
+}
+#define X86_F16_SCORES X86(f16_scores)
+#else
+#define X86_F16_SCORES NULL
+#endif
+
 /* q8_query_plain for groups that are multiples of 8, 8 values at a time: the largest |x| by the maximum
  * instruction (which keeps its second operand, the running maximum, for a NaN, as the plain rule skips
  * it; the largest in any order), the limits by the minimum and maximum instructions (a NaN becomes 127
@@ -145,6 +222,40 @@ X86_TARGET INLINE void X86(weigh_block)(const int32_t type, const int heads, con
             _mm256_storeu_ps(out + h * stride + c + 8 * b, acc[h][b]);
 }
 
+#if X86_VNNI == 1
+/* the sixteen values from column i of a float32 or float16 cache row as float32 (value8's, twice as wide) */
+X86_TARGET INLINE __m512 X86(value16)(const int32_t type, const uint8_t *row, int64_t i)
+{
+    if (type == EL_KV_F32)
+        return _mm512_loadu_ps((const float *)(const void *)row + i);
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * i)));
+}
+
+/* weigh_block over 16 columns a register: the 64 columns from c in four registers per query */
+X86_TARGET INLINE void X86(weigh_block64)(const int32_t type, const int heads, int64_t bytes, float *out,
+                                          int64_t stride, const float *w, const uint8_t *rows, int64_t n, int64_t c)
+{
+    __m512 acc[3][4];
+    for (int h = 0; h < heads; h++)
+        for (int b = 0; b < 4; b++)
+            acc[h][b] = _mm512_loadu_ps(out + h * stride + c + 16 * b);
+    for (int64_t j = 0; j < n; j++) {
+        const uint8_t *row = rows + j * bytes;
+        __m512 by[3];
+        for (int h = 0; h < heads; h++)
+            by[h] = _mm512_set1_ps(w[h * CHUNK + j]);
+        for (int b = 0; b < 4; b++) {
+            const __m512 v = X86(value16)(type, row, c + 16 * b);
+            for (int h = 0; h < heads; h++)
+                acc[h][b] = _mm512_fmadd_ps(by[h], v, acc[h][b]);
+        }
+    }
+    for (int h = 0; h < heads; h++)
+        for (int b = 0; b < 4; b++)
+            _mm512_storeu_ps(out + h * stride + c + 16 * b, acc[h][b]);
+}
+#endif
+
 /* weigh_block for 1, 2 or 3 queries (heads) and `regs` registers: the block sizes as constants */
 #define WEIGH_BLOCK(type, heads, regs, ...)                   \
     do {                                                        \
@@ -167,6 +278,15 @@ X86_TARGET INLINE void X86(weigh_type)(const int32_t type, const el_attention *a
         float *o = out + h * stride;
         const float *x = w + h * CHUNK;
         int64_t c = 0;
+#if X86_VNNI == 1
+        for (; c + 64 <= d; c += 64)
+            if (heads == 3)
+                X86(weigh_block64)(type, 3, bytes, o, stride, x, rows, n, c);
+            else if (heads == 2)
+                X86(weigh_block64)(type, 2, bytes, o, stride, x, rows, n, c);
+            else
+                X86(weigh_block64)(type, 1, bytes, o, stride, x, rows, n, c);
+#endif
         for (; c + 8 * X86_WEIGH_REGS <= d; c += 8 * X86_WEIGH_REGS)
             WEIGH_BLOCK(type, heads, X86_WEIGH_REGS, bytes, o, stride, x, rows, n, c);
         for (; c < d; c += 8)
@@ -202,7 +322,9 @@ X86_TARGET static void X86(convert)(const el_attention *a, const uint8_t *rows, 
         _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
 }
 
-static const Loops X86(LOOPS) = {X86(q8_query), X86(scores), X86(q8_scores), X86(top), X86(weigh), X86(convert)};
+static const Loops X86(LOOPS) = {X86(q8_query), X86(scores), X86(q8_scores), X86(top), X86(weigh), X86(convert),
+                                 X86_F16_SCORES};
+#undef X86_F16_SCORES
 
 X86_TARGET static void X86(rows)(const el_attention *a, const float *q, int64_t s, int64_t p0, const uint8_t *keys,
                                  const uint8_t *values, int64_t lo, int64_t hi, float *out)
