@@ -100,20 +100,65 @@ __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate,
     swiglu_portable(gate + i, up + i, n - i, out + i);
 }
 
-__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
+/* exp_shifted_vector from lanes [8] already summed: the rest of x [n] by eight lanes, then folded */
+__attribute__((target("avx2,fma"))) static float exp_shifted_vector_from(float *x, int64_t n, float shift,
+                                                                         const float *lanes)
 {
     const __m256 by = _mm256_set1_ps(shift);
-    __m256 total = _mm256_setzero_ps();
+    __m256 total = _mm256_loadu_ps(lanes);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), by));
         _mm256_storeu_ps(x + i, e);
         total = _mm256_add_ps(total, e);
     }
+    float l[8];
+    _mm256_storeu_ps(l, total);
+    float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    return sum + exp_shifted_portable(x + i, n - i, shift);   /* fewer than 8 left: summed in order */
+}
+
+__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
+{
+    const float zero[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    return exp_shifted_vector_from(x, n, shift, zero);
+}
+
+/* exp_vector sixteen lanes at a time (the same operations on each lane: the same bits) */
+__attribute__((target("avx512f"))) static inline __m512 exp_vector16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
+}
+
+/* exp_shifted_vector sixteen values at a time: their low eight and then their high eight added to the
+ * eight lanes of the sum, the order in which exp_shifted_vector adds them */
+__attribute__((target("avx512f"))) static float exp_shifted_vector16(float *x, int64_t n, float shift)
+{
+    const __m512 by = _mm512_set1_ps(shift);
+    __m256 total = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp_vector16(_mm512_sub_ps(_mm512_loadu_ps(x + i), by));
+        _mm512_storeu_ps(x + i, e);
+        total = _mm256_add_ps(total, _mm512_castps512_ps256(e));
+        total = _mm256_add_ps(total, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+    }
     float lanes[8];
     _mm256_storeu_ps(lanes, total);
-    float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    return sum + exp_shifted_portable(x + i, n - i, shift);   /* fewer than 8 left: summed in order */
+    return exp_shifted_vector_from(x + i, n - i, shift, lanes);
 }
 #define HAVE_VECTOR 1
 #else
@@ -140,6 +185,10 @@ el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int porta
     if (n < 0 || sum == NULL || (n > 0 && x == NULL))
         return EL_ERR_SIZE;
 #if HAVE_VECTOR
+    if (!portable && el_path_resolve(EL_PATH_CHOSEN) == EL_PATH_AVX512VNNI) {
+        *sum = exp_shifted_vector16(x, n, shift);
+        return EL_OK;
+    }
     if (!portable && el_path_x86_vector(EL_PATH_CHOSEN)) {
         *sum = exp_shifted_vector(x, n, shift);
         return EL_OK;
