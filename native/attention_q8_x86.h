@@ -198,6 +198,14 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
         }
 }
 
+/* *acc += the dots of v's and p's 16-bit pairs by vpdpwssd, written in place (GCC keeps the intrinsic's
+ * sum in another register and copies it back: two moves a product in the loop below, 4% of attention
+ * over 2,048 int8 rows) */
+X86_TARGET INLINE void X86(dpwssd_in_place)(__m512i *acc, __m512i v, __m512i p)
+{
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(*acc) : "v"(v), "v"(p));
+}
+
 /* out[h * stride + 16 b ..] += the weighted sums of `blocks` (2 or 4) blocks of 16 columns of n value rows,
  * from the row pairs at `pair` (kvrows.h: a pair's 32 bytes of 16 columns, widened to 16-bit pairs), for
  * `heads` queries: blocks 0 and 1 by the weights qa[h] and steps da[h] of their group, blocks 2 and 3 by qb,
@@ -219,7 +227,7 @@ X86_TARGET INLINE void X86(q8_weigh_pass)(const int heads, const int blocks, con
         for (int b = 0; b < blocks; b++) {
             const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(pair + 32 * b)));
             for (int h = 0; h < heads; h++)
-                acc[h][b] = _mm512_dpwssd_epi32(acc[h][b], v, b < 2 ? pa[h] : pb[h]);
+                X86(dpwssd_in_place)(&acc[h][b], v, b < 2 ? pa[h] : pb[h]);
         }
     }
     for (int h = 0; h < heads; h++)
