@@ -502,7 +502,7 @@ def attention(qkv, keys, values, cos, sin, int64_t p0, int64_t heads, float scal
     if s == 0:
         return result
     cdef uint8_t[::1] k = keys.reshape(-1).view(np.uint8), v = values.reshape(-1).view(np.uint8)
-    cdef float[::1] q = np.empty(s * heads * a.head_dim, dtype=np.float32)
+    cdef float[::1] q = np.empty(max(el_attention_query_floats(&a, s), 1), dtype=np.float32)
     cdef float[:, ::1] out = result
     units = el_attention_units(&a, s)
     size = el_attention_partials_size(&a, s, p0) if split else 1

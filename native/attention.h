@@ -9,7 +9,7 @@
  *     cos, sin [positions, D/2] rotary tables: x[i] -> x[i] cos - x[i + D/2] sin,
  *                               x[i + D/2] -> x[i + D/2] cos + x[i] sin, at the token's position
  *     keys, values [G, C, row]  the cache, rows of kv_type (below); step 1 writes rows p0 .. p0 + S - 1
- *     q       [S, H, D]         scratch: the rotated queries
+ *     q       [S, H, D]         scratch: the rotated queries (then, over a q8 cache, their q8 rows)
  *     out     [S, H D]
  * Query head h reads key/value head h / (H / G). A token at position p attends to rows 0 .. p.
  *
@@ -61,8 +61,13 @@ typedef struct el_attention {
 /* Bytes of one cache row, or -1 if a is invalid. */
 int64_t el_attention_row_bytes(const el_attention *a);
 
-/* Step 1: rotate the S queries into q, rotate the S keys and copy the S values into cache rows
- * p0 .. p0 + S - 1, in the cache's element type (needs p0 + S <= capacity and <= positions). */
+/* Floats of the scratch q of S tokens: the rotated queries [S, H, D], and over a q8 cache their q8 rows
+ * [S, H, row bytes] after them (how step 2 meets q8 keys); -1 if a is invalid. */
+int64_t el_attention_query_floats(const el_attention *a, int64_t s);
+
+/* Step 1: rotate the S queries into q (el_attention_query_floats), rotate the S keys and copy the S
+ * values into cache rows p0 .. p0 + S - 1, in the cache's element type (needs p0 + S <= capacity and
+ * <= positions). */
 el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
                              const float *sin, float *q, void *keys, void *values);
 
@@ -73,7 +78,8 @@ el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s,
  * -1 if a is invalid. */
 int64_t el_attention_units(const el_attention *a, int64_t s);
 
-/* Step 2, for the units u in [lo, hi) of S tokens: for each of the unit's queries (token, head),
+/* Step 2, for the units u in [lo, hi) of S tokens (q as el_attention_store left it): for each of the
+ * unit's queries (token, head),
  * out[token, head] = softmax(scale * q[token, head] . keys[g, 0 .. p0 + token]) values[g, 0 .. p0 + token] */
 el_status el_attention_rows(const el_attention *a, const float *q, int64_t s, int64_t p0, const void *keys,
                             const void *values, int64_t lo, int64_t hi, float *out, int path);

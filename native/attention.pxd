@@ -16,6 +16,7 @@ cdef extern from "attention.h" nogil:
         int32_t kv_type, kv_group
 
     int64_t el_attention_row_bytes(const el_attention *a)
+    int64_t el_attention_query_floats(const el_attention *a, int64_t s)
     el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
                                  const float *sin, float *q, void *keys, void *values)
     int64_t el_attention_units(const el_attention *a, int64_t s)

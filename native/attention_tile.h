@@ -39,6 +39,12 @@ INLINE int64_t query_rows(Unit n, int64_t r)
     return n.p0 + n.t0 + r / n.count + 1;
 }
 
+/* q8 caches: the queries as q8 rows [S, H, row bytes], which el_attention_store writes after q [S, H, D] */
+INLINE const uint8_t *query_rows_of(const el_attention *a, const float *q, int64_t s)
+{
+    return (const uint8_t *)(q + s * a->heads * a->head_dim);
+}
+
 /* Asks for the bytes [0, n) of the keys at k and of the values at v to be brought into the first-level
  * cache, a line of 64 bytes at a time. From memory, one thread, SmolLM2's 2,048 int8 rows a layer: 145 to
  * 122 us on an Intel Xeon with AVX-512 VNNI, float32 rows 393 to 330 us, float16 the same. */
@@ -55,9 +61,10 @@ INLINE void fetch_ahead(const uint8_t *k, const uint8_t *v, int64_t n)
  * largest score, the sum of exp(score - top), the sum of exp(score - top) values, online over the
  * chunks of CHUNK rows from r0. The queries of one token (its n.count heads, which end at the same
  * row) are scored and weighed together, each as it would be alone. A query whose token has no rows
- * in the span gets the empty partial (-inf, 0, 0), which no merge reads. */
-INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t span, const uint8_t *keys,
-                      const uint8_t *values, float *slots, const Loops *loops, int portable)
+ * in the span gets the empty partial (-inf, 0, 0), which no merge reads. Over a q8 cache the queries
+ * are read as their q8 rows, qrows [S, H, row bytes]. */
+INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrows, Unit n, int64_t span,
+                      const uint8_t *keys, const uint8_t *values, float *slots, const Loops *loops, int portable)
 {
     const int64_t d = a->head_dim, slot = d + 2, r0 = span * EL_ATT_SPAN, bytes = a->capacity * row_bytes(a);
     const int64_t queries = n.tokens * n.count, last = query_rows(n, queries - 1);
@@ -66,8 +73,6 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     float scores[EL_ATT_TILE_QUERIES][CHUNK];             /* [query, row of the chunk] */
     float buf[CHUNK * EL_ATT_MAX_HEAD_DIM];               /* [CHUNK, D]: compact rows as float32 */
     int64_t len[EL_ATT_TILE_QUERIES];                     /* [token]: its rows of the chunk */
-    uint8_t qrows[EL_ATT_TILE_QUERIES * 5 * EL_ATT_MAX_HEAD_DIM];   /* q8 caches: [query, row bytes]: the
-                                                                     queries as q8 rows (5 D bytes at most) */
     const int q8 = a->kv_type == EL_KV_Q8, direct = a->kv_type == EL_KV_F16 && n.tokens == 1 && loops->f16_scores;
     const int64_t rb = row_bytes(a);
     /* float16 values are converted as they are weighed, once per token of the unit: a unit of several
@@ -78,8 +83,6 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
     as_f32.kv_type = EL_KV_F32;
     const el_attention *va = wide_values ? &as_f32 : a;
     for (int64_t r = 0; r < queries; r++) {
-        if (q8)
-            loops->q8_query(q + query_at(a, n, r), d, a->kv_group, qrows + r * rb);
         float *sl = slots + r * slot;
         sl[0] = -INFINITY;
         sl[1] = 0.0f;
@@ -101,7 +104,7 @@ INLINE void tile_span(const el_attention *a, const float *q, Unit n, int64_t spa
             if (len[t] <= 0)
                 continue;
             if (q8)
-                loops->q8_scores(qrows + r * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group, a->scale, scores[r]);
+                loops->q8_scores(qrows + query_at(a, n, r) / d * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group, a->scale, scores[r]);
             else if (direct)
                 loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r]);
             else
@@ -189,7 +192,7 @@ INLINE void rows_body(const el_attention *a, const float *q, int64_t s, int64_t 
         const Unit n = unit_of(a, s, p0, u);
         unit_start(a, n, top, total, out);
         for (int64_t span = 0; span < unit_spans(n); span++) {
-            tile_span(a, q, n, span, keys, values, slots, loops, portable);
+            tile_span(a, q, query_rows_of(a, q, s), n, span, keys, values, slots, loops, portable);
             unit_take(a, n, span, slots, top, total, out);
         }
         unit_finish(a, n, total, out);
@@ -205,7 +208,8 @@ INLINE void partials_body(const el_attention *a, const float *q, int64_t s, int6
     for (int64_t v = lo; v < hi; v++) {
         const Unit n = unit_of(a, s, p0, v / spans);
         if (v % spans < unit_spans(n))
-            tile_span(a, q, n, v % spans, keys, values, partials + v * unit_slots(a, s), loops, portable);
+            tile_span(a, q, query_rows_of(a, q, s), n, v % spans, keys, values, partials + v * unit_slots(a, s), loops,
+                      portable);
     }
 }
 

@@ -205,7 +205,7 @@ OrtStatus *el_attention_compute(void *kernel, void *context)
         status = el_ort_output(context, 2, kv_dims_typed, 4, (void **)&values);
     if (status != NULL || b * s == 0)
         return status;
-    float *q = malloc((size_t)(s * a.heads * a.head_dim) * sizeof(float));   /* [S, H, D] rotated queries */
+    float *q = malloc((size_t)el_attention_query_floats(&a, s) * sizeof(float));   /* rotated queries */
     if (q == NULL)
         return el_ort_fail(ORT_FAIL, "RotaryAttention: out of memory");
     for (int64_t i = 0; status == NULL && i < b; i++)
