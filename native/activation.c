@@ -100,28 +100,20 @@ __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate,
     swiglu_portable(gate + i, up + i, n - i, out + i);
 }
 
-/* exp_shifted_vector from lanes [8] already summed: the rest of x [n] by eight lanes, then folded */
-__attribute__((target("avx2,fma"))) static float exp_shifted_vector_from(float *x, int64_t n, float shift,
-                                                                         const float *lanes)
+__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
 {
     const __m256 by = _mm256_set1_ps(shift);
-    __m256 total = _mm256_loadu_ps(lanes);
+    __m256 total = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), by));
         _mm256_storeu_ps(x + i, e);
         total = _mm256_add_ps(total, e);
     }
-    float l[8];
-    _mm256_storeu_ps(l, total);
-    float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, total);
+    float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
     return sum + exp_shifted_portable(x + i, n - i, shift);   /* fewer than 8 left: summed in order */
-}
-
-__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
-{
-    const float zero[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    return exp_shifted_vector_from(x, n, shift, zero);
 }
 
 /* exp_vector sixteen lanes at a time (the same operations on each lane: the same bits) */
@@ -144,7 +136,9 @@ __attribute__((target("avx512f"))) static inline __m512 exp_vector16(__m512 x)
 }
 
 /* exp_shifted_vector sixteen values at a time: their low eight and then their high eight added to the
- * eight lanes of the sum, the order in which exp_shifted_vector adds them */
+ * eight lanes of the sum, the order in which exp_shifted_vector adds them; a last eight by eight lanes;
+ * the fewer than eight left by masked lanes, summed in order and then added (as exp_shifted_vector adds
+ * exp_shifted_portable's sum of them) */
 __attribute__((target("avx512f"))) static float exp_shifted_vector16(float *x, int64_t n, float shift)
 {
     const __m512 by = _mm512_set1_ps(shift);
@@ -156,9 +150,23 @@ __attribute__((target("avx512f"))) static float exp_shifted_vector16(float *x, i
         total = _mm256_add_ps(total, _mm512_castps512_ps256(e));
         total = _mm256_add_ps(total, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
     }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, total);
-    return exp_shifted_vector_from(x + i, n - i, shift, lanes);
+    if (i + 8 <= n) {
+        __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm512_castps512_ps256(by)));
+        _mm256_storeu_ps(x + i, e);
+        total = _mm256_add_ps(total, e);
+        i += 8;
+    }
+    float l[8];
+    _mm256_storeu_ps(l, total);
+    float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    float rest = 0.0f;
+    if (i < n) {
+        const __mmask16 live = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, live, exp_vector16(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, x + i), by)));
+        for (; i < n; i++)
+            rest += x[i];
+    }
+    return sum + rest;
 }
 #define HAVE_VECTOR 1
 #else
