@@ -6,9 +6,10 @@
  * rows each query's softmax runs online over chunks of CHUNK cache rows, so no buffer grows with the
  * context:
  *     for each chunk:  float16 keys as float32 (converted into CHUNK x D on the stack), once for all
- *                      the tile's queries (the avx512vnni build scores a lone token's float16 keys as
- *                      they are, two rows to a register, converting each once for the token's
- *                      queries: the same bits); then for each token, its queries (the unit's heads) together
+ *                      the tile's queries (the x86-64 builds score a lone token's float16 keys as they
+ *                      are, converting each once for the token's queries, the avx512vnni build two
+ *                      rows to a register: the same bits); then for each token, its queries (the unit's
+ *                      heads) together
  *                      over its rows of the chunk:
  *                      scores[j] = scale * q . k_j            (CHUNK floats per query on the stack; over
  *                                                              q8 keys, which stay as they are, the query

@@ -133,9 +133,54 @@ X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint
         }
     }
 }
-#define X86_F16_SCORES X86(f16_scores)
 #else
-#define X86_F16_SCORES NULL
+/* scale * q[h] . k[r] for the four float16 keys k[r] [d] and `heads` (at most 3) queries q [heads, d] into
+ * out[h * CHUNK ..] [4]: each key's eight values converted once for the queries; every lane sums as
+ * scores8 sums, and fold4 folds as there */
+X86_TARGET INLINE void X86(f16_scores4)(const int heads, const float *q, const uint16_t *const k[4], int64_t d,
+                                        __m128 by, float *out)
+{
+    __m256 a[3][4];
+    for (int h = 0; h < heads; h++)
+        for (int r = 0; r < 4; r++)
+            a[h][r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; i += 8)
+        for (int r = 0; r < 4; r++) {
+            const __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(k[r] + i)));
+            for (int h = 0; h < heads; h++)
+                a[h][r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * d + i), y, a[h][r]);
+        }
+    for (int h = 0; h < heads; h++)
+        _mm_storeu_ps(out + h * CHUNK, _mm_mul_ps(X86(fold4)(a[h][0], a[h][1], a[h][2], a[h][3]), by));
+}
+
+/* scores_plain over float16 key rows read as they are (rows [n, d], d a multiple of 8), the queries
+ * three at a time, four keys at a time: the bits of converting the rows (convert_plain) and scoring them
+ * (scores_plain); the last n % 4 as a group of four whose missing keys repeat its first (their scores
+ * dropped) */
+X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
+                                       float scale, float *scores)
+{
+    const __m128 by = _mm_set1_ps(scale);
+    const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[4];
+    float last[3 * CHUNK];   /* the scores of the last group, at the queries' places */
+    for (int64_t j = 0; j < n; j += 4) {
+        const int64_t m = n - j < 4 ? n - j : 4;
+        for (int r = 0; r < 4; r++)
+            k[r] = keys + (j + (r < m ? r : 0)) * d;
+        for (int64_t h = 0; h < count; h += 3) {
+            const int heads = count - h < 3 ? (int)(count - h) : 3;
+            float *out = m == 4 ? scores + h * CHUNK + j : last;
+            switch (heads) {
+            case 1: X86(f16_scores4)(1, q + h * d, k, d, by, out); break;
+            case 2: X86(f16_scores4)(2, q + h * d, k, d, by, out); break;
+            default: X86(f16_scores4)(3, q + h * d, k, d, by, out); break;
+            }
+            for (int i = 0; m < 4 && i < heads; i++)
+                memcpy(scores + (h + i) * CHUNK + j, last + i * CHUNK, (size_t)m * sizeof(float));
+        }
+    }
+}
 #endif
 
 /* q8_query_plain for groups that are multiples of 8, 8 values at a time: the largest |x| by the maximum
@@ -323,8 +368,7 @@ X86_TARGET static void X86(convert)(const el_attention *a, const uint8_t *rows, 
 }
 
 static const Loops X86(LOOPS) = {X86(q8_query), X86(scores), X86(q8_scores), X86(top), X86(weigh), X86(convert),
-                                 X86_F16_SCORES};
-#undef X86_F16_SCORES
+                                 X86(f16_scores)};
 
 X86_TARGET static void X86(rows)(const el_attention *a, const float *q, int64_t s, int64_t p0, const uint8_t *keys,
                                  const uint8_t *values, int64_t lo, int64_t hi, float *out)
