@@ -62,6 +62,8 @@ X86_TARGET static void X86(scores)(const float *q, int64_t count, const float *k
 }
 
 #if X86_VNNI == 1
+#define X86_F16_ROWS 8   /* keys scored at a time: two to a 512-bit register */
+
 /* the float16 values i .. i + 7 of rows a and b as float32 in the halves of one register (F16C's
  * conversion: exact, as convert_plain) */
 X86_TARGET INLINE __m512 X86(f16_pair)(const uint16_t *a, const uint16_t *b, int64_t i)
@@ -86,8 +88,8 @@ X86_TARGET INLINE __m256 X86(fold8)(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
 /* scale * q[h] . k[r] for the eight float16 keys k[r] [d] and `heads` (at most 3) queries q [heads, d]
  * into out[h * CHUNK ..] [8]: rows r and r + 4 share a register, each converted once for the queries;
  * every lane sums as scores8 sums */
-X86_TARGET INLINE void X86(f16_scores8)(const int heads, const float *q, const uint16_t *const k[8], int64_t d,
-                                        __m256 by, float *out)
+X86_TARGET INLINE void X86(f16_keys)(const int heads, const float *q, const uint16_t *const k[8], int64_t d,
+                                     float scale, float *out)
 {
     __m512 a[3][4];
     for (int h = 0; h < heads; h++)
@@ -104,41 +106,17 @@ X86_TARGET INLINE void X86(f16_scores8)(const int heads, const float *q, const u
         }
     }
     for (int h = 0; h < heads; h++)
-        _mm256_storeu_ps(out + h * CHUNK, _mm256_mul_ps(X86(fold8)(a[h][0], a[h][1], a[h][2], a[h][3]), by));
-}
-
-/* scores_plain over float16 key rows read as they are (rows [n, d], d a multiple of 8), the queries
- * three at a time: the bits of converting the rows (convert_plain) and scoring them (scores_plain); the
- * last n % 8 as a group of eight whose missing keys repeat its first (their scores dropped) */
-X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
-                                       float scale, float *scores)
-{
-    const __m256 by = _mm256_set1_ps(scale);
-    const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[8];
-    float last[3 * CHUNK];   /* the scores of the last group, at the queries' places */
-    for (int64_t j = 0; j < n; j += 8) {
-        const int64_t m = n - j < 8 ? n - j : 8;
-        for (int r = 0; r < 8; r++)
-            k[r] = keys + (j + (r < m ? r : 0)) * d;
-        for (int64_t h = 0; h < count; h += 3) {
-            const int heads = count - h < 3 ? (int)(count - h) : 3;
-            float *out = m == 8 ? scores + h * CHUNK + j : last;
-            switch (heads) {
-            case 1: X86(f16_scores8)(1, q + h * d, k, d, by, out); break;
-            case 2: X86(f16_scores8)(2, q + h * d, k, d, by, out); break;
-            default: X86(f16_scores8)(3, q + h * d, k, d, by, out); break;
-            }
-            for (int i = 0; m < 8 && i < heads; i++)
-                memcpy(scores + (h + i) * CHUNK + j, last + i * CHUNK, (size_t)m * sizeof(float));
-        }
-    }
+        _mm256_storeu_ps(out + h * CHUNK,
+                         _mm256_mul_ps(X86(fold8)(a[h][0], a[h][1], a[h][2], a[h][3]), _mm256_set1_ps(scale)));
 }
 #else
+#define X86_F16_ROWS 4   /* keys scored at a time: 4 x 3 sums of 8 lanes in the 16 registers */
+
 /* scale * q[h] . k[r] for the four float16 keys k[r] [d] and `heads` (at most 3) queries q [heads, d] into
  * out[h * CHUNK ..] [4]: each key's eight values converted once for the queries; every lane sums as
  * scores8 sums, and fold4 folds as there */
-X86_TARGET INLINE void X86(f16_scores4)(const int heads, const float *q, const uint16_t *const k[4], int64_t d,
-                                        __m128 by, float *out)
+X86_TARGET INLINE void X86(f16_keys)(const int heads, const float *q, const uint16_t *const k[4], int64_t d,
+                                     float scale, float *out)
 {
     __m256 a[3][4];
     for (int h = 0; h < heads; h++)
@@ -151,37 +129,36 @@ X86_TARGET INLINE void X86(f16_scores4)(const int heads, const float *q, const u
                 a[h][r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * d + i), y, a[h][r]);
         }
     for (int h = 0; h < heads; h++)
-        _mm_storeu_ps(out + h * CHUNK, _mm_mul_ps(X86(fold4)(a[h][0], a[h][1], a[h][2], a[h][3]), by));
+        _mm_storeu_ps(out + h * CHUNK, _mm_mul_ps(X86(fold4)(a[h][0], a[h][1], a[h][2], a[h][3]), _mm_set1_ps(scale)));
 }
+#endif
 
 /* scores_plain over float16 key rows read as they are (rows [n, d], d a multiple of 8), the queries
- * three at a time, four keys at a time: the bits of converting the rows (convert_plain) and scoring them
- * (scores_plain); the last n % 4 as a group of four whose missing keys repeat its first (their scores
- * dropped) */
+ * three at a time, X86_F16_ROWS keys at a time (f16_keys): the bits of converting the rows (convert_plain)
+ * and scoring them (scores_plain); the last group's missing keys repeat its first (their scores dropped) */
 X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
                                        float scale, float *scores)
 {
-    const __m128 by = _mm_set1_ps(scale);
-    const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[4];
+    const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[X86_F16_ROWS];
     float last[3 * CHUNK];   /* the scores of the last group, at the queries' places */
-    for (int64_t j = 0; j < n; j += 4) {
-        const int64_t m = n - j < 4 ? n - j : 4;
-        for (int r = 0; r < 4; r++)
+    for (int64_t j = 0; j < n; j += X86_F16_ROWS) {
+        const int64_t m = n - j < X86_F16_ROWS ? n - j : X86_F16_ROWS;
+        for (int r = 0; r < X86_F16_ROWS; r++)
             k[r] = keys + (j + (r < m ? r : 0)) * d;
         for (int64_t h = 0; h < count; h += 3) {
             const int heads = count - h < 3 ? (int)(count - h) : 3;
-            float *out = m == 4 ? scores + h * CHUNK + j : last;
+            float *out = m == X86_F16_ROWS ? scores + h * CHUNK + j : last;
             switch (heads) {
-            case 1: X86(f16_scores4)(1, q + h * d, k, d, by, out); break;
-            case 2: X86(f16_scores4)(2, q + h * d, k, d, by, out); break;
-            default: X86(f16_scores4)(3, q + h * d, k, d, by, out); break;
+            case 1: X86(f16_keys)(1, q + h * d, k, d, scale, out); break;
+            case 2: X86(f16_keys)(2, q + h * d, k, d, scale, out); break;
+            default: X86(f16_keys)(3, q + h * d, k, d, scale, out); break;
             }
-            for (int i = 0; m < 4 && i < heads; i++)
+            for (int i = 0; m < X86_F16_ROWS && i < heads; i++)
                 memcpy(scores + (h + i) * CHUNK + j, last + i * CHUNK, (size_t)m * sizeof(float));
         }
     }
 }
-#endif
+#undef X86_F16_ROWS
 
 /* q8_query_plain for groups that are multiples of 8, 8 values at a time: the largest |x| by the maximum
  * instruction (which keeps its second operand, the running maximum, for a NaN, as the plain rule skips
