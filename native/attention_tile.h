@@ -92,8 +92,10 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
         /* the next chunk's keys and values, on their way while this one runs: past the span's end, the next
          * span's first chunk (the next unit a thread takes when it runs the spans in order; stopping at the
-         * span's end measured no faster, on one thread or two) */
-        if (c0 + 2 * CHUNK <= a->capacity)
+         * span's end measured no faster, on one thread or two), but nothing past the rows the unit's last
+         * query reads (cache rows no query reads yet: a decode step at depth 128-256 asked for a third to a
+         * half more rows than it read) */
+        if (c0 + CHUNK < last && c0 + 2 * CHUNK <= a->capacity)
             fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
         /* q8 keys are read as they are; so are float16 ones for one token where the build scores them so */
         const float *k = q8 || direct ? NULL : rows_at(a, kh, c0, all, buf, loops);
