@@ -84,8 +84,8 @@ OrtStatus *el_ort_rows_output(void *context, const int64_t *ids_dims, size_t cou
                               int64_t *n);
 int64_t el_ort_elements(const int64_t *dims, size_t count);
 
-/* Tasks asked of ONNX Runtime's thread pool for one chain: at least as many as it has threads (a
- * task on a thread that joins after the chain is done returns at once). */
+/* Tasks asked of ONNX Runtime's thread pool for one chain, at most: one more than the most threads seen
+ * to join a chain (a task on a thread that joins after the chain is done returns at once). */
 #define EL_ORT_CHAIN_TASKS 64
 /* Run `chain` (phases.h) on the intra-op threads of `context`: one ParallelFor for all its phases. */
 OrtStatus *el_ort_run_chain(void *context, el_phases *chain);
