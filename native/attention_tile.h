@@ -106,7 +106,8 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
             if (len[t] <= 0)
                 continue;
             if (q8)
-                loops->q8_scores(qrows + query_at(a, n, r) / d * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group, a->scale, scores[r]);
+                loops->q8_scores(qrows + query_at(a, n, r) / d * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group,
+                                 a->scale, scores[r]);
             else if (direct)
                 loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r]);
             else

@@ -78,8 +78,14 @@ static void join_task(void *chain, size_t task)
     el_phases_join(chain);
 }
 
-/* the most threads that have joined one chain in this process: a pool's size, learnt as its calls run */
-static atomic_int most_joined = 1;
+/* threads that joined the latest chain, and the most that have joined one in this process (a pool's
+ * size, learnt as its calls run) */
+static atomic_int last_joined = 1, most_joined = 1;
+
+int el_ort_threads_joined(void)
+{
+    return atomic_load_explicit(&last_joined, memory_order_relaxed);
+}
 
 OrtStatus *el_ort_run_chain(void *context, el_phases *chain)
 {
@@ -90,6 +96,7 @@ OrtStatus *el_ort_run_chain(void *context, el_phases *chain)
     const size_t tasks = most < EL_ORT_CHAIN_TASKS ? (size_t)most + 1 : EL_ORT_CHAIN_TASKS;
     OrtStatus *status = API(API_KernelContext_ParallelFor, parallel_for_fn)(context, join_task, tasks, 0, chain);
     const int joined = el_phases_threads(chain);
+    atomic_store_explicit(&last_joined, joined, memory_order_relaxed);
     if (joined > most)
         atomic_store_explicit(&most_joined, joined, memory_order_relaxed);   /* a lost race only delays it */
     return status;

@@ -89,6 +89,8 @@ int64_t el_ort_elements(const int64_t *dims, size_t count);
 #define EL_ORT_CHAIN_TASKS 64
 /* Run `chain` (phases.h) on the intra-op threads of `context`: one ParallelFor for all its phases. */
 OrtStatus *el_ort_run_chain(void *context, el_phases *chain);
+/* Threads that joined the chain run last (1 before any). */
+int el_ort_threads_joined(void);
 
 /* The public struct OrtCustomOp, as far as version ORT_API_VERSION_USED reads it. */
 typedef struct OrtCustomOp {

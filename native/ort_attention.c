@@ -174,8 +174,7 @@ static OrtStatus *sequence(void *context, const Inputs *in, const el_attention *
     Rows rows = {*a, q, keys, values, s, p0, out + b * s * a->heads * d, NULL};
     const int64_t units = el_attention_units(a, s), spans = el_attention_spans(a, s, p0);
     if (units < SPLIT_BELOW && p0 + s <= ALONE_ROWS) {
-        for (int64_t u = 0; u < units; u++)
-            unit(&rows, (size_t)u);
+        el_attention_rows(a, q, s, p0, keys, values, 0, units, rows.out, EL_PATH_CHOSEN);   /* cannot fail */
         return NULL;
     }
     if (units >= SPLIT_BELOW || spans < 2)

@@ -3,13 +3,12 @@
  * scratch, one allocation, and its steps as the phases of one chain (phases.h), run on ONNX
  * Runtime's intra-op threads.
  *
- * Includes: libc (C11 atomics).
+ * Includes: libc.
  */
 #include "activation.h"
 #include "norm.h"
 #include "ort_call.h"
 
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -26,8 +25,6 @@
 #define PROMPT_CLAIMS 2
 #define MIN_CLAIMS 4
 #define MIN_ROWS 16
-
-static atomic_int threads_seen = 1;   /* threads that joined the latest call */
 
 /* ---- the steps of a call, as items of phases ------------------------------------------------ */
 
@@ -147,7 +144,7 @@ void el_call_gating(Call *call, int64_t inter, int64_t rows)
 void el_call_product(Call *call, Product p)
 {
     const int64_t n = p.other ? p.other->n : p.w8.q ? p.w8.n : p.w.n;
-    int64_t claims = atomic_load_explicit(&threads_seen, memory_order_relaxed);
+    int64_t claims = el_ort_threads_joined();   /* threads that joined the latest call */
     el_phase phase = {product_rows, &call->product[call->products], n, MIN_ROWS, 0};
     if (p.rows > 1) {
         claims = PROMPT_CLAIMS * claims > MIN_CLAIMS ? PROMPT_CLAIMS * claims : MIN_CLAIMS;
@@ -169,7 +166,6 @@ void el_call_q41_product(Call *call, el_q41_weight w, const el_q8_act *acts, int
 OrtStatus *el_call_run(void *context, Call *call)
 {
     OrtStatus *status = el_ort_run_chain(context, &call->chain);
-    atomic_store_explicit(&threads_seen, el_phases_threads(&call->chain), memory_order_relaxed);
     free(call->scratch);
     return status;
 }
