@@ -43,7 +43,7 @@ X86_TARGET INLINE int32_t X86(bytes4)(const uint8_t *p)
  * shift; then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
                                      int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
-                                     float *scores)
+                                     float *scores, Fetch *ahead)
 {
     const int64_t bytes = el_q8_row_bytes(d, group);
     const __m512i flip = _mm512_set1_epi8(-128);
@@ -66,6 +66,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
                     acc[h][1] = _mm512_dpbusd_epi32(acc[h][1], k1, _mm512_set1_epi32(X86(bytes4)(x + 4)));
                 }
             }
+            fetch_some(ahead, 5);   /* 40 of a chunk's 144 lines (int8 rows of 64) */
             const __m512 ks = _mm512_loadu_ps(tile + el_q8_key_scale_at(d, group, g, r));
             for (int h = 0; h < heads; h++) {
                 const __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(acc[h][0], acc[h][1]),
@@ -87,7 +88,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
  * hold 2 * 127 * 127, then in 32); then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
                                      int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
-                                     float *scores)
+                                     float *scores, Fetch *ahead)
 {
     const int64_t bytes = el_q8_row_bytes(d, group);
 #if X86_VNNI == 2
@@ -123,6 +124,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
 #endif
                     }
                 }
+            fetch_some(ahead, 3);   /* 48 of a chunk's 144 lines (int8 rows of 64) */
             const __m256 ks = _mm256_loadu_ps((const float *)(const void *)(tile + el_q8_key_scale_at(d, group, g, r)));
             for (int h = 0; h < heads; h++) {
                 const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * bytes, d, g)), ks);
@@ -145,10 +147,10 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
 
 /* q8_scores_plain for groups that are multiples of 32: q8_heads for four queries at a time */
 X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uint8_t *tiles, int64_t n, int64_t d,
-                                      int64_t group, float scale, float *scores)
+                                      int64_t group, float scale, float *scores, Fetch *ahead)
 {
     if (group % 32) {
-        q8_scores_plain(q, count, tiles, n, d, group, scale, scores);
+        q8_scores_plain(q, count, tiles, n, d, group, scale, scores, ahead);
         return;
     }
     const int64_t bytes = el_q8_row_bytes(d, group);
@@ -160,10 +162,10 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
         const uint8_t *x = q + h * bytes;
         float *out = scores + h * CHUNK;
         switch (count - h < 4 ? count - h : 4) {
-        case 1: X86(q8_heads)(1, x, tiles, n, d, group, scale, shift + h, out); break;
-        case 2: X86(q8_heads)(2, x, tiles, n, d, group, scale, shift + h, out); break;
-        case 3: X86(q8_heads)(3, x, tiles, n, d, group, scale, shift + h, out); break;
-        default: X86(q8_heads)(4, x, tiles, n, d, group, scale, shift + h, out); break;
+        case 1: X86(q8_heads)(1, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
+        case 2: X86(q8_heads)(2, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
+        case 3: X86(q8_heads)(3, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
+        default: X86(q8_heads)(4, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
         }
     }
 }
@@ -175,7 +177,7 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
  * instruction keeps its second operand, the running one, for a NaN, as larger(); without NaNs the largest
  * is the same in any order) */
 X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const uint8_t *tile, int64_t n, int64_t d,
-                                       int64_t group, int16_t (*qw)[3][CHUNK], float (*down)[3])
+                                       int64_t group, int16_t (*qw)[3][CHUNK], float (*down)[3], Fetch *ahead)
 {
     const __m512 one = _mm512_set1_ps(Q8_WEIGHT_ONE), zero = _mm512_setzero_ps();
     for (int64_t g = 0; g < d / group; g++)
@@ -187,6 +189,7 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
                 y[b] = _mm512_maskz_mul_ps(live, _mm512_loadu_ps(w + h * CHUNK + 16 * b),
                                            _mm512_loadu_ps(tile + el_q8_value_scale_at(g, 16 * b)));
                 most = _mm512_max_ps(y[b], most);
+                fetch_some(ahead, 1);   /* 24 of 144 lines */
             }
             float up;
             q8_weight_scale(_mm512_reduce_max_ps(most), &up, &down[g][h]);
@@ -212,7 +215,7 @@ X86_TARGET INLINE void X86(dpwssd_in_place)(__m512i *acc, __m512i v, __m512i p)
  * db; two rows at a time by vpdpwssd, exact in 32 bits */
 X86_TARGET INLINE void X86(q8_weigh_pass)(const int heads, const int blocks, const int16_t (*qa)[CHUNK],
                                           const int16_t (*qb)[CHUNK], const float *da, const float *db, float *out,
-                                          int64_t stride, const uint8_t *pair, int64_t d, int64_t n)
+                                          int64_t stride, const uint8_t *pair, int64_t d, int64_t n, Fetch *ahead)
 {
     __m512i acc[3][4];
     for (int h = 0; h < heads; h++)
@@ -220,6 +223,7 @@ X86_TARGET INLINE void X86(q8_weigh_pass)(const int heads, const int blocks, con
             acc[h][b] = _mm512_setzero_si512();
     for (int64_t j = 0; j < n; j += 2, pair += 2 * d) {
         __m512i pa[3], pb[3];
+        fetch_some(ahead, 2);   /* 64 of 144 lines */
         for (int h = 0; h < heads; h++) {
             pa[h] = _mm512_set1_epi32(X86(bytes4)((const uint8_t *)(const void *)(qa[h] + j)));
             pb[h] = _mm512_set1_epi32(X86(bytes4)((const uint8_t *)(const void *)(qb[h] + j)));
@@ -241,7 +245,7 @@ X86_TARGET INLINE void X86(q8_weigh_pass)(const int heads, const int blocks, con
 /* q8_weigh_plain for groups that are multiples of 32: the queries three at a time, their weights, then passes
  * of 64 columns (the last of 32 where d is not a multiple of 64) */
 X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                                     const uint8_t *tile, int64_t n)
+                                     const uint8_t *tile, int64_t n, Fetch *ahead)
 {
     const int64_t d = a->head_dim, group = a->kv_group;
     int16_t qw[EL_ATT_MAX_HEAD_DIM / 32][3][CHUNK];   /* [group, query]: 15-bit weights */
@@ -249,16 +253,16 @@ X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t 
     for (int64_t h0 = 0; h0 < count; h0 += 3) {
         const int heads = count - h0 < 3 ? (int)(count - h0) : 3;
         switch (heads) {
-        case 1: X86(q8_weights)(1, w + h0 * CHUNK, tile, n, d, group, qw, down); break;
-        case 2: X86(q8_weights)(2, w + h0 * CHUNK, tile, n, d, group, qw, down); break;
-        default: X86(q8_weights)(3, w + h0 * CHUNK, tile, n, d, group, qw, down); break;
+        case 1: X86(q8_weights)(1, w + h0 * CHUNK, tile, n, d, group, qw, down, ahead); break;
+        case 2: X86(q8_weights)(2, w + h0 * CHUNK, tile, n, d, group, qw, down, ahead); break;
+        default: X86(q8_weights)(3, w + h0 * CHUNK, tile, n, d, group, qw, down, ahead); break;
         }
         for (int64_t c0 = 0; c0 < d; c0 += 64) {
             const int64_t g0 = c0 / group, g1 = d - c0 >= 64 ? (c0 + 32) / group : g0;
             const int16_t(*qa)[CHUNK] = qw[g0], (*qb)[CHUNK] = qw[g1];
             const uint8_t *pair = tile + el_q8_value_at(d, group, c0, 0);
             float *o = out + h0 * stride + c0;
-#define PASS(H, B) X86(q8_weigh_pass)(H, B, qa, qb, down[g0], down[g1], o, stride, pair, d, n)
+#define PASS(H, B) X86(q8_weigh_pass)(H, B, qa, qb, down[g0], down[g1], o, stride, pair, d, n, ahead)
             if (d - c0 >= 64)
                 switch (heads) {
                 case 1: PASS(1, 4); break;
@@ -284,7 +288,7 @@ X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t 
  * instruction keeps its second operand, the running one, for a NaN, as larger(); without NaNs the largest
  * is the same in any order) */
 X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const uint8_t *tiles, int64_t n, int64_t d,
-                                       int64_t group, int16_t (*qw)[CHUNK], float *down)
+                                       int64_t group, int16_t (*qw)[CHUNK], float *down, Fetch *ahead)
 {
     const int64_t groups = d / group;
     const __m256 one = _mm256_set1_ps(Q8_WEIGHT_ONE), zero = _mm256_setzero_ps();
@@ -299,6 +303,7 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
                 const __m256 y = _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(w + h * CHUNK + j), ks), live);
                 _mm256_storeu_ps(wg + j, y);
                 most = _mm256_max_ps(y, most);
+                fetch_some(ahead, 1);   /* 48 of 144 lines */
             }
             __m128 m = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));   /* no NaN: */
             m = _mm_max_ps(m, _mm_movehl_ps(m, m));                                        /* any order */
@@ -324,7 +329,7 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
  * vpmaddwd and vpaddd): exact, in any order */
 X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const *qw, const float *down, float *out,
                                            int64_t stride, const uint8_t *tiles, int64_t d, int64_t group,
-                                           int64_t n, int64_t c)
+                                           int64_t n, int64_t c, Fetch *ahead)
 {
     __m256i acc[3][X86_Q8_REGS];
     for (int h = 0; h < heads; h++)
@@ -333,6 +338,7 @@ X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const
     const uint8_t *pair = tiles + el_q8_value_at(d, group, c, 0);   /* the chunk's rows are one tile's */
     for (int64_t j = 0; j < n; j += 2, pair += 2 * d) {
         __m256i p[3];
+        fetch_some(ahead, 1);   /* 32 lines in each of 4 blocks of a row of 64 */
         for (int h = 0; h < heads; h++)
             p[h] = _mm256_set1_epi32(X86(bytes4)((const uint8_t *)(const void *)(qw[h] + j)));
         for (int b = 0; b < X86_Q8_REGS; b++) {
@@ -356,7 +362,7 @@ X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const
 /* q8_weigh_plain for groups that are multiples of 32: the queries three at a time, their weights, then
  * blocks of 8 * X86_Q8_REGS columns */
 X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                                     const uint8_t *tiles, int64_t n)
+                                     const uint8_t *tiles, int64_t n, Fetch *ahead)
 {
     const int64_t d = a->head_dim, group = a->kv_group, groups = d / group;
     int16_t qw[3 * EL_ATT_MAX_HEAD_DIM / 32][CHUNK];   /* [query, group]: 15-bit weights */
@@ -365,9 +371,9 @@ X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t 
         const int heads = count - h < 3 ? (int)(count - h) : 3;
         const float *x = w + h * CHUNK;
         switch (heads) {
-        case 1: X86(q8_weights)(1, x, tiles, n, d, group, qw, down); break;
-        case 2: X86(q8_weights)(2, x, tiles, n, d, group, qw, down); break;
-        default: X86(q8_weights)(3, x, tiles, n, d, group, qw, down); break;
+        case 1: X86(q8_weights)(1, x, tiles, n, d, group, qw, down, ahead); break;
+        case 2: X86(q8_weights)(2, x, tiles, n, d, group, qw, down, ahead); break;
+        default: X86(q8_weights)(3, x, tiles, n, d, group, qw, down, ahead); break;
         }
         for (int64_t c = 0; c < d; c += 8 * X86_Q8_REGS) {
             const int16_t *q[3];
@@ -378,9 +384,9 @@ X86_TARGET static void X86(q8_weigh)(const el_attention *a, float *out, int64_t 
             }
             float *o = out + h * stride;
             switch (heads) {
-            case 1: X86(q8_weigh_block)(1, q, t, o, stride, tiles, d, group, n, c); break;
-            case 2: X86(q8_weigh_block)(2, q, t, o, stride, tiles, d, group, n, c); break;
-            default: X86(q8_weigh_block)(3, q, t, o, stride, tiles, d, group, n, c); break;
+            case 1: X86(q8_weigh_block)(1, q, t, o, stride, tiles, d, group, n, c, ahead); break;
+            case 2: X86(q8_weigh_block)(2, q, t, o, stride, tiles, d, group, n, c, ahead); break;
+            default: X86(q8_weigh_block)(3, q, t, o, stride, tiles, d, group, n, c, ahead); break;
             }
         }
     }

@@ -45,17 +45,6 @@ INLINE const uint8_t *query_rows_of(const el_attention *a, const float *q, int64
     return (const uint8_t *)(q + s * a->heads * a->head_dim);
 }
 
-/* Asks for the bytes [0, n) of the keys at k and of the values at v to be brought into the first-level
- * cache, a line of 64 bytes at a time. From memory, one thread, SmolLM2's 2,048 int8 rows a layer: 145 to
- * 122 us on an Intel Xeon with AVX-512 VNNI, float32 rows 393 to 330 us, float16 the same. */
-INLINE void fetch_ahead(const uint8_t *k, const uint8_t *v, int64_t n)
-{
-    for (int64_t at = 0; at < n; at += 64) {
-        __builtin_prefetch(k + at, 0, 3);
-        __builtin_prefetch(v + at, 0, 3);
-    }
-}
-
 /* The partial of each query r of unit n over its rows of span `span`, [r0, min(its rows, r0 +
  * EL_ATT_SPAN)), r0 = span * EL_ATT_SPAN, into slots [queries, D + 2]: [top, total, out [D]] = the
  * largest score, the sum of exp(score - top), the sum of exp(score - top) values, online over the
@@ -88,15 +77,20 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
         sl[1] = 0.0f;
         memset(sl + 2, 0, (size_t)d * sizeof(float));
     }
+    Fetch ahead = {NULL, NULL, 0, 0};
     for (int64_t c0 = r0; c0 < r1; c0 += CHUNK) {
         const int64_t all = r1 - c0 < CHUNK ? r1 - c0 : CHUNK;
-        /* the next chunk's keys and values, on their way while this one runs: past the span's end, the next
-         * span's first chunk (the next unit a thread takes when it runs the spans in order; stopping at the
-         * span's end measured no faster, on one thread or two), but nothing past the rows the unit's last
-         * query reads (cache rows no query reads yet: a decode step at depth 128-256 asked for a third to a
-         * half more rows than it read) */
+        /* the next chunk's keys and values, on their way while this one runs (the loops below ask for
+         * them as they go; what the last chunk's left, and all of them for the loops over float32 rows, at
+         * once): past the span's end, the next span's first chunk (the next unit a thread takes when it
+         * runs the spans in order; stopping at the span's end measured no faster, on one thread or two),
+         * but nothing past the rows the unit's last query reads (cache rows no query reads yet: a decode
+         * step at depth 128-256 asked for a third to a half more rows than it read) */
+        fetch_some(&ahead, FETCH_ALL);
         if (c0 + CHUNK < last && c0 + 2 * CHUNK <= a->capacity)
-            fetch_ahead(kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, CHUNK * rb);
+            ahead = (Fetch){kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, 0, 2 * CHUNK * rb};
+        if (!q8 && !direct)
+            fetch_some(&ahead, FETCH_ALL);
         /* q8 keys are read as they are; so are float16 ones for one token where the build scores them so */
         const float *k = q8 || direct ? NULL : rows_at(a, kh, c0, all, buf, loops);
         for (int64_t t = 0; t < n.tokens; t++) {
@@ -107,9 +101,10 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
                 continue;
             if (q8)
                 loops->q8_scores(qrows + query_at(a, n, r) / d * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group,
-                                 a->scale, scores[r]);
+                                 a->scale, scores[r], &ahead);
             else if (direct)
-                loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r]);
+                loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r],
+                                  &ahead);
             else
                 loops->scores(q + query_at(a, n, r), n.count, k, len[t], d, a->scale, scores[r]);
             for (int64_t h = r; h < r + n.count; h++) {
@@ -133,8 +128,10 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
         }
         for (int64_t t = 0; t < n.tokens; t++)
             if (len[t] > 0)
-                loops->weigh(va, slots + t * n.count * slot + 2, n.count, slot, scores[t * n.count], v, len[t], buf);
+                loops->weigh(va, slots + t * n.count * slot + 2, n.count, slot, scores[t * n.count], v, len[t], buf,
+                             &ahead);
     }
+    fetch_some(&ahead, FETCH_ALL);
 }
 
 /* One query's running (top, total, out [d]) takes in a span's slot [top_b, total_b, out_b [d]]: both

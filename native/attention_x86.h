@@ -137,12 +137,13 @@ X86_TARGET INLINE void X86(f16_keys)(const int heads, const float *q, const uint
  * three at a time, X86_F16_ROWS keys at a time (f16_keys): the bits of converting the rows (convert_plain)
  * and scoring them (scores_plain); the last group's missing keys repeat its first (their scores dropped) */
 X86_TARGET static void X86(f16_scores)(const float *q, int64_t count, const uint8_t *rows, int64_t n, int64_t d,
-                                       float scale, float *scores)
+                                       float scale, float *scores, Fetch *ahead)
 {
     const uint16_t *keys = (const uint16_t *)(const void *)rows, *k[X86_F16_ROWS];
     float last[3 * CHUNK];   /* the scores of the last group, at the queries' places */
     for (int64_t j = 0; j < n; j += X86_F16_ROWS) {
         const int64_t m = n - j < X86_F16_ROWS ? n - j : X86_F16_ROWS;
+        fetch_some(ahead, 2 * X86_F16_ROWS);   /* half a chunk's 256 lines (float16 rows of 64) */
         for (int r = 0; r < X86_F16_ROWS; r++)
             k[r] = keys + (j + (r < m ? r : 0)) * d;
         for (int64_t h = 0; h < count; h += 3) {
@@ -222,7 +223,7 @@ X86_TARGET INLINE __m256 X86(value8)(const int32_t type, const uint8_t *row, int
  * the sums in registers while the rows stream by, each row's values converted once for all the queries */
 X86_TARGET INLINE void X86(weigh_block)(const int32_t type, const int heads, const int regs, int64_t bytes,
                                         float *out, int64_t stride, const float *w, const uint8_t *rows,
-                                        int64_t n, int64_t c)
+                                        int64_t n, int64_t c, Fetch *ahead)
 {
     __m256 acc[3][X86_WEIGH_REGS];
     for (int h = 0; h < heads; h++)
@@ -231,6 +232,7 @@ X86_TARGET INLINE void X86(weigh_block)(const int32_t type, const int heads, con
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *row = rows + j * bytes;
         __m256 by[3];
+        fetch_some(ahead, 1);   /* 64 lines in each of two blocks of a row of 64 */
         for (int h = 0; h < heads; h++)
             by[h] = _mm256_set1_ps(w[h * CHUNK + j]);
         for (int b = 0; b < regs; b++) {
@@ -255,7 +257,8 @@ X86_TARGET INLINE __m512 X86(value16)(const int32_t type, const uint8_t *row, in
 
 /* weigh_block over 16 columns a register: the 64 columns from c in four registers per query */
 X86_TARGET INLINE void X86(weigh_block64)(const int32_t type, const int heads, int64_t bytes, float *out,
-                                          int64_t stride, const float *w, const uint8_t *rows, int64_t n, int64_t c)
+                                          int64_t stride, const float *w, const uint8_t *rows, int64_t n, int64_t c,
+                                          Fetch *ahead)
 {
     __m512 acc[3][4];
     for (int h = 0; h < heads; h++)
@@ -264,6 +267,7 @@ X86_TARGET INLINE void X86(weigh_block64)(const int32_t type, const int heads, i
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *row = rows + j * bytes;
         __m512 by[3];
+        fetch_some(ahead, 2);   /* the other half of the 256 lines */
         for (int h = 0; h < heads; h++)
             by[h] = _mm512_set1_ps(w[h * CHUNK + j]);
         for (int b = 0; b < 4; b++) {
@@ -292,7 +296,7 @@ X86_TARGET INLINE void X86(weigh_block64)(const int32_t type, const int heads, i
 /* weigh_plain for float32 or float16 rows, the queries three at a time over blocks of 8 * X86_WEIGH_REGS
  * columns (then 8) */
 X86_TARGET INLINE void X86(weigh_type)(const int32_t type, const el_attention *a, float *out, int64_t count,
-                                       int64_t stride, const float *w, const uint8_t *rows, int64_t n)
+                                       int64_t stride, const float *w, const uint8_t *rows, int64_t n, Fetch *ahead)
 {
     const int64_t d = a->head_dim, bytes = row_bytes(a);
     for (int64_t h = 0; h < count; h += 3) {
@@ -303,32 +307,32 @@ X86_TARGET INLINE void X86(weigh_type)(const int32_t type, const el_attention *a
 #if X86_VNNI == 1
         for (; c + 64 <= d; c += 64)
             if (heads == 3)
-                X86(weigh_block64)(type, 3, bytes, o, stride, x, rows, n, c);
+                X86(weigh_block64)(type, 3, bytes, o, stride, x, rows, n, c, ahead);
             else if (heads == 2)
-                X86(weigh_block64)(type, 2, bytes, o, stride, x, rows, n, c);
+                X86(weigh_block64)(type, 2, bytes, o, stride, x, rows, n, c, ahead);
             else
-                X86(weigh_block64)(type, 1, bytes, o, stride, x, rows, n, c);
+                X86(weigh_block64)(type, 1, bytes, o, stride, x, rows, n, c, ahead);
 #endif
         for (; c + 8 * X86_WEIGH_REGS <= d; c += 8 * X86_WEIGH_REGS)
-            WEIGH_BLOCK(type, heads, X86_WEIGH_REGS, bytes, o, stride, x, rows, n, c);
+            WEIGH_BLOCK(type, heads, X86_WEIGH_REGS, bytes, o, stride, x, rows, n, c, ahead);
         for (; c < d; c += 8)
-            WEIGH_BLOCK(type, heads, 1, bytes, o, stride, x, rows, n, c);
+            WEIGH_BLOCK(type, heads, 1, bytes, o, stride, x, rows, n, c, ahead);
     }
 }
 #undef WEIGH_BLOCK
 
 /* weigh_plain for d a multiple of 8 */
 X86_TARGET static void X86(weigh)(const el_attention *a, float *out, int64_t count, int64_t stride, const float *w,
-                                  const uint8_t *rows, int64_t n, float *buf)
+                                  const uint8_t *rows, int64_t n, float *buf, Fetch *ahead)
 {
     if (a->kv_type == EL_KV_F32)
-        X86(weigh_type)(EL_KV_F32, a, out, count, stride, w, rows, n);
+        X86(weigh_type)(EL_KV_F32, a, out, count, stride, w, rows, n, ahead);
     else if (a->kv_type == EL_KV_F16)
-        X86(weigh_type)(EL_KV_F16, a, out, count, stride, w, rows, n);
+        X86(weigh_type)(EL_KV_F16, a, out, count, stride, w, rows, n, ahead);
     else if (a->kv_group % 32 == 0)
-        X86(q8_weigh)(a, out, count, stride, w, rows, n);
+        X86(q8_weigh)(a, out, count, stride, w, rows, n, ahead);
     else
-        weigh_plain(a, out, count, stride, w, rows, n, buf);
+        weigh_plain(a, out, count, stride, w, rows, n, buf, ahead);
 }
 
 /* convert_plain, 8 values at a time for float16 rows (the F16C instruction: exact, as the plain
