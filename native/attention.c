@@ -55,7 +55,7 @@ _Static_assert(CHUNK == EL_KV_TILE, "a chunk of q8 rows is one tile");
  * interleaved a line at a time (even lines the keys', odd ones the values'). A decode step's loops ask for a
  * few lines at a time as they go (fetch_some), so that the requests stream from memory beside the
  * arithmetic: asked for all at once, they held the loops up until the line-fill buffers had taken the last
- * of them (int8 rows, depth 2,048, rows from memory: 73 to 59 us a layer on 2 threads of an Intel Xeon with
+ * of them (int8 rows, depth 2,048, rows from memory: 73 to 60 us a layer on 2 threads of an Intel Xeon with
  * AVX-512 VNNI; float16 rows 107 to 89). Measured and not kept: the chunk after next (63 us), the keys'
  * lines all before the values' (67 us). */
 typedef struct {
