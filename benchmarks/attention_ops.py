@@ -1,14 +1,15 @@
 """edgellama's attention operator alone: a decode step of SmolLM2's shape over a filled KV cache.
 
     python benchmarks/attention_ops.py [--cache float16|int8|float32] [--depth 2048] [--threads 2]
-                                       [--evict] [--steps 300]
+                                       [--evict] [--steps 300] [--layers 30]
 
-A graph of 30 RotaryAttention operators (SmolLM2: 9 query heads, 3 key/value heads of 64, one per
-layer, each over its own cache), run by ONNX Runtime with edgellama's session options. The caches are
-filled by a `depth`-token prompt; then one token is run at position `depth`, again and again (it
-rewrites the same row), with every input and output bound once, so a timing holds the 30 operators and
+A graph of `layers` RotaryAttention operators (SmolLM2's 30 by default: 9 query heads, 3 key/value heads
+of 64, one per layer, each over its own cache), run by ONNX Runtime with edgellama's session options. The
+caches are filled by a `depth`-token prompt; then one token is run at position `depth`, again and again
+(it rewrites the same row), with every input and output bound once, so a timing holds the operators and
 ONNX Runtime's own cost of running them. --evict reads 512 MiB between steps, as a decode step's weights
-push the cache rows out of the last-level cache.
+push the cache rows out of the last-level cache; --layers 1 keeps one operator's rows in the second-level
+cache (up to about 2,000 int8 rows), which times its arithmetic.
 
 Prints the median time per operator, its 10th percentile, and the cache bytes one operator reads.
 """
@@ -23,13 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-HEADS, KV_HEADS, HEAD_DIM, LAYERS = 9, 3, 64, 30
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 OPERATORS = {"float32": ("RotaryAttention", 1), "float16": ("RotaryAttentionF16", 10),
              "int8": ("RotaryAttentionQ8", 2)}   # cache type -> (operator, ONNX element type)
 
 
-def attention_graph(cache: str, capacity: int, row: int):
-    """The serialized graph of LAYERS operators over caches [1, G, P, row] of `cache` rows."""
+def attention_graph(cache: str, capacity: int, row: int, layers: int):
+    """The serialized graph of `layers` operators over caches [1, G, P, row] of `cache` rows."""
     from onnx import helper
 
     from edgellama.kv_types import KV_GROUP
@@ -44,7 +45,7 @@ def attention_graph(cache: str, capacity: int, row: int):
     inputs = [helper.make_tensor_value_info("qkv", 1, [1, "S", width]),
               helper.make_tensor_value_info("seqlens_k", 6, [1]), helper.make_tensor_value_info("total", 6, [])]
     nodes, outputs = [], []
-    for i in range(LAYERS):
+    for i in range(layers):
         nodes.append(helper.make_node(op, ["qkv", f"pk{i}", f"pv{i}", "seqlens_k", "total", "cos", "sin"],
                                       [f"out{i}", f"prk{i}", f"prv{i}"], domain="ai.edgellama", name=f"/layers.{i}/attn",
                                       num_heads=HEADS, kv_num_heads=KV_HEADS, scale=HEAD_DIM ** -0.5, **extra))
@@ -63,9 +64,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evict", action="store_true", help="read 512 MiB between steps")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--layers", type=int, default=30, help="operators in the graph, each over its own cache")
     args = parser.parse_args(argv)
-    if args.depth < 1 or args.steps < 1:
-        parser.error("--depth and --steps must be at least 1")
+    if args.depth < 1 or args.steps < 1 or args.layers < 1:
+        parser.error("--depth, --steps and --layers must be at least 1")
 
     import onnxruntime as ort
 
@@ -74,10 +76,10 @@ def main(argv=None) -> int:
 
     kv = KV_TYPES[args.cache]
     capacity, row = kv.capacity(args.depth + 64), kv.row_length(HEAD_DIM)
-    session = ort.InferenceSession(attention_graph(args.cache, capacity, row), sess_options=session_options(args.threads),
+    session = ort.InferenceSession(attention_graph(args.cache, capacity, row, args.layers), sess_options=session_options(args.threads),
                                    providers=["CPUExecutionProvider"])
     binding, caches = session.io_binding(), []
-    for i in range(LAYERS):
+    for i in range(args.layers):
         for side in "kv":   # each cache bound as input and output: the operator writes its rows in place
             array = np.zeros((1, KV_HEADS, capacity, row), kv.dtype)
             value = ort.OrtValue.ortvalue_from_numpy(array)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
         binding.bind_cpu_input("qkv", qkv[None])
         binding.bind_cpu_input("seqlens_k", np.array([p0 + s - 1], np.int32))
         binding.bind_cpu_input("total", np.array(p0 + s, np.int32))
-        outs = [np.empty((1, s, HEADS * HEAD_DIM), np.float32) for _ in range(LAYERS)]
+        outs = [np.empty((1, s, HEADS * HEAD_DIM), np.float32) for _ in range(args.layers)]
         for i, out in enumerate(outs):
             binding.bind_output(f"out{i}", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
         return outs
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         session.run_with_iobinding(binding)
         times.append(time.perf_counter() - t0)
     del keep
-    per_op = np.array(times[20:]) * 1e6 / LAYERS
+    per_op = np.array(times[20:]) * 1e6 / args.layers
     read = 2 * KV_HEADS * (args.depth + 1) * kv.row_bytes(HEAD_DIM)
     print(f"{args.cache} cache, depth {args.depth}, {args.threads} threads{', evicted' if args.evict else ''}: "
           f"{np.median(per_op):.1f} us an operator (p10 {np.percentile(per_op, 10):.1f}), "
