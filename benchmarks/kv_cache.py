@@ -2,6 +2,7 @@
 
     python -m benchmarks.kv_cache [--work bench-results/work] [--threads 2] [--rounds 3]
                                   [--depth 2048] [--n-gen 128] [--context 4096] [--json FILE]
+                                  [--speed-only [--types int8,float16]]
 
 For SmolLM2 in the native form (converted once into WORK, as `python -m benchmarks.suite` does)
 with kv_cache float32, float16 and int8, and onnxruntime-genai's int4 package beside it:
@@ -14,6 +15,8 @@ with kv_cache float32, float16 and int8, and onnxruntime-genai's int4 package be
   speed       tg N at depth 0 (an 8-token prompt) and at depth D (a D-token prompt), greedy, end of
               text banned; rounds alternate between the engines, in one process; the median of
               the rounds is printed with the ratios the targets are stated in
+--speed-only runs the speed part alone, for the cache types in --types (onnxruntime-genai beside them),
+and prints each engine's rounds: what two builds are compared by, one run after the other.
 """
 from __future__ import annotations
 
@@ -105,9 +108,11 @@ class _Genai:
         return (len(tokens) - 1) / decode
 
 
-def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: int) -> dict:
+def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: int, types=TYPES,
+          every: dict = None) -> dict:
+    """The median tg `n_gen` of each engine at depth 0 and `depth`; `every` (if given) takes every round's."""
     engines = {f"edgellama int4, {kv} cache": _Edgellama(package, kv, settings.threads, settings.capacity)
-               for kv in TYPES}
+               for kv in types}
     engines["onnxruntime-genai int4"] = _Genai(genai, settings)
     prompts = {0: _text_ids(package, 8), depth: _text_ids(package, depth)}
     for engine in engines.values():   # warm-up
@@ -117,6 +122,8 @@ def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: 
         for name, engine in engines.items():
             for d, prompt in prompts.items():
                 runs[name, d].append(engine.decode_tps(prompt, n_gen))
+    if every is not None:
+        every.update({f"{name} @ {d}": runs[name, d] for name in engines for d in prompts})
     return {name: {str(d): statistics.median(runs[name, d]) for d in prompts} for name in engines}
 
 
@@ -164,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n-gen", type=int, default=128)
     parser.add_argument("--context", type=int, default=4096)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--speed-only", action="store_true", help="decode speed alone, every round printed")
+    parser.add_argument("--types", default=",".join(TYPES), help="with --speed-only: cache types, comma-separated")
     parser.add_argument("--child-memory", choices=TYPES, help=argparse.SUPPRESS)
     parser.add_argument("--package", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -182,6 +191,20 @@ def main(argv=None) -> int:
     genai = engine_genai.prepare("int4", settings)
     name, flags = cpu_description()
     cpu = f"{name} [{', '.join(flags)}], kernels {kernels.describe()}"
+    if args.speed_only:
+        types = tuple(args.types.split(","))
+        unknown = sorted(set(types) - set(TYPES))
+        if unknown:
+            parser.error(f"--types: unknown cache type {unknown[0]!r}; choose from {', '.join(TYPES)}")
+        every = {}
+        result = speed(package, genai, settings, args.depth, args.n_gen, args.rounds, types, every)
+        print(f"tg{args.n_gen} tok/s, {args.threads} threads, cpu: {cpu}")
+        for name, tps in result.items():
+            print(f"{name}: depth 0 {tps['0']:.1f}, depth {args.depth} {tps[str(args.depth)]:.1f} "
+                  f"({tps[str(args.depth)] / tps['0']:.2f}x); rounds "
+                  f"{', '.join(f'{t:.1f}' for t in every[f'{name} @ 0'])} and "
+                  f"{', '.join(f'{t:.1f}' for t in every[f'{name} @ {args.depth}'])}")
+        return 0
     fp32 = engine_edgellama.prepare("fp32", settings)
     result = {"threads": args.threads, "cpu": cpu, "memory": memory(package, args.context, args.threads),
               "perplexity": perplexities(package, args.threads), "perplexity_fp32": perplexities(fp32, args.threads),
