@@ -114,12 +114,19 @@ static void rotate(const float *x, int64_t half, const float *cos, const float *
     }
 }
 
+/* The scratch q of S tokens: the rotated queries [S, H, D], then over a q8 cache their q8 rows [S, H,
+ * row bytes], from this many floats on (el_attention_store writes them, step 2 reads them) */
+static int64_t query_rows_offset(const el_attention *a, int64_t s)
+{
+    return s * a->heads * a->head_dim;
+}
+
 int64_t el_attention_query_floats(const el_attention *a, int64_t s)
 {
     if (!valid(a) || s < 0)
         return -1;
     const int64_t rows = a->kv_type == EL_KV_Q8 ? (s * a->heads * row_bytes(a) + 3) / 4 : 0;
-    return s * a->heads * a->head_dim + rows;
+    return query_rows_offset(a, s) + rows;
 }
 
 el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s, int64_t p0, const float *cos,
@@ -131,13 +138,14 @@ el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s,
         return EL_ERR_SIZE;
     const int64_t d = a->head_dim, half = d / 2, width = (a->heads + 2 * a->kv_heads) * d, bytes = row_bytes(a);
     float key[EL_ATT_MAX_HEAD_DIM];   /* one rotated key */
+    uint8_t *qrows = (uint8_t *)(q + query_rows_offset(a, s));   /* q8 caches: [S, H, row bytes] */
     for (int64_t t = 0; t < s; t++) {
         const float *row = qkv + t * width, *c = cos + (p0 + t) * half, *sn = sin + (p0 + t) * half;
         for (int64_t h = 0; h < a->heads; h++) {
             float *x = q + (t * a->heads + h) * d;
             rotate(row + h * d, half, c, sn, x);
             if (a->kv_type == EL_KV_Q8)   /* the query as step 2 meets q8 keys, once for all its spans */
-                q8_row_of(x, d, a->kv_group, (uint8_t *)(q + s * a->heads * d) + (t * a->heads + h) * bytes);
+                q8_row_of(x, d, a->kv_group, qrows + (t * a->heads + h) * bytes);
         }
         for (int64_t g = 0; g < a->kv_heads; g++) {
             const int64_t head = g * a->capacity * bytes;

@@ -42,7 +42,7 @@ INLINE int64_t query_rows(Unit n, int64_t r)
 /* q8 caches: the queries as q8 rows [S, H, row bytes], which el_attention_store writes after q [S, H, D] */
 INLINE const uint8_t *query_rows_of(const el_attention *a, const float *q, int64_t s)
 {
-    return (const uint8_t *)(q + s * a->heads * a->head_dim);
+    return (const uint8_t *)(q + query_rows_offset(a, s));
 }
 
 /* The partial of each query r of unit n over its rows of span `span`, [r0, min(its rows, r0 +
