@@ -18,21 +18,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The constants of that exp, shared by every width (the same constants: the same bits) */
+#define EXP_LOW (-87.3f)            /* the clamp: 2^n stays a normal float */
+#define EXP_HIGH 88.3f
+#define EXP_LOG2E 1.44269504f       /* 1 / ln 2 */
+#define EXP_LN2_HI 0.693145752f     /* ln 2, high part */
+#define EXP_LN2_LO 1.42860677e-06f  /* ln 2, low part */
+#define EXP_C6 (1.0f / 720.0f)      /* e^r = ((((((C6 r + C5) r + C4) r + C3) r + C2) r + C1) r + C0 */
+#define EXP_C5 (1.0f / 120.0f)
+#define EXP_C4 (1.0f / 24.0f)
+#define EXP_C3 (1.0f / 6.0f)
+#define EXP_C2 0.5f
+#define EXP_C1 1.0f
+#define EXP_C0 1.0f
+
 /* exp(x) as the vector build computes it (below), one value at a time: the same operations in the same
  * order, fused where it fuses, so every path gives the same bits */
 static float exp_poly(float x)
 {
-    x = fminf(fmaxf(x, -87.3f), 88.3f);
-    const float n = nearbyintf(x * 1.44269504f);
-    float r = fmaf(-n, 0.693145752f, x);
-    r = fmaf(-n, 1.42860677e-06f, r);
-    float p = 1.0f / 720.0f;
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
+    x = fminf(fmaxf(x, EXP_LOW), EXP_HIGH);
+    const float n = nearbyintf(x * EXP_LOG2E);
+    float r = fmaf(-n, EXP_LN2_HI, x);
+    r = fmaf(-n, EXP_LN2_LO, r);
+    float p = EXP_C6;
+    p = fmaf(p, r, EXP_C5);
+    p = fmaf(p, r, EXP_C4);
+    p = fmaf(p, r, EXP_C3);
+    p = fmaf(p, r, EXP_C2);
+    p = fmaf(p, r, EXP_C1);
+    p = fmaf(p, r, EXP_C0);
     union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) * (1 << 23)};
     return p * scale.f;
 }
@@ -43,7 +57,7 @@ static void swiglu_portable(const float *gate, const float *up, int64_t n, float
     for (int64_t i = 0; i < n; i++) {
         float g = gate[i];
         float silu = g / (1.0f + exp_poly(-g));
-        out[i] = (g < -88.3f ? 0.0f : silu) * up[i];
+        out[i] = (g < -EXP_HIGH ? 0.0f : silu) * up[i];
     }
 }
 
@@ -70,18 +84,18 @@ static float exp_shifted_portable(float *x, int64_t n, float shift)
 
 __attribute__((target("avx2,fma"))) static inline __m256 exp_vector(__m256 x)
 {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LOW)), _mm256_set1_ps(EXP_HIGH));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);        /* ln 2, high part */
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-06f), r);            /* ln 2, low part */
-    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(EXP_C6);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_C0));
     __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
@@ -89,7 +103,7 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp_vector(__m256 x)
 __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate, const float *up, int64_t n,
                                                               float *out)
 {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), low = _mm256_set1_ps(-88.3f);
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), low = _mm256_set1_ps(-EXP_HIGH);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 g = _mm256_loadu_ps(gate + i);
@@ -119,18 +133,18 @@ __attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, in
 /* exp_vector sixteen lanes at a time (the same operations on each lane: the same bits) */
 __attribute__((target("avx512f"))) static inline __m512 exp_vector16(__m512 x)
 {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LOW)), _mm512_set1_ps(EXP_HIGH));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(EXP_C6);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_C0));
     __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
 }
