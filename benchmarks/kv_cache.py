@@ -15,6 +15,10 @@ with kv_cache float32, float16 and int8, and onnxruntime-genai's int4 package be
   speed       tg N at depth 0 (an 8-token prompt) and at depth D (a D-token prompt), greedy, end of
               text banned; rounds alternate between the engines, in one process; the median of
               the rounds is printed with the ratios the targets are stated in
+  ceiling     beside each type's depth D / depth 0 ratio, the bytes' ratio: (weights + cache rows
+              read at depth 0) / (weights + cache rows read at depth D), a token's mean over the N
+              generated; a host whose decode steps at both depths read memory at the same rate
+              cannot go above it
 --speed-only runs the speed part alone, for the cache types in --types (onnxruntime-genai beside them),
 and prints each engine's rounds: what two builds are compared by, one run after the other.
 """
@@ -127,6 +131,15 @@ def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: 
     return {name: {str(d): statistics.median(runs[name, d]) for d in prompts} for name in engines}
 
 
+def byte_ceiling(package: Path, kv: str, depth: int, n_gen: int) -> float:
+    """(bytes a decode step reads at depth 0) / (at `depth`): the package's weights read per token
+    plus the cache rows of every layer, keys and values, at the mean position of `n_gen` tokens."""
+    from .suite.engine_edgellama import weight_bytes_per_token
+
+    weights, row = weight_bytes_per_token(package), _cache_bytes(package, 1, kv)
+    return (weights + row * n_gen / 2) / (weights + row * (depth + n_gen / 2))
+
+
 def _cache_bytes(package: Path, context: int, kv: str) -> int:
     from edgellama.kv_types import KV_TYPES
     from edgellama.package import read_info
@@ -152,10 +165,10 @@ def report(result: dict, package: Path, context: int, depth: int, n_gen: int) ->
         lines.append(f"| {kv} | {_cache_bytes(package, context, kv) / mib:.1f} | {rss / mib:.1f} | "
                      f"{(f32 - rss) / f32_cache:.0%} | {ppl:.4f} | {ppl / result['perplexity']['float32'] - 1:+.3%} | "
                      f"{ppl32:.4f} | {ppl32 / result['perplexity_fp32']['float32'] - 1:+.3%} | "
-                     f"{tg0:.1f} | {tgd:.1f} | {tgd / tg0:.2f} |")
+                     f"{tg0:.1f} | {tgd:.1f} | {tgd / tg0:.2f} | {byte_ceiling(package, kv, depth, n_gen):.2f} |")
     genai = result["speed"]["onnxruntime-genai int4"]
     lines.append(f"| onnxruntime-genai int4 | | | | | | | | {genai['0']:.1f} | {genai[str(depth)]:.1f} | "
-                 f"{genai[str(depth)] / genai['0']:.2f} |")
+                 f"{genai[str(depth)] / genai['0']:.2f} | |")
     int8 = result["speed"]["edgellama int4, int8 cache"][str(depth)]
     lines += ["", f"tg{n_gen}@d{depth}: edgellama int8 cache / onnxruntime-genai int4 = "
               f"{int8 / genai[str(depth)]:.2f}x"]
@@ -200,8 +213,10 @@ def main(argv=None) -> int:
         result = speed(package, genai, settings, args.depth, args.n_gen, args.rounds, types, every)
         print(f"tg{args.n_gen} tok/s, {args.threads} threads, cpu: {cpu}")
         for name, tps in result.items():
+            kv = next((t for t in types if name == f"edgellama int4, {t} cache"), None)
+            ceiling = "" if kv is None else f", bytes {byte_ceiling(package, kv, args.depth, args.n_gen):.2f}x"
             print(f"{name}: depth 0 {tps['0']:.1f}, depth {args.depth} {tps[str(args.depth)]:.1f} "
-                  f"({tps[str(args.depth)] / tps['0']:.2f}x); rounds "
+                  f"({tps[str(args.depth)] / tps['0']:.2f}x{ceiling}); rounds "
                   f"{', '.join(f'{t:.1f}' for t in every[f'{name} @ 0'])} and "
                   f"{', '.join(f'{t:.1f}' for t in every[f'{name} @ {args.depth}'])}")
         return 0
