@@ -35,6 +35,23 @@ from .rope import inv_frequencies
 log = logging.getLogger(__name__)
 
 
+def token_ids(ids, what: str = "token ids") -> list:
+    """`ids` (a list, tuple or 1-D NumPy array of integers) as a list of ints; InvalidParameterError
+    naming `what` for anything else (floats, bools, strings, nested sequences), which int() would
+    truncate or refuse with a builtin error."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise InvalidParameterError(f"{what} must be a 1-D array of integers, got shape {ids.shape} "
+                                        f"of {ids.dtype}")
+        return ids.astype(np.int64).tolist()
+    if not isinstance(ids, (list, tuple)):
+        raise InvalidParameterError(f"{what} must be a list of integers, got {type(ids).__name__}")
+    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))), None)
+    if bad is not None:
+        raise InvalidParameterError(f"{what} must be integers, got {bad!r}")
+    return [int(t) for t in ids]
+
+
 @dataclass
 class ContextSnapshot:
     """A copy of a context's first `length` tokens and their keys and values (see `Context.snapshot`)."""
@@ -108,6 +125,7 @@ class Context:
     def advance(self, ids: Sequence[int] = ()) -> None:
         """`append` without bringing the logits to the host: read `logits`, `argmax()` or call
         `next_token` after it."""
+        ids = token_ids(ids)
         past, end = self.kv.length, self._length + len(ids)
         if end > self.capacity:
             raise ContextOverflowError(f"{past} cached + {end - past} new tokens exceed the context of "
@@ -142,6 +160,7 @@ class Context:
     def record(self, ids: Sequence[int]) -> None:
         """Record `ids` after the context's tokens without running them: they run at the next step,
         after the token drawn last (tokens a grammar forces are fed this way, several in one run)."""
+        ids = token_ids(ids)
         end = self._length + len(ids)
         if len(ids) and end > self.capacity:
             raise ContextOverflowError(f"{self._length} recorded + {len(ids)} new tokens exceed the context of "
@@ -223,7 +242,7 @@ class Context:
         their cache, and runs nothing for them."""
         raw = f.read(4)
         count = int(np.frombuffer(raw, "<i4")[0]) if len(raw) == 4 else -1
-        if not 0 <= count <= self.capacity:
+        if not 0 <= count <= len(self._ids):   # a full cache's record holds the token drawn after it too
             raise InvalidParameterError(f"a saved context of {count} tokens does not fit this context of "
                                         f"{self.capacity} (or the data is not a saved context)")
         raw = f.read(4 * count)

@@ -40,20 +40,25 @@ class GenerationOptions:
     logprobs: Optional[int] = None  # None: no GenerationResult.logprobs; N: each token's and the N best
 
     def __post_init__(self):
+        for name in ("max_new_tokens", "n_keep", "prefill_chunk", "logprobs"):   # NumPy integers as ints
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else self.stop
         try:
             object.__setattr__(self, "stop", tuple(stop))
         except TypeError:
             raise InvalidParameterError(f"stop={self.stop!r} must be a string or a list of strings") from None
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise InvalidParameterError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidParameterError(f"stop={self.stop!r} must be non-empty strings")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise InvalidParameterError(f"on_overflow={self.on_overflow!r} must be one of {OVERFLOW_POLICIES}")
-        if self.n_keep is not None and (not isinstance(self.n_keep, int) or self.n_keep < 0):
+        if self.n_keep is not None and (isinstance(self.n_keep, bool) or not isinstance(self.n_keep, int)
+                                        or self.n_keep < 0):
             raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
-        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+        if isinstance(self.prefill_chunk, bool) or not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
             raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
         if not isinstance(self.reuse_prefix, bool):
             raise InvalidParameterError(f"reuse_prefix={self.reuse_prefix!r} must be True or False")
@@ -153,6 +158,15 @@ class TextStream:
         self._generator.close()
         self._end()
 
+    def __del__(self):
+        # a stream dropped before its end (a loop left by break): on_end still runs once, so that
+        # what it releases (a Chat's turn, a pooled context) is not held for good
+        if getattr(self, "_on_end", None) is not None:
+            try:
+                self.close()
+            except Exception:   # nothing can be raised from here
+                log.exception("closing a dropped text stream failed")
+
     def __enter__(self):
         return self
 
@@ -181,6 +195,10 @@ def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: 
     if arr.min() < 0 or arr.max() >= vocab_size:
         raise InvalidParameterError(f"prompt token ids must lie in [0, {vocab_size}); got {int(arr.min())}.."
                                     f"{int(arr.max())}")
+    if options.on_overflow == "shift" and capacity - n_keep < 2:
+        raise InvalidParameterError(f"on_overflow='shift' needs a context of at least n_keep + 2 = {n_keep + 2} tokens "
+                                    f"to drop old ones from; this one holds {capacity} (max_length): load with a "
+                                    "larger max_length or use on_overflow='error'")
     if arr.size < capacity or (arr.size == capacity and options.max_new_tokens <= 1):
         return arr.astype(np.int32)
     if options.on_overflow != "shift":

@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .context import Context
+from .context import Context, token_ids
 from .errors import InvalidParameterError
 from .generation import (GenerationOptions, GenerationResult, TextStream, check_cancel, prepare_prompt, run_generation,
                          shift_keep)
@@ -100,7 +100,7 @@ class Model:
             raise InvalidParameterError(
                 "prompt is bytes; decode it to str first (for example prompt.decode('utf-8', 'replace'))")
         if isinstance(prompt, np.ndarray) or isinstance(prompt, (list, tuple)):
-            return [int(t) for t in prompt]
+            return token_ids(prompt, "prompt token ids")
         raise InvalidParameterError(f"prompt must be a str or a sequence of token ids, got {type(prompt).__name__}")
 
     def _sampling(self, sampling):

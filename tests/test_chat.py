@@ -149,6 +149,15 @@ def test_stream_and_reset(model):
     assert again.text == text
 
 
+def test_a_stream_left_by_break_frees_the_chat(model):
+    chat = model.new_chat(max_new_tokens=20, sampling=NO_EOS)
+    for i, _ in enumerate(chat.stream("Hello")):
+        if i == 2:
+            break                      # the stream is dropped here: its turn ends as a failed one
+    assert chat.messages == []
+    assert chat.send("Hello").token_ids == model.new_chat(max_new_tokens=20, sampling=NO_EOS).send("Hello").token_ids
+
+
 def test_interrupted_turn_keeps_the_conversation(model, monkeypatch):
     from helpers.faults import interrupt, on_nth_feed
 

@@ -166,3 +166,16 @@ def test_a_chat_with_tools_keeps_them(tmp_path, tmp_path_factory):
     assert result.tool_calls and [(c.name, c.arguments) for c in result.tool_calls] == \
         [(c.name, c.arguments) for c in expected.tool_calls]
     assert result.timings.prefilled_tokens == expected.timings.prefilled_tokens < result.timings.prompt_tokens / 3
+
+
+def test_a_chat_saved_when_its_context_is_full_loads(package, tmp_path):
+    """An answer that filled the context leaves the token drawn last recorded after the full cache
+    (capacity + 1 tokens): the file holds it, and loading takes it back."""
+    small = edgellama.load(package, threads=1, max_length=48)
+    chat = small.new_chat(max_new_tokens=200, sampling=SamplingParams(temperature=0.0, logit_bias={2: -100.0}))
+    assert chat.send("Tell me a long story.").finish_reason == "context_full"
+    assert chat.context.length == 49 and chat.context.cached == 48
+    chat.save(tmp_path / "full.elchat")
+    restored = small.load_chat(tmp_path / "full.elchat")
+    assert restored.messages == chat.messages
+    assert restored.context.tokens.tolist() == chat.context.tokens.tolist()

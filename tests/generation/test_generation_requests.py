@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgellama.errors import ContextOverflowError, InvalidParameterError, NumericalError
+from edgellama.generation import GenerationOptions
 from edgellama.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -81,10 +82,44 @@ def test_empty_prompt_is_fine_when_the_model_adds_bos(fp32_package, tmp_path):
 
 
 @pytest.mark.parametrize("prompt,words", [([0, 512], r"\[0, 512\)"), ([-1], r"\[0, 512\)"),
-                                          (3.5, "str or a sequence"), (None, "str or a sequence")])
+                                          (3.5, "str or a sequence"), (None, "str or a sequence"),
+                                          ([1.5, 2.7], "integers, got 1.5"), (["a", "b"], "integers, got 'a'"),
+                                          ([[1, 2]], r"integers, got \[1, 2\]"), ([True], "integers, got True"),
+                                          (np.array([[1, 2, 3]]), r"1-D array of integers, got shape \(1, 3\)"),
+                                          (np.array([1.0, 2.0]), "1-D array of integers.*float64")])
 def test_prompt_ids_out_of_range_or_wrong_type(model, prompt, words):
     with pytest.raises(InvalidParameterError, match=words):
         model.generate(prompt, max_new_tokens=2)
+    ctx = model.new_context()
+    if not isinstance(prompt, (float, type(None))) and "[0, 512)" not in words:
+        with pytest.raises(InvalidParameterError, match=words):
+            ctx.append(prompt)         # the step layer refuses them the same way, rather than truncating
+        assert ctx.length == 0
+
+
+def test_numpy_integers_are_integers_and_bools_are_not(model):
+    ids = model.tokenizer.encode(PROMPTS[0])
+    want = model.generate(ids, max_new_tokens=3, sampling=NO_EOS)
+    got = model.generate(np.array(ids, np.int32), max_new_tokens=np.int64(3), sampling=NO_EOS)
+    assert got.token_ids == want.token_ids and len(got.token_ids) == 3
+    assert GenerationOptions(max_new_tokens=np.int32(4), n_keep=np.uint8(1)).max_new_tokens.__class__ is int
+    for field in ("max_new_tokens", "prefill_chunk", "n_keep"):
+        with pytest.raises(InvalidParameterError, match=field):
+            GenerationOptions(**{field: True})
+
+
+@pytest.mark.parametrize("max_length,n_keep", [(1, 0), (2, 1)])
+def test_shift_in_a_context_too_small_to_drop_from_is_refused(fp32_package, max_length, n_keep):
+    import edgellama
+
+    small = edgellama.load(fp32_package, threads=1, max_length=max_length)
+    bos = small.info.special_tokens.bos_token_id
+    prompt = [bos] * n_keep + [5]            # shift keeps a leading BOS (n_keep 1), else nothing
+    with pytest.raises(InvalidParameterError, match=rf"n_keep \+ 2 = {n_keep + 2} .* holds {max_length} "):
+        small.generate(prompt[-max_length:], max_new_tokens=6, sampling=NO_EOS, on_overflow="shift")
+    room = edgellama.load(fp32_package, threads=1, max_length=n_keep + 2)   # the smallest that shifts
+    result = room.generate(prompt, max_new_tokens=6, sampling=NO_EOS, on_overflow="shift")
+    assert len(result.token_ids) == 6 and result.finish_reason == "length"
 
 
 @pytest.mark.parametrize("prompt,words", [
