@@ -161,12 +161,22 @@ def parse_calls(fmt: ToolFormat, text: str) -> tuple:
     return tuple(ToolCall(c["name"], c[fmt.arguments_key]) for c in calls)
 
 
+def begins_call(fmt: ToolFormat, text: str) -> bool:
+    """Whether `text` is (the start of) a call: under the call constraint no plain answer begins with
+    the first character of fmt.start, so an answer cut short there was a call."""
+    return bool(text) and (text.startswith(fmt.start) or fmt.start.startswith(text))
+
+
 def finish(fmt: ToolFormat, result):
-    """The GenerationResult of a tool-call answer: its calls, finish_reason "tool_calls" and no text."""
+    """The GenerationResult of a tool-call answer: its calls, finish_reason "tool_calls" and no text.
+    A call cut short (max_new_tokens, a full context, a cancel) keeps its finish_reason and no text:
+    its markup is no answer."""
     calls = parse_calls(fmt, result.text)
-    if not calls or result.finish_reason not in ("eos", "stop"):
-        return result
-    return replace(result, text="", tool_calls=calls, finish_reason="tool_calls")
+    if calls:
+        return replace(result, text="", tool_calls=calls, finish_reason="tool_calls")
+    if begins_call(fmt, result.text):
+        return replace(result, text="")
+    return result
 
 
 class ToolStream:
@@ -194,10 +204,7 @@ class ToolStream:
                 piece = next(self._stream)
             except StopIteration:
                 self.result = self._finished(self._stream.result)
-                self._calls = list(self.result.tool_calls)
-                if not self._is_call and self._held:
-                    held, self._held = self._held, ""
-                    return held
+                self._calls = list(self.result.tool_calls)   # text still held began a call: no answer
                 continue
             if self._is_call is False:
                 return piece

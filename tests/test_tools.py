@@ -155,3 +155,17 @@ def test_smollm2_calls_a_declared_function(smollm2_int4_package, sampling):
     assert_valid(result.tool_calls)
     answer = chat.send_tool_result(result.tool_calls[0], {"temperature": 21, "sky": "clear"})
     assert answer.finish_reason in ("eos", "tool_calls", "length")
+
+
+@pytest.mark.parametrize("fmt", ["chatml", "llama3"])
+def test_a_call_cut_short_leaves_no_markup(models, fmt):
+    """max_new_tokens ends a required call before it closes: no calls, no text, finish_reason length,
+    streamed or not."""
+    chat = models[fmt].new_chat(max_new_tokens=3, sampling=SamplingParams(seed=2))
+    result = chat.send("Add 1 and 2", tools=TOOLS, tool_choice="required")
+    assert result.finish_reason == "length" and result.text == "" and result.tool_calls == ()
+    raw = chat.messages[-1]["content"]           # the conversation keeps what the model wrote
+    assert raw and FORMATS["smollm2" if fmt == "chatml" else "llama3"].start.startswith(raw[:1])
+    chat.reset()
+    assert list(chat.stream("Add 1 and 2", tools=TOOLS, tool_choice="required")) == []
+    assert chat.last_result.text == "" and chat.last_result.finish_reason == "length"
