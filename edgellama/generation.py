@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Generator, Optional, Sequence
 
 import numpy as np
@@ -90,7 +90,7 @@ class GenerationResult:
     finish_reason: str
     timings: Timings = field(default_factory=Timings)
     prompt_token_ids: tuple = ()
-    logprobs: tuple = ()       # TokenLogprob per generated token when asked for (edgellama.logprobs)
+    logprobs: tuple = ()       # TokenLogprob per generated token in `text` when asked for (edgellama.logprobs)
     tool_calls: tuple = ()     # ToolCall per call when finish_reason is "tool_calls" (edgellama.tools)
 
 
@@ -248,6 +248,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     decoder = tokenizer.stream_decoder()
     stops = StopMatcher(options.stop)
     generated: list[int] = []
+    starts: list[int] = []       # with logprobs: where each generated token's text starts in the decoded text
+    decoded = 0
     pieces: list[str] = []
     logprobs: list = []
     steps = ran = 0
@@ -281,7 +283,11 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
                 logprobs.extend(forced_logprob(tokenizer, t, options.logprobs) for t in forced)
         for t in new:
             generated.append(t)
-            piece = stops.push(decoder.push(t))
+            text = decoder.push(t)
+            if options.logprobs is not None:
+                starts.append(token_start(tokenizer, t, decoded, decoded + len(text)))
+            decoded += len(text)
+            piece = stops.push(text)
             if piece:
                 pieces.append(piece)
                 yield piece
@@ -324,4 +330,24 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
         sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=prefilled,
         generated_tokens=len(generated), prefill_s=t_prefilled - t_start, decode_s=t_end - t_first,
         decode_run_s=run_s, decode_steps=steps)
-    return GenerationResult("".join(pieces), tuple(generated), finish, timings, prompt_ids, tuple(logprobs))
+    text = "".join(pieces)
+    placed = placed_logprobs(logprobs, starts, len(text) if stops.stopped else None)
+    return GenerationResult(text, tuple(generated), finish, timings, prompt_ids, placed)
+
+
+def token_start(tokenizer, token: int, before: int, after: int) -> int:
+    """Where `token`'s text starts, its piece having taken the decoded text from `before` to `after`.
+
+    A piece can begin with text of earlier tokens that the decoder held back (the first bytes of a
+    character, or bytes that make none): the token's own text ends the piece. A token that ends no
+    character yet, or whose own text is only part of one, starts where the piece does."""
+    return max(before, after - len(tokenizer.decode([token])))
+
+
+def placed_logprobs(logprobs: list, starts: list, cut: Optional[int]) -> tuple:
+    """The log-probabilities of the tokens whose text is in the answer, each with its offset in it.
+
+    `cut`: where a stop string cut the text (None: nothing was cut). The stop string's tokens go with
+    it, and so do forced tokens after it (they have no start). A token that straddles the cut stays,
+    as in other OpenAI-compatible servers: some of its text is in the answer."""
+    return tuple(replace(lp, offset=start) for lp, start in zip(logprobs, starts) if cut is None or start < cut)

@@ -5,6 +5,9 @@ penalties, before temperature and the top-k / top-p / min-p / typical-p filters:
 distribution over the tokens the constraint allows (a token the constraint forbids has -inf and is
 never listed). A token that the grammar forces is fed without sampling and listed with
 log-probability 0 and itself as the only alternative.
+
+A GenerationResult lists the tokens whose text is in its `text`: those of a stop string that was cut
+away are dropped with it (edgellama.generation).
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ class TokenLogprob:
     text: str              # the token alone, decoded (special tokens included)
     logprob: float         # natural log
     top: tuple = ()        # the N most likely tokens (TokenLogprob, best first, lower id on ties)
+    token_bytes: bytes = b""   # what the token stands for: part of a character for some (`text` is then U+FFFD)
+    offset: int = 0        # where the token's text starts in the result's text (0 for the entries in `top`)
 
     def to_dict(self) -> dict:
         out = {"token_id": self.token_id, "token": self.text, "logprob": self.logprob}
@@ -30,7 +35,8 @@ class TokenLogprob:
 
 
 def _entry(tokenizer, token: int, logprob: float, top: tuple = ()) -> TokenLogprob:
-    return TokenLogprob(int(token), tokenizer.decode([int(token)], skip_special=False), float(logprob), top)
+    return TokenLogprob(int(token), tokenizer.decode([int(token)], skip_special=False), float(logprob), top,
+                        tokenizer.token_bytes(int(token)))
 
 
 def token_logprob(tokenizer, logits: np.ndarray, token: int, n: int) -> TokenLogprob:

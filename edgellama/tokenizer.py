@@ -10,9 +10,12 @@ keeps `Tokenizer` safe to share between threads.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
+from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from .errors import InvalidParameterError, PackageError
 from .package import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, SpecialTokens, read_json_object
@@ -20,6 +23,62 @@ from .package import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, SpecialTokens, read_
 log = logging.getLogger(__name__)
 
 REPLACEMENT_CHAR = "\ufffd"
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")   # a byte-fallback token (SentencePiece vocabularies)
+
+
+def _byte_level_alphabet() -> dict:
+    """GPT-2's byte-level alphabet: the character a vocabulary entry holds for each byte.
+
+    Printable bytes stand for themselves; the others, in byte order, for the characters from U+0100 on."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)}
+    shifted = iter(range(256, 512))
+    return {chr(b if b in printable else next(shifted)): b for b in range(256)}
+
+
+BYTE_LEVEL = _byte_level_alphabet()
+
+
+def _decoder_steps(decoder: Optional[dict]) -> list:
+    """The steps of a tokenizer.json decoder, a Sequence's flattened."""
+    if not isinstance(decoder, dict):
+        return []
+    if decoder.get("type") == "Sequence":
+        return [step for inner in decoder.get("decoders", []) for step in _decoder_steps(inner)]
+    return [decoder]
+
+
+def _byte_level_piece(piece: str) -> bytes:
+    if all(c in BYTE_LEVEL for c in piece):
+        return bytes(BYTE_LEVEL[c] for c in piece)
+    return piece.encode("utf-8")   # an entry outside the alphabet (written in by hand): its own text
+
+
+def piece_reader(decoder: Optional[dict]) -> Callable[[str], bytes]:
+    """How a vocabulary entry becomes bytes under the tokenizer.json `decoder`.
+
+    Byte-level vocabularies (GPT-2, Llama 3, SmolLM2) spell every byte as one character; SentencePiece
+    ones write the space as U+2581 (a Replace or Metaspace step) and bytes as "<0xAB>" (ByteFallback).
+    The decoder's neighbour rules (a Strip of the first space) are left out: they belong to a whole
+    text, not to one token."""
+    steps = _decoder_steps(decoder)
+    kinds = {step.get("type") for step in steps}
+    if "ByteLevel" in kinds:
+        return _byte_level_piece
+    spaces = [(step["pattern"]["String"], step.get("content", "")) for step in steps
+              if step.get("type") == "Replace" and isinstance(step.get("pattern"), dict)
+              and "String" in step["pattern"]]
+    spaces += [(step.get("replacement", "\u2581"), " ") for step in steps if step.get("type") == "Metaspace"]
+    fallback = "ByteFallback" in kinds
+
+    def read(piece: str) -> bytes:
+        byte = BYTE_PIECE.fullmatch(piece) if fallback else None
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        for old, new in spaces:
+            piece = piece.replace(old, new)
+        return piece.encode("utf-8")
+    return read
 
 
 def _load_tokenizers(path: Path):
@@ -52,6 +111,7 @@ class Tokenizer:
         self.vocab_size = self._plain.get_vocab_size(with_added_tokens=True)
         self.special_ids = frozenset(
             i for i, tok in self._plain.get_added_tokens_decoder().items() if tok.special)
+        self._added_ids = frozenset(self._plain.get_added_tokens_decoder())   # their bytes are their text
         bos = special_tokens.bos_token_id
         if special_tokens.add_bos_token and bos is None:
             raise PackageError(f"{path.parent}: add_bos_token is set but bos_token_id is missing")
@@ -81,6 +141,21 @@ class Tokenizer:
     def token_text(self, token_id: int) -> Optional[str]:
         """The vocabulary entry of `token_id` (as stored, e.g. with byte-level marks)."""
         return self._plain.id_to_token(int(token_id))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes `token_id` stands for, which may be part of a character (decode() then shows
+        U+FFFD); an added or special token's are its text, b"" for an id past the vocabulary."""
+        piece = self._plain.id_to_token(int(token_id))
+        if piece is None:
+            return b""
+        if int(token_id) in self._added_ids:
+            return piece.encode("utf-8")
+        return self._piece_bytes(piece)
+
+    @cached_property
+    def _piece_bytes(self) -> Callable[[str], bytes]:
+        # read from the decoder on first use: only log-probabilities need it
+        return piece_reader(json.loads(self._plain.to_str()).get("decoder"))
 
     def token_id(self, token: str) -> Optional[int]:
         return self._plain.token_to_id(token)

@@ -45,6 +45,16 @@ def test_models_and_health(client, server):
     assert health["status"] == "ok" and health["slots"] == 2
 
 
+def test_a_model_is_retrieved_by_its_id(client, server):
+    got = client.models.retrieve(MODEL_ID)
+    assert got.id == MODEL_ID and got.object == "model" and got.owned_by == "edgellama"
+    status, answer = call(server.url, "GET", "/v1/models/gpt-4o")
+    assert status == 404 and "gpt-4o" in answer["error"]["message"]
+    assert answer["error"]["param"] == "model" and answer["error"]["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
 def test_chat_answer_is_the_greedy_answer(client, model):
     want = expected(model, QUESTIONS[0])
     got = client.chat.completions.create(model=MODEL_ID, messages=messages(QUESTIONS[0]), max_tokens=24,

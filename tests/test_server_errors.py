@@ -2,8 +2,10 @@
 the field, and the server goes on; the API key, the body limit, the queue, the command line."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +15,7 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from helpers.serving import MODEL_ID, call, free_port, model, package, serving  # noqa: E402,F401
+from helpers.serving import MODEL_ID, call, connect, free_port, model, package, serving  # noqa: E402,F401
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
@@ -46,6 +48,8 @@ BAD_INPUTS = [
     ("top_p out of range", CHAT, with_(top_p=1.5), 400, "top_p"),
     ("max_tokens too large", CHAT, with_(max_tokens=100_000), 400, "max_tokens"),
     ("max_tokens zero", CHAT, with_(max_tokens=0), 400, "max_tokens"),
+    ("max_completion_tokens too large", CHAT, with_(max_tokens=None, max_completion_tokens=100_000), 400,
+     "max_completion_tokens"),
     ("messages not a list", CHAT, with_(messages="Hi"), 400, "messages"),
     ("no messages", CHAT, with_(messages=None), 400, "messages"),
     ("empty messages", CHAT, with_(messages=[]), 400, "messages"),
@@ -63,6 +67,9 @@ BAD_INPUTS = [
     ("stream not a boolean", CHAT, with_(stream="yes"), 400, "stream"),
     ("logit_bias key", CHAT, with_(logit_bias={"fox": 5}), 400, "logit_bias"),
     ("logit_bias value", CHAT, with_(logit_bias={"5": 500}), 400, "logit_bias.5"),
+    ("logit_bias id outside the vocabulary", CHAT, with_(logit_bias={"99999": 1}), 400, "logit_bias"),
+    ("logit_bias id outside the vocabulary, streamed", CHAT, with_(logit_bias={"99999": 1}, stream=True), 400,
+     "logit_bias"),
     ("top_logprobs alone", CHAT, with_(top_logprobs=3), 400, "top_logprobs"),
     ("prompt missing", "/v1/completions", {"model": MODEL_ID}, 400, "prompt"),
     ("prompt ids outside the vocabulary", "/v1/completions", {"model": MODEL_ID, "prompt": [1, 99999]}, 400,
@@ -80,7 +87,14 @@ def test_bad_input_is_an_error_object_naming_the_field(server, what, path, body,
     error = answer["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["message"]
+    assert param is None or param.split(".")[0].split("[")[0] in error["message"]
     assert error["type"] == "invalid_request_error"
+
+
+def test_a_logit_bias_id_outside_the_vocabulary_names_the_id_and_the_size(server, model):
+    status, answer = call(server.url, "POST", CHAT, with_(logit_bias={"99999": 1}))
+    assert status == 400 and answer["error"]["param"] == "logit_bias"
+    assert "99999" in answer["error"]["message"] and str(model.config.vocab_size) in answer["error"]["message"]
 
 
 def test_the_server_goes_on_after_bad_input(server):
@@ -147,6 +161,55 @@ def test_a_full_queue_is_answered_429(model):
         first.join(30)
         second.join(30)
         assert results["first"][0] == results["second"][0] == 200
+
+
+def test_a_queued_client_that_leaves_frees_its_place_and_never_runs(model):
+    gate = threading.Event()
+    started = []
+
+    class Held:
+        """The model, every request held until `gate` opens."""
+
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def start(self, *args, **kwargs):
+            started.append(args[0])
+            gate.wait(30)
+            return model.start(*args, **kwargs)
+
+    def health():
+        return call(running.url, "GET", "/health")[1]
+
+    def until(condition):
+        deadline = time.monotonic() + 5
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return condition()
+
+    with serving(Held(), parallel=1, queue=1) as running:
+        results = {}
+
+        def ask(name, body):
+            results[name] = call(running.url, "POST", CHAT, body)
+
+        first = threading.Thread(target=ask, args=("first", GOOD))
+        first.start()
+        assert until(lambda: health()["busy"] == 1)
+        conn = connect(running.url)            # waits in the queue, then leaves
+        conn.request("POST", CHAT, body=json.dumps(with_(max_tokens=5)), headers={"Content-Type": "application/json"})
+        assert until(lambda: health()["queued"] == 1)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        assert until(lambda: health()["queued"] == 0)
+        third = threading.Thread(target=ask, args=("third", GOOD))
+        third.start()
+        assert until(lambda: health()["queued"] == 1)
+        gate.set()
+        first.join(30)
+        third.join(30)
+        assert results["first"][0] == results["third"][0] == 200
+        assert len(started) == 2          # the request that left never ran
 
 
 def test_one_log_line_per_request(server, caplog):

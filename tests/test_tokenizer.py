@@ -96,3 +96,29 @@ def test_special_ids_and_lookup(tok):
     assert tok.is_special(2) and not tok.is_special(300)
     assert tok.token_id("<|im_end|>") == 2
     assert tok.token_text(2) == "<|im_end|>"
+
+
+def test_token_bytes_join_to_the_text(tok):
+    ids = tok.encode(MULTIBYTE)
+    assert any(tok.decode([t]) == "\ufffd" for t in ids)       # some tokens hold part of a character
+    assert b"".join(tok.token_bytes(t) for t in ids) == MULTIBYTE.encode("utf-8")
+    assert tok.token_bytes(2) == b"<|im_end|>" and tok.token_bytes(10 ** 6) == b""
+
+
+def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "\u2581": 257, "h": 258, "i": 259,
+             "\u2581h": 260, "\u2581hi": 261}
+    model = models.BPE(vocab, [("\u2581", "h"), ("\u2581h", "i")], unk_token="<unk>", byte_fallback=True)
+    backend = HFTokenizer(model)
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    spm = Tokenizer(tmp_path / "tokenizer.json", SpecialTokens())
+    ids = spm.encode("hi h\u00e9")
+    assert spm.decode(ids) == "hi h\u00e9" and 261 in ids
+    # the first space is the Strip step's, which belongs to a whole text
+    assert b"".join(spm.token_bytes(t) for t in ids) == " hi h\u00e9".encode("utf-8")

@@ -2,12 +2,14 @@
 
     GET  /health                 {"status": "ok", "slots": ..., "busy": ..., "queued": ...}
     GET  /v1/models              the one model, named by ServerSettings.model_id
+    GET  /v1/models/{id}         that model by its id (404 for any other id)
     POST /v1/chat/completions    messages through the package's chat template; stream=true: SSE
     POST /v1/completions         a plain prompt (text or token ids)
 
 A request: body (at most max_body bytes) -> schema.parse_request -> prompt ids -> pool.submit (a
 context of its own; 429 when the queue is full) -> the answer, whole or as server-sent events. When
-the client goes away the job is cancelled at its next token and its context goes back to the pool.
+the client goes away the job is cancelled at its next token and its context goes back to the pool; a
+request still waiting in the queue leaves it at once and never runs.
 Every error is an OpenAI error object; no request can stop the server. One log line per request
 (edgellama.server logger): client, method, path, status, seconds, tokens.
 """
@@ -31,7 +33,7 @@ from ..generation import GenerationOptions
 from . import features
 from .pool import ContextPool, QueueFull
 from .prompt_cache import PromptCache
-from .responses import Reply, model_list, sse
+from .responses import Reply, model_list, model_object, sse
 from .schema import ApiError, ApiRequest, bad, parse_json, parse_request
 from .settings import ServerSettings
 
@@ -72,10 +74,13 @@ class Server:
             raise ApiError(400, "the client closed the connection before the body ended") from None
         return b"".join(chunks)
 
+    def unknown_model(self, name: str) -> ApiError:
+        return ApiError(404, f"The model '{name}' does not exist; this server serves '{self.settings.model_id}'",
+                        param="model", code="model_not_found")
+
     def check_model(self, req: ApiRequest) -> None:
         if req.model != self.settings.model_id:
-            raise ApiError(404, f"The model '{req.model}' does not exist; this server serves "
-                                f"'{self.settings.model_id}'", param="model", code="model_not_found")
+            raise self.unknown_model(req.model)
 
     def chat_prompt(self, plan) -> tuple[list, Optional[list]]:
         """The ids of the conversation and those of its system prompt (None when there is none)."""
@@ -107,8 +112,8 @@ class Server:
                              "answer", code="context_length_exceeded")
         room = capacity - n_prompt
         if req.max_tokens is not None and req.max_tokens > room:
-            raise bad("max_tokens", f"{req.max_tokens} is too large: the prompt has {n_prompt} tokens and the "
-                                    f"context holds {capacity}, so at most {room} can follow",
+            raise bad(req.max_tokens_field, f"{req.max_tokens} is too large: the prompt has {n_prompt} tokens "
+                                            f"and the context holds {capacity}, so at most {room} can follow",
                       code="context_length_exceeded")
         try:
             return GenerationOptions(max_new_tokens=req.max_tokens or room, stop=req.stop, **extra)
@@ -122,6 +127,12 @@ class Server:
     async def models(self, request: Request) -> Response:
         return JSONResponse(model_list(self.settings.model_id, self.started))
 
+    async def retrieve_model(self, request: Request) -> Response:
+        name = request.path_params["model_id"]
+        if name != self.settings.model_id:
+            return error_response(self.unknown_model(name))
+        return JSONResponse(model_object(self.settings.model_id, self.started))
+
     async def chat_completions(self, request: Request) -> Response:
         return await self.answer(request, "chat")
 
@@ -130,7 +141,7 @@ class Server:
 
     async def answer(self, request: Request, kind: str) -> Response:
         try:
-            req = parse_request(kind, parse_json(await self.read_body(request)))
+            req = parse_request(kind, parse_json(await self.read_body(request)), self.model.config.vocab_size)
             self.check_model(req)
             plan = await asyncio.to_thread(features.plan, self.model, req)
             if kind == "chat":
@@ -140,7 +151,7 @@ class Server:
             options = self.options(req, len(ids), plan.options)
             note(request.scope, prompt_tokens=len(ids), stream=req.stream)
             try:
-                job = await self.pool.submit(ids, options, req.sampling, prefix, plan.wrap)
+                job = await self.submit(request, ids, options, req, prefix, plan)
             except QueueFull as exc:
                 raise ApiError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded") from None
         except (ApiError, EdgeLlamaError) as exc:
@@ -151,6 +162,22 @@ class Server:
         if req.stream:
             return EventStream(job, self.events(job, reply, req, plan), request.scope)
         return await self.whole(request, job, reply, req, plan)
+
+    async def submit(self, request: Request, ids, options, req: ApiRequest, prefix, plan):
+        """The started job. A client that leaves while its request waits for a context takes the request out
+        of the queue at once, so its place goes to another request and it never runs."""
+        waiting = asyncio.ensure_future(self.pool.submit(ids, options, req.sampling, prefix, plan.wrap))
+        gone = asyncio.ensure_future(wait_disconnect(request.receive))
+        try:
+            await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:                 # also when the server stops
+            gone.cancel()
+            waiting.cancel()     # no effect once the job has started: whole() or EventStream then sees the client go
+        await asyncio.wait({waiting})      # a cancelled wait has left the queue when this returns
+        if waiting.cancelled():
+            note(request.scope, disconnected=True)
+            raise ApiError(400, "the client closed the connection while its request waited for a context")
+        return waiting.result()          # the job, or QueueFull
 
     async def whole(self, request: Request, job, reply: Reply, req: ApiRequest, plan) -> Response:
         done = asyncio.ensure_future(job.finish())
@@ -168,7 +195,7 @@ class Server:
         except Exception as exc:
             return error_response(failure(exc))
         note(request.scope, completion_tokens=result.timings.generated_tokens, finish=result.finish_reason)
-        text = (req.prompt if req.echo and isinstance(req.prompt, str) else "") + result.text
+        text = plan.echo + result.text
         return JSONResponse(reply.complete(result, text, *plan.extras(result)))
 
     async def events(self, job, reply: Reply, req: ApiRequest, plan):
@@ -176,8 +203,8 @@ class Server:
         try:
             if req.kind == "chat":
                 yield sse(reply.chunk(role=True))
-            if req.echo and isinstance(req.prompt, str):
-                yield sse(reply.chunk(req.prompt))
+            if plan.echo:
+                yield sse(reply.chunk(plan.echo))
             async for piece in job:
                 if isinstance(piece, str):      # else a ToolCall: the calls come with the last chunk
                     yield sse(reply.chunk(piece))
@@ -300,6 +327,7 @@ def create_app(model, settings: ServerSettings):
     server = Server(model, settings)
     routes = [Route("/health", server.health, methods=["GET"]),
               Route("/v1/models", server.models, methods=["GET"]),
+              Route("/v1/models/{model_id:path}", server.retrieve_model, methods=["GET"]),
               Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
               Route("/v1/completions", server.completions, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})

@@ -27,6 +27,7 @@ class Plan:
     fmt: object = None                                   # edgellama.tools.ToolFormat when tools are offered
     logprobs: Optional[int] = None
     kind: str = "chat"
+    echo: str = ""                                       # the prompt text a completion starts with (echo)
 
     def wrap(self, stream):
         """The stream a job iterates: text pieces, and ToolCall objects when tools are offered."""
@@ -43,7 +44,7 @@ class Plan:
             return calls, None
         if self.kind == "chat":
             return calls, {"content": [chat_logprob(lp, self.logprobs) for lp in result.logprobs], "refusal": None}
-        return calls, completion_logprobs(result.logprobs)
+        return calls, completion_logprobs(result.logprobs, len(self.echo))
 
     def delta_calls(self, tool_calls):
         """The tool calls of a streamed answer's last chunk (each with its index)."""
@@ -55,18 +56,18 @@ def _finite(value: float) -> float:
 
 
 def chat_logprob(lp, top: int) -> dict:
-    entry = lambda t: {"token": t.text, "logprob": _finite(t.logprob), "bytes": list(t.text.encode("utf-8"))}
+    # the token's own bytes: a token holding part of a character has the text U+FFFD, not its bytes
+    entry = lambda t: {"token": t.text, "logprob": _finite(t.logprob), "bytes": list(t.token_bytes)}
     return {**entry(lp), "top_logprobs": [entry(t) for t in lp.top[:top]]}
 
 
-def completion_logprobs(logprobs) -> dict:
-    offsets, at = [], 0
-    for lp in logprobs:
-        offsets.append(at)
-        at += len(lp.text)
+def completion_logprobs(logprobs, shift: int = 0) -> dict:
+    """OpenAI's legacy logprobs; `shift`: the length of the echoed prompt in front of the generated text.
+
+    The echoed prompt's own tokens are not listed (only generated tokens have log-probabilities)."""
     return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
             "top_logprobs": [{t.text: _finite(t.logprob) for t in lp.top} for lp in logprobs],
-            "text_offset": offsets}
+            "text_offset": [shift + lp.offset for lp in logprobs]}
 
 
 def openai_call(call) -> dict:
@@ -132,6 +133,18 @@ def _tools(req: ApiRequest) -> tuple:
     return tools, choice
 
 
+def echo_text(model, req: ApiRequest) -> str:
+    """The prompt as an echoing completion shows it: its text, or its token ids decoded."""
+    if not req.echo:
+        return ""
+    if isinstance(req.prompt, str):
+        return req.prompt
+    vocab = model.config.vocab_size
+    if not all(0 <= t < vocab for t in req.prompt):
+        return ""      # no text: the request is refused when its ids are read, naming "prompt"
+    return model.tokenizer.decode(req.prompt, skip_special=False)
+
+
 def plan(model, req: ApiRequest) -> Plan:
     """The plan of `req`; a field that cannot be honoured is refused by name."""
     from ..constraint import Constraint
@@ -148,7 +161,7 @@ def plan(model, req: ApiRequest) -> Plan:
         if constraint is not None:
             options["constraint"] = constraint
     if req.kind != "chat":
-        return Plan(options=options, logprobs=req.logprobs, kind=req.kind)
+        return Plan(options=options, logprobs=req.logprobs, kind=req.kind, echo=echo_text(model, req))
     tools, choice = _tools(req)
     fmt = tool_format(model.chat_template.source)
     messages, extra = chat_messages(fmt, req.messages), {}

@@ -82,6 +82,9 @@ class Reply:
         return {**head, "choices": [], "usage": usage(result)}
 
 
+def model_object(model_id: str, created: int) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "edgellama"}
+
+
 def model_list(model_id: str, created: int) -> dict:
-    return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                        "owned_by": "edgellama"}]}
+    return {"object": "list", "data": [model_object(model_id, created)]}

@@ -92,6 +92,14 @@ def _logit_bias(name, value):
     return pairs
 
 
+def _in_vocabulary(name, bias: dict, vocab_size: int) -> None:
+    """Refused with the request: at generation a streamed answer has already been sent its 200."""
+    for token in sorted(bias):
+        if token >= vocab_size:
+            raise bad(name, f"token id {token} is outside the vocabulary of {vocab_size} tokens "
+                            f"(ids 0 to {vocab_size - 1})")
+
+
 def _stream_options(name, value):
     if not isinstance(value, dict):
         raise bad(name, "must be an object such as {\"include_usage\": true}")
@@ -210,6 +218,7 @@ class ApiRequest:
     model: str
     sampling: SamplingParams
     max_tokens: Optional[int]          # None: up to the end of the context
+    max_tokens_field: str = "max_tokens"   # the field that set max_tokens, named in its errors
     stop: tuple = ()
     stream: bool = False
     include_usage: bool = False
@@ -246,8 +255,8 @@ def sampling_params(values: dict) -> SamplingParams:
         raise ApiError(400, str(exc)) from None
 
 
-def parse_request(kind: str, body: dict) -> ApiRequest:
-    """Check `body` against the fields of `kind` ("chat" or "completion")."""
+def parse_request(kind: str, body: dict, vocab_size: int) -> ApiRequest:
+    """Check `body` against the fields of `kind` ("chat" or "completion"); `vocab_size`: the served model's."""
     fields = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     for name in REQUIRED[kind]:
         if body.get(name) is None:
@@ -256,16 +265,20 @@ def parse_request(kind: str, body: dict) -> ApiRequest:
     for name, (check, default) in fields.items():
         value = body.get(name)
         values[name] = default if value is None else check(name, value)
+    _in_vocabulary("logit_bias", values["logit_bias"], vocab_size)
+    max_field = "max_tokens"
     if kind == "chat":
-        max_tokens = values["max_completion_tokens"] or values["max_tokens"]
+        if values["max_completion_tokens"] is not None:     # max_tokens' successor: it wins when both are sent
+            max_field = "max_completion_tokens"
         top = values["top_logprobs"]
         if top is not None and not values["logprobs"]:
             raise bad("top_logprobs", "needs 'logprobs': true")
         logprobs = (top or 0) if values["logprobs"] else None
     else:
-        max_tokens, logprobs = values["max_tokens"], values["logprobs"]
+        logprobs = values["logprobs"]
     return ApiRequest(
-        kind=kind, model=values["model"], sampling=sampling_params(values), max_tokens=max_tokens,
+        kind=kind, model=values["model"], sampling=sampling_params(values), max_tokens=values[max_field],
+        max_tokens_field=max_field,
         stop=values["stop"], stream=values["stream"], include_usage=values["stream_options"]["include_usage"],
         messages=values.get("messages"), prompt=values.get("prompt"), echo=values.get("echo", False),
         response_format=values.get("response_format"), tools=values.get("tools"),

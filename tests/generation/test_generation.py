@@ -211,6 +211,25 @@ def test_stop_matcher_holds_back_possible_starts(stops, chunks, expected):
     assert out == expected
 
 
+@pytest.mark.parametrize("k,into", [(2, 0), (2, 1), (3, 0), (3, 1)])
+def test_logprobs_end_with_the_text_a_stop_string_leaves(model, k, into):
+    base = model.generate(PROMPTS[0], max_new_tokens=24, sampling=NO_EOS, logprobs=1)
+    starts = [len(model.tokenizer.decode(base.token_ids[:i])) for i in range(len(base.token_ids))]
+    # a stop string at the start of token k (into=0) or one character into it (into=1): token k straddles
+    # the cut then, and stays
+    at = starts[k] + into
+    stop = base.text[at:at + 3]
+    assert starts[k] + 1 < starts[k + 1] and len(stop) == 3 and base.text.find(stop) == at
+    kept = sum(start < at for start in starts)
+    assert kept == k + into
+    for run in (model.generate, lambda *a, **kw: model.stream(*a, **kw).consume()):
+        cut = run(PROMPTS[0], max_new_tokens=24, sampling=NO_EOS, logprobs=1, stop=stop)
+        assert cut.finish_reason == "stop" and cut.text == base.text[:at]
+        assert cut.logprobs == base.logprobs[:kept]
+        assert "".join(lp.text for lp in cut.logprobs).startswith(cut.text)
+    assert [lp.offset for lp in base.logprobs[:k + 2]] == starts[:k + 2]
+
+
 # -- timings --------------------------------------------------------------------------------
 
 def test_timings_are_filled(model):
