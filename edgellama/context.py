@@ -141,18 +141,18 @@ class Context:
         self.kv.advance(end - past)
         self._logits_at = end
 
-    def next_token(self, sampler, mask=None, on_host: bool = False) -> int:
-        """Run the pending tokens if there are any, draw the next token from the logits with the
-        record as history (for the penalties) and `mask` (a token mask, see `Sampler.sample`),
-        record it and return it. It runs at the next step. A greedy sampler without bias,
-        penalties or mask on a device takes `argmax()` there, unless `on_host` asks for the
-        logits on the host (`sampler.last_logits`)."""
+    def next_token(self, sampler, mask=None, on_host: bool = False, history=None) -> int:
+        """Run the pending tokens if there are any, draw the next token from the logits with
+        `history` (default: the record) for the penalties and `mask` (a token mask, see
+        `Sampler.sample`), record it and return it. It runs at the next step. A greedy sampler
+        without bias, penalties or mask on a device takes `argmax()` there, unless `on_host` asks
+        for the logits on the host (`sampler.last_logits`)."""
         if self._length > self.kv.length:
             self.advance()
         if sampler.params.picks_argmax and mask is None and not on_host and self.binding.device is not None:
             token = self.argmax()
         else:
-            token = int(sampler.sample(self.logits, self.tokens, mask))
+            token = int(sampler.sample(self.logits, self.tokens if history is None else history, mask))
         self._ids[self._length] = token
         self._length += 1
         return token

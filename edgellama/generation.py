@@ -262,7 +262,8 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             break
         t0 = time.perf_counter()
         mask = guide.mask() if guide is not None else None
-        token = ctx.next_token(sampler, mask, on_host=options.logprobs is not None)   # nothing pending: only samples
+        history = None if sampler.params.penalize_prompt else generated    # what the penalties look back on
+        token = ctx.next_token(sampler, mask, on_host=options.logprobs is not None, history=history)
         t1 = time.perf_counter()
         sampling_s += t1 - t0
         if t_first is None:

@@ -69,6 +69,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # 0: off
     presence_penalty: float = 0.0   # 0: off
     penalty_last_n: int = 64        # tokens the penalties look back on; 0: off, -1: whole history
+    penalize_prompt: bool = True    # False: the penalties look back on this answer's tokens only (OpenAI's API)
     logit_bias: tuple = ()          # token id -> added logit; a mapping is stored as sorted pairs
     seed: Optional[int] = None      # None: a random seed drawn for each request
 
@@ -92,6 +93,8 @@ class SamplingParams:
                                        allowed="penalty_last_n >= -1 (0 = off, -1 = whole history)"),
             "logit_bias": _bias_pairs(self.logit_bias),
         }
+        if not isinstance(self.penalize_prompt, bool):
+            raise InvalidParameterError(f"penalize_prompt={self.penalize_prompt!r} must be True or False")
         if self.seed is not None:
             fields["seed"] = _integer("seed", self.seed, 0, 2 ** 64 - 1, allowed="None or 0 <= seed < 2**64")
         for name, value in fields.items():

@@ -253,7 +253,7 @@ def test_invalid_settings_name_the_field(field, value):
 INVALID = {
     "temperature": -1.0, "top_k": -1, "top_p": 0.0, "min_p": 2.0, "typical_p": 0.0, "repeat_penalty": 0.0,
     "frequency_penalty": float("nan"), "presence_penalty": float("inf"), "penalty_last_n": -5,
-    "logit_bias": {-3: 1.0}, "seed": -1,
+    "penalize_prompt": "no", "logit_bias": {-3: 1.0}, "seed": -1,
 }
 
 

@@ -263,3 +263,12 @@ def test_serve_refuses_bad_settings(package):
     out = subprocess.run([sys.executable, "-m", "edgellama", "serve", str(package), "--parallel", "0"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "--parallel 0" in out.stderr
+
+
+def test_the_penalties_count_the_answer_alone_as_openai():
+    from edgellama.server.schema import parse_request
+
+    req = parse_request("chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                 "presence_penalty": 0.5, "frequency_penalty": 0.2}, 100)
+    assert req.sampling.penalize_prompt is False and req.sampling.penalty_last_n == -1
+    assert (req.sampling.presence_penalty, req.sampling.frequency_penalty) == (0.5, 0.2)

@@ -248,9 +248,11 @@ def sampling_params(values: dict) -> SamplingParams:
     if top_p == 0.0:      # only the most likely token is left
         temperature, top_p = 0.0, 1.0
     try:
+        # OpenAI's penalties count the tokens sampled so far in the answer, all of them, not the prompt's
         return SamplingParams(temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, seed=values["seed"],
                               frequency_penalty=values["frequency_penalty"],
-                              presence_penalty=values["presence_penalty"], logit_bias=values["logit_bias"])
+                              presence_penalty=values["presence_penalty"], penalty_last_n=-1, penalize_prompt=False,
+                              logit_bias=values["logit_bias"])
     except InvalidParameterError as exc:
         raise ApiError(400, str(exc)) from None
 

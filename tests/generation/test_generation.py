@@ -281,3 +281,25 @@ def test_memory_check_names_what_fits(model):
         check_memory(model.config, 1000, "float32", available=per_position * 100)
 
 
+
+
+@pytest.mark.parametrize("penalize_prompt", [True, False])
+def test_the_penalties_look_back_on_the_prompt_or_on_the_answer_alone(model, monkeypatch, penalize_prompt):
+    """penalize_prompt=False (the server's, as OpenAI's API) gives the penalties the answer's tokens so
+    far; True (llama.cpp's) the whole record, prompt included."""
+    from edgellama.sampling import Sampler
+
+    seen, sample = [], Sampler.sample
+
+    def spy(self, logits, history=(), mask=None):
+        seen.append([int(t) for t in np.asarray(history).reshape(-1)])
+        return sample(self, logits, history, mask)
+
+    monkeypatch.setattr(Sampler, "sample", spy)
+    params = SamplingParams(temperature=0.0, logit_bias={2: -100.0}, presence_penalty=0.5, penalty_last_n=-1,
+                            penalize_prompt=penalize_prompt)
+    result = model.generate("The quick brown fox", max_new_tokens=4, sampling=params)
+    prompt, answer = list(result.prompt_token_ids), list(result.token_ids)
+    want = [(prompt if penalize_prompt else []) + answer[:i] for i in range(4)]
+    assert seen == want
+
