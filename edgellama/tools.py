@@ -104,15 +104,16 @@ def check_tools(tools) -> tuple:
     return tuple(out)
 
 
-def call_constraint(fmt: ToolFormat, tools: tuple, tool_choice: str = "auto") -> Constraint:
-    """Plain text that does not begin like a call, or calls of `tools` (only calls when "required")."""
+def call_constraint(fmt: ToolFormat, tools: tuple, tool_choice: str = "auto", parallel: bool = True) -> Constraint:
+    """Plain text that does not begin like a call, or calls of `tools` (only calls when "required");
+    `parallel` False: one call at most, where the format could write several."""
     if tool_choice not in TOOL_CHOICES:
         raise InvalidParameterError(f"tool_choice={tool_choice!r} must be one of {TOOL_CHOICES}")
     variants = [{"type": "object", "additionalProperties": False, "required": ["name", fmt.arguments_key],
                  "properties": {"name": {"const": t["function"]["name"]},
                                 fmt.arguments_key: t["function"]["parameters"]}} for t in tools]
     schema = json.dumps({"anyOf": variants, "x-guidance": JSON_LAYOUT})
-    repeat = ' (", " call)*' if fmt.many else ""
+    repeat = ' (", " call)*' if fmt.many and parallel else ""
     wrap = [json.dumps(fmt.call_open) if fmt.call_open else "", json.dumps(fmt.call_close) if fmt.call_close else ""]
     rules = [f"calls: {wrap[0]} call{repeat} {wrap[1]}", f"call: %json {schema}"]
     if tool_choice == "auto":

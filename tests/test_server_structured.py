@@ -91,3 +91,16 @@ def test_bad_structured_fields_are_named(model):
             status, body = call(running.url, "POST", "/v1/chat/completions",
                                 {"model": MODEL_ID, "messages": ASK, "max_tokens": 4, **extra})
             assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_parallel_tool_calls_false_allows_one_call(client, model):
+    """A bias towards "," after the first call's "}" makes the grammar's ", " (another call) the pick where it is
+    allowed; parallel_tool_calls=false leaves only the closing "]"."""
+    comma = model.tokenizer.encode(",", add_bos=False)
+    assert len(comma) == 1
+    kwargs = dict(model=MODEL_ID, messages=ASK, temperature=0, max_tokens=160, tools=[WEATHER],
+                  tool_choice="required", logit_bias={str(comma[0]): 100})
+    one = client.chat.completions.create(parallel_tool_calls=False, **kwargs).choices[0]
+    assert one.finish_reason == "tool_calls" and len(one.message.tool_calls) == 1
+    many = client.chat.completions.create(**kwargs).choices[0]
+    assert not (many.finish_reason == "tool_calls" and len(many.message.tool_calls) == 1)

@@ -169,7 +169,7 @@ def plan(model, req: ApiRequest) -> Plan:
         if "constraint" in options:
             raise bad("response_format", "cannot be given with 'tools'")
         try:
-            options["constraint"] = call_constraint(fmt, tools, choice)
+            options["constraint"] = call_constraint(fmt, tools, choice, parallel=req.parallel_tool_calls)
         except InvalidParameterError as exc:
             raise bad("tools", str(exc)) from None
         messages, extra = tool_messages(fmt, messages, tools)

@@ -228,6 +228,7 @@ class ApiRequest:
     response_format: Optional[dict] = None
     tools: Optional[list] = None
     tool_choice: Any = None
+    parallel_tool_calls: bool = True   # False: at most one call an answer
     logprobs: Optional[int] = None     # top alternatives per token (0: the chosen token's only); None: off
     extra: dict = field(default_factory=dict)
 
@@ -284,4 +285,5 @@ def parse_request(kind: str, body: dict, vocab_size: int) -> ApiRequest:
         stop=values["stop"], stream=values["stream"], include_usage=values["stream_options"]["include_usage"],
         messages=values.get("messages"), prompt=values.get("prompt"), echo=values.get("echo", False),
         response_format=values.get("response_format"), tools=values.get("tools"),
-        tool_choice=values.get("tool_choice"), logprobs=logprobs)
+        tool_choice=values.get("tool_choice"), parallel_tool_calls=values.get("parallel_tool_calls") is not False,
+        logprobs=logprobs)
