@@ -64,7 +64,11 @@ class Constraint:
         if not isinstance(self.source, str):
             raise InvalidParameterError(f"Constraint source must be a str, got {type(self.source).__name__}")
         llg = _llguidance()
-        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(self.guidance_grammar())
+        try:
+            grammar = self.guidance_grammar()
+        except ValueError as exc:   # llguidance refuses what it cannot translate, with its own ValueError
+            raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {str(exc).strip()}") from None
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
         if is_error:
             raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {messages[0].strip()}")
         for warning in messages:
@@ -78,8 +82,12 @@ class Constraint:
                 schema = json.loads(schema)
             except ValueError as exc:
                 raise InvalidParameterError(f"the JSON schema is not valid JSON: {exc}") from None
-        if not isinstance(schema, (Mapping, bool)):
-            raise InvalidParameterError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        if schema is False:
+            raise InvalidParameterError("the JSON schema false matches no value: give a schema some text can meet")
+        if schema is True:      # any JSON value: the empty schema
+            schema = {}
+        if not isinstance(schema, Mapping):
+            raise InvalidParameterError(f"a JSON schema must be an object (or true), got {type(schema).__name__}")
         try:
             text = json.dumps(schema, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -116,7 +124,7 @@ class Constraint:
                 return cls.json_schema(spec)
         raise InvalidParameterError(
             f"response_format={response_format!r} must be {{'type': 'json_schema', 'json_schema': {{'schema': "
-            "{...}}}}, {'type': 'json_object'} or {'type': 'text'}")
+            "{...}}}, {'type': 'json_object'} or {'type': 'text'}")
 
     @classmethod
     def pick(cls, constraint: Optional["Constraint"], response_format: Optional[Mapping]) -> Optional["Constraint"]:

@@ -84,6 +84,9 @@ def test_a_lark_grammar_and_streaming(tiny):
     (Constraint.json_schema, {"type": "object", "properties": {"a": {"type": "frobnicate"}}}, "json schema"),
     (Constraint.json_schema, "{not json", "not valid JSON"),
     (Constraint.json_schema, ["a list"], "must be an object"),
+    (Constraint.json_schema, False, "false matches no value"),
+    (Constraint.json_schema, "false", "false matches no value"),
+    (Constraint.from_response_format, {"type": "xml"}, r"\{'schema': \{\.\.\.\}\}\}, \{'type': 'json_object'\}"),
     (Constraint.regex, "a(b", "invalid regex"),
     (Constraint.grammar, "start: undefined_rule\n", "invalid grammar"),
 ])
@@ -208,3 +211,7 @@ def test_smollm2_json_outputs_validate(smollm2_int4_package, sampler):
                             max_new_tokens=120, sampling=SAMPLERS[sampler], constraint=Constraint.json_schema(schema))
         assert result.finish_reason == "eos", result.text
         jsonschema.validate(json.loads(result.text), schema)
+
+
+def test_the_schema_true_is_any_json_value():
+    assert Constraint.json_schema(True) == Constraint.json_schema({}) == Constraint.json_schema("true")

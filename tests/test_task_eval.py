@@ -128,6 +128,18 @@ def test_winogrande_scores_only_the_text_after_the_option(encode):
     assert all(begin == p.shared for begin, _ in p.spans)
 
 
+def test_a_choice_of_one_token_and_no_tasks_are_refused(encode, fp32_package):
+    from edgellama.errors import InvalidParameterError, TaskFormatError
+    from edgellama.tasks.scoring import plan_task as plan
+
+    one = [t for t in ("Yes", "No", "a", "b") if len(encode(t)) == 1][:2]
+    assert len(one) == 2
+    with pytest.raises(TaskFormatError, match="the task at line 7: a choice has no token to score"):
+        plan(Task(tuple(one), 0, "line 7"), "ending", encode)
+    with pytest.raises(InvalidParameterError, match="no tasks"):
+        evaluate_tasks(fp32_package, "hellaswag", [])
+
+
 def test_accuracy_and_its_standard_error():
     result = accuracy("hellaswag", [0, 1, 2, 3], [0, 1, 0, 0], 1.0)
     assert result.accuracy == 50.0 and result.correct == 2

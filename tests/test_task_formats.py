@@ -80,6 +80,16 @@ def test_winogrande_fills_the_blank_with_each_option(tmp_path):
     assert tasks[1].where == "line 3"
 
 
+@pytest.mark.parametrize("prefix", ["", "\n\n"])
+@pytest.mark.parametrize("header", ["", "index,sentence,option1,option2,answer\n"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_winogrande_reads_every_task_with_or_without_a_header_or_a_byte_order_mark(tmp_path, prefix, header,
+                                                                                   encoding):
+    path = tmp_path / "wg.csv"
+    path.write_bytes((prefix + header + "wg-" + WINOGRANDE).encode(encoding))   # an index need not be a number
+    assert [t.answer for t in load_tasks("winogrande", path)] == [1, 0]
+
+
 def test_multiple_choice_jsonl_and_binary_read_the_same_tasks(tmp_path):
     lines = [json.dumps({"question": q, "choices": c, "answer": "ABCD"[a] if i == 0 else a})
              for i, (q, c, a) in enumerate(QUESTIONS)]

@@ -56,7 +56,7 @@ class _Source:
 
 def _lines(source: _Source, data: bytes) -> list:
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")   # a byte order mark (a spreadsheet's "CSV UTF-8") is no text
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise source.error(f"line {line}", "is not valid UTF-8") from None
@@ -102,11 +102,13 @@ def read_hellaswag(source: _Source, data: bytes) -> list:
 
 
 def read_winogrande(source: _Source, data: bytes) -> list:
-    tasks = []
+    tasks, opening = [], True
     for number, where, line in _filled_lines(source, data):
         fields = next(csv.reader([line]))
-        if number == 1 and fields and not fields[0].strip().isdigit():
-            continue   # a header line
+        header = opening and fields and not fields[-1].strip().isdigit()
+        opening = False
+        if header:
+            continue   # its last field names the answer column, where a task has 1 or 2
         if len(fields) != 5:
             raise source.error(where, f"has {len(fields)} comma-separated fields; expected 5 "
                                "(index, sentence with _, option 1, option 2, answer)")

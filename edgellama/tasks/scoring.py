@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ContextOverflowError
+from ..errors import ContextOverflowError, InvalidParameterError, TaskFormatError
 from ..evaluate import EvalSettings, token_nll
 from ..package import read_info
 from ..session import open_package
@@ -76,6 +76,9 @@ def plan_task(task: Task, rule: str, encode: Callable) -> Plan:
     ids = tuple(np.asarray(encode(text), dtype=np.int64) for text in task.texts)
     shared = shared_prefix(ids)
     spans = tuple((max(begin, 1), end) for begin, end in RULES[rule](ids, shared, task, encode))
+    if any(end <= begin for begin, end in spans):   # a one-token choice: its first token has no logits
+        raise TaskFormatError(f"the task at {task.where}: a choice has no token to score (each choice needs "
+                              "a token after its first)")
     return Plan(ids, shared, spans)
 
 
@@ -147,6 +150,8 @@ def evaluate_tasks(package, task: str, tasks: Sequence[Task], settings: EvalSett
     info = read_info(package)
     tokenizer = Tokenizer.from_package(package, info.special_tokens)
     rule = task_kind(task).rule
+    if not tasks:
+        raise InvalidParameterError("there are no tasks to evaluate")
     plans = [plan_task(t, rule, tokenizer.encode) for t in tasks]
     longest = max(len(seq) for plan in plans for seq in plan.ids)
     if longest > info.max_length:
