@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellama.errors import InvalidParameterError
+
 from .forward import LayerForward
 from .plan import EMBED, LAYER_WEIGHTS, LayerWeights, layer_tensors
 
@@ -46,7 +48,12 @@ def calibration_text(path: str) -> str:
         from .calibration_text import TEXT
 
         return TEXT
-    return Path(path).read_text(encoding="utf-8")
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParameterError(f"calibration={path!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                                    f"offset {exc.start}); convert it to UTF-8 first") from None
 
 
 def wanted_statistics(plan) -> dict:
@@ -165,6 +172,11 @@ def measured(tensors, plan, text_path: str, folder: Path, special_tokens) -> dic
     if not wanted:
         return {}
     ids = calibration_ids(text_path, folder, special_tokens)
+    if not ids:      # the forward pass would have no window to run
+        from .options import BUNDLED_CALIBRATION
+
+        raise InvalidParameterError(f"calibration={text_path!r} gives no tokens to run the model over; "
+                                    f"give a text file with some text or calibration={BUNDLED_CALIBRATION!r}")
     log.info("calibration: %d tokens, statistics of %d products measured layer by layer", len(ids), len(wanted))
     calibration = Calibration(tensors, ids, wanted)
     return {statistic: Statistic(calibration, statistic) for statistic in ("importance", "hessian")}

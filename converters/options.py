@@ -94,11 +94,11 @@ class ConvertOptions:
             from pathlib import Path
 
             if not Path(str(self.calibration)).is_file():
-                raise InvalidParameterError(f"calibration={self.calibration!r} must be {BUNDLED_CALIBRATION!r}, "
-                                            "the path of a text file or None")
+                raise InvalidParameterError(f"calibration={self.calibration!r} is not a file: give the path of a "
+                                            f"text file, calibration={BUNDLED_CALIBRATION!r} or calibration=None")
         if self.gguf_blocks in PORTABLE_ONLY_MODES and not self.portable:
             raise InvalidParameterError(f"gguf_blocks={self.gguf_blocks!r} is a form of the portable graph: "
-                                        "convert with portable=True (--portable)")
+                                        "convert with portable=True")
         if self.kv_cache is not None:
             kv_type(self.kv_cache)
             if self.portable and self.kv_cache != self.io_dtype:

@@ -243,10 +243,19 @@ def _request_rows(model, settings: BenchSettings, threads: int, constraint) -> l
 
 
 def _capacity(info, settings: BenchSettings) -> int:
+    """The KV capacity of the run; refused before anything loads when the pp test's prompt does not fit
+    (the tg tests that do not fit are skipped with a note instead)."""
     if settings.max_length is not None:
         if settings.max_length > info.max_length:
             raise InvalidParameterError(f"max_length={settings.max_length} exceeds the package's {info.max_length}")
+        if settings.n_prompt > settings.max_length:
+            raise InvalidParameterError(f"n_prompt={settings.n_prompt} exceeds the KV capacity max_length="
+                                        f"{settings.max_length}; the package holds up to {info.max_length} tokens")
         return settings.max_length
+    if settings.n_prompt > info.max_length:
+        raise InvalidParameterError(f"n_prompt={settings.n_prompt} exceeds the package's context of "
+                                    f"{info.max_length} tokens (its max_length); a prompt test of at most "
+                                    f"{info.max_length} tokens fits")
     return min(info.max_length, settings.needed_length())
 
 

@@ -30,7 +30,8 @@ SUBCOMMANDS = {
 
 
 # keyword of the Python API (as errors name it: "max_length=5", "SamplingParams.top_p=2") -> the flag that
-# sets it; a value of None means the flag takes no value; per command where the flag differs
+# sets it; a value of None means the flag takes no value; per command where the flag differs. "-p/--n-prompt":
+# the message names whichever of the two the command line used
 API_FLAGS = {
     "max_length": "--max-length", "max_new_tokens": "--max-new-tokens", "threads": "--threads",
     "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "calibration": "--calibration",
@@ -38,35 +39,70 @@ API_FLAGS = {
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
     "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None, "parallel": "--parallel",
     "queue": "--queue", "max_body": "--max-body", "port": "--port", "kv_cache": "--kv-cache",
-    "mmap": None,
+    "mmap": None, "portable": None, "logprobs": "--logprobs",
+    "ctx": "--ctx", "stride": "--stride", "max_tokens": "--max-tokens",
+    "n_prompt": "-p/--n-prompt", "n_gen": "-n/--n-gen", "repetitions": "-r/--repetitions",
+    "depths": "-d/--depths", "e2e_tokens": "--e2e-tokens",
 }
-COMMAND_FLAGS = {"convert": {"providers": "--ep"}}
-VALUELESS = {"force": "--force", "on_overflow": "--context-shift", "mmap": "--mmap"}
-_API_WORD = re.compile(r"(?:SamplingParams\.)?\b(" + "|".join(API_FLAGS) + r")=('[^']*'|\[[^\]]*\]|[^\s,;)]+)")
+COMMAND_FLAGS = {"convert": {"providers": "--ep"}, "bench": {"threads": "-t/--threads"}}
+VALUELESS = {"force": "--force", "on_overflow": "--context-shift", "mmap": "--mmap", "portable": "--portable"}
+# flags that take a comma-separated list (bench's _int_list): a tuple value is written back that way
+COMMA_LISTS = {"threads", "depths"}
+# values the command line spells otherwise than Python: --calibration none is calibration=None
+CLI_VALUES = {"calibration": {"None": "none"}}
+_VALUE = r"('[^']*'|\[[^\]]*\]|\([^)]*\)|[^\s,;)]+)"
 
 
-def cli_words(message: str, command: str) -> str:
-    """An error message of the Python API in the words of the command line: flags for keywords."""
+def _typed(spelling: str, arg: str) -> bool:
+    """Whether command-line argument `arg` is option `spelling`: "--n-prompt", "--n-prompt=8", "-p", "-p8"."""
+    if arg == spelling or arg.startswith(spelling + "="):
+        return True
+    return not spelling.startswith("--") and not arg.startswith("--") and arg.startswith(spelling)
+
+
+def _spelling(flag: str, argv) -> str:
+    """Of a flag's spellings ("-p/--n-prompt"), the one the command line used; else the last (long) one."""
+    spellings = flag.split("/")
+    for arg in argv or ():
+        for spelling in spellings:
+            if _typed(spelling, arg):
+                return spelling
+    return spellings[-1]
+
+
+def _cli_value(name: str, value: str) -> str:
+    """A value as printed by Python ("(1, 0)", "['a', 'b']", "None") as the command line writes it."""
+    if value.startswith("'"):
+        return value[1:-1]
+    items = re.sub(r"[\[\]()',]", " ", value).split()
+    items = [CLI_VALUES.get(name, {}).get(item, item) for item in items]
+    return ",".join(items) if name in COMMA_LISTS and value.startswith("(") else " ".join(items)
+
+
+def cli_words(message: str, command: str, argv=()) -> str:
+    """An error message of the Python API in the words of the command line: flags for keywords
+    (spelled as in `argv`, the command line's arguments, where a flag has two spellings)."""
     flags = {**API_FLAGS, **COMMAND_FLAGS.get(command, {})}
+    api_word = re.compile(r"(?:SamplingParams\.)?\b(" + "|".join(flags) + r")=" + _VALUE)
 
     def flag(match):
         name, value = match.group(1), match.group(2)
         if flags[name] is None:
             return VALUELESS[name]
-        value = re.sub(r"[\[\]',]", " ", value).split()
-        return " ".join([flags[name], *value])
-    return _API_WORD.sub(flag, message)
+        return " ".join(filter(None, [_spelling(flags[name], argv), _cli_value(name, value)]))
+    return api_word.sub(flag, message)
 
 
-def read_text_file(path: str, flag: str) -> str:
-    """The UTF-8 text of the file that `flag` names; our errors for a missing or non-UTF-8 file."""
+def read_text_file(path: str, flag: str, want: str = "a UTF-8 text file") -> str:
+    """The UTF-8 text of the file that `flag` names; our errors for a missing or non-UTF-8 file
+    (`want`: what the flag takes, for their advice)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        raise ModelNotFoundError(f"{flag} {path!r}: no such file; give a UTF-8 text file") from None
+        raise ModelNotFoundError(f"{flag} {path!r}: no such file; give {want}") from None
     except IsADirectoryError:
-        raise InvalidParameterError(f"{flag} {path!r} is a folder; give a UTF-8 text file") from None
+        raise InvalidParameterError(f"{flag} {path!r} is a folder; give {want}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -121,6 +157,7 @@ def _terminate(signum, frame):
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -138,7 +175,7 @@ def main(argv=None) -> int:
         print(f"edgellama {args.command}: {exc}", file=sys.stderr)
         return 2
     except EdgeLlamaError as exc:
-        print(f"edgellama {args.command}: error: {cli_words(str(exc), args.command)}", file=sys.stderr)
+        print(f"edgellama {args.command}: error: {cli_words(str(exc), args.command, argv)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
+import os
+from pathlib import Path
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, OutputError
 from . import add_kv_cache_argument, add_mmap_argument
 
 CSV_FIELDS = ("test", "threads", "unit", "mean", "stdev")
@@ -75,6 +78,10 @@ def csv_text(report) -> str:
     return buffer.getvalue()
 
 
+NO_MATPLOTLIB = ("--plot needs matplotlib, which is not installed: pip install matplotlib, "
+                 "or use --json / --csv and plot elsewhere")
+
+
 def plot(report, path: str) -> None:
     """Bars of tokens/s per test, one group per thread count."""
     try:
@@ -82,8 +89,7 @@ def plot(report, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InvalidParameterError("--plot needs matplotlib, which is not installed: pip install matplotlib, "
-                                    "or use --json / --csv and plot elsewhere") from None
+        raise InvalidParameterError(NO_MATPLOTLIB) from None
     rows = [r for r in report.rows if r.unit == "t/s"]
     tests = list(dict.fromkeys(r.test for r in rows))
     threads = list(dict.fromkeys(r.threads for r in rows))
@@ -99,8 +105,29 @@ def plot(report, path: str) -> None:
     ax.set_title(f"{report.model} ({report.quantization}, {report.provider})", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:       # what check_plot_path cannot foresee: a full disk, a folder removed since
+        raise OutputError(f"--plot {path!r} cannot be written: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a --plot file that could not be written before the benchmark runs, not after."""
+    if not path.lower().endswith(".png"):
+        raise InvalidParameterError(f"--plot {path!r}: give a .png file name")
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InvalidParameterError(f"--plot {path!r}: there is no folder {str(folder)!r}; create it first or "
+                                    "give a path in an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"--plot {path!r}: the folder {str(folder)!r} is not writable; give a path "
+                          "in a folder you can write to")
+    if Path(path).is_dir():
+        raise InvalidParameterError(f"--plot {path!r} is a folder; give a .png file name")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InvalidParameterError(NO_MATPLOTLIB)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,8 +138,8 @@ def main(args: argparse.Namespace) -> int:
                              threads=args.threads or (None,), depths=args.depths, max_length=args.max_length,
                              providers=args.provider, e2e_tokens=args.e2e_tokens, constraint=constraint_from(args),
                              kv_cache=args.kv_cache, mmap=args.mmap)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise InvalidParameterError(f"--plot {args.plot!r}: give a .png file name")
+    if args.plot:
+        check_plot_path(args.plot)
     report = run_bench(args.model, settings)
     if args.json:
         print(json.dumps(report.to_dict()))

@@ -1,9 +1,9 @@
 """`edgellama chat MODEL`: an interactive streaming chat in the terminal.
 
 Lines are edited and recalled with readline (where Python has it). A line ending in `\\` goes
-on on the next line; `/paste` takes every line up to `/end` as one message. Ctrl-C stops the
-answer being written (the conversation goes on), Ctrl-D (end of input) or `/exit` quits; `/help`
-lists the commands. When the conversation no longer fits in the context the session stays:
+on on the next line; `/paste` takes every line up to `/end` (or the end of input) as one message.
+Ctrl-C stops the answer being written (the conversation goes on), Ctrl-D (end of input) or `/exit`
+quits; `/help` lists the commands. When the conversation no longer fits in the context the session stays:
 `/reset` starts over, `/shift` drops the oldest turns from then on. The answer is generated on a
 worker thread so that Ctrl-C only sets the cancel flag and the KV cache stays consistent.
 """
@@ -90,11 +90,19 @@ def _line_editing() -> None:
         pass
 
 
+class LastMessage(str):
+    """A message that the end of input cut short (a /paste block without /end, a line ending in a
+    backslash): it is still sent, and the session ends after its answer."""
+
+
 def read_message(prompt: str):
     """The next message: one line, lines joined while they end in a backslash, or a /paste block.
-    None at the end of input."""
+    None at the end of input; a LastMessage when the input ends inside a message."""
     try:
         lines = [input(prompt)]
+    except EOFError:
+        return None
+    try:
         while lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1]
             lines.append(input("... " if prompt else ""))
@@ -106,8 +114,20 @@ def read_message(prompt: str):
                     break
                 lines.append(line)
     except EOFError:
-        return None
+        return LastMessage("\n".join(lines))
     return "\n".join(lines)
+
+
+def not_utf8(text: str):
+    """None, or why `text` cannot be sent: it holds bytes of the input that are not UTF-8 (which
+    reading with errors='surrogateescape' keeps as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
+        return f"{what} at character {exc.start + 1}"
 
 
 def help_text() -> str:
@@ -116,14 +136,52 @@ def help_text() -> str:
                      + ["a line ending in \\ goes on on the next line; Ctrl-C stops an answer"])
 
 
-def main(args) -> int:
+def _command(chat, text: str) -> bool:
+    """Carry out /help, /reset or /shift; False when `text` is none of them (a message to send)."""
+    if text == "/help":
+        print(help_text(), file=sys.stderr)
+    elif text == "/reset":
+        chat.reset()
+        print("[conversation reset]", file=sys.stderr)
+    elif text == "/shift":
+        chat.options = dataclasses.replace(chat.options, on_overflow="shift")
+        print("[the oldest turns are dropped when the context is full]", file=sys.stderr)
+    else:
+        return False
+    return True
+
+
+def _send(chat, text: str, show_timings: bool) -> None:
+    """One turn; a message that cannot be sent is refused in one line and the session goes on."""
     from ..errors import ContextOverflowError
 
+    bad = not_utf8(text)
+    if bad is not None:
+        print(f"[message skipped: it is not valid UTF-8 text ({bad}); nothing was sent]", file=sys.stderr)
+        return
+    try:
+        _answer(chat, text, show_timings)
+    except ContextOverflowError:
+        print(f"[this message does not fit in the context ({chat.context.capacity} tokens) after the "
+              "conversation so far; nothing was lost: /reset starts over, /shift drops the oldest turns]",
+              file=sys.stderr)
+
+
+def _bytes_as_read() -> None:
+    """Read stdin's bytes that are not UTF-8 as lone surrogates (errors='surrogateescape'), so that
+    such a line is refused on its own rather than ending the session with a decoding error."""
+    reconfigure = getattr(sys.stdin, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
+
+
+def main(args) -> int:
     sampling = sampling_from(args)
     model = load_from(args)
     chat = model.new_chat(system=args.system, max_new_tokens=args.max_new_tokens, sampling=sampling,
                           stop=args.stop, on_overflow="shift" if args.context_shift else "error")
     interactive = sys.stdin.isatty()
+    _bytes_as_read()
     if interactive:
         _line_editing()
         print("/help lists the commands, Ctrl-C stops an answer, /exit or Ctrl-D quits", file=sys.stderr)
@@ -136,25 +194,10 @@ def main(args) -> int:
         if message is None:
             break
         text = message.strip()
-        if not text:
-            continue
         if text in ("/exit", "/quit"):
             break
-        if text == "/help":
-            print(help_text(), file=sys.stderr)
-            continue
-        if text == "/reset":
-            chat.reset()
-            print("[conversation reset]", file=sys.stderr)
-            continue
-        if text == "/shift":
-            chat.options = dataclasses.replace(chat.options, on_overflow="shift")
-            print("[the oldest turns are dropped when the context is full]", file=sys.stderr)
-            continue
-        try:
-            _answer(chat, text, args.timings)
-        except ContextOverflowError:
-            print(f"[this message does not fit in the context ({chat.context.capacity} tokens) after the "
-                  "conversation so far; nothing was lost: /reset starts over, /shift drops the oldest turns]",
-                  file=sys.stderr)
+        if text and not _command(chat, text):
+            _send(chat, text, args.timings)
+        if isinstance(message, LastMessage):
+            break
     return 0

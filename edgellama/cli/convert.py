@@ -22,6 +22,7 @@ from . import add_kv_cache_argument, read_text_file
 QUANT_CHOICES = ("int4", "int8", "fp16", "fp32")
 GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")   # converters.options (not imported: keeps --help fast)
 QUALITY_PRESETS = ("small", "default", "best")                     # converters.precision.PRESETS
+NO_CALIBRATION = "none"                    # --calibration none: ConvertOptions.calibration=None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
     from ..package import Quantization
 
     text = read_eval_text(args.eval) if args.eval else None   # a missing FILE fails before any work
+    check_calibration(args.calibration)
     options = ConvertOptions(
         quantization=Quantization(method=args.quant, block_size=args.block_size, symmetric=not args.asymmetric),
         max_length=args.max_length,
@@ -82,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         gguf_blocks=args.gguf_blocks,
         portable=args.portable,
         kv_cache=args.kv_cache,
-        calibration=None if args.calibration == "none" else args.calibration,
+        calibration=None if args.calibration == NO_CALIBRATION else args.calibration,
         quality=args.quality,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
@@ -95,6 +97,20 @@ def main(args: argparse.Namespace) -> int:
 
 def read_eval_text(path: str) -> str:
     return read_text_file(path, "--eval")
+
+
+def check_calibration(value: str) -> None:
+    """--calibration FILE read once before any work: a missing, non-UTF-8 or empty file would otherwise
+    fail only when the conversion reaches the first layer it calibrates (which reads it again)."""
+    from ..converters.options import BUNDLED_CALIBRATION
+    from ..errors import InvalidParameterError
+
+    if value in (BUNDLED_CALIBRATION, NO_CALIBRATION):
+        return
+    text = read_text_file(value, "--calibration", "a UTF-8 text file, bundled (the default text) or none")
+    if not text.strip():
+        raise InvalidParameterError(f"--calibration {value!r} has no text to run the model over; give a file of "
+                                    "prose, bundled (the default text) or none")
 
 
 def compare_perplexity(source, report, options, text: str, text_name: str) -> str:

@@ -123,6 +123,16 @@ def result_json(result) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
+def check_logprobs(count) -> None:
+    """--logprobs N in the command line's terms (the API's message offers None, which is leaving the flag out)."""
+    from ..errors import InvalidParameterError
+    from ..logprobs import MAX_LOGPROBS
+
+    if count is not None and not 0 <= count <= MAX_LOGPROBS:
+        raise InvalidParameterError(f"--logprobs {count}: give a number of alternatives from 0 to {MAX_LOGPROBS}, "
+                                    "or leave the flag out")
+
+
 def main(args) -> int:
     from ..errors import InvalidParameterError
 
@@ -130,6 +140,7 @@ def main(args) -> int:
     constraint = constraint_from(args)
     if args.logprobs is not None and not args.json:
         raise InvalidParameterError("--logprobs is printed with --json; add --json")
+    check_logprobs(args.logprobs)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model = load_from(args)
     stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop,

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 
 from ..errors import InvalidParameterError, NotBuiltError
 from . import add_kv_cache_argument, add_mmap_argument
+
+STARTUP_FAILURE = 3       # uvicorn's exit status when the app does not start (it logs why)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
         import starlette  # noqa: F401
     except ImportError:
         raise NotBuiltError("the server needs its extra: pip install 'edgellama[server]'") from None
@@ -58,18 +62,59 @@ def main(args) -> int:
     model = load(args.model, providers=providers, threads=threads_from(args), max_length=args.max_length,
                  kv_cache=args.kv_cache, mmap=args.mmap)
     app = create_app(model, settings)
+    sock = listening_socket(args.host, args.port)
     logging.getLogger("edgellama.server").setLevel(logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("edgellama.server").addHandler(handler)
     logging.getLogger("edgellama.server").propagate = False
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"edgellama serve: {model_id} at http://{host}:{args.port}/v1 ({model.provider}, "
+    port = sock.getsockname()[1]                     # the port chosen by the system for --port 0
+    host = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    print(f"edgellama serve: {model_id} at http://{host}:{port}/v1 ({model.provider}, "
           f"{settings.parallel} parallel, context {model.max_length}, {model.kv_cache} KV cache)", file=sys.stderr,
           flush=True)
+    return run_server(app, sock)
+
+
+# errno -> what to do about it, for the socket's own errors
+LISTEN_ADVICE = {
+    errno.EADDRINUSE: "another program listens there; stop it or choose another --port",
+    errno.EADDRNOTAVAIL: "--host must be an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)",
+    errno.EACCES: "ports below 1024 need privileges; choose --port 1024 or above",
+}
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the banner: an address in use, or not of this machine, is then
+    refused in one line instead of after the banner by uvicorn's own log and exit status 3."""
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET     # as uvicorn's Config.bind_socket
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.listen()        # from the banner on, a client's connection waits for uvicorn instead of failing
     except OSError as exc:
-        raise InvalidParameterError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    return 0
+        sock.close()
+        shown = f"[{address}]" if family == socket.AF_INET6 else address
+        if isinstance(exc, socket.gaierror):
+            advice = "--host must be an address or host name of this machine"
+        else:
+            advice = LISTEN_ADVICE.get(exc.errno, "check --host and --port")
+        raise InvalidParameterError(f"cannot listen on {shown}:{port} ({exc.strerror or exc}): {advice}") from None
+    return sock
+
+
+def run_server(app, sock: socket.socket) -> int:
+    """Serve `app` on `sock` until Ctrl-C or SIGTERM (uvicorn shuts down gracefully, then exit 0)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:      # the signal uvicorn raises again after its shutdown, as uvicorn.run takes it
+        pass
+    finally:
+        sock.close()
+    return 0 if server.started else STARTUP_FAILURE
