@@ -217,12 +217,14 @@ class Context:
 
     def snapshot(self, n: Optional[int] = None) -> ContextSnapshot:
         """A copy of the first `n` cached tokens (default: all) and their keys and values."""
+        self.binding.pull()     # a cache on a device: its rows are copied from the host arrays
         kv = self.kv.snapshot(n)
         return ContextSnapshot(kv, self._ids[:kv.length].copy())
 
     def restore(self, snapshot: ContextSnapshot) -> None:
         """Make the context hold what `snapshot` holds."""
         self.kv.restore(snapshot.kv)
+        self.binding.push()
         self._ids[:snapshot.kv.length] = snapshot.tokens
         self._length = snapshot.kv.length
         self._logits_at = -1
@@ -235,6 +237,7 @@ class Context:
             raise InvalidParameterError(f"save(n={n!r}): n must be an integer in [0, {self._length}]")
         f.write(np.int32(n).tobytes())
         f.write(self._ids[:n].astype("<i4").tobytes())
+        self.binding.pull()
         self.kv.save(f, min(int(n), self.kv.length))
 
     def load(self, f) -> None:
@@ -253,6 +256,7 @@ class Context:
             raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
         self.reset()
         self.kv.load(f)
+        self.binding.push()
         if self.kv.length > count:
             self.reset()
             raise InvalidParameterError(f"a saved context records {count} tokens but caches {self.kv.length}")

@@ -140,3 +140,29 @@ def test_the_argmax_of_a_device_binding_is_the_hosts(cpu_package):
     b = model.start("Once upon a time", options, greedy, ctx=Context(model.session, model.info, 40,
                                                                      device="cpu")).consume()
     assert a.token_ids == b.token_ids and len(a.token_ids) > 0
+
+
+def test_a_device_cache_saves_loads_and_snapshots_its_rows(cpu_package):
+    """A device binding keeps the rows where they run (the host arrays go stale): save and snapshot copy
+    them from there, load and restore put them back, so a device context saved, loaded or restored goes
+    on as the host context does."""
+    import io
+
+    model = edgellama.load(cpu_package, providers=("cpu",), threads=1, max_length=40)
+    prompt = np.asarray(model.tokenizer.encode("The quick brown fox"), dtype=np.int32)
+    more = np.asarray([7, 11], dtype=np.int32)
+    host = Context(model.session, model.info, model.max_length)
+    host.append(prompt)
+    want = host.append(more).copy()
+
+    own = Context(model.session, model.info, model.max_length, device="cpu")
+    own.append(prompt)
+    buf, snap = io.BytesIO(), own.snapshot()
+    own.save(buf)
+    own.append(np.asarray([5, 9, 31], dtype=np.int32))        # moves on past what was kept
+    own.restore(snap)
+    np.testing.assert_allclose(own.append(more), want, rtol=1e-5, atol=1e-5)
+    for into in (Context(model.session, model.info, model.max_length, device="cpu"),
+                 Context(model.session, model.info, model.max_length)):
+        into.load(io.BytesIO(buf.getvalue()))
+        np.testing.assert_allclose(into.append(more), want, rtol=1e-5, atol=1e-5)
