@@ -214,3 +214,45 @@ def test_prompt_cache_on_disk_serves_a_new_server(model, tmp_path):
         third = call(running.url, "POST", "/v1/chat/completions", ask)[1]
     assert third["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
     assert third["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_prompt_cache_keeps_to_its_size_and_clears_stale_temporaries(model, tmp_path):
+    import os
+
+    from edgellama.server.prompt_cache import PromptCache
+
+    for age, name in enumerate(["c", "b", "a"]):            # a is the oldest, c the newest
+        path = tmp_path / f"{name}.elstate"
+        path.write_bytes(bytes(400_000))
+        os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
+    old_tmp, new_tmp = tmp_path / ".a.elstate.x1.tmp", tmp_path / ".b.elstate.x2.tmp"
+    old_tmp.write_bytes(b"partial")
+    new_tmp.write_bytes(b"partial")                         # a write in progress (another server)
+    os.utime(old_tmp, (1e9, 1e9))
+    cache = PromptCache(tmp_path, model.info, "float32", max_bytes=1_000_000)
+    assert not old_tmp.exists() and new_tmp.exists()
+    cache._evict()
+    assert sorted(p.name for p in tmp_path.glob("*.elstate")) == ["b.elstate", "c.elstate"]
+
+
+def test_prompt_cache_hit_marks_its_file_and_an_unremovable_damaged_file_is_no_error(model, tmp_path, monkeypatch):
+    import os
+    import pathlib
+
+    ask = {"model": MODEL_ID, "messages": messages("Hello"), "max_tokens": 4, "temperature": 0}
+    with serving(model, prompt_cache=tmp_path) as running:
+        first = call(running.url, "POST", "/v1/chat/completions", ask)[1]
+    (path,) = tmp_path.glob("*.elstate")
+    os.utime(path, (1e9, 1e9))
+    with serving(model, prompt_cache=tmp_path) as running:
+        assert call(running.url, "POST", "/v1/chat/completions", ask)[0] == 200
+    assert path.stat().st_mtime > 1e9 + 1000                   # used now: the last to be evicted
+    path.write_bytes(path.read_bytes()[:-10])
+
+    def read_only(self, missing_ok=False):
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    with serving(model, prompt_cache=tmp_path) as running:
+        status, again = call(running.url, "POST", "/v1/chat/completions", ask)
+    assert status == 200 and again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]

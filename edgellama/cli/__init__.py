@@ -42,7 +42,7 @@ API_FLAGS = {
     "mmap": None, "portable": None, "logprobs": "--logprobs",
     "ctx": "--ctx", "stride": "--stride", "max_tokens": "--max-tokens",
     "n_prompt": "-p/--n-prompt", "n_gen": "-n/--n-gen", "repetitions": "-r/--repetitions",
-    "depths": "-d/--depths", "e2e_tokens": "--e2e-tokens",
+    "depths": "-d/--depths", "e2e_tokens": "--e2e-tokens", "prompt_cache_mb": "--prompt-cache-mb",
 }
 COMMAND_FLAGS = {"convert": {"providers": "--ep"}, "bench": {"threads": "-t/--threads"}}
 VALUELESS = {"force": "--force", "on_overflow": "--context-shift", "mmap": "--mmap", "portable": "--portable"}

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model's name in the API (default: the package folder's name)")
     parser.add_argument("--prompt-cache", default=None, metavar="DIR",
                         help="keep the KV caches of system prompts in DIR, across restarts")
+    parser.add_argument("--prompt-cache-mb", type=int, default=2048, metavar="MB",
+                        help="the most its files take together; past it the least recently used go (default 2048)")
     parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
     add_kv_cache_argument(parser)
@@ -54,7 +56,7 @@ def main(args) -> int:
     model_id = args.model_id or Path(args.model).resolve().name
     settings = ServerSettings(model_id=model_id, host=args.host, port=args.port, parallel=args.parallel,
                               queue=args.queue, max_body=args.max_body, api_key=args.api_key,
-                              prompt_cache=args.prompt_cache)
+                              prompt_cache=args.prompt_cache, prompt_cache_mb=args.prompt_cache_mb)
     if not is_loopback(args.host) and args.api_key is None:
         print(f"edgellama serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this address can use the model", file=sys.stderr)

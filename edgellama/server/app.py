@@ -56,7 +56,8 @@ class Server:
     def __init__(self, model, settings: ServerSettings):
         self.model = model
         self.settings = settings
-        cache = PromptCache(settings.prompt_cache, model.info, model.kv_cache) if settings.prompt_cache else None
+        cache = (PromptCache(settings.prompt_cache, model.info, model.kv_cache, settings.prompt_cache_mb << 20)
+                 if settings.prompt_cache else None)
         self.pool = ContextPool(model, settings.parallel, settings.queue, cache)
         self.started = int(time.time())
 

@@ -32,12 +32,14 @@ class ServerSettings:
     max_body: int = 1 << 20            # bytes of a request body; more gets 413
     api_key: Optional[str] = None      # when set, every /v1 request needs "Authorization: Bearer KEY"
     prompt_cache: Optional[Path] = None  # folder for the KV caches of system prompts
+    prompt_cache_mb: int = 2048        # its files' total size: past it the least recently used go
 
     def __post_init__(self):
         if not isinstance(self.model_id, str) or not self.model_id:
             raise InvalidParameterError(f"model_id={self.model_id!r} must be a non-empty string")
         checks = {"port": (self.port, 0, 65535), "parallel": (self.parallel, 1, 256),
-                  "queue": (self.queue, 0, 100_000), "max_body": (self.max_body, 1024, 1 << 30)}
+                  "queue": (self.queue, 0, 100_000), "max_body": (self.max_body, 1024, 1 << 30),
+                  "prompt_cache_mb": (self.prompt_cache_mb, 1, 1 << 30)}
         for name, (value, low, high) in checks.items():
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise InvalidParameterError(f"{name}={value!r} must be an integer in [{low}, {high}]")
