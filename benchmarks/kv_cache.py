@@ -154,8 +154,9 @@ def report(result: dict, package: Path, context: int, depth: int, n_gen: int) ->
     lines = [f"KV cache types, SmolLM2-135M int4 (native), {result['threads']} threads, cpu: {result['cpu']}", ""]
     f32_cache = _cache_bytes(package, context, "float32")
     lines.append(f"| cache | cache MiB at {context} | peak RSS MiB | saved / float32 cache | ppl int4 | "
-                 f"vs float32 | ppl fp32 | vs float32 | tg{n_gen} t/s | tg{n_gen}@d{depth} t/s | d{depth} / d0 |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                 f"vs float32 | ppl fp32 | vs float32 | tg{n_gen} t/s | tg{n_gen}@d{depth} t/s | d{depth} / d0 | "
+                 f"bytes d0 / d{depth} |")
+    lines.append("|---" * 12 + "|")
     f32 = result["memory"]["float32"]["peak_rss_bytes"]
     for kv in TYPES:
         name = f"edgellama int4, {kv} cache"

@@ -217,7 +217,7 @@ class Context:
 
     def snapshot(self, n: Optional[int] = None) -> ContextSnapshot:
         """A copy of the first `n` cached tokens (default: all) and their keys and values."""
-        self.binding.pull()     # a cache on a device: its rows are copied from the host arrays
+        self.binding.pull()     # a cache on a device: its rows come to the host arrays first
         kv = self.kv.snapshot(n)
         return ContextSnapshot(kv, self._ids[:kv.length].copy())
 

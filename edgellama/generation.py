@@ -247,7 +247,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     # 2. sample, emit, run it, one token per run
     decoder = tokenizer.stream_decoder()
     stops = StopMatcher(options.stop)
-    generated: list[int] = []
+    generated = _Ids()
     starts: list[int] = []       # with logprobs: where each generated token's text starts in the decoded text
     decoded = 0
     pieces: list[str] = []
@@ -262,7 +262,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
             break
         t0 = time.perf_counter()
         mask = guide.mask() if guide is not None else None
-        history = None if sampler.params.penalize_prompt else generated    # what the penalties look back on
+        history = None if sampler.params.penalize_prompt else generated.array()   # what the penalties look back on
         token = ctx.next_token(sampler, mask, on_host=options.logprobs is not None, history=history)
         t1 = time.perf_counter()
         sampling_s += t1 - t0
@@ -333,7 +333,27 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
         decode_run_s=run_s, decode_steps=steps)
     text = "".join(pieces)
     placed = placed_logprobs(logprobs, starts, len(text) if stops.stopped else None)
-    return GenerationResult(text, tuple(generated), finish, timings, prompt_ids, placed)
+    return GenerationResult(text, tuple(generated.array().tolist()), finish, timings, prompt_ids, placed)
+
+
+class _Ids:
+    """The answer's token ids in an int32 array that grows by doubling: the penalties read the whole
+    answer each step (the server's look back), which from a list would be a conversion a step."""
+
+    def __init__(self):
+        self._ids, self._n = np.empty(256, dtype=np.int32), 0
+
+    def append(self, token: int) -> None:
+        if self._n == len(self._ids):
+            self._ids = np.concatenate([self._ids, np.empty_like(self._ids)])
+        self._ids[self._n] = token
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def array(self) -> np.ndarray:
+        return self._ids[:self._n]
 
 
 def token_start(tokenizer, token: int, before: int, after: int) -> int:
@@ -341,8 +361,12 @@ def token_start(tokenizer, token: int, before: int, after: int) -> int:
 
     A piece can begin with text of earlier tokens that the decoder held back (the first bytes of a
     character, or bytes that make none): the token's own text ends the piece. A token that ends no
-    character yet, or whose own text is only part of one, starts where the piece does."""
-    return max(before, after - len(tokenizer.decode([token])))
+    character yet, or whose own text is only part of one, starts where the piece does. A SentencePiece
+    token decoded alone loses its leading space (the decoder strips the text's first), which it has
+    within the text: its bytes say so."""
+    own = tokenizer.decode([token])
+    spaced = not own.startswith(" ") and tokenizer.token_bytes(token).startswith(b" ")
+    return max(before, after - len(own) - spaced)
 
 
 def placed_logprobs(logprobs: list, starts: list, cut: Optional[int]) -> tuple:

@@ -150,8 +150,9 @@ class Sampler:
         self.reset(self._request_seed())
 
     def sample(self, logits: np.ndarray, history: Any = (), mask: Optional[np.ndarray] = None) -> int:
-        """The next token id from `logits` (float32[vocab_size]); `history` holds every
-        previous token id of the sequence, prompt included (the penalties use its tail); `mask`
+        """The next token id from `logits` (float32[vocab_size]); `history` holds the previous
+        token ids the penalties look back on (their tail; the prompt's too unless penalize_prompt is
+        False); `mask`
         (None: every token) allows token t where bit t % 32 of its 32-bit word t // 32 is set.
         Afterwards `last_logits` holds the row after the logit bias, the mask and the penalties."""
         row = self._logits(logits)

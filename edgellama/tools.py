@@ -148,8 +148,8 @@ def result_message(fmt: ToolFormat, call: ToolCall, value) -> dict:
 
 def parse_calls(fmt: ToolFormat, text: str) -> tuple:
     """The calls in a generated answer; () when it is plain text or an unfinished call."""
-    if not text.startswith(fmt.call_open) or not text.endswith(fmt.call_close):
-        return ()
+    if not text.startswith(fmt.start) or not text.endswith(fmt.call_close):
+        return ()     # (a plain answer may be JSON too where calls have no markup: "42", "[1, 2]")
     body = text[:len(text) - len(fmt.call_close)] if fmt.call_close else text
     if fmt.many:
         body = "[" + body[len(fmt.call_open):]
@@ -159,6 +159,9 @@ def parse_calls(fmt: ToolFormat, text: str) -> tuple:
     except ValueError:
         return ()
     calls = calls if fmt.many else [calls]
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                              and isinstance(c.get(fmt.arguments_key), dict) for c in calls):
+        return ()
     return tuple(ToolCall(c["name"], c[fmt.arguments_key]) for c in calls)
 
 
@@ -173,10 +176,10 @@ def finish(fmt: ToolFormat, result):
     A call cut short (max_new_tokens, a full context, a cancel) keeps its finish_reason and no text:
     its markup is no answer."""
     calls = parse_calls(fmt, result.text)
-    if calls:
-        return replace(result, text="", tool_calls=calls, finish_reason="tool_calls")
+    if calls:    # the markup's tokens are no text of the answer: their logprobs go with it
+        return replace(result, text="", tool_calls=calls, finish_reason="tool_calls", logprobs=())
     if begins_call(fmt, result.text):
-        return replace(result, text="")
+        return replace(result, text="", logprobs=())
     return result
 
 

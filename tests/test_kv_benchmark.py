@@ -34,3 +34,17 @@ def test_byte_ceiling_orders_the_types(smollm2_int4_package):
 
     ceilings = [byte_ceiling(smollm2_int4_package, kv, 2048, 128) for kv in ("float32", "float16", "int8")]
     assert ceilings == sorted(ceilings)
+
+
+def test_the_report_table_has_a_header_cell_for_each_column(smollm2_int4_package):
+    from benchmarks.kv_cache import TYPES, report
+
+    speed = {f"edgellama int4, {kv} cache": {"0": 200.0, "2048": 100.0} for kv in TYPES}
+    speed["onnxruntime-genai int4"] = {"0": 150.0, "2048": 50.0}
+    result = {"threads": 2, "cpu": "test", "speed": speed,
+              "memory": {kv: {"peak_rss_bytes": 400 << 20} for kv in TYPES},
+              "perplexity": {kv: 20.0 for kv in TYPES}, "perplexity_fp32": {kv: 19.0 for kv in TYPES}}
+    rows = [line for line in report(result, smollm2_int4_package, 4096, 2048, 128).splitlines()
+            if line.startswith("|")]
+    assert len(rows) == 2 + len(TYPES) + 1 and "bytes d0 / d2048" in rows[0]
+    assert {row.count("|") for row in rows} == {13}

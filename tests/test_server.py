@@ -229,10 +229,16 @@ def test_prompt_cache_keeps_to_its_size_and_clears_stale_temporaries(model, tmp_
     old_tmp.write_bytes(b"partial")
     new_tmp.write_bytes(b"partial")                         # a write in progress (another server)
     os.utime(old_tmp, (1e9, 1e9))
-    cache = PromptCache(tmp_path, model.info, "float32", max_bytes=1_000_000)
+    cache = PromptCache(tmp_path, model.info, "float32", max_bytes=1_000_000)    # evicts at start too
     assert not old_tmp.exists() and new_tmp.exists()
-    cache._evict()
     assert sorted(p.name for p in tmp_path.glob("*.elstate")) == ["b.elstate", "c.elstate"]
+    big, new = tmp_path / "big.elstate", tmp_path / "new.elstate"
+    new.write_bytes(bytes(400_000))
+    cache._evict(keep=new)                  # the file just written stays; the oldest other goes
+    assert sorted(p.name for p in tmp_path.glob("*.elstate")) == ["c.elstate", "new.elstate"]
+    big.write_bytes(bytes(1_500_000))
+    cache._evict(keep=big)                  # larger than the whole limit: it alone goes
+    assert sorted(p.name for p in tmp_path.glob("*.elstate")) == ["c.elstate", "new.elstate"]
 
 
 def test_prompt_cache_hit_marks_its_file_and_an_unremovable_damaged_file_is_no_error(model, tmp_path, monkeypatch):

@@ -66,6 +66,7 @@ BAD_INPUTS = [
     ("seed negative", CHAT, with_(seed=-4), 400, "seed"),
     ("stream not a boolean", CHAT, with_(stream="yes"), 400, "stream"),
     ("logit_bias key", CHAT, with_(logit_bias={"fox": 5}), 400, "logit_bias"),
+    ("logit_bias key of a non-ASCII digit", CHAT, with_(logit_bias={"\u00b2": 5}), 400, "logit_bias"),
     ("logit_bias value", CHAT, with_(logit_bias={"5": 500}), 400, "logit_bias.5"),
     ("logit_bias id outside the vocabulary", CHAT, with_(logit_bias={"99999": 1}), 400, "logit_bias"),
     ("logit_bias id outside the vocabulary, streamed", CHAT, with_(logit_bias={"99999": 1}, stream=True), 400,
@@ -272,3 +273,37 @@ def test_the_penalties_count_the_answer_alone_as_openai():
                                  "presence_penalty": 0.5, "frequency_penalty": 0.2}, 100)
     assert req.sampling.penalize_prompt is False and req.sampling.penalty_last_n == -1
     assert (req.sampling.presence_penalty, req.sampling.frequency_penalty) == (0.5, 0.2)
+
+
+def test_a_request_that_leaves_while_its_context_is_made_keeps_the_slot_until_it_is_there():
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from edgellama.server.pool import ContextPool
+
+    made, go = [], threading.Event()
+
+    class Slow:
+        def new_context(self):
+            go.wait(5)
+            made.append(object())
+            return made[-1]
+
+    async def scenario():
+        pool = ContextPool(Slow(), parallel=1, queue=4)
+        first = asyncio.ensure_future(pool._acquire(np.zeros(1, np.int32)))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.sleep(0.05)
+        during = (pool.busy, pool._slots.locked())      # still making: the slot is taken
+        go.set()
+        for _ in range(100):
+            if not pool._slots.locked():
+                break
+            await asyncio.sleep(0.01)
+        return during, pool.busy, pool._idle, pool.created
+
+    during, busy, idle, created = asyncio.run(scenario())
+    assert during == (1, True) and busy == 0 and idle == made and created == 1

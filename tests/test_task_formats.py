@@ -119,6 +119,8 @@ def test_multiple_choice_jsonl_and_binary_read_the_same_tasks(tmp_path):
      "names no choice"),
     ("utf8.txt", "hellaswag", b"ok\n0\na\nb\nc\n\xff\n", "line 6", "not valid UTF-8"),
     ("nothing.csv", "winogrande", "\n", "line 1", "holds no task"),
+    ("first.csv", "winogrande", "1,The cat sat on the _ mat,red,blue\n" + WINOGRANDE, "line 1", "4 comma-separated"),
+    ("bom.txt", "hellaswag", b"\xef\xbb\xbfok\n\n\xff\n", "line 3", "not valid UTF-8"),
 ])
 def test_malformed_files_are_refused_with_the_line(tmp_path, name, kind, content, where, message):
     path = write(tmp_path, name, content)

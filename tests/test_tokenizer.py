@@ -122,3 +122,12 @@ def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
     assert spm.decode(ids) == "hi h\u00e9" and 261 in ids
     # the first space is the Strip step's, which belongs to a whole text
     assert b"".join(spm.token_bytes(t) for t in ids) == " hi h\u00e9".encode("utf-8")
+    # a token's offset in a streamed text counts its space, which decoding it alone strips
+    from edgellama.generation import token_start
+
+    decoder, starts, at = spm.stream_decoder(), [], 0
+    for t in spm.encode("hi hi hi"):
+        piece = decoder.push(t)
+        starts.append(token_start(spm, t, at, at + len(piece)))
+        at += len(piece)
+    assert starts == [0, 2, 5]

@@ -92,6 +92,8 @@ def test_calls_are_parsed_in_both_formats():
     assert [(c.name, c.arguments) for c in llama] == [("add", {"a": 1, "b": 2})]
     assert parse_calls(FORMATS["smollm2"], "plain text") == ()
     assert parse_calls(FORMATS["smollm2"], '<tool_call>[{"name": "add", "argu') == ()
+    for plain in ("42", "null", "[1, 2]", ' {"a": 1}', '{"a": 1}', '{"name": 3, "parameters": {}}'):
+        assert parse_calls(FORMATS["llama3"], plain) == ()     # JSON, but no call: a plain answer
 
 
 @pytest.mark.parametrize("fmt", ["chatml", "llama3"])

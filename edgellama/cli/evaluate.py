@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kl-base", metavar="PACKAGE",
                         help="KL divergence over --text from this reference package (e.g. the fp32 one)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
-                        help="tokens per window (default: the package's max_length, at most the text; 512 with --kl-base)")
+                        help="tokens per window (default: the package's max_length, at most the text; "
+                             "512 with --kl-base)")
     parser.add_argument("--stride", type=int, default=None, metavar="N",
                         help="tokens between window starts (default: --ctx, disjoint windows)")
     parser.add_argument("--max-tokens", type=int, default=0, metavar="N", help="score only the first N tokens")

@@ -93,7 +93,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET     # as uvicorn's Config.bind_socket
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform != "win32":   # (there it would let the bind share a port in use)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
         sock.listen()        # from the banner on, a client's connection waits for uvicorn instead of failing
     except OSError as exc:
@@ -111,12 +112,13 @@ def run_server(app, sock: socket.socket) -> int:
     """Serve `app` on `sock` until Ctrl-C or SIGTERM (uvicorn shuts down gracefully, then exit 0)."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = None
     try:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
         server.run(sockets=[sock])
     except KeyboardInterrupt:      # the signal uvicorn raises again after its shutdown, as uvicorn.run takes it
         pass
     finally:
         sock.close()
-    return 0 if server.started else STARTUP_FAILURE
+    return 0 if server is not None and server.started else STARTUP_FAILURE

@@ -55,13 +55,25 @@ class ContextPool:
         if self._idle:
             best = max(range(len(self._idle)), key=lambda i: self._idle[i].common_prefix(ids))
             return self._idle.pop(best)
+        making = asyncio.ensure_future(asyncio.to_thread(self.model.new_context))
         try:
-            ctx = await asyncio.to_thread(self.model.new_context)
+            ctx = await asyncio.shield(making)
+        except asyncio.CancelledError:
+            # the request left while its context was being made: the thread goes on, so the slot stays
+            # taken until the context is there and idle (else parallel + 1 caches could exist at once)
+            making.add_done_callback(self._made_for_nobody)
+            raise
         except BaseException:
             self._give_back(None)
             raise
         self.created += 1
         return ctx
+
+    def _made_for_nobody(self, making) -> None:
+        made = None if making.cancelled() or making.exception() is not None else making.result()
+        if made is not None:
+            self.created += 1
+        self._give_back(made)
 
     def _give_back(self, ctx) -> None:
         if ctx is not None:

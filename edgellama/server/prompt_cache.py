@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -48,6 +49,7 @@ class PromptCache:
         self._package = package_digest(info)[:16]
         self.hits = self.writes = 0
         self._clear_stale()
+        self._evict()          # a folder filled under a larger limit
 
     def _clear_stale(self) -> None:
         now = time.time()
@@ -58,16 +60,28 @@ class PromptCache:
             except OSError:
                 pass     # gone already, or a folder this server cannot write
 
-    def _evict(self) -> None:
-        """Remove the least recently used files until the rest fit in max_bytes."""
+    def _evict(self, keep: Optional[Path] = None) -> None:
+        """Remove the least recently used files until the rest fit in max_bytes; `keep` (the file just
+        written) goes only when it alone is larger."""
         files = []
         for path in self.folder.glob(f"*{SUFFIX}"):
+            if path == keep:
+                continue
             try:
                 stat = path.stat()
             except OSError:
                 continue
             files.append((stat.st_mtime, stat.st_size, path))
         total = sum(size for _, size, _ in files)
+        if keep is not None:
+            try:
+                kept = keep.stat().st_size
+            except OSError:
+                kept = 0
+            if kept > self.max_bytes:
+                _remove(keep, f"takes {kept >> 20} MiB, more than --prompt-cache-mb {self.max_bytes >> 20}")
+            else:
+                total += kept
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
@@ -116,4 +130,4 @@ class PromptCache:
         except OutputError as exc:
             log.warning("prompt cache not written: %s", exc)
             return
-        self._evict()
+        self._evict(keep=path)

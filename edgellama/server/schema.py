@@ -86,7 +86,7 @@ def _logit_bias(name, value):
         raise bad(name, "must be an object mapping token ids to numbers in [-100, 100]")
     pairs = {}
     for key, bias in value.items():
-        if not str(key).isdigit():
+        if not (str(key).isascii() and str(key).isdigit()):     # isdigit alone takes "²", which int() refuses
             raise bad(name, f"key {key!r} is not a token id")
         pairs[int(key)] = _number(-100, 100)(f"{name}.{key}", bias)
     return pairs

@@ -20,6 +20,7 @@ byte offset in a binary file).
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import struct
@@ -55,8 +56,10 @@ class _Source:
 
 
 def _lines(source: _Source, data: bytes) -> list:
+    if data.startswith(codecs.BOM_UTF8):   # a byte order mark (a spreadsheet's "CSV UTF-8") is no text
+        data = data[len(codecs.BOM_UTF8):]
     try:
-        text = data.decode("utf-8-sig")   # a byte order mark (a spreadsheet's "CSV UTF-8") is no text
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise source.error(f"line {line}", "is not valid UTF-8") from None
@@ -105,7 +108,7 @@ def read_winogrande(source: _Source, data: bytes) -> list:
     tasks, opening = [], True
     for number, where, line in _filled_lines(source, data):
         fields = next(csv.reader([line]))
-        header = opening and fields and not fields[-1].strip().isdigit()
+        header = opening and len(fields) == 5 and not fields[-1].strip().isdigit()
         opening = False
         if header:
             continue   # its last field names the answer column, where a task has 1 or 2

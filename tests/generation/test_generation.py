@@ -302,4 +302,3 @@ def test_the_penalties_look_back_on_the_prompt_or_on_the_answer_alone(model, mon
     prompt, answer = list(result.prompt_token_ids), list(result.token_ids)
     want = [(prompt if penalize_prompt else []) + answer[:i] for i in range(4)]
     assert seen == want
-
