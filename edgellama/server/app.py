@@ -99,7 +99,10 @@ class Server:
 
     def completion_prompt(self, req: ApiRequest) -> list:
         if isinstance(req.prompt, str):
-            return self.model.encode_prompt(req.prompt)
+            ids = self.model.encode_prompt(req.prompt)
+            if not ids:    # nothing to continue from: the model adds no BOS token
+                raise bad("prompt", "is empty and the model adds no BOS token; give some text")
+            return ids
         vocab = self.model.config.vocab_size
         if min(req.prompt) < 0 or max(req.prompt) >= vocab:
             raise bad("prompt", f"token ids must lie in [0, {vocab})")
