@@ -58,11 +58,21 @@ def _token_text(value) -> str:
     return "" if value is None else str(value)
 
 
+_ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")   # the template writes a role as it is: no markup in it
+
+
 def _check_messages(messages) -> list[dict]:
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise InvalidParameterError(f"messages must be a list of {{'role': ..., 'content': ...}} mappings, got "
+                                    f"{type(messages).__name__}")
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise InvalidParameterError(f"message {i} must be a mapping with 'role' and 'content'")
+        role = message["role"]
+        if not isinstance(role, str) or not _ROLE.match(role):
+            raise InvalidParameterError(f"message {i}: role {role!r} must be a name such as 'user' (letters, digits, "
+                                        "_ and -)")
         if not isinstance(message["content"], str):
             raise InvalidParameterError(f"message {i}: content must be a str")
         out.append(dict(message))
@@ -231,6 +241,7 @@ class Chat:
             self._messages = [{"role": "system", "content": self.system}] if self.system is not None else []
             self._base = None
             self._tools = None
+            self._calls: set = set()       # ids of the calls the answers made, which results may answer
             self.last_result = None
             self.context.reset()
 
@@ -269,8 +280,11 @@ class Chat:
     def send_tool_result(self, call, value, cancel=None, tool_choice: str = "auto") -> GenerationResult:
         """Give the model the result of `call` (a ToolCall of the last answer; `value`: a str or
         anything JSON can write) and return its next answer; the same tools stay offered."""
-        from .tools import result_message, tool_format
+        from .tools import ToolCall, result_message, tool_format
 
+        if isinstance(call, ToolCall) and call.id not in self._calls:
+            raise InvalidParameterError(f"call {call.id} is no call this Chat's answers made (since its last reset); "
+                                        "give a ToolCall from result.tool_calls")
         message = result_message(tool_format(self.template.source), call, value)
         return self._answer(message, cancel, None, None, self._tools, tool_choice).consume()
 
@@ -354,3 +368,4 @@ class Chat:
         else:
             self._base = self.context.tokens.tolist()   # the context recorded the prompt and the answer
         self.last_result = finish(tool_format(self.template.source), result) if self._tools else result
+        self._calls.update(call.id for call in self.last_result.tool_calls)

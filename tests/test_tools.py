@@ -171,3 +171,15 @@ def test_a_call_cut_short_leaves_no_markup(models, fmt):
     chat.reset()
     assert list(chat.stream("Add 1 and 2", tools=TOOLS, tool_choice="required")) == []
     assert chat.last_result.text == "" and chat.last_result.finish_reason == "length"
+
+
+def test_a_tool_result_answers_a_call_the_chat_made(models):
+    model = models["chatml"]
+    chat = model.new_chat(max_new_tokens=120, sampling=SamplingParams.greedy())
+    with pytest.raises(InvalidParameterError, match="no call this Chat's answers made"):
+        chat.send_tool_result(ToolCall("add", {"a": 1, "b": 2}), 3)          # nothing was called
+    result = chat.send("Add 1 and 2", tools=TOOLS, tool_choice="required")
+    other = model.new_chat(max_new_tokens=120, sampling=SamplingParams.greedy())
+    with pytest.raises(InvalidParameterError, match="no call this Chat's answers made"):
+        other.send_tool_result(result.tool_calls[0], 3)                       # another Chat's call
+    assert chat.send_tool_result(result.tool_calls[0], 3).finish_reason in ("tool_calls", "eos", "length")
