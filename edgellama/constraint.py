@@ -52,6 +52,14 @@ def _llguidance():
     return llguidance
 
 
+def one_line(message: str, width: int = 240) -> str:
+    """llguidance's multi-line report as one line: its first line and its `error:` lines, each cut to
+    `width` characters (a grammar's line is echoed whole, with a caret line under it)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    kept = lines[:1] + [line for line in lines[1:] if line.startswith("error:")]
+    return " ".join(line if len(line) <= width else line[:width] + "..." for line in kept)
+
+
 @dataclass(frozen=True)
 class Constraint:
     """What generated text must match; make one with `json_schema`, `regex` or `grammar`."""
@@ -67,10 +75,10 @@ class Constraint:
         try:
             grammar = self.guidance_grammar()
         except ValueError as exc:   # llguidance refuses what it cannot translate, with its own ValueError
-            raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {str(exc).strip()}") from None
+            raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {one_line(str(exc))}") from None
         is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
         if is_error:
-            raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {messages[0].strip()}")
+            raise InvalidParameterError(f"invalid {self.kind.replace('_', ' ')}: {one_line(messages[0])}")
         for warning in messages:
             log.warning("%s constraint: %s", self.kind, warning)
 
@@ -120,7 +128,10 @@ class Constraint:
             spec = response_format.get("json_schema")
             if isinstance(spec, Mapping) and "schema" in spec:
                 return cls.json_schema(spec["schema"])
-            if isinstance(spec, (Mapping, str)):
+            if isinstance(spec, Mapping) and {"name", "strict", "description"} & set(spec):
+                raise InvalidParameterError("response_format's json_schema has no 'schema': give "
+                                            "{'name': ..., 'schema': {...}}")
+            if isinstance(spec, (Mapping, str)):      # the schema itself, without OpenAI's wrapper
                 return cls.json_schema(spec)
         raise InvalidParameterError(
             f"response_format={response_format!r} must be {{'type': 'json_schema', 'json_schema': {{'schema': "

@@ -85,6 +85,9 @@ def test_a_lark_grammar_and_streaming(tiny):
     (Constraint.json_schema, "{not json", "not valid JSON"),
     (Constraint.json_schema, ["a list"], "must be an object"),
     (Constraint.json_schema, False, "false matches no value"),
+    (Constraint.regex, "[0-9", r"^invalid regex: [^\n]*unclosed character class$"),      # one line
+    (Constraint.from_response_format, {"type": "json_schema", "json_schema": {"name": "x", "strict": True}},
+     "has no 'schema'"),
     (Constraint.json_schema, "false", "false matches no value"),
     (Constraint.from_response_format, {"type": "xml"}, r"\{'schema': \{\.\.\.\}\}\}, \{'type': 'json_object'\}"),
     (Constraint.regex, "a(b", "invalid regex"),

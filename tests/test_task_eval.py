@@ -236,3 +236,24 @@ def test_benchmark_builds_a_hellaswag_file_from_a_text(tmp_path, monkeypatch):
     for task in load_tasks("hellaswag", path):
         assert task.texts[task.answer] in whole
         assert sum(t in whole for t in task.texts) == 1 and len(set(task.texts)) == 4
+
+
+def test_kl_refuses_a_base_whose_ids_name_other_tokens(tmp_path, fp32_package):
+    """Same vocabulary size, two ids swapped in the base's tokenizer: refused, naming the first."""
+    import shutil
+
+    from edgellama.errors import InvalidParameterError
+    from edgellama.package import MANIFEST, sha256_file
+
+    base = tmp_path / "swapped"
+    shutil.copytree(fp32_package, base)
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
+    manifest = json.loads((base / MANIFEST).read_text())
+    manifest["files"]["tokenizer.json"] = sha256_file(base / "tokenizer.json")
+    (base / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InvalidParameterError, match="name token 300 differently"):
+        kl_divergence(fp32_package, base, "The quick brown fox jumps over the lazy dog.", EvalSettings(ctx=8))

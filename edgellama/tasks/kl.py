@@ -112,6 +112,19 @@ def scored_rows(ctx: int) -> slice:
     return slice(ctx // 2, ctx - 1)
 
 
+def _same_tokens(package: Path, info, base: Path, base_info) -> None:
+    """Refuse two packages whose ids name different tokens: a distribution over one vocabulary
+    compared with one over another is no divergence of the same model."""
+    from ..tokenizer import Tokenizer
+
+    ours = Tokenizer.from_package(package, info.special_tokens)
+    theirs = Tokenizer.from_package(base, base_info.special_tokens)
+    for i in range(info.config.vocab_size):
+        if ours.token_text(i) != theirs.token_text(i):
+            raise InvalidParameterError(f"{package} and {base} name token {i} differently ({ours.token_text(i)!r}, "
+                                        f"{theirs.token_text(i)!r}): KL needs the same vocabulary")
+
+
 def kl_divergence(package, base, text: str, settings: EvalSettings = EvalSettings()) -> KLResult:
     """KL divergence of `package` from `base` over `text`; settings: ctx (the chunk length, default
     512 or less), max_tokens, threads and providers."""
@@ -123,6 +136,7 @@ def kl_divergence(package, base, text: str, settings: EvalSettings = EvalSetting
     if info.config.vocab_size != base_info.config.vocab_size:
         raise InvalidParameterError(f"{package} has {info.config.vocab_size} tokens and {base} "
                                     f"{base_info.config.vocab_size}: KL needs the same vocabulary")
+    _same_tokens(package, info, base, base_info)
     ids = tokenize_text(package, text)
     if settings.max_tokens:
         ids = ids[:settings.max_tokens]
