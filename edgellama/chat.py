@@ -356,16 +356,19 @@ class Chat:
             self._turn.release()
 
     def _record(self, result: Optional[GenerationResult]) -> None:
-        from .tools import finish, tool_format
+        from .tools import begins_call, finish, tool_format
 
         if result is None:
             self._messages.pop()
             return
         self._messages.append({"role": "assistant", "content": result.text})
-        if result.finish_reason == "stop" or self.options.max_new_tokens == 0:
-            # the text was cut (or nothing ran): go on from the plain tokens of the answer
+        fmt = tool_format(self.template.source)
+        if result.finish_reason == "stop" or self.options.max_new_tokens == 0 or (
+                self._tools and begins_call(fmt, result.text)):
+            # the text was cut, or nothing ran, or it is a call (whose tokens the grammar forced, not the
+            # text's own): go on from the plain tokens of the answer, as the conversation renders afresh
             self._base = list(result.prompt_token_ids) + self.model.tokenizer.encode(result.text, add_bos=False)
         else:
             self._base = self.context.tokens.tolist()   # the context recorded the prompt and the answer
-        self.last_result = finish(tool_format(self.template.source), result) if self._tools else result
+        self.last_result = finish(fmt, result) if self._tools else result
         self._calls.update(call.id for call in self.last_result.tool_calls)

@@ -183,3 +183,19 @@ def test_a_tool_result_answers_a_call_the_chat_made(models):
     with pytest.raises(InvalidParameterError, match="no call this Chat's answers made"):
         other.send_tool_result(result.tool_calls[0], 3)                       # another Chat's call
     assert chat.send_tool_result(result.tool_calls[0], 3).finish_reason in ("tool_calls", "eos", "length")
+
+
+def test_the_turn_after_a_call_renders_as_the_conversation_does(smollm2_int4_package):
+    """A call's tokens are the grammar's, not its text's tokenization: the next turn goes on from the
+    text's own, so the same conversation given afresh (messages reassigned) makes the same prompt and
+    answer (SmolLM2 writes this call in tokens its tokenizer would not choose)."""
+    chat = edgellama.load(smollm2_int4_package, threads=2).new_chat(max_new_tokens=60,
+                                                                       sampling=SamplingParams.greedy())
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+               "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}}
+    call = chat.send("What is the weather in Paris?", tools=[weather], tool_choice="required").tool_calls[0]
+    history = chat.messages
+    kept = chat.send_tool_result(call, "sunny, 21C")
+    chat.messages = history
+    again = chat.send_tool_result(call, "sunny, 21C")
+    assert kept.prompt_token_ids == again.prompt_token_ids and kept.token_ids == again.token_ids
