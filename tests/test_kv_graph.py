@@ -293,3 +293,16 @@ def test_the_decode_profiler_feeds_a_package_its_own_cache_type(int4_package, mo
     assert len(keys) == 2 and all(a.dtype == np.float16 and a.shape == (1, 2, 16, 32) for a in keys)
     assert profile_decode.run_steps(step, 0, 4, np.random.default_rng(0)) > 0
     assert np.abs(keys[0][:, :, :4]).sum() > 0 and not keys[0][:, :, 4:].any()   # the four steps' keys
+
+
+def test_info_names_the_graph_form_and_the_weight_formats(int4_package, fp32_package, capsys):
+    from edgellama.cli import main
+
+    assert main(["info", str(int4_package), "--no-verify"]) == 0
+    native = capsys.readouterr().out
+    assert "native: edgellama's operators" in native and "weights)" in native
+    assert "kernels on this CPU          none" not in native
+    assert main(["info", str(fp32_package), "--no-verify"]) == 0
+    portable = capsys.readouterr().out
+    assert "portable: ONNX Runtime's own operators" in portable
+    assert "kernels on this CPU          none" in portable

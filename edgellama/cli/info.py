@@ -30,13 +30,13 @@ def main(args) -> int:
         ("heads / kv heads / head dim", f"{cfg.num_heads} / {cfg.num_kv_heads} / {cfg.head_dim}"),
         ("vocabulary", cfg.vocab_size),
         ("rope", f"theta {cfg.rope_theta:g}, scaling {cfg.rope_scaling.type if cfg.rope_scaling else 'none'}"),
-        ("quantization", q.method if q.method in ("fp16", "fp32") else
-            f"{q.method}, block {q.block_size}, {'symmetric' if q.symmetric else 'asymmetric'}"),
+        ("quantization", quantization_text(q)),
+        ("graph", graph_text(q.layout)),
         ("max length", info.max_length),
         ("kv cache", f"{info.default_kv_cache} by default"),
         ("providers", ", ".join(info.providers)),
         ("size", f"{size / 2**20:.1f} MiB"),
-        ("kernels on this CPU", kernels.describe()),
+        ("kernels on this CPU", kernels.describe() if q.layout.get("native", True) else "none (ONNX Runtime's own)"),
         ("checksums", f"{sum(n not in QUICK_SKIPS for n in info.files)} files verified, weights by size only"
             if args.no_verify
             else f"{len(info.files)} files verified"),
@@ -46,3 +46,30 @@ def main(args) -> int:
         print(f"{key:<{width}}  {value}")
     return 0
 
+
+def _formats(layout: dict) -> dict:
+    """Weight format -> how many layer weights have it, from the converter's recorded plan."""
+    counts: dict = {}
+    for group in layout.get("layers", []) if isinstance(layout, dict) else []:
+        layers = group.get("last", 0) - group.get("first", 0) + 1
+        for weight in group.get("weights", {}).values():
+            counts[weight.get("format", "?")] = counts.get(weight.get("format", "?"), 0) + layers
+    return counts
+
+
+def quantization_text(q) -> str:
+    """The method and block size, and the layers' weight formats where the package records them (a GGUF's
+    Q4_1 blocks carried as they are keep their minimums: no symmetric rounding)."""
+    if q.method in ("fp16", "fp32"):
+        return q.method
+    formats = _formats(q.layout)
+    if not formats:
+        return f"{q.method}, block {q.block_size}, {'symmetric' if q.symmetric else 'asymmetric'}"
+    return f"{q.method}, block {q.block_size}; " + ", ".join(f"{name} ({n} weights)" for name, n in formats.items())
+
+
+def graph_text(layout: dict) -> str:
+    if not isinstance(layout, dict) or "native" not in layout:
+        return "not recorded"
+    return ("native: edgellama's operators" if layout["native"]
+            else "portable: ONNX Runtime's own operators (GroupQueryAttention, MatMulNBits)")
