@@ -283,7 +283,12 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
         log.info("benchmarking %s on %s with %d threads", path, model.provider, threads)
         report.rows.extend(speed_tests(model, settings, threads, report.notes))
         if i == 0 and settings.e2e_tokens:
-            report.rows.extend(request_tests(model, settings, threads))
+            needed = len(model.encode_prompt(REAL_PROMPT)) + settings.e2e_tokens
+            if needed > model.max_length:     # skipped as a depth that does not fit is, with a note
+                report.notes.append(f"ttft and e2e{settings.e2e_tokens} skipped: their prompt and answer take "
+                                    f"{needed} tokens > max_length {model.max_length}")
+            else:
+                report.rows.extend(request_tests(model, settings, threads))
         del model
         gc.collect()
     report.peak_rss_bytes = peak_rss_bytes()

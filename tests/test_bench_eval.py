@@ -136,6 +136,13 @@ def test_bench_json_has_the_fields(capsys, package):
         assert np.isclose(row["mean"], np.mean(row["samples"]))
 
 
+def test_bench_in_a_small_context_skips_the_request_tests_with_a_note(capsys, package):
+    report = run_json(capsys, "bench", str(package), "-p", "4", "-n", "4", "-r", "1", "-d", "", "--max-length", "8",
+                      "--json")
+    assert {row["test"] for row in report["rows"]} == {"pp4", "tg4"}
+    assert any(note.startswith("ttft and e2e128 skipped") and "max_length 8" in note for note in report["notes"])
+
+
 def test_bench_with_mmap_says_the_weights_stay_mapped(capsys, package):
     report = run_json(capsys, "bench", str(package), "-p", "8", "-n", "4", "-r", "1", "-d", "", "--e2e-tokens", "0",
                       "-t", "1", "--mmap", "--json")

@@ -140,3 +140,10 @@ def test_malformed_binary_names_the_task_and_offset(tmp_path):
     struct.pack_into("<4i", two_right, labels_at, 1, 1, 0, 0)
     with pytest.raises(TaskFormatError, match=rf"task 1 \(byte {first_task}\): has 2 answers labelled right"):
         load_tasks("multiple-choice", write(tmp_path, "two.bin", bytes(two_right)))
+
+
+def test_a_folder_is_no_task_file(tmp_path):
+    from edgellama.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="is a folder; give the task file in it"):
+        load_tasks("winogrande", tmp_path)

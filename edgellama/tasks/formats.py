@@ -256,6 +256,8 @@ def task_kind(name: str) -> TaskKind:
 def load_tasks(kind: str, path, limit: Optional[int] = None) -> list:
     """The tasks of the file at `path` in the format of `kind` (the first `limit` when given)."""
     path = Path(path)
+    if path.is_dir():
+        raise InvalidParameterError(f"{path} is a folder; give the task file in it")
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such task file")
     source = _Source(path)
