@@ -143,6 +143,17 @@ def test_bench_in_a_small_context_skips_the_request_tests_with_a_note(capsys, pa
     assert any(note.startswith("ttft and e2e128 skipped") and "max_length 8" in note for note in report["notes"])
 
 
+def test_bench_says_when_threads_outnumber_the_cpus(capsys, package, monkeypatch):
+    import edgellama.cli.run as run
+
+    monkeypatch.setattr(run, "usable_cpus", lambda: 1)
+    assert main(["bench", str(package), "-p", "4", "-n", "2", "-r", "1", "-d", "", "--e2e-tokens", "0",
+                 "-t", "1,2", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert {row["threads"] for row in json.loads(captured.out)["rows"]} == {1, 2}     # run as asked
+    assert "-t 2 is more than the 1 CPUs this process may use" in captured.err
+
+
 def test_bench_with_mmap_says_the_weights_stay_mapped(capsys, package):
     report = run_json(capsys, "bench", str(package), "-p", "8", "-n", "4", "-r", "1", "-d", "", "--e2e-tokens", "0",
                       "-t", "1", "--mmap", "--json")
