@@ -337,3 +337,20 @@ def test_manifest_fields_are_checked(checkpoint, tmp_path, edit, match):
     (out / "edgellama.json").write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=match):
         read_info(out)
+
+
+def test_rope_fields_are_read_as_transformers_reads_them():
+    """A llama3 scaling without original_max_position_embeddings has the checkpoint's context; a theta in
+    rope_parameters wins over a top-level one."""
+    from converters.sources.hf_config import model_config
+
+    base = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "max_position_embeddings": 256}
+    llama3 = model_config({**base, "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                       "high_freq_factor": 4.0, "rope_theta": 500000.0}})
+    assert llama3.rope_scaling.original_max_position_embeddings == 256 and llama3.rope_theta == 500000.0
+    both = model_config({**base, "rope_theta": 77777.0, "rope_parameters": {"rope_type": "default",
+                                                                             "rope_theta": 10000.0}})
+    assert both.rope_theta == 10000.0
+    old = model_config({**base, "rope_theta": 77777.0})
+    assert old.rope_theta == 77777.0 and old.rope_scaling is None

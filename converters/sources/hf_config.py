@@ -32,7 +32,9 @@ def read_json(path: Path, required: bool = True) -> Optional[dict]:
     return read_json_object(path, CheckpointError)
 
 
-def _rope_scaling(raw: Optional[Mapping[str, Any]], where: str) -> Optional[RopeScaling]:
+def _rope_scaling(raw: Optional[Mapping[str, Any]], where: str, context: int) -> Optional[RopeScaling]:
+    """`context`: the checkpoint's max_position_embeddings, a llama3 scaling's original context when it
+    names none (as transformers reads it)."""
     if not raw:
         return None
     kind = raw.get("rope_type", raw.get("type"))
@@ -48,8 +50,7 @@ def _rope_scaling(raw: Optional[Mapping[str, Any]], where: str) -> Optional[Rope
     extra = {}
     if kind == "llama3":
         extra = {k: _number(raw, k, at, 1.0) for k in ("low_freq_factor", "high_freq_factor") if k in raw}
-        if "original_max_position_embeddings" in raw:
-            extra["original_max_position_embeddings"] = _integer(raw, "original_max_position_embeddings", at)
+        extra["original_max_position_embeddings"] = _integer(raw, "original_max_position_embeddings", at, context)
     return RopeScaling(type=kind, factor=_number(raw, "factor", at, 1.0), **extra)
 
 
@@ -111,6 +112,7 @@ def model_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelCon
                                      f"num_attention_heads={heads} and no head_dim is given")
     else:
         head_dim = hidden // heads
+    context = _integer(cfg, "max_position_embeddings", where, 2048)
     try:
         return ModelConfig(
             vocab_size=_integer(cfg, "vocab_size", where),
@@ -121,10 +123,11 @@ def model_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelCon
             num_kv_heads=_integer(cfg, "num_key_value_heads", where, heads),
             head_dim=head_dim,
             rms_norm_eps=_number(cfg, "rms_norm_eps", where, 1e-6),
-            rope_theta=_number(cfg if "rope_theta" in cfg else rope_params, "rope_theta", where, 10000.0),
-            rope_scaling=_rope_scaling(scaling_raw, where),
+            # rope_parameters (transformers 5) win over a top-level rope_theta, as transformers reads them
+            rope_theta=_number(rope_params if "rope_theta" in rope_params else cfg, "rope_theta", where, 10000.0),
+            rope_scaling=_rope_scaling(scaling_raw, where, context),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position_embeddings=_integer(cfg, "max_position_embeddings", where, 2048),
+            max_position_embeddings=context,
         )
     except UnsupportedConfigError as exc:     # from ModelConfig's own checks (the fields relate wrongly)
         if str(exc).startswith(where):
