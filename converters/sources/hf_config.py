@@ -113,6 +113,11 @@ def model_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelCon
     else:
         head_dim = hidden // heads
     context = _integer(cfg, "max_position_embeddings", where, 2048)
+    # rope_parameters (transformers 5) win over a top-level rope_theta, as transformers reads them; a
+    # top-level one is checked all the same
+    theta = _number(cfg, "rope_theta", where, 10000.0)
+    if "rope_theta" in rope_params:
+        theta = _number(rope_params, "rope_theta", where, 10000.0)
     try:
         return ModelConfig(
             vocab_size=_integer(cfg, "vocab_size", where),
@@ -123,8 +128,7 @@ def model_config(cfg: Mapping[str, Any], where: str = "config.json") -> ModelCon
             num_kv_heads=_integer(cfg, "num_key_value_heads", where, heads),
             head_dim=head_dim,
             rms_norm_eps=_number(cfg, "rms_norm_eps", where, 1e-6),
-            # rope_parameters (transformers 5) win over a top-level rope_theta, as transformers reads them
-            rope_theta=_number(rope_params if "rope_theta" in rope_params else cfg, "rope_theta", where, 10000.0),
+            rope_theta=theta,
             rope_scaling=_rope_scaling(scaling_raw, where, context),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=context,
