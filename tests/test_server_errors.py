@@ -76,6 +76,7 @@ BAD_INPUTS = [
     ("prompt ids outside the vocabulary", "/v1/completions", {"model": MODEL_ID, "prompt": [1, 99999]}, 400,
      "prompt"),
     ("prompt a number", "/v1/completions", {"model": MODEL_ID, "prompt": 5}, 400, "prompt"),
+    ("prompt id below zero", "/v1/completions", {"model": MODEL_ID, "prompt": [-1, 5]}, 400, "prompt"),
     ("prompt empty", "/v1/completions", {"model": MODEL_ID, "prompt": ""}, 400, "prompt"),
     ("suffix", "/v1/completions", {"model": MODEL_ID, "prompt": "a", "suffix": "b"}, 400, "suffix"),
     ("prompt longer than the context", "/v1/completions", {"model": MODEL_ID, "prompt": [5] * 300}, 400, "prompt"),

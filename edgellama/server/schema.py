@@ -92,10 +92,11 @@ def _logit_bias(name, value):
     return pairs
 
 
-def _in_vocabulary(name, bias: dict, vocab_size: int) -> None:
-    """Refused with the request: at generation a streamed answer has already been sent its 200."""
-    for token in sorted(bias):
-        if token >= vocab_size:
+def _in_vocabulary(name, ids, vocab_size: int) -> None:
+    """Token ids (logit_bias keys, a prompt) refused with the request: at generation a streamed answer
+    has already been sent its 200."""
+    for token in sorted(ids):
+        if not 0 <= token < vocab_size:
             raise bad(name, f"token id {token} is outside the vocabulary of {vocab_size} tokens "
                             f"(ids 0 to {vocab_size - 1})")
 
@@ -269,6 +270,8 @@ def parse_request(kind: str, body: dict, vocab_size: int) -> ApiRequest:
         value = body.get(name)
         values[name] = default if value is None else check(name, value)
     _in_vocabulary("logit_bias", values["logit_bias"], vocab_size)
+    if isinstance(values.get("prompt"), list):
+        _in_vocabulary("prompt", values["prompt"], vocab_size)
     max_field = "max_tokens"
     if kind == "chat":
         if values["max_completion_tokens"] is not None:     # max_tokens' successor: it wins when both are sent
