@@ -26,6 +26,11 @@ FINISH_REASONS = ("length", "context_full", "stop", "eos", "cancelled", "tool_ca
 OVERFLOW_POLICIES = ("error", "shift")   # what a request does when the context is full
 
 
+def _count(value) -> bool:
+    """Whether `value` is a whole number >= 0 (an int, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """How one request runs (sampling has its own `SamplingParams`)."""
@@ -49,21 +54,19 @@ class GenerationOptions:
             object.__setattr__(self, "stop", tuple(stop))
         except TypeError:
             raise InvalidParameterError(f"stop={self.stop!r} must be a string or a list of strings") from None
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        if not _count(self.max_new_tokens):
             raise InvalidParameterError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 0")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidParameterError(f"stop={self.stop!r} must be non-empty strings")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise InvalidParameterError(f"on_overflow={self.on_overflow!r} must be one of {OVERFLOW_POLICIES}")
-        if self.n_keep is not None and (isinstance(self.n_keep, bool) or not isinstance(self.n_keep, int)
-                                        or self.n_keep < 0):
+        if self.n_keep is not None and not _count(self.n_keep):
             raise InvalidParameterError(f"n_keep={self.n_keep!r} must be an integer >= 0")
-        if isinstance(self.prefill_chunk, bool) or not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+        if not _count(self.prefill_chunk):
             raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
         if not isinstance(self.reuse_prefix, bool):
             raise InvalidParameterError(f"reuse_prefix={self.reuse_prefix!r} must be True or False")
-        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
-                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+        if self.logprobs is not None and not (_count(self.logprobs) and self.logprobs <= MAX_LOGPROBS):
             raise InvalidParameterError(f"logprobs={self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
 
 
