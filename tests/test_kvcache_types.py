@@ -121,6 +121,19 @@ def test_save_load_round_trip_records_the_type(kv_cache, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kv_cache", TYPES)
+def test_an_empty_cache_saves_and_loads(kv_cache, tmp_path):
+    """No rows (a chat saved before its first turn): the int8 tiles' reshaping met a count of 0."""
+    cache = filled(kv_cache)
+    cache.save(tmp_path / "kv.bin", n=0)
+    other = filled(kv_cache, seed=1)
+    before = [b.copy() for b in other.keys + other.values]
+    other.load(tmp_path / "kv.bin")
+    assert other.length == 0 and all(r.shape[2] == 0 for r in all_rows(other, 0))
+    for a, b in zip(before, other.keys + other.values):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("saved, loaded", [(a, b) for a in TYPES for b in TYPES if a != b])
 def test_a_file_of_another_type_is_refused_in_one_line(saved, loaded, tmp_path):
     filled(saved).save(tmp_path / "kv.bin")

@@ -63,6 +63,8 @@ def tile_rows(rows: np.ndarray, side: str, d: int, group: int = GROUP) -> np.nda
     rows = np.ascontiguousarray(rows, dtype=np.uint8)
     _check_tiles("rows", rows.shape, side, d, group)
     *lead, c, row = rows.shape
+    if c == 0:   # no tiles (reshaping to a count of 0 leaves the other sizes unknown)
+        return rows.copy()
     lead, groups = tuple(lead), d // group
     if side == KEYS:   # blocks of 16 rows: [groups, 16, 4] scales, [D/4, 16, 4] values
         t = rows.reshape(lead + (c // 16, 16, row))
@@ -83,6 +85,8 @@ def untile_rows(tiles: np.ndarray, side: str, d: int, group: int = GROUP) -> np.
     tiles = np.ascontiguousarray(tiles, dtype=np.uint8)
     _check_tiles("tiles", tiles.shape, side, d, group)
     *lead, c, row = tiles.shape
+    if c == 0:
+        return tiles.copy()
     lead, groups = tuple(lead), d // group
     if side == KEYS:
         t = tiles.reshape(lead + (c // 16, 16 * row))
