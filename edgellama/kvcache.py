@@ -243,7 +243,11 @@ class KVCache:
             raise InvalidParameterError(f"{name!r} is not a KV cache file of format version 1 or {_VERSION} "
                                         f"(magic {magic!r}, version {version})")
         kind = kind.rstrip(b"\0").decode("ascii", "replace")
-        kind = _VERSION_1_TYPES.get(kind, kind) if version == 1 else kind
+        if version == 1:   # a dtype of a float cache (and no checksum): another name is damage, not a type
+            if kind not in _VERSION_1_TYPES:
+                raise InvalidParameterError(f"KV cache file {name!r} is corrupt: a version 1 file names a dtype "
+                                            f"'<f4' or '<f2', not {kind!r}")
+            kind = _VERSION_1_TYPES[kind]
         if kind != self.kv_type.name:
             raise InvalidParameterError(f"KV cache file {name!r} holds a kv_cache={kind!r} cache; this cache is "
                                         f"{self.kv_type.name}: load the model with kv_cache={kind!r} to read it")

@@ -231,3 +231,16 @@ def test_memory_check_counts_the_type_bytes():
         check_memory(SMOLLM2, 1001, "int8", available=12960 * 1000)
     with pytest.raises(ContextOverflowError, match="max_length=253 or less"):     # the same memory, float32
         check_memory(SMOLLM2, 1000, "float32", available=12960 * 1000)
+
+
+@pytest.mark.parametrize("kv_cache", TYPES)
+def test_a_version_1_header_on_a_typed_file_is_refused(kv_cache, tmp_path):
+    """Version 1 had no checksum and named only float dtypes: a version 2 file whose version field reads 1
+    (damaged, or edited) would load its data unchecked."""
+    path = tmp_path / "kv.bin"
+    filled(kv_cache).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[4:8] = struct.pack("<I", 1)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InvalidParameterError, match="corrupt"):
+        KVCache(CONFIG, 16, kv_cache).load(path)
