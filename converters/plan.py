@@ -300,7 +300,11 @@ class _Planner:
         w = LayerWeights(**{kind: self.stacked(kind, index) for kind in LAYER_WEIGHTS})
         qkv = FUSED.get(w.qkv_proj.operator)
         mlp = FUSED.get(w.gate_up_proj.operator) if w.gate_up_proj.operator == w.down_proj.operator else None
-        project = mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
+        cfg = self.tensors.config
+        # the fused operator takes o_proj as [hidden, hidden]: a head_dim that makes the attention's width
+        # num_heads * head_dim differ from hidden_size keeps o_proj a product of its own
+        project = (mlp is not None and w.o_proj.operator == w.gate_up_proj.operator
+                   and cfg.num_heads * cfg.head_dim == cfg.hidden_size)
         return LayerPlan(qkv=qkv.norm if qkv and index > 0 else w.qkv_proj.operator,
                          attention=ATTENTION_OPERATOR[self.native],
                          o_proj="mlp" if project else "attention",

@@ -195,8 +195,9 @@ def test_quantized_graph_matches_dequantized_weights(tmp_path, case):
 
 @pytest.mark.parametrize("method, quality, overrides", [
     ("int4", "default", {}), ("int8", "default", {}),
-    ("int4", "small", {}), ("int4", "small", dict(tie_word_embeddings=False))],
-    ids=["int4", "int8", "int4-small-tied", "int4-small-untied"])
+    ("int4", "small", {}), ("int4", "small", dict(tie_word_embeddings=False)),
+    ("int4", "default", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=48))],
+    ids=["int4", "int8", "int4-small-tied", "int4-small-untied", "int4-heads-wider-than-hidden"])
 def test_default_quantization_error_bound(tmp_path, method, quality, overrides):
     """Against the fp32 model, with the default int8-activation compute (accuracy_level 4).
 
@@ -206,7 +207,9 @@ def test_default_quantization_error_bound(tmp_path, method, quality, overrides):
     amplifies them at most about twice; the int8 activations add about 1/127 per matmul likewise.
     Measured on these checkpoints: about 0.44 (int4, e ~ 0.083) and 0.04 (int8, e ~ 0.005), against
     bounds of about 0.58 and 0.08; a wrong layout gives errors above 1. Quality "small" takes the
-    tables to 4 bits too: Q4_1 tiles, gathered by GatherQ4_1 and multiplied by MatMulQ4_1, tied or not."""
+    tables to 4 bits too: Q4_1 tiles, gathered by GatherQ4_1 and multiplied by MatMulQ4_1, tied or not. A
+    head_dim with num_heads * head_dim != hidden_size keeps o_proj out of the fused MLP operator (which takes
+    it square)."""
     folder = make_tiny_llama(tmp_path / "ckpt", seed=8, **overrides)
     out = tmp_path / "pkg"
     report = convert(folder, out, ConvertOptions(quantization=Quantization(method), quality=quality))
