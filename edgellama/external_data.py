@@ -27,7 +27,7 @@ _PROTO_CHILDREN = {
     "sparse": {1: "tensor", 2: "tensor"},
 }
 _TENSOR_DIMS, _TENSOR_TYPE, _TENSOR_NAME, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 1, 2, 8, 13, 14
-_MODEL_GRAPH, _GRAPH_NODE, _NODE_INPUT, _NODE_DOMAIN = 7, 1, 1, 7
+_MODEL_GRAPH, _GRAPH_NODE, _GRAPH_INITIALIZER, _NODE_INPUT, _NODE_DOMAIN = 7, 1, 5, 1, 7
 _EXTERNAL = 1                   # TensorProto.DataLocation.EXTERNAL
 # TensorProto.DataType -> bits per element (types of unknown or variable size are absent)
 _TYPE_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64,
@@ -79,7 +79,8 @@ def _fields(buf: bytes):
         yield number, wire, value
 
 
-def _external_tensor(buf: bytes) -> Optional[ExternalTensor]:
+def _tensor_fields(buf: bytes) -> tuple:
+    """(name, external data entries, data location, dims, data type) of a serialized TensorProto."""
     name, entries, location, dims, dtype = "", {}, 0, [], 0
     for number, wire, value in _fields(buf):
         if number == _TENSOR_NAME and wire == 2:
@@ -93,6 +94,11 @@ def _external_tensor(buf: bytes) -> Optional[ExternalTensor]:
             dtype = value
         elif number == _TENSOR_DIMS:
             dims += [value] if wire == 0 else _packed(value)
+    return name, entries, location, dims, dtype
+
+
+def _external_tensor(buf: bytes) -> Optional[ExternalTensor]:
+    name, entries, location, dims, dtype = _tensor_fields(buf)
     if location != _EXTERNAL and not entries:
         return None
     try:
@@ -139,6 +145,19 @@ def external_tensors(model) -> list:
             else:
                 stack.append((child, value))
     return found
+
+
+def initializer_dims(model, name: str) -> Optional[tuple]:
+    """The dims of the main graph's initializer `name` in the ONNX model at path `model` (or its serialized
+    bytes), stored in the file or outside it; None where the graph has none of that name."""
+    for number, wire, graph in _fields(_model_bytes(model)):
+        if number == _MODEL_GRAPH and wire == 2:
+            for field, kind, tensor in _fields(graph):
+                if field == _GRAPH_INITIALIZER and kind == 2:
+                    found, _, _, dims, _ = _tensor_fields(tensor)
+                    if found == name:
+                        return tuple(dims)
+    return None
 
 
 def read_only_by(model, domain: str) -> set:

@@ -26,6 +26,7 @@ PAST = "past_key_values.{layer}.{kind}"
 PRESENT = "present.{layer}.{kind}"
 IO_DTYPES = {"float32": np.float32, "float16": np.float16}    # io_dtype -> activations, logits and cache
 ELEMENT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}   # io_dtype -> ONNX Runtime's name
+ROTARY_TABLES = ("model.rotary.cos_cache", "model.rotary.sin_cache")   # initializers [max_length, head_dim / 2]
 
 
 def past_name(layer, kind: str) -> str:
@@ -80,6 +81,23 @@ def check_graph(session, config, where, io_dtype: str = "float32", kv_cache=None
     if element is not None and outputs[LOGITS].type != element:
         raise PackageError(f"{where}: edgellama.json says io_dtype={io_dtype!r} but the graph's logits are "
                            f"{outputs[LOGITS].type}; the metadata does not match the graph")
+
+
+def check_rotary(model, config, max_length: int, where) -> None:
+    """The graph's rotary tables (initializers of the ONNX model at path `model`) must hold a row for each of
+    edgellama.json's max_length positions, of head_dim / 2 angles: past their rows the attention stops a
+    run mid-generation."""
+    from .external_data import initializer_dims
+
+    for name in ROTARY_TABLES:
+        dims = initializer_dims(model, name)
+        if dims is None:
+            continue
+        if len(dims) != 2 or dims[1] != config.head_dim // 2 or dims[0] < max_length:
+            raise PackageError(f"{where}: edgellama.json says max_length {max_length}, head_dim={config.head_dim} "
+                               f"but the graph's {name} is {list(dims)}, not at least [{max_length}, "
+                               f"{config.head_dim // 2}]; the metadata does not match the graph: convert the model "
+                               "again")
 
 
 def _check_dims(node, expected: dict, where) -> None:

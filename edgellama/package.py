@@ -35,6 +35,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENAI_CONFIG_FILE = "genai_config.json"
 REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
+READ_FILES = (MODEL_FILE, DATA_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)   # what loading a package reads
 QUANT_METHODS = ("int4", "int8", "fp16", "fp32")
 
 
@@ -171,6 +172,14 @@ class PackageInfo:
             raise FormatVersionError(
                 f"{where}: format_version {version} holds its Q4_1 or 8-bit blocks row by row, and this edgellama "
                 "reads them in tiles of 8 rows (format_version 2): convert the model again")
+        for name in ("config", "quantization", "special_tokens", "files"):
+            if name in data and not isinstance(data[name], dict):
+                raise PackageError(f"{where}: field {name!r} must be a JSON object, not {type(data[name]).__name__}; "
+                                   "convert the model again")
+        layout = data.get("quantization", {}).get("layout", {})
+        if not isinstance(layout, dict):
+            raise PackageError(f"{where}: field 'quantization.layout' must be a JSON object, not "
+                               f"{type(layout).__name__}; convert the model again")
         try:
             st = dict(data["special_tokens"])
             eos = st.get("eos_token_ids", ())
@@ -241,6 +250,10 @@ def verify(folder, info: PackageInfo, quick: bool = False) -> None:
     folder = Path(folder)
     if not info.files:
         raise PackageError(f"{folder / MANIFEST}: no checksums recorded (field 'files' is empty)")
+    unlisted = [name for name in READ_FILES if name not in info.files and (folder / name).is_file()]
+    if unlisted:   # the converter lists every file it writes: an entry was removed, so the file goes unchecked
+        raise PackageError(f"{folder / MANIFEST}: field 'files' has no checksum for {', '.join(unlisted)}, which "
+                           "the package holds; the manifest was edited: convert the model again")
     for name, expected in sorted(info.files.items()):
         path = (folder / name)
         if os.path.sep in name or "/" in name or name.startswith(".") or not path.is_file():

@@ -24,7 +24,7 @@ from . import kernels, ops
 from .context import Context
 from .errors import InvalidParameterError, ProviderError
 from .external_data import check_external_data, external_tensors, read_only_by, weights_folder
-from .graph_contract import IO_DTYPES, check_graph
+from .graph_contract import IO_DTYPES, check_graph, check_rotary
 from .kv_graph import graph_for
 from .kv_types import resolve
 from .memory import available_memory, check_memory
@@ -190,6 +190,7 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
         check_memory(info.config, capacity, kv)
     threads = default_threads() if threads is None else threads
     check_external_data(path)                       # locations inside the package, sizes as the graph reads
+    check_rotary(path / MODEL_FILE, info.config, info.max_length, path / MODEL_FILE)
     t0 = time.perf_counter()
     verify_files(path, info, quick=not verify)      # without verify: every file but the weights
     log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)

@@ -237,6 +237,36 @@ def test_edited_numbers_that_do_not_match_the_graph(copy, field, value):
         load(copy)
 
 
+def test_a_max_length_past_the_rotary_tables_is_refused_at_load_and_in_info(copy, capsys):
+    """The tables hold 64 rows: a larger max_length loaded, then stopped generation at position 64."""
+    from edgellama.cli import main
+
+    edit_manifest(copy, lambda d: d.update(max_length=100))
+    with pytest.raises(PackageError, match=r"max_length 100.*cos_cache is \[64, 16\]"):
+        load(copy)
+    assert main(["info", str(copy)]) == 1
+    assert "cos_cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field,value", [("num_layers", 3), ("vocab_size", 500)])
+def test_info_checks_the_graph_against_the_manifest_as_loading_does(copy, field, value, capsys):
+    from edgellama.cli import main
+
+    edit_manifest(copy, lambda d: d["config"].update({field: value}))
+    assert main(["info", str(copy), "--no-verify"]) == 1
+    assert f"{field}={value}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", MODEL_FILE, DATA_FILE])
+def test_a_file_whose_checksum_was_taken_off_the_manifest_is_refused(copy, name, capsys):
+    from edgellama.cli import main
+
+    edit_manifest(copy, lambda d: d["files"].pop(name))
+    with pytest.raises(PackageError, match=f"'files' has no checksum for {name}"):
+        load(copy)
+    assert main(["info", str(copy)]) == 1
+
+
 def test_edited_io_dtype_does_not_match_the_graph(copy):
     edit_manifest(copy, lambda d: d.update(io_dtype="float16"))
     with pytest.raises(PackageError, match="io_dtype"):
@@ -330,3 +360,30 @@ def test_kv_cache_that_does_not_fit_fails_before_allocating(package, monkeypatch
     assert "max_length=36 or less" in message      # 90 % of 40 positions
     monkeypatch.undo()
     assert load(package, max_length=36).max_length == 36
+
+
+@pytest.mark.parametrize("field,value", [("config", None), ("quantization", "x"), ("special_tokens", [1]),
+                                         ("files", ["model.onnx"])])
+def test_a_manifest_field_of_the_wrong_kind_is_named(copy, field, value):
+    edit_manifest(copy, lambda d: d.update({field: value}))
+    with pytest.raises(PackageError, match=f"field '{field}' must be a JSON object"):
+        load(copy)
+
+
+@pytest.mark.parametrize("layout", [[1], "x", None])
+def test_a_recorded_plan_that_is_not_an_object_is_refused(copy, layout):
+    edit_manifest(copy, lambda d: d["quantization"].update(layout=layout))
+    with pytest.raises(PackageError, match="'quantization.layout' must be a JSON object"):
+        load(copy)
+
+
+@pytest.mark.parametrize("layout", [{"layers": [1]}, {"layers": "ab"}, {"native": 1, "layers": [{"weights": [1]}]},
+                                    {"layers": [{"first": "a", "last": 1, "weights": {"w": 5}}]}])
+def test_info_shows_a_recorded_plan_of_another_shape_as_not_recorded(copy, layout, capsys):
+    """The runtime never reads the plan: info shows what it can of it and verifies the rest."""
+    from edgellama.cli import main
+
+    edit_manifest(copy, lambda d: d["quantization"].update(layout=layout))
+    assert main(["info", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "not recorded" in out and "files verified" in out

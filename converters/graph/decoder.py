@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from edgellama.graph_contract import ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, past_name, present_name
+from edgellama.graph_contract import (ATTENTION_MASK, INPUT_IDS, KV_KINDS, LOGITS, ROTARY_TABLES, past_name,
+                                      present_name)
 from edgellama.rope import cos_sin_tables
 
 from ..formats import FORMATS
@@ -54,8 +55,8 @@ def attention_inputs(ctx: BuildContext) -> AttentionInputs:
     total = g.op("Gather", [shape, one], f"{scope}/total_length", axis=0)
     total32 = g.op("Cast", [total], f"{scope}/total_length", to=TensorProto.INT32)
     cos, sin = cos_sin_tables(ctx.config, ctx.max_length, dtype=ctx.np_dtype)
-    return AttentionInputs(seqlens, total32, g.initializer("model.rotary.cos_cache", cos),
-                           g.initializer("model.rotary.sin_cache", sin))
+    return AttentionInputs(seqlens, total32, g.initializer(ROTARY_TABLES[0], cos),
+                           g.initializer(ROTARY_TABLES[1], sin))
 
 
 def _embedding(ctx: BuildContext):

@@ -11,13 +11,13 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from .. import kernels
-    from ..external_data import check_external_data
-    from ..package import QUICK_SKIPS, read_info, verify
+    from ..package import QUICK_SKIPS
+    from ..session import open_package
 
     folder = Path(args.package)
-    info = read_info(folder)
-    check_external_data(folder)      # what the graph reads lies inside the package, at the right size
-    verify(folder, info, quick=args.no_verify)
+    # opened as loading opens it (files, checksums, the graph against edgellama.json), with a cache of one
+    # position: the check of free memory is for `run`, not for reading a package
+    info = open_package(folder, threads=1, max_length=1, verify=not args.no_verify, mmap=True).info
     if args.json:
         print(info.to_json())
         return 0
@@ -36,7 +36,8 @@ def main(args) -> int:
         ("kv cache", f"{info.default_kv_cache} by default"),
         ("providers", ", ".join(info.providers)),
         ("size", f"{size / 2**20:.1f} MiB"),
-        ("kernels on this CPU", kernels.describe() if q.layout.get("native", True) else "none (ONNX Runtime's own)"),
+        ("kernels on this CPU", kernels.describe() if q.layout.get("native", True) is not False
+            else "none (ONNX Runtime's own)"),
         ("checksums", f"{sum(n not in QUICK_SKIPS for n in info.files)} files verified, weights by size only"
             if args.no_verify
             else f"{len(info.files)} files verified"),
@@ -48,12 +49,18 @@ def main(args) -> int:
 
 
 def _formats(layout: dict) -> dict:
-    """Weight format -> how many layer weights have it, from the converter's recorded plan."""
+    """Weight format -> how many layer weights have it, from the converter's recorded plan (a plan of another
+    shape, from an older converter or edited, counts nothing: the runtime never reads it)."""
     counts: dict = {}
-    for group in layout.get("layers", []) if isinstance(layout, dict) else []:
-        layers = group.get("last", 0) - group.get("first", 0) + 1
-        for weight in group.get("weights", {}).values():
-            counts[weight.get("format", "?")] = counts.get(weight.get("format", "?"), 0) + layers
+    groups = layout.get("layers", [])
+    for group in groups if isinstance(groups, list) else []:
+        first, last = (group.get("first"), group.get("last")) if isinstance(group, dict) else (None, None)
+        weights = group.get("weights") if isinstance(group, dict) else None
+        if not (isinstance(first, int) and isinstance(last, int) and isinstance(weights, dict)):
+            continue
+        for weight in weights.values():
+            name = str(weight.get("format", "?")) if isinstance(weight, dict) else "?"
+            counts[name] = counts.get(name, 0) + last - first + 1
     return counts
 
 
@@ -69,7 +76,7 @@ def quantization_text(q) -> str:
 
 
 def graph_text(layout: dict) -> str:
-    if not isinstance(layout, dict) or "native" not in layout:
+    if not isinstance(layout, dict) or not isinstance(layout.get("native"), bool):
         return "not recorded"
     return ("native: edgellama's operators" if layout["native"]
             else "portable: ONNX Runtime's own operators (GroupQueryAttention, MatMulNBits)")
