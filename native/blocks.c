@@ -45,7 +45,7 @@ static void quantize_portable(const float *x, el_q8_act *act)
         }
         for (int l = 0; l < 8; l++)
             lanes[l] = (xb[l] + xb[8 + l]) + (xb[16 + l] + xb[24 + l]);
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f, sum = fold8(lanes);
+        float inv = amax >= EL_Q8_SMALLEST ? 127.0f / amax : 0.0f, sum = fold8(lanes);
         int8_t block[32];
         int32_t isum = 0;
         for (int j = 0; j < 32; j++) {

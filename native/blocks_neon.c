@@ -140,7 +140,7 @@ TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)
         float32x4_t mx = vabsq_f32(v[0]);
         for (int k = 1; k < 8; k++)
             mx = vmaxq_f32(mx, vabsq_f32(v[k]));
-        const float amax = vmaxvq_f32(mx), inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const float amax = vmaxvq_f32(mx), inv = amax >= EL_Q8_SMALLEST ? 127.0f / amax : 0.0f;
         /* lanes l of x_l + x_8+l etc.: v[0..1] hold elements 0-7, v[2..3] 8-15, v[4..5] 16-23, v[6..7] 24-31 */
         Lanes8 lanes = {vaddq_f32(vaddq_f32(v[0], v[2]), vaddq_f32(v[4], v[6])),
                         vaddq_f32(vaddq_f32(v[1], v[3]), vaddq_f32(v[5], v[7]))};

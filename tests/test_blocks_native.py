@@ -60,6 +60,24 @@ def test_every_kernel_path_gives_the_twins_bits(rows, n, nb):
 
 
 @needs_native
+@pytest.mark.parametrize("top", [1e-37, 3e-37, 3.8e-37, 1e-31, 2.0 ** -100, 1e-29])
+def test_a_block_of_tiny_activations_gives_every_path_the_twins_bits(top):
+    """Below max|x| ~ 3.7e-37 the float32 127 / max|x| overflows, and the paths rounded its infinite
+    products differently (one gave the opposite sign): such a block, and any below 2^-100, rounds to 0."""
+    rng = np.random.default_rng(7)
+    qs, d, m = random_blocks(rng, 8, 3)
+    q8, scale = random_q8(rng, 8, 3)
+    x = np.zeros((2, 96), np.float32)                       # the tiny block alone makes the outputs
+    x[0, 32:64] = np.linspace(-top / 3, top, 32, dtype=np.float32)
+    x[1, :32] = np.float32(top)
+    for path in paths():
+        np.testing.assert_array_equal(_native.q41_matmul(x, qs, d, m, path), twins.q41_matmul(x, qs, d, m),
+                                      err_msg=path)
+        np.testing.assert_array_equal(_native.q8_matmul(x, q8, scale, path), twins.q8_matmul(x, q8, scale),
+                                      err_msg=path)
+
+
+@needs_native
 @pytest.mark.parametrize("rows,n,nb", SHAPES + PROMPT_SHAPES)
 def test_an_output_does_not_depend_on_the_rows_beside_it(rows, n, nb):
     """Batch invariance: a row computed alone (decode) or inside a prompt of any length, and a weight

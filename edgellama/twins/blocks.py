@@ -15,6 +15,7 @@ from ..blocks_layout import q4_k_fields, q6_k_fields
 from .kernels import kernel_paths
 
 F32 = np.float32
+Q8_SMALLEST = F32(2.0 ** -100)   # max|x| of an activation block below which its xq are 0 (native/blocks.h)
 
 
 def _fma(a, b, c) -> np.ndarray:
@@ -30,7 +31,8 @@ def _fold8(lanes: np.ndarray) -> np.ndarray:
 def _q8_blocks(x: np.ndarray) -> tuple:
     """x [M, nb, 32] float32 -> (xq int32, xd, xs, xr [M, nb]) as native/blocks.h rounds them."""
     amax = np.abs(x).max(axis=-1)
-    inv = np.where(amax > 0, F32(127.0) / np.where(amax > 0, amax, F32(1)), F32(0)).astype(F32)
+    small = amax < Q8_SMALLEST   # (and a zero block): its xq are 0
+    inv = np.where(small, F32(0), F32(127.0) / np.where(small, F32(1), amax)).astype(F32)
     xq = np.rint(x * inv[..., None]).astype(np.int32)
     xd = (amax / F32(127.0)).astype(F32)
     xs = _fold8((x[..., 0:8] + x[..., 8:16]) + (x[..., 16:24] + x[..., 24:32]))
