@@ -175,6 +175,16 @@ def test_kv_routines_agree():
 
 
 @pytest.mark.parametrize("module", BACKENDS)
+def test_kv_routines_take_a_buffer_of_no_positions(module):
+    """Capacity 0, nothing to move: the twin's reshape to [-1, 0, D] could not tell the heads."""
+    empty = lambda: np.zeros((1, 2, 0, 4), np.float32)
+    module.kv_copy(empty(), empty(), 0)
+    module.kv_move(empty(), 0, 0, 0)
+    module.kv_rotate(empty(), 0, 0, np.ones(2), np.zeros(2))
+    module.kv_shift(empty(), empty(), 0, 0, 0, np.ones(2), np.zeros(2))
+
+
+@pytest.mark.parametrize("module", BACKENDS)
 @pytest.mark.parametrize("call", [
     lambda m, k, c: m.kv_move(k, 0, 15, 6),
     lambda m, k, c: m.kv_move(k, -1, 0, 2),

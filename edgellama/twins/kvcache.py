@@ -12,7 +12,7 @@ from .. import native_args
 
 def _heads(buf: np.ndarray) -> np.ndarray:
     """[heads, capacity, head_dim] view of a [1, heads, capacity, head_dim] buffer."""
-    return buf.reshape(-1, buf.shape[2], buf.shape[3])
+    return buf.reshape(buf.shape[0] * buf.shape[1], buf.shape[2], buf.shape[3])   # (-1 is unknown at capacity 0)
 
 
 def rotated(rows: np.ndarray, cos_a: np.ndarray, sin_a: np.ndarray) -> np.ndarray:
