@@ -115,6 +115,26 @@ def test_fp32_matches_transformers(tmp_path, variant):
     assert max(diffs) < FP32_TOLERANCE, diffs
 
 
+@pytest.mark.parametrize("same", [True, False])
+def test_a_tied_config_with_a_stored_head_converts_as_transformers_loads_it(tmp_path, same, caplog):
+    """config.json ties the head, yet the checkpoint stores lm_head.weight: of the embeddings' values it stays
+    tied; of other values transformers unties it (and warns), and so does the package."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = make_tiny_llama(tmp_path / "ckpt", seed=4)
+    tensors = load_file(folder / "model.safetensors")
+    table = tensors["model.embed_tokens.weight"]
+    other = np.random.default_rng(1).standard_normal(table.shape).astype(np.float32) * 0.1
+    tensors["lm_head.weight"] = table.copy() if same else other
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), kv_cache="float32"))
+    assert read_info(out).config.tie_word_embeddings == same
+    assert ("lm_head.weight differs" in caplog.text) == (not same)
+    diffs = compare_with_reference(out, load_reference(folder))
+    assert max(diffs) < FP32_TOLERANCE, diffs
+
+
 def test_package_contents(tmp_path):
     """A portable fp32 package (its genai_config.json, GroupQueryAttention); the native one attends
     with RotaryAttentionF16 over its default float16 cache and has no genai_config.json

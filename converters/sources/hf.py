@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,20 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 REQUIRED_TOKENIZER_FILES = ("tokenizer.json",)
+
+
+def _stored_head(config, weights, where):
+    """The config with the LM head untied where config.json ties it but the checkpoint stores an lm_head.weight
+    of other values than the embeddings': transformers loads such a checkpoint untied (and warns), so the
+    package computes what it computes."""
+    if not config.tie_word_embeddings or "lm_head.weight" not in weights.names():
+        return config
+    if np.array_equal(weights.read("lm_head.weight"), weights.read("model.embed_tokens.weight")):
+        return config
+    log.warning("%s: tie_word_embeddings is true but the checkpoint's lm_head.weight differs from its "
+                "model.embed_tokens.weight; converting them untied, as transformers loads them (set "
+                "tie_word_embeddings to false to say so)", where)
+    return replace(config, tie_word_embeddings=False)
 
 
 class HFSource:
@@ -43,6 +58,7 @@ class HFSource:
         except UnsupportedConfigError as exc:
             raise UnsupportedConfigError(f"{self.folder} (config.json, generation_config.json): {exc}") from None
         self._weights = open_weights(self.folder)
+        self.config = _stored_head(self.config, self._weights, where)
         log.debug("opened %s: %s", self.folder, self.config)
 
     def tensor_names(self) -> list[str]:
