@@ -19,8 +19,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,11 +50,11 @@ def write_saved(path, kind: str, info, meta: Mapping[str, Any], ctx, n=None) -> 
     digest = hashlib.sha256(head)
     digest.update(payload)
     folder = path.parent if str(path.parent) else Path(".")
+    # the temporary name is known before the file exists, so that an interrupt (KeyboardInterrupt) at any
+    # point removes it (tempfile.mkstemp creates its file before it tells the name)
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(_HEAD.pack(MAGIC, FORMAT_VERSION, len(head), len(payload), digest.digest()))
             f.write(head)

@@ -179,3 +179,25 @@ def test_a_chat_saved_when_its_context_is_full_loads(package, tmp_path):
     restored = small.load_chat(tmp_path / "full.elchat")
     assert restored.messages == chat.messages
     assert restored.context.tokens.tolist() == chat.context.tokens.tolist()
+
+
+def test_a_save_interrupted_as_its_file_is_created_leaves_nothing(model, tmp_path, monkeypatch):
+    """An interrupt arriving just after the temporary file is created (inside tempfile.mkstemp, before it
+    returned the name) left the file, and its descriptor open, for the life of the process."""
+    import os
+
+    chat = model.new_chat(system="Be brief.")
+    chat.save(tmp_path / "chat.bin")
+    before = (tmp_path / "chat.bin").read_bytes()
+    real_open = os.open
+
+    def open_then_interrupt(*args, **kwargs):
+        os.close(real_open(*args, **kwargs))   # the file exists when the interrupt comes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        chat.save(tmp_path / "chat.bin")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.bin"]
+    assert (tmp_path / "chat.bin").read_bytes() == before
