@@ -149,7 +149,8 @@ class TextStream:
             self._end()
             raise
         except BaseException:
-            self._end()
+            if not getattr(self._generator, "gi_running", False):   # (running: another thread's next() was
+                self._end()                                          # refused; the stream goes on there)
             raise
 
     def _end(self) -> None:

@@ -150,3 +150,31 @@ def test_keyboard_interrupt_during_a_context_shift(fp32_package, monkeypatch):
         small.generate(PROMPTS[0], max_new_tokens=40, sampling=NO_EOS, on_overflow="shift")
     monkeypatch.undo()
     assert small.generate(PROMPTS[0], max_new_tokens=12, sampling=NO_EOS).token_ids == expected
+
+
+def test_a_next_refused_while_another_thread_reads_the_stream_leaves_it_going():
+    """Python refuses a second thread's next() on a running generator with ValueError; the stream ended
+    there (a Chat's turn released and its message dropped while the answer went on)."""
+    from edgellama.generation import TextStream
+
+    inside, release, ended = threading.Event(), threading.Event(), []
+
+    def pieces():
+        yield "a"
+        inside.set()
+        release.wait(5)
+        yield "b"
+        return "result"
+
+    stream = TextStream(pieces(), on_end=ended.append)
+    assert next(stream) == "a"
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(stream))
+    reader.start()
+    inside.wait(5)
+    with pytest.raises(ValueError, match="already executing"):
+        next(stream)
+    assert ended == []
+    release.set()
+    reader.join(5)
+    assert got == ["b"] and ended == ["result"] and stream.result == "result"
