@@ -244,8 +244,13 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     rest = prompt[ctx.reuse_prefix(prompt):]
     prefilled = len(prompt) - ctx.cached        # with a pending token the record held
     chunk = options.prefill_chunk or len(rest)
+    cut = len(rest)                             # where a cancel stopped the prefill (the loop below then ends)
     for start in range(0, len(rest), chunk):
+        if cancel is not None and cancel.is_set():
+            cut = start
+            break
         ctx.advance(rest[start:start + chunk])
+    prefilled -= len(rest) - cut
     t_prefilled = time.perf_counter()
 
     # 2. sample, emit, run it, one token per run

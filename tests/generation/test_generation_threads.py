@@ -106,6 +106,53 @@ def test_cancel_before_start_generates_nothing(model):
     assert (result.token_ids, result.finish_reason) == ((), "cancelled")
 
 
+def test_cancel_before_start_runs_no_prefill(model):
+    """A cancel already set, or set between prefill chunks, stops the prefill: it ran the whole prompt."""
+    from edgellama.generation import GenerationOptions
+    from edgellama.context import Context
+
+    cancel = threading.Event()
+    cancel.set()
+    runs = []
+    mp = pytest.MonkeyPatch()
+    real_advance = Context.advance
+    mp.setattr(Context, "advance", lambda self, ids=(): runs.append(len(ids)) or real_advance(self, ids))
+    try:
+        result = model.start(PROMPTS[2] * 4, GenerationOptions(max_new_tokens=10, prefill_chunk=4), GREEDY,
+                             cancel=cancel, ctx=model.new_context()).consume()
+    finally:
+        mp.undo()
+    assert (result.token_ids, result.finish_reason, runs) == ((), "cancelled", [])
+    assert result.timings.prefilled_tokens == 0
+    assert model.generate(PROMPTS[0], max_new_tokens=8, sampling=GREEDY).token_ids == \
+        model.generate(PROMPTS[0], max_new_tokens=8, sampling=GREEDY).token_ids
+
+
+def test_cancel_between_prefill_chunks_stops_the_prefill(model):
+    from edgellama.generation import GenerationOptions
+
+    started = threading.Event()
+    cancel, thread = canceller(started)
+
+    def wait_for_cancel():
+        started.set()
+        assert cancel.wait(30)
+
+    prompt = model.encode_prompt(PROMPTS[2] * 6)
+    mp = pytest.MonkeyPatch()
+    on_nth_feed(mp, 2, wait_for_cancel)     # the second chunk's run: the cancel comes while it runs
+    try:
+        result = model.start(prompt, GenerationOptions(max_new_tokens=10, prefill_chunk=4), GREEDY,
+                             cancel=cancel, ctx=model.new_context()).consume()
+    finally:
+        mp.undo()
+        thread.join()
+    assert (result.token_ids, result.finish_reason) == ((), "cancelled")
+    assert result.timings.prefilled_tokens == 8 < len(prompt)
+    fresh = model.generate(prompt, max_new_tokens=8, sampling=GREEDY).token_ids
+    assert model.generate(prompt, max_new_tokens=8, sampling=GREEDY).token_ids == fresh
+
+
 # -- interruptions -------------------------------------------------------------------------------
 
 def test_keyboard_interrupt_leaves_the_model_usable(model, monkeypatch):
