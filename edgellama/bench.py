@@ -14,8 +14,8 @@ Tests (per thread count; tokenization and sampling excluded, ids are synthetic):
 Each test runs once to warm up, then `repetitions` times: mean +/- sample stdev.
 Once, on the first thread count: load time, TTFT of a real prompt and end-to-end tokens/s through
 `Model.generate` with the default sampler; with a constraint, the same end-to-end test under it
-(e2eN+mask, t/s) and its cost per token against the unconstrained run (mask cost, ms). Peak RSS, size on disk, execution provider, ONNX
-Runtime version and CPU features go in the header.
+(e2eN+mask, t/s) and its cost per step against the unconstrained run (mask cost, ms: decode time between model
+runs). Peak RSS, size on disk, execution provider, ONNX Runtime version and CPU features go in the header.
 """
 from __future__ import annotations
 
@@ -202,44 +202,64 @@ def speed_tests(model, settings: BenchSettings, threads: int, notes: list) -> li
     return rows
 
 
-def request_tests(model, settings: BenchSettings, threads: int) -> list:
+def request_tests(model, settings: BenchSettings, threads: int, notes: list) -> list:
     """TTFT of a real prompt and end-to-end tokens/s with the default sampler (EOS banned); with a
-    constraint, its end-to-end row and cost per token too."""
-    rows = _request_rows(model, settings, threads, None)
+    constraint, its end-to-end row and its cost per token too: the difference of the decode time between
+    model runs (masking, drawing, accepting a token) per step (not of end-to-end rates: a constrained answer
+    may end well before N tokens, and its rate then spreads the prefill over a few), with a note where it
+    ended early."""
+    plain = _Requests(model, settings, None)
+    rows = plain.rows(threads)
     if settings.constraint is not None:
-        constrained = _request_rows(model, settings, threads, settings.constraint)[1]
-        plain = rows[1]
-        cost = [1000 / c - 1000 / p for c, p in zip(constrained.samples, plain.samples)]
+        constrained = _Requests(model, settings, settings.constraint)
+        rows.append(replace(constrained.rows(threads)[1], test=f"e2e{settings.e2e_tokens}+mask"))
+        cost = [c - p for c, p in zip(constrained.per_token_ms, plain.per_token_ms)]
         sd = statistics.stdev(cost) if len(cost) > 1 else 0.0
-        rows += [replace(constrained, test=f"{constrained.test}+mask"),
-                 BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost))]
+        rows.append(BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost)))
+        shortest = min(constrained.generated)
+        if shortest < settings.e2e_tokens:
+            notes.append(f"e2e{settings.e2e_tokens}+mask: the constrained answer ended after {shortest} tokens "
+                         "(its grammar was complete); mask cost compares the decode time between model runs per step")
     return rows
 
 
-def _request_rows(model, settings: BenchSettings, threads: int, constraint) -> list:
-    from .generation import GenerationOptions
-    from .sampling import SamplingParams
+class _Requests:
+    """`repetitions` timed requests (after one warm-up) of REAL_PROMPT through Model.start, each on a cold
+    context: TTFT, end-to-end tokens/s, decode ms between model runs per step, tokens generated."""
 
-    eos = model.info.special_tokens.eos_token_ids
-    sampling = SamplingParams(seed=settings.seed, logit_bias={t: -1e9 for t in eos})
-    options = GenerationOptions(max_new_tokens=settings.e2e_tokens, constraint=constraint)
-    ttft, e2e = [], []
+    def __init__(self, model, settings: BenchSettings, constraint):
+        from .generation import GenerationOptions
+        from .sampling import SamplingParams
 
-    def once() -> float:
-        ctx = model.new_context()    # cold: no cached prefix
-        t0 = time.perf_counter()
-        result = model.start(REAL_PROMPT, options, sampling, ctx=ctx).consume()
-        seconds = time.perf_counter() - t0
-        ttft.append(result.timings.ttft_s)
-        e2e.append(result.timings.generated_tokens / seconds)
-        return seconds
+        eos = model.info.special_tokens.eos_token_ids
+        sampling = SamplingParams(seed=settings.seed, logit_bias={t: -1e9 for t in eos})
+        options = GenerationOptions(max_new_tokens=settings.e2e_tokens, constraint=constraint)
+        self.e2e_tokens = settings.e2e_tokens
+        self.ttft_ms, self.e2e, self.per_token_ms, self.generated = [], [], [], []
 
-    _repeat(once, settings.repetitions)
-    ttft, e2e = ttft[1:], e2e[1:]          # drop the warm-up
-    sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
-    ms = [t * 1000 for t in ttft]
-    return [BenchRow("ttft", threads, "ms", statistics.fmean(ms), sd(ms), tuple(ms)),
-            BenchRow(f"e2e{settings.e2e_tokens}", threads, "t/s", statistics.fmean(e2e), sd(e2e), tuple(e2e))]
+        def once() -> float:
+            ctx = model.new_context()    # cold: no cached prefix
+            t0 = time.perf_counter()
+            result = model.start(REAL_PROMPT, options, sampling, ctx=ctx).consume()
+            seconds = time.perf_counter() - t0
+            n = result.timings.generated_tokens
+            self.ttft_ms.append(result.timings.ttft_s * 1000)
+            self.e2e.append(n / seconds)
+            t = result.timings                         # decode_s holds decode_steps runs and as many draws
+            self.per_token_ms.append(1000 * (t.decode_s - t.decode_run_s) / max(t.decode_steps, 1))
+            self.generated.append(n)
+            return seconds
+
+        _repeat(once, settings.repetitions)
+        for samples in (self.ttft_ms, self.e2e, self.per_token_ms, self.generated):
+            del samples[0]               # the warm-up
+
+    def rows(self, threads: int) -> list:
+        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
+        return [BenchRow("ttft", threads, "ms", statistics.fmean(self.ttft_ms), sd(self.ttft_ms),
+                         tuple(self.ttft_ms)),
+                BenchRow(f"e2e{self.e2e_tokens}", threads, "t/s", statistics.fmean(self.e2e), sd(self.e2e),
+                         tuple(self.e2e))]
 
 
 def _capacity(info, settings: BenchSettings) -> int:
@@ -288,7 +308,7 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
                 report.notes.append(f"ttft and e2e{settings.e2e_tokens} skipped: their prompt and answer take "
                                     f"{needed} tokens > max_length {model.max_length}")
             else:
-                report.rows.extend(request_tests(model, settings, threads))
+                report.rows.extend(request_tests(model, settings, threads, report.notes))
         del model
         gc.collect()
     report.peak_rss_bytes = peak_rss_bytes()

@@ -204,6 +204,19 @@ def test_bench_reports_the_cost_of_a_constraint(tiny, tmp_path):
     assert len(rows["mask cost"].samples) == 2
 
 
+def test_bench_notes_a_constrained_answer_that_ends_before_its_tokens(tiny):
+    """A boolean ends after a token or two: its end-to-end rate spreads the prefill over them, so the cost
+    per token is taken from the decode time, and the short answer is said."""
+    from edgellama.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(n_prompt=8, n_gen=8, repetitions=2, depths=(), e2e_tokens=16, threads=(1,),
+                             constraint=Constraint.json_schema({"type": "boolean"}))
+    report = run_bench(tiny.path, settings)
+    rows = {row.test: row for row in report.rows}
+    assert len(rows["mask cost"].samples) == 2
+    assert any(note.startswith("e2e16+mask: the constrained answer ended after") for note in report.notes)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["greedy", "sampled"])
 def test_smollm2_json_outputs_validate(smollm2_int4_package, sampler):
