@@ -160,6 +160,22 @@ def test_eval_task_cli_json(capsys, tmp_path, fp32_package):
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("mode, extra, named", [
+    ("task", ["--ctx", "64"], "--ctx"),
+    ("task", ["--method", "stepwise", "--max-tokens", "9"], "--max-tokens, --method"),
+    ("kl", ["--stride", "7"], "--stride"), ("kl", ["--method", "stepwise"], "--method")])
+def test_eval_refuses_window_options_its_mode_does_not_read(capsys, tmp_path, fp32_package, mode, extra, named):
+    """They were accepted and had no effect on the numbers printed."""
+    text = tmp_path / "t.txt"
+    text.write_text("Edge devices run small language models. " * 8)
+    data = tmp_path / "mc.jsonl"
+    data.write_text(json.dumps({"question": "Edge devices run small", "choices": ["models.", "foxes."], "answer": 0}))
+    args = (["--task", "multiple-choice", "--data", str(data)] if mode == "task"
+            else ["--kl-base", str(fp32_package), "--text", str(text)])
+    assert main(["eval", str(fp32_package), *args, *extra]) == 1
+    assert f"does not read {named}" in capsys.readouterr().err
+
+
 def test_eval_task_cli_refuses_bad_files_and_options(capsys, tmp_path, fp32_package):
     path = tmp_path / "bad.txt"
     path.write_text("context\n7\na\nb\nc\nd\n")

@@ -7,6 +7,12 @@ import json
 from ..errors import InvalidParameterError
 
 
+# the window options of perplexity, and the modes that read none or some of them
+WINDOW_OPTIONS = {"--ctx": lambda a: a.ctx is not None, "--stride": lambda a: a.stride is not None,
+                  "--max-tokens": lambda a: a.max_tokens != 0, "--method": lambda a: a.method != "graph"}
+UNREAD = {"task": ("--ctx", "--stride", "--max-tokens", "--method"), "kl": ("--stride", "--method")}
+
+
 def check_mode(args: argparse.Namespace) -> str:
     """"task", "kl" or "perplexity", after checking that the options given belong to that mode."""
     if args.task or args.data:
@@ -14,12 +20,20 @@ def check_mode(args: argparse.Namespace) -> str:
             raise InvalidParameterError("--task and --data go together")
         if args.text or args.kl_base:
             raise InvalidParameterError("--task scores --data; it takes neither --text nor --kl-base")
-        return "task"
-    if args.max_tasks:
-        raise InvalidParameterError("--max-tasks applies to --task")
-    if not args.text:
-        raise InvalidParameterError("give --text FILE (perplexity, or KL with --kl-base) or --task with --data FILE")
-    return "kl" if args.kl_base else "perplexity"
+        mode = "task"
+    else:
+        if args.max_tasks:
+            raise InvalidParameterError("--max-tasks applies to --task")
+        if not args.text:
+            raise InvalidParameterError("give --text FILE (perplexity, or KL with --kl-base) or --task with --data "
+                                        "FILE")
+        mode = "kl" if args.kl_base else "perplexity"
+    given = [flag for flag in UNREAD.get(mode, ()) if WINDOW_OPTIONS[flag](args)]
+    if given:
+        what = "--task" if mode == "task" else "--kl-base"
+        raise InvalidParameterError(f"{what} does not read {', '.join(given)} (perplexity's windows); leave "
+                                    f"{'it' if len(given) == 1 else 'them'} out")
+    return mode
 
 
 def run_task(args: argparse.Namespace, settings) -> int:
