@@ -189,7 +189,7 @@ def speed_tests(model, settings: BenchSettings, threads: int, notes: list) -> li
                          _repeat(lambda: _time_prompt(ctx, ids), settings.repetitions)))
     if settings.n_gen:
         ids = rng.integers(0, vocab, settings.n_gen).astype(np.int32)
-        for depth in (0,) + settings.depths:
+        for depth in dict.fromkeys((0,) + settings.depths):   # each depth once (-d 0,512 names depth 0 again)
             if depth + settings.n_gen > model.max_length:
                 note = f"tg{settings.n_gen}@d{depth} skipped: {depth} + {settings.n_gen} > max_length {model.max_length}"
                 if note not in notes:

@@ -268,3 +268,11 @@ def test_short_soak_does_not_leak(package, monkeypatch):
     assert text.startswith("start: RSS") and "end:   RSS" in text and "360 requests" in text
     with pytest.raises(ValueError, match="turns"):
         soak.SoakSettings(str(package), turns=-1)
+
+
+def test_bench_runs_each_depth_once(capsys, package):
+    """Depth 0 is always run; named again in -d (or a depth named twice) it printed its row twice."""
+    report = run_json(capsys, "bench", str(package), "-p", "4", "-n", "4", "-r", "1", "-d", "0,8,8", "--e2e-tokens",
+                      "0", "-t", "1", "--json")
+    tests = [row["test"] for row in report["rows"]]
+    assert tests.count("tg4") == 1 and tests.count("tg4@d8") == 1
