@@ -289,7 +289,7 @@ def run_bench(path, settings: BenchSettings = BenchSettings()) -> BenchReport:
     info = read_info(path)
     cpu, features = cpu_description()
     report = BenchReport(model=str(path), quantization=info.quantization.method, onnxruntime=onnxruntime.__version__,
-                         cpu=cpu, cpu_features=features, kernels=kernels.describe(),
+                         cpu=cpu, cpu_features=features, kernels=kernels.describe_for(info),
                          max_length=_capacity(info, settings),
                          size_bytes=package_bytes(path))
     for i, threads in enumerate(settings.threads):

@@ -38,3 +38,9 @@ def check_env() -> None:
 def describe() -> str:
     """'avx512vnni (of avx512vnni, avx2, portable)' for reports."""
     return f"{chosen()} (of {', '.join(available())})"
+
+
+def describe_for(info) -> str:
+    """describe() for a package whose graph runs edgellama's operators (its recorded plan says native, or
+    records no form), else that none of these kernels run it."""
+    return describe() if info.quantization.layout.get("native", True) is not False else "none (ONNX Runtime's own)"

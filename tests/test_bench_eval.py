@@ -276,3 +276,24 @@ def test_bench_runs_each_depth_once(capsys, package):
                       "0", "-t", "1", "--json")
     tests = [row["test"] for row in report["rows"]]
     assert tests.count("tg4") == 1 and tests.count("tg4@d8") == 1
+
+
+def test_bench_names_the_kernels_only_for_a_graph_that_runs_them(capsys, tmp_path, tiny_folder, package):
+    """A portable graph runs ONNX Runtime's own operators: the kernel path line named this host's anyway."""
+    from edgellama import kernels
+    from edgellama.converters import ConvertOptions, convert
+    from edgellama.package import Quantization
+
+    portable = tmp_path / "portable"
+    convert(str(tiny_folder), portable, ConvertOptions(quantization=Quantization(method="fp32"), max_length=MAX_LENGTH,
+                                                       portable=True))
+    argv = ["-p", "4", "-n", "2", "-r", "1", "-d", "", "--e2e-tokens", "0", "-t", "1", "--json"]
+    assert run_json(capsys, "bench", str(portable), *argv)["kernels"] == "none (ONNX Runtime's own)"
+    assert run_json(capsys, "bench", str(package), *argv)["kernels"] == kernels.describe()
+
+
+def test_bench_csv_says_its_notes_on_stderr(capsys, package):
+    assert main(["bench", str(package), "-p", "4", "-n", "4", "-r", "1", "-d", "", "--max-length", "8",
+                 "--csv"]) == 0
+    captured = capsys.readouterr()
+    assert "note: ttft and e2e128 skipped" in captured.err and "note" not in captured.out

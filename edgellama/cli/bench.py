@@ -151,6 +151,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
     elif args.csv:
         print(csv_text(report), end="")
+        for note in report.notes:    # beside the rows, which stay CSV
+            print(f"note: {note}", file=sys.stderr)
     else:
         print(header(report))
         print(table(report))

@@ -36,8 +36,7 @@ def main(args) -> int:
         ("kv cache", f"{info.default_kv_cache} by default"),
         ("providers", ", ".join(info.providers)),
         ("size", f"{size / 2**20:.1f} MiB"),
-        ("kernels on this CPU", kernels.describe() if q.layout.get("native", True) is not False
-            else "none (ONNX Runtime's own)"),
+        ("kernels on this CPU", kernels.describe_for(info)),
         ("checksums", f"{sum(n not in QUICK_SKIPS for n in info.files)} files verified, weights by size only"
             if args.no_verify
             else f"{len(info.files)} files verified"),
