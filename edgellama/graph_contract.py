@@ -14,6 +14,8 @@ These names are written here only: the converter declares them, the runtime bind
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import PackageError
@@ -81,6 +83,44 @@ def check_graph(session, config, where, io_dtype: str = "float32", kv_cache=None
     if element is not None and outputs[LOGITS].type != element:
         raise PackageError(f"{where}: edgellama.json says io_dtype={io_dtype!r} but the graph's logits are "
                            f"{outputs[LOGITS].type}; the metadata does not match the graph")
+
+
+# TensorProto.DataType -> the type name ONNX Runtime gives a graph input or output
+_ORT_TYPE_NAMES = {1: "tensor(float)", 2: "tensor(uint8)", 3: "tensor(int8)", 6: "tensor(int32)",
+                   7: "tensor(int64)", 10: "tensor(float16)", 11: "tensor(double)", 16: "tensor(bfloat16)"}
+
+
+@dataclass(frozen=True)
+class DeclaredIO:
+    """A graph input or output as the ONNX file declares it, in the shape of ONNX Runtime's NodeArg (name,
+    type, shape: ints for fixed dimensions, names for symbolic ones)."""
+    name: str
+    type: str
+    shape: tuple
+
+
+class DeclaredGraph:
+    """The inputs and outputs of the ONNX model at `path` read from the file (no session, no weights), for
+    check_graph where the package is only read (`edgellama info`)."""
+
+    def __init__(self, path):
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self._inputs = [self._io(v) for v in graph.input]
+        self._outputs = [self._io(v) for v in graph.output]
+
+    @staticmethod
+    def _io(value) -> DeclaredIO:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+        return DeclaredIO(value.name, _ORT_TYPE_NAMES.get(tensor.elem_type, f"tensor({tensor.elem_type})"), dims)
+
+    def get_inputs(self) -> list:
+        return self._inputs
+
+    def get_outputs(self) -> list:
+        return self._outputs
 
 
 def check_rotary(model, config, max_length: int, where) -> None:

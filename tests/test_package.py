@@ -387,3 +387,17 @@ def test_info_shows_a_recorded_plan_of_another_shape_as_not_recorded(copy, layou
     assert main(["info", str(copy)]) == 0
     out = capsys.readouterr().out
     assert "not recorded" in out and "files verified" in out
+
+
+def test_info_reads_a_package_without_running_it(copy, capsys, monkeypatch):
+    """info checks the graph's declared inputs and outputs from the file: a package this host cannot run (one
+    converted for CUDA, an install without the operators) is still shown, and no weights are loaded."""
+    import edgellama.session as session
+    from edgellama.cli import main
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("info opened an ONNX Runtime session")
+
+    monkeypatch.setattr(session, "create_session", no_session)
+    assert main(["info", str(copy)]) == 0
+    assert "files verified" in capsys.readouterr().out

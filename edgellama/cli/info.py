@@ -11,13 +11,17 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from .. import kernels
-    from ..package import QUICK_SKIPS
-    from ..session import open_package
+    from ..external_data import check_external_data
+    from ..graph_contract import DeclaredGraph, check_graph, check_rotary
+    from ..package import MODEL_FILE, QUICK_SKIPS, read_info, verify
 
     folder = Path(args.package)
-    # opened as loading opens it (files, checksums, the graph against edgellama.json), with a cache of one
-    # position: the check of free memory is for `run`, not for reading a package
-    info = open_package(folder, threads=1, max_length=1, verify=not args.no_verify, mmap=True).info
+    info = read_info(folder)
+    check_external_data(folder)      # what the graph reads lies inside the package, at the right size
+    model = folder / MODEL_FILE      # the graph against edgellama.json as loading checks it, read from the file
+    check_rotary(model, info.config, info.max_length, model)
+    check_graph(DeclaredGraph(model), info.config, model, info.io_dtype, info.graph_kv_cache)
+    verify(folder, info, quick=args.no_verify)
     if args.json:
         print(info.to_json())
         return 0
