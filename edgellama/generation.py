@@ -242,15 +242,14 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     if not options.reuse_prefix:
         ctx.rewind(0)
     rest = prompt[ctx.reuse_prefix(prompt):]
-    prefilled = len(prompt) - ctx.cached        # with a pending token the record held
+    cached = ctx.cached
     chunk = options.prefill_chunk or len(rest)
-    cut = len(rest)                             # where a cancel stopped the prefill (the loop below then ends)
     for start in range(0, len(rest), chunk):
-        if cancel is not None and cancel.is_set():
-            cut = start
-            break
+        if cancel is not None and cancel.is_set():   # the rest recorded, not run: the context holds the
+            ctx.record(rest[start:])                 # prompt (a Chat's next turn starts from it); the loop
+            break                                    # below then ends at once
         ctx.advance(rest[start:start + chunk])
-    prefilled -= len(rest) - cut
+    prefilled = ctx.cached - cached              # run now (with a pending token the record held)
     t_prefilled = time.perf_counter()
 
     # 2. sample, emit, run it, one token per run

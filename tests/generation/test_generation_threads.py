@@ -128,6 +128,21 @@ def test_cancel_before_start_runs_no_prefill(model):
         model.generate(PROMPTS[0], max_new_tokens=8, sampling=GREEDY).token_ids
 
 
+def test_a_cancelled_prefill_counts_no_pending_token_as_run(model):
+    """A request that ended on its length leaves its last token recorded, not run: a cancelled prefill after
+    it ran nothing, and said it had prefilled that token."""
+    from edgellama.generation import GenerationOptions
+
+    ctx = model.new_context()
+    first = model.start(PROMPTS[1], GenerationOptions(max_new_tokens=3), NO_EOS, ctx=ctx).consume()
+    assert first.finish_reason == "length" and ctx.length == ctx.cached + 1
+    cancel = threading.Event()
+    cancel.set()
+    prompt = list(first.prompt_token_ids + first.token_ids) + model.encode_prompt(" and more")
+    result = model.start(prompt, GenerationOptions(max_new_tokens=3), NO_EOS, cancel=cancel, ctx=ctx).consume()
+    assert result.finish_reason == "cancelled" and result.timings.prefilled_tokens == 0
+
+
 def test_cancel_between_prefill_chunks_stops_the_prefill(model):
     from edgellama.generation import GenerationOptions
 
@@ -139,16 +154,19 @@ def test_cancel_between_prefill_chunks_stops_the_prefill(model):
         assert cancel.wait(30)
 
     prompt = model.encode_prompt(PROMPTS[2] * 6)
+    ctx = model.new_context()
     mp = pytest.MonkeyPatch()
     on_nth_feed(mp, 2, wait_for_cancel)     # the second chunk's run: the cancel comes while it runs
     try:
         result = model.start(prompt, GenerationOptions(max_new_tokens=10, prefill_chunk=4), GREEDY,
-                             cancel=cancel, ctx=model.new_context()).consume()
+                             cancel=cancel, ctx=ctx).consume()
     finally:
         mp.undo()
         thread.join()
     assert (result.token_ids, result.finish_reason) == ((), "cancelled")
     assert result.timings.prefilled_tokens == 8 < len(prompt)
+    # the whole prompt is recorded (a Chat's next turn starts from it), the rest to run at the next step
+    assert ctx.tokens.tolist() == list(prompt) and ctx.cached == 8
     fresh = model.generate(prompt, max_new_tokens=8, sampling=GREEDY).token_ids
     assert model.generate(prompt, max_new_tokens=8, sampling=GREEDY).token_ids == fresh
 
