@@ -213,13 +213,17 @@ def request_tests(model, settings: BenchSettings, threads: int, notes: list) -> 
     if settings.constraint is not None:
         constrained = _Requests(model, settings, settings.constraint)
         rows.append(replace(constrained.rows(threads)[1], test=f"e2e{settings.e2e_tokens}+mask"))
-        cost = [c - p for c, p in zip(constrained.per_token_ms, plain.per_token_ms)]
-        sd = statistics.stdev(cost) if len(cost) > 1 else 0.0
-        rows.append(BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost)))
+        cost = [c - p for c, p in zip(constrained.per_token_ms, plain.per_token_ms) if c is not None]
+        if cost:
+            sd = statistics.stdev(cost) if len(cost) > 1 else 0.0
+            rows.append(BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost)))
+        else:
+            notes.append("mask cost not measured: the constrained answer ran no decode step (its one draw is in "
+                         "its ttft)")
         shortest = min(constrained.generated)
         if shortest < settings.e2e_tokens:
             notes.append(f"e2e{settings.e2e_tokens}+mask: the constrained answer ended after {shortest} tokens "
-                         "(its grammar was complete); mask cost compares the decode time between model runs per step")
+                         "(its grammar was complete)")
     return rows
 
 
@@ -246,7 +250,8 @@ class _Requests:
             self.ttft_ms.append(result.timings.ttft_s * 1000)
             self.e2e.append(n / seconds)
             t = result.timings                         # decode_s holds decode_steps runs and as many draws
-            self.per_token_ms.append(1000 * (t.decode_s - t.decode_run_s) / max(t.decode_steps, 1))
+            self.per_token_ms.append(1000 * (t.decode_s - t.decode_run_s) / t.decode_steps if t.decode_steps
+                                     else None)
             self.generated.append(n)
             return seconds
 
