@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -28,13 +29,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 REQUIRED_TOKENIZER_FILES = ("tokenizer.json",)
 
 
+def _digest(weights, name: str) -> tuple:
+    """(shape, sha256) of a tensor: the table compared without holding two in memory."""
+    table = np.ascontiguousarray(weights.read(name))
+    return table.shape, hashlib.sha256(table.view(np.uint8)).hexdigest()
+
+
 def _stored_head(config, weights, where):
     """The config with the LM head untied where config.json ties it but the checkpoint stores an lm_head.weight
     of other values than the embeddings': transformers loads such a checkpoint untied (and warns), so the
     package computes what it computes."""
     if not config.tie_word_embeddings or "lm_head.weight" not in weights.names():
         return config
-    if np.array_equal(weights.read("lm_head.weight"), weights.read("model.embed_tokens.weight")):
+    if _digest(weights, "lm_head.weight") == _digest(weights, "model.embed_tokens.weight"):   # one table at a time
         return config
     log.warning("%s: tie_word_embeddings is true but the checkpoint's lm_head.weight differs from its "
                 "model.embed_tokens.weight; converting them untied, as transformers loads them (set "
