@@ -309,3 +309,23 @@ def test_a_request_that_leaves_while_its_context_is_made_keeps_the_slot_until_it
 
     during, busy, idle, created = asyncio.run(scenario())
     assert during == (1, True) and busy == 0 and idle == made and created == 1
+
+
+def test_a_request_prefills_in_chunks_that_a_client_leaving_can_stop_between(model):
+    """The job of a client that left is cancelled; a cancel is seen between prefill chunks (tests/generation),
+    so a long prompt no longer runs whole for nobody."""
+    from edgellama.server.app import PREFILL_CHUNK
+
+    seen = []
+
+    class Watched:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def start(self, *args, **kwargs):
+            seen.append(args[1])
+            return model.start(*args, **kwargs)
+
+    with serving(Watched(), parallel=1, queue=1) as running:
+        status, _ = call(running.url, "POST", CHAT, with_(max_tokens=2))
+    assert status == 200 and [options.prefill_chunk for options in seen] == [PREFILL_CHUNK]

@@ -8,8 +8,9 @@
 
 A request: body (at most max_body bytes) -> schema.parse_request -> prompt ids -> pool.submit (a
 context of its own; 429 when the queue is full) -> the answer, whole or as server-sent events. When
-the client goes away the job is cancelled at its next token and its context goes back to the pool; a
-request still waiting in the queue leaves it at once and never runs.
+the client goes away the job is cancelled at its next token, or in a long prompt at its next
+PREFILL_CHUNK tokens, and its context goes back to the pool; a request still waiting in the queue leaves
+it at once and never runs.
 Every error is an OpenAI error object; no request can stop the server. One log line per request
 (edgellama.server logger): client, method, path, status, seconds, tokens.
 """
@@ -38,6 +39,7 @@ from .schema import ApiError, ApiRequest, bad, parse_json, parse_request
 from .settings import ServerSettings
 
 log = logging.getLogger("edgellama.server")
+PREFILL_CHUNK = 512   # prompt tokens a run: a job whose client left stops within one (and its context is freed)
 OPEN_PATHS = ("/health",)        # answered without the API key
 
 
@@ -117,7 +119,8 @@ class Server:
                                             f"and the context holds {capacity}, so at most {room} can follow",
                       code="context_length_exceeded")
         try:
-            return GenerationOptions(max_new_tokens=req.max_tokens or room, stop=req.stop, **extra)
+            return GenerationOptions(max_new_tokens=req.max_tokens or room, stop=req.stop,
+                                     prefill_chunk=PREFILL_CHUNK, **extra)
         except InvalidParameterError as exc:
             raise ApiError(400, str(exc)) from None
 
