@@ -183,6 +183,12 @@ def load_template(tokenizer, folder) -> ChatTemplate:
     return ChatTemplate(source, tokenizer, str(where))
 
 
+def _check_system(system) -> Optional[str]:
+    if system is not None and not isinstance(system, str):
+        raise InvalidParameterError(f"system={system!r} must be a string or None")
+    return system
+
+
 class Chat:
     """A conversation that keeps its KV cache between turns.
 
@@ -200,7 +206,7 @@ class Chat:
         self.template = model.chat_template
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow)
         self.sampling = sampling
-        self.system = system
+        self._system = _check_system(system)
         self._messages: list[dict] = []
         self.context = model.new_context()
         self.last_result: Optional[GenerationResult] = None
@@ -208,6 +214,20 @@ class Chat:
         self._turn = threading.Lock()           # held from a message's start to the end of its answer
         self._tools: Optional[tuple] = None     # the tools shown in the prompt (edgellama.tools)
         self.reset()
+
+    @property
+    def system(self) -> Optional[str]:
+        """The system message; assign one (or None) to put it in place of the conversation's, which goes on
+        from there (the cache keeps what comes before it)."""
+        return self._system
+
+    @system.setter
+    def system(self, system: Optional[str]) -> None:
+        system = _check_system(system)
+        with self._exclusive():
+            rest = self._messages[1:] if self._messages and self._messages[0]["role"] == "system" else self._messages
+            head = [{"role": "system", "content": system}] if system is not None else []
+            self._system, self._messages, self._base = system, head + rest, None
 
     @property
     def messages(self) -> list[dict]:
@@ -340,7 +360,7 @@ class Chat:
             sampling = meta["sampling"]
             chat.options = GenerationOptions(**meta["options"])
             chat.sampling = None if sampling is None else SamplingParams(**sampling)
-            chat.system, chat._messages = meta["system"], _check_messages(meta["messages"])
+            chat._system, chat._messages = _check_system(meta["system"]), _check_messages(meta["messages"])
             chat._base = None if meta["base"] is None else [int(t) for t in meta["base"]]
             chat._tools = check_tools(meta["tools"]) if meta.get("tools") else None
         except (KeyError, TypeError, ValueError) as exc:
