@@ -9,7 +9,7 @@ import pytest
 
 from edgellama.sampling import SamplingParams
 
-from helpers.faults import canceller, interrupt, on_nth_feed
+from helpers.faults import cancel_at_feed, canceller, interrupt, on_nth_feed
 
 GREEDY = SamplingParams(temperature=0.0)
 NO_EOS = SamplingParams(temperature=0.0, logit_bias={2: -100.0})
@@ -81,15 +81,8 @@ def test_cancel_from_another_thread(model):
 
 
 def test_cancel_set_by_another_thread_during_generate(model):
-    started = threading.Event()
-    cancel, thread = canceller(started)
-
-    def wait_for_cancel():
-        started.set()
-        assert cancel.wait(30)
-
     mp = pytest.MonkeyPatch()
-    on_nth_feed(mp, 4, wait_for_cancel)
+    cancel, thread = cancel_at_feed(mp, 4)
     try:
         result = model.generate(PROMPTS[0], max_new_tokens=80, sampling=NO_EOS, cancel=cancel)
     finally:
@@ -146,17 +139,10 @@ def test_a_cancelled_prefill_counts_no_pending_token_as_run(model):
 def test_cancel_between_prefill_chunks_stops_the_prefill(model):
     from edgellama.generation import GenerationOptions
 
-    started = threading.Event()
-    cancel, thread = canceller(started)
-
-    def wait_for_cancel():
-        started.set()
-        assert cancel.wait(30)
-
     prompt = model.encode_prompt(PROMPTS[2] * 6)
     ctx = model.new_context()
     mp = pytest.MonkeyPatch()
-    on_nth_feed(mp, 2, wait_for_cancel)     # the second chunk's run: the cancel comes while it runs
+    cancel, thread = cancel_at_feed(mp, 2)   # the second chunk's run: the cancel comes while it runs
     try:
         result = model.start(prompt, GenerationOptions(max_new_tokens=10, prefill_chunk=4), GREEDY,
                              cancel=cancel, ctx=ctx).consume()

@@ -42,3 +42,17 @@ def canceller(signal: threading.Event) -> tuple[threading.Event, threading.Threa
     thread = threading.Thread(target=run)
     thread.start()
     return cancel, thread
+
+
+def cancel_at_feed(monkeypatch, n: int) -> tuple[threading.Event, threading.Thread]:
+    """A cancel Event that another thread sets while the n-th model run from now waits for it (on_nth_feed):
+    a Stop pressed during that run; the caller joins the thread."""
+    started = threading.Event()
+    cancel, thread = canceller(started)
+
+    def wait_for_cancel():
+        started.set()
+        assert cancel.wait(30)
+
+    on_nth_feed(monkeypatch, n, wait_for_cancel)
+    return cancel, thread
