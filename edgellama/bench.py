@@ -213,7 +213,7 @@ def request_tests(model, settings: BenchSettings, threads: int, notes: list) -> 
     if settings.constraint is not None:
         constrained = _Requests(model, settings, settings.constraint)
         rows.append(replace(constrained.rows(threads)[1], test=f"e2e{settings.e2e_tokens}+mask"))
-        cost = [c - p for c, p in zip(constrained.per_token_ms, plain.per_token_ms) if c is not None]
+        cost = [c - p for c, p in zip(constrained.per_token_ms, plain.per_token_ms) if None not in (c, p)]
         if cost:
             sd = statistics.stdev(cost) if len(cost) > 1 else 0.0
             rows.append(BenchRow("mask cost", threads, "ms", statistics.fmean(cost), sd, tuple(cost)))
@@ -246,13 +246,13 @@ class _Requests:
             t0 = time.perf_counter()
             result = model.start(REAL_PROMPT, options, sampling, ctx=ctx).consume()
             seconds = time.perf_counter() - t0
-            n = result.timings.generated_tokens
-            self.ttft_ms.append(result.timings.ttft_s * 1000)
-            self.e2e.append(n / seconds)
-            t = result.timings                         # decode_s holds decode_steps runs and as many draws
+            t = result.timings
+            self.ttft_ms.append(t.ttft_s * 1000)
+            self.e2e.append(t.generated_tokens / seconds)
+            # decode_s holds decode_steps runs and as many draws (None: no step, its one draw is in the ttft)
             self.per_token_ms.append(1000 * (t.decode_s - t.decode_run_s) / t.decode_steps if t.decode_steps
                                      else None)
-            self.generated.append(n)
+            self.generated.append(t.generated_tokens)
             return seconds
 
         _repeat(once, settings.repetitions)

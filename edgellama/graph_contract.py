@@ -123,7 +123,7 @@ class DeclaredGraph:
         return self._outputs
 
 
-def check_rotary(model, config, max_length: int, where) -> None:
+def check_rotary(model, config, max_length: int) -> None:
     """The graph's rotary tables (initializers of the ONNX model at path `model`) must hold a row for each of
     edgellama.json's max_length positions, of head_dim / 2 angles: past their rows the attention stops a
     run mid-generation."""
@@ -134,7 +134,7 @@ def check_rotary(model, config, max_length: int, where) -> None:
         if dims is None:
             continue
         if len(dims) != 2 or dims[1] != config.head_dim // 2 or dims[0] < max_length:
-            raise PackageError(f"{where}: edgellama.json says max_length {max_length}, head_dim={config.head_dim} "
+            raise PackageError(f"{model}: edgellama.json says max_length {max_length}, head_dim={config.head_dim} "
                                f"but the graph's {name} is {list(dims)}, not at least [{max_length}, "
                                f"{config.head_dim // 2}]; the metadata does not match the graph: convert the model "
                                "again")

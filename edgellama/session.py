@@ -169,6 +169,17 @@ class PackageSession:
         return Context(self.session, self.info, self.max_length, self.device, self.kv_cache)
 
 
+def check_files(path: Path, info: PackageInfo, quick: bool) -> None:
+    """What loading checks of a package's files before ONNX Runtime reads them (edgellama info too): the
+    graph's external data inside the package at the sizes it reads, its rotary tables against max_length,
+    and the checksums (quick: all but the weights')."""
+    check_external_data(path)
+    check_rotary(path / MODEL_FILE, info.config, info.max_length)
+    t0 = time.perf_counter()
+    verify_files(path, info, quick=quick)
+    log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
+
+
 def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                  max_length: Optional[int] = None, verify: bool = False, graph=None,
                  kv_cache: Optional[str] = None, mmap: bool = False) -> PackageSession:
@@ -189,11 +200,7 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     if graph is None:
         check_memory(info.config, capacity, kv)
     threads = default_threads() if threads is None else threads
-    check_external_data(path)                       # locations inside the package, sizes as the graph reads
-    check_rotary(path / MODEL_FILE, info.config, info.max_length, path / MODEL_FILE)
-    t0 = time.perf_counter()
-    verify_files(path, info, quick=not verify)      # without verify: every file but the weights
-    log.info("checksums of %s verified in %.1f s", path, time.perf_counter() - t0)
+    check_files(path, info, quick=not verify)       # without verify: every checksum but the weights'
     graph = graph_for(path / MODEL_FILE, info, kv, graph)
     providers, cpu_fallback = choose_providers(providers, info.providers, path)
     session, provider = create_session(path / MODEL_FILE, providers, threads, cpu_fallback, info.providers, graph,

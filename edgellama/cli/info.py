@@ -11,17 +11,15 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from .. import kernels
-    from ..external_data import check_external_data
-    from ..graph_contract import DeclaredGraph, check_graph, check_rotary
-    from ..package import MODEL_FILE, QUICK_SKIPS, read_info, verify
+    from ..graph_contract import DeclaredGraph, check_graph
+    from ..package import MODEL_FILE, QUICK_SKIPS, read_info
+    from ..session import check_files
 
     folder = Path(args.package)
     info = read_info(folder)
-    check_external_data(folder)      # what the graph reads lies inside the package, at the right size
+    check_files(folder, info, quick=args.no_verify)
     model = folder / MODEL_FILE      # the graph against edgellama.json as loading checks it, read from the file
-    check_rotary(model, info.config, info.max_length, model)
     check_graph(DeclaredGraph(model), info.config, model, info.io_dtype, info.graph_kv_cache)
-    verify(folder, info, quick=args.no_verify)
     if args.json:
         print(info.to_json())
         return 0
