@@ -5,7 +5,9 @@
                                   [--speed-only [--types int8,float16]]
 
 For SmolLM2 in the native form (converted once into WORK, as `python -m benchmarks.suite` does)
-with kv_cache float32, float16 and int8, and onnxruntime-genai's int4 package beside it:
+with kv_cache float32, float16 and int8, and its peers beside it (onnxruntime-genai's int4 package; llama.cpp
+on the GGUF the package was converted from, its cache q8_0 with flash attention and f16 without, when
+llama-cpp-python is installed):
   memory      one child process per type: load with a `context`-position cache, fill it (prefill
               and decode up to its last position), peak RSS (VmHWM)
   perplexity  the first 2,048 tokens of benchmarks/data/gpl-3.0.txt in one window, with the int4
@@ -19,7 +21,7 @@ with kv_cache float32, float16 and int8, and onnxruntime-genai's int4 package be
               read at depth 0) / (weights + cache rows read at depth D), a token's mean over the N
               generated; a host whose decode steps at both depths read memory at the same rate
               cannot go above it
---speed-only runs the speed part alone, for the cache types in --types (onnxruntime-genai beside them),
+--speed-only runs the speed part alone, for the cache types in --types (the peers beside them),
 and prints each engine's rounds: what two builds are compared by, one run after the other.
 """
 from __future__ import annotations
@@ -101,6 +103,38 @@ class _Edgellama:
         return (len(result.token_ids) - 1) / result.timings.decode_s
 
 
+class _LlamaCpp:
+    def __init__(self, gguf: Path, settings, kv_cache: str):
+        from .suite.engine_llamacpp import Runner
+
+        self.runner = Runner(gguf, settings, kv_cache)
+
+    def decode_tps(self, prompt, n: int) -> float:
+        tokens, _, decode = self.runner.generate(prompt, n)
+        return (len(tokens) - 1) / decode
+
+
+GENAI = "onnxruntime-genai int4"
+LLAMACPP = {"q8_0": "llama.cpp Q4_1, q8_0 cache", "f16": "llama.cpp Q4_1, f16 cache"}   # kv -> name
+
+
+def _peers(genai: Path, settings) -> dict:
+    """The peers beside edgellama: onnxruntime-genai's int4 package, and llama.cpp on the GGUF the
+    package was converted from (its cache q8_0 with flash attention, and f16, its default, without),
+    when llama-cpp-python is installed."""
+    peers = {GENAI: _Genai(genai, settings)}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: llama.cpp left out", file=sys.stderr)
+        return peers
+    from .suite.models import gguf_file
+
+    for kv, name in LLAMACPP.items():
+        peers[name] = _LlamaCpp(gguf_file(settings), settings, kv)
+    return peers
+
+
 class _Genai:
     def __init__(self, artifact: Path, settings):
         from .suite.engine_genai import Runner
@@ -117,7 +151,7 @@ def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: 
     """The median tg `n_gen` of each engine at depth 0 and `depth`; `every` (if given) takes every round's."""
     engines = {f"edgellama int4, {kv} cache": _Edgellama(package, kv, settings.threads, settings.capacity)
                for kv in types}
-    engines["onnxruntime-genai int4"] = _Genai(genai, settings)
+    engines.update(_peers(genai, settings))
     prompts = {0: _text_ids(package, 8), depth: _text_ids(package, depth)}
     for engine in engines.values():   # warm-up
         engine.decode_tps(prompts[0], 8)
@@ -167,12 +201,15 @@ def report(result: dict, package: Path, context: int, depth: int, n_gen: int) ->
                      f"{(f32 - rss) / f32_cache:.0%} | {ppl:.4f} | {ppl / result['perplexity']['float32'] - 1:+.3%} | "
                      f"{ppl32:.4f} | {ppl32 / result['perplexity_fp32']['float32'] - 1:+.3%} | "
                      f"{tg0:.1f} | {tgd:.1f} | {tgd / tg0:.2f} | {byte_ceiling(package, kv, depth, n_gen):.2f} |")
-    genai = result["speed"]["onnxruntime-genai int4"]
-    lines.append(f"| onnxruntime-genai int4 | | | | | | | | {genai['0']:.1f} | {genai[str(depth)]:.1f} | "
-                 f"{genai[str(depth)] / genai['0']:.2f} | |")
+    peers = [name for name in (GENAI, *LLAMACPP.values()) if name in result["speed"]]
+    for name in peers:
+        tps = result["speed"][name]
+        lines.append(f"| {name} | | | | | | | | {tps['0']:.1f} | {tps[str(depth)]:.1f} | "
+                     f"{tps[str(depth)] / tps['0']:.2f} | |")
     int8 = result["speed"]["edgellama int4, int8 cache"][str(depth)]
-    lines += ["", f"tg{n_gen}@d{depth}: edgellama int8 cache / onnxruntime-genai int4 = "
-              f"{int8 / genai[str(depth)]:.2f}x"]
+    lines.append("")
+    lines += [f"tg{n_gen}@d{depth}: edgellama int8 cache / {name} = {int8 / result['speed'][name][str(depth)]:.2f}x"
+              for name in peers]
     return "\n".join(lines)
 
 

@@ -36,15 +36,26 @@ def test_byte_ceiling_orders_the_types(smollm2_int4_package):
     assert ceilings == sorted(ceilings)
 
 
-def test_the_report_table_has_a_header_cell_for_each_column(smollm2_int4_package):
-    from benchmarks.kv_cache import TYPES, report
+def _result(peers: dict) -> dict:
+    from benchmarks.kv_cache import TYPES
 
     speed = {f"edgellama int4, {kv} cache": {"0": 200.0, "2048": 100.0} for kv in TYPES}
-    speed["onnxruntime-genai int4"] = {"0": 150.0, "2048": 50.0}
-    result = {"threads": 2, "cpu": "test", "speed": speed,
-              "memory": {kv: {"peak_rss_bytes": 400 << 20} for kv in TYPES},
-              "perplexity": {kv: 20.0 for kv in TYPES}, "perplexity_fp32": {kv: 19.0 for kv in TYPES}}
-    rows = [line for line in report(result, smollm2_int4_package, 4096, 2048, 128).splitlines()
-            if line.startswith("|")]
-    assert len(rows) == 2 + len(TYPES) + 1 and "bytes d0 / d2048" in rows[0]
+    speed.update(peers)
+    return {"threads": 2, "cpu": "test", "speed": speed,
+            "memory": {kv: {"peak_rss_bytes": 400 << 20} for kv in TYPES},
+            "perplexity": {kv: 20.0 for kv in TYPES}, "perplexity_fp32": {kv: 19.0 for kv in TYPES}}
+
+
+@pytest.mark.parametrize("llamacpp", [False, True], ids=["genai", "genai+llamacpp"])
+def test_the_report_has_a_row_and_a_ratio_for_each_peer_measured(smollm2_int4_package, llamacpp):
+    from benchmarks.kv_cache import GENAI, LLAMACPP, TYPES, report
+
+    peers = {GENAI: {"0": 150.0, "2048": 50.0}}
+    if llamacpp:
+        peers.update({name: {"0": 120.0, "2048": 40.0} for name in LLAMACPP.values()})
+    lines = report(_result(peers), smollm2_int4_package, 4096, 2048, 128).splitlines()
+    rows = [line for line in lines if line.startswith("|")]
+    assert len(rows) == 2 + len(TYPES) + len(peers) and "bytes d0 / d2048" in rows[0]
     assert {row.count("|") for row in rows} == {13}
+    ratios = [line for line in lines if line.startswith("tg128@d2048: edgellama int8 cache / ")]
+    assert [line.rsplit(" = ", 1)[1] for line in ratios] == ["2.00x"] + ["2.50x"] * (len(peers) - 1)

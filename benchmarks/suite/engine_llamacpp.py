@@ -2,7 +2,8 @@
 
     GGUF (SmolLM2's Q4_1 as shipped, or an F32 one) --llama_model_quantize (allow_requantize)-->
         WORK/<model>/<model>-Q4_0 / Q4_1 / Q4_K_M / Q8_0.gguf (the GGUF itself for its own type)
-    speed:      Llama(n_ctx=capacity, n_threads, flash attention off) -> eval(prompt) -> argmax -> eval([t]) ...
+    speed:      Llama(n_ctx=capacity, n_threads, f16 KV cache, flash attention off; a q8_0 cache with it on)
+                -> eval(prompt) -> argmax -> eval([t]) ...
     perplexity: Llama(n_ctx=len(ids), logits_all=True) -> eval(ids) -> every row of scores
 """
 from __future__ import annotations
@@ -42,21 +43,29 @@ def prepare(variant: str, settings) -> Path:
     return out
 
 
-def _open(path: Path, n_ctx: int, threads: int, logits_all: bool = False):
+# KV cache types a Runner can ask for: llama.cpp's element type, and whether it needs flash attention
+# (a quantized value cache runs only there)
+KV_CACHES = {"f16": ("GGML_TYPE_F16", False), "q8_0": ("GGML_TYPE_Q8_0", True)}
+
+
+def _open(path: Path, n_ctx: int, threads: int, logits_all: bool = False, kv_cache: str = "f16"):
     import llama_cpp
 
+    ggml_type, flash = KV_CACHES[kv_cache]
+    kv = getattr(llama_cpp, ggml_type)
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                           n_batch=512, logits_all=logits_all, flash_attn=False, verbose=False)
+                           n_batch=512, logits_all=logits_all, flash_attn=flash, type_k=kv, type_v=kv,
+                           verbose=False)
 
 
 class Runner:
     """Greedy generation from token ids, end-of-text banned so every run makes the same number of tokens."""
 
-    def __init__(self, artifact: Path, settings):
+    def __init__(self, artifact: Path, settings, kv_cache: str = "f16"):
         import llama_cpp
 
         self._llama_cpp = llama_cpp
-        self.llm = _open(artifact, settings.capacity, settings.threads)
+        self.llm = _open(artifact, settings.capacity, settings.threads, kv_cache=kv_cache)
         self.eos = self.llm.token_eos()
         self.vocab = self.llm.n_vocab()
 
