@@ -43,9 +43,12 @@ class GenerationOptions:
     reuse_prefix: bool = True     # start from the cached prefix an earlier request left (False: run it all)
     constraint: Optional[object] = None   # an edgellama.Constraint the text must match
     logprobs: Optional[int] = None  # None: no GenerationResult.logprobs; N: each token's and the N best
+    prompt_logprobs: Optional[int] = None   # None: no GenerationResult.prompt_logprobs; N: each prompt token's
+                                            # after the first and the N best (the prompt then runs from its
+                                            # start, one token a run: score_prompt)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "n_keep", "prefill_chunk", "logprobs"):   # NumPy integers as ints
+        for name in ("max_new_tokens", "n_keep", "prefill_chunk", "logprobs", "prompt_logprobs"):   # NumPy ints
             value = getattr(self, name)
             if isinstance(value, np.integer):
                 object.__setattr__(self, name, int(value))
@@ -66,8 +69,10 @@ class GenerationOptions:
             raise InvalidParameterError(f"prefill_chunk={self.prefill_chunk!r} must be an integer >= 0")
         if not isinstance(self.reuse_prefix, bool):
             raise InvalidParameterError(f"reuse_prefix={self.reuse_prefix!r} must be True or False")
-        if self.logprobs is not None and not (_count(self.logprobs) and self.logprobs <= MAX_LOGPROBS):
-            raise InvalidParameterError(f"logprobs={self.logprobs!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (_count(value) and value <= MAX_LOGPROBS):
+                raise InvalidParameterError(f"{name}={value!r} must be None or an integer in [0, {MAX_LOGPROBS}]")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
     prompt_token_ids: tuple = ()
     logprobs: tuple = ()       # TokenLogprob per generated token in `text` when asked for (edgellama.logprobs)
+    prompt_logprobs: tuple = ()   # TokenLogprob per prompt token after the first when asked for, each with
+                                  # its offset in the prompt's text (decoded with its special tokens)
     tool_calls: tuple = ()     # ToolCall per call when finish_reason is "tool_calls" (edgellama.tools)
 
 
@@ -234,21 +241,33 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     t_start = time.perf_counter()
     eos = frozenset(tokenizer.special_tokens.eos_token_ids)
     prompt_ids = tuple(int(t) for t in prompt)
+    scored = ()
     if options.max_new_tokens == 0:
-        return GenerationResult("", (), "length", Timings(load_s=load_s, prompt_tokens=len(prompt)), prompt_ids)
+        if options.prompt_logprobs is not None:
+            scored = score_prompt(ctx, tokenizer, prompt, options.prompt_logprobs, cancel)
+        ran = ctx.cached if options.prompt_logprobs is not None else 0
+        timings = Timings(load_s=load_s, prompt_tokens=len(prompt), prefilled_tokens=ran,
+                          prefill_s=time.perf_counter() - t_start)
+        return GenerationResult("", (), "length", timings, prompt_ids, prompt_logprobs=scored)
     sampler = ctx.sampler(sampling)
 
     # 1. prefill what the cache does not hold yet
-    if not options.reuse_prefix:
-        ctx.rewind(0)
-    rest = prompt[ctx.reuse_prefix(prompt):]
-    cached = ctx.cached
-    chunk = options.prefill_chunk or len(rest)
-    for start in range(0, len(rest), chunk):
-        if cancel is not None and cancel.is_set():   # the rest recorded, not run: the context holds the
-            ctx.record(rest[start:])                 # prompt (a Chat's next turn starts from it); the loop
-            break                                    # below then ends at once
-        ctx.advance(rest[start:start + chunk])
+    cached = 0
+    if options.prompt_logprobs is not None:
+        scored = score_prompt(ctx, tokenizer, prompt, options.prompt_logprobs, cancel)
+        if ctx.length > ctx.cached and not (cancel is not None and cancel.is_set()):
+            ctx.advance()                            # the last prompt token, whose logits the first draw reads
+    else:
+        if not options.reuse_prefix:
+            ctx.rewind(0)
+        rest = prompt[ctx.reuse_prefix(prompt):]
+        cached = ctx.cached
+        chunk = options.prefill_chunk or len(rest)
+        for start in range(0, len(rest), chunk):
+            if cancel is not None and cancel.is_set():   # the rest recorded, not run: the context holds the
+                ctx.record(rest[start:])                 # prompt (a Chat's next turn starts from it); the loop
+                break                                    # below then ends at once
+            ctx.advance(rest[start:start + chunk])
     prefilled = ctx.cached - cached              # run now (with a pending token the record held)
     t_prefilled = time.perf_counter()
 
@@ -341,7 +360,35 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
         decode_run_s=run_s, decode_steps=steps)
     text = "".join(pieces)
     placed = placed_logprobs(logprobs, starts, len(text) if stops.stopped else None)
-    return GenerationResult(text, tuple(generated.array().tolist()), finish, timings, prompt_ids, placed)
+    return GenerationResult(text, tuple(generated.array().tolist()), finish, timings, prompt_ids, placed,
+                            prompt_logprobs=scored)
+
+
+def score_prompt(ctx: Context, tokenizer, prompt: np.ndarray, n: int, cancel=None) -> tuple:
+    """The log-probability of each prompt token after the first under the model's logits at the
+    token before it (its own distribution: no logit bias, penalty or constraint), with the `n` best
+    tokens there and its offset in the prompt's text decoded with its special tokens.
+
+    The prompt runs from the context's start, one token a run (the cache holds no logits of the
+    positions it kept), all but the last, which is recorded to run next. A cancel records the rest
+    unrun and returns the tokens scored so far."""
+    ctx.rewind(0)
+    decoder = tokenizer.stream_decoder(skip_special=False)
+    decoded = 0
+    starts = []
+    for t in prompt.tolist():
+        text = decoder.push(t)
+        starts.append(token_start(tokenizer, t, decoded, decoded + len(text)))
+        decoded += len(text)
+    out = []
+    for i in range(len(prompt) - 1):
+        if cancel is not None and cancel.is_set():
+            ctx.record(prompt[i:])
+            return tuple(out)
+        logits = ctx.append(prompt[i:i + 1])
+        out.append(replace(token_logprob(tokenizer, logits, int(prompt[i + 1]), n), offset=starts[i + 1]))
+    ctx.record(prompt[-1:])
+    return tuple(out)
 
 
 class _Ids:

@@ -143,28 +143,33 @@ class Model:
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
                  cancel=None, on_overflow: str = "error", parse_special: bool = False, constraint=None,
-                 logprobs: Optional[int] = None, reuse_prefix: bool = True) -> GenerationResult:
+                 logprobs: Optional[int] = None, reuse_prefix: bool = True,
+                 prompt_logprobs: Optional[int] = None) -> GenerationResult:
         """Generate from `prompt` (text or token ids) until EOS, a stop string, max_new_tokens or `cancel`.
 
         on_overflow="shift" lets generation run past max_length by dropping the oldest tokens (the BOS
         is kept). parse_special=True reads special-token strings in a str prompt as control tokens.
         constraint: an `edgellama.Constraint` the text must match (a JSON schema, a regex, a grammar).
         logprobs=N: result.logprobs lists each token's log-probability and the N best (edgellama.logprobs).
+        prompt_logprobs=N: result.prompt_logprobs lists the same for each prompt token after the first,
+        under the model's own distribution (the prompt then runs from its start, one token a run);
+        with max_new_tokens=0 the prompt is scored and nothing is generated.
         reuse_prefix=False runs the whole prompt afresh instead of starting from the prefix an earlier
         request left cached: a portable package then gives a cold run's exact logits (a native one gives
         them either way)."""
         options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
                                     parse_special=parse_special, constraint=constraint, logprobs=logprobs,
-                                    reuse_prefix=reuse_prefix)
+                                    reuse_prefix=reuse_prefix, prompt_logprobs=prompt_logprobs)
         return self.start(prompt, options, sampling, cancel).consume()
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
                cancel=None, on_overflow: str = "error", parse_special: bool = False, constraint=None,
-               logprobs: Optional[int] = None, reuse_prefix: bool = True) -> TextStream:
+               logprobs: Optional[int] = None, reuse_prefix: bool = True,
+               prompt_logprobs: Optional[int] = None) -> TextStream:
         """Like `generate`, but yields the text as it is produced (each piece is whole characters)."""
         options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
                                     parse_special=parse_special, constraint=constraint, logprobs=logprobs,
-                                    reuse_prefix=reuse_prefix)
+                                    reuse_prefix=reuse_prefix, prompt_logprobs=prompt_logprobs)
         return self.start(prompt, options, sampling, cancel)
 
     def chat(self, messages, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),

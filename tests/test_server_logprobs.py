@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
@@ -85,12 +86,79 @@ def test_chat_logprob_bytes_join_to_the_content(server):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_echo_text_offsets_point_into_the_returned_text(server, stream):
-    answer = post(server, "/v1/completions", prompt="hello", max_tokens=8, logprobs=1, echo=True, stream=stream)
+def test_echo_text_offsets_point_into_the_returned_text(server, model, stream):
+    """The echoed prompt's tokens come first (the first with no log-probability), then the answer's."""
+    answer = post(server, "/v1/completions", prompt="hello there", max_tokens=8, logprobs=1, echo=True,
+                  stream=stream)
     text, lp = answer if stream else (answer["text"], answer["logprobs"])
-    assert text.startswith("hello") and len(lp["tokens"]) == 8
-    assert lp["text_offset"][0] == len("hello")
+    n = len(model.tokenizer.encode("hello there"))
+    assert text.startswith("hello there") and len(lp["tokens"]) == n + 8
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None and lp["text_offset"][0] == 0
+    assert all(isinstance(x, float) for x in lp["token_logprobs"][1:])
+    assert lp["text_offset"][n] == len("hello there") and "".join(lp["tokens"][:n]) == "hello there"
     assert all(text[at:at + len(token)] == token for token, at in zip(lp["tokens"], lp["text_offset"]))
+
+
+def loglikelihood(server, context: list, continuation: list) -> tuple:
+    """(sum of the continuation's log-probabilities, whether each was the most likely token): a loglikelihood
+    request as lm-evaluation-harness's local-completions model sends it (token ids in a one-prompt list,
+    echo, max_tokens 1, logprobs 1) and reads the answer (the prompt's entries from the context's end,
+    less the generated token's)."""
+    answer = post(server, "/v1/completions", prompt=[context + continuation], max_tokens=1, logprobs=1,
+                  echo=True, seed=1234)
+    lp = answer["logprobs"]
+    assert len(lp["token_logprobs"]) == len(context) + len(continuation) + 1
+    scores = lp["token_logprobs"][len(context):-1]
+    greedy = all(score == max(top.values()) for score, top in zip(scores, lp["top_logprobs"][len(context):-1]))
+    return sum(scores), greedy
+
+
+def test_loglikelihood_requests_score_the_continuation_as_the_model_does(server, model, package):
+    from edgellama.evaluate import EvalSettings, GraphScorer
+
+    scorer = GraphScorer(package, EvalSettings(threads=1))
+
+    def logprobs_after(ids):
+        logits = scorer.logits(ids).astype("float64")[-1]
+        return logits - logits.max() - float(np.log(np.exp(logits - logits.max()).sum()))
+
+    context = model.tokenizer.encode("The capital of France is")
+    first = logprobs_after(context)
+    best, other = first.argsort()[::-1][[0, 5]].tolist()
+    score, greedy = loglikelihood(server, context, [best])
+    assert score == pytest.approx(first[best], abs=1e-4) and greedy
+    score, greedy = loglikelihood(server, context, [other])
+    assert score == pytest.approx(first[other], abs=1e-4) and not greedy
+    score, _ = loglikelihood(server, context, [best, other])
+    assert score == pytest.approx(first[best] + logprobs_after(context + [best])[other], abs=1e-4)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_0_with_echo_scores_the_prompt_alone(server, model, stream):
+    answer = post(server, "/v1/completions", prompt="hello there", max_tokens=0, logprobs=2, echo=True,
+                  stream=stream)
+    text, lp = answer if stream else (answer["text"], answer["logprobs"])
+    assert text == "hello there" and len(lp["tokens"]) == len(model.tokenizer.encode("hello there"))
+    assert all(len(top) == 2 for top in lp["top_logprobs"][1:])
+    if not stream:
+        assert answer["finish_reason"] == "length"
+    whole = post(server, "/v1/completions", prompt="hello there", max_tokens=0, echo=True)
+    assert whole["text"] == "hello there" and whole["logprobs"] is None
+
+
+def test_max_tokens_0_without_echo_is_refused(server):
+    status, answer = call(server.url, "POST", "/v1/completions",
+                          {"model": MODEL_ID, "prompt": "hello", "max_tokens": 0})
+    assert status == 400 and answer["error"]["param"] == "max_tokens" and "echo" in answer["error"]["message"]
+
+
+def test_the_openai_client_reads_echoed_prompt_logprobs(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    answer = client.completions.create(model=MODEL_ID, prompt="hello there", max_tokens=0, echo=True, logprobs=1)
+    lp = answer.choices[0].logprobs
+    assert answer.choices[0].text == "hello there" and lp.token_logprobs[0] is None
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) > 1
 
 
 @pytest.mark.parametrize("stream", [False, True])

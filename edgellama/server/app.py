@@ -119,7 +119,7 @@ class Server:
                                             f"and the context holds {capacity}, so at most {room} can follow",
                       code="context_length_exceeded")
         try:
-            return GenerationOptions(max_new_tokens=req.max_tokens or room, stop=req.stop,
+            return GenerationOptions(max_new_tokens=room if req.max_tokens is None else req.max_tokens, stop=req.stop,
                                      prefill_chunk=PREFILL_CHUNK, **extra)
         except InvalidParameterError as exc:
             raise ApiError(400, str(exc)) from None
@@ -152,6 +152,7 @@ class Server:
                 ids, prefix = await asyncio.to_thread(self.chat_prompt, plan)
             else:
                 ids, prefix = await asyncio.to_thread(self.completion_prompt, req), None
+                plan = plan.with_prompt(self.model.tokenizer, ids)
             options = self.options(req, len(ids), plan.options)
             note(request.scope, prompt_tokens=len(ids), stream=req.stream)
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..errors import InvalidParameterError
@@ -28,6 +28,8 @@ class Plan:
     logprobs: Optional[int] = None
     kind: str = "chat"
     echo: str = ""                                       # the prompt text a completion starts with (echo)
+    prompt_head: tuple = ()                              # echo with logprobs: the prompt's first token's text,
+                                                         # and where the prompt's decoded text starts in echo
 
     def wrap(self, stream):
         """The stream a job iterates: text pieces, and ToolCall objects when tools are offered."""
@@ -44,7 +46,18 @@ class Plan:
             return calls, None
         if self.kind == "chat":
             return calls, {"content": [chat_logprob(lp, self.logprobs) for lp in result.logprobs], "refusal": None}
-        return calls, completion_logprobs(result.logprobs, len(self.echo))
+        head = completion_logprobs(result.prompt_logprobs, self.prompt_head[1], self.prompt_head[0]) \
+            if self.prompt_head else None
+        return calls, completion_logprobs(result.logprobs, len(self.echo), head=head)
+
+    def with_prompt(self, tokenizer, ids) -> "Plan":
+        """The plan of a completion once its prompt ids are known: an echo with logprobs lists the prompt's
+        tokens first (offsets in the echoed text, which leaves out the special tokens a text prompt was
+        given, such as a BOS)."""
+        if not self.echo or self.logprobs is None:
+            return self
+        decoded = tokenizer.decode(ids, skip_special=False)
+        return replace(self, prompt_head=(tokenizer.decode(ids[:1], skip_special=False), len(self.echo) - len(decoded)))
 
     def delta_calls(self, tool_calls):
         """The tool calls of a streamed answer's last chunk (each with its index)."""
@@ -61,13 +74,21 @@ def chat_logprob(lp, top: int) -> dict:
     return {**entry(lp), "top_logprobs": [entry(t) for t in lp.top[:top]]}
 
 
-def completion_logprobs(logprobs, shift: int = 0) -> dict:
-    """OpenAI's legacy logprobs; `shift`: the length of the echoed prompt in front of the generated text.
+def completion_logprobs(logprobs, shift: int = 0, first: Optional[str] = None, head: Optional[dict] = None) -> dict:
+    """OpenAI's legacy logprobs of `logprobs` (TokenLogprob), their offsets moved by `shift` (not below 0).
 
-    The echoed prompt's own tokens are not listed (only generated tokens have log-probabilities)."""
-    return {"tokens": [lp.text for lp in logprobs], "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
-            "top_logprobs": [{t.text: _finite(t.logprob) for t in lp.top} for lp in logprobs],
-            "text_offset": [shift + lp.offset for lp in logprobs]}
+    `first`: the text of a token listed before them with no log-probability (null), at offset 0: the
+    prompt's first token, when `logprobs` are the prompt's (GenerationResult.prompt_logprobs). `head`:
+    lists (the echoed prompt's) put in front of these."""
+    out = {"tokens": [lp.text for lp in logprobs], "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
+           "top_logprobs": [{t.text: _finite(t.logprob) for t in lp.top} for lp in logprobs],
+           "text_offset": [max(0, shift + lp.offset) for lp in logprobs]}
+    if first is not None:
+        out = {"tokens": [first, *out["tokens"]], "token_logprobs": [None, *out["token_logprobs"]],
+               "top_logprobs": [None, *out["top_logprobs"]], "text_offset": [0, *out["text_offset"]]}
+    if head is not None:
+        out = {key: head[key] + value for key, value in out.items()}
+    return out
 
 
 def openai_call(call) -> dict:
@@ -150,6 +171,8 @@ def plan(model, req: ApiRequest) -> Plan:
     options = {}
     if req.logprobs is not None:
         options["logprobs"] = req.logprobs
+        if req.echo:
+            options["prompt_logprobs"] = req.logprobs
     if req.response_format is not None:
         try:
             constraint = Constraint.from_response_format(req.response_format)

@@ -203,7 +203,7 @@ CHAT_FIELDS = {
 COMPLETION_FIELDS = {
     **SHARED_FIELDS,
     "prompt": (_prompt, None),
-    "max_tokens": (_integer(1), 16),
+    "max_tokens": (_integer(0), 16),     # 0 with echo: the prompt alone (scored, with logprobs)
     "echo": (_boolean, False),
     "logprobs": (_integer(0, 5), None),
     "best_of": (_only(1), 1),
@@ -282,6 +282,9 @@ def parse_request(kind: str, body: dict, vocab_size: int) -> ApiRequest:
         logprobs = (top or 0) if values["logprobs"] else None
     else:
         logprobs = values["logprobs"]
+        if values["max_tokens"] == 0 and not values["echo"]:
+            raise bad("max_tokens", "0 needs 'echo': true (the prompt given back, with its tokens' log-probabilities "
+                                    "under 'logprobs'); ask for 1 or more tokens otherwise")
     return ApiRequest(
         kind=kind, model=values["model"], sampling=sampling_params(values), max_tokens=values[max_field],
         max_tokens_field=max_field,
