@@ -83,7 +83,8 @@ class Timings:
     decode_tokens_per_s: float = 0.0
     sampling_s: float = 0.0           # total time inside the sampler
     prompt_tokens: int = 0            # tokens in the prompt
-    prefilled_tokens: int = 0         # prompt tokens run through the model (the rest came from the cache)
+    prefilled_tokens: int = 0         # prompt tokens run through the model in its prefill
+    reused_tokens: int = 0            # prompt tokens whose keys and values the cache held already
     generated_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0             # first token to the end
@@ -242,32 +243,29 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
     eos = frozenset(tokenizer.special_tokens.eos_token_ids)
     prompt_ids = tuple(int(t) for t in prompt)
     scored = ()
+    if options.prompt_logprobs is not None:      # stepwise from the start; the answer (if any) then comes
+        scored = score_prompt(ctx, tokenizer, prompt, options.prompt_logprobs, cancel)   # from a fresh prefill
     if options.max_new_tokens == 0:
-        if options.prompt_logprobs is not None:
-            scored = score_prompt(ctx, tokenizer, prompt, options.prompt_logprobs, cancel)
         ran = ctx.cached if options.prompt_logprobs is not None else 0
+        cancelled = cancel is not None and cancel.is_set() and options.prompt_logprobs is not None
         timings = Timings(load_s=load_s, prompt_tokens=len(prompt), prefilled_tokens=ran,
                           prefill_s=time.perf_counter() - t_start)
-        return GenerationResult("", (), "length", timings, prompt_ids, prompt_logprobs=scored)
+        return GenerationResult("", (), "cancelled" if cancelled else "length", timings, prompt_ids,
+                                prompt_logprobs=scored)
     sampler = ctx.sampler(sampling)
 
-    # 1. prefill what the cache does not hold yet
-    cached = 0
-    if options.prompt_logprobs is not None:
-        scored = score_prompt(ctx, tokenizer, prompt, options.prompt_logprobs, cancel)
-        if ctx.length > ctx.cached and not (cancel is not None and cancel.is_set()):
-            ctx.advance()                            # the last prompt token, whose logits the first draw reads
-    else:
-        if not options.reuse_prefix:
-            ctx.rewind(0)
-        rest = prompt[ctx.reuse_prefix(prompt):]
-        cached = ctx.cached
-        chunk = options.prefill_chunk or len(rest)
-        for start in range(0, len(rest), chunk):
-            if cancel is not None and cancel.is_set():   # the rest recorded, not run: the context holds the
-                ctx.record(rest[start:])                 # prompt (a Chat's next turn starts from it); the loop
-                break                                    # below then ends at once
-            ctx.advance(rest[start:start + chunk])
+    # 1. prefill what the cache does not hold yet (all of it after scoring: a step of one token need not give
+    # a prompt run's bits, and the answer is drawn from the logits a request without scoring would see)
+    if not options.reuse_prefix or options.prompt_logprobs is not None:
+        ctx.rewind(0)
+    rest = prompt[ctx.reuse_prefix(prompt):]
+    cached = ctx.cached                          # the prompt's tokens the cache holds (a pending one not)
+    chunk = options.prefill_chunk or len(rest)
+    for start in range(0, len(rest), chunk):
+        if cancel is not None and cancel.is_set():   # the rest recorded, not run: the context holds the
+            ctx.record(rest[start:])                 # prompt (a Chat's next turn starts from it); the loop
+            break                                    # below then ends at once
+        ctx.advance(rest[start:start + chunk])
     prefilled = ctx.cached - cached              # run now (with a pending token the record held)
     t_prefilled = time.perf_counter()
 
@@ -355,7 +353,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
         load_s=load_s, ttft_s=t_first - t_start,
         prefill_tokens_per_s=prefilled / max(t_prefilled - t_start, 1e-9),
         decode_tokens_per_s=ran / (t_end - t_first) if ran and t_end > t_first else 0.0,
-        sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=prefilled,
+        sampling_s=sampling_s, prompt_tokens=len(prompt), prefilled_tokens=prefilled, reused_tokens=cached,
         generated_tokens=len(generated), prefill_s=t_prefilled - t_start, decode_s=t_end - t_first,
         decode_run_s=run_s, decode_steps=steps)
     text = "".join(pieces)
@@ -378,7 +376,7 @@ def score_prompt(ctx: Context, tokenizer, prompt: np.ndarray, n: int, cancel=Non
     starts = []
     for t in prompt.tolist():
         text = decoder.push(t)
-        starts.append(token_start(tokenizer, t, decoded, decoded + len(text)))
+        starts.append(token_start(tokenizer, t, decoded, decoded + len(text), skip_special=False))
         decoded += len(text)
     out = []
     for i in range(len(prompt) - 1):
@@ -411,7 +409,7 @@ class _Ids:
         return self._ids[:self._n]
 
 
-def token_start(tokenizer, token: int, before: int, after: int) -> int:
+def token_start(tokenizer, token: int, before: int, after: int, skip_special: bool = True) -> int:
     """Where `token`'s text starts, its piece having taken the decoded text from `before` to `after`.
 
     A piece can begin with text of earlier tokens that the decoder held back (the first bytes of a
@@ -419,7 +417,7 @@ def token_start(tokenizer, token: int, before: int, after: int) -> int:
     character yet, or whose own text is only part of one, starts where the piece does. A SentencePiece
     token decoded alone loses its leading space (the decoder strips the text's first), which it has
     within the text: its bytes say so."""
-    own = tokenizer.decode([token])
+    own = tokenizer.decode([token], skip_special=skip_special)
     spaced = not own.startswith(" ") and tokenizer.token_bytes(token).startswith(b" ")
     return max(before, after - len(own) - spaced)
 

@@ -146,6 +146,20 @@ def test_max_tokens_0_with_echo_scores_the_prompt_alone(server, model, stream):
     assert whole["text"] == "hello there" and whole["logprobs"] is None
 
 
+def test_max_tokens_0_reports_no_cached_tokens_and_takes_a_prompt_of_the_whole_context(server, model):
+    for logprobs in (None, 1):
+        status, answer = call(server.url, "POST", "/v1/completions", {"model": MODEL_ID, "prompt": "hello there",
+                                                                       "max_tokens": 0, "echo": True,
+                                                                       "logprobs": logprobs})
+        assert status == 200 and answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    ids = (model.tokenizer.encode("hello there " * 200) * 2)[:model.max_length]
+    status, answer = call(server.url, "POST", "/v1/completions", {"model": MODEL_ID, "prompt": ids, "max_tokens": 0,
+                                                                   "echo": True, "logprobs": 0})
+    assert status == 200 and len(answer["choices"][0]["logprobs"]["tokens"]) == model.max_length
+    status, answer = call(server.url, "POST", "/v1/completions", {"model": MODEL_ID, "prompt": ids, "max_tokens": 1})
+    assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
+
+
 def test_max_tokens_0_without_echo_is_refused(server):
     status, answer = call(server.url, "POST", "/v1/completions",
                           {"model": MODEL_ID, "prompt": "hello", "max_tokens": 0})

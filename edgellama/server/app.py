@@ -110,7 +110,7 @@ class Server:
     def options(self, req: ApiRequest, n_prompt: int, extra: dict) -> GenerationOptions:
         capacity = self.model.max_length
         where = "messages" if req.kind == "chat" else "prompt"
-        if n_prompt >= capacity:
+        if n_prompt > capacity or (n_prompt == capacity and req.max_tokens != 0):   # 0: the prompt scored alone
             raise bad(where, f"the prompt has {n_prompt} tokens; the context holds {capacity} including the "
                              "answer", code="context_length_exceeded")
         room = capacity - n_prompt

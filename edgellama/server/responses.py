@@ -26,7 +26,7 @@ def usage(result) -> dict:
     prompt = result.timings.prompt_tokens
     completion = result.timings.generated_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": prompt - result.timings.prefilled_tokens}}
+            "prompt_tokens_details": {"cached_tokens": result.timings.reused_tokens}}
 
 
 def sse(obj) -> str:

@@ -55,6 +55,29 @@ def test_the_answer_after_prompt_logprobs_is_the_same(model):
     assert plain.prompt_logprobs == ()
 
 
+def test_special_tokens_in_the_prompt_have_their_own_offsets(model):
+    ids = model.chat_template.encode([{"role": "user", "content": "Name a dog."}], add_generation_prompt=True)
+    special = set(model.tokenizer.special_tokens.eos_token_ids) | {model.tokenizer.special_tokens.bos_token_id}
+    result = model.generate(ids, max_new_tokens=0, prompt_logprobs=0)
+    text = model.tokenizer.decode(result.prompt_token_ids, skip_special=False)
+    assert any(lp.token_id in special or lp.text.startswith("<|") for lp in result.prompt_logprobs)
+    assert all(text[lp.offset:lp.offset + len(lp.text)] == lp.text for lp in result.prompt_logprobs)
+
+
+def test_the_answer_comes_from_a_prefill_of_the_whole_prompt(model, monkeypatch):
+    """A one-token step need not give a prompt run's bits (ONNX Runtime's own products round the rows of a
+    run together): after scoring, the prompt runs again as a request without scoring runs it."""
+    from edgellama.context import Context
+
+    runs = []
+    advance = Context.advance
+    monkeypatch.setattr(Context, "advance", lambda ctx, ids=(): (runs.append(len(ids)), advance(ctx, ids))[1])
+    result = model.generate(TEXT, max_new_tokens=3, sampling=GREEDY, prompt_logprobs=0)
+    n = len(result.prompt_token_ids)
+    assert runs[:n - 1] == [1] * (n - 1) and runs[n - 1] == n
+    assert result.timings.prefilled_tokens == n and result.timings.reused_tokens == 0
+
+
 def test_a_cached_prefix_is_scored_again(model):
     """The cache keeps no logits of the positions it holds: the prompt runs from its start each time."""
     first = model.generate(TEXT, max_new_tokens=0, prompt_logprobs=0)
@@ -75,6 +98,20 @@ def test_a_cancel_during_scoring_keeps_what_was_scored(model):
         thread.join()
     assert result.finish_reason == "cancelled" and result.token_ids == ()
     assert 3 <= len(result.prompt_logprobs) < len(result.prompt_token_ids) - 1
+
+
+def test_a_cancel_while_scoring_alone_says_cancelled(model):
+    mp = pytest.MonkeyPatch()
+    cancel, thread = cancel_at_feed(mp, 4)
+    try:
+        result = model.generate(TEXT, max_new_tokens=0, prompt_logprobs=0, cancel=cancel)
+    finally:
+        mp.undo()
+        thread.join()
+    assert result.finish_reason == "cancelled"
+    assert len(result.prompt_logprobs) == result.timings.prefilled_tokens == 4
+    whole = model.generate(TEXT, max_new_tokens=0, prompt_logprobs=0)
+    assert whole.finish_reason == "length" and len(whole.prompt_logprobs) == len(whole.prompt_token_ids) - 1
 
 
 @pytest.mark.parametrize("value", [-1, 21, 1.0, True])
