@@ -2,11 +2,12 @@
 (token ids, echo, logprobs) on a multiple-choice task, each score next to transformers' on the same checkpoint.
 
     python benchmarks/lm_eval_server.py PACKAGE HF_FOLDER --lm-eval BIN [--tasks 40] [--threads 2]
+                                        [--kv-cache float32|float16|int8]
 
 1. A task in lm-eval's YAML over a local JSON file (nothing downloaded): from the sentences of 12 words
    or more of benchmarks/data/gpl-3.0.txt, the first half of one as the context, its true second half
    and those of 3 other sentences as the endings (seeded).
-2. `edgellama serve PACKAGE` on a free loopback port, and `BIN --model local-completions` on it (token ids,
+2. `edgellama serve PACKAGE [--kv-cache TYPE]` on a free loopback port, and `BIN --model local-completions` on it (token ids,
    batch size 1, the tokenizer of HF_FOLDER, --log_samples).
 3. Every (context, ending) scored again by transformers on HF_FOLDER in float32 (every position's
    logits of the whole text): the largest difference of the two sums of log-probabilities, and the share
@@ -74,10 +75,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(package: Path, port: int, threads: int) -> subprocess.Popen:
+def serve(package: Path, port: int, threads: int, kv_cache) -> subprocess.Popen:
     """`edgellama serve` on 127.0.0.1:port, once its /health answers."""
+    kv = ["--kv-cache", kv_cache] if kv_cache else []
     server = subprocess.Popen([sys.executable, "-m", "edgellama", "serve", str(package), "--port", str(port),
-                               "--threads", str(threads), "--parallel", "1", "--model-id", MODEL_ID], stderr=subprocess.DEVNULL)
+                               "--threads", str(threads), "--parallel", "1", "--model-id", MODEL_ID, *kv],
+                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -108,13 +111,13 @@ def run_lm_eval(lm_eval: str, folder: Path, port: int, tokenizer: Path) -> dict:
 
 def transformers_scores(folder: Path, questions: list) -> list:
     """Each (context, ending)'s sum of log-probabilities under transformers, tokenized as lm-eval does
-    (the whole text, the ending's tokens those past the context's)."""
+    (the whole text, the ending's tokens those past the context's), and the endings' token counts."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    out = []
+    out, lengths = [], []
     for question in questions:
         row = []
         for context, ending, _ in question:
@@ -122,8 +125,9 @@ def transformers_scores(folder: Path, questions: list) -> list:
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), -1)
             row.append(sum(logp[i - 1, whole[i]].item() for i in range(len(head), len(whole))))
+            lengths.append(len(whole) - len(head))
         out.append(row)
-    return out
+    return out, lengths
 
 
 def main(argv=None) -> int:
@@ -133,12 +137,13 @@ def main(argv=None) -> int:
     parser.add_argument("--lm-eval", required=True, help="the lm_eval command of an environment with lm-eval[api]")
     parser.add_argument("--tasks", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kv-cache", help="the server's KV cache type (default: the package's)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_task(folder, DEFAULT_TEXT.read_text(encoding="utf-8"), args.tasks)
         port = free_port()
-        server = serve(args.package, port, args.threads)
+        server = serve(args.package, port, args.threads, args.kv_cache)
         try:
             t0 = time.perf_counter()
             ours = run_lm_eval(args.lm_eval, folder, port, args.hf_folder.resolve())
@@ -146,12 +151,14 @@ def main(argv=None) -> int:
         finally:
             server.terminate()
             server.wait(30)
-    reference = transformers_scores(args.hf_folder, ours["questions"])
+    reference, lengths = transformers_scores(args.hf_folder, ours["questions"])
     pairs = [(got, want) for q, ref in zip(ours["questions"], reference) for (_, _, got), want in zip(q, ref)]
     same = sum(max(range(len(q)), key=lambda i: q[i][2]) == max(range(len(r)), key=r.__getitem__)
                for q, r in zip(ours["questions"], reference))
-    print(f"lm-eval local-completions on edgellama serve {args.package.name}: acc {ours['acc']:.4f} over "
-          f"{len(reference)} questions ({len(pairs)} loglikelihood requests, {seconds:.0f} s)")
+    kv = f", --kv-cache {args.kv_cache}" if args.kv_cache else ""
+    print(f"lm-eval local-completions on edgellama serve {args.package.name}{kv}: acc {ours['acc']:.4f} over "
+          f"{len(reference)} questions ({len(pairs)} loglikelihood requests of {min(lengths)}-{max(lengths)} "
+          f"tokens, {seconds:.0f} s)")
     print(f"against transformers on {args.hf_folder.name}: largest |difference| of a log-likelihood "
           f"{max(abs(g - w) for g, w in pairs):.2e}; the same ending in {same} of {len(reference)} questions")
     return 0
