@@ -88,28 +88,17 @@ def test_a_cached_prefix_is_scored_again(model):
     assert again.timings.prefilled_tokens == len(again.prompt_token_ids) - 1
 
 
-def test_a_cancel_during_scoring_keeps_what_was_scored(model):
+@pytest.mark.parametrize("max_new_tokens", [8, 0])
+def test_a_cancel_while_scoring_keeps_what_was_scored(model, max_new_tokens):
+    """Set during the 4th run: 4 tokens scored, the rest of the prompt recorded unrun, nothing generated."""
     mp = pytest.MonkeyPatch()
     cancel, thread = cancel_at_feed(mp, 4)
     try:
-        result = model.generate(TEXT, max_new_tokens=8, prompt_logprobs=0, cancel=cancel)
+        result = model.generate(TEXT, max_new_tokens=max_new_tokens, prompt_logprobs=0, cancel=cancel)
     finally:
         mp.undo()
         thread.join()
-    assert result.finish_reason == "cancelled" and result.token_ids == ()
-    assert 3 <= len(result.prompt_logprobs) < len(result.prompt_token_ids) - 1
-
-
-def test_a_cancel_while_scoring_alone_says_cancelled(model):
-    mp = pytest.MonkeyPatch()
-    cancel, thread = cancel_at_feed(mp, 4)
-    try:
-        result = model.generate(TEXT, max_new_tokens=0, prompt_logprobs=0, cancel=cancel)
-    finally:
-        mp.undo()
-        thread.join()
-    assert result.finish_reason == "cancelled"
-    assert len(result.prompt_logprobs) == result.timings.prefilled_tokens == 4
+    assert (result.finish_reason, result.token_ids, len(result.prompt_logprobs)) == ("cancelled", (), 4)
     whole = model.generate(TEXT, max_new_tokens=0, prompt_logprobs=0)
     assert whole.finish_reason == "length" and len(whole.prompt_logprobs) == len(whole.prompt_token_ids) - 1
 
