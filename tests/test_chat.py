@@ -15,10 +15,9 @@ IM_START, IM_END = 1, 2
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import tiny_package
 
-    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "fp32", "fp32", max_length=256)
+    return tiny_package(tmp_path_factory, "fp32", max_length=256)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ from edgellama.sampling import SamplingParams
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from helpers.tiny_llama import convert_tiny, make_tiny_llama
+    from helpers.tiny_llama import tiny_package
 
-    folder = make_tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny")
-    return convert_tiny(folder, tmp_path_factory.mktemp("pkg") / "int4", "int4", max_length=128)
+    return tiny_package(tmp_path_factory, "int4", max_length=128)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from helpers.tiny_llama import tiny_package  # noqa: F401  (the servers' tests take it from here)
+
 MODEL_ID = "tiny"
-
-
-def tiny_package(factory, seed: int = 0, max_length: int = 256):
-    """A tiny random chat model (helpers.tiny_llama) converted to an fp32 package of `max_length` positions."""
-    from helpers.tiny_llama import convert_tiny, make_tiny_llama
-
-    folder = make_tiny_llama(factory.mktemp("ckpt") / "tiny", seed=seed, max_position_embeddings=max(max_length, 256))
-    return convert_tiny(folder, factory.mktemp("pkg") / "fp32", "fp32", max_length=max_length)
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,10 @@ def convert_tiny(folder, out, method: str = "fp32", max_length: int = 256) -> Pa
 
     convert(str(folder), out, ConvertOptions(quantization=Quantization(method=method), max_length=max_length))
     return Path(out)
+
+
+def tiny_package(factory, method: str = "fp32", max_length: int = 256, seed: int = 0) -> Path:
+    """A tiny random chat model (`make_tiny_llama`, `seed`) converted to a `method` package of `max_length`
+    positions, in folders from pytest's tmp_path_factory `factory`."""
+    folder = make_tiny_llama(factory.mktemp("ckpt") / "tiny", seed=seed, max_position_embeddings=max(max_length, 256))
+    return convert_tiny(folder, factory.mktemp("pkg") / method, method, max_length=max_length)
