@@ -140,6 +140,22 @@ def definition(qkv, keys, values, cos, sin, p0, heads):
     return out.reshape(s, heads * d)
 
 
+@needs_native
+@pytest.mark.parametrize("cache", CACHE_TYPES)
+def test_the_twin_writes_the_cs_cache_rows_bit_for_bit(cache):
+    """The new rows' keys rotated in float32 as the C rotates them (each product and sum rounded), so that
+    float32, float16 and q8 rows (whose rounding to int8 a last bit can move) are the C's bytes."""
+    qkv, keys, values, cos, sin = case(9, 3, 64, 40, 100, CACHE_TYPES[cache], seed=3)
+    qkv *= 7.0                                   # wider values: more products whose last bits differ in float64
+    written = []
+    for module in (_native, twins):
+        k, v = keys.copy(), values.copy()
+        module.attention(qkv, k, v, cos, sin, 100, 9, 0.125)
+        written.append((k, v))
+    np.testing.assert_array_equal(written[0][0], written[1][0])
+    np.testing.assert_array_equal(written[0][1], written[1][1])
+
+
 @pytest.mark.parametrize("module", BACKENDS)
 @pytest.mark.parametrize("cache", CACHE_TYPES)
 @pytest.mark.parametrize("step", [(6, 0), (1, 300), (3, 510), (1, 600)], ids=lambda s: f"S{s[0]}p{s[1]}")

@@ -1,5 +1,6 @@
-"""NumPy twin of native/attention.c: rotary causal attention of new tokens over a KV cache, in
-float64 with one softmax per query (the C runs it online, in chunks and spans). The cache rows
+"""NumPy twin of native/attention.c: rotary causal attention of new tokens over a KV cache, the
+rotation in float32 as the C's, the rest in float64 with one softmax per query (the C runs it online, in
+chunks and spans). The cache rows
 are float32, float16 or q8 (kvrows), written rounded as the C writes them and read back exactly;
 over q8 rows the query is rounded to a q8 row of the same groups too, as the C takes it (q8_scores,
 bit for bit with the C's scores). q8 caches hold their rows in tiles (kvrows.tile_rows); the C weighs
@@ -13,8 +14,16 @@ import numpy as np
 from .. import native_args
 from .blocks import _fma
 from .kernels import kernel_paths
-from .kvcache import rotated
 from .kvrows import KEYS, TILE, VALUES, dequantize_rows, put_rows, quantize_rows, rows_of
+
+
+def _rotated(rows: np.ndarray, cos_a: np.ndarray, sin_a: np.ndarray) -> np.ndarray:
+    """(x1, x2) -> (x1 c - x2 s, x2 c + x1 s) per pair in float32, each product and each sum rounded, as
+    attention.c's rotate computes them (no fused multiply-add: the build contracts none)."""
+    half = rows.shape[-1] // 2
+    x1, x2 = rows[..., :half].astype(np.float32), rows[..., half:].astype(np.float32)
+    c, s = np.asarray(cos_a, np.float32), np.asarray(sin_a, np.float32)
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
 def _store(cache: np.ndarray, side: str, rows: np.ndarray, p0: int, kv_group: int) -> None:
@@ -115,9 +124,9 @@ def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.nda
     s = qkv.shape[0]
     d = qkv.shape[1] // (heads + 2 * kv_heads)
     angles = (cos[p0:p0 + s, None, :], sin[p0:p0 + s, None, :])
-    q = rotated(qkv[:, :heads * d].reshape(s, heads, d), *angles)
+    q = _rotated(qkv[:, :heads * d].reshape(s, heads, d), *angles)
     q = _q8_query(q, d, kv_group) if keys.dtype == np.uint8 else q.astype(np.float64)
-    new_keys = rotated(qkv[:, heads * d:(heads + kv_heads) * d].reshape(s, kv_heads, d), *angles)
+    new_keys = _rotated(qkv[:, heads * d:(heads + kv_heads) * d].reshape(s, kv_heads, d), *angles)
     _store(keys, KEYS, np.ascontiguousarray(new_keys.transpose(1, 0, 2)), p0, kv_group)
     new_values = qkv[:, (heads + kv_heads) * d:].reshape(s, kv_heads, d)
     _store(values, VALUES, np.ascontiguousarray(new_values.transpose(1, 0, 2)), p0, kv_group)
