@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import native_args
 from .blocks import _fma
+from .halfconv import f32_to_f16
 from .kernels import kernel_paths
 from .kvrows import KEYS, TILE, VALUES, dequantize_rows, put_rows, quantize_rows, rows_of
 
@@ -29,6 +30,11 @@ def _rotated(rows: np.ndarray, cos_a: np.ndarray, sin_a: np.ndarray) -> np.ndarr
 def _store(cache: np.ndarray, side: str, rows: np.ndarray, p0: int, kv_group: int) -> None:
     """cache [G, C, row] rows p0 .. = float32 rows [G, S, D] as the cache holds them: float32, float16, or q8
     rows (uint8) in tiles."""
+    if cache.dtype == np.float16:                # as halfconv rounds them (NaNs quiet, as the C's)
+        half = np.empty(rows.size, np.uint16)
+        f32_to_f16(np.ascontiguousarray(rows, np.float32).reshape(-1), half)
+        cache[:, p0:p0 + rows.shape[1]] = half.view(np.float16).reshape(rows.shape)
+        return
     if cache.dtype != np.uint8:
         cache[:, p0:p0 + rows.shape[1]] = rows.astype(cache.dtype)
         return

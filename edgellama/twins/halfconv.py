@@ -19,4 +19,9 @@ def f32_to_f16(src: np.ndarray, dst: np.ndarray, path=None) -> None:
     native_args.f32_to_f16(src, dst)
     native_args.kernel_path(path, kernel_paths())
     with np.errstate(over="ignore"):
-        dst[:] = src.astype(np.float16).view(np.uint16)
+        half = src.astype(np.float16).view(np.uint16)
+    # a NaN as the C's F16C and integer conversions give it: quiet, its sign and its payload's top 10 bits
+    # (NumPy's cast keeps a signalling NaN signalling, by its C compiler's rule)
+    bits = np.asarray(src, np.float32).view(np.uint32)
+    nan = np.isnan(src)
+    dst[:] = np.where(nan, (bits >> 16 & 0x8000) | 0x7e00 | (bits >> 13 & 0x3ff), half)
