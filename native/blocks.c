@@ -54,7 +54,7 @@ static void quantize_portable(const float *x, el_q8_act *act)
         }
         memcpy(act->q + el_q8_half_at(b, 0), block, 16);
         memcpy(act->q + el_q8_half_at(b, 1), block + 16, 16);
-        act->scale[b] = amax / 127.0f;
+        act->scale[b] = el_q8_block_scale(amax, sum);
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)isum;
     }

@@ -17,7 +17,9 @@
  * same 4 activations lands in that row's 32-bit lane.
  * Activations x [K] are rounded per block of 32 to int8, as llama.cpp rounds them for its Q4_1 products:
  *     xd = max|x| / 127,  xq = round(x / xd) (to nearest even),  xs = sum(x),  xr = xs - xd * sum(xq)
- * (xq = 0 where max|x| < EL_Q8_SMALLEST, 2^-100: near 2^-122 the float32 127 / max|x| overflows)
+ * (xq = 0 where max|x| < EL_Q8_SMALLEST, 2^-100: near 2^-122 the float32 127 / max|x| overflows;
+ * xd = xs where xs is NaN, a NaN in the block or +inf and -inf, so that every product over it is NaN on
+ * every path: el_q8_block_scale)
  * and with dot_b = sum_j q_j xq_j, the exact integer of block b, each output is
  *     y[n] = sum_b fma(dot_b, d_b * xd_b, fma(m_b, xs_b, d_b * (8 xr_b)))
  * summed from 0 in block order: acc = acc + term_0, acc = acc + term_1, ...
@@ -47,6 +49,13 @@
 #include <stdint.h>
 
 #define EL_Q8_SMALLEST 0x1p-100f   /* max|x| of an activation block below which its xq are 0 (above) */
+
+/* xd of an activation block from its max|x| and its sum xs (above): the maximum instructions of the
+ * paths skip a NaN or keep it, so a NaN's block takes its NaN from the sum */
+static inline float el_q8_block_scale(float amax, float sum)
+{
+    return sum == sum ? amax / 127.0f : sum;
+}
 
 #define EL_Q41_BLOCK 32
 #define EL_Q41_TILE 8   /* rows of a tile (Q4_1 and 8-bit) */

@@ -62,7 +62,7 @@ TARGET void el_q8_quantize_avx2(const float *x, el_q8_act *act)
         _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, 0)), _mm256_castsi256_si128(q));
         _mm_storeu_si128((__m128i *)(act->q + el_q8_half_at(b, 1)), _mm256_extracti128_si256(q, 1));
         float sum = hsum8(_mm256_add_ps(_mm256_add_ps(v0, v1), _mm256_add_ps(v2, v3)));
-        act->scale[b] = amax / 127.0f;
+        act->scale[b] = el_q8_block_scale(amax, sum);
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)_mm_cvtsi128_si32(i4);
     }

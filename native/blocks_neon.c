@@ -156,7 +156,7 @@ TARGET void el_q8_quantize_neon(const float *x, el_q8_act *act)
             vst1q_s8(act->q + el_q8_half_at(b, half), vcombine_s8(vqmovn_s16(n01), vqmovn_s16(n23)));
         }
         float sum = fold8(lanes);
-        act->scale[b] = amax / 127.0f;
+        act->scale[b] = el_q8_block_scale(amax, sum);
         act->sum[b] = sum;
         act->rest[b] = sum - act->scale[b] * (float)vaddvq_s32(isum);
     }

@@ -77,6 +77,35 @@ def test_a_block_of_tiny_activations_gives_every_path_the_twins_bits(top):
                                       err_msg=path)
 
 
+def nan_rows(rng, width: int) -> np.ndarray:
+    """3 activation rows: a NaN in the first, +inf and -inf in one block of the second (a NaN sum
+    without a NaN), the third finite."""
+    x = rng.standard_normal((3, width)).astype(np.float32)
+    x[0, 40] = np.nan
+    x[1, 3], x[1, 7] = np.inf, -np.inf
+    return x
+
+
+def assert_nan_rows(y, err_msg=""):
+    assert np.isnan(y[:2]).all() and np.isfinite(y[2]).all(), err_msg
+
+
+@needs_native
+def test_a_nan_activation_makes_its_rows_products_nan_on_every_path():
+    """The paths' maximum instructions skip a NaN (x86-64, the plain loop) or keep it (NEON), and the
+    8-bit products came out finite and different on each: a NaN's block takes xd from its NaN sum."""
+    rng = np.random.default_rng(9)
+    qs, d, m = random_blocks(rng, 8, 3)
+    q8, scale = random_q8(rng, 8, 3)
+    x = nan_rows(rng, 96)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for path in paths():
+            assert_nan_rows(_native.q41_matmul(x, qs, d, m, path), path)
+            assert_nan_rows(_native.q8_matmul(x, q8, scale, path), path)
+        assert_nan_rows(twins.q41_matmul(x, qs, d, m))
+        assert_nan_rows(twins.q8_matmul(x, q8, scale))
+
+
 @needs_native
 @pytest.mark.parametrize("rows,n,nb", SHAPES + PROMPT_SHAPES)
 def test_an_output_does_not_depend_on_the_rows_beside_it(rows, n, nb):

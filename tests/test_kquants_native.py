@@ -92,6 +92,20 @@ def test_a_k_quant_product_is_the_file_weight_times_x_to_int8_rounding(module, r
 
 @needs_native
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_nan_activation_makes_its_rows_products_nan_on_every_path(kind):
+    from test_blocks_native import assert_nan_rows, nan_rows
+
+    rng = np.random.default_rng(5)
+    raw = random_raw(rng, kind, 9, 2)
+    x = nan_rows(rng, 512)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for path in paths():
+            assert_nan_rows(product(_native, kind)(x, raw, path), path)
+        assert_nan_rows(product(twins, kind)(x, raw))
+
+
+@needs_native
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rows,n,ns", SHAPES + PROMPT_SHAPES)
 def test_every_kernel_path_gives_the_twins_bits(rows, n, ns, kind):
     rng = np.random.default_rng(100 + 10 * ns + n)

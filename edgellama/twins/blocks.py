@@ -34,8 +34,8 @@ def _q8_blocks(x: np.ndarray) -> tuple:
     small = amax < Q8_SMALLEST   # (and a zero block): its xq are 0
     inv = np.where(small, F32(0), F32(127.0) / np.where(small, F32(1), amax)).astype(F32)
     xq = np.rint(x * inv[..., None]).astype(np.int32)
-    xd = (amax / F32(127.0)).astype(F32)
     xs = _fold8((x[..., 0:8] + x[..., 8:16]) + (x[..., 16:24] + x[..., 24:32]))
+    xd = np.where(np.isnan(xs), xs, amax / F32(127.0)).astype(F32)      # a NaN's block: NaN products
     xr = (xs - xd * xq.sum(axis=-1).astype(F32)).astype(F32)
     return xq, xd, xs, xr
 
