@@ -181,3 +181,24 @@ def test_echo_of_a_prompt_of_token_ids(server, model, stream):
     plain = post(server, "/v1/completions", prompt=ids, max_tokens=4)["text"]
     echoed = post(server, "/v1/completions", prompt=ids, max_tokens=4, echo=True, stream=stream)
     assert (echoed[0] if stream else echoed["text"]) == "hello world" + plain
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_alternatives_with_one_text_keep_the_most_likely(server, echo):
+    """The legacy form keys alternatives by their text, and every byte piece of a character reads U+FFFD:
+    of those, the best one's value stays, so no token is more likely than its entry's best alternative."""
+    answer = post(server, "/v1/completions", prompt=SPLIT * 3, max_tokens=0 if echo else 12, logprobs=5,
+                  echo=echo)
+    lp = answer["logprobs"]
+    pairs = [(score, top) for score, top in zip(lp["token_logprobs"], lp["top_logprobs"]) if top]
+    assert len(pairs) >= 8 and any(len(top) < 5 for _, top in pairs)      # some texts were shared
+    assert all(score <= max(top.values()) + 1e-9 for score, top in pairs)
+
+
+def test_a_shared_text_keeps_the_best_alternatives_value():
+    from edgellama.logprobs import TokenLogprob
+    from edgellama.server.features import completion_logprobs
+
+    top = (TokenLogprob(7, "\ufffd", -0.5), TokenLogprob(9, "x", -1.0), TokenLogprob(8, "\ufffd", -3.0))
+    entry = completion_logprobs([TokenLogprob(7, "\ufffd", -0.5, top)])
+    assert entry["top_logprobs"] == [{"\ufffd": -0.5, "x": -1.0}]

@@ -74,6 +74,15 @@ def chat_logprob(lp, top: int) -> dict:
     return {**entry(lp), "top_logprobs": [entry(t) for t in lp.top[:top]]}
 
 
+def _top_by_text(top) -> dict:
+    """The legacy form's alternatives, keyed by their text: of tokens with the same text (the byte pieces
+    of a character all read U+FFFD) the most likely one's, as `top` lists them best first."""
+    out = {}
+    for t in top:
+        out.setdefault(t.text, _finite(t.logprob))
+    return out
+
+
 def completion_logprobs(logprobs, shift: int = 0, first: Optional[str] = None, head: Optional[dict] = None) -> dict:
     """OpenAI's legacy logprobs of `logprobs` (TokenLogprob), their offsets moved by `shift` (not below 0).
 
@@ -81,7 +90,7 @@ def completion_logprobs(logprobs, shift: int = 0, first: Optional[str] = None, h
     prompt's first token, when `logprobs` are the prompt's (GenerationResult.prompt_logprobs). `head`:
     lists (the echoed prompt's) put in front of these."""
     out = {"tokens": [lp.text for lp in logprobs], "token_logprobs": [_finite(lp.logprob) for lp in logprobs],
-           "top_logprobs": [{t.text: _finite(t.logprob) for t in lp.top} for lp in logprobs],
+           "top_logprobs": [_top_by_text(lp.top) for lp in logprobs],
            "text_offset": [max(0, shift + lp.offset) for lp in logprobs]}
     if first is not None:
         out = {"tokens": [first, *out["tokens"]], "token_logprobs": [None, *out["token_logprobs"]],
