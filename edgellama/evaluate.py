@@ -153,6 +153,10 @@ def all_positions_graph(package: Path):
     import onnx
     from onnx import numpy_helper
 
+    from .external_data import check_external_data
+
+    read_info(package)                 # a folder that is no package, or a broken model.onnx: one line,
+    check_external_data(package)       # as loading says it, before ONNX's parser reads the file
     where = package / MODEL_FILE
     model = onnx.load(str(where), load_external_data=False)
     graph = model.graph

@@ -317,11 +317,17 @@ def test_symlink_out_of_the_folder_is_refused(copy, tmp_path, monkeypatch):
         load(copy)
 
 
-def test_garbage_model_file(copy, monkeypatch):
-    (copy / MODEL_FILE).write_bytes(b"\xff" * 64)
+@pytest.mark.parametrize("opener", ["load", "all-positions graph"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_garbage_model_file(copy, monkeypatch, opener, damage):
+    """Loading, and eval's all-positions graph (which ONNX's own parser read first, with its traceback)."""
+    from edgellama.evaluate import all_positions_graph
+
+    model = copy / MODEL_FILE
+    model.write_bytes(b"\xff" * 64 if damage == "garbage" else model.read_bytes()[:5000])
     refuse_session(monkeypatch)
     with pytest.raises(PackageError, match="not a readable ONNX model"):
-        load(copy)
+        load(copy) if opener == "load" else all_positions_graph(copy)
 
 
 def test_graph_ort_cannot_run_is_a_provider_error(copy):
