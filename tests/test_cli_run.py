@@ -143,10 +143,14 @@ def test_seed_minus_one_is_random(package, capsys):
     assert len(texts) > 1
 
 
-def test_threads_beyond_the_cpus_are_capped(package, capsys):
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_threads_beyond_the_cpus_are_capped(package, capsys, tmp_path, command):
     import os
 
-    assert main(["run", str(package), "The", "--threads", "1000", "--max-new-tokens", "1"]) == 0
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat. " * 20, encoding="utf-8")
+    argv = ["The", "--max-new-tokens", "1"] if command == "run" else ["--text", str(text), "--max-tokens", "64"]
+    assert main([command, str(package), *argv, "--threads", "1000"]) == 0
     assert f"using {len(os.sched_getaffinity(0))}" in capsys.readouterr().err
 
 

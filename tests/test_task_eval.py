@@ -157,7 +157,11 @@ def test_eval_task_cli_json(capsys, tmp_path, fp32_package):
     assert out["tasks"] == 2 and len(out["choices"]) == 2 and out["task"] == "multiple-choice"
     assert out["correct"] == sum(int(c == a) for c, a in zip(out["choices"], [0, 1]))
     assert main(["eval", str(fp32_package), "--task", "multiple-choice", "--data", str(path), "--max-tasks", "1"]) == 0
-    assert "accuracy" in capsys.readouterr().out
+    assert "over 1 tasks" in capsys.readouterr().out
+    for bad in ("0", "-1"):      # 0 scored every task as if the flag were not there
+        assert main(["eval", str(fp32_package), "--task", "multiple-choice", "--data", str(path),
+                     "--max-tasks", bad]) == 1
+        assert f"--max-tasks {bad}: give 1 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode, extra, named", [

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("hellaswag", "winogrande", "multiple-choice"),
                         help="accuracy on the task file --data (llama-perplexity's formats and rules)")
     parser.add_argument("--data", metavar="FILE", help="task file for --task")
-    parser.add_argument("--max-tasks", type=int, default=0, metavar="N", help="score only the first N tasks")
+    parser.add_argument("--max-tasks", type=int, default=None, metavar="N", help="score only the first N tasks")
     parser.add_argument("--kl-base", metavar="PACKAGE",
                         help="KL divergence over --text from this reference package (e.g. the fp32 one)")
     parser.add_argument("--ctx", type=int, default=None, metavar="N",
@@ -38,10 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..evaluate import EvalSettings, evaluate_text
     from .evaluate_tasks import check_mode, run_kl, run_task
+    from .run import threads_from
 
-    settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
-                            threads=args.threads, providers=tuple(args.provider), kv_cache=args.kv_cache)
     mode = check_mode(args)
+    settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
+                            threads=threads_from(args), providers=tuple(args.provider), kv_cache=args.kv_cache)
     if mode != "perplexity":
         return (run_task if mode == "task" else run_kl)(args, settings)
     path = Path(args.text)

@@ -15,6 +15,8 @@ UNREAD = {"task": ("--ctx", "--stride", "--max-tokens", "--method"), "kl": ("--s
 
 def check_mode(args: argparse.Namespace) -> str:
     """"task", "kl" or "perplexity", after checking that the options given belong to that mode."""
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise InvalidParameterError(f"--max-tasks {args.max_tasks}: give 1 or more (leave it out to score every task)")
     if args.task or args.data:
         if not (args.task and args.data):
             raise InvalidParameterError("--task and --data go together")
@@ -22,7 +24,7 @@ def check_mode(args: argparse.Namespace) -> str:
             raise InvalidParameterError("--task scores --data; it takes neither --text nor --kl-base")
         mode = "task"
     else:
-        if args.max_tasks:
+        if args.max_tasks is not None:
             raise InvalidParameterError("--max-tasks applies to --task")
         if not args.text:
             raise InvalidParameterError("give --text FILE (perplexity, or KL with --kl-base) or --task with --data "
@@ -39,9 +41,7 @@ def check_mode(args: argparse.Namespace) -> str:
 def run_task(args: argparse.Namespace, settings) -> int:
     from ..tasks import evaluate_tasks, load_tasks
 
-    if args.max_tasks < 0:
-        raise InvalidParameterError(f"--max-tasks {args.max_tasks} must be >= 0")
-    tasks = load_tasks(args.task, args.data, args.max_tasks)
+    tasks = load_tasks(args.task, args.data, args.max_tasks)     # None: all (check_mode refused < 1)
     result = evaluate_tasks(args.model, args.task, tasks, settings)
     if args.json:
         print(json.dumps({"model": args.model, "data": args.data, **result.to_dict()}))
