@@ -137,8 +137,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Two prompts through a background worker; the first is cancelled.")
     parser.add_argument("package", nargs="?", default=DEFAULT_PACKAGE, help=f"package folder ({DEFAULT_PACKAGE})")
     args = parser.parse_args(argv)
-    worker = Worker(edgellama.load(args.package), max_new_tokens=64,
-                    sampling=edgellama.SamplingParams(temperature=0))
+    try:
+        model = edgellama.load(args.package)
+    except edgellama.EdgeLlamaError as exc:     # a missing or broken package: one line, as an app shows it
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    worker = Worker(model, max_new_tokens=64, sampling=edgellama.SamplingParams(temperature=0))
 
     def progress(piece: str, count: int) -> None:
         print(piece, end="", flush=True)

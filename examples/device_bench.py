@@ -65,8 +65,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter tests: pp128, tg32, 2 repetitions")
     args = parser.parse_args(argv)
 
-    settings = BenchSettings(threads=args.threads or (None,), **(QUICK if args.quick else {}))
-    report = run_bench(args.package, settings)
+    if not Path(args.output).resolve().parent.is_dir():    # before minutes of benchmark, not after
+        parser.error(f"-o {args.output}: its folder does not exist")
+    try:
+        settings = BenchSettings(threads=args.threads or (None,), **(QUICK if args.quick else {}))
+        report = run_bench(args.package, settings)
+    except edgellama.EdgeLlamaError as exc:     # a missing package, threads below 1, ...: one line
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     device = device_facts()
     print_report(report, device)
     Path(args.output).write_text(json.dumps({"device": device, **report.to_dict()}, indent=2), encoding="utf-8")

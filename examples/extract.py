@@ -50,10 +50,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     schema = CONTACT
     if args.schema:
-        with open(args.schema, encoding="utf-8") as handle:
-            schema = json.load(handle)
-    model = edgellama.load(args.package)
-    print(json.dumps(extract(model, args.text, schema), indent=2, ensure_ascii=False))
+        try:
+            with open(args.schema, encoding="utf-8") as handle:
+                schema = json.load(handle)
+        except (OSError, ValueError) as exc:    # a schema file that is missing or not JSON
+            parser.exit(1, f"{parser.prog}: error: --schema {args.schema}: {exc}\n")
+    try:
+        record = extract(edgellama.load(args.package), args.text, schema)
+    except (edgellama.EdgeLlamaError, RuntimeError) as exc:   # edgellama's errors, and an answer cut short
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    print(json.dumps(record, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import struct
+import sys
 import subprocess
 import threading
 import time
@@ -348,3 +349,23 @@ def test_extract_reads_the_sample_with_smollm2(smollm2_int4_package):
     extract = _example("extract")
     record = extract.extract(edgellama.load(smollm2_int4_package), extract.SAMPLE, extract.CONTACT)
     assert record["email"] == "mia.chen@lab.org" and record["role"] == "doctor"
+
+
+# -- every example: a user's mistake is one line ---------------------------------------------
+@pytest.mark.parametrize("example, argv, words", [
+    ("extract", ["{missing}"], "does not exist"),
+    ("extract", ["{package}", "--schema", "{missing}"], "--schema"),
+    ("extract", ["{package}", "--schema", "{bad_json}"], "--schema"),
+    ("background_worker", ["{missing}"], "does not exist"),
+    ("device_bench", ["{missing}", "--quick"], "does not exist"),
+    ("device_bench", ["{package}", "--quick", "-t", "0"], "threads"),
+    ("device_bench", ["{package}", "--quick", "-o", "{missing}/out.json"], "folder does not exist"),
+])
+def test_an_examples_error_is_one_line_and_status_1(tiny_package, tmp_path, example, argv, words):
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    names = {"missing": str(tmp_path / "missing"), "package": str(tiny_package), "bad_json": str(tmp_path / "bad.json")}
+    run = subprocess.run([sys.executable, str(EXAMPLES / f"{example}.py"), *(a.format(**names) for a in argv)],
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("usage:")]
+    assert run.returncode in (1, 2) and len(lines) == 1 and words in lines[0], run.stderr
+    assert "Traceback" not in run.stderr
