@@ -280,6 +280,24 @@ class Chat:
         at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
         return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
 
+    def _fit(self, ids: list, n_keep: int) -> tuple[list[int], int]:
+        """With on_overflow="shift", a prompt over half the context drops the conversation's oldest
+        exchanges (a user message and what answered it; the system message stays) until it fits in half,
+        so that it starts at a turn with room for the answer. A last message that does not fit alone is
+        cut by the generation (its middle), and an answer that fills the context drops the oldest half
+        of what follows the system message (edgellama.generation)."""
+        if self.options.on_overflow != "shift":
+            return ids, n_keep
+        first = 1 if self._messages and self._messages[0]["role"] == "system" else 0
+        while len(ids) > self.context.capacity // 2 and len(self._messages) - first > 1:
+            end = first + 1          # the oldest exchange: up to the next user message, the new one at most
+            while end < len(self._messages) - 1 and self._messages[end]["role"] != "user":
+                end += 1
+            del self._messages[first:end]
+            self._base = None
+            ids, n_keep = self._prompt()
+        return ids, n_keep
+
     def stream(self, text: str, cancel=None, constraint=None, response_format=None, tools=None,
                tool_choice: str = "auto"):
         """Send a user message; yield the answer as text pieces (`.result` when done).
@@ -325,7 +343,7 @@ class Chat:
             self._base, self._tools = None, tools
         self._messages.append(message)
         try:
-            ids, n_keep = self._prompt()
+            ids, n_keep = self._fit(*self._prompt())
             options = replace(self.options, n_keep=n_keep, constraint=constraint)
             stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
         except BaseException:

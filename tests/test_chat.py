@@ -226,6 +226,29 @@ def test_chat_with_shift_runs_three_times_the_capacity(package):
     assert len(follow.token_ids) == 3 * capacity
 
 
+def test_shift_drops_the_oldest_exchanges_so_a_prompt_starts_at_a_turn(package):
+    """Before each message, a conversation over half the context loses its oldest exchanges (the system
+    message stays): the prompt is the template's head, the system message and whole turns, never the
+    middle of an answer."""
+    import edgellama
+
+    capacity = 96
+    model = edgellama.load(package, threads=1, max_length=capacity)
+    chat = model.new_chat(system="Keep me", max_new_tokens=12, sampling=NO_EOS, on_overflow="shift")
+    sizes = []
+    for k in range(8):
+        result = chat.send(f"Message number {k}")
+        messages = chat.messages
+        assert messages[0] == {"role": "system", "content": "Keep me"}
+        assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * ((len(messages) - 1) // 2)
+        assert messages[-2]["content"] == f"Message number {k}" and result.finish_reason == "length"
+        head = model.chat_template.encode(messages[:2], add_generation_prompt=False)
+        assert list(result.prompt_token_ids[:len(head)]) == head
+        assert len(result.prompt_token_ids) <= capacity // 2
+        sizes.append(len(messages))
+    assert max(sizes) < 1 + 2 * 8 and sizes[-1] <= sizes[-2]      # exchanges were dropped
+
+
 def test_chat_without_shift_stops_at_the_context(package):
     import edgellama
 
