@@ -236,3 +236,23 @@ def test_read_message_returns_the_block_cut_by_the_end_of_input(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("whole\n"))
     message = read_message("")
     assert message == "whole" and not isinstance(message, LastMessage)
+
+
+# text that is not UTF-8 ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, stdin, words", [
+    (["run", "{pkg}", "Hi \udcff there"], None, "the prompt is not UTF-8 text (byte 0xff at offset 3)"),
+    (["run", "{pkg}", "-"], b"Hi \xff there", "the prompt on standard input is not UTF-8 text (byte 0xff at offset 3)"),
+    (["run", "{pkg}", "hi", "--regex", "a\udce9"], None, "--regex is not UTF-8 text (byte 0xe9 at offset 1)"),
+    (["run", "{pkg}", "hi", "--stop", "ok", "\udcff"], None, "--stop is not UTF-8 text (byte 0xff at offset 0)"),
+    (["chat", "{pkg}", "--system", "caf\udce9"], b"", "--system is not UTF-8 text (byte 0xe9 at offset 3)"),
+])
+def test_text_that_is_not_utf8_is_named_by_its_flag(package, monkeypatch, capsys, argv, stdin, words):
+    """Python hands bytes that are not UTF-8 over as lone surrogates: one line naming where they came from,
+    not the tokenizer's words about surrogates."""
+    import io
+
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    assert main([a.format(pkg=package) for a in argv]) == 1
+    assert words in one_line_error(capsys)

@@ -110,6 +110,21 @@ def read_text_file(path: str, flag: str, want: str = "a UTF-8 text file") -> str
                                     f"{exc.start}); convert it to UTF-8 first, e.g. with iconv") from None
 
 
+def text_argument(value, flag: str):
+    """`value` (a str, or a list of them; None passes) as the command line or standard input gave it, where
+    bytes that are not UTF-8 arrive as lone surrogates: our error naming `flag` and the first such byte."""
+    for text in [value] if isinstance(value, str) else value or ():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(text[exc.start])
+            at = len(text[:exc.start].encode("utf-8", "surrogateescape"))
+            byte = f"byte 0x{code - 0xdc00:02x}" if 0xdc80 <= code <= 0xdcff else f"U+{code:04X}"
+            raise InvalidParameterError(f"{flag} is not UTF-8 text ({byte} at offset {at}); convert it to UTF-8 "
+                                        "first, e.g. with iconv") from None
+    return value
+
+
 def add_kv_cache_argument(parser: argparse.ArgumentParser, help_text: str = "") -> None:
     """--kv-cache TYPE: the element type of the KV cache (edgellama.kv_types)."""
     parser.add_argument("--kv-cache", choices=tuple(KV_TYPES), default=None, metavar="TYPE",

@@ -15,6 +15,7 @@ import queue
 import sys
 import threading
 
+from . import text_argument
 from .run import add_model_arguments, load_from, sampling_from, timings_line
 
 _DONE = object()
@@ -177,6 +178,8 @@ def _bytes_as_read() -> None:
 
 def main(args) -> int:
     sampling = sampling_from(args)
+    text_argument(args.system, "--system")
+    text_argument(args.stop, "--stop")
     model = load_from(args)
     chat = model.new_chat(system=args.system, max_new_tokens=args.max_new_tokens, sampling=sampling,
                           stop=args.stop, on_overflow="shift" if args.context_shift else "error")

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from . import add_kv_cache_argument, add_mmap_argument
+from . import add_kv_cache_argument, add_mmap_argument, text_argument
 
 RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
@@ -68,7 +68,7 @@ def constraint_from(args):
     if getattr(args, "json_schema", None):
         return Constraint.json_schema(read_text(args.json_schema, "JSON schema"))
     if getattr(args, "regex", None) is not None:
-        return Constraint.regex(args.regex)
+        return Constraint.regex(text_argument(args.regex, "--regex"))
     if getattr(args, "grammar", None):
         return Constraint.grammar(read_text(args.grammar, "grammar"))
     return None
@@ -146,7 +146,14 @@ def main(args) -> int:
     if args.logprobs is not None and not args.json:
         raise InvalidParameterError("--logprobs is printed with --json; add --json")
     check_logprobs(args.logprobs)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.prompt == "-":
+        reconfigure = getattr(sys.stdin, "reconfigure", None)
+        if reconfigure is not None:          # bytes that are not UTF-8 kept, for the error below
+            reconfigure(errors="surrogateescape")
+        prompt = text_argument(sys.stdin.read(), "the prompt on standard input")
+    else:
+        prompt = text_argument(args.prompt, "the prompt")
+    text_argument(args.stop, "--stop")
     model = load_from(args)
     stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop,
                           on_overflow="shift" if args.context_shift else "error", constraint=constraint,
