@@ -256,3 +256,11 @@ def test_text_that_is_not_utf8_is_named_by_its_flag(package, monkeypatch, capsys
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
     assert main([a.format(pkg=package) for a in argv]) == 1
     assert words in one_line_error(capsys)
+
+
+def test_bench_refuses_a_schema_it_would_not_measure(tmp_path, capsys, no_bench):
+    """The constrained row is an end-to-end test: with --e2e-tokens 0 it was left out without a word."""
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object"}', encoding="utf-8")
+    assert main(["bench", "PKG", "--json-schema", str(schema), "--e2e-tokens", "0"]) == 1
+    assert "give --e2e-tokens 1 or more" in one_line_error(capsys)
