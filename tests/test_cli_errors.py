@@ -264,3 +264,18 @@ def test_bench_refuses_a_schema_it_would_not_measure(tmp_path, capsys, no_bench)
     schema.write_text('{"type": "object"}', encoding="utf-8")
     assert main(["bench", "PKG", "--json-schema", str(schema), "--e2e-tokens", "0"]) == 1
     assert "give --e2e-tokens 1 or more" in one_line_error(capsys)
+
+
+def test_a_hub_download_that_fails_is_one_line(monkeypatch):
+    """huggingface_hub's errors run to several lines: the first, with what to do."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from edgellama.converters.sources.hub import download
+    from edgellama.errors import CheckpointError
+
+    def offline(*args, **kwargs):
+        raise OSError("Got: ConnectError: name not known\nAn error happened while trying to locate the files.")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError) as caught:
+        download("org/missing")
+    message = str(caught.value)
+    assert "\n" not in message and "name not known" in message and "local checkpoint folder" in message
