@@ -241,6 +241,30 @@ def test_prompt_cache_keeps_to_its_size_and_clears_stale_temporaries(model, tmp_
     assert sorted(p.name for p in tmp_path.glob("*.elstate")) == ["c.elstate", "new.elstate"]
 
 
+def test_a_system_prompt_over_the_cache_limit_is_not_written(model, tmp_path, caplog, monkeypatch):
+    """Its file would be removed again as soon as written, request after request: it is not written, with
+    one warning."""
+    from edgellama.saved import write_saved
+    from edgellama.server import prompt_cache
+    from edgellama.server.prompt_cache import PromptCache
+
+    writes = []
+    monkeypatch.setattr(prompt_cache, "write_saved", lambda *a, **k: (writes.append(a[0]), write_saved(*a, **k)))
+    ctx = model.new_context()
+    prefix = model.tokenizer.encode("You are a helpful assistant. " * 4)
+    ctx.append(prefix)
+    small = PromptCache(tmp_path / "small", model.info, "float32", max_bytes=len(prefix) * 1000)
+    assert small.row_bytes * len(prefix) > small.max_bytes
+    with caplog.at_level("WARNING", logger="edgellama.server.prompt_cache"):
+        for _ in range(3):
+            small.store(ctx, prefix)
+    assert writes == [] and not list((tmp_path / "small").glob("*.elstate"))
+    assert sum("not written" in r.getMessage() for r in caplog.records) == 1
+    large = PromptCache(tmp_path / "large", model.info, "float32", max_bytes=small.row_bytes * len(prefix) * 2)
+    large.store(ctx, prefix)
+    assert len(writes) == 1 and len(list((tmp_path / "large").glob("*.elstate"))) == 1
+
+
 def test_prompt_cache_hit_marks_its_file_and_an_unremovable_damaged_file_is_no_error(model, tmp_path, monkeypatch):
     import os
     import pathlib

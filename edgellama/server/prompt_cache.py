@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EdgeLlamaError, OutputError
+from ..kv_types import KV_TYPES
 from ..saved import package_digest, read_saved, write_saved
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class PromptCache:
         except OSError as exc:
             raise OutputError(f"--prompt-cache {str(self.folder)!r} cannot be created: {exc.strerror or exc}") from None
         self._package = package_digest(info)[:16]
+        cfg = info.config      # a file's bytes per token: keys and values of every layer
+        self.row_bytes = 2 * cfg.num_layers * cfg.num_kv_heads * KV_TYPES[kv_cache].row_bytes(cfg.head_dim)
+        self._too_large: set = set()
         self.hits = self.writes = 0
         self._clear_stale()
         self._evict()          # a folder filled under a larger limit
@@ -123,6 +127,12 @@ class PromptCache:
         arr = np.asarray(prefix, dtype=np.int32)
         path = self.path(arr)
         if path.is_file() or ctx.cached < len(arr) or ctx.common_prefix(arr) < len(arr):
+            return
+        if self.row_bytes * len(arr) > self.max_bytes:   # its rows alone: it would go again at once
+            if path not in self._too_large:
+                self._too_large.add(path)
+                log.warning("prompt cache not written: a system prompt of %d tokens takes %d MiB, more than "
+                            "--prompt-cache-mb %d", len(arr), self.row_bytes * len(arr) >> 20, self.max_bytes >> 20)
             return
         try:
             write_saved(path, KIND, self.info, {"tokens": len(arr)}, ctx, len(arr))
