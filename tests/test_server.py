@@ -286,3 +286,37 @@ def test_prompt_cache_hit_marks_its_file_and_an_unremovable_damaged_file_is_no_e
     with serving(model, prompt_cache=tmp_path) as running:
         status, again = call(running.url, "POST", "/v1/chat/completions", ask)
     assert status == 200 and again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_shutdown_ends_running_requests_with_503_and_starts_none(model, monkeypatch, stream):
+    """stop() (a SIGTERM's first step in `edgellama serve`): the running answer ends at its next token
+    and its request gets a 503 (a streamed one as its last event), in time for the connections to close
+    before the server's grace period ends; a new request is refused with 503."""
+    from edgellama.context import Context
+
+    advance = Context.advance
+    def slow(ctx, ids=()):
+        time.sleep(0.02)
+        return advance(ctx, ids)
+    monkeypatch.setattr(Context, "advance", slow)
+    with serving(model, parallel=1) as running:
+        body = {"model": MODEL_ID, "prompt": "Once", "max_tokens": 200, "temperature": 0, "stream": stream,
+                "logit_bias": {"2": -100}}
+        answers = []
+        worker = threading.Thread(target=lambda: answers.append(call(running.url, "POST", "/v1/completions", body)))
+        worker.start()
+        time.sleep(0.6)
+        t0 = time.monotonic()
+        running.app.stop()
+        worker.join(30)
+        assert time.monotonic() - t0 < 2
+        status, answer = answers[0]
+        if stream:
+            events = [line[6:] for line in answer.splitlines() if line.startswith("data: ")]
+            assert status == 200 and events[-1] == "[DONE]"
+            assert json.loads(events[-2])["error"]["code"] == "server_shutting_down"
+        else:
+            assert status == 503 and answer["error"]["code"] == "server_shutting_down"
+        status, answer = call(running.url, "POST", "/v1/completions", dict(body, stream=False))
+        assert status == 503 and answer["error"]["code"] == "server_shutting_down"

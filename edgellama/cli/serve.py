@@ -112,10 +112,15 @@ def run_server(app, sock: socket.socket) -> int:
     """Serve `app` on `sock` until Ctrl-C or SIGTERM (uvicorn shuts down gracefully, then exit 0)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.stop()                 # running requests end at their next token: they answer, then go
+            super().handle_exit(sig, frame)
+
     server = None
     try:
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
+        server = Server(config)
         server.run(sockets=[sock])
     except KeyboardInterrupt:      # the signal uvicorn raises again after its shutdown, as uvicorn.run takes it
         pass

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from ..errors import ContextOverflowError, EdgeLlamaError, InvalidParameterError, NotBuiltError, PackageError
 from ..generation import GenerationOptions
 from . import features
-from .pool import ContextPool, QueueFull
+from .pool import ContextPool, QueueFull, Stopping
 from .prompt_cache import PromptCache
 from .responses import Reply, model_list, model_object, sse
 from .schema import ApiError, ApiRequest, bad, parse_json, parse_request
@@ -62,6 +62,14 @@ class Server:
                  if settings.prompt_cache else None)
         self.pool = ContextPool(model, settings.parallel, settings.queue, cache)
         self.started = int(time.time())
+
+    def stop(self) -> None:
+        """The server is shutting down: running requests end at their next token and answer 503, and no
+        other starts (503), so that each gets an answer before the connections close."""
+        self.pool.stop()
+
+    def cut_by_stop(self, result) -> bool:
+        return result.finish_reason == "cancelled" and self.pool.stopping
 
     # -- reading requests ---------------------------------------------------------------------
     async def read_body(self, request: Request) -> bytes:
@@ -159,6 +167,8 @@ class Server:
                 job = await self.submit(request, ids, options, req, prefix, plan)
             except QueueFull as exc:
                 raise ApiError(429, str(exc), type="rate_limit_error", code="rate_limit_exceeded") from None
+            except Stopping:
+                raise stopping() from None
         except (ApiError, EdgeLlamaError) as exc:
             error = exc if isinstance(exc, ApiError) else failure(exc)
             note(request.scope, error=error.param or error.code or error.status)
@@ -200,6 +210,8 @@ class Server:
         except Exception as exc:
             return error_response(failure(exc))
         note(request.scope, completion_tokens=result.timings.generated_tokens, finish=result.finish_reason)
+        if self.cut_by_stop(result):
+            return error_response(stopping())
         text = plan.echo + result.text
         return JSONResponse(reply.complete(result, text, *plan.extras(result)))
 
@@ -214,6 +226,10 @@ class Server:
                 if isinstance(piece, str):      # else a ToolCall: the calls come with the last chunk
                     yield sse(reply.chunk(piece))
             result = job.result
+            if self.cut_by_stop(result):
+                yield sse(stopping().body())
+                yield sse("[DONE]")
+                return
             tool_calls, logprobs = plan.extras(result)
             yield sse(reply.chunk(result=result, tool_calls=plan.delta_calls(tool_calls), logprobs=logprobs))
             if req.include_usage:
@@ -327,8 +343,14 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(failure(exc))
 
 
+def stopping() -> ApiError:
+    return ApiError(503, "the server is shutting down; send the request again once it is back", type="server_error",
+                    code="server_shutting_down")
+
+
 def create_app(model, settings: ServerSettings):
-    """The ASGI application serving `model` (an edgellama.Model) with `settings`."""
+    """The ASGI application serving `model` (an edgellama.Model) with `settings`; its `stop()` starts a
+    shutdown: running requests end at their next token with a 503, and none starts."""
     server = Server(model, settings)
     routes = [Route("/health", server.health, methods=["GET"]),
               Route("/v1/models", server.models, methods=["GET"]),
@@ -337,4 +359,6 @@ def create_app(model, settings: ServerSettings):
               Route("/v1/completions", server.completions, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
     app.state.server = server
-    return access_log(guarded(app, settings))
+    served = access_log(guarded(app, settings))
+    served.stop = server.stop        # for the server's shutdown (edgellama.cli.serve)
+    return served

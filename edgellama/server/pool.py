@@ -4,6 +4,7 @@
     job = await pool.submit(ids, options, sampling, prefix)    # waits for a free context; QueueFull past `queue`
     async for piece in job: ...                                # job.result afterwards
     job.cancel()                                               # the client went away: stop at the next token
+    pool.stop()                                                # shutting down: every job stops, none starts
 
 At most `parallel` contexts exist; each runs one request at a time on its own thread (ONNX Runtime
 releases the GIL while it runs), and every context shares the one loaded model. A request takes the
@@ -27,6 +28,10 @@ class QueueFull(Exception):
     """Every context is busy and the queue of waiting requests is full."""
 
 
+class Stopping(Exception):
+    """The server is shutting down: no request starts."""
+
+
 class ContextPool:
     def __init__(self, model, parallel: int, queue: int, prompt_cache=None):
         self.model = model
@@ -38,6 +43,8 @@ class ContextPool:
         self.created = 0
         self.waiting = 0
         self.busy = 0
+        self.stopping = False
+        self._jobs: set = set()     # running
 
     def stats(self) -> dict:
         return {"slots": self.parallel, "busy": self.busy, "idle_contexts": len(self._idle),
@@ -83,12 +90,30 @@ class ContextPool:
 
     async def submit(self, ids, options, sampling, prefix: Optional[list] = None, wrap=None) -> "Job":
         """A started job for prompt `ids`; `prefix`: the ids of its system prompt (for the prompt cache);
-        `wrap(stream)`: what the job iterates instead of the model's TextStream (tool calls)."""
+        `wrap(stream)`: what the job iterates instead of the model's TextStream (tool calls). Stopping
+        once the pool stops, before or after waiting for a context."""
         arr = np.asarray(ids, dtype=np.int32)
+        if self.stopping:
+            raise Stopping("the server is shutting down")
         ctx = await self._acquire(arr)
+        if self.stopping:
+            self._give_back(ctx)
+            raise Stopping("the server is shutting down")
         job = Job(self, ctx, arr, options, sampling, prefix, wrap)
+        self._jobs.add(job)
         job.start()
         return job
+
+    def stop(self) -> None:
+        """Shutting down: the running jobs end at their next token (finish "cancelled") and no other starts,
+        so their requests answer before the server goes. Called on the loop's thread (a signal handler's)."""
+        self.stopping = True
+        for job in list(self._jobs):
+            job.cancel()
+
+    def _finished(self, job: "Job", ctx) -> None:
+        self._jobs.discard(job)
+        self._give_back(ctx)
 
 
 class Job:
@@ -132,7 +157,7 @@ class Job:
             self._post(("error", exc))
         finally:
             try:
-                self.loop.call_soon_threadsafe(self.pool._give_back, ctx)
+                self.loop.call_soon_threadsafe(self.pool._finished, self, ctx)
             except RuntimeError:
                 pass
 
