@@ -282,18 +282,22 @@ class Chat:
 
     def _fit(self, ids: list, n_keep: int) -> tuple[list[int], int]:
         """With on_overflow="shift", a prompt over half the context drops the conversation's oldest
-        exchanges (a user message and what answered it; the system message stays) until it fits in half,
-        so that it starts at a turn with room for the answer. A last message that does not fit alone is
+        exchanges (a user message and what answered it; the system message and the turn being answered,
+        from its user message on, stay) until it fits in half, so that it starts at a turn with room for
+        the answer. A last message that does not fit alone is
         cut by the generation (its middle), and an answer that fills the context drops the oldest half
         of what follows the system message (edgellama.generation)."""
         if self.options.on_overflow != "shift":
             return ids, n_keep
         first = 1 if self._messages and self._messages[0]["role"] == "system" else 0
-        while len(ids) > self.context.capacity // 2 and len(self._messages) - first > 1:
-            end = first + 1          # the oldest exchange: up to the next user message, the new one at most
-            while end < len(self._messages) - 1 and self._messages[end]["role"] != "user":
+        users = [i for i, m in enumerate(self._messages) if m["role"] == "user"]
+        current = users[-1] if users else first     # the turn being answered (a tool result's question too)
+        while len(ids) > self.context.capacity // 2 and first < current:
+            end = first + 1          # the oldest exchange: up to the next user message
+            while end < current and self._messages[end]["role"] != "user":
                 end += 1
             del self._messages[first:end]
+            current -= end - first
             self._base = None
             ids, n_keep = self._prompt()
         return ids, n_keep
@@ -341,13 +345,14 @@ class Chat:
         self._claim()                   # released when the answer ends (_end_turn)
         if tools != self._tools:        # the tools shown in the prompt changed: render it anew
             self._base, self._tools = None, tools
+        before = list(self._messages), self._base      # what a refused message leaves (_fit may drop turns)
         self._messages.append(message)
         try:
             ids, n_keep = self._fit(*self._prompt())
             options = replace(self.options, n_keep=n_keep, constraint=constraint)
             stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
         except BaseException:
-            self._messages.pop()
+            self._messages, self._base = before
             self._turn.release()
             raise
         return ToolStream(stream, fmt, lambda _raw: self.last_result) if tools else stream

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if not Path(args.output).resolve().parent.is_dir():    # before minutes of benchmark, not after
-        parser.error(f"-o {args.output}: its folder does not exist")
+        parser.exit(1, f"{parser.prog}: error: -o {args.output}: its folder does not exist\n")
     try:
         settings = BenchSettings(threads=args.threads or (None,), **(QUICK if args.quick else {}))
         report = run_bench(args.package, settings)

@@ -249,6 +249,28 @@ def test_shift_drops_the_oldest_exchanges_so_a_prompt_starts_at_a_turn(package):
     assert max(sizes) < 1 + 2 * 8 and sizes[-1] <= sizes[-2]      # exchanges were dropped
 
 
+def test_shift_keeps_the_turn_being_answered_and_a_refused_message_drops_nothing(package):
+    """A tool result answers the turn of the user message before it: that message and the call stay (only
+    older exchanges go). And a message that start() refuses leaves the conversation as it was, though
+    fitting it had dropped turns."""
+    import edgellama
+
+    model = edgellama.load(package, threads=1, max_length=96)
+    chat = model.new_chat(system="Keep me", sampling=NO_EOS, on_overflow="shift")
+    old = [{"role": "user", "content": "tell me " * 12}, {"role": "assistant", "content": "well " * 12}]
+    turn = [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "calling"},
+            {"role": "tool", "content": "42"}]
+    chat.messages = [{"role": "system", "content": "Keep me"}] + old + turn
+    chat._fit(*chat._prompt())
+    assert chat.messages == [{"role": "system", "content": "Keep me"}] + turn
+
+    chat.messages = [{"role": "system", "content": "Keep me"}] + old * 2
+    before = chat.messages
+    with pytest.raises(edgellama.InvalidParameterError, match="cancel"):
+        chat.send("and now?", cancel=123)
+    assert chat.messages == before
+
+
 def test_chat_without_shift_stops_at_the_context(package):
     import edgellama
 

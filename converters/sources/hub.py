@@ -26,6 +26,6 @@ def download(repo_id: str, revision: Optional[str] = None) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
     except Exception as exc:  # network, authentication and missing-repository errors alike
-        first = (str(exc).strip().splitlines() or [""])[0][:200]      # the hub's errors run to several lines
+        said = " ".join(str(exc).split())[:300]      # the hub's errors run to several lines: one
         raise CheckpointError(f"cannot download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "
-                              f"{first}); check the id and the network, or give a local checkpoint folder") from None
+                              f"{said}); check the id and the network, or give a local checkpoint folder") from None

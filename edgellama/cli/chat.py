@@ -22,7 +22,8 @@ _DONE = object()
 COMMANDS = {
     "/help": "list these commands",
     "/reset": "forget the conversation (the system message stays)",
-    "/shift": "from now on drop the oldest turns when the context is full (as --context-shift)",
+    "/shift": "from now on drop the oldest turns to keep the conversation within half the context "
+              "(as --context-shift)",
     "/paste": "the following lines, up to a line /end, are one message",
     "/exit": "quit (also /quit or Ctrl-D)",
 }
@@ -146,7 +147,7 @@ def _command(chat, text: str) -> bool:
         print("[conversation reset]", file=sys.stderr)
     elif text == "/shift":
         chat.options = dataclasses.replace(chat.options, on_overflow="shift")
-        print("[the oldest turns are dropped when the context is full]", file=sys.stderr)
+        print("[the oldest turns are dropped to keep the conversation within half the context]", file=sys.stderr)
     else:
         return False
     return True

@@ -37,6 +37,9 @@ def _remove(path: Path, why: str) -> None:
         log.warning("prompt cache %s cannot be removed: %s", path, exc.strerror or exc)
 
 
+HEADER_BYTES = 4096   # more than a file holds besides its rows (its header and record: under 1 KiB)
+
+
 class PromptCache:
     def __init__(self, folder, info, kv_cache: str = "float32", max_bytes: int = 2048 << 20):
         self.folder = Path(folder)
@@ -128,7 +131,7 @@ class PromptCache:
         path = self.path(arr)
         if path.is_file() or ctx.cached < len(arr) or ctx.common_prefix(arr) < len(arr):
             return
-        if self.row_bytes * len(arr) > self.max_bytes:   # its rows alone: it would go again at once
+        if self.row_bytes * len(arr) + HEADER_BYTES > self.max_bytes:   # it would go again at once
             if path not in self._too_large:
                 self._too_large.add(path)
                 log.warning("prompt cache not written: a system prompt of %d tokens takes %d MiB, more than "
