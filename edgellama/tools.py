@@ -95,13 +95,28 @@ def check_tools(tools) -> tuple:
         name = function.get("name")
         if not isinstance(name, str) or not _NAME.match(name) or name in names:
             raise InvalidParameterError(f"tools[{i}]: the function name {name!r} must be a unique identifier")
-        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        parameters = function.get("parameters", {"type": "object", "properties": {}, "additionalProperties": False})
         if not isinstance(parameters, Mapping):
             raise InvalidParameterError(f"tools[{i}] ({name}): parameters must be a JSON schema object")
         names.add(name)
         entry = {"name": name, "description": str(function.get("description", "")), "parameters": dict(parameters)}
         out.append({"type": "function", "function": entry})
     return tuple(out)
+
+
+_DATA_KEYWORDS = ("const", "enum", "default", "examples")   # values that are data, not schemas
+
+
+def _rooted(schema, root: str):
+    """A tool's parameters schema placed at `root` of the call schema: its local references ("#...",
+    such as "#/$defs/point") rewritten to start there, so that $defs and $ref work as in the tool's own."""
+    if isinstance(schema, Mapping):
+        return {key: (root + value[1:] if key == "$ref" and isinstance(value, str) and value.startswith("#")
+                      else value if key in _DATA_KEYWORDS else _rooted(value, root))
+                for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_rooted(value, root) for value in schema]
+    return schema
 
 
 def call_constraint(fmt: ToolFormat, tools: tuple, tool_choice: str = "auto", parallel: bool = True) -> Constraint:
@@ -111,8 +126,10 @@ def call_constraint(fmt: ToolFormat, tools: tuple, tool_choice: str = "auto", pa
         raise InvalidParameterError(f"tool_choice={tool_choice!r} must be one of {TOOL_CHOICES}")
     variants = [{"type": "object", "additionalProperties": False, "required": ["name", fmt.arguments_key],
                  "properties": {"name": {"const": t["function"]["name"]},
-                                fmt.arguments_key: t["function"]["parameters"]}} for t in tools]
-    schema = json.dumps({"anyOf": variants, "x-guidance": JSON_LAYOUT})
+                                fmt.arguments_key: {"$ref": f"#/$defs/{t['function']['name']}"}}} for t in tools]
+    defs = {t["function"]["name"]: _rooted(t["function"]["parameters"], f"#/$defs/{t['function']['name']}")
+            for t in tools}
+    schema = json.dumps({"anyOf": variants, "$defs": defs, "x-guidance": JSON_LAYOUT})
     repeat = ' (", " call)*' if fmt.many and parallel else ""
     wrap = [json.dumps(fmt.call_open) if fmt.call_open else "", json.dumps(fmt.call_close) if fmt.call_close else ""]
     rules = [f"calls: {wrap[0]} call{repeat} {wrap[1]}", f"call: %json {schema}"]

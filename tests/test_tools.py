@@ -159,6 +159,29 @@ def test_smollm2_calls_a_declared_function(smollm2_int4_package, sampling):
     assert answer.finish_reason in ("eos", "tool_calls", "length")
 
 
+POINTS = {"$defs": {"pt": {"type": "object", "additionalProperties": False, "required": ["x", "y"],
+                           "properties": {"x": {"enum": [0, 1, 2]}, "y": {"enum": [0, 1, 2]}}}},
+          "type": "object", "additionalProperties": False, "required": ["points"],
+          "properties": {"points": {"type": "array", "items": {"$ref": "#/$defs/pt"}, "minItems": 1, "maxItems": 2}}}
+
+
+@pytest.mark.parametrize("seed", [None, 3, 11])
+def test_parameters_with_defs_and_a_function_without_parameters(models, seed):
+    """A tool's own $defs and $ref hold in the call (its schema sits under the call schema's root), and a
+    function declared without parameters takes none: {} (OpenAI's empty parameter list)."""
+    sampling = SamplingParams.greedy() if seed is None else SamplingParams(seed=seed, temperature=1.0)
+    plot = {"type": "function", "function": {"name": "plot", "parameters": POINTS}}
+    chat = models["chatml"].new_chat(max_new_tokens=600, sampling=sampling)
+    result = chat.send("Plot the point (1, 2).", tools=[plot], tool_choice="required")
+    assert result.finish_reason == "tool_calls"
+    for call in result.tool_calls:
+        jsonschema.validate(call.arguments, POINTS)
+    chat = models["chatml"].new_chat(max_new_tokens=600, sampling=sampling)
+    result = chat.send("Ping it.", tools=[{"type": "function", "function": {"name": "ping"}}], tool_choice="required")
+    assert result.finish_reason == "tool_calls" and [c.arguments for c in result.tool_calls] == [{}] * len(
+        result.tool_calls)
+
+
 @pytest.mark.parametrize("fmt", ["chatml", "llama3"])
 def test_a_call_cut_short_leaves_no_markup(models, fmt):
     """max_new_tokens ends a required call before it closes: no calls, no text, finish_reason length,
