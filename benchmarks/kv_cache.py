@@ -103,11 +103,11 @@ class _Edgellama:
         return (len(result.token_ids) - 1) / result.timings.decode_s
 
 
-class _LlamaCpp:
-    def __init__(self, gguf: Path, settings, kv_cache: str):
-        from .suite.engine_llamacpp import Runner
+class _Peer:
+    """A peer's suite Runner (benchmarks/suite/engine_*.py): tg N as its generate times it."""
 
-        self.runner = Runner(gguf, settings, kv_cache)
+    def __init__(self, runner):
+        self.runner = runner
 
     def decode_tps(self, prompt, n: int) -> float:
         tokens, _, decode = self.runner.generate(prompt, n)
@@ -122,28 +122,20 @@ def _peers(genai: Path, settings) -> dict:
     """The peers beside edgellama: onnxruntime-genai's int4 package, and llama.cpp on the GGUF the
     package was converted from (its cache q8_0 with flash attention, and f16, its default, without),
     when llama-cpp-python is installed."""
-    peers = {GENAI: _Genai(genai, settings)}
+    from .suite import engine_genai
+
+    peers = {GENAI: _Peer(engine_genai.Runner(genai, settings))}
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         print("llama-cpp-python is not installed: llama.cpp left out", file=sys.stderr)
         return peers
+    from .suite import engine_llamacpp
     from .suite.models import gguf_file
 
     for kv, name in LLAMACPP.items():
-        peers[name] = _LlamaCpp(gguf_file(settings), settings, kv)
+        peers[name] = _Peer(engine_llamacpp.Runner(gguf_file(settings), settings, kv))
     return peers
-
-
-class _Genai:
-    def __init__(self, artifact: Path, settings):
-        from .suite.engine_genai import Runner
-
-        self.runner = Runner(artifact, settings)
-
-    def decode_tps(self, prompt, n: int) -> float:
-        tokens, _, decode = self.runner.generate(prompt, n)
-        return (len(tokens) - 1) / decode
 
 
 def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: int, types=TYPES,
