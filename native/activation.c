@@ -114,20 +114,30 @@ __attribute__((target("avx2,fma"))) static void swiglu_vector(const float *gate,
     swiglu_portable(gate + i, up + i, n - i, out + i);
 }
 
-__attribute__((target("avx2,fma"))) static float exp_shifted_vector(float *x, int64_t n, float shift)
+/* exp_shifted_portable for `rows` (at most 4) rows of x [rows, stride], eight values of each row in turn (the
+ * rows' exponentials overlap, as one row's cannot: their sums are chains of additions): each row's sum
+ * added in the portable loop's lanes, folded as it folds them, then its fewer than 8 last values in order */
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
+exp_shifted_vector_rows(const int rows, float *x, int64_t stride, int64_t n, const float *shift, float *sum)
 {
-    const __m256 by = _mm256_set1_ps(shift);
-    __m256 total = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), by));
-        _mm256_storeu_ps(x + i, e);
-        total = _mm256_add_ps(total, e);
+    __m256 by[4], total[4];
+    for (int r = 0; r < rows; r++) {
+        by[r] = _mm256_set1_ps(shift[r]);
+        total[r] = _mm256_setzero_ps();
     }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, total);
-    float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    return sum + exp_shifted_portable(x + i, n - i, shift);   /* fewer than 8 left: summed in order */
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int r = 0; r < rows; r++) {
+            __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + r * stride + i), by[r]));
+            _mm256_storeu_ps(x + r * stride + i, e);
+            total[r] = _mm256_add_ps(total[r], e);
+        }
+    for (int r = 0; r < rows; r++) {
+        float lanes[8];
+        _mm256_storeu_ps(lanes, total[r]);
+        const float folded = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        sum[r] = folded + exp_shifted_portable(x + r * stride + i, n - i, shift[r]);   /* fewer than 8: in order */
+    }
 }
 
 /* exp_vector sixteen lanes at a time (the same operations on each lane: the same bits) */
@@ -153,17 +163,9 @@ __attribute__((target("avx512f"))) static inline __m512 exp_vector16(__m512 x)
  * eight lanes of the sum, the order in which exp_shifted_vector adds them; a last eight by eight lanes;
  * the fewer than eight left by masked lanes, summed in order and then added (as exp_shifted_vector adds
  * exp_shifted_portable's sum of them) */
-__attribute__((target("avx512f"))) static float exp_shifted_vector16(float *x, int64_t n, float shift)
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) float
+exp_shifted_finish16(float *x, int64_t i, int64_t n, __m512 by, __m256 total)
 {
-    const __m512 by = _mm512_set1_ps(shift);
-    __m256 total = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 e = exp_vector16(_mm512_sub_ps(_mm512_loadu_ps(x + i), by));
-        _mm512_storeu_ps(x + i, e);
-        total = _mm256_add_ps(total, _mm512_castps512_ps256(e));
-        total = _mm256_add_ps(total, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
-    }
     if (i + 8 <= n) {
         __m256 e = exp_vector(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm512_castps512_ps256(by)));
         _mm256_storeu_ps(x + i, e);
@@ -181,6 +183,52 @@ __attribute__((target("avx512f"))) static float exp_shifted_vector16(float *x, i
             rest += x[i];
     }
     return sum + rest;
+}
+
+/* exp_shifted_vector_rows sixteen values of each row at a time, each row's low eight and then its high eight
+ * added to the eight lanes of its sum, then exp_shifted_finish16 for its last fewer than 16 */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+exp_shifted_vector16_rows(const int rows, float *x, int64_t stride, int64_t n, const float *shift, float *sum)
+{
+    __m512 by[4];
+    __m256 total[4];
+    for (int r = 0; r < rows; r++) {
+        by[r] = _mm512_set1_ps(shift[r]);
+        total[r] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int r = 0; r < rows; r++) {
+            __m512 e = exp_vector16(_mm512_sub_ps(_mm512_loadu_ps(x + r * stride + i), by[r]));
+            _mm512_storeu_ps(x + r * stride + i, e);
+            total[r] = _mm256_add_ps(total[r], _mm512_castps512_ps256(e));
+            total[r] = _mm256_add_ps(total[r], _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+        }
+    for (int r = 0; r < rows; r++)
+        sum[r] = exp_shifted_finish16(x + r * stride, i, n, by[r], total[r]);
+}
+
+/* the rows of el_exp_shifted four at a time by the build f (the rows count a constant in each call, so that
+ * the rows' registers stay registers) */
+#define EXP_ROWS(f, x, rows, stride, n, shift, sum)                                                               \
+    for (int64_t r0 = 0; r0 < (rows); r0 += 4)                                                                  \
+        switch ((rows) - r0 < 4 ? (rows) - r0 : 4) {                                                            \
+        case 1: f(1, (x) + r0 * (stride), stride, n, (shift) + r0, (sum) + r0); break;                          \
+        case 2: f(2, (x) + r0 * (stride), stride, n, (shift) + r0, (sum) + r0); break;                          \
+        case 3: f(3, (x) + r0 * (stride), stride, n, (shift) + r0, (sum) + r0); break;                          \
+        default: f(4, (x) + r0 * (stride), stride, n, (shift) + r0, (sum) + r0); break;                         \
+        }
+
+__attribute__((target("avx512f"))) static void exp_rows16(float *x, int64_t rows, int64_t stride, int64_t n,
+                                                          const float *shift, float *sum)
+{
+    EXP_ROWS(exp_shifted_vector16_rows, x, rows, stride, n, shift, sum)
+}
+
+__attribute__((target("avx2,fma"))) static void exp_rows8(float *x, int64_t rows, int64_t stride, int64_t n,
+                                                          const float *shift, float *sum)
+{
+    EXP_ROWS(exp_shifted_vector_rows, x, rows, stride, n, shift, sum)
 }
 #define HAVE_VECTOR 1
 #else
@@ -202,21 +250,23 @@ el_status el_swiglu(const float *gate, const float *up, int64_t n, float *out, i
     return EL_OK;
 }
 
-el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable)
+el_status el_exp_shifted(float *x, int64_t rows, int64_t stride, int64_t n, const float *shift, float *sum,
+                         int portable)
 {
-    if (n < 0 || sum == NULL || (n > 0 && x == NULL))
+    if (rows < 0 || n < 0 || stride < n || (rows > 0 && (shift == NULL || sum == NULL || (n > 0 && x == NULL))))
         return EL_ERR_SIZE;
 #if HAVE_VECTOR
     if (!portable && el_path_resolve(EL_PATH_CHOSEN) == EL_PATH_AVX512VNNI) {
-        *sum = exp_shifted_vector16(x, n, shift);
+        exp_rows16(x, rows, stride, n, shift, sum);
         return EL_OK;
     }
     if (!portable && el_path_x86_vector(EL_PATH_CHOSEN)) {
-        *sum = exp_shifted_vector(x, n, shift);
+        exp_rows8(x, rows, stride, n, shift, sum);
         return EL_OK;
     }
 #endif
     (void)portable;
-    *sum = exp_shifted_portable(x, n, shift);
+    for (int64_t r = 0; r < rows; r++)
+        sum[r] = exp_shifted_portable(x + r * stride, n, shift[r]);
     return EL_OK;
 }

@@ -19,7 +19,10 @@
 /* out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] for i in [0, n); out may be gate. */
 el_status el_swiglu(const float *gate, const float *up, int64_t n, float *out, int portable);
 
-/* x[i] = exp(x[i] - shift) for i in [0, n), *sum = their sum (x[i] <= shift keeps them in [0, 1]). */
-el_status el_exp_shifted(float *x, int64_t n, float shift, float *sum, int portable);
+/* For each row r of x [rows, stride]: x[r, i] = exp(x[r, i] - shift[r]) for i in [0, n), sum[r] = their sum
+ * (x[r, i] <= shift[r] keeps them in [0, 1]); a row's values and sum do not depend on the other rows.
+ * EL_ERR_SIZE also for a stride below n. */
+el_status el_exp_shifted(float *x, int64_t rows, int64_t stride, int64_t n, const float *shift, float *sum,
+                         int portable);
 
 #endif

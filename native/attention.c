@@ -60,15 +60,29 @@ _Static_assert(CHUNK == EL_KV_TILE, "a chunk of q8 rows is one tile");
  * lines all before the values' (67 us). */
 typedef struct {
     const uint8_t *keys, *values;   /* the chunk's first key row and value row */
-    int64_t at, end;                /* bytes asked for, of 2 * CHUNK rows: the next line, the last */
+    int64_t at, end;                /* bytes of each side's CHUNK rows: the next line asked for, the end */
 } Fetch;
 
-/* Asks for the next `lines` lines of f (fewer where it has fewer left) to be brought into the first-level
- * cache */
+/* Asks for the next `lines` lines of f (a key line and a value line at a time, fewer where it has fewer
+ * left) to be brought into the first-level cache: while a whole run of them is left, by requests at
+ * fixed offsets from two pointers (a line's requests in the loops below cost a twentieth of what counting
+ * each line's side and offset did) */
 INLINE void fetch_some(Fetch *f, int64_t lines)
 {
-    for (; lines > 0 && f->at < f->end; lines--, f->at += 64)
-        __builtin_prefetch((f->at & 64 ? f->values : f->keys) + (f->at >> 7 << 6), 0, 3);
+    const int64_t pairs = lines / 2 + (lines & 1), left = (f->end - f->at) / 64;
+    if (pairs <= left) {
+        const uint8_t *k = f->keys + f->at, *v = f->values + f->at;
+        for (int64_t i = 0; i < pairs; i++) {
+            __builtin_prefetch(k + 64 * i, 0, 3);
+            __builtin_prefetch(v + 64 * i, 0, 3);
+        }
+        f->at += 64 * pairs;
+        return;
+    }
+    for (; f->at < f->end; f->at += 64) {
+        __builtin_prefetch(f->keys + f->at, 0, 3);
+        __builtin_prefetch(f->values + f->at, 0, 3);
+    }
 }
 
 #define FETCH_ALL INT64_MAX   /* lines for fetch_some: every one left */
@@ -76,6 +90,25 @@ INLINE void fetch_some(Fetch *f, int64_t lines)
 static int64_t row_bytes(const el_attention *a)
 {
     return el_kv_row_bytes(a->kv_type, a->head_dim, a->kv_group);
+}
+
+/* bytes of a query as step 2 meets q8 keys: its q8 row (kvrows.h), then 128 times the sum of each group's
+ * int8 values as int32 (what the x86-64 loops' dots take off, attention_q8_x86.h), written once per query */
+static int64_t q8_query_bytes(int64_t d, int64_t group)
+{
+    return el_q8_row_bytes(d, group) + 4 * (d / group);
+}
+
+/* the shifts after a query's q8 row of d values (q8_query_bytes) */
+static void q8_query_shifts(uint8_t *row, int64_t d, int64_t group)
+{
+    for (int64_t g0 = 0; g0 < d; g0 += group) {
+        int32_t sum = 0;
+        for (int64_t i = g0; i < g0 + group; i++)
+            sum += (int8_t)row[i];
+        sum *= 128;
+        memcpy(row + el_q8_row_bytes(d, group) + 4 * (g0 / group), &sum, sizeof sum);
+    }
 }
 
 static int valid(const el_attention *a)
@@ -96,7 +129,7 @@ static void q8_row_of(const float *x, int64_t d, int64_t group, uint8_t *row);
  * into their tile, kvrows.h) */
 static void put_row(const el_attention *a, const float *x, int32_t side, uint8_t *head, int64_t p)
 {
-    uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* x as a q8 row (at most 5 D bytes) */
+    uint8_t row[9 * EL_ATT_MAX_HEAD_DIM];   /* x as a q8 row, with a query's shifts (at most 9 D bytes) */
     if (a->kv_type != EL_KV_Q8) {
         el_kv_rows_store(a->kv_type, a->kv_group, x, 1, a->head_dim, head + p * row_bytes(a));   /* cannot fail */
         return;
@@ -115,7 +148,7 @@ static void rotate(const float *x, int64_t half, const float *cos, const float *
 }
 
 /* The scratch q of S tokens: the rotated queries [S, H, D], then over a q8 cache their q8 rows [S, H,
- * row bytes], from this many floats on (el_attention_store writes them, step 2 reads them) */
+ * q8_query_bytes], from this many floats on (el_attention_store writes them, step 2 reads them) */
 static int64_t query_rows_offset(const el_attention *a, int64_t s)
 {
     return s * a->heads * a->head_dim;
@@ -125,7 +158,7 @@ int64_t el_attention_query_floats(const el_attention *a, int64_t s)
 {
     if (!valid(a) || s < 0)
         return -1;
-    const int64_t rows = a->kv_type == EL_KV_Q8 ? (s * a->heads * row_bytes(a) + 3) / 4 : 0;
+    const int64_t rows = a->kv_type == EL_KV_Q8 ? (s * a->heads * q8_query_bytes(a->head_dim, a->kv_group) + 3) / 4 : 0;
     return query_rows_offset(a, s) + rows;
 }
 
@@ -138,14 +171,14 @@ el_status el_attention_store(const el_attention *a, const float *qkv, int64_t s,
         return EL_ERR_SIZE;
     const int64_t d = a->head_dim, half = d / 2, width = (a->heads + 2 * a->kv_heads) * d, bytes = row_bytes(a);
     float key[EL_ATT_MAX_HEAD_DIM];   /* one rotated key */
-    uint8_t *qrows = (uint8_t *)(q + query_rows_offset(a, s));   /* q8 caches: [S, H, row bytes] */
+    uint8_t *qrows = (uint8_t *)(q + query_rows_offset(a, s));   /* q8 caches: [S, H, q8_query_bytes] */
     for (int64_t t = 0; t < s; t++) {
         const float *row = qkv + t * width, *c = cos + (p0 + t) * half, *sn = sin + (p0 + t) * half;
         for (int64_t h = 0; h < a->heads; h++) {
             float *x = q + (t * a->heads + h) * d;
             rotate(row + h * d, half, c, sn, x);
             if (a->kv_type == EL_KV_Q8)   /* the query as step 2 meets q8 keys, once for all its spans */
-                q8_row_of(x, d, a->kv_group, qrows + (t * a->heads + h) * bytes);
+                q8_row_of(x, d, a->kv_group, qrows + (t * a->heads + h) * q8_query_bytes(d, a->kv_group));
         }
         for (int64_t g = 0; g < a->kv_heads; g++) {
             const int64_t head = g * a->capacity * bytes;
@@ -271,18 +304,18 @@ INLINE float q8_tile_scale(const uint8_t *tile, int64_t at)
 }
 
 /* scores [h * CHUNK + j] = scale * q[h] . k_j over n q8 key rows in tiles from row 0 of `tiles` (d values
- * in groups of `group`, kvrows.h), the `count` queries q[h] q8 rows of the same groups (q [count, row
- * bytes]): for each query and row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total) over the groups g
+ * in groups of `group`, kvrows.h), the `count` queries q[h] q8 rows of the same groups (q [count,
+ * q8_query_bytes]): for each query and row, total = fmaf(qs_g * ks_g, (float)(q_g . k_g), total) over the groups g
  * in order from 0, q_g . k_g the integer dot of the group's int8 values (exact: |q_g . k_g| <= 256 * 127 *
  * 127 < 2^24), then score = total * scale */
 static void q8_scores_plain(const uint8_t *q, int64_t count, const uint8_t *tiles, int64_t n, int64_t d,
                             int64_t group, float scale, float *scores, Fetch *ahead)
 {
     fetch_some(ahead, FETCH_ALL);
-    const int64_t bytes = el_q8_row_bytes(d, group);
+    const int64_t bytes = el_q8_row_bytes(d, group), qbytes = q8_query_bytes(d, group);
     for (int64_t h = 0; h < count; h++)
         for (int64_t j = 0; j < n; j++) {
-            const uint8_t *k = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes, *x = q + h * bytes;
+            const uint8_t *k = tiles + j / EL_KV_TILE * EL_KV_TILE * bytes, *x = q + h * qbytes;
             const int64_t r = j % EL_KV_TILE;
             float total = 0.0f;
             for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
@@ -352,10 +385,12 @@ static void q8_weigh_plain(const el_attention *a, float *out, int64_t count, int
         }
 }
 
-/* row = the q8 row of x [d] in groups of `group` (kvrows.h): how a query meets q8 keys */
+/* row [q8_query_bytes] = x [d] as a query meets q8 keys: its q8 row in groups of `group` (kvrows.h), then
+ * the groups' shifts */
 static void q8_query_plain(const float *x, int64_t d, int64_t group, uint8_t *row)
 {
     el_q8_rows_store(x, 1, d, group, row);   /* sizes are valid: cannot fail */
+    q8_query_shifts(row, d, group);
 }
 
 /* the inner loops and the conversion of compact rows, plain or vector; the loops over queries take
@@ -515,8 +550,8 @@ static const Build *build_of(int path, int64_t d)
     return &PLAIN_BUILD;
 }
 
-/* row = the q8 row of x [d] in groups of `group` (kvrows.h), by the chosen path's loop (the same bits as
- * el_q8_rows_store) */
+/* row = x [d] as a query meets q8 keys (q8_query_bytes), by the chosen path's loop (the q8 row's bits are
+ * el_q8_rows_store's) */
 static void q8_row_of(const float *x, int64_t d, int64_t group, uint8_t *row)
 {
     build_of(EL_PATH_CHOSEN, d)->loops->q8_query(x, d, group, row);
@@ -561,7 +596,7 @@ el_status el_attention_partials(const el_attention *a, const float *q, int64_t s
 el_status el_attention_q8_scores(const float *q, const uint8_t *rows, int64_t n, int64_t d, int64_t group,
                                 float scale, float *scores, int path)
 {
-    uint8_t row[5 * EL_ATT_MAX_HEAD_DIM];   /* the query as a q8 row (at most 5 d bytes) */
+    uint8_t row[9 * EL_ATT_MAX_HEAD_DIM];   /* the query as step 2 meets q8 keys (at most 9 d bytes) */
     if (el_q8_row_bytes(d, group) < 0 || d > EL_ATT_MAX_HEAD_DIM || d % 4 || n < 0)
         return EL_ERR_SIZE;
     if (n > 0 && (q == NULL || rows == NULL || scores == NULL))

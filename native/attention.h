@@ -61,8 +61,9 @@ typedef struct el_attention {
 /* Bytes of one cache row, or -1 if a is invalid. */
 int64_t el_attention_row_bytes(const el_attention *a);
 
-/* Floats of the scratch q of S tokens: the rotated queries [S, H, D], and over a q8 cache their q8 rows
- * [S, H, row bytes] after them (how step 2 meets q8 keys); -1 if a is invalid. */
+/* Floats of the scratch q of S tokens: the rotated queries [S, H, D], and over a q8 cache, after them, how
+ * step 2 meets q8 keys: [S, H, row bytes + 4 D / kv_group], each query's q8 row and its groups' int32 sums;
+ * -1 if a is invalid. */
 int64_t el_attention_query_floats(const el_attention *a, int64_t s);
 
 /* Step 1: rotate the S queries into q (el_attention_query_floats), rotate the S keys and copy the S

@@ -13,19 +13,14 @@
  * the builds give the plain loops' bits.
  */
 
-/* q8_scores: the shifts of the queries' dots (q [count, bytes]), 128 times each group's sum of bytes: what
- * vpdpbusd adds when it reads the keys as unsigned bytes k + 128 */
+/* q8_scores: the shifts of the queries' dots (q [count, q8_query_bytes]), 128 times each group's sum of
+ * bytes (what vpdpbusd adds when it reads the keys as unsigned bytes k + 128), as the queries carry them */
 X86_TARGET INLINE void X86(q8_shifts)(const uint8_t *q, int64_t count, int64_t d, int64_t group,
                                       int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32])
 {
-    const int64_t bytes = el_q8_row_bytes(d, group);
+    const int64_t qbytes = q8_query_bytes(d, group), at = el_q8_row_bytes(d, group);
     for (int64_t h = 0; h < count; h++)
-        for (int64_t g = 0, g0 = 0; g0 < d; g++, g0 += group) {
-            int32_t sum = 0;
-            for (int64_t i = g0; i < g0 + group; i++)
-                sum += (int8_t)q[h * bytes + i];
-            shift[h][g] = 128 * sum;
-        }
+        memcpy(shift[h], q + h * qbytes + at, (size_t)(d / group) * sizeof(int32_t));
 }
 
 /* four bytes from p as one 32-bit lane */
@@ -37,15 +32,22 @@ X86_TARGET INLINE int32_t X86(bytes4)(const uint8_t *p)
 }
 
 #if X86_VNNI == 1
+/* *acc += the dots of k's unsigned bytes and q's signed ones by vpdpbusd, written in place (the intrinsic's
+ * sum is kept in another register and copied back, two moves a dot in the loop below) */
+X86_TARGET INLINE void X86(dpbusd_in_place)(__m512i *acc, __m512i k, __m512i q)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(*acc) : "v"(k), "v"(q));
+}
+
 /* q8_scores for `heads` (at most 4) queries over key tiles, 16 rows (a block of a tile) at a time, the rows
  * past n scored and not stored: for each group, the integer dots of the rows' quads (64 bytes: four values
- * of 16 rows) with the query's four bytes, as unsigned bytes k + 128 by vpdpbusd in two sums, less the
- * shift; then the plain loop's multiply-adds, one row per lane */
+ * of 16 rows) with the query's four bytes, as unsigned bytes k + 128 by vpdpbusd in two sums, eight quads
+ * (32 values) a pass, less the shift; then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
                                      int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
                                      float *scores, Fetch *ahead)
 {
-    const int64_t bytes = el_q8_row_bytes(d, group);
+    const int64_t bytes = el_q8_row_bytes(d, group), qbytes = q8_query_bytes(d, group);
     const __m512i flip = _mm512_set1_epi8(-128);
     for (int64_t j = 0; j < n; j += 16) {
         const int64_t r = j % EL_KV_TILE;
@@ -57,21 +59,19 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
             __m512i acc[4][2];
             for (int h = 0; h < heads; h++)
                 acc[h][0] = acc[h][1] = _mm512_setzero_si512();
-            for (int64_t c = g0 / 4; c < (g0 + group) / 4; c += 2) {   /* eight quads or more */
-                const __m512i k0 = _mm512_xor_si512(_mm512_loadu_si512(keys + 64 * c), flip);
-                const __m512i k1 = _mm512_xor_si512(_mm512_loadu_si512(keys + 64 * c + 64), flip);
-                for (int h = 0; h < heads; h++) {
-                    const uint8_t *x = q + h * bytes + 4 * c;
-                    acc[h][0] = _mm512_dpbusd_epi32(acc[h][0], k0, _mm512_set1_epi32(X86(bytes4)(x)));
-                    acc[h][1] = _mm512_dpbusd_epi32(acc[h][1], k1, _mm512_set1_epi32(X86(bytes4)(x + 4)));
+            for (int64_t c0 = g0 / 4; c0 < (g0 + group) / 4; c0 += 8)   /* eight quads a pass */
+                for (int c = 0; c < 8; c++) {
+                    const __m512i k = _mm512_xor_si512(_mm512_loadu_si512(keys + 64 * (c0 + c)), flip);
+                    for (int h = 0; h < heads; h++)
+                        X86(dpbusd_in_place)(&acc[h][c & 1], k,
+                                             _mm512_set1_epi32(X86(bytes4)(q + h * qbytes + 4 * (c0 + c))));
                 }
-            }
             fetch_some(ahead, 5);   /* 40 of a chunk's 144 lines (int8 rows of 64) */
             const __m512 ks = _mm512_loadu_ps(tile + el_q8_key_scale_at(d, group, g, r));
             for (int h = 0; h < heads; h++) {
                 const __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(acc[h][0], acc[h][1]),
                                                       _mm512_set1_epi32(shift[h][g]));
-                const __m512 w = _mm512_mul_ps(_mm512_set1_ps(q8_scale(q + h * bytes, d, g)), ks);
+                const __m512 w = _mm512_mul_ps(_mm512_set1_ps(q8_scale(q + h * qbytes, d, g)), ks);
                 total[h] = _mm512_fmadd_ps(w, _mm512_cvtepi32_ps(dots), total[h]);
             }
         }
@@ -90,7 +90,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
                                      int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
                                      float *scores, Fetch *ahead)
 {
-    const int64_t bytes = el_q8_row_bytes(d, group);
+    const int64_t bytes = el_q8_row_bytes(d, group), qbytes = q8_query_bytes(d, group);
 #if X86_VNNI == 2
     const __m256i flip = _mm256_set1_epi8(-128);
 #else
@@ -115,7 +115,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
                     const __m256i u = _mm256_xor_si256(k, flip);
 #endif
                     for (int h = 0; h < heads; h++) {
-                        const __m256i b = _mm256_set1_epi32(X86(bytes4)(q + h * bytes + 4 * (c + e)));
+                        const __m256i b = _mm256_set1_epi32(X86(bytes4)(q + h * qbytes + 4 * (c + e)));
 #if X86_VNNI == 2
                         acc[h][e] = _mm256_dpbusd_avx_epi32(acc[h][e], u, b);
 #else
@@ -127,7 +127,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
             fetch_some(ahead, 3);   /* 48 of a chunk's 144 lines (int8 rows of 64) */
             const __m256 ks = _mm256_loadu_ps((const float *)(const void *)(tile + el_q8_key_scale_at(d, group, g, r)));
             for (int h = 0; h < heads; h++) {
-                const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * bytes, d, g)), ks);
+                const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * qbytes, d, g)), ks);
                 __m256i dots = _mm256_add_epi32(acc[h][0], acc[h][1]);
 #if X86_VNNI == 2
                 dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(shift[h][g]));
@@ -153,13 +153,13 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
         q8_scores_plain(q, count, tiles, n, d, group, scale, scores, ahead);
         return;
     }
-    const int64_t bytes = el_q8_row_bytes(d, group);
+    const int64_t qbytes = q8_query_bytes(d, group);
     int32_t shift[EL_ATT_UNIT_HEADS][EL_ATT_MAX_HEAD_DIM / 32];   /* [query, group]: read by vpdpbusd's loops */
 #if X86_VNNI
     X86(q8_shifts)(q, count, d, group, shift);
 #endif
     for (int64_t h = 0; h < count; h += 4) {
-        const uint8_t *x = q + h * bytes;
+        const uint8_t *x = q + h * qbytes;
         float *out = scores + h * CHUNK;
         switch (count - h < 4 ? count - h : 4) {
         case 1: X86(q8_heads)(1, x, tiles, n, d, group, scale, shift + h, out, ahead); break;

@@ -39,7 +39,7 @@ INLINE int64_t query_rows(Unit n, int64_t r)
     return n.p0 + n.t0 + r / n.count + 1;
 }
 
-/* q8 caches: the queries as q8 rows [S, H, row bytes], which el_attention_store writes after q [S, H, D] */
+/* q8 caches: the queries as q8 rows [S, H, q8_query_bytes], which el_attention_store writes after q [S, H, D] */
 INLINE const uint8_t *query_rows_of(const el_attention *a, const float *q, int64_t s)
 {
     return (const uint8_t *)(q + query_rows_offset(a, s));
@@ -51,7 +51,7 @@ INLINE const uint8_t *query_rows_of(const el_attention *a, const float *q, int64
  * chunks of CHUNK rows from r0. The queries of one token (its n.count heads, which end at the same
  * row) are scored and weighed together, each as it would be alone. A query whose token has no rows
  * in the span gets the empty partial (-inf, 0, 0), which no merge reads. Over a q8 cache the queries
- * are read as their q8 rows, qrows [S, H, row bytes]. */
+ * are read as their q8 rows, qrows [S, H, q8_query_bytes]. */
 INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrows, Unit n, int64_t span,
                       const uint8_t *keys, const uint8_t *values, float *slots, const Loops *loops, int portable)
 {
@@ -88,7 +88,7 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
          * step at depth 128-256 asked for a third to a half more rows than it read) */
         fetch_some(&ahead, FETCH_ALL);
         if (c0 + CHUNK < last && c0 + 2 * CHUNK <= a->capacity)
-            ahead = (Fetch){kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, 0, 2 * CHUNK * rb};
+            ahead = (Fetch){kh + (c0 + CHUNK) * rb, vh + (c0 + CHUNK) * rb, 0, CHUNK * rb};
         if (!q8 && !direct)
             fetch_some(&ahead, FETCH_ALL);
         /* q8 keys are read as they are; so are float16 ones for one token where the build scores them so */
@@ -100,16 +100,17 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
             if (len[t] <= 0)
                 continue;
             if (q8)
-                loops->q8_scores(qrows + query_at(a, n, r) / d * rb, n.count, kh + c0 * rb, len[t], d, a->kv_group,
+                loops->q8_scores(qrows + query_at(a, n, r) / d * q8_query_bytes(d, a->kv_group), n.count, kh + c0 * rb, len[t], d, a->kv_group,
                                  a->scale, scores[r], &ahead);
             else if (direct)
                 loops->f16_scores(q + query_at(a, n, r), n.count, kh + c0 * rb, len[t], d, a->scale, scores[r],
                                   &ahead);
             else
                 loops->scores(q + query_at(a, n, r), n.count, k, len[t], d, a->scale, scores[r]);
+            float shift[EL_ATT_UNIT_HEADS], sum[EL_ATT_UNIT_HEADS];   /* [head]: each query's top, exp's sum */
             for (int64_t h = r; h < r + n.count; h++) {
-                float *sc = scores[h], *sl = slots + h * slot, *o = sl + 2, sum;
-                const float chunk_top = loops->top(sc, len[t]);
+                float *sl = slots + h * slot, *o = sl + 2;
+                const float chunk_top = loops->top(scores[h], len[t]);
                 if (chunk_top > sl[0]) {   /* rescale what the earlier chunks summed (nothing, the first time) */
                     const float factor = expf(sl[0] - chunk_top);
                     for (int64_t i = 0; i < d; i++)
@@ -117,9 +118,12 @@ INLINE void tile_span(const el_attention *a, const float *q, const uint8_t *qrow
                     sl[1] *= factor;
                     sl[0] = chunk_top;
                 }
-                el_exp_shifted(sc, len[t], sl[0], &sum, portable);   /* sizes are valid: cannot fail */
-                sl[1] += sum;
+                shift[h - r] = sl[0];
             }
+            /* the token's queries' exponentials in one call, which overlaps them (sizes are valid: cannot fail) */
+            el_exp_shifted(scores[r], n.count, CHUNK, len[t], shift, sum, portable);
+            for (int64_t h = r; h < r + n.count; h++)
+                slots[h * slot + 1] += sum[h - r];
         }
         const uint8_t *v = vh + c0 * rb;
         if (wide_values) {   /* the keys in buf are scored: it takes the values */

@@ -190,6 +190,7 @@ X86_TARGET static void X86(q8_query)(const float *x, int64_t d, int64_t group, u
         }
         memcpy(row + d + 4 * (g0 / group), &scale, sizeof scale);
     }
+    q8_query_shifts(row, d, group);
 }
 
 #include "attention_q8_x86.h"   /* X86(q8_scores), X86(q8_weigh): the loops over q8 tiles of this build */
