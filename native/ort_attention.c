@@ -19,9 +19,9 @@
  * rows are written; otherwise the past rows are copied first. The new rows' positions are
  * seqlens_k[b] + 1 - S ... seqlens_k[b]; the units of step 2 (a tile of tokens' query heads of one
  * key/value head) run on ONNX Runtime's threads. When a call has few units (decode) and the cache spans
- * several EL_ATT_SPAN rows, the spans run as units of their own and are merged after: the same
- * arithmetic (attention.h), spread over more threads; when its queries read one chunk of rows at most,
- * the calling thread runs them.
+ * several EL_ATT_SPAN rows, the spans run as units of their own, and a unit's are merged by the thread
+ * that ran the last of them: the same arithmetic (attention.h), spread over more threads; when its
+ * queries read one chunk of rows at most, the calling thread runs them.
  */
 #include "attention.h"
 #include "kernels.h"
@@ -96,8 +96,9 @@ typedef struct {          /* step 2 of one sequence, shared by the units */
     el_attention a;
     const float *q;
     const uint8_t *keys, *values;
-    int64_t s, p0;
+    int64_t s, p0, spans;
     float *out, *partials;
+    int64_t *done;        /* [units]: span units run, of each unit's `spans` (split calls) */
 } Rows;
 
 static void unit(void *data, size_t u)
@@ -107,11 +108,17 @@ static void unit(void *data, size_t u)
                       EL_PATH_CHOSEN);
 }
 
+/* Span unit v; the thread that runs the last of a unit's spans merges that unit (the other thread's
+ * partials are seen through the counter's acquire and release), so the merges overlap the spans still
+ * running instead of all waiting for the last: the same merge, in the same order */
 static void span_unit(void *data, size_t v)
 {
-    const Rows *r = data;
+    const Rows *r = data;   /* sizes were checked: cannot fail */
+    const int64_t u = (int64_t)v / r->spans;
     el_attention_partials(&r->a, r->q, r->s, r->p0, r->keys, r->values, (int64_t)v, (int64_t)v + 1, r->partials,
                           EL_PATH_CHOSEN);
+    if (__atomic_add_fetch(&r->done[u], 1, __ATOMIC_ACQ_REL) == r->spans)
+        el_attention_merge(&r->a, r->partials, r->s, r->p0, u, u + 1, r->out);
 }
 
 static OrtStatus *check(const Kernel *k, const Inputs *in, el_attention *a)
@@ -171,8 +178,8 @@ static OrtStatus *sequence(void *context, const Inputs *in, const el_attention *
                                       "RotaryAttention: sizes out of range");
     if (status != NULL)
         return status;
-    Rows rows = {*a, q, keys, values, s, p0, out + b * s * a->heads * d, NULL};
     const int64_t units = el_attention_units(a, s), spans = el_attention_spans(a, s, p0);
+    Rows rows = {*a, q, keys, values, s, p0, spans, out + b * s * a->heads * d, NULL, NULL};
     if (units < SPLIT_BELOW && p0 + s <= ALONE_ROWS) {
         el_attention_rows(a, q, s, p0, keys, values, 0, units, rows.out, EL_PATH_CHOSEN);   /* cannot fail */
         return NULL;
@@ -180,13 +187,16 @@ static OrtStatus *sequence(void *context, const Inputs *in, const el_attention *
     if (units >= SPLIT_BELOW || spans < 2)
         return API(API_KernelContext_ParallelFor, parallel_for_fn)(context, unit, (size_t)units, 0, &rows);
     rows.partials = malloc((size_t)el_attention_partials_size(a, s, p0) * sizeof(float));
-    if (rows.partials == NULL)
+    rows.done = calloc((size_t)units, sizeof(int64_t));
+    if (rows.partials == NULL || rows.done == NULL) {
+        free(rows.partials);
+        free(rows.done);
         return el_ort_fail(ORT_FAIL, "RotaryAttention: out of memory");
+    }
     status = API(API_KernelContext_ParallelFor, parallel_for_fn)(context, span_unit, (size_t)(units * spans), 0,
                                                                  &rows);
-    if (status == NULL)
-        el_attention_merge(a, rows.partials, s, p0, 0, units, rows.out);   /* sizes were checked: cannot fail */
     free(rows.partials);
+    free(rows.done);
     return status;
 }
 
