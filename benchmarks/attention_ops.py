@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     from edgellama.kv_types import KV_TYPES
+    from edgellama.kvcache import _line_aligned_zeros
     from edgellama.session import session_options
 
     kv = KV_TYPES[args.cache]
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     binding, caches = session.io_binding(), []
     for i in range(args.layers):
         for side in "kv":   # each cache bound as input and output: the operator writes its rows in place
-            array = np.zeros((1, KV_HEADS, capacity, row), kv.dtype)
+            array = _line_aligned_zeros((1, KV_HEADS, capacity, row), kv.dtype)   # as KVCache's
             value = ort.OrtValue.ortvalue_from_numpy(array)
             caches.append((array, value))
             binding.bind_ortvalue_input(f"p{side}{i}", value)

@@ -59,6 +59,7 @@ def test_buffers_of_each_type(kv_cache, row, dtype):
     rows_held = 64 if kv_cache == "int8" else 10     # int8 rows lie in tiles of 64
     for buf in cache.keys + cache.values:
         assert buf.shape == (1, 2, rows_held, row) and buf.dtype == dtype and buf.flags.c_contiguous
+        assert buf.ctypes.data % 64 == 0 and buf.flags.writeable and not buf.any()   # whole cache lines
 
 
 def test_int8_rows_lie_in_tiles_that_rows_and_put_rows_read_in_order():
