@@ -280,3 +280,36 @@ def test_a_hub_download_that_fails_is_one_line(monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "local checkpoint folder" in message
     assert "name not known" in message and "locate the files" in message     # both of its lines, as one
+
+
+@pytest.mark.parametrize("argv, option, words", [
+    (["run", "--stop", ".", "pkg", "hi"], "--stop", "'.', 'pkg', 'hi'"),
+    (["run", "--provider", "cpu", "pkg", "hi"], "--provider", "'cpu', 'pkg', 'hi'"),
+    (["bench", "--provider", "cpu", "pkg"], "--provider", "'cpu', 'pkg'"),
+    (["serve", "--provider", "cuda", "cpu", "pkg"], "--provider", "'cuda', 'cpu', 'pkg'"),
+])
+def test_a_words_option_before_the_positionals_says_it_took_them(argv, option, words, capsys):
+    """--stop and --provider take every word after them: a command left without its model or prompt says so,
+    and how to write it, where argparse only said they were missing."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the following arguments are required" in last
+    assert f"{option} took every word after it: {words}" in last and f"{option}=WORD" in last
+
+
+def test_one_word_options_keep_the_plain_missing_argument_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--stop", "."])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("the following arguments are required: model, prompt")
+
+
+def test_words_options_still_take_several_words(package, capsys):
+    from edgellama.cli import build_parser
+
+    args = build_parser().parse_args(["run", str(package), "hi", "--stop", "a", "b", "--provider", "cpu", "cuda"])
+    assert args.stop == ["a", "b"] and args.provider == ["cpu", "cuda"] and args.prompt == "hi"
+    args = build_parser().parse_args(["run", "--stop=a", str(package), "hi"])
+    assert args.stop == ["a"] and args.model == str(package)

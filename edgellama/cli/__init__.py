@@ -148,8 +148,36 @@ def _module(name: str):
         raise
 
 
+class Words(argparse.Action):
+    """An option of one or more words (nargs="+": --stop, --provider), which takes every word after it up to
+    the next option; the parser remembers which it took, so that a command left without its positional
+    arguments says where they went."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        parser.words_taken = (option_string, list(values))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose missing-arguments error names the words option that took them."""
+
+    words_taken = None   # (option, words) of the last Words option parsed
+
+    def error(self, message):
+        if (message.startswith("the following arguments are required") and self.words_taken is not None
+                and len(self.words_taken[1]) > 1):
+            option, words = self.words_taken
+            message += (f" ({option} took every word after it: {', '.join(map(repr, words))}; put {option} "
+                        f"after them, or write {option}=WORD for one word)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgellama", description="Llama-family models on the edge, through ONNX Runtime.")
+    parser = Parser(prog="edgellama", description="Llama-family models on the edge, through ONNX Runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidParameterError, OutputError
-from . import add_kv_cache_argument, add_mmap_argument
+from . import add_kv_cache_argument, add_mmap_argument, Words
 
 CSV_FIELDS = ("test", "threads", "unit", "mean", "stdev")
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens of the TTFT / end-to-end test with the sampler (0 skips it)")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the smallest that fits every test)")
-    parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
+    parser.add_argument("--provider", action=Words, default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
     add_kv_cache_argument(parser)
     add_mmap_argument(parser)

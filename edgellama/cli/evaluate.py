@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from . import add_kv_cache_argument, read_text_file
+from . import add_kv_cache_argument, read_text_file, Words
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("graph", "stepwise"), default="graph",
                         help="graph: all positions per run (default); stepwise: one token per run")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
-    parser.add_argument("--provider", nargs="+", default=["cpu"], metavar="EP", help="execution providers to try")
+    parser.add_argument("--provider", action=Words, default=["cpu"], metavar="EP", help="execution providers to try")
     add_kv_cache_argument(parser, "KV cache element type of MODEL: float32, float16 or int8 (default: the "
                                   "package's; the --kl-base package runs its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from . import add_kv_cache_argument, add_mmap_argument, text_argument
+from . import add_kv_cache_argument, add_mmap_argument, text_argument, Words
 
 RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
@@ -21,7 +21,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 = off (default 0.05)")
     parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 = off (default)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default or -1: random)")
-    parser.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop strings (cut from the text)")
+    parser.add_argument("--stop", action=Words, default=[], metavar="S", help="stop strings (cut from the text)")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -31,7 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="check the sha256 of every file, the weights too, before loading (loading always "
                              "checks the other files and the weights' size)")
-    parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
+    parser.add_argument("--provider", action=Words, default=None, metavar="EP",
                         help="execution providers to try in order (cpu, cuda, coreml, ...; default: those the "
                              "package was built for)")
     add_kv_cache_argument(parser)

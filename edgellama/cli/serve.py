@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidParameterError, NotBuiltError
-from . import add_kv_cache_argument, add_mmap_argument
+from . import add_kv_cache_argument, add_mmap_argument, Words
 
 STARTUP_FAILURE = 3       # uvicorn's exit status when the app does not start (it logs why)
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the KV caches of system prompts in DIR, across restarts")
     parser.add_argument("--prompt-cache-mb", type=int, default=2048, metavar="MB",
                         help="the most its files take together; past it the least recently used go (default 2048)")
-    parser.add_argument("--provider", nargs="+", default=None, metavar="EP",
+    parser.add_argument("--provider", action=Words, default=None, metavar="EP",
                         help="execution providers to try in order (default: those the package was built for)")
     add_kv_cache_argument(parser)
     add_mmap_argument(parser)
