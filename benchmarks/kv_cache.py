@@ -20,7 +20,8 @@ llama-cpp-python is installed):
   ceiling     beside each type's depth D / depth 0 ratio, the bytes' ratio: (weights + cache rows
               read at depth 0) / (weights + cache rows read at depth D), a token's mean over the N
               generated; a host whose decode steps at both depths read memory at the same rate
-              cannot go above it
+              cannot go above it. The bytes times tokens/s (GB/s) are printed too, to set beside
+              what the host can read: python benchmarks/read_bandwidth.py
 --speed-only runs the speed part alone, for the cache types in --types (the peers beside them),
 and prints each engine's rounds: what two builds are compared by, one run after the other.
 """
@@ -157,13 +158,25 @@ def speed(package: Path, genai: Path, settings, depth: int, n_gen: int, rounds: 
     return {name: {str(d): statistics.median(runs[name, d]) for d in prompts} for name in engines}
 
 
-def byte_ceiling(package: Path, kv: str, depth: int, n_gen: int) -> float:
-    """(bytes a decode step reads at depth 0) / (at `depth`): the package's weights read per token
-    plus the cache rows of every layer, keys and values, at the mean position of `n_gen` tokens."""
+def step_bytes(package: Path, kv: str, depth: int, n_gen: int) -> float:
+    """Bytes a decode step reads from depth `depth` on: the package's weights read per token plus the
+    cache rows of every layer, keys and values, at the mean position of `n_gen` tokens."""
     from .suite.engine_edgellama import weight_bytes_per_token
 
-    weights, row = weight_bytes_per_token(package), _cache_bytes(package, 1, kv)
-    return (weights + row * n_gen / 2) / (weights + row * (depth + n_gen / 2))
+    return weight_bytes_per_token(package) + _cache_bytes(package, 1, kv) * (depth + n_gen / 2)
+
+
+def byte_ceiling(package: Path, kv: str, depth: int, n_gen: int) -> float:
+    """(bytes a decode step reads at depth 0) / (at `depth`)."""
+    return step_bytes(package, kv, 0, n_gen) / step_bytes(package, kv, depth, n_gen)
+
+
+def read_rates(package: Path, kv: str, tps: dict, depth: int, n_gen: int) -> str:
+    """What the decode steps read a second at depth 0 and `depth`: their bytes times tokens/s (to set beside
+    benchmarks/read_bandwidth.py)."""
+    rates = [step_bytes(package, kv, d, n_gen) * tps[str(d)] / 1e9 for d in (0, depth)]
+    return (f"reads {step_bytes(package, kv, 0, n_gen) / 1e6:.1f} and {step_bytes(package, kv, depth, n_gen) / 1e6:.1f} "
+            f"MB a token: {rates[0]:.1f} and {rates[1]:.1f} GB/s")
 
 
 def _cache_bytes(package: Path, context: int, kv: str) -> int:
@@ -200,6 +213,8 @@ def report(result: dict, package: Path, context: int, depth: int, n_gen: int) ->
                      f"{tps[str(depth)] / tps['0']:.2f} | |")
     int8 = result["speed"]["edgellama int4, int8 cache"][str(depth)]
     lines.append("")
+    lines += [f"edgellama {kv} cache at depths 0 and {depth}: "
+              f"{read_rates(package, kv, result['speed'][f'edgellama int4, {kv} cache'], depth, n_gen)}" for kv in TYPES]
     lines += [f"tg{n_gen}@d{depth}: edgellama int8 cache / {name} = {int8 / result['speed'][name][str(depth)]:.2f}x"
               for name in peers]
     return "\n".join(lines)
@@ -244,7 +259,8 @@ def main(argv=None) -> int:
         print(f"tg{args.n_gen} tok/s, {args.threads} threads, cpu: {cpu}")
         for name, tps in result.items():
             kv = next((t for t in types if name == f"edgellama int4, {t} cache"), None)
-            ceiling = "" if kv is None else f", bytes {byte_ceiling(package, kv, args.depth, args.n_gen):.2f}x"
+            ceiling = "" if kv is None else (f", bytes {byte_ceiling(package, kv, args.depth, args.n_gen):.2f}x; "
+                                             f"{read_rates(package, kv, tps, args.depth, args.n_gen)}")
             print(f"{name}: depth 0 {tps['0']:.1f}, depth {args.depth} {tps[str(args.depth)]:.1f} "
                   f"({tps[str(args.depth)] / tps['0']:.2f}x{ceiling}); rounds "
                   f"{', '.join(f'{t:.1f}' for t in every[f'{name} @ 0'])} and "

@@ -59,3 +59,22 @@ def test_the_report_has_a_row_and_a_ratio_for_each_peer_measured(smollm2_int4_pa
     assert {row.count("|") for row in rows} == {13}
     ratios = [line for line in lines if line.startswith("tg128@d2048: edgellama int8 cache / ")]
     assert [line.rsplit(" = ", 1)[1] for line in ratios] == ["2.00x"] + ["2.50x"] * (len(peers) - 1)
+
+
+def test_the_report_gives_each_types_read_rate_at_both_depths(smollm2_int4_package):
+    """The bytes a step reads times tokens/s: what to set beside benchmarks/read_bandwidth.py."""
+    from benchmarks.kv_cache import GENAI, step_bytes, report
+    from benchmarks.suite.onnx_weights import bytes_read_per_token
+
+    weights = bytes_read_per_token(Path(smollm2_int4_package) / "model.onnx")
+    assert step_bytes(smollm2_int4_package, "int8", 2048, 128) == weights + CACHE_BYTES_PER_TOKEN["int8"] * 2112
+    lines = report(_result({GENAI: {"0": 150.0, "2048": 50.0}}), smollm2_int4_package, 4096, 2048, 128).splitlines()
+    rate = next(line for line in lines if line.startswith("edgellama int8 cache at depths 0 and 2048: "))
+    d0, d2048 = (weights + 12960 * 64) / 1e9 * 200.0, (weights + 12960 * 2112) / 1e9 * 100.0
+    assert rate.endswith(f"MB a token: {d0:.1f} and {d2048:.1f} GB/s")
+
+
+def test_the_read_bandwidth_benchmark_reads_a_buffer_at_a_positive_rate():
+    from benchmarks.read_bandwidth import read_rate
+
+    assert 0.1 < read_rate(1 << 20, 2, 1) < 10_000
