@@ -63,8 +63,8 @@ typedef struct {
     int64_t at, end;                /* bytes of each side's CHUNK rows: the next line asked for, the end */
 } Fetch;
 
-/* Asks for the next `lines` lines of f (a key line and a value line at a time, fewer where it has fewer
- * left) to be brought into the first-level cache: while a whole run of them is left, by requests at
+/* Asks for the next `lines` lines of f (a key line and a value line at a time: an odd count is rounded up;
+ * fewer where it has fewer left) to be brought into the first-level cache: while a whole run of them is left, by requests at
  * fixed offsets from two pointers (a line's requests in the loops below cost a twentieth of what counting
  * each line's side and offset did) */
 INLINE void fetch_some(Fetch *f, int64_t lines)

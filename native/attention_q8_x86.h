@@ -66,7 +66,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
                         X86(dpbusd_in_place)(&acc[h][c & 1], k,
                                              _mm512_set1_epi32(X86(bytes4)(q + h * qbytes + 4 * (c0 + c))));
                 }
-            fetch_some(ahead, 5);   /* 40 of a chunk's 144 lines (int8 rows of 64) */
+            fetch_some(ahead, 6);   /* 48 of a chunk's 144 lines (int8 rows of 64) */
             const __m512 ks = _mm512_loadu_ps(tile + el_q8_key_scale_at(d, group, g, r));
             for (int h = 0; h < heads; h++) {
                 const __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(acc[h][0], acc[h][1]),
@@ -124,7 +124,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
 #endif
                     }
                 }
-            fetch_some(ahead, 3);   /* 48 of a chunk's 144 lines (int8 rows of 64) */
+            fetch_some(ahead, 4);   /* 64 of a chunk's 144 lines (int8 rows of 64) */
             const __m256 ks = _mm256_loadu_ps((const float *)(const void *)(tile + el_q8_key_scale_at(d, group, g, r)));
             for (int h = 0; h < heads; h++) {
                 const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * qbytes, d, g)), ks);
@@ -189,7 +189,7 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
                 y[b] = _mm512_maskz_mul_ps(live, _mm512_loadu_ps(w + h * CHUNK + 16 * b),
                                            _mm512_loadu_ps(tile + el_q8_value_scale_at(g, 16 * b)));
                 most = _mm512_max_ps(y[b], most);
-                fetch_some(ahead, 1);   /* 24 of 144 lines */
+                fetch_some(ahead, 2);   /* 48 of 144 lines */
             }
             float up;
             q8_weight_scale(_mm512_reduce_max_ps(most), &up, &down[g][h]);
@@ -303,7 +303,7 @@ X86_TARGET INLINE void X86(q8_weights)(const int heads, const float *w, const ui
                 const __m256 y = _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(w + h * CHUNK + j), ks), live);
                 _mm256_storeu_ps(wg + j, y);
                 most = _mm256_max_ps(y, most);
-                fetch_some(ahead, 1);   /* 48 of 144 lines */
+                fetch_some(ahead, 2);   /* 96 of 144 lines */
             }
             __m128 m = _mm_max_ps(_mm256_castps256_ps128(most), _mm256_extractf128_ps(most, 1));   /* no NaN: */
             m = _mm_max_ps(m, _mm_movehl_ps(m, m));                                        /* any order */
@@ -338,7 +338,7 @@ X86_TARGET INLINE void X86(q8_weigh_block)(const int heads, const int16_t *const
     const uint8_t *pair = tiles + el_q8_value_at(d, group, c, 0);   /* the chunk's rows are one tile's */
     for (int64_t j = 0; j < n; j += 2, pair += 2 * d) {
         __m256i p[3];
-        fetch_some(ahead, 1);   /* 32 lines in each of 4 blocks of a row of 64 */
+        fetch_some(ahead, 2);   /* 64 lines in each of 4 blocks of a row of 64: all by the third */
         for (int h = 0; h < heads; h++)
             p[h] = _mm256_set1_epi32(X86(bytes4)((const uint8_t *)(const void *)(qw[h] + j)));
         for (int b = 0; b < X86_Q8_REGS; b++) {

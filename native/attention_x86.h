@@ -233,7 +233,7 @@ X86_TARGET INLINE void X86(weigh_block)(const int32_t type, const int heads, con
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *row = rows + j * bytes;
         __m256 by[3];
-        fetch_some(ahead, 1);   /* 64 lines in each of two blocks of a row of 64 */
+        fetch_some(ahead, 2);   /* 128 lines in each of two blocks of a row of 64: all 256 */
         for (int h = 0; h < heads; h++)
             by[h] = _mm256_set1_ps(w[h * CHUNK + j]);
         for (int b = 0; b < regs; b++) {

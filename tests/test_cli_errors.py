@@ -313,3 +313,17 @@ def test_words_options_still_take_several_words(package, capsys):
     assert args.stop == ["a", "b"] and args.provider == ["cpu", "cuda"] and args.prompt == "hi"
     args = build_parser().parse_args(["run", "--stop=a", str(package), "hi"])
     assert args.stop == ["a"] and args.model == str(package)
+
+
+def test_the_hint_names_the_option_that_took_several_words_and_is_not_kept_between_parses(capsys):
+    from edgellama.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--stop", "pkg", "hi", "--provider", "cpu"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--stop took every word after it: 'pkg', 'hi'" in last and "--provider took" not in last
+    parser.parse_args(["run", "pkg", "hi", "--stop", "a", "b"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("the following arguments are required: model, prompt")

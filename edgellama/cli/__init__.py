@@ -150,7 +150,7 @@ def _module(name: str):
 
 class Words(argparse.Action):
     """An option of one or more words (nargs="+": --stop, --provider), which takes every word after it up to
-    the next option; the parser remembers which it took, so that a command left without its positional
+    the next option; the parser remembers what each took, so that a command left without its positional
     arguments says where they went."""
 
     def __init__(self, option_strings, dest, **kwargs):
@@ -159,20 +159,27 @@ class Words(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        parser.words_taken = (option_string, list(values))
+        parser.words_taken.append((option_string, list(values)))
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose missing-arguments error names the words option that took them."""
+    """argparse's parser, whose missing-arguments error names the words options that took several words."""
 
-    words_taken = None   # (option, words) of the last Words option parsed
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.words_taken = []   # (option, words) of the Words options of the parse under way
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.words_taken = []
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
-        if (message.startswith("the following arguments are required") and self.words_taken is not None
-                and len(self.words_taken[1]) > 1):
-            option, words = self.words_taken
-            message += (f" ({option} took every word after it: {', '.join(map(repr, words))}; put {option} "
-                        f"after them, or write {option}=WORD for one word)")
+        greedy = [(option, words) for option, words in self.words_taken if len(words) > 1]
+        if message.startswith("the following arguments are required") and greedy:
+            took = "; ".join(f"{option} took every word after it: {', '.join(map(repr, words))}"
+                             for option, words in greedy)
+            option = greedy[0][0]
+            message += f" ({took}; put {option} after them, or write {option}=WORD for one word)"
         super().error(message)
 
 
