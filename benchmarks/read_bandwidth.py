@@ -28,7 +28,7 @@ def read_rate(size: int, threads: int, repeats: int) -> float:
             np.bitwise_or.reduce(share)
 
     passes = -(-(256 << 20) // size)   # a timing reads 256 MiB at least, so starting threads is a small part
-    read(words, 1)                     # the first pass brings the pages in
+    read(words, 1)                     # untimed: a buffer that fits the last-level cache is then in it
     best = 0.0
     for _ in range(repeats):
         workers = [threading.Thread(target=read, args=(share, passes)) for share in shares]
