@@ -37,7 +37,7 @@ class GenerationOptions:
     max_new_tokens: int = 256
     stop: tuple = ()              # strings that end the text (cut before them)
     on_overflow: str = "error"    # "error": a prompt over capacity raises; "shift": drop old tokens
-    n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, if any)
+    n_keep: Optional[int] = None  # tokens kept at the start when shifting (default: the BOS, else SINK_TOKENS)
     parse_special: bool = False   # parse special-token strings in a str prompt
     prefill_chunk: int = 0        # prompt tokens per run during prefill (0: the whole prompt at once)
     reuse_prefix: bool = True     # start from the cached prefix an earlier request left (False: run it all)
@@ -222,10 +222,15 @@ def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: 
     return np.concatenate([arr[:n_keep], arr[arr.size - tail:]]).astype(np.int32)
 
 
+SINK_TOKENS = 4   # tokens a shift keeps at the start of a prompt without a BOS: the first positions, which
+                  # attention leans on whatever they hold (shifted out, SmolLM2's text turned to repetition)
+
+
 def shift_keep(options: GenerationOptions, prompt: np.ndarray, bos: Optional[int], capacity: int) -> int:
     n_keep = options.n_keep
     if n_keep is None:
-        n_keep = 1 if bos is not None and len(prompt) and prompt[0] == bos else 0
+        sinks = min(SINK_TOKENS, len(prompt), max(capacity - 2, 0))   # a context too small for them shifts without
+        n_keep = 1 if bos is not None and len(prompt) and prompt[0] == bos else sinks
     return min(n_keep, capacity // 2)
 
 

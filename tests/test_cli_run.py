@@ -134,6 +134,23 @@ def test_prompt_over_capacity_suggests_the_flag(package, capsys):
                  "--max-new-tokens", "2"]) == 0
 
 
+def test_keep_sets_the_tokens_a_shift_keeps(package, capsys, monkeypatch):
+    """--keep N reaches the request as n_keep (a wrong value names the flag, before the model loads)."""
+    import edgellama.model
+
+    seen = []
+    start = edgellama.model.Model.start
+    monkeypatch.setattr(edgellama.model.Model, "start",
+                        lambda self, prompt, options, *a, **k: seen.append(options.n_keep) or start(self, prompt, options,
+                                                                                                      *a, **k))
+    assert main(["run", str(package), "fox " * 30, "--max-length", "16", "--context-shift", "--keep", "3",
+                 "--max-new-tokens", "2"]) == 0
+    assert main(["run", str(package), "fox", "--max-new-tokens", "1"]) == 0
+    assert seen == [3, None]
+    assert main(["run", str(package), "fox", "--keep", "-1"]) == 1
+    assert "--keep -1 must be an integer >= 0" in capsys.readouterr().err and len(seen) == 2
+
+
 def test_seed_minus_one_is_random(package, capsys):
     texts = set()
     for _ in range(3):

@@ -35,7 +35,7 @@ SUBCOMMANDS = {
 API_FLAGS = {
     "max_length": "--max-length", "max_new_tokens": "--max-new-tokens", "threads": "--threads",
     "block_size": "--block-size", "gguf_blocks": "--gguf-blocks", "calibration": "--calibration",
-    "providers": "--provider", "stop": "--stop",
+    "providers": "--provider", "stop": "--stop", "n_keep": "--keep",
     "seed": "--seed", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
     "repeat_penalty": "--repeat-penalty", "force": None, "on_overflow": None, "parallel": "--parallel",
     "queue": "--queue", "max_body": "--max-body", "port": "--port", "kv_cache": "--kv-cache",

@@ -41,6 +41,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("prompt", help="prompt text ('-' reads it from stdin)")
+    parser.add_argument("--keep", type=int, default=None, metavar="N",
+                        help="with --context-shift: prompt tokens kept at the start (default: the BOS, or the first 4 "
+                             "where the prompt has none)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (text, token_ids, finish_reason, timings) instead of streaming")
     shape = parser.add_mutually_exclusive_group()
@@ -140,6 +143,7 @@ def check_logprobs(count) -> None:
 
 def main(args) -> int:
     from ..errors import InvalidParameterError
+    from ..generation import GenerationOptions
 
     sampling = sampling_from(args)   # invalid settings fail before the model loads
     constraint = constraint_from(args)
@@ -154,10 +158,11 @@ def main(args) -> int:
     else:
         prompt = text_argument(args.prompt, "the prompt")
     text_argument(args.stop, "--stop")
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop),
+                                on_overflow="shift" if args.context_shift else "error", n_keep=args.keep,
+                                constraint=constraint, logprobs=args.logprobs)
     model = load_from(args)
-    stream = model.stream(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop=args.stop,
-                          on_overflow="shift" if args.context_shift else "error", constraint=constraint,
-                          logprobs=args.logprobs)
+    stream = model.start(prompt, options, sampling)
     if args.json:
         print(result_json(stream.consume()))
         return 0

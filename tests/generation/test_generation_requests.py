@@ -221,3 +221,18 @@ def test_nan_logits_raise_numerical_error(nan_model, sampling):
 def test_a_huge_finite_bias_forces_the_token(model):
     result = model.generate(PROMPTS[0], max_new_tokens=3, sampling=SamplingParams(temperature=0, logit_bias={5: 1e30}))
     assert result.token_ids == (5, 5, 5)
+
+
+@pytest.mark.parametrize("prompt, bos, capacity, n_keep, want", [
+    ([5, 6, 7, 8, 9, 10], None, 64, None, 4),    # no BOS: the first SINK_TOKENS, which attention leans on
+    ([5, 6], None, 64, None, 2),                 # ... at most the prompt
+    ([1, 6, 7, 8, 9], 1, 64, None, 1),           # a leading BOS alone
+    ([5, 6, 7, 8, 9], 1, 64, None, 4),           # a BOS id that does not lead: as without one
+    ([5, 6, 7, 8, 9], None, 64, 0, 0),           # asked for
+    ([5], None, 2, None, 0),                     # a context of 2 still shifts
+    ([5, 6, 7, 8, 9], None, 5, None, 2),         # at most half the context
+])
+def test_a_shift_keeps_a_bos_or_the_first_tokens(prompt, bos, capacity, n_keep, want):
+    from edgellama.generation import shift_keep
+
+    assert shift_keep(GenerationOptions(n_keep=n_keep), np.array(prompt), bos, capacity) == want
