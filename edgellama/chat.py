@@ -265,13 +265,14 @@ class Chat:
             self.last_result = None
             self.context.reset()
 
-    def _prompt(self) -> tuple[list[int], int]:
-        """Ids for the next answer, and how many leading ids a context shift keeps."""
+    def _prompt(self) -> tuple[list[int], Optional[int]]:
+        """Ids for the next answer, and how many leading ids a context shift keeps (the system message; None
+        without one: the generation's default, a BOS or the first few ids)."""
         from .tools import tool_format, tool_messages
 
         messages, extra = tool_messages(tool_format(self.template.source), self._messages, self._tools)
         segments = self.template.encode_segments(messages, add_generation_prompt=True, **extra)
-        n_keep = 0
+        n_keep = None
         if messages and messages[0]["role"] == "system":
             n_keep = sum(len(ids) for ids, _ in segments[:3])  # template head, system text, its closing
         if self._base is None:
@@ -280,7 +281,7 @@ class Chat:
         at = max(k for k, (_, index) in enumerate(segments) if index == last_answer)
         return self._base + [t for ids, _ in segments[at + 1:] for t in ids], n_keep
 
-    def _fit(self, ids: list, n_keep: int) -> tuple[list[int], int]:
+    def _fit(self, ids: list, n_keep: Optional[int]) -> tuple[list[int], Optional[int]]:
         """With on_overflow="shift", a prompt over half the context drops the conversation's oldest
         exchanges (a user message and what answered it; the system message and the turn being answered,
         from its user message on, stay) until it fits in half, so that it starts at a turn with room for

@@ -191,6 +191,22 @@ def test_cancelled_turn_is_recorded(model):
 
 # -- context shift --------------------------------------------------------------------------
 
+def test_a_chat_without_a_system_message_keeps_its_first_tokens_through_a_shift(package):
+    """No system message to keep: a shift inside a long answer keeps the generation's default, the prompt's
+    first SINK_TOKENS ids (it kept none, and text turned to repetition once the early positions were gone)."""
+    import edgellama
+    from edgellama.generation import SINK_TOKENS
+
+    capacity = 48
+    model = edgellama.load(package, threads=1, max_length=capacity)
+    chat = model.new_chat(max_new_tokens=2 * capacity, sampling=NO_EOS, on_overflow="shift")
+    result = chat.send("Tell a long story")
+    assert result.finish_reason == "length" and chat.messages[0]["role"] == "user"
+    ctx = chat.context
+    assert list(ctx.tokens[:SINK_TOKENS]) == list(result.prompt_token_ids[:SINK_TOKENS])
+    assert list(ctx.tokens[SINK_TOKENS:SINK_TOKENS + 2]) != list(result.prompt_token_ids[SINK_TOKENS:SINK_TOKENS + 2])
+
+
 def test_chat_with_shift_runs_three_times_the_capacity(package):
     import edgellama
 
