@@ -20,6 +20,7 @@ shares with its prompt. Record and cache:
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -33,6 +34,7 @@ from .providers import captures_graphs
 from .rope import inv_frequencies
 
 log = logging.getLogger(__name__)
+_RECORD_MAGIC = b"ELCX"   # a saved context's first bytes (Context.save)
 
 
 def token_ids(ids, what: str = "token ids") -> list:
@@ -231,19 +233,26 @@ class Context:
 
     def save(self, f, n: Optional[int] = None) -> None:
         """Write the record's first `n` tokens (default: all) and the cache of those it holds to the
-        binary file `f` (int32 count, int32 ids, then the cache as `KVCache.save` writes it)."""
+        binary file `f`: "ELCX", u32 crc32 of what follows up to the cache, int32 count, int32 ids, then the
+        cache as `KVCache.save` writes it (with its own crc32). `load` also reads files without the first
+        two fields (count first), as earlier versions wrote them."""
         n = self._length if n is None else n
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self._length:
             raise InvalidParameterError(f"save(n={n!r}): n must be an integer in [0, {self._length}]")
-        f.write(np.int32(n).tobytes())
-        f.write(self._ids[:n].astype("<i4").tobytes())
+        record = np.int32(n).tobytes() + self._ids[:n].astype("<i4").tobytes()
+        f.write(_RECORD_MAGIC + np.uint32(zlib.crc32(record)).astype("<u4").tobytes())
+        f.write(record)
         self.binding.pull()
         self.kv.save(f, min(int(n), self.kv.length))
 
     def load(self, f) -> None:
         """Read what `save` wrote from the binary file `f`: the context then holds those tokens and
         their cache, and runs nothing for them."""
-        raw = f.read(4)
+        raw, crc = f.read(4), None
+        if raw == _RECORD_MAGIC:
+            raw = f.read(4)
+            crc = int(np.frombuffer(raw, "<u4")[0]) if len(raw) == 4 else None
+            raw = f.read(4) if crc is not None else b""
         count = int(np.frombuffer(raw, "<i4")[0]) if len(raw) == 4 else -1
         if not 0 <= count <= len(self._ids):   # a full cache's record holds the token drawn after it too
             raise InvalidParameterError(f"a saved context of {count} tokens does not fit this context of "
@@ -251,6 +260,8 @@ class Context:
         raw = f.read(4 * count)
         if len(raw) != 4 * count:
             raise InvalidParameterError("a saved context ends inside its tokens (truncated data)")
+        if crc is not None and zlib.crc32(np.int32(count).tobytes() + raw) != crc:
+            raise InvalidParameterError("a saved context's tokens do not match their checksum (damaged data)")
         ids = np.frombuffer(raw, "<i4")
         if count and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
