@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from .config import ModelConfig
-from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError
+from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError, OutputError
 from . import twins
 from .kv_types import kv_type
 from .native import backend
@@ -202,10 +202,15 @@ class KVCache:
             crc = zlib.crc32(chunk, crc)
         header = _HEADER.pack(_MAGIC, _VERSION, self.kv_type.name.encode().ljust(8, b"\0"),
                               self.config.num_layers, self.config.num_kv_heads, self.config.head_dim, crc, n)
-        with _opened(path, "wb") as f:
-            f.write(header)
-            for chunk in chunks:
-                f.write(chunk)
+        try:
+            with _opened(path, "wb") as f:
+                f.write(header)
+                for chunk in chunks:
+                    f.write(chunk)
+        except OSError as exc:   # a missing folder, no permission, a full disk: one line naming the file
+            if _is_file_object(path):
+                raise
+            raise OutputError(f"cannot write the KV cache to {os.fspath(path)!r}: {exc.strerror or exc}") from None
 
     def _chunks(self, n: int):
         """The saved data of the first n positions: per layer keys then values, per head its n rows in order

@@ -245,3 +245,13 @@ def test_a_version_1_header_on_a_typed_file_is_refused(kv_cache, tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(InvalidParameterError, match="corrupt"):
         KVCache(CONFIG, 16, kv_cache).load(path)
+
+
+def test_saving_into_a_missing_folder_is_one_output_error(tmp_path):
+    from edgellama.errors import OutputError
+
+    cache = KVCache(CONFIG, 16, "int8")
+    target = tmp_path / "missing" / "cache.bin"
+    with pytest.raises(OutputError, match=r"cannot write the KV cache to .*missing.*cache\.bin"):
+        cache.save(target)
+    assert not target.parent.exists()
