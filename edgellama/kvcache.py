@@ -33,7 +33,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ContextOverflowError, InvalidParameterError, ModelNotFoundError, OutputError
 from . import twins
-from .kv_types import kv_type
+from .kv_types import KV_TYPES, kv_type
 from .native import backend
 from .rope import inv_frequencies
 from .twins import kvrows
@@ -182,6 +182,12 @@ class KVCache:
     def restore(self, snapshot: KVSnapshot) -> None:
         """Copies a snapshot back into the cache; the cache length becomes the snapshot's."""
         n = _position_count("snapshot.length", snapshot.length, 0, self._capacity, "the snapshot length")
+        held = {t.dtype: t.name for t in KV_TYPES.values()}
+        kinds = {held.get(getattr(buf, "dtype", None)) for buf in snapshot.keys + snapshot.values} - {None}
+        if kinds and kinds != {self.kv_type.name}:
+            raise InvalidParameterError(f"a snapshot of {' and '.join(sorted(kinds))} rows cannot be restored into "
+                                        f"this {self.kv_type.name} cache: take it from a context of the same "
+                                        "kv_cache type")
         self._check_buffers(snapshot.keys + snapshot.values, "snapshot buffer", self.kv_type.capacity(n),
                             writable=False)
         self._check_buffers(self.keys + self.values, "cache buffer", self._capacity, writable=True)

@@ -255,3 +255,11 @@ def test_saving_into_a_missing_folder_is_one_output_error(tmp_path):
     with pytest.raises(OutputError, match=r"cannot write the KV cache to .*missing.*cache\.bin"):
         cache.save(target)
     assert not target.parent.exists()
+
+
+def test_a_snapshot_of_another_type_is_refused_naming_both_types():
+    int8, f16 = KVCache(CONFIG, 16, "int8"), KVCache(CONFIG, 16, "float16")
+    snapshot = int8.snapshot()
+    with pytest.raises(InvalidParameterError, match="a snapshot of int8 rows cannot be restored into this float16 cache"):
+        f16.restore(snapshot)
+    f16.restore(KVCache(CONFIG, 16, "float16").snapshot())   # the same type restores
