@@ -101,8 +101,10 @@ def read_saved(path, kind: str, info, ctx) -> dict:
     if meta.get("package") != package_digest(info):
         raise SavedStateError(f"{name!r} was saved with another model package (or another version of it); "
                               "a saved state is read only by the package that wrote it")
+    stream = io.BytesIO(body[head_len:])
+    stream.name = name   # what the cache's errors call it, where a bare stream says '<stream>'
     try:
-        ctx.load(io.BytesIO(body[head_len:]))
+        ctx.load(stream)
     except EdgeLlamaError as exc:
         ctx.reset()
         raise SavedStateError(f"{name!r}: {exc}") from None

@@ -220,3 +220,14 @@ def test_a_save_interrupted_as_its_file_is_created_leaves_nothing(model, tmp_pat
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["chat.bin"]
     assert (tmp_path / "chat.bin").read_bytes() == before
+
+
+def test_a_chat_saved_with_another_cache_type_is_refused_naming_the_file(package, tmp_path):
+    chat = edgellama.load(package, threads=1, kv_cache="int8").new_chat(max_new_tokens=2, sampling=GREEDY)
+    chat.send("Hello")
+    chat.save(tmp_path / "chat.elchat")
+    other = edgellama.load(package, threads=1, kv_cache="float16")
+    with pytest.raises(SavedStateError) as info:
+        other.load_chat(tmp_path / "chat.elchat")
+    assert "<stream>" not in str(info.value) and "kv_cache='int8'" in str(info.value)
+    assert str(info.value).count("chat.elchat") >= 1
