@@ -120,7 +120,9 @@ def output_error(exc: OSError, where: Path) -> OutputError:
     """Our error for a file-system failure while writing the package at `where`."""
     reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
               errno.EROFS: "the file system is read-only"}.get(exc.errno, exc.strerror or str(exc))
-    return OutputError(f"cannot write the package {where}: {reason}; free space or choose another output folder")
+    advice = ("free space or choose another output folder" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+              else "choose another output folder")   # a path through a file, a missing or read-only place
+    return OutputError(f"cannot write the package {where}: {reason}; {advice}")
 
 
 class PackageWriter:

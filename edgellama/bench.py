@@ -85,6 +85,9 @@ class BenchSettings:
             raise InvalidParameterError(f"max_length={self.max_length!r} must be a positive integer")
         if self.kv_cache is not None:
             kv_type(self.kv_cache)
+        if self.n_prompt == 0 and self.n_gen == 0 and self.e2e_tokens == 0:
+            raise InvalidParameterError("n_prompt=0, n_gen=0 and e2e_tokens=0 leave no test to run; give one of them "
+                                        "a positive count")
         if self.constraint is not None and self.e2e_tokens == 0:
             raise InvalidParameterError("a constraint is measured in the end-to-end test, which e2e_tokens=0 "
                                         "skips; give e2e_tokens=1 or more")

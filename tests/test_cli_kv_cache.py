@@ -101,3 +101,12 @@ def test_settings_refuse_unknown_types():
         with pytest.raises(InvalidParameterError, match="kv_cache='q4' is not a KV cache type"):
             make(kv_cache="q4")
         assert make(kv_cache="int8").kv_cache == "int8"
+
+
+def test_a_bench_with_no_test_to_run_is_refused():
+    from edgellama.bench import BenchSettings
+    from edgellama.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="leave no test to run"):
+        BenchSettings(n_prompt=0, n_gen=0, e2e_tokens=0, depths=())
+    BenchSettings(n_prompt=0, n_gen=0, e2e_tokens=1, depths=())   # one test is enough

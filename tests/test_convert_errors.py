@@ -2,8 +2,10 @@
 tensor or file, raised before anything is written, and nothing left at the destination."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
 import struct
 
@@ -354,3 +356,14 @@ def test_rope_fields_are_read_as_transformers_reads_them():
     assert both.rope_theta == 10000.0
     old = model_config({**base, "rope_theta": 77777.0})
     assert old.rope_theta == 77777.0 and old.rope_scaling is None
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "; free space or choose another output folder"),
+                                          (errno.ENOTDIR, "; choose another output folder"),
+                                          (errno.ENOENT, "; choose another output folder")])
+def test_a_write_failure_gives_advice_that_fits_its_cause(tmp_path, code, advice):
+    """A path through a file or a missing place is no full disk: only ENOSPC/EDQUOT suggest freeing space."""
+    from edgellama.converters.writer import output_error
+
+    message = str(output_error(OSError(code, os.strerror(code)), tmp_path / "pkg"))
+    assert message.endswith(advice) and ("free space" in message) == (code == errno.ENOSPC)
