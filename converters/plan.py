@@ -28,6 +28,7 @@ type, edgellama.json kv_cache, edgellama.kv_graph); a portable one with GroupQue
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, fields, replace
 from itertools import groupby
 from typing import Optional
@@ -39,6 +40,8 @@ from .formats import BLOCK_TYPES, FLOAT_BITS, FORMATS, Q4_1_ROUNDINGS, QUANT_BIT
 from .options import ConvertOptions
 from .precision import LOW_BITS, precision
 from .q4_1 import ON_GRID_ERROR, quantize_q4_1
+
+log = logging.getLogger(__name__)
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
@@ -199,6 +202,11 @@ class _Planner:
         self.float16 = options.io_dtype == "float16"
         self.precision = precision(options.quality)
         self.rounding = self.precision.rounding_with(options.calibrated)
+        held = tensors.ggml_type(layer_tensors(0, "qkv_proj")[0])   # a GGUF's blocks, None for float sources
+        if (self.mode == "carry" and self.q.method in QUANT_BITS and held in BLOCK_TYPES
+                and (self.q.block_size != GGML_BLOCK or not self.q.symmetric)):
+            log.warning("the GGUF's %s blocks are quantized again, not carried: carrying them takes blocks of %d "
+                        "with symmetric rounding (leave out --block-size and --asymmetric)", held, GGML_BLOCK)
         self.layers = self.tensors.config.num_layers
         self.tied = self.tensors.config.tie_word_embeddings
 

@@ -367,3 +367,15 @@ def test_a_write_failure_gives_advice_that_fits_its_cause(tmp_path, code, advice
 
     message = str(output_error(OSError(code, os.strerror(code)), tmp_path / "pkg"))
     assert message.endswith(advice) and ("free space" in message) == (code == errno.ENOSPC)
+
+
+@pytest.mark.parametrize("block_size, symmetric, warned", [(64, True, True), (32, False, True), (32, True, False)])
+def test_a_gguf_whose_blocks_cannot_be_carried_says_they_are_quantized_again(tmp_path, caplog, block_size,
+                                                                             symmetric, warned):
+    path = write_mixed_gguf(tmp_path / "q8.gguf", tiny_hf_weights(), gguf.GGMLQuantizationType.Q8_0,
+                            gguf.GGMLQuantizationType.F32)
+    options = ConvertOptions(quantization=Quantization("int8", block_size=block_size, symmetric=symmetric))
+    with caplog.at_level("WARNING"):
+        convert(path, tmp_path / "pkg", options)
+    said = [r.getMessage() for r in caplog.records if "quantized again" in r.getMessage()]
+    assert bool(said) == warned and all("Q8_0 blocks" in m and "--block-size" in m for m in said)
