@@ -13,22 +13,19 @@
  * the builds give the plain loops' bits.
  */
 
-/* q8_scores: the shifts of the queries' dots (q [count, q8_query_bytes]), 128 times each group's sum of
- * bytes (what vpdpbusd adds when it reads the keys as unsigned bytes k + 128), as the queries carry them */
-X86_TARGET INLINE void X86(q8_shifts)(const uint8_t *q, int64_t count, int64_t d, int64_t group,
-                                      int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32])
-{
-    const int64_t qbytes = q8_query_bytes(d, group), at = el_q8_row_bytes(d, group);
-    for (int64_t h = 0; h < count; h++)
-        memcpy(shift[h], q + h * qbytes + at, (size_t)(d / group) * sizeof(int32_t));
-}
-
 /* four bytes from p as one 32-bit lane */
 X86_TARGET INLINE int32_t X86(bytes4)(const uint8_t *p)
 {
     int32_t x;
     memcpy(&x, p, sizeof x);
     return x;
+}
+
+/* q8_scores: the shift of group g of the query at x (a row of q8_query_bytes), 128 times the group's sum of
+ * bytes (what vpdpbusd adds when it reads the keys as unsigned bytes k + 128), as the query carries it */
+X86_TARGET INLINE int32_t X86(q8_shift)(const uint8_t *x, int64_t d, int64_t group, int64_t g)
+{
+    return X86(bytes4)(x + el_q8_row_bytes(d, group) + 4 * g);
 }
 
 #if X86_VNNI == 1
@@ -44,7 +41,7 @@ X86_TARGET INLINE void X86(dpbusd_in_place)(__m512i *acc, __m512i k, __m512i q)
  * of 16 rows) with the query's four bytes, as unsigned bytes k + 128 by vpdpbusd in two sums, eight quads
  * (32 values) a pass, less the shift; then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
-                                     int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
+                                     int64_t group, float scale,
                                      float *scores, Fetch *ahead)
 {
     const int64_t bytes = el_q8_row_bytes(d, group), qbytes = q8_query_bytes(d, group);
@@ -70,7 +67,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
             const __m512 ks = _mm512_loadu_ps(tile + el_q8_key_scale_at(d, group, g, r));
             for (int h = 0; h < heads; h++) {
                 const __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(acc[h][0], acc[h][1]),
-                                                      _mm512_set1_epi32(shift[h][g]));
+                                                      _mm512_set1_epi32(X86(q8_shift)(q + h * qbytes, d, group, g)));
                 const __m512 w = _mm512_mul_ps(_mm512_set1_ps(q8_scale(q + h * qbytes, d, g)), ks);
                 total[h] = _mm512_fmadd_ps(w, _mm512_cvtepi32_ps(dots), total[h]);
             }
@@ -87,14 +84,13 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
  * (X86_VNNI 2), or by the sign trick (|q| unsigned times k with q's sign, pairs summed in 16 bits, which
  * hold 2 * 127 * 127, then in 32); then the plain loop's multiply-adds, one row per lane */
 X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const uint8_t *tiles, int64_t n, int64_t d,
-                                     int64_t group, float scale, const int32_t (*shift)[EL_ATT_MAX_HEAD_DIM / 32],
+                                     int64_t group, float scale,
                                      float *scores, Fetch *ahead)
 {
     const int64_t bytes = el_q8_row_bytes(d, group), qbytes = q8_query_bytes(d, group);
 #if X86_VNNI == 2
     const __m256i flip = _mm256_set1_epi8(-128);
 #else
-    (void)shift;
     const __m256i ones = _mm256_set1_epi16(1);
 #endif
     float last[8];
@@ -130,7 +126,7 @@ X86_TARGET INLINE void X86(q8_heads)(const int heads, const uint8_t *q, const ui
                 const __m256 w = _mm256_mul_ps(_mm256_set1_ps(q8_scale(q + h * qbytes, d, g)), ks);
                 __m256i dots = _mm256_add_epi32(acc[h][0], acc[h][1]);
 #if X86_VNNI == 2
-                dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(shift[h][g]));
+                dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(X86(q8_shift)(q + h * qbytes, d, group, g)));
 #endif
                 total[h] = _mm256_fmadd_ps(w, _mm256_cvtepi32_ps(dots), total[h]);
             }
@@ -154,18 +150,14 @@ X86_TARGET static void X86(q8_scores)(const uint8_t *q, int64_t count, const uin
         return;
     }
     const int64_t qbytes = q8_query_bytes(d, group);
-    int32_t shift[EL_ATT_UNIT_HEADS][EL_ATT_MAX_HEAD_DIM / 32];   /* [query, group]: read by vpdpbusd's loops */
-#if X86_VNNI
-    X86(q8_shifts)(q, count, d, group, shift);
-#endif
     for (int64_t h = 0; h < count; h += 4) {
         const uint8_t *x = q + h * qbytes;
         float *out = scores + h * CHUNK;
         switch (count - h < 4 ? count - h : 4) {
-        case 1: X86(q8_heads)(1, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
-        case 2: X86(q8_heads)(2, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
-        case 3: X86(q8_heads)(3, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
-        default: X86(q8_heads)(4, x, tiles, n, d, group, scale, shift + h, out, ahead); break;
+        case 1: X86(q8_heads)(1, x, tiles, n, d, group, scale, out, ahead); break;
+        case 2: X86(q8_heads)(2, x, tiles, n, d, group, scale, out, ahead); break;
+        case 3: X86(q8_heads)(3, x, tiles, n, d, group, scale, out, ahead); break;
+        default: X86(q8_heads)(4, x, tiles, n, d, group, scale, out, ahead); break;
         }
     }
 }
