@@ -22,6 +22,8 @@ from typing import Optional
 
 from .config import ModelConfig
 from .errors import FormatVersionError, ModelNotFoundError, PackageError, UnsupportedConfigError
+from .graph_contract import IO_DTYPES
+from .providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +133,24 @@ class PackageInfo:
 
     def __post_init__(self):
         self.special_tokens.check_vocabulary(self.config.vocab_size)
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise UnsupportedConfigError(f"field max_length={self.max_length!r} must be a positive integer")
+        if not isinstance(self.providers, tuple) or not self.providers:
+            raise UnsupportedConfigError(f"field providers={self.providers!r} must be a list of execution "
+                                         f"providers ({', '.join(PROVIDERS)})")
+        known = {**PROVIDERS, **{full.lower(): full for full in PROVIDERS.values()}}
+        for name in self.providers:
+            if not isinstance(name, str) or name.lower() not in known:
+                raise UnsupportedConfigError(f"field providers holds {name!r}, not an execution provider "
+                                             f"({', '.join(PROVIDERS)})")
+        if self.io_dtype not in IO_DTYPES:
+            raise UnsupportedConfigError(f"field io_dtype={self.io_dtype!r} is not one of {', '.join(IO_DTYPES)}")
+        if not isinstance(self.last_token_logits, bool):
+            raise UnsupportedConfigError(f"field last_token_logits={self.last_token_logits!r} must be true or false")
         if self.kv_cache is not None:
             from .kv_types import KV_TYPES
             if self.kv_cache not in KV_TYPES:
-                raise UnsupportedConfigError(f"kv_cache={self.kv_cache!r} is not a KV cache type "
+                raise UnsupportedConfigError(f"field kv_cache={self.kv_cache!r} is not a KV cache type "
                                              f"({', '.join(KV_TYPES)})")
 
     @property
@@ -186,15 +202,20 @@ class PackageInfo:
             if not isinstance(eos, (list, tuple)):
                 raise UnsupportedConfigError(f"special_tokens.eos_token_ids={eos!r} must be a list of token ids")
             st["eos_token_ids"] = tuple(eos)
+            quantization = data["quantization"]
+            unknown = sorted(set(quantization) - set(Quantization.__dataclass_fields__))
+            if unknown:
+                raise UnsupportedConfigError(f"field quantization.{unknown[0]} is not one this edgellama reads")
+            providers = data.get("providers", ["cpu"])
             return cls(
                 config=ModelConfig.from_dict(data["config"]),
-                quantization=Quantization(**data["quantization"]),
-                max_length=int(data["max_length"]),
+                quantization=Quantization(**quantization),
+                max_length=data["max_length"],
                 special_tokens=SpecialTokens(**st),
                 source=data.get("source", ""),
-                providers=tuple(data.get("providers", ("cpu",))),
+                providers=tuple(providers) if isinstance(providers, list) else providers,
                 io_dtype=data.get("io_dtype", "float32"),
-                last_token_logits=bool(data.get("last_token_logits", True)),
+                last_token_logits=data.get("last_token_logits", True),
                 files=dict(data.get("files", {})),
                 format_version=version,
                 kv_cache=data.get("kv_cache"),
@@ -202,7 +223,7 @@ class PackageInfo:
         except KeyError as exc:
             raise PackageError(f"{where}: required field {exc.args[0]!r} is missing") from None
         except (TypeError, ValueError) as exc:
-            raise PackageError(f"{where}: {exc}") from None
+            raise PackageError(f"{where}: {exc}; convert the model again") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -233,8 +254,6 @@ def read_info(folder) -> PackageInfo:
     for name in REQUIRED_FILES:
         if not (folder / name).is_file():
             raise PackageError(f"{folder}: required file {name} is missing")
-    if info.max_length <= 0:
-        raise PackageError(f"{manifest}: max_length={info.max_length} must be positive")
     return info
 
 

@@ -24,7 +24,7 @@ from . import kernels, ops
 from .context import Context
 from .errors import InvalidParameterError, ProviderError
 from .external_data import check_external_data, external_tensors, read_only_by, weights_folder
-from .graph_contract import IO_DTYPES, check_graph, check_rotary
+from .graph_contract import check_graph, check_rotary
 from .kv_graph import graph_for
 from .kv_types import resolve
 from .memory import available_memory, check_memory
@@ -195,8 +195,6 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
     kv = resolve(kv_cache, info.default_kv_cache)
     kv.row_length(info.config.head_dim)             # a type this head_dim cannot store fails here
     capacity = _capacity(info, max_length)
-    if info.io_dtype not in IO_DTYPES:
-        raise InvalidParameterError(f"{path}: io_dtype {info.io_dtype!r} is not supported")
     if graph is None:
         check_memory(info.config, capacity, kv)
     threads = default_threads() if threads is None else threads

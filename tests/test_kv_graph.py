@@ -234,7 +234,7 @@ def test_an_unknown_recorded_type_is_a_package_error(int4_package, tmp_path):
     shutil.copytree(int4_package, folder)
     data = json.loads((folder / "edgellama.json").read_text())
     (folder / "edgellama.json").write_text(json.dumps({**data, "kv_cache": "int3"}))
-    with pytest.raises(PackageError, match="edgellama.json: kv_cache='int3' is not a KV cache type"):
+    with pytest.raises(PackageError, match="edgellama.json: field kv_cache='int3' is not a KV cache type"):
         read_info(folder)
 
 

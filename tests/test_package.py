@@ -4,6 +4,7 @@ the checksums; a KV cache that does not fit in memory is refused before it is al
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -374,6 +375,30 @@ def test_a_manifest_field_of_the_wrong_kind_is_named(copy, field, value):
     edit_manifest(copy, lambda d: d.update({field: value}))
     with pytest.raises(PackageError, match=f"field '{field}' must be a JSON object"):
         load(copy)
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("max_length", 0, "field max_length=0 must be a positive integer"),
+    ("max_length", "abc", "field max_length='abc' must be a positive integer"),
+    ("max_length", 32.5, "field max_length=32.5 must be a positive integer"),
+    ("providers", "cpu", "field providers='cpu' must be a list of execution providers"),
+    ("providers", ["tpu"], "field providers holds 'tpu', not an execution provider"),
+    ("providers", [], "field providers=() must be a list"),
+    ("io_dtype", "int8", "field io_dtype='int8' is not one of float32, float16"),
+    ("last_token_logits", "no", "field last_token_logits='no' must be true or false"),
+    ("quantization", {"method": "int4", "bits": 3}, "field quantization.bits is not one this edgellama reads"),
+])
+def test_a_manifest_field_run_cannot_use_is_refused_by_info_and_run_alike(copy, field, value, words, capsys):
+    """Both commands read edgellama.json through one check, and name the file's field (not a flag of theirs)."""
+    from edgellama.cli import main
+
+    edit_manifest(copy, lambda d: d.update({field: value}))
+    with pytest.raises(PackageError, match=re.escape(f"{MANIFEST}: {words}")):
+        load(copy)
+    for command in (["info", str(copy)], ["run", str(copy), "hi", "--max-new-tokens", "1"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert words in err and "convert the model again" in err and "--" not in err
 
 
 @pytest.mark.parametrize("layout", [[1], "x", None])

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 
-from ..errors import EdgeLlamaError, InvalidParameterError, ModelNotFoundError, NotBuiltError
+from ..errors import EdgeLlamaError, InvalidParameterError, ModelNotFoundError, NotBuiltError, PackageError
 from ..kv_types import KV_TYPES
 
 # name -> (module under edgellama.cli, one-line help)
@@ -225,7 +225,9 @@ def main(argv=None) -> int:
         print(f"edgellama {args.command}: {exc}", file=sys.stderr)
         return 2
     except EdgeLlamaError as exc:
-        print(f"edgellama {args.command}: error: {cli_words(str(exc), args.command, argv)}", file=sys.stderr)
+        # a package's fields are the file's words, not flags of this command line
+        text = str(exc) if isinstance(exc, PackageError) else cli_words(str(exc), args.command, argv)
+        print(f"edgellama {args.command}: error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
