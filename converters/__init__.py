@@ -38,7 +38,7 @@ from edgellama.kv_types import kv_type
 from edgellama.package import DATA_FILE, GENAI_CONFIG_FILE, MODEL_FILE, PackageInfo
 from edgellama.memory import peak_rss_bytes
 
-from .options import ConvertOptions
+from .options import BUNDLED_CALIBRATION, ConvertOptions
 from .report import ConvertReport, folder_bytes
 
 __all__ = ["ConvertOptions", "ConvertReport", "convert"]
@@ -65,6 +65,10 @@ def _write_package(source, tensors, tokenizer_files: dict, writer,
     for name, content in tokenizer_files.items():
         writer.write_bytes(name, content)
     statistics = {}
+    if options.calibration not in (None, BUNDLED_CALIBRATION) and not plan.statistics:
+        log.warning("the calibration text %s is not used: no weight of this conversion is quantized with it "
+                    "(a GGUF file's blocks are carried as they are, or the package's weights are not made at 4 bits "
+                    "from float values)", options.calibration)
     if options.calibrated and plan.statistics:
         from .importance import measured
 

@@ -379,3 +379,38 @@ def test_a_gguf_whose_blocks_cannot_be_carried_says_they_are_quantized_again(tmp
         convert(path, tmp_path / "pkg", options)
     said = [r.getMessage() for r in caplog.records if "quantized again" in r.getMessage()]
     assert bool(said) == warned and all("Q8_0 blocks" in m and "--block-size" in m for m in said)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--quant", "fp32", "--quality", "best"], "--quality best has no effect with --quant fp32"),
+    (["--quant", "int8", "--quality", "small"], "--quality small has no effect with --quant int8"),
+    (["--quant", "fp16", "--block-size", "64"], "--block-size 64 has no effect with --quant fp16"),
+    (["--quant", "fp32", "--asymmetric"], "--asymmetric has no effect with --quant fp32"),
+    (["--quant", "int8", "--calibration", "notes.txt"], "--calibration notes.txt has no effect with --quant int8"),
+])
+def test_an_option_the_quant_ignores_is_refused_before_any_work(checkpoint, tmp_path, capsys, flags, words):
+    from edgellama.cli import main
+
+    out = tmp_path / "pkg"
+    assert main(["convert", str(checkpoint), "-o", str(out), *flags]) == 1
+    assert words in capsys.readouterr().err
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("flags", [["--quant", "fp32", "--calibration", "none"], ["--quant", "int8", "--block-size", "64"],
+                                   ["--quant", "fp32", "--quality", "default"]])
+def test_an_option_at_its_default_or_one_the_quant_uses_is_accepted(checkpoint, tmp_path, flags):
+    from edgellama.cli import main
+
+    assert main(["convert", str(checkpoint), "-o", str(tmp_path / "pkg"), "--no-progress", *flags]) == 0
+
+
+def test_a_calibration_text_that_no_weight_uses_is_said_to_be_unused(tmp_path, caplog):
+    text = tmp_path / "notes.txt"
+    text.write_text("The tide comes in twice a day.\n")
+    path = write_mixed_gguf(tmp_path / "q8.gguf", tiny_hf_weights(), gguf.GGMLQuantizationType.Q8_0,
+                            gguf.GGMLQuantizationType.F32)
+    options = ConvertOptions(quantization=Quantization("int8"), calibration=str(text))
+    with caplog.at_level("WARNING"):
+        convert(path, tmp_path / "pkg", options)
+    assert any(f"calibration text {text} is not used" in r.getMessage() for r in caplog.records)
