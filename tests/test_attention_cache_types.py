@@ -268,6 +268,23 @@ def test_every_kernel_path_gives_the_same_bits(cache, heads, kv_heads, d, group,
 
 
 @needs_native
+@pytest.mark.parametrize("cache", ["float32", "float16"])
+@pytest.mark.parametrize("step", [(1, 130), (3, 20)], ids=["S1p130", "S3p20"])
+def test_a_cached_key_row_holding_a_nan_drops_out_on_every_path_and_the_twin(cache, step):
+    """A NaN score weighs exp of the clamp's low end (next to nothing) and the running maximum skips it, so
+    the row drops out of the softmax; the twin takes it so too (a q8 row holds no NaN: kvrows stores 127)."""
+    dtype, (s, p0) = CACHE_TYPES[cache], step
+    qkv, keys, values, cos, sin = case(9, 3, 64, s, p0, dtype, seed=5)
+    keys[1, 10, 3] = np.nan
+    outs = [(path, _native.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, 9, 0.125, path))
+            for path in PATHS]
+    outs.append(("twin", twins.attention(qkv, keys.copy(), values.copy(), cos, sin, p0, 9, 0.125)))
+    for path, out in outs:
+        assert np.isfinite(out).all(), path
+        np.testing.assert_allclose(out, outs[0][1], rtol=0, atol=2e-6, err_msg=path)
+
+
+@needs_native
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("d, group", [(64, 32), (128, 64), (64, 16), (256, 256)])
 def test_q8_scores_equal_their_twin_bit_for_bit(path, d, group):

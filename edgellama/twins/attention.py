@@ -118,6 +118,17 @@ def q8_weigh(w: np.ndarray, tiles: np.ndarray, d: int, path=None, group: int = 3
     return out
 
 
+EXP_LOW = -87.3     # activation.c's exp clamps its argument to [EXP_LOW, 88.3], a NaN to EXP_LOW
+
+
+def _exp_shifted(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """exp(scores - top) with the C's clamp: a NaN score (a key row holding a NaN) weighs exp(EXP_LOW), next to
+    nothing, and the largest score `top` skips NaNs, so such a row drops out of the softmax as in the C."""
+    with np.errstate(invalid="ignore"):
+        shifted = scores - top
+    return np.exp(np.where(np.isnan(shifted), EXP_LOW, np.maximum(shifted, EXP_LOW)))
+
+
 def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.ndarray, sin: np.ndarray, p0: int,
               heads: int, scale: float, path=None, kv_group: int = 32, split: bool = False) -> np.ndarray:
     """out [S, H D]: rotary causal attention of the S tokens of qkv [S, (H + 2G) D] at positions p0 ..;
@@ -143,6 +154,6 @@ def attention(qkv: np.ndarray, keys: np.ndarray, values: np.ndarray, cos: np.nda
         k = np.repeat(_rows_out(keys, KEYS, n, d, kv_group), group, axis=0)     # [H, n, D]
         v = np.repeat(_rows_out(values, VALUES, n, d, kv_group), group, axis=0)
         scores = np.einsum("hd,hnd->hn", q[t], k) * scale
-        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        weights = _exp_shifted(scores, np.fmax.reduce(scores, axis=1, initial=-np.inf, keepdims=True))
         out[t] = np.einsum("hn,hnd->hd", weights / weights.sum(axis=1, keepdims=True), v)
     return out.reshape(s, heads * d)
