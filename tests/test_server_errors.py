@@ -80,6 +80,14 @@ BAD_INPUTS = [
     ("prompt empty", "/v1/completions", {"model": MODEL_ID, "prompt": ""}, 400, "prompt"),
     ("suffix", "/v1/completions", {"model": MODEL_ID, "prompt": "a", "suffix": "b"}, 400, "suffix"),
     ("prompt longer than the context", "/v1/completions", {"model": MODEL_ID, "prompt": [5] * 300}, 400, "prompt"),
+    ("temperature an integer too large for a float", CHAT, with_(temperature=10 ** 400), 400, "temperature"),
+    ("presence_penalty an integer too large for a float", CHAT, with_(presence_penalty=-10 ** 400), 400,
+     "presence_penalty"),
+    ("logit_bias key of a thousand digits", CHAT, with_(logit_bias={"9" * 1000: 1}), 400, "logit_bias"),
+    ("tool_choice whose function is no object", CHAT,
+     with_(tools=[{"type": "function", "function": {"name": "ping"}}], tool_choice={"type": "function", "function": "x"}),
+     400, "tool_choice"),
+    ("model a lone surrogate", CHAT, json.dumps(with_(model="\ud800")).encode(), 404, "model"),
 ]
 
 
@@ -128,6 +136,10 @@ def test_api_key(model):
         assert status == 401
         status, _ = call(running.url, "POST", CHAT, GOOD, headers={"Authorization": "Bearer s3cret"})
         assert status == 200
+        status, _ = call(running.url, "POST", CHAT, GOOD, headers={"Authorization": "bearer s3cret"})
+        assert status == 200                                     # the scheme's case is free
+        status, _ = call(running.url, "POST", CHAT, GOOD, headers={"Authorization": "Basic s3cret"})
+        assert status == 401
         assert call(running.url, "GET", "/health")[0] == 200     # open, for health checks
 
 
@@ -329,3 +341,12 @@ def test_a_request_prefills_in_chunks_that_a_client_leaving_can_stop_between(mod
     with serving(Watched(), parallel=1, queue=1) as running:
         status, _ = call(running.url, "POST", CHAT, with_(max_tokens=2))
     assert status == 200 and [options.prefill_chunk for options in seen] == [PREFILL_CHUNK]
+
+
+def test_a_logit_bias_key_past_pythons_digit_limit_is_a_bad_key_not_a_crash():
+    """int() refuses strings of more than 4,300 digits with a ValueError; such a key is refused by its length."""
+    from edgellama.server.schema import ApiError, parse_request
+
+    with pytest.raises(ApiError) as info:
+        parse_request("chat", with_(logit_bias={"9" * 5000: 1}), 512)
+    assert info.value.status == 400 and info.value.param == "logit_bias" and len(info.value.message) < 200

@@ -86,7 +86,7 @@ class Server:
         return b"".join(chunks)
 
     def unknown_model(self, name: str) -> ApiError:
-        return ApiError(404, f"The model '{name}' does not exist; this server serves '{self.settings.model_id}'",
+        return ApiError(404, f"The model {name!r} does not exist; this server serves {self.settings.model_id!r}",
                         param="model", code="model_not_found")
 
     def check_model(self, req: ApiRequest) -> None:
@@ -297,8 +297,9 @@ def guarded(app, settings: ServerSettings):
         headers = dict(scope["headers"])
         error = None
         if key is not None and scope["path"] not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + key):
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            # the scheme's case is free (RFC 9110); the key is compared in constant time
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given, key):
                 error = ApiError(401, "Incorrect or missing API key (send 'Authorization: Bearer KEY')",
                                  code="invalid_api_key")
         length = headers.get(b"content-length", b"0")

@@ -153,7 +153,8 @@ def _tools(req: ApiRequest) -> tuple:
     except InvalidParameterError as exc:
         raise bad("tools", str(exc)) from None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        function = choice.get("function")
+        name = function.get("name") if choice.get("type") == "function" and isinstance(function, dict) else None
         chosen = tuple(t for t in tools if t["function"]["name"] == name)
         if not chosen:
             raise bad("tool_choice", f"names no function of 'tools' ({name!r})")

@@ -16,6 +16,7 @@ from ..sampling import SamplingParams
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 MAX_STOPS = 4
+ID_DIGITS = 12     # a logit_bias key longer than this is no token id of any vocabulary
 UNSUPPORTED = "is not supported by this server build"
 
 
@@ -35,12 +36,21 @@ def bad(param: str, message: str, code: Optional[str] = None) -> ApiError:
     return ApiError(400, f"'{param}': {message}", param=param, code=code)
 
 
+def shown(value, most: int = 40) -> str:
+    """repr(value) cut to `most` characters; an integer of hundreds of digits by its size."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
 # -- checkers: (name, value) -> the value to keep, or raise ApiError ---------------------------
 def _number(low: float, high: float) -> Callable:
     def check(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not low <= value <= high:
-            raise bad(name, f"{value!r} is out of range: a number in [{low:g}, {high:g}] is expected")
+        # the range first: an integer too large for a float makes isfinite raise
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                or not math.isfinite(value):
+            raise bad(name, f"{shown(value)} is out of range: a number in [{low:g}, {high:g}] is expected")
         return float(value)
     return check
 
@@ -49,7 +59,7 @@ def _integer(low: int, high: Optional[int] = None) -> Callable:
     def check(name, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-            raise bad(name, f"{value!r} is out of range: {allowed} is expected")
+            raise bad(name, f"{shown(value)} is out of range: {allowed} is expected")
         return value
     return check
 
@@ -86,8 +96,9 @@ def _logit_bias(name, value):
         raise bad(name, "must be an object mapping token ids to numbers in [-100, 100]")
     pairs = {}
     for key, bias in value.items():
-        if not (str(key).isascii() and str(key).isdigit()):     # isdigit alone takes "²", which int() refuses
-            raise bad(name, f"key {key!r} is not a token id")
+        # isdigit alone takes "²", which int() refuses; int() refuses more than 4,300 digits
+        if not (str(key).isascii() and str(key).isdigit()) or len(key) > ID_DIGITS:
+            raise bad(name, f"key {shown(key)} is not a token id")
         pairs[int(key)] = _number(-100, 100)(f"{name}.{key}", bias)
     return pairs
 
