@@ -232,14 +232,16 @@ class Chat:
     @property
     def messages(self) -> list[dict]:
         """The conversation so far, as a copy; assign a list of messages to replace it (the cache
-        keeps what the new conversation shares with the old one)."""
+        keeps what the new conversation shares with the old one). Its leading system message, or none,
+        becomes `system`, which reset() keeps."""
         return [dict(m) for m in self._messages]
 
     @messages.setter
     def messages(self, messages) -> None:
         checked = _check_messages(messages)
+        system = checked[0]["content"] if checked and checked[0]["role"] == "system" else None
         with self._exclusive():
-            self._messages, self._base, self.last_result = checked, None, None
+            self._system, self._messages, self._base, self.last_result = system, checked, None, None
 
     def _claim(self) -> None:
         if not self._turn.acquire(blocking=False):
@@ -351,7 +353,8 @@ class Chat:
         try:
             ids, n_keep = self._fit(*self._prompt())
             options = replace(self.options, n_keep=n_keep, constraint=constraint)
-            stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn)
+            stream = self.model.start(ids, options, self.sampling, cancel, ctx=self.context, on_end=self._end_turn,
+                                      finish_on_close=True)   # a stream closed early keeps its answer so far
         except BaseException:
             self._messages, self._base = before
             self._turn.release()

@@ -7,6 +7,7 @@ and yields text pieces; its return value (the generator's StopIteration value) i
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Generator, Optional, Sequence
@@ -139,11 +140,14 @@ class TextStream:
     """Iterator of text pieces; `.result` holds the GenerationResult once it is exhausted.
 
     on_end(result) runs once when the stream ends: with the GenerationResult when generation
-    completed, with None when it raised or was closed before its end."""
+    completed, with None when it raised or was closed before its end. closing: a flag that the
+    generation's cancel also reads (`AnyFlag`); close() before the end then sets it and lets the
+    generation finish as a cancelled one, whose result on_end gets (a Chat keeps the answer so far)."""
 
-    def __init__(self, generator, on_end: Optional[Callable] = None):
+    def __init__(self, generator, on_end: Optional[Callable] = None, closing=None):
         self._generator = generator
         self._on_end = on_end
+        self._closing = closing
         self.result: Optional[GenerationResult] = None
 
     def __iter__(self):
@@ -167,6 +171,11 @@ class TextStream:
             on_end(self.result)
 
     def close(self) -> None:
+        if self._closing is not None and self._on_end is not None and not self._generator.gi_running:
+            self._closing.set()
+            for _ in self:          # the cancelled generation's last steps: its result, then on_end
+                pass
+            return
         self._generator.close()
         self._end()
 
@@ -189,6 +198,19 @@ class TextStream:
         for _ in self:
             pass
         return self.result
+
+
+class AnyFlag:
+    """A flag set when either of two is: a caller's cancel (or None) and a stream's own (TextStream closing)."""
+
+    def __init__(self, cancel):
+        self._cancel, self._own = cancel, threading.Event()
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._cancel is not None and self._cancel.is_set())
 
 
 def check_cancel(cancel) -> None:

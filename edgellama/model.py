@@ -21,8 +21,8 @@ import numpy as np
 
 from .context import Context, token_ids
 from .errors import InvalidParameterError
-from .generation import (GenerationOptions, GenerationResult, TextStream, check_cancel, prepare_prompt, run_generation,
-                         shift_keep)
+from .generation import (AnyFlag, GenerationOptions, GenerationResult, TextStream, check_cancel, prepare_prompt,
+                         run_generation, shift_keep)
 from .session import open_package
 from .tokenizer import Tokenizer
 
@@ -113,11 +113,14 @@ class Model:
         return sampling
 
     def start(self, prompt: Prompt, options: GenerationOptions, sampling=None, cancel=None,
-              ctx: Optional[Context] = None, on_end=None) -> TextStream:
+              ctx: Optional[Context] = None, on_end=None, finish_on_close: bool = False) -> TextStream:
         """Begin one request; on `ctx` when given (the caller owns it), else on a pooled context.
-        on_end: see `TextStream`."""
+        on_end: see `TextStream`; finish_on_close: the stream's close() ends it as a cancel does, with a
+        result, instead of dropping it."""
         sampling = self._sampling(sampling)
         check_cancel(cancel)
+        closing = AnyFlag(cancel) if finish_on_close else None
+        cancel = closing or cancel
         ids = self.encode_prompt(prompt, options.parse_special)
         n_keep = shift_keep(options, np.asarray(ids), self.info.special_tokens.bos_token_id, self.max_length)
         arr = prepare_prompt(ids, self.max_length, self.config.vocab_size, options, n_keep)
@@ -125,7 +128,7 @@ class Model:
         if options.constraint is not None and options.max_new_tokens > 0:
             from .constraint import Guide
             guide = Guide(self, options.constraint)
-        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx, guide), on_end)
+        return TextStream(self._drive(arr, options, sampling, cancel, n_keep, ctx, guide), on_end, closing)
 
     def _drive(self, prompt, options, sampling, cancel, n_keep, owned, guide):
         ctx = owned if owned is not None else self._acquire(prompt)

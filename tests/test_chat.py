@@ -148,13 +148,33 @@ def test_stream_and_reset(model):
     assert again.text == text
 
 
-def test_a_stream_left_by_break_frees_the_chat(model):
+@pytest.mark.parametrize("how", ["break", "close"])
+def test_a_stream_left_early_frees_the_chat_and_keeps_the_answer_so_far_as_a_cancel_does(model, how):
+    import threading
+
     chat = model.new_chat(max_new_tokens=20, sampling=NO_EOS)
-    for i, _ in enumerate(chat.stream("Hello")):
-        if i == 2:
-            break                      # the stream is dropped here: its turn ends as a failed one
-    assert chat.messages == []
-    assert chat.send("Hello").token_ids == model.new_chat(max_new_tokens=20, sampling=NO_EOS).send("Hello").token_ids
+    stream, pieces = chat.stream("Hello"), []
+    for piece in stream:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            break
+    if how == "close":
+        stream.close()
+    else:
+        del stream                     # dropped: closed as it goes
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
+    assert chat.messages[1]["content"].startswith("".join(pieces))
+    assert chat.last_result.finish_reason == "cancelled" and len(chat.last_result.token_ids) < 20
+    cancel = threading.Event()
+    other = model.new_chat(max_new_tokens=20, sampling=NO_EOS)
+    reference = other.stream("Hello", cancel=cancel)
+    for _ in range(3):
+        next(reference)
+    cancel.set()
+    reference.consume()
+    assert other.messages == chat.messages
+    follow = chat.send("more")                  # the turn is over: the chat takes the next message
+    assert follow.timings.prefilled_tokens < len(follow.prompt_token_ids)
 
 
 def test_interrupted_turn_keeps_the_conversation(model, monkeypatch):
@@ -358,6 +378,20 @@ def test_assigning_messages_replaces_the_conversation(model):
     assert len(chat.messages) == 4 and fresh.messages == []
     with pytest.raises(InvalidParameterError, match="message 0"):
         chat.messages = [{"role": "user"}]
+
+
+def test_assigned_messages_bring_their_system_message_or_none_to_system_and_reset(model):
+    """`system` kept the one given at new_chat, and reset() brought that one back."""
+    chat = model.new_chat(system="Answer in French.", max_new_tokens=4, sampling=GREEDY)
+    pirate = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "hi"}]
+    chat.messages = pirate
+    assert chat.system == "You are a pirate."
+    chat.reset()
+    assert chat.messages == pirate[:1]
+    chat.messages = [{"role": "user", "content": "hi"}]
+    assert chat.system is None
+    chat.reset()
+    assert chat.messages == []
 
 
 def test_assigning_the_system_message_puts_it_in_the_conversation(model):
