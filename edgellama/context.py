@@ -27,14 +27,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .binding import StepBinding
-from .errors import ContextOverflowError, InvalidParameterError
+from .errors import ContextOverflowError, InvalidParameterError, SavedStateError
 from .kv_types import resolve
 from .kvcache import KVCache, KVSnapshot
+from .package import package_digest
 from .providers import captures_graphs
 from .rope import inv_frequencies
 
 log = logging.getLogger(__name__)
-_RECORD_MAGIC = b"ELCX"   # a saved context's first bytes (Context.save)
+_RECORD_MAGIC = b"ELCP"   # a saved context's first bytes (Context.save): its package's digest follows
+_LEGACY_MAGIC = b"ELCX"   # ... of one saved without the digest (read, unchecked)
 
 
 def token_ids(ids, what: str = "token ids") -> list:
@@ -79,6 +81,7 @@ class Context:
         self._ids = np.zeros(capacity + 1, dtype=np.int32)   # + the token drawn when the cache is full
         self._length = 0
         self._logits_at = -1     # the record length the binding's logits follow (-1: none)
+        self._package = bytes.fromhex(package_digest(info))   # what a saved context is tied to
         self.inv_freq = inv_frequencies(config)
         self._sampler = None
         self._consistent = True
@@ -233,30 +236,41 @@ class Context:
 
     def save(self, f, n: Optional[int] = None) -> None:
         """Write the record's first `n` tokens (default: all) and the cache of those it holds to the
-        binary file `f`: "ELCX", u32 crc32 of what follows up to the cache, int32 count, int32 ids, then the
-        cache as `KVCache.save` writes it (with its own crc32). `load` also reads files without the first
-        two fields (count first), as earlier versions wrote them."""
+        binary file `f`: "ELCP", the package's 32-byte digest (package_digest), u32 crc32 of what follows up
+        to the cache, int32 count, int32 ids, then the cache as `KVCache.save` writes it (with its own
+        crc32). `load` reads it into a context of the same package, and also files without the digest
+        ("ELCX") or without the first fields (count first), as earlier versions wrote them."""
         n = self._length if n is None else n
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self._length:
             raise InvalidParameterError(f"save(n={n!r}): n must be an integer in [0, {self._length}]")
         record = np.int32(n).tobytes() + self._ids[:n].astype("<i4").tobytes()
-        f.write(_RECORD_MAGIC + np.uint32(zlib.crc32(record)).astype("<u4").tobytes())
+        f.write(_RECORD_MAGIC + self._package + np.uint32(zlib.crc32(record)).astype("<u4").tobytes())
         f.write(record)
         self.binding.pull()
         self.kv.save(f, min(int(n), self.kv.length))
 
     def load(self, f) -> None:
         """Read what `save` wrote from the binary file `f`: the context then holds those tokens and
-        their cache, and runs nothing for them."""
+        their cache, and runs nothing for them. A file that is refused leaves the context as it was."""
         raw, crc = f.read(4), None
         if raw == _RECORD_MAGIC:
+            if f.read(32) != self._package:
+                raise SavedStateError("the saved context was saved with another model package (or another "
+                                      "version of it); a saved context is read only by the package that wrote it")
+            raw = _LEGACY_MAGIC
+        if raw == _LEGACY_MAGIC:
             raw = f.read(4)
             crc = int(np.frombuffer(raw, "<u4")[0]) if len(raw) == 4 else None
             raw = f.read(4) if crc is not None else b""
-        count = int(np.frombuffer(raw, "<i4")[0]) if len(raw) == 4 else -1
+        if len(raw) < 4:
+            raise InvalidParameterError("the data ends before a saved context's token count (empty or truncated)")
+        count = int(np.frombuffer(raw, "<i4")[0])
         if not 0 <= count <= len(self._ids):   # a full cache's record holds the token drawn after it too
+            if crc is None:                    # no magic: a count-first record, or no saved context at all
+                raise InvalidParameterError(f"the data is not a saved context (it starts with {raw!r}, neither "
+                                            f"{_RECORD_MAGIC!r} nor a token count of at most {len(self._ids)})")
             raise InvalidParameterError(f"a saved context of {count} tokens does not fit this context of "
-                                        f"{self.capacity} (or the data is not a saved context)")
+                                        f"{self.capacity}")
         raw = f.read(4 * count)
         if len(raw) != 4 * count:
             raise InvalidParameterError("a saved context ends inside its tokens (truncated data)")
@@ -265,14 +279,15 @@ class Context:
         ids = np.frombuffer(raw, "<i4")
         if count and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
-        self.reset()
-        self.kv.load(f)
+        self.kv.load(f)          # checks the whole file before it writes a row
         self.binding.push()
         if self.kv.length > count:
             self.reset()
             raise InvalidParameterError(f"a saved context records {count} tokens but caches {self.kv.length}")
         self._ids[:count] = ids
         self._length = count
+        self._logits_at = -1
+        self._consistent = True
 
     def reset(self) -> None:
         self.rewind(0)

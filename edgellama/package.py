@@ -240,6 +240,12 @@ def checksums(folder: Path, names) -> dict:
     return {name: sha256_file(Path(folder) / name) for name in sorted(names)}
 
 
+def package_digest(info: PackageInfo) -> str:
+    """sha256 over the package's file names and checksums: what a saved state (a chat, a context) is tied to."""
+    listing = json.dumps(sorted(info.files.items()), separators=(",", ":"))
+    return hashlib.sha256(f"{info.io_dtype}\n{listing}".encode()).hexdigest()
+
+
 def read_info(folder) -> PackageInfo:
     """Read and validate `edgellama.json` of the package at `folder` (files are not hashed)."""
     folder = Path(folder)

@@ -25,16 +25,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import EdgeLlamaError, ModelNotFoundError, OutputError, SavedStateError
+from .package import package_digest
 
 MAGIC = b"ELSAVED\0"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct("<8sIIQ32s")
-
-
-def package_digest(info) -> str:
-    """sha256 over the package's file names and checksums: what a saved state is tied to."""
-    listing = json.dumps(sorted(info.files.items()), separators=(",", ":"))
-    return hashlib.sha256(f"{info.io_dtype}\n{listing}".encode()).hexdigest()
 
 
 def write_saved(path, kind: str, info, meta: Mapping[str, Any], ctx, n=None) -> None:

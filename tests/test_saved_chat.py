@@ -51,15 +51,47 @@ def test_a_saved_context_with_a_damaged_token_is_refused_and_one_without_a_check
     buf = io.BytesIO()
     ctx.save(buf)
     data = buf.getvalue()
-    assert data[:4] == b"ELCX"
-    for at in (8, 12, 12 + 4 * 36 + 3):          # the count, the first id, the last id's high byte
+    assert data[:4] == b"ELCP"                   # then the package's digest (32 bytes), the crc32, the count
+    for at in (40, 44, 44 + 4 * 36 + 3):         # the count, the first id, the last id's high byte
         damaged = bytearray(data)
         damaged[at] ^= 1
         with pytest.raises(InvalidParameterError, match="damaged|does not fit|ids outside|records"):
             model.new_context().load(io.BytesIO(bytes(damaged)))
-    legacy = model.new_context()
-    legacy.load(io.BytesIO(data[8:]))            # no magic, no checksum: as earlier versions wrote it
-    assert legacy.tokens.tolist() == ctx.tokens.tolist() and legacy.cached == ctx.cached
+    for legacy_data in (b"ELCX" + data[36:], data[40:]):   # no digest; no magic nor checksum: as earlier
+        legacy = model.new_context()                       # versions wrote them
+        legacy.load(io.BytesIO(legacy_data))
+        assert legacy.tokens.tolist() == ctx.tokens.tolist() and legacy.cached == ctx.cached
+
+
+def test_a_saved_context_is_read_only_by_its_package_and_a_refused_one_leaves_the_context_as_it_was(
+        model, tmp_path_factory):
+    """It loaded into another package's context of the same shape, whose weights never made those keys; and a
+    refused file emptied the context it was read into."""
+    ctx = model.new_context()
+    ctx.append(list(range(3, 20)))
+    buf = io.BytesIO()
+    ctx.save(buf)
+    other = edgellama.load(tiny_package(tmp_path_factory, seed=5), threads=1).new_context()
+    other.append([5, 6, 7])
+    before = other.tokens.tolist(), other.cached
+    with pytest.raises(SavedStateError, match="another model package"):
+        other.load(io.BytesIO(buf.getvalue()))
+    damaged = bytearray(buf.getvalue())
+    damaged[-1] ^= 1                             # the cache's own checksum refuses it
+    mine = model.new_context()
+    mine.append([5, 6, 7])
+    kept = mine.tokens.tolist(), mine.cached
+    with pytest.raises(InvalidParameterError, match="checksum"):
+        mine.load(io.BytesIO(bytes(damaged)))
+    assert (other.tokens.tolist(), other.cached) == before and (mine.tokens.tolist(), mine.cached) == kept
+    assert kept[1] == 3
+
+
+@pytest.mark.parametrize("data, words", [(b"", "empty or truncated"), (b"hello world, no context here",
+                                                                         "not a saved context")])
+def test_data_that_is_no_saved_context_is_called_so(model, data, words):
+    with pytest.raises(InvalidParameterError, match=words):
+        model.new_context().load(io.BytesIO(data))
 
 
 def test_restored_chat_goes_on_like_the_uninterrupted_one(model, tmp_path):
