@@ -367,7 +367,7 @@ def run_generation(ctx: Context, tokenizer, prompt: np.ndarray, options: Generat
 
     # 3. text still held back by the decoder or the stop matcher
     if not stops.stopped:
-        tail = stops.push(decoder.flush())
+        tail = stops.push(decoder.flush(whole=True))      # whole characters: a cut one is left out
         tail += stops.flush()
         if stops.stopped:
             finish = "stop"

@@ -10,6 +10,7 @@ keeps `Tokenizer` safe to share between threads.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -201,12 +202,25 @@ class StreamDecoder:
     def extend(self, token_ids: Iterable[int]) -> str:
         return "".join(self.push(t) for t in token_ids)
 
-    def flush(self) -> str:
-        """Text still held back (an incomplete character decodes to U+FFFD)."""
+    def flush(self, whole: bool = False) -> str:
+        """Text still held back (an incomplete character decodes to U+FFFD); whole=True leaves out the
+        U+FFFD of a character the held-back tokens' bytes end inside (a text cut by a token limit)."""
         emitted = self._decode(self._ids[self._prefix:self._read])
         current = self._decode(self._ids[self._prefix:])
+        held = self._ids[self._read:]
         self._prefix = self._read = len(self._ids)
-        return current[len(emitted):] if current.startswith(emitted) else ""
+        tail = current[len(emitted):] if current.startswith(emitted) else ""
+        if whole and tail.endswith(REPLACEMENT_CHAR) and _ends_inside_character(
+                b"".join(self._tokenizer.token_bytes(t) for t in held)):
+            tail = tail[:-1]
+        return tail
+
+
+def _ends_inside_character(data: bytes) -> bool:
+    """Whether UTF-8 `data` stops after some bytes of a character and before its last."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(data, final=False)
+    return bool(decoder.getstate()[0])
 
 
 def _check_unicode(text: str) -> None:

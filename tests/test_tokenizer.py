@@ -131,3 +131,16 @@ def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
         starts.append(token_start(spm, t, at, at + len(piece)))
         at += len(piece)
     assert starts == [0, 2, 5]
+
+
+def test_stream_decoder_leaves_out_a_cut_character_but_keeps_a_whole_replacement_character(tok):
+    """flush(whole=True): U+FFFD from a character's first bytes is left out; the character U+FFFD itself,
+    whole bytes, is text like any other."""
+    decoder = tok.stream_decoder()
+    ids = tok.encode("a日")
+    assert decoder.push(ids[0]) == "a" and decoder.push(ids[1]) == ""
+    assert decoder.flush(whole=True) == ""
+    decoder = tok.stream_decoder()
+    for t in tok.encode("b\ufffd"):
+        decoder.push(t)
+    assert decoder.flush(whole=True) == "\ufffd"

@@ -302,3 +302,21 @@ def test_the_penalties_look_back_on_the_prompt_or_on_the_answer_alone(model, mon
     prompt, answer = list(result.prompt_token_ids), list(result.token_ids)
     want = [(prompt if penalize_prompt else []) + answer[:i] for i in range(4)]
     assert seen == want
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_inside_a_character_ends_before_it(model, stream):
+    """The answer 日 (three byte tokens) cut after two: the text held them back and then gave them as U+FFFD;
+    whole characters only, as llama-cpp-python drops them. All three give the character."""
+    from edgellama.constraint import Constraint
+
+    ids = model.tokenizer.encode("日")
+    assert len(ids) == 3
+    for tokens, text in ((2, ""), (3, "日")):
+        kwargs = dict(max_new_tokens=tokens, sampling=GREEDY, constraint=Constraint.regex("日"))
+        if stream:
+            pieces = model.stream("x", **kwargs)
+            result = (pieces.consume(), pieces.result)[1]
+        else:
+            result = model.generate("x", **kwargs)
+        assert list(result.token_ids) == ids[:tokens] and result.text == text
