@@ -36,12 +36,17 @@ from .resident import read_weights
 log = logging.getLogger(__name__)
 
 
+def usable_cpus() -> int:
+    """The CPUs (logical) this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """Physical cores available to this process (logical cores when that cannot be told)."""
-    try:
-        logical = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        logical = os.cpu_count() or 1
+    logical = usable_cpus()
     try:
         import psutil
         physical = psutil.cpu_count(logical=False) or logical
@@ -53,8 +58,11 @@ def default_threads() -> int:
 def session_options(threads: int):
     import onnxruntime as ort
 
-    if not isinstance(threads, int) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidParameterError(f"threads={threads!r} must be a positive integer")
+    if threads > usable_cpus():      # run as asked (a benchmark may look past the CPUs on purpose), but said
+        log.warning("threads=%d is more than the %d CPUs this process may use; each step then waits for threads "
+                    "that share a CPU", threads, usable_cpus())
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -143,15 +143,17 @@ def test_bench_in_a_small_context_skips_the_request_tests_with_a_note(capsys, pa
     assert any(note.startswith("ttft and e2e128 skipped") and "max_length 8" in note for note in report["notes"])
 
 
-def test_bench_says_when_threads_outnumber_the_cpus(capsys, package, monkeypatch):
-    import edgellama.cli.run as run
+def test_bench_says_when_threads_outnumber_the_cpus(capsys, caplog, package, monkeypatch):
+    import edgellama.session as session
 
-    monkeypatch.setattr(run, "usable_cpus", lambda: 1)
-    assert main(["bench", str(package), "-p", "4", "-n", "2", "-r", "1", "-d", "", "--e2e-tokens", "0",
-                 "-t", "1,2", "--json"]) == 0
-    captured = capsys.readouterr()
-    assert {row["threads"] for row in json.loads(captured.out)["rows"]} == {1, 2}     # run as asked
-    assert "-t 2 is more than the 1 CPUs this process may use" in captured.err
+    monkeypatch.setattr(session, "usable_cpus", lambda: 1)
+    with caplog.at_level("WARNING", logger="edgellama.session"):   # the command prints it on stderr
+        assert main(["bench", str(package), "-p", "4", "-n", "2", "-r", "1", "-d", "", "--e2e-tokens", "0",
+                     "-t", "1,2", "--json"]) == 0
+    assert {row["threads"] for row in json.loads(capsys.readouterr().out)["rows"]} == {1, 2}     # run as asked
+    said = [r.getMessage() for r in caplog.records]
+    assert any("threads=2 is more than the 1 CPUs this process may use" in m for m in said)
+    assert not any("threads=1 is more" in m for m in said)
 
 
 def test_bench_with_mmap_says_the_weights_stay_mapped(capsys, package):

@@ -168,7 +168,19 @@ def test_threads_beyond_the_cpus_are_capped(package, capsys, tmp_path, command):
     text.write_text("The cat sat on the mat. " * 20, encoding="utf-8")
     argv = ["The", "--max-new-tokens", "1"] if command == "run" else ["--text", str(text), "--max-tokens", "64"]
     assert main([command, str(package), *argv, "--threads", "1000"]) == 0
-    assert f"using {len(os.sched_getaffinity(0))}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"using {len(os.sched_getaffinity(0))}" in err and "threads=1000" not in err   # capped before the load
+
+
+def test_the_api_runs_threads_beyond_the_cpus_as_asked_and_says_so(package, caplog, monkeypatch):
+    import edgellama
+    import edgellama.session as session
+
+    monkeypatch.setattr(session, "usable_cpus", lambda: 1)
+    with caplog.at_level("WARNING", logger="edgellama.session"):
+        model = edgellama.load(package, threads=3)
+    assert model.generate("The", max_new_tokens=1).token_ids
+    assert any("threads=3 is more than the 1 CPUs" in r.getMessage() for r in caplog.records)
 
 
 def test_eval_of_a_non_utf8_file_is_one_clear_error(package, tmp_path, capsys):

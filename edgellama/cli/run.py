@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from . import add_kv_cache_argument, add_mmap_argument, text_argument, Words
@@ -85,18 +84,12 @@ def sampling_from(args):
                           repeat_penalty=args.repeat_penalty, seed=seed)
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:             # not on Linux
-        return os.cpu_count() or 1
-
-
 def threads_from(args):
     """--threads, capped at the CPUs this process may run on (more only make each step slower)."""
     if args.threads is None or args.threads <= 0:
         return args.threads            # the default, or a value load() refuses by name
+    from ..session import usable_cpus
+
     cpus = usable_cpus()
     if args.threads > cpus:
         print(f"edgellama: --threads {args.threads} is more than the {cpus} CPUs this process may use; "
