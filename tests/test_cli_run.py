@@ -84,6 +84,16 @@ def test_chat_session_from_stdin(package, monkeypatch, capsys):
     assert captured.err.count("ttft") == 2
 
 
+def test_chat_refuses_a_command_word_it_does_not_know_and_sends_a_path(package, monkeypatch, capsys):
+    """/rest (a typo of /reset) went to the model as a message."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("/rest\n/usr/bin holds programs\n"))
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "3", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "[/rest is no command; /help lists them" in captured.err
+    assert captured.err.count("[answer cut at --max-new-tokens 3]") == 1      # the path's line was a message
+
+
 def test_chat_keeps_the_session_when_the_context_fills(package, monkeypatch, capsys):
     # no EOS: the first answer fills the 48-token context, the next message does not fit
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHello again\n/help\n/shift\nMore\n"))

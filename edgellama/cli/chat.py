@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import queue
+import re
 import sys
 import threading
 
@@ -19,6 +20,7 @@ from . import text_argument
 from .run import add_model_arguments, load_from, sampling_from, timings_line
 
 _DONE = object()
+COMMAND_WORD = re.compile(r"/[A-Za-z]+")     # a line of this shape is a command (a path such as /usr/bin is not)
 COMMANDS = {
     "/help": "list these commands",
     "/reset": "forget the conversation (the system message stays)",
@@ -139,7 +141,8 @@ def help_text() -> str:
 
 
 def _command(chat, text: str) -> bool:
-    """Carry out /help, /reset or /shift; False when `text` is none of them (a message to send)."""
+    """Carry out /help, /reset or /shift, or refuse a word of that shape that is no command (a typo such as
+    /rest); False when `text` is a message to send."""
     if text == "/help":
         print(help_text(), file=sys.stderr)
     elif text == "/reset":
@@ -148,6 +151,9 @@ def _command(chat, text: str) -> bool:
     elif text == "/shift":
         chat.options = dataclasses.replace(chat.options, on_overflow="shift")
         print("[the oldest turns are dropped to keep the conversation within half the context]", file=sys.stderr)
+    elif COMMAND_WORD.fullmatch(text):
+        print(f"[{text} is no command; /help lists them (to send it as a message, put it in a /paste block)]",
+              file=sys.stderr)
     else:
         return False
     return True
