@@ -253,6 +253,9 @@ def shift_keep(options: GenerationOptions, prompt: np.ndarray, bos: Optional[int
     if n_keep is None:
         sinks = min(SINK_TOKENS, len(prompt), max(capacity - 2, 0))   # a context too small for them shifts without
         n_keep = 1 if bos is not None and len(prompt) and prompt[0] == bos else sinks
+    elif n_keep > capacity // 2 and options.on_overflow == "shift":
+        log.warning("n_keep=%d is more than half the context of %d tokens, which a shift must leave room for: "
+                    "keeping %d", n_keep, capacity, capacity // 2)
     return min(n_keep, capacity // 2)
 
 

@@ -157,8 +157,46 @@ def test_keep_sets_the_tokens_a_shift_keeps(package, capsys, monkeypatch):
                  "--max-new-tokens", "2"]) == 0
     assert main(["run", str(package), "fox", "--max-new-tokens", "1"]) == 0
     assert seen == [3, None]
-    assert main(["run", str(package), "fox", "--keep", "-1"]) == 1
+    assert main(["run", str(package), "fox", "--context-shift", "--keep", "-1"]) == 1
     assert "--keep -1 must be an integer >= 0" in capsys.readouterr().err and len(seen) == 2
+    assert main(["run", str(package), "fox", "--keep", "3"]) == 1
+    assert "--keep 3 has no effect without --context-shift" in capsys.readouterr().err and len(seen) == 2
+
+
+@pytest.mark.parametrize("command", ["run", "chat"])
+def test_stop_strings_read_escapes_as_llama_cpp_does(package, monkeypatch, command):
+    """--stop '\\n' stopped only at a backslash followed by n."""
+    import edgellama.chat
+    import edgellama.model
+
+    seen = []
+    if command == "run":
+        start = edgellama.model.Model.start
+        monkeypatch.setattr(edgellama.model.Model, "start",
+                            lambda self, prompt, options, *a, **k: seen.append(options.stop) or start(self, prompt,
+                                                                                                    options, *a, **k))
+        argv = ["fox"]
+    else:
+        init = edgellama.chat.Chat.__init__
+        monkeypatch.setattr(edgellama.chat.Chat, "__init__",
+                            lambda self, model, **k: seen.append(tuple(k["stop"])) or init(self, model, **k))
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        argv = []
+    assert main([command, str(package), *argv, "--max-new-tokens", "1", "--stop", "\\n", "a\\tb", "c\\\\n",
+                 "d\\q"]) == 0
+    assert seen == [("\n", "a\tb", "c\\n", "d\\q")]
+
+
+def test_a_keep_past_half_the_context_is_said_to_be_cut_to_it(package, caplog):
+    """A shift must leave room: --keep 8 of a 16-token context kept 8 silently, as --keep 7 would."""
+    import edgellama
+    from edgellama.generation import GenerationOptions
+
+    model = edgellama.load(package, threads=1, max_length=16)
+    with caplog.at_level("WARNING", logger="edgellama.generation"):
+        model.start("fox " * 30, GenerationOptions(max_new_tokens=2, on_overflow="shift", n_keep=12)).consume()
+    assert any("n_keep=12 is more than half the context of 16 tokens" in r.getMessage() and "keeping 8" in
+               r.getMessage() for r in caplog.records)
 
 
 def test_seed_minus_one_is_random(package, capsys):

@@ -110,6 +110,16 @@ def read_text_file(path: str, flag: str, want: str = "a UTF-8 text file") -> str
                                     f"{exc.start}); convert it to UTF-8 first, e.g. with iconv") from None
 
 
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", '"': '"'}
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def unescaped(text: str) -> str:
+    """`text` with the escapes llama.cpp's command line reads in its stop strings turned into their characters:
+    \\n \\r \\t \\\\ \\' \\"; any other backslash stays as it is."""
+    return _ESCAPE.sub(lambda match: ESCAPES.get(match.group(1), match.group(0)), text)
+
+
 def text_argument(value, flag: str):
     """`value` (a str, or a list of them; None passes) as the command line or standard input gave it, where
     bytes that are not UTF-8 arrive as lone surrogates: our error naming `flag` and the first such byte."""

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from . import add_kv_cache_argument, add_mmap_argument, text_argument, Words
+from . import add_kv_cache_argument, add_mmap_argument, text_argument, unescaped, Words
 
 RANDOM_SEED = -1      # --seed -1: a random seed, as in llama.cpp
 
@@ -20,7 +20,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 = off (default 0.05)")
     parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 = off (default)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default or -1: random)")
-    parser.add_argument("--stop", action=Words, default=[], metavar="S", help="stop strings (cut from the text)")
+    parser.add_argument("--stop", action=Words, default=[], metavar="S",
+                        help="stop strings (cut from the text); \\n, \\t, \\r, \\\\ read as in llama.cpp")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -143,6 +144,9 @@ def main(args) -> int:
     if args.logprobs is not None and not args.json:
         raise InvalidParameterError("--logprobs is printed with --json; add --json")
     check_logprobs(args.logprobs)
+    if args.keep is not None and not args.context_shift:
+        raise InvalidParameterError(f"--keep {args.keep} has no effect without --context-shift (it says what a "
+                                    "shift keeps); add --context-shift or leave --keep out")
     if args.prompt == "-":
         reconfigure = getattr(sys.stdin, "reconfigure", None)
         if reconfigure is not None:          # bytes that are not UTF-8 kept, for the error below
@@ -151,7 +155,7 @@ def main(args) -> int:
     else:
         prompt = text_argument(args.prompt, "the prompt")
     text_argument(args.stop, "--stop")
-    options = GenerationOptions(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop),
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, stop=tuple(map(unescaped, args.stop)),
                                 on_overflow="shift" if args.context_shift else "error", n_keep=args.keep,
                                 constraint=constraint, logprobs=args.logprobs)
     model = load_from(args)
