@@ -142,28 +142,40 @@ class TextStream:
     on_end(result) runs once when the stream ends: with the GenerationResult when generation
     completed, with None when it raised or was closed before its end. closing: a flag that the
     generation's cancel also reads (`AnyFlag`); close() before the end then sets it and lets the
-    generation finish as a cancelled one, whose result on_end gets (a Chat keeps the answer so far)."""
+    generation finish as a cancelled one, whose result on_end gets (a Chat keeps the answer so far).
+    One thread runs the generation at a time: another's next() is refused with ValueError, as Python
+    refuses it, or, on a stream with `closing`, waits its turn (close() from another thread finishes
+    the answer after the reader's step, and the reader then meets its end)."""
 
     def __init__(self, generator, on_end: Optional[Callable] = None, closing=None):
         self._generator = generator
         self._on_end = on_end
         self._closing = closing
+        self._step = threading.Lock()   # held by the thread inside the generator
+        self._done = False
         self.result: Optional[GenerationResult] = None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
+        if not self._step.acquire(blocking=self._closing is not None):
+            raise ValueError("generator already executing")    # the stream goes on in the other thread
         try:
-            return next(self._generator)
-        except StopIteration as stop:
-            self.result = stop.value
-            self._end()
-            raise
-        except BaseException:
-            if not getattr(self._generator, "gi_running", False):   # (running: another thread's next() was
-                self._end()                                          # refused; the stream goes on there)
-            raise
+            if self._done:
+                raise StopIteration
+            try:
+                return next(self._generator)
+            except StopIteration as stop:
+                self._done, self.result = True, stop.value
+                self._end()
+                raise
+            except BaseException:
+                self._done = True
+                self._end()
+                raise
+        finally:
+            self._step.release()
 
     def _end(self) -> None:
         on_end, self._on_end = self._on_end, None
@@ -171,7 +183,7 @@ class TextStream:
             on_end(self.result)
 
     def close(self) -> None:
-        if self._closing is not None and self._on_end is not None and not self._generator.gi_running:
+        if self._closing is not None and self._on_end is not None:
             self._closing.set()
             for _ in self:          # the cancelled generation's last steps: its result, then on_end
                 pass

@@ -210,17 +210,19 @@ class StreamDecoder:
         held = self._ids[self._read:]
         self._prefix = self._read = len(self._ids)
         tail = current[len(emitted):] if current.startswith(emitted) else ""
-        if whole and tail.endswith(REPLACEMENT_CHAR) and _ends_inside_character(
-                b"".join(self._tokenizer.token_bytes(t) for t in held)):
-            tail = tail[:-1]
+        if whole and tail.endswith(REPLACEMENT_CHAR):
+            cut = _cut_bytes(b"".join(self._tokenizer.token_bytes(t) for t in held))
+            # a byte-level decoder writes one U+FFFD for the cut character, a byte-fallback one one a byte
+            shown = min(cut, len(tail) - len(tail.rstrip(REPLACEMENT_CHAR)))
+            tail = tail[:len(tail) - shown]
         return tail
 
 
-def _ends_inside_character(data: bytes) -> bool:
-    """Whether UTF-8 `data` stops after some bytes of a character and before its last."""
+def _cut_bytes(data: bytes) -> int:
+    """How many bytes UTF-8 `data` ends with of a character whose last bytes it lacks (0: none)."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     decoder.decode(data, final=False)
-    return bool(decoder.getstate()[0])
+    return len(decoder.getstate()[0])
 
 
 def _check_unicode(text: str) -> None:

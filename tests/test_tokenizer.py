@@ -144,3 +144,25 @@ def test_stream_decoder_leaves_out_a_cut_character_but_keeps_a_whole_replacement
     for t in tok.encode("b\ufffd"):
         decoder.push(t)
     assert decoder.flush(whole=True) == "\ufffd"
+
+
+def test_a_byte_fallback_vocabulary_leaves_out_every_byte_of_a_cut_character(tmp_path):
+    """A byte-fallback decoder shows each byte of a cut character as a U+FFFD of its own: all of them go."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "\u2581": 257, "h": 258, "i": 259,
+             "\u2581h": 260, "\u2581hi": 261}
+    model = models.BPE(vocab, [("\u2581", "h"), ("\u2581h", "i")], unk_token="<unk>", byte_fallback=True)
+    backend = HFTokenizer(model)
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    spm = Tokenizer(tmp_path / "tokenizer.json", SpecialTokens())
+    ids = spm.encode("hi \u65e5")
+    assert len(ids) >= 3 and spm.decode(ids[:-1]).endswith("\ufffd\ufffd")
+    for end, text in ((len(ids) - 1, "hi "), (len(ids), "hi \u65e5")):
+        decoder = spm.stream_decoder()
+        pieces = [decoder.push(t) for t in ids[:end]]
+        assert "".join(pieces) + decoder.flush(whole=True) == text

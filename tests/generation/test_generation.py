@@ -158,7 +158,9 @@ def test_stream_pieces_join_to_text_and_are_whole_characters(model):
         stream = model.stream(prompt, max_new_tokens=40, sampling=SamplingParams(temperature=1.5, seed=7))
         pieces = list(stream)
         result = stream.result
-        assert "".join(pieces) == result.text == model.tokenizer.decode(result.token_ids)
+        assert "".join(pieces) == result.text
+        decoded = model.tokenizer.decode(result.token_ids)    # with U+FFFD for a character the limit cut
+        assert decoded.startswith(result.text) and set(decoded[len(result.text):]) <= {"\ufffd"}
         for piece in pieces:
             assert piece
             piece.encode("utf-8")     # no lone surrogates

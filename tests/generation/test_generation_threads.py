@@ -229,3 +229,40 @@ def test_a_next_refused_while_another_thread_reads_the_stream_leaves_it_going():
     release.set()
     reader.join(5)
     assert got == ["b"] and ended == ["result"] and stream.result == "result"
+
+
+def test_a_stream_closed_from_another_thread_finishes_after_the_readers_step():
+    """close() on a stream that finishes when closed ran the generation on the closing thread while the reader
+    went on calling next(): the reader met "generator already executing"."""
+    from edgellama.generation import AnyFlag, TextStream
+
+    flag = AnyFlag(None)
+    inside, release, ended, got, errors = threading.Event(), threading.Event(), [], [], []
+
+    def pieces():
+        yield "a"
+        inside.set()
+        release.wait(5)
+        yield "b"
+        while not flag.is_set():
+            yield "more"
+        return "cancelled"
+
+    stream = TextStream(pieces(), on_end=ended.append, closing=flag)
+    assert next(stream) == "a"
+
+    def read():
+        try:
+            got.extend(stream)
+        except BaseException as exc:       # noqa: BLE001 - the failure this test looks for
+            errors.append(exc)
+    reader = threading.Thread(target=read)
+    reader.start()
+    inside.wait(5)
+    closer = threading.Thread(target=stream.close)
+    closer.start()                          # waits for the reader's step
+    release.set()
+    reader.join(5)
+    closer.join(5)
+    assert errors == [] and got[0] == "b" and set(got[1:]) <= {"more"}
+    assert ended == ["cancelled"] and stream.result == "cancelled"
