@@ -211,6 +211,18 @@ def test_cancelled_turn_is_recorded(model):
 
 # -- context shift --------------------------------------------------------------------------
 
+def test_a_system_message_past_half_the_context_is_kept_in_part_without_a_warning(package, caplog):
+    """The Chat's own n_keep (its system message) is cut to half the context by the Chat: the warning about a
+    caller's n_keep came on every turn."""
+    import edgellama
+
+    model = edgellama.load(package, threads=1, max_length=48)
+    chat = model.new_chat(system="word " * 30, max_new_tokens=4, sampling=GREEDY, on_overflow="shift")
+    with caplog.at_level("WARNING", logger="edgellama.generation"):
+        chat.send("Hi")
+    assert chat.last_result.token_ids and not any("n_keep" in r.getMessage() for r in caplog.records)
+
+
 def test_a_chat_without_a_system_message_keeps_its_first_tokens_through_a_shift(package):
     """No system message to keep: a shift inside a long answer keeps the generation's default, the prompt's
     first SINK_TOKENS ids (it kept none, and text turned to repetition once the early positions were gone)."""

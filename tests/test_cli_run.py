@@ -86,12 +86,15 @@ def test_chat_session_from_stdin(package, monkeypatch, capsys):
 
 def test_chat_refuses_a_command_word_it_does_not_know_and_sends_a_path(package, monkeypatch, capsys):
     """/rest (a typo of /reset) went to the model as a message."""
-    monkeypatch.setattr("sys.stdin", io.StringIO("/rest\n/usr/bin holds programs\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("/rest\n/usr/bin holds programs\n/paste\n/rest\n/end\n"
+                                                 "/paste\n/reset\n"))
     code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "3", "--threads", "1"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "[/rest is no command; /help lists them" in captured.err
-    assert captured.err.count("[answer cut at --max-new-tokens 3]") == 1      # the path's line was a message
+    assert captured.err.count("[/rest is no command; /help lists them") == 1
+    # the path's line and the two pasted blocks (one cut by the end of input) were messages, not commands
+    assert captured.err.count("[answer cut at --max-new-tokens 3]") == 3
+    assert "conversation reset" not in captured.err
 
 
 def test_chat_keeps_the_session_when_the_context_fills(package, monkeypatch, capsys):

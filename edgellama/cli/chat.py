@@ -99,6 +99,14 @@ class LastMessage(str):
     backslash): it is still sent, and the session ends after its answer."""
 
 
+class Pasted(str):
+    """A /paste block: a message whatever its text (a line /reset in it is sent, not carried out)."""
+
+
+class LastPasted(Pasted, LastMessage):
+    """A /paste block that the end of input cut short."""
+
+
 def read_message(prompt: str):
     """The next message: one line, lines joined while they end in a backslash, or a /paste block.
     None at the end of input; a LastMessage when the input ends inside a message."""
@@ -112,11 +120,15 @@ def read_message(prompt: str):
             lines.append(input("... " if prompt else ""))
         if lines[0].strip() == "/paste":
             lines = []
-            while True:
-                line = input("")
-                if line.strip() == "/end":
-                    break
-                lines.append(line)
+            try:
+                while True:
+                    line = input("")
+                    if line.strip() == "/end":
+                        break
+                    lines.append(line)
+            except EOFError:
+                return LastPasted("\n".join(lines))
+            return Pasted("\n".join(lines))
     except EOFError:
         return LastMessage("\n".join(lines))
     return "\n".join(lines)
@@ -152,7 +164,7 @@ def _command(chat, text: str) -> bool:
         chat.options = dataclasses.replace(chat.options, on_overflow="shift")
         print("[the oldest turns are dropped to keep the conversation within half the context]", file=sys.stderr)
     elif COMMAND_WORD.fullmatch(text):
-        print(f"[{text} is no command; /help lists them (to send it as a message, put it in a /paste block)]",
+        print(f"[{text} is no command; /help lists them (a /paste block sends it as a message)]",
               file=sys.stderr)
     else:
         return False
@@ -204,9 +216,9 @@ def main(args) -> int:
         if message is None:
             break
         text = message.strip()
-        if text in ("/exit", "/quit"):
+        if text in ("/exit", "/quit") and not isinstance(message, Pasted):
             break
-        if text and not _command(chat, text):
+        if text and (isinstance(message, Pasted) or not _command(chat, text)):
             _send(chat, text, args.timings)
         if isinstance(message, LastMessage):
             break
