@@ -228,14 +228,18 @@ class KVCache:
                 for head in range(self.config.num_kv_heads):
                     yield np.ascontiguousarray(rows[0, head], dtype=stored).reshape(-1).view(np.uint8)
 
-    def load(self, path) -> None:
+    def load(self, path, most: Optional[int] = None) -> None:
         """Reads what `save` wrote (a file name, or a binary file read from its position to its end);
-        refuses one made for another shape or cache type, and a truncated or damaged one."""
+        refuses one made for another shape or cache type, a truncated or damaged one, and one of more
+        than `most` positions (None: the capacity), before it writes a row."""
         if not _is_file_object(path) and not os.path.isfile(path):
             raise ModelNotFoundError(f"KV cache file {os.fspath(path)!r} does not exist")
         with _opened(path, "rb") as f:
             name = getattr(f, "name", "<stream>")
             n, crc = self._read_header(name, f.read(_HEADER.size))
+            if most is not None and n > most:
+                raise InvalidParameterError(f"KV cache file {name!r} caches {n} positions, more than the {most} "
+                                            "tokens recorded with it (damaged data)")
             per_layer = self.config.num_kv_heads * n * self.row
             raw = f.read()
         stored = self.dtype.newbyteorder("<")

@@ -28,7 +28,8 @@ from .errors import EdgeLlamaError, ModelNotFoundError, OutputError, SavedStateE
 from .package import package_digest
 
 MAGIC = b"ELSAVED\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: the context tied to its package too (Context.save "ELCP"); 1 is read as well
+READ_VERSIONS = (1, 2)
 _HEAD = struct.Struct("<8sIIQ32s")
 
 
@@ -79,9 +80,10 @@ def read_saved(path, kind: str, info, ctx) -> dict:
     magic, version, head_len, payload_len, checksum = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise SavedStateError(f"{name!r} is not a saved {kind} of edgellama (magic {magic!r})")
-    if version != FORMAT_VERSION:
-        raise SavedStateError(f"{name!r} is saved in format version {version}; this edgellama reads version "
-                              f"{FORMAT_VERSION}: save the conversation again with this version")
+    if version not in READ_VERSIONS:
+        raise SavedStateError(f"{name!r} is saved in format version {version}; this edgellama reads versions "
+                              f"{READ_VERSIONS[0]} to {READ_VERSIONS[-1]}: save the conversation again with this "
+                              "version")
     body = memoryview(data)[_HEAD.size:]
     if len(body) != head_len + payload_len or hashlib.sha256(body).digest() != checksum:
         raise SavedStateError(f"{name!r} is damaged (its checksum or length does not match its contents); "

@@ -83,6 +83,14 @@ def test_a_saved_context_is_read_only_by_its_package_and_a_refused_one_leaves_th
     kept = mine.tokens.tolist(), mine.cached
     with pytest.raises(InvalidParameterError, match="checksum"):
         mine.load(io.BytesIO(bytes(damaged)))
+    # a record of 5 tokens before a cache of all 17: refused before a row is written
+    import zlib
+
+    data = buf.getvalue()
+    record = np.int32(5).tobytes() + np.arange(3, 8, dtype="<i4").tobytes()
+    short = data[:36] + np.uint32(zlib.crc32(record)).astype("<u4").tobytes() + record + data[44 + 4 * 17:]
+    with pytest.raises(InvalidParameterError, match="caches 17 positions, more than the 5 tokens"):
+        mine.load(io.BytesIO(short))
     assert (other.tokens.tolist(), other.cached) == before and (mine.tokens.tolist(), mine.cached) == kept
     assert kept[1] == 3
 
@@ -172,6 +180,27 @@ def test_another_format_version_is_refused(model, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SavedStateError, match="format version 99"):
         model.load_chat(path)
+
+
+def test_a_version_1_file_whose_context_has_no_package_digest_still_loads(model, tmp_path):
+    """Version 2 writes the context with its package's digest ("ELCP"); files of version 1 ("ELCX") load."""
+    import hashlib
+    import struct
+
+    path = _saved(model, tmp_path)
+    chat = model.load_chat(path)
+    data = path.read_bytes()
+    head = struct.Struct("<8sIIQ32s")
+    magic, version, head_len, payload_len, _ = head.unpack_from(data)
+    assert version == 2
+    body = data[head.size:]
+    meta, payload = body[:head_len], body[head_len:]
+    assert payload[:4] == b"ELCP"
+    payload = b"ELCX" + payload[36:]
+    old = head.pack(magic, 1, head_len, len(payload), hashlib.sha256(meta + payload).digest()) + meta + payload
+    path.write_bytes(old)
+    restored = model.load_chat(path)
+    assert restored.messages == chat.messages and restored.context.tokens.tolist() == chat.context.tokens.tolist()
 
 
 def test_another_package_is_refused(model, tmp_path, tmp_path_factory):
