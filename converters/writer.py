@@ -9,7 +9,8 @@ up: the next writer to the same destination removes such leftovers, recognised b
 process id that no longer runs on this machine or no change for STALE_AFTER_S seconds.
 
 What an existing destination may be (checked when the writer is made and again before the
-rename): with force, an empty folder or an edgellama package (a folder holding edgellama.json);
+rename): with force, an empty folder or an edgellama package (a folder holding edgellama.json and
+nothing but a package's files);
 never the current directory, the source, or a folder that contains either of them.
 """
 from __future__ import annotations
@@ -59,9 +60,16 @@ def check_destination(dest: Path, force: bool, protected=()) -> None:
         raise InvalidParameterError(f"output {dest} exists and is not a folder; remove it or choose another path")
     if not force:
         raise InvalidParameterError(f"output {dest} already exists; pass force=True to replace it")
-    if not (dest / MANIFEST).is_file() and any(dest.iterdir()):
+    if not any(dest.iterdir()):
+        return
+    if not (dest / MANIFEST).is_file():
         raise InvalidParameterError(f"output {dest} is a folder that is not an edgellama package (no {MANIFEST}); "
                                     "force=True replaces only a package or an empty folder: choose another path")
+    others = sorted(p.name for p in dest.iterdir() if not _package_file(p))
+    if others:      # the user's files beside a package (notes, a folder): replacing it would delete them
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise InvalidParameterError(f"output {dest} holds {others[0]!r}{more} besides a package's files; force=True "
+                                    "replaces only a package or an empty folder: move them out or choose another path")
 
 
 def _temp_name(dest: Path, kind: str) -> str:
@@ -78,8 +86,12 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _package_file(path: Path) -> bool:
+    return path.name in PACKAGE_FILES and path.is_file() and not path.is_symlink()
+
+
 def _only_package_files(folder: Path) -> bool:
-    return all(p.name in PACKAGE_FILES and p.is_file() and not p.is_symlink() for p in folder.iterdir())
+    return all(_package_file(p) for p in folder.iterdir())
 
 
 def _newest_change(folder: Path) -> float:

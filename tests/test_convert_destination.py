@@ -42,6 +42,26 @@ def test_force_replaces_an_empty_folder_and_a_package(checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("extra", ["notes.txt", "mydata/", "inner/edgellama.json"])
+def test_force_refuses_a_package_folder_that_also_holds_other_files(checkpoint, tmp_path, capsys, extra):
+    """A folder with an edgellama.json was replaced whole: the user's files and folders in it (a package nested
+    inside, too) were deleted."""
+    out = tmp_path / "out"
+    convert(checkpoint, out, FP32)
+    path = out / extra
+    if extra.endswith("/"):
+        path.mkdir()
+    else:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
+    name = extra.split("/")[0]
+    with pytest.raises(InvalidParameterError, match=f"holds '{name}' besides a package's files"):
+        convert(checkpoint, out, FORCE)
+    assert cli_main(["convert", str(checkpoint), "-o", str(out), "--quant", "fp32", "--force"]) == 1
+    assert "--force replaces only a package or an empty folder" in capsys.readouterr().err
+    assert (out / name).exists() and (out / "edgellama.json").is_file()
+
+
 def test_force_refuses_the_source_folder(checkpoint, tmp_path):
     source = tmp_path / "ckpt"
     source.mkdir()
