@@ -17,6 +17,7 @@ GGUF_BLOCK_MODES = ("carry", "ops", "zero_point", "requantize")    # see convert
 PORTABLE_ONLY_MODES = ("zero_point",)          # forms of ONNX Runtime's own operators
 BUNDLED_CALIBRATION = "bundled"                # ConvertOptions.calibration: the text bundled with the converter
 DEFAULT_MAX_LENGTH = 4096
+MIN_MAX_LENGTH = 2      # a prompt token and one generated (or scored) after it
 # peak bytes per (position, head_dim) entry while edgellama.rope.cos_sin_tables builds both tables:
 # float64 angles, cos and sin, and their float32 copies
 ROPE_TABLE_BYTES_PER_ELEMENT = 16
@@ -74,8 +75,10 @@ class ConvertOptions:
         if not isinstance(self.quantization, Quantization):
             raise InvalidParameterError(f"quantization must be an edgellama.package.Quantization, "
                                         f"got {type(self.quantization).__name__}")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length <= 0):
-            raise InvalidParameterError(f"max_length={self.max_length!r} must be a positive integer")
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < MIN_MAX_LENGTH):
+            raise InvalidParameterError(f"max_length={self.max_length!r} must be an integer of at least "
+                                        f"{MIN_MAX_LENGTH} (a prompt token and one more)")
         providers = tuple(self.providers)
         if not providers or any(p not in PROVIDERS for p in providers):
             raise InvalidParameterError(f"providers={providers!r}: each must be one of {PROVIDERS}")

@@ -240,6 +240,9 @@ def evaluate_ids(package, ids: Sequence[int], settings: EvalSettings = EvalSetti
     if ids.min() < 0 or ids.max() >= info.config.vocab_size:
         raise InvalidParameterError(f"token ids must lie in [0, {info.config.vocab_size})")
     ctx = settings.ctx or min(info.max_length, int(ids.size))
+    if ctx < 2:
+        raise InvalidParameterError(f"{package}: its max_length {info.max_length} leaves no window of 2 tokens "
+                                    "(one of context, one scored); convert it with a larger --max-length")
     if ctx > info.max_length:
         raise InvalidParameterError(f"ctx={ctx} exceeds the package's max_length {info.max_length}; "
                                     f"pass --ctx {info.max_length} or less")

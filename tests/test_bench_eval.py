@@ -299,3 +299,24 @@ def test_bench_csv_says_its_notes_on_stderr(capsys, package):
                  "--csv"]) == 0
     captured = capsys.readouterr()
     assert "note: ttft and e2e128 skipped" in captured.err and "note" not in captured.out
+
+
+def test_eval_of_a_package_too_short_for_a_window_is_one_clear_error(package, ids, tmp_path):
+    """A max_length of 1 made the default ctx 1: no window, and np.concatenate raised on nothing."""
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(package, short)
+    manifest = json.loads((short / "edgellama.json").read_text())
+    manifest["max_length"] = 1
+    (short / "edgellama.json").write_text(json.dumps(manifest))
+    from edgellama.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="max_length 1 leaves no window of 2 tokens"):
+        evaluate_ids(short, ids[:50])
+
+
+def test_convert_refuses_a_max_length_below_two(tiny_folder, tmp_path, capsys):
+    assert main(["convert", str(tiny_folder), "-o", str(tmp_path / "p"), "--quant", "fp32", "--max-length", "1"]) == 1
+    assert "--max-length 1 must be an integer of at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
