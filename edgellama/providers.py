@@ -70,7 +70,8 @@ def choose_providers(requested: Optional[Sequence[str]], built_for: Sequence[str
 
     requested=None: the package's own providers, CPU only when the package lists it. A request
     for a non-CPU provider the package was not built for is refused (its graph's dtypes and
-    operators target another provider); CPU runs any package when it is asked for by name."""
+    operators target another provider); CPU runs any package when it is asked for by name, and only then:
+    a request for CUDA alone on a host without it is refused, not run on the CPU in its place."""
     built = {_full_name(p) for p in built_for}
     if requested is None:
         return tuple(built_for), False
@@ -82,7 +83,7 @@ def choose_providers(requested: Optional[Sequence[str]], built_for: Sequence[str
             raise ProviderError(
                 f"{where} was built for {', '.join(sorted(built_for))}, not for {_short_name(full)}; convert the "
                 f"checkpoint again with `edgellama convert ... --ep {_short_name(full)}` to run it there")
-    return tuple(requested), True
+    return tuple(requested), any(_full_name(p) == PROVIDERS["cpu"] for p in requested)
 
 
 def built_for_message(where, built_for, available) -> str:

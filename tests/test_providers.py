@@ -67,6 +67,16 @@ def test_a_missing_provider_falls_back_to_cpu_when_cpu_is_named(cuda_package):
     assert model.provider == expected
 
 
+def test_a_missing_provider_asked_for_alone_is_refused_not_run_on_the_cpu(cuda_package):
+    """providers=("cuda",) on a host without CUDA ran on the CPU, saying so only in a log line hidden by default:
+    a benchmark of "cuda" measured the CPU."""
+    if _cuda_available():
+        assert edgellama.load(cuda_package, providers=("cuda",), threads=1).provider == "CUDAExecutionProvider"
+    else:
+        with pytest.raises(ProviderError, match=r"onnxruntime-gpu.*providers=\['cpu'\]"):
+            edgellama.load(cuda_package, providers=("cuda",), threads=1)
+
+
 def test_a_provider_the_package_was_not_built_for_is_refused(cpu_package):
     with pytest.raises(ProviderError, match=r"built for cpu, not for cuda.*--ep cuda"):
         edgellama.load(cpu_package, providers=("cuda", "cpu"), threads=1)
