@@ -51,7 +51,7 @@ class EvalSettings:
     method: str = "graph"
     max_tokens: int = 0
     threads: Optional[int] = None
-    providers: tuple = ("cpu",)
+    providers: Optional[tuple] = None     # None: those the package was built for, as load() takes them
     kv_cache: Optional[str] = None
 
     def __post_init__(self):
@@ -68,7 +68,9 @@ class EvalSettings:
             raise InvalidParameterError(f"method={self.method!r} must be one of {METHODS}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
             raise InvalidParameterError(f"max_tokens={self.max_tokens!r} must be an integer >= 0")
-        object.__setattr__(self, "providers", tuple(self.providers))
+        if self.providers is not None:
+            object.__setattr__(self, "providers", (self.providers,) if isinstance(self.providers, str)
+                               else tuple(self.providers))
         if self.kv_cache is not None:
             kv_type(self.kv_cache)
 

@@ -77,6 +77,17 @@ def test_a_missing_provider_asked_for_alone_is_refused_not_run_on_the_cpu(cuda_p
             edgellama.load(cuda_package, providers=("cuda",), threads=1)
 
 
+def test_eval_runs_a_package_on_the_providers_it_was_built_for_as_load_does(cuda_package):
+    """EvalSettings defaulted to the CPU: a CUDA package's perplexity was measured on the CPU without a word."""
+    from edgellama.evaluate import EvalSettings, evaluate_ids
+
+    ids = list(range(5, 25))
+    if not _cuda_available():
+        with pytest.raises(ProviderError, match="built for cuda"):
+            evaluate_ids(cuda_package, ids)
+    assert evaluate_ids(cuda_package, ids, EvalSettings(providers=("cpu",))).perplexity > 1
+
+
 def test_a_provider_the_package_was_not_built_for_is_refused(cpu_package):
     with pytest.raises(ProviderError, match=r"built for cpu, not for cuda.*--ep cuda"):
         edgellama.load(cpu_package, providers=("cuda", "cpu"), threads=1)

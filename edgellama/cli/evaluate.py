@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("graph", "stepwise"), default="graph",
                         help="graph: all positions per run (default); stepwise: one token per run")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="threads (default: physical cores)")
-    parser.add_argument("--provider", action=Words, default=["cpu"], metavar="EP", help="execution providers to try")
+    parser.add_argument("--provider", action=Words, default=None, metavar="EP",
+                        help="execution providers to try (default: those the package was built for)")
     add_kv_cache_argument(parser, "KV cache element type of MODEL: float32, float16 or int8 (default: the "
                                   "package's; the --kl-base package runs its own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -42,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
 
     mode = check_mode(args)
     settings = EvalSettings(ctx=args.ctx, stride=args.stride, method=args.method, max_tokens=args.max_tokens,
-                            threads=threads_from(args), providers=tuple(args.provider), kv_cache=args.kv_cache)
+                            threads=threads_from(args), providers=args.provider and tuple(args.provider),
+                            kv_cache=args.kv_cache)
     if mode != "perplexity":
         return (run_task if mode == "task" else run_kl)(args, settings)
     path = Path(args.text)
