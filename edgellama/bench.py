@@ -196,13 +196,13 @@ def speed_tests(model, settings: BenchSettings, threads: int, notes: list) -> li
     if settings.n_gen:
         ids = rng.integers(0, vocab, settings.n_gen).astype(np.int32)
         for depth in dict.fromkeys((0,) + settings.depths):   # each depth once (-d 0,512 names depth 0 again)
+            name = f"tg{settings.n_gen}" + (f"@d{depth}" if depth else "")
             if depth + settings.n_gen > model.max_length:
-                note = f"tg{settings.n_gen}@d{depth} skipped: {depth} + {settings.n_gen} > max_length {model.max_length}"
+                note = f"{name} skipped: {depth} + {settings.n_gen} > max_length {model.max_length}"
                 if note not in notes:
                     notes.append(note)
                 continue
             fill = rng.integers(0, vocab, depth).astype(np.int32)
-            name = f"tg{settings.n_gen}" + (f"@d{depth}" if depth else "")
             rows.append(_row(name, threads, settings.n_gen,
                              _repeat(lambda: _time_decode(ctx, ids, fill), settings.repetitions)))
     return rows

@@ -320,3 +320,11 @@ def test_convert_refuses_a_max_length_below_two(tiny_folder, tmp_path, capsys):
     assert main(["convert", str(tiny_folder), "-o", str(tmp_path / "p"), "--quant", "fp32", "--max-length", "1"]) == 1
     assert "--max-length 1 must be an integer of at least 2" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_plain_tg_test_past_the_context_is_named_as_its_row_would_be(capsys, package):
+    """The note named it tg300@d0, a test no row is called."""
+    report = run_json(capsys, "bench", str(package), "-p", "4", "-n", "40", "-r", "1", "-d", "", "--max-length", "32",
+                      "--e2e-tokens", "0", "--json")
+    assert {row["test"] for row in report["rows"]} == {"pp4"}
+    assert report["notes"] == ["tg40 skipped: 0 + 40 > max_length 32"]

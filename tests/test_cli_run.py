@@ -251,3 +251,13 @@ def test_convert_error_names_the_flag(tmp_path, capsys):
     assert main(["convert", str(make_tiny_llama(tmp_path / "ckpt")), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "pass --force" in err and "force=True" not in err
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(package):
+    """`edgellama info --json | true`: a BrokenPipeError traceback; now a SIGPIPE's exit status and no text."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(f'"{sys.executable}" -m edgellama info "{package}" --json | true; echo "rc=${{PIPESTATUS[0]}}"',
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert done.stderr == "" and done.stdout.strip() == "rc=141"

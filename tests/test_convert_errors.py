@@ -387,6 +387,7 @@ def test_a_gguf_whose_blocks_cannot_be_carried_says_they_are_quantized_again(tmp
     (["--quant", "fp16", "--block-size", "64"], "--block-size 64 has no effect with --quant fp16"),
     (["--quant", "fp32", "--asymmetric"], "--asymmetric has no effect with --quant fp32"),
     (["--quant", "int8", "--calibration", "notes.txt"], "--calibration notes.txt has no effect with --quant int8"),
+    (["--quant", "fp16", "--gguf-blocks", "requantize"], "--gguf-blocks requantize has no effect with --quant fp16"),
 ])
 def test_an_option_the_quant_ignores_is_refused_before_any_work(checkpoint, tmp_path, capsys, flags, words):
     from edgellama.cli import main
@@ -414,3 +415,16 @@ def test_a_calibration_text_that_no_weight_uses_is_said_to_be_unused(tmp_path, c
     with caplog.at_level("WARNING"):
         convert(path, tmp_path / "pkg", options)
     assert any(f"calibration text {text} is not used" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n"])
+def test_an_eval_text_without_words_is_refused_before_the_conversion(checkpoint, tmp_path, capsys, text):
+    """It was found only after the package was written, and the command then failed with the package there."""
+    from edgellama.cli import main
+
+    path = tmp_path / "empty.txt"
+    path.write_text(text)
+    out = tmp_path / "pkg"
+    assert main(["convert", str(checkpoint), "-o", str(out), "--quant", "fp32", "--eval", str(path)]) == 1
+    assert "has no text to score" in capsys.readouterr().err
+    assert_nothing_written(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -239,6 +240,10 @@ def main(argv=None) -> int:
         text = str(exc) if isinstance(exc, PackageError) else cli_words(str(exc), args.command, argv)
         print(f"edgellama {args.command}: error: {text}", file=sys.stderr)
         return 1
+    except BrokenPipeError:      # the reader of stdout left (`| head`): end quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so that the interpreter's last flush does not fail again
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
               file=sys.stderr)

@@ -77,6 +77,7 @@ QUANT_ONLY = {
     "asymmetric": (False, "int4 and int8 blocks", ("fp16", "fp32")),
     "quality": ("default", "int4 weights", ("int8", "fp16", "fp32")),
     "calibration": ("bundled", "int4 weights", ("int8", "fp16", "fp32")),
+    "gguf_blocks": ("carry", "a GGUF file's int4 and int8 blocks", ("fp16", "fp32")),
 }
 
 
@@ -120,7 +121,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def read_eval_text(path: str) -> str:
-    return read_text_file(path, "--eval")
+    """--eval FILE read before any work: a missing, non-UTF-8 or empty file is refused then, not after the
+    package is written."""
+    from ..errors import InvalidParameterError
+
+    text = read_text_file(path, "--eval")
+    if not text.strip():
+        raise InvalidParameterError(f"--eval {path!r} has no text to score; give a file of prose")
+    return text
 
 
 def check_calibration(value: str) -> None:
