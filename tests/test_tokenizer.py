@@ -105,7 +105,8 @@ def test_token_bytes_join_to_the_text(tok):
     assert tok.token_bytes(2) == b"<|im_end|>" and tok.token_bytes(10 ** 6) == b""
 
 
-def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
+def sentencepiece_tokenizer(folder) -> Tokenizer:
+    """A SentencePiece-style vocabulary (Llama-2's kind): "▁" for spaces, bytes as <0xNN> byte-fallback tokens."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, normalizers
 
@@ -116,8 +117,12 @@ def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
     backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
-    backend.save(str(tmp_path / "tokenizer.json"))
-    spm = Tokenizer(tmp_path / "tokenizer.json", SpecialTokens())
+    backend.save(str(folder / "tokenizer.json"))
+    return Tokenizer(folder / "tokenizer.json", SpecialTokens())
+
+
+def test_token_bytes_of_a_sentencepiece_vocabulary(tmp_path):
+    spm = sentencepiece_tokenizer(tmp_path)
     ids = spm.encode("hi h\u00e9")
     assert spm.decode(ids) == "hi h\u00e9" and 261 in ids
     # the first space is the Strip step's, which belongs to a whole text
@@ -148,18 +153,7 @@ def test_stream_decoder_leaves_out_a_cut_character_but_keeps_a_whole_replacement
 
 def test_a_byte_fallback_vocabulary_leaves_out_every_byte_of_a_cut_character(tmp_path):
     """A byte-fallback decoder shows each byte of a cut character as a U+FFFD of its own: all of them go."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, normalizers
-
-    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, "\u2581": 257, "h": 258, "i": 259,
-             "\u2581h": 260, "\u2581hi": 261}
-    model = models.BPE(vocab, [("\u2581", "h"), ("\u2581h", "i")], unk_token="<unk>", byte_fallback=True)
-    backend = HFTokenizer(model)
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
-    backend.save(str(tmp_path / "tokenizer.json"))
-    spm = Tokenizer(tmp_path / "tokenizer.json", SpecialTokens())
+    spm = sentencepiece_tokenizer(tmp_path)
     ids = spm.encode("hi \u65e5")
     assert len(ids) >= 3 and spm.decode(ids[:-1]).endswith("\ufffd\ufffd")
     for end, text in ((len(ids) - 1, "hi "), (len(ids), "hi \u65e5")):
