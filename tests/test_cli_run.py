@@ -261,3 +261,28 @@ def test_a_reader_that_leaves_ends_the_command_quietly(package):
     done = subprocess.run(f'"{sys.executable}" -m edgellama info "{package}" --json | true; echo "rc=${{PIPESTATUS[0]}}"',
                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert done.stderr == "" and done.stdout.strip() == "rc=141"
+
+
+def test_ctrl_c_while_chat_writes_an_answer_stops_the_answer_not_the_session(package, monkeypatch, capsys):
+    """Ctrl-C landed in the write of a piece (outside the one guarded wait): the command died, and with the worker
+    still inside ONNX Runtime the process aborted."""
+    import sys
+    import threading
+
+    interrupted = threading.Event()
+    real_write = sys.stdout.write
+
+    def write(text):
+        if text.strip() and not interrupted.is_set():
+            interrupted.set()
+            raise KeyboardInterrupt
+        return real_write(text)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Tell me a story\nHello\n"))
+    monkeypatch.setattr(sys.stdout, "write", write)
+    code = main(["chat", str(package), "--temperature", "0", "--max-new-tokens", "40", "--threads", "1",
+                 "--repeat-penalty", "1.5"])
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert code == 0 and interrupted.is_set()
+    assert captured.err.count("[stopped]") == 1            # the first answer cancelled, the second one whole

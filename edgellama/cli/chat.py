@@ -60,17 +60,27 @@ def _answer(chat, text: str, show_timings: bool) -> None:
 
     worker = threading.Thread(target=work, name="edgellama-chat", daemon=True)
     worker.start()
+    # Ctrl-C may land anywhere in this loop (in a write as well as in the wait): it sets the flag and the loop
+    # goes on until the worker has ended the answer; a _DONE lost to it is made up for by the worker's end
     while True:
         try:
-            piece = pieces.get()
+            try:
+                piece = pieces.get(timeout=0.1)
+            except queue.Empty:
+                if worker.is_alive() or not pieces.empty():
+                    continue
+                break
+            if piece is _DONE:
+                break
+            sys.stdout.write(piece)
+            sys.stdout.flush()
         except KeyboardInterrupt:
             cancel.set()
-            continue
-        if piece is _DONE:
-            break
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    worker.join()
+    while worker.is_alive():       # never leave while it runs the model: exiting then aborts the process
+        try:
+            worker.join(0.1)
+        except KeyboardInterrupt:
+            cancel.set()
     sys.stdout.write("\n")
     sys.stdout.flush()
     if failure:
