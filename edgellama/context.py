@@ -251,7 +251,9 @@ class Context:
 
     def load(self, f) -> None:
         """Read what `save` wrote from the binary file `f`: the context then holds those tokens and
-        their cache, and runs nothing for them. A file that is refused leaves the context as it was."""
+        their cache, and runs nothing for them. A file that is refused (SavedStateError: damaged, not a saved
+        context, another package's; ContextOverflowError: longer than this context) leaves the context as it
+        was."""
         raw, crc = f.read(4), None
         if raw == _RECORD_MAGIC:
             if f.read(32) != self._package:
@@ -263,23 +265,26 @@ class Context:
             crc = int(np.frombuffer(raw, "<u4")[0]) if len(raw) == 4 else None
             raw = f.read(4) if crc is not None else b""
         if len(raw) < 4:
-            raise InvalidParameterError("the data ends before a saved context's token count (empty or truncated)")
+            raise SavedStateError("the data ends before a saved context's token count (empty or truncated)")
         count = int(np.frombuffer(raw, "<i4")[0])
         if not 0 <= count <= len(self._ids):   # a full cache's record holds the token drawn after it too
             if crc is None:                    # no magic: a count-first record, or no saved context at all
-                raise InvalidParameterError(f"the data is not a saved context (it starts with {raw!r}, neither "
+                raise SavedStateError(f"the data is not a saved context (it starts with {raw!r}, neither "
                                             f"{_RECORD_MAGIC!r} nor a token count of at most {len(self._ids)})")
-            raise InvalidParameterError(f"a saved context of {count} tokens does not fit this context of "
+            raise ContextOverflowError(f"a saved context of {count} tokens does not fit this context of "
                                         f"{self.capacity}")
         raw = f.read(4 * count)
         if len(raw) != 4 * count:
-            raise InvalidParameterError("a saved context ends inside its tokens (truncated data)")
+            raise SavedStateError("a saved context ends inside its tokens (truncated data)")
         if crc is not None and zlib.crc32(np.int32(count).tobytes() + raw) != crc:
-            raise InvalidParameterError("a saved context's tokens do not match their checksum (damaged data)")
+            raise SavedStateError("a saved context's tokens do not match their checksum (damaged data)")
         ids = np.frombuffer(raw, "<i4")
         if count and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise InvalidParameterError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
-        self.kv.load(f, most=count)          # checks the whole file before it writes a row
+            raise SavedStateError(f"a saved context holds token ids outside [0, {self.config.vocab_size})")
+        try:
+            self.kv.load(f, most=count)      # checks the whole file before it writes a row
+        except InvalidParameterError as exc:     # the cache's own file errors: this file is damaged
+            raise SavedStateError(f"a saved context's cache: {exc}") from None
         self.binding.push()
         self._ids[:count] = ids
         self._length = count
