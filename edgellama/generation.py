@@ -243,14 +243,14 @@ def prepare_prompt(ids: Sequence[int], capacity: int, vocab_size: int, options: 
                                     f"{int(arr.max())}")
     if options.on_overflow == "shift" and capacity - n_keep < 2:
         raise InvalidParameterError(f"on_overflow='shift' needs a context of at least n_keep + 2 = {n_keep + 2} tokens "
-                                    f"to drop old ones from; this one holds {capacity} (max_length): load with a "
-                                    "larger max_length or use on_overflow='error'")
+                                    f"to drop old ones from; max_length={capacity} holds fewer: load with more or "
+                                    "leave the shift out")
     if arr.size < capacity or (arr.size == capacity and options.max_new_tokens <= 1):
         return arr.astype(np.int32)
     if options.on_overflow != "shift":
         raise ContextOverflowError(
-            f"the prompt has {arr.size} tokens but the context holds {capacity} (max_length) including the "
-            "answer; shorten the prompt, load with a larger max_length, or pass on_overflow='shift'")
+            f"the prompt has {arr.size} tokens, more than a context of max_length={capacity} holds with the answer; "
+            f"shorten the prompt, load with more than max_length={capacity}, or pass on_overflow='shift'")
     tail = (capacity - n_keep) // 2
     log.warning("prompt of %d tokens cut to %d (first %d and last %d kept)", arr.size, n_keep + tail, n_keep, tail)
     return np.concatenate([arr[:n_keep], arr[arr.size - tail:]]).astype(np.int32)

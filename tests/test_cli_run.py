@@ -68,7 +68,7 @@ def test_run_missing_model(tmp_path, capsys):
 
 def test_run_prompt_over_capacity(package, capsys):
     assert main(["run", str(package), "fox " * 100, "--max-length", "16"]) == 1
-    assert "max_length" in capsys.readouterr().err
+    assert "--max-length 16" in capsys.readouterr().err
 
 
 def test_chat_session_from_stdin(package, monkeypatch, capsys):
@@ -286,3 +286,15 @@ def test_ctrl_c_while_chat_writes_an_answer_stops_the_answer_not_the_session(pac
     captured = capsys.readouterr()
     assert code == 0 and interrupted.is_set()
     assert captured.err.count("[stopped]") == 1            # the first answer cancelled, the second one whole
+
+
+@pytest.mark.parametrize("argv, words, python_words", [
+    (["fox " * 30, "--max-length", "16"], "more than a context of --max-length 16 holds with the answer",
+     "max_length)"),
+    (["fox", "--seed", "-2"], "--seed -2 must be -1 (a random seed) or an integer in [0, 2**64)", "None"),
+])
+def test_run_errors_speak_in_flags(package, capsys, argv, words, python_words):
+    """They said 'the context holds 16 (max_length)' and 'allowed None or 0 <= seed', the API's words."""
+    assert main(["run", str(package), *argv]) == 1
+    err = capsys.readouterr().err
+    assert words in err and python_words not in err

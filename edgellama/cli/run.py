@@ -78,8 +78,11 @@ def constraint_from(args):
 
 
 def sampling_from(args):
+    from ..errors import InvalidParameterError
     from ..sampling import SamplingParams
 
+    if args.seed is not None and not RANDOM_SEED <= args.seed < 2 ** 64:
+        raise InvalidParameterError(f"--seed {args.seed} must be -1 (a random seed) or an integer in [0, 2**64)")
     seed = None if args.seed == RANDOM_SEED else args.seed      # llama.cpp's convention
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                           repeat_penalty=args.repeat_penalty, seed=seed)
