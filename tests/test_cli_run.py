@@ -258,8 +258,8 @@ def test_a_reader_that_leaves_ends_the_command_quietly(package):
     import subprocess
     import sys
 
-    done = subprocess.run(f'"{sys.executable}" -m edgellama info "{package}" --json | true; echo "rc=${{PIPESTATUS[0]}}"',
-                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    command = f'"{sys.executable}" -m edgellama info "{package}" --json | true; echo "rc=${{PIPESTATUS[0]}}"'
+    done = subprocess.run(command, shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert done.stderr == "" and done.stdout.strip() == "rc=141"
 
 

@@ -398,8 +398,8 @@ def test_an_option_the_quant_ignores_is_refused_before_any_work(checkpoint, tmp_
     assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("flags", [["--quant", "fp32", "--calibration", "none"], ["--quant", "int8", "--block-size", "64"],
-                                   ["--quant", "fp32", "--quality", "default"]])
+@pytest.mark.parametrize("flags", [["--quant", "fp32", "--calibration", "none"],
+                                   ["--quant", "int8", "--block-size", "64"], ["--quant", "fp32", "--quality", "default"]])
 def test_an_option_at_its_default_or_one_the_quant_uses_is_accepted(checkpoint, tmp_path, flags):
     from edgellama.cli import main
 

@@ -85,8 +85,8 @@ BAD_INPUTS = [
      "presence_penalty"),
     ("logit_bias key of a thousand digits", CHAT, with_(logit_bias={"9" * 1000: 1}), 400, "logit_bias"),
     ("tool_choice whose function is no object", CHAT,
-     with_(tools=[{"type": "function", "function": {"name": "ping"}}], tool_choice={"type": "function", "function": "x"}),
-     400, "tool_choice"),
+     with_(tools=[{"type": "function", "function": {"name": "ping"}}],
+           tool_choice={"type": "function", "function": "x"}), 400, "tool_choice"),
     ("model a lone surrogate", CHAT, json.dumps(with_(model="\ud800")).encode(), 404, "model"),
 ]
 
