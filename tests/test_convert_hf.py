@@ -314,3 +314,33 @@ def test_fp16_packages_run_on_cpu(tmp_path, method, providers, tolerance):
     assert info.io_dtype == ("float16" if "cuda" in providers else "float32")
     diffs = compare_with_reference(out, load_reference(folder), decode_steps=8)
     assert max(diffs) < tolerance, diffs
+
+
+@pytest.mark.parametrize("add_bos_token, expected", [(None, True), (False, False)])
+def test_a_bos_added_by_the_tokenizer_template_is_added_to_plain_prompts(tmp_path, add_bos_token, expected):
+    """Llama 3's tokenizer.json puts <|begin_of_text|> first with its post_processor and tokenizer_config.json says
+    nothing: plain prompts lost the BOS that transformers' tokenizer gives them. An explicit add_bos_token wins."""
+    import edgellama
+    from tokenizers import Tokenizer, processors
+
+    folder = make_tiny_llama(tmp_path / "ckpt")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A <|endoftext|> $B",
+                                      special_tokens=[("<|endoftext|>", 0)])])
+    tok.save(str(folder / "tokenizer.json"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("add_bos_token", None)
+    if add_bos_token is not None:
+        config["add_bos_token"] = add_bos_token
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path / "pkg"
+    convert(folder, out, ConvertOptions(quantization=Quantization("fp32"), max_length=64))
+    assert read_info(out).special_tokens.bos_token_id == 0
+    model = edgellama.load(out, threads=1)
+    ids = model.generate("The quick brown fox", max_new_tokens=1).prompt_token_ids
+    assert (ids[0] == 0) == expected
+    if expected:
+        hf = transformers.AutoTokenizer.from_pretrained(folder)
+        assert list(ids) == hf("The quick brown fox").input_ids

@@ -60,8 +60,9 @@ class HFSource:
         self.config = hf_config.model_config(cfg, str(where))
         self._tokenizer_config = hf_config.read_json(self.folder / "tokenizer_config.json", required=False)
         generation = hf_config.read_json(self.folder / "generation_config.json", required=False)
+        tokenizer = hf_config.read_json(self.folder / "tokenizer.json", required=False)
         try:
-            self.special_tokens = hf_config.special_tokens(cfg, generation, self._tokenizer_config)
+            self.special_tokens = hf_config.special_tokens(cfg, generation, self._tokenizer_config, tokenizer)
         except UnsupportedConfigError as exc:
             raise UnsupportedConfigError(f"{self.folder} (config.json, generation_config.json): {exc}") from None
         self._weights = open_weights(self.folder)

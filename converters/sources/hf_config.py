@@ -148,10 +148,27 @@ def _ids(value, key: str) -> tuple:
     return values
 
 
+def _template_adds_bos(post: Any, bos: Optional[int]) -> bool:
+    """Whether a tokenizer.json post_processor (a TemplateProcessing, alone or in a Sequence) puts the BOS
+    `bos` before a single text, as Llama 3's does instead of tokenizer_config.json's add_bos_token."""
+    if not isinstance(post, Mapping) or bos is None:
+        return False
+    if post.get("type") == "Sequence":
+        return any(_template_adds_bos(p, bos) for p in post.get("processors") or ())
+    single = post.get("single") if post.get("type") == "TemplateProcessing" else None
+    first = single[0] if isinstance(single, list) and single else None
+    token = first.get("SpecialToken") if isinstance(first, Mapping) else None
+    if not isinstance(token, Mapping):
+        return False
+    known = (post.get("special_tokens") or {}).get(token.get("id"))
+    return isinstance(known, Mapping) and list(known.get("ids") or ()) == [bos]
+
+
 def special_tokens(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any]],
-                   tokenizer_config: Optional[Mapping[str, Any]]) -> SpecialTokens:
+                   tokenizer_config: Optional[Mapping[str, Any]],
+                   tokenizer_json: Optional[Mapping[str, Any]] = None) -> SpecialTokens:
     """BOS/EOS/PAD ids: generation_config.json first, then config.json; `add_bos_token`
-    from tokenizer_config.json."""
+    from tokenizer_config.json, else whether tokenizer.json's post_processor adds the BOS."""
     merged = dict(cfg)
     merged.update({k: v for k, v in (generation or {}).items() if v is not None})
     eos = _ids(merged.get("eos_token_id"), "eos_token_id")
@@ -159,9 +176,12 @@ def special_tokens(cfg: Mapping[str, Any], generation: Optional[Mapping[str, Any
     pad = _ids(merged.get("pad_token_id"), "pad_token_id")
     if len(bos) > 1 or len(pad) > 1:
         raise UnsupportedConfigError(f"bos_token_id and pad_token_id must be single ids (got {bos}, {pad})")
+    add_bos = (tokenizer_config or {}).get("add_bos_token")
+    if add_bos is None:
+        add_bos = _template_adds_bos((tokenizer_json or {}).get("post_processor"), bos[0] if bos else None)
     return SpecialTokens(
         bos_token_id=bos[0] if bos else None,
         eos_token_ids=eos,
         pad_token_id=pad[0] if pad else None,
-        add_bos_token=bool((tokenizer_config or {}).get("add_bos_token", False)),
+        add_bos_token=bool(add_bos),
     )
