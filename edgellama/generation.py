@@ -183,7 +183,7 @@ class TextStream:
             on_end(self.result)
 
     def close(self) -> None:
-        if self._closing is not None and self._on_end is not None:
+        if self._closing is not None and not self._done:
             self._closing.set()
             for _ in self:          # the cancelled generation's last steps: its result, then on_end
                 pass

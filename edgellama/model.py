@@ -173,7 +173,7 @@ class Model:
         options = GenerationOptions(max_new_tokens=max_new_tokens, stop=stop, on_overflow=on_overflow,
                                     parse_special=parse_special, constraint=constraint, logprobs=logprobs,
                                     reuse_prefix=reuse_prefix, prompt_logprobs=prompt_logprobs)
-        return self.start(prompt, options, sampling, cancel)
+        return self.start(prompt, options, sampling, cancel, finish_on_close=True)   # a Stop button may close it
 
     def chat(self, messages, max_new_tokens: int = 256, sampling=None, stop: Iterable[str] = (),
              cancel=None, constraint=None, response_format=None, logprobs: Optional[int] = None) -> GenerationResult:

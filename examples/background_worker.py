@@ -52,7 +52,8 @@ class Job:
         self.error: Optional[BaseException] = None
 
     def cancel(self) -> None:
-        """Stop this job: at once if it is queued, after the current token if it runs."""
+        """Stop this job: at once if it is queued, after the current token if it runs (a prompt that is being
+        read is read to its end first)."""
         self.event.set()
 
     def wait(self, timeout: Optional[float] = None) -> bool:

@@ -149,7 +149,7 @@ class ChatApp:
         threading.Thread(target=work, name="edgellama-answer", daemon=True).start()
 
     def stop(self) -> None:
-        """Ask the answer being written to end (it ends after the current token)."""
+        """Ask the answer being written to end (it ends after the current token, or once its prompt is read)."""
         if self.cancel is not None:
             self.cancel.set()
             self.status.configure(text="stopping ...")

@@ -266,3 +266,25 @@ def test_a_stream_closed_from_another_thread_finishes_after_the_readers_step():
     closer.join(5)
     assert errors == [] and got[0] == "b" and set(got[1:]) <= {"more"}
     assert ended == ["cancelled"] and stream.result == "cancelled"
+
+
+def test_a_model_stream_closed_from_another_thread_ends_as_cancelled(model):
+    """A Stop button that closes the stream: ValueError('generator already executing') in the closing thread, and
+    the answer ran on to max_new_tokens."""
+    stream = model.stream("The fox", max_new_tokens=200, sampling=NO_EOS)
+    started, got, errors = threading.Event(), [], []
+
+    def read():
+        try:
+            for piece in stream:
+                got.append(piece)
+                started.set()
+        except BaseException as exc:       # noqa: BLE001 - the failure this test looks for
+            errors.append(exc)
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert started.wait(30)
+    stream.close()
+    reader.join(30)
+    assert errors == [] and not reader.is_alive()
+    assert stream.result.finish_reason == "cancelled" and len(stream.result.token_ids) < 200
