@@ -218,7 +218,7 @@ def open_package(path, providers: Optional[Sequence[str]] = None, threads: Optio
 def _capacity(info: PackageInfo, max_length) -> int:
     if max_length is None:
         return info.max_length
-    if not isinstance(max_length, int) or not 0 < max_length <= info.max_length:
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 0 < max_length <= info.max_length:
         raise InvalidParameterError(
             f"max_length={max_length!r} must be an integer in 1..{info.max_length} (the package's max_length)")
     return max_length

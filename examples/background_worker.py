@@ -69,6 +69,7 @@ class Worker:
         self.sampling = sampling
         self._jobs: queue.Queue = queue.Queue()
         self._current: Optional[Job] = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="edgellama-worker", daemon=True)
         self._thread.start()
 
@@ -77,6 +78,8 @@ class Worker:
                on_error: Callable[[BaseException], None] = _ignore) -> Job:
         """Queue `prompt`. on_token(piece, pieces_so_far) reports progress; exactly one of
         on_done(result) or on_error(exception) is called at the end."""
+        if self._closed:     # its thread is gone: the job would wait for ever
+            raise RuntimeError("this Worker is closed; make a new one to run more jobs")
         job = Job(prompt, on_token, on_done, on_error)
         self._jobs.put(job)
         return job
@@ -89,6 +92,7 @@ class Worker:
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Cancel the running and the queued jobs, then stop the thread."""
+        self._closed = True
         self.cancel()
         self._jobs.put(None)
         for job in list(self._jobs.queue):

@@ -65,8 +65,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter tests: pp128, tg32, 2 repetitions")
     args = parser.parse_args(argv)
 
-    if not Path(args.output).resolve().parent.is_dir():    # before minutes of benchmark, not after
+    output = Path(args.output)       # checked before minutes of benchmark, not after
+    if not output.resolve().parent.is_dir():
         parser.exit(1, f"{parser.prog}: error: -o {args.output}: its folder does not exist\n")
+    if output.is_dir():
+        parser.exit(1, f"{parser.prog}: error: -o {args.output} is a folder; give a file name such as "
+                       f"{output / 'device-bench.json'}\n")
+    if not os.access(output if output.exists() else output.resolve().parent, os.W_OK):
+        parser.exit(1, f"{parser.prog}: error: -o {args.output} cannot be written here (no permission)\n")
     try:
         settings = BenchSettings(threads=args.threads or (None,), **(QUICK if args.quick else {}))
         report = run_bench(args.package, settings)

@@ -305,6 +305,8 @@ def test_worker_survives_a_failing_callback(tiny_model):
     finally:
         worker.close(timeout=30)
     assert len(record["done"]) == 1 and not record["errors"]
+    with pytest.raises(RuntimeError, match="closed"):     # accepted, it waited for ever
+        worker.submit("Hello")
 
 
 # -- examples/device_bench.py -----------------------------------------------------------------
@@ -360,10 +362,12 @@ def test_extract_reads_the_sample_with_smollm2(smollm2_int4_package):
     ("device_bench", ["{missing}", "--quick"], "does not exist"),
     ("device_bench", ["{package}", "--quick", "-t", "0"], "threads"),
     ("device_bench", ["{package}", "--quick", "-o", "{missing}/out.json"], "folder does not exist"),
+    ("device_bench", ["{package}", "--quick", "-o", "{folder}"], "is a folder"),     # found after the benchmark
 ])
 def test_an_examples_error_is_one_line_and_status_1(tiny_package, tmp_path, example, argv, words):
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
-    names = {"missing": str(tmp_path / "missing"), "package": str(tiny_package), "bad_json": str(tmp_path / "bad.json")}
+    names = {"missing": str(tmp_path / "missing"), "package": str(tiny_package), "bad_json": str(tmp_path / "bad.json"),
+             "folder": str(tmp_path)}
     run = subprocess.run([sys.executable, str(EXAMPLES / f"{example}.py"), *(a.format(**names) for a in argv)],
                          capture_output=True, text=True, timeout=120)
     lines = run.stderr.splitlines()

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edgellama.errors import (ContextOverflowError, FormatVersionError, ModelNotFoundError, PackageError,
-                              ProviderError)
+from edgellama.errors import (ContextOverflowError, FormatVersionError, InvalidParameterError, ModelNotFoundError,
+                              PackageError, ProviderError)
 from edgellama.external_data import external_tensors
 from edgellama.package import DATA_FILE, MANIFEST, MODEL_FILE
 
@@ -432,3 +432,8 @@ def test_info_reads_a_package_without_running_it(copy, capsys, monkeypatch):
     monkeypatch.setattr(session, "create_session", no_session)
     assert main(["info", str(copy)]) == 0
     assert "files verified" in capsys.readouterr().out
+
+
+def test_a_max_length_of_true_is_refused_as_threads_true_is(package):
+    with pytest.raises(InvalidParameterError, match="max_length=True must be an integer"):
+        load(package, max_length=True)
