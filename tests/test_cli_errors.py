@@ -275,11 +275,39 @@ def test_a_hub_download_that_fails_is_one_line(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Got: ConnectError: name not known\nAn error happened while trying to locate the files.")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
     with pytest.raises(CheckpointError) as caught:
         download("org/missing")
     message = str(caught.value)
     assert "\n" not in message and "local checkpoint folder" in message
     assert "name not known" in message and "locate the files" in message     # both of its lines, as one
+
+
+def test_a_hub_that_takes_the_connection_and_never_answers_is_one_line_in_seconds(monkeypatch):
+    """huggingface_hub's client waits for ever: convert org/name hung on such a network (a captive portal)."""
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("huggingface_hub")
+    import edgellama.converters.sources.hub as hub
+    from edgellama.errors import CheckpointError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(server.accept()) for _ in range(8)], daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(hub, "ANSWER_WITHIN_S", 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CheckpointError, match="did not answer within 1 s"):
+            hub.download("someorg/not-cached")
+    finally:
+        server.close()
+    assert time.monotonic() - started < 30
 
 
 @pytest.mark.parametrize("argv, option, words", [
