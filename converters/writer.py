@@ -68,8 +68,9 @@ def check_destination(dest: Path, force: bool, protected=()) -> None:
     others = sorted(p.name for p in dest.iterdir() if not _package_file(p))
     if others:      # the user's files beside a package (notes, a folder): replacing it would delete them
         more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        raise InvalidParameterError(f"output {dest} holds {others[0]!r}{more} besides a package's files; force=True "
-                                    "replaces only a package or an empty folder: move them out or choose another path")
+        raise InvalidParameterError(f"output {dest} holds {others[0]!r}{more} besides a package's own files (a link, "
+                                    "a folder or a file no conversion writes); force=True replaces only a package or "
+                                    "an empty folder: move them out or choose another path")
 
 
 def _temp_name(dest: Path, kind: str) -> str:

@@ -185,6 +185,9 @@ class TextStream:
     def close(self) -> None:
         if self._closing is not None and not self._done:
             self._closing.set()
+            if not self._step.acquire(blocking=False):
+                return      # a step is running (another thread's, or this one's, from a signal handler): it
+            self._step.release()   # sees the flag, and its reader meets the end; close() does not wait for it
             for _ in self:          # the cancelled generation's last steps: its result, then on_end
                 pass
             return

@@ -355,3 +355,22 @@ def test_the_hint_names_the_option_that_took_several_words_and_is_not_kept_betwe
     with pytest.raises(SystemExit):
         parser.parse_args(["run"])
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("the following arguments are required: model, prompt")
+
+
+def test_a_hub_timeout_of_any_client_counts_as_silence(monkeypatch):
+    """Only httpx's TimeoutException was told apart: with huggingface_hub 0.x (requests' ReadTimeout) the
+    download went on to wait for ever."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import edgellama.converters.sources.hub as hub
+
+    timeout = type("Timeout", (OSError,), {})
+    for raised in (type("ReadTimeout", (timeout,), {}), type("TimeoutException", (Exception,), {}), TimeoutError):
+        def silent(*args, raised=raised, **kwargs):
+            raise raised("no answer")
+        monkeypatch.setattr(huggingface_hub.HfApi, "model_info", silent)
+        assert hub._hub_silent("org/name", None)
+
+    def refused(*args, **kwargs):
+        raise OSError("Connection refused")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", refused)
+    assert not hub._hub_silent("org/name", None)

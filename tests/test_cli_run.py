@@ -298,3 +298,15 @@ def test_run_errors_speak_in_flags(package, capsys, argv, words, python_words):
     assert main(["run", str(package), *argv]) == 1
     err = capsys.readouterr().err
     assert words in err and python_words not in err
+
+
+def test_chat_whose_reader_leaves_ends_with_sigpipes_status_not_an_abort(package):
+    """The closed pipe left the answer loop while the worker was inside ONNX Runtime: the process aborted."""
+    import subprocess
+    import sys
+
+    command = (f'printf "Tell me a long story\\n" | "{sys.executable}" -m edgellama chat "{package}" --threads 1 '
+               f'--max-new-tokens 60 --temperature 0 | head -c 1 > /dev/null; echo "rc=${{PIPESTATUS[1]}}"')
+    done = subprocess.run(command, shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert "terminate called" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "rc=141"

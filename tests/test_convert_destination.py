@@ -55,7 +55,7 @@ def test_force_refuses_a_package_folder_that_also_holds_other_files(checkpoint, 
         path.parent.mkdir(exist_ok=True)
         path.write_text("mine")
     name = extra.split("/")[0]
-    with pytest.raises(InvalidParameterError, match=f"holds '{name}' besides a package's files"):
+    with pytest.raises(InvalidParameterError, match=f"holds '{name}' besides a package's own files"):
         convert(checkpoint, out, FORCE)
     assert cli_main(["convert", str(checkpoint), "-o", str(out), "--quant", "fp32", "--force"]) == 1
     assert "--force replaces only a package or an empty folder" in capsys.readouterr().err

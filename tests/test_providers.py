@@ -187,3 +187,14 @@ def test_a_device_cache_saves_loads_and_snapshots_its_rows(cpu_package):
                  Context(model.session, model.info, model.max_length)):
         into.load(io.BytesIO(buf.getvalue()))
         np.testing.assert_allclose(into.append(more), want, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_for_cuda_with_eval_scores_on_the_cpu_where_cuda_is_missing(tiny_folder, tmp_path, capsys):
+    """Building a CUDA package on a machine without CUDA is common: --eval failed after the package was written."""
+    from edgellama.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat and looked at the door. " * 10)
+    assert main(["convert", str(tiny_folder), "-o", str(tmp_path / "pkg"), "--ep", "cuda", "--quant", "fp16",
+                 "--max-length", "64", "--eval", str(text), "--no-progress"]) == 0
+    assert "perplexity" in capsys.readouterr().out

@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 ANSWER_WITHIN_S = 30.0    # the hub's answer to one query about the repository; huggingface_hub waits for ever
+# a timeout as the hub's client raises it: httpx's (huggingface_hub 1 and later), requests' (0.x), Python's own
+TIMEOUTS = {"TimeoutException", "Timeout", "TimeoutError"}
 
 
 def _hub_silent(repo_id: str, revision: Optional[str]) -> bool:
@@ -23,7 +25,7 @@ def _hub_silent(repo_id: str, revision: Optional[str]) -> bool:
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=ANSWER_WITHIN_S)
     except Exception as exc:  # noqa: BLE001 - only a timeout is told apart; the client's classes are its own
-        return any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)
+        return any(cls.__name__ in TIMEOUTS for cls in type(exc).__mro__)
     return False
 
 

@@ -241,9 +241,13 @@ def main(argv=None) -> int:
         print(f"edgellama {args.command}: error: {text}", file=sys.stderr)
         return 1
     except BrokenPipeError:      # the reader of stdout left (`| head`): end quietly, as a shell tool does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())   # so that the interpreter's last flush does not fail again
-        return 128 + signal.SIGPIPE
+        try:                     # so that the interpreter's last flush does not fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # a stdout that is no file (a capture)
+            pass
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except KeyboardInterrupt as exc:
         print(f"edgellama {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
               file=sys.stderr)

@@ -61,8 +61,10 @@ def _answer(chat, text: str, show_timings: bool) -> None:
     worker = threading.Thread(target=work, name="edgellama-chat", daemon=True)
     worker.start()
     # Ctrl-C may land anywhere in this loop (in a write as well as in the wait): it sets the flag and the loop
-    # goes on until the worker has ended the answer; a _DONE lost to it is made up for by the worker's end
-    while True:
+    # goes on until the worker has ended the answer; a _DONE lost to it is made up for by the worker's end.
+    # Output that fails (a closed pipe) ends the answer too, and is raised once the worker is out of the model.
+    lost = None
+    while lost is None:
         try:
             try:
                 piece = pieces.get(timeout=0.1)
@@ -76,11 +78,16 @@ def _answer(chat, text: str, show_timings: bool) -> None:
             sys.stdout.flush()
         except KeyboardInterrupt:
             cancel.set()
+        except OSError as exc:
+            cancel.set()
+            lost = exc
     while worker.is_alive():       # never leave while it runs the model: exiting then aborts the process
         try:
             worker.join(0.1)
         except KeyboardInterrupt:
             cancel.set()
+    if lost is not None:
+        raise lost
     sys.stdout.write("\n")
     sys.stdout.flush()
     if failure:

@@ -156,7 +156,8 @@ def compare_perplexity(source, report, options, text: str, text_name: str) -> st
     from ..package import Quantization
 
     ids = tokenize_text(report.output, text)
-    converted = evaluate_ids(report.output, ids, EvalSettings(providers=options.providers))
+    # the CPU stands in for a provider this host lacks (a CUDA package built here for a GPU machine)
+    converted = evaluate_ids(report.output, ids, EvalSettings(providers=(*options.providers, "cpu")))
     method = report.info.quantization.method
     if method == "fp32" and options.io_dtype == "float32":
         reference, how = converted, "the converted package itself"

@@ -242,7 +242,7 @@ def test_a_stream_closed_from_another_thread_finishes_after_the_readers_step():
     def pieces():
         yield "a"
         inside.set()
-        release.wait(5)
+        release.wait(30)
         yield "b"
         while not flag.is_set():
             yield "more"
@@ -260,7 +260,9 @@ def test_a_stream_closed_from_another_thread_finishes_after_the_readers_step():
     reader.start()
     inside.wait(5)
     closer = threading.Thread(target=stream.close)
-    closer.start()                          # waits for the reader's step
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive()            # it set the flag and left: the reader's step sees it
     release.set()
     reader.join(5)
     closer.join(5)
@@ -288,3 +290,25 @@ def test_a_model_stream_closed_from_another_thread_ends_as_cancelled(model):
     reader.join(30)
     assert errors == [] and not reader.is_alive()
     assert stream.result.finish_reason == "cancelled" and len(stream.result.token_ids) < 200
+
+
+def test_a_stream_closed_on_its_own_reading_thread_mid_step_does_not_wait_for_itself():
+    """A signal handler calling close() while its thread is inside next(): close() waited on the step its own
+    thread held, for ever."""
+    from edgellama.generation import AnyFlag, TextStream
+
+    flag, ended = AnyFlag(None), []
+
+    def pieces():
+        yield "a"
+        stream.close()                      # as a handler would, on this thread, inside the step
+        while not flag.is_set():
+            yield "more"
+        return "cancelled"
+
+    stream = TextStream(pieces(), on_end=ended.append, closing=flag)
+    done = []
+    reader = threading.Thread(target=lambda: done.append(list(stream)), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive() and done == [["a"]] and ended == ["cancelled"]
