@@ -275,9 +275,9 @@ class Chat:
         messages, extra = tool_messages(tool_format(self.template.source), self._messages, self._tools)
         segments = self.template.encode_segments(messages, add_generation_prompt=True, **extra)
         n_keep = None
-        if messages and messages[0]["role"] == "system":       # template head, system text, its closing, of
-            n_keep = min(sum(len(ids) for ids, _ in segments[:3]), self.context.capacity // 2)   # what a shift
-                                                                                                 # may keep
+        if messages and messages[0]["role"] == "system":
+            system = sum(len(ids) for ids, _ in segments[:3])    # template head, system text, its closing
+            n_keep = min(system, self.context.capacity // 2)     # as much of it as a shift may keep
         if self._base is None:
             return [t for ids, _ in segments for t in ids], n_keep
         last_answer = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

@@ -270,9 +270,9 @@ class Context:
         if not 0 <= count <= len(self._ids):   # a full cache's record holds the token drawn after it too
             if crc is None:                    # no magic: a count-first record, or no saved context at all
                 raise SavedStateError(f"the data is not a saved context (it starts with {raw!r}, neither "
-                                            f"{_RECORD_MAGIC!r} nor a token count of at most {len(self._ids)})")
+                                      f"{_RECORD_MAGIC!r} nor a token count of at most {len(self._ids)})")
             raise ContextOverflowError(f"a saved context of {count} tokens does not fit this context of "
-                                        f"{self.capacity}")
+                                       f"{self.capacity}")
         raw = f.read(4 * count)
         if len(raw) != 4 * count:
             raise SavedStateError("a saved context ends inside its tokens (truncated data)")

@@ -23,7 +23,7 @@ from typing import Optional
 from .config import ModelConfig
 from .errors import FormatVersionError, ModelNotFoundError, PackageError, UnsupportedConfigError
 from .graph_contract import IO_DTYPES
-from .providers import PROVIDERS
+from .providers import PROVIDERS, is_provider
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,8 @@ class PackageInfo:
         if not isinstance(self.providers, tuple) or not self.providers:
             raise UnsupportedConfigError(f"field providers={self.providers!r} must be a list of execution "
                                          f"providers ({', '.join(PROVIDERS)})")
-        known = {**PROVIDERS, **{full.lower(): full for full in PROVIDERS.values()}}
-        for name in self.providers:
-            if not isinstance(name, str) or name.lower() not in known:
+        for name in self.providers:     # as a load reads them (providers.choose_providers)
+            if not is_provider(name):
                 raise UnsupportedConfigError(f"field providers holds {name!r}, not an execution provider "
                                              f"({', '.join(PROVIDERS)})")
         if self.io_dtype not in IO_DTYPES:

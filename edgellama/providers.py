@@ -54,11 +54,15 @@ def resolve_providers(requested: Sequence[str], cpu_fallback: bool = True) -> li
     return names + [cpu] if cpu_fallback else names
 
 
+def is_provider(item) -> bool:
+    """Whether `item` names an execution provider: a short name (any case) or ONNX Runtime's full name."""
+    return isinstance(item, str) and PROVIDERS.get(item.lower(), item) in PROVIDERS.values()
+
+
 def _full_name(item) -> str:
-    full = PROVIDERS.get(str(item).lower(), item)
-    if full not in PROVIDERS.values():
+    if not is_provider(item):
         raise InvalidParameterError(f"unknown execution provider {item!r}; known: {', '.join(PROVIDERS)}")
-    return full
+    return PROVIDERS.get(item.lower(), item)
 
 
 def _short_name(full: str) -> str:

@@ -60,9 +60,10 @@ def session_options(threads: int):
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidParameterError(f"threads={threads!r} must be a positive integer")
-    if threads > usable_cpus():      # run as asked (a benchmark may look past the CPUs on purpose), but said
+    cpus = usable_cpus()
+    if threads > cpus:      # run as asked (a benchmark may look past the CPUs on purpose), but said
         log.warning("threads=%d is more than the %d CPUs this process may use; each step then waits for threads "
-                    "that share a CPU", threads, usable_cpus())
+                    "that share a CPU", threads, cpus)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

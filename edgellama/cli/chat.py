@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 
-from . import text_argument, unescaped
+from . import text_argument
 from .run import add_model_arguments, load_from, sampling_from, timings_line
 
 _DONE = object()
@@ -218,7 +218,7 @@ def main(args) -> int:
     text_argument(args.stop, "--stop")
     model = load_from(args)
     chat = model.new_chat(system=args.system, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                          stop=tuple(map(unescaped, args.stop)), on_overflow="shift" if args.context_shift else "error")
+                          stop=args.stop, on_overflow="shift" if args.context_shift else "error")
     interactive = sys.stdin.isatty()
     _bytes_as_read()
     if interactive:

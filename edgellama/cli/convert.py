@@ -70,14 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of `edgellama eval OUT --text FILE` (disjoint windows of OUT's max_length)")
 
 
-# options that shape only the weights a conversion quantizes: option -> (its default, what it shapes, the --quant
-# values that quantize no such weights); given otherwise with one of those, it would be ignored, so it is refused
+# options that shape only the weights a conversion quantizes: option -> (the values that ask for nothing: its
+# default, and for --calibration "none" too; what it shapes; the --quant values that quantize no such weights);
+# given otherwise with one of those, it would be ignored, so it is refused
 QUANT_ONLY = {
-    "block_size": (32, "int4 and int8 blocks", ("fp16", "fp32")),
-    "asymmetric": (False, "int4 and int8 blocks", ("fp16", "fp32")),
-    "quality": ("default", "int4 weights", ("int8", "fp16", "fp32")),
-    "calibration": ("bundled", "int4 weights", ("int8", "fp16", "fp32")),
-    "gguf_blocks": ("carry", "a GGUF file's int4 and int8 blocks", ("fp16", "fp32")),
+    "block_size": ((32,), "int4 and int8 blocks", ("fp16", "fp32")),
+    "asymmetric": ((False,), "int4 and int8 blocks", ("fp16", "fp32")),
+    "quality": (("default",), "int4 weights", ("int8", "fp16", "fp32")),
+    "calibration": (("bundled", NO_CALIBRATION), "int4 weights", ("int8", "fp16", "fp32")),
+    "gguf_blocks": (("carry",), "a GGUF file's int4 and int8 blocks", ("fp16", "fp32")),
 }
 
 
@@ -85,9 +86,9 @@ def check_quant_options(args: argparse.Namespace) -> None:
     """Refuse an option that the chosen --quant leaves without effect (`--quant fp32 --quality best`)."""
     from ..errors import InvalidParameterError
 
-    for name, (default, shapes, idle) in QUANT_ONLY.items():
+    for name, (harmless, shapes, idle) in QUANT_ONLY.items():
         value = getattr(args, name)
-        if args.quant in idle and value != default and value != NO_CALIBRATION:
+        if args.quant in idle and value not in harmless:
             flag = "--" + name.replace("_", "-")
             given = flag if value is True else f"{flag} {value}"
             raise InvalidParameterError(f"{given} has no effect with --quant {args.quant} (it shapes {shapes}); "

@@ -20,7 +20,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-p", type=float, default=0.05, metavar="P", help="0 = off (default 0.05)")
     parser.add_argument("--repeat-penalty", type=float, default=1.0, metavar="R", help="1 = off (default)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default or -1: random)")
-    parser.add_argument("--stop", action=Words, default=[], metavar="S",
+    parser.add_argument("--stop", action=Words, type=unescaped, default=[], metavar="S",
                         help="stop strings (cut from the text); \\n, \\t, \\r, \\\\ read as in llama.cpp")
     parser.add_argument("--max-length", type=int, default=None, metavar="N",
                         help="KV-cache capacity (default: the package's max_length)")
@@ -158,7 +158,7 @@ def main(args) -> int:
     else:
         prompt = text_argument(args.prompt, "the prompt")
     text_argument(args.stop, "--stop")
-    options = GenerationOptions(max_new_tokens=args.max_new_tokens, stop=tuple(map(unescaped, args.stop)),
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, stop=tuple(args.stop),
                                 on_overflow="shift" if args.context_shift else "error", n_keep=args.keep,
                                 constraint=constraint, logprobs=args.logprobs)
     model = load_from(args)

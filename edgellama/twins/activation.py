@@ -5,6 +5,8 @@ import numpy as np
 
 from .. import native_args
 
+EXP_LOW = -87.3     # activation.c's exp clamps its argument to [EXP_LOW, 88.3], a NaN to EXP_LOW (its EXP_LOW)
+
 
 def swiglu(gate: np.ndarray, up: np.ndarray, portable: bool = False) -> np.ndarray:
     """SiLU(gate) * up, elementwise, in float32."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import native_args
+from .activation import EXP_LOW
 from .blocks import _fma
 from .halfconv import f32_to_f16
 from .kernels import kernel_paths
@@ -116,9 +117,6 @@ def q8_weigh(w: np.ndarray, tiles: np.ndarray, d: int, path=None, group: int = 3
         dots = np.einsum("jg,jgi->gi", np.rint(x).astype(np.int64), ints[c0:c0 + CHUNK])   # exact
         out = _fma(np.repeat(down, group), dots.reshape(d).astype(np.float32), out)
     return out
-
-
-EXP_LOW = -87.3     # activation.c's exp clamps its argument to [EXP_LOW, 88.3], a NaN to EXP_LOW
 
 
 def _exp_shifted(scores: np.ndarray, top: np.ndarray) -> np.ndarray:
